@@ -1,0 +1,300 @@
+"""The assay of one model or many checkpoints: references, utilities, lesions, tables.
+
+`assay_model` works on an in-memory model and data; `run_assay` finds, loads and assays
+checkpoints. Both return an `AssayResult` holding the UnitTable and SummaryTable of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from resetassay.checkpoint import Checkpoint, find_checkpoints, load_checkpoint
+from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
+from resetassay.errors import BadInputError
+from resetassay.lesion import check_metrics, joint_shock, probe_logits, unit_shocks
+from resetassay.metrics import checkpoint_summary, selections, utility_column
+from resetassay.reference import unit_references
+from resetassay.report import render, write_run
+from resetassay.units import UnitLayer, unit_layers
+from resetassay.utilities import (
+    ORACLE,
+    calibration_stats,
+    check_utilities,
+    needed_ingredients,
+    unit_scores,
+    utility_names,
+)
+
+
+@dataclass
+class AssayConfig:
+    """Everything that decides an assay's numbers (recorded in run.json)."""
+
+    utilities: list[str] = field(default_factory=utility_names)
+    metrics: list[str] = field(default_factory=lambda: ["l1", "kl"])
+    layers: list[str] | None = None
+    reference: str = "calibration-mean"
+    calib_size: int | None = None
+    probe_size: int | None = None
+    seed: int = 0
+    q: float = 0.05
+    maturity: int | None = None
+    batch_size: int = 512
+    device: str = "auto"
+    joint: bool = True
+
+    def __post_init__(self) -> None:
+        check_utilities(self.utilities)
+        check_metrics(self.metrics)
+        if not 0 < self.q <= 1:
+            raise BadInputError(f"--q {self.q}: must be in (0, 1]")
+
+
+@dataclass
+class AssayResult:
+    """UnitTable, SummaryTable, not-applicable notes and checkpoint info of one run."""
+
+    units: pd.DataFrame
+    summary: pd.DataFrame
+    notes: pd.DataFrame
+    checkpoints: pd.DataFrame
+    config: AssayConfig
+
+    def save(self, out: str | Path) -> Path:
+        """Write the tables and run.json into `out`, then render report.md and figures."""
+        tables = {"units": self.units, "summary": self.summary, "notes": self.notes,
+                  "checkpoints": self.checkpoints}
+        write_run(out, tables, run_info(self.config))
+        return render(out)
+
+    @staticmethod
+    def concat(results: list[AssayResult], config: AssayConfig) -> AssayResult:
+        def cat(attr: str) -> pd.DataFrame:
+            frames = [getattr(r, attr) for r in results]
+            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return AssayResult(cat("units"), cat("summary"), cat("notes"), cat("checkpoints"), config)
+
+
+def run_info(config: AssayConfig) -> dict:
+    """What run.json records: the config, the package versions and the device."""
+    import platform
+
+    import captum
+
+    from resetassay import __version__
+
+    return {
+        "config": asdict(config),
+        "device": str(resolve_device(config.device)),
+        "versions": {"resetassay": __version__, "torch": torch.__version__,
+                     "captum": captum.__version__, "python": platform.python_version()},
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BadInputError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) from a tuple of tensors or an iterable of (x, y) batches (a DataLoader)."""
+    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0], data[1]
+    xs, ys = zip(*[(b[0], b[1]) for b in data], strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor]) -> None:
+    """Give each layer its stored ages and reference from a checkpoint's state (SPEC S1, S2)."""
+    for layer in layers:
+        layer.ages = state.get(f"{layer.name}.age")
+        layer.stored_reference = state.get(f"{layer.name}.reference")
+
+
+def _unit_table(
+    name: str, layers: list[UnitLayer], refs: dict, scores: dict, shocks: dict, maturity: int
+) -> pd.DataFrame:
+    frames = []
+    for layer in layers:
+        n = layer.n_units
+        cols = {
+            "checkpoint": [name] * n,
+            "layer": [layer.name] * n,
+            "unit": list(range(n)),
+            "mature": layer.mature(maturity).tolist(),
+            "age": layer.ages.tolist() if layer.ages is not None else [math.nan] * n,
+            "reference": refs[layer.name].double().cpu().tolist(),
+        }
+        for utility, per_layer in scores.items():
+            values = per_layer.get(layer.name)
+            cols[utility] = values.double().tolist() if values is not None else [math.nan] * n
+        for metric, per_layer in shocks.items():
+            cols[f"shock_{metric}"] = per_layer[layer.name].tolist()
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def assay_model(
+    model: nn.Module,
+    calib: object,
+    probe: object,
+    layers: list[str] | None = None,
+    config: AssayConfig | None = None,
+    name: str = "model",
+    state: dict[str, torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> AssayResult:
+    """Assay an in-memory model on calibration and probe data ((x, y) tensors or loaders)."""
+    config = config or AssayConfig()
+    if layers is not None:
+        config = replace(config, layers=layers)
+    device = resolve_device(config.device)
+    calib_x, calib_y = _loader_tensors(calib)
+    probe_x, _ = _loader_tensors(probe)
+    model = model.to(device).eval()
+    found = unit_layers(model, calib_x[:2].to(device), config.layers)
+    attach_state(found, state or {})
+    maturity = config.maturity if config.maturity is not None else 0
+
+    base = probe_logits(model, probe_x, config.batch_size)
+    if not torch.isfinite(base).all():
+        raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set")
+    refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
+    stats = calibration_stats(model, found, calib_x, calib_y, refs,
+                              needed_ingredients(config.utilities), config.batch_size, config.seed)
+    scores, na = unit_scores(config.utilities, found, stats)
+
+    task = None
+    if progress is not None:
+        task = progress.add_task(f"lesions {name}", total=sum(layer.n_units for layer in found))
+    shocks = unit_shocks(model, found, refs, probe_x, config.metrics, config.batch_size,
+                         advance=(lambda k: progress.advance(task, k)) if task is not None else None)
+    if task is not None:
+        progress.remove_task(task)
+
+    units = _unit_table(name, found, refs, scores, shocks, maturity)
+    joint = _joint_shocks(model, found, refs, units, probe_x, config) if config.joint else {}
+    notes = pd.DataFrame(
+        [{"checkpoint": name, "utility": u, "layer": lay, "reason": why} for (u, lay), why in na.items()],
+        columns=["checkpoint", "utility", "layer", "reason"],
+    )
+    summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
+    return AssayResult(units, summary, notes, pd.DataFrame(), config)
+
+
+def _joint_shocks(
+    model: nn.Module, layers: list[UnitLayer], refs: dict, units: pd.DataFrame,
+    probe_x: torch.Tensor, config: AssayConfig,
+) -> dict[tuple[str, str], float]:
+    """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once."""
+    out: dict[tuple[str, str], float] = {}
+    for utility in config.utilities:
+        per_metric = config.metrics if utility == ORACLE else config.metrics[:1]
+        for metric in per_metric:
+            column = utility_column(utility, metric)
+            if column not in units:
+                continue
+            chosen = {k: torch.as_tensor(v) for k, v in selections(units, column, config.q).items()}
+            if not chosen:
+                continue
+            values = joint_shock(model, layers, refs, chosen, probe_x, config.metrics, config.batch_size)
+            if utility == ORACLE:
+                out[(utility, metric)] = values[metric]
+            else:
+                out.update({(utility, m): v for m, v in values.items()})
+    return out
+
+
+def assay_checkpoint(
+    ckpt: Checkpoint,
+    config: AssayConfig,
+    data: DataSpec | None = None,
+    progress: Progress | None = None,
+) -> AssayResult:
+    """Assay one loaded checkpoint on the held-out split of the task it was trained on last."""
+    spec = data or ckpt.info.data
+    if spec is None:
+        raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
+    x, y = task_arrays(spec, "holdout")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split: AssayData = split_calibration_probe(
+            x, y, config.calib_size, config.probe_size, config.seed, source=f"{spec.source} task {spec.task}"
+        )
+    for w in caught:
+        warnings.warn(w.message, stacklevel=2)
+    if config.maturity is None and "maturity" in ckpt.info.meta:
+        config = replace(config, maturity=int(ckpt.info.meta["maturity"]))
+    result = assay_model(ckpt.model, (split.calib_x, split.calib_y), (split.probe_x, split.probe_y),
+                         config=config, name=ckpt.info.name, state=ckpt.state, progress=progress)
+    info = {
+        "checkpoint": ckpt.info.name, "path": str(ckpt.info.path), "family": ckpt.info.family,
+        "factory": ckpt.info.factory, "step": _step_value(ckpt.info.step),
+        **{f"data_{k}": v for k, v in spec.to_dict().items()},
+        **{f"split_{k}": v for k, v in split.provenance.items()},
+    }
+    result.checkpoints = pd.DataFrame([info])
+    return result
+
+
+def checkpoint_layers(
+    path: str | Path,
+    patterns: list[str] | None = None,
+    model: str | None = None,
+    model_kwargs: dict | None = None,
+    data: DataSpec | None = None,
+) -> list[UnitLayer]:
+    """The unit layers of one checkpoint, resolved on two of its held-out examples."""
+    ckpt = load_checkpoint(path, model=model, model_kwargs=model_kwargs)
+    spec = data or ckpt.info.data
+    if spec is None:
+        raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data")
+    x, _ = task_arrays(spec, "holdout")
+    return unit_layers(ckpt.model, x[:2], patterns)
+
+
+def _step_value(step: dict) -> float:
+    """One number for "how far along training": the task, else the epoch, else the step."""
+    for key in ("task", "epoch", "step"):
+        if key in step:
+            return float(step[key])
+    return math.nan
+
+
+def run_assay(
+    paths: Iterable[str | Path],
+    config: AssayConfig | None = None,
+    *,
+    model: str | None = None,
+    model_kwargs: dict | None = None,
+    data: DataSpec | None = None,
+    progress: bool = True,
+    **overrides: object,
+) -> AssayResult:
+    """Find, load and assay every checkpoint under `paths` (DESIGN "Python API")."""
+    config = config or AssayConfig(**overrides)
+    found = find_checkpoints(list(paths), foreign_ok=model is not None)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    results = []
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        overall = bar.add_task("checkpoints", total=len(found))
+        for path, name in found:
+            ckpt = load_checkpoint(path, name, model, model_kwargs)
+            results.append(assay_checkpoint(ckpt, config, data, bar))
+            bar.advance(overall)
+    return AssayResult.concat(results, config)

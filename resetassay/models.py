@@ -1,0 +1,267 @@
+"""The model zoo: MLP, small CNN, small ResNet, registered by name (DESIGN "Checkpoint format").
+
+Every zoo model declares its unit layers (SPEC S1) with `unit_layer_specs()`: the module whose
+output holds the units, the module that produces them and the one that reads them, or the
+reason why a producer/consumer is not well defined (normalisation, residual adds).
+Checkpoint manifests name a factory of this registry (`resetassay.models:mlp`) and its kwargs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from resetassay.units import UnitLayerSpec
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Add a factory to the zoo under its function name."""
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a zoo model by registered name."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; the zoo has: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def kaiming_init_(module: nn.Module) -> None:
+    """Kaiming-uniform weights, zero biases, unit BatchNorm/LayerNorm (SPEC S6 init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class HiddenLayer(nn.Module):
+    """Linear -> (LayerNorm) -> activation; the activation's output holds the units."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str, layer_norm: bool):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.norm = nn.LayerNorm(out_features) if layer_norm else nn.Identity()
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.linear(x)))
+
+
+class MLP(nn.Module):
+    """Fully connected net (SPEC S6): input (B, ...) flattened -> widths -> n_classes logits."""
+
+    def __init__(
+        self,
+        in_features: int = 64,
+        widths: tuple[int, ...] = (64, 64, 64),
+        n_classes: int = 10,
+        activation: str = "relu",
+        layer_norm: bool = False,
+    ):
+        super().__init__()
+        dims = [in_features, *widths]
+        self.layers = nn.ModuleList(
+            HiddenLayer(a, b, activation, layer_norm) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.head = nn.Linear(dims[-1], n_classes)
+        self.layer_norm = layer_norm
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+    def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        specs = []
+        for i in range(len(self.layers)):
+            consumer = f"layers.{i + 1}.linear" if i + 1 < len(self.layers) else "head"
+            if self.layer_norm:
+                specs.append(UnitLayerSpec(
+                    f"layers.{i}.act", producer=None, consumer=consumer,
+                    producer_note=f"LayerNorm layers.{i}.norm mixes the outputs of layers.{i}.linear",
+                ))
+            else:
+                specs.append(UnitLayerSpec(f"layers.{i}.act", f"layers.{i}.linear", consumer))
+        return specs
+
+
+class ConvBlock(nn.Module):
+    """Conv3x3 -> BatchNorm -> activation; one unit per output channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class CNN(nn.Module):
+    """Plain conv net: ConvBlocks, global average pool, Linear head."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (16, 32),
+        n_classes: int = 10,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        dims = [in_channels, *widths]
+        self.blocks = nn.ModuleList(
+            ConvBlock(a, b, activation, stride=1 if i == 0 else 2)
+            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True))
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(dims[-1], n_classes)
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.pool(x).flatten(1))
+
+    def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        n = len(self.blocks)
+        return [
+            UnitLayerSpec(
+                f"blocks.{i}.act", producer=None,
+                consumer=f"blocks.{i + 1}.conv" if i + 1 < n else "head",
+                producer_note=f"BatchNorm blocks.{i}.bn rescales the producer's output",
+            )
+            for i in range(n)
+        ]
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; its two activations are separate modules, so each is hookable."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, activation: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.act1 = _activation(activation)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.act2 = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Small ResNet (SPEC S6 in miniature): stem, stages of BasicBlocks, pool, Linear head."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (8, 16, 32),
+        blocks: tuple[int, ...] = (1, 1, 1),
+        n_classes: int = 10,
+        activation: str = "relu",
+    ):
+        super().__init__()
+        self.stem = ConvBlock(in_channels, widths[0], activation)
+        stages, channels = [], widths[0]
+        for s, (width, n_blocks) in enumerate(zip(widths, blocks, strict=True)):
+            stage = []
+            for b in range(n_blocks):
+                stride = 2 if s > 0 and b == 0 else 1
+                stage.append(BasicBlock(channels, width, stride, activation))
+                channels = width
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, n_classes)
+        kaiming_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(self.pool(x).flatten(1))
+
+    def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        specs = [UnitLayerSpec(
+            "stem.act", producer=None, consumer=None,
+            producer_note="BatchNorm stem.bn rescales the producer's output",
+            consumer_note="read by stages.0.0.conv1 and by a residual skip",
+        )]
+        names = [f"stages.{s}.{b}" for s, stage in enumerate(self.stages) for b in range(len(stage))]
+        for k, block in enumerate(names):
+            specs.append(UnitLayerSpec(
+                f"{block}.act1", producer=None, consumer=f"{block}.conv2",
+                producer_note=f"BatchNorm {block}.bn1 rescales the producer's output",
+            ))
+            last = k + 1 == len(names)
+            specs.append(UnitLayerSpec(
+                f"{block}.act2", producer=None, consumer="head" if last else None,
+                producer_note=f"residual add: {block}.bn2 output plus the skip",
+                consumer_note="" if last else f"read by {names[k + 1]}.conv1 and by a residual skip",
+            ))
+        return specs
+
+
+@register_model
+def mlp(**kwargs: object) -> MLP:
+    """MLP with relu/silu/leaky_relu/tanh and optional LayerNorm."""
+    return MLP(**_tuples(kwargs))
+
+
+@register_model
+def cnn(**kwargs: object) -> CNN:
+    """Small CNN with BatchNorm."""
+    return CNN(**_tuples(kwargs))
+
+
+@register_model
+def resnet(**kwargs: object) -> ResNet:
+    """Small ResNet with BatchNorm and identity/projection shortcuts."""
+    return ResNet(**_tuples(kwargs))
+
+
+def _tuples(kwargs: dict[str, object]) -> dict[str, object]:
+    """JSON gives lists where the constructors take tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def model_family(name: str, kwargs: dict[str, object]) -> str:
+    """Short family label for reports: architecture, activation, normalisation."""
+    parts = [name, str(kwargs.get("activation", "relu"))]
+    if kwargs.get("layer_norm"):
+        parts.append("ln")
+    if name in ("cnn", "resnet"):
+        parts.append("bn")
+    return "-".join(parts)

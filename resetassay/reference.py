@@ -1,0 +1,63 @@
+"""Reset references r_i, the value a reset unit is clamped to (SPEC S2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resetassay.errors import BadInputError
+from resetassay.units import UnitLayer
+
+REFERENCES = ("calibration-mean", "stored", "zero")
+
+
+def unit_means(
+    model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, batch_size: int = 512
+) -> dict[str, torch.Tensor]:
+    """`calibration-mean` (SPEC S2): mean of h_i over examples (and H, W for Conv), `(n_units,)`."""
+    device = next(model.parameters()).device
+    sums = {layer.name: torch.zeros(layer.n_units, dtype=torch.float64, device=device) for layer in layers}
+    count = {layer.name: 0 for layer in layers}
+
+    def accumulate(name: str):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            dims = [0, 2, 3] if out.dim() == 4 else [0]
+            sums[name] += out.detach().double().sum(dim=dims)
+            count[name] += out.numel() // out.shape[1]
+        return hook
+
+    handles = [layer.module.register_forward_hook(accumulate(layer.name)) for layer in layers]
+    try:
+        with torch.no_grad():
+            for xb in torch.split(x, batch_size):
+                model(xb.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: (s / count[name]).float() for name, s in sums.items()}
+
+
+def unit_references(
+    model: nn.Module,
+    layers: list[UnitLayer],
+    calib_x: torch.Tensor,
+    kind: str = "calibration-mean",
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """The reference `(n_units,)` of every layer, on the model's device (SPEC S2)."""
+    device = next(model.parameters()).device
+    if kind == "calibration-mean":
+        return unit_means(model, layers, calib_x, batch_size)
+    if kind == "zero":
+        return {layer.name: torch.zeros(layer.n_units, device=device) for layer in layers}
+    if kind == "stored":
+        refs = {}
+        for layer in layers:
+            if layer.stored_reference is None:
+                raise BadInputError(
+                    f"--reference stored: the checkpoint stores no {layer.name}.reference; "
+                    "use --reference calibration-mean"
+                )
+            refs[layer.name] = layer.stored_reference.float().to(device)
+        return refs
+    raise BadInputError(f"--reference {kind!r} is unknown; choose from {', '.join(REFERENCES)}")

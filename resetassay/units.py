@@ -1,0 +1,156 @@
+"""Unit layers: where the units live, who produces them, who reads them (SPEC S1, S3).
+
+A unit layer is a module whose output holds one unit per feature (Linear: `(B, n)`) or per
+channel (Conv: `(B, n, H, W)`). Zoo models declare theirs; any other model gets the outputs of
+its activation modules, with producer and consumer unknown. A module called more than once
+per forward is refused by name: its calls would be silently mixed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from resetassay.errors import BadInputError
+
+ACTIVATION_TYPES = (
+    nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.ELU, nn.Sigmoid, nn.Softplus,
+    nn.Mish, nn.Hardswish, nn.ReLU6, nn.PReLU, nn.SELU, nn.CELU,
+)
+WEIGHTED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class UnitLayerSpec:
+    """A model's declaration of one unit layer, by module names."""
+
+    module: str
+    producer: str | None
+    consumer: str | None
+    producer_note: str = ""
+    consumer_note: str = ""
+
+
+@dataclass
+class UnitLayer:
+    """One unit layer of a live model, with its per-unit state (SPEC S1)."""
+
+    name: str
+    module: nn.Module
+    kind: Literal["linear", "conv"]
+    n_units: int
+    producer: nn.Module | None = None
+    consumer: nn.Module | None = None
+    producer_note: str = ""
+    consumer_note: str = ""
+    spec: UnitLayerSpec | None = None
+    ages: torch.Tensor | None = field(default=None, repr=False)
+    stored_reference: torch.Tensor | None = field(default=None, repr=False)
+
+    def mature(self, maturity: int) -> torch.Tensor:
+        """Boolean `(n_units,)`: age > maturity, or all True when no ages are stored."""
+        if self.ages is None:
+            return torch.ones(self.n_units, dtype=torch.bool)
+        return self.ages > maturity
+
+
+def declared_specs(model: nn.Module) -> list[UnitLayerSpec]:
+    """The model's own declaration, or every activation module with unknown producer/consumer."""
+    if hasattr(model, "unit_layer_specs"):
+        return list(model.unit_layer_specs())
+    note = "not declared: the model is not from the resetassay zoo"
+    return [
+        UnitLayerSpec(name, None, None, producer_note=note, consumer_note=note)
+        for name, module in model.named_modules()
+        if isinstance(module, ACTIVATION_TYPES)
+    ]
+
+
+def select_specs(specs: list[UnitLayerSpec], patterns: list[str] | None) -> list[UnitLayerSpec]:
+    """Keep the specs whose name matches any glob in `patterns` (all when None)."""
+    if not patterns:
+        return specs
+    chosen = [s for s in specs if any(fnmatch.fnmatchcase(s.module, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(s.module for s in specs) or "none"
+        raise BadInputError(f"--layers {','.join(patterns)} matched no unit layer; available: {names}")
+    return chosen
+
+
+def _weighted(model: nn.Module, name: str | None, what: str, note: str) -> tuple[nn.Module | None, str]:
+    if name is None:
+        return None, note
+    module = model.get_submodule(name)
+    if not isinstance(module, WEIGHTED):
+        return None, f"{what} {name} is a {type(module).__name__}, not Linear/Conv2d"
+    return module, note
+
+
+def unit_layers(
+    model: nn.Module, example: torch.Tensor, patterns: list[str] | None = None
+) -> list[UnitLayer]:
+    """Resolve the unit layers of `model` on an example batch `(B, ...)`, in forward order."""
+    specs = select_specs(declared_specs(model), patterns)
+    shapes: dict[str, list[torch.Size]] = {s.module: [] for s in specs}
+    order: list[str] = []
+
+    def recorder(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            shapes[name].append(output.shape)
+            order.append(name)
+        return hook
+
+    handles = [model.get_submodule(s.module).register_forward_hook(recorder(s.module)) for s in specs]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+
+    layers = []
+    for spec in sorted(specs, key=lambda s: order.index(s.module) if s.module in order else 1 << 30):
+        calls = shapes[spec.module]
+        if len(calls) != 1:
+            how = "never" if not calls else f"{len(calls)} times"
+            raise BadInputError(
+                f"module {spec.module} is called {how} per forward; its units are ambiguous — "
+                "give each call its own module, or exclude it with --layers"
+            )
+        shape = calls[0]
+        if len(shape) not in (2, 4):
+            raise BadInputError(
+                f"unit layer {spec.module} outputs shape {tuple(shape)}; expected (B, n) or (B, C, H, W)"
+            )
+        producer, producer_note = _weighted(model, spec.producer, "producer", spec.producer_note)
+        consumer, consumer_note = _weighted(model, spec.consumer, "consumer", spec.consumer_note)
+        layers.append(UnitLayer(
+            name=spec.module,
+            module=model.get_submodule(spec.module),
+            kind="linear" if len(shape) == 2 else "conv",
+            n_units=int(shape[1]),
+            producer=producer,
+            consumer=consumer,
+            producer_note=producer_note,
+            consumer_note=consumer_note,
+            spec=spec,
+        ))
+    return layers
+
+
+def layer_table(layers: list[UnitLayer]) -> list[dict[str, object]]:
+    """One row per unit layer: name, kind, unit count, producer and consumer (or why not)."""
+    return [
+        {
+            "layer": layer.name,
+            "kind": layer.kind,
+            "units": layer.n_units,
+            "producer": (layer.spec.producer if layer.producer is not None else f"- ({layer.producer_note})"),
+            "consumer": (layer.spec.consumer if layer.consumer is not None else f"- ({layer.consumer_note})"),
+        }
+        for layer in layers
+    ]

@@ -1,0 +1,269 @@
+"""Unit utilities (SPEC S3): higher = more useful = costlier to reset.
+
+One calibration pass gathers the per-unit ingredients (`LayerStats`); every utility is then a
+small function `(LayerStats, UnitLayer) -> (n_units,)`, registered by name. Gradients at the
+unit layers come from captum's `LayerGradientXActivation(multiply_by_inputs=False)` over all
+unit layers at once (one forward + one backward per batch and target), so that
+GXD = GXI - r * gradient (DESIGN "Known traps").
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradientXActivation
+from torch import nn
+
+from resetassay.errors import BadInputError
+from resetassay.units import UnitLayer
+
+INGREDIENTS = ("abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all")
+
+
+class NotApplicable(Exception):
+    """A utility does not apply to a layer; the message says why (SPEC S3)."""
+
+
+@dataclass
+class LayerStats:
+    """Calibration means of the per-unit ingredients of SPEC S3, each `(n_units,)` or None."""
+
+    abs_act: torch.Tensor | None = None    # E|h|            (over examples and H, W)
+    abs_dev: torch.Tensor | None = None    # E|h - r|
+    loss_grad: torch.Tensor | None = None  # E|sum_s dL/dh|
+    gxi: torch.Tensor | None = None        # E|sum_s h dz_y/dh|
+    gxd: torch.Tensor | None = None        # E|sum_s (h - r) dz_y/dh|
+    gxd_all: torch.Tensor | None = None    # E (1/C) sum_c |sum_s (h - r) dz_c/dh|
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Utility:
+    """A registered utility: its function and the ingredients it reads."""
+
+    name: str
+    fn: Callable[[LayerStats, UnitLayer], torch.Tensor]
+    needs: frozenset[str] = field(default_factory=frozenset)
+
+
+UTILITIES: dict[str, Utility] = {}
+ORACLE = "oracle"  # the measured shock itself (SPEC S3); filled in from the lesions
+
+
+def utility(name: str, needs: tuple[str, ...] = ()):
+    """Register a utility function under `name`."""
+    def register(fn: Callable[[LayerStats, UnitLayer], torch.Tensor]):
+        UTILITIES[name] = Utility(name, fn, frozenset(needs))
+        return fn
+    return register
+
+
+def utility_names() -> list[str]:
+    """Every utility a user may ask for, oracle included."""
+    return [*UTILITIES, ORACLE]
+
+
+def check_utilities(names: list[str]) -> list[str]:
+    """Validate `--utilities`; the message lists the valid names."""
+    unknown = [n for n in names if n not in UTILITIES and n != ORACLE]
+    if unknown:
+        raise BadInputError(
+            f"--utilities: unknown {', '.join(unknown)}; choose from {', '.join(utility_names())}"
+        )
+    return names
+
+
+def consumer_weight_mass(layer: UnitLayer) -> torch.Tensor:
+    """Sum_k |w_out[k, i]| over the single Linear/Conv consumer, `(n_units,)` (SPEC S3)."""
+    m, n = layer.consumer, layer.n_units
+    if m is None:
+        raise NotApplicable(layer.consumer_note or "no single Linear/Conv consumer")
+    w = m.weight.detach().abs()
+    if isinstance(m, nn.Conv2d) and m.groups == 1 and w.shape[1] == n:
+        return w.sum(dim=(0, 2, 3))
+    if isinstance(m, nn.Linear) and w.shape[1] % n == 0:
+        return w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))  # (n) or channel-major flattened maps
+    raise NotApplicable(f"consumer {layer.spec.consumer if layer.spec else '?'} does not read "
+                        f"{n} units channel by channel")
+
+
+def producer_weight_mass(layer: UnitLayer) -> torch.Tensor:
+    """Sum_j |w_in[i, j]| of the Linear/Conv producing each unit, `(n_units,)` (SPEC S3)."""
+    m = layer.producer
+    if m is None:
+        raise NotApplicable(layer.producer_note or "no Linear/Conv producer")
+    w = m.weight.detach().abs()
+    if w.shape[0] != layer.n_units:
+        raise NotApplicable(f"producer has {w.shape[0]} outputs for {layer.n_units} units")
+    return w.flatten(1).sum(dim=1)
+
+
+@utility("activation", ("abs_act",))
+def activation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i| (ReDo-style activation magnitude)."""
+    return s.abs_act
+
+
+@utility("contribution", ("abs_act",))
+def contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i| * sum_k |w_out[k, i]| (CBP, paper eq. 11)."""
+    return s.abs_act * consumer_weight_mass(layer).to(s.abs_act)
+
+
+@utility("mc_contribution", ("abs_dev",))
+def mc_contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i - r_i| * sum_k |w_out[k, i]| (mean-corrected contribution)."""
+    return s.abs_dev * consumer_weight_mass(layer).to(s.abs_dev)
+
+
+@utility("mc_adaptable", ("abs_dev",))
+def mc_adaptable(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i - r_i| * sum_k |w_out[k, i]| / sum_j |w_in[i, j]| (CBP 2023, paper eq. 12)."""
+    return mc_contribution(s, layer) / producer_weight_mass(layer).to(s.abs_dev)
+
+
+@utility("loss_gradient", ("loss_grad",))
+def loss_gradient(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|sum_s dL/dh_i(x, s)| (gradient activity)."""
+    return s.loss_grad
+
+
+@utility("gxi", ("gxi",))
+def gxi(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|sum_s h_i dz_y/dh_i| (gradient x input, paper App. B)."""
+    return s.gxi
+
+
+@utility("gxd", ("gxd",))
+def gxd(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|sum_s (h_i - r_i) dz_y/dh_i| (GXD, target logit, paper eq. 8)."""
+    return s.gxd
+
+
+@utility("gxd_all", ("gxd_all",))
+def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E (1/C) sum_c |sum_s (h_i - r_i) dz_c/dh_i| (GXD all-logit, paper eq. 6)."""
+    return s.gxd_all
+
+
+@utility("random")
+def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """Seeded uniform noise, a floor; the seed mixes the run seed and the layer name."""
+    g = torch.Generator().manual_seed(s.seed * 1_000_003 + zlib.crc32(layer.name.encode()))
+    return torch.rand(layer.n_units, generator=g, dtype=torch.float64).float()
+
+
+def _spatial_sum(t: torch.Tensor) -> torch.Tensor:
+    """(B, n, H, W) -> (B, n) by summing positions; (B, n) unchanged."""
+    return t.sum(dim=(2, 3)) if t.dim() == 4 else t
+
+
+def _positions(t: torch.Tensor) -> int:
+    return t.shape[2] * t.shape[3] if t.dim() == 4 else 1
+
+
+def calibration_stats(
+    model: nn.Module,
+    layers: list[UnitLayer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    refs: dict[str, torch.Tensor],
+    needs: set[str],
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, LayerStats]:
+    """One pass over the calibration set `x (N, ...)`, `y (N,)`: the ingredients in `needs`."""
+    if len(x) == 0:
+        raise BadInputError("the calibration set is empty; raise --calib-size")
+    device = next(model.parameters()).device
+    modules = [layer.module for layer in layers]
+    sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
+    acts: dict[str, torch.Tensor] = {}
+
+    def capture(name: str):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            acts[name] = out.detach().clone()
+        return hook
+
+    def loss_per_example(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(inputs), targets, reduction="none")
+
+    target_grads = LayerGradientXActivation(model, modules, multiply_by_inputs=False)
+    loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
+    handles = [layer.module.register_forward_hook(capture(layer.name)) for layer in layers]
+    try:
+        with torch.no_grad():
+            n_classes = model(x[:1].to(device)).shape[1]
+        for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
+            xb, yb = xb.to(device), yb.to(device)
+            if needs & {"gxi", "gxd"}:
+                grads = target_grads.attribute(xb, target=yb)
+            else:
+                with torch.no_grad():
+                    model(xb)
+            h = dict(acts)  # later captum calls re-run the forward; the values are the same
+            dev = {layer.name: h[layer.name] - _expand(refs[layer.name], h[layer.name]) for layer in layers}
+            if "loss_grad" in needs:
+                lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
+            dev_all = {layer.name: 0.0 for layer in layers}
+            for c in range(n_classes) if "gxd_all" in needs else ():
+                cgrads = target_grads.attribute(xb, target=c)
+                for layer, g in zip(layers, cgrads, strict=True):
+                    dev_all[layer.name] += _spatial_sum(dev[layer.name] * g).abs() / n_classes
+            for k, layer in enumerate(layers):
+                hk, dk, acc = h[layer.name], dev[layer.name], sums[layer.name]
+                per_pos = _positions(hk)
+                if "abs_act" in needs:
+                    acc["abs_act"] += _spatial_sum(hk.abs()).sum(0).double() / per_pos
+                if "abs_dev" in needs:
+                    acc["abs_dev"] += _spatial_sum(dk.abs()).sum(0).double() / per_pos
+                if "gxi" in needs:
+                    acc["gxi"] += _spatial_sum(hk * grads[k]).abs().sum(0).double()
+                if "gxd" in needs:
+                    acc["gxd"] += _spatial_sum(dk * grads[k]).abs().sum(0).double()
+                if "loss_grad" in needs:
+                    acc["loss_grad"] += _spatial_sum(lgrads[k]).abs().sum(0).double()
+                if "gxd_all" in needs:
+                    acc["gxd_all"] += dev_all[layer.name].sum(0).double()
+            acts.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed)
+        for name, acc in sums.items()
+    }
+
+
+def _expand(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Reference `(n,)` shaped to broadcast against h `(B, n)` or `(B, n, H, W)`."""
+    return r.view(1, -1, 1, 1) if h.dim() == 4 else r.view(1, -1)
+
+
+def unit_scores(
+    names: list[str],
+    layers: list[UnitLayer],
+    stats: dict[str, LayerStats],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[tuple[str, str], str]]:
+    """Scores[utility][layer] `(n_units,)` and the reasons for utilities that do not apply."""
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    notes: dict[tuple[str, str], str] = {}
+    for name in names:
+        if name == ORACLE:
+            continue
+        scores[name] = {}
+        for layer in layers:
+            try:
+                scores[name][layer.name] = UTILITIES[name].fn(stats[layer.name], layer).detach().cpu()
+            except NotApplicable as why:
+                notes[(name, layer.name)] = str(why)
+    return scores, notes
+
+
+def needed_ingredients(names: list[str]) -> set[str]:
+    """The union of what the requested utilities read."""
+    return set().union(*(UTILITIES[n].needs for n in names if n in UTILITIES))
