@@ -19,11 +19,13 @@ from torch import nn
 
 from resetassay.checkpoint import Checkpoint, find_checkpoints, load_checkpoint
 from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
+from resetassay.engine import set_shocks, unit_shocks_fast
 from resetassay.errors import BadInputError
-from resetassay.lesion import check_metrics, joint_shock, probe_logits, unit_shocks
+from resetassay.lesion import check_metrics, probe_logits, unit_shocks
 from resetassay.metrics import checkpoint_summary, selections, utility_column
 from resetassay.reference import unit_references
 from resetassay.report import render, write_run
+from resetassay.tracing import tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import (
     ORACLE,
@@ -33,6 +35,8 @@ from resetassay.utilities import (
     unit_scores,
     utility_names,
 )
+
+ENGINES = ("fast", "plain")
 
 
 @dataclass
@@ -51,10 +55,14 @@ class AssayConfig:
     batch_size: int = 512
     device: str = "auto"
     joint: bool = True
+    engine: str = "fast"
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         check_utilities(self.utilities)
         check_metrics(self.metrics)
+        if self.engine not in ENGINES:
+            raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}")
         if not 0 < self.q <= 1:
             raise BadInputError(f"--q {self.q}: must be in (0, 1]")
 
@@ -166,7 +174,7 @@ def assay_model(
     device = resolve_device(config.device)
     calib_x, calib_y = _loader_tensors(calib)
     probe_x, _ = _loader_tensors(probe)
-    model = model.to(device).eval()
+    model = tap_unit_layers(model.to(device).eval(), calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
     attach_state(found, state or {})
     maturity = config.maturity if config.maturity is not None else 0
@@ -182,8 +190,11 @@ def assay_model(
     task = None
     if progress is not None:
         task = progress.add_task(f"lesions {name}", total=sum(layer.n_units for layer in found))
-    shocks = unit_shocks(model, found, refs, probe_x, config.metrics, config.batch_size,
-                         advance=(lambda k: progress.advance(task, k)) if task is not None else None)
+    advance = (lambda k: progress.advance(task, k)) if task is not None else None
+    if config.engine == "fast":
+        shocks = unit_shocks_fast(model, found, refs, probe_x, config.metrics, config.max_memory, advance=advance)
+    else:
+        shocks = unit_shocks(model, found, refs, probe_x, config.metrics, config.batch_size, advance=advance)
     if task is not None:
         progress.remove_task(task)
 
@@ -201,22 +212,22 @@ def _joint_shocks(
     model: nn.Module, layers: list[UnitLayer], refs: dict, units: pd.DataFrame,
     probe_x: torch.Tensor, config: AssayConfig,
 ) -> dict[tuple[str, str], float]:
-    """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once."""
-    out: dict[tuple[str, str], float] = {}
+    """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
+    keys, lesions = [], []
     for utility in config.utilities:
-        per_metric = config.metrics if utility == ORACLE else config.metrics[:1]
-        for metric in per_metric:
+        for metric in config.metrics if utility == ORACLE else config.metrics[:1]:
             column = utility_column(utility, metric)
-            if column not in units:
-                continue
-            chosen = {k: torch.as_tensor(v) for k, v in selections(units, column, config.q).items()}
-            if not chosen:
-                continue
-            values = joint_shock(model, layers, refs, chosen, probe_x, config.metrics, config.batch_size)
-            if utility == ORACLE:
-                out[(utility, metric)] = values[metric]
-            else:
-                out.update({(utility, m): v for m, v in values.items()})
+            chosen = selections(units, column, config.q) if column in units else {}
+            if chosen:
+                keys.append((utility, metric))
+                lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
+    if not lesions:
+        return {}
+    values = set_shocks(model, layers, refs, lesions, probe_x, config.metrics, config.max_memory)
+    out: dict[tuple[str, str], float] = {}
+    for i, (utility, metric) in enumerate(keys):
+        for m in [metric] if utility == ORACLE else config.metrics:
+            out[(utility, m)] = float(values[m][i])
     return out
 
 
@@ -265,7 +276,7 @@ def checkpoint_layers(
     if spec is None:
         raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data")
     x, _ = task_arrays(spec, "holdout")
-    return unit_layers(ckpt.model, x[:2], patterns)
+    return unit_layers(tap_unit_layers(ckpt.model, x[:2]), x[:2], patterns)
 
 
 def _step_value(step: dict) -> float:

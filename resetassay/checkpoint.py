@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +148,18 @@ def import_factory(spec: str):
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise BadInputError(f"--model {spec!r}: expected package.module:factory")
+    cwd = str(Path.cwd())
+    searched = cwd in sys.path or "" in sys.path  # `python -m` searches the working folder, the script not
+    if not searched:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise BadInputError(f"--model {spec!r}: cannot import {module_name} ({err})") from err
+        raise BadInputError(f"--model {spec!r}: cannot import {module_name} ({err}); run from the folder "
+                            "that holds it or add that folder to PYTHONPATH") from err
+    finally:
+        if not searched:
+            sys.path.remove(cwd)
     if not hasattr(module, attr):
         raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}")
     return getattr(module, attr)

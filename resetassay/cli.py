@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from resetassay.assay import AssayConfig, checkpoint_layers, run_assay
+from resetassay.cbp import ONLINE_UTILITIES, CBPConfig
+from resetassay.check import check_run, diff_table, make_baseline, write_baseline
 from resetassay.data import DataSpec, data_spec
+from resetassay.engine import parse_bytes
 from resetassay.errors import BadInputError
-from resetassay.report import render
+from resetassay.report import q_values, render
+from resetassay.train import TrainConfig, last_checkpoint, train, zoo_kwargs
 from resetassay.units import layer_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,6 +31,13 @@ out = Console()
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in _split(value)) if value else None
+    except ValueError as e:
+        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. 0,5,10") from e
 
 
 def _fail(message: str, code: int) -> None:
@@ -92,6 +104,11 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Examples per forward.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     joint: Annotated[bool, typer.Option(help="Also measure joint Shock@q.")] = True,
+    engine: Annotated[str, typer.Option(help="fast (graph split, batched lesions) or plain (one forward "
+                                        "per unit, the reference).")] = "fast",
+    max_memory: Annotated[str | None, typer.Option(help="Activation memory per lesion chunk, e.g. 512MB, "
+                                                   "2GB (default 1GB on CPU, half the free GPU memory).")]
+    = None,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
     data: Data = None,
@@ -106,7 +123,8 @@ def run(
             **({"utilities": _split(utilities)} if utilities else {}),
             metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
-            batch_size=batch_size, device=device, joint=joint,
+            batch_size=batch_size, device=device, joint=joint, engine=engine,
+            max_memory=parse_bytes(max_memory, "--max-memory"),
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -124,17 +142,69 @@ def run(
     for utility, g in pooled.groupby("utility", sort=False):
         table.add_row(utility, f"{g['spearman'].mean():.3f}")
     out.print(table)
-    out.print(f"wrote {report.parent}/ (units.csv, summary.csv, report.md, figures/)")
+    out.print(f"wrote {report.parent}/ (units.csv, summary.csv, report.md, report.html, figures/)")
+
+
+RunDir = Annotated[Path, typer.Argument(help="A directory written by `resetassay run`.")]
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A directory written by `resetassay run`.")]) -> None:
-    """Re-render report.md and figures from a run's tables, without running a model."""
+def report(
+    run_dir: RunDir,
+    q: Annotated[str | None, typer.Option(help="Shock@q fraction(s) recomputed from units.csv, e.g. 0.1, or a "
+                                          "sweep 0.01,0.05,0.1 (default: the run's q).")] = None,
+) -> None:
+    """Re-render report.md, report.html and figures from a run's tables, without running a model."""
+    start = time.perf_counter()
     try:
-        path = render(run_dir)
+        path = render(run_dir, q_values(q) if q is not None else None)
     except BadInputError as e:
         _fail(str(e), 2)
-    out.print(f"wrote {path}")
+    out.print(f"wrote {path} and {path.with_suffix('.html').name} in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def check(
+    run_dir: RunDir,
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON written by `resetassay baseline`.")],
+    tolerance: Annotated[float, typer.Option(help="Largest allowed drop of pooled Spearman ρ.")] = 0.02,
+    rel_tolerance: Annotated[float, typer.Option(help="Largest allowed rise of Shock@q, relative to the baseline "
+                                                 "(the gap: relative to the baseline Shock@q).")] = 0.10,
+    junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML, one test case per comparison.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List unchanged comparisons too.")] = False,
+) -> None:
+    """Compare a run with a baseline: exit 0 on pass, 1 on a regression, 2 on bad input."""
+    try:
+        comparisons, differences = check_run(run_dir, baseline, tolerance, rel_tolerance, junit)
+    except BadInputError as e:
+        _fail(str(e), 2)
+    for line in differences:
+        err.print(f"[yellow]note:[/] config differs from the baseline's run: {line}", highlight=False, soft_wrap=True)
+    typer.echo(diff_table(comparisons, show_all))
+    raise typer.Exit(0 if all(c.passed for c in comparisons) else 1)
+
+
+@app.command("baseline")
+def baseline_command(
+    run_dir: RunDir,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Baseline JSON to write.")],
+    floor: Annotated[list[str] | None, typer.Option(help="Absolute floor [FAMILY:]UTILITY:METRIC:STAT>=VALUE (or "
+                                                    "<=), written for each family the run clears by --margin; "
+                                                    "repeatable.")] = None,
+    margin: Annotated[float, typer.Option(help="How far the run must clear a --floor for it to be written.")]
+    = 0.02,
+    utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities to gate (default: all but "
+                                                  "random).")] = None,
+) -> None:
+    """Write a baseline for `resetassay check` from a run's summary."""
+    try:
+        written, skipped = make_baseline(run_dir, floor, margin, _split(utilities))
+        path = write_baseline(written, output)
+    except BadInputError as e:
+        _fail(str(e), 2)
+    for line in skipped:
+        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {path}: {len(written['rows'])} rows, {len(written['floors'])} floors")
 
 
 @app.command()
@@ -148,8 +218,10 @@ def inspect(
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
     try:
-        found = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
-                                  _data(data, 0, 0, data_dir))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            found = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
+                                      _data(data, 0, 0, data_dir))
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)
@@ -159,6 +231,52 @@ def inspect(
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     out.print(table)
+
+
+@app.command("train")
+def train_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the checkpoints and accuracy.csv.")]
+    = Path("checkpoints"),
+    model: Annotated[str, typer.Option(help="Zoo model: mlp, cnn or resnet (image data).")] = "mlp",
+    widths: Annotated[str | None, typer.Option(help="Comma-separated hidden widths (mlp default "
+                                               "256,256,256,256).")] = None,
+    activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
+    layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
+    data: Annotated[str, typer.Option(help="digits, digits-image, mnist or mnist-image.")] = "digits",
+    data_dir: DataDir = None,
+    permutation_seed: Annotated[int, typer.Option(help="Seed of the task permutations.")] = 0,
+    tasks: Annotated[int, typer.Option(help="Permuted tasks, one after another.")] = 30,
+    epochs_per_task: Annotated[int, typer.Option(help="Epochs on each task.")] = 1,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.01,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and resets.")] = 0,
+    cbp: Annotated[bool, typer.Option(help="Continual backprop (SPEC S7); --no-cbp: plain backprop.")] = True,
+    utility: Annotated[str, typer.Option(help=f"CBP utility: {', '.join(ONLINE_UTILITIES)}.")] = "contribution",
+    replacement_rate: Annotated[float, typer.Option(help="CBP replacement rate rho.")] = 1e-4,
+    decay: Annotated[float, typer.Option(help="CBP decay eta of the running utility and mean.")] = 0.99,
+    maturity: Annotated[int, typer.Option(help="CBP maturity m: units with age <= m are not reset.")] = 100,
+    checkpoint_at: Annotated[str | None, typer.Option(help="Comma-separated tasks (or epochs), counted from "
+                                                      "0, after which to save (default: the last).")] = None,
+    checkpoint_in: Annotated[str, typer.Option(help="Unit of --checkpoint-at: tasks or epochs.")] = "tasks",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train on permuted tasks with CBP or plain backprop; write checkpoints with per-unit state."""
+    try:
+        spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None)
+        config = TrainConfig(
+            model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm), spec,
+            tasks=tasks, epochs_per_task=epochs_per_task, lr=lr, batch_size=batch_size, seed=seed,
+            checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
+            or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
+            cbp=CBPConfig(utility, replacement_rate, decay, maturity) if cbp else None, momentum=momentum,
+        )
+        saved = train(config, out_dir, progress=not quiet)
+    except BadInputError as e:
+        _fail(str(e), 2)
+    for path in saved:
+        out.print(f"wrote {path}")
+    out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}")
 
 
 def main() -> None:  # pragma: no cover - `python -m resetassay.cli`

@@ -80,6 +80,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise BadInputError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise BadInputError(f"{path}: truncated IDX header; re-download it")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -140,23 +142,28 @@ def split_calibration_probe(
     """Seeded, disjoint calibration and probe sets (SPEC S1).
 
     Sizes left as None default to 2048 each and shrink, with a warning, to an equal share of
-    what the data has; an explicit size the data cannot supply is an error.
+    what the data has (or to what an explicit size of the other set leaves); an explicit size
+    the data cannot supply is an error.
     """
     n = len(x)
-    explicit = calib_size is not None or probe_size is not None
-    n_calib = DEFAULT_SIZE if calib_size is None else calib_size
-    n_probe = DEFAULT_SIZE if probe_size is None else probe_size
-    if n_calib <= 0 or n_probe <= 0:
-        raise BadInputError("--calib-size and --probe-size must be positive")
-    if n_calib + n_probe > n:
-        if explicit:
-            raise BadInputError(
-                f"--calib-size {n_calib} + --probe-size {n_probe} exceed the {n} held-out examples "
-                f"of {source}; ask for at most {n} in total"
-            )
-        n_calib = n_probe = n // 2
+    for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
+        if size is not None and size <= 0:
+            raise BadInputError(f"{flag} must be positive")
+    if calib_size is not None and probe_size is not None and calib_size + probe_size > n:
+        raise BadInputError(
+            f"--calib-size {calib_size} + --probe-size {probe_size} exceed the {n} held-out examples "
+            f"of {source}; ask for at most {n} in total"
+        )
+    for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
+        if size is not None and size >= n:
+            raise BadInputError(f"{flag} {size} leaves none of the {n} held-out examples of {source} "
+                                "for the other set; ask for fewer")
+    share = n // 2 if calib_size is None and probe_size is None else n - (calib_size or probe_size)
+    n_calib = calib_size if calib_size is not None else min(DEFAULT_SIZE, share)
+    n_probe = probe_size if probe_size is not None else min(DEFAULT_SIZE, share)
+    if (calib_size is None and n_calib < DEFAULT_SIZE) or (probe_size is None and n_probe < DEFAULT_SIZE):
         warnings.warn(
-            f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} each",
+            f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} and {n_probe}",
             stacklevel=2,
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

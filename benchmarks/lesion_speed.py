@@ -1,0 +1,203 @@
+"""Lesion engine speed, one run, same data (issue: fast lesion engine; DESIGN "The lesion engine").
+
+Times, on the paper MLP (784 -> [256]x4 -> 10, SiLU; SPEC S6) with P probe examples:
+  plain   one forward per unit, hook clamp (resetassay.lesion.unit_shocks, the reference)
+  captum  captum LayerFeatureAblation, same units and references, perturbations_per_eval=32
+  fast    resetassay.engine.unit_shocks_fast
+  bound   the FLOPs no exact engine avoids (every Linear after the unit's first consumer, per
+          lesion, over P rows) divided by the matmul rate measured in this run
+and, on the ResNet fixture, plain vs fast. Prints units/s and ratios; --json writes them.
+
+    python benchmarks/lesion_speed.py [--quick] [--json FILE] [--threads 2] [--max-memory 1GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from captum.attr import LayerFeatureAblation
+
+from resetassay.checkpoint import load_checkpoint
+from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.engine import parse_bytes, unit_shocks_fast
+from resetassay.lesion import probe_logits, unit_shocks
+from resetassay.models import create_model
+from resetassay.reference import unit_references
+from resetassay.units import unit_layers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakRSS:
+    """Peak resident memory above the starting level, sampled every 2 ms from /proc."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @contextmanager
+    def measure(self):
+        start = self.rss()
+        self.peak = 0
+
+        def poll() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self.rss() - start)
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        self._stop.clear()
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def captum_shocks(model, layers, refs, probe_x, ppe: int) -> dict[str, torch.Tensor]:
+    """Mean L1 shock per unit via captum's LayerFeatureAblation (ablation to the reference)."""
+    base = probe_logits(model, probe_x)
+
+    def l1_from_base(x: torch.Tensor) -> torch.Tensor:
+        z = model(x)
+        return (z - base.repeat(len(x) // len(base), 1)).abs().sum(dim=1)
+
+    out = {}
+    for layer in layers:
+        ablation = LayerFeatureAblation(l1_from_base, layer.module)
+        with torch.no_grad():
+            attr = ablation.attribute(probe_x, layer_baselines=refs[layer.name].view(1, -1),
+                                      perturbations_per_eval=ppe)
+        out[layer.name] = -attr.double().mean(dim=0)  # attribution = f(x) - f(ablated) = 0 - shock
+    return out
+
+
+def matmul_rate(rows: int, width: int, seconds: float = 1.0) -> float:
+    """FLOP/s of (rows x width) @ (width x width), the GEMM shape of the downstream layers."""
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * rows * width * width * n / (time.perf_counter() - t0)
+
+
+def flop_bound(widths: list[int], n_classes: int, p: int) -> float:
+    """FLOPs of every Linear after each unit's first consumer, summed over all units."""
+    dims = [*widths, n_classes]
+    total = 0.0
+    for layer, n_units in enumerate(widths):
+        after_consumer = dims[layer + 1:]  # the consumer maps dims[layer] -> dims[layer + 1]
+        per_lesion = sum(2 * p * a * b for a, b in zip(after_consumer[:-1], after_consumer[1:], strict=True))
+        total += n_units * per_lesion
+    return total
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    num = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    return num / max(float(a[k].abs().max()) for k in a)
+
+
+def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None, rss: PeakRSS) -> dict:
+    torch.manual_seed(0)
+    widths = [width] * depth
+    model = create_model("mlp", in_features=784, widths=widths, activation="silu").eval()
+    calib_x, probe_x = torch.rand(p, 784), torch.rand(p, 784)  # timing does not depend on the data
+    layers = unit_layers(model, calib_x[:2])
+    refs = unit_references(model, layers, calib_x)
+    n_units = sum(layer.n_units for layer in layers)
+
+    plain, t_plain = timed(lambda: unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], batch_size=p))
+    cap, t_captum = timed(lambda: captum_shocks(model, layers, refs, probe_x, ppe=32))
+    with rss.measure():
+        fast, t_fast = timed(lambda: unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory))
+    rate = matmul_rate(32 * p, width)
+    t_bound = flop_bound(widths, 10, p) / rate
+    return {
+        "model": f"mlp 784-[{width}]x{depth}-10 silu", "probe": p, "units": n_units,
+        "seconds": {"plain": t_plain, "captum": t_captum, "fast": t_fast, "flop_bound": t_bound},
+        "units_per_s": {k: n_units / v for k, v in
+                        {"plain": t_plain, "captum": t_captum, "fast": t_fast, "flop_bound": t_bound}.items()},
+        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_vs_captum": t_captum / t_fast,
+                   "fast_over_bound": t_fast / t_bound},
+        "matmul_gflops": rate / 1e9,
+        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
+                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"]),
+                         "captum_vs_plain_l1": max_rel_diff(plain["l1"], cap)},
+        "peak_rss_mb_fast": rss.peak / 1e6,
+        "max_memory_mb": (max_memory or 2**30) / 1e6,
+    }
+
+
+def resnet_benchmark(quick: bool, max_memory: int | None) -> dict:
+    ckpt = load_checkpoint(ROOT / "fixtures" / "resnet" / "task3")
+    x, y = task_arrays(ckpt.info.data, "holdout")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = split_calibration_probe(x, y, probe_size=200 if quick else None)
+    layers = unit_layers(ckpt.model, data.calib_x[:2])
+    refs = unit_references(ckpt.model, layers, data.calib_x)
+    n_units = sum(layer.n_units for layer in layers)
+    plain, t_plain = timed(lambda: unit_shocks(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"]))
+    fast, t_fast = timed(lambda: unit_shocks_fast(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"],
+                                                  max_memory))
+    return {
+        "model": "resnet fixture (8-16-32, BatchNorm, projection shortcuts)", "probe": len(data.probe_x),
+        "units": n_units, "seconds": {"plain": t_plain, "fast": t_fast},
+        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast},
+        "ratios": {"fast_vs_plain": t_plain / t_fast},
+        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
+                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced size, well under a minute")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-memory", default=None, help="fast engine budget, e.g. 512MB")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    budget = parse_bytes(args.max_memory, "--max-memory")
+    p, width = (256, 128) if args.quick else (2048, 256)
+    results = {"threads": args.threads, "torch": torch.__version__,
+               "mlp": mlp_benchmark(p, width, 4, budget, PeakRSS()),
+               "resnet": resnet_benchmark(args.quick, budget)}
+    for name in ("mlp", "resnet"):
+        r = results[name]
+        print(f"\n{r['model']}: {r['units']} units, P={r['probe']}")
+        for method, seconds in r["seconds"].items():
+            print(f"  {method:<11}{seconds:9.3f} s {r['units_per_s'][method]:10.0f} units/s")
+        print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items()))
+        print("  max |diff| / max shock: " + ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_diff"].items()))
+    m = results["mlp"]
+    print(f"  fast engine peak RSS +{m['peak_rss_mb_fast']:.0f} MB (budget {m['max_memory_mb']:.0f} MB), "
+          f"matmul {m['matmul_gflops']:.1f} GFLOP/s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

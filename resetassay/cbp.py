@@ -1,0 +1,360 @@
+"""Continual backprop (SPEC S7, paper Algorithm 1): online unit utilities and the reset step.
+
+`ContinualBackprop` hooks the unit layers (SPEC S1) of a zoo model. After every SGD step it
+ages every unit, updates its EMA reference `f` and, where a reset applies, its EMA utility
+`u`; then it resets, at rate ρ, the eligible units (age > m) with the lowest bias-corrected
+utility. The reset adds `w_out[:, r] · r̂_r` to the consumer's bias with the bias-corrected
+running mean `r̂ = f / (1 - η^age)` (SPEC S2), read *before* `f` is cleared: the public
+reference code clears it first, which makes its compensation a no-op (DESIGN "Known traps").
+
+Where a reset applies (`reset_site`): one Linear/Conv producer and one Linear/Conv consumer.
+- The producer may sit behind a per-unit norm: in the LayerNorm MLP it is the Linear before
+  the norm, in a ConvBlock the conv before BatchNorm, in a BasicBlock `conv1` before `bn1`.
+  A reset resamples the producer's row, zeroes its bias entry and resets the norm's per-unit
+  parameters (and BatchNorm running statistics) to their init. LayerNorm normalises over all
+  units of a layer, so there a new row also moves the other units: the compensation is exact
+  only without LayerNorm.
+- The consumer receives the compensation in its bias; a bias-free conv consumer followed by
+  BatchNorm (CNN, BasicBlock `conv2`) receives it in that BatchNorm's running mean, which is
+  the same shift in eval mode (train-mode BatchNorm removes a constant shift by itself). For a
+  conv consumer it is exact away from the zero-padded border.
+- ResNet `stem.act` and every `act2` are read by a residual skip or produced by a residual
+  add: they are tracked (age, reference) but never reset. Only the `act1` layers are.
+
+Online utilities are those of SPEC S3 computed on the training batch from the forward that
+the SGD step used (hooks, no extra forward): E becomes the batch mean, and the reference is
+the current `r̂`. `loss_gradient` reads ∂L/∂h from the step's own backward; `gxi`/`gxd` need
+∂z_y/∂h, one extra backward through the same graph. In train mode BatchNorm couples the
+examples of a batch, and these gradients include that coupling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from resetassay.errors import BadInputError
+from resetassay.models import BasicBlock, ConvBlock, HiddenLayer
+from resetassay.units import UnitLayer, unit_layers
+from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, _expand, _positions, _spatial_sum
+
+ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
+GRADIENT_INGREDIENTS = {"gxi", "gxd"}
+
+# (block type, unit attribute) -> (producer attribute, per-unit norm attribute) of the zoo blocks
+PRODUCER_THROUGH_NORM: dict[tuple[type, str], tuple[str, str]] = {
+    (HiddenLayer, "act"): ("linear", "norm"),
+    (ConvBlock, "act"): ("conv", "bn"),
+    (BasicBlock, "act1"): ("conv1", "bn1"),
+}
+# (block type, conv attribute) -> the BatchNorm attribute right after a bias-free zoo conv
+NORM_AFTER: dict[tuple[type, str], str] = {(ConvBlock, "conv"): "bn", (BasicBlock, "conv2"): "bn2"}
+
+
+@dataclass
+class CBPConfig:
+    """CBP hyper-parameters (SPEC S7; defaults of Dohare et al.)."""
+
+    utility: str = "contribution"
+    replacement_rate: float = 1e-4
+    decay: float = 0.99
+    maturity: int = 100
+
+    def __post_init__(self) -> None:
+        if self.utility not in ONLINE_UTILITIES:
+            raise BadInputError(f"--utility {self.utility!r} cannot be tracked online; "
+                                f"choose from {', '.join(ONLINE_UTILITIES)}")
+        if not 0 <= self.replacement_rate <= 1:
+            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be in [0, 1]")
+        if not 0 <= self.decay < 1:
+            raise BadInputError(f"--decay {self.decay}: must be in [0, 1)")
+        if self.maturity < 0:
+            raise BadInputError(f"--maturity {self.maturity}: must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ResetSite:
+    """The modules a reset of one unit layer touches (SPEC S7)."""
+
+    producer: nn.Linear | nn.Conv2d
+    producer_norm: nn.LayerNorm | nn.BatchNorm2d | None
+    consumer: nn.Linear | nn.Conv2d
+    consumer_norm: nn.BatchNorm2d | None  # takes the compensation when the consumer has no bias
+
+
+@dataclass
+class UnitTrace:
+    """Online state of one unit layer: ages, EMA reference f, EMA utility u, reset accumulator c."""
+
+    layer: UnitLayer
+    site: ResetSite | None
+    why_not: str
+    age: torch.Tensor      # (n_units,) int64
+    mean: torch.Tensor     # (n_units,) float64, f (SPEC S2)
+    utility: torch.Tensor  # (n_units,) float64, u
+    pending: float = 0.0   # c
+
+    def corrected(self, ema: torch.Tensor, decay: float) -> torch.Tensor:
+        """Bias-corrected EMA `ema / (1 - η^age)`, 0 for units not yet observed (age 0)."""
+        seen = self.age > 0
+        return torch.where(seen, ema / (1 - decay ** self.age.clamp(min=1).double()), torch.zeros_like(ema))
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent, _, leaf = name.rpartition(".")
+    return model.get_submodule(parent), leaf
+
+
+def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, str]:
+    """Where a reset of `layer` writes, or None and why a reset is not well defined there."""
+    n, consumer = layer.n_units, layer.consumer
+    if consumer is None:
+        return None, layer.consumer_note or "no single Linear/Conv consumer"
+    reads = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
+    if reads != n or getattr(consumer, "groups", 1) != 1:
+        return None, f"consumer {layer.spec.consumer} does not read the {n} units one input each"
+    if layer.producer is not None:
+        producer, producer_norm = layer.producer, None
+    else:
+        parent, leaf = _parent(model, layer.name)
+        attrs = PRODUCER_THROUGH_NORM.get((type(parent), leaf))
+        if attrs is None:
+            return None, layer.producer_note or "no Linear/Conv producer"
+        producer, producer_norm = getattr(parent, attrs[0]), getattr(parent, attrs[1])
+        producer_norm = None if isinstance(producer_norm, nn.Identity) else producer_norm
+    if producer.weight.shape[0] != n:
+        return None, f"producer has {producer.weight.shape[0]} outputs for {n} units"
+    consumer_norm = None
+    if consumer.bias is None:
+        parent, leaf = _parent(model, layer.spec.consumer)
+        attr = NORM_AFTER.get((type(parent), leaf))
+        if attr is None:
+            return None, f"consumer {layer.spec.consumer} has no bias and no BatchNorm to take the compensation"
+        consumer_norm = getattr(parent, attr)
+    return ResetSite(producer, producer_norm, consumer, consumer_norm), ""
+
+
+def unit_mean(h: torch.Tensor) -> torch.Tensor:
+    """Mean of h over examples (and H, W for Conv), `(n_units,)`."""
+    return h.mean(dim=(0, 2, 3)) if h.dim() == 4 else h.mean(dim=0)
+
+
+def batch_stats(
+    h: torch.Tensor,
+    reference: torch.Tensor,
+    needs: frozenset[str],
+    loss_grad: torch.Tensor | None = None,
+    target_grad: torch.Tensor | None = None,
+) -> LayerStats:
+    """Batch means of the SPEC S3 ingredients in `needs` for one layer.
+
+    Args: h `(B, n)` or `(B, n, H, W)`; reference r̂ `(n,)`; loss_grad ∂L_x/∂h_x per example
+    and target_grad ∂z_y(x)/∂h_x, both shaped like h.
+    """
+    dev = h - _expand(reference.to(h.dtype), h)
+    per_pos = _positions(h)
+    stats = LayerStats()
+    if "abs_act" in needs:
+        stats.abs_act = _spatial_sum(h.abs()).mean(0) / per_pos
+    if "abs_dev" in needs:
+        stats.abs_dev = _spatial_sum(dev.abs()).mean(0) / per_pos
+    if "loss_grad" in needs:
+        stats.loss_grad = _spatial_sum(loss_grad).abs().mean(0)
+    if "gxi" in needs:
+        stats.gxi = _spatial_sum(h * target_grad).abs().mean(0)
+    if "gxd" in needs:
+        stats.gxd = _spatial_sum(dev * target_grad).abs().mean(0)
+    return stats
+
+
+class ContinualBackprop:
+    """CBP over the unit layers of a zoo model (SPEC S7): call `observe` after the forward of
+    each SGD step and `step` after `optimizer.step()`.
+
+    Examples::
+
+        cbp = ContinualBackprop(model, CBPConfig(), x[:2])
+        logits = model(xb); cbp.observe(logits, yb)
+        F.cross_entropy(logits, yb).backward(); optimizer.step(); cbp.step(optimizer)
+    """
+
+    def __init__(self, model: nn.Module, config: CBPConfig, example: torch.Tensor, seed: int = 0):
+        self.model, self.config = model, config
+        self.generator = torch.Generator().manual_seed(seed)
+        self.needs = UTILITIES[config.utility].needs
+        was_training = model.training
+        layers = unit_layers(model.eval(), example)  # eval: resolving must not move BatchNorm statistics
+        model.train(was_training)
+        self.traces: dict[str, UnitTrace] = {}
+        for layer in layers:
+            site, why = reset_site(model, layer)
+            n = layer.n_units
+            self.traces[layer.name] = UnitTrace(layer, site, why, torch.zeros(n, dtype=torch.long),
+                                                torch.zeros(n, dtype=torch.float64),
+                                                torch.zeros(n, dtype=torch.float64))
+        if not self.reset_layers:
+            raise BadInputError("--cbp: no unit layer of this model has a single Linear/Conv producer and consumer")
+        for name in self.reset_layers:
+            trace = self.traces[name]
+            try:
+                UTILITIES[config.utility].fn(LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
+                                             trace.layer)
+            except NotApplicable as why:
+                raise BadInputError(f"--utility {config.utility} does not apply to {name} ({why}); "
+                                    "choose contribution, mc_contribution, loss_gradient, gxi or gxd") from why
+        self._h: dict[str, torch.Tensor] = {}
+        self._loss_grad: dict[str, torch.Tensor] = {}
+        self._target_grad: dict[str, torch.Tensor] = {}
+        self._handles = [t.layer.module.register_forward_hook(self._capture(name)) for name, t in self.traces.items()]
+
+    @property
+    def reset_layers(self) -> list[str]:
+        """Names of the unit layers CBP resets (the others are only tracked)."""
+        return [name for name, t in self.traces.items() if t.site is not None]
+
+    def skipped_layers(self) -> dict[str, str]:
+        """Unit layers CBP does not reset, with the reason."""
+        return {name: t.why_not for name, t in self.traces.items() if t.site is None}
+
+    def _capture(self, name: str):
+        wants_loss_grad = "loss_grad" in self.needs and self.traces[name].site is not None
+
+        def keep_grad(grad: torch.Tensor) -> None:
+            # the training loss is the batch mean: B · ∂L̄/∂h_x = ∂L_x/∂h_x
+            self._loss_grad[name] = grad.detach() * grad.shape[0]
+
+        def hook(module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            if not module.training:
+                return
+            self._h[name] = out
+            if wants_loss_grad and out.requires_grad:
+                out.register_hook(keep_grad)
+        return hook
+
+    def observe(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Gradients of the target logits `(B,)` at the reset layers, when the utility needs them."""
+        if not self.needs & GRADIENT_INGREDIENTS:
+            return
+        names = self.reset_layers
+        outputs = [self._recorded(self._h, n, "a train-mode forward") for n in names]
+        grads = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), outputs, retain_graph=True)
+        self._target_grad.update({n: g.detach() for n, g in zip(names, grads, strict=True)})
+
+    @staticmethod
+    def _recorded(store: dict[str, torch.Tensor], name: str, source: str) -> torch.Tensor:
+        if name not in store:
+            raise RuntimeError(f"CBP needs {source} of this step at {name} before update")
+        return store[name]
+
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Update the online state from the last forward, then reset; returns how many units were reset."""
+        self.update()
+        return self.replace(optimizer)
+
+    def update(self) -> None:
+        """ages += 1; f ← η f + (1-η) h̄; u ← η u + (1-η) u_batch (SPEC S7), u_batch read with the new r̂."""
+        decay = self.config.decay
+        with torch.no_grad():
+            for name, trace in self.traces.items():
+                h = self._recorded(self._h, name, "a train-mode forward").detach()
+                trace.age += 1
+                trace.mean.mul_(decay).add_(unit_mean(h).double(), alpha=1 - decay)
+                if trace.site is None:
+                    continue
+                loss_grad = (self._recorded(self._loss_grad, name, "the step's backward")
+                             if "loss_grad" in self.needs else None)
+                target_grad = (self._recorded(self._target_grad, name, "observe(logits, y)")
+                               if self.needs & GRADIENT_INGREDIENTS else None)
+                stats = batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
+                now = UTILITIES[self.config.utility].fn(stats, trace.layer)
+                trace.utility.mul_(decay).add_(now.double(), alpha=1 - decay)
+        self._h.clear()
+        self._loss_grad.clear()
+        self._target_grad.clear()
+
+    def replace(self, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """c += n_eligible · ρ; while c ≥ 1: reset the eligible unit of lowest bias-corrected utility, c -= 1."""
+        resets = 0
+        for name in self.reset_layers:
+            trace = self.traces[name]
+            trace.pending += int((trace.age > self.config.maturity).sum()) * self.config.replacement_rate
+            while trace.pending >= 1:
+                eligible = trace.age > self.config.maturity
+                if not eligible.any():  # cannot happen for ρ <= 1: c < n_eligible + 1
+                    break
+                scores = torch.where(eligible, trace.corrected(trace.utility, self.config.decay), torch.inf)
+                self.reset_unit(name, int(scores.argmin()), optimizer)
+                trace.pending -= 1
+                resets += 1
+        return resets
+
+    def reset_unit(self, name: str, unit: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Reset one unit (SPEC S7): compensate with r̂, zero w_out, resample w_in, clear its state."""
+        trace = self.traces[name]
+        site = trace.site
+        if site is None:
+            raise ValueError(f"{name} is not reset by CBP: {trace.why_not}")
+        i = unit
+        reference = float(trace.corrected(trace.mean, self.config.decay)[i])  # before f is cleared
+        with torch.no_grad():
+            w_out = site.consumer.weight[:, i]
+            shift = w_out.reshape(len(w_out), -1).sum(dim=1) * reference
+            if site.consumer.bias is not None:
+                site.consumer.bias += shift
+            else:
+                site.consumer_norm.running_mean -= shift
+            site.consumer.weight[:, i] = 0
+            fresh = torch.empty_like(site.producer.weight[i:i + 1])
+            nn.init.kaiming_uniform_(fresh, nonlinearity="relu", generator=self.generator)
+            site.producer.weight[i] = fresh[0]
+            if site.producer.bias is not None:
+                site.producer.bias[i] = 0
+            norm = site.producer_norm
+            if norm is not None and norm.weight is not None:
+                norm.weight[i] = 1
+                norm.bias[i] = 0
+            if isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
+                norm.running_mean[i] = 0
+                norm.running_var[i] = 1
+        trace.mean[i] = 0
+        trace.utility[i] = 0
+        trace.age[i] = 0
+        if optimizer is not None:
+            touched = [(site.producer.weight, (i,)), (site.producer.bias, (i,)),
+                       (site.consumer.weight, (slice(None), i))]
+            if norm is not None:
+                touched += [(norm.weight, (i,)), (norm.bias, (i,))]
+            clear_optimizer_state(optimizer, touched)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Per-unit checkpoint state (SPEC S1, S2): "<layer>.age", ".reference" (r̂), ".utility" (û, reset layers)."""
+        decay, out = self.config.decay, {}
+        for name, trace in self.traces.items():
+            out[f"{name}.age"] = trace.age.clone()
+            out[f"{name}.reference"] = trace.corrected(trace.mean, decay).float()
+            if trace.site is not None:
+                out[f"{name}.utility"] = trace.corrected(trace.utility, decay).float()
+        return out
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def clear_optimizer_state(
+    optimizer: torch.optim.Optimizer, touched: list[tuple[torch.Tensor | None, tuple]]
+) -> None:
+    """Zero the slices `index` of every per-parameter optimizer tensor (momentum, Adam moments)."""
+    for param, index in touched:
+        if param is None:
+            continue
+        for value in optimizer.state.get(param, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                value[index] = 0

@@ -1,0 +1,97 @@
+"""report.html: one self-contained page (inline CSS, figures as data: URIs) readable offline (SPEC S5).
+
+It renders the same blocks as report.md (`resetassay.report.Block`); nothing here reads tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from resetassay.report import Block
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 11.5px; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
+th { background: #eee; position: sticky; top: 0; }
+td.key, th.key { text-align: left; }
+tbody tr:nth-child(even) { background: #f7f7f7; }
+td.best { font-weight: bold; background: #dff0d8; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 13px; color: #555; }
+pre { background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 12px; }
+code { background: #f4f4f4; padding: 0 3px; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape text; `code` spans and **bold** become HTML."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def html_table(table: pd.DataFrame, best: pd.DataFrame | None = None, keys: int = 1) -> str:
+    """A table; the first `keys` columns are left-aligned labels, cells where `best` is True are bold, shaded."""
+    key = ' class="key"'
+    head = "".join(f"<th{key if j < keys else ''}>{html.escape(str(c))}</th>" for j, c in enumerate(table.columns))
+    rows = []
+    for i in range(len(table)):
+        cells = []
+        for j, value in enumerate(table.iloc[i]):
+            classes = ["key"] if j < keys else []
+            if best is not None and bool(best.iloc[i, j]):
+                classes.append("best")
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{attr}>{html.escape(_cell(value))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if pd.isna(value) else f"{value:.4g}"
+    return str(value)
+
+
+def html_figure(path: Path, caption: str) -> str:
+    """A PNG embedded as a data: URI, so the page needs no other file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(path.stem)
+    return (f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline(caption)}</figcaption></figure>")
+
+
+def html_document(blocks: list[Block], base: Path) -> str:
+    """The whole page; figure paths are relative to `base` (the run directory)."""
+    parts = []
+    title = "resetassay report"
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            title = block.text if block.kind == "h1" else title
+            parts.append(f"<{block.kind}>{_inline(block.text)}</{block.kind}>")
+        elif block.kind == "text":
+            parts.append(f"<p>{_inline(block.text)}</p>")
+        elif block.kind == "code":
+            parts.append(f"<pre>{html.escape(block.text)}</pre>")
+        elif block.kind == "table":
+            parts.append(html_table(block.table, block.best, block.keys))
+        elif block.kind == "figure":
+            parts.append(html_figure(base / block.path, block.text))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")

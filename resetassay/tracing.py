@@ -1,0 +1,371 @@
+"""Unit layers of models we did not write, found by tracing them with torch.fx (SPEC S1, S3).
+
+`tap_unit_layers(model, example)` returns a `TappedModel`: the model's fx graph as a GraphModule
+that shares every parameter and buffer of the model, under the same state-dict keys, with a
+`UnitTap` (an `nn.Identity`) after every activation call site that has no module of its own.
+Forward hooks (reference.py, utilities.py through captum, lesion.py) then see each call site
+exactly once per forward, and `TappedModel.unit_layer_specs()` declares the unit layers as the
+zoo models do, so `units.unit_layers` works unchanged.
+
+Unit-layer names (what `--layers` globs over and `resetassay inspect` lists):
+- an activation module called once: its own path, `layers.0.act` (hooked directly, no tap);
+- an activation module called n > 1 times (torchvision's BasicBlock calls one `self.relu`
+  twice): one tap per call, `layer1.0.relu@0` ... `layer1.0.relu@{n-1}`, in forward order
+  (fx's own `nn_module_stack` marks a repeated call with `@` the same way);
+- a functional activation (`F.relu(x)`, `torch.tanh(x)`, `x.relu()`): `<scope>.<fn>@k`, with
+  scope the innermost module whose forward makes the call (no prefix at the top level), fn the
+  function's name without a trailing `_`, and k counting that function's calls in that scope.
+Activations whose output only leaves the model (a final sigmoid) hold no hidden units; they
+are skipped.
+
+Producer and consumer are read off the graph with the zoo's conventions (models.py, SPEC S3):
+the producer is the Linear/Conv2d that feeds the activation directly; through a BatchNorm it
+is not applicable ("BatchNorm X rescales the producer's output (conv)"), nor through a
+LayerNorm/GroupNorm or a residual add. The consumer is the single Linear/Conv2d reading the
+units, also through dropout, pooling and a flatten that keeps channels contiguous (avgpool ->
+flatten -> fc); several readers (a residual skip) make it not applicable, the note naming them.
+
+The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). A
+model fx cannot trace, whose graph does not reproduce its outputs on `example`, or whose
+state dict the graph cannot share, is returned unchanged with a one-line warning:
+`units.declared_specs` then takes its activation modules, and `units.unit_layers` refuses a
+module called twice, by name.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec
+
+ACTIVATION_FUNCTIONS = frozenset({
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
+    F.selu, F.selu_, torch.selu, F.celu, F.celu_, F.gelu, F.silu, F.mish, F.hardswish, F.softplus,
+    F.prelu, torch.prelu, torch.tanh, torch.sigmoid,
+})
+ACTIVATION_METHODS = frozenset({"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_"})
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+IDENTITY_IN_EVAL = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+POOL_FUNCTIONS = frozenset({F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_max_pool2d})
+ADDS = frozenset({operator.add, operator.iadd, torch.add})
+
+
+class UnitTap(nn.Identity):
+    """Where forward hooks see one activation call site: returns its input unchanged (SPEC S1)."""
+
+
+class TappedModel(fx.GraphModule):
+    """A traced model with a `UnitTap` per shared or functional activation call site.
+
+    Parameters and buffers are the original model's own tensors, under the same keys. The unit
+    layers are read off the graph on every call, so a deep copy declares them too.
+    """
+
+    def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        """One spec per hidden activation call site, in forward order (SPEC S1, S3)."""
+        calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
+        specs = []
+        for node in self.graph.nodes:
+            module = _module(self, node)
+            if isinstance(module, UnitTap):
+                activation = node.args[0]
+            elif isinstance(module, ACTIVATION_TYPES) and calls[node.target] == 1 and _hidden(node):
+                activation = node
+            else:
+                continue
+            producer, producer_note = _producer(self, _input(activation))
+            consumer, consumer_note = _consumer(self, node)
+            specs.append(UnitLayerSpec(str(node.target), producer, consumer, producer_note, consumer_note))
+        return specs
+
+
+class _Untappable(Exception):
+    """The traced graph cannot stand in for the model; the message says why."""
+
+
+class _Tracer(fx.Tracer):
+    """fx's default leaves (torch.nn modules) plus every activation module, subclasses included."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, ACTIVATION_TYPES) or super().is_leaf_module(m, module_qualified_name)
+
+
+def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """A model whose unit layers are all hookable, one call site each (SPEC S1).
+
+    Returns `model` itself when it declares its unit layers (the zoo), else a `TappedModel`
+    sharing its parameters, checked to give the model's outputs on `example (B, ...)` when one
+    is given; when that fails, `model` itself with a warning saying why in one line.
+    """
+    if hasattr(model, "unit_layer_specs"):
+        return model
+    name = type(model).__name__
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # tracing runs the user's forward on proxies; any failure means "cannot trace"
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return _fall_back(model, f"{name}: torch.fx cannot trace it ({type(err).__name__}: {first_line})")
+    try:
+        tapped = _tapped(model, graph)
+        if example is not None:
+            _check_outputs(tapped, model, example)
+    except _Untappable as why:
+        return _fall_back(model, f"{name}: {why}")
+    return tapped
+
+
+def _fall_back(model: nn.Module, why: str) -> nn.Module:
+    warnings.warn(
+        f"{why}; unit layers are its activation modules instead: functional activations are not "
+        "seen and a module called more than once is refused",
+        stacklevel=3,
+    )
+    return model
+
+
+def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
+    """The GraphModule of `graph` with a tap after every call site that needs one."""
+    gm = TappedModel(model, graph, type(model).__name__)
+    for node, name in _tap_sites(gm):
+        _add_tap_module(gm, model, name)
+        with gm.graph.inserting_after(node):
+            tap = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(tap, delete_user_cb=lambda user, tap=tap: user is not tap)
+    gm.graph.lint()
+    gm.recompile()
+    _share_state(gm, model)
+    return gm
+
+
+def _tap_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
+    """(activation node, tap name) for every hidden call site without a module of its own."""
+    module_calls = Counter(n.target for n in gm.graph.nodes if isinstance(_module(gm, n), ACTIVATION_TYPES))
+    seen_modules: Counter[str] = Counter()
+    seen_functions: Counter[tuple[str, str]] = Counter()
+    sites = []
+    for node in gm.graph.nodes:
+        if isinstance(_module(gm, node), ACTIVATION_TYPES):
+            k = seen_modules[node.target]
+            seen_modules[node.target] += 1
+            name = f"{node.target}@{k}" if module_calls[node.target] > 1 else None
+        else:
+            label = _function_label(node)
+            if label is None:
+                continue
+            scope = _scope(node)
+            k = seen_functions[(scope, label)]
+            seen_functions[(scope, label)] += 1
+            name = f"{scope}.{label}@{k}" if scope else f"{label}@{k}"
+        if name is not None and _hidden(node):
+            sites.append((node, name))
+    return sites
+
+
+def _function_label(node: fx.Node) -> str | None:
+    """`relu` for F.relu / torch.relu_ / x.relu(), ...; None for anything else."""
+    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
+        return node.target.__name__.rstrip("_")
+    if node.op == "call_method" and node.target in ACTIVATION_METHODS:
+        return str(node.target).rstrip("_")
+    return None
+
+
+def _scope(node: fx.Node) -> str:
+    """Path of the innermost module whose forward made this call ("" at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    key, value = list(stack.items())[-1]
+    return value[0] if isinstance(value, tuple) else key.split("@")[0]  # torch < 2.1 stored the type only
+
+
+def _add_tap_module(gm: fx.GraphModule, model: nn.Module, name: str) -> None:
+    """Register a UnitTap at path `name` of `gm`, never inside a module of `model` itself."""
+    path, _, field = name.rpartition(".")
+    try:
+        parent = gm.get_submodule(path)
+    except AttributeError:
+        parent = None  # no module of the graph lives there yet: add_submodule creates the path
+    if parent is not None:
+        try:
+            own = model.get_submodule(path)
+        except AttributeError:
+            own = None
+        if parent is own and path:
+            raise _Untappable(f"cannot tap {name}: {path} is called as a whole, its calls are not visible")
+        if hasattr(parent, field):
+            raise _Untappable(f"cannot tap {name}: the name is already taken in {path or 'the model'}")
+    gm.add_submodule(name, UnitTap())
+
+
+def _share_state(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Make `gm.state_dict()` hold exactly `model`'s tensors under `model`'s keys.
+
+    fx copies only what the forward reads and registers every tensor attribute it reads as a
+    persistent buffer; parameters the forward never reads are attached back, and buffers the
+    model does not save are made non-persistent.
+    """
+    theirs = model.state_dict(keep_vars=True)
+    for key in sorted(theirs.keys() - gm.state_dict(keep_vars=True).keys()):
+        _attach(gm, model, key)
+    for key in sorted(gm.state_dict(keep_vars=True).keys() - theirs.keys()):
+        path, _, field = key.rpartition(".")
+        owner = gm.get_submodule(path)
+        if field not in dict(owner.named_buffers(recurse=False)):
+            raise _Untappable(f"the traced graph holds a parameter {key} the model does not save")
+        owner.register_buffer(field, getattr(owner, field), persistent=False)
+    ours = gm.state_dict(keep_vars=True)
+    if ours.keys() != theirs.keys() or any(ours[k] is not theirs[k] for k in theirs):
+        raise _Untappable("the traced graph cannot share the model's state dict")
+
+
+def _attach(gm: fx.GraphModule, model: nn.Module, key: str) -> None:
+    """Attach `model`'s tensor `key` (or the first module on its path the graph lacks) to `gm`."""
+    *path, field = key.split(".")
+    ours, theirs = gm, model
+    for item in path:
+        theirs = getattr(theirs, item)
+        if not isinstance(getattr(ours, item, None), nn.Module):
+            setattr(ours, item, theirs)
+            return
+        ours = getattr(ours, item)
+    tensor = getattr(theirs, field)
+    if isinstance(tensor, nn.Parameter):
+        ours.register_parameter(field, tensor)
+    else:
+        ours.register_buffer(field, tensor)
+
+
+def _check_outputs(tapped: nn.Module, model: nn.Module, example: torch.Tensor) -> None:
+    """The traced graph must give the model's outputs (rtol 1e-5, atol 1e-6) on `example`."""
+    with torch.no_grad():
+        want, got = model(example), tapped(example)
+    if not (isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor)) or want.shape != got.shape:
+        raise _Untappable("the traced graph does not return the model's output tensor")
+    if not torch.allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True):
+        gap = (got - want).abs().max().item()
+        raise _Untappable(f"the traced graph does not reproduce the model's outputs (max |diff| {gap:.3g})")
+
+
+# --- reading producer and consumer off the graph (SPEC S3) ---------------------------------
+
+
+def _module(gm: fx.GraphModule, node: object) -> nn.Module | None:
+    if isinstance(node, fx.Node) and node.op == "call_module":
+        return gm.get_submodule(str(node.target))
+    return None
+
+
+def _input(node: fx.Node) -> object:
+    """The tensor an activation (module, function or method) is applied to."""
+    return node.args[0] if node.args else node.kwargs.get("input")
+
+
+def _hidden(node: fx.Node) -> bool:
+    """Whether the call's output is read inside the model (not only returned)."""
+    return any(user.op != "output" for user in node.users)
+
+
+def _is_add(node: object) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    return (node.op == "call_function" and node.target in ADDS) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+
+
+def _describe(gm: fx.GraphModule, node: object) -> str:
+    """A short name for what a node is: a module path, 'a residual add', a function name."""
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    if node.op in ("call_module", "get_attr"):
+        return str(node.target)
+    if _is_add(node):
+        return "a residual add"
+    if node.op == "placeholder":
+        return "the model input"
+    if node.op == "output":
+        return "the model output"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _skip_identities(gm: fx.GraphModule, node: object) -> object:
+    """Walk back through modules that are the identity in eval mode."""
+    while _is_identity(_module(gm, node)):
+        node = node.args[0]
+    return node
+
+
+def _is_identity(module: nn.Module | None) -> bool:
+    """Identity in eval mode (dropout, nn.Identity), our own taps excepted: they name a unit layer."""
+    return isinstance(module, IDENTITY_IN_EVAL) and not isinstance(module, UnitTap)
+
+
+def _producer(gm: fx.GraphModule, node: object) -> tuple[str | None, str]:
+    """The Linear/Conv2d whose outputs the activation reads, or None and why not."""
+    node = _skip_identities(gm, node)
+    module = _module(gm, node)
+    if isinstance(module, WEIGHTED):
+        return str(node.target), ""
+    if isinstance(module, BATCH_NORMS):
+        source = _describe(gm, _skip_identities(gm, node.args[0]))
+        return None, f"BatchNorm {node.target} rescales the producer's output ({source})"
+    if isinstance(module, MIXING_NORMS):
+        source = _describe(gm, _skip_identities(gm, node.args[0]))
+        return None, f"{type(module).__name__} {node.target} mixes the outputs of {source}"
+    if _is_add(node):
+        terms = [_describe(gm, _skip_identities(gm, a)) for a in node.args[:2]]
+        return None, f"residual add: {terms[0]} plus {terms[1]}"
+    return None, f"produced by {_describe(gm, node)}, not by a Linear/Conv2d"
+
+
+def _keeps_units(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
+    """Whether `node` maps units to its outputs channel by channel (pool, flatten(1), dropout)."""
+    if not node.args or node.args[0] is not source:
+        return False
+    module = _module(gm, node)
+    if _is_identity(module) or isinstance(module, POOLS):
+        return True
+    if isinstance(module, nn.Flatten):
+        return module.start_dim == 1 and module.end_dim == -1
+    if node.op == "call_function" and node.target in POOL_FUNCTIONS:
+        return True
+    if (node.op == "call_function" and node.target is torch.flatten) or (
+            node.op == "call_method" and node.target == "flatten"):
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        return len(node.args) == 3 and _is_batch_size(node.args[1]) and node.args[2] == -1
+    return False
+
+
+def _is_batch_size(node: object) -> bool:
+    """`x.size(0)` or `x.shape[0]` in the graph."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method" and node.target == "size":
+        return node.args[1:] == (0,) or node.kwargs.get("dim") == 0
+    return (node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0
+            and isinstance(node.args[0], fx.Node) and node.args[0].op == "call_function"
+            and node.args[0].target is getattr and node.args[0].args[1] == "shape")
+
+
+def _consumer(gm: fx.GraphModule, site: fx.Node) -> tuple[str | None, str]:
+    """The single Linear/Conv2d reading the units at `site`, or None and who reads them."""
+    source, users = site, list(site.users)
+    while len(users) == 1 and _keeps_units(gm, users[0], source):
+        source, users = users[0], list(users[0].users)
+    if len(users) == 1 and isinstance(_module(gm, users[0]), WEIGHTED):
+        return str(users[0].target), ""
+    readers = " and by ".join(_describe(gm, u) for u in users)
+    if len(users) == 1:
+        return None, f"read by {readers}, not by a Linear/Conv2d"
+    return None, f"read by {readers}"

@@ -1,0 +1,154 @@
+"""Models written the way other people write them, for `--model foreign_models:<factory>` in tests.
+
+None declares its unit layers: resetassay must find them by tracing (resetassay.tracing).
+Every factory builds its weights from a seed, with BatchNorm statistics and affine parameters
+away from their identity defaults so that BatchNorm matters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _randomise_(model: nn.Module, seed: int) -> nn.Module:
+    """Seeded normal weights (scaled by fan-in) and non-trivial BatchNorm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock: one `self.relu` (in place) called twice, optional downsample."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class ResNetTV(nn.Module):
+    """torchvision-style ResNet in miniature: stem conv-bn-relu, layer1 (identity skip),
+    layer2 (stride 2, 1x1 projection downsample), avgpool, flatten, fc. Input (B, 1, 8, 8)."""
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (4, 6), n_classes: int = 10):
+        super().__init__()
+        a, b = widths
+        self.conv1 = nn.Conv2d(in_channels, a, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(a)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(a, a))
+        projection = nn.Sequential(nn.Conv2d(a, b, 1, stride=2, bias=False), nn.BatchNorm2d(b))
+        self.layer2 = nn.Sequential(BasicBlock(a, b, stride=2, downsample=projection))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(b, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+class FunctionalMLP(nn.Module):
+    """64 -> 12 -> 10 -> 8 -> classes; activations are calls in forward, no modules to hook."""
+
+    def __init__(self, in_features: int = 64, widths: tuple[int, int, int] = (12, 10, 8), n_classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, widths[0])
+        self.fc2 = nn.Linear(widths[0], widths[1])
+        self.fc3 = nn.Linear(widths[1], widths[2])
+        self.head = nn.Linear(widths[2], n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc1(x.flatten(1)))
+        h = self.fc2(h).relu()
+        h = torch.tanh(self.fc3(h))
+        return self.head(h)
+
+
+class ListMLP(nn.Module):
+    """64 -> 12 (ReLU) -> 9 (SiLU) -> classes, every layer an entry of one nn.ModuleList."""
+
+    def __init__(self, in_features: int = 64, widths: tuple[int, int] = (12, 9), n_classes: int = 10):
+        super().__init__()
+        a, b = widths
+        self.layers = nn.ModuleList([
+            nn.Linear(in_features, a), nn.ReLU(), nn.Linear(a, b), nn.SiLU(), nn.Linear(b, n_classes),
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class GatedMLP(nn.Module):
+    """Untraceable: which branch runs depends on the data; `self.act` is called twice."""
+
+    def __init__(self, in_features: int = 64, width: int = 8, n_classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, width)
+        self.fc2 = nn.Linear(width, width)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc1(x.flatten(1)))
+        if h.sum() > 0:
+            h = h * 2
+        return self.head(self.act(self.fc2(h)))
+
+
+def resnet_tv(seed: int = 0, **kwargs: object) -> ResNetTV:
+    """A seeded torchvision-style ResNet."""
+    return _randomise_(ResNetTV(**kwargs), seed)
+
+
+def functional_mlp(seed: int = 0, **kwargs: object) -> FunctionalMLP:
+    """A seeded MLP with functional activations."""
+    return _randomise_(FunctionalMLP(**kwargs), seed)
+
+
+def list_mlp(seed: int = 0, **kwargs: object) -> ListMLP:
+    """A seeded MLP kept in an nn.ModuleList."""
+    return _randomise_(ListMLP(**kwargs), seed)
+
+
+def gated_mlp(seed: int = 0, **kwargs: object) -> GatedMLP:
+    """A seeded MLP fx cannot trace, with a reused ReLU module."""
+    return _randomise_(GatedMLP(**kwargs), seed)

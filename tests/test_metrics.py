@@ -1,0 +1,193 @@
+"""Summary statistics (SPEC S5) on hand-made UnitTables with hand-worked answers.
+
+Tolerances: 1e-12 absolute on sums of a few hand-written floats.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import rankdata, sem
+
+from resetassay.metrics import ALL, checkpoint_summary, k_at, mean_and_se, spearman
+
+TOL = 1e-12
+
+
+def _pearson_of_average_ranks(a, b) -> float:
+    return float(np.corrcoef(rankdata(a, method="average"), rankdata(b, method="average"))[0, 1])
+
+
+@pytest.mark.parametrize("u, s", [
+    ([1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0], [0.1, 0.4, 0.3, 0.3, 0.9, 0.2, 0.9]),
+    ([3.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 0.0]),
+    ([0.0, 0.0, 1.0], [5.0, 4.0, 3.0]),
+])
+def test_spearman_uses_average_ranks_for_ties(u, s):
+    rho, note = spearman(np.array(u), np.array(s))
+    assert note == ""
+    assert rho == pytest.approx(_pearson_of_average_ranks(u, s), abs=TOL)
+
+
+def test_spearman_of_constant_vector_is_nan_with_reason():
+    rho, note = spearman(np.array([2.0, 2.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+    assert math.isnan(rho) and "utility is constant" in note
+    rho, note = spearman(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.5, 0.5]))
+    assert math.isnan(rho) and "shock is constant" in note
+    rho, note = spearman(np.array([1.0]), np.array([1.0]))
+    assert math.isnan(rho) and note
+
+
+@pytest.mark.parametrize("n, q", [(20, "0.05"), (21, "0.05"), (3, "0.05"), (100, "0.07"),
+                                  (100, "0.05"), (7, "0.3"), (1, "0.5"), (10, "1")])
+def test_k_at_is_max_1_ceil_q_n_in_exact_arithmetic(n, q):
+    assert k_at(n, float(q)) == max(1, math.ceil(Fraction(q) * n))
+
+
+def _table() -> pd.DataFrame:
+    """Two layers; layer a unit 5 and layer b unit 0 are immature (and would otherwise win)."""
+    rows = [
+        # layer, unit, mature, u,   v,     shock_l1, shock_kl
+        ("a", 0, True, 0.2, 1.0, 1.0, 0.10),
+        ("a", 1, True, 0.1, 2.0, 4.0, 0.40),
+        ("a", 2, True, 0.3, 3.0, 2.0, 0.20),
+        ("a", 3, True, 0.1, 4.0, 0.8, 0.08),
+        ("a", 4, True, 0.1, 5.0, 0.5, 0.05),
+        ("a", 5, False, 0.0, 0.0, 9.0, 0.90),
+        ("b", 0, False, 0.0, math.nan, 0.1, 0.01),
+        ("b", 1, True, 0.7, math.nan, 0.2, 0.02),
+        ("b", 2, True, 0.6, math.nan, 5.0, 0.50),
+        ("b", 3, True, 0.6, math.nan, 1.5, 0.15),
+    ]
+    df = pd.DataFrame(rows, columns=["layer", "unit", "mature", "u", "v", "shock_l1", "shock_kl"])
+    df.insert(0, "checkpoint", "ck")
+    df["age"] = np.where(df["mature"], 100.0, 1.0)
+    df["reference"] = 0.0
+    return df
+
+
+def _row(summary: pd.DataFrame, utility: str, metric: str, scope: str) -> pd.Series:
+    hit = summary[(summary.utility == utility) & (summary.metric == metric) & (summary.scope == scope)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_shock_at_q_worked_example():
+    # q = 0.25. Mature: a has 5 units -> k = ceil(1.25) = 2; b has 3 -> k = ceil(0.75) = 1.
+    # u selects in a: the lowest u = 0.1 is shared by units 1, 3, 4 -> index order -> {1, 3};
+    #   in b: 0.6 shared by units 2, 3 -> {2}. (Immature a5, b0 have the lowest u: excluded.)
+    # oracle (shock_l1) selects in a: 0.5 (unit 4), 0.8 (unit 3) -> {3, 4}; in b: 0.2 -> {1}.
+    # Shock@q(u)      = mean(4.0, 0.8, 5.0) = 9.8 / 3   (pooled over units, not layer means)
+    # Shock@q(oracle) = mean(0.5, 0.8, 0.2) = 0.5
+    # overlap = mean(|{1,3} & {3,4}| / 2, |{2} & {1}| / 1) = mean(0.5, 0) = 0.25
+    summary = checkpoint_summary(_table(), ["u", "oracle"], ["l1"], q=0.25)
+    row = _row(summary, "u", "l1", ALL)
+    assert row.n_units == 8
+    assert row.shock_at_q == pytest.approx(9.8 / 3, abs=TOL)
+    assert row.oracle_shock_at_q == pytest.approx(0.5, abs=TOL)
+    assert row.gap == pytest.approx(9.8 / 3 - 0.5, abs=TOL)
+    assert row.gap_ratio == pytest.approx((9.8 / 3) / 0.5, abs=TOL)
+    assert row.overlap == pytest.approx(0.25, abs=TOL)
+    assert row.q == 0.25 and row.checkpoint == "ck"
+
+    layer_a = _row(summary, "u", "l1", "a")
+    assert layer_a.shock_at_q == pytest.approx((4.0 + 0.8) / 2, abs=TOL)
+    assert layer_a.oracle_shock_at_q == pytest.approx((0.5 + 0.8) / 2, abs=TOL)
+    assert layer_a.overlap == pytest.approx(0.5, abs=TOL)
+    assert layer_a.n_units == 5
+    layer_b = _row(summary, "u", "l1", "b")
+    assert layer_b.shock_at_q == pytest.approx(5.0, abs=TOL)
+    assert layer_b.oracle_shock_at_q == pytest.approx(0.2, abs=TOL)
+    assert layer_b.overlap == 0.0
+
+    oracle = _row(summary, "oracle", "l1", ALL)
+    assert oracle.shock_at_q == pytest.approx(0.5, abs=TOL)
+    assert oracle.gap == pytest.approx(0.0, abs=TOL) and oracle.overlap == 1.0
+    assert oracle.spearman == pytest.approx(1.0, abs=TOL)
+
+
+def test_spearman_in_summary_pools_mature_units_and_is_per_layer():
+    df = _table()
+    summary = checkpoint_summary(df, ["u"], ["l1", "kl"], q=0.25)
+    mature = df[df.mature]
+    for metric in ("l1", "kl"):
+        pooled = _row(summary, "u", metric, ALL)
+        want = _pearson_of_average_ranks(mature["u"], mature[f"shock_{metric}"])
+        assert pooled.spearman == pytest.approx(want, abs=TOL)
+        for layer in ("a", "b"):
+            g = mature[mature.layer == layer]
+            want = _pearson_of_average_ranks(g["u"], g[f"shock_{metric}"])
+            assert _row(summary, "u", metric, layer).spearman == pytest.approx(want, abs=TOL)
+
+
+def test_utility_not_applicable_to_a_layer_is_left_out_with_a_note():
+    # v is NaN on layer b: ALL covers layer a only, k_a = 2 -> v picks units 0, 1 (v = 1, 2).
+    summary = checkpoint_summary(_table(), ["v"], ["l1"], q=0.25)
+    row = _row(summary, "v", "l1", ALL)
+    assert row.n_units == 5
+    assert row.shock_at_q == pytest.approx((1.0 + 4.0) / 2, abs=TOL)
+    assert row.oracle_shock_at_q == pytest.approx((0.5 + 0.8) / 2, abs=TOL)
+    assert "not applicable: b" in row.note
+    assert set(summary.scope) == {ALL, "a"}
+
+
+def test_constant_utility_gives_nan_spearman_with_reason_in_summary():
+    df = _table()
+    df["flat"] = 1.0
+    summary = checkpoint_summary(df, ["flat"], ["l1"], q=0.25)
+    row = _row(summary, "flat", "l1", ALL)
+    assert math.isnan(row.spearman)
+    assert "constant" in row.note
+    # ties everywhere: selection falls back to unit index -> a {0, 1}, b {1}
+    assert row.shock_at_q == pytest.approx((1.0 + 4.0 + 0.2) / 3, abs=TOL)
+
+
+def test_joint_shock_is_reported_on_the_pooled_row_only():
+    summary = checkpoint_summary(_table(), ["u"], ["l1"], q=0.25, joint={("u", "l1"): 7.5})
+    assert _row(summary, "u", "l1", ALL).joint_shock == 7.5
+    assert math.isnan(_row(summary, "u", "l1", "a").joint_shock)
+
+
+def test_missing_utility_column_is_not_applicable_to_any_layer():
+    summary = checkpoint_summary(_table(), ["absent"], ["l1"])
+    assert len(summary) == 1
+    assert summary.iloc[0].n_units == 0 and "not applicable" in summary.iloc[0].note
+
+
+def test_oracle_shock_at_q_is_a_lower_bound_for_every_utility():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        sizes = {"x": int(rng.integers(1, 15)), "y": int(rng.integers(1, 15))}
+        rows = []
+        for layer, n in sizes.items():
+            for unit in range(n):
+                rows.append({"checkpoint": "c", "layer": layer, "unit": unit,
+                             "mature": bool(rng.random() > 0.2) or unit == 0,
+                             "age": 1.0, "reference": 0.0,
+                             "u1": float(rng.integers(0, 3)), "u2": float(rng.random()),
+                             "shock_l1": float(rng.integers(0, 4)), "shock_kl": float(rng.random())})
+        df = pd.DataFrame(rows)
+        q = float(rng.choice([0.05, 0.2, 0.5]))
+        summary = checkpoint_summary(df, ["u1", "u2"], ["l1", "kl"], q=q)
+        assert len(summary) > 0
+        assert (summary.oracle_shock_at_q <= summary.shock_at_q + 1e-12).all(), trial
+        assert (summary.gap >= -1e-12).all(), trial
+        assert summary.overlap.between(0, 1).all(), trial
+
+
+def test_mean_and_se_match_numpy_and_scipy():
+    values = pd.Series([1.0, 2.5, math.nan, 4.0, -0.5])
+    mean, se, n = mean_and_se(values)
+    clean = np.array([1.0, 2.5, 4.0, -0.5])
+    assert n == 4
+    assert mean == pytest.approx(np.mean(clean), abs=TOL)
+    assert se == pytest.approx(float(sem(clean)), abs=TOL)
+    assert se == pytest.approx(np.std(clean, ddof=1) / 2.0, abs=TOL)
+    mean, se, n = mean_and_se(pd.Series([3.0]))
+    assert (mean, n) == (3.0, 1) and math.isnan(se)
+    mean, se, n = mean_and_se(pd.Series([math.nan]))
+    assert n == 0 and math.isnan(mean) and math.isnan(se)

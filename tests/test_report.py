@@ -1,0 +1,270 @@
+"""Reports people read (SPEC S5): aggregation over checkpoints and seeds, best-per-column marks, the q sweep,
+figures, and a self-contained report.html checked in a real headless browser.
+
+Hand-made tables carry hand-worked answers (tolerance 1e-12 on sums of a few floats); a small
+real run (two fixtures, four utilities) checks the files a render writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from resetassay import AssayConfig, assay_model, run_assay
+from resetassay.aggregate import aggregate, checkpoint_stats
+from resetassay.cli import app
+from resetassay.metrics import ALL, SUMMARY_COLUMNS
+from resetassay.models import mlp
+from resetassay.report import best_cells, markdown_table, mean_se_text, q_values, summary_at_q
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CHROMIUM = Path("/usr/bin/chromium")
+TOL = 1e-12
+runner = CliRunner()
+
+
+def _summary_rows(rows: list[tuple]) -> pd.DataFrame:
+    """SummaryTable rows from (checkpoint, utility, metric, scope, spearman, shock_at_q, oracle) tuples."""
+    frame = pd.DataFrame(rows, columns=["checkpoint", "utility", "metric", "scope", "spearman", "shock_at_q",
+                                        "oracle_shock_at_q"])
+    frame["gap"] = frame["shock_at_q"] - frame["oracle_shock_at_q"]
+    frame["gap_ratio"] = frame["shock_at_q"] / frame["oracle_shock_at_q"]
+    frame["q"] = 0.05
+    return frame.reindex(columns=SUMMARY_COLUMNS)
+
+
+@pytest.fixture
+def hand_summary() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Family F: checkpoints a (step 1) and b (step 3); family G: checkpoint c (step 1)."""
+    summary = _summary_rows([
+        ("a", "gxd", "l1", ALL, 0.8, 2.0, 1.0), ("a", "gxd", "l1", "L0", 0.6, 2.0, 1.0),
+        ("a", "gxd", "l1", "L1", 0.7, 2.0, 1.0),
+        ("b", "gxd", "l1", ALL, 1.0, 4.0, 2.0), ("b", "gxd", "l1", "L0", 0.9, 4.0, 2.0),
+        ("b", "gxd", "l1", "L1", 1.0, 4.0, 2.0),
+        ("c", "gxd", "l1", ALL, 0.5, 3.0, 3.0), ("c", "gxd", "l1", "L0", 0.5, 3.0, 3.0),
+    ])
+    checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "family": ["F", "F", "G"], "step": [1.0, 3.0, 1.0]})
+    return summary, checkpoints
+
+
+def test_family_aggregate_is_mean_and_standard_error_over_checkpoints(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_family = aggregate(stats, ["family"]).set_index("family")
+    f, g = by_family.loc["F"], by_family.loc["G"]
+    assert f["n"] == 2 and g["n"] == 1
+    # F: rho 0.8 and 1.0 -> mean 0.9, sd = 0.1414.., SE = sd / sqrt(2) = 0.1
+    assert f["spearman"] == pytest.approx(0.9, abs=TOL)
+    assert f["spearman_se"] == pytest.approx(0.1, abs=TOL)
+    # per-layer rho: a (0.6 + 0.7) / 2 = 0.65, b (0.9 + 1.0) / 2 = 0.95 -> mean 0.8, SE 0.15
+    assert f["layer_spearman"] == pytest.approx(0.8, abs=TOL)
+    assert f["layer_spearman_se"] == pytest.approx(0.15, abs=TOL)
+    # gaps 1.0 and 2.0 -> 1.5 ± 0.5; a single checkpoint has no SE
+    assert f["gap"] == pytest.approx(1.5, abs=TOL) and f["gap_se"] == pytest.approx(0.5, abs=TOL)
+    assert g["spearman"] == pytest.approx(0.5, abs=TOL) and math.isnan(g["spearman_se"])
+
+
+def test_aggregate_by_training_step_pools_only_checkpoints_of_that_step(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_step = aggregate(stats, ["family", "step"]).set_index(["family", "step"])
+    assert by_step.loc[("F", 1.0), "spearman"] == pytest.approx(0.8, abs=TOL)
+    assert by_step.loc[("F", 3.0), "spearman"] == pytest.approx(1.0, abs=TOL)
+    assert by_step.loc[("G", 1.0), "n"] == 1
+    assert len(by_step) == 3
+
+
+def test_checkpoints_without_family_are_pooled_as_one(hand_summary):
+    stats = checkpoint_stats(hand_summary[0], pd.DataFrame())
+    by_family = aggregate(stats, ["family"])
+    assert len(by_family) == 1 and by_family["n"].iloc[0] == 3
+    assert by_family["spearman"].iloc[0] == pytest.approx((0.8 + 1.0 + 0.5) / 3, abs=TOL)
+
+
+def test_best_per_column_marks_ties_per_metric_and_never_the_oracle():
+    agg = pd.DataFrame({
+        "utility": ["gxd", "activation", "gxi", "oracle", "gxd", "activation", "oracle"],
+        "metric": ["l1", "l1", "l1", "l1", "kl", "kl", "kl"],
+        "spearman": [0.9, 0.5, 0.9, 1.0, 0.4, 0.7, 1.0],
+        "shock_at_q": [2.0, 1.0, 3.0, 0.5, np.nan, 4.0, 0.1],
+    })
+    assert best_cells(agg, "spearman", "max").tolist() == [True, False, True, False, False, True, False]
+    assert best_cells(agg, "shock_at_q", "min").tolist() == [False, True, False, False, False, True, False]
+    assert not best_cells(agg, "spearman", None).any()
+
+
+def test_markdown_table_bolds_the_marked_cells():
+    table = pd.DataFrame({"utility": ["gxd", "activation"], "ρ": ["0.99", "0.5"]})
+    best = pd.DataFrame({"utility": [False, False], "ρ": [True, False]})
+    lines = markdown_table(table, best).splitlines()
+    assert lines[2] == "| gxd | **0.99** |" and lines[3] == "| activation | 0.5 |"
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    ((0.987, 0.0014, 2, 2), "0.987 ± 0.001"),
+    ((0.00447, 0.0013, 2, 2), "(4.47 ± 1.30)e-03"),
+    ((0.5, 0.0001, 2, 2), "0.500 ± <0.001"),
+    ((0.5, math.nan, 1, 2), "0.500 (n=1)"),
+    ((math.nan, math.nan, 0, 2), "n/a"),
+])
+def test_cells_show_mean_se_and_n_only_when_some_are_missing(args, text):
+    assert mean_se_text(*args) == text
+
+
+def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
+    # One layer of 10 units: utility = unit index, shocks hand-picked.
+    shock = [0.5, 0.3, 0.9, 0.1, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0]
+    units = pd.DataFrame({"checkpoint": "a", "layer": "L", "unit": range(10), "mature": True,
+                          "u": [float(i) for i in range(10)], "shock_l1": shock})
+    stored = _summary_rows([("a", "u", "l1", ALL, 0.0, 0.0, 0.0)]).assign(joint_shock=7.0)
+    at_20 = summary_at_q(units, stored, 0.2, base_q=0.05).set_index("scope").loc[ALL]
+    # q = 0.2 -> k = 2: utility picks units 0, 1 (shocks 0.5, 0.3); the oracle picks 0.1 and 0.2.
+    assert at_20["shock_at_q"] == pytest.approx(0.4, abs=TOL)
+    assert at_20["oracle_shock_at_q"] == pytest.approx(0.15, abs=TOL)
+    assert at_20["overlap"] == 0.0
+    assert math.isnan(at_20["joint_shock"])
+    assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
+def test_bad_q_is_refused_naming_the_flag(text):
+    with pytest.raises(ValueError, match="--q"):
+        q_values(text)
+
+
+def test_q_list_keeps_order_and_drops_repeats():
+    assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two fixtures (ReLU and SiLU MLP, two checkpoints each), four utilities, rendered once."""
+    out = tmp_path_factory.mktemp("report")
+    result = run_assay([FIXTURES / "silu_mlp", FIXTURES / "relu_mlp"], utilities=["gxd", "activation", "random",
+                                                                                  "oracle"], progress=False)
+    result.save(out)
+    return out
+
+
+def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
+    for name in ("report.md", "report.html", "aggregate.csv", "figures/shock_at_q.png",
+                 "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
+                 "figures/shock_vs_step.png", "figures/layer_spearman.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert not (run_dir / "sweep.csv").exists()  # no sweep asked
+
+
+def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
+    """Independent recomputation with a plain pandas groupby over summary.csv and checkpoints.csv."""
+    summary = pd.read_csv(run_dir / "summary.csv")
+    family = pd.read_csv(run_dir / "checkpoints.csv").set_index("checkpoint")["family"]
+    pooled = summary[summary["scope"] == ALL].assign(family=lambda s: s["checkpoint"].map(family))
+    expected = pooled.groupby(["family", "utility", "metric"])["spearman"].agg(["mean", "std", "count"])
+    table = pd.read_csv(run_dir / "aggregate.csv")
+    table = table[table["step"] == "all"].set_index(["family", "utility", "metric"])
+    for key, row in expected.iterrows():
+        assert table.loc[key, "spearman"] == pytest.approx(row["mean"], abs=TOL)
+        assert table.loc[key, "spearman_se"] == pytest.approx(row["std"] / math.sqrt(row["count"]), abs=TOL)
+        assert table.loc[key, "n"] == row["count"] == 2
+
+
+def test_report_md_has_a_table_per_family_with_every_column_and_a_bold_best(run_dir: Path):
+    text = (run_dir / "report.md").read_text()
+    for heading in ("## mlp-relu (2 checkpoints, steps 1, 3)", "## mlp-silu (2 checkpoints, steps 1, 3)",
+                    "### By training step", "## Provenance"):
+        assert heading in text
+    header = next(line for line in text.splitlines() if line.startswith("| utility | metric | n |"))
+    for column in ("ρ pooled", "ρ per layer", "Shock@5%", "oracle Shock@5%", "gap", "ratio", "top-k overlap",
+                   "joint Shock@5%"):
+        assert f"| {column} |" in header
+    gxd_l1 = next(line for line in text.splitlines() if line.startswith("| gxd | l1 | 2 |"))
+    assert gxd_l1.split(" | ")[3].startswith("**")  # GXD has the best pooled rho among gxd/activation/random
+    per_checkpoint = text.split("## Pooled Spearman ρ per checkpoint")[1].split("\n## ")[0]
+    rows = [line for line in per_checkpoint.splitlines() if line.startswith("| mlp-")]
+    assert len(rows) == 4 * 2  # one row per (checkpoint, metric), nothing else
+
+
+def test_report_html_is_self_contained_with_config_versions_and_provenance(run_dir: Path):
+    page = (run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page), "every resource must be inline"
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert sorted(name for name, _ in images) == sorted(p.stem for p in (run_dir / "figures").glob("*.png"))
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
+    assert '<td class="best">' in page
+    info = (run_dir / "run.json").read_text()
+    assert '"torch"' in info and "torch " in page  # package versions
+    assert "&quot;q&quot;: 0.05" in page  # the run config
+    for provenance in ("split_seed", "data_permutation_seed", "split_calib_size", "fixtures/silu_mlp/task3"):
+        assert provenance in page
+
+
+def test_report_cli_sweep_recomputes_shock_at_each_q_and_says_joint_is_only_at_run_q(run_dir: Path,
+                                                                                     tmp_path: Path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    result = runner.invoke(app, ["report", str(copy), "--q", "0.1,0.05"])
+    assert result.exit_code == 0, result.output
+    sweep = pd.read_csv(copy / "sweep.csv")
+    assert sorted(sweep["q"].unique()) == [0.05, 0.1]
+    assert (copy / "figures" / "shock_vs_q.png").stat().st_size > 0
+    # at the run's q the sweep equals the stored summary's family mean
+    summary = pd.read_csv(copy / "summary.csv")
+    family = pd.read_csv(copy / "checkpoints.csv").set_index("checkpoint")["family"]
+    gxd = summary[(summary["scope"] == ALL) & (summary["utility"] == "gxd") & (summary["metric"] == "l1")
+                  & summary["checkpoint"].map(family).eq("mlp-silu")]
+    row = sweep[(sweep["family"] == "mlp-silu") & (sweep["utility"] == "gxd") & (sweep["metric"] == "l1")
+                & (sweep["q"] == 0.05)]
+    assert row["shock_at_q"].iloc[0] == pytest.approx(gxd["shock_at_q"].mean(), abs=TOL)
+    assert row["joint_shock_n"].iloc[0] == 2
+    assert sweep.loc[sweep["q"] == 0.1, "joint_shock_n"].eq(0).all()
+    text = (copy / "report.md").read_text()
+    assert "Shock@q sweep" in text and "Shock@5%" in text  # headline stays at the run's q
+
+    result = runner.invoke(app, ["report", str(copy), "--q", "0.1"])
+    assert result.exit_code == 0, result.output
+    text = (copy / "report.md").read_text()
+    assert "joint Shock@q is only measured at the run's q = 5%" in text and "Shock@10%" in text
+    assert not (copy / "sweep.csv").exists() and not (copy / "figures" / "shock_vs_q.png").exists()
+
+
+def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
+    """`assay_model(...).save(dir)` has no checkpoints.csv content (DESIGN "Python API"): one pooled family."""
+    model = mlp(widths=(8, 8))
+    x, y = torch.randn(120, 64), torch.randint(0, 10, (120,))
+    result = assay_model(model, (x[:60], y[:60]), (x[60:], y[60:]),
+                         config=AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"]))
+    report = result.save(tmp_path)
+    text = report.read_text()
+    assert "## model (1 checkpoint)" in text and "records no model family" in text
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+
+@pytest.mark.parametrize("q", ["0", "x"])
+def test_report_cli_bad_q_exits_2_naming_the_flag(run_dir: Path, q: str):
+    result = runner.invoke(app, ["report", str(run_dir), "--q", q])
+    assert result.exit_code == 2 and "--q" in result.output
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium)")
+def test_report_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    shot = tmp_path / "report.png"
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+               (run_dir / "report.html").resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert shot.exists(), done.stderr[-2000:]
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2000, 1200)
+    grey = pixels[..., :3].mean(axis=2)
+    assert grey.std() > 0.05, "screenshot is blank"  # a page of text and tables on white
+    assert (grey < 0.5).mean() > 0.005, "no dark (text) pixels"
