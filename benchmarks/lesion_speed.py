@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -24,16 +26,19 @@ from pathlib import Path
 
 import torch
 from captum.attr import LayerFeatureAblation
+from torch.utils.flop_counter import FlopCounterMode
 
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
-from resetassay.engine import parse_bytes, unit_shocks_fast
+from resetassay.downstream import split_at, trace
+from resetassay.engine import _downstream_inputs, parse_bytes, unit_shocks_fast
 from resetassay.lesion import probe_logits, unit_shocks
 from resetassay.models import create_model
 from resetassay.reference import unit_references
 from resetassay.units import unit_layers
 
 ROOT = Path(__file__).resolve().parents[1]
+TIGHT_BUDGET = 8 * 10**6  # a second fast run under this --max-memory shows the budget is kept
 
 
 class PeakRSS:
@@ -103,14 +108,19 @@ def matmul_rate(rows: int, width: int, seconds: float = 1.0) -> float:
     return 2 * rows * width * width * n / (time.perf_counter() - t0)
 
 
-def flop_bound(widths: list[int], n_classes: int, p: int) -> float:
-    """FLOPs of every Linear after each unit's first consumer, summed over all units."""
-    dims = [*widths, n_classes]
+def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.Tensor) -> float:
+    """FLOPs no exact engine avoids: per lesion, every op after the unit's Linear/Conv readers
+    (the downstream graph of `split_at`, counted by torch's FlopCounterMode), over all units."""
+    gm = trace(model)
     total = 0.0
-    for layer, n_units in enumerate(widths):
-        after_consumer = dims[layer + 1:]  # the consumer maps dims[layer] -> dims[layer + 1]
-        per_lesion = sum(2 * p * a * b for a, b in zip(after_consumer[:-1], after_consumer[1:], strict=True))
-        total += n_units * per_lesion
+    for layer in layers:
+        split = split_at(gm, layer.name)
+        with torch.inference_mode():
+            h, *values = split.upstream(probe_x)
+            inputs = _downstream_inputs(split, h, values, torch.tensor([0]), refs[layer.name])
+            with FlopCounterMode(display=False) as counter:
+                split.downstream(*inputs)
+        total += counter.get_total_flops() * layer.n_units
     return total
 
 
@@ -119,7 +129,28 @@ def max_rel_diff(a: dict, b: dict) -> float:
     return num / max(float(a[k].abs().max()) for k in a)
 
 
-def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None, rss: PeakRSS) -> dict:
+def fast_engine_once(p: int, width: int, depth: int, max_memory: int) -> tuple[torch.nn.Module, float]:
+    """Build the benchmark MLP and data, run the fast engine once; return the peak RSS growth (bytes)."""
+    torch.manual_seed(0)
+    model = create_model("mlp", in_features=784, widths=[width] * depth, activation="silu").eval()
+    calib_x, probe_x = torch.rand(p, 784), torch.rand(p, 784)
+    layers = unit_layers(model, calib_x[:2])
+    refs = unit_references(model, layers, calib_x)
+    probe_logits(model, probe_x)
+    rss = PeakRSS()
+    with rss.measure():
+        unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory)
+    return rss.peak
+
+
+def fresh_process_peak_mb(p: int, width: int, depth: int, max_memory: int) -> float:
+    """Peak RSS growth of one fast-engine run in a fresh process (freed memory is not reused there)."""
+    out = subprocess.run([sys.executable, __file__, "--peak-rss-child", f"{p},{width},{depth},{max_memory}"],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip()) / 1e6
+
+
+def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None) -> dict:
     torch.manual_seed(0)
     widths = [width] * depth
     model = create_model("mlp", in_features=784, widths=widths, activation="silu").eval()
@@ -130,10 +161,9 @@ def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None, rss: P
 
     plain, t_plain = timed(lambda: unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], batch_size=p))
     cap, t_captum = timed(lambda: captum_shocks(model, layers, refs, probe_x, ppe=32))
-    with rss.measure():
-        fast, t_fast = timed(lambda: unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory))
+    fast, t_fast = timed(lambda: unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory))
     rate = matmul_rate(32 * p, width)
-    t_bound = flop_bound(widths, 10, p) / rate
+    t_bound = flop_bound(model, layers, refs, probe_x) / rate
     return {
         "model": f"mlp 784-[{width}]x{depth}-10 silu", "probe": p, "units": n_units,
         "seconds": {"plain": t_plain, "captum": t_captum, "fast": t_fast, "flop_bound": t_bound},
@@ -145,12 +175,12 @@ def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None, rss: P
         "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
                          "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"]),
                          "captum_vs_plain_l1": max_rel_diff(plain["l1"], cap)},
-        "peak_rss_mb_fast": rss.peak / 1e6,
-        "max_memory_mb": (max_memory or 2**30) / 1e6,
+        "peak_rss_mb": {f"{b / 1e6:g}MB budget": fresh_process_peak_mb(p, width, depth, b)
+                        for b in (max_memory or 2**30, TIGHT_BUDGET)},
     }
 
 
-def resnet_benchmark(quick: bool, max_memory: int | None) -> dict:
+def resnet_benchmark(quick: bool, max_memory: int | None, rate: float) -> dict:
     ckpt = load_checkpoint(ROOT / "fixtures" / "resnet" / "task3")
     x, y = task_arrays(ckpt.info.data, "holdout")
     with warnings.catch_warnings():
@@ -162,11 +192,12 @@ def resnet_benchmark(quick: bool, max_memory: int | None) -> dict:
     plain, t_plain = timed(lambda: unit_shocks(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"]))
     fast, t_fast = timed(lambda: unit_shocks_fast(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"],
                                                   max_memory))
+    t_bound = flop_bound(ckpt.model, layers, refs, data.probe_x) / rate
     return {
         "model": "resnet fixture (8-16-32, BatchNorm, projection shortcuts)", "probe": len(data.probe_x),
-        "units": n_units, "seconds": {"plain": t_plain, "fast": t_fast},
-        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast},
-        "ratios": {"fast_vs_plain": t_plain / t_fast},
+        "units": n_units, "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
+        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
+        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
         "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
                          "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
     }
@@ -178,13 +209,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-memory", default=None, help="fast engine budget, e.g. 512MB")
+    parser.add_argument("--peak-rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_rss_child:
+        p, width, depth, budget = map(int, args.peak_rss_child.split(","))
+        print(fast_engine_once(p, width, depth, budget))
+        return
     budget = parse_bytes(args.max_memory, "--max-memory")
     p, width = (256, 128) if args.quick else (2048, 256)
     results = {"threads": args.threads, "torch": torch.__version__,
-               "mlp": mlp_benchmark(p, width, 4, budget, PeakRSS()),
-               "resnet": resnet_benchmark(args.quick, budget)}
+               "mlp": mlp_benchmark(p, width, 4, budget),
+               }
+    results["resnet"] = resnet_benchmark(args.quick, budget, results["mlp"]["matmul_gflops"] * 1e9)
     for name in ("mlp", "resnet"):
         r = results[name]
         print(f"\n{r['model']}: {r['units']} units, P={r['probe']}")
@@ -193,8 +230,8 @@ def main() -> None:
         print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items()))
         print("  max |diff| / max shock: " + ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_diff"].items()))
     m = results["mlp"]
-    print(f"  fast engine peak RSS +{m['peak_rss_mb_fast']:.0f} MB (budget {m['max_memory_mb']:.0f} MB), "
-          f"matmul {m['matmul_gflops']:.1f} GFLOP/s")
+    print(f"\nmlp: matmul {m['matmul_gflops']:.1f} GFLOP/s; fast engine peak RSS growth, fresh process: "
+          + ", ".join(f"+{v:.0f} MB at {k}" for k, v in m["peak_rss_mb"].items()))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

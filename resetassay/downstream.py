@@ -3,9 +3,10 @@
 A lesion of unit layer L changes only the nodes that depend on L. `split_at` cuts a torch.fx
 graph there: `upstream` computes, once per probe chunk, L's output and every tensor the rest
 of the graph reads from before L (residual skips: the *frontier*); `downstream` recomputes only
-what depends on L. Where L's only reader is a Linear/Conv2d consumer, the cut moves past it
-(the consumer shortcut): a clamp changes that consumer's output by a rank-1 / one-input-channel
-term, so the engine adds that term instead of recomputing the consumer.
+what depends on L. Every reader of L that is a Linear/Conv2d taking L alone is cut off too (the
+consumer shortcut): a clamp changes that consumer's output by a rank-1 / one-input-channel term,
+which the engine adds instead of recomputing the consumer. L's other readers (a residual add,
+pooling, ...) get the clamped output itself.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ class SplitError(Exception):
 
 @dataclass
 class Split:
-    """The two halves of a model around one unit layer."""
+    """The two halves of a model around one unit layer.
 
-    upstream: fx.GraphModule    # x (P, ...) -> (h (P, n, ...), start (P, ...), *frontier (P, ...))
-    downstream: fx.GraphModule  # (start (R, ...), *frontier (R, ...)) -> logits (R, C)
-    consumer: nn.Linear | nn.Conv2d | None  # skipped consumer when the shortcut applies
-    n_frontier: int
+    `starts[j]` says what the j-th downstream input is: a skipped consumer (its output, to be
+    corrected by the clamp's term) or None (the unit layer's output, to be clamped).
+    """
+
+    upstream: fx.GraphModule    # x (P, ...) -> (h (P, n, ...), *start values (P, ...), *frontier (P, ...))
+    downstream: fx.GraphModule  # (*start values (R, ...), *frontier (R, ...)) -> logits (R, C)
+    starts: list[nn.Linear | nn.Conv2d | None]
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -46,12 +50,11 @@ def _unit_node(graph: fx.Graph, target: str) -> fx.Node:
     return nodes[0]
 
 
-def _shortcut_consumer(gm: fx.GraphModule, node: fx.Node) -> nn.Linear | nn.Conv2d | None:
-    """The Linear/Conv2d that is the unit layer's only reader, when the shortcut is exact."""
-    users = list(node.users)
-    if len(users) != 1 or users[0].op != "call_module" or users[0].args != (node,) or users[0].kwargs:
+def _shortcut_module(gm: fx.GraphModule, user: fx.Node, node: fx.Node) -> nn.Linear | nn.Conv2d | None:
+    """The Linear/Conv2d module `user` calls on `node` alone, when the shortcut is exact for it."""
+    if user.op != "call_module" or user.args != (node,) or user.kwargs:
         return None
-    module = gm.get_submodule(users[0].target)
+    module = gm.get_submodule(user.target)
     if isinstance(module, nn.Linear):
         return module
     if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
@@ -60,20 +63,23 @@ def _shortcut_consumer(gm: fx.GraphModule, node: fx.Node) -> nn.Linear | nn.Conv
 
 
 def split_at(gm: fx.GraphModule, target: str, shortcut: bool = True) -> Split:
-    """Cut `gm` at the call of module `target` (and past its consumer when `shortcut`)."""
+    """Cut `gm` at the call of module `target` (and past its Linear/Conv2d readers when `shortcut`)."""
     graph = gm.graph
     node = _unit_node(graph, target)
-    consumer = _shortcut_consumer(gm, node) if shortcut else None
-    start = next(iter(node.users)) if consumer is not None else node
+    readers = {u: _shortcut_module(gm, u, node) if shortcut else None for u in node.users}
+    start_nodes = [u for u, m in readers.items() if m is not None]
+    if any(m is None for m in readers.values()):
+        start_nodes.append(node)
+    starts = [readers.get(n) for n in start_nodes]
 
-    changed = {start}
+    changed = set(start_nodes)
     for n in graph.nodes:  # topological order
         if any(a in changed for a in n.all_input_nodes):
             changed.add(n)
     output = next(n for n in graph.nodes if n.op == "output")
     if output not in changed:
         raise SplitError(f"the logits do not depend on {target}")
-    recomputed = [n for n in graph.nodes if n in changed and n is not start and n.op != "output"]
+    recomputed = [n for n in graph.nodes if n in changed and n not in start_nodes and n.op != "output"]
     frontier = list(dict.fromkeys(
         a for n in [*recomputed, output] for a in n.all_input_nodes
         if a not in changed and a.op != "get_attr"
@@ -82,16 +88,14 @@ def split_at(gm: fx.GraphModule, target: str, shortcut: bool = True) -> Split:
     up = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for n in graph.nodes:
-        if n.op == "output" or (n in changed and n is not start):
+        if n.op == "output" or (n in changed and n not in start_nodes):
             continue
         env[n] = up.node_copy(n, lambda a: env[a])
-    up.output((env[node], env[start], *[env[f] for f in frontier]))
-    upstream = fx.GraphModule(gm, up)
-    upstream.graph.eliminate_dead_code()
-    upstream.recompile()
+    up.output((env[node], *[env[s] for s in start_nodes], *[env[f] for f in frontier]))
+    upstream = fx.GraphModule(gm, up)  # every node kept is an output or feeds one: no dead code
 
     down = fx.Graph()
-    benv: dict[fx.Node, fx.Node] = {start: down.placeholder("start")}
+    benv: dict[fx.Node, fx.Node] = {s: down.placeholder(f"start_{i}") for i, s in enumerate(start_nodes)}
     for i, f in enumerate(frontier):
         benv[f] = down.placeholder(f"frontier_{i}")
 
@@ -102,4 +106,4 @@ def split_at(gm: fx.GraphModule, target: str, shortcut: bool = True) -> Split:
 
     for n in [*recomputed, output]:
         benv[n] = down.node_copy(n, arg)
-    return Split(upstream, fx.GraphModule(gm, down), consumer, len(frontier))
+    return Split(upstream, fx.GraphModule(gm, down), starts)

@@ -66,65 +66,83 @@ def _is_oom(err: BaseException) -> bool:
 
 
 class ShockSums:
-    """Running sums of per-example shocks, `(n_lesions,)` per metric, in float64."""
+    """Running sums of per-example shocks, `(n_lesions,)` per metric, in float64 (SPEC S4)."""
 
     def __init__(self, n: int, metrics: list[str], device: torch.device):
         self.sums = {m: torch.zeros(n, dtype=torch.float64, device=device) for m in metrics}
-        self.count = 0
 
-    def add(self, first: int, z: torch.Tensor, z_lesioned: torch.Tensor) -> None:
-        """Add lesions `first..first+K` given base logits `z (P, C)` and `z_lesioned (K, P, C)`."""
-        k = z_lesioned.shape[0]
-        for m, acc in self.sums.items():
-            acc[first:first + k] += _batched_shocks(z, z_lesioned, m).sum(dim=1)
+    def reset(self) -> None:
+        for s in self.sums.values():
+            s.zero_()
+
+    def add(self, first: int, base: BaseLogits, z_lesioned: torch.Tensor) -> None:
+        """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)`."""
+        zl = z_lesioned.double()
+        d = zl - base.z                                   # (K, P, C)
+        k = len(zl)
+        if "l1" in self.sums:
+            self.sums["l1"][first:first + k] += d.abs().sum(dim=(1, 2))
+        if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
+            kl = torch.logsumexp(zl, dim=2) - base.lse - (d * base.p).sum(dim=2)
+            self.sums["kl"][first:first + k] += kl.sum(dim=1)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
         return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
 
 
-def _batched_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str) -> torch.Tensor:
-    """Per-example shocks `(K, P)` (SPEC S4), as lesion.example_shocks but for K lesions at once."""
-    if metric == "l1":
-        return (z_lesioned - z.unsqueeze(0)).abs().sum(dim=2).double()
-    log_p = F.log_softmax(z.double(), dim=1).unsqueeze(0)
-    log_q = F.log_softmax(z_lesioned.double(), dim=2)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=2)
+class BaseLogits:
+    """Unlesioned logits of one probe chunk, `(P, C)`, with what the shocks reuse, in float64."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z.double()
+        self.lse = torch.logsumexp(self.z, dim=1)
+        self.p = (self.z - self.lse.unsqueeze(1)).exp()
 
 
-def _rows_per_chunk(split: Split, h: torch.Tensor, start: torch.Tensor, frontier: list[torch.Tensor],
-                    budget: int) -> int:
+def _rows_per_chunk(split: Split, h: torch.Tensor, inputs: list[torch.Tensor], budget: int) -> int:
     """How many K*P rows fit the budget, from the downstream activation sizes of one example."""
-    ShapeProp(split.downstream).propagate(start[:1], *[f[:1] for f in frontier])
+    ShapeProp(split.downstream).propagate(*[t[:1] for t in inputs])
     per_row = sum(
         n.meta["tensor_meta"].shape.numel() * h.element_size()
         for n in split.downstream.graph.nodes
         if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
     )
-    per_row += (start[:1].numel() + sum(f[:1].numel() for f in frontier)) * h.element_size()
+    per_row += sum(t[:1].numel() for t in inputs) * h.element_size()
     return max(1, budget // max(per_row, 1))
 
 
-def _clamped_start(split: Split, h: torch.Tensor, start: torch.Tensor, idx: torch.Tensor,
-                   r: torch.Tensor) -> torch.Tensor:
-    """The downstream input for K lesions, `(K*P, ...)`: block k has unit idx[k] clamped to r."""
+def _clamped(h: torch.Tensor, idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """`(K*P, n, ...)`: K copies of h `(P, n, ...)`, block k with unit idx[k] clamped to r[idx[k]]."""
     k, p = len(idx), h.shape[0]
-    if split.consumer is None:
-        out = h.unsqueeze(0).repeat(k, *([1] * h.dim()))
-        shape = (k, 1, 1, 1) if h.dim() == 4 else (k, 1)
-        out[torch.arange(k, device=h.device), :, idx] = r[idx].to(h.dtype).view(shape)
-        return out.reshape(k * p, *h.shape[1:])
-    w = split.consumer.weight
-    if isinstance(split.consumer, nn.Linear):
+    out = h.unsqueeze(0).repeat(k, *([1] * h.dim()))
+    shape = (k, 1, 1, 1) if h.dim() == 4 else (k, 1)
+    out[torch.arange(k, device=h.device), :, idx] = r[idx].to(h.dtype).view(shape)
+    return out.view(k * p, *h.shape[1:])
+
+
+def _corrected(consumer: nn.Linear | nn.Conv2d, c: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
+               r: torch.Tensor) -> torch.Tensor:
+    """`(K*P, ...)`: the consumer output c `(P, ...)` plus, in block k, the term of clamping unit idx[k]."""
+    k, p, w = len(idx), h.shape[0], consumer.weight
+    if isinstance(consumer, nn.Linear):
         delta = r[idx].to(h.dtype).unsqueeze(0) - h[:, idx]           # (P, K)
-        out = start.new_empty(k, p, start.shape[1])
-        torch.addcmul(start.unsqueeze(0), delta.T.unsqueeze(2), w[:, idx].T.unsqueeze(1), out=out)
+        out = c.new_empty(k, p, c.shape[1])
+        torch.addcmul(c.unsqueeze(0), delta.T.unsqueeze(2), w[:, idx].T.unsqueeze(1), out=out)
         return out.view(k * p, -1)
-    c = split.consumer
     delta = r[idx].to(h.dtype).view(1, k, 1, 1) - h[:, idx]          # (P, K, H, W)
     kernel = w[:, idx].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])
-    d = F.conv2d(delta, kernel, None, c.stride, c.padding, c.dilation, groups=k)
+    d = F.conv2d(delta, kernel, None, consumer.stride, consumer.padding, consumer.dilation, groups=k)
     d = d.view(p, k, w.shape[0], *d.shape[2:]).transpose(0, 1)
-    return (start.unsqueeze(0) + d).reshape(k * p, *start.shape[1:])
+    return (c.unsqueeze(0) + d).reshape(k * p, *c.shape[1:])
+
+
+def _downstream_inputs(split: Split, h: torch.Tensor, values: list[torch.Tensor], idx: torch.Tensor,
+                       r: torch.Tensor) -> list[torch.Tensor]:
+    """Inputs of the downstream graph for K lesions: start values, then the expanded frontier."""
+    n_starts = len(split.starts)
+    starts = [_clamped(h, idx, r) if m is None else _corrected(m, v, h, idx, r)
+              for m, v in zip(split.starts, values[:n_starts], strict=True)]
+    return starts + [_expand(f, len(idx)) for f in values[n_starts:]]
 
 
 def _expand(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -150,12 +168,12 @@ def _with_backoff(rows: int, work: Callable[[int], None]) -> None:
                 torch.cuda.empty_cache()
 
 
-def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> list[torch.Tensor]:
-    """(h, start, *frontier) of a probe chunk; every frontier value must be a batch-first tensor."""
-    h, start, *frontier = split.upstream(x)
-    if any(not isinstance(f, torch.Tensor) or f.shape[:1] != h.shape[:1] for f in frontier):
+def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """h and the downstream inputs (start values, frontier) of a probe chunk, all batch-first."""
+    h, *values = split.upstream(x)
+    if any(not isinstance(v, torch.Tensor) or v.shape[:1] != h.shape[:1] for v in values):
         raise SplitError(f"{layer.name}: a value read downstream is not a batch-first tensor")
-    return [h, start, *frontier]
+    return h, values
 
 
 def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x: torch.Tensor,
@@ -165,27 +183,43 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x
     sums = ShockSums(layer.n_units, metrics, device)
 
     def work(rows: int) -> None:
-        sums.__init__(layer.n_units, metrics, device)
+        sums.reset()
         p_chunk = max(1, min(len(probe_x), rows))
         k_max = max(1, min(layer.n_units, rows // p_chunk, TARGET_ROWS // p_chunk, max_k or layer.n_units))
         for p0 in range(0, len(probe_x), p_chunk):
             with torch.inference_mode():
-                h, start, *frontier = _upstream(split, layer, probe_x[p0:p0 + p_chunk].to(device))
-                z = base[p0:p0 + p_chunk]
+                h, values = _upstream(split, layer, probe_x[p0:p0 + p_chunk].to(device))
+                z = BaseLogits(base[p0:p0 + p_chunk])
                 for u0 in range(0, layer.n_units, k_max):
                     idx = torch.arange(u0, min(u0 + k_max, layer.n_units), device=device)
-                    k = len(idx)
-                    zl = split.downstream(_clamped_start(split, h, start, idx, r),
-                                          *[_expand(f, k) for f in frontier])
-                    sums.add(u0, z, zl.view(k, h.shape[0], -1))
-                    if advance and p0 == 0:
-                        advance(k)
+                    zl = split.downstream(*_downstream_inputs(split, h, values, idx, r))
+                    sums.add(u0, z, zl.view(len(idx), h.shape[0], -1))
+                    if advance and p0 + p_chunk >= len(probe_x):
+                        advance(len(idx))
 
     with torch.inference_mode():
-        h, start, *frontier = _upstream(split, layer, probe_x[:2].to(device))
-        rows = _rows_per_chunk(split, h, start, frontier, budget)
+        h, values = _upstream(split, layer, probe_x[:2].to(device))
+        rows = _rows_per_chunk(split, h, values, budget)
     _with_backoff(rows, work)
     return sums.means(len(probe_x))
+
+
+def _bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
+    """Bytes of every module output for one example: the activation memory of one row."""
+    total = [x1.numel() * x1.element_size()]
+
+    def count(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
 
 
 @contextmanager
@@ -224,11 +258,11 @@ def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.
     by_name = {layer.name: layer for layer in layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
     budget = memory_budget(device, max_memory)
-    per_row = 16 * sum(layer.n_units * 64 for layer in layers) + probe_x[:1].numel() * 4  # rough
+    per_row = _bytes_per_row(model, probe_x[:1].to(device))
     sums = ShockSums(len(lesions), metrics, device)
 
     def work(rows: int) -> None:
-        sums.__init__(len(lesions), metrics, device)
+        sums.reset()
         p_chunk = max(1, min(len(probe_x), rows))
         k_max = max(1, min(len(lesions), rows // p_chunk))
         for p0 in range(0, len(probe_x), p_chunk):
@@ -237,8 +271,8 @@ def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.
                 chunk = lesions[l0:l0 + k_max]
                 with torch.inference_mode(), _block_clamps(chunk, by_name, refs, len(x)):
                     zl = model(_expand(x, len(chunk)))
-                sums.add(l0, base[p0:p0 + p_chunk], zl.view(len(chunk), len(x), -1))
-                if advance and p0 == 0:
+                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk]), zl.view(len(chunk), len(x), -1))
+                if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 
     _with_backoff(max(1, budget // per_row), work)

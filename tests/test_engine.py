@@ -17,6 +17,7 @@ from torch import nn
 from resetassay import engine
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.downstream import split_at, trace
 from resetassay.engine import set_shocks, unit_shocks_fast
 from resetassay.lesion import joint_shock, probe_logits, unit_shocks
 from resetassay.reference import unit_references
@@ -142,20 +143,32 @@ def test_unsplittable_models_fall_back_with_a_logged_reason(model_cls, caplog) -
 
 def test_out_of_memory_halves_the_chunk_and_still_equals_plain(monkeypatch, caplog) -> None:
     model, layers, refs, probe_x = _setup("silu_mlp", probe=64)
-    real = engine._clamped_start
+    real = engine._downstream_inputs
     calls = {"oom": 0}
 
-    def tight(split, h, start, idx, r):
+    def tight(split, h, values, idx, r):
         if len(idx) * len(h) > 64:
             calls["oom"] += 1
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(split, h, start, idx, r)
+        return real(split, h, values, idx, r)
 
-    monkeypatch.setattr(engine, "_clamped_start", tight)
+    monkeypatch.setattr(engine, "_downstream_inputs", tight)
     with caplog.at_level(logging.WARNING, logger="resetassay.engine"):
         fast = unit_shocks_fast(model, layers, refs, probe_x, METRICS)
     assert calls["oom"] > 0 and "out of memory" in caplog.text
     _close(unit_shocks(model, layers, refs, probe_x, METRICS), fast)
+
+
+def test_every_linear_or_conv_reader_is_cut_off_and_a_residual_reader_gets_the_clamp() -> None:
+    """ResNet: stem.act feeds conv1 and an identity skip; stages.0.0.act2 feeds conv1 and a projection."""
+    model, *_ = _setup("resnet")
+    gm = trace(model)
+    stem = split_at(gm, "stem.act")
+    assert sorted(type(m).__name__ for m in stem.starts) == ["Conv2d", "NoneType"]
+    block = split_at(gm, "stages.0.0.act2")
+    assert [type(m).__name__ for m in block.starts] == ["Conv2d", "Conv2d"]
+    assert {id(m) for m in block.starts} == {id(model.stages[1][0].conv1), id(model.stages[1][0].shortcut[0])}
+    assert split_at(gm, "stem.act", shortcut=False).starts == [None]
 
 
 def test_functional_consumer_shortcut_is_exact_for_a_conv_with_stride_and_padding() -> None:
