@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -17,14 +17,25 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from resetassay.checkpoint import Checkpoint, find_checkpoints, load_checkpoint
+from resetassay.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
 from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
 from resetassay.engine import set_shocks, unit_shocks_fast
 from resetassay.errors import BadInputError
 from resetassay.lesion import check_metrics, probe_logits, unit_shocks
 from resetassay.metrics import checkpoint_summary, selections, utility_column
 from resetassay.reference import unit_references
-from resetassay.report import render, write_run
+from resetassay.report import TABLES, render, write_run
+from resetassay.runstore import (
+    FAILURE_COLUMNS,
+    CheckpointFailure,
+    RunInterrupted,
+    RunStore,
+    canonical_hash,
+    checkpoint_sha256,
+    failure_row,
+    source_digest,
+    write_failures,
+)
 from resetassay.tracing import tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import (
@@ -69,27 +80,36 @@ class AssayConfig:
 
 @dataclass
 class AssayResult:
-    """UnitTable, SummaryTable, not-applicable notes and checkpoint info of one run."""
+    """UnitTable, SummaryTable, not-applicable notes and checkpoint info of one run; the checkpoints that
+    failed (`failures`: checkpoint, path, kind, error) and what else run.json records (`provenance`)."""
 
     units: pd.DataFrame
     summary: pd.DataFrame
     notes: pd.DataFrame
     checkpoints: pd.DataFrame
     config: AssayConfig
+    failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
+    provenance: dict = field(default_factory=dict)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables a run directory holds, by name (report.TABLES)."""
+        return {name: getattr(self, name) for name in TABLES}
 
     def save(self, out: str | Path) -> Path:
-        """Write the tables and run.json into `out`, then render report.md and figures."""
-        tables = {"units": self.units, "summary": self.summary, "notes": self.notes,
-                  "checkpoints": self.checkpoints}
-        write_run(out, tables, run_info(self.config))
+        """Write the tables, run.json and failures.csv (if any failed) into `out`, then render report.md and
+        figures."""
+        info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
+        write_run(out, self.tables(), info)
+        write_failures(out, self.failures)
         return render(out)
 
     @staticmethod
-    def concat(results: list[AssayResult], config: AssayConfig) -> AssayResult:
-        def cat(attr: str) -> pd.DataFrame:
-            frames = [getattr(r, attr) for r in results]
+    def concat(parts: list[dict[str, pd.DataFrame]], config: AssayConfig) -> AssayResult:
+        """One result from the tables of several checkpoints, in their order."""
+        def cat(name: str) -> pd.DataFrame:
+            frames = [part[name] for part in parts]
             return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return AssayResult(cat("units"), cat("summary"), cat("notes"), cat("checkpoints"), config)
+        return AssayResult(**{name: cat(name) for name in TABLES}, config=config)
 
 
 def run_info(config: AssayConfig) -> dict:
@@ -106,6 +126,14 @@ def run_info(config: AssayConfig) -> dict:
         "versions": {"resetassay": __version__, "torch": torch.__version__,
                      "captum": captum.__version__, "python": platform.python_version()},
     }
+
+
+def run_identity(config: AssayConfig, inputs: dict) -> dict:
+    """What decides a run's numbers besides the checkpoints (DESIGN "Runs are resumable"): the config with the
+    device it resolves to, the `inputs` (--model, --model-kwargs, --data), the package versions and a digest of
+    resetassay's source."""
+    return {"config": {**asdict(config), "device": resolve_device(config.device).type}, "inputs": inputs,
+            "versions": {**run_info(config)["versions"], "source": source_digest()}}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,7 +209,8 @@ def assay_model(
 
     base = probe_logits(model, probe_x, config.batch_size)
     if not torch.isfinite(base).all():
-        raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set")
+        raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
+                                 "(a diverged training run?)")
     refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
     stats = calibration_stats(model, found, calib_x, calib_y, refs,
                               needed_ingredients(config.utilities), config.batch_size, config.seed)
@@ -255,7 +284,7 @@ def assay_checkpoint(
                          config=config, name=ckpt.info.name, state=ckpt.state, progress=progress)
     info = {
         "checkpoint": ckpt.info.name, "path": str(ckpt.info.path), "family": ckpt.info.family,
-        "factory": ckpt.info.factory, "step": _step_value(ckpt.info.step),
+        "factory": ckpt.info.factory, "step": _step_value(ckpt.info.step), "train_seed": ckpt.info.meta.get("seed"),
         **{f"data_{k}": v for k, v in spec.to_dict().items()},
         **{f"split_{k}": v for k, v in split.provenance.items()},
     }
@@ -287,6 +316,26 @@ def _step_value(step: dict) -> float:
     return math.nan
 
 
+def _names_a_flag(error: Exception) -> bool:
+    """A bad-input message that starts with a flag (`--layers ...`, `--calib-size ...`) is about the command,
+    not about one checkpoint: it would fail every checkpoint, so the run stops."""
+    return isinstance(error, BadInputError) and str(error).startswith("--")
+
+
+def _seeds(config: AssayConfig, parts: dict[str, dict[str, pd.DataFrame]]) -> dict:
+    """Every seed behind a run's numbers (run.json): the config's, and each checkpoint's training and data seeds."""
+    def seed(row: pd.Series, column: str) -> int | None:
+        value = row.get(column)
+        return None if value is None or pd.isna(value) else int(value)
+
+    rows = {name: tables["checkpoints"].iloc[0] for name, tables in parts.items() if len(tables["checkpoints"])}
+    return {
+        "calibration_probe_split": config.seed, "random_utility": config.seed,
+        "checkpoints": {name: {"training": seed(row, "train_seed"), "data_split": seed(row, "data_split_seed"),
+                               "permutation": seed(row, "data_permutation_seed")} for name, row in rows.items()},
+    }
+
+
 def run_assay(
     paths: Iterable[str | Path],
     config: AssayConfig | None = None,
@@ -295,17 +344,69 @@ def run_assay(
     model_kwargs: dict | None = None,
     data: DataSpec | None = None,
     progress: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    note: Callable[[str], None] | None = None,
     **overrides: object,
 ) -> AssayResult:
-    """Find, load and assay every checkpoint under `paths` (DESIGN "Python API")."""
+    """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
+
+    A checkpoint that fails (a bad file, NaN/Inf logits) is left out with a `CheckpointFailure` warning and
+    listed in `result.failures`; the others go on. A bad flag stops the run: the device, `model` and `paths`
+    are checked before any work, and an error naming a flag (`--layers`, `--calib-size`, ...) stops it where
+    it occurs. With `out` the run is resumable: each checkpoint is saved into `out/parts/` as it finishes, a
+    rerun skips the finished ones (`note` says so; a directory assayed with another config is refused unless
+    `overwrite`), Ctrl-C raises `RunInterrupted` keeping what is finished, and the tables, run.json,
+    failures.csv and report are written into `out` at the end.
+    """
     config = config or AssayConfig(**overrides)
-    found = find_checkpoints(list(paths), foreign_ok=model is not None)
+    paths = list(paths)
+    resolve_device(config.device)  # CUDA asked for but absent: refused before any work
+    if model is not None:
+        import_factory(model)  # likewise a --model that does not import
+    found = find_checkpoints(paths, foreign_ok=model is not None)
+    inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
+    identity = run_identity(config, inputs)
+    store = RunStore(out, identity, overwrite) if out is not None else None
+    sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
+    keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
+    parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
+    if parts and note is not None:
+        note(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
+             "(--overwrite assays them again)")
+    failures = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    results = []
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        overall = bar.add_task("checkpoints", total=len(found))
-        for path, name in found:
-            ckpt = load_checkpoint(path, name, model, model_kwargs)
-            results.append(assay_checkpoint(ckpt, config, data, bar))
-            bar.advance(overall)
-    return AssayResult.concat(results, config)
+    try:
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            overall = bar.add_task("checkpoints", total=len(found), completed=len(parts))
+            for path, name in (item for item in found if item[1] not in parts):
+                try:
+                    result = assay_checkpoint(load_checkpoint(path, name, model, model_kwargs), config, data, bar)
+                except (BadInputError, FloatingPointError) as err:
+                    if _names_a_flag(err):
+                        kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
+                        raise BadInputError(f"{err} (checkpoint {name}{kept})") from err
+                    failures.append(failure_row(name, path, err))
+                    warnings.warn(str(err), CheckpointFailure, stacklevel=2)
+                else:
+                    parts[name] = store.save(keys[name], result.tables()) if store else result.tables()
+                bar.advance(overall)
+        result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
+        result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+        result.provenance = {
+            "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
+            "versions": identity["versions"], "seeds": _seeds(config, parts),
+            "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
+                             "finished": name in parts} for path, name in found],
+        }
+        if store is not None and parts:
+            result.save(out)
+        elif store is not None:
+            write_failures(out, result.failures)
+    except KeyboardInterrupt:
+        if store is None:
+            raise
+        saved = sum(store.has(key) for key in keys.values())
+        raise RunInterrupted(f"interrupted: {saved} of {len(found)} checkpoints saved in {out}; "
+                             "rerun the same command to resume") from None
+    return result

@@ -20,6 +20,7 @@ from resetassay.data import DataSpec, data_spec
 from resetassay.engine import parse_bytes
 from resetassay.errors import BadInputError
 from resetassay.report import q_values, render
+from resetassay.runstore import FAILURES, CheckpointFailure, RunInterrupted, failure_exit_code
 from resetassay.train import TrainConfig, last_checkpoint, train, zoo_kwargs
 from resetassay.units import layer_table
 
@@ -45,12 +46,13 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _show_warning(message: Warning | str, *_args: object, **_kwargs: object) -> None:
-    """Warnings as one line each, each distinct message once."""
+def _show_warning(message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object) -> None:
+    """Warnings as one line each, each distinct message once; a checkpoint that failed as an error line."""
     text = str(message)
     if text not in _shown:
         _shown.add(text)
-        err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        prefix = "[bold red]error:[/]" if issubclass(category, CheckpointFailure) else "[yellow]warning:[/]"
+        err.print(f"{prefix} {text}", highlight=False, soft_wrap=True)
 
 
 _shown: set[str] = set()
@@ -116,8 +118,13 @@ def run(
     task: Task = 0,
     permutation_seed: PermSeed = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Discard the checkpoints finished earlier in --out (a rerun "
+                                            "with the same config skips them; another config is refused).")]
+    = False,
 ) -> None:
-    """Assay checkpoints: score every unit, lesion each one, write tables and a report."""
+    """Assay checkpoints: score every unit, lesion each one, write tables and a report.
+
+    Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it."""
     try:
         config = AssayConfig(
             **({"utilities": _split(utilities)} if utilities else {}),
@@ -129,20 +136,29 @@ def run(
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
-                               data=_data(data, task, permutation_seed, data_dir), progress=not quiet)
-        report = result.save(out_dir)
+                               data=_data(data, task, permutation_seed, data_dir), progress=not quiet,
+                               out=out_dir, overwrite=overwrite,
+                               note=lambda text: err.print(text, highlight=False, soft_wrap=True))
     except BadInputError as e:
         _fail(str(e), 2)
-    except FloatingPointError as e:
-        _fail(str(e), 1)
-    pooled = result.summary[(result.summary["scope"] == "ALL") & (result.summary["metric"] == config.metrics[0])]
-    table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")
-    table.add_column("utility")
-    table.add_column("ρ", justify="right")
-    for utility, g in pooled.groupby("utility", sort=False):
-        table.add_row(utility, f"{g['spearman'].mean():.3f}")
-    out.print(table)
-    out.print(f"wrote {report.parent}/ (units.csv, summary.csv, report.md, report.html, figures/)")
+    except RunInterrupted as e:
+        err.print(str(e), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    code = failure_exit_code(result.failures)
+    if len(result.units):
+        pooled = result.summary[(result.summary["scope"] == "ALL") & (result.summary["metric"] == config.metrics[0])]
+        table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")
+        table.add_column("utility")
+        table.add_column("ρ", justify="right")
+        for utility, g in pooled.groupby("utility", sort=False):
+            table.add_row(utility, f"{g['spearman'].mean():.3f}")
+        out.print(table)
+        out.print(f"wrote {out_dir}/ (units.csv, summary.csv, report.md, report.html, figures/)")
+    if code:
+        err.print(f"{len(result.failures)} of {len(result.provenance['checkpoints'])} checkpoints failed (listed in "
+                  f"{out_dir / FAILURES}); fix them and rerun the same command: finished ones are skipped",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
 
 
 RunDir = Annotated[Path, typer.Argument(help="A directory written by `resetassay run`.")]

@@ -11,6 +11,7 @@ pooling, ...) get the clamped output itself.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from torch import fx, nn
@@ -34,13 +35,21 @@ class Split:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model` (a GraphModule is used as it is)."""
-    if isinstance(model, fx.GraphModule):
-        return model
+    """Symbolically trace `model` and, in eval mode, fold each Conv/Linear->BatchNorm pair into one op.
+
+    The folded copy computes the same function (to float rounding) with one op less per pair;
+    the model itself is not changed.
+    """
     try:
-        return fx.symbolic_trace(model)
+        gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code
         raise SplitError(f"torch.fx cannot trace {type(model).__name__}: {str(err).splitlines()[0]}") from err
+    if model.training or not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in gm.modules()):
+        return gm
+    with warnings.catch_warnings():  # the module imports torch.jit, which warns it is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.fx.experimental.optimization import fuse
+    return fuse(gm, no_trace=True)  # a copy; the model's own modules keep their hooks and weights
 
 
 def _unit_node(graph: fx.Graph, target: str) -> fx.Node:

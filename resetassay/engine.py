@@ -30,7 +30,7 @@ from resetassay.units import UnitLayer
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
-TARGET_ROWS = 8192  # K*P rows per forward: big enough for GEMM speed, small enough to stay in cache
+TARGET_ROWS = {"cpu": 1024, "cuda": 1 << 16}  # K*P rows per forward: cache-sized on CPU, large on GPU
 Lesion = dict[str, torch.Tensor]  # unit-layer name -> unit indices clamped together
 
 
@@ -184,8 +184,9 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x
 
     def work(rows: int) -> None:
         sums.reset()
-        p_chunk = max(1, min(len(probe_x), rows))
-        k_max = max(1, min(layer.n_units, rows // p_chunk, TARGET_ROWS // p_chunk, max_k or layer.n_units))
+        target = TARGET_ROWS.get(device.type, TARGET_ROWS["cuda"])
+        p_chunk = max(1, min(len(probe_x), rows, target))
+        k_max = max(1, min(layer.n_units, rows // p_chunk, target // p_chunk, max_k or layer.n_units))
         for p0 in range(0, len(probe_x), p_chunk):
             with torch.inference_mode():
                 h, values = _upstream(split, layer, probe_x[p0:p0 + p_chunk].to(device))

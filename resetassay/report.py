@@ -46,13 +46,20 @@ FIGURES = ("shock_at_q", "spearman_heatmap", "scatter_l1", "scatter_kl", "shock_
            "shock_vs_q")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary `.<name>.*` file, flushed to disk, and a rename: a crash or a kill never leaves
+    half a file under `path`, and a failed write removes its temporary file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_run(out: str | Path, tables: dict[str, pd.DataFrame], run_info: dict) -> Path:
@@ -60,8 +67,8 @@ def write_run(out: str | Path, tables: dict[str, pd.DataFrame], run_info: dict) 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        _atomic_write(out / f"{name}.csv", tables[name].to_csv(index=False))
-    _atomic_write(out / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
+        atomic_write(out / f"{name}.csv", tables[name].to_csv(index=False))
+    atomic_write(out / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
 
@@ -430,18 +437,18 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([aggregate(stats, ["family", "q"]).assign(step="all").reindex(columns=by_step.columns),
                             by_step], ignore_index=True)
-    _atomic_write(run_dir / "aggregate.csv", aggregated.to_csv(index=False))
+    atomic_write(run_dir / "aggregate.csv", aggregated.to_csv(index=False))
     sweep_stats, sweep = None, None
     if len(qs) > 1:
         sweep_stats = pd.concat([checkpoint_stats(s, tables["checkpoints"]) for s in summaries.values()],
                                 ignore_index=True)
         sweep = aggregate(sweep_stats, ["family", "q"])
-        _atomic_write(run_dir / "sweep.csv", sweep.to_csv(index=False))
+        atomic_write(run_dir / "sweep.csv", sweep.to_csv(index=False))
         written.append(run_dir / "sweep.csv")
     made = _figures(run_dir, tables, stats, sweep_stats, headline_q)
     _remove_stale(run_dir, written + made)
     blocks = report_blocks(tables, info, stats, sweep, [p.relative_to(run_dir) for p in made], headline_q, base_q)
-    _atomic_write(run_dir / "report.md", markdown_document(blocks))
-    _atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
+    atomic_write(run_dir / "report.md", markdown_document(blocks))
+    atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
     return run_dir / "report.md"
 

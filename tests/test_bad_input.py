@@ -1,0 +1,236 @@
+"""Every bad input answered through the CLI (README "What happens when..."): one `error:` line naming the file
+or flag and what to do, exit code 2 for bad input and 1 for a failure during the run, and what finished is kept.
+
+Cases already covered elsewhere: a missing path, an unknown utility/metric, `--layers` matching nothing and a
+too-large `--calib-size` stop a run with exit 2 (test_cli.py); the loaders' refusals one by one
+(test_checkpoint.py, test_data.py). Here: each case from the command line, and a bad checkpoint among good ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import resetassay.assay
+from resetassay import load_checkpoint, save_checkpoint
+from resetassay.checkpoint import MANIFEST, WEIGHTS
+from resetassay.cli import app
+from resetassay.lesion import METRICS
+from resetassay.runstore import FAILURES, PARTS
+from resetassay.utilities import utility_names
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SMALL = ["--utilities", "gxd,activation", "--metrics", "l1", "--calib-size", "32", "--probe-size", "32",
+         "--no-joint", "--quiet"]
+runner = CliRunner()
+
+
+def _run(*args: object, out: Path) -> object:
+    return runner.invoke(app, ["run", *map(str, args), "--out", str(out), *SMALL])
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def _one_error(result, code: int, *needles: str) -> str:
+    """Exactly one `error:` line, containing every needle, and the exit code."""
+    assert result.exit_code == code, result.output
+    errors = _errors(result)
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def no_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No figures in tests about which checkpoints are kept (rendering is tested in test_report.py)."""
+    monkeypatch.setattr(resetassay.assay, "render", lambda out: Path(out) / "report.md")
+
+
+def _copy(fixture: str, into: Path) -> Path:
+    shutil.copytree(FIXTURES / fixture, into)
+    return into
+
+
+def _edited_copy(into: Path, edit) -> Path:
+    """relu_mlp/task1 with its weights edited in place by `edit(model)`."""
+    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task1")
+    with torch.no_grad():
+        edit(ckpt.model)
+    return save_checkpoint(into, ckpt.model, ckpt.info.factory, ckpt.info.kwargs, step=ckpt.info.step,
+                           data=ckpt.info.data, meta=ckpt.info.meta)
+
+
+@pytest.mark.parametrize("content", [[], [WEIGHTS]], ids=["empty directory", "no manifest.json"])
+def test_directory_without_a_checkpoint_exits_2_naming_it(tmp_path, content):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    for name in content:
+        shutil.copy(FIXTURES / "relu_mlp" / "task1" / name, folder / name)
+    _one_error(_run(folder, out=tmp_path / "run"), 2, str(folder), MANIFEST)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("{not json", "malformed JSON"),
+     (json.dumps({"format": "resetassay.checkpoint/9"}), "'resetassay.checkpoint/9' is not 'resetassay.checkpoint/1'"),
+     ("[1, 2]", "format None")],
+    ids=["malformed", "unknown format version", "not an object"],
+)
+def test_bad_manifest_exits_2_naming_it(tmp_path, text, needle):
+    ck = _copy("relu_mlp/task1", tmp_path / "ck")
+    (ck / MANIFEST).write_text(text)
+    _one_error(_run(ck, out=tmp_path / "run"), 2, str(ck / MANIFEST), needle, "regenerate the checkpoint")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001], ids=["truncated body", "truncated header"])
+def test_truncated_safetensors_exits_2_naming_it(tmp_path, keep):
+    ck = _copy("relu_mlp/task1", tmp_path / "ck")
+    data = (ck / WEIGHTS).read_bytes()
+    (ck / WEIGHTS).write_bytes(data[: int(len(data) * keep)])
+    _one_error(_run(ck, out=tmp_path / "run"), 2, str(ck / WEIGHTS), "unreadable safetensors", "re-save it")
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [(lambda m: setattr(m.layers[0], "linear", torch.nn.Linear(64, 7)), "(7, 64), the model wants torch.float32 (64"),
+     (lambda m: m.double(), "is torch.float64")],
+    ids=["wrong shape", "wrong dtype"],
+)
+def test_weights_of_the_wrong_shape_or_dtype_exit_2_naming_file_and_tensor(tmp_path, edit, needle):
+    ck = _edited_copy(tmp_path / "ck", edit)
+    _one_error(_run(ck, out=tmp_path / "run"), 2, str(ck / WEIGHTS), "layers.0.linear.weight", needle)
+
+
+class _Payload:
+    """Unpickling this would create `path`: the code `weights_only=True` must never run."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_pickled_pt_file_is_refused_saying_why_and_runs_no_code(tmp_path):
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "model.pt"
+    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task1")
+    torch.save({**ckpt.model.state_dict(), "extra": _Payload(str(marker))}, path)
+    result = _run(path, "--model", "resetassay.models:mlp", "--data", "digits", out=tmp_path / "run")
+    _one_error(result, 2, str(path), "refused", "weights_only=True", "no code runs")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [("no_such_module_xyz:mlp", "cannot import no_such_module_xyz"),
+     ("resetassay.models:no_such_factory", "has no attribute 'no_such_factory'")],
+    ids=["module", "attribute"],
+)
+def test_model_naming_a_missing_module_or_attribute_exits_2_before_any_work(tmp_path, spec, needle):
+    torch.save(load_checkpoint(FIXTURES / "relu_mlp" / "task1").model.state_dict(), tmp_path / "model.pt")
+    result = _run(tmp_path / "model.pt", "--model", spec, "--data", "digits", out=tmp_path / "run")
+    _one_error(result, 2, f"--model {spec!r}", needle)
+    assert not (tmp_path / "run" / PARTS).exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "names"),
+    [("--utilities", "gxd,bogus", utility_names()), ("--metrics", "l1,l7", list(METRICS))],
+)
+def test_unknown_utility_or_metric_lists_the_valid_names(tmp_path, flag, value, names):
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(tmp_path), flag, value])
+    line = _one_error(result, 2, flag, value.split(",")[1])
+    assert line.endswith(", ".join(names))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--probe-size", "5000"], "--probe-size 5000"),
+     (["--calib-size", "600", "--probe-size", "600"], "exceed the 898 held-out examples"),
+     (["--model-kwargs", "{oops"], "--model-kwargs is not valid JSON"),
+     (["--device", "tpu"], "--device 'tpu': choose auto, cpu or cuda")],
+    ids=["probe size", "sizes together", "model kwargs", "device name"],
+)
+def test_bad_flag_exits_2_naming_it(tmp_path, args, needle):
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(tmp_path), "--quiet", *args])
+    _one_error(result, 2, needle)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present on this machine")
+def test_cuda_requested_but_absent_exits_2_before_any_work(tmp_path):
+    _one_error(_run(FIXTURES / "relu_mlp", "--device", "cuda", out=tmp_path), 2,
+               "--device cuda: CUDA is not available here; use --device cpu")
+    assert not (tmp_path / PARTS).exists()
+
+
+def test_layers_matching_nothing_mid_run_stops_keeping_the_finished_checkpoints(tmp_path, no_render):
+    """A flag error found at the second checkpoint stops the run (it would fail every such checkpoint)."""
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", tmp_path / "ck" / "a_mlp")
+    shutil.copytree(FIXTURES / "cnn" / "task1", tmp_path / "ck" / "b_cnn")
+    result = _run(tmp_path / "ck", "--layers", "layers.*", out=tmp_path / "run")
+    _one_error(result, 2, "--layers layers.* matched no unit layer; available: blocks.0.act, blocks.1.act",
+               f"(checkpoint ck/b_cnn; the 1 finished are kept in {tmp_path / 'run'})")
+    assert len([p for p in (tmp_path / "run" / PARTS).iterdir() if p.name != "config.json"]) == 1
+
+
+def test_nan_logits_are_reported_per_checkpoint_and_the_others_finish(tmp_path):
+    shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
+    _edited_copy(tmp_path / "ck" / "task2", lambda m: m.layers[1].linear.weight[3, 5].fill_(float("nan")))
+    result = _run(tmp_path / "ck", out=tmp_path / "run")
+    _one_error(result, 1, "ck/task2: the model gives NaN/Inf logits on the probe set", "check its weights")
+    assert f"1 of 3 checkpoints failed (listed in {tmp_path / 'run' / FAILURES})" in result.stderr
+    run = tmp_path / "run"
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task3"}
+    assert (run / "report.md").exists()
+    failures = pd.read_csv(run / FAILURES)
+    assert failures[["checkpoint", "kind"]].values.tolist() == [["ck/task2", "failure"]]
+    assert json.loads((run / "run.json").read_text())["failures"][0]["checkpoint"] == "ck/task2"
+
+
+def test_corrupt_checkpoint_among_good_ones_exits_2_and_a_fixed_rerun_assays_only_it(tmp_path, no_render):
+    shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", tmp_path / "ck" / "task2")
+    _edited_copy(tmp_path / "ck" / "task4", lambda m: m.head.bias.fill_(float("inf")))
+    (tmp_path / "ck" / "task2" / WEIGHTS).write_bytes(b"\x00" * 10)
+    run = tmp_path / "run"
+    result = _run(tmp_path / "ck", out=run)
+    assert result.exit_code == 2  # bad input wins over a failure during the run
+    assert len(_errors(result)) == 2
+    assert pd.read_csv(run / FAILURES)[["checkpoint", "kind"]].values.tolist() == [
+        ["ck/task2", "bad input"], ["ck/task4", "failure"]]
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task3"}
+
+    shutil.copy(FIXTURES / "relu_mlp" / "task1" / WEIGHTS, tmp_path / "ck" / "task2" / WEIGHTS)
+    shutil.rmtree(tmp_path / "ck" / "task4")
+    again = _run(tmp_path / "ck", out=run)
+    assert again.exit_code == 0, again.output
+    assert "skipping 2 of 3 checkpoints" in again.stderr
+    assert not (run / FAILURES).exists()
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task2", "ck/task3"}
+
+
+def test_layer_of_constant_units_gives_nan_spearman_with_the_reason(tmp_path):
+    """Layer 0 outputs relu(0·x + 1) = 1 for every unit and example; every later layer is constant too."""
+    def constant(model):
+        model.layers[0].linear.weight.zero_()
+        model.layers[0].linear.bias.fill_(1.0)
+
+    ck = _edited_copy(tmp_path / "ck", constant)
+    result = _run(ck, out=tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "run" / "summary.csv")
+    layer0 = summary[summary["scope"] == "layers.0.act"].set_index("utility")
+    assert layer0["spearman"].isna().all()
+    assert layer0.loc["activation", "note"] == "utility is constant over the units"  # E|h_i| = 1 for all i
+    assert layer0.loc["gxd", "note"] == "utility is constant over the units"  # h_i - r_i = 0: GXD = 0
+    assert (tmp_path / "run" / "report.md").exists()
