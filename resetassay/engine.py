@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from resetassay.downstream import Split, SplitError, split_at, trace
 from resetassay.errors import BadInputError
@@ -99,18 +98,6 @@ class BaseLogits:
         self.p = (self.z - self.lse.unsqueeze(1)).exp()
 
 
-def _rows_per_chunk(split: Split, h: torch.Tensor, inputs: list[torch.Tensor], budget: int) -> int:
-    """How many K*P rows fit the budget, from the downstream activation sizes of one example."""
-    ShapeProp(split.downstream).propagate(*[t[:1] for t in inputs])
-    per_row = sum(
-        n.meta["tensor_meta"].shape.numel() * h.element_size()
-        for n in split.downstream.graph.nodes
-        if isinstance(n.meta.get("tensor_meta"), torch.fx.passes.shape_prop.TensorMetadata)
-    )
-    per_row += sum(t[:1].numel() for t in inputs) * h.element_size()
-    return max(1, budget // max(per_row, 1))
-
-
 def _clamped(h: torch.Tensor, idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """`(K*P, n, ...)`: K copies of h `(P, n, ...)`, block k with unit idx[k] clamped to r[idx[k]]."""
     k, p = len(idx), h.shape[0]
@@ -177,8 +164,9 @@ def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Te
 
 
 def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x: torch.Tensor,
-                        base: torch.Tensor, metrics: list[str], budget: int, max_k: int | None,
+                        base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
                         advance: Callable[[int], None] | None) -> dict[str, torch.Tensor]:
+    """Shocks of every unit of one layer through its split (steps 1-4 of the module docstring)."""
     device = base.device
     sums = ShockSums(layer.n_units, metrics, device)
 
@@ -198,15 +186,13 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x
                     if advance and p0 + p_chunk >= len(probe_x):
                         advance(len(idx))
 
-    with torch.inference_mode():
-        h, values = _upstream(split, layer, probe_x[:2].to(device))
-        rows = _rows_per_chunk(split, h, values, budget)
     _with_backoff(rows, work)
     return sums.means(len(probe_x))
 
 
 def _bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
-    """Bytes of every module output for one example: the activation memory of one row."""
+    """Bytes of every module output for one example: the activation memory of one row (an upper
+    bound for any downstream part, which also holds its inputs)."""
     total = [x1.numel() * x1.element_size()]
 
     def count(_m: nn.Module, _i: object, out: object) -> None:
@@ -258,8 +244,7 @@ def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.
     base = probe_logits(model, probe_x) if base is None else base
     by_name = {layer.name: layer for layer in layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
-    budget = memory_budget(device, max_memory)
-    per_row = _bytes_per_row(model, probe_x[:1].to(device))
+    rows = max(1, memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
     sums = ShockSums(len(lesions), metrics, device)
 
     def work(rows: int) -> None:
@@ -276,7 +261,7 @@ def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.
                 if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 
-    _with_backoff(max(1, budget // per_row), work)
+    _with_backoff(rows, work)
     return sums.means(len(probe_x))
 
 
@@ -299,6 +284,7 @@ def unit_shocks_fast(
     device = next(model.parameters()).device
     base = probe_logits(model, probe_x)
     budget = memory_budget(device, max_memory)
+    rows = max(1, budget // _bytes_per_row(model, probe_x[:1].to(device)))
     try:
         gm = trace(model)
     except SplitError as why:
@@ -311,7 +297,7 @@ def unit_shocks_fast(
             try:
                 split = split_at(gm, layer.name, shortcut)
                 per_metric = _split_layer_shocks(split, layer, refs[layer.name], probe_x, base, metrics,
-                                                 budget, max_k, advance)
+                                                 rows, max_k, advance)
             except SplitError as why:
                 log.warning("%s; using the expanded-input path for %s", why, layer.name)
         if per_metric is None:
