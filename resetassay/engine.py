@@ -29,7 +29,10 @@ from resetassay.units import UnitLayer
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
-TARGET_ROWS = {"cpu": 1024, "cuda": 1 << 16}  # K*P rows per forward: cache-sized on CPU, large on GPU
+# K*P rows per forward, by device and unit-layer kind (measured, benchmarks/lesion_speed.py): on CPU,
+# cache-sized chunks suit GEMMs, while convolutions on small maps gain from larger batches.
+TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192}
+GPU_TARGET_ROWS = 1 << 16
 Lesion = dict[str, torch.Tensor]  # unit-layer name -> unit indices clamped together
 
 
@@ -172,7 +175,7 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x
 
     def work(rows: int) -> None:
         sums.reset()
-        target = TARGET_ROWS.get(device.type, TARGET_ROWS["cuda"])
+        target = TARGET_ROWS.get((device.type, layer.kind), GPU_TARGET_ROWS)
         p_chunk = max(1, min(len(probe_x), rows, target))
         k_max = max(1, min(layer.n_units, rows // p_chunk, target // p_chunk, max_k or layer.n_units))
         for p0 in range(0, len(probe_x), p_chunk):
