@@ -13,14 +13,7 @@ from resetassay.models import create_model
 from resetassay.units import unit_layers
 from resetassay.utilities import UTILITIES, calibration_stats, unit_scores
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster, and immune to a loaded machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(widths: tuple[int, ...] = (6, 5), **kwargs: object):

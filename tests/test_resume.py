@@ -97,7 +97,13 @@ def assayed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def _start(checkpoints: Path, out: Path) -> subprocess.Popen:
     """`resetassay run` in its own process, as a user starts it."""
     command = [sys.executable, "-m", "resetassay.cli", "run", str(checkpoints), "--out", str(out), *FAST]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a shell running CI in the background starts children with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finished(run_dir: Path) -> list[Path]:
@@ -285,6 +291,10 @@ def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, mon
         write(path, text)
 
     monkeypatch.setattr(runstore, "atomic_write", interrupted_write)
-    with pytest.raises(KeyboardInterrupt):
-        store.save("k", tables)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even where CI ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.save("k", tables)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert store.load("k")["summary"].equals(tables["summary"])
