@@ -221,14 +221,15 @@ def assay_model(
         task = progress.add_task(f"lesions {name}", total=sum(layer.n_units for layer in found))
     advance = (lambda k: progress.advance(task, k)) if task is not None else None
     if config.engine == "fast":
-        shocks = unit_shocks_fast(model, found, refs, probe_x, config.metrics, config.max_memory, advance=advance)
+        shocks = unit_shocks_fast(model, found, refs, probe_x, config.metrics, config.max_memory, advance=advance,
+                                  base=base)
     else:
         shocks = unit_shocks(model, found, refs, probe_x, config.metrics, config.batch_size, advance=advance)
     if task is not None:
         progress.remove_task(task)
 
     units = _unit_table(name, found, refs, scores, shocks, maturity)
-    joint = _joint_shocks(model, found, refs, units, probe_x, config) if config.joint else {}
+    joint = _joint_shocks(model, found, refs, units, probe_x, base, config) if config.joint else {}
     notes = pd.DataFrame(
         [{"checkpoint": name, "utility": u, "layer": lay, "reason": why} for (u, lay), why in na.items()],
         columns=["checkpoint", "utility", "layer", "reason"],
@@ -239,7 +240,7 @@ def assay_model(
 
 def _joint_shocks(
     model: nn.Module, layers: list[UnitLayer], refs: dict, units: pd.DataFrame,
-    probe_x: torch.Tensor, config: AssayConfig,
+    probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig,
 ) -> dict[tuple[str, str], float]:
     """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
     keys, lesions = [], []
@@ -252,7 +253,7 @@ def _joint_shocks(
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
     if not lesions:
         return {}
-    values = set_shocks(model, layers, refs, lesions, probe_x, config.metrics, config.max_memory)
+    values = set_shocks(model, layers, refs, lesions, probe_x, config.metrics, config.max_memory, base)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:

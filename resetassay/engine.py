@@ -278,14 +278,15 @@ def unit_shocks_fast(
     max_k: int | None = None,
     shortcut: bool = True,
     advance: Callable[[int], None] | None = None,
+    base: torch.Tensor | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Shocks[metric][layer] `(n_units,)`, equal to lesion.unit_shocks (SPEC S4), faster.
 
     `max_k` caps the lesions per forward (tests sweep it); `shortcut=False` disables the
-    consumer shortcut.
+    consumer shortcut; `base` are the unlesioned probe logits `(P, C)` when already computed.
     """
     device = next(model.parameters()).device
-    base = probe_logits(model, probe_x)
+    base = probe_logits(model, probe_x) if base is None else base
     budget = memory_budget(device, max_memory)
     rows = max(1, budget // _bytes_per_row(model, probe_x[:1].to(device)))
     try:
