@@ -11,7 +11,7 @@ pooling, ...) get the clamped output itself.
 
 from __future__ import annotations
 
-import warnings
+import copy
 from dataclasses import dataclass
 
 from torch import fx, nn
@@ -35,21 +35,44 @@ class Split:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model` and, in eval mode, fold each Conv/Linear->BatchNorm pair into one op.
+    """Symbolically trace `model` and, in eval mode, fold each Conv2d->BatchNorm2d pair into one op.
 
-    The folded copy computes the same function (to float rounding) with one op less per pair;
+    The folded graph computes the same function (to float rounding) with one op less per pair;
     the model itself is not changed.
     """
     try:
         gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code
         raise SplitError(f"torch.fx cannot trace {type(model).__name__}: {str(err).splitlines()[0]}") from err
-    if model.training or not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in gm.modules()):
+    if model.training:
         return gm
-    with warnings.catch_warnings():  # the module imports torch.jit, which warns it is deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torch.fx.experimental.optimization import fuse
-    return fuse(gm, no_trace=True)  # a copy; the model's own modules keep their hooks and weights
+    return _fold_batchnorm(gm)
+
+
+def _fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule sharing `gm`'s modules except each Conv2d->BatchNorm2d pair, replaced by one
+    folded Conv2d copy (eval mode: BatchNorm is a per-channel affine map)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [
+        (n.args[0], n) for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.BatchNorm2d)
+        and isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module" and len(n.args[0].users) == 1
+        and isinstance(gm.get_submodule(n.args[0].target), nn.Conv2d)
+        and gm.get_submodule(n.target).track_running_stats
+    ]
+    if not pairs:
+        return gm
+    folded = fx.GraphModule(gm, copy.deepcopy(gm.graph))  # new module tree, same leaf modules
+    nodes = {n.name: n for n in folded.graph.nodes}
+    for conv, bn in pairs:
+        parent, _, leaf = conv.target.rpartition(".")
+        fused = fuse_conv_bn_eval(gm.get_submodule(conv.target), gm.get_submodule(bn.target))
+        setattr(folded.get_submodule(parent) if parent else folded, leaf, fused)
+        nodes[bn.name].replace_all_uses_with(nodes[conv.name])
+        folded.graph.erase_node(nodes[bn.name])
+    folded.recompile()
+    return folded
 
 
 def _unit_node(graph: fx.Graph, target: str) -> fx.Node:
@@ -59,11 +82,17 @@ def _unit_node(graph: fx.Graph, target: str) -> fx.Node:
     return nodes[0]
 
 
-def _shortcut_module(gm: fx.GraphModule, user: fx.Node, node: fx.Node) -> nn.Linear | nn.Conv2d | None:
-    """The Linear/Conv2d module `user` calls on `node` alone, when the shortcut is exact for it."""
+SHORTCUT_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def _shortcut_module(gm: fx.GraphModule, user: fx.Node, node: fx.Node,
+                     types: tuple[type[nn.Module], ...]) -> nn.Linear | nn.Conv2d | None:
+    """The Linear/Conv2d module (of `types`) that `user` calls on `node` alone, when the shortcut is exact."""
     if user.op != "call_module" or user.args != (node,) or user.kwargs:
         return None
     module = gm.get_submodule(user.target)
+    if not isinstance(module, types):
+        return None
     if isinstance(module, nn.Linear):
         return module
     if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
@@ -71,11 +100,11 @@ def _shortcut_module(gm: fx.GraphModule, user: fx.Node, node: fx.Node) -> nn.Lin
     return None
 
 
-def split_at(gm: fx.GraphModule, target: str, shortcut: bool = True) -> Split:
-    """Cut `gm` at the call of module `target` (and past its Linear/Conv2d readers when `shortcut`)."""
+def split_at(gm: fx.GraphModule, target: str, shortcut: tuple[type[nn.Module], ...] = SHORTCUT_TYPES) -> Split:
+    """Cut `gm` at the call of module `target`, and past its readers of the `shortcut` types."""
     graph = gm.graph
     node = _unit_node(graph, target)
-    readers = {u: _shortcut_module(gm, u, node) if shortcut else None for u in node.users}
+    readers = {u: _shortcut_module(gm, u, node, shortcut) for u in node.users}
     start_nodes = [u for u, m in readers.items() if m is not None]
     if any(m is None for m in readers.values()):
         start_nodes.append(node)

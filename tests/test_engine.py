@@ -170,7 +170,7 @@ def test_every_linear_or_conv_reader_is_cut_off_and_a_residual_reader_gets_the_c
     called = {n.target for n in block.downstream.graph.nodes if n.op == "call_module"}
     assert not called & {"stages.1.0.conv1", "stages.1.0.shortcut.0"}
     assert "stages.1.0.conv2" in called
-    assert split_at(gm, "stem.act", shortcut=False).starts == [None]
+    assert split_at(gm, "stem.act", shortcut=()).starts == [None]
 
 
 def test_functional_consumer_shortcut_is_exact_for_a_conv_with_stride_and_padding() -> None:
