@@ -38,7 +38,7 @@ from torch import nn
 from resetassay.errors import BadInputError
 from resetassay.models import BasicBlock, ConvBlock, HiddenLayer
 from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, _expand, _positions, _spatial_sum
+from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, _expand, example_ingredients
 
 ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
@@ -157,19 +157,8 @@ def batch_stats(
     and target_grad ∂z_y(x)/∂h_x, both shaped like h.
     """
     dev = h - _expand(reference.to(h.dtype), h)
-    per_pos = _positions(h)
-    stats = LayerStats()
-    if "abs_act" in needs:
-        stats.abs_act = _spatial_sum(h.abs()).mean(0) / per_pos
-    if "abs_dev" in needs:
-        stats.abs_dev = _spatial_sum(dev.abs()).mean(0) / per_pos
-    if "loss_grad" in needs:
-        stats.loss_grad = _spatial_sum(loss_grad).abs().mean(0)
-    if "gxi" in needs:
-        stats.gxi = _spatial_sum(h * target_grad).abs().mean(0)
-    if "gxd" in needs:
-        stats.gxd = _spatial_sum(dev * target_grad).abs().mean(0)
-    return stats
+    per_example = example_ingredients(h, dev, needs, loss_grad, target_grad)
+    return LayerStats(**{key: value.mean(0) for key, value in per_example.items()})
 
 
 class ContinualBackprop:

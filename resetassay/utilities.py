@@ -166,6 +166,33 @@ def _positions(t: torch.Tensor) -> int:
     return t.shape[2] * t.shape[3] if t.dim() == 4 else 1
 
 
+def example_ingredients(
+    h: torch.Tensor,
+    dev: torch.Tensor,
+    needs: set[str] | frozenset[str],
+    loss_grad: torch.Tensor | None = None,
+    target_grad: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-example SPEC S3 ingredients `(B, n)` of one layer (all but gxd_all, which needs every class).
+
+    Args: h and dev = h - r `(B, n)` or `(B, n, H, W)`; loss_grad dL/dh and target_grad dz_y/dh, shaped
+    like h. Local statistics average over H, W; gradient terms sum over H, W before the absolute value.
+    """
+    per_pos = _positions(h)
+    out = {}
+    if "abs_act" in needs:
+        out["abs_act"] = _spatial_sum(h.abs()) / per_pos
+    if "abs_dev" in needs:
+        out["abs_dev"] = _spatial_sum(dev.abs()) / per_pos
+    if "loss_grad" in needs:
+        out["loss_grad"] = _spatial_sum(loss_grad).abs()
+    if "gxi" in needs:
+        out["gxi"] = _spatial_sum(h * target_grad).abs()
+    if "gxd" in needs:
+        out["gxd"] = _spatial_sum(dev * target_grad).abs()
+    return out
+
+
 def calibration_stats(
     model: nn.Module,
     layers: list[UnitLayer],
@@ -215,18 +242,14 @@ def calibration_stats(
                 for layer, g in zip(layers, cgrads, strict=True):
                     dev_all[layer.name] += _spatial_sum(dev[layer.name] * g).abs() / n_classes
             for k, layer in enumerate(layers):
-                hk, dk, acc = h[layer.name], dev[layer.name], sums[layer.name]
-                per_pos = _positions(hk)
-                if "abs_act" in needs:
-                    acc["abs_act"] += _spatial_sum(hk.abs()).sum(0).double() / per_pos
-                if "abs_dev" in needs:
-                    acc["abs_dev"] += _spatial_sum(dk.abs()).sum(0).double() / per_pos
-                if "gxi" in needs:
-                    acc["gxi"] += _spatial_sum(hk * grads[k]).abs().sum(0).double()
-                if "gxd" in needs:
-                    acc["gxd"] += _spatial_sum(dk * grads[k]).abs().sum(0).double()
-                if "loss_grad" in needs:
-                    acc["loss_grad"] += _spatial_sum(lgrads[k]).abs().sum(0).double()
+                acc = sums[layer.name]
+                per_example = example_ingredients(
+                    h[layer.name], dev[layer.name], needs,
+                    loss_grad=lgrads[k] if "loss_grad" in needs else None,
+                    target_grad=grads[k] if needs & {"gxi", "gxd"} else None,
+                )
+                for key, value in per_example.items():
+                    acc[key] += value.sum(0).double()
                 if "gxd_all" in needs:
                     acc["gxd_all"] += dev_all[layer.name].sum(0).double()
             acts.clear()
