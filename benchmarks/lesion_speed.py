@@ -1,9 +1,9 @@
 """Lesion engine speed, one run, same data (issue: fast lesion engine; DESIGN "The lesion engine").
 
 Times, on the paper MLP (784 -> [256]x4 -> 10, SiLU; SPEC S6) with P probe examples:
-  plain   one forward per unit, hook clamp (resetassay.lesion.unit_shocks, the reference)
+  plain   one forward per unit, hook clamp (resetassay.lesion.unit_shocks(engine="plain"), the reference)
   captum  captum LayerFeatureAblation, same units and references, perturbations_per_eval=32
-  fast    resetassay.engine.unit_shocks_fast
+  fast    resetassay.lesion.unit_shocks(engine="fast")
   bound   the FLOPs no exact engine avoids (every Linear after the unit's first consumer, per
           lesion, over P rows) divided by the matmul rate measured in this run
 and, on the ResNet fixture, plain vs fast. Prints units/s and ratios; --json writes them.
@@ -30,9 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
-from resetassay.downstream import split_at, trace
-from resetassay.engine import _downstream_inputs, parse_bytes, unit_shocks_fast
-from resetassay.lesion import probe_logits, unit_shocks
+from resetassay.lesion import unit_shocks
+from resetassay.lesion.fast import _downstream_inputs, parse_bytes
+from resetassay.lesion.shocks import probe_logits
+from resetassay.lesion.split import split_at, trace
 from resetassay.models import create_model
 from resetassay.reference import unit_references
 from resetassay.units import unit_layers
@@ -146,7 +147,7 @@ def fast_engine_once(p: int, width: int, depth: int, max_memory: int) -> tuple[t
     probe_logits(model, probe_x)
     rss = PeakRSS()
     with rss.measure():
-        unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory)
+        unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], max_memory=max_memory)
     return rss.peak
 
 
@@ -166,10 +167,10 @@ def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None) -> dic
     refs = unit_references(model, layers, calib_x)
     n_units = sum(layer.n_units for layer in layers)
 
-    unit_shocks_fast(model, layers[-1:], refs, probe_x[:8], ["l1", "kl"])  # one-time imports (fx, sympy)
-    plain, t_plain = timed(lambda: unit_shocks(model, layers, refs, probe_x, ["l1", "kl"]))
+    unit_shocks(model, layers[-1:], refs, probe_x[:8], ["l1", "kl"])  # one-time imports (fx, sympy)
+    plain, t_plain = timed(lambda: unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine="plain"))
     cap, t_captum = timed(lambda: captum_shocks(model, layers, refs, probe_x, ppe=32))
-    fast, t_fast = timed(lambda: unit_shocks_fast(model, layers, refs, probe_x, ["l1", "kl"], max_memory))
+    fast, t_fast = timed(lambda: unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], max_memory=max_memory))
     rate = matmul_rate(32 * p, width)
     t_bound = flop_bound(model, layers, refs, probe_x) / rate
     return {
@@ -198,9 +199,10 @@ def resnet_benchmark(quick: bool, max_memory: int | None, rate: float) -> dict:
     refs = unit_references(ckpt.model, layers, data.calib_x)
     n_units = sum(layer.n_units for layer in layers)
     short = max(REPEAT, 5)  # sub-second timings: more runs for the same noise
-    plain, t_plain = timed(lambda: unit_shocks(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"]), short)
-    fast, t_fast = timed(lambda: unit_shocks_fast(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"],
-                                                  max_memory), short)
+    plain, t_plain = timed(lambda: unit_shocks(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"], engine="plain"),
+                           short)
+    fast, t_fast = timed(lambda: unit_shocks(ckpt.model, layers, refs, data.probe_x, ["l1", "kl"],
+                                             max_memory=max_memory), short)
     t_bound = flop_bound(ckpt.model, layers, refs, data.probe_x) / rate
     return {
         "model": "resnet fixture (8-16-32, BatchNorm, projection shortcuts)", "probe": len(data.probe_x),

@@ -1,12 +1,43 @@
-"""resetassay: which neuron utility predicts the real damage of a reset (see SPEC)."""
+"""resetassay: which neuron utility predicts the real damage of a reset (docs/method.md).
+
+    import resetassay as ra
+    result = ra.run_assay(["fixtures/silu_mlp"], utilities=["gxd", "activation", "oracle"])
+
+The public names load on first use, so `import resetassay` is quick and `resetassay.report`,
+`resetassay.check` and `resetassay.rundir` read runs without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model, run_assay  # noqa: E402
-from resetassay.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from resetassay.errors import BadInputError  # noqa: E402
-
+_PUBLIC = {
+    "AssayConfig": "resetassay.assay", "AssayResult": "resetassay.assay", "assay_checkpoint": "resetassay.assay",
+    "assay_model": "resetassay.assay", "run_assay": "resetassay.run", "load_checkpoint": "resetassay.checkpoint",
+    "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors",
+}
 __all__ = [
-    "AssayConfig", "AssayResult", "BadInputError", "assay_checkpoint", "assay_model",
-    "load_checkpoint", "run_assay", "save_checkpoint", "__version__",
+    "AssayConfig", "AssayResult", "BadInputError", "assay_checkpoint", "assay_model", "load_checkpoint",
+    "run_assay", "save_checkpoint", "__version__",
 ]
+
+if TYPE_CHECKING:
+    from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model
+    from resetassay.checkpoint import load_checkpoint, save_checkpoint
+    from resetassay.errors import BadInputError
+    from resetassay.run import run_assay
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'resetassay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,63 +1,60 @@
-"""The assay of one model or many checkpoints: references, utilities, lesions, tables.
+"""The assay of one model (SPEC S1-S5): references, utilities, lesions, and its tables. Compute only.
 
-`assay_model` works on an in-memory model and data; `run_assay` finds, loads and assays
-checkpoints. Both return an `AssayResult` holding the UnitTable and SummaryTable of DESIGN.md.
+`assay_model` works on an in-memory model and data; `assay_checkpoint` on a loaded checkpoint,
+probed on the held-out split of the task it was trained on last. Both return an `AssayResult`
+holding the UnitTable and SummaryTable of DESIGN.md. Many checkpoints, resume and failures are
+run.py's job.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 import warnings
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from resetassay.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
+from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
-from resetassay.engine import set_shocks, unit_shocks_fast
 from resetassay.errors import BadInputError
-from resetassay.lesion import check_metrics, probe_logits, unit_shocks
-from resetassay.metrics import checkpoint_summary, selections, utility_column
-from resetassay.reference import unit_references
-from resetassay.report import TABLES, render, write_run
-from resetassay.runstore import (
+from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.shocks import check_metrics, probe_logits
+from resetassay.names import (
+    ENGINES,
     FAILURE_COLUMNS,
-    CheckpointFailure,
-    RunInterrupted,
-    RunStore,
-    canonical_hash,
-    checkpoint_sha256,
-    failure_row,
-    source_digest,
-    write_failures,
-)
-from resetassay.tracing import tap_unit_layers
-from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import (
+    NOTE_COLUMNS,
     ORACLE,
-    calibration_stats,
-    check_utilities,
-    needed_ingredients,
-    unit_scores,
-    utility_names,
+    TABLES,
+    Engine,
+    ReferenceKind,
+    utility_column,
 )
-
-ENGINES = ("fast", "plain")
+from resetassay.progress import Progress
+from resetassay.reference import unit_references
+from resetassay.rundir import write_failures, write_run
+from resetassay.shapes import Lesion, Refs, Scores, Shocks
+from resetassay.summary import checkpoint_summary, selections
+from resetassay.taps import tap_unit_layers
+from resetassay.units import UnitLayer, unit_layers
+from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
 
 
 @dataclass
 class AssayConfig:
-    """Everything that decides an assay's numbers (recorded in run.json)."""
+    """Everything that decides an assay's numbers (recorded in run.json); the CLI's `run` flags.
+
+    Names are validated on creation: an unknown utility, metric or engine, or a q outside (0, 1], is a
+    `BadInputError` naming the flag.
+    """
 
     utilities: list[str] = field(default_factory=utility_names)
     metrics: list[str] = field(default_factory=lambda: ["l1", "kl"])
     layers: list[str] | None = None
-    reference: str = "calibration-mean"
+    reference: ReferenceKind = "calibration-mean"
     calib_size: int | None = None
     probe_size: int | None = None
     seed: int = 0
@@ -66,22 +63,39 @@ class AssayConfig:
     batch_size: int = 512
     device: str = "auto"
     joint: bool = True
-    engine: str = "fast"
+    engine: Engine = "fast"
     max_memory: int | None = None
 
     def __post_init__(self) -> None:
         check_utilities(self.utilities)
         check_metrics(self.metrics)
         if self.engine not in ENGINES:
-            raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}")
+            raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}", flag="--engine")
         if not 0 < self.q <= 1:
-            raise BadInputError(f"--q {self.q}: must be in (0, 1]")
+            raise BadInputError(f"--q {self.q}: must be in (0, 1]", flag="--q")
 
 
 @dataclass
 class AssayResult:
-    """UnitTable, SummaryTable, not-applicable notes and checkpoint info of one run; the checkpoints that
-    failed (`failures`: checkpoint, path, kind, error) and what else run.json records (`provenance`)."""
+    """The tables of an assay (DESIGN "Tables are the interface") and what run.json records.
+
+    Attributes:
+        units: UnitTable, one row per unit: checkpoint, layer, unit, mature, age, reference, one column per
+            utility, `shock_<metric>` per metric (SPEC S1-S4).
+        summary: SummaryTable, per checkpoint x utility x metric x scope (ALL or a layer): Spearman ρ,
+            Shock@q, oracle Shock@q, gap, ratio, overlap, joint Shock@q (SPEC S5).
+        notes: utilities not applicable to a layer, with the reason. checkpoints: one row per checkpoint
+            (path, family, step, data and split). config: the AssayConfig used.
+        failures: checkpoints left out (checkpoint, path, kind, error). provenance: inputs, seeds, hashes.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> result = ra.run_assay(["fixtures/silu_mlp/task1"], utilities=["gxd", "oracle"], metrics=["l1"],
+        ...                       progress=False)
+        >>> result.summary.query("scope == 'ALL'")[["utility", "spearman"]].round(2).values.tolist()
+        [['gxd', 0.99], ['oracle', 1.0]]
+    """
 
     units: pd.DataFrame
     summary: pd.DataFrame
@@ -91,13 +105,20 @@ class AssayResult:
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
     provenance: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        n = self.units["checkpoint"].nunique() if "checkpoint" in self.units else 0
+        return (f"AssayResult({n} checkpoint{'s' if n != 1 else ''}, {len(self.units)} units, "
+                f"{len(self.summary)} summary rows, {len(self.failures)} failed)")
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        """The tables a run directory holds, by name (report.TABLES)."""
+        """The tables a run directory holds, by name (names.TABLES)."""
         return {name: getattr(self, name) for name in TABLES}
 
     def save(self, out: str | Path) -> Path:
-        """Write the tables, run.json and failures.csv (if any failed) into `out`, then render report.md and
-        figures."""
+        """Write the tables, run.json and failures.csv (if any failed) into `out`, then render report.md,
+        report.html and figures; returns the path of report.md."""
+        from resetassay.report import render  # matplotlib and seaborn load only when a report is drawn
+
         info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info)
         write_failures(out, self.failures)
@@ -112,28 +133,19 @@ class AssayResult:
         return AssayResult(**{name: cat(name) for name in TABLES}, config=config)
 
 
-def run_info(config: AssayConfig) -> dict:
-    """What run.json records: the config, the package versions and the device."""
-    import platform
-
+def versions() -> dict[str, str]:
+    """The versions of what decides the numbers: resetassay, torch, captum, Python."""
     import captum
 
     from resetassay import __version__
 
-    return {
-        "config": asdict(config),
-        "device": str(resolve_device(config.device)),
-        "versions": {"resetassay": __version__, "torch": torch.__version__,
-                     "captum": captum.__version__, "python": platform.python_version()},
-    }
+    return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
+            "python": platform.python_version()}
 
 
-def run_identity(config: AssayConfig, inputs: dict) -> dict:
-    """What decides a run's numbers besides the checkpoints (DESIGN "Runs are resumable"): the config with the
-    device it resolves to, the `inputs` (--model, --model-kwargs, --data), the package versions and a digest of
-    resetassay's source."""
-    return {"config": {**asdict(config), "device": resolve_device(config.device).type}, "inputs": inputs,
-            "versions": {**run_info(config)["versions"], "source": source_digest()}}
+def run_info(config: AssayConfig) -> dict:
+    """What run.json records of an assay: the config, the package versions and the device."""
+    return {"config": asdict(config), "device": str(resolve_device(config.device)), "versions": versions()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,9 +153,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise BadInputError(f"--device {name}: CUDA is not available here; use --device cpu", flag="--device")
     if name != "cpu" and not name.startswith("cuda"):
-        raise BadInputError(f"--device {name!r}: choose auto, cpu or cuda")
+        raise BadInputError(f"--device {name!r}: choose auto, cpu or cuda", flag="--device")
     return torch.device(name)
 
 
@@ -162,9 +174,8 @@ def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor]) -> Non
         layer.stored_reference = state.get(f"{layer.name}.reference")
 
 
-def _unit_table(
-    name: str, layers: list[UnitLayer], refs: dict, scores: dict, shocks: dict, maturity: int
-) -> pd.DataFrame:
+def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, shocks: Shocks,
+                maturity: int) -> pd.DataFrame:
     frames = []
     for layer in layers:
         n = layer.n_units
@@ -195,7 +206,35 @@ def assay_model(
     state: dict[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
 ) -> AssayResult:
-    """Assay an in-memory model on calibration and probe data ((x, y) tensors or loaders)."""
+    """Assay an in-memory model: score every unit on `calib`, lesion each alone on `probe` (SPEC S1-S5).
+
+    Args:
+        model: any classifier `(B, ...) -> (B, C)`; traced with torch.fx to find its unit layers
+            (taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
+        calib, probe: disjoint data, each an `(x, y)` pair of tensors or an iterable of `(x, y)` batches
+            (a DataLoader); `probe`'s labels are not used.
+        layers: globs over unit-layer names (as `--layers`); overrides `config.layers`.
+        config: the assay settings (default `AssayConfig()`: every utility, L1 and KL).
+        name: the checkpoint column of the tables. state: per-unit `<layer>.age` / `.reference` tensors.
+        progress: called as `progress("lesions <name>", done, total)` while lesions run.
+
+    Returns:
+        An `AssayResult` with `units`, `summary` and `notes`; `checkpoints` is empty.
+
+    Raises:
+        BadInputError: no layer matches, an empty set, a stored reference missing, ...
+        FloatingPointError: the model gives NaN/Inf logits on the probe set.
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        >>> result = ra.assay_model(net, (x[:32], y[:32]), (x[32:], y[32:]),
+        ...                         config=ra.AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"]))
+        >>> sorted(result.units["layer"].unique())
+        ['1']
+    """
     config = config or AssayConfig()
     if layers is not None:
         config = replace(config, layers=layers)
@@ -216,34 +255,29 @@ def assay_model(
                               needed_ingredients(config.utilities), config.batch_size, config.seed)
     scores, na = unit_scores(config.utilities, found, stats)
 
-    task = None
-    if progress is not None:
-        task = progress.add_task(f"lesions {name}", total=sum(layer.n_units for layer in found))
-    advance = (lambda k: progress.advance(task, k)) if task is not None else None
-    if config.engine == "fast":
-        shocks = unit_shocks_fast(model, found, refs, probe_x, config.metrics, config.max_memory, advance=advance,
-                                  base=base)
-    else:
-        shocks = unit_shocks(model, found, refs, probe_x, config.metrics, config.batch_size, advance=advance)
-    if task is not None:
-        progress.remove_task(task)
+    total, done = sum(layer.n_units for layer in found), 0
 
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        progress(f"lesions {name}", done, total)
+
+    shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
+                         batch_size=config.batch_size, max_memory=config.max_memory,
+                         advance=advance if progress is not None else None)
     units = _unit_table(name, found, refs, scores, shocks, maturity)
-    joint = _joint_shocks(model, found, refs, units, probe_x, base, config) if config.joint else {}
-    notes = pd.DataFrame(
-        [{"checkpoint": name, "utility": u, "layer": lay, "reason": why} for (u, lay), why in na.items()],
-        columns=["checkpoint", "utility", "layer", "reason"],
-    )
+    joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
+    notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
+                          for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
     summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
     return AssayResult(units, summary, notes, pd.DataFrame(), config)
 
 
-def _joint_shocks(
-    model: nn.Module, layers: list[UnitLayer], refs: dict, units: pd.DataFrame,
-    probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig,
-) -> dict[tuple[str, str], float]:
+def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
+                      probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig) -> dict[tuple[str, str], float]:
     """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
-    keys, lesions = [], []
+    keys: list[tuple[str, str]] = []
+    lesions: list[Lesion] = []
     for utility in config.utilities:
         for metric in config.metrics if utility == ORACLE else config.metrics[:1]:
             column = utility_column(utility, metric)
@@ -253,7 +287,8 @@ def _joint_shocks(
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
     if not lesions:
         return {}
-    values = set_shocks(model, layers, refs, lesions, probe_x, config.metrics, config.max_memory, base)
+    values = joint_shocks(model, layers, refs, lesions, probe_x, config.metrics, engine=config.engine, base=base,
+                          batch_size=config.batch_size, max_memory=config.max_memory)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:
@@ -267,7 +302,7 @@ def assay_checkpoint(
     data: DataSpec | None = None,
     progress: Progress | None = None,
 ) -> AssayResult:
-    """Assay one loaded checkpoint on the held-out split of the task it was trained on last."""
+    """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`)."""
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
@@ -315,99 +350,3 @@ def _step_value(step: dict) -> float:
         if key in step:
             return float(step[key])
     return math.nan
-
-
-def _names_a_flag(error: Exception) -> bool:
-    """A bad-input message that starts with a flag (`--layers ...`, `--calib-size ...`) is about the command,
-    not about one checkpoint: it would fail every checkpoint, so the run stops."""
-    return isinstance(error, BadInputError) and str(error).startswith("--")
-
-
-def _seeds(config: AssayConfig, parts: dict[str, dict[str, pd.DataFrame]]) -> dict:
-    """Every seed behind a run's numbers (run.json): the config's, and each checkpoint's training and data seeds."""
-    def seed(row: pd.Series, column: str) -> int | None:
-        value = row.get(column)
-        return None if value is None or pd.isna(value) else int(value)
-
-    rows = {name: tables["checkpoints"].iloc[0] for name, tables in parts.items() if len(tables["checkpoints"])}
-    return {
-        "calibration_probe_split": config.seed, "random_utility": config.seed,
-        "checkpoints": {name: {"training": seed(row, "train_seed"), "data_split": seed(row, "data_split_seed"),
-                               "permutation": seed(row, "data_permutation_seed")} for name, row in rows.items()},
-    }
-
-
-def run_assay(
-    paths: Iterable[str | Path],
-    config: AssayConfig | None = None,
-    *,
-    model: str | None = None,
-    model_kwargs: dict | None = None,
-    data: DataSpec | None = None,
-    progress: bool = True,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    note: Callable[[str], None] | None = None,
-    **overrides: object,
-) -> AssayResult:
-    """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
-
-    A checkpoint that fails (a bad file, NaN/Inf logits) is left out with a `CheckpointFailure` warning and
-    listed in `result.failures`; the others go on. A bad flag stops the run: the device, `model` and `paths`
-    are checked before any work, and an error naming a flag (`--layers`, `--calib-size`, ...) stops it where
-    it occurs. With `out` the run is resumable: each checkpoint is saved into `out/parts/` as it finishes, a
-    rerun skips the finished ones (`note` says so; a directory assayed with another config is refused unless
-    `overwrite`), Ctrl-C raises `RunInterrupted` keeping what is finished, and the tables, run.json,
-    failures.csv and report are written into `out` at the end.
-    """
-    config = config or AssayConfig(**overrides)
-    paths = list(paths)
-    resolve_device(config.device)  # CUDA asked for but absent: refused before any work
-    if model is not None:
-        import_factory(model)  # likewise a --model that does not import
-    found = find_checkpoints(paths, foreign_ok=model is not None)
-    inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
-    identity = run_identity(config, inputs)
-    store = RunStore(out, identity, overwrite) if out is not None else None
-    sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
-    keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
-    parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
-    if parts and note is not None:
-        note(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
-             "(--overwrite assays them again)")
-    failures = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, disable=not progress, transient=True) as bar:
-            overall = bar.add_task("checkpoints", total=len(found), completed=len(parts))
-            for path, name in (item for item in found if item[1] not in parts):
-                try:
-                    result = assay_checkpoint(load_checkpoint(path, name, model, model_kwargs), config, data, bar)
-                except (BadInputError, FloatingPointError) as err:
-                    if _names_a_flag(err):
-                        kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
-                        raise BadInputError(f"{err} (checkpoint {name}{kept})") from err
-                    failures.append(failure_row(name, path, err))
-                    warnings.warn(str(err), CheckpointFailure, stacklevel=2)
-                else:
-                    parts[name] = store.save(keys[name], result.tables()) if store else result.tables()
-                bar.advance(overall)
-        result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
-        result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
-        result.provenance = {
-            "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
-            "versions": identity["versions"], "seeds": _seeds(config, parts),
-            "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
-                             "finished": name in parts} for path, name in found],
-        }
-        if store is not None and parts:
-            result.save(out)
-        elif store is not None:
-            write_failures(out, result.failures)
-    except KeyboardInterrupt:
-        if store is None:
-            raise
-        saved = sum(store.has(key) for key in keys.values())
-        raise RunInterrupted(f"interrupted: {saved} of {len(found)} checkpoints saved in {out}; "
-                             "rerun the same command to resume") from None
-    return result

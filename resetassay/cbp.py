@@ -7,7 +7,8 @@ utility. The reset adds `w_out[:, r] · r̂_r` to the consumer's bias with the b
 running mean `r̂ = f / (1 - η^age)` (SPEC S2), read *before* `f` is cleared: the public
 reference code clears it first, which makes its compensation a no-op (DESIGN "Known traps").
 
-Where a reset applies (`reset_site`): one Linear/Conv producer and one Linear/Conv consumer.
+Where a reset applies (`reset_site`, as each zoo model's unit-layer specs declare it): one
+Linear/Conv producer and one Linear/Conv consumer.
 - The producer may sit behind a per-unit norm: in the LayerNorm MLP it is the Linear before
   the norm, in a ConvBlock the conv before BatchNorm, in a BasicBlock `conv1` before `bn1`.
   A reset resamples the producer's row, zeroes its bias entry and resets the norm's per-unit
@@ -36,21 +37,11 @@ import torch
 from torch import nn
 
 from resetassay.errors import BadInputError
-from resetassay.models import BasicBlock, ConvBlock, HiddenLayer
-from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, _expand, example_ingredients
+from resetassay.units import UnitLayer, non_unit_dims, per_unit, unit_layers
+from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, example_ingredients
 
 ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
-
-# (block type, unit attribute) -> (producer attribute, per-unit norm attribute) of the zoo blocks
-PRODUCER_THROUGH_NORM: dict[tuple[type, str], tuple[str, str]] = {
-    (HiddenLayer, "act"): ("linear", "norm"),
-    (ConvBlock, "act"): ("conv", "bn"),
-    (BasicBlock, "act1"): ("conv1", "bn1"),
-}
-# (block type, conv attribute) -> the BatchNorm attribute right after a bias-free zoo conv
-NORM_AFTER: dict[tuple[type, str], str] = {(ConvBlock, "conv"): "bn", (BasicBlock, "conv2"): "bn2"}
 
 
 @dataclass
@@ -65,13 +56,14 @@ class CBPConfig:
     def __post_init__(self) -> None:
         if self.utility not in ONLINE_UTILITIES:
             raise BadInputError(f"--utility {self.utility!r} cannot be tracked online; "
-                                f"choose from {', '.join(ONLINE_UTILITIES)}")
+                                f"choose from {', '.join(ONLINE_UTILITIES)}", flag="--utility")
         if not 0 <= self.replacement_rate <= 1:
-            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be in [0, 1]")
+            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be in [0, 1]",
+                                flag="--replacement-rate")
         if not 0 <= self.decay < 1:
-            raise BadInputError(f"--decay {self.decay}: must be in [0, 1)")
+            raise BadInputError(f"--decay {self.decay}: must be in [0, 1)", flag="--decay")
         if self.maturity < 0:
-            raise BadInputError(f"--maturity {self.maturity}: must be >= 0")
+            raise BadInputError(f"--maturity {self.maturity}: must be >= 0", flag="--maturity")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,43 +97,35 @@ class UnitTrace:
         return torch.where(seen, ema / (1 - decay ** self.age.clamp(min=1).double()), torch.zeros_like(ema))
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, leaf = name.rpartition(".")
-    return model.get_submodule(parent), leaf
-
-
 def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, str]:
-    """Where a reset of `layer` writes, or None and why a reset is not well defined there."""
-    n, consumer = layer.n_units, layer.consumer
+    """Where a reset of `layer` writes, as its unit-layer spec declares it (`units.UnitLayerSpec`), or None and
+    why a reset is not well defined there."""
+    n, consumer, spec = layer.n_units, layer.consumer, layer.spec
     if consumer is None:
         return None, layer.consumer_note or "no single Linear/Conv consumer"
     reads = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
     if reads != n or getattr(consumer, "groups", 1) != 1:
-        return None, f"consumer {layer.spec.consumer} does not read the {n} units one input each"
+        return None, f"consumer {spec.consumer} does not read the {n} units one input each"
     if layer.producer is not None:
         producer, producer_norm = layer.producer, None
+    elif spec is not None and spec.reset_producer is not None:
+        producer = model.get_submodule(spec.reset_producer)
+        producer_norm = model.get_submodule(spec.reset_norm) if spec.reset_norm else None
     else:
-        parent, leaf = _parent(model, layer.name)
-        attrs = PRODUCER_THROUGH_NORM.get((type(parent), leaf))
-        if attrs is None:
-            return None, layer.producer_note or "no Linear/Conv producer"
-        producer, producer_norm = getattr(parent, attrs[0]), getattr(parent, attrs[1])
-        producer_norm = None if isinstance(producer_norm, nn.Identity) else producer_norm
+        return None, layer.producer_note or "no Linear/Conv producer"
     if producer.weight.shape[0] != n:
         return None, f"producer has {producer.weight.shape[0]} outputs for {n} units"
     consumer_norm = None
     if consumer.bias is None:
-        parent, leaf = _parent(model, layer.spec.consumer)
-        attr = NORM_AFTER.get((type(parent), leaf))
-        if attr is None:
-            return None, f"consumer {layer.spec.consumer} has no bias and no BatchNorm to take the compensation"
-        consumer_norm = getattr(parent, attr)
+        if spec is None or spec.consumer_norm is None:
+            return None, f"consumer {spec.consumer} has no bias and no BatchNorm to take the compensation"
+        consumer_norm = model.get_submodule(spec.consumer_norm)
     return ResetSite(producer, producer_norm, consumer, consumer_norm), ""
 
 
 def unit_mean(h: torch.Tensor) -> torch.Tensor:
     """Mean of h over examples (and H, W for Conv), `(n_units,)`."""
-    return h.mean(dim=(0, 2, 3)) if h.dim() == 4 else h.mean(dim=0)
+    return h.mean(dim=non_unit_dims(h))
 
 
 def batch_stats(
@@ -156,7 +140,7 @@ def batch_stats(
     Args: h `(B, n)` or `(B, n, H, W)`; reference r̂ `(n,)`; loss_grad ∂L_x/∂h_x per example
     and target_grad ∂z_y(x)/∂h_x, both shaped like h.
     """
-    dev = h - _expand(reference.to(h.dtype), h)
+    dev = h - per_unit(reference.to(h.dtype), h)
     per_example = example_ingredients(h, dev, needs, loss_grad, target_grad)
     return LayerStats(**{key: value.mean(0) for key, value in per_example.items()})
 
@@ -187,7 +171,8 @@ class ContinualBackprop:
                                                 torch.zeros(n, dtype=torch.float64),
                                                 torch.zeros(n, dtype=torch.float64))
         if not self.reset_layers:
-            raise BadInputError("--cbp: no unit layer of this model has a single Linear/Conv producer and consumer")
+            raise BadInputError("--cbp: no unit layer of this model has a single Linear/Conv producer and consumer",
+                                flag="--cbp")
         for name in self.reset_layers:
             trace = self.traces[name]
             try:
@@ -195,7 +180,8 @@ class ContinualBackprop:
                                              trace.layer)
             except NotApplicable as why:
                 raise BadInputError(f"--utility {config.utility} does not apply to {name} ({why}); "
-                                    "choose contribution, mc_contribution, loss_gradient, gxi or gxd") from why
+                                    "choose contribution, mc_contribution, loss_gradient, gxi or gxd",
+                                    flag="--utility") from why
         self._h: dict[str, torch.Tensor] = {}
         self._loss_grad: dict[str, torch.Tensor] = {}
         self._target_grad: dict[str, torch.Tensor] = {}

@@ -32,14 +32,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from resetassay.aggregate import STATS, aggregate, checkpoint_stats
 from resetassay.errors import BadInputError
-from resetassay.report import read_run, read_run_info, run_q
+from resetassay.names import RANDOM
+from resetassay.rundir import read_run, read_run_info, run_q
+from resetassay.summary import STATS, aggregate, checkpoint_stats
 
 FORMAT = "resetassay.baseline/1"
 GATED = ("spearman", "shock_at_q", "gap")
 KEYS = ("family", "utility", "metric")
-UNGATED_UTILITIES = ("random",)  # seeded noise: its numbers are chance, not ranking quality
+UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
 NOISE = 1e-4  # relative changes below this are float noise (engines, devices) and not listed as moved
 FLOOR = re.compile(r"^(?P<names>[^<>=]+?)\s*(?P<op>>=|<=)\s*(?P<value>\S+)$")
@@ -88,15 +89,17 @@ def parse_floor(text: str) -> dict:
     match = FLOOR.match(text.strip())
     names = match["names"].split(":") if match else []
     if not match or len(names) not in (3, 4) or not all(n.strip() for n in names):
-        raise BadInputError(f"--floor {text!r}: write [FAMILY:]UTILITY:METRIC:STAT>=VALUE, e.g. gxd:l1:spearman>=0.9")
+        raise BadInputError(f"--floor {text!r}: write [FAMILY:]UTILITY:METRIC:STAT>=VALUE, e.g. gxd:l1:spearman>=0.9",
+                            flag="--floor")
     names = [n.strip() for n in names]
     family, utility, metric, stat = names if len(names) == 4 else ["*", *names]
     if stat not in STATS:
-        raise BadInputError(f"--floor {text!r}: unknown statistic {stat!r}; choose from {', '.join(STATS)}")
+        raise BadInputError(f"--floor {text!r}: unknown statistic {stat!r}; choose from {', '.join(STATS)}",
+                            flag="--floor")
     try:
         value = float(match["value"])
     except ValueError:
-        raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number") from None
+        raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number", flag="--floor") from None
     return {"family": family, "utility": utility, "metric": metric, "stat": stat,
             "min" if match["op"] == ">=" else "max": value}
 
@@ -109,13 +112,13 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
     `--floor` is written once per matching family where the run's mean clears it by `margin`.
     """
     if margin < 0:
-        raise BadInputError(f"--margin {margin}: must be >= 0")
+        raise BadInputError(f"--margin {margin}: must be >= 0", flag="--margin")
     means, q, info = family_means(run_dir)
     keep = utilities or [u for u in dict.fromkeys(means["utility"]) if u not in UNGATED_UTILITIES]
     unknown = sorted(set(keep) - set(means["utility"]))
     if unknown:
         raise BadInputError(f"--utilities: {', '.join(unknown)} not in the run; it has "
-                            f"{', '.join(dict.fromkeys(means['utility']))}")
+                            f"{', '.join(dict.fromkeys(means['utility']))}", flag="--utilities")
     rows = []
     for _, r in means[means["utility"].isin(keep)].iterrows():
         values = {stat: _number_or_none(r[stat]) for stat in GATED}
@@ -221,9 +224,9 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
             rel_tolerance: float = 0.10) -> list[Comparison]:
     """Every gated baseline statistic and every floor against the run's family means (rules: module docstring)."""
     if tolerance < 0:
-        raise BadInputError(f"--tolerance {tolerance}: must be >= 0")
+        raise BadInputError(f"--tolerance {tolerance}: must be >= 0", flag="--tolerance")
     if rel_tolerance < 0:
-        raise BadInputError(f"--rel-tolerance {rel_tolerance}: must be >= 0")
+        raise BadInputError(f"--rel-tolerance {rel_tolerance}: must be >= 0", flag="--rel-tolerance")
     index = {tuple(r[k] for k in KEYS): r for _, r in means.iterrows()}
     out = []
     for entry in baseline.get("rows", []):

@@ -24,9 +24,9 @@ from torch import nn
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
 from resetassay.models import MODELS, model_family
+from resetassay.names import MANIFEST, STATE, WEIGHTS
 
 FORMAT = "resetassay.checkpoint/1"
-MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.safetensors"
 ZOO_MODULE = "resetassay.models"
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
@@ -147,7 +147,7 @@ def import_factory(spec: str):
     """Import `package.module:factory`, named by the user with --model."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise BadInputError(f"--model {spec!r}: expected package.module:factory")
+        raise BadInputError(f"--model {spec!r}: expected package.module:factory", flag="--model")
     cwd = str(Path.cwd())
     searched = cwd in sys.path or "" in sys.path  # `python -m` searches the working folder, the script not
     if not searched:
@@ -156,12 +156,12 @@ def import_factory(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise BadInputError(f"--model {spec!r}: cannot import {module_name} ({err}); run from the folder "
-                            "that holds it or add that folder to PYTHONPATH") from err
+                            "that holds it or add that folder to PYTHONPATH", flag="--model") from err
     finally:
         if not searched:
             sys.path.remove(cwd)
     if not hasattr(module, attr):
-        raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}")
+        raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}", flag="--model")
     return getattr(module, attr)
 
 

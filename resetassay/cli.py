@@ -13,14 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from resetassay.assay import AssayConfig, checkpoint_layers, run_assay
+from resetassay.assay import AssayConfig, checkpoint_layers
 from resetassay.cbp import ONLINE_UTILITIES, CBPConfig
 from resetassay.check import check_run, diff_table, make_baseline, write_baseline
 from resetassay.data import DataSpec, data_spec
-from resetassay.engine import parse_bytes
 from resetassay.errors import BadInputError
-from resetassay.report import q_values, render
-from resetassay.runstore import FAILURES, CheckpointFailure, RunInterrupted, failure_exit_code
+from resetassay.lesion.fast import parse_bytes
+from resetassay.names import ALL, FAILURES
+from resetassay.report import render
+from resetassay.run import CheckpointFailure, run_assay
+from resetassay.rundir import RunInterrupted, failure_exit_code
+from resetassay.summary import q_values
 from resetassay.train import TrainConfig, last_checkpoint, train, zoo_kwargs
 from resetassay.units import layer_table
 
@@ -38,7 +41,7 @@ def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in _split(value)) if value else None
     except ValueError as e:
-        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. 0,5,10") from e
+        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. 0,5,10", flag=flag) from e
 
 
 def _fail(message: str, code: int) -> None:
@@ -64,9 +67,10 @@ def _model_kwargs(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise BadInputError(f"--model-kwargs is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'") from e
+        raise BadInputError(f"--model-kwargs is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'",
+                            flag="--model-kwargs") from e
     if not isinstance(value, dict):
-        raise BadInputError("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'")
+        raise BadInputError("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'", flag="--model-kwargs")
     return value
 
 
@@ -146,7 +150,7 @@ def run(
         raise typer.Exit(130) from None
     code = failure_exit_code(result.failures)
     if len(result.units):
-        pooled = result.summary[(result.summary["scope"] == "ALL") & (result.summary["metric"] == config.metrics[0])]
+        pooled = result.summary[(result.summary["scope"] == ALL) & (result.summary["metric"] == config.metrics[0])]
         table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")
         table.add_column("utility")
         table.add_column("ρ", justify="right")

@@ -44,7 +44,7 @@ DATA_CHOICES = ("digits", "digits-image", "mnist", "mnist-image")
 def data_spec(name: str, task: int = 0, permutation_seed: int = 0, data_dir: str | None = None) -> DataSpec:
     """The DataSpec a user names with `--data` (for checkpoints that record none)."""
     if name not in DATA_CHOICES:
-        raise BadInputError(f"--data {name!r}: choose from {', '.join(DATA_CHOICES)}")
+        raise BadInputError(f"--data {name!r}: choose from {', '.join(DATA_CHOICES)}", flag="--data")
     source, _, layout = name.partition("-")
     return DataSpec(source=source, layout=layout or "flat", task=task,
                     permutation_seed=permutation_seed, data_dir=data_dir)
@@ -98,7 +98,8 @@ def mnist_arrays(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarr
         candidates = [folder / f"{prefix}-{part}.gz", folder / f"{prefix}-{part}"]
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
-            raise BadInputError(f"--data-dir {folder}: missing {candidates[0].name}; point it at MNIST IDX files")
+            raise BadInputError(f"--data-dir {folder}: missing {candidates[0].name}; point it at MNIST IDX files",
+                                flag="--data-dir")
         found[part] = read_idx(path)
     images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
     return (images.reshape(len(images), -1) / 255.0).astype(np.float32), labels.astype(np.int64)
@@ -148,16 +149,17 @@ def split_calibration_probe(
     n = len(x)
     for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
         if size is not None and size <= 0:
-            raise BadInputError(f"{flag} must be positive")
+            raise BadInputError(f"{flag} must be positive", flag=flag)
     if calib_size is not None and probe_size is not None and calib_size + probe_size > n:
         raise BadInputError(
             f"--calib-size {calib_size} + --probe-size {probe_size} exceed the {n} held-out examples "
-            f"of {source}; ask for at most {n} in total"
+            f"of {source}; ask for at most {n} in total",
+            flag="--calib-size",
         )
     for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
         if size is not None and size >= n:
             raise BadInputError(f"{flag} {size} leaves none of the {n} held-out examples of {source} "
-                                "for the other set; ask for fewer")
+                                "for the other set; ask for fewer", flag=flag)
     share = n // 2 if calib_size is None and probe_size is None else n - (calib_size or probe_size)
     n_calib = calib_size if calib_size is not None else min(DEFAULT_SIZE, share)
     n_probe = probe_size if probe_size is not None else min(DEFAULT_SIZE, share)

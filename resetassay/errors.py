@@ -1,5 +1,15 @@
 """The error a user can act on: one line naming the file or flag and the fix."""
 
+from __future__ import annotations
+
 
 class BadInputError(ValueError):
-    """Bad input (missing file, unknown name, impossible size); the CLI exits with code 2."""
+    """Bad input (missing file, unknown name, impossible size); the CLI exits with code 2.
+
+    `flag` names the command-line flag at fault (`--layers`), when there is one: such an error is about the
+    command, would fail every checkpoint, and stops a run; an error without a flag is about one file.
+    """
+
+    def __init__(self, message: str, flag: str | None = None) -> None:
+        super().__init__(message)
+        self.flag = flag

@@ -2,7 +2,8 @@
 
 Every zoo model declares its unit layers (SPEC S1) with `unit_layer_specs()`: the module whose
 output holds the units, the module that produces them and the one that reads them, or the
-reason why a producer/consumer is not well defined (normalisation, residual adds).
+reason why a producer/consumer is not well defined (normalisation, residual adds), and where a
+CBP reset writes when the producer sits behind a per-unit norm (SPEC S7).
 Checkpoint manifests name a factory of this registry (`resetassay.models:mlp`) and its kwargs.
 """
 
@@ -100,6 +101,7 @@ class MLP(nn.Module):
                 specs.append(UnitLayerSpec(
                     f"layers.{i}.act", producer=None, consumer=consumer,
                     producer_note=f"LayerNorm layers.{i}.norm mixes the outputs of layers.{i}.linear",
+                    reset_producer=f"layers.{i}.linear", reset_norm=f"layers.{i}.norm",
                 ))
             else:
                 specs.append(UnitLayerSpec(f"layers.{i}.act", f"layers.{i}.linear", consumer))
@@ -151,6 +153,8 @@ class CNN(nn.Module):
                 f"blocks.{i}.act", producer=None,
                 consumer=f"blocks.{i + 1}.conv" if i + 1 < n else "head",
                 producer_note=f"BatchNorm blocks.{i}.bn rescales the producer's output",
+                reset_producer=f"blocks.{i}.conv", reset_norm=f"blocks.{i}.bn",
+                consumer_norm=f"blocks.{i + 1}.bn" if i + 1 < n else None,
             )
             for i in range(n)
         ]
@@ -224,6 +228,7 @@ class ResNet(nn.Module):
             specs.append(UnitLayerSpec(
                 f"{block}.act1", producer=None, consumer=f"{block}.conv2",
                 producer_note=f"BatchNorm {block}.bn1 rescales the producer's output",
+                reset_producer=f"{block}.conv1", reset_norm=f"{block}.bn1", consumer_norm=f"{block}.bn2",
             ))
             last = k + 1 == len(names)
             specs.append(UnitLayerSpec(

@@ -6,14 +6,15 @@ import torch
 from torch import nn
 
 from resetassay.errors import BadInputError
-from resetassay.units import UnitLayer
-
-REFERENCES = ("calibration-mean", "stored", "zero")
+from resetassay.hooks import forward_hooks
+from resetassay.names import REFERENCES, ReferenceKind
+from resetassay.shapes import Refs
+from resetassay.units import UnitLayer, non_unit_dims
 
 
 def unit_means(
     model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, batch_size: int = 512
-) -> dict[str, torch.Tensor]:
+) -> Refs:
     """`calibration-mean` (SPEC S2): mean of h_i over examples (and H, W for Conv), `(n_units,)`."""
     device = next(model.parameters()).device
     sums = {layer.name: torch.zeros(layer.n_units, dtype=torch.float64, device=device) for layer in layers}
@@ -21,19 +22,13 @@ def unit_means(
 
     def accumulate(name: str):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            dims = [0, 2, 3] if out.dim() == 4 else [0]
-            sums[name] += out.detach().double().sum(dim=dims)
+            sums[name] += out.detach().double().sum(dim=non_unit_dims(out))
             count[name] += out.numel() // out.shape[1]
         return hook
 
-    handles = [layer.module.register_forward_hook(accumulate(layer.name)) for layer in layers]
-    try:
-        with torch.no_grad():
-            for xb in torch.split(x, batch_size):
-                model(xb.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks({layer.module: accumulate(layer.name) for layer in layers}), torch.no_grad():
+        for xb in torch.split(x, batch_size):
+            model(xb.to(device))
     return {name: (s / count[name]).float() for name, s in sums.items()}
 
 
@@ -41,9 +36,9 @@ def unit_references(
     model: nn.Module,
     layers: list[UnitLayer],
     calib_x: torch.Tensor,
-    kind: str = "calibration-mean",
+    kind: ReferenceKind = "calibration-mean",
     batch_size: int = 512,
-) -> dict[str, torch.Tensor]:
+) -> Refs:
     """The reference `(n_units,)` of every layer, on the model's device (SPEC S2)."""
     device = next(model.parameters()).device
     if kind == "calibration-mean":
@@ -56,8 +51,9 @@ def unit_references(
             if layer.stored_reference is None:
                 raise BadInputError(
                     f"--reference stored: the checkpoint stores no {layer.name}.reference; "
-                    "use --reference calibration-mean"
+                    "use --reference calibration-mean",
+                    flag="--reference",
                 )
             refs[layer.name] = layer.stored_reference.float().to(device)
         return refs
-    raise BadInputError(f"--reference {kind!r} is unknown; choose from {', '.join(REFERENCES)}")
+    raise BadInputError(f"--reference {kind!r} is unknown; choose from {', '.join(REFERENCES)}", flag="--reference")

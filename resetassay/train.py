@@ -57,17 +57,20 @@ class TrainConfig:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
                             ("--batch-size", self.batch_size)):
             if value < 1:
-                raise BadInputError(f"{flag} {value}: must be at least 1")
+                raise BadInputError(f"{flag} {value}: must be at least 1", flag=flag)
         if self.lr <= 0 or not 0 <= self.momentum < 1:
-            raise BadInputError(f"--lr {self.lr} / --momentum {self.momentum}: need lr > 0 and 0 <= momentum < 1")
+            raise BadInputError(f"--lr {self.lr} / --momentum {self.momentum}: need lr > 0 and 0 <= momentum < 1",
+                                flag="--lr")
         if self.checkpoint_in not in SCHEDULE_UNITS:
-            raise BadInputError(f"--checkpoint-in {self.checkpoint_in!r}: choose tasks or epochs")
+            raise BadInputError(f"--checkpoint-in {self.checkpoint_in!r}: choose tasks or epochs",
+                                flag="--checkpoint-in")
         last = last_checkpoint(self.tasks, self.epochs_per_task, self.checkpoint_in)
         beyond = [t for t in self.checkpoint_at if not 0 <= t <= last]
         if beyond:
             raise BadInputError(
                 f"--checkpoint-at {beyond[0]}: {self.checkpoint_in} count from 0 and this run's last is {last}; "
-                f"a checkpoint is written after its {self.checkpoint_in[:-1]} (raise --tasks to reach it)"
+                f"a checkpoint is written after its {self.checkpoint_in[:-1]} (raise --tasks to reach it)",
+                flag="--checkpoint-at",
             )
 
 
@@ -82,18 +85,18 @@ def zoo_kwargs(
 ) -> dict:
     """Keyword arguments of a zoo model sized for `data` (the MLP default is the paper's, SPEC S6)."""
     if model not in MODELS:
-        raise BadInputError(f"--model {model!r}: choose from {', '.join(sorted(MODELS))}")
+        raise BadInputError(f"--model {model!r}: choose from {', '.join(sorted(MODELS))}", flag="--model")
     if activation not in ACTIVATIONS:
-        raise BadInputError(f"--activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
+        raise BadInputError(f"--activation {activation!r}: choose from {', '.join(ACTIVATIONS)}", flag="--activation")
     if widths is not None and (not widths or min(widths) < 1):
-        raise BadInputError(f"--widths {widths}: give positive layer widths, e.g. 256,256,256,256")
+        raise BadInputError(f"--widths {widths}: give positive layer widths, e.g. 256,256,256,256", flag="--widths")
     if model == "mlp":
         return {"in_features": IMAGE_SIDE[data.source] ** 2, "widths": list(widths or PAPER_MLP_WIDTHS),
                 "activation": activation, "layer_norm": layer_norm}
     if layer_norm:
-        raise BadInputError(f"--layer-norm: only --model mlp has a LayerNorm variant, not {model}")
+        raise BadInputError(f"--layer-norm: only --model mlp has a LayerNorm variant, not {model}", flag="--layer-norm")
     if data.layout != "image":
-        raise BadInputError(f"--model {model} needs image data: use --data {data.source}-image")
+        raise BadInputError(f"--model {model} needs image data: use --data {data.source}-image", flag="--model")
     kwargs: dict = {"activation": activation}
     if widths:
         kwargs["widths"] = list(widths)
@@ -140,7 +143,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = False) -> l
     """Train task after task; save the checkpoints of the schedule and `accuracy.csv` into `out_dir`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise BadInputError(f"--out {out_dir}: exists and is not a directory; name a folder")
+        raise BadInputError(f"--out {out_dir}: exists and is not a directory; name a folder", flag="--out")
     torch.manual_seed(config.seed)
     model = create_model(config.model, **config.model_kwargs)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)

@@ -10,6 +10,7 @@ more than once per forward is then refused by name: its calls would be silently 
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from resetassay.errors import BadInputError
+from resetassay.hooks import forward_hooks
 
 ACTIVATION_TYPES = (
     nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.ELU, nn.Sigmoid, nn.Softplus,
@@ -27,13 +29,22 @@ WEIGHTED = (nn.Linear, nn.Conv2d)
 
 @dataclass(frozen=True)
 class UnitLayerSpec:
-    """A model's declaration of one unit layer, by module names."""
+    """A model's declaration of one unit layer, by module names.
+
+    `producer`/`consumer`: the Linear/Conv2d writing/reading the units directly (None, with a note, when
+    not well defined). Where a CBP reset writes when the producer sits behind a per-unit norm (SPEC S7):
+    `reset_producer` (the Linear/Conv2d before the norm), `reset_norm` (the norm, reset per unit), and
+    `consumer_norm`, the BatchNorm after a bias-free consumer that takes the reset's compensation.
+    """
 
     module: str
     producer: str | None
     consumer: str | None
     producer_note: str = ""
     consumer_note: str = ""
+    reset_producer: str | None = None
+    reset_norm: str | None = None
+    consumer_norm: str | None = None
 
 
 @dataclass
@@ -59,6 +70,27 @@ class UnitLayer:
         return self.ages > maturity
 
 
+def per_unit(values: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Values `(n,)` shaped to broadcast over h's unit axis and what follows it: `(n,)` against `(B, n)`,
+    `(n, 1, 1)` against `(B, n, H, W)` (or against `h[:, idx]` for n = len(idx))."""
+    return values.view(-1, *[1] * (h.dim() - 2))
+
+
+def positions(h: torch.Tensor) -> int:
+    """Positions per unit of one example: 1 for `(B, n)`, H·W for `(B, n, H, W)`."""
+    return math.prod(h.shape[2:])
+
+
+def sum_positions(h: torch.Tensor) -> torch.Tensor:
+    """`(B, n)`: h summed over each unit's positions (H, W for Conv; unchanged for Linear)."""
+    return h.sum(dim=tuple(range(2, h.dim()))) if h.dim() > 2 else h
+
+
+def non_unit_dims(h: torch.Tensor) -> list[int]:
+    """Every axis of h but the unit axis 1: what a per-unit mean reduces over."""
+    return [d for d in range(h.dim()) if d != 1]
+
+
 def declared_specs(model: nn.Module) -> list[UnitLayerSpec]:
     """The model's own declaration, or every activation module with unknown producer/consumer."""
     if hasattr(model, "unit_layer_specs"):
@@ -78,7 +110,7 @@ def select_specs(specs: list[UnitLayerSpec], patterns: list[str] | None) -> list
     chosen = [s for s in specs if any(fnmatch.fnmatchcase(s.module, p) for p in patterns)]
     if not chosen:
         names = ", ".join(s.module for s in specs) or "none"
-        raise BadInputError(f"--layers {','.join(patterns)} matched no unit layer; available: {names}")
+        raise BadInputError(f"--layers {','.join(patterns)} matched no unit layer; available: {names}", flag="--layers")
     return chosen
 
 
@@ -105,13 +137,8 @@ def unit_layers(
             order.append(name)
         return hook
 
-    handles = [model.get_submodule(s.module).register_forward_hook(recorder(s.module)) for s in specs]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks({model.get_submodule(s.module): recorder(s.module) for s in specs}), torch.no_grad():
+        model(example)
 
     layers = []
     for spec in sorted(specs, key=lambda s: order.index(s.module) if s.module in order else 1 << 30):

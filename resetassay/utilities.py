@@ -19,7 +19,10 @@ from captum.attr import LayerGradientXActivation
 from torch import nn
 
 from resetassay.errors import BadInputError
-from resetassay.units import UnitLayer
+from resetassay.hooks import forward_hooks
+from resetassay.names import ORACLE
+from resetassay.shapes import Refs, Scores
+from resetassay.units import UnitLayer, per_unit, positions, sum_positions
 
 INGREDIENTS = ("abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all")
 
@@ -50,8 +53,7 @@ class Utility:
     needs: frozenset[str] = field(default_factory=frozenset)
 
 
-UTILITIES: dict[str, Utility] = {}
-ORACLE = "oracle"  # the measured shock itself (SPEC S3); filled in from the lesions
+UTILITIES: dict[str, Utility] = {}  # the oracle (names.ORACLE) is the measured shock, filled in from the lesions
 
 
 def utility(name: str, needs: tuple[str, ...] = ()):
@@ -72,7 +74,8 @@ def check_utilities(names: list[str]) -> list[str]:
     unknown = [n for n in names if n not in UTILITIES and n != ORACLE]
     if unknown:
         raise BadInputError(
-            f"--utilities: unknown {', '.join(unknown)}; choose from {', '.join(utility_names())}"
+            f"--utilities: unknown {', '.join(unknown)}; choose from {', '.join(utility_names())}",
+            flag="--utilities",
         )
     return names
 
@@ -157,15 +160,6 @@ def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return torch.rand(layer.n_units, generator=g, dtype=torch.float64).float()
 
 
-def _spatial_sum(t: torch.Tensor) -> torch.Tensor:
-    """(B, n, H, W) -> (B, n) by summing positions; (B, n) unchanged."""
-    return t.sum(dim=(2, 3)) if t.dim() == 4 else t
-
-
-def _positions(t: torch.Tensor) -> int:
-    return t.shape[2] * t.shape[3] if t.dim() == 4 else 1
-
-
 def example_ingredients(
     h: torch.Tensor,
     dev: torch.Tensor,
@@ -178,18 +172,18 @@ def example_ingredients(
     Args: h and dev = h - r `(B, n)` or `(B, n, H, W)`; loss_grad dL/dh and target_grad dz_y/dh, shaped
     like h. Local statistics average over H, W; gradient terms sum over H, W before the absolute value.
     """
-    per_pos = _positions(h)
+    per_pos = positions(h)
     out = {}
     if "abs_act" in needs:
-        out["abs_act"] = _spatial_sum(h.abs()) / per_pos
+        out["abs_act"] = sum_positions(h.abs()) / per_pos
     if "abs_dev" in needs:
-        out["abs_dev"] = _spatial_sum(dev.abs()) / per_pos
+        out["abs_dev"] = sum_positions(dev.abs()) / per_pos
     if "loss_grad" in needs:
-        out["loss_grad"] = _spatial_sum(loss_grad).abs()
+        out["loss_grad"] = sum_positions(loss_grad).abs()
     if "gxi" in needs:
-        out["gxi"] = _spatial_sum(h * target_grad).abs()
+        out["gxi"] = sum_positions(h * target_grad).abs()
     if "gxd" in needs:
-        out["gxd"] = _spatial_sum(dev * target_grad).abs()
+        out["gxd"] = sum_positions(dev * target_grad).abs()
     return out
 
 
@@ -198,7 +192,7 @@ def calibration_stats(
     layers: list[UnitLayer],
     x: torch.Tensor,
     y: torch.Tensor,
-    refs: dict[str, torch.Tensor],
+    refs: Refs,
     needs: set[str],
     batch_size: int = 256,
     seed: int = 0,
@@ -221,8 +215,7 @@ def calibration_stats(
 
     target_grads = LayerGradientXActivation(model, modules, multiply_by_inputs=False)
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
-    handles = [layer.module.register_forward_hook(capture(layer.name)) for layer in layers]
-    try:
+    with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
         with torch.no_grad():
             n_classes = model(x[:1].to(device)).shape[1]
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
@@ -233,14 +226,14 @@ def calibration_stats(
                 with torch.no_grad():
                     model(xb)
             h = dict(acts)  # later captum calls re-run the forward; the values are the same
-            dev = {layer.name: h[layer.name] - _expand(refs[layer.name], h[layer.name]) for layer in layers}
+            dev = {layer.name: h[layer.name] - per_unit(refs[layer.name], h[layer.name]) for layer in layers}
             if "loss_grad" in needs:
                 lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
             dev_all = {layer.name: 0.0 for layer in layers}
             for c in range(n_classes) if "gxd_all" in needs else ():
                 cgrads = target_grads.attribute(xb, target=c)
                 for layer, g in zip(layers, cgrads, strict=True):
-                    dev_all[layer.name] += _spatial_sum(dev[layer.name] * g).abs() / n_classes
+                    dev_all[layer.name] += sum_positions(dev[layer.name] * g).abs() / n_classes
             for k, layer in enumerate(layers):
                 acc = sums[layer.name]
                 per_example = example_ingredients(
@@ -253,25 +246,17 @@ def calibration_stats(
                 if "gxd_all" in needs:
                     acc["gxd_all"] += dev_all[layer.name].sum(0).double()
             acts.clear()
-    finally:
-        for handle in handles:
-            handle.remove()
     return {
         name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed)
         for name, acc in sums.items()
     }
 
 
-def _expand(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Reference `(n,)` shaped to broadcast against h `(B, n)` or `(B, n, H, W)`."""
-    return r.view(1, -1, 1, 1) if h.dim() == 4 else r.view(1, -1)
-
-
 def unit_scores(
     names: list[str],
     layers: list[UnitLayer],
     stats: dict[str, LayerStats],
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[tuple[str, str], str]]:
+) -> tuple[Scores, dict[tuple[str, str], str]]:
     """Scores[utility][layer] `(n_units,)` and the reasons for utilities that do not apply."""
     scores: dict[str, dict[str, torch.Tensor]] = {}
     notes: dict[tuple[str, str], str] = {}

@@ -17,12 +17,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import resetassay.assay
+import resetassay.report
 from resetassay import load_checkpoint, save_checkpoint
-from resetassay.checkpoint import MANIFEST, WEIGHTS
 from resetassay.cli import app
-from resetassay.lesion import METRICS
-from resetassay.runstore import FAILURES, PARTS
+from resetassay.names import FAILURES, MANIFEST, METRICS, PARTS, WEIGHTS
 from resetassay.utilities import utility_names
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -52,7 +50,7 @@ def _one_error(result, code: int, *needles: str) -> str:
 @pytest.fixture
 def no_render(monkeypatch: pytest.MonkeyPatch) -> None:
     """No figures in tests about which checkpoints are kept (rendering is tested in test_report.py)."""
-    monkeypatch.setattr(resetassay.assay, "render", lambda out: Path(out) / "report.md")
+    monkeypatch.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
 
 
 def _copy(fixture: str, into: Path) -> Path:

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from resetassay.check import compare, family_means, make_baseline, parse_floor, read_baseline, write_baseline
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.metrics import ALL, checkpoint_summary
-from resetassay.report import write_run
+from resetassay.names import ALL
+from resetassay.rundir import write_run
+from resetassay.summary import checkpoint_summary
 
 runner = CliRunner()
 UTILITIES = ["gxd", "activation", "random", "oracle"]

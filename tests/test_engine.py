@@ -12,28 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.engines import assert_fast_equals_plain
+from helpers.models import BranchyMLP, SizeReader
 from torch import nn
 
-from resetassay import engine
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
-from resetassay.downstream import split_at, trace
-from resetassay.engine import set_shocks, unit_shocks_fast
-from resetassay.lesion import joint_shock, probe_logits, unit_shocks
+from resetassay.lesion import fast as fast_engine
+from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.shocks import probe_logits
+from resetassay.lesion.split import split_at, trace
 from resetassay.reference import unit_references
 from resetassay.units import UnitLayerSpec, unit_layers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 METRICS = ["l1", "kl"]
 TOL = 1e-5
-
-
-def _close(plain: dict, fast: dict) -> None:
-    for m in METRICS:
-        for name, want in plain[m].items():
-            got = fast[m][name].double()
-            scale = max(float(want.abs().max()), 1e-12)
-            assert float((got - want).abs().max()) <= TOL * scale, (m, name)
 
 
 def _setup(fixture: str, probe: int = 48):
@@ -50,36 +44,36 @@ def _setup(fixture: str, probe: int = 48):
 @pytest.fixture(scope="module", params=["relu_mlp", "silu_mlp", "layernorm_mlp", "cnn", "resnet"])
 def case(request):
     model, layers, refs, probe_x = _setup(request.param)
-    return model, layers, refs, probe_x, unit_shocks(model, layers, refs, probe_x, METRICS)
+    return model, layers, refs, probe_x, unit_shocks(model, layers, refs, probe_x, METRICS, engine="plain")
 
 
 @pytest.mark.parametrize("max_k", [1, 3, None])
 @pytest.mark.parametrize("shortcut", [True, False])
 def test_fast_engine_equals_plain_engine(case, max_k, shortcut) -> None:
     model, layers, refs, probe_x, plain = case
-    _close(plain, unit_shocks_fast(model, layers, refs, probe_x, METRICS, max_k=max_k, shortcut=shortcut))
+    assert_fast_equals_plain(model, layers, refs, probe_x, plain=plain, max_k=max_k, shortcut=shortcut)
 
 
 def test_fast_engine_equals_plain_with_probe_chunks_smaller_than_the_probe_set(case) -> None:
     """A budget of a few rows forces several probe chunks: no clamp may leak across them."""
     model, layers, refs, probe_x, plain = case
-    small = [layer for layer in layers][:2]
-    fast = unit_shocks_fast(model, small, refs, probe_x, METRICS, max_memory=40_000)
-    _close({m: {k.name: plain[m][k.name] for k in small} for m in METRICS}, fast)
+    small = layers[:2]
+    want = {m: {k.name: plain[m][k.name] for k in small} for m in METRICS}
+    assert_fast_equals_plain(model, small, refs, probe_x, plain=want, max_memory=40_000)
 
 
 def test_engine_leaves_the_model_unchanged(case) -> None:
     model, layers, refs, probe_x, _ = case
     before = probe_logits(model, probe_x)
-    unit_shocks_fast(model, layers, refs, probe_x, METRICS, max_k=5)
+    unit_shocks(model, layers, refs, probe_x, METRICS, max_k=5, engine="fast")
     assert torch.equal(probe_logits(model, probe_x), before)
 
 
 def test_every_unit_gets_its_own_shock_not_a_neighbours() -> None:
     """Distinct shocks per unit, so a clamp of unit i+1 or of the wrong block would show."""
     model, layers, refs, probe_x = _setup("silu_mlp")
-    plain = unit_shocks(model, layers[:1], refs, probe_x, ["l1"])["l1"][layers[0].name]
-    fast = unit_shocks_fast(model, layers[:1], refs, probe_x, ["l1"], max_k=4)["l1"][layers[0].name].double()
+    plain = unit_shocks(model, layers[:1], refs, probe_x, ["l1"], engine="plain")["l1"][layers[0].name]
+    fast = unit_shocks(model, layers[:1], refs, probe_x, ["l1"], max_k=4)["l1"][layers[0].name].double()
     assert len(set(plain.tolist())) == len(plain)
     assert torch.allclose(fast, plain, rtol=TOL, atol=0)
     assert not torch.allclose(fast.roll(1), plain, rtol=1e-2, atol=0)
@@ -89,43 +83,10 @@ def test_joint_lesions_in_one_batch_equal_the_plain_joint_shock() -> None:
     model, layers, refs, probe_x = _setup("resnet")
     a, b = layers[0].name, layers[3].name
     lesions = [{a: torch.tensor([0, 3])}, {b: torch.tensor([1])}, {a: torch.tensor([2]), b: torch.tensor([0, 5])}]
-    got = set_shocks(model, layers, refs, lesions, probe_x, METRICS, max_memory=200_000)
-    for i, lesion in enumerate(lesions):
-        want = joint_shock(model, layers, refs, lesion, probe_x, METRICS)
-        for m in METRICS:
-            assert float(got[m][i]) == pytest.approx(want[m], rel=TOL)
-
-
-class BranchyMLP(nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.act1, self.fc2 = nn.Linear(64, 16), nn.SiLU(), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act1(self.fc1(x))
-        if h.sum() > 0:
-            h = h * 1.0
-        return self.fc2(h)
-
-    def unit_layer_specs(self) -> list[UnitLayerSpec]:
-        return [UnitLayerSpec("act1", "fc1", "fc2")]
-
-
-class SizeReader(nn.Module):
-    """Reads the batch size of an upstream tensor downstream: the split must fall back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.act1, self.fc2 = nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act1(self.fc1(x))
-        return self.fc2(h.reshape(x.size(0), -1) * 2.0)
-
-    def unit_layer_specs(self) -> list[UnitLayerSpec]:
-        return [UnitLayerSpec("act1", "fc1", None)]
+    got = joint_shocks(model, layers, refs, lesions, probe_x, METRICS, max_memory=200_000, engine="fast")
+    want = joint_shocks(model, layers, refs, lesions, probe_x, METRICS, engine="plain")
+    for m in METRICS:
+        torch.testing.assert_close(got[m], want[m], rtol=TOL, atol=0)
 
 
 @pytest.mark.parametrize("model_cls", [BranchyMLP, SizeReader])
@@ -135,15 +96,14 @@ def test_unsplittable_models_fall_back_with_a_logged_reason(model_cls, caplog) -
     x = torch.rand(40, 64)
     layers = unit_layers(model, x[:2])
     refs = unit_references(model, layers, x)
-    with caplog.at_level(logging.WARNING, logger="resetassay.engine"):
-        fast = unit_shocks_fast(model, layers, refs, x, METRICS, max_k=3)
+    with caplog.at_level(logging.WARNING, logger="resetassay.lesion.fast"):
+        assert_fast_equals_plain(model, layers, refs, x, max_k=3)
     assert "expanded-input path" in caplog.text
-    _close(unit_shocks(model, layers, refs, x, METRICS), fast)
 
 
 def test_out_of_memory_halves_the_chunk_and_still_equals_plain(monkeypatch, caplog) -> None:
     model, layers, refs, probe_x = _setup("silu_mlp", probe=64)
-    real = engine._downstream_inputs
+    real = fast_engine._downstream_inputs
     calls = {"oom": 0}
 
     def tight(split, h, values, idx, r):
@@ -152,11 +112,10 @@ def test_out_of_memory_halves_the_chunk_and_still_equals_plain(monkeypatch, capl
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(split, h, values, idx, r)
 
-    monkeypatch.setattr(engine, "_downstream_inputs", tight)
-    with caplog.at_level(logging.WARNING, logger="resetassay.engine"):
-        fast = unit_shocks_fast(model, layers, refs, probe_x, METRICS)
+    monkeypatch.setattr(fast_engine, "_downstream_inputs", tight)
+    with caplog.at_level(logging.WARNING, logger="resetassay.lesion.fast"):
+        assert_fast_equals_plain(model, layers, refs, probe_x)
     assert calls["oom"] > 0 and "out of memory" in caplog.text
-    _close(unit_shocks(model, layers, refs, probe_x, METRICS), fast)
 
 
 def test_every_linear_or_conv_reader_is_cut_off_and_a_residual_reader_gets_the_clamp() -> None:
@@ -194,4 +153,4 @@ def test_functional_consumer_shortcut_is_exact_for_a_conv_with_stride_and_paddin
     x = torch.rand(30, 1, 8, 8)
     layers = unit_layers(model, x[:2])
     refs = unit_references(model, layers, x)
-    _close(unit_shocks(model, layers, refs, x, METRICS), unit_shocks_fast(model, layers, refs, x, METRICS, max_k=4))
+    assert_fast_equals_plain(model, layers, refs, x, max_k=4)

@@ -1,7 +1,7 @@
 """Models we did not write (SPEC S1, S3, S4): unit layers found by tracing, checked by hand.
 
-The models live in tests/foreign_models.py (importable as `foreign_models`, for `--model`).
-Every expected value comes from code in this file that does not use resetassay.tracing: the
+The models live in tests/helpers/foreign_models.py (`--model helpers.foreign_models:<factory>`).
+Every expected value comes from code in this file that does not use resetassay.taps: the
 torchvision-style ResNet's forward written out with F.relu and an `edit` at every call site,
 and, for the MLPs, CBP's compensated reset applied to a copy of the original model (SPEC S4).
 Library tests run in float64 and compare with rtol 1e-5 (atol 1e-10 for exact zeros); values
@@ -12,35 +12,27 @@ its CSV is compared with rtol 1e-4, atol 1e-6.
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.foreign_models import functional_mlp, gated_mlp, list_mlp, resnet_tv
 from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # `--model foreign_models:...` and the import below need it
-    sys.path.insert(0, str(TESTS))
-
-from foreign_models import functional_mlp, gated_mlp, list_mlp, resnet_tv  # noqa: E402
-
-from resetassay.cli import app  # noqa: E402
-from resetassay.data import DataSpec, split_calibration_probe, task_arrays  # noqa: E402
-from resetassay.engine import unit_shocks_fast  # noqa: E402
-from resetassay.errors import BadInputError  # noqa: E402
-from resetassay.lesion import unit_shocks  # noqa: E402
-from resetassay.models import create_model  # noqa: E402
-from resetassay.reference import unit_references  # noqa: E402
-from resetassay.tracing import TappedModel, tap_unit_layers  # noqa: E402
-from resetassay.units import layer_table, unit_layers  # noqa: E402
-from resetassay.utilities import calibration_stats, unit_scores  # noqa: E402
+from resetassay.cli import app
+from resetassay.data import DataSpec, split_calibration_probe, task_arrays
+from resetassay.errors import BadInputError
+from resetassay.lesion import unit_shocks
+from resetassay.models import create_model
+from resetassay.reference import unit_references
+from resetassay.taps import TappedModel, tap_unit_layers
+from resetassay.units import layer_table, unit_layers
+from resetassay.utilities import calibration_stats, unit_scores
 
 TOL = {"rtol": 1e-5, "atol": 1e-10}
 F32_TOL = {"rtol": 1e-5, "atol": 1e-7}
@@ -303,7 +295,7 @@ def test_each_relu_call_site_is_lesioned_on_its_own_and_equals_the_hand_written_
     library_refs = unit_references(tapped, layers, calib_x)
     for name in RESNET_SITES:
         torch.testing.assert_close(library_refs[name].double(), refs[name], **F32_TOL)
-    shocks = unit_shocks(tapped, layers, refs, probe_x, ["l1", "kl"])
+    shocks = unit_shocks(tapped, layers, refs, probe_x, ["l1", "kl"], engine="plain")
     for metric in ("l1", "kl"):
         for name in RESNET_SITES:
             torch.testing.assert_close(shocks[metric][name], expected[metric][name], **TOL)
@@ -317,8 +309,8 @@ def test_fast_engine_splits_at_the_taps_and_equals_the_hand_written_forward(max_
     model = resnet_tv().double()
     tapped, layers = _tapped(model, calib_x)
     refs, expected = _resnet_refs_and_shocks(model, calib_x, probe_x)
-    shocks = unit_shocks_fast(tapped, layers, refs, probe_x, ["l1", "kl"], max_k=max_k)
-    assert not [r.message for r in caplog.records if r.name == "resetassay.engine"]  # no fall-back path
+    shocks = unit_shocks(tapped, layers, refs, probe_x, ["l1", "kl"], max_k=max_k, engine="fast")
+    assert not [r.message for r in caplog.records if r.name == "resetassay.lesion.fast"]  # no fall-back path
     for metric in ("l1", "kl"):
         for name in RESNET_SITES:
             torch.testing.assert_close(shocks[metric][name], expected[metric][name], **TOL)
@@ -334,7 +326,7 @@ def test_mlp_lesion_equals_compensated_reset_of_the_original_model(which):
         refs = {name: h.mean(0) for name, h in by_hand(model, calib_x).items()}
         z = model(probe_x)
     library_refs = unit_references(tapped, layers, calib_x)
-    shocks = unit_shocks(tapped, layers, refs, probe_x, ["l1", "kl"])
+    shocks = unit_shocks(tapped, layers, refs, probe_x, ["l1", "kl"], engine="plain")
     for name, (_, consumer) in wiring.items():
         torch.testing.assert_close(library_refs[name].double(), refs[name], **F32_TOL)
         for i in range(len(refs[name])):
@@ -436,8 +428,9 @@ def test_cli_assays_a_foreign_resnet_state_dict_and_matches_the_hand_written_for
     model = resnet_tv(seed=7)
     save_file(model.state_dict(), tmp_path / "resnet.safetensors")
     out = tmp_path / "run"
-    result, output = _invoke(["run", str(tmp_path / "resnet.safetensors"), "--model", "foreign_models:resnet_tv",
-                              "--data", "digits-image", "--calib-size", "80", "--probe-size", "80",
+    result, output = _invoke(["run", str(tmp_path / "resnet.safetensors"),
+                              "--model", "helpers.foreign_models:resnet_tv", "--data", "digits-image",
+                              "--calib-size", "80", "--probe-size", "80",
                               "--utilities", "gxd,contribution,activation", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, output
     units = pd.read_csv(out / "units.csv")
@@ -461,7 +454,7 @@ def test_cli_assays_a_foreign_resnet_state_dict_and_matches_the_hand_written_for
 def test_cli_loads_a_pt_state_dict_with_extra_keys_and_globs_functional_layers(tmp_path):
     torch.save({**functional_mlp(seed=3).state_dict(), "optimizer.step": torch.tensor(9)}, tmp_path / "mlp.pt")
     out = tmp_path / "run"
-    result, output = _invoke(["run", str(tmp_path / "mlp.pt"), "--model", "foreign_models:functional_mlp",
+    result, output = _invoke(["run", str(tmp_path / "mlp.pt"), "--model", "helpers.foreign_models:functional_mlp",
                               "--data", "digits", "--layers", "relu@*", "--calib-size", "60", "--probe-size", "60",
                               "--utilities", "gxd,mc_adaptable", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, output
@@ -473,7 +466,7 @@ def test_cli_loads_a_pt_state_dict_with_extra_keys_and_globs_functional_layers(t
 
 def test_cli_inspect_lists_call_sites_with_kind_units_producer_and_consumer(tmp_path):
     save_file(resnet_tv().state_dict(), tmp_path / "resnet.safetensors")
-    args = ["inspect", str(tmp_path / "resnet.safetensors"), "--model", "foreign_models:resnet_tv",
+    args = ["inspect", str(tmp_path / "resnet.safetensors"), "--model", "helpers.foreign_models:resnet_tv",
             "--data", "digits-image"]
     result, output = _invoke(args)
     assert result.exit_code == 0, output
@@ -487,7 +480,7 @@ def test_cli_inspect_lists_call_sites_with_kind_units_producer_and_consumer(tmp_
 
 def test_cli_refuses_an_untraceable_model_with_a_reused_module_naming_it(tmp_path):
     save_file(gated_mlp().state_dict(), tmp_path / "gated.safetensors")
-    result, output = _invoke(["run", str(tmp_path / "gated.safetensors"), "--model", "foreign_models:gated_mlp",
+    result, output = _invoke(["run", str(tmp_path / "gated.safetensors"), "--model", "helpers.foreign_models:gated_mlp",
                               "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 2, output
     assert "torch.fx cannot trace" in output

@@ -12,64 +12,17 @@ import copy
 
 import pytest
 import torch
+from helpers.models import TinyCNN, TwoLayerMLP
 from torch import nn
 from torch.distributions import Categorical, kl_divergence
 
 from resetassay.errors import BadInputError
-from resetassay.lesion import (
-    check_metrics,
-    clamped,
-    example_shocks,
-    joint_shock,
-    probe_logits,
-    unit_shocks,
-)
-from resetassay.units import UnitLayerSpec, unit_layers
+from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.plain import clamped
+from resetassay.lesion.shocks import check_metrics, example_shocks, probe_logits
+from resetassay.units import unit_layers
 
 TOL = {"atol": 1e-10, "rtol": 1e-9}
-
-
-class TwoLayerMLP(nn.Module):
-    """4 -> 5 (act1) -> 4 (act2) -> 3 logits, random float64 weights."""
-
-    def __init__(self, seed: int = 1):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fc1, self.act1 = nn.Linear(4, 5), nn.ReLU()
-        self.fc2, self.act2 = nn.Linear(5, 4), nn.Tanh()
-        self.head = nn.Linear(4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-        self.double().eval()
-
-    def forward(self, x):
-        return self.head(self.act2(self.fc2(self.act1(self.fc1(x)))))
-
-    def unit_layer_specs(self):
-        return [UnitLayerSpec("act1", "fc1", "fc2"), UnitLayerSpec("act2", "fc2", "head")]
-
-
-class TinyCNN(nn.Module):
-    """1x5x5 -> conv3x3 pad 1 (3 ch, act1) -> conv3x3 no pad (4 ch, act2) -> mean pool -> 3."""
-
-    def __init__(self, seed: int = 2):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv1, self.act1 = nn.Conv2d(1, 3, 3, padding=1), nn.ReLU()
-        self.conv2, self.act2 = nn.Conv2d(3, 4, 3), nn.SiLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-        self.double().eval()
-
-    def forward(self, x):
-        return self.head(self.pool(self.act2(self.conv2(self.act1(self.conv1(x))))).flatten(1))
-
-    def unit_layer_specs(self):
-        return [UnitLayerSpec("act1", "conv1", "conv2"), UnitLayerSpec("act2", "conv2", "head")]
 
 
 CONSUMER = {"act1": "fc2", "act2": "head"}
@@ -121,7 +74,7 @@ def test_clamp_equals_compensated_reset_for_linear_consumer():
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 64])
 def test_unit_shocks_equal_compensated_reset_model_for_l1_and_kl(batch_size):
     model, layers, refs, probe = _setup_mlp(n_probe=10)
-    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"], batch_size=batch_size)
+    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"], batch_size=batch_size, engine="plain")
     z = model(probe).detach()
     for layer in layers:
         for i in range(layer.n_units):
@@ -134,7 +87,7 @@ def test_unit_shocks_equal_compensated_reset_model_for_l1_and_kl(batch_size):
 def test_unit_shocks_index_the_lesioned_unit_not_a_neighbour():
     """Every unit's shock is distinct, so clamping unit i +/- 1 would show up."""
     model, layers, refs, probe = _setup_mlp()
-    shocks = unit_shocks(model, layers, refs, probe, ["l1"], batch_size=4)
+    shocks = unit_shocks(model, layers, refs, probe, ["l1"], batch_size=4, engine="plain")
     z = model(probe).detach()
     for layer in layers:
         want = torch.tensor([
@@ -175,7 +128,7 @@ def test_clamp_does_not_leak_after_the_context_exits():
     with pytest.raises(RuntimeError), clamped({model.act1: (idx, refs["act1"][idx])}):
         raise RuntimeError("boom")
     assert torch.equal(probe_logits(model, probe), before)
-    unit_shocks(model, layers, refs, probe, ["l1"], batch_size=3)
+    unit_shocks(model, layers, refs, probe, ["l1"], batch_size=3, engine="plain")
     assert torch.equal(probe_logits(model, probe), before)
     assert not model.act1._forward_hooks and not model.act2._forward_hooks
 
@@ -186,7 +139,7 @@ def test_dead_unit_clamped_to_its_zero_mean_has_zero_shock():
         model.fc1.bias[1] = -1e3  # unit 1 of act1 never fires: h = 0 = r on every example
     refs = {**refs, "act1": refs["act1"].clone()}
     refs["act1"][1] = 0.0
-    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"])
+    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"], engine="plain")
     assert shocks["l1"]["act1"][1].item() == 0.0
     assert shocks["kl"]["act1"][1].item() == pytest.approx(0.0, abs=1e-15)
     assert shocks["l1"]["act1"][0].item() > 0.0
@@ -218,7 +171,7 @@ class _ChannelClamp(nn.Module):
 def test_conv_unit_lesion_clamps_the_whole_feature_map(batch_size):
     model, layers, refs, probe = _setup_cnn()
     assert [(la.kind, la.n_units) for la in layers] == [("conv", 3), ("conv", 4)]
-    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"], batch_size=batch_size)
+    shocks = unit_shocks(model, layers, refs, probe, ["l1", "kl"], batch_size=batch_size, engine="plain")
     z = model(probe).detach()
     for layer in layers:
         for i in range(layer.n_units):
@@ -232,15 +185,16 @@ def test_conv_unit_lesion_clamps_the_whole_feature_map(batch_size):
                 assert shocks[m][layer.name][i].item() == pytest.approx(want[m], rel=1e-9, abs=1e-12)
 
 
-def test_joint_shock_of_one_unit_equals_its_unit_shock():
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_joint_shock_of_one_unit_equals_its_unit_shock(engine):
     model, layers, refs, probe = _setup_mlp()
-    single = unit_shocks(model, layers, refs, probe, ["l1", "kl"])
-    for layer in layers:
-        for i in (0, layer.n_units - 1):
-            joint = joint_shock(model, layers, refs, {layer.name: torch.tensor([i])}, probe,
-                                ["l1", "kl"], batch_size=3)
-            for m in ("l1", "kl"):
-                assert joint[m] == pytest.approx(single[m][layer.name][i].item(), rel=1e-12)
+    single = unit_shocks(model, layers, refs, probe, ["l1", "kl"], engine="plain")
+    lesions = [{layer.name: torch.tensor([i])} for layer in layers for i in (0, layer.n_units - 1)]
+    joint = joint_shocks(model, layers, refs, lesions, probe, ["l1", "kl"], engine=engine, batch_size=3)
+    want = {m: torch.stack([single[m][name][int(idx)] for lesion in lesions for name, idx in lesion.items()])
+            for m in ("l1", "kl")}
+    for m in ("l1", "kl"):
+        torch.testing.assert_close(joint[m], want[m], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("selection", [
@@ -248,14 +202,15 @@ def test_joint_shock_of_one_unit_equals_its_unit_shock():
     {"act1": [0], "act2": [2]},
     {"act1": [2, 3], "act2": [0, 1]},
 ])
-def test_joint_shock_equals_model_with_all_selected_units_reset(selection):
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_joint_shock_equals_model_with_all_selected_units_reset(selection, engine):
     model, layers, refs, probe = _setup_mlp()
     chosen = {k: torch.tensor(v) for k, v in selection.items()}
-    joint = joint_shock(model, layers, refs, chosen, probe, ["l1", "kl"], batch_size=4)
+    joint = joint_shocks(model, layers, refs, [chosen], probe, ["l1", "kl"], engine=engine, batch_size=4)
     z = model(probe).detach()
     want = _expected_shocks(z, _compensated(model, CONSUMER, selection, refs)(probe).detach())
     for m in ("l1", "kl"):
-        assert joint[m] == pytest.approx(want[m], rel=1e-9, abs=1e-12)
+        assert joint[m][0].item() == pytest.approx(want[m], rel=1e-9, abs=1e-12)
 
 
 def test_example_shocks_match_direct_formulas():
@@ -279,4 +234,4 @@ def test_check_metrics_rejects_unknown_names():
 def test_empty_probe_set_is_an_error():
     model, layers, refs, probe = _setup_mlp()
     with pytest.raises(BadInputError, match="probe"):
-        unit_shocks(model, layers, refs, probe[:0], ["l1"])
+        unit_shocks(model, layers, refs, probe[:0], ["l1"], engine="plain")

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata, sem
 
-from resetassay.metrics import ALL, checkpoint_summary, k_at, mean_and_se, spearman
+from resetassay.names import ALL
+from resetassay.summary import checkpoint_summary, k_at, mean_and_se, spearman
 
 TOL = 1e-12
 

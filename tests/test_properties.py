@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+from helpers.engines import assert_fast_equals_plain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resetassay.engine import unit_shocks_fast
-from resetassay.lesion import unit_shocks
-from resetassay.metrics import checkpoint_summary
 from resetassay.models import create_model
+from resetassay.summary import checkpoint_summary
 from resetassay.units import unit_layers
 
 METRICS = ["l1", "kl"]
@@ -40,16 +39,11 @@ def test_fast_and_plain_engines_agree_on_random_mlps_and_references(case) -> Non
     x = torch.randn(n_probe, 6)
     layers = unit_layers(model, x[:2])
     refs = {layer.name: torch.randn(layer.n_units) for layer in layers}
-    plain = unit_shocks(model, layers, refs, x, METRICS)
-    fast = unit_shocks_fast(model, layers, refs, x, METRICS, max_k=max_k)
     with torch.no_grad():
         z = model(x)
     # float32 cannot resolve a logit change below a few ulp of |z|: that floor, else 1e-5 of the shock scale
     floor = 4 * torch.finfo(torch.float32).eps * float(z.abs().max()) * z.shape[1]
-    for m in METRICS:
-        for name, want in plain[m].items():
-            scale = float(want.abs().max())
-            assert float((fast[m][name].double() - want).abs().max()) <= 1e-5 * scale + floor
+    assert_fast_equals_plain(model, layers, refs, x, METRICS, floor=floor, max_k=max_k)
 
 
 @st.composite

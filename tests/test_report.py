@@ -12,6 +12,8 @@ import math
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib.image
@@ -22,11 +24,12 @@ import torch
 from typer.testing import CliRunner
 
 from resetassay import AssayConfig, assay_model, run_assay
-from resetassay.aggregate import aggregate, checkpoint_stats
 from resetassay.cli import app
-from resetassay.metrics import ALL, SUMMARY_COLUMNS
 from resetassay.models import mlp
-from resetassay.report import best_cells, markdown_table, mean_se_text, q_values, summary_at_q
+from resetassay.names import ALL, SUMMARY_COLUMNS
+from resetassay.report.blocks import best_cells, mean_se_text
+from resetassay.report.markdown import markdown_table
+from resetassay.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -234,6 +237,28 @@ def test_report_cli_sweep_recomputes_shock_at_each_q_and_says_joint_is_only_at_r
     text = (copy / "report.md").read_text()
     assert "joint Shock@q is only measured at the run's q = 5%" in text and "Shock@10%" in text
     assert not (copy / "sweep.csv").exists() and not (copy / "figures" / "shock_vs_q.png").exists()
+
+
+def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir: Path, tmp_path: Path):
+    """A notebook's backend and open figures survive `import resetassay.report` and a render (figures.py
+    draws on its own Figure objects, never through pyplot)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    script = textwrap.dedent(f"""
+        import matplotlib
+        matplotlib.use("svg")
+        import matplotlib.pyplot as plt
+        plt.figure()  # the notebook's open figure
+        import resetassay.report
+        resetassay.report.render({str(copy)!r})
+        assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+        assert plt.get_fignums() == [1], plt.get_fignums()
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=FIXTURES.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+    assert (copy / "figures" / "shock_at_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):

@@ -18,12 +18,13 @@ import pytest
 from typer.testing import CliRunner
 
 import resetassay
-import resetassay.assay
+import resetassay.report
+import resetassay.run
 from resetassay import run_assay
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.report import TABLES, atomic_write
-from resetassay.runstore import IDENTITY, PARTS
+from resetassay.names import PARTS, TABLES
+from resetassay.rundir import IDENTITY, atomic_write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = FIXTURES.parent
@@ -57,7 +58,7 @@ def six(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _skip_render(monkeypatch: pytest.MonkeyPatch) -> None:
     """No figures and report.md in tests about a run directory's tables (rendering is tested elsewhere)."""
-    monkeypatch.setattr(resetassay.assay, "render", lambda out: Path(out) / "report.md")
+    monkeypatch.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
 
 
 @pytest.fixture
@@ -84,13 +85,13 @@ def reference(six: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def assayed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the checkpoints actually assayed (not skipped) by run_assay."""
     names: list[str] = []
-    real = resetassay.assay.assay_checkpoint
+    real = resetassay.run.assay_checkpoint
 
     def counting(ckpt, *args, **kwargs):
         names.append(ckpt.info.name)
         return real(ckpt, *args, **kwargs)
 
-    monkeypatch.setattr(resetassay.assay, "assay_checkpoint", counting)
+    monkeypatch.setattr(resetassay.run, "assay_checkpoint", counting)
     return names
 
 
@@ -280,17 +281,17 @@ def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_pa
 
 def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, monkeypatch):
     """pandas' csv reader would turn an interrupt into a ParserError: Ctrl-C is held while a part is saved."""
-    import resetassay.runstore as runstore
+    import resetassay.rundir as rundir
 
-    store = runstore.RunStore(tmp_path, {"config": {}})
+    store = rundir.RunParts(tmp_path, {"config": {}})
     tables = {name: pd.DataFrame({"checkpoint": ["c"], "x": [0.1]}) for name in TABLES}
-    write = runstore.atomic_write
+    write = rundir.atomic_write
 
     def interrupted_write(path, text):
         os.kill(os.getpid(), signal.SIGINT)  # arrives while the part is being written
         write(path, text)
 
-    monkeypatch.setattr(runstore, "atomic_write", interrupted_write)
+    monkeypatch.setattr(rundir, "atomic_write", interrupted_write)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even where CI ignores SIGINT
     try:
         with pytest.raises(KeyboardInterrupt):

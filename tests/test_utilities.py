@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.models import TwoLayerMLP
 from torch import nn
 
 from resetassay.errors import BadInputError
@@ -285,29 +286,8 @@ def test_needed_ingredients_are_known_ingredients():
 # --- several unit layers at once; a Linear consumer reading flattened conv maps -------------
 
 
-class TwoLayer(nn.Module):
-    """3 -> 4 (ReLU, act1) -> 3 (SiLU, act2) -> 3 logits: gradients cross a nonlinearity."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(21)
-        self.fc1, self.act1 = nn.Linear(3, 4), nn.ReLU()
-        self.fc2, self.act2 = nn.Linear(4, 3), nn.SiLU()
-        self.head = nn.Linear(3, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-        self.double()
-
-    def forward(self, x):
-        return self.head(self.act2(self.fc2(self.act1(self.fc1(x)))))
-
-    def unit_layer_specs(self):
-        return [UnitLayerSpec("act1", "fc1", "fc2"), UnitLayerSpec("act2", "fc2", "head")]
-
-
 def test_gradient_utilities_of_two_stacked_layers_match_autograd():
-    model = TwoLayer().eval()
+    model = TwoLayerMLP(seed=21, sizes=(3, 4, 3, 3), activations=(nn.ReLU, nn.SiLU))  # gradients cross a SiLU
     g = torch.Generator().manual_seed(8)
     x = torch.randn(7, 3, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 2])

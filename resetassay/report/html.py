@@ -1,6 +1,6 @@
 """report.html: one self-contained page (inline CSS, figures as data: URIs) readable offline (SPEC S5).
 
-It renders the same blocks as report.md (`resetassay.report.Block`); nothing here reads tables.
+It renders the same blocks as report.md (`blocks.Block`); nothing here reads tables.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from resetassay.report import Block
+from resetassay.report.blocks import Block
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1400px;

@@ -1,4 +1,4 @@
-"""Graph split for the fast lesion engine (DESIGN "The lesion engine", steps 1 and 3).
+"""The graph split of the fast lesion engine, and BatchNorm folding (DESIGN "The lesion engine", steps 1, 3).
 
 A lesion of unit layer L changes only the nodes that depend on L. `split_at` cuts a torch.fx
 graph there: `upstream` computes, once per probe chunk, L's output and every tensor the rest

@@ -1,7 +1,7 @@
 """The fast lesion engine (DESIGN "The lesion engine"; SPEC S4).
 
-Same numbers as the plain engine in lesion.py, computed with less work:
-1. upstream once per probe chunk, downstream only (`downstream.split_at`);
+Same numbers as the plain engine (plain.py), computed with less work:
+1. upstream once per probe chunk, downstream only (`split.split_at`);
 2. K lesions per forward: the batch grows to K*P rows, block k clamping unit k; K and the probe
    chunk follow a memory budget and halve on out-of-memory;
 3. the consumer shortcut where it is exact (Linear: rank-1 update; Conv2d: one-input-channel
@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resetassay.downstream import SHORTCUT_TYPES, Split, SplitError, split_at, trace
 from resetassay.errors import BadInputError
-from resetassay.lesion import probe_logits
-from resetassay.units import UnitLayer
+from resetassay.hooks import forward_hooks
+from resetassay.lesion.shocks import BaseLogits, ShockSums
+from resetassay.lesion.split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.units import UnitLayer, per_unit
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
@@ -33,7 +35,6 @@ DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
 # cache-sized chunks suit GEMMs, while convolutions on small maps gain from larger batches.
 TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192}
 GPU_TARGET_ROWS = 1 << 16
-Lesion = dict[str, torch.Tensor]  # unit-layer name -> unit indices clamped together
 
 
 def parse_bytes(text: str | None, flag: str) -> int | None:
@@ -46,9 +47,9 @@ def parse_bytes(text: str | None, flag: str) -> int | None:
     try:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
-        raise BadInputError(f"{flag} {text!r}: expected a size such as 512MB or 2GB") from None
+        raise BadInputError(f"{flag} {text!r}: expected a size such as 512MB or 2GB", flag=flag) from None
     if value < 1:
-        raise BadInputError(f"{flag} {text!r}: must be positive")
+        raise BadInputError(f"{flag} {text!r}: must be positive", flag=flag)
     return int(value)
 
 
@@ -67,46 +68,11 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
 
 
-class ShockSums:
-    """Running sums of per-example shocks, `(n_lesions,)` per metric, in float64 (SPEC S4)."""
-
-    def __init__(self, n: int, metrics: list[str], device: torch.device):
-        self.sums = {m: torch.zeros(n, dtype=torch.float64, device=device) for m in metrics}
-
-    def reset(self) -> None:
-        for s in self.sums.values():
-            s.zero_()
-
-    def add(self, first: int, base: BaseLogits, z_lesioned: torch.Tensor) -> None:
-        """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)`."""
-        zl = z_lesioned.double()
-        d = zl - base.z                                   # (K, P, C)
-        k = len(zl)
-        if "l1" in self.sums:
-            self.sums["l1"][first:first + k] += d.abs().sum(dim=(1, 2))
-        if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
-            kl = torch.logsumexp(zl, dim=2) - base.lse - (d * base.p).sum(dim=2)
-            self.sums["kl"][first:first + k] += kl.sum(dim=1)
-
-    def means(self, n_probe: int) -> dict[str, torch.Tensor]:
-        return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
-
-
-class BaseLogits:
-    """Unlesioned logits of one probe chunk, `(P, C)`, with what the shocks reuse, in float64."""
-
-    def __init__(self, z: torch.Tensor):
-        self.z = z.double()
-        self.lse = torch.logsumexp(self.z, dim=1)
-        self.p = (self.z - self.lse.unsqueeze(1)).exp()
-
-
 def _clamped(h: torch.Tensor, idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """`(K*P, n, ...)`: K copies of h `(P, n, ...)`, block k with unit idx[k] clamped to r[idx[k]]."""
     k, p = len(idx), h.shape[0]
     out = h.unsqueeze(0).repeat(k, *([1] * h.dim()))
-    shape = (k, 1, 1, 1) if h.dim() == 4 else (k, 1)
-    out[torch.arange(k, device=h.device), :, idx] = r[idx].to(h.dtype).view(shape)
+    out[torch.arange(k, device=h.device), :, idx] = per_unit(r[idx].to(h.dtype), h).unsqueeze(1)
     return out.view(k * p, *h.shape[1:])
 
 
@@ -168,7 +134,7 @@ def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Te
 
 def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x: torch.Tensor,
                         base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
-                        advance: Callable[[int], None] | None) -> dict[str, torch.Tensor]:
+                        advance: Advance | None) -> SetShocks:
     """Shocks of every unit of one layer through its split (steps 1-4 of the module docstring)."""
     device = base.device
     sums = ShockSums(layer.n_units, metrics, device)
@@ -202,19 +168,14 @@ def _bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
         if isinstance(out, torch.Tensor):
             total[0] += out.numel() * out.element_size()
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            model(x1)
-    finally:
-        for h in handles:
-            h.remove()
+    leaves = [m for m in model.modules() if not list(m.children())]
+    with forward_hooks(dict.fromkeys(leaves, count)), torch.inference_mode():
+        model(x1)
     return total[0]
 
 
 @contextmanager
-def _block_clamps(lesions: list[Lesion], layers: dict[str, UnitLayer], refs: dict[str, torch.Tensor],
-                  p: int) -> Iterator[None]:
+def _block_clamps(lesions: list[Lesion], layers: dict[str, UnitLayer], refs: Refs, p: int) -> Iterator[None]:
     """Hooks for the expanded-input path: block k of the K*P rows gets lesion k's clamps."""
     def hook_for(name: str):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
@@ -223,31 +184,29 @@ def _block_clamps(lesions: list[Lesion], layers: dict[str, UnitLayer], refs: dic
             for k, lesion in enumerate(lesions):
                 idx = lesion.get(name)
                 if idx is not None and len(idx):
-                    shape = (-1, 1, 1) if out.dim() == 4 else (-1,)
-                    blocks[k][:, idx] = refs[name][idx].to(out.dtype).view(shape)
+                    blocks[k][:, idx] = per_unit(refs[name][idx].to(out.dtype), out)
             return out
         return hook
 
     names = {name for lesion in lesions for name in lesion}
-    handles = [layers[name].module.register_forward_hook(hook_for(name)) for name in names]
-    try:
+    with forward_hooks({layers[name].module: hook_for(name) for name in names}):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
-def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.Tensor],
-               lesions: list[Lesion], probe_x: torch.Tensor, metrics: list[str],
-               max_memory: int | None = None, base: torch.Tensor | None = None,
-               advance: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+def _rows(model: nn.Module, probe_x: torch.Tensor, max_memory: int | None) -> int:
+    """Rows (lesions x probe examples) of one forward that fit the memory budget."""
+    device = next(model.parameters()).device
+    return max(1, memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
+
+
+def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
+                 probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, max_memory: int | None = None,
+                 advance: Advance | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion (a set of units clamped at once): the
     expanded-input path, whole model on K*P rows."""
     device = next(model.parameters()).device
-    base = probe_logits(model, probe_x) if base is None else base
     by_name = {layer.name: layer for layer in layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
-    rows = max(1, memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
     sums = ShockSums(len(lesions), metrics, device)
 
     def work(rows: int) -> None:
@@ -264,44 +223,32 @@ def set_shocks(model: nn.Module, layers: list[UnitLayer], refs: dict[str, torch.
                 if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 
-    _with_backoff(rows, work)
+    _with_backoff(_rows(model, probe_x, max_memory), work)
     return sums.means(len(probe_x))
 
 
-def unit_shocks_fast(
-    model: nn.Module,
-    layers: list[UnitLayer],
-    refs: dict[str, torch.Tensor],
-    probe_x: torch.Tensor,
-    metrics: list[str],
-    max_memory: int | None = None,
-    max_k: int | None = None,
-    shortcut: bool | None = None,
-    advance: Callable[[int], None] | None = None,
-    base: torch.Tensor | None = None,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Shocks[metric][layer] `(n_units,)`, equal to lesion.unit_shocks (SPEC S4), faster.
+def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
+                base: torch.Tensor, max_memory: int | None = None, max_k: int | None = None,
+                shortcut: bool | None = None, advance: Advance | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)`, equal to the plain engine's (SPEC S4), faster.
 
     `max_k` caps the lesions per forward (tests sweep it); `shortcut` True/False forces the consumer
     shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays: for Linear
     readers, and for Conv2d readers on GPU only (on CPU a grouped one-channel convolution measured
-    2-3x slower than recomputing the dense consumer). `base` are the unlesioned probe logits `(P, C)`
-    when already computed.
+    2-3x slower than recomputing the dense consumer). `base`: the unlesioned probe logits `(P, C)`.
     """
     device = next(model.parameters()).device
     if shortcut is None:
         cut = SHORTCUT_TYPES if device.type == "cuda" else (nn.Linear,)
     else:
         cut = SHORTCUT_TYPES if shortcut else ()
-    base = probe_logits(model, probe_x) if base is None else base
-    budget = memory_budget(device, max_memory)
-    rows = max(1, budget // _bytes_per_row(model, probe_x[:1].to(device)))
+    rows = _rows(model, probe_x, max_memory)
     try:
         gm = trace(model)
     except SplitError as why:
         log.warning("%s; using the expanded-input path", why)
         gm = None
-    shocks: dict[str, dict[str, torch.Tensor]] = {m: {} for m in metrics}
+    shocks: Shocks = {m: {} for m in metrics}
     for layer in layers:
         per_metric = None
         if gm is not None:
@@ -313,7 +260,7 @@ def unit_shocks_fast(
                 log.warning("%s; using the expanded-input path for %s", why, layer.name)
         if per_metric is None:
             lesions = [{layer.name: torch.tensor([i])} for i in range(layer.n_units)]
-            per_metric = set_shocks(model, layers, refs, lesions, probe_x, metrics, budget, base, advance)
+            per_metric = joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)
         for m in metrics:
             shocks[m][layer.name] = per_metric[m]
     return shocks

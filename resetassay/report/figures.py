@@ -1,8 +1,9 @@
 """Report figures: seaborn PNGs drawn from a run's tables, one colour per utility in every figure (SPEC S5).
 
-Inputs are the per-checkpoint statistics of `resetassay.aggregate.checkpoint_stats` (bars,
-heatmap, lines over training step or q), the SummaryTable (per-layer Spearman) and the
-UnitTable (scatter). Error bars are standard errors over checkpoints and seeds.
+Inputs are the per-checkpoint statistics of `summary.checkpoint_stats` (bars, heatmap, lines over
+training step or q), the SummaryTable (per-layer Spearman) and the UnitTable (scatter). Error bars
+are standard errors over checkpoints and seeds. Figures are `matplotlib.figure.Figure`s on their own
+Agg canvas, never pyplot's, so drawing a report leaves a notebook's backend and figures alone.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ import itertools
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from resetassay.aggregate import with_checkpoint_info  # noqa: E402
-from resetassay.metrics import ALL  # noqa: E402
-from resetassay.utilities import ORACLE, utility_names  # noqa: E402
+from resetassay.names import ALL, ORACLE, UTILITY_ORDER, utility_order
+from resetassay.summary import with_checkpoint_info
 
 DPI = 100
 MARKERS = "os^Dv<>PX*"
@@ -31,40 +31,35 @@ LOG_SPAN = 100.0  # a positive axis spanning more than this factor is drawn on a
 
 def utility_palette(utilities: list[str]) -> dict[str, tuple]:
     """One colour per utility, fixed by the registry order so it is the same in every figure (oracle black)."""
-    names = [n for n in utility_names() if n != ORACLE]
+    names = [n for n in UTILITY_ORDER if n != ORACLE]
     colours = sns.color_palette("tab10" if len(names) <= 10 else "tab20", len(names))
     palette = {name: colours[i] for i, name in enumerate(names)}
     palette[ORACLE] = (0.0, 0.0, 0.0)
     return {u: palette.get(u, (0.5, 0.5, 0.5)) for u in utilities}
 
 
-def utility_order(utilities: object) -> list[str]:
-    """The utilities present, in registry order (unknown names last, as they come)."""
-    present = list(dict.fromkeys(utilities))
-    known = [u for u in utility_names() if u in present]
-    return known + [u for u in present if u not in known]
-
-
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=DPI)
-    plt.close(figure)
     return path
 
 
-def _panels(rows: int, cols: int, width: float, height: float) -> tuple[plt.Figure, np.ndarray]:
-    """A grid of axes with constrained layout (one layout pass at save time, no redraws)."""
-    return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
+def _panels(rows: int, cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A grid of axes with constrained layout, on an Agg canvas of its own: seaborn's heatmap draws the figure
+    to check its tick labels, which a bare Figure's canvas cannot (the PNGs are those pyplot drew)."""
+    figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, squeeze=False)
 
 
-def _utility_legend(figure: plt.Figure, utilities: list[str]) -> None:
+def _utility_legend(figure: Figure, utilities: list[str]) -> None:
     """One legend for the figure: a line per utility in its colour (the oracle dashed)."""
     palette = utility_palette(utilities)
-    handles = [plt.Line2D([], [], color=palette[u], lw=2, ls="--" if u == ORACLE else "-", label=u)
+    handles = [Line2D([], [], color=palette[u], lw=2, ls="--" if u == ORACLE else "-", label=u)
                for u in utilities]
     figure.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8, title="utility")
 
 
-def _log_y(ax: plt.Axes) -> None:
+def _log_y(ax: Axes) -> None:
     """Log y axis; minor ticks only where the axis spans less than LOG_SPAN (they cost time and add little)."""
     ax.set_yscale("log")
     low, high = ax.get_ylim()
@@ -72,7 +67,7 @@ def _log_y(ax: plt.Axes) -> None:
         ax.yaxis.set_minor_locator(NullLocator())
 
 
-def _rotate(ax: plt.Axes, size: int = 8) -> None:
+def _rotate(ax: Axes, size: int = 8) -> None:
     ax.tick_params(axis="x", rotation=45, labelsize=size)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
@@ -161,7 +156,7 @@ def utility_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame, stats: pd.Da
     if shock not in units:
         return None
     data = with_checkpoint_info(units[units["mature"].astype(bool)], checkpoints)
-    utilities = [u for u in utility_order(c for c in units.columns if c in utility_names())
+    utilities = [u for u in utility_order(c for c in units.columns if c in UTILITY_ORDER)
                  if u != ORACLE and data[u].notna().any()]
     if not utilities:
         return None
@@ -194,7 +189,7 @@ def utility_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame, stats: pd.Da
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(utilities):]:
         ax.set_visible(False)
-    handles = [plt.Line2D([], [], ls="", marker=markers[f], color="0.35", label=f) for f in families]
+    handles = [Line2D([], [], ls="", marker=markers[f], color="0.35", label=f) for f in families]
     figure.legend(handles=handles, title="family", loc="outside upper center", ncol=min(len(families), 6),
                   frameon=False, fontsize=8)
     return _save(figure, path)

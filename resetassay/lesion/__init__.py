@@ -1,0 +1,55 @@
+"""Lesions and their shocks (SPEC S4), by either engine with one signature.
+
+    shocks = unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine="fast")   # [metric][layer] (n,)
+    joint = joint_shocks(model, layers, refs, [{"layers.0.act": torch.tensor([3, 7])}], probe_x, ["l1"])
+
+`engine="plain"` is the reference (plain.py: one forward per lesion); `engine="fast"` gives the
+same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
+shortcut; split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
+has them already.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from resetassay.lesion import fast, plain
+from resetassay.lesion.shocks import probe_logits
+from resetassay.names import Engine
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.units import UnitLayer
+
+
+def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
+                *, engine: Engine = "fast", base: torch.Tensor | None = None, batch_size: int = 512,
+                max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
+                advance: Advance | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4).
+
+    Args:
+        model: in eval mode, on its device; `layers` resolved on it (`units.unit_layers`).
+        refs: the reference `(n_units,)` of every layer (SPEC S2), on the model's device.
+        probe_x: probe inputs `(P, ...)`; metrics: names from `names.METRICS`.
+        engine: "fast" or "plain" (same numbers to float rounding; tests hold them to 1e-6 relative).
+        base: the unlesioned probe logits `(P, C)`, computed here when None (in `batch_size` batches).
+        max_memory: bytes of activations per lesion chunk (fast); max_k caps lesions per forward (fast);
+            shortcut forces the consumer shortcut on/off (fast, default: where it pays).
+        advance: called with the number of lesions finished, for a progress bar.
+    """
+    base = probe_logits(model, probe_x, batch_size) if base is None else base
+    if engine == "plain":
+        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance)
+    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance)
+
+
+def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
+                 probe_x: torch.Tensor, metrics: list[str], *, engine: Engine = "fast",
+                 base: torch.Tensor | None = None, batch_size: int = 512, max_memory: int | None = None,
+                 advance: Advance | None = None) -> SetShocks:
+    """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped at
+    once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
+    base = probe_logits(model, probe_x, batch_size) if base is None else base
+    if engine == "plain":
+        return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance)
+    return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)

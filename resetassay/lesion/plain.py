@@ -1,0 +1,74 @@
+"""The plain lesion engine (SPEC S4): one full forward of the probe set per lesion, a hook clamping it.
+
+A lesion clamps unit i of a unit layer to its reference r_i on every probe example (every
+position for Conv), all parameters unchanged. This engine is the ground truth that every faster
+path is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from resetassay.hooks import forward_hooks
+from resetassay.lesion.shocks import mean_shocks, probe_logits
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.units import UnitLayer, per_unit
+
+
+@contextmanager
+def clamped(clamps: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Clamp units while inside: {module: (unit indices `(k,)`, values `(k,)`)} (SPEC S4).
+
+    The hook returns a fresh tensor, so no in-place op downstream can touch a cached one.
+    """
+    def hook_for(idx: torch.Tensor, values: torch.Tensor):
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[:, idx] = per_unit(values.to(out.dtype), out).expand_as(out[:, idx])
+            return out
+        return hook
+
+    with forward_hooks({m: hook_for(idx, v) for m, (idx, v) in clamps.items()}):
+        yield
+
+
+def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
+                base: torch.Tensor, batch_size: int = 512, advance: Advance | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)`: one lesion per unit, one forward per lesion."""
+    shocks = {m: {layer.name: torch.zeros(layer.n_units, dtype=torch.float64) for layer in layers}
+              for m in metrics}
+    for layer in layers:
+        for i in range(layer.n_units):
+            idx = torch.tensor([i], device=base.device)
+            with clamped({layer.module: (idx, refs[layer.name][idx])}):
+                lesioned = probe_logits(model, probe_x, batch_size)
+            for m, value in mean_shocks(base, lesioned, metrics).items():
+                shocks[m][layer.name][i] = value
+            if advance:
+                advance(1)
+    return shocks
+
+
+def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
+                 probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, batch_size: int = 512,
+                 advance: Advance | None = None) -> SetShocks:
+    """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
+    modules = {layer.name: layer.module for layer in layers}
+    out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
+    for k, lesion in enumerate(lesions):
+        clamps = {}
+        for name, idx in lesion.items():
+            if len(idx):
+                idx = idx.to(base.device)
+                clamps[modules[name]] = (idx, refs[name][idx])
+        with clamped(clamps):
+            lesioned = probe_logits(model, probe_x, batch_size)
+        for m, value in mean_shocks(base, lesioned, metrics).items():
+            out[m][k] = value
+        if advance:
+            advance(1)
+    return out

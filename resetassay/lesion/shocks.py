@@ -1,0 +1,82 @@
+"""Shock metrics (SPEC S4): per-example shocks, running sums over probe chunks, probe logits.
+
+The shock of a lesion is the mean over the probe set of how far the logits move: L1 of the
+logit difference, or KL(softmax(z) || softmax(z_lesioned)). Both engines compute them here,
+from the same perturbed logits, in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resetassay.errors import BadInputError
+from resetassay.names import METRICS
+
+
+def check_metrics(names: list[str]) -> list[str]:
+    """Validate `--metrics`; the message lists the valid names."""
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRICS)}",
+                            flag="--metrics")
+    return names
+
+
+def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-example shock `(P,)` between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4)."""
+    if metric == "l1":
+        return (z - z_lesioned).abs().sum(dim=1)
+    if metric == "kl":
+        log_p, log_q = F.log_softmax(z.double(), dim=1), F.log_softmax(z_lesioned.double(), dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str]) -> dict[str, float]:
+    """Shock per metric of one lesion: the mean over the probe set (SPEC S4)."""
+    return {m: example_shocks(z, z_lesioned, m).double().mean().item() for m in metrics}
+
+
+def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits `(P, C)` of the probe set, computed in batches on the model's device."""
+    if len(x) == 0:
+        raise BadInputError("the probe set is empty; raise --probe-size")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([model(xb.to(device)) for xb in torch.split(x, batch_size)])
+
+
+class BaseLogits:
+    """Unlesioned logits of one probe chunk, `(P, C)`, with what the shocks reuse, in float64."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z.double()
+        self.lse = torch.logsumexp(self.z, dim=1)
+        self.p = (self.z - self.lse.unsqueeze(1)).exp()
+
+
+class ShockSums:
+    """Running sums of per-example shocks, `(n_lesions,)` per metric, in float64 (SPEC S4)."""
+
+    def __init__(self, n: int, metrics: list[str], device: torch.device):
+        self.sums = {m: torch.zeros(n, dtype=torch.float64, device=device) for m in metrics}
+
+    def reset(self) -> None:
+        for s in self.sums.values():
+            s.zero_()
+
+    def add(self, first: int, base: BaseLogits, z_lesioned: torch.Tensor) -> None:
+        """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)`."""
+        zl = z_lesioned.double()
+        d = zl - base.z                                   # (K, P, C)
+        k = len(zl)
+        if "l1" in self.sums:
+            self.sums["l1"][first:first + k] += d.abs().sum(dim=(1, 2))
+        if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
+            kl = torch.logsumexp(zl, dim=2) - base.lse - (d * base.p).sum(dim=2)
+            self.sums["kl"][first:first + k] += kl.sum(dim=1)
+
+    def means(self, n_probe: int) -> dict[str, torch.Tensor]:
+        return {m: (s / n_probe).cpu() for m, s in self.sums.items()}

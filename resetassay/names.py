@@ -1,0 +1,56 @@
+"""The torch-free vocabulary of resetassay: utility, metric and scope names, tables and file names.
+
+`report/`, `check.py` and `rundir.py` read a run from its tables alone; they take every name
+from here, so reading a run never imports torch or captum (DESIGN "report/ ... reads tables only").
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ORACLE = "oracle"  # the measured shock itself used as a utility (SPEC S3)
+RANDOM = "random"  # seeded noise, the floor every utility should beat (SPEC S3)
+# The built-in utilities in registry order (SPEC S3): the order of report rows and of the colours.
+UTILITY_ORDER = ("activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd",
+                 "gxd_all", RANDOM, ORACLE)
+
+Metric = Literal["l1", "kl"]
+METRICS: tuple[str, ...] = get_args(Metric)  # shock metrics (SPEC S4)
+Engine = Literal["fast", "plain"]
+ENGINES: tuple[str, ...] = get_args(Engine)  # lesion engines (DESIGN "The lesion engine")
+ReferenceKind = Literal["calibration-mean", "stored", "zero"]
+REFERENCES: tuple[str, ...] = get_args(ReferenceKind)  # reset references (SPEC S2)
+
+ALL = "ALL"  # the pooled scope of a SummaryTable row (SPEC S5); other scopes are layer names
+SUMMARY_COLUMNS = [
+    "checkpoint", "utility", "metric", "scope", "n_units", "spearman", "shock_at_q",
+    "oracle_shock_at_q", "gap", "gap_ratio", "overlap", "joint_shock", "q", "note",
+]
+NOTE_COLUMNS = ["checkpoint", "utility", "layer", "reason"]
+FAILURE_COLUMNS = ["checkpoint", "path", "kind", "error"]
+
+# A run directory (DESIGN "Tables are the interface"; rundir.py reads and writes them).
+TABLES = ("units", "summary", "notes", "checkpoints")
+RUN_JSON = "run.json"
+FAILURES = "failures.csv"
+PARTS = "parts"
+
+# A checkpoint directory (DESIGN "Checkpoint format").
+MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.safetensors"
+
+
+def shock_column(metric: str) -> str:
+    """The UnitTable column of a shock metric: `shock_l1`, `shock_kl` (SPEC S4)."""
+    return f"shock_{metric}"
+
+
+def utility_column(utility: str, metric: str) -> str:
+    """The UnitTable column holding a utility's scores; the oracle's is the measured shock (SPEC S3)."""
+    return shock_column(metric) if utility == ORACLE else utility
+
+
+def utility_order(utilities: object) -> list[str]:
+    """The utilities present, built-in ones in registry order, others after them as they come."""
+    present = list(dict.fromkeys(utilities))
+    known = [u for u in UTILITY_ORDER if u in present]
+    return known + [u for u in present if u not in known]

@@ -1,0 +1,191 @@
+"""Render a run directory's report from its tables alone (SPEC S5): aggregate.csv, figures, report.md, report.html.
+
+Nothing here reruns a model: Shock@q at another q is recomputed from units.csv, but joint
+Shock@q exists only for the run's q. The aggregates (mean ± SE over checkpoints and seeds, per
+model family and training step) are computed once and feed aggregate.csv, the tables and the
+figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from resetassay.report import figures
+from resetassay.report.blocks import (
+    STEP_STATS,
+    Block,
+    checkpoint_rho_table,
+    family_table,
+    pivot_table,
+    provenance_table,
+    q_label,
+)
+from resetassay.report.html import html_document
+from resetassay.report.markdown import markdown_document
+from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
+from resetassay.summary import aggregate, checkpoint_stats, summary_at_q
+
+# Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed.
+OUTPUTS = ("aggregate.csv", "sweep.csv", "report.md", "report.html")
+FIGURES = ("shock_at_q", "spearman_heatmap", "scatter_l1", "scatter_kl", "shock_vs_step", "layer_spearman",
+           "shock_vs_q")
+
+
+FIGURE_CAPTIONS = {
+    "shock_at_q": "Shock@{q} per utility (bars: mean ± SE over checkpoints, log scale) against the oracle "
+                  "(dashed), which picks the units by their measured shock on the same layers: the lower and closer "
+                  "to the oracle, the less a reset by that utility damages the network (paper Figure 2).",
+    "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock, per checkpoint (rows coloured as the "
+                        "utilities in every figure).",
+    "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit, one panel per utility "
+                  "(markers: model family; log axes where the values span more than two decades).",
+    "scatter_kl": "Utility against the unit's KL shock, as above.",
+    "shock_vs_step": "Shock@{q} against training step (mean ± SE over seeds): does a utility degrade as the "
+                     "network ages? The oracle (dashed) covers every layer; a utility left out of some layers "
+                     "(see Not applicable) is pooled over fewer.",
+    "layer_spearman": "Spearman ρ within each unit layer (mean ± SE over checkpoints), input to output.",
+    "shock_vs_q": "Shock@q against q (recomputed from units.csv): how the damage grows with the fraction reset. "
+                  "The oracle (dashed) covers every layer.",
+}
+
+
+def _headline_text(tables: Tables, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
+    checkpoints = stats["checkpoint"].nunique()
+    families = stats["family"].nunique()
+    metrics = ", ".join(dict.fromkeys(stats["metric"]))
+    blocks = [Block("text", (
+        f"{checkpoints} checkpoint{'s' if checkpoints != 1 else ''} in {families} model "
+        f"famil{'ies' if families != 1 else 'y'}; shock metrics {metrics} (SPEC S4). Shock@{q_label(q)} resets, "
+        f"in every layer, the {q_label(q)} mature units with the lowest utility (SPEC S5); the oracle picks by "
+        "measured shock; gap = Shock@q − oracle Shock@q, ratio = Shock@q / oracle Shock@q; top-k overlap is the "
+        "share of the oracle's units a utility picks; joint Shock@q resets the whole selection at once. "
+        "Cells are mean ± standard error over checkpoints and seeds (n = checkpoints). "
+        "**Bold**: best value of the column within each metric (the oracle does not compete)."))]
+    if not math.isclose(q, base_q):
+        blocks.append(Block("text", (
+            f"Shock@{q_label(q)} is recomputed from units.csv (the run used q = {q_label(base_q)}); joint "
+            f"Shock@q is only measured at the run's q = {q_label(base_q)} (it needs the model), so it is n/a "
+            f"here. Rerun `resetassay run --q {q:g}` to measure it.")))
+    if "family" not in tables["checkpoints"]:
+        blocks.append(Block("text", "checkpoints.csv records no model family: all checkpoints are pooled."))
+    return blocks
+
+
+def report_blocks(tables: Tables, info: dict, stats: pd.DataFrame, by_family: pd.DataFrame, by_step: pd.DataFrame,
+                  sweep: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
+    """The whole report as blocks: headline tables per family (`by_family`), by training step (`by_step`), the q
+    sweep, per-checkpoint ρ, not-applicable notes, figures (`made`, relative to the run directory), provenance."""
+    blocks = [Block("h1", "resetassay report"), *_headline_text(tables, stats, q, base_q)]
+    for family, agg in by_family.groupby("family", sort=True):
+        ckpts = stats[stats["family"] == family]
+        steps = sorted(ckpts["step"].dropna().unique())
+        step_text = f", steps {', '.join(f'{s:g}' for s in steps)}" if steps else ""
+        n = ckpts["checkpoint"].nunique()
+        blocks.append(Block("h2", f"{family} ({n} checkpoint{'s' if n != 1 else ''}{step_text})"))
+        table, best = family_table(agg, q)
+        blocks.append(Block("table", table=table, best=best, keys=3))
+        family_steps = by_step[by_step["family"] == family]
+        if family_steps["step"].nunique() > 1:
+            blocks.append(Block("h3", "By training step"))
+            table, best = pivot_table(family_steps, "step", STEP_STATS, "{label} @ step {value:g} (n={n})", q)
+            blocks.append(Block("table", table=table, best=best, keys=2))
+        if sweep is not None:
+            blocks.append(Block("h3", "Shock@q sweep (recomputed from units.csv)"))
+            table, best = pivot_table(sweep[sweep["family"] == family], "q", ("shock_at_q", "gap_ratio"),
+                                      "{label} @ q={value:g}")
+            blocks.append(Block("table", table=table, best=best, keys=2))
+    blocks += [Block("h2", "Pooled Spearman ρ per checkpoint"),
+               Block("table", table=checkpoint_rho_table(stats), keys=4)]
+    notes = tables["notes"]
+    if len(notes):
+        blocks += [Block("h2", "Not applicable"),
+                   Block("text", "Utilities left out of a layer, and why (SPEC S3); pooled rows use the other layers."),
+                   Block("table", table=notes.drop_duplicates(["utility", "layer", "reason"])
+                         .drop(columns="checkpoint", errors="ignore").reset_index(drop=True), keys=3)]
+    blocks.append(Block("h2", "Figures"))
+    for path in made:
+        blocks.append(Block("figure", FIGURE_CAPTIONS[path.stem].format(q=q_label(q)), path=path))
+    blocks += _provenance_blocks(tables, info)
+    return blocks
+
+
+def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
+    versions = info.get("versions", {})
+    blocks = [Block("h2", "Provenance")]
+    if versions or "device" in info:
+        text = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        device = info.get("device", "not recorded")
+        blocks.append(Block("text", f"Packages: {text or 'not recorded'}; device: {device}."))
+    if "config" in info:
+        blocks += [Block("text", "Run config (run.json):"),
+                   Block("code", json.dumps(info["config"], indent=1, sort_keys=True))]
+    if len(tables["checkpoints"]):
+        blocks += [Block("text", "Checkpoints and the data each was assayed on: data source, task, permutation and "
+                                 "split seeds, calibration and probe sizes (SPEC S1)."),
+                   Block("table", table=provenance_table(tables["checkpoints"]), keys=3)]
+    return blocks
+
+
+def _figures(run_dir: Path, tables: Tables, stats: pd.DataFrame, sweep_stats: pd.DataFrame | None,
+             q: float) -> list[Path]:
+    """Draw every figure that the run's tables support; returns the files made."""
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    summary, units, checkpoints = tables["summary"], tables["units"], tables["checkpoints"]
+    made = [figures.shock_bars(stats, out / "shock_at_q.png", q_label(q)),
+            figures.spearman_heatmap(stats, out / "spearman_heatmap.png")]
+    made += [figures.utility_scatter(units, checkpoints, stats, metric, out / f"scatter_{metric}.png")
+             for metric in dict.fromkeys(summary["metric"])]
+    made += [figures.shock_vs_step(stats, out / "shock_vs_step.png", q_label(q)),
+             figures.layer_spearman(summary, checkpoints, out / "layer_spearman.png")]
+    if sweep_stats is not None:
+        made.append(figures.shock_vs_q(sweep_stats, out / "shock_vs_q.png"))
+    return [p for p in made if p is not None]
+
+
+def _remove_stale(run_dir: Path, written: list[Path]) -> None:
+    """Drop outputs of an earlier render that this one did not make (e.g. a sweep), so nothing stale remains."""
+    for path in [run_dir / name for name in OUTPUTS] + [run_dir / "figures" / f"{n}.png" for n in FIGURES]:
+        if path not in written and path.exists():
+            path.unlink()
+
+
+def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
+    """Write report.md, report.html, aggregate.csv and figures/ of a run directory from its tables alone.
+
+    `q`: the fractions for Shock@q (default: the run's own). The headline tables use the run's q
+    when listed, else the first value; more than one value adds a sweep (sweep.csv, a table per
+    family, figures/shock_vs_q.png). Returns the path of report.md.
+    """
+    run_dir = Path(run_dir)
+    tables = read_run(run_dir)
+    info = read_run_info(run_dir)
+    base_q = run_q(tables["summary"], info, run_dir)
+    qs = q or [base_q]
+    headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
+    summaries = {v: summary_at_q(tables["units"], tables["summary"], v, base_q) for v in qs}
+    stats = checkpoint_stats(summaries[headline_q], tables["checkpoints"])
+    written = [run_dir / "aggregate.csv", run_dir / "report.md", run_dir / "report.html"]
+    by_family = aggregate(stats, ["family", "q"])
+    by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
+    aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
+    atomic_write(run_dir / "aggregate.csv", write_table(aggregated))
+    sweep_stats, sweep = None, None
+    if len(qs) > 1:
+        sweep_stats = pd.concat([checkpoint_stats(s, tables["checkpoints"]) for s in summaries.values()],
+                                ignore_index=True)
+        sweep = aggregate(sweep_stats, ["family", "q"])
+        atomic_write(run_dir / "sweep.csv", write_table(sweep))
+        written.append(run_dir / "sweep.csv")
+    made = _figures(run_dir, tables, stats, sweep_stats, headline_q)
+    _remove_stale(run_dir, written + made)
+    blocks = report_blocks(tables, info, stats, by_family, by_step, sweep, [p.relative_to(run_dir) for p in made],
+                           headline_q, base_q)
+    atomic_write(run_dir / "report.md", markdown_document(blocks))
+    atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
+    return run_dir / "report.md"
+

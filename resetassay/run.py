@@ -1,0 +1,170 @@
+"""Many checkpoints in one run (DESIGN "Runs are resumable"): find, load, assay, resume, failures, provenance.
+
+`run_assay` assays every checkpoint under its paths with `assay.assay_checkpoint`. With `out` the
+run is resumable: each checkpoint's tables are saved into OUT/parts as it finishes (`rundir.RunParts`)
+under a key made of the run's identity (`run_identity`: what decides the numbers) and the
+checkpoint's files, so a rerun skips finished checkpoints and never mixes two configs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pandas as pd
+
+from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, resolve_device, versions
+from resetassay.checkpoint import find_checkpoints, import_factory, load_checkpoint
+from resetassay.data import DataSpec
+from resetassay.errors import BadInputError
+from resetassay.names import FAILURE_COLUMNS
+from resetassay.progress import Progress, rich_progress
+from resetassay.rundir import (
+    RunInterrupted,
+    RunParts,
+    Tables,
+    canonical_hash,
+    checkpoint_sha256,
+    file_sha256,
+    write_failures,
+)
+
+
+class CheckpointFailure(UserWarning):
+    """One checkpoint could not be assayed (a bad file, NaN/Inf logits); the run goes on without it."""
+
+
+def source_digest(root: Path = Path(__file__).parent) -> str:
+    """sha256 (12 hex digits) of resetassay's own source under `root`, subpackages included: a development
+    install changes numbers without changing its version."""
+    return canonical_hash({p.relative_to(root).as_posix(): file_sha256(p) for p in sorted(root.rglob("*.py"))})[:12]
+
+
+def run_identity(config: AssayConfig, inputs: dict) -> dict:
+    """What decides a run's numbers besides the checkpoints: the config with the device it resolves to, the
+    `inputs` (--model, --model-kwargs, --data), the package versions and a digest of resetassay's source."""
+    return {"config": {**asdict(config), "device": resolve_device(config.device).type}, "inputs": inputs,
+            "versions": {**versions(), "source": source_digest()}}
+
+
+def failure_row(name: str, path: Path, error: Exception) -> dict:
+    """One row of failures.csv: bad input (exit code 2) or a failure during the assay (exit code 1)."""
+    kind = "bad input" if isinstance(error, BadInputError) else "failure"
+    return {"checkpoint": name, "path": str(path), "kind": kind, "error": str(error)}
+
+
+def _seeds(config: AssayConfig, parts: dict[str, Tables]) -> dict:
+    """Every seed behind a run's numbers (run.json): the config's, and each checkpoint's training and data seeds."""
+    def seed(row: pd.Series, column: str) -> int | None:
+        value = row.get(column)
+        return None if value is None or pd.isna(value) else int(value)
+
+    rows = {name: tables["checkpoints"].iloc[0] for name, tables in parts.items() if len(tables["checkpoints"])}
+    return {
+        "calibration_probe_split": config.seed, "random_utility": config.seed,
+        "checkpoints": {name: {"training": seed(row, "train_seed"), "data_split": seed(row, "data_split_seed"),
+                               "permutation": seed(row, "data_permutation_seed")} for name, row in rows.items()},
+    }
+
+
+def run_assay(
+    paths: Iterable[str | Path],
+    config: AssayConfig | None = None,
+    *,
+    model: str | None = None,
+    model_kwargs: dict | None = None,
+    data: DataSpec | None = None,
+    progress: bool | Progress = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    note: Callable[[str], None] | None = None,
+    **overrides: object,
+) -> AssayResult:
+    """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
+
+    Args:
+        paths: checkpoint directories (searched recursively for manifest.json) or state-dict files.
+        config: the assay settings; `overrides` (any AssayConfig field, e.g. `utilities=["gxd"]`) replace
+            its fields, or those of the default `AssayConfig()`.
+        model, model_kwargs: `package.module:factory` and its kwargs, to build the model of plain state dicts.
+        data: the data of checkpoints that record none (or to override theirs).
+        progress: True for a rich bar, False for none, or a callback `progress(task, done, total)`.
+        out: a run directory: makes the run resumable and writes the tables, run.json and the report there.
+        overwrite: discard the checkpoints finished earlier in `out` (another config is refused otherwise).
+        note: called with one-line notes (e.g. how many finished checkpoints are skipped).
+
+    Returns:
+        An `AssayResult`: the tables of every finished checkpoint, in the order found; `failures` lists
+        the checkpoints left out, `provenance` the inputs, seeds and files' sha256.
+
+    Raises:
+        BadInputError: about the command (a path, the device, `model`, a flag such as `--layers`); finished
+            checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf logits) does
+            not raise: it is listed in `failures`, with a `CheckpointFailure` warning.
+        RunInterrupted: Ctrl-C, after saving what is finished (with `out`).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> result = ra.run_assay(["fixtures/relu_mlp"], utilities=["gxd", "activation"], metrics=["l1"],
+        ...                       progress=False)
+        >>> result
+        AssayResult(2 checkpoints, 384 units, 16 summary rows, 0 failed)
+    """
+    config = replace(config, **overrides) if config is not None else AssayConfig(**overrides)
+    paths = list(paths)
+    resolve_device(config.device)  # CUDA asked for but absent: refused before any work
+    if model is not None:
+        import_factory(model)  # likewise a --model that does not import
+    found = find_checkpoints(paths, foreign_ok=model is not None)
+    inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
+    identity = run_identity(config, inputs)
+    store = RunParts(out, identity, overwrite) if out is not None else None
+    sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
+    keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
+    parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
+    if parts and note is not None:
+        note(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
+             "(--overwrite assays them again)")
+    failures = []
+    try:
+        with rich_progress(progress is True) as bar:
+            report = bar if bar is not None else (progress if callable(progress) else None)
+            finished = len(parts)
+            if report:
+                report("checkpoints", finished, len(found))
+            for path, name in (item for item in found if item[1] not in parts):
+                try:
+                    result = assay_checkpoint(load_checkpoint(path, name, model, model_kwargs), config, data, report)
+                except (BadInputError, FloatingPointError) as err:
+                    if isinstance(err, BadInputError) and err.flag:
+                        kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
+                        raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
+                    failures.append(failure_row(name, path, err))
+                    warnings.warn(str(err), CheckpointFailure, stacklevel=2)
+                else:
+                    parts[name] = store.save(keys[name], result.tables()) if store else result.tables()
+                finished += 1
+                if report:
+                    report("checkpoints", finished, len(found))
+        result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
+        result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+        result.provenance = {
+            "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
+            "versions": identity["versions"], "seeds": _seeds(config, parts),
+            "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
+                             "finished": name in parts} for path, name in found],
+        }
+        if store is not None and parts:
+            result.save(out)
+        elif store is not None:
+            write_failures(out, result.failures)
+    except KeyboardInterrupt:
+        if store is None:
+            raise
+        saved = sum(store.has(key) for key in keys.values())
+        raise RunInterrupted(f"interrupted: {saved} of {len(found)} checkpoints saved in {out}; "
+                             "rerun the same command to resume") from None
+    return result

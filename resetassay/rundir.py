@@ -1,0 +1,264 @@
+"""The run directory OUT (DESIGN "Tables are the interface", "Runs are resumable"): its one reader and writer.
+
+    OUT/units.csv, summary.csv, notes.csv, checkpoints.csv   the tables of SPEC S5 (`write_run`, `read_run`)
+    OUT/run.json              config, inputs, versions, device, seeds, files' sha256 (`read_run_info`)
+    OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
+    OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
+    OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text (`RunParts.save`)
+
+Every file is written to a temporary `.<name>.*`, flushed and renamed (`atomic_write`): a killed
+run leaves finished files and at most a temporary one, which the next run deletes. Every table
+is read by `read_table`, so a value reads back as it was written (only empty cells are missing,
+floats exactly). Nothing here imports torch: report/ and check.py read runs without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from resetassay.errors import BadInputError
+from resetassay.names import FAILURE_COLUMNS, FAILURES, MANIFEST, PARTS, RUN_JSON, STATE, TABLES, WEIGHTS
+
+IDENTITY = "config.json"
+PART_FORMAT = "resetassay.part/1"
+MAY_BE_EMPTY = ("notes", "checkpoints")  # an in-memory model has no checkpoint info; most runs have no notes
+# pandas < 3 parses floats exactly only when asked; pandas 3 always does and deprecates the argument.
+EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+Tables = dict[str, pd.DataFrame]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a resumable run; the checkpoints finished before it are saved."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary `.<name>.*` file, flushed to disk, and a rename: a crash or a kill never leaves
+    half a file under `path`, and a failed write removes its temporary file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: pd.DataFrame) -> str:
+    """A table as csv text (missing values as empty cells, floats in shortest round-trip form)."""
+    return table.to_csv(index=False)
+
+
+def read_table(source: str | Path) -> pd.DataFrame:
+    """A table written by `write_table` (csv text, or a file holding it), read back to the same values: only
+    empty cells are missing, and floats parse exactly. An empty text is an empty table."""
+    buffer = io.StringIO(source) if isinstance(source, str) else source
+    try:
+        return pd.read_csv(buffer, keep_default_na=False, na_values=[""], **EXACT_FLOATS)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def canonical_hash(value: object) -> str:
+    """sha256 of `value` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(path: Path, foreign: bool) -> dict[str, str]:
+    """sha256 of each file loading `path` reads: a state-dict file, or a checkpoint directory's manifest,
+    weights and state (only the weights when `--model` builds the model)."""
+    if path.is_file():
+        return {path.name: file_sha256(path)}
+    names = (WEIGHTS,) if foreign else (MANIFEST, WEIGHTS, STATE)
+    return {name: file_sha256(path / name) for name in names if (path / name).is_file()}
+
+
+def write_run(out: str | Path, tables: Tables, info: dict) -> Path:
+    """Write the tables (csv, one per name in TABLES) and run.json into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        atomic_write(out / f"{name}.csv", write_table(tables[name]))
+    atomic_write(out / RUN_JSON, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    return out
+
+
+def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
+    """The tables `names` of a run directory; a missing, empty or unreadable one is a one-line error."""
+    run_dir = Path(run_dir)
+    tables = {}
+    for name in names:
+        path = run_dir / f"{name}.csv"
+        if not path.exists():
+            raise BadInputError(f"{path}: missing; is {run_dir} the --out of a `resetassay run`?")
+        try:
+            tables[name] = read_table(path)
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
+        if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
+            raise BadInputError(f"{path}: empty table; rerun the assay")
+    return tables
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    """run.json of a run directory (config, versions, device); {} when absent."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{path}: not valid JSON ({err.msg}); rerun the assay") from err
+
+
+def run_q(summary: pd.DataFrame, info: dict, path: Path) -> float:
+    """The q the run's summary.csv was computed at (SPEC S5)."""
+    q = summary["q"].dropna() if "q" in summary else pd.Series(dtype=float)
+    if len(q):
+        return float(q.iloc[0])
+    if "q" in info.get("config", {}):
+        return float(info["config"]["q"])
+    raise BadInputError(f"{path / 'summary.csv'}: no q recorded; rerun the assay")
+
+
+def write_failures(out: str | Path, failures: pd.DataFrame) -> None:
+    """failures.csv of a run directory when checkpoints failed; a stale one from an earlier run is removed."""
+    path = Path(out) / FAILURES
+    if len(failures):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write_table(failures.reindex(columns=FAILURE_COLUMNS)))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def failure_exit_code(failures: pd.DataFrame) -> int:
+    """0 when no checkpoint failed, 2 when one was bad input, else 1 (a failure during the assay)."""
+    if not len(failures):
+        return 0
+    return 2 if (failures["kind"] == "bad input").any() else 1
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _differences(old: dict | None, new: dict) -> str:
+    """What changed between two run identities (sections config, inputs, versions), e.g. "seed 0 -> 1"."""
+    if old is None:
+        return f"its {PARTS}/{IDENTITY} is missing or unreadable"
+    flat_old, flat_new = ({k: v for section in identity.values() if isinstance(section, dict)
+                           for k, v in section.items()} for identity in (old, new))
+    changed = [f"{k} {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in sorted(flat_old.keys() | flat_new.keys())
+               if flat_old.get(k) != flat_new.get(k)]
+    return "; ".join(changed) or "another config"
+
+
+@contextmanager
+def _interrupt_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (milliseconds), so a part is written and read back whole: pandas' csv
+    reader turns an interrupt inside it into a ParserError."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+
+
+class RunParts:
+    """The finished checkpoints of one run directory (OUT/parts), for one run identity (config, inputs,
+    device, versions).
+
+    Opening refuses a directory whose finished checkpoints were assayed with another identity, unless
+    `overwrite`, which discards them first.
+    """
+
+    def __init__(self, out: str | Path, identity: dict, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.parts = self.out / PARTS
+        self.identity = {**identity, "hash": canonical_hash(identity)}
+        if overwrite and self.parts.exists():
+            shutil.rmtree(self.parts)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        for temporary in self.parts.glob(".*"):  # left by a write that was killed
+            temporary.unlink()
+        stored = _read_json(self.parts / IDENTITY)
+        if self.count() and (stored or {}).get("hash") != self.hash:
+            raise BadInputError(
+                f"--out {self.out}: holds {self.count()} checkpoints assayed with another config "
+                f"({_differences(stored, self.identity)}); use another --out, or --overwrite to discard them",
+                flag="--out")
+        atomic_write(self.parts / IDENTITY, json.dumps(self.identity, indent=2, sort_keys=True, default=str) + "\n")
+
+    @property
+    def hash(self) -> str:
+        return self.identity["hash"]
+
+    def count(self) -> int:
+        """Finished checkpoints on disk (of any checkpoint set run with this directory)."""
+        return sum(1 for p in self.parts.glob("*.json") if p.name != IDENTITY)
+
+    def key(self, name: str, path: Path, sha256: dict[str, str]) -> str:
+        """The part name of checkpoint `name` at `path` with files `sha256`, under this run's identity."""
+        return canonical_hash({"run": self.hash, "checkpoint": name, "path": str(path), "files": sha256})
+
+    def has(self, key: str) -> bool:
+        """Whether the part `key` is on disk (complete, as every part under its final name)."""
+        return (self.parts / f"{key}.json").exists()
+
+    def load(self, key: str) -> Tables | None:
+        """The tables of a finished checkpoint; None when it is not finished (or its part is unreadable)."""
+        path = self.parts / f"{key}.json"
+        if not path.exists():
+            return None
+        part = _read_json(path) or {}
+        tables = part.get("tables") if isinstance(part.get("tables"), dict) else {}
+        if part.get("format") != PART_FORMAT or part.get("key") != key or not set(TABLES) <= set(tables):
+            warnings.warn(f"{path}: unreadable part; its checkpoint is assayed again", stacklevel=2)
+            path.unlink()
+            return None
+        with _interrupt_held():
+            return {name: read_table(tables[name]) for name in TABLES}
+
+    def save(self, key: str, tables: Tables) -> Tables:
+        """Write one finished checkpoint's tables atomically; returns them as a later `load` reads them."""
+        text = {name: write_table(tables[name]) for name in TABLES}
+        with _interrupt_held():
+            atomic_write(self.parts / f"{key}.json",
+                         json.dumps({"format": PART_FORMAT, "key": key, "tables": text}, indent=1) + "\n")
+            return {name: read_table(text[name]) for name in TABLES}

@@ -1,0 +1,132 @@
+"""The architecture holds (DESIGN): reading a run needs no torch, the run identity covers every source file,
+the public examples run, and the torch-free vocabulary matches the registries it mirrors."""
+
+from __future__ import annotations
+
+import doctest
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import resetassay
+import resetassay.assay
+import resetassay.run
+from resetassay.assay import AssayConfig
+from resetassay.names import METRICS, UTILITY_ORDER
+from resetassay.run import run_assay, source_digest
+from resetassay.utilities import utility_names
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "captum"):
+                raise ImportError(f"{name} is not importable in this test")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+""")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    run_assay([ROOT / "fixtures" / "relu_mlp"], utilities=["gxd", "activation", "oracle"], metrics=["l1"],
+              calib_size=64, probe_size=64, progress=False, out=out)
+    return out
+
+
+def test_report_check_and_rundir_read_a_run_with_torch_and_captum_unimportable(small_run: Path, tmp_path: Path):
+    script = BLOCK_TORCH + textwrap.dedent(f"""
+        import matplotlib
+        matplotlib.use("svg")  # a notebook's backend: rendering must not switch it
+        import resetassay, resetassay.report, resetassay.check, resetassay.rundir
+        from resetassay.check import check_run, make_baseline, write_baseline
+        tables = resetassay.rundir.read_run({str(small_run)!r})
+        resetassay.report.render({str(small_run)!r})
+        baseline, _ = make_baseline({str(small_run)!r})
+        write_baseline(baseline, {str(tmp_path / "baseline.json")!r})
+        comparisons, _ = check_run({str(small_run)!r}, {str(tmp_path / "baseline.json")!r})
+        assert all(c.passed for c in comparisons) and comparisons
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "captum")]
+        assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+        print("ok", len(tables["units"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok ")
+
+
+def test_torch_blocker_of_the_layering_test_does_block_torch():
+    """The test above would pass vacuously if the blocker let torch through."""
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import resetassay.assay"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode != 0 and "torch is not importable" in done.stderr
+
+
+def test_import_resetassay_loads_neither_torch_nor_matplotlib():
+    script = "import sys, resetassay; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'matplotlib'}))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_source_digest_covers_files_in_subpackages(tmp_path: Path):
+    """An edit under lesion/ changes the run identity, so resumed parts of the old code are not reused."""
+    copy = tmp_path / "resetassay"
+    shutil.copytree(Path(resetassay.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = source_digest(copy)
+    assert before == source_digest(Path(resetassay.__file__).parent)
+    with (copy / "lesion" / "fast.py").open("a") as f:
+        f.write("# an edit\n")
+    assert source_digest(copy) != before
+
+
+def test_the_torch_free_vocabulary_matches_the_registries():
+    assert list(UTILITY_ORDER) == utility_names()
+    assert set(METRICS) == {"l1", "kl"}
+
+
+def test_run_assay_applies_keyword_overrides_to_a_given_config(monkeypatch):
+    seen = {}
+
+    def fake(ckpt, config, data=None, progress=None):
+        seen["config"] = config
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(resetassay.run, "assay_checkpoint", fake)
+    with pytest.raises(KeyboardInterrupt):
+        run_assay([ROOT / "fixtures" / "relu_mlp" / "task1"], AssayConfig(seed=3, metrics=["l1"]), q=0.1,
+                  progress=False)
+    assert (seen["config"].seed, seen["config"].q, seen["config"].metrics) == (3, 0.1, ["l1"])
+
+
+@pytest.mark.parametrize("module", [resetassay.assay, resetassay.run])
+def test_public_api_examples_run(module, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0 and failed == 0
+
+
+def test_every_error_that_starts_with_a_flag_carries_it():
+    """A run stops on an error about the command (`BadInputError.flag`), not by reading its message: every
+    message that opens with a flag must also pass it as `flag=`."""
+    import ast
+
+    missing = []
+    for path in sorted(Path(resetassay.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "BadInputError" and node.args):
+                continue
+            first = node.args[0]
+            head = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
+            opens_with_flag = (isinstance(head, ast.Constant) and str(head.value).startswith("--")) or (
+                isinstance(head, ast.FormattedValue) and getattr(head.value, "id", None) == "flag")
+            if opens_with_flag and not any(k.arg == "flag" for k in node.keywords):
+                missing.append(f"{path.name}:{node.lineno}")
+    assert not missing
