@@ -26,8 +26,10 @@ from resetassay.lesion.shocks import check_metrics, probe_logits
 from resetassay.names import (
     ENGINES,
     FAILURE_COLUMNS,
+    MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
+    REFERENCES,
     TABLES,
     Engine,
     ReferenceKind,
@@ -67,12 +69,28 @@ class AssayConfig:
     max_memory: int | None = None
 
     def __post_init__(self) -> None:
+        for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
+            if not names:
+                raise BadInputError(f"{flag}: empty; name at least one", flag=flag)
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise BadInputError(f"{flag}: {', '.join(repeated)} given twice; name each once", flag=flag)
         check_utilities(self.utilities)
         check_metrics(self.metrics)
         if self.engine not in ENGINES:
             raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}", flag="--engine")
-        if not 0 < self.q <= 1:
+        if not 0 < self.q <= 1:  # False for NaN too
             raise BadInputError(f"--q {self.q}: must be in (0, 1]", flag="--q")
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--calib-size", self.calib_size, 1),
+                                 ("--probe-size", self.probe_size, 1), ("--maturity", self.maturity, 0),
+                                 ("--max-memory", self.max_memory, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise BadInputError(f"--seed {self.seed!r}: must be a whole number in [0, 2**32)", flag="--seed")
+        if self.reference not in REFERENCES:
+            raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
+                                flag="--reference")
 
 
 @dataclass
@@ -167,9 +185,15 @@ def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor]) -> None:
-    """Give each layer its stored ages and reference from a checkpoint's state (SPEC S1, S2)."""
+def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source: str = "the unit state") -> None:
+    """Give each layer its stored ages and reference from a checkpoint's state (SPEC S1, S2); a value with
+    another number of units than the layer is an error naming `source` (the state file) and the key."""
     for layer in layers:
+        for key in (f"{layer.name}.age", f"{layer.name}.reference"):
+            value = state.get(key)
+            if value is not None and tuple(value.shape) != (layer.n_units,):
+                raise BadInputError(f"{source}: {key} has shape {tuple(value.shape)}, but {layer.name} has "
+                                    f"{layer.n_units} units; regenerate the checkpoint")
         layer.ages = state.get(f"{layer.name}.age")
         layer.stored_reference = state.get(f"{layer.name}.reference")
 
@@ -243,7 +267,7 @@ def assay_model(
     probe_x, _ = _loader_tensors(probe)
     model = tap_unit_layers(model.to(device).eval(), calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
-    attach_state(found, state or {})
+    attach_state(found, state or {}, f"{name}/state.safetensors")
     maturity = config.maturity if config.maturity is not None else 0
 
     base = probe_logits(model, probe_x, config.batch_size)
@@ -306,7 +330,14 @@ def assay_checkpoint(
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
-    x, y = task_arrays(spec, "holdout")
+    try:
+        x, y = task_arrays(spec, "holdout")
+    except BadInputError as err:
+        if data is not None:
+            raise
+        # the checkpoint's own data record, not a flag the user gave: this checkpoint fails, the others go on
+        raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
+                            "record, or pass --data/--data-dir") from err
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         split: AssayData = split_calibration_probe(

@@ -31,6 +31,8 @@ examples of a batch, and these gradients include that coupling.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,16 +56,19 @@ class CBPConfig:
     maturity: int = 100
 
     def __post_init__(self) -> None:
+        def _number(value: object) -> bool:  # finite: NaN and Inf pass no range check (SPEC S7)
+            return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
         if self.utility not in ONLINE_UTILITIES:
             raise BadInputError(f"--utility {self.utility!r} cannot be tracked online; "
                                 f"choose from {', '.join(ONLINE_UTILITIES)}", flag="--utility")
-        if not 0 <= self.replacement_rate <= 1:
-            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be in [0, 1]",
+        if not _number(self.replacement_rate) or not 0 <= self.replacement_rate <= 1:
+            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be a number in [0, 1]",
                                 flag="--replacement-rate")
-        if not 0 <= self.decay < 1:
-            raise BadInputError(f"--decay {self.decay}: must be in [0, 1)", flag="--decay")
-        if self.maturity < 0:
-            raise BadInputError(f"--maturity {self.maturity}: must be >= 0", flag="--maturity")
+        if not _number(self.decay) or not 0 <= self.decay < 1:
+            raise BadInputError(f"--decay {self.decay}: must be a number in [0, 1)", flag="--decay")
+        if not isinstance(self.maturity, numbers.Integral) or isinstance(self.maturity, bool) or self.maturity < 0:
+            raise BadInputError(f"--maturity {self.maturity}: must be a whole number >= 0", flag="--maturity")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,13 +11,22 @@ absolute floors. `compare` checks a new run against it without rerunning a model
 - every floor holds: `min` (value >= min) or `max` (value <= max), families matched by glob.
 A run at another q is bad input; other config differences from the baseline's run are notes.
 
-File format (JSON, "resetassay.baseline/1"):
-    {"format": "resetassay.baseline/1", "q": 0.05,
+Nothing switches the gate off silently: tolerances, margins, floors and baseline values are finite
+numbers (NaN passes every comparison), and a run's NaN fails against a finite baseline value, also
+when it is in only some of a family's checkpoints (the mean over the others would hide it).
+
+File format (JSON, "resetassay.baseline/2"; "resetassay.baseline/1", the same without the
+`<stat>_n` and `<stat>_note` keys, is still read):
+    {"format": "resetassay.baseline/2", "q": 0.05,
      "source": {"run_dir": ..., "config": {...}, "versions": {...}},
      "rows": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "n": 2,
                "spearman": 0.984, "shock_at_q": 0.121, "gap": 0.001}, ...],
      "floors": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "stat": "spearman", "min": 0.9}]}
-Statistic values may be null (not gated).
+A statistic is a finite number or null. Null with `<stat>_note` (the reason from summary.csv's
+`note`) is a NaN the method defines (SPEC S5: e.g. a constant utility): the run passes with a NaN
+that has a reason, or with a value. Null without a note is not gated. `<stat>_n`, written when
+only some of the `n` checkpoints have a value (with `<stat>_note` saying why the others are NaN),
+lets the run lack a value in as many checkpoints as the baseline did.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -33,17 +43,19 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.names import RANDOM
-from resetassay.rundir import read_run, read_run_info, run_q
+from resetassay.names import ALL, RANDOM
+from resetassay.rundir import atomic_write, read_run, read_run_info, run_q
 from resetassay.summary import STATS, aggregate, checkpoint_stats
 
-FORMAT = "resetassay.baseline/1"
+FORMAT = "resetassay.baseline/2"
+READABLE = ("resetassay.baseline/1", FORMAT)  # /1 has no `<stat>_n`, `<stat>_note`: any NaN of the run fails
 GATED = ("spearman", "shock_at_q", "gap")
 KEYS = ("family", "utility", "metric")
 UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
 NOISE = 1e-4  # relative changes below this are float noise (engines, devices) and not listed as moved
 FLOOR = re.compile(r"^(?P<names>[^<>=]+?)\s*(?P<op>>=|<=)\s*(?P<value>\S+)$")
+SUMMARY_NEEDS = ("checkpoint", "utility", "metric", "scope", "spearman")  # columns the gate reads
 
 
 @dataclass
@@ -55,7 +67,7 @@ class Comparison:
     metric: str
     stat: str
     kind: str  # "baseline" or "floor"
-    reference: float  # the baseline value, or the floor
+    reference: float  # the baseline value (NaN: the method defines none, see `rule`), or the floor
     value: float  # the run's family mean (NaN when missing)
     limit: float  # the worst value that still passes
     bound: str  # "min": value >= limit passes; "max": value <= limit passes
@@ -72,16 +84,61 @@ class Comparison:
 
 
 def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
-    """Per (family, utility, metric): the mean over checkpoints of the pooled STATS, the run's q, run.json."""
+    """Per (family, utility, metric): the mean over checkpoints of the pooled STATS, the run's q, run.json.
+
+    Besides `n` (checkpoints) and `<stat>_n` (those with a value), `<stat>_note` says why the others are
+    NaN: the distinct parts of summary.csv's `note` of their pooled (ALL) rows ("" when none says).
+    """
     run_dir = Path(run_dir)
     tables = read_run(run_dir, ("summary", "checkpoints"))
+    summary, path = tables["summary"], run_dir / "summary.csv"
+    if summary.empty:
+        raise BadInputError(f"{path}: no rows (only a header); rerun the assay")
+    missing = [c for c in SUMMARY_NEEDS if c not in summary]
+    if missing:
+        raise BadInputError(f"{path}: no column {', '.join(missing)}; is it the summary.csv of a `resetassay run`?")
+    if not (summary["scope"] == ALL).any():
+        raise BadInputError(f"{path}: no pooled rows (scope {ALL}); rerun the assay")
     info = read_run_info(run_dir)
-    stats = checkpoint_stats(tables["summary"], tables["checkpoints"])
-    return aggregate(stats, ["family"]), run_q(tables["summary"], info, run_dir), info
+    stats = checkpoint_stats(summary, tables["checkpoints"])
+    return _with_notes(aggregate(stats, ["family"]), stats, summary), run_q(summary, info, run_dir), info
 
 
-def _number_or_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+def _with_notes(means: pd.DataFrame, stats: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """`means` with a `<stat>_note` column per STAT (see `family_means`)."""
+    keys = ["checkpoint", "utility", "metric"]
+    pooled = summary[summary["scope"] == ALL].reindex(columns=[*keys, "note"]).drop_duplicates(keys)
+    stats = stats.merge(pooled, on=keys, how="left")
+    found = {}
+    for key, group in stats.groupby(list(KEYS), sort=False, dropna=False):
+        for stat in STATS:
+            parts = [p.strip() for note in group.loc[group[stat].isna(), "note"].dropna() for p in str(note).split(";")]
+            found[(*key, stat)] = "; ".join(dict.fromkeys(p for p in parts if p))
+    out = means.copy()
+    for stat in STATS:
+        out[f"{stat}_note"] = [found.get((*(row[k] for k in KEYS), stat), "") for _, row in means.iterrows()]
+    return out
+
+
+def _run_stat(row: pd.Series, stat: str) -> tuple[float, int, int, str]:
+    """The run's family mean of `stat`, its checkpoints, how many of them have a value, and why the others do not."""
+    value = float(row[stat])
+    n = int(row["n"]) if not pd.isna(row.get("n", math.nan)) else 1
+    count = row.get(f"{stat}_n", math.nan)
+    count = int(count) if not pd.isna(count) else (0 if math.isnan(value) else n)
+    note = row.get(f"{stat}_note")
+    return value, n, count, note if isinstance(note, str) else ""
+
+
+def _nan_why(note: str) -> str:
+    return f"NaN: {note}" if note else "NaN"
+
+
+def _flag_number(value: float, flag: str) -> float:
+    """A tolerance or margin: a finite number >= 0 (a NaN would pass every comparison)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise BadInputError(f"{flag} {value}: must be a finite number >= 0", flag=flag)
+    return value
 
 
 def parse_floor(text: str) -> dict:
@@ -100,41 +157,58 @@ def parse_floor(text: str) -> dict:
         value = float(match["value"])
     except ValueError:
         raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number", flag="--floor") from None
+    if not math.isfinite(value):
+        raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a finite number", flag="--floor")
     return {"family": family, "utility": utility, "metric": metric, "stat": stat,
             "min" if match["op"] == ">=" else "max": value}
+
+
+def _baseline_row(r: pd.Series, run_dir: Path) -> dict | None:
+    """A baseline row from a run's family means; None when the run leaves every gated statistic NaN unexplained."""
+    n = int(r["n"])
+    row = {**{k: r[k] for k in KEYS}, "n": n}
+    for stat in GATED:
+        value, _, count, note = _run_stat(r, stat)
+        if math.isinf(value):
+            raise BadInputError(f"{run_dir / 'summary.csv'}: {r['family']} {r['utility']} {r['metric']} {stat} is "
+                                f"{value}; rerun the assay")
+        row[stat] = None if math.isnan(value) else value
+        if 0 < count < n:
+            row[f"{stat}_n"] = count
+        if count < n and note:
+            row[f"{stat}_note"] = note
+    return row if any(row[s] is not None or f"{s}_note" in row for s in GATED) else None
 
 
 def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: float = 0.02,
                   utilities: list[str] | None = None) -> tuple[dict, list[str]]:
     """A baseline from a run, and a note per floor left out because the run does not clear it by `margin`.
 
-    Rows cover `utilities` (default: every utility of the run except UNGATED_UTILITIES). Each
-    `--floor` is written once per matching family where the run's mean clears it by `margin`.
+    Rows cover `utilities` (default: every utility of the run except UNGATED_UTILITIES); a statistic the
+    method leaves NaN is written as null with its reason (module docstring). Each `--floor` is written once
+    per matching family where the run's mean clears it by `margin` and every checkpoint has a value.
     """
-    if margin < 0:
-        raise BadInputError(f"--margin {margin}: must be >= 0", flag="--margin")
+    _flag_number(margin, "--margin")
+    parsed = [(text, parse_floor(text)) for text in floors or []]
     means, q, info = family_means(run_dir)
     keep = utilities or [u for u in dict.fromkeys(means["utility"]) if u not in UNGATED_UTILITIES]
     unknown = sorted(set(keep) - set(means["utility"]))
     if unknown:
         raise BadInputError(f"--utilities: {', '.join(unknown)} not in the run; it has "
                             f"{', '.join(dict.fromkeys(means['utility']))}", flag="--utilities")
-    rows = []
-    for _, r in means[means["utility"].isin(keep)].iterrows():
-        values = {stat: _number_or_none(r[stat]) for stat in GATED}
-        if any(v is not None for v in values.values()):
-            rows.append({**{k: r[k] for k in KEYS}, "n": int(r["n"]), **values})
+    rows = [row for _, r in means[means["utility"].isin(keep)].iterrows() if (row := _baseline_row(r, Path(run_dir)))]
     written, skipped = [], []
-    for text in floors or []:
-        floor = parse_floor(text)
+    for text, floor in parsed:
         matches = _matching(means, floor)
         if matches.empty:
             skipped.append(f"--floor {text}: no (family, utility, metric) of the run matches")
         for _, r in matches.iterrows():
-            value = r[floor["stat"]]
+            value, n, count, note = _run_stat(r, floor["stat"])
             bound, limit = ("min", floor["min"]) if "min" in floor else ("max", floor["max"])
-            clears = value >= limit + margin if bound == "min" else value <= limit - margin
-            if clears:
+            if count < n:
+                skipped.append(f"--floor {text}: {r['family']} has no value in {n - count} of {n} checkpoints "
+                               f"({_nan_why(note)}); left out")
+            elif value >= limit + margin if bound == "min" else value <= limit - margin:
                 written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
             else:
                 skipped.append(f"--floor {text}: {r['family']} has {value:.4g}, not clear of {limit:g} by "
@@ -147,12 +221,41 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
     return baseline, skipped
 
 
-def write_baseline(baseline: dict, path: str | Path) -> Path:
-    """Write a baseline as indented JSON (stable key order, so regenerating it diffs cleanly)."""
+def output_path(path: str | Path, flag: str, example: str) -> Path:
+    """Refuse an output file that cannot be written (a folder, under a file, in a read-only folder) before any
+    work; `flag` names the option and `example` a file name for the hint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path}: is a directory; name a file, e.g. {path / example}", flag=flag)
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise BadInputError(f"{flag} {path}: {folder} is a file, not a folder; name a file in a folder", flag=flag)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag} {path}: cannot write in {folder} (permission denied); name a folder you can "
+                            "write", flag=flag)
     return path
+
+
+def _write(path: Path, text: str, flag: str, example: str) -> Path:
+    """Write `text` to `path` atomically (a crash never leaves half a file), creating its folder."""
+    output_path(path, flag, example)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text)
+    except (OSError, BadInputError) as err:
+        cause = err if isinstance(err, OSError) else err.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(err)
+        raise BadInputError(f"{flag} {path}: cannot write ({why}); free space or fix permissions and rerun",
+                            flag=flag) from err
+    return path
+
+
+def write_baseline(baseline: dict, path: str | Path) -> Path:
+    """Write a baseline as indented JSON (stable key order, so regenerating it diffs cleanly), atomically; refuse
+    one that `read_baseline` would refuse."""
+    path = output_path(path, "--output", "baseline.json")
+    validate_baseline(baseline, f"baseline for {path}")
+    return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "--output", "baseline.json")
 
 
 def _matching(means: pd.DataFrame, entry: dict) -> pd.DataFrame:
@@ -167,82 +270,138 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_row(entry: dict, where: str) -> None:
+    """A baseline row's `n` and statistics (module docstring); NaN and Infinity are refused."""
+    n = entry.get("n")
+    if n is not None and not (_is_count(n) and n >= 1):
+        raise BadInputError(f"{where}: 'n' must be a whole number >= 1 (checkpoints), got {n!r}")
+    if not any(s in entry for s in GATED):
+        raise BadInputError(f"{where}: {', '.join(GATED)} must be numbers or null")
+    for stat in GATED:
+        value, note, count = entry.get(stat), entry.get(f"{stat}_note"), entry.get(f"{stat}_n")
+        if value is not None and not _is_number(value):
+            raise BadInputError(f"{where}: {', '.join(GATED)} must be numbers or null; '{stat}' is {value!r}")
+        if value is not None and not math.isfinite(value):
+            raise BadInputError(f"{where}: '{stat}' is {value} (JSON NaN/Infinity), not a finite number; write a "
+                                f"number, or null with a '{stat}_note' where the method gives NaN")
+        if note is not None and not isinstance(note, str):
+            raise BadInputError(f"{where}: '{stat}_note' must be a string (why the run's {stat} is NaN)")
+        if count is not None and not (_is_count(count) and _is_count(n) and count <= n):
+            raise BadInputError(f"{where}: '{stat}_n' must be a whole number from 0 to 'n' (checkpoints with a "
+                                f"value), got {count!r}")
+
+
+def _check_floor(entry: dict, where: str) -> None:
+    """A floor's statistic and its one finite bound."""
+    if entry.get("stat") not in STATS:
+        raise BadInputError(f"{where}: 'stat' must be one of {', '.join(STATS)}")
+    given = [b for b in ("min", "max") if b in entry]
+    if len(given) != 1 or not _is_number(entry[given[0]]):
+        raise BadInputError(f"{where}: give exactly one number, 'min' or 'max'")
+    if not math.isfinite(entry[given[0]]):
+        raise BadInputError(f"{where}: '{given[0]}' is {entry[given[0]]} (JSON NaN/Infinity), not a finite number")
+
+
+def validate_baseline(baseline: object, where: str) -> dict:
+    """Check a baseline's structure and numbers; any defect is a BadInputError starting with `where` and
+    naming the entry."""
+    if not isinstance(baseline, dict) or baseline.get("format") not in READABLE:
+        found = baseline.get("format") if isinstance(baseline, dict) else type(baseline).__name__
+        raise BadInputError(f"{where}: format is {found!r}, expected {FORMAT!r} (or {READABLE[0]!r})")
+    q = baseline.get("q")
+    if not _is_number(q) or not 0 < q <= 1:  # NaN is refused here too
+        raise BadInputError(f"{where}: 'q' must be a number in (0, 1], got {q!r}")
+    if not baseline.get("rows") and not baseline.get("floors"):
+        raise BadInputError(f"{where}: no 'rows' and no 'floors': nothing to check")
+    for section, check in (("rows", _check_row), ("floors", _check_floor)):
+        entries = baseline.get(section, [])
+        if not isinstance(entries, list):
+            raise BadInputError(f"{where}: '{section}' must be a list")
+        for i, entry in enumerate(entries):
+            at = f"{where}: {section}[{i}]"
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS):
+                raise BadInputError(f"{at}: needs string 'family', 'utility' and 'metric'")
+            check(entry, at)
+    return baseline
+
+
 def read_baseline(path: str | Path) -> dict:
     """Read and validate a baseline file; any defect is a BadInputError naming the file and the entry."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such baseline file; write one with `resetassay baseline RUN_DIR -o {path}`")
     try:
-        baseline = json.loads(path.read_text())
+        baseline = json.loads(path.read_text())  # NaN and Infinity literals read as floats, refused below
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: not valid JSON ({err}); regenerate it with `resetassay baseline`") from err
-    if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
-        found = baseline.get("format") if isinstance(baseline, dict) else type(baseline).__name__
-        raise BadInputError(f"{path}: format is {found!r}, expected {FORMAT!r}")
-    q = baseline.get("q")
-    if not _is_number(q) or not 0 < q <= 1:
-        raise BadInputError(f"{path}: 'q' must be a number in (0, 1], got {q!r}")
-    if not baseline.get("rows") and not baseline.get("floors"):
-        raise BadInputError(f"{path}: no 'rows' and no 'floors': nothing to check")
-    for section, stats, bounds in (("rows", GATED, ()), ("floors", ("stat",), ("min", "max"))):
-        entries = baseline.get(section, [])
-        if not isinstance(entries, list):
-            raise BadInputError(f"{path}: '{section}' must be a list")
-        for i, entry in enumerate(entries):
-            where = f"{path}: {section}[{i}]"
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS):
-                raise BadInputError(f"{where}: needs string 'family', 'utility' and 'metric'")
-            if section == "rows":
-                bad = [s for s in stats if s in entry and entry[s] is not None and not _is_number(entry[s])]
-                if bad or not any(s in entry for s in stats):
-                    raise BadInputError(f"{where}: {', '.join(stats)} must be numbers or null")
-            else:
-                if entry.get("stat") not in STATS:
-                    raise BadInputError(f"{where}: 'stat' must be one of {', '.join(STATS)}")
-                given = [b for b in bounds if b in entry]
-                if len(given) != 1 or not _is_number(entry[given[0]]):
-                    raise BadInputError(f"{where}: give exactly one number, 'min' or 'max'")
-    return baseline
+    return validate_baseline(baseline, str(path))
 
 
 def _compare(entry: dict, stat: str, kind: str, reference: float, limit: float, bound: str, rule: str,
-             run_row: pd.Series | None) -> Comparison:
-    value = math.nan if run_row is None else float(run_row[stat])
+             run_row: pd.Series | None, may_lack: int = 0) -> Comparison:
+    """One rule on the run's value; `may_lack` checkpoints of the family may have no value (as in the baseline)."""
     if run_row is None:
-        reason = "not in the run"
-    elif math.isnan(value):
-        reason = "no value in the run (NaN)"
-    elif (value < limit) if bound == "min" else (value > limit):
-        reason = f"{value:.4g} {'<' if bound == 'min' else '>'} {limit:.4g} ({rule})"
+        value, reason = math.nan, "not in the run"
     else:
-        reason = ""
+        value, n, count, note = _run_stat(run_row, stat)
+        if math.isnan(value):
+            reason = f"no value in the run ({_nan_why(note)})"
+        elif math.isinf(value):
+            reason = f"no finite value in the run ({value})"
+        elif n - count > may_lack:
+            reason = (f"no value in {n - count} of {n} checkpoints ({_nan_why(note)}); the mean of the others "
+                      f"does not count" + (f" (the baseline allows {may_lack})" if may_lack else ""))
+        elif (value < limit) if bound == "min" else (value > limit):
+            reason = f"{value:.4g} {'<' if bound == 'min' else '>'} {limit:.4g} ({rule})"
+        else:
+            reason = ""
     return Comparison(entry["family"], entry["utility"], entry["metric"], stat, kind, reference, value, limit,
                       bound, rule, reason)
+
+
+def _compare_nan(entry: dict, stat: str, note: str, run_row: pd.Series | None) -> Comparison:
+    """A statistic the method leaves NaN in the baseline (null with a reason): the run passes with a value, or
+    with a NaN that has a reason in its summary.csv."""
+    if run_row is None:
+        value, reason = math.nan, "not in the run"
+    else:
+        value, _, _, run_note = _run_stat(run_row, stat)
+        reason = "no value in the run (NaN) and no reason in its summary.csv note" if (
+            math.isnan(value) and not run_note) else ""
+    return Comparison(entry["family"], entry["utility"], entry["metric"], stat, "baseline", math.nan, value,
+                      math.nan, "min", f"NaN allowed ({note})", reason)
 
 
 def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
             rel_tolerance: float = 0.10) -> list[Comparison]:
     """Every gated baseline statistic and every floor against the run's family means (rules: module docstring)."""
-    if tolerance < 0:
-        raise BadInputError(f"--tolerance {tolerance}: must be >= 0", flag="--tolerance")
-    if rel_tolerance < 0:
-        raise BadInputError(f"--rel-tolerance {rel_tolerance}: must be >= 0", flag="--rel-tolerance")
+    _flag_number(tolerance, "--tolerance")
+    _flag_number(rel_tolerance, "--rel-tolerance")
     index = {tuple(r[k] for k in KEYS): r for _, r in means.iterrows()}
     out = []
     for entry in baseline.get("rows", []):
         run_row = index.get(tuple(entry[k] for k in KEYS))
         base = {s: entry.get(s) for s in GATED}
-        if base["spearman"] is not None:
-            out.append(_compare(entry, "spearman", "baseline", base["spearman"], base["spearman"] - tolerance,
-                                "min", f"drop ≤ {tolerance:g}", run_row))
-        if base["shock_at_q"] is not None:
-            out.append(_compare(entry, "shock_at_q", "baseline", base["shock_at_q"],
-                                base["shock_at_q"] * (1 + rel_tolerance), "max",
-                                f"rise ≤ {rel_tolerance:g} × baseline", run_row))
-        if base["gap"] is not None:
-            scale = base["shock_at_q"] if base["shock_at_q"] is not None else base["gap"]
-            out.append(_compare(entry, "gap", "baseline", base["gap"], base["gap"] + rel_tolerance * scale, "max",
-                                f"rise ≤ {rel_tolerance:g} × baseline Shock@q", run_row))
+        for stat in GATED:
+            reference = base[stat]
+            if reference is None:
+                if entry.get(f"{stat}_note"):
+                    out.append(_compare_nan(entry, stat, entry[f"{stat}_note"], run_row))
+                continue
+            if stat == "spearman":
+                limit, bound, rule = reference - tolerance, "min", f"drop ≤ {tolerance:g}"
+            elif stat == "shock_at_q":
+                limit, bound, rule = reference * (1 + rel_tolerance), "max", f"rise ≤ {rel_tolerance:g} × baseline"
+            else:
+                scale = base["shock_at_q"] if base["shock_at_q"] is not None else reference
+                limit, bound = reference + rel_tolerance * scale, "max"
+                rule = f"rise ≤ {rel_tolerance:g} × baseline Shock@q"
+            may_lack = entry["n"] - entry[f"{stat}_n"] if f"{stat}_n" in entry else 0
+            out.append(_compare(entry, stat, "baseline", reference, limit, bound, rule, run_row, may_lack))
     for floor in baseline.get("floors", []):
         bound = "min" if "min" in floor else "max"
         rule = f"{'≥' if bound == 'min' else '≤'} {floor[bound]:g}"
@@ -258,28 +417,61 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
 def config_differences(run_config: dict, baseline_config: dict) -> list[str]:
     """Settings that change the numbers (not NUMERICALLY_NEUTRAL) where a run differs from its baseline's run."""
     keys = sorted((set(run_config) | set(baseline_config)) - set(NUMERICALLY_NEUTRAL))
-    return [f"{key}: run {run_config.get(key)!r}, baseline {baseline_config.get(key)!r}" for key in keys
+    return [f"config differs from the baseline's run: {key}: run {run_config.get(key)!r}, baseline "
+            f"{baseline_config.get(key)!r}" for key in keys
             if key in run_config and key in baseline_config and run_config[key] != baseline_config[key]]
+
+
+def fewer_checkpoints(means: pd.DataFrame, baseline: dict) -> list[str]:
+    """One line per family where the run has fewer checkpoints than a baseline row's `n` (a note, not a failure:
+    its means are over fewer checkpoints)."""
+    index = {tuple(r[k] for k in KEYS): int(r["n"]) for _, r in means.iterrows()}
+    fewer: dict[str, tuple[int, int]] = {}
+    for entry in baseline.get("rows", []):
+        run_n, base_n = index.get(tuple(entry[k] for k in KEYS)), entry.get("n")
+        if run_n is not None and base_n is not None and run_n < base_n:
+            k, n = fewer.get(entry["family"], (run_n, base_n))
+            fewer[entry["family"]] = (min(k, run_n), max(n, base_n))
+    return [f"{family} has {k} checkpoints in the run and {n} in the baseline (the run's means are over fewer)"
+            for family, (k, n) in fewer.items()]
+
+
+def _shared_families(means: pd.DataFrame, baseline: dict, summary: Path, baseline_path: str | Path) -> None:
+    """Refuse a run none of whose model families the baseline names (every comparison would be "not in the run")."""
+    run = sorted(set(means["family"]))
+    wanted = sorted({e["family"] for e in [*baseline.get("rows", []), *baseline.get("floors", [])]})
+    if not any(fnmatch.fnmatchcase(str(f), p) for f in run for p in wanted):
+        raise BadInputError(f"{summary}: none of its model families ({', '.join(map(str, run))}) is in "
+                            f"{baseline_path} ({', '.join(wanted)}); check it against its own models' baseline, or "
+                            "write one with `resetassay baseline`")
 
 
 def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float = 0.02, rel_tolerance: float = 0.10,
               junit: str | Path | None = None) -> tuple[list[Comparison], list[str]]:
-    """Compare a run directory with a baseline file; optionally write JUnit XML. Refuses a run at another q.
+    """Compare a run directory with a baseline file; optionally write JUnit XML. Refuses a run at another q, or
+    of none of the baseline's families; flags and `junit` are checked before anything is read.
 
-    Returns the comparisons and the config differences from the baseline's run (a note, not a failure).
+    Returns the comparisons and notes (not failures): config differences from the baseline's run, and families
+    with fewer checkpoints than in the baseline.
     """
+    _flag_number(tolerance, "--tolerance")
+    _flag_number(rel_tolerance, "--rel-tolerance")
+    if junit is not None:
+        output_path(junit, "--junit", "check.xml")
     baseline = read_baseline(baseline_path)
     means, q, info = family_means(run_dir)
+    summary = Path(run_dir) / "summary.csv"
     if not math.isclose(q, baseline["q"]):
-        raise BadInputError(f"{Path(run_dir) / 'summary.csv'}: q = {q:g}, but {baseline_path} was written at "
+        raise BadInputError(f"{summary}: q = {q:g}, but {baseline_path} was written at "
                             f"q = {baseline['q']:g}; rerun with --q {baseline['q']:g} or write a new baseline")
+    _shared_families(means, baseline, summary, baseline_path)
     comparisons = compare(means, baseline, tolerance, rel_tolerance)
     if junit is not None:
-        Path(junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit).write_text(junit_xml(comparisons))
+        _write(Path(junit), junit_xml(comparisons), "--junit", "check.xml")
     source = baseline.get("source", {})
-    return comparisons, config_differences(info.get("config", {}), source.get("config", {}) if isinstance(
+    differences = config_differences(info.get("config", {}), source.get("config", {}) if isinstance(
         source, dict) else {})
+    return comparisons, differences + fewer_checkpoints(means, baseline)
 
 
 def _fmt(value: float) -> str:
@@ -287,20 +479,22 @@ def _fmt(value: float) -> str:
 
 
 def diff_table(comparisons: list[Comparison], show_all: bool = False) -> str:
-    """Plain-text table: failures first, then passes whose value moved by more than NOISE (relative);
+    """Plain-text table: failures first (with why), then passes whose value moved by more than NOISE (relative);
     the others only with `show_all`."""
     def changed(c: Comparison) -> bool:
+        if math.isnan(c.value) and math.isnan(c.reference):
+            return False
         return c.kind == "baseline" and not math.isclose(c.value, c.reference, rel_tol=NOISE, abs_tol=1e-12)
 
     shown = ([c for c in comparisons if not c.passed] + [c for c in comparisons if c.passed and changed(c)]
              + ([c for c in comparisons if c.passed and not changed(c)] if show_all else []))
-    header = ("status", "family", "utility", "metric", "stat", "baseline", "run", "change", "limit", "rule")
+    header = ("status", "family", "utility", "metric", "stat", "baseline", "run", "change", "limit", "rule / why")
     rows = [header]
     for c in shown:
         delta = c.value - c.reference if c.kind == "baseline" and not math.isnan(c.value) else math.nan
         rows.append(("FAIL" if not c.passed else "ok", c.family, c.utility, c.metric, c.stat + (" floor" if
                      c.kind == "floor" else ""), _fmt(c.reference), _fmt(c.value),
-                     "" if math.isnan(delta) else f"{delta:+.3g}", _fmt(c.limit), c.rule))
+                     "" if math.isnan(delta) else f"{delta:+.3g}", _fmt(c.limit), c.reason or c.rule))
     failed = sum(not c.passed for c in comparisons)
     moved = sum(c.passed and changed(c) for c in comparisons)
     footer = (f"{len(comparisons)} comparisons: {len(comparisons) - failed} passed "

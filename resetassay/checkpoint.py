@@ -5,20 +5,37 @@ A checkpoint directory holds `manifest.json`, `model.safetensors` and optionally
 Loading never runs code from the files: tensors come from safetensors or `torch.load(...,
 weights_only=True)`, and a manifest may only name a factory of the resetassay zoo. Other
 factories run only when the user names them with `--model`.
+
+Loading reads every file once and keeps the sha256 of the bytes it loaded (`Checkpoint.sha256`), so a
+file replaced meanwhile can never be filed under another file's hash. Saving writes a whole directory
+beside the target and renames it into place, so a reader or a crash never sees old and new files mixed.
+
+The manifest is checked against `MANIFEST_SCHEMA`, a small table of fields and tests written here rather
+than a pydantic model: a dozen fields do not need a dependency, and each error line reads as the README
+promises (`C/manifest.json: step.task must be an integer >= 0, got -1; regenerate the checkpoint`). The
+fields of "data" are checked by `DataSpec` itself, so a spec built from the command line is checked too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
 import json
+import os
+import reprlib
+import shutil
 import sys
+import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from glob import escape
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from resetassay.data import DataSpec
@@ -29,6 +46,46 @@ from resetassay.names import MANIFEST, STATE, WEIGHTS
 FORMAT = "resetassay.checkpoint/1"
 ZOO_MODULE = "resetassay.models"
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")
+STATE_KINDS = ("age", "reference", "utility")  # state.safetensors keys: "<layer>.<kind>" (SPEC S1, S2)
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}  # what json.loads can return besides an object
+REAL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+               torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One manifest field: what its value must be (for the error line), the test, and an object's own fields."""
+
+    must: str
+    ok: Callable[[object], bool]
+    required: bool = False
+    fields: dict[str, Field] | None = None  # checked when the value passes `ok`
+    closed: bool = False                    # no keys but `fields`
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass, and not a count
+
+
+OBJECT = ("an object", lambda v: isinstance(v, dict))
+COUNT = Field("an integer >= 0", _count)
+# The fields of manifest.json; "format" is checked first, with its own message (another version has another schema).
+MANIFEST_SCHEMA: dict[str, Field] = {
+    "format": Field(repr(FORMAT), lambda v: v == FORMAT, required=True),
+    "model": Field(*OBJECT, required=True, closed=True, fields={
+        "factory": Field("a string", lambda v: isinstance(v, str), required=True),
+        "kwargs": Field(*OBJECT),
+    }),
+    "step": Field(*OBJECT, closed=True, fields={"task": COUNT, "epoch": COUNT, "step": COUNT}),
+    "data": Field("an object or null", lambda v: v is None or isinstance(v, dict)),  # fields: DataSpec.from_dict
+    "unit_layers": Field("a list of strings", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v)),
+    "meta": Field(*OBJECT, fields={  # free-form; these are read by the assay
+        "family": Field("a string", lambda v: isinstance(v, str)),
+        "maturity": COUNT,
+        "seed": Field("an integer", lambda v: type(v) is int),
+    }),
+}
 
 
 @dataclass
@@ -50,11 +107,13 @@ class CheckpointInfo:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model in eval mode, its info and its per-unit state."""
+    """A loaded checkpoint: the model in eval mode, its info, its per-unit state, and the sha256 of the bytes
+    it was loaded from, per file name (the names `rundir.checkpoint_sha256` gives)."""
 
     model: nn.Module
     info: CheckpointInfo
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 def save_checkpoint(
@@ -69,9 +128,8 @@ def save_checkpoint(
     state: dict[str, torch.Tensor] | None = None,
     unit_layers: list[str] | None = None,
 ) -> Path:
-    """Write a checkpoint directory; byte-identical for identical inputs."""
+    """Write a checkpoint directory whole (`_replace_directory`); byte-identical for identical inputs."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     name = factory.rsplit(":", 1)[-1]
     manifest = {
         "format": FORMAT,
@@ -81,19 +139,79 @@ def save_checkpoint(
         "unit_layers": unit_layers or [],
         "meta": {"family": model_family(name, kwargs), **(meta or {})},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, directory / WEIGHTS)
+    files = {
+        MANIFEST: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+        WEIGHTS: save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}),
+    }
     if state:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / STATE)
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files[STATE] = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    _replace_directory(directory, files)
     return directory
+
+
+def _replace_directory(directory: Path, files: dict[str, bytes]) -> None:
+    """Make `directory` hold exactly `files`, all or nothing.
+
+    They are written into a temporary sibling `.<name>.tmp-*` and flushed to disk; an existing checkpoint is
+    renamed aside to `.<name>.old-*`, the new one renamed into place and the old one deleted. A crash leaves
+    the old checkpoint or the new one (or, between the two renames, neither), never a mix, plus hidden
+    leftovers that `find_checkpoints` skips and the next save under this name deletes. A directory holding
+    anything but checkpoint files is never replaced.
+    """
+    target = Path(os.path.realpath(directory))
+    if target.exists() and not target.is_dir():
+        raise BadInputError(f"{directory}: is a file, not a checkpoint directory; save the checkpoint elsewhere")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in (MANIFEST, WEIGHTS, STATE)) \
+        if target.is_dir() else []
+    if foreign:
+        raise BadInputError(f"{directory}: holds {', '.join(map(_shown, foreign[:5]))}, not only a checkpoint; "
+                            "save the checkpoint elsewhere")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        for name, raw in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_directory(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(target, old)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # if this fails, the next save deletes it
+        else:
+            os.rename(tmp, target)
+        _fsync_directory(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for kind in ("tmp", "old"):  # left by an interrupted save
+        for leftover in target.parent.glob(f".{escape(target.name)}.{kind}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Flush a directory's entries (new names, renames) to disk; POSIX only (Windows cannot open a folder)."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[tuple[Path, str]]:
     """Checkpoints under `paths` (searched recursively) as (path, display name), sorted.
 
     A directory with a manifest is a checkpoint; with `foreign_ok` (a `--model` was given),
-    plain state-dict files count too.
+    plain state-dict files count too. Hidden files and directories below a path (".*", such as the
+    leftovers of an interrupted `save_checkpoint`) are skipped.
     """
     found: list[tuple[Path, str]] = []
     for raw in paths:
@@ -106,9 +224,9 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
                 raise BadInputError(f"{root}: a plain state dict needs --model package.module:factory")
             found.append((root, str(root.relative_to(base))))
             continue
-        hits = [m.parent for m in root.rglob(MANIFEST)]
+        hits = [m.parent for m in root.rglob(MANIFEST) if _visible(m, root)]
         if foreign_ok:
-            hits += [p for p in root.rglob("*") if p.suffix in STATE_DICT_SUFFIXES
+            hits += [p for p in root.rglob("*") if p.suffix in STATE_DICT_SUFFIXES and _visible(p, root)
                      and not (p.parent / MANIFEST).exists()]
         if not hits:
             raise BadInputError(f"{root}: no checkpoint found (no {MANIFEST} below it)")
@@ -119,21 +237,80 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
     return found
 
 
-def _read_manifest(directory: Path) -> dict:
-    path = directory / MANIFEST
-    if not path.exists():
-        raise BadInputError(f"{path}: missing; a checkpoint directory needs a manifest")
+def _visible(path: Path, root: Path) -> bool:
+    """No file or folder from `root` down to `path` is hidden (".*")."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as `Type: first line` (torch's messages can run to a C++ stack trace)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+
+
+def _shown(name: str) -> str:
+    """A key for an error line: as it is, or quoted when it holds line breaks or other unprintable characters."""
+    return name if name.isprintable() else repr(name)
+
+
+def _read(path: Path, missing: str = "no such file") -> bytes:
+    """The bytes of a file, read once; any failure is a one-line error naming it."""
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"{path}: malformed JSON ({err}); regenerate the checkpoint") from err
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise BadInputError(f"{path}: {missing}") from err
+    except IsADirectoryError as err:
+        raise BadInputError(f"{path}: is a directory, not a file") from err
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read it ({err.strerror or err})") from err
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _check_fields(value: dict, schema: dict[str, Field], closed: bool, prefix: str, path: Path) -> None:
+    """Check an object against `schema` (recursively); the first bad field is a one-line error naming it."""
+    for key in value:
+        if closed and key not in schema:
+            raise BadInputError(f"{path}: unknown field {_shown(prefix + key)} (expected "
+                                f"{', '.join(prefix + k for k in schema)}); regenerate the checkpoint")
+    for key, spec in schema.items():
+        if key not in value:
+            if spec.required:
+                raise BadInputError(f"{path}: {prefix}{key} is missing; regenerate the checkpoint")
+            continue
+        if not spec.ok(value[key]):
+            raise BadInputError(f"{path}: {prefix}{key} must be {spec.must}, got {reprlib.repr(value[key])}; "
+                                "regenerate the checkpoint")
+        if spec.fields is not None:
+            _check_fields(value[key], spec.fields, spec.closed, f"{prefix}{key}.", path)
+
+
+def _parse_manifest(raw: bytes, path: Path) -> tuple[dict, DataSpec | None]:
+    """The manifest in `raw`, checked field by field (`MANIFEST_SCHEMA`), and the data spec it records."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                            "regenerate the checkpoint") from err
+    except RecursionError as err:
+        raise BadInputError(f"{path}: malformed JSON (nested too deeply); regenerate the checkpoint") from err
+    except ValueError as err:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise BadInputError(f"{path}: malformed JSON ({_one_line(err)}); regenerate the checkpoint") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BadInputError(f"{path}: format {got!r} is not {FORMAT!r}; regenerate the checkpoint")
-    return manifest
+        got = reprlib.repr(manifest.get("format")) if isinstance(manifest, dict) else \
+            f"None (the file holds {JSON_KINDS[type(manifest)]}, not an object)"
+        raise BadInputError(f"{path}: format {got} is not {FORMAT!r}; regenerate the checkpoint")
+    _check_fields(manifest, MANIFEST_SCHEMA, closed=True, prefix="", path=path)
+    try:
+        data = DataSpec.from_dict(manifest["data"]) if manifest.get("data") is not None else None
+    except BadInputError as err:
+        raise BadInputError(f"{path}: {err}; regenerate the checkpoint") from err
+    return manifest, data
 
 
-def _zoo_factory(spec: str, path: Path):
+def _zoo_factory(spec: str, path: Path) -> Callable[..., nn.Module]:
     module, _, attr = spec.partition(":")
     if module != ZOO_MODULE or attr not in MODELS:
         raise BadInputError(
@@ -165,17 +342,15 @@ def import_factory(spec: str):
     return getattr(module, attr)
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors or `.pt` file, never executing code from it."""
-    if not path.exists():
-        raise BadInputError(f"{path}: no such file")
+def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
+    """Tensors from the bytes `raw` of the safetensors or `.pt` file `path`, never executing code from them."""
     if path.suffix == ".safetensors":
         try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as err:
-            raise BadInputError(f"{path}: unreadable safetensors file ({err}); re-save it") from err
+            return load_safetensors(raw)
+        except Exception as err:  # SafetensorError, or KeyError for a dtype torch lacks: all mean "unreadable"
+            raise BadInputError(f"{path}: unreadable safetensors file ({_one_line(err)}); re-save it") from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises several types; all mean "refused"
         raise BadInputError(
             f"{path}: refused — not a plain tensor state dict (weights_only=True loads no "
@@ -189,16 +364,18 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, strict: bool) -> None:
+def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, strict: bool) -> None:
+    """The weights `model` wants are all in `tensors`, with its shapes and dtypes (extra ones: an error if
+    `strict`, else a warning)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing:
-        raise BadInputError(f"{path}: missing weights for the model: {', '.join(missing[:5])}")
+        raise BadInputError(f"{path}: missing weights for the model: {', '.join(map(_shown, missing[:5]))}")
     if extra:
         if strict:
-            raise BadInputError(f"{path}: weights the model lacks: {', '.join(extra[:5])}")
-        warnings.warn(f"{path}: ignoring keys the model lacks: {', '.join(extra)}", stacklevel=3)
+            raise BadInputError(f"{path}: weights the model lacks: {', '.join(map(_shown, extra[:5]))}")
+        warnings.warn(f"{path}: ignoring keys the model lacks: {', '.join(map(_shown, extra))}", stacklevel=3)
     for key, ref in expected.items():
         got = tensors[key]
         if got.shape != ref.shape or got.dtype != ref.dtype:
@@ -206,7 +383,66 @@ def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path
                 f"{path}: {key} is {got.dtype} {tuple(got.shape)}, the model wants "
                 f"{ref.dtype} {tuple(ref.shape)}; check --model/--model-kwargs"
             )
-    model.load_state_dict({k: tensors[k] for k in expected})
+
+
+def _check_state(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Per-unit state (SPEC S1, S2): keys `<layer>.age|reference|utility`, one-dimensional integer or float
+    tensors, ages whole and >= 0, references finite. Whether their lengths match the model's unit layers is
+    checked once the layers are known (`assay.attach_state`)."""
+    for key, value in tensors.items():
+        layer, _, kind = key.rpartition(".")
+        if not layer or kind not in STATE_KINDS:
+            problem = "is not <layer>.age, <layer>.reference or <layer>.utility"
+        elif value.dtype not in REAL_DTYPES:
+            problem = f"has dtype {value.dtype}; store integers or float32/float64"
+        elif value.dim() != 1:
+            problem = f"has shape {tuple(value.shape)}, not one value per unit"
+        elif kind == "age" and not _whole(value):
+            problem = "must hold whole numbers >= 0"
+        elif kind == "reference" and not bool(value.double().isfinite().all()):
+            problem = "holds NaN or Inf"
+        else:
+            continue
+        raise BadInputError(f"{path}: {_shown(key)} {problem}; regenerate the checkpoint")
+    return tensors
+
+
+def _whole(values: torch.Tensor) -> bool:
+    """All values are whole numbers >= 0."""
+    v = values.double()
+    return bool((v.isfinite() & (v >= 0) & (v == v.floor())).all())
+
+
+def _build(factory: Callable[..., nn.Module], spec: str, kwargs: dict) -> nn.Module:
+    """The user's `--model` factory called with `--model-kwargs`; a failure or a non-module is a flag error."""
+    try:
+        net = factory(**kwargs)
+    except Exception as err:  # whatever the factory raises on kwargs it cannot take
+        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {spec} cannot take them ({_one_line(err)}); "
+                            "pass keyword arguments it accepts", flag="--model-kwargs") from err
+    if not isinstance(net, nn.Module):
+        what = "None" if net is None else f"a {type(net).__module__}.{type(net).__qualname__}"
+        raise BadInputError(f"--model {spec!r}: returned {what}, not a torch.nn.Module; name a factory that "
+                            "returns the model", flag="--model")
+    return net
+
+
+def _build_zoo(factory: Callable[..., nn.Module], spec: str, kwargs: dict, tensors: dict[str, torch.Tensor],
+               manifest: Path, weights: Path) -> nn.Module:
+    """The zoo model of a manifest, holding `tensors`. It is built on the meta device first and checked against
+    the weights, so kwargs asking for a huge model fail before any memory is taken; any error of the factory
+    is a one-line error naming model.kwargs."""
+    try:
+        with torch.device("meta"):
+            _check_weights(factory(**kwargs), tensors, weights, strict=True)
+        net = factory(**kwargs)
+    except BadInputError:
+        raise
+    except Exception as err:  # TypeError, ValueError, KeyError, RuntimeError...: the kwargs are bad
+        raise BadInputError(f"{manifest}: model.kwargs do not build {spec} ({_one_line(err)}); "
+                            "regenerate the checkpoint") from err
+    net.load_state_dict({k: tensors[k] for k in net.state_dict()})
+    return net
 
 
 def load_checkpoint(
@@ -215,29 +451,37 @@ def load_checkpoint(
     model: str | None = None,
     model_kwargs: dict | None = None,
 ) -> Checkpoint:
-    """Load a checkpoint directory, or a plain state dict built by the `model` factory."""
+    """Load a checkpoint directory, or a plain state dict built by the `model` factory.
+
+    Every file is read once; the result holds the sha256 of the bytes loaded: a directory's manifest, weights
+    and state (only the weights with `model`), or the state-dict file.
+    """
     path = Path(path)
     name = name or path.name
     if model is not None:
         kwargs = model_kwargs or {}
-        net = import_factory(model)(**kwargs)
+        net = _build(import_factory(model), model, kwargs)
         weights = path / WEIGHTS if path.is_dir() else path
-        _load_weights(net, read_tensors(weights), weights, strict=False)
+        raw = _read(weights)
+        tensors = read_tensors(weights, raw)
+        _check_weights(net, tensors, weights, strict=False)
+        net.load_state_dict({k: tensors[k] for k in net.state_dict()})
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})
-        return Checkpoint(net.eval(), info)
+        return Checkpoint(net.eval(), info, sha256={weights.name: _sha256(raw)})
     if not path.is_dir():
         raise BadInputError(f"{path}: not a checkpoint directory; for a state dict pass --model")
-    manifest = _read_manifest(path)
-    spec = manifest.get("model") or {}
-    factory = _zoo_factory(str(spec.get("factory")), path / MANIFEST)
-    kwargs = spec.get("kwargs") or {}
-    try:
-        net = factory(**kwargs)
-    except TypeError as err:
-        raise BadInputError(f"{path / MANIFEST}: bad model kwargs ({err})") from err
-    _load_weights(net, read_tensors(path / WEIGHTS), path / WEIGHTS, strict=True)
-    state = read_tensors(path / STATE) if (path / STATE).exists() else {}
-    data = DataSpec.from_dict(manifest["data"]) if manifest.get("data") else None
-    info = CheckpointInfo(path, name, spec["factory"], kwargs, manifest.get("step") or {},
-                          data, manifest.get("meta") or {})
-    return Checkpoint(net.eval(), info, state)
+    raw = {MANIFEST: _read(path / MANIFEST, missing="missing; a checkpoint directory needs a manifest")}
+    manifest, data = _parse_manifest(raw[MANIFEST], path / MANIFEST)
+    spec = manifest["model"]
+    factory = _zoo_factory(spec["factory"], path / MANIFEST)
+    kwargs = spec.get("kwargs", {})
+    raw[WEIGHTS] = _read(path / WEIGHTS)
+    net = _build_zoo(factory, spec["factory"], kwargs, read_tensors(path / WEIGHTS, raw[WEIGHTS]),
+                     path / MANIFEST, path / WEIGHTS)
+    state = {}
+    if (path / STATE).exists():
+        raw[STATE] = _read(path / STATE)
+        state = _check_state(read_tensors(path / STATE, raw[STATE]), path / STATE)
+    info = CheckpointInfo(path, name, spec["factory"], kwargs, manifest.get("step", {}), data,
+                          manifest.get("meta", {}))
+    return Checkpoint(net.eval(), info, state, {file: _sha256(content) for file, content in raw.items()})

@@ -21,10 +21,10 @@ from resetassay.errors import BadInputError
 from resetassay.lesion.fast import parse_bytes
 from resetassay.names import ALL, FAILURES
 from resetassay.report import render
-from resetassay.run import CheckpointFailure, run_assay
+from resetassay.run import run_assay
 from resetassay.rundir import RunInterrupted, failure_exit_code
 from resetassay.summary import q_values
-from resetassay.train import TrainConfig, last_checkpoint, train, zoo_kwargs
+from resetassay.train import TrainConfig, TrainingFailed, last_checkpoint, train, zoo_kwargs
 from resetassay.units import layer_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -50,12 +50,12 @@ def _fail(message: str, code: int) -> None:
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object) -> None:
-    """Warnings as one line each, each distinct message once; a checkpoint that failed as an error line."""
+    """Warnings as one line each, each distinct message once (a failed checkpoint's error line is printed
+    directly, so that PYTHONWARNINGS=ignore cannot hide it)."""
     text = str(message)
     if text not in _shown:
         _shown.add(text)
-        prefix = "[bold red]error:[/]" if issubclass(category, CheckpointFailure) else "[yellow]warning:[/]"
-        err.print(f"{prefix} {text}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
 
 _shown: set[str] = set()
@@ -77,6 +77,10 @@ def _model_kwargs(text: str | None) -> dict | None:
 def _data(name: str | None, task: int, permutation_seed: int, data_dir: Path | None) -> DataSpec | None:
     if name is None:
         return None
+    if task < 0:
+        raise BadInputError(f"--task {task}: tasks count from 0", flag="--task")
+    if permutation_seed < 0:
+        raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", flag="--permutation-seed")
     return data_spec(name, task, permutation_seed, str(data_dir) if data_dir else None)
 
 
@@ -95,8 +99,8 @@ Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over uni
 def run(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint directories (searched recursively) "
                                                       "or state-dict files.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory for tables, report and figures.")]
-    = Path("reports/run"),
+    out_dir: Annotated[str, typer.Option("--out", help="Run directory for tables, report and figures.")]
+    = "reports/run",
     utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities (default: all).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated shock metrics.")] = "l1,kl",
     layers: Layers = None,
@@ -131,7 +135,7 @@ def run(
     Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it."""
     try:
         config = AssayConfig(
-            **({"utilities": _split(utilities)} if utilities else {}),
+            **({"utilities": _split(utilities) or []} if utilities is not None else {}),
             metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
@@ -142,7 +146,9 @@ def run(
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
                                data=_data(data, task, permutation_seed, data_dir), progress=not quiet,
                                out=out_dir, overwrite=overwrite,
-                               note=lambda text: err.print(text, highlight=False, soft_wrap=True))
+                               note=lambda text: err.print(text, highlight=False, soft_wrap=True),
+                               on_failure=lambda text: err.print(f"[bold red]error:[/] {text}", highlight=False,
+                                                                 soft_wrap=True))
     except BadInputError as e:
         _fail(str(e), 2)
     except RunInterrupted as e:
@@ -160,7 +166,7 @@ def run(
         out.print(f"wrote {out_dir}/ (units.csv, summary.csv, report.md, report.html, figures/)")
     if code:
         err.print(f"{len(result.failures)} of {len(result.provenance['checkpoints'])} checkpoints failed (listed in "
-                  f"{out_dir / FAILURES}); fix them and rerun the same command: finished ones are skipped",
+                  f"{Path(out_dir) / FAILURES}); fix them and rerun the same command: finished ones are skipped",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(code)
 
@@ -199,7 +205,7 @@ def check(
     except BadInputError as e:
         _fail(str(e), 2)
     for line in differences:
-        err.print(f"[yellow]note:[/] config differs from the baseline's run: {line}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
     typer.echo(diff_table(comparisons, show_all))
     raise typer.Exit(0 if all(c.passed for c in comparisons) else 1)
 
@@ -255,7 +261,8 @@ def inspect(
 
 @app.command("train")
 def train_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the checkpoints and accuracy.csv.")]
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the checkpoints, accuracy.csv and train.json "
+                                          "(empty, new, or of this same command, which then resumes).")]
     = Path("checkpoints"),
     model: Annotated[str, typer.Option(help="Zoo model: mlp, cnn or resnet (image data).")] = "mlp",
     widths: Annotated[str | None, typer.Option(help="Comma-separated hidden widths (mlp default "
@@ -280,9 +287,16 @@ def train_command(
                                                       "0, after which to save (default: the last).")] = None,
     checkpoint_in: Annotated[str, typer.Option(help="Unit of --checkpoint-at: tasks or epochs.")] = "tasks",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="First discard what an earlier train wrote in --out (checkpoint "
+                                            "folders, accuracy.csv, train.json); other files are kept.")] = False,
 ) -> None:
-    """Train on permuted tasks with CBP or plain backprop; write checkpoints with per-unit state."""
+    """Train on permuted tasks with CBP or plain backprop; write checkpoints with per-unit state.
+
+    Rerunning the same command resumes it (SPEC S6): checkpoints on disk are kept, missing ones written."""
     try:
+        if permutation_seed < 0:  # before DataSpec, whose message names its field, not the flag
+            raise BadInputError(f"--permutation-seed {permutation_seed}: must be a whole number >= 0",
+                                flag="--permutation-seed")
         spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None)
         config = TrainConfig(
             model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm), spec,
@@ -291,12 +305,18 @@ def train_command(
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
             cbp=CBPConfig(utility, replacement_rate, decay, maturity) if cbp else None, momentum=momentum,
         )
-        saved = train(config, out_dir, progress=not quiet)
+        saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
+                      note=lambda text: err.print(text, highlight=False, soft_wrap=True))
     except BadInputError as e:
         _fail(str(e), 2)
+    except TrainingFailed as e:
+        _fail(str(e), 1)
+    except RunInterrupted as e:
+        err.print(str(e), highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     for path in saved:
-        out.print(f"wrote {path}")
-    out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}")
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - `python -m resetassay.cli`

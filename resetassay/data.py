@@ -19,7 +19,11 @@ IMAGE_SIDE = {"digits": 8, "mnist": 28}
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which task a checkpoint was trained on last; stored in the manifest's "data" field."""
+    """Which task a checkpoint was trained on last; stored in the manifest's "data" field.
+
+    Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
+    one-line `BadInputError` naming the field, `data.<field>`.
+    """
 
     source: str = "digits"            # digits | mnist
     layout: str = "flat"              # flat (B, D) | image (B, 1, S, S)
@@ -29,10 +33,39 @@ class DataSpec:
     holdout_fraction: float = 0.5     # digits only
     data_dir: str | None = None       # mnist only: folder of *-ubyte.gz files
 
+    # field -> (what its value must be, the test); a class constant, not a field (it has no annotation).
+    # Seeds are >= 0 because numpy's generators refuse negative ones.
+    CHECKS = {
+        "source": (" or ".join(map(repr, IMAGE_SIDE)), lambda v: isinstance(v, str) and v in IMAGE_SIDE),
+        "layout": ("'flat' or 'image'", lambda v: v in ("flat", "image")),
+        "task": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "permutation_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "split_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "holdout_fraction": ("a number in (0, 1)", lambda v: type(v) in (int, float) and 0 < v < 1),
+        "data_dir": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    }
+
+    def __post_init__(self) -> None:
+        import reprlib  # short reprs of long or deeply nested values
+
+        for key, (must, ok) in self.CHECKS.items():
+            value = getattr(self, key)
+            if not ok(value):
+                raise BadInputError(f"data.{key} must be {must}, got {reprlib.repr(value)}")
+
     @classmethod
-    def from_dict(cls, d: dict) -> DataSpec:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+    def from_dict(cls, d: object) -> DataSpec:
+        """The spec a manifest's "data" object records: every field present, no others, each value checked."""
+        if not isinstance(d, dict):
+            raise BadInputError(f"data must be an object or null, got {type(d).__name__}")
+        for key in d:
+            if key not in cls.CHECKS:
+                shown = key if key.isprintable() else repr(key)
+                raise BadInputError(f"data.{shown} is not a data field ({', '.join(cls.CHECKS)})")
+        for key in cls.CHECKS:
+            if key not in d:
+                raise BadInputError(f"data.{key} is missing")
+        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,12 +151,10 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         n_hold = int(round(spec.holdout_fraction * len(x)))
         idx = order[:n_hold] if part == "holdout" else order[n_hold:]
         x, y = x[np.sort(idx)], y[np.sort(idx)]
-    elif spec.source == "mnist":
+    else:  # "mnist"; DataSpec refuses other sources
         if spec.data_dir is None:
             raise BadInputError("MNIST data needs --data-dir pointing at the IDX files")
         x, y = mnist_arrays(spec.data_dir, "test" if part == "holdout" else "train")
-    else:
-        raise BadInputError(f"unknown data source {spec.source!r}; use digits or mnist")
     x = x[:, permutation(x.shape[1], spec.task, spec.permutation_seed)]
     xt = torch.from_numpy(np.ascontiguousarray(x))
     if spec.layout == "image":

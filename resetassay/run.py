@@ -69,6 +69,32 @@ def _seeds(config: AssayConfig, parts: dict[str, Tables]) -> dict:
     }
 
 
+def _distinct_paths(paths: list[Path], say: Callable[[str], None]) -> list[Path]:
+    """`paths` without repeats: a path given twice, or inside a directory also given, is assayed once."""
+    kept: list[Path] = []
+    for path in paths:
+        resolved = path.resolve()
+        outer = next((k for k in kept if k.resolve() == resolved
+                      or (k.is_dir() and resolved.is_relative_to(k.resolve()))), None)
+        if outer is None:
+            kept.append(path)
+        elif outer.resolve() == resolved:
+            say(f"{path}: given twice; assayed once")
+        else:
+            say(f"{path}: already under {outer}; assayed once")
+    return kept
+
+
+def _out_dir(out: str | Path) -> Path:
+    """The run directory `--out`, refused when it cannot be one."""
+    if not str(out).strip():
+        raise BadInputError("--out '': name a folder for the run, e.g. --out reports/run", flag="--out")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out}: is a file, not a folder; name a folder for the run", flag="--out")
+    return out
+
+
 def run_assay(
     paths: Iterable[str | Path],
     config: AssayConfig | None = None,
@@ -80,29 +106,34 @@ def run_assay(
     out: str | Path | None = None,
     overwrite: bool = False,
     note: Callable[[str], None] | None = None,
+    on_failure: Callable[[str], None] | None = None,
     **overrides: object,
 ) -> AssayResult:
     """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
 
     Args:
-        paths: checkpoint directories (searched recursively for manifest.json) or state-dict files.
+        paths: checkpoint directories (searched recursively for manifest.json) or state-dict files; a path
+            given twice, or inside another given directory, is assayed once.
         config: the assay settings; `overrides` (any AssayConfig field, e.g. `utilities=["gxd"]`) replace
             its fields, or those of the default `AssayConfig()`.
         model, model_kwargs: `package.module:factory` and its kwargs, to build the model of plain state dicts.
         data: the data of checkpoints that record none (or to override theirs).
         progress: True for a rich bar, False for none, or a callback `progress(task, done, total)`.
-        out: a run directory: makes the run resumable and writes the tables, run.json and the report there.
+        out: a run directory: makes the run resumable and writes the tables, run.json and the report there;
+            one launch at a time (a second is refused while the first runs).
         overwrite: discard the checkpoints finished earlier in `out` (another config is refused otherwise).
-        note: called with one-line notes (e.g. how many finished checkpoints are skipped).
+        note: called with one-line notes (finished checkpoints skipped, repeated paths, ...).
+        on_failure: called with the one-line error of each checkpoint left out; default: a
+            `CheckpointFailure` warning.
 
     Returns:
         An `AssayResult`: the tables of every finished checkpoint, in the order found; `failures` lists
         the checkpoints left out, `provenance` the inputs, seeds and files' sha256.
 
     Raises:
-        BadInputError: about the command (a path, the device, `model`, a flag such as `--layers`); finished
-            checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf logits) does
-            not raise: it is listed in `failures`, with a `CheckpointFailure` warning.
+        BadInputError: about the command (a path, the device, `model`, a flag such as `--layers`, `out`);
+            finished checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf
+            logits) does not raise: it is listed in `failures`.
         RunInterrupted: Ctrl-C, after saving what is finished (with `out`).
 
     Example::
@@ -114,20 +145,35 @@ def run_assay(
         AssayResult(2 checkpoints, 384 units, 16 summary rows, 0 failed)
     """
     config = replace(config, **overrides) if config is not None else AssayConfig(**overrides)
-    paths = list(paths)
+    say = note or (lambda _text: None)
+    fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
     if model is not None:
         import_factory(model)  # likewise a --model that does not import
+    paths = _distinct_paths([Path(p) for p in paths], say)
     found = find_checkpoints(paths, foreign_ok=model is not None)
     inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
     identity = run_identity(config, inputs)
-    store = RunParts(out, identity, overwrite) if out is not None else None
+    store = RunParts(_out_dir(out), identity, overwrite) if out is not None else None
+    try:
+        return _assay_all(found, config, identity, inputs, paths, model, model_kwargs, data, progress, store,
+                          say, fail)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
+               model: str | None, model_kwargs: dict | None, data: DataSpec | None, progress: bool | Progress,
+               store: RunParts | None, say: Callable[[str], None], fail: Callable[[str], None]) -> AssayResult:
+    """The body of `run_assay`, with the run directory (if any) open."""
+    out = store.out if store else None
     sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
     keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
     parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
-    if parts and note is not None:
-        note(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
-             "(--overwrite assays them again)")
+    if parts:
+        say(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
+            "(--overwrite assays them again)")
     failures = []
     try:
         with rich_progress(progress is True) as bar:
@@ -137,15 +183,21 @@ def run_assay(
                 report("checkpoints", finished, len(found))
             for path, name in (item for item in found if item[1] not in parts):
                 try:
-                    result = assay_checkpoint(load_checkpoint(path, name, model, model_kwargs), config, data, report)
+                    ckpt = load_checkpoint(path, name, model, model_kwargs)
+                    sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
+                    result = assay_checkpoint(ckpt, config, data, report)
                 except (BadInputError, FloatingPointError) as err:
                     if isinstance(err, BadInputError) and err.flag:
                         kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
                         raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
                     failures.append(failure_row(name, path, err))
-                    warnings.warn(str(err), CheckpointFailure, stacklevel=2)
+                    fail(str(err))
                 else:
-                    parts[name] = store.save(keys[name], result.tables()) if store else result.tables()
+                    if store:
+                        keys[name] = store.key(name, path, sha256[name])
+                        parts[name] = store.save(keys[name], result.tables())
+                    else:
+                        parts[name] = result.tables()
                 finished += 1
                 if report:
                     report("checkpoints", finished, len(found))
@@ -157,10 +209,15 @@ def run_assay(
             "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
                              "finished": name in parts} for path, name in found],
         }
-        if store is not None and parts:
-            result.save(out)
-        elif store is not None:
-            write_failures(out, result.failures)
+        if store is not None:
+            others = store.count() - sum(store.has(key) for key in keys.values())
+            if others > 0:
+                say(f"{out} also holds {others} checkpoint{'s' if others != 1 else ''} finished by earlier runs "
+                    f"and not among the given paths; the tables cover only the {len(found)} given")
+            if parts:
+                result.save(out)
+            else:
+                write_failures(out, result.failures)
     except KeyboardInterrupt:
         if store is None:
             raise

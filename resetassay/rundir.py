@@ -4,7 +4,8 @@
     OUT/run.json              config, inputs, versions, device, seeds, files' sha256 (`read_run_info`)
     OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
-    OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text (`RunParts.save`)
+    OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text and their sha256
+    OUT/.resetassay.lock      held (an OS file lock) by the one launch writing OUT; names its host and pid
 
 Every file is written to a temporary `.<name>.*`, flushed and renamed (`atomic_write`): a killed
 run leaves finished files and at most a temporary one, which the next run deletes. Every table
@@ -14,14 +15,18 @@ floats exactly). Nothing here imports torch: report/ and check.py read runs with
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
-import shutil
+import re
 import signal
+import socket
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +39,8 @@ from resetassay.names import FAILURE_COLUMNS, FAILURES, MANIFEST, PARTS, RUN_JSO
 
 IDENTITY = "config.json"
 PART_FORMAT = "resetassay.part/1"
+LOCK = ".resetassay.lock"
+PART_NAME = re.compile(r"^[0-9a-f]{64}\.json$")  # a part's file name: its key
 MAY_BE_EMPTY = ("notes", "checkpoints")  # an in-memory model has no checkpoint info; most runs have no notes
 # pandas < 3 parses floats exactly only when asked; pandas 3 always does and deprecates the argument.
 EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
@@ -47,7 +54,10 @@ class RunInterrupted(KeyboardInterrupt):
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary `.<name>.*` file, flushed to disk, and a rename: a crash or a kill never leaves
     half a file under `path`, and a failed write removes its temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as err:
+        raise _unwritable(path, err) from err
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -55,9 +65,19 @@ def atomic_write(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _unwritable(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _unwritable(path: Path, err: OSError) -> BadInputError:
+    """A write that failed (disk full, read-only, permissions) as one line naming the file."""
+    why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return BadInputError(f"{path}: cannot write ({why}); files written before it are kept — free space or "
+                         "fix permissions and rerun", flag="--out")
 
 
 def write_table(table: pd.DataFrame) -> str:
@@ -184,9 +204,9 @@ def _differences(old: dict | None, new: dict) -> str:
 
 
 @contextmanager
-def _interrupt_held() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends (milliseconds), so a part is written and read back whole: pandas' csv
-    reader turns an interrupt inside it into a ParserError."""
+def interrupt_held() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends (milliseconds), so a file is written (and a part read back) whole:
+    pandas' csv reader turns an interrupt inside it into a ParserError."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -200,38 +220,82 @@ def _interrupt_held() -> Iterator[None]:
             previous(*caught[0])
 
 
+def _own_lock(out: Path) -> int:
+    """Take OUT's lock for this process (released by the OS when it exits, even when killed); refuse when
+    another launch holds it."""
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = Path(path).read_text(encoding="utf-8", errors="replace").strip() or "another process"
+        os.close(fd)
+        raise BadInputError(f"--out {out}: in use by another resetassay run ({holder}); wait for it to finish "
+                            "or use another --out", flag="--out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}\n".encode())
+    return fd
+
+
 class RunParts:
     """The finished checkpoints of one run directory (OUT/parts), for one run identity (config, inputs,
-    device, versions).
+    device, versions), owned by this process while open (an OS lock on OUT/.resetassay.lock).
 
     Opening refuses a directory whose finished checkpoints were assayed with another identity, unless
-    `overwrite`, which discards them first.
+    `overwrite`, which discards them first (only the files resetassay wrote there). `close()` releases the
+    lock; so does the end of the process.
     """
 
     def __init__(self, out: str | Path, identity: dict, overwrite: bool = False) -> None:
         self.out = Path(out)
         self.parts = self.out / PARTS
         self.identity = {**identity, "hash": canonical_hash(identity)}
-        if overwrite and self.parts.exists():
-            shutil.rmtree(self.parts)
-        self.parts.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BadInputError(f"--out {self.out}: cannot create the run directory ({err.strerror}); name a "
+                                "folder you can write", flag="--out") from err
+        self._lock = _own_lock(self.out)
         for temporary in self.parts.glob(".*"):  # left by a write that was killed
             temporary.unlink()
+        if overwrite:
+            for part in self.finished():
+                part.unlink()
+            (self.parts / IDENTITY).unlink(missing_ok=True)
         stored = _read_json(self.parts / IDENTITY)
         if self.count() and (stored or {}).get("hash") != self.hash:
+            self.close()
             raise BadInputError(
                 f"--out {self.out}: holds {self.count()} checkpoints assayed with another config "
                 f"({_differences(stored, self.identity)}); use another --out, or --overwrite to discard them",
                 flag="--out")
         atomic_write(self.parts / IDENTITY, json.dumps(self.identity, indent=2, sort_keys=True, default=str) + "\n")
 
+    def close(self) -> None:
+        """Release OUT's lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> RunParts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def hash(self) -> str:
         return self.identity["hash"]
 
+    def finished(self) -> list[Path]:
+        """The part files on disk (of any checkpoint set run with this directory): only files named as
+        resetassay names parts, never a link's target or a user's file."""
+        return sorted(p for p in self.parts.iterdir() if PART_NAME.match(p.name) and p.is_file()
+                      and not p.is_symlink())
+
     def count(self) -> int:
-        """Finished checkpoints on disk (of any checkpoint set run with this directory)."""
-        return sum(1 for p in self.parts.glob("*.json") if p.name != IDENTITY)
+        """Finished checkpoints on disk."""
+        return len(self.finished())
 
     def key(self, name: str, path: Path, sha256: dict[str, str]) -> str:
         """The part name of checkpoint `name` at `path` with files `sha256`, under this run's identity."""
@@ -242,23 +306,28 @@ class RunParts:
         return (self.parts / f"{key}.json").exists()
 
     def load(self, key: str) -> Tables | None:
-        """The tables of a finished checkpoint; None when it is not finished (or its part is unreadable)."""
+        """The tables of a finished checkpoint; None when it is not finished, or when its part is unreadable or
+        was edited (its tables no longer match their sha256): that checkpoint is then assayed again."""
         path = self.parts / f"{key}.json"
         if not path.exists():
             return None
         part = _read_json(path) or {}
         tables = part.get("tables") if isinstance(part.get("tables"), dict) else {}
-        if part.get("format") != PART_FORMAT or part.get("key") != key or not set(TABLES) <= set(tables):
-            warnings.warn(f"{path}: unreadable part; its checkpoint is assayed again", stacklevel=2)
+        whole = (part.get("format") == PART_FORMAT and part.get("key") == key and set(TABLES) <= set(tables)
+                 and all(isinstance(tables[name], str) for name in TABLES))
+        if not whole or part.get("sha256") != canonical_hash({name: tables[name] for name in TABLES}):
+            why = "unreadable part" if not whole else "part edited since it was written (its checksum does not match)"
+            warnings.warn(f"{path}: {why}; its checkpoint is assayed again", stacklevel=2)
             path.unlink()
             return None
-        with _interrupt_held():
+        with interrupt_held():
             return {name: read_table(tables[name]) for name in TABLES}
 
     def save(self, key: str, tables: Tables) -> Tables:
-        """Write one finished checkpoint's tables atomically; returns them as a later `load` reads them."""
+        """Write one finished checkpoint's tables atomically, with their sha256; returns them as a later `load`
+        reads them."""
         text = {name: write_table(tables[name]) for name in TABLES}
-        with _interrupt_held():
-            atomic_write(self.parts / f"{key}.json",
-                         json.dumps({"format": PART_FORMAT, "key": key, "tables": text}, indent=1) + "\n")
+        part = {"format": PART_FORMAT, "key": key, "sha256": canonical_hash(text), "tables": text}
+        with interrupt_held():
+            atomic_write(self.parts / f"{key}.json", json.dumps(part, indent=1) + "\n")
             return {name: read_table(text[name]) for name in TABLES}

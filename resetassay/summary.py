@@ -69,21 +69,30 @@ def selections(units: pd.DataFrame, column: str, q: float) -> dict[str, np.ndarr
 
 
 def _scope_row(groups: dict[str, pd.DataFrame], column: str, shock: str, q: float) -> dict:
-    chosen, oracle, overlaps = [], [], []
-    for g in groups.values():
+    """One SummaryTable row over the layers `groups` (SPEC S5). Top-k overlap is undefined in a layer whose
+    shock is the same for every unit and that resets fewer than all of them (the oracle's pick is then a
+    tie-break, not a ranking): such layers are left out of it, with a note, and it is NaN when none is left."""
+    chosen, oracle, overlaps, tied = [], [], [], []
+    for name, g in groups.items():
         mine = set(selection(g, column, q))
         best = set(selection(g, shock, q))
         by_unit = g.set_index("unit")[shock]
         chosen += [by_unit[u] for u in mine]
         oracle += [by_unit[u] for u in best]
-        overlaps.append(len(mine & best) / len(mine))
+        if len(best) < len(g) and np.all(g[shock].to_numpy() == g[shock].iloc[0]):
+            tied.append(name)
+        else:
+            overlaps.append(len(mine & best) / len(mine))
     pooled = pd.concat(groups.values())
     rho, note = spearman(pooled[column].to_numpy(), pooled[shock].to_numpy())
+    if tied:
+        where = "every layer" if not overlaps else ", ".join(tied)
+        note = "; ".join(filter(None, [note, f"top-k overlap undefined where shock is constant ({where})"]))
     s, o = float(np.mean(chosen)), float(np.mean(oracle))
     return {
         "n_units": len(pooled), "spearman": rho, "shock_at_q": s, "oracle_shock_at_q": o,
         "gap": s - o, "gap_ratio": s / o if o > 0 else math.nan,
-        "overlap": float(np.mean(overlaps)), "note": note,
+        "overlap": float(np.mean(overlaps)) if overlaps else math.nan, "note": note,
     }
 
 

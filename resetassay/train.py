@@ -8,28 +8,73 @@ it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` be
 checkpoints holds the held-out accuracy after every task, the loss-of-plasticity curve.
 Deterministic for a given seed on CPU: data order, initialisation, permutations and resets
 are seeded.
+
+The output folder OUT, written only by `train`:
+
+    OUT/train.json            the training config and its hash (`RECORD`): what a rerun must match
+    OUT/task<k>/, epoch<k>/   the checkpoints, each renamed into place whole (`checkpoint.save_checkpoint`)
+    OUT/accuracy.csv          held-out accuracy after every task (written whole, `rundir.atomic_write`)
+
+A non-empty OUT is refused unless it holds the train.json of the same config: then the run resumes. It
+keeps the checkpoints on disk and, when one is missing, trains again from the start (no optimizer or CBP
+state is saved, and a run is bit-identical for a seed on CPU), checking that it reproduces the kept ones
+and writing only the missing ones. `overwrite` first deletes what a training run wrote there (checkpoint
+folders, accuracy.csv, train.json), never other files. A NaN/Inf loss or weight stops the run
+(`TrainingFailed`), Ctrl-C too (`RunInterrupted`); the checkpoints saved before stay, and none is written
+from a diverged model or half.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
-from dataclasses import dataclass, field
+import numbers
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from resetassay.cbp import CBPConfig, ContinualBackprop
-from resetassay.checkpoint import save_checkpoint
+from resetassay.checkpoint import FORMAT, save_checkpoint
 from resetassay.data import IMAGE_SIDE, DataSpec, task_arrays
 from resetassay.errors import BadInputError
 from resetassay.models import ACTIVATIONS, MODELS, create_model
+from resetassay.names import MANIFEST, STATE, WEIGHTS
+from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 
 SCHEDULE_UNITS = ("tasks", "epochs")
 PAPER_MLP_WIDTHS = (256, 256, 256, 256)  # SPEC S6: 784 -> [256] x 4 -> 10
+RECORD = "train.json"
+RECORD_FORMAT = "resetassay.train/1"
+ACCURACY = "accuracy.csv"
+CHECKPOINT_DIR = re.compile(r"^(task|epoch)\d+$")
+# Left by a killed write: save_checkpoint's `.task3.tmp-*`/`.task3.old-*`, atomic_write's `.accuracy.csv.*`.
+LEFTOVER_DIR = re.compile(r"^\.(task|epoch)\d+\.(tmp|old)-[0-9a-f]+$")
+LEFTOVER_FILE = re.compile(r"^\.(accuracy\.csv|train\.json)\..+$")
+MAX_SEED = 2**64  # torch.manual_seed takes [0, 2**64)
+MAX_LR = float(torch.finfo(torch.float32).max)  # SGD multiplies float32 gradients by it
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped: the loss or the weights became NaN/Inf, or a rerun does not reproduce a kept checkpoint.
+    The CLI exits with code 1; the checkpoints saved before stay on disk."""
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -37,7 +82,8 @@ class TrainConfig:
     """A continual-training run over `tasks` permutations of one data source (SPEC S6, S7).
 
     `cbp` None trains with plain backprop; `checkpoint_at` counts tasks, or global epochs when
-    `checkpoint_in` is "epochs", from 0.
+    `checkpoint_in` is "epochs", from 0 (kept sorted, without repeats). Every field is checked
+    here: a bad value is a `BadInputError` naming its flag.
     """
 
     model: str = "mlp"
@@ -56,14 +102,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
                             ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise BadInputError(f"{flag} {value}: must be at least 1", flag=flag)
-        if self.lr <= 0 or not 0 <= self.momentum < 1:
-            raise BadInputError(f"--lr {self.lr} / --momentum {self.momentum}: need lr > 0 and 0 <= momentum < 1",
-                                flag="--lr")
+            if not _integer(value) or value < 1:
+                raise BadInputError(f"{flag} {value}: must be a whole number >= 1", flag=flag)
+        if not _finite(self.lr) or not 0 < self.lr <= MAX_LR:
+            raise BadInputError(f"--lr {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
+                                "e.g. 0.01", flag="--lr")
+        if not _finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise BadInputError(f"--momentum {self.momentum}: must be a number in [0, 1)", flag="--momentum")
+        if not _integer(self.seed) or not 0 <= self.seed < MAX_SEED:
+            raise BadInputError(f"--seed {self.seed}: must be a whole number in [0, 2**64)", flag="--seed")
+        if not _integer(self.data.permutation_seed) or self.data.permutation_seed < 0:
+            raise BadInputError(f"--permutation-seed {self.data.permutation_seed}: must be a whole number >= 0",
+                                flag="--permutation-seed")
         if self.checkpoint_in not in SCHEDULE_UNITS:
             raise BadInputError(f"--checkpoint-in {self.checkpoint_in!r}: choose tasks or epochs",
                                 flag="--checkpoint-in")
+        odd = [t for t in self.checkpoint_at if not _integer(t)]
+        if odd:
+            raise BadInputError(f"--checkpoint-at {odd[0]!r}: give whole numbers, e.g. 0,5,10", flag="--checkpoint-at")
         last = last_checkpoint(self.tasks, self.epochs_per_task, self.checkpoint_in)
         beyond = [t for t in self.checkpoint_at if not 0 <= t <= last]
         if beyond:
@@ -72,6 +128,16 @@ class TrainConfig:
                 f"a checkpoint is written after its {self.checkpoint_in[:-1]} (raise --tasks to reach it)",
                 flag="--checkpoint-at",
             )
+        self.checkpoint_at = tuple(sorted({int(t) for t in self.checkpoint_at}))
+
+    def to_dict(self) -> dict:
+        """The config as JSON values: what `train.json` records and hashes."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def checkpoints(self) -> dict[str, dict]:
+        """The checkpoints of the schedule, by folder name (`task3`, `epoch7`), with their manifest step."""
+        unit = self.checkpoint_in[:-1]
+        return {f"{unit}{k}": {unit: k} for k in self.checkpoint_at}
 
 
 def last_checkpoint(tasks: int, epochs_per_task: int, checkpoint_in: str) -> int:
@@ -131,25 +197,269 @@ def _save(
                            unit_layers=list(cbp.traces) if cbp is not None else None)
 
 
-def _write_accuracy(path: Path, log: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(log[0]))
-        writer.writeheader()
-        writer.writerows(log)
+def _accuracy_csv(log: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(log[0]))
+    writer.writeheader()
+    writer.writerows(log)
+    return buffer.getvalue()
 
 
-def train(config: TrainConfig, out_dir: str | Path, progress: bool = False) -> list[Path]:
-    """Train task after task; save the checkpoints of the schedule and `accuracy.csv` into `out_dir`."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInputError(f"--out {out_dir}: exists and is not a directory; name a folder", flag="--out")
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, **config.model_kwargs)
+def _ours(path: Path) -> bool:
+    """Whether the entry `path` of OUT is something `train` writes: train.json, accuracy.csv, a checkpoint folder
+    (`task<k>`, `epoch<k>`) holding only checkpoint files, or a leftover of a killed write. Never a link."""
+    if path.is_symlink():
+        return False
+    if path.name in (RECORD, ACCURACY) or LEFTOVER_FILE.match(path.name):
+        return path.is_file()
+    if CHECKPOINT_DIR.match(path.name) or LEFTOVER_DIR.match(path.name):
+        return path.is_dir() and all(p.name in (MANIFEST, WEIGHTS, STATE) and p.is_file() and not p.is_symlink()
+                                     for p in path.iterdir())
+    return False
+
+
+def _whole(directory: Path, step: dict, cbp: bool) -> bool:
+    """A finished checkpoint of this step on disk: its manifest, weights and (with CBP) state. `save_checkpoint`
+    renames a directory into place only once complete, so a checkpoint under its name is whole."""
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == FORMAT and manifest.get("step") == step
+            and (directory / WEIGHTS).is_file() and (directory / STATE).is_file() == cbp)
+
+
+def _read_record(path: Path) -> dict | None:
+    """train.json (its "config" an object), or None when it is missing or unreadable."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and record.get("format") == RECORD_FORMAT and isinstance(record.get("config"), dict)
+    return record if ok else None
+
+
+def _environment() -> dict:
+    """What else decides the bits of a CPU run: torch, the CPU's vector instructions and torch's thread count."""
+    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+def _changes(old: object, new: object, key: str = "") -> list[str]:
+    """What differs between two recorded configs, e.g. ["lr 0.01 -> 0.1", "cbp on -> off"]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for k in sorted(old.keys() | new.keys())
+                for change in _changes(old.get(k), new.get(k), f"{key}.{k}" if key else k)]
+    if old == new:
+        return []
+    if key == "cbp":
+        return [f"cbp {'off' if old is None else 'on'} -> {'off' if new is None else 'on'}"]
+    return [f"{key} {old!r} -> {new!r}"]
+
+
+def _listed(paths: list[Path], most: int = 3) -> str:
+    names = [p.name for p in paths]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _prepare_out(config: TrainConfig, out: Path, overwrite: bool) -> dict | None:
+    """Make `out` ready for `config`: the train.json of the run it resumes (same config), else None after
+    recording `config` and the environment in a new train.json.
+
+    Refused (`BadInputError` on --out), before anything is deleted or written: a checkpoint folder of the
+    schedule holding other files; without `overwrite`, a non-empty folder without train.json, or whose
+    train.json records another config (naming what changed). `overwrite` deletes what a training run wrote
+    (`_ours`), train.json first: a deletion cut short is still refused without `overwrite`.
+    """
+    for name in config.checkpoints():
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not _ours(path):
+            raise BadInputError(f"--out {out}: {name} is not a checkpoint folder written by train (it holds other "
+                                "files, or is a link); move it away or use another --out", flag="--out")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    values = config.to_dict()
+    record = _read_record(out / RECORD)
+    stored = record["config"] if record else None
+    same = stored is not None and canonical_hash(stored) == canonical_hash(values)
+    if overwrite:
+        for path in sorted((p for p in entries if _ours(p)), key=lambda p: p.name != RECORD):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        same = False
+    elif entries and stored is None:
+        why = f"its {RECORD} is unreadable" if (out / RECORD).exists() else f"holds no {RECORD} of a training run"
+        raise BadInputError(f"--out {out}: not empty ({_listed(entries)}) and {why}; use another --out, or "
+                            "--overwrite to discard the checkpoints and accuracy.csv an earlier train wrote there "
+                            "(other files are kept)", flag="--out")
+    elif not same and (results := [p for p in entries if p.name == ACCURACY or CHECKPOINT_DIR.match(p.name)]):
+        held = sum(1 for p in results if p.name != ACCURACY)
+        what = f"{held} checkpoint{'s' if held != 1 else ''}" if held else f"the {ACCURACY} of a run"
+        raise BadInputError(f"--out {out}: holds {what} trained with another config "
+                            f"({'; '.join(_changes(stored, values)) or 'another config'}); use another --out, or "
+                            "--overwrite to discard them", flag="--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInputError(f"--out {out}: cannot create the folder ({err.strerror}); name a folder you can write",
+                            flag="--out") from err
+    if same:
+        return record
+    fresh = {"format": RECORD_FORMAT, "config": values, "hash": canonical_hash(values), "environment": _environment()}
+    with interrupt_held():
+        atomic_write(out / RECORD, json.dumps(fresh, indent=2, sort_keys=True) + "\n")
+    return None
+
+
+def _resume(record: dict, out: Path, kept: int, total: int) -> str:
+    """Set torch's thread count to the first run's (a CPU run's sums depend on how they are split; the caller
+    restores it) and say, in one line, what the resumed run does."""
+    first = record.get("environment") if isinstance(record.get("environment"), dict) else {}
+    if _integer(first.get("threads")) and first["threads"] >= 1:
+        torch.set_num_threads(first["threads"])
+    now = _environment()
+    moved = [f"{k} {first[k]} -> {now[k]}" for k in ("torch", "cpu_capability") if first.get(k, now[k]) != now[k]]
+    todo = f"write the {total - kept} missing" if kept < total else f"finish {ACCURACY}"
+    caveat = f"; {', '.join(moved)} since the first run: the kept ones may not be reproduced" if moved else ""
+    threads = f"{now['threads']} thread{'s' if now['threads'] != 1 else ''}"
+    return (f"resuming: {kept} of {total} checkpoints are already in {out}; training again from the start (no "
+            f"optimizer state is saved; same seed and {threads} as the first run, so bit-identical) to {todo}{caveat}")
+
+
+def _accuracy_complete(path: Path, tasks: int) -> bool:
+    """accuracy.csv holds one row for every task."""
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, ValueError, csv.Error):
+        return False
+    return [row.get("task") for row in rows] == [str(t) for t in range(tasks)]
+
+
+def _reproduces(directory: Path, model: nn.Module) -> str | None:
+    """None when the weights saved in `directory` equal the model's bit for bit, else why not."""
+    try:
+        stored = load_safetensors((directory / WEIGHTS).read_bytes())
+    except Exception:  # OSError, SafetensorError: either way it cannot be kept
+        return f"its {WEIGHTS} is unreadable"
+    current = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    same = stored.keys() == current.keys() and all(
+        stored[k].dtype == v.dtype and stored[k].shape == v.shape and torch.equal(stored[k], v)
+        for k, v in current.items())
+    return None if same else "its weights differ: another torch version or CPU?"
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+class _Run:
+    """One call of `train`: the model, where it writes, what it kept and wrote, and the lines it ends with."""
+
+    def __init__(self, config: TrainConfig, out: Path, model: nn.Module, cbp: ContinualBackprop | None) -> None:
+        self.config, self.out, self.model, self.cbp = config, out, model, cbp
+        self.schedule = config.checkpoints()
+        self.kept: set[str] = set()
+        self.written: list[Path] = []
+
+    def on_disk(self) -> list[str]:
+        """The checkpoints of the schedule on disk, whole."""
+        return [name for name, step in self.schedule.items()
+                if _whole(self.out / name, step, self.config.cbp is not None)]
+
+    def saved_line(self) -> str:
+        """Which checkpoints of the schedule are on disk, e.g. "kept 1 of 3 checkpoints in OUT (task0)"."""
+        names = self.on_disk()
+        if not names:
+            return f"no checkpoint is in {self.out}"
+        return f"kept {len(names)} of {len(self.schedule)} checkpoints in {self.out} ({', '.join(names)})"
+
+    def diverged(self, what: str) -> TrainingFailed:
+        return TrainingFailed(f"training diverged: {what}; {self.saved_line()}, none written from the diverged "
+                              "model; try a lower --lr")
+
+    def checkpoint(self, name: str, spec: DataSpec, acc: float, resets: int, where: str) -> None:
+        """Save checkpoint `name`, or check that a kept one is what this run trains."""
+        if not _finite_weights(self.model):
+            raise self.diverged(f"the weights became NaN/Inf by the end of {where}")
+        directory = self.out / name
+        if name in self.kept:
+            why = _reproduces(directory, self.model)
+            if why:
+                raise TrainingFailed(f"--out {self.out}: {name} on disk is not what this rerun of the same command "
+                                     f"trains ({why}); stopped, {self.saved_line()}; use --overwrite to train them "
+                                     "all again")
+            return
+        with interrupt_held():
+            self.written.append(_save(self.config, self.model, self.cbp, directory, self.schedule[name], spec,
+                                      acc, resets))
+
+
+def train(
+    config: TrainConfig, out_dir: str | Path, progress: bool = False, *, overwrite: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Train task after task; save the checkpoints of the schedule and `accuracy.csv` into `out_dir` (SPEC S6, S7).
+
+    Args:
+        config: the run.
+        out_dir: OUT, empty or new, or holding a run of the same config, which this call resumes (module doc).
+        progress: show a progress bar.
+        overwrite: first discard what an earlier training run wrote in OUT (checkpoint folders, accuracy.csv,
+            train.json); other files are kept.
+        note: called with one-line notes (resuming, nothing to do).
+
+    Returns:
+        The checkpoints written by this call: [] when a rerun finds them all on disk.
+
+    Raises:
+        BadInputError: bad data or model, or an OUT that would mix runs (its flag is "--out").
+        TrainingFailed: the loss or the weights became NaN/Inf, or a kept checkpoint is not reproduced.
+        RunInterrupted: Ctrl-C; its message says how many checkpoints are saved.
+    """
+    out = Path(out_dir)
+    say = note or (lambda _text: None)
+    if not str(out_dir).strip() or (out.exists() and not out.is_dir()):
+        raise BadInputError(f"--out {out_dir!r}: not a folder; name a folder for the checkpoints", flag="--out")
+    cbp: ContinualBackprop | None = None
+    run: _Run | None = None
+    try:
+        torch.manual_seed(config.seed)
+        model = create_model(config.model, **config.model_kwargs)
+        first, _ = task_arrays(DataSpec(**{**config.data.to_dict(), "task": 0}), "train")  # bad data: before OUT
+        if config.cbp is not None:
+            cbp = ContinualBackprop(model, config.cbp, first[:2], seed=config.seed)
+        resumed = _prepare_out(config, out, overwrite)
+        run = _Run(config, out, model, cbp)
+        run.kept = set(run.on_disk())
+        total, kept = len(run.schedule), len(run.kept)
+        if resumed and kept == total and _accuracy_complete(out / ACCURACY, config.tasks):
+            say(f"nothing to do: all {total} checkpoints of this command are in {out} (--overwrite trains again)")
+            return []
+        threads = torch.get_num_threads()
+        if resumed:
+            say(_resume(resumed, out, kept, total))
+        try:
+            _train(run, progress)
+        finally:
+            torch.set_num_threads(threads)
+        return run.written
+    except KeyboardInterrupt:
+        if run is None:
+            raise RunInterrupted(f"interrupted before training started; no checkpoint written in {out}") from None
+        how = "the same command without --overwrite" if overwrite else "the same command"
+        raise RunInterrupted(f"interrupted: {len(run.on_disk())} of {len(run.schedule)} checkpoints saved in {out}; "
+                             f"rerun {how} to resume") from None
+    finally:
+        if cbp is not None:
+            cbp.close()
+
+
+def _train(run: _Run, progress: bool) -> None:
+    """The training loop of `train`, into a prepared OUT."""
+    config, model, cbp = run.config, run.model, run.cbp
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     order = torch.Generator().manual_seed(config.seed)
-    cbp: ContinualBackprop | None = None
-    saved, log, resets = [], [], 0
+    log, resets = [], 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
         steps = bar.add_task(f"task 0/{config.tasks}", total=None)
@@ -158,34 +468,34 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = False) -> l
             x, y = task_arrays(spec, "train")
             hx, hy = task_arrays(spec, "holdout")
             if task == 0:
-                per_epoch = math.ceil(len(x) / config.batch_size)
-                bar.update(steps, total=config.tasks * config.epochs_per_task * per_epoch)
-                if config.cbp is not None:
-                    cbp = ContinualBackprop(model, config.cbp, x[:2], seed=config.seed)
+                bar.update(steps, total=config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size))
             task_resets = 0
             for epoch in range(config.epochs_per_task):
                 model.train()
-                for idx in torch.randperm(len(x), generator=order).split(config.batch_size):
+                batches = torch.randperm(len(x), generator=order).split(config.batch_size)
+                for i, idx in enumerate(batches):
                     optimizer.zero_grad()
                     logits = model(x[idx])
                     if cbp is not None:
                         cbp.observe(logits, y[idx])
-                    F.cross_entropy(logits, y[idx]).backward()
+                    loss = F.cross_entropy(logits, y[idx])
+                    if not bool(torch.isfinite(loss.detach())):
+                        raise run.diverged(f"the loss became {loss.item()} at task {task}, epoch {epoch}, "
+                                           f"step {i + 1} of {len(batches)}")
+                    loss.backward()
                     optimizer.step()
                     if cbp is not None:
                         task_resets += cbp.step(optimizer)
                     bar.advance(steps)
                 global_epoch = task * config.epochs_per_task + epoch
                 if config.checkpoint_in == "epochs" and global_epoch in config.checkpoint_at:
-                    saved.append(_save(config, model, cbp, out_dir / f"epoch{global_epoch}", {"epoch": global_epoch},
-                                       spec, accuracy(model, hx, hy), resets + task_resets))
+                    run.checkpoint(f"epoch{global_epoch}", spec, accuracy(model, hx, hy),
+                                   resets + task_resets, f"task {task}, epoch {epoch}")
             resets += task_resets
             acc = accuracy(model, hx, hy)
             log.append({"task": task, "holdout_accuracy": acc, **({"resets": task_resets} if cbp is not None else {})})
             bar.update(steps, description=f"task {task + 1}/{config.tasks} · held-out accuracy {acc:.3f}")
             if config.checkpoint_in == "tasks" and task in config.checkpoint_at:
-                saved.append(_save(config, model, cbp, out_dir / f"task{task}", {"task": task}, spec, acc, resets))
-            _write_accuracy(out_dir / "accuracy.csv", log)
-    if cbp is not None:
-        cbp.close()
-    return saved
+                run.checkpoint(f"task{task}", spec, acc, resets, f"task {task}")
+            with interrupt_held():
+                atomic_write(run.out / ACCURACY, _accuracy_csv(log))

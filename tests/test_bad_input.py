@@ -9,7 +9,10 @@ too-large `--calib-size` stop a run with exit 2 (test_cli.py); the loaders' refu
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -229,6 +232,130 @@ def test_layer_of_constant_units_gives_nan_spearman_with_the_reason(tmp_path):
     summary = pd.read_csv(tmp_path / "run" / "summary.csv")
     layer0 = summary[summary["scope"] == "layers.0.act"].set_index("utility")
     assert layer0["spearman"].isna().all()
-    assert layer0.loc["activation", "note"] == "utility is constant over the units"  # E|h_i| = 1 for all i
-    assert layer0.loc["gxd", "note"] == "utility is constant over the units"  # h_i - r_i = 0: GXD = 0
+    # E|h_i| = 1 for all i; h_i - r_i = 0, so GXD = 0; clamping a constant unit to its mean moves nothing
+    for utility in ("activation", "gxd"):
+        assert layer0.loc[utility, "note"] == ("utility is constant over the units; top-k overlap undefined where "
+                                               "shock is constant (every layer)")
+    assert layer0["overlap"].isna().all()
     assert (tmp_path / "run" / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--batch-size", "0"], "--batch-size 0: must be a whole number >= 1"),
+     (["--max-memory", "inf"], "--max-memory 'inf': must be a finite size"),
+     (["--max-memory", "nanGB"], "--max-memory 'nanGB'"),
+     (["--seed", "-1"], "--seed -1: must be a whole number in [0, 2**32)"),
+     (["--seed", str(2**32)], f"--seed {2**32}"),
+     (["--utilities", ""], "--utilities: empty"),
+     (["--utilities", "gxd,gxd"], "--utilities: gxd given twice"),
+     (["--metrics", ""], "--metrics: empty"),
+     (["--metrics", "l1,kl,l1"], "--metrics: l1 given twice"),
+     (["--q", "nan"], "--q nan: must be in (0, 1]"),
+     (["--data", "digits", "--task", "-1"], "--task -1: tasks count from 0"),
+     (["--reference", "median"], "--reference 'median': choose from calibration-mean, stored, zero")],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_bad_run_flag_is_one_line_exit_2_before_any_work(tmp_path, args, needle):
+    """Every one of these used to run (or crash after running); now refused up front, nothing written."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(out), "--quiet", *args])
+    _one_error(result, 2, needle)
+    assert not (out / PARTS).exists() or not any((out / PARTS).glob("*.json"))
+
+
+@pytest.mark.parametrize("kind", ["file", "empty"])
+def test_out_that_cannot_be_a_run_directory_is_refused(tmp_path, kind):
+    out = tmp_path / "taken.txt"
+    if kind == "file":
+        out.write_text("a user's file\n")
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(out) if kind == "file" else "",
+                                 "--quiet"])
+    _one_error(result, 2, "--out", "is a file" if kind == "file" else "name a folder")
+    if kind == "file":
+        assert out.read_text() == "a user's file\n"
+
+
+def test_read_only_out_is_one_line(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        if os.access(parent, os.W_OK):  # root ignores permissions
+            pytest.skip("this user can write into read-only folders (root)")
+        result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(parent / "run"), "--quiet"])
+        _one_error(result, 2, f"--out {parent / 'run'}: cannot create the run directory")
+    finally:
+        parent.chmod(0o700)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_finished_parts(tmp_path, monkeypatch, no_render):
+    """The second part's write fails with ENOSPC: one line naming it, exit 2, the first part kept."""
+    import errno
+
+    import resetassay.rundir as rundir
+
+    real, calls = rundir.os.fsync, {"n": 0}
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:  # config.json, part 1, then part 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+    out = tmp_path / "run"
+    result = _run(FIXTURES / "relu_mlp", out=out)
+    line = _one_error(result, 2, "cannot write (the disk is full)", "files written before it are kept")
+    assert str(out / PARTS) in line
+    assert len(list((out / PARTS).glob("*.json"))) == 2  # config.json and the first part
+    assert not [p for p in (out / PARTS).iterdir() if p.name.startswith(".")]
+
+
+def test_a_path_given_twice_or_inside_another_is_assayed_once(tmp_path, no_render):
+    out = tmp_path / "run"
+    result = _run(FIXTURES / "relu_mlp", FIXTURES / "relu_mlp" / "task1", FIXTURES / "relu_mlp", out=out)
+    assert result.exit_code == 0, result.output
+    assert "relu_mlp/task1: already under" in result.stderr and "given twice" in result.stderr
+    checkpoints = pd.read_csv(out / "checkpoints.csv")["checkpoint"].tolist()
+    assert checkpoints == ["relu_mlp/task1", "relu_mlp/task3"]
+    assert pd.read_csv(out / "units.csv").groupby("checkpoint").size().nunique() == 1
+
+
+def test_a_failed_checkpoint_error_line_shows_even_with_python_warnings_off(tmp_path):
+    """The error line is printed, not warned: PYTHONWARNINGS=ignore cannot hide it."""
+    ck = tmp_path / "ck"
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "good")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "bad")
+    (ck / "bad" / WEIGHTS).write_bytes(b"\x00" * 10)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "resetassay.cli", "run", str(ck), "--out", str(tmp_path / "run"),
+                           *SMALL], capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")][0].startswith(
+        f"error: {ck / 'bad' / WEIGHTS}: unreadable safetensors file")
+
+
+def test_state_with_another_number_of_units_fails_that_checkpoint_only(tmp_path, no_render):
+    from safetensors.torch import save_file
+
+    ck = tmp_path / "ck"
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "a")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "b")
+    save_file({"layers.0.act.age": torch.arange(5)}, ck / "b" / "state.safetensors")
+    result = _run(ck, out=tmp_path / "run")
+    _one_error(result, 2, "ck/b/state.safetensors: layers.0.act.age has shape (5,), but layers.0.act has")
+    assert pd.read_csv(tmp_path / "run" / "checkpoints.csv")["checkpoint"].tolist() == ["ck/a"]
+
+
+def test_a_bad_data_record_fails_that_checkpoint_without_blaming_a_flag(tmp_path, no_render):
+    ck = tmp_path / "ck"
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "a")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "b")
+    manifest = json.loads((ck / "b" / MANIFEST).read_text())
+    manifest["data"].update(source="mnist", data_dir=str(tmp_path / "nowhere"))
+    (ck / "b" / MANIFEST).write_text(json.dumps(manifest))
+    result = _run(ck, out=tmp_path / "run")
+    line = _one_error(result, 2, f"{ck / 'b' / MANIFEST}: its data record cannot be loaded")
+    assert not line.startswith("error: --")
+    assert pd.read_csv(tmp_path / "run" / FAILURES)["checkpoint"].tolist() == ["ck/b"]

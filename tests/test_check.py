@@ -8,7 +8,9 @@ regression, 2 bad input.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,7 +20,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from resetassay.check import compare, family_means, make_baseline, parse_floor, read_baseline, write_baseline
+from resetassay.check import (
+    check_run,
+    compare,
+    family_means,
+    make_baseline,
+    parse_floor,
+    read_baseline,
+    write_baseline,
+)
 from resetassay.cli import app
 from resetassay.errors import BadInputError
 from resetassay.names import ALL
@@ -237,3 +247,282 @@ def test_floor_parses_family_glob_and_bound():
 def test_negative_tolerance_is_bad_input(clean_run, baseline_file):
     result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(baseline_file), "--tolerance", "-1"])
     assert result.exit_code == 2 and "--tolerance" in result.output
+
+
+# --- "Nothing silently wrong": NaN, empty runs, fewer checkpoints, output paths --------------------------------
+
+
+def _edit_summary(run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of `run` whose summary.csv is `edit(summary)`."""
+    copy = tmp_path / "edited"
+    shutil.copytree(run, copy)
+    summary = pd.read_csv(copy / "summary.csv", keep_default_na=False, na_values=[""], dtype={"note": object})
+    edit(summary).to_csv(copy / "summary.csv", index=False)
+    return copy
+
+
+def _pooled(summary: pd.DataFrame, checkpoint: str, utility: str, metric: str = "l1") -> pd.Series:
+    return ((summary["checkpoint"] == checkpoint) & (summary["utility"] == utility) & (summary["metric"] == metric)
+            & (summary["scope"] == ALL))
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--tolerance", "nan"], "--tolerance"), (["--tolerance", "inf"], "--tolerance"),
+    (["--rel-tolerance", "nan"], "--rel-tolerance"), (["--rel-tolerance", "inf"], "--rel-tolerance"),
+])
+def test_nan_or_inf_tolerance_is_bad_input_not_a_pass(clean_run, baseline_file, tmp_path, args, flag):
+    """A NaN limit would pass every comparison: the regression below fails by default, so it must not pass here."""
+    run = _perturbed(clean_run, tmp_path, "silu/a", "activation", "kl", "spearman", lambda v: v - 0.1)
+    run = _perturbed(run, tmp_path / "x", "silu/a", "gxd", "l1", "shock_at_q", lambda v: v * 3)
+    assert runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)]).exit_code == 1
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file), *args])
+    assert result.exit_code == 2, result.output
+    assert _error_lines(result.output)[0].startswith(f"error: {flag} ")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_compare_and_make_baseline_refuse_a_tolerance_or_margin_that_is_not_finite(clean_run, value):
+    means, _, _ = family_means(clean_run)
+    baseline, _ = make_baseline(clean_run)
+    for kwargs, flag in (({"tolerance": value}, "--tolerance"), ({"rel_tolerance": value}, "--rel-tolerance")):
+        with pytest.raises(BadInputError) as caught:
+            compare(means, baseline, **kwargs)
+        assert caught.value.flag == flag
+    with pytest.raises(BadInputError) as caught:
+        make_baseline(clean_run, margin=value)
+    assert caught.value.flag == "--margin"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_floor_value_must_be_finite(value):
+    with pytest.raises(BadInputError, match="--floor") as caught:
+        parse_floor(f"gxd:l1:spearman>={value}")
+    assert caught.value.flag == "--floor"
+
+
+@pytest.mark.parametrize(("section", "entry", "named"), [
+    ("rows", '{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "n": 2, "spearman": NaN}', "'spearman'"),
+    ("rows", '{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "shock_at_q": Infinity}', "'shock_at_q'"),
+    ("rows", '{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "gap": -Infinity}', "'gap'"),
+    ("floors", '{"family": "*", "utility": "gxd", "metric": "l1", "stat": "spearman", "min": NaN}', "'min'"),
+    ("floors", '{"family": "*", "utility": "gxd", "metric": "l1", "stat": "gap", "max": Infinity}', "'max'"),
+])
+def test_nan_or_infinity_in_a_baseline_is_bad_input_naming_file_and_entry(clean_run, tmp_path, section, entry,
+                                                                          named):
+    path = tmp_path / "nan.json"
+    path.write_text(f'{{"format": "resetassay.baseline/2", "q": 0.05, "{section}": [{entry}]}}')
+    result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output.replace("\n", " ").replace(" error:", "\nerror:"))
+    assert "nan.json" in line and f"{section}[0]" in line and named in line
+    with pytest.raises(BadInputError, match=rf"{section}\[0\]"):  # nor is such a baseline written
+        write_baseline(json.loads(path.read_text()), tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_nan_q_in_a_baseline_is_bad_input(clean_run, tmp_path):
+    path = tmp_path / "q.json"
+    path.write_text('{"format": "resetassay.baseline/2", "q": NaN, "rows": [{"family": "mlp-silu", '
+                    '"utility": "gxd", "metric": "l1", "spearman": 0.9}]}')
+    result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(path)])
+    assert result.exit_code == 2 and "'q'" in result.output and "q.json" in result.output
+
+
+def test_a_run_nan_fails_against_a_finite_baseline_value(clean_run, baseline_file, tmp_path):
+    def blank(summary: pd.DataFrame) -> pd.DataFrame:
+        for checkpoint in ("silu/a", "silu/b"):
+            summary.loc[_pooled(summary, checkpoint, "gxd"), "spearman"] = np.nan
+        return summary
+
+    result = runner.invoke(app, ["check", str(_edit_summary(clean_run, tmp_path, blank)),
+                                 "--baseline", str(baseline_file)])
+    assert result.exit_code == 1, result.output
+    failing = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert [line.split()[1:5] for line in failing] == [["mlp-silu", "gxd", "l1", "spearman"]] * 2
+    assert "spearman floor" in failing[1]  # the floor gxd:l1:spearman>=0.9 fails on it too
+    assert all("no value in the run (NaN)" in line for line in failing)
+
+
+def test_a_nan_in_one_checkpoint_fails_even_when_the_others_mean_matches_the_baseline(clean_run, baseline_file,
+                                                                                      tmp_path):
+    """The family mean skips NaN: without this rule silu/a's NaN would pass as silu/b's value alone."""
+    rho = json.loads(baseline_file.read_text())["rows"]
+    (base,) = [r["spearman"] for r in rho if (r["family"], r["utility"], r["metric"]) == ("mlp-silu", "gxd", "l1")]
+
+    def one_blank(summary: pd.DataFrame) -> pd.DataFrame:
+        summary.loc[_pooled(summary, "silu/a", "gxd"), ["spearman", "note"]] = [np.nan, "shock is constant"]
+        summary.loc[_pooled(summary, "silu/b", "gxd"), "spearman"] = base
+        return summary
+
+    run = _edit_summary(clean_run, tmp_path, one_blank)
+    means, _, _ = family_means(run)
+    row = means[(means["family"] == "mlp-silu") & (means["utility"] == "gxd") & (means["metric"] == "l1")].iloc[0]
+    assert row["spearman"] == pytest.approx(base) and row["spearman_n"] == 1  # the mean alone looks fine
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)])
+    assert result.exit_code == 1, result.output
+    failing = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(failing) == 2  # the baseline row and the floor
+    assert all("mlp-silu  gxd" in line and "no value in 1 of 2 checkpoints (NaN: shock is constant)" in line
+               for line in failing)
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean run plus a utility `flat`, constant over the units (Spearman NaN with a reason, SPEC S5) in every
+    mlp-silu checkpoint and in relu/a only (relu/b ranks the units)."""
+    rng = np.random.default_rng(0)
+    units = []
+    for name in CHECKPOINTS:
+        u = _units(name, rng)
+        u["flat"] = 1.0 if name != "relu/b" else u["shock_l1"]
+        units.append(u)
+    summary = pd.concat([checkpoint_summary(u, [*UTILITIES, "flat"], ["l1", "kl"], 0.05) for u in units],
+                        ignore_index=True)
+    checkpoints = pd.DataFrame([{"checkpoint": k, "family": f, "step": s} for k, (f, s) in CHECKPOINTS.items()])
+    notes = pd.DataFrame(columns=["checkpoint", "utility", "layer", "reason"])
+    out = tmp_path_factory.mktemp("flat")
+    write_run(out, {"units": pd.concat(units), "summary": summary, "notes": notes, "checkpoints": checkpoints},
+              {"config": {"q": 0.05}, "versions": {}})
+    return out
+
+
+def _row(baseline: dict, family: str, utility: str = "flat", metric: str = "l1") -> dict:
+    (row,) = [r for r in baseline["rows"] if (r["family"], r["utility"], r["metric"]) == (family, utility, metric)]
+    return row
+
+
+def test_a_nan_the_method_defines_is_stored_as_null_with_its_reason_and_passes(flat_run, tmp_path):
+    path = tmp_path / "flat.json"
+    result = runner.invoke(app, ["baseline", str(flat_run), "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    baseline = json.loads(path.read_text())
+    assert baseline["format"] == "resetassay.baseline/2"
+    silu, relu = _row(baseline, "mlp-silu"), _row(baseline, "mlp-relu")
+    assert silu["spearman"] is None and silu["spearman_note"] == "utility is constant over the units"
+    assert "spearman_n" not in silu and "shock_at_q_note" not in silu  # Shock@q is defined (ties by unit index)
+    assert relu["spearman"] is not None and relu["spearman_n"] == 1  # relu/b has a value, relu/a has none
+    assert relu["spearman_note"] == "utility is constant over the units"
+    result = runner.invoke(app, ["check", str(flat_run), "--baseline", str(path), "--all"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.split()[1:5] == ["mlp-silu", "flat", "l1",
+                                                                                      "spearman"]]
+    assert line.startswith("ok") and "NaN allowed (utility is constant over the units)" in line
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    # silu: the run's NaN has lost its reason
+    (lambda s: s.assign(note=s["note"].where(~(s["utility"].eq("flat") & s["checkpoint"].str.startswith("silu")))),
+     "no value in the run (NaN) and no reason"),
+    # relu: relu/b's value is gone too, so no checkpoint has one where the baseline had a value
+    (lambda s: s.assign(spearman=s["spearman"].where(~(s["utility"].eq("flat") & s["checkpoint"].eq("relu/b")))),
+     "no value in the run (NaN: utility is constant over the units)"),
+])
+def test_a_method_nan_fails_without_its_reason_or_where_the_baseline_has_a_value(flat_run, tmp_path, edit, why):
+    path = write_baseline(make_baseline(flat_run)[0], tmp_path / "flat.json")
+    result = runner.invoke(app, ["check", str(_edit_summary(flat_run, tmp_path, edit)), "--baseline", str(path)])
+    assert result.exit_code == 1, result.output
+    failing = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert failing and all(why in line and " flat " in line and "spearman" in line for line in failing)
+
+
+def test_a_run_nan_with_a_reason_fails_against_a_finite_baseline_naming_the_reason(flat_run, tmp_path):
+    baseline = make_baseline(flat_run)[0]
+    _row(baseline, "mlp-silu").update(spearman=0.5)
+    del _row(baseline, "mlp-silu")["spearman_note"]
+    path = write_baseline(baseline, tmp_path / "finite.json")
+    result = runner.invoke(app, ["check", str(flat_run), "--baseline", str(path)])
+    assert result.exit_code == 1, result.output
+    failing = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(failing) == 1  # only l1 was made finite; kl stays null with its reason and passes
+    assert "mlp-silu  flat" in failing[0]
+    assert "no value in the run (NaN: utility is constant over the units)" in failing[0]
+
+
+def test_null_without_a_reason_is_not_gated_and_format_1_is_still_read(flat_run, tmp_path):
+    baseline = make_baseline(flat_run)[0]
+    for row in baseline["rows"]:
+        for stat in ("spearman", "shock_at_q", "gap"):
+            row.pop(f"{stat}_note", None)
+            row.pop(f"{stat}_n", None)
+            if row["utility"] == "flat":
+                row[stat] = None
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({**baseline, "format": "resetassay.baseline/1"}))
+    comparisons = check_run(flat_run, path)[0]
+    assert comparisons and all(c.passed for c in comparisons)
+    assert not [c for c in comparisons if c.utility == "flat"]
+
+
+@pytest.mark.parametrize("command", ["check", "baseline"])
+def test_an_empty_summary_is_bad_input_naming_the_file(clean_run, baseline_file, tmp_path, command):
+    run = _edit_summary(clean_run, tmp_path, lambda s: s.iloc[:0])
+    args = ["--baseline", str(baseline_file)] if command == "check" else ["-o", str(tmp_path / "b.json")]
+    result = runner.invoke(app, [command, str(run), *args])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert "summary.csv" in line and "no rows" in line and str(run) in line.replace("\n", "")
+
+
+def test_a_run_of_none_of_the_baseline_families_is_reported_as_such(clean_run, baseline_file, tmp_path):
+    run = tmp_path / "other"
+    shutil.copytree(clean_run, run)
+    checkpoints = pd.read_csv(run / "checkpoints.csv")
+    checkpoints["family"] = "cnn-relu"
+    checkpoints.to_csv(run / "checkpoints.csv", index=False)
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)])
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", "")
+    assert "summary.csv: none of its model families (cnn-relu)" in text and "mlp-relu, mlp-silu" in text
+
+
+def test_fewer_checkpoints_than_the_baseline_is_a_note(clean_run, baseline_file, tmp_path):
+    run = _edit_summary(clean_run, tmp_path, lambda s: s[s["checkpoint"] != "silu/b"])
+    comparisons, notes = check_run(run, baseline_file, tolerance=1.0, rel_tolerance=10.0)
+    assert all(c.passed for c in comparisons)
+    assert notes == ["mlp-silu has 1 checkpoints in the run and 2 in the baseline (the run's means are over fewer)"]
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file), "--tolerance", "1",
+                                 "--rel-tolerance", "10"])
+    assert result.exit_code == 0 and "mlp-silu has 1 checkpoints in the run and 2 in the baseline" in result.output
+    assert check_run(clean_run, baseline_file)[1] == []
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+@pytest.mark.parametrize(("command", "flag"), [("check", "--junit"), ("baseline", "--output")])
+def test_an_output_path_that_cannot_be_a_file_is_bad_input_naming_flag_and_path(clean_run, baseline_file, tmp_path,
+                                                                                where, command, flag):
+    (tmp_path / "a-file").write_text("keep me")
+    target = tmp_path / "a-dir" if where == "directory" else tmp_path / "a-file" / "out.xml"
+    (tmp_path / "a-dir").mkdir()
+    args = ["--baseline", str(baseline_file)] if command == "check" else []
+    result = runner.invoke(app, [command, str(clean_run), *args, flag, str(target)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output.replace("\n", " ").replace(" error:", "\nerror:"))
+    assert line.startswith(f"error: {flag} {target}")
+    assert (tmp_path / "a-file").read_text() == "keep me" and not list((tmp_path / "a-dir").iterdir())
+
+
+def test_junit_path_is_checked_before_the_run_is_read(tmp_path, baseline_file):
+    with pytest.raises(BadInputError) as caught:
+        check_run(tmp_path / "no-run", baseline_file, junit=tmp_path)
+    assert caught.value.flag == "--junit"
+
+
+def test_baseline_is_written_atomically(clean_run, baseline_file, tmp_path, monkeypatch):
+    """A write that fails (here: the disk fills at the flush) leaves the old baseline whole and no temporary file."""
+    path = tmp_path / "baseline.json"
+    shutil.copy(baseline_file, path)
+    before = path.read_text()
+    baseline, _ = make_baseline(clean_run, utilities=["gxd"])
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(BadInputError, match="--output") as caught:
+        write_baseline(baseline, path)
+    assert caught.value.flag == "--output" and str(path) in str(caught.value)
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["baseline.json"]

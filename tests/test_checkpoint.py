@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from resetassay.checkpoint import (
     MANIFEST,
@@ -22,7 +26,10 @@ from resetassay.checkpoint import (
 )
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
-from resetassay.models import create_model
+from resetassay.models import MODELS, create_model
+from resetassay.rundir import checkpoint_sha256
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 MLP_KWARGS = {"in_features": 6, "widths": [5, 4], "n_classes": 3}
 CNN_KWARGS = {"in_channels": 1, "widths": [3, 4], "n_classes": 2}
@@ -154,7 +161,8 @@ def test_weights_of_the_wrong_shape_are_refused(tmp_path):
 def test_bad_factory_kwargs_are_refused(tmp_path):
     _save_mlp(tmp_path / "ck")
     _rewrite_manifest(tmp_path / "ck", lambda m: m["model"]["kwargs"].__setitem__("depth", 3))
-    with pytest.raises(BadInputError, match="bad model kwargs"):
+    with pytest.raises(BadInputError, match=r"manifest\.json: model\.kwargs do not build resetassay\.models:mlp "
+                       r"\(TypeError: .*'depth'"):
         load_checkpoint(tmp_path / "ck")
 
 
@@ -192,7 +200,7 @@ def test_pt_file_holding_a_pickled_object_is_refused_without_running_code(tmp_pa
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(2), "x": Evil(str(marker))}, path)
     with pytest.raises(BadInputError, match="refused"):
-        read_tensors(path)
+        read_tensors(path, path.read_bytes())
     with pytest.raises(BadInputError, match="refused"):
         load_checkpoint(path, model="resetassay.models:mlp", model_kwargs=MLP_KWARGS)
     assert not marker.exists() and SIDE_EFFECT["ran"] is False
@@ -206,7 +214,7 @@ def test_pt_file_not_holding_tensors_is_refused(tmp_path):
     path = tmp_path / "numbers.pt"
     torch.save({"a": 1, "b": [2, 3]}, path)
     with pytest.raises(BadInputError, match="dict of tensors"):
-        read_tensors(path)
+        read_tensors(path, path.read_bytes())
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model_state_dict"])
@@ -299,3 +307,319 @@ def test_find_checkpoints_errors_on_missing_path_and_empty_dir(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(BadInputError, match="no checkpoint found"):
         find_checkpoints([tmp_path / "empty"])
+
+
+# --- sha256 of the bytes loaded -------------------------------------------------------------
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_loaded_checkpoint_holds_the_sha256_of_each_file_it_read(tmp_path):
+    _save_mlp(tmp_path / "ck")
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert ckpt.sha256 == {n: _sha(tmp_path / "ck" / n) for n in (MANIFEST, WEIGHTS, STATE)}
+    assert ckpt.sha256 == checkpoint_sha256(tmp_path / "ck", foreign=False)
+    foreign = load_checkpoint(tmp_path / "ck", model="resetassay.models:mlp", model_kwargs=MLP_KWARGS)
+    assert foreign.sha256 == {WEIGHTS: _sha(tmp_path / "ck" / WEIGHTS)} == checkpoint_sha256(tmp_path / "ck", True)
+    torch.save(create_model("mlp", **MLP_KWARGS).state_dict(), tmp_path / "net.pt")
+    plain = load_checkpoint(tmp_path / "net.pt", model="resetassay.models:mlp", model_kwargs=MLP_KWARGS)
+    assert plain.sha256 == {"net.pt": _sha(tmp_path / "net.pt")} == checkpoint_sha256(tmp_path / "net.pt", True)
+
+
+def test_a_file_replaced_after_or_while_loading_keeps_the_digest_of_the_bytes_loaded(tmp_path, monkeypatch):
+    """Each file is read once: replacing it right after that read changes neither what was loaded nor its hash."""
+    model, state = _save_mlp(tmp_path / "ck")
+    originals = {n: (tmp_path / "ck" / n).read_bytes() for n in (MANIFEST, WEIGHTS, STATE)}
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "other", create_model("mlp", **MLP_KWARGS), "resetassay.models:mlp", MLP_KWARGS,
+                    state={k: v + 1 for k, v in state.items()}, meta={"seed": 9})  # same shapes, other values
+    others = {n: (tmp_path / "other" / n).read_bytes() for n in originals}
+    assert all(others[n] != originals[n] for n in originals)
+    read_bytes = Path.read_bytes
+
+    def read_then_replace(self: Path) -> bytes:
+        raw = read_bytes(self)
+        if self.parent == tmp_path / "ck":
+            self.write_bytes(others[self.name])
+        return raw
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_replace)
+    ckpt = load_checkpoint(tmp_path / "ck")
+    monkeypatch.undo()
+    assert ckpt.sha256 == {n: hashlib.sha256(raw).hexdigest() for n, raw in originals.items()}
+    assert all(ckpt.sha256[n] != _sha(tmp_path / "ck" / n) for n in originals)  # the disk holds the others now
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt.model.state_dict()[k], v), k
+    assert "seed" not in ckpt.info.meta and all(torch.equal(ckpt.state[k], v) for k, v in state.items())
+
+
+# --- saving whole ---------------------------------------------------------------------------
+
+
+def test_saving_again_without_state_replaces_the_whole_directory(tmp_path):
+    _save_mlp(tmp_path / "ck")
+    assert (tmp_path / "ck" / STATE).exists()
+    model = create_model("mlp", **MLP_KWARGS)
+    save_checkpoint(tmp_path / "ck", model, "resetassay.models:mlp", MLP_KWARGS)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == sorted([MANIFEST, WEIGHTS])
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary or old directory left
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert ckpt.state == {} and ckpt.info.step == {}
+    assert torch.equal(ckpt.model.head.weight, model.head.weight)
+
+
+def test_a_directory_holding_other_files_is_never_replaced(tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "notes.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="holds notes.txt, not only a checkpoint"):
+        _save_mlp(tmp_path / "ck")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(BadInputError, match="is a file"):
+        _save_mlp(tmp_path / "file")
+    assert (tmp_path / "ck" / "notes.txt").read_text() == (tmp_path / "file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "file"]
+
+
+CRASH = """
+import os, sys, torch
+import resetassay.checkpoint as c
+from resetassay.models import create_model
+point, target = sys.argv[1], sys.argv[2]
+calls = {"n": 0}
+real = getattr(os, point)
+def crash(*args):
+    calls["n"] += 1
+    if calls["n"] == 2:  # the second file flushed, or the second rename (the new directory into place)
+        os._exit(3)
+    return real(*args)
+setattr(os, point, crash)
+c.save_checkpoint(target, create_model("mlp", in_features=6, widths=[5, 4], n_classes=3), "resetassay.models:mlp",
+                  {"in_features": 6, "widths": [5, 4], "n_classes": 3}, meta={"seed": 1})
+"""
+
+
+@pytest.mark.parametrize("point", ["fsync", "rename"], ids=["while writing", "between the renames"])
+def test_a_save_killed_midway_leaves_no_mix_and_only_hidden_leftovers(tmp_path, point):
+    _save_mlp(tmp_path / "ck")
+    before = {n: (tmp_path / "ck" / n).read_bytes() for n in (MANIFEST, WEIGHTS, STATE)}
+    done = subprocess.run([sys.executable, "-c", CRASH, point, str(tmp_path / "ck")], capture_output=True)
+    assert done.returncode == 3, done.stderr.decode()
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden and all(n.startswith((".ck.tmp-", ".ck.old-")) for n in hidden)
+    if point == "fsync":  # the old checkpoint is untouched
+        assert {n: (tmp_path / "ck" / n).read_bytes() for n in before} == before
+        assert [p for p, _ in find_checkpoints([tmp_path])] == [tmp_path / "ck"]
+    else:  # old and new both aside: no checkpoint rather than a mixed one
+        assert not (tmp_path / "ck").exists()
+        with pytest.raises(BadInputError, match="no checkpoint found"):
+            find_checkpoints([tmp_path])
+    _save_mlp(tmp_path / "ck")  # the next save deletes the leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_find_checkpoints_skips_hidden_directories_and_files(tmp_path):
+    root = tmp_path / "runs"
+    for sub in ("ck", ".ck.tmp-0123abcd", ".cache/ck", "deep/.old/ck"):
+        _save_mlp(root / sub)
+    torch.save({"w": torch.zeros(1)}, root / ".net.pt")
+    torch.save({"w": torch.zeros(1)}, root / "net.pt")
+    assert [p for p, _ in find_checkpoints([root])] == [root / "ck"]
+    assert {p for p, _ in find_checkpoints([root], foreign_ok=True)} == {root / "ck", root / "net.pt"}
+    assert [p for p, _ in find_checkpoints([root / ".cache"])] == [root / ".cache" / "ck"]  # named: not skipped
+
+
+# --- the manifest schema --------------------------------------------------------------------
+
+DATA = DataSpec(task=3, permutation_seed=7).to_dict()
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"data": {**DATA, "holdout_fraction": 5}}, "data.holdout_fraction must be a number in (0, 1), got 5"),
+    ({"data": {**DATA, "holdout_fraction": 0}}, "data.holdout_fraction must be a number in (0, 1), got 0"),
+    ({"data": {**DATA, "task": 1.5}}, "data.task must be an integer >= 0, got 1.5"),
+    ({"data": {**DATA, "task": "1"}}, "data.task must be an integer >= 0, got '1'"),
+    ({"data": {**DATA, "task": True}}, "data.task must be an integer >= 0, got True"),
+    ({"data": {**DATA, "permutation_seed": -1}}, "data.permutation_seed must be an integer >= 0, got -1"),
+    ({"data": {**DATA, "split_seed": None}}, "data.split_seed must be an integer >= 0, got None"),
+    ({"data": {**DATA, "source": "cifar"}}, "data.source must be 'digits' or 'mnist', got 'cifar'"),
+    ({"data": {**DATA, "layout": ["flat"]}}, "data.layout must be 'flat' or 'image', got ['flat']"),
+    ({"data": {**DATA, "data_dir": 3}}, "data.data_dir must be a string or null, got 3"),
+    ({"data": {**DATA, "colour": "red"}}, "data.colour is not a data field"),
+    ({"data": {k: v for k, v in DATA.items() if k != "split_seed"}}, "data.split_seed is missing"),
+    ({"data": "digits"}, "data must be an object or null, got 'digits'"),
+    ({"model": "resetassay.models:mlp"}, "model must be an object, got 'resetassay.models:mlp'"),
+    ({"model": {"kwargs": {}}}, "model.factory is missing"),
+    ({"model": {"factory": 3}}, "model.factory must be a string, got 3"),
+    ({"model": {"factory": "resetassay.models:mlp", "kwargs": [6]}}, "model.kwargs must be an object, got [6]"),
+    ({"model": {"factory": "resetassay.models:mlp", "args": []}}, "unknown field model.args"),
+    ({"step": {"task": -1}}, "step.task must be an integer >= 0, got -1"),
+    ({"step": {"task": "3"}}, "step.task must be an integer >= 0, got '3'"),
+    ({"step": {"round": 3}}, "unknown field step.round"),
+    ({"step": [3]}, "step must be an object, got [3]"),
+    ({"unit_layers": ["a", 1]}, "unit_layers must be a list of strings, got ['a', 1]"),
+    ({"meta": None}, "meta must be an object, got None"),
+    ({"meta": {"maturity": "100"}}, "meta.maturity must be an integer >= 0, got '100'"),
+    ({"meta": {"family": ["mlp"]}}, "meta.family must be a string, got ['mlp']"),
+    ({"meta": {"seed": 0.5}}, "meta.seed must be an integer, got 0.5"),
+    ({"extra": 1}, "unknown field extra"),
+    ({"unknown\nfield": 1}, "unknown field 'unknown\\nfield'"),
+])
+def test_every_manifest_field_is_checked_and_named_in_one_line(tmp_path, edit, needle):
+    _save_mlp(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: m.update(edit))
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(tmp_path / "ck")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'ck' / MANIFEST}: ") and needle in message, message
+    assert message.endswith("; regenerate the checkpoint") and "\n" not in message and err.value.flag is None
+
+
+def test_a_missing_model_and_a_missing_format_are_named(tmp_path):
+    _save_mlp(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: m.pop("model"))
+    with pytest.raises(BadInputError, match="model is missing"):
+        load_checkpoint(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: m.pop("format"))
+    with pytest.raises(BadInputError, match="format None is not 'resetassay.checkpoint/1'"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_optional_manifest_fields_may_be_left_out(tmp_path):
+    _save_mlp(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: [m.pop(k) for k in ("step", "data", "unit_layers", "meta")])
+    ckpt = load_checkpoint(tmp_path / "ck")
+    assert (ckpt.info.step, ckpt.info.data, ckpt.info.meta, ckpt.info.family) == ({}, None, {}, "mlp")
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "is a directory, not a file"),
+    (b'{"format": "resetassay.checkpoint/1", "meta": {"x": "\xff\xfe"}}', "not UTF-8 text"),
+    (b'{"meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed JSON (nested too deeply)"),
+    (b'{"step": {"task": 1' + b"0" * 5000 + b"}}", "malformed JSON"),
+    (b"[1, 2]", "format None (the file holds an array, not an object)"),
+    (b'"resetassay.checkpoint/1"', "format None (the file holds a string, not an object)"),
+], ids=["directory", "not utf-8", "nested too deeply", "5000-digit integer", "array", "string"])
+def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content, needle):
+    _save_mlp(tmp_path / "ck")
+    manifest = tmp_path / "ck" / MANIFEST
+    manifest.unlink()
+    if content is None:
+        manifest.mkdir()
+    else:
+        manifest.write_bytes(content)
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(tmp_path / "ck")
+    assert str(err.value).startswith(f"{manifest}: ") and needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"holdout_fraction": 5}, "data.holdout_fraction must be a number in (0, 1), got 5"),
+    ({"task": 1.0}, "data.task must be an integer >= 0, got 1.0"),
+    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist', got 'cifar'"),
+    ({"data_dir": Path("x")}, "data.data_dir must be a string or null"),
+])
+def test_a_data_spec_checks_its_values_wherever_it_is_made(kwargs, needle):
+    with pytest.raises(BadInputError) as err:
+        DataSpec(**kwargs)
+    assert str(err.value).startswith(needle)
+
+
+def test_a_bad_data_value_on_the_command_line_exits_2_naming_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from resetassay.cli import app
+    result = CliRunner().invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(tmp_path), "--data", "digits",
+                                      "--permutation-seed", "-1", "--quiet"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --permutation-seed -1: must be >= 0")
+
+
+# --- model factories ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"widths": [-1, 4]}, {"activation": "nope"}, {"activation": {}}, {"widths": "ab"}, {"depth": 3},
+    {"in_features": 10**30}, {"layer_norm": "yes", "widths": [[5]]},
+], ids=["negative width", "unknown activation", "unhashable activation", "string widths", "unknown kwarg",
+        "overflowing size", "nested width"])
+def test_zoo_kwargs_that_make_the_factory_fail_are_one_line_naming_model_kwargs(tmp_path, kwargs):
+    _save_mlp(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: m["model"]["kwargs"].update(kwargs))
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(tmp_path / "ck")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'ck' / MANIFEST}: model.kwargs do not build resetassay.models:mlp (")
+    assert "\n" not in message and err.value.flag is None
+
+
+def test_zoo_kwargs_asking_for_a_huge_model_are_refused_before_allocating_it(tmp_path, monkeypatch):
+    _save_mlp(tmp_path / "ck")
+    _rewrite_manifest(tmp_path / "ck", lambda m: m["model"]["kwargs"].update(in_features=2**28))  # 5 GB of weights
+    devices = []
+    mlp = MODELS["mlp"]
+    monkeypatch.setitem(MODELS, "mlp", lambda **kw: devices.append(torch.get_default_device()) or mlp(**kw))
+    with pytest.raises(BadInputError, match=r"model\.safetensors: layers\.0\.linear\.weight is .* \(5, 6\), the "
+                       r"model wants torch\.float32 \(5, 268435456\)"):
+        load_checkpoint(tmp_path / "ck")
+    assert devices == [torch.device("meta")]
+
+
+def test_a_model_factory_that_cannot_take_the_kwargs_is_a_model_kwargs_error(tmp_path):
+    torch.save(create_model("mlp", **MLP_KWARGS).state_dict(), tmp_path / "net.pt")
+    for kwargs, needle in (({"width": 3}, "TypeError: MLP.__init__() got an unexpected keyword argument 'width'"),
+                           ({"widths": [-1]}, "RuntimeError: Trying to create tensor with negative dimension")):
+        with pytest.raises(BadInputError) as err:
+            load_checkpoint(tmp_path / "net.pt", model="resetassay.models:mlp", model_kwargs=kwargs)
+        assert err.value.flag == "--model-kwargs" and "resetassay.models:mlp cannot take them" in str(err.value)
+        assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_factory_that_returns_no_module_is_a_model_error(tmp_path, monkeypatch):
+    fake = types.ModuleType("fake_zoo")
+    fake.pair = lambda: (create_model("mlp", **MLP_KWARGS), {})
+    fake.nothing = lambda: None
+    monkeypatch.setitem(sys.modules, "fake_zoo", fake)
+    torch.save(create_model("mlp", **MLP_KWARGS).state_dict(), tmp_path / "net.pt")
+    for attr, what in (("pair", "returned a builtins.tuple"), ("nothing", "returned None")):
+        with pytest.raises(BadInputError) as err:
+            load_checkpoint(tmp_path / "net.pt", model=f"fake_zoo:{attr}")
+        assert err.value.flag == "--model" and f"--model 'fake_zoo:{attr}': {what}, not a torch.nn.Module" in str(
+            err.value)
+
+
+# --- state.safetensors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("layers.0.act.bogus", torch.zeros(5), "layers.0.act.bogus is not <layer>.age"),
+    ("age", torch.zeros(5), "age is not <layer>.age"),
+    (".age", torch.zeros(5), ".age is not <layer>.age"),
+    ("layers.0.act\n.age", torch.zeros(5, 1), "'layers.0.act\\n.age' has shape (5, 1)"),
+    ("layers.0.act.age", torch.zeros(5, 1), "layers.0.act.age has shape (5, 1), not one value per unit"),
+    ("layers.0.act.reference", torch.tensor(1.0), "layers.0.act.reference has shape (), not one value per unit"),
+    ("layers.0.act.age", torch.tensor([1, -1, 2, 3, 4]), "layers.0.act.age must hold whole numbers >= 0"),
+    ("layers.0.act.age", torch.tensor([1.5, 1, 2, 3, 4]), "layers.0.act.age must hold whole numbers >= 0"),
+    ("layers.0.act.age", torch.tensor([math.nan] * 5), "layers.0.act.age must hold whole numbers >= 0"),
+    ("layers.0.act.age", torch.tensor([math.inf] * 5), "layers.0.act.age must hold whole numbers >= 0"),
+    ("layers.0.act.reference", torch.tensor([0.0, math.inf, 0, 0, 0]), "layers.0.act.reference holds NaN or Inf"),
+    ("layers.0.act.reference", torch.tensor([0.0, math.nan, 0, 0, 0]), "layers.0.act.reference holds NaN or Inf"),
+    ("layers.0.act.age", torch.ones(5, dtype=torch.bool), "has dtype torch.bool"),
+    ("layers.0.act.utility", torch.ones(5, dtype=torch.complex64), "has dtype torch.complex64"),
+])
+def test_a_bad_state_file_is_one_line_naming_file_and_key(tmp_path, key, value, needle):
+    _save_mlp(tmp_path / "ck")
+    save_file({key: value}, tmp_path / "ck" / STATE)
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(tmp_path / "ck")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'ck' / STATE}: ") and needle in message and "\n" not in message
+
+
+def test_whole_float_ages_and_any_utility_are_accepted(tmp_path):
+    _save_mlp(tmp_path / "ck")
+    state = {"layers.0.act.age": torch.tensor([0.0, 1, 2, 3, 1e6]), "layers.1.act.utility": torch.rand(4),
+             "layers.1.act.reference": torch.zeros(4, dtype=torch.float16)}
+    save_file(state, tmp_path / "ck" / STATE)
+    assert load_checkpoint(tmp_path / "ck").state.keys() == state.keys()

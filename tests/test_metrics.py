@@ -177,7 +177,9 @@ def test_oracle_shock_at_q_is_a_lower_bound_for_every_utility():
         assert len(summary) > 0
         assert (summary.oracle_shock_at_q <= summary.shock_at_q + 1e-12).all(), trial
         assert (summary.gap >= -1e-12).all(), trial
-        assert summary.overlap.between(0, 1).all(), trial
+        defined = summary.overlap.notna()
+        assert summary.overlap[defined].between(0, 1).all(), trial
+        assert summary.note[~defined].str.contains("top-k overlap undefined where shock is constant").all(), trial
 
 
 def test_mean_and_se_match_numpy_and_scipy():
@@ -192,3 +194,19 @@ def test_mean_and_se_match_numpy_and_scipy():
     assert (mean, n) == (3.0, 1) and math.isnan(se)
     mean, se, n = mean_and_se(pd.Series([math.nan]))
     assert n == 0 and math.isnan(mean) and math.isnan(se)
+
+
+def test_top_k_overlap_is_nan_with_a_note_where_every_shock_is_equal():
+    """All-zero shocks: the oracle's pick is a tie-break by unit index, so an overlap of 1.0 would be an
+    artefact of that rule, not agreement (SPEC S5)."""
+    units = _table()
+    units.loc[units["layer"] == "b", "shock_l1"] = 0.0
+    summary = checkpoint_summary(units, ["u"], ["l1"], q=0.25)
+    layer_b = _row(summary, "u", "l1", "b")
+    assert math.isnan(layer_b.overlap) and "top-k overlap undefined where shock is constant" in layer_b.note
+    pooled = _row(summary, "u", "l1", ALL)
+    assert pooled.overlap == _row(summary, "u", "l1", "a").overlap  # layer b left out of the pooled mean
+    assert "(b)" in pooled.note
+    units["shock_l1"] = 0.0
+    pooled = _row(checkpoint_summary(units, ["u"], ["l1"], q=0.25), "u", "l1", ALL)
+    assert math.isnan(pooled.overlap) and "(every layer)" in pooled.note

@@ -196,6 +196,39 @@ def test_report_md_has_a_table_per_family_with_every_column_and_a_bold_best(run_
     assert len(rows) == 4 * 2  # one row per (checkpoint, metric), nothing else
 
 
+def _shown_mean(cell: str) -> float:
+    """The mean of a "0.987 ± 0.004" or "(4.47 ± 1.30)e-03" cell."""
+    scientific = re.fullmatch(r"\((\S+) ± \S+\)e(\S+)", cell)
+    if scientific:
+        return float(scientific[1]) * 10 ** int(scientific[2])
+    return float(cell.split(" ± ")[0])
+
+
+def test_report_md_numbers_are_the_family_means_of_summary_csv(run_dir: Path):
+    """Each family's table shows, per utility and metric, the mean over its checkpoints of the pooled
+    Spearman ρ and Shock@q in summary.csv (to the 3 decimals shown)."""
+    summary = pd.read_csv(run_dir / "summary.csv")
+    families = pd.read_csv(run_dir / "checkpoints.csv").set_index("checkpoint")["family"]
+    pooled = summary[summary["scope"] == ALL].assign(family=lambda f: f["checkpoint"].map(families))
+    text = (run_dir / "report.md").read_text()
+    checked = 0
+    for family, rows in pooled.groupby("family"):
+        section = text.split(f"## {family} (", 1)[1].split("\n## ", 1)[0]
+        header = next(line for line in section.splitlines() if line.startswith("| utility |"))
+        columns = [c.strip() for c in header.strip("|").split("|")]
+        for line in section.splitlines():
+            cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+            if len(cells) != len(columns) or cells[0] not in {"gxd", "activation"}:
+                continue
+            cell = dict(zip(columns, cells, strict=True))
+            mine = rows[(rows["utility"] == cell["utility"]) & (rows["metric"] == cell["metric"])]
+            assert _shown_mean(cell["ρ pooled"]) == pytest.approx(mine["spearman"].mean(), abs=5e-4)
+            shock = mine["shock_at_q"].mean()
+            assert _shown_mean(cell["Shock@5%"]) == pytest.approx(shock, abs=5e-4 if shock >= 0.01 else shock * 5e-3)
+            checked += 1
+    assert checked == 2 * 2 * 2  # two families, two utilities, two metrics
+
+
 def test_report_html_is_self_contained_with_config_versions_and_provenance(run_dir: Path):
     page = (run_dir / "report.html").read_text()
     assert not re.search(r"""(src|href)=["'](?!data:)""", page), "every resource must be inline"

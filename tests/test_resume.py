@@ -299,3 +299,90 @@ def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, mon
     finally:
         signal.signal(signal.SIGINT, previous)
     assert store.load("k")["summary"].equals(tables["summary"])
+
+
+def test_a_part_edited_by_hand_is_assayed_again(tmp_path, no_render, assayed):
+    """Each part stores the sha256 of its tables: a hand edit that still parses is caught, not used."""
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    out = tmp_path / "run"
+    first = run_assay([ckpts], progress=False, out=out, **SMALL)
+    part = _parts(out)[0]
+    edited = json.loads(part.read_text())
+    units = edited["tables"]["units"].splitlines()
+    units[1] = units[1].replace(units[1].split(",")[-1], "123.0")  # one shock changed
+    edited["tables"]["units"] = "\n".join(units) + "\n"
+    part.write_text(json.dumps(edited))
+    with pytest.warns(UserWarning, match="edited since it was written"):
+        second = run_assay([ckpts], progress=False, out=out, **SMALL)
+    assert len(assayed) == 3
+    pd.testing.assert_frame_equal(first.units, second.units)
+
+
+def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(tmp_path, no_render, monkeypatch):
+    """task3's weights are swapped after the run hashed them and before it loads them; restoring them and
+    rerunning must not reuse numbers of the swapped file."""
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    original = (ckpts / "task3" / "model.safetensors").read_bytes()
+    real_load = resetassay.run.load_checkpoint
+
+    def swap_then_load(path, *args, **kwargs):
+        if Path(path).name == "task3":
+            shutil.copy(ckpts / "task1" / "model.safetensors", ckpts / "task3" / "model.safetensors")
+        return real_load(path, *args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(resetassay.run, "load_checkpoint", swap_then_load)
+        run_assay([ckpts], progress=False, out=out, **SMALL)
+    (ckpts / "task3" / "model.safetensors").write_bytes(original)
+    again = run_assay([ckpts], progress=False, out=out, **SMALL)
+    fresh = run_assay([ckpts], progress=False, **SMALL)
+    pd.testing.assert_frame_equal(again.units, fresh.units)
+
+
+def test_the_part_key_depends_on_config_name_path_and_file_digests(tmp_path):
+    with resetassay.rundir.RunParts(tmp_path / "a", {"config": {"seed": 0}}) as a, \
+            resetassay.rundir.RunParts(tmp_path / "b", {"config": {"seed": 1}}) as b:
+        base = a.key("c", Path("x/c"), {"model.safetensors": "00"})
+        assert base == a.key("c", Path("x/c"), {"model.safetensors": "00"})
+        others = [b.key("c", Path("x/c"), {"model.safetensors": "00"}),
+                  a.key("d", Path("x/c"), {"model.safetensors": "00"}),
+                  a.key("c", Path("y/c"), {"model.safetensors": "00"}),
+                  a.key("c", Path("x/c"), {"model.safetensors": "01"})]
+        assert len({base, *others}) == 5
+
+
+def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, no_render):
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    out = tmp_path / "run"
+    holder = resetassay.rundir.RunParts(out, {"config": {}})
+    try:
+        with pytest.raises(BadInputError, match=rf"^--out {out}: in use by another resetassay run "
+                                                rf"\(host .*, pid {os.getpid()}, since .*\)"):
+            run_assay([ckpts], progress=False, out=out, **SMALL)
+    finally:
+        holder.close()
+    run_assay([ckpts], progress=False, out=out, overwrite=True, **SMALL)  # free again once released
+
+
+def test_overwrite_deletes_only_the_parts_resetassay_wrote(tmp_path, no_render):
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    out = tmp_path / "run"
+    run_assay([ckpts], progress=False, out=out, **SMALL)
+    mine = out / PARTS / "my-notes.txt"
+    mine.write_text("keep me\n")
+    target = tmp_path / "precious.json"
+    target.write_text("{}\n")
+    (out / PARTS / ("f" * 64 + ".json")).symlink_to(target)
+    run_assay([ckpts], progress=False, out=out, overwrite=True, **{**SMALL, "seed": 1})
+    assert mine.read_text() == "keep me\n" and target.read_text() == "{}\n"
+
+
+def test_a_run_over_some_of_the_checkpoints_of_an_out_says_the_tables_cover_only_those(tmp_path, no_render):
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    out = tmp_path / "run"
+    run_assay([ckpts], progress=False, out=out, **SMALL)
+    notes: list[str] = []
+    result = run_assay([ckpts / "task1"], progress=False, out=out, note=notes.append, **SMALL)
+    assert set(result.units["checkpoint"]) == {"task1"}
+    assert any("also holds" in n and "the tables cover only the 1 given" in n for n in notes), notes

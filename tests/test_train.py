@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+import resetassay.train
 from resetassay.cbp import CBPConfig
 from resetassay.checkpoint import load_checkpoint
 from resetassay.cli import app
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
-from resetassay.train import TrainConfig, train, zoo_kwargs
+from resetassay.names import MANIFEST, STATE, WEIGHTS
+from resetassay.rundir import RunInterrupted
+from resetassay.train import TrainConfig, TrainingFailed, train, zoo_kwargs
 
+ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 runner = CliRunner()
 MATURITY = 20
@@ -158,3 +169,205 @@ def test_permuted_mnist_from_idx_files_trains_the_784_input_mlp(tmp_path: Path) 
     assert ckpt.info.kwargs["in_features"] == 784 and ckpt.info.data.source == "mnist"
     assert ckpt.state["layers.0.act.age"].shape == (32,)
     assert ckpt.info.meta["holdout_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+# --- Nothing silently wrong: --out, resume, bad flags, divergence, Ctrl-C ---------------------------------------------
+
+# One hidden layer of 16 units, batch 64: ceil(899 / 64) = 15 SGD steps per task, a few ms each.
+TINY = ["--widths", "16", "--tasks", "3", "--batch-size", "64", "--lr", "0.05", "--replacement-rate", "0.05",
+        "--maturity", "5", "--quiet"]
+
+
+def _tiny(**overrides: object) -> TrainConfig:
+    data = DataSpec()
+    settings = {"tasks": 3, "batch_size": 64, "lr": 0.05, "checkpoint_at": (0, 1, 2),
+                "cbp": CBPConfig(replacement_rate=0.05, maturity=5), **overrides}
+    return TrainConfig("mlp", zoo_kwargs("mlp", data, (16,)), data, **settings)
+
+
+def _train_cli(out: Path, *args: str) -> object:
+    return runner.invoke(app, ["train", *TINY, "--out", str(out), *args])
+
+
+def test_no_cbp_into_the_folder_of_a_cbp_run_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    """The old state.safetensors would stay for `run --reference stored` to read (SPEC S2): refused instead."""
+    assert _train_cli(tmp_path, "--checkpoint-at", "0,2").exit_code == 0
+    before = _files(tmp_path)
+    result = _train_cli(tmp_path, "--checkpoint-at", "0,2", "--no-cbp")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --out {tmp_path}: holds 2 checkpoints trained with another config (cbp on -> "
+                             "off); use another --out, or --overwrite to discard them\n")
+    assert _files(tmp_path) == before
+
+
+def test_overwrite_discards_what_train_wrote_and_keeps_other_files(tmp_path: Path) -> None:
+    assert _train_cli(tmp_path, "--checkpoint-at", "0,2").exit_code == 0
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / MANIFEST).write_text("{}\n")
+    result = _train_cli(tmp_path, "--checkpoint-at", "2", "--no-cbp", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.csv", "mine", "notes.txt", "task2", "train.json"]
+    assert sorted(p.name for p in (tmp_path / "task2").iterdir()) == [MANIFEST, WEIGHTS]  # no stale CBP state
+    assert load_checkpoint(tmp_path / "task2").state == {}
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n" and (tmp_path / "mine" / MANIFEST).exists()
+    assert json.loads((tmp_path / "train.json").read_text())["config"]["cbp"] is None
+
+
+def test_a_non_empty_folder_without_a_train_record_is_refused_then_overwrite_keeps_other_files(tmp_path: Path) -> None:
+    """A folder of an older train (no train.json), with a user's file: refused; --overwrite removes only task0."""
+    train(_tiny(checkpoint_at=(0,), cbp=None), tmp_path)
+    (tmp_path / "train.json").unlink()
+    (tmp_path / "results.csv").write_text("x\n")
+    result = _train_cli(tmp_path, "--checkpoint-at", "2")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --out {tmp_path}: not empty (accuracy.csv, results.csv, task0) and holds no "
+                             "train.json of a training run; use another --out, or --overwrite to discard the "
+                             "checkpoints and accuracy.csv an earlier train wrote there (other files are kept)\n")
+    assert _train_cli(tmp_path, "--checkpoint-at", "2", "--overwrite").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.csv", "results.csv", "task2", "train.json"]
+
+
+def test_the_same_command_again_has_nothing_to_do_and_rewrites_nothing(tmp_path: Path) -> None:
+    assert _train_cli(tmp_path, "--checkpoint-at", "0,2", "--no-cbp").exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    result = _train_cli(tmp_path, "--checkpoint-at", "0,2", "--no-cbp")
+    assert result.exit_code == 0, result.output
+    assert f"nothing to do: all 2 checkpoints of this command are in {tmp_path}" in result.stderr
+    assert "wrote" not in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No optimizer or CBP state is saved: the rerun trains from the start (deterministic, SPEC S6, S7) and writes
+    only the missing checkpoints."""
+    config = _tiny()
+    train(config, tmp_path / "whole")
+    out = tmp_path / "cut"
+    real, calls = resetassay.train.save_checkpoint, []
+
+    def interrupted_at_the_second(*args: object, **kwargs: object) -> Path:
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(resetassay.train, "save_checkpoint", interrupted_at_the_second)
+        with pytest.raises(RunInterrupted) as stopped:
+            train(config, out)
+    assert str(stopped.value) == f"interrupted: 1 of 3 checkpoints saved in {out}; rerun the same command to resume"
+    notes: list[str] = []
+    written = train(config, out, note=notes.append)
+    assert [p.name for p in written] == ["task1", "task2"]
+    assert notes == [f"resuming: 1 of 3 checkpoints are already in {out}; training again from the start (no "
+                     "optimizer state is saved; same seed and 1 thread as the first run, so bit-identical) to write "
+                     "the 2 missing"]
+    assert _files(out) == _files(tmp_path / "whole")
+
+
+def test_a_kept_checkpoint_the_rerun_does_not_reproduce_stops_it(tmp_path: Path) -> None:
+    config = _tiny(cbp=None)
+    train(config, tmp_path)
+    weights = load_file(tmp_path / "task0" / WEIGHTS)
+    weights["layers.0.linear.bias"][0] += 1e-3
+    save_file(weights, tmp_path / "task0" / WEIGHTS)
+    shutil.rmtree(tmp_path / "task2")
+    with pytest.raises(TrainingFailed, match=rf"^--out {tmp_path}: task0 on disk is not what this rerun of the same "
+                                             r"command trains \(its weights differ"):
+        train(config, tmp_path)
+    assert not (tmp_path / "task2").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "1e39"),
+    ("--momentum", "nan"), ("--momentum", "1"), ("--momentum", "-0.5"),
+    ("--decay", "nan"), ("--decay", "1"), ("--replacement-rate", "inf"), ("--replacement-rate", "-0.1"),
+    ("--maturity", "-1"), ("--tasks", "0"), ("--epochs-per-task", "0"), ("--batch-size", "0"),
+    ("--seed", "-1"), ("--permutation-seed", "-1"),
+])
+def test_every_training_flag_is_checked_finite_and_in_range(flag: str, value: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["train", flag, value, "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {flag} ")
+    assert not out.exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(("make", "flag"), [
+    (lambda: TrainConfig(lr=float("nan")), "--lr"),
+    (lambda: TrainConfig(momentum=float("inf")), "--momentum"),
+    (lambda: TrainConfig(checkpoint_at=(0.5,)), "--checkpoint-at"),
+    (lambda: CBPConfig(maturity=2.5), "--maturity"),
+    (lambda: CBPConfig(decay=float("nan")), "--decay"),
+])
+def test_bad_values_from_python_name_their_flag(make: object, flag: str) -> None:
+    with pytest.raises(BadInputError) as bad:
+        make()
+    assert bad.value.flag == flag
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_exit_1_and_writes_nothing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--no-cbp", "--widths", "16,16", "--tasks", "3", "--checkpoint-at", "0,1,2",
+                                 "--lr", "1e8", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: training diverged: the loss became nan at task 0, epoch 0, step ")
+    assert line.endswith(f"of 15; no checkpoint is in {tmp_path}, none written from the diverged model; "
+                         "try a lower --lr")
+    assert not list(tmp_path.glob("task*"))
+
+
+def test_divergence_keeps_the_earlier_checkpoints_and_says_where_it_happened(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    real = resetassay.train.task_arrays
+
+    def nan_in_task_1(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = real(spec, part)
+        return (torch.full_like(x, float("nan")) if spec.task == 1 and part == "train" else x), y
+
+    monkeypatch.setattr(resetassay.train, "task_arrays", nan_in_task_1)
+    with pytest.raises(TrainingFailed) as failed:
+        train(_tiny(), tmp_path)
+    assert str(failed.value) == (f"training diverged: the loss became nan at task 1, epoch 0, step 1 of 15; kept 1 of "
+                                 f"3 checkpoints in {tmp_path} (task0), none written from the diverged model; try a "
+                                 "lower --lr")
+    assert sorted(p.name for p in tmp_path.glob("task*")) == ["task0"]
+    assert (tmp_path / "task0" / STATE).exists()
+
+
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a shell running CI in the background starts children with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_says_what_was_saved_exits_130_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
+    """A real `resetassay train` interrupted after its first checkpoint; the same command then resumes it here,
+    with this process's one thread: only with the first run's thread count does it reproduce the kept ones."""
+    out, tasks = tmp_path / "run", 40
+    args = ["train", "--no-cbp", "--widths", "16", "--tasks", str(tasks), "--checkpoint-at",
+            ",".join(map(str, range(tasks))), "--out", str(out), "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "resetassay.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+    deadline = time.monotonic() + 120
+    while not (out / "task0" / MANIFEST).exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint written in time"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    saved = sorted(p.name for p in out.glob("task*"))
+    assert 1 <= len(saved) < tasks, "the interrupt must land between the first and the last checkpoint"
+    assert stderr.splitlines()[-1] == (f"interrupted: {len(saved)} of {tasks} checkpoints saved in {out}; rerun the "
+                                       "same command to resume")
+    assert "Traceback" not in stderr
+    assert {p.name for p in out.iterdir()} - set(saved) <= {"accuracy.csv", "train.json"}  # no temporaries
+    for name in saved:
+        assert load_checkpoint(out / name).info.step == {"task": int(name[4:])}
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"resuming: {len(saved)} of {tasks} checkpoints are already in {out}" in result.stderr
+    assert len(list(out.glob("task*"))) == tasks

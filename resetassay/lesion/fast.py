@@ -15,6 +15,7 @@ possibly across layers).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -48,8 +49,8 @@ def parse_bytes(text: str | None, flag: str) -> int | None:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
         raise BadInputError(f"{flag} {text!r}: expected a size such as 512MB or 2GB", flag=flag) from None
-    if value < 1:
-        raise BadInputError(f"{flag} {text!r}: must be positive", flag=flag)
+    if not math.isfinite(value) or value < 1:
+        raise BadInputError(f"{flag} {text!r}: must be a finite size of at least 1 byte, e.g. 512MB", flag=flag)
     return int(value)
 
 
