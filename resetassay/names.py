@@ -21,9 +21,11 @@ ENGINES: tuple[str, ...] = get_args(Engine)  # lesion engines (DESIGN "The lesio
 ReferenceKind = Literal["calibration-mean", "stored", "zero"]
 REFERENCES: tuple[str, ...] = get_args(ReferenceKind)  # reset references (SPEC S2)
 
-ALL = "ALL"  # the pooled scope of a SummaryTable row (SPEC S5); other scopes are layer names
+ALL = "ALL"  # the pooled scope of a SummaryTable row: every layer where the utility applies (SPEC S5)
+COMMON = "common"  # pooled over the layers where every requested utility applies: the scope of comparisons
+POOLED_SCOPES = (ALL, COMMON)  # the other scopes of a SummaryTable are layer names
 SUMMARY_COLUMNS = [
-    "checkpoint", "utility", "metric", "scope", "n_units", "spearman", "shock_at_q",
+    "checkpoint", "utility", "metric", "scope", "n_layers", "n_units", "spearman", "shock_at_q",
     "oracle_shock_at_q", "gap", "gap_ratio", "overlap", "joint_shock", "q", "note",
 ]
 NOTE_COLUMNS = ["checkpoint", "utility", "layer", "reason"]

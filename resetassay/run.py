@@ -142,7 +142,7 @@ def run_assay(
         >>> result = ra.run_assay(["fixtures/relu_mlp"], utilities=["gxd", "activation"], metrics=["l1"],
         ...                       progress=False)
         >>> result
-        AssayResult(2 checkpoints, 384 units, 16 summary rows, 0 failed)
+        AssayResult(2 checkpoints, 384 units, 20 summary rows, 0 failed)
     """
     config = replace(config, **overrides) if config is not None else AssayConfig(**overrides)
     say = note or (lambda _text: None)

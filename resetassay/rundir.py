@@ -224,7 +224,11 @@ def _own_lock(out: Path) -> int:
     """Take OUT's lock for this process (released by the OS when it exits, even when killed); refuse when
     another launch holds it."""
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise BadInputError(f"--out {out}: cannot write there ({err.strerror}); name a folder you can write",
+                            flag="--out") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,11 +1,12 @@
 """Summary statistics (SPEC S5): per checkpoint from the UnitTable, then across checkpoints and seeds.
 
 `checkpoint_summary` turns one checkpoint's UnitTable into SummaryTable rows: scopes ALL (the
-mature units of every layer where the utility applies, pooled) and each layer alone; `gap_ratio`
-is Shock@q(u) / Shock@q(oracle) (>= 1). `checkpoint_stats` and `aggregate` then give mean ± SE
-and n per model family (and training step): checkpoints of the same family and step trained with
-different seeds fall into the same group, so their spread is the standard error. Plain functions
-over tables, no state, no torch.
+mature units of every layer where the utility applies, pooled), `common` (only the layers where
+every requested utility applies, so that utilities are compared on the same units) and each
+layer alone; `gap_ratio` is Shock@q(u) / Shock@q(oracle) (>= 1). `checkpoint_stats` and
+`aggregate` then give mean ± SE and n per model family (and training step): checkpoints of the
+same family and step trained with different seeds fall into the same group, so their spread is
+the standard error. Plain functions over tables, no state, no torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from resetassay.errors import BadInputError
-from resetassay.names import ALL, SUMMARY_COLUMNS, shock_column, utility_column
+from resetassay.names import ALL, COMMON, ORACLE, POOLED_SCOPES, SUMMARY_COLUMNS, shock_column, utility_column
 
 # Pooled statistics of one checkpoint, utility and metric; `layer_spearman` is the mean of the
 # per-layer Spearman rows, the rest are the SummaryTable's ALL row (SPEC S5).
@@ -90,7 +91,7 @@ def _scope_row(groups: dict[str, pd.DataFrame], column: str, shock: str, q: floa
         note = "; ".join(filter(None, [note, f"top-k overlap undefined where shock is constant ({where})"]))
     s, o = float(np.mean(chosen)), float(np.mean(oracle))
     return {
-        "n_units": len(pooled), "spearman": rho, "shock_at_q": s, "oracle_shock_at_q": o,
+        "n_layers": len(groups), "n_units": len(pooled), "spearman": rho, "shock_at_q": s, "oracle_shock_at_q": o,
         "gap": s - o, "gap_ratio": s / o if o > 0 else math.nan,
         "overlap": float(np.mean(overlaps)) if overlaps else math.nan, "note": note,
     }
@@ -103,9 +104,16 @@ def checkpoint_summary(
     q: float = 0.05,
     joint: dict[tuple[str, str], float] | None = None,
 ) -> pd.DataFrame:
-    """SummaryTable rows of one checkpoint's UnitTable; `joint[(utility, metric)]` if measured."""
+    """SummaryTable rows of one checkpoint's UnitTable (SPEC S5); `joint[(utility, metric)]` if measured.
+
+    Per utility and metric: the ALL row (every layer where the utility applies), the `common` row (only the
+    layers where every utility in `utilities` applies: the rows to compare utilities by; its joint Shock@q is
+    not measured) and one row per layer. `n_layers` and `n_units` say what each row covers.
+    """
     checkpoint = units["checkpoint"].iloc[0]
     all_layers = list(dict.fromkeys(units["layer"]))
+    applies = {u: set(_mature_layers(units, u)) if u in units else set() for u in utilities if u != ORACLE}
+    common = [name for name in all_layers if all(name in layers for layers in applies.values())]
     rows = []
     for utility in utilities:
         for metric in metrics:
@@ -113,7 +121,7 @@ def checkpoint_summary(
             groups = _mature_layers(units, column) if column in units else {}
             base = {"checkpoint": checkpoint, "utility": utility, "metric": metric, "q": q}
             if not groups:
-                rows.append({**base, "scope": ALL, "n_units": 0, "note": "not applicable to any layer"})
+                rows.append({**base, "scope": ALL, "n_layers": 0, "n_units": 0, "note": "not applicable to any layer"})
                 continue
             missing = [name for name in all_layers if name not in groups]
             row = _scope_row(groups, column, shock, q)
@@ -121,6 +129,12 @@ def checkpoint_summary(
                 row["note"] = "; ".join(filter(None, [row["note"], f"not applicable: {', '.join(missing)}"]))
             row["joint_shock"] = (joint or {}).get((utility, metric), math.nan)
             rows.append({**base, "scope": ALL, **row})
+            shared = {name: g for name, g in groups.items() if name in common}
+            if shared:
+                rows.append({**base, "scope": COMMON, **_scope_row(shared, column, shock, q), "joint_shock": math.nan})
+            else:
+                rows.append({**base, "scope": COMMON, "n_layers": 0, "n_units": 0,
+                             "note": "no layer where every utility applies"})
             for name, g in groups.items():
                 rows.append({**base, "scope": name, **_scope_row({name: g}, column, shock, q),
                              "joint_shock": math.nan})
@@ -186,7 +200,7 @@ def with_checkpoint_info(frame: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.D
 def checkpoint_stats(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
     """One row per (checkpoint, utility, metric): family, step, q and the pooled STATS (SPEC S5)."""
     pooled = summary[summary["scope"] == ALL]
-    layers = summary[summary["scope"] != ALL]
+    layers = summary[~summary["scope"].isin(POOLED_SCOPES)]
     layer_rho = (layers.groupby(["checkpoint", "utility", "metric"], sort=False)["spearman"].mean()
                  .rename("layer_spearman").reset_index())
     rows = pooled.merge(layer_rho, on=["checkpoint", "utility", "metric"], how="left")

@@ -133,7 +133,7 @@ def test_utility_not_applicable_to_a_layer_is_left_out_with_a_note():
     assert row.shock_at_q == pytest.approx((1.0 + 4.0) / 2, abs=TOL)
     assert row.oracle_shock_at_q == pytest.approx((0.5 + 0.8) / 2, abs=TOL)
     assert "not applicable: b" in row.note
-    assert set(summary.scope) == {ALL, "a"}
+    assert set(summary.scope) == {ALL, "common", "a"}
 
 
 def test_constant_utility_gives_nan_spearman_with_reason_in_summary():
@@ -210,3 +210,21 @@ def test_top_k_overlap_is_nan_with_a_note_where_every_shock_is_equal():
     units["shock_l1"] = 0.0
     pooled = _row(checkpoint_summary(units, ["u"], ["l1"], q=0.25), "u", "l1", ALL)
     assert math.isnan(pooled.overlap) and "(every layer)" in pooled.note
+
+
+def test_common_scope_pools_only_the_layers_where_every_utility_applies():
+    """`v` does not apply to layer b: the common rows of every utility cover layer a alone (SPEC S5 coverage),
+    while each utility's ALL row keeps its own layers; n_layers and n_units say so."""
+    summary = checkpoint_summary(_table(), ["u", "v", "oracle"], ["l1"], q=0.25)
+    for utility in ("u", "v", "oracle"):
+        common = _row(summary, utility, "l1", "common")
+        layer_a = _row(summary, utility, "l1", "a")
+        assert (common.n_layers, common.n_units) == (1, 5)
+        for stat in ("spearman", "shock_at_q", "oracle_shock_at_q", "gap", "overlap"):
+            assert common[stat] == pytest.approx(layer_a[stat], abs=TOL), (utility, stat)
+        assert math.isnan(common.joint_shock)
+    assert (_row(summary, "u", "l1", ALL).n_layers, _row(summary, "u", "l1", ALL).n_units) == (2, 8)
+    assert _row(summary, "v", "l1", ALL).n_layers == 1
+    alone = checkpoint_summary(_table(), ["u", "oracle"], ["l1"], q=0.25)
+    for stat in ("spearman", "shock_at_q", "gap"):  # every utility applies everywhere: common = ALL
+        assert _row(alone, "u", "l1", "common")[stat] == _row(alone, "u", "l1", ALL)[stat]

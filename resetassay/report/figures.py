@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
-from resetassay.names import ALL, ORACLE, UTILITY_ORDER, utility_order
+from resetassay.names import ORACLE, POOLED_SCOPES, UTILITY_ORDER, utility_order
 from resetassay.summary import with_checkpoint_info
 
 DPI = 100
@@ -249,7 +249,7 @@ def shock_vs_q(stats: pd.DataFrame, path: Path) -> Path | None:
 
 def layer_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame, path: Path) -> Path | None:
     """Per-layer Spearman ρ (mean ± SE over checkpoints) along the depth of each family; oracle left out (ρ = 1)."""
-    layers = summary[(summary["scope"] != ALL) & (summary["utility"] != ORACLE)].dropna(subset=["spearman"])
+    layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)].dropna(subset=["spearman"])
     if layers.empty:
         return None
     data = with_checkpoint_info(layers, checkpoints).rename(columns={"scope": "layer"})
