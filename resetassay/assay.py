@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from resetassay.names import (
 )
 from resetassay.progress import Progress
 from resetassay.reference import unit_references
-from resetassay.rundir import write_failures, write_run
+from resetassay.rundir import write_failures, write_run, write_timings
 from resetassay.shapes import Lesion, Refs, Scores, Shocks
 from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import tap_unit_layers
@@ -105,6 +108,7 @@ class AssayResult:
         notes: utilities not applicable to a layer, with the reason. checkpoints: one row per checkpoint
             (path, family, step, data and split). config: the AssayConfig used.
         failures: checkpoints left out (checkpoint, path, kind, error). provenance: inputs, seeds, hashes.
+        timings: seconds per stage of each checkpoint assayed by this call (not of those resumed).
 
     Example::
 
@@ -122,6 +126,7 @@ class AssayResult:
     config: AssayConfig
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS))
     provenance: dict = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         n = self.units["checkpoint"].nunique() if "checkpoint" in self.units else 0
@@ -140,7 +145,10 @@ class AssayResult:
         info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info)
         write_failures(out, self.failures)
-        return render(out)
+        start = time.perf_counter()
+        report = render(out)
+        write_timings(out, {"checkpoints": self.timings, "report": round(time.perf_counter() - start, 4)})
+        return report
 
     @staticmethod
     def concat(parts: list[dict[str, pd.DataFrame]], config: AssayConfig) -> AssayResult:
@@ -270,31 +278,60 @@ def assay_model(
     attach_state(found, state or {}, f"{name}/state.safetensors")
     maturity = config.maturity if config.maturity is not None else 0
 
-    base = probe_logits(model, probe_x, config.batch_size)
+    clock = StageClock()
+    with clock("probe logits"):
+        base = probe_logits(model, probe_x, config.batch_size)
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
-    refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
-    stats = calibration_stats(model, found, calib_x, calib_y, refs,
-                              needed_ingredients(config.utilities), config.batch_size, config.seed)
-    scores, na = unit_scores(config.utilities, found, stats)
+    with clock("references"):
+        refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
+    with clock("utilities"):
+        stats = calibration_stats(model, found, calib_x, calib_y, refs, needed_ingredients(config.utilities),
+                                  config.batch_size, config.seed, _counter(progress, f"calibration {name}",
+                                                                            len(calib_x)))
+        scores, na = unit_scores(config.utilities, found, stats)
+    with clock("lesions"):
+        shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
+                             batch_size=config.batch_size, max_memory=config.max_memory,
+                             advance=_counter(progress, f"lesions {name}", sum(layer.n_units for layer in found)))
+    units = _unit_table(name, found, refs, scores, shocks, maturity)
+    with clock("joint lesions"):
+        joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
+    notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
+                          for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
+    with clock("summary"):
+        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
+    return AssayResult(units, summary, notes, pd.DataFrame(), config, timings={name: clock.seconds})
 
-    total, done = sum(layer.n_units for layer in found), 0
+
+def _counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
+    """An `advance(k)` callback that reports `task`'s running count to `progress` (None without one)."""
+    if progress is None:
+        return None
+    done = 0
 
     def advance(k: int) -> None:
         nonlocal done
         done += k
-        progress(f"lesions {name}", done, total)
+        progress(task, done, total)
 
-    shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
-                         batch_size=config.batch_size, max_memory=config.max_memory,
-                         advance=advance if progress is not None else None)
-    units = _unit_table(name, found, refs, scores, shocks, maturity)
-    joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
-    notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
-                          for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
-    summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
-    return AssayResult(units, summary, notes, pd.DataFrame(), config)
+    return advance
+
+
+class StageClock:
+    """Wall-clock seconds per stage of one assay (timings.json; never in run.json, which reruns reproduce)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
 
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,

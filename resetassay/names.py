@@ -34,6 +34,7 @@ FAILURE_COLUMNS = ["checkpoint", "path", "kind", "error"]
 # A run directory (DESIGN "Tables are the interface"; rundir.py reads and writes them).
 TABLES = ("units", "summary", "notes", "checkpoints")
 RUN_JSON = "run.json"
+TIMINGS = "timings.json"
 FAILURES = "failures.csv"
 PARTS = "parts"
 

@@ -8,6 +8,7 @@ checkpoint's files, so a rerun skips finished checkpoints and never mixes two co
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
@@ -175,6 +176,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
         say(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
             "(--overwrite assays them again)")
     failures = []
+    timings: dict[str, dict[str, float]] = {}
     try:
         with rich_progress(progress is True) as bar:
             report = bar if bar is not None else (progress if callable(progress) else None)
@@ -183,9 +185,12 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
                 report("checkpoints", finished, len(found))
             for path, name in (item for item in found if item[1] not in parts):
                 try:
+                    start = time.perf_counter()
                     ckpt = load_checkpoint(path, name, model, model_kwargs)
                     sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
+                    loaded = round(time.perf_counter() - start, 4)
                     result = assay_checkpoint(ckpt, config, data, report)
+                    timings[name] = {"load": loaded, **result.timings.get(name, {})}
                 except (BadInputError, FloatingPointError) as err:
                     if isinstance(err, BadInputError) and err.flag:
                         kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
@@ -203,6 +208,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
                     report("checkpoints", finished, len(found))
         result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
         result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+        result.timings = timings
         result.provenance = {
             "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
             "versions": identity["versions"], "seeds": _seeds(config, parts),

@@ -3,6 +3,7 @@
     OUT/units.csv, summary.csv, notes.csv, checkpoints.csv   the tables of SPEC S5 (`write_run`, `read_run`)
     OUT/run.json              config, inputs, versions, device, seeds, files' sha256 (`read_run_info`)
     OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
+    OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
     OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text and their sha256
     OUT/.resetassay.lock      held (an OS file lock) by the one launch writing OUT; names its host and pid
@@ -35,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.names import FAILURE_COLUMNS, FAILURES, MANIFEST, PARTS, RUN_JSON, STATE, TABLES, WEIGHTS
+from resetassay.names import FAILURE_COLUMNS, FAILURES, MANIFEST, PARTS, RUN_JSON, STATE, TABLES, TIMINGS, WEIGHTS
 
 IDENTITY = "config.json"
 PART_FORMAT = "resetassay.part/1"
@@ -165,6 +166,12 @@ def run_q(summary: pd.DataFrame, info: dict, path: Path) -> float:
     if "q" in info.get("config", {}):
         return float(info["config"]["q"])
     raise BadInputError(f"{path / 'summary.csv'}: no q recorded; rerun the assay")
+
+
+def write_timings(out: str | Path, timings: dict) -> None:
+    """timings.json: wall-clock seconds per stage of each checkpoint this launch assayed, and of the report.
+    Kept out of run.json, so that run.json stays byte-identical across reruns."""
+    atomic_write(Path(out) / TIMINGS, json.dumps(timings, indent=2, sort_keys=True) + "\n")
 
 
 def write_failures(out: str | Path, failures: pd.DataFrame) -> None:

@@ -196,8 +196,10 @@ def calibration_stats(
     needs: set[str],
     batch_size: int = 256,
     seed: int = 0,
+    advance: Callable[[int], None] | None = None,
 ) -> dict[str, LayerStats]:
-    """One pass over the calibration set `x (N, ...)`, `y (N,)`: the ingredients in `needs`."""
+    """One pass over the calibration set `x (N, ...)`, `y (N,)`: the ingredients in `needs`; `advance` is
+    called with the number of examples done after each batch."""
     if len(x) == 0:
         raise BadInputError("the calibration set is empty; raise --calib-size")
     device = next(model.parameters()).device
@@ -246,6 +248,8 @@ def calibration_stats(
                 if "gxd_all" in needs:
                     acc["gxd_all"] += dev_all[layer.name].sum(0).double()
             acts.clear()
+            if advance:
+                advance(len(xb))
     return {
         name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed)
         for name, acc in sums.items()

@@ -386,3 +386,17 @@ def test_a_run_over_some_of_the_checkpoints_of_an_out_says_the_tables_cover_only
     result = run_assay([ckpts / "task1"], progress=False, out=out, note=notes.append, **SMALL)
     assert set(result.units["checkpoint"]) == {"task1"}
     assert any("also holds" in n and "the tables cover only the 1 given" in n for n in notes), notes
+
+
+def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_stays_free_of_them(tmp_path):
+    ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
+    out = tmp_path / "run"
+    run_assay([ckpts], progress=False, out=out, **SMALL)
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["checkpoints"]) == {"relu_mlp/task1", "relu_mlp/task3"}
+    for stages in timings["checkpoints"].values():
+        assert {"load", "probe logits", "references", "utilities", "lesions", "summary"} <= set(stages)
+        assert all(seconds >= 0 for seconds in stages.values())
+    assert timings["report"] > 0 and "timings" not in json.loads((out / "run.json").read_text())
+    run_assay([ckpts], progress=False, out=out, **SMALL)  # everything finished earlier: nothing timed
+    assert json.loads((out / "timings.json").read_text())["checkpoints"] == {}
