@@ -10,7 +10,7 @@ GXD = GXI - r * gradient (DESIGN "Known traps").
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -232,8 +232,7 @@ def calibration_stats(
             if "loss_grad" in needs:
                 lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
             dev_all = {layer.name: 0.0 for layer in layers}
-            for c in range(n_classes) if "gxd_all" in needs else ():
-                cgrads = target_grads.attribute(xb, target=c)
+            for cgrads in _class_gradients(model, modules, xb, n_classes) if "gxd_all" in needs else ():
                 for layer, g in zip(layers, cgrads, strict=True):
                     dev_all[layer.name] += sum_positions(dev[layer.name] * g).abs() / n_classes
             for k, layer in enumerate(layers):
@@ -254,6 +253,36 @@ def calibration_stats(
         name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed)
         for name, acc in sums.items()
     }
+
+
+CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
+
+
+def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor,
+                     n_classes: int) -> Iterator[list[torch.Tensor]]:
+    """dz_c/dh at every module's output, for c = 0..C-1 in order: one forward, then backward passes batched
+    over CLASS_CHUNK classes (`autograd.grad(..., is_grads_batched=True)`), or one per class where an op cannot be
+    batched that way. Yields per class the list of gradients `(B, n, ...)`, one per module (gxd_all, SPEC S3)."""
+    outputs: dict[nn.Module, torch.Tensor] = {}
+
+    def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        out = out if out.requires_grad else out.detach().requires_grad_()
+        outputs[module] = out
+        return out
+
+    with torch.enable_grad(), forward_hooks(dict.fromkeys(modules, keep)):
+        z = model(x)
+    tensors = [outputs[m] for m in modules]
+    eye = torch.eye(n_classes, dtype=z.dtype, device=z.device)
+    for c0 in range(0, n_classes, CLASS_CHUNK):
+        rows = eye[c0:c0 + CLASS_CHUNK].unsqueeze(1).expand(-1, *z.shape)  # (k, B, C): logit c0 + j in row j
+        try:
+            batched = torch.autograd.grad(z, tensors, rows, retain_graph=True, is_grads_batched=True)
+        except RuntimeError:  # an op without a batching rule: one backward per class
+            batched = [torch.stack(g) for g in zip(*(torch.autograd.grad(z, tensors, row, retain_graph=True)
+                                                       for row in rows), strict=True)]
+        for j in range(len(rows)):
+            yield [g[j] for g in batched]
 
 
 def unit_scores(

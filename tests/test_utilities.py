@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import LayerGradientXActivation
 from helpers.models import TwoLayerMLP
 from torch import nn
 
@@ -349,3 +350,40 @@ def test_contribution_with_linear_consumer_of_flattened_maps_sums_each_channels_
     assert notes == {}
     torch.testing.assert_close(scores["contribution"]["act"].double(),
                                h.abs().mean(dim=(0, 2, 3)) * mass, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 16])
+@pytest.mark.parametrize("batched", [True, False], ids=["batched backward", "one backward per class"])
+def test_gxd_all_from_batched_class_gradients_equals_one_backward_per_class(monkeypatch, chunk, batched):
+    """gxd_all takes dz_c/dh for every class from one forward and class-batched backwards; chunks of classes and
+    the per-class fallback (for ops without a batching rule) give the same numbers as captum per class."""
+    import resetassay.utilities as utilities
+
+    model = TwoLayerMLP(seed=21, sizes=(3, 4, 3, 5), activations=(nn.ReLU, nn.SiLU))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (9,), generator=g)
+    layers = unit_layers(model, x[:2])
+    refs = {"act1": torch.rand(4, generator=g, dtype=torch.float64), "act2": torch.rand(3, generator=g,
+                                                                                       dtype=torch.float64)}
+    want = {layer.name: 0.0 for layer in layers}
+    captum = LayerGradientXActivation(model, [layer.module for layer in layers], multiply_by_inputs=False)
+    with torch.no_grad():
+        h1 = model.act1(model.fc1(x))
+        h = {"act1": h1, "act2": model.act2(model.fc2(h1))}
+    for c in range(5):
+        for layer, grad in zip(layers, captum.attribute(x, target=c), strict=True):
+            want[layer.name] = want[layer.name] + ((h[layer.name] - refs[layer.name]) * grad).abs().mean(0) / 5
+    monkeypatch.setattr(utilities, "CLASS_CHUNK", chunk)
+    if not batched:
+        real = torch.autograd.grad
+
+        def no_batching(*args, **kwargs):
+            if kwargs.get("is_grads_batched"):
+                raise RuntimeError("no batching rule (simulated)")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    stats = calibration_stats(model, layers, x, y, refs, {"gxd_all"}, batch_size=4)
+    for layer in layers:
+        torch.testing.assert_close(stats[layer.name].gxd_all.double(), want[layer.name], rtol=RTOL, atol=ATOL)
