@@ -12,11 +12,13 @@ import math
 import platform
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -25,7 +27,7 @@ from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
-from resetassay.lesion.shocks import check_metrics, probe_logits
+from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
 from resetassay.names import (
     ENGINES,
     FAILURE_COLUMNS,
@@ -41,9 +43,9 @@ from resetassay.names import (
 from resetassay.progress import Progress
 from resetassay.reference import unit_references
 from resetassay.rundir import write_failures, write_run, write_timings
-from resetassay.shapes import Lesion, Refs, Scores, Shocks
+from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.summary import checkpoint_summary, selections
-from resetassay.taps import tap_unit_layers
+from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
 
@@ -70,6 +72,7 @@ class AssayConfig:
     joint: bool = True
     engine: Engine = "fast"
     max_memory: int | None = None
+    units_per_layer: int | None = None
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -86,7 +89,7 @@ class AssayConfig:
             raise BadInputError(f"--q {self.q}: must be in (0, 1]", flag="--q")
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--calib-size", self.calib_size, 1),
                                  ("--probe-size", self.probe_size, 1), ("--maturity", self.maturity, 0),
-                                 ("--max-memory", self.max_memory, 1)):
+                                 ("--max-memory", self.max_memory, 1), ("--units-per-layer", self.units_per_layer, 1)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -206,8 +209,19 @@ def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source
         layer.stored_reference = state.get(f"{layer.name}.reference")
 
 
+def sample_units(layers: list[UnitLayer], per_layer: int | None, seed: int) -> UnitChoice | None:
+    """At most `per_layer` units of each layer, drawn without replacement and sorted (`--units-per-layer`),
+    seeded by `seed` and the layer's name; None (every unit) when `per_layer` is None."""
+    if per_layer is None:
+        return None
+    return {layer.name: torch.from_numpy(np.sort(np.random.default_rng([seed, zlib.crc32(layer.name.encode())])
+                                                 .choice(layer.n_units, per_layer, replace=False)))
+            for layer in layers if layer.n_units > per_layer}
+
+
 def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, shocks: Shocks,
-                maturity: int) -> pd.DataFrame:
+                maturity: int, units: UnitChoice | None = None) -> pd.DataFrame:
+    """One row per lesioned unit (all, or those of `units`), in layer and unit order."""
     frames = []
     for layer in layers:
         n = layer.n_units
@@ -222,9 +236,10 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
         for utility, per_layer in scores.items():
             values = per_layer.get(layer.name)
             cols[utility] = values.double().tolist() if values is not None else [math.nan] * n
+        frame = pd.DataFrame(cols).iloc[lesioned_units(layer, units).numpy()].reset_index(drop=True)
         for metric, per_layer in shocks.items():
-            cols[f"shock_{metric}"] = per_layer[layer.name].tolist()
-        frames.append(pd.DataFrame(cols))
+            frame[f"shock_{metric}"] = per_layer[layer.name].tolist()
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -291,11 +306,13 @@ def assay_model(
                                   config.batch_size, config.seed, _counter(progress, f"calibration {name}",
                                                                             len(calib_x)))
         scores, na = unit_scores(config.utilities, found, stats)
+    chosen = sample_units(found, config.units_per_layer, config.seed)
     with clock("lesions"):
+        total = sum(len(lesioned_units(layer, chosen)) for layer in found)
         shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
-                             batch_size=config.batch_size, max_memory=config.max_memory,
-                             advance=_counter(progress, f"lesions {name}", sum(layer.n_units for layer in found)))
-    units = _unit_table(name, found, refs, scores, shocks, maturity)
+                             batch_size=config.batch_size, max_memory=config.max_memory, units=chosen,
+                             advance=_counter(progress, f"lesions {name}", total))
+    units = _unit_table(name, found, refs, scores, shocks, maturity, chosen)
     with clock("joint lesions"):
         joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
     notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
@@ -402,14 +419,16 @@ def checkpoint_layers(
     model: str | None = None,
     model_kwargs: dict | None = None,
     data: DataSpec | None = None,
-) -> list[UnitLayer]:
-    """The unit layers of one checkpoint, resolved on two of its held-out examples."""
+) -> tuple[list[UnitLayer], str]:
+    """The unit layers of one checkpoint, resolved on two of its held-out examples, and the route that found
+    them (`taps.discovery_route`: declared, fx, hooks or modules)."""
     ckpt = load_checkpoint(path, model=model, model_kwargs=model_kwargs)
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data")
     x, _ = task_arrays(spec, "holdout")
-    return unit_layers(tap_unit_layers(ckpt.model, x[:2]), x[:2], patterns)
+    tapped = tap_unit_layers(ckpt.model, x[:2])
+    return unit_layers(tapped, x[:2], patterns), discovery_route(tapped)
 
 
 def _step_value(step: dict) -> float:

@@ -119,6 +119,8 @@ def run(
     max_memory: Annotated[str | None, typer.Option(help="Activation memory per lesion chunk, e.g. 512MB, "
                                                    "2GB (default 1GB on CPU, half the free GPU memory).")]
     = None,
+    units_per_layer: Annotated[int | None, typer.Option(help="Lesion at most N units per layer, sampled with "
+                                                        "--seed (a quick look at a big model).")] = None,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
     data: Data = None,
@@ -139,7 +141,7 @@ def run(
             metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
-            max_memory=parse_bytes(max_memory, "--max-memory"),
+            max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -246,12 +248,12 @@ def inspect(
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            found = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
-                                      _data(data, 0, 0, data_dir))
+            found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
+                                             _data(data, 0, 0, data_dir))
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)
-    table = Table(title=str(checkpoint))
+    table = Table(title=f"{checkpoint} (unit layers found by: {route})")
     for column in rows[0]:
         table.add_column(column)
     for row in rows:

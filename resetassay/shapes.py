@@ -15,4 +15,5 @@ Scores = dict[str, dict[LayerName, torch.Tensor]]   # [utility][layer] -> (n,)  
 Shocks = dict[str, dict[LayerName, torch.Tensor]]   # [metric][layer] -> (n,) float64       (SPEC S4)
 SetShocks = dict[str, torch.Tensor]                 # [metric] -> (n_lesions,) float64      (SPEC S4)
 Lesion = dict[LayerName, torch.Tensor]              # units clamped together: layer -> indices (k,)
+UnitChoice = dict[LayerName, torch.Tensor]          # the units to lesion one by one: layer -> indices (k,)
 Advance = Callable[[int], None]                     # called with how many more lesions are done

@@ -26,14 +26,22 @@ units, also through dropout, pooling and a flatten that keeps channels contiguou
 flatten -> fc); several readers (a residual skip) make it not applicable, the note naming them.
 
 The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). A
-model fx cannot trace, whose graph does not reproduce its outputs on `example`, or whose
-state dict the graph cannot share, is returned unchanged with a one-line warning:
-`units.declared_specs` then takes its activation modules, and `units.unit_layers` refuses a
-module called twice, by name.
+model fx cannot trace (data-dependent control flow such as `if x.dim() == 2:`), whose graph
+does not reproduce its outputs on `example`, or whose state dict the graph cannot share, gets
+its unit layers by forward hooks instead, with a one-line warning saying why (`HookTaps`): a
+dry run on `example` counts the calls of every activation module; a module called once keeps
+its path, a module called n > 1 times gets n taps named as above (`layer1.0.relu@0` ...), its
+k-th call in a forward going through tap k. Functional activations are not seen there, and
+producer and consumer are unknown. `discovery_route(model)` says which route found the unit
+layers: "declared" (the zoo), "fx", "hooks", or "modules" (no example to count calls on: the
+activation modules, a module called twice refused by `units.unit_layers`). A model in which
+no unit layer is found is refused (BadInputError) rather than assayed with none.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import operator
 import warnings
 from collections import Counter
@@ -42,7 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec
+from resetassay.errors import BadInputError
+from resetassay.hooks import forward_hooks
+from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec, declared_specs
 
 ACTIVATION_FUNCTIONS = frozenset({
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
@@ -68,6 +78,8 @@ class TappedModel(fx.GraphModule):
     Parameters and buffers are the original model's own tensors, under the same keys. The unit
     layers are read off the graph on every call, so a deep copy declares them too.
     """
+
+    discovery_route = "fx"
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
         """One spec per hidden activation call site, in forward order (SPEC S1, S3)."""
@@ -103,7 +115,9 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None) -> nn
 
     Returns `model` itself when it declares its unit layers (the zoo), else a `TappedModel`
     sharing its parameters, checked to give the model's outputs on `example (B, ...)` when one
-    is given; when that fails, `model` itself with a warning saying why in one line.
+    is given; when that fails, a copy of `model` sharing its parameters with its activation
+    modules tapped by forward hooks (`HookTaps`), with a warning saying why in one line.
+    Raises BadInputError when no unit layer is found.
     """
     if hasattr(model, "unit_layer_specs"):
         return model
@@ -112,13 +126,151 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None) -> nn
         graph = _Tracer().trace(model)
     except Exception as err:  # tracing runs the user's forward on proxies; any failure means "cannot trace"
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return _fall_back(model, f"{name}: torch.fx cannot trace it ({type(err).__name__}: {first_line})")
+        return _by_hooks(model, example, f"{name}: torch.fx cannot trace it ({type(err).__name__}: {first_line})")
     try:
         tapped = _tapped(model, graph)
         if example is not None:
             _check_outputs(tapped, model, example)
     except _Untappable as why:
-        return _fall_back(model, f"{name}: {why}")
+        return _by_hooks(model, example, f"{name}: {why}")
+    _require_units(tapped, "no hidden activation module or function call is in its traced graph")
+    return tapped
+
+
+def discovery_route(model: nn.Module) -> str:
+    """How the unit layers of a model returned by `tap_unit_layers` were found: "declared" (by the
+    model, the zoo), "fx" (traced graph), "hooks" (forward hooks counting calls), or "modules"
+    (its activation modules, calls not counted)."""
+    route = getattr(model, "discovery_route", None)
+    if isinstance(route, str):
+        return route
+    return "declared" if hasattr(model, "unit_layer_specs") else "modules"
+
+
+def _require_units(model: nn.Module, seen: str) -> None:
+    if not declared_specs(model):
+        raise BadInputError(
+            f"no unit layer found in {type(model).__name__}: {seen}, and activations inside torch.nn "
+            "modules such as TransformerEncoderLayer are not visible; give it activation modules "
+            "(nn.ReLU) or calls (F.relu) in a forward of its own, or a unit_layer_specs() method"
+        )
+
+
+# --- the hook route: models fx cannot trace -------------------------------------------------
+
+
+HOOK_NOTE = "found by forward hooks: producer/consumer not traced"
+
+
+class _Declared:
+    """`unit_layer_specs` of a hook-tapped model: the specs found by its dry run (a deep copy keeps them)."""
+
+    def __init__(self, specs: list[UnitLayerSpec]):
+        self.specs = specs
+
+    def __call__(self) -> list[UnitLayerSpec]:
+        return list(self.specs)
+
+
+class _CallDispatch:
+    """Forward hook of an activation module called n > 1 times: its k-th call in a forward goes
+    through `taps[k]`, so hooks on that tap see (and may replace) that call's output alone.
+
+    An object rather than a closure, so that a deep copy of the model dispatches to its own taps.
+    """
+
+    def __init__(self, name: str, taps: list[UnitTap]):
+        self.name, self.taps, self.calls = name, taps, 0
+
+    def __call__(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        k, n = self.calls, len(self.taps)
+        if k >= n:
+            raise BadInputError(
+                f"module {self.name} is called more than the {n} times per forward it was called on the "
+                "example batch (another branch of forward?): its calls cannot be told apart; "
+                "give each call its own module, or use inputs shaped like the example"
+            )
+        self.calls = k + 1
+        return self.taps[k](output)
+
+
+class _ResetCalls:
+    """Forward pre-hook of the model: every forward counts the calls of each module from 0."""
+
+    def __init__(self, dispatchers: list[_CallDispatch]):
+        self.dispatchers = dispatchers
+
+    def __call__(self, _module: nn.Module, _inputs: tuple) -> None:
+        for d in self.dispatchers:
+            d.calls = 0
+
+
+def _by_hooks(model: nn.Module, example: torch.Tensor | None, why: str) -> nn.Module:
+    """The hook route, or `model` itself (its activation modules) when it cannot be taken."""
+    if example is None:
+        return _fall_back(model, f"{why}; no example batch to count calls on")
+    try:
+        tapped = hook_taps(model, example)
+        _check_outputs(tapped, model, example)
+    except _Untappable as also:
+        return _fall_back(model, f"{why}; nor by forward hooks: {also}")
+    warnings.warn(
+        f"{why}; unit layers are its activation modules, tapped by forward hooks: functional "
+        "activations are not seen, producers and consumers are unknown",
+        stacklevel=3,
+    )
+    _require_units(tapped, "no activation module is called in its forward (fx cannot trace it, so calls "
+                           "of functions such as F.relu are not seen)")
+    return tapped
+
+
+def hook_taps(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of `model` sharing its parameters and buffers (same state-dict keys), with a
+    `UnitTap` at `path@k` for the k-th call of every activation module called n > 1 times on
+    `example (B, ...)`, and `unit_layer_specs()` declaring one unit layer per hidden call.
+
+    Its forward gives the model's outputs; a later forward calling a module more than n times
+    raises BadInputError rather than mixing its calls.
+    """
+    modules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ACTIVATION_TYPES):
+            modules.setdefault(module, name)
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules.values()}
+    order: list[tuple[str, int]] = []
+
+    def counter(name: str):
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            order.append((name, len(outputs[name])))
+            outputs[name].append(out)
+        return hook
+
+    with forward_hooks({m: counter(name) for m, name in modules.items()}), torch.no_grad():
+        result = model(example)
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        tapped = copy.deepcopy(model, memo)
+    except Exception as err:  # any attribute of the user's model may refuse to be copied
+        raise _Untappable(f"the model cannot be copied ({type(err).__name__}: {err})") from err
+    dispatchers = []
+    for name, calls in outputs.items():
+        if len(calls) > 1:
+            taps = [UnitTap() for _ in calls]
+            for k, tap in enumerate(taps):
+                _add_hook_tap(tapped, f"{name}@{k}", tap)
+            dispatchers.append(_CallDispatch(name, taps))
+            tapped.get_submodule(name).register_forward_hook(dispatchers[-1])
+    if dispatchers:
+        tapped.register_forward_pre_hook(_ResetCalls(dispatchers))
+    specs = []
+    for name, k in order:
+        out = outputs[name][k]
+        if out is result:  # only leaves the model (a final sigmoid): no hidden units
+            continue
+        label = f"{name}@{k}" if len(outputs[name]) > 1 else name
+        specs.append(UnitLayerSpec(label, None, None, producer_note=HOOK_NOTE, consumer_note=HOOK_NOTE))
+    tapped.unit_layer_specs = _Declared(specs)
+    tapped.discovery_route = "hooks"
     return tapped
 
 
@@ -126,9 +278,19 @@ def _fall_back(model: nn.Module, why: str) -> nn.Module:
     warnings.warn(
         f"{why}; unit layers are its activation modules instead: functional activations are not "
         "seen and a module called more than once is refused",
-        stacklevel=3,
+        stacklevel=4,
     )
+    _require_units(model, "it has no activation module (fx cannot trace it, so calls of functions such "
+                          "as F.relu are not seen)")
     return model
+
+
+def _add_hook_tap(tapped: nn.Module, name: str, tap: UnitTap) -> None:
+    path, _, field = name.rpartition(".")
+    parent = tapped.get_submodule(path)
+    if hasattr(parent, field):
+        raise _Untappable(f"cannot tap {name}: the name is already taken in {path or 'the model'}")
+    parent.add_module(field, tap)
 
 
 def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:

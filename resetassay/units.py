@@ -1,10 +1,12 @@
 """Unit layers: where the units live, who produces them, who reads them (SPEC S1, S3).
 
 A unit layer is a module whose output holds one unit per feature (Linear: `(B, n)`) or per
-channel (Conv: `(B, n, H, W)`). Zoo models declare theirs; other models are traced first
-(resetassay.tracing declares one unit layer per activation call site); a model fx cannot trace
-gets the outputs of its activation modules, with producer and consumer unknown. A module called
-more than once per forward is then refused by name: its calls would be silently mixed.
+channel (Conv: `(B, n, H, W)`). Zoo models declare theirs; other models are tapped first by
+`resetassay.taps.tap_unit_layers`, which declares one unit layer per activation call site
+(traced by fx, or, where fx cannot trace the model, found by forward hooks counting the calls
+of its activation modules). An untapped model gets the outputs of its activation modules, with
+producer and consumer unknown; a module called more than once per forward is then refused by
+name here: its calls would be silently mixed.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ the library returns float32 means.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -92,3 +94,22 @@ def test_summary_rows_come_from_the_unit_table(assayed):
     row = result.summary.set_index(["utility", "metric", "scope"]).loc[("gxd", "l1", ALL)]
     assert row["spearman"] == pytest.approx(spearmanr(result.units["gxd"], result.units["shock_l1"]).statistic)
     assert isinstance(result.units, pd.DataFrame) and row["n_units"] == len(result.units)
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_sampled_units_have_the_rows_of_the_full_assay(engine):
+    """--units-per-layer lesions a seeded sample of each layer; each sampled unit's row (scores, reference,
+    shocks) equals its row in the full assay, and the sample is the same for the same seed."""
+    model = TinyCNN()
+    calib, probe = _data(model, (1, 5, 5))
+    config = AssayConfig(utilities=UTILITIES, metrics=["l1"], engine=engine, units_per_layer=2, seed=3)
+    full = assay_model(model, calib, probe, config=replace(config, units_per_layer=None))
+    sampled = assay_model(model, calib, probe, config=config).units
+    assert sampled.groupby("layer").size().to_dict() == {"act1": 2, "act2": 2}
+    rows = full.units.merge(sampled[["layer", "unit"]], on=["layer", "unit"])
+    pd.testing.assert_frame_equal(sampled, rows, check_exact=False, rtol=1e-9)
+    again = assay_model(model, calib, probe, config=config).units
+    assert again[["layer", "unit"]].equals(sampled[["layer", "unit"]])
+    other = assay_model(model, calib, probe, config=AssayConfig(utilities=["gxd"], metrics=["l1"], engine=engine,
+                                                               units_per_layer=2, seed=4)).units
+    assert not other[["layer", "unit"]].equals(sampled[["layer", "unit"]])

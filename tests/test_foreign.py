@@ -30,7 +30,7 @@ from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks
 from resetassay.models import create_model
 from resetassay.reference import unit_references
-from resetassay.taps import TappedModel, tap_unit_layers
+from resetassay.taps import TappedModel, discovery_route, tap_unit_layers
 from resetassay.units import layer_table, unit_layers
 from resetassay.utilities import calibration_stats, unit_scores
 
@@ -268,7 +268,7 @@ def test_deep_copy_of_a_traced_model_declares_the_same_unit_layers():
     torch.testing.assert_close(twin(x), tapped(x), rtol=0, atol=0)
 
 
-def test_graph_that_does_not_reproduce_the_model_falls_back_with_a_warning():
+def test_graph_that_does_not_reproduce_the_model_falls_back_to_hooks_with_a_warning():
     class Counting(nn.Module):  # fx bakes the Python counter into the graph as a constant
         def __init__(self):
             super().__init__()
@@ -279,8 +279,10 @@ def test_graph_that_does_not_reproduce_the_model_falls_back_with_a_warning():
             return self.fc(self.act(x)) * self.calls
 
     model = Counting()
-    with pytest.warns(UserWarning, match="does not reproduce the model's outputs"):
-        assert tap_unit_layers(model, torch.randn(2, 3)) is model
+    with pytest.warns(UserWarning, match="does not reproduce the model's outputs.*forward hooks"):
+        tapped = tap_unit_layers(model, torch.randn(2, 3))
+    assert discovery_route(tapped) == "hooks"
+    assert [layer.name for layer in unit_layers(tapped, torch.randn(2, 3))] == ["act"]
 
 
 # --- lesions, references and utilities on the taps equal the hand-written forward -------------
@@ -374,14 +376,14 @@ def test_captum_gradients_at_each_call_site_equal_autograd_through_the_hand_writ
 # --- models fx cannot trace ----------------------------------------------------------------------
 
 
-def test_untraceable_model_falls_back_and_its_reused_module_is_refused_by_name():
+def test_untraceable_model_gets_one_unit_layer_per_call_of_its_reused_module():
     model = gated_mlp()
     x = torch.rand(2, 64)
     with pytest.warns(UserWarning, match=r"GatedMLP: torch\.fx cannot trace it .*control flow") as caught:
-        assert tap_unit_layers(model, x) is model
+        tapped = tap_unit_layers(model, x)
     assert "\n" not in str(caught[0].message)
-    with pytest.raises(BadInputError, match="module act is called 2 times"):
-        unit_layers(model, x)
+    assert discovery_route(tapped) == "hooks"
+    assert [(layer.name, layer.n_units) for layer in unit_layers(tapped, x)] == [("act@0", 8), ("act@1", 8)]
 
 
 def test_untraceable_model_without_reuse_keeps_its_activation_modules():
@@ -401,7 +403,7 @@ def test_untraceable_model_without_reuse_keeps_its_activation_modules():
                                                                                               ("act2", 4)]
 
 
-def test_a_tap_name_clash_falls_back_rather_than_guessing():
+def test_a_tap_name_clash_falls_back_to_hooks_rather_than_guessing():
     class Clash(nn.Module):  # module self.relu called twice and F.relu: both would be "relu@0"
         def __init__(self):
             super().__init__()
@@ -412,7 +414,9 @@ def test_a_tap_name_clash_falls_back_rather_than_guessing():
 
     model = Clash()
     with pytest.warns(UserWarning, match="relu@0"):
-        assert tap_unit_layers(model, torch.randn(2, 3)) is model
+        tapped = tap_unit_layers(model, torch.randn(2, 3))
+    assert discovery_route(tapped) == "hooks"  # the module's two calls; F.relu is not seen
+    assert [layer.name for layer in unit_layers(tapped, torch.randn(2, 3))] == ["relu@0", "relu@1"]
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -478,10 +482,12 @@ def test_cli_inspect_lists_call_sites_with_kind_units_producer_and_consumer(tmp_
     assert "layer2.0.relu@1" in output and "layer1.0.relu@0" not in output
 
 
-def test_cli_refuses_an_untraceable_model_with_a_reused_module_naming_it(tmp_path):
+def test_cli_assays_each_call_of_the_reused_module_of_an_untraceable_model(tmp_path):
     save_file(gated_mlp().state_dict(), tmp_path / "gated.safetensors")
     result, output = _invoke(["run", str(tmp_path / "gated.safetensors"), "--model", "helpers.foreign_models:gated_mlp",
-                              "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"])
-    assert result.exit_code == 2, output
+                              "--data", "digits", "--calib-size", "40", "--probe-size", "40",
+                              "--utilities", "gxd,activation", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, output
     assert "torch.fx cannot trace" in output
-    assert "error: module act is called 2 times" in " ".join(output.split())
+    units = pd.read_csv(tmp_path / "run" / "units.csv")
+    assert units.groupby("layer", sort=False).size().to_dict() == {"act@0": 8, "act@1": 8}

@@ -17,15 +17,16 @@ from torch import nn
 from resetassay.lesion import fast, plain
 from resetassay.lesion.shocks import probe_logits
 from resetassay.names import Engine
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 *, engine: Engine = "fast", base: torch.Tensor | None = None, batch_size: int = 512,
                 max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
-                advance: Advance | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4).
+                advance: Advance | None = None, units: UnitChoice | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
+    with `units`, only the units `units[layer]` (indices, in that order) of the layers it names.
 
     Args:
         model: in eval mode, on its device; `layers` resolved on it (`units.unit_layers`).
@@ -39,8 +40,8 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
     """
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if engine == "plain":
-        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance)
-    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance)
+        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance, units)
+    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance, units)
 
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],

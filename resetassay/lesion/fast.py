@@ -25,9 +25,9 @@ from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
-from resetassay.lesion.shocks import BaseLogits, ShockSums
+from resetassay.lesion.shocks import BaseLogits, ShockSums, lesioned_units
 from resetassay.lesion.split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer, per_unit
 
 log = logging.getLogger(__name__)
@@ -133,24 +133,27 @@ def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Te
     return h, values
 
 
-def _split_layer_shocks(split: Split, layer: UnitLayer, r: torch.Tensor, probe_x: torch.Tensor,
-                        base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
+def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r: torch.Tensor,
+                        probe_x: torch.Tensor, base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
                         advance: Advance | None) -> SetShocks:
-    """Shocks of every unit of one layer through its split (steps 1-4 of the module docstring)."""
+    """Shocks `(len(chosen),)` of the units `chosen` of one layer through its split (steps 1-4 of the module
+    docstring)."""
     device = base.device
-    sums = ShockSums(layer.n_units, metrics, device)
+    chosen = chosen.to(device)
+    n = len(chosen)
+    sums = ShockSums(n, metrics, device)
 
     def work(rows: int) -> None:
         sums.reset()
         target = TARGET_ROWS.get((device.type, layer.kind), GPU_TARGET_ROWS)
         p_chunk = max(1, min(len(probe_x), rows, target))
-        k_max = max(1, min(layer.n_units, rows // p_chunk, target // p_chunk, max_k or layer.n_units))
+        k_max = max(1, min(n, rows // p_chunk, target // p_chunk, max_k or n))
         for p0 in range(0, len(probe_x), p_chunk):
             with torch.inference_mode():
                 h, values = _upstream(split, layer, probe_x[p0:p0 + p_chunk].to(device))
                 z = BaseLogits(base[p0:p0 + p_chunk])
-                for u0 in range(0, layer.n_units, k_max):
-                    idx = torch.arange(u0, min(u0 + k_max, layer.n_units), device=device)
+                for u0 in range(0, n, k_max):
+                    idx = chosen[u0:u0 + k_max]
                     zl = split.downstream(*_downstream_inputs(split, h, values, idx, r))
                     sums.add(u0, z, zl.view(len(idx), h.shape[0], -1))
                     if advance and p0 + p_chunk >= len(probe_x):
@@ -230,8 +233,10 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 base: torch.Tensor, max_memory: int | None = None, max_k: int | None = None,
-                shortcut: bool | None = None, advance: Advance | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)`, equal to the plain engine's (SPEC S4), faster.
+                shortcut: bool | None = None, advance: Advance | None = None,
+                units: UnitChoice | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`), equal to the plain engine's
+    (SPEC S4), faster.
 
     `max_k` caps the lesions per forward (tests sweep it); `shortcut` True/False forces the consumer
     shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays: for Linear
@@ -251,16 +256,17 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         gm = None
     shocks: Shocks = {m: {} for m in metrics}
     for layer in layers:
+        chosen = lesioned_units(layer, units)
         per_metric = None
         if gm is not None:
             try:
                 split = split_at(gm, layer.name, cut)
-                per_metric = _split_layer_shocks(split, layer, refs[layer.name], probe_x, base, metrics,
+                per_metric = _split_layer_shocks(split, layer, chosen, refs[layer.name], probe_x, base, metrics,
                                                  rows, max_k, advance)
             except SplitError as why:
                 log.warning("%s; using the expanded-input path for %s", why, layer.name)
         if per_metric is None:
-            lesions = [{layer.name: torch.tensor([i])} for i in range(layer.n_units)]
+            lesions = [{layer.name: chosen[i:i + 1]} for i in range(len(chosen))]
             per_metric = joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)
         for m in metrics:
             shocks[m][layer.name] = per_metric[m]

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from resetassay.hooks import forward_hooks
-from resetassay.lesion.shocks import mean_shocks, probe_logits
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks
+from resetassay.lesion.shocks import lesioned_units, mean_shocks, probe_logits
+from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer, per_unit
 
 
@@ -37,13 +37,16 @@ def clamped(clamps: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> Itera
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
-                base: torch.Tensor, batch_size: int = 512, advance: Advance | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)`: one lesion per unit, one forward per lesion."""
-    shocks = {m: {layer.name: torch.zeros(layer.n_units, dtype=torch.float64) for layer in layers}
+                base: torch.Tensor, batch_size: int = 512, advance: Advance | None = None,
+                units: UnitChoice | None = None) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): one lesion per unit, one
+    forward per lesion."""
+    chosen = {layer.name: lesioned_units(layer, units) for layer in layers}
+    shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in layers}
               for m in metrics}
     for layer in layers:
-        for i in range(layer.n_units):
-            idx = torch.tensor([i], device=base.device)
+        for i, unit in enumerate(chosen[layer.name].tolist()):
+            idx = torch.tensor([unit], device=base.device)
             with clamped({layer.module: (idx, refs[layer.name][idx])}):
                 lesioned = probe_logits(model, probe_x, batch_size)
             for m, value in mean_shocks(base, lesioned, metrics).items():

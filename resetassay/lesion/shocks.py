@@ -13,6 +13,15 @@ from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.names import METRICS
+from resetassay.shapes import UnitChoice
+from resetassay.units import UnitLayer
+
+
+def lesioned_units(layer: UnitLayer, units: UnitChoice | None) -> torch.Tensor:
+    """The unit indices of `layer` to lesion one by one: `units[layer.name]` when given, else all of them."""
+    if units is not None and layer.name in units:
+        return torch.as_tensor(units[layer.name], dtype=torch.long).cpu()
+    return torch.arange(layer.n_units)
 
 
 def check_metrics(names: list[str]) -> list[str]:

@@ -53,7 +53,7 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _headline_text(tables: Tables, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
+def _headline_text(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
     checkpoints = stats["checkpoint"].nunique()
     families = stats["family"].nunique()
     metrics = ", ".join(dict.fromkeys(stats["metric"]))
@@ -70,6 +70,11 @@ def _headline_text(tables: Tables, stats: pd.DataFrame, q: float, base_q: float)
             f"Shock@{q_label(q)} is recomputed from units.csv (the run used q = {q_label(base_q)}); joint "
             f"Shock@q is only measured at the run's q = {q_label(base_q)} (it needs the model), so it is n/a "
             f"here. Rerun `resetassay run --q {q:g}` to measure it.")))
+    sampled = info.get("config", {}).get("units_per_layer")
+    if sampled:
+        blocks.append(Block("text", (
+            f"**Sampled units**: at most {sampled} units of each layer were lesioned (drawn with the run's seed, "
+            "`--units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample.")))
     if "family" not in tables["checkpoints"]:
         blocks.append(Block("text", "checkpoints.csv records no model family: all checkpoints are pooled."))
     return blocks
@@ -79,7 +84,7 @@ def report_blocks(tables: Tables, info: dict, stats: pd.DataFrame, by_family: pd
                   sweep: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
     """The whole report as blocks: headline tables per family (`by_family`), by training step (`by_step`), the q
     sweep, per-checkpoint ρ, not-applicable notes, figures (`made`, relative to the run directory), provenance."""
-    blocks = [Block("h1", "resetassay report"), *_headline_text(tables, stats, q, base_q)]
+    blocks = [Block("h1", "resetassay report"), *_headline_text(tables, info, stats, q, base_q)]
     for family, agg in by_family.groupby("family", sort=True):
         ckpts = stats[stats["family"] == family]
         steps = sorted(ckpts["step"].dropna().unique())

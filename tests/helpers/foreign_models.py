@@ -134,6 +134,33 @@ class GatedMLP(nn.Module):
         return self.head(self.act(self.fc2(h)))
 
 
+class ShapeBranchMLP(nn.Module):
+    """One `self.relu` called twice, behind `if x.dim() != 2:`, which fx cannot trace (`branch=False`:
+    the same forward without the test, which fx traces). Inputs (B, 64) skip the branch; other shapes
+    take it and call `self.relu` a third time."""
+
+    def __init__(self, in_features: int = 64, widths: tuple[int, int] = (7, 5), n_classes: int = 4,
+                 branch: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, widths[0])
+        self.fc2 = nn.Linear(widths[0], widths[1])
+        self.head = nn.Linear(widths[1], n_classes)
+        self.relu = nn.ReLU()
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch and x.dim() != 2:
+            x = self.relu(x.flatten(1))
+        h = self.relu(self.fc1(x))
+        h = self.relu(self.fc2(h))
+        return self.head(h)
+
+
+def shape_branch_mlp(seed: int = 0, **kwargs: object) -> ShapeBranchMLP:
+    """A seeded MLP with a shape test in forward and a reused ReLU module."""
+    return _randomise_(ShapeBranchMLP(**kwargs), seed)
+
+
 def resnet_tv(seed: int = 0, **kwargs: object) -> ResNetTV:
     """A seeded torchvision-style ResNet."""
     return _randomise_(ResNetTV(**kwargs), seed)
