@@ -4,7 +4,12 @@ A checkpoint directory holds `manifest.json`, `model.safetensors` and optionally
 `state.safetensors` (per-unit "<layer>.age", "<layer>.reference", "<layer>.utility"; SPEC S1).
 Loading never runs code from the files: tensors come from safetensors or `torch.load(...,
 weights_only=True)`, and a manifest may only name a factory of the resetassay zoo. Other
-factories run only when the user names them with `--model`.
+factories run only when the user names them with `--model`: `package.module:factory`, or a model of an
+optional library by name (`torchvision:resnet18`, `timm:resnet18`), always built without pretrained weights.
+
+A `--model` state dict may be saved as people save them: keys under a DDP/DataParallel `module.` or a
+LightningModule attribute (`model.`, `net.`) are stripped to the model's, a Lightning `.ckpt` is read for its
+`state_dict`, and float16/bfloat16 weights are cast to a float32/float64 model's dtype (each with a warning).
 
 Loading reads every file once and keeps the sha256 of the bytes it loaded (`Checkpoint.sha256`), so a
 file replaced meanwhile can never be filed under another file's hash. Saving writes a whole directory
@@ -18,8 +23,10 @@ fields of "data" are checked by `DataSpec` itself, so a spec built from the comm
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -45,7 +52,9 @@ from resetassay.names import MANIFEST, STATE, WEIGHTS
 
 FORMAT = "resetassay.checkpoint/1"
 ZOO_MODULE = "resetassay.models"
-STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")  # .ckpt: PyTorch Lightning
+LIBRARIES = ("torchvision", "timm")  # --model torchvision:NAME, timm:NAME; extras of the same names
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # cast up to a float32/float64 model, losing nothing
 STATE_KINDS = ("age", "reference", "utility")  # state.safetensors keys: "<layer>.<kind>" (SPEC S1, S2)
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
               type(None): "null"}  # what json.loads can return besides an object
@@ -221,7 +230,8 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
         base = root.parent
         if root.is_file():
             if not foreign_ok:
-                raise BadInputError(f"{root}: a plain state dict needs --model package.module:factory")
+                raise BadInputError(f"{root}: a plain state dict needs --model package.module:factory "
+                                    "(or torchvision:NAME, timm:NAME)")
             found.append((root, str(root.relative_to(base))))
             continue
         hits = [m.parent for m in root.rglob(MANIFEST) if _visible(m, root)]
@@ -320,9 +330,16 @@ def _zoo_factory(spec: str, path: Path) -> Callable[..., nn.Module]:
     return MODELS[attr]
 
 
-def import_factory(spec: str):
-    """Import `package.module:factory`, named by the user with --model."""
+def import_factory(spec: str, kwargs: dict | None = None):
+    """Import `package.module:factory`, named by the user with --model, or make the factory of a library model
+    (`torchvision:NAME`, `timm:NAME`). With `kwargs` (--model-kwargs), those that would download pretrained
+    weights are refused here, before any work; the factory refuses them too."""
     module_name, _, attr = spec.partition(":")
+    if module_name in LIBRARIES:
+        factory = _library_factory(spec, module_name, attr)
+        if kwargs is not None:
+            _refuse_downloads(kwargs)
+        return factory
     if not module_name or not attr:
         raise BadInputError(f"--model {spec!r}: expected package.module:factory", flag="--model")
     cwd = str(Path.cwd())
@@ -340,6 +357,66 @@ def import_factory(spec: str):
     if not hasattr(module, attr):
         raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}", flag="--model")
     return getattr(module, attr)
+
+
+def _downloads(key: str) -> bool:
+    """A kwarg of torchvision or timm that loads pretrained weights (from a hub, a cache or a file)."""
+    return "pretrained" in key or key.startswith("weights") or key in ("checkpoint_path", "cache_dir")
+
+
+def _refuse_downloads(kwargs: dict) -> None:
+    refused = sorted(k for k in kwargs if _downloads(k))
+    if refused:
+        them = "it" if len(refused) == 1 else "them"
+        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {', '.join(refused)} would load pretrained "
+                            f"weights; resetassay never downloads weights — drop {them} and pass your weights as "
+                            "the checkpoint", flag="--model-kwargs")
+
+
+def _import_library(lib: str, spec: str):
+    """torchvision or timm, or a one-line error naming the extra to install."""
+    extra = f"pip install 'resetassay[{lib}]'"
+    try:
+        return importlib.import_module(lib)
+    except ModuleNotFoundError as err:
+        missing = (err.name or lib).split(".")[0]
+        what = f"{lib} is not installed" if missing == lib else f"{lib} needs {missing}, which is not installed"
+        raise BadInputError(f"--model {spec!r}: {what}; {extra}", flag="--model") from err
+    except Exception as err:  # a build for another torch: "RuntimeError: operator torchvision::nms does not exist"
+        raise BadInputError(f"--model {spec!r}: {lib} does not import beside torch {torch.__version__} "
+                            f"({_one_line(err)}); install the {lib} built for this torch: {extra}",
+                            flag="--model") from err
+
+
+def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]:
+    """The factory of the model `name` of torchvision (`get_model(name, weights=None)`) or timm
+    (`create_model(name, pretrained=False)`); an unknown name is a one-line error listing close matches."""
+    if not name or ":" in name or "/" in name:  # timm's hf-hub:ORG/NAME and local-dir:PATH load configs
+        raise BadInputError(f"--model {spec!r}: expected {lib}:NAME, the name of one of its architectures "
+                            "(resetassay never downloads models or weights)", flag="--model")
+    module = _import_library(lib, spec)
+    names = list(module.models.list_models() if lib == "torchvision" else module.list_models())
+    arch = name.split(".", 1)[0] if lib == "timm" else name  # timm: resnet18.a1_in1k names a pretrained tag
+    if arch not in names:
+        lower = {n.lower(): n for n in names}
+        close = sorted(n for n in names if n.lower().startswith(arch.lower()))[:3]  # vit_tiny: vit_tiny_patch16_224
+        close += [lower[n] for n in difflib.get_close_matches(arch.lower(), lower, n=5, cutoff=0.6)
+                  if lower[n] not in close][:5 - len(close)]
+        hint = f"close matches: {', '.join(close)}" if close else f"{lib}.list_models() lists them"
+        raise BadInputError(f"--model {spec!r}: {lib} has no model {arch!r}; {hint}", flag="--model")
+
+    def build(**kwargs) -> nn.Module:
+        _refuse_downloads(kwargs)
+        if lib == "timm":
+            return module.create_model(name, pretrained=False, **kwargs)
+        fixed = {"weights": None}
+        builder = getattr(module.models, "get_model_builder", None)
+        if builder is not None and "weights_backbone" in inspect.signature(builder(name)).parameters:
+            fixed["weights_backbone"] = None  # detection models download an ImageNet backbone by default
+        return module.models.get_model(name, **fixed, **kwargs)
+
+    build.__qualname__ = build.__name__ = spec
+    return build
 
 
 def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
@@ -385,6 +462,46 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
             )
 
 
+def _strip_prefix(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                  path: Path) -> dict[str, torch.Tensor]:
+    """`tensors` with the keys the model wants, when they are found under one prefix: DDP/DataParallel's
+    `module.`, or the attribute of a LightningModule (`model.`, `net.`); with a warning saying so. Keys
+    outside the prefix stay as they are (the model lacks them: ignored with a warning). Several prefixes
+    holding the whole model (`model.` and `ema_model.`) are refused: which one to assay is the user's call."""
+    if not expected or all(k in tensors for k in expected):
+        return tensors
+    first = next(iter(expected))
+    candidates = {k[:-len(first)] for k in tensors if k.endswith("." + first)}
+    fits = sorted(p for p in candidates if all(p + k in tensors for k in expected))
+    shaped = [p for p in fits if all(tensors[p + k].shape == v.shape for k, v in expected.items())]
+    fits = shaped or fits
+    if not fits:
+        return tensors  # missing keys: _check_weights names them
+    if len(fits) > 1:
+        raise BadInputError(f"{path}: the model's weights are found under several prefixes "
+                            f"({', '.join(map(_shown, fits))}); save the state dict of the one to assay")
+    prefix = fits[0]
+    warnings.warn(f"{path}: the model's weights are under the prefix {_shown(prefix)} (a DDP/DataParallel wrapper "
+                  "or a LightningModule attribute); stripped it to match the model's keys", stacklevel=3)
+    stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {**{k: v for k, v in tensors.items() if not k.startswith(prefix)}, **stripped}
+
+
+def _cast_half(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+               path: Path) -> dict[str, torch.Tensor]:
+    """`tensors` with float16/bfloat16 weights cast up to the float32/float64 the model wants, with one warning
+    per file; integer buffers (BatchNorm's num_batches_tracked) and every other dtype stay as they are."""
+    cast = {k: tensors[k].to(v.dtype) for k, v in expected.items()
+            if k in tensors and tensors[k].dtype in HALF_DTYPES and v.dtype in (torch.float32, torch.float64)
+            and tensors[k].shape == v.shape}  # another shape: _check_weights names the stored dtype and shape
+    if cast:
+        stored = sorted({str(tensors[k].dtype) for k in cast})
+        wanted = sorted({str(v.dtype) for v in cast.values()})
+        warnings.warn(f"{path}: weights stored as {', '.join(stored)}; cast to the model's {', '.join(wanted)}",
+                      stacklevel=3)
+    return {**tensors, **cast}
+
+
 def _check_state(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """Per-unit state (SPEC S1, S2): keys `<layer>.age|reference|utility`, one-dimensional integer or float
     tensors, ages whole and >= 0, references finite. Whether their lengths match the model's unit layers is
@@ -417,6 +534,8 @@ def _build(factory: Callable[..., nn.Module], spec: str, kwargs: dict) -> nn.Mod
     """The user's `--model` factory called with `--model-kwargs`; a failure or a non-module is a flag error."""
     try:
         net = factory(**kwargs)
+    except BadInputError:  # a library model refusing download kwargs
+        raise
     except Exception as err:  # whatever the factory raises on kwargs it cannot take
         raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {spec} cannot take them ({_one_line(err)}); "
                             "pass keyword arguments it accepts", flag="--model-kwargs") from err
@@ -463,7 +582,8 @@ def load_checkpoint(
         net = _build(import_factory(model), model, kwargs)
         weights = path / WEIGHTS if path.is_dir() else path
         raw = _read(weights)
-        tensors = read_tensors(weights, raw)
+        expected = net.state_dict()
+        tensors = _cast_half(expected, _strip_prefix(expected, read_tensors(weights, raw), weights), weights)
         _check_weights(net, tensors, weights, strict=False)
         net.load_state_dict({k: tensors[k] for k in net.state_dict()})
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})

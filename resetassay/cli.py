@@ -89,8 +89,10 @@ Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record
 DataDir = Annotated[Path | None, typer.Option(help="Folder of MNIST IDX files (*-ubyte.gz).")]
 Task = Annotated[int, typer.Option(help="With --data: the permutation task to probe.")]
 PermSeed = Annotated[int, typer.Option(help="With --data: the permutation seed.")]
-Model = Annotated[str | None, typer.Option(help="package.module:factory that builds the model of a "
-                                           "plain state dict (.safetensors or .pt).")]
+Model = Annotated[str | None, typer.Option(help="package.module:factory that builds the model of a plain state dict "
+                                           "(.safetensors, .pt, .pth or Lightning .ckpt), or torchvision:NAME / "
+                                           "timm:NAME (built without pretrained weights; needs the extra "
+                                           "resetassay[torchvision] / resetassay[timm]).")]
 ModelKwargs = Annotated[str | None, typer.Option(help="JSON object of keyword arguments for --model.")]
 Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over unit-layer names.")]
 

@@ -150,7 +150,7 @@ def run_assay(
     fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
     if model is not None:
-        import_factory(model)  # likewise a --model that does not import
+        import_factory(model, model_kwargs or {})  # likewise a --model that does not import or would download
     paths = _distinct_paths([Path(p) for p in paths], say)
     found = find_checkpoints(paths, foreign_ok=model is not None)
     inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
