@@ -4,7 +4,8 @@ One calibration pass gathers the per-unit ingredients (`LayerStats`); every util
 small function `(LayerStats, UnitLayer) -> (n_units,)`, registered by name. Gradients at the
 unit layers come from captum's `LayerGradientXActivation(multiply_by_inputs=False)` over all
 unit layers at once (one forward + one backward per batch and target), so that
-GXD = GXI - r * gradient (DESIGN "Known traps").
+GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_all needs every logit's gradient: one forward
+and backward passes batched over classes (`_class_gradients`), not one captum call per class.
 """
 
 from __future__ import annotations
