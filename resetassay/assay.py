@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from resetassay.checkpoint import Checkpoint, load_checkpoint
-from resetassay.data import AssayData, DataSpec, split_calibration_probe, task_arrays
+from resetassay.data import AssayData, DataSpec, assay_data, example_inputs
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
@@ -48,6 +48,8 @@ from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
+
+SIZE_FLAGS = ("--calib-size", "--probe-size")  # errors about them are about the command, whichever data
 
 
 @dataclass
@@ -384,19 +386,16 @@ def assay_checkpoint(
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
-    try:
-        x, y = task_arrays(spec, "holdout")
-    except BadInputError as err:
-        if data is not None:
-            raise
-        # the checkpoint's own data record, not a flag the user gave: this checkpoint fails, the others go on
-        raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
-                            "record, or pass --data/--data-dir") from err
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        split: AssayData = split_calibration_probe(
-            x, y, config.calib_size, config.probe_size, config.seed, source=f"{spec.source} task {spec.task}"
-        )
+        try:
+            split: AssayData = assay_data(spec, config.calib_size, config.probe_size, config.seed)
+        except BadInputError as err:
+            if data is not None or err.flag in SIZE_FLAGS:
+                raise
+            # the checkpoint's own data record, not a flag the user gave: this checkpoint fails, the others go on
+            raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
+                                "record, or pass --data/--data-dir") from err
     for w in caught:
         warnings.warn(w.message, stacklevel=2)
     if config.maturity is None and "maturity" in ckpt.info.meta:
@@ -426,9 +425,9 @@ def checkpoint_layers(
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data")
-    x, _ = task_arrays(spec, "holdout")
-    tapped = tap_unit_layers(ckpt.model, x[:2])
-    return unit_layers(tapped, x[:2], patterns), discovery_route(tapped)
+    x = example_inputs(spec, 2)
+    tapped = tap_unit_layers(ckpt.model, x)
+    return unit_layers(tapped, x, patterns), discovery_route(tapped)
 
 
 def _step_value(step: dict) -> float:

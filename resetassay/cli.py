@@ -61,31 +61,52 @@ def _show_warning(message: Warning | str, category: type[Warning], *_args: objec
 _shown: set[str] = set()
 
 
-def _model_kwargs(text: str | None) -> dict | None:
+def _json_object(text: str | None, flag: str) -> dict | None:
+    """A flag's JSON object (--model-kwargs, --data-kwargs), or None when the flag is not given."""
     if text is None:
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise BadInputError(f"--model-kwargs is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'",
-                            flag="--model-kwargs") from e
+        raise BadInputError(f"{flag} is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'", flag=flag) from e
     if not isinstance(value, dict):
-        raise BadInputError("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'", flag="--model-kwargs")
+        raise BadInputError(f"{flag} must be a JSON object, e.g. '{{\"width\": 64}}'", flag=flag)
     return value
 
 
-def _data(name: str | None, task: int, permutation_seed: int, data_dir: Path | None) -> DataSpec | None:
+def _model_kwargs(text: str | None) -> dict | None:
+    return _json_object(text, "--model-kwargs")
+
+
+def _data(name: str | None, task: int, permutation_seed: int, data_dir: Path | None, probe: Path | None = None,
+          image_size: int | None = None, normalize: str | None = None, data_kwargs: str | None = None
+          ) -> DataSpec | None:
+    """The `--data` spec with its options; the options without `--data` are an error."""
     if name is None:
+        for flag, value in (("--probe-data", probe), ("--image-size", image_size), ("--normalize", normalize),
+                            ("--data-kwargs", data_kwargs)):
+            if value is not None:
+                raise BadInputError(f"{flag} needs --data", flag=flag)
         return None
     if task < 0:
         raise BadInputError(f"--task {task}: tasks count from 0", flag="--task")
     if permutation_seed < 0:
         raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", flag="--permutation-seed")
-    return data_spec(name, task, permutation_seed, str(data_dir) if data_dir else None)
+    return data_spec(name, task, permutation_seed, str(data_dir) if data_dir else None,
+                     probe=str(probe) if probe else None, image_size=image_size, normalize=normalize,
+                     kwargs=_json_object(data_kwargs, "--data-kwargs"))
 
 
-Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none: digits, "
-                                          "digits-image, mnist, mnist-image.")]
+Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none: digits, digits-image, "
+                                          "mnist, mnist-image, a tensor file (.safetensors/.npz/.pt), an image folder "
+                                          "or .tar/.tar.gz, or pkg.mod:factory.")]
+ProbeData = Annotated[Path | None, typer.Option("--probe-data", help="With --data FILE|FOLDER: a second one "
+                                                "holding the probe set (--data is then the calibration set).")]
+ImageSize = Annotated[int | None, typer.Option(min=1, help="Images: resize to N x N (default: their own size).")]
+Normalize = Annotated[str | None, typer.Option(help="Images: imagenet, cifar10, none, or MEAN/STD such as "
+                                               "0.5,0.5,0.5/0.25,0.25,0.25.")]
+DataKwargs = Annotated[str | None, typer.Option(help="With --data pkg.mod:factory: its keyword arguments, a JSON "
+                                                "object.")]
 DataDir = Annotated[Path | None, typer.Option(help="Folder of MNIST IDX files (*-ubyte.gz).")]
 Task = Annotated[int, typer.Option(help="With --data: the permutation task to probe.")]
 PermSeed = Annotated[int, typer.Option(help="With --data: the permutation seed.")]
@@ -127,6 +148,10 @@ def run(
     model_kwargs: ModelKwargs = None,
     data: Data = None,
     data_dir: DataDir = None,
+    probe_data: ProbeData = None,
+    image_size: ImageSize = None,
+    normalize: Normalize = None,
+    data_kwargs: DataKwargs = None,
     task: Task = 0,
     permutation_seed: PermSeed = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -148,7 +173,8 @@ def run(
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
-                               data=_data(data, task, permutation_seed, data_dir), progress=not quiet,
+                               data=_data(data, task, permutation_seed, data_dir, probe_data, image_size,
+                                          normalize, data_kwargs), progress=not quiet,
                                out=out_dir, overwrite=overwrite,
                                note=lambda text: err.print(text, highlight=False, soft_wrap=True),
                                on_failure=lambda text: err.print(f"[bold red]error:[/] {text}", highlight=False,
@@ -245,13 +271,16 @@ def inspect(
     model_kwargs: ModelKwargs = None,
     data: Data = None,
     data_dir: DataDir = None,
+    image_size: ImageSize = None,
+    normalize: Normalize = None,
+    data_kwargs: DataKwargs = None,
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
-                                             _data(data, 0, 0, data_dir))
+                                             _data(data, 0, 0, data_dir, None, image_size, normalize, data_kwargs))
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)

@@ -1,12 +1,20 @@
-"""Data: permuted digits (bundled with scikit-learn), MNIST IDX files, and the seeded,
-disjoint calibration and probe sets of SPEC S1."""
+"""Data: permuted digits (bundled with scikit-learn), MNIST IDX files, the user's own data (a tensor file, an
+image folder or archive, a `module:factory`), and the seeded, disjoint calibration and probe sets of SPEC S1."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import importlib
+import io
+import json
+import re
+import sys
+import tarfile
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -15,28 +23,59 @@ from resetassay.errors import BadInputError
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28}
+USER_SOURCES = ("file", "images", "factory")  # the user's own data (SPEC S1): never permuted
+TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+INPUT_KEYS = ("x", "inputs", "images", "data", "features")
+LABEL_KEYS = ("y", "labels", "targets", "label")
+HELD_OUT_NAMES = ("test", "val", "valid", "validation", "holdout")  # preferred image roots, in this order
+NORMALIZE = {  # per-channel (mean, std) of RGB images in [0, 1]
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def _numbers(v: object) -> bool:
+    return v is None or (isinstance(v, list | tuple) and len(v) > 0
+                         and all(type(a) in (int, float) and a == a for a in v))
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which task a checkpoint was trained on last; stored in the manifest's "data" field.
+    """Which data to assay on: a task a checkpoint was trained on last (stored in the manifest's "data" field), or
+    the user's own data (SPEC S1).
 
     Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
-    one-line `BadInputError` naming the field, `data.<field>`.
+    one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist (permuted tasks, the first
+    seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one) and factory (a
+    `module:factory`, from Python or the command line only: a manifest cannot record it, so loading a checkpoint
+    never runs code). The user's own data is never permuted; task, permutation_seed, split_seed and
+    holdout_fraction do not apply to it.
     """
 
-    source: str = "digits"            # digits | mnist
-    layout: str = "flat"              # flat (B, D) | image (B, 1, S, S)
+    source: str = "digits"            # digits | mnist | file | images | factory
+    layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); digits and mnist only
     task: int = 0                     # index of the permutation trained last
     permutation_seed: int = 0
     split_seed: int = 0               # digits only: train / held-out split
     holdout_fraction: float = 0.5     # digits only
     data_dir: str | None = None       # mnist only: folder of *-ubyte.gz files
+    path: str | None = None           # file, images: the tensor file, image folder or archive
+    probe_path: str | None = None     # file, images: a second one holding the probe set (then `path` is calibration)
+    image_size: int | None = None     # images: resize to image_size x image_size (default: the images' own size)
+    mean: tuple[float, ...] | None = None  # images: per-channel normalisation (3 values: images are decoded as RGB)
+    std: tuple[float, ...] | None = None
+    sha256: str | None = None         # file, images: of `path` (a folder: of its listing, each image's path and size)
+    probe_sha256: str | None = None   # the same of `probe_path`
+    factory: str | None = None        # factory: "package.module:function"
+    factory_kwargs: dict | None = None
 
     # field -> (what its value must be, the test); a class constant, not a field (it has no annotation).
     # Seeds are >= 0 because numpy's generators refuse negative ones.
     CHECKS = {
-        "source": (" or ".join(map(repr, IMAGE_SIDE)), lambda v: isinstance(v, str) and v in IMAGE_SIDE),
+        "source": (" or ".join(map(repr, IMAGE_SIDE)),
+                   lambda v: isinstance(v, str) and (v in IMAGE_SIDE or v in USER_SOURCES)),
         "layout": ("'flat' or 'image'", lambda v: v in ("flat", "image")),
         "task": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
         "permutation_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
@@ -44,43 +83,191 @@ class DataSpec:
         "holdout_fraction": ("a number in (0, 1)", lambda v: type(v) in (int, float) and 0 < v < 1),
         "data_dir": ("a string or null", lambda v: v is None or isinstance(v, str)),
     }
+    # the user's own data (sources file, images, factory): optional in a manifest, absent from digits/mnist records
+    USER_CHECKS = {
+        "path": ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and v != "")),
+        "probe_path": ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and v != "")),
+        "image_size": ("an integer >= 1 or null", lambda v: v is None or (type(v) is int and v >= 1)),
+        "mean": ("a list of numbers or null", _numbers),
+        "std": ("a list of positive numbers or null", lambda v: _numbers(v) and (v is None or min(v) > 0)),
+        "sha256": ("64 hex digits or null", lambda v: v is None or (isinstance(v, str)
+                                                                  and re.fullmatch("[0-9a-f]{64}", v) is not None)),
+        "probe_sha256": ("64 hex digits or null", lambda v: v is None or (isinstance(v, str)
+                                                                        and re.fullmatch("[0-9a-f]{64}", v)
+                                                                        is not None)),
+        "factory": ("'package.module:function' or null", lambda v: v is None or (isinstance(v, str)
+                                                                                  and _FACTORY.fullmatch(v))),
+        "factory_kwargs": ("an object or null", lambda v: v is None or isinstance(v, dict)),
+    }
+    NEEDS = {"path": ("file", "images"), "probe_path": ("file", "images"), "sha256": ("file", "images"),
+             "probe_sha256": ("file", "images"), "image_size": ("images",), "mean": ("images",),
+             "std": ("images",), "factory": ("factory",), "factory_kwargs": ("factory",)}
 
     def __post_init__(self) -> None:
         import reprlib  # short reprs of long or deeply nested values
 
-        for key, (must, ok) in self.CHECKS.items():
+        for key, (must, ok) in {**self.CHECKS, **self.USER_CHECKS}.items():
             value = getattr(self, key)
             if not ok(value):
-                raise BadInputError(f"data.{key} must be {must}, got {reprlib.repr(value)}")
+                hint = " (your own data: 'file', 'images' or 'factory')" if key == "source" else ""
+                raise BadInputError(f"data.{key} must be {must}, got {reprlib.repr(value)}{hint}")
+        for key in ("mean", "std"):  # a manifest's lists become tuples of floats
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(float(a) for a in getattr(self, key)))
+        for key, sources in self.NEEDS.items():
+            if getattr(self, key) is not None and self.source not in sources:
+                raise BadInputError(f"data.{key} applies only to source {' or '.join(map(repr, sources))}, "
+                                    f"not {self.source!r}")
+        if self.source in ("file", "images") and self.path is None:
+            raise BadInputError(f"data.path is missing: source {self.source!r} needs the path of the data")
+        if self.source == "factory" and self.factory is None:
+            raise BadInputError("data.factory is missing: source 'factory' needs 'package.module:function'")
+        if (self.mean is None) != (self.std is None):
+            raise BadInputError("data.mean and data.std go together: give both or neither")
+        if self.mean is not None and not len(self.mean) == len(self.std) == 3:
+            raise BadInputError(f"data.mean and data.std must have 3 values each, one per channel (images are "
+                                f"decoded as RGB), got {len(self.mean)} and {len(self.std)}")
 
     @classmethod
     def from_dict(cls, d: object) -> DataSpec:
-        """The spec a manifest's "data" object records: every field present, no others, each value checked."""
+        """The spec a manifest's "data" object records, each value checked: digits/mnist with every one of their
+        fields and no others; file/images with at least source and path. A factory is refused: a manifest may
+        name only built-in sources, paths and numbers, so that loading a checkpoint never runs code."""
         if not isinstance(d, dict):
             raise BadInputError(f"data must be an object or null, got {type(d).__name__}")
         for key in d:
-            if key not in cls.CHECKS:
+            if key not in cls.CHECKS and key not in cls.USER_CHECKS:
                 shown = key if key.isprintable() else repr(key)
-                raise BadInputError(f"data.{shown} is not a data field ({', '.join(cls.CHECKS)})")
-        for key in cls.CHECKS:
+                raise BadInputError(f"data.{shown} is not a data field ({', '.join([*cls.CHECKS, *cls.USER_CHECKS])})")
+        if d.get("source") == "factory" or "factory" in d or "factory_kwargs" in d:
+            raise BadInputError("data.source 'factory' cannot be recorded in a manifest (loading a checkpoint never "
+                                "runs code); pass --data package.module:function instead")
+        user = d.get("source") in USER_SOURCES
+        for key in ("source", "path") if user else cls.CHECKS:
             if key not in d:
                 raise BadInputError(f"data.{key} is missing")
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields that apply to the source, JSON-ready (digits/mnist: exactly the seven of a manifest)."""
+        if self.source in IMAGE_SIDE:
+            return {key: getattr(self, key) for key in self.CHECKS}
+        if self.source == "factory":
+            return {"source": self.source, "factory": self.factory, "factory_kwargs": self.factory_kwargs}
+        keys = ["path", "probe_path", "sha256", "probe_sha256"]
+        keys += ["image_size", "mean", "std"] if self.source == "images" else []
+        out = {"source": self.source, **{key: getattr(self, key) for key in keys}}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def describe(self) -> str:
+        """A short name for messages and provenance: "digits task 3", "data.npz", "pkg.mod:make"."""
+        if self.source in IMAGE_SIDE:
+            return f"{self.source} task {self.task}"
+        return self.factory if self.source == "factory" else Path(self.path).name
 
 
 DATA_CHOICES = ("digits", "digits-image", "mnist", "mnist-image")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
-def data_spec(name: str, task: int = 0, permutation_seed: int = 0, data_dir: str | None = None) -> DataSpec:
-    """The DataSpec a user names with `--data` (for checkpoints that record none)."""
-    if name not in DATA_CHOICES:
-        raise BadInputError(f"--data {name!r}: choose from {', '.join(DATA_CHOICES)}", flag="--data")
-    source, _, layout = name.partition("-")
-    return DataSpec(source=source, layout=layout or "flat", task=task,
-                    permutation_seed=permutation_seed, data_dir=data_dir)
+def data_spec(
+    name: str,
+    task: int = 0,
+    permutation_seed: int = 0,
+    data_dir: str | None = None,
+    *,
+    probe: str | None = None,
+    image_size: int | None = None,
+    normalize: str | tuple | None = None,
+    kwargs: dict | None = None,
+) -> DataSpec:
+    """The DataSpec a user names with `--data` (SPEC S1): a built-in name (digits, digits-image, mnist,
+    mnist-image), a tensor file (.safetensors, .npz, .pt), an image folder or a .tar/.tar.gz of one, or
+    `package.module:function`. `probe` (--probe-data) is a second file or folder holding the probe set,
+    `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair) apply to
+    images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an error
+    about the flag; paths are made absolute and files hashed (sha256) for the run's provenance."""
+    given = {"--probe-data": probe, "--image-size": image_size, "--normalize": normalize, "--data-kwargs": kwargs}
+    if name in DATA_CHOICES:
+        for flag, value in given.items():
+            if value is not None:
+                raise BadInputError(f"{flag} applies only to your own data, not --data {name}", flag=flag)
+        source, _, layout = name.partition("-")
+        return DataSpec(source=source, layout=layout or "flat", task=task,
+                        permutation_seed=permutation_seed, data_dir=data_dir)
+    if data_dir is not None:
+        raise BadInputError(f"--data-dir applies only to --data mnist, not --data {name}", flag="--data-dir")
+    path = Path(name).expanduser()
+    if not path.exists() and _FACTORY.fullmatch(name):
+        for flag in ("--probe-data", "--image-size", "--normalize"):
+            if given[flag] is not None:
+                raise BadInputError(f"{flag} does not apply to --data {name} (a factory)", flag=flag)
+        spec = DataSpec(source="factory", factory=name, factory_kwargs=kwargs)
+        _flagged(lambda: _factory_examples(spec), "--data")
+        return spec
+    if kwargs is not None:
+        raise BadInputError("--data-kwargs applies only to --data package.module:function", flag="--data-kwargs")
+    source = _form(path, "--data")
+    probe_path = None
+    if probe is not None:
+        probe_path = Path(probe).expanduser()
+        if _form(probe_path, "--probe-data") != source:
+            raise BadInputError(f"--probe-data {probe}: must be of the same kind as --data {name} "
+                                f"({'a tensor file' if source == 'file' else 'images'})", flag="--probe-data")
+    if source == "file" and (image_size is not None or normalize is not None):
+        flag = "--image-size" if image_size is not None else "--normalize"
+        raise BadInputError(f"{flag} applies only to images, not the tensor file {name}", flag=flag)
+    mean, std = parse_normalize(normalize)
+    spec = DataSpec(source=source, path=str(path.resolve()), probe_path=str(probe_path.resolve()) if probe else None,
+                    image_size=image_size, mean=mean, std=std,
+                    sha256=_flagged(lambda: _digest(path), "--data"),
+                    probe_sha256=_flagged(lambda: _digest(probe_path), "--probe-data") if probe else None)
+    _flagged(lambda: _open(spec, spec.path), "--data")
+    if probe:
+        _flagged(lambda: _open(spec, spec.probe_path), "--probe-data")
+    return spec
+
+
+def parse_normalize(value: str | tuple | None) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) of `--normalize`: None or 'none' (no normalisation), a `NORMALIZE` name ('imagenet',
+    'cifar10'), 'M,M,M/S,S,S' or a (mean, std) pair of sequences."""
+    if value is None or value == "none":
+        return None, None
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise BadInputError(f"--normalize {value!r}: expected (mean, std)", flag="--normalize")
+        return tuple(value[0]), tuple(value[1])
+    if value in NORMALIZE:
+        return NORMALIZE[value]
+    try:
+        mean, std = (tuple(float(a) for a in part.split(",")) for part in value.split("/"))
+    except ValueError:
+        raise BadInputError(f"--normalize {value!r}: use {', '.join(NORMALIZE)}, none, or MEAN/STD such as "
+                            "0.5,0.5,0.5/0.25,0.25,0.25", flag="--normalize") from None
+    return mean, std
+
+
+def _flagged(make: Callable, flag: str):
+    """`make()`, with a BadInputError it raises turned into one about `flag` (the whole command is at fault)."""
+    try:
+        return make()
+    except BadInputError as err:
+        if err.flag:
+            raise
+        raise BadInputError(str(err), flag=flag) from err
+
+
+def _form(path: Path, flag: str) -> str:
+    """"file" (a tensor file) or "images" (a folder, or an archive of one) by what `path` is."""
+    if path.is_dir() or (path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)):
+        return "images"
+    if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
+        return "file"
+    if path.exists():
+        raise BadInputError(f"{flag} {path}: not a tensor file ({', '.join(TENSOR_SUFFIXES)}), an image folder or "
+                            f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)})", flag=flag)
+    raise BadInputError(f"{flag} {path}: no such file or folder; use {', '.join(DATA_CHOICES)}, a tensor file, an "
+                        "image folder or archive, or package.module:function", flag=flag)
 
 
 @dataclass
@@ -144,7 +331,14 @@ def permutation(n_features: int, task: int, seed: int) -> np.ndarray:
 
 
 def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `part` ("train" or "holdout") of the task in `spec`, permuted and laid out."""
+    """The `part` ("train" or "holdout") of the task in `spec`, permuted and laid out (SPEC S1). The user's own
+    data has only a "holdout" part: all of it (of `path`, with a probe_path), never permuted."""
+    if spec.source in USER_SOURCES:
+        if part != "holdout":
+            raise BadInputError(f"--data {spec.describe()}: your own data is for the assay only; training uses "
+                                f"{', '.join(DATA_CHOICES)}", flag="--data")
+        examples = _open(spec, spec.path)
+        return examples.take(torch.arange(examples.n))
     if spec.source == "digits":
         x, y = digits_arrays()
         order = np.random.default_rng(spec.split_seed).permutation(len(x))
@@ -163,21 +357,65 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     return xt, torch.from_numpy(y)
 
 
-def split_calibration_probe(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    calib_size: int | None = None,
-    probe_size: int | None = None,
-    seed: int = 0,
-    source: str = "data",
+def assay_data(
+    spec: DataSpec, calib_size: int | None = None, probe_size: int | None = None, seed: int = 0,
 ) -> AssayData:
-    """Seeded, disjoint calibration and probe sets (SPEC S1).
+    """The calibration and probe sets of `spec` (SPEC S1): the seeded, disjoint split of its held-out part
+    (`split_calibration_probe`); with a probe_path, a seeded sample of `path` for calibration and of `probe_path`
+    for the probe. Only the chosen examples are decoded (an image folder) or fetched (a Dataset)."""
+    if spec.source not in USER_SOURCES:
+        x, y = task_arrays(spec, "holdout")
+        return split_calibration_probe(x, y, calib_size, probe_size, seed, source=spec.describe())
+    calib = _open(spec, spec.path)
+    if spec.probe_path is None:
+        ci, pi = split_indices(calib.n, calib_size, probe_size, seed, source=calib.name, stacklevel=3)
+        probe, available = calib, calib.n
+    else:
+        probe = _open(spec, spec.probe_path)
+        n_calib = _own_size(calib.n, calib_size, "--calib-size", calib.name)
+        n_probe = _own_size(probe.n, probe_size, "--probe-size", probe.name)
+        generator = torch.Generator().manual_seed(seed)
+        ci = torch.randperm(calib.n, generator=generator)[:n_calib].sort().values
+        pi = torch.randperm(probe.n, generator=generator)[:n_probe].sort().values
+        available = calib.n + probe.n
+    (cx, cy), (px, py) = calib.take(ci), probe.take(pi)
+    provenance = {"source": spec.describe(), "available": available, "calib_size": len(ci), "probe_size": len(pi),
+                  "split_seed": seed, **calib.info}
+    if spec.probe_path is not None:
+        provenance.update(calib_available=calib.n, probe_available=probe.n, probe_source=probe.name,
+                          **{f"probe_{k}": v for k, v in probe.info.items()})
+    return AssayData(cx, cy, px, py, provenance=provenance)
+
+
+def example_inputs(spec: DataSpec, n: int = 2) -> torch.Tensor:
+    """The first `n` held-out inputs of `spec` (to trace a model's unit layers), decoding no more than those."""
+    if spec.source not in USER_SOURCES:
+        return task_arrays(spec, "holdout")[0][:n]
+    examples = _open(spec, spec.path)
+    return examples.take(torch.arange(min(n, examples.n)))[0]
+
+
+def _own_size(n: int, size: int | None, flag: str, source: str) -> int:
+    """How many of the `n` examples of a set of its own (a probe_path) to take: `size`, else 2048 or all."""
+    if size is not None and size <= 0:
+        raise BadInputError(f"{flag} must be positive", flag=flag)
+    if size is not None and size > n:
+        raise BadInputError(f"{flag} {size} exceeds the {n} examples of {source}; ask for at most {n}", flag=flag)
+    if size is None and n < DEFAULT_SIZE:
+        warnings.warn(f"{source} has {n} examples: its set shrinks to {n}", stacklevel=3)
+    return size if size is not None else min(DEFAULT_SIZE, n)
+
+
+def split_indices(
+    n: int, calib_size: int | None = None, probe_size: int | None = None, seed: int = 0, source: str = "data",
+    stacklevel: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted indices of a seeded, disjoint calibration and probe set among `n` examples (SPEC S1).
 
     Sizes left as None default to 2048 each and shrink, with a warning, to an equal share of
     what the data has (or to what an explicit size of the other set leaves); an explicit size
     the data cannot supply is an error.
     """
-    n = len(x)
     for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
         if size is not None and size <= 0:
             raise BadInputError(f"{flag} must be positive", flag=flag)
@@ -197,12 +435,328 @@ def split_calibration_probe(
     if (calib_size is None and n_calib < DEFAULT_SIZE) or (probe_size is None and n_probe < DEFAULT_SIZE):
         warnings.warn(
             f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} and {n_probe}",
-            stacklevel=2,
+            stacklevel=stacklevel + 1,
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    calib, probe = order[:n_calib].sort().values, order[n_calib:n_calib + n_probe].sort().values
+    return order[:n_calib].sort().values, order[n_calib:n_calib + n_probe].sort().values
+
+
+def split_calibration_probe(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    calib_size: int | None = None,
+    probe_size: int | None = None,
+    seed: int = 0,
+    source: str = "data",
+) -> AssayData:
+    """Seeded, disjoint calibration and probe sets (SPEC S1), as `split_indices` chooses them."""
+    calib, probe = split_indices(len(x), calib_size, probe_size, seed, source, stacklevel=3)
     return AssayData(
         x[calib], y[calib], x[probe], y[probe],
-        provenance={"source": source, "available": n, "calib_size": n_calib,
-                    "probe_size": n_probe, "split_seed": seed},
+        provenance={"source": source, "available": len(x), "calib_size": len(calib),
+                    "probe_size": len(probe), "split_seed": seed},
     )
+
+
+# --- the user's own data (SPEC S1) -----------------------------------------------------------------------------
+
+@dataclass
+class Examples:
+    """`n` examples of one source, fetched by index: `take(indices) -> (x, y)`; `name` names it in messages."""
+
+    name: str
+    n: int
+    take: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    info: dict
+
+
+_CACHE: dict[tuple, object] = {}  # the last few sources opened and hashed (a run opens them once per checkpoint)
+
+
+def _cached(key: tuple, make: Callable):
+    if key not in _CACHE:
+        value = make()
+        while len(_CACHE) >= 4:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = value
+    return _CACHE[key]
+
+
+def _stamp(path: Path) -> tuple:
+    stat = path.stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+def _open(spec: DataSpec, where: str) -> Examples:
+    """The examples at `where` (spec.path or spec.probe_path), or of spec's factory; a recorded sha256 is checked."""
+    if spec.source == "factory":
+        return _factory_examples(spec)
+    path = Path(where)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    recorded = spec.sha256 if where == spec.path else spec.probe_sha256
+    if recorded is not None and _digest(path) != recorded:
+        raise BadInputError(f"{path}: its content changed since it was recorded (sha256 differs); restore it, or "
+                            "pass it again with --data")
+    if spec.source == "file":
+        if not path.is_file():
+            raise BadInputError(f"{path}: not a file; a tensor file is {', '.join(TENSOR_SUFFIXES)}")
+        return _cached(("file", *_stamp(path)), lambda: _tensor_file(path))
+    return _image_examples(path, spec.image_size, spec.mean, spec.std)
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file's bytes; of a folder, of its listing (each image's relative path and size)."""
+    def make() -> str:
+        h = hashlib.sha256()
+        if path.is_dir():
+            for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()):
+                h.update(f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}\n".encode())
+        else:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    return _cached(("sha256", *_stamp(path)), make) if path.is_file() else make()
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _tensor_file(path: Path) -> Examples:
+    """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`); .pt files are
+    read with torch.load(weights_only=True), .npz without pickle: reading data never runs code."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            found: object = load_file(str(path))
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                found = {k: z[k] for k in z.files}
+        elif suffix in (".pt", ".pth"):
+            found = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise BadInputError(f"{path}: not a tensor file; use {', '.join(TENSOR_SUFFIXES)}")
+    except BadInputError:
+        raise
+    except Exception as err:  # a damaged file, an object torch refuses to unpickle, ...
+        raise BadInputError(f"{path}: cannot read it as {suffix} ({_one_line(err)}); save plain tensors") from err
+    if isinstance(found, tuple | list) and len(found) == 2:
+        found = {"x": found[0], "y": found[1]}
+    if not isinstance(found, dict):
+        raise BadInputError(f"{path}: holds a {type(found).__name__}; save a dict of tensors such as "
+                            "{'x': inputs, 'y': labels}")
+    keys = sorted(str(k) for k in found)
+    picked = []
+    for names, what in ((INPUT_KEYS, "inputs"), (LABEL_KEYS, "labels")):
+        key = next((k for k in names if k in found), None)
+        if key is None:
+            raise BadInputError(f"{path}: no {what} (a key named {', '.join(names)}); it has keys "
+                                f"{', '.join(keys) or 'none'}")
+        picked.append(found[key])
+    x, y = _checked(*picked, str(path))
+    return Examples(path.name, len(x), lambda idx: (x[idx], y[idx]), {})
+
+
+def _checked(x: object, y: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as float32 and labels as int64, checked: as many of each, some, labels whole numbers >= 0 with one
+    per example, inputs finite."""
+    try:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    except Exception as err:
+        raise BadInputError(f"{name}: inputs and labels must be numeric arrays ({_one_line(err)})") from err
+    if x.ndim == 0 or y.ndim != 1:
+        raise BadInputError(f"{name}: expected inputs (N, ...) and labels (N,), got shapes {tuple(x.shape)} and "
+                            f"{tuple(y.shape)}")
+    if len(x) != len(y):
+        raise BadInputError(f"{name}: {len(x)} inputs but {len(y)} labels; they must pair up")
+    if len(x) == 0:
+        raise BadInputError(f"{name}: no examples")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise BadInputError(f"{name}: labels must be integers (class indices), got {str(y.dtype).split('.')[-1]}")
+    if y.min() < 0:
+        raise BadInputError(f"{name}: labels must be >= 0 (class indices), got {int(y.min())}")
+    if x.dtype.is_complex or x.dtype == torch.bool:
+        raise BadInputError(f"{name}: inputs must be real numbers, got {str(x.dtype).split('.')[-1]}")
+    x = x.to(torch.float32)
+    bad = (~torch.isfinite(x)).flatten(1).any(1) if x.ndim > 1 else ~torch.isfinite(x)
+    if bad.any():
+        raise BadInputError(f"{name}: inputs hold NaN or Inf (example {int(bad.nonzero()[0])}); clean the data")
+    return x, y.to(torch.int64)
+
+
+# images
+
+
+def _image_listing(path: Path) -> tuple[list, str]:
+    """(every .jpg/.jpeg/.png as (relative parts, member), kind) of a folder or a .tar/.tar.gz archive."""
+    def visible(parts: tuple) -> bool:
+        return not any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+    if path.is_dir():
+        files = [(p.relative_to(path).parts, p) for p in path.rglob("*")
+                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        return [f for f in files if visible(f[0])], "folder"
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise BadInputError(f"{path}: cannot read the archive ({_one_line(err)})") from err
+    files = [(PurePosixPath(m.name).parts, m) for m in members]
+    return [f for f in files if visible(f[0])], "archive"
+
+
+def _image_index(path: Path) -> tuple[list, list[str], str, str]:
+    """(the (label, member) of each image, class names, the root holding the class folders, kind): the root is
+    the grandparent of the images; of several, the one named test (then val, ...)."""
+    files, kind = _image_listing(path)
+    if not files:
+        raise BadInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}); expected ROOT/<class>/<image>")
+    roots = sorted({parts[:-2] for parts, _ in files if len(parts) >= 2})
+    if not roots:
+        raise BadInputError(f"{path}: images but no class folders; expected ROOT/<class>/<image>")
+    if len(roots) > 1:
+        named = [r for name in HELD_OUT_NAMES for r in roots if r and r[-1].lower() == name]
+        if not named:
+            shown = ", ".join("/".join(r) or "." for r in roots[:4])
+            raise BadInputError(f"{path}: class folders of images under several roots ({shown}); point --data at "
+                                "one folder holding only class folders")
+        roots = named[:1]
+    root = roots[0]
+    chosen = sorted(((parts, m) for parts, m in files if len(parts) >= 2 and parts[:-2] == root), key=lambda f: f[0])
+    classes = sorted({parts[-2] for parts, _ in chosen})
+    label = {c: i for i, c in enumerate(classes)}
+    return [(label[parts[-2]], m) for parts, m in chosen], classes, "/".join(root) or ".", kind
+
+
+def _decode_image(raw: bytes, name: str, size: int | None) -> np.ndarray:
+    """One image as an (H, W, 3) uint8 RGB array, resized (bilinear) to size x size when size is given."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            rgb = image.convert("RGB")
+            if size is not None and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, ValueError, ... on damaged files
+        raise BadInputError(f"{name}: not a readable image ({_one_line(err)}); remove it or fix it") from err
+
+
+def _image_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | None) -> Examples:
+    """The images of a folder or archive in ImageFolder layout, labelled by sorted class name; `take` decodes
+    only the images asked for, to RGB float32 (N, 3, H, W) in [0, 1], then (x - mean) / std per channel."""
+    # an archive's listing is kept (a run opens it once per checkpoint); a folder's is cheap to list again, and its
+    # own timestamp does not change when a class folder does
+    index, classes, root, kind = _image_index(path) if path.is_dir() else \
+        _cached(("images", *_stamp(path)), lambda: _image_index(path))
+
+    def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = [index[i] for i in idx.tolist()]
+        arrays: dict[int, np.ndarray] = {}
+        if kind == "folder":
+            for i, (_, file) in enumerate(picked):
+                arrays[i] = _decode_image(file.read_bytes(), str(file), size)
+        else:
+            with tarfile.open(path, "r:*") as tar:  # in archive order: one pass through a compressed stream
+                for i in sorted(range(len(picked)), key=lambda j: picked[j][1].offset_data):
+                    member = picked[i][1]
+                    raw = tar.extractfile(member).read()
+                    arrays[i] = _decode_image(raw, f"{path}:{member.name}", size)
+        shapes = {a.shape for a in arrays.values()}
+        if len(shapes) > 1:
+            seen = sorted(f"{h}x{w}" for h, w, _ in shapes)
+            raise BadInputError(f"{path}: images differ in size ({', '.join(seen[:3])}); set image_size "
+                                "(--image-size N) to resize them")
+        x = torch.from_numpy(np.stack([arrays[i] for i in range(len(picked))])).permute(0, 3, 1, 2)
+        x = x.to(torch.float32).div_(255.0)
+        if mean is not None:
+            x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        return x.contiguous(), torch.tensor([label for label, _ in picked], dtype=torch.int64)
+
+    return Examples(path.name, len(index), take, {"image_root": root, "classes": len(classes)})
+
+
+# factories
+
+
+def _factory_examples(spec: DataSpec) -> Examples:
+    """The examples `spec.factory(**spec.factory_kwargs)` returns (imported from the working folder too):
+    (x, y) tensors, an indexable Dataset of (x, y) items (fetched by index) or an iterable of (x, y) batches."""
+    key = ("factory", spec.factory, json.dumps(spec.factory_kwargs, sort_keys=True, default=repr))
+    return _cached(key, lambda: _call_factory(spec.factory, spec.factory_kwargs or {}))
+
+
+def _call_factory(name: str, kwargs: dict) -> Examples:
+    module_name, _, attr = name.partition(":")
+    cwd = str(Path.cwd())
+    searched = cwd in sys.path or "" in sys.path  # `python -m` searches the working folder, the script not
+    if not searched:
+        sys.path.insert(0, cwd)
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BadInputError(f"--data {name}: cannot import {module_name} ({err}); run from the folder that holds "
+                            "it or add that folder to PYTHONPATH", flag="--data") from err
+    finally:
+        if not searched:
+            sys.path.remove(cwd)
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise BadInputError(f"--data {name}: {module_name} has no attribute {attr!r}", flag="--data")
+        target = getattr(target, part)
+    if not callable(target):
+        raise BadInputError(f"--data {name}: {attr} is not callable", flag="--data")
+    try:
+        made = target(**kwargs)
+    except Exception as err:
+        raise BadInputError(f"--data {name}: the factory failed ({_one_line(err)})", flag="--data") from err
+    return _factory_result(made, name)
+
+
+def _factory_result(made: object, name: str) -> Examples:
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+
+    what = f"--data {name}"
+    if isinstance(made, tuple | list) and len(made) == 2 and not isinstance(made[0], tuple | list):
+        x, y = _checked(made[0], made[1], what)
+        return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})
+    if isinstance(made, Dataset) and not isinstance(made, IterableDataset) and hasattr(made, "__len__"):
+        dataset = made
+
+        def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            items = [dataset[i] for i in idx.tolist()]
+            try:
+                xs = torch.stack([torch.as_tensor(item[0]) for item in items])
+                ys = torch.as_tensor([int(item[1]) for item in items])
+            except Exception as err:
+                raise BadInputError(f"{what}: its Dataset items must be (x, y) pairs of a tensor and an integer "
+                                    f"label ({_one_line(err)})", flag="--data") from err
+            return _checked(xs, ys, what)
+
+        if len(dataset) == 0:
+            raise BadInputError(f"{what}: no examples", flag="--data")
+        return Examples(name, len(dataset), take, {})
+    if isinstance(made, DataLoader) and not isinstance(made.sampler, SequentialSampler) and \
+            not isinstance(made.dataset, IterableDataset):
+        raise BadInputError(f"{what}: its DataLoader shuffles; make it with shuffle=False (resetassay draws the "
+                            "seeded split itself)", flag="--data")
+    try:
+        batches = [(b[0], b[1]) for b in iter(made)]  # type: ignore[call-overload]
+        if not batches:
+            raise ValueError("no batches")
+        x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]).reshape(-1)
+                                                                              for b in batches])
+    except BadInputError:
+        raise
+    except Exception as err:
+        raise BadInputError(f"{what}: must return (x, y) tensors, a Dataset of (x, y) items or an iterable of "
+                            f"(x, y) batches, got {type(made).__name__} ({_one_line(err)})", flag="--data") from err
+    x, y = _checked(x, y, what)
+    return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})

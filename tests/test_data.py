@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,8 +12,12 @@ import pytest
 import torch
 
 from resetassay.data import (
+    NORMALIZE,
     DataSpec,
+    assay_data,
+    data_spec,
     digits_arrays,
+    example_inputs,
     mnist_arrays,
     permutation,
     read_idx,
@@ -219,3 +224,322 @@ def test_non_positive_sizes_are_an_error(calib, probe):
     x, y = _ids(50)
     with pytest.raises(BadInputError, match="positive"):
         split_calibration_probe(x, y, calib_size=calib, probe_size=probe)
+
+
+# --- the user's own data (SPEC S1): tensor files, image folders and archives, factories ---------------------------
+
+def _xy(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs whose first feature is the example's index, so that pairs and disjointness can be read back."""
+    x = torch.rand(n, 5, generator=torch.Generator().manual_seed(0))
+    x[:, 0] = torch.arange(n)
+    return x, torch.arange(n) % 3
+
+
+def _save(path: Path, x, y, xkey: str = "x", ykey: str = "y") -> Path:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({xkey: x.contiguous(), ykey: y.contiguous()}, str(path))
+    elif path.suffix == ".npz":
+        np.savez(path, **{xkey: np.asarray(x), ykey: np.asarray(y)})
+    else:
+        torch.save({xkey: x, ykey: y}, path)
+    return path
+
+
+@pytest.mark.parametrize("name, xkey, ykey", [("d.safetensors", "x", "y"), ("d.npz", "inputs", "labels"),
+                                              ("d.pt", "features", "targets")])
+def test_a_tensor_file_gives_a_seeded_disjoint_split(tmp_path, name, xkey, ykey):
+    x, y = _xy()
+    spec = data_spec(str(_save(tmp_path / name, x, y, xkey, ykey)))
+    assert spec.source == "file" and Path(spec.path).is_absolute() and len(spec.sha256) == 64
+    got = assay_data(spec, 10, 12, seed=3)
+    ids_c, ids_p = got.calib_x[:, 0].long(), got.probe_x[:, 0].long()
+    assert len(ids_c) == 10 and len(ids_p) == 12 and not set(ids_c.tolist()) & set(ids_p.tolist())
+    assert torch.equal(got.calib_y, ids_c % 3) and torch.equal(got.probe_y, ids_p % 3)
+    assert got.calib_x.dtype == torch.float32 and got.calib_y.dtype == torch.int64
+    same = split_calibration_probe(x, y, 10, 12, seed=3)  # the same split as the built-in data
+    assert torch.equal(same.calib_x, got.calib_x) and torch.equal(same.probe_y, got.probe_y)
+    assert got.provenance["split_seed"] == 3 and got.provenance["available"] == 40
+    hx, hy = task_arrays(spec, "holdout")  # all of it, never permuted
+    assert torch.equal(hx, x) and torch.equal(hy, y)
+    assert torch.equal(example_inputs(spec, 2), x[:2])
+    assert DataSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # a manifest can record it
+
+
+def test_a_probe_file_holds_the_probe_set(tmp_path):
+    x, y = _xy()
+    spec = data_spec(str(_save(tmp_path / "c.npz", x[:20], y[:20])), probe=str(_save(tmp_path / "p.pt", x[20:],
+                                                                                       y[20:])))
+    got = assay_data(spec, 8, 5, seed=1)
+    assert set(got.calib_x[:, 0].long().tolist()) <= set(range(20))
+    assert set(got.probe_x[:, 0].long().tolist()) <= set(range(20, 40))
+    assert (len(got.calib_y), len(got.probe_y)) == (8, 5)
+    assert torch.equal(assay_data(spec, 8, 5, seed=1).probe_x, got.probe_x)
+    with pytest.warns(UserWarning, match="shrinks to 20"):
+        assert len(assay_data(spec).calib_y) == 20
+    with pytest.raises(BadInputError, match="--probe-size 21 exceeds the 20"):
+        assay_data(spec, 5, 21)
+
+
+def test_builtin_names_still_give_the_same_spec_and_dict():
+    spec = data_spec("digits-image", 2, 5)
+    assert spec == DataSpec(layout="image", task=2, permutation_seed=5)
+    assert list(spec.to_dict()) == ["source", "layout", "task", "permutation_seed", "split_seed",
+                                    "holdout_fraction", "data_dir"]
+    x, y = task_arrays(DataSpec(), "holdout")
+    a, b = assay_data(DataSpec(), 30, 40, seed=2), split_calibration_probe(x, y, 30, 40, seed=2)
+    assert torch.equal(a.calib_x, b.calib_x) and a.provenance == {**b.provenance, "source": "digits task 0"}
+
+
+def _one_line_error(make, *needles: str) -> BadInputError:
+    with pytest.raises(BadInputError) as err:
+        make()
+    text = str(err.value)
+    assert "\n" not in text, text
+    for needle in needles:
+        assert needle in text, text
+    return err.value
+
+
+@pytest.mark.parametrize("x, y, needle", [
+    (torch.zeros(4, 2), torch.zeros(3, dtype=torch.int64), "4 inputs but 3 labels"),
+    (torch.zeros(4, 2), torch.zeros(4), "labels must be integers"),
+    (torch.zeros(4, 2), torch.tensor([0, 1, -1, 2]), "labels must be >= 0"),
+    (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "no examples"),
+    (torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), torch.tensor([0, 1]), "NaN or Inf (example 0)"),
+])
+def test_bad_tensor_files_are_one_line_errors_naming_the_file(tmp_path, x, y, needle):
+    path = _save(tmp_path / "bad.npz", x, y)
+    err = _one_line_error(lambda: data_spec(str(path)), str(path), needle)
+    assert err.flag == "--data"
+
+
+def test_tensor_file_keys_not_found_are_listed(tmp_path):
+    path = _save(tmp_path / "k.safetensors", torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64), "pixels", "y")
+    _one_line_error(lambda: data_spec(str(path)), "no inputs", "x, inputs, images, data, features",
+                    "it has keys pixels, y")
+
+
+def test_unreadable_and_unsafe_tensor_files_are_refused(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    _one_line_error(lambda: data_spec(str(tmp_path / "junk.pt")), "junk.pt", "cannot read")
+    torch.save({"x": torch.zeros(2, 2), "y": torch.zeros(2, dtype=torch.int64), "f": Path("x")},
+               tmp_path / "obj.pt")  # an object: weights_only refuses to unpickle it
+    _one_line_error(lambda: data_spec(str(tmp_path / "obj.pt")), "obj.pt", "cannot read")
+    (tmp_path / "notes.txt").write_text("x")
+    _one_line_error(lambda: data_spec(str(tmp_path / "notes.txt")), "not a tensor file")
+    _one_line_error(lambda: data_spec(str(tmp_path / "missing.npz")), "no such file")
+    spec = DataSpec(source="file", path=str(tmp_path))
+    _one_line_error(lambda: task_arrays(spec, "holdout"), str(tmp_path), "not a file")
+
+
+def test_a_changed_file_is_caught_by_its_recorded_sha256(tmp_path):
+    x, y = _xy()
+    path = _save(tmp_path / "d.npz", x, y)
+    spec = data_spec(str(path))
+    _save(path, x + 1, y)
+    _one_line_error(lambda: task_arrays(spec, "holdout"), "content changed")
+
+
+CLASSES = ("cat", "dog", "emu")
+
+
+def _image_folder(root: Path, per_class: int = 4, side: int = 6) -> Path:
+    """`per_class` tiny PNGs in each of 3 class folders, pixel value 40 * class + image number; a stray file."""
+    from PIL import Image
+
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            mode = "L" if i == 0 else "RGB"  # grayscale images become RGB too
+            Image.new(mode, (side, side), 40 * c + i if mode == "L" else (40 * c + i,) * 3).save(
+                root / name / f"{i}.png")
+    (root / "README.png.txt").write_text("not an image")
+    (root / "loose.png").write_bytes(b"ignored: outside the class folders")
+    return root
+
+
+def _tar(folder: Path, archive: Path, prefix: str) -> Path:
+    import tarfile
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=prefix)
+        tar.add(folder, arcname=prefix.replace("test", "train"))  # a train split too: test is preferred
+    return archive
+
+
+def _values(x: torch.Tensor) -> list[int]:
+    return (x[:, 0, 0, 0] * 255).round().long().tolist()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_image_folder_and_archive(tmp_path, packed):
+    folder = _image_folder(tmp_path / "imgs")
+    where = _tar(folder, tmp_path / "c.tar.gz", "cifar/test") if packed else folder
+    spec = data_spec(str(where))
+    assert spec.source == "images"
+    got = assay_data(spec, 5, 6, seed=0)
+    assert got.calib_x.shape == (5, 3, 6, 6) and got.probe_x.shape == (6, 3, 6, 6)
+    for x, y in ((got.calib_x, got.calib_y), (got.probe_x, got.probe_y)):
+        assert [v // 40 for v in _values(x)] == y.tolist()  # labels follow sorted class names
+    assert not set(_values(got.calib_x)) & set(_values(got.probe_x))
+    assert got.provenance["image_root"] == ("cifar/test" if packed else ".") and got.provenance["classes"] == 3
+    x, y = task_arrays(spec, "holdout")
+    assert len(x) == 12 and y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert torch.equal(x[:, 0], x[:, 1])  # RGB always, grayscale images included
+
+
+def test_images_are_resized_and_normalised(tmp_path):
+    folder = _image_folder(tmp_path / "imgs")
+    spec = data_spec(str(folder), image_size=3, normalize="0.5,0.25,0/0.5,0.25,2")
+    x, _ = task_arrays(spec, "holdout")
+    assert x.shape == (12, 3, 3, 3)
+    raw = torch.tensor([40 * c + i for c in range(3) for i in range(4)]) / 255.0
+    torch.testing.assert_close(x[:, 0, 1, 1], (raw - 0.5) / 0.5)
+    torch.testing.assert_close(x[:, 2, 1, 1], raw / 2)
+    imagenet = data_spec(str(folder), normalize="imagenet")
+    assert imagenet.mean == NORMALIZE["imagenet"][0] and imagenet.to_dict()["std"] == list(NORMALIZE["imagenet"][1])
+
+
+def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
+    import resetassay.data as data
+
+    folder = _image_folder(tmp_path / "imgs", per_class=10)
+    spec = data_spec(str(folder))
+    decoded = []
+    real = data._decode_image
+    monkeypatch.setattr(data, "_decode_image", lambda raw, name, size: decoded.append(name) or real(raw, name, size))
+    got = assay_data(spec, 3, 4, seed=0)
+    assert len(decoded) == 7 and len(got.calib_y) + len(got.probe_y) == 7
+    decoded.clear()
+    assert example_inputs(spec).shape == (2, 3, 6, 6) and len(decoded) == 2
+
+
+def test_bad_image_folders_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(lambda: data_spec(str(tmp_path / "empty")), "no images")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"x")
+    _one_line_error(lambda: data_spec(str(tmp_path / "flat")), "no class folders")
+    folder = _image_folder(tmp_path / "imgs", per_class=1)
+    (folder / "dog" / "broken.png").write_bytes(b"not a png")
+    spec = data_spec(str(folder))
+    _one_line_error(lambda: task_arrays(spec, "holdout"), "broken.png", "not a readable image")
+    _one_line_error(lambda: data_spec(str(folder), normalize="0.5/0.5"), "3 values")
+    _one_line_error(lambda: data_spec(str(folder), normalize="imagenet-ish"), "--normalize")
+    from PIL import Image
+    Image.new("RGB", (9, 9)).save(folder / "cat" / "big.png")
+    (folder / "dog" / "broken.png").unlink()
+    _one_line_error(lambda: task_arrays(data_spec(str(folder)), "holdout"), "differ in size", "--image-size")
+    assert task_arrays(data_spec(str(folder), image_size=4), "holdout")[0].shape == (4, 3, 4, 4)
+
+
+FACTORY = '''
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+X = torch.arange(30.0).reshape(30, 1).repeat(1, 4)
+Y = torch.arange(30) % 5
+CALLS = []
+
+def tensors(scale=1.0):
+    return X * scale, Y
+
+class Items(Dataset):
+    def __len__(self):
+        return 30
+    def __getitem__(self, i):
+        CALLS.append(i)
+        return X[i], int(Y[i])
+
+def dataset():
+    return Items()
+
+def loader(shuffle=False):
+    return DataLoader(TensorDataset(X, Y), batch_size=7, shuffle=shuffle)
+
+def nothing():
+    return 3
+'''
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    name = f"user_data_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module(name)
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("kind", ["tensors", "dataset", "loader"])
+def test_a_factory_returning_tensors_a_dataset_or_a_loader(factory_module, kind):
+    name = f"{factory_module.__name__}:{kind}"
+    spec = data_spec(name)
+    got = assay_data(spec, 6, 7, seed=5)
+    ids_c, ids_p = got.calib_x[:, 0].long(), got.probe_x[:, 0].long()
+    assert not set(ids_c.tolist()) & set(ids_p.tolist()) and torch.equal(got.probe_y, ids_p % 5)
+    ref = split_calibration_probe(factory_module.X, factory_module.Y, 6, 7, seed=5)
+    assert torch.equal(ref.calib_x, got.calib_x) and torch.equal(ref.probe_y, got.probe_y)
+    if kind == "dataset":  # fetched by index: only the chosen items
+        assert len(factory_module.CALLS) == 13
+    assert spec.to_dict() == {"source": "factory", "factory": name, "factory_kwargs": None}
+
+
+def test_factory_kwargs_and_bad_factories(factory_module):
+    mod = factory_module.__name__
+    x, _ = task_arrays(data_spec(f"{mod}:tensors", kwargs={"scale": 2.0}), "holdout")
+    assert torch.equal(x, factory_module.X * 2)
+    _one_line_error(lambda: data_spec(f"{mod}:loader", kwargs={"shuffle": True}), "shuffles")
+    _one_line_error(lambda: data_spec(f"{mod}:nothing"), "got int")
+    _one_line_error(lambda: data_spec(f"{mod}:missing"), "no attribute")
+    _one_line_error(lambda: data_spec("no_such_module_xyz:make"), "cannot import")
+    _one_line_error(lambda: data_spec(f"{mod}:tensors", kwargs={"bad": 1}), "the factory failed")
+    _one_line_error(lambda: data_spec(f"{mod}:tensors", image_size=3), "--image-size")
+
+
+def test_a_manifest_cannot_record_a_factory():
+    _one_line_error(lambda: DataSpec.from_dict({"source": "factory", "factory": "os:getcwd"}), "never runs code")
+    _one_line_error(lambda: DataSpec.from_dict({**DataSpec().to_dict(), "factory": "os:getcwd"}), "never runs code")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"source": "file"}, "data.path is missing"),
+    ({"path": "x.npz"}, "data.path applies only to source 'file' or 'images'"),
+    ({"source": "file", "path": "x.npz", "image_size": 3}, "data.image_size applies only to source 'images'"),
+    ({"source": "images", "path": "d", "mean": (0.5, 0.5, 0.5)}, "give both or neither"),
+    ({"source": "images", "path": "d", "mean": (0.5,), "std": (1.0,)}, "3 values"),
+    ({"source": "images", "path": "d", "image_size": 0}, "data.image_size must be an integer >= 1"),
+    ({"source": "images", "path": "d", "mean": (0, 0, 0), "std": (1, 0, 1)}, "data.std must be"),
+    ({"source": "factory"}, "data.factory is missing"),
+    ({"source": "cifar"}, "your own data: 'file', 'images' or 'factory'"),
+])
+def test_user_data_fields_are_checked(kwargs, needle):
+    _one_line_error(lambda: DataSpec(**kwargs), needle)
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path):
+    x, y = _xy()
+    path = str(_save(tmp_path / "d.npz", x, y))
+    for call, flag in ((lambda: data_spec("digits", probe=path), "--probe-data"),
+                       (lambda: data_spec(path, image_size=4), "--image-size"),
+                       (lambda: data_spec(path, kwargs={}), "--data-kwargs"),
+                       (lambda: data_spec(path, probe=str(tmp_path)), "--probe-data"),
+                       (lambda: data_spec("nonsense"), "--data")):
+        assert _one_line_error(call, flag).flag == flag
+    _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
+
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-images-jpg.tar.gz"
+
+
+@pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} is absent")
+def test_cifar10_archive_of_jpegs():
+    spec = data_spec(str(CIFAR), image_size=32, normalize="cifar10")
+    got = assay_data(spec, 64, 64, seed=0)
+    assert got.calib_x.shape == got.probe_x.shape == (64, 3, 32, 32)
+    assert int(got.calib_y.min()) >= 0 and int(got.probe_y.max()) <= 9 and len(set(got.calib_y.tolist())) > 3
+    assert got.provenance["image_root"] == "CIFAR-10-images/test" and got.provenance["available"] == 10000
+    assert abs(float(got.calib_x.mean())) < 0.5
