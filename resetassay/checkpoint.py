@@ -32,7 +32,6 @@ import json
 import os
 import reprlib
 import shutil
-import sys
 import uuid
 import warnings
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from torch import nn
 
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
+from resetassay.imports import import_named_module
 from resetassay.models import MODELS, model_family
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
@@ -342,18 +342,7 @@ def import_factory(spec: str, kwargs: dict | None = None):
         return factory
     if not module_name or not attr:
         raise BadInputError(f"--model {spec!r}: expected package.module:factory", flag="--model")
-    cwd = str(Path.cwd())
-    searched = cwd in sys.path or "" in sys.path  # `python -m` searches the working folder, the script not
-    if not searched:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise BadInputError(f"--model {spec!r}: cannot import {module_name} ({err}); run from the folder "
-                            "that holds it or add that folder to PYTHONPATH", flag="--model") from err
-    finally:
-        if not searched:
-            sys.path.remove(cwd)
+    module = import_named_module(module_name, f"--model {spec!r}", "--model")
     if not hasattr(module, attr):
         raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}", flag="--model")
     return getattr(module, attr)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib
 import io
 import json
 import re
-import sys
 import tarfile
 import warnings
 from collections.abc import Callable
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from resetassay.errors import BadInputError
+from resetassay.imports import import_named_module
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28}
@@ -695,18 +694,7 @@ def _factory_examples(spec: DataSpec) -> Examples:
 
 def _call_factory(name: str, kwargs: dict) -> Examples:
     module_name, _, attr = name.partition(":")
-    cwd = str(Path.cwd())
-    searched = cwd in sys.path or "" in sys.path  # `python -m` searches the working folder, the script not
-    if not searched:
-        sys.path.insert(0, cwd)
-    try:
-        target: object = importlib.import_module(module_name)
-    except ImportError as err:
-        raise BadInputError(f"--data {name}: cannot import {module_name} ({err}); run from the folder that holds "
-                            "it or add that folder to PYTHONPATH", flag="--data") from err
-    finally:
-        if not searched:
-            sys.path.remove(cwd)
+    target: object = import_named_module(module_name, f"--data {name}", "--data")
     for part in attr.split("."):
         if not hasattr(target, part):
             raise BadInputError(f"--data {name}: {module_name} has no attribute {attr!r}", flag="--data")
