@@ -27,7 +27,6 @@ STATS = ("spearman", "layer_spearman", "shock_at_q", "oracle_shock_at_q", "gap",
 UNKNOWN_FAMILY = "model"
 
 
-
 def spearman(utility: np.ndarray, shock: np.ndarray) -> tuple[float, str]:
     """Spearman rho with average ranks for ties; NaN with a reason when undefined (SPEC S5)."""
     if len(utility) < 2:
@@ -97,6 +96,14 @@ def _scope_row(groups: dict[str, pd.DataFrame], column: str, shock: str, q: floa
     }
 
 
+def common_layers(units: pd.DataFrame, utilities: list[str]) -> list[str]:
+    """The layers of one checkpoint's UnitTable where every utility in `utilities` applies: the `common` scope
+    (SPEC S5). The oracle applies everywhere; a utility that applies to no layer does not count (it would
+    leave no common layer; its comparisons are n/a)."""
+    applies = [set(_mature_layers(units, u)) if u in units else set() for u in utilities if u != ORACLE]
+    return [name for name in dict.fromkeys(units["layer"]) if all(name in layers for layers in applies if layers)]
+
+
 def checkpoint_summary(
     units: pd.DataFrame,
     utilities: list[str],
@@ -112,8 +119,7 @@ def checkpoint_summary(
     """
     checkpoint = units["checkpoint"].iloc[0]
     all_layers = list(dict.fromkeys(units["layer"]))
-    applies = {u: set(_mature_layers(units, u)) if u in units else set() for u in utilities if u != ORACLE}
-    common = [name for name in all_layers if all(name in layers for layers in applies.values())]
+    common = common_layers(units, utilities)
     rows = []
     for utility in utilities:
         for metric in metrics:
@@ -197,14 +203,15 @@ def with_checkpoint_info(frame: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.D
     return frame.drop(columns=["family", "step"], errors="ignore").merge(info, on="checkpoint", how="left")
 
 
-def checkpoint_stats(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
-    """One row per (checkpoint, utility, metric): family, step, q and the pooled STATS (SPEC S5)."""
-    pooled = summary[summary["scope"] == ALL]
+def checkpoint_stats(summary: pd.DataFrame, checkpoints: pd.DataFrame, scope: str = ALL) -> pd.DataFrame:
+    """One row per (checkpoint, utility, metric): family, step, q and the pooled STATS of `scope` (ALL or
+    COMMON), with the row's coverage n_layers and n_units (SPEC S5)."""
+    pooled = summary[summary["scope"] == scope]
     layers = summary[~summary["scope"].isin(POOLED_SCOPES)]
     layer_rho = (layers.groupby(["checkpoint", "utility", "metric"], sort=False)["spearman"].mean()
                  .rename("layer_spearman").reset_index())
     rows = pooled.merge(layer_rho, on=["checkpoint", "utility", "metric"], how="left")
-    columns = ["checkpoint", "utility", "metric", "q", *STATS]
+    columns = ["checkpoint", "utility", "metric", "q", "n_layers", "n_units", *STATS]
     return with_checkpoint_info(rows.reindex(columns=columns), checkpoints)
 
 

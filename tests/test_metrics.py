@@ -228,3 +228,13 @@ def test_common_scope_pools_only_the_layers_where_every_utility_applies():
     alone = checkpoint_summary(_table(), ["u", "oracle"], ["l1"], q=0.25)
     for stat in ("spearman", "shock_at_q", "gap"):  # every utility applies everywhere: common = ALL
         assert _row(alone, "u", "l1", "common")[stat] == _row(alone, "u", "l1", ALL)[stat]
+
+
+def test_a_utility_that_applies_nowhere_does_not_empty_the_common_scope():
+    """`w` is NaN everywhere (not applicable to any layer, like mc_adaptable behind BatchNorm): the common scope
+    is still every layer where `u` and `v` apply (layer a), and `w` gets no common row of its own."""
+    units = _table().assign(w=math.nan)
+    summary = checkpoint_summary(units, ["u", "v", "w", "oracle"], ["l1"], q=0.25)
+    assert (_row(summary, "u", "l1", "common").n_layers, _row(summary, "u", "l1", "common").n_units) == (1, 5)
+    assert summary[(summary.utility == "w") & (summary.scope == "common")].empty
+    assert _row(summary, "w", "l1", ALL).note == "not applicable to any layer"

@@ -23,11 +23,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from resetassay import AssayConfig, assay_model, run_assay
+from resetassay import AssayConfig, assay_model
 from resetassay.cli import app
 from resetassay.models import mlp
 from resetassay.names import ALL, SUMMARY_COLUMNS
-from resetassay.report.blocks import best_cells, mean_se_text
+from resetassay.report.blocks import best_cells, mean_se_text, stat_cell
 from resetassay.report.markdown import markdown_table
 from resetassay.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
@@ -93,16 +93,24 @@ def test_checkpoints_without_family_are_pooled_as_one(hand_summary):
     assert by_family["spearman"].iloc[0] == pytest.approx((0.8 + 1.0 + 0.5) / 3, abs=TOL)
 
 
-def test_best_per_column_marks_ties_per_metric_and_never_the_oracle():
-    agg = pd.DataFrame({
-        "utility": ["gxd", "activation", "gxi", "oracle", "gxd", "activation", "oracle"],
-        "metric": ["l1", "l1", "l1", "l1", "kl", "kl", "kl"],
-        "spearman": [0.9, 0.5, 0.9, 1.0, 0.4, 0.7, 1.0],
-        "shock_at_q": [2.0, 1.0, 3.0, 0.5, np.nan, 4.0, 0.1],
-    })
-    assert best_cells(agg, "spearman", "max").tolist() == [True, False, True, False, False, True, False]
-    assert best_cells(agg, "shock_at_q", "min").tolist() == [False, True, False, False, False, True, False]
-    assert not best_cells(agg, "spearman", None).any()
+def test_best_per_column_marks_only_a_unique_best_per_metric_ties_apart_and_never_the_oracle():
+    utilities = np.array(["gxd", "activation", "gxi", "oracle", "gxd", "activation", "oracle"])
+    metrics = np.array(["l1", "l1", "l1", "l1", "kl", "kl", "kl"])
+    rho = np.array([0.9, 0.5, 0.9, 1.0, 0.4, 0.7, 1.0])
+    shock = np.array([2.0, 1.0, 3.0, 0.5, np.nan, 4.0, 0.1])
+    best, tied = best_cells(rho, metrics, utilities, "max")
+    assert best.tolist() == [False, False, False, False, False, True, False]  # l1: gxd and gxi tie at 0.9
+    assert tied.tolist() == [True, False, True, False, False, False, False]
+    best, tied = best_cells(shock, metrics, utilities, "min")
+    assert best.tolist() == [False, True, False, False, False, True, False] and not tied.any()
+    assert not best_cells(rho, metrics, utilities, None)[0].any()
+
+
+def test_cells_show_values_below_three_checkpoints_and_mean_se_from_three():
+    assert stat_cell(np.array([0.5771, 0.805]), 2) == "0.577 / 0.805"
+    assert stat_cell(np.array([0.5, np.nan]), 2) == "0.500 (n=1)"
+    assert stat_cell(np.array([1.0, 2.0, 3.0]), 3) == "2.000 ± 0.577"
+    assert stat_cell(np.array([np.nan]), 1) == "n/a"
 
 
 def test_markdown_table_bolds_the_marked_cells():
@@ -148,16 +156,6 @@ def test_q_list_keeps_order_and_drops_repeats():
     assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two fixtures (ReLU and SiLU MLP, two checkpoints each), four utilities, rendered once."""
-    out = tmp_path_factory.mktemp("report")
-    result = run_assay([FIXTURES / "silu_mlp", FIXTURES / "relu_mlp"], utilities=["gxd", "activation", "random",
-                                                                                  "oracle"], progress=False)
-    result.save(out)
-    return out
-
-
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
     for name in ("report.md", "report.html", "aggregate.csv", "figures/shock_at_q.png",
                  "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
@@ -182,22 +180,25 @@ def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
 
 def test_report_md_has_a_table_per_family_with_every_column_and_a_bold_best(run_dir: Path):
     text = (run_dir / "report.md").read_text()
-    for heading in ("## mlp-relu (2 checkpoints, steps 1, 3)", "## mlp-silu (2 checkpoints, steps 1, 3)",
-                    "### By training step", "## Provenance"):
+    for heading in ("### mlp-relu (2 checkpoints, steps 1, 3)", "### mlp-silu (2 checkpoints, steps 1, 3)",
+                    "### mlp-relu by training step", "## Provenance"):
         assert heading in text
-    header = next(line for line in text.splitlines() if line.startswith("| utility | metric | n |"))
+    header = next(line for line in text.splitlines() if line.startswith("| utility | metric | ρ pooled |"))
     for column in ("ρ pooled", "ρ per layer", "Shock@5%", "oracle Shock@5%", "gap", "ratio", "top-k overlap",
                    "joint Shock@5%"):
         assert f"| {column} |" in header
-    gxd_l1 = next(line for line in text.splitlines() if line.startswith("| gxd | l1 | 2 |"))
-    assert gxd_l1.split(" | ")[3].startswith("**")  # GXD has the best pooled rho among gxd/activation/random
+    gxd_l1 = next(line for line in text.splitlines() if line.startswith("| gxd | l1 |"))
+    assert gxd_l1.split(" | ")[2].startswith("**")  # GXD has the best pooled rho among gxd/activation/random
     per_checkpoint = text.split("## Pooled Spearman ρ per checkpoint")[1].split("\n## ")[0]
     rows = [line for line in per_checkpoint.splitlines() if line.startswith("| mlp-")]
     assert len(rows) == 4 * 2  # one row per (checkpoint, metric), nothing else
 
 
 def _shown_mean(cell: str) -> float:
-    """The mean of a "0.987 ± 0.004" or "(4.47 ± 1.30)e-03" cell."""
+    """The mean of a "0.987 ± 0.004" or "(4.47 ± 1.30)e-03" cell, or of the values of a "0.5 / 0.7" cell."""
+    cell = cell.removesuffix(" tie")
+    if " / " in cell:
+        return float(np.mean([float(v) for v in cell.split(" / ")]))
     scientific = re.fullmatch(r"\((\S+) ± \S+\)e(\S+)", cell)
     if scientific:
         return float(scientific[1]) * 10 ** int(scientific[2])
@@ -213,7 +214,7 @@ def test_report_md_numbers_are_the_family_means_of_summary_csv(run_dir: Path):
     text = (run_dir / "report.md").read_text()
     checked = 0
     for family, rows in pooled.groupby("family"):
-        section = text.split(f"## {family} (", 1)[1].split("\n## ", 1)[0]
+        section = text.split(f"### {family} (", 1)[1].split("\n### ", 1)[0]
         header = next(line for line in section.splitlines() if line.startswith("| utility |"))
         columns = [c.strip() for c in header.strip("|").split("|")]
         for line in section.splitlines():
@@ -235,7 +236,7 @@ def test_report_html_is_self_contained_with_config_versions_and_provenance(run_d
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
     assert sorted(name for name, _ in images) == sorted(p.stem for p in (run_dir / "figures").glob("*.png"))
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for _, data in images)
-    assert '<td class="best">' in page
+    assert '<td class="best" data-v="' in page and '<table class="sortable">' in page
     info = (run_dir / "run.json").read_text()
     assert '"torch"' in info and "torch " in page  # package versions
     assert "&quot;q&quot;: 0.05" in page  # the run config
@@ -326,3 +327,21 @@ def test_report_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path)
     grey = pixels[..., :3].mean(axis=2)
     assert grey.std() > 0.05, "screenshot is blank"  # a page of text and tables on white
     assert (grey < 0.5).mean() > 0.005, "no dark (text) pixels"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium absent (apt-get install chromium)")
+def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp_path: Path):
+    """At 1400 x 900 the headline section (question, answer, rule, ranking and models tables) ends above the fold:
+    a script added to a copy of the page records its bounding box in the DOM that chromium dumps."""
+    page = (run_dir / "report.html").read_text()
+    probe = ('<script>const box = document.getElementById("headline").getBoundingClientRect();'
+             'document.body.dataset.box = [box.bottom, box.right].join(",");</script></body>')
+    copy = tmp_path / "report.html"
+    copy.write_text(page.replace("</body>", probe))
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900", "--dump-dom", copy.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    match = re.search(r'data-box="([0-9.]+),([0-9.]+)"', dom)
+    assert match, dom[-2000:]
+    bottom, right = float(match[1]), float(match[2])
+    assert 200 < bottom <= 900 and right <= 1400, (bottom, right)

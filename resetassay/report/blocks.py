@@ -1,19 +1,21 @@
 """What a report holds, independent of its format (SPEC S5): `Block`s, and the tables and cells they show.
 
-Aggregated statistics (`summary.aggregate`) become utility x metric tables of "mean ± SE" cells,
-with the best value of each column marked; markdown.py and html.py render the same blocks.
+Per-checkpoint statistics (`summary.checkpoint_stats`) become utility x metric tables, a cell per
+group of checkpoints (mean ± SE from three on, the values below that), with the unique best value
+of each column marked; markdown.py and html.py render the same blocks.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from resetassay.names import ORACLE, utility_order
+from resetassay.summary import mean_and_se
 
 COLUMNS = {
     "spearman": ("ρ pooled", "max"),
@@ -26,6 +28,7 @@ COLUMNS = {
     "joint_shock": ("joint Shock@q", "min"),
 }
 STEP_STATS = ("spearman", "shock_at_q")
+MIN_SE = 3  # checkpoints needed before a cell shows mean ± SE rather than the values
 
 
 def q_label(q: float) -> str:
@@ -37,12 +40,14 @@ def q_label(q: float) -> str:
 class Block:
     """One piece of a report, rendered by `markdown.markdown_document` and `html.html_document`."""
 
-    kind: str  # "h1" | "h2" | "h3" | "text" | "code" | "table" | "figure"
+    kind: str  # "h1" | "h2" | "h3" | "text" | "list" | "code" | "table" | "figure"
     text: str = ""  # heading, paragraph, code, or a figure's caption
+    items: list[str] = field(default_factory=list)  # a list's entries
     table: pd.DataFrame | None = None
     best: pd.DataFrame | None = None  # same shape as `table`: True where a cell is best in its column
     keys: int = 1  # leading label columns of `table`
     path: Path | None = None  # a figure, relative to the run directory
+    fold: bool = False  # an h2 whose section HTML shows folded (<details>), until the next h2
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -67,61 +72,83 @@ def mean_se_text(mean: float, se: float, n: int, n_group: int) -> str:
     return text if n == n_group else f"{text} (n={n})"
 
 
-def _cells(agg: pd.DataFrame, stat: str) -> list[str]:
-    return [mean_se_text(r[stat], r[f"{stat}_se"], int(r[f"{stat}_n"]), int(r["n"])) if not pd.isna(r["n"])
-            else "n/a" for _, r in agg.iterrows()]
+def stat_cell(values: np.ndarray, n_group: int) -> str:
+    """A statistic over a group's checkpoints as the document shows it (SPEC S5): mean ± SE where at least
+    `MIN_SE` checkpoints have a value, else the values themselves ("0.577 / 0.805"); "(n=k)" when only k of
+    the group's `n_group` checkpoints have one; "n/a" when none has. aggregate.csv keeps every SE."""
+    values = values[~np.isnan(values)]
+    if len(values) >= MIN_SE:
+        mean, se, n = mean_and_se(pd.Series(values))
+        return mean_se_text(mean, se, n, n_group)
+    if len(values) == 0:
+        return "n/a"
+    text = " / ".join(_number(v) for v in values)
+    return text if len(values) == n_group else f"{text} (n={len(values)})"
 
 
-def best_cells(agg: pd.DataFrame, stat: str, better: str | None) -> np.ndarray:
-    """True where a row's mean is the best of its metric (max or min, ties all marked); the oracle never competes."""
-    marked = np.zeros(len(agg), dtype=bool)
+def best_cells(means: np.ndarray, metrics: np.ndarray, utilities: np.ndarray, better: str | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(best, tied): True where a row's mean is the unique best of its metric (max or min); where several rows share
+    the best value, none is best and those are tied. The oracle never competes."""
+    best = np.zeros(len(means), dtype=bool)
+    tied = np.zeros(len(means), dtype=bool)
     if better is None:
-        return marked
-    values = agg[stat].to_numpy(dtype=float)
-    for metric in agg["metric"].unique():
-        candidates = (agg["metric"] == metric).to_numpy() & (agg["utility"] != ORACLE).to_numpy() & ~np.isnan(values)
+        return best, tied
+    for metric in dict.fromkeys(metrics):
+        candidates = (metrics == metric) & (utilities != ORACLE) & ~np.isnan(means)
         if candidates.any():
-            target = values[candidates].max() if better == "max" else values[candidates].min()
-            marked |= candidates & np.isclose(values, target, rtol=1e-12, atol=0)
-    return marked
+            target = means[candidates].max() if better == "max" else means[candidates].min()
+            hits = candidates & np.isclose(means, target, rtol=1e-12, atol=0)
+            (best if hits.sum() == 1 else tied)[hits] = True
+    return best, tied
 
 
-def _ordered(agg: pd.DataFrame) -> pd.DataFrame:
+def _ordered(keys: pd.DataFrame) -> pd.DataFrame:
     """Rows grouped by metric (run order), utilities in registry order within each."""
-    rank = {u: i for i, u in enumerate(utility_order(agg["utility"]))}
-    metric_rank = {m: i for i, m in enumerate(dict.fromkeys(agg["metric"]))}
-    key = agg["metric"].map(metric_rank) * len(rank) + agg["utility"].map(rank)
-    return agg.assign(_key=key).sort_values("_key", kind="stable").drop(columns="_key").reset_index(drop=True)
+    rank = {u: i for i, u in enumerate(utility_order(keys["utility"]))}
+    metric_rank = {m: i for i, m in enumerate(dict.fromkeys(keys["metric"]))}
+    key = keys["metric"].map(metric_rank) * len(rank) + keys["utility"].map(rank)
+    return keys.assign(_key=key).sort_values("_key", kind="stable").drop(columns="_key").reset_index(drop=True)
 
 
-def family_table(agg: pd.DataFrame, q: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Utility x metric for one family: every COLUMN as mean ± SE, and where each column's best is."""
-    agg = _ordered(agg)
-    table = agg[["utility", "metric", "n"]].copy()
+def _column(keys: pd.DataFrame, stats: pd.DataFrame, stat: str, better: str | None
+            ) -> tuple[list[str], np.ndarray]:
+    """One table column: a cell per (utility, metric) row of `keys` over that row's checkpoints in `stats`, " tie"
+    added to tied best cells, and where the unique best is."""
+    groups = {key: g[stat].to_numpy(dtype=float) for key, g in stats.groupby(["utility", "metric"], sort=False)}
+    empty = np.array([], dtype=float)
+    values = [groups.get((u, m), empty) for u, m in zip(keys["utility"], keys["metric"], strict=True)]
+    means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan for v in values])
+    best, tied = best_cells(means, keys["metric"].to_numpy(), keys["utility"].to_numpy(), better)
+    cells = [stat_cell(v, len(v)) + (" tie" if t else "") for v, t in zip(values, tied, strict=True)]
+    return cells, best
+
+
+def family_table(stats: pd.DataFrame, q: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Utility x metric for one family's per-checkpoint `stats`: every COLUMN as `stat_cell`, and where each
+    column's unique best is (the family's heading gives n)."""
+    table = _ordered(stats[["utility", "metric"]].drop_duplicates())
     best = pd.DataFrame(False, index=table.index, columns=table.columns)
     for stat, (label, better) in COLUMNS.items():
         header = label.replace("@q", f"@{q_label(q)}")
-        table[header] = _cells(agg, stat)
-        best[header] = best_cells(agg, stat, better)
+        table[header], best[header] = _column(table[["utility", "metric"]], stats, stat, better)
     return table, best
 
 
-def pivot_table(agg: pd.DataFrame, over: str, stats: tuple[str, ...], header: str,
+def pivot_table(stats: pd.DataFrame, over: str, names: tuple[str, ...], header: str,
                 q: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Utility x metric rows, one column per (stat, value of `over`); `header` formats the column name,
-    whose "@q" becomes e.g. "@5%" when `q` is given."""
-    keys = _ordered(agg.drop_duplicates(["utility", "metric"]))[["utility", "metric"]]
-    table = keys.copy()
+    """Utility x metric rows, one column per (stat, value of `over`) over per-checkpoint `stats`; `header` formats
+    the column name from label, value and n (checkpoints), its "@q" becoming e.g. "@5%" when `q` is given."""
+    table = _ordered(stats[["utility", "metric"]].drop_duplicates())
+    keys = table.copy()
     best = pd.DataFrame(False, index=table.index, columns=table.columns)
-    for stat in stats:
+    for stat in names:
         label, better = COLUMNS[stat]
-        for value, g in agg.groupby(over, sort=True):
-            g = keys.merge(g, on=["utility", "metric"], how="left")
-            if q is not None:
-                label = COLUMNS[stat][0].replace("@q", f"@{q_label(q)}")
-            name = header.format(label=label, value=value, n=int(g["n"].max()))
-            table[name] = _cells(g, stat)
-            best[name] = best_cells(g, stat, better)
+        if q is not None:
+            label = label.replace("@q", f"@{q_label(q)}")
+        for value, g in stats.groupby(over, sort=True):
+            name = header.format(label=label, value=value, n=g["checkpoint"].nunique())
+            table[name], best[name] = _column(keys, g, stat, better)
     return table, best
 
 

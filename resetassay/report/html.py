@@ -15,9 +15,10 @@ import pandas as pd
 from resetassay.report.blocks import Block
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1400px;
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1em auto; max-width: 1400px;
        padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; margin: 0 0 .5em; font-size: 1.8em; }
+#headline ul { margin: .4em 0; }
 h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 11.5px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
@@ -31,7 +32,27 @@ figcaption { font-size: 13px; color: #555; }
 pre { background: #f4f4f4; padding: .8em; overflow-x: auto; font-size: 12px; }
 code { background: #f4f4f4; padding: 0 3px; }
 .scroll { overflow-x: auto; }
+table.sortable th { cursor: pointer; }
+table.sortable th[data-dir="asc"]::after { content: " ▲"; }
+table.sortable th[data-dir="desc"]::after { content: " ▼"; }
+details > summary { font-size: 1.3em; font-weight: bold; margin-top: 1.2em; cursor: pointer;
+                    border-bottom: 1px solid #bbb; }
 """
+# Click a header to sort by that column (numbers by the value in data-v, else the text); no library, no CDN.
+SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0];
+  const key = td => td.dataset.v !== undefined ? parseFloat(td.dataset.v) : td.textContent.trim();
+  const dir = th.dataset.dir = th.dataset.dir === "asc" ? "desc" : "asc";
+  th.parentNode.querySelectorAll("th").forEach(o => { if (o !== th) delete o.dataset.dir; });
+  [...body.rows].sort((a, b) => {
+    const x = key(a.cells[col]), y = key(b.cells[col]);
+    const c = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+    return dir === "asc" ? c : -c;
+  }).forEach(row => body.appendChild(row));
+}));
+"""
+NUMBER = re.compile(r"^\(?(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?: ± [^)]*\))?(e[-+]?\d+)?")
 
 
 def _inline(text: str) -> str:
@@ -53,10 +74,20 @@ def html_table(table: pd.DataFrame, best: pd.DataFrame | None = None, keys: int 
             if best is not None and bool(best.iloc[i, j]):
                 classes.append("best")
             attr = f' class="{" ".join(classes)}"' if classes else ""
-            cells.append(f"<td{attr}>{html.escape(_cell(value))}</td>")
+            text = _cell(value)
+            number = _sort_value(text) if j >= keys else None
+            attr += f' data-v="{number!r}"' if number is not None else ""
+            cells.append(f"<td{attr}>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _sort_value(text: str) -> float | None:
+    """The number a cell shows, for sorting: "0.987 ± 0.004" -> 0.987, "(4.47 ± 1.30)e-03" -> 0.00447, "1.03 [1.0,
+    1.1]" -> 1.03; None for text."""
+    match = NUMBER.match(text)
+    return float(match.group(1) + (match.group(2) or "")) if match else None
 
 
 def _cell(value: object) -> str:
@@ -74,13 +105,25 @@ def html_figure(path: Path, caption: str) -> str:
 
 
 def html_document(blocks: list[Block], base: Path) -> str:
-    """The whole page; figure paths are relative to `base` (the run directory)."""
-    parts = []
+    """The whole page; figure paths are relative to `base` (the run directory). What comes before the first h2 is
+    the headline, `<section id="headline">`, meant to fit one screen; an h2 with `fold` opens a `<details>`."""
+    parts = ['<section id="headline">']
     title = "resetassay report"
+    folded = False
     for block in blocks:
-        if block.kind in ("h1", "h2", "h3"):
+        if block.kind == "h2" and parts[0] == '<section id="headline">' and "</section>" not in parts:
+            parts.append("</section>")
+        if block.kind in ("h1", "h2") and folded:
+            parts.append("</details>")
+            folded = False
+        if block.kind == "h2" and block.fold:
+            parts.append(f"<details><summary>{_inline(block.text)}</summary>")
+            folded = True
+        elif block.kind in ("h1", "h2", "h3"):
             title = block.text if block.kind == "h1" else title
             parts.append(f"<{block.kind}>{_inline(block.text)}</{block.kind}>")
+        elif block.kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block.items) + "</ul>")
         elif block.kind == "text":
             parts.append(f"<p>{_inline(block.text)}</p>")
         elif block.kind == "code":
@@ -89,7 +132,10 @@ def html_document(blocks: list[Block], base: Path) -> str:
             parts.append(html_table(block.table, block.best, block.keys))
         elif block.kind == "figure":
             parts.append(html_figure(base / block.path, block.text))
+    if folded:
+        parts.append("</details>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+            f"<script>{SORT_SCRIPT}</script>\n</body></html>\n")

@@ -35,6 +35,8 @@ def markdown_document(blocks: list[Block]) -> str:
             lines.append("#" * int(block.kind[1]) + " " + block.text)
         elif block.kind == "text":
             lines.append(block.text)
+        elif block.kind == "list":
+            lines.extend(f"- {item}" for item in block.items)
         elif block.kind == "code":
             lines.append(f"```\n{block.text}\n```")
         elif block.kind == "table":

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from resetassay.bootstrap import ratio_intervals
+from resetassay.names import COMMON
 from resetassay.report import figures
 from resetassay.report.blocks import (
+    MIN_SE,
     STEP_STATS,
     Block,
     checkpoint_rho_table,
@@ -24,6 +27,7 @@ from resetassay.report.blocks import (
     provenance_table,
     q_label,
 )
+from resetassay.report.headline import headline_blocks
 from resetassay.report.html import html_document
 from resetassay.report.markdown import markdown_document
 from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
@@ -53,74 +57,77 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _headline_text(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
-    checkpoints = stats["checkpoint"].nunique()
-    families = stats["family"].nunique()
+def _reading_notes(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
+    """How to read the detail tables, and what the run left out (a q it did not measure, sampled units)."""
     metrics = ", ".join(dict.fromkeys(stats["metric"]))
     blocks = [Block("text", (
-        f"{checkpoints} checkpoint{'s' if checkpoints != 1 else ''} in {families} model "
-        f"famil{'ies' if families != 1 else 'y'}; shock metrics {metrics} (SPEC S4). Shock@{q_label(q)} resets, "
-        f"in every layer, the {q_label(q)} mature units with the lowest utility (SPEC S5); the oracle picks by "
-        "measured shock; gap = Shock@q − oracle Shock@q, ratio = Shock@q / oracle Shock@q; top-k overlap is the "
-        "share of the oracle's units a utility picks; joint Shock@q resets the whole selection at once. "
-        "Cells are mean ± standard error over checkpoints and seeds (n = checkpoints). "
-        "**Bold**: best value of the column within each metric (the oracle does not compete)."))]
+        f"Shock metrics {metrics} (SPEC S4). Shock@{q_label(q)} resets, in every layer, the {q_label(q)} mature "
+        "units with the lowest utility (SPEC S5); the oracle picks by measured shock; gap = Shock@q − oracle "
+        "Shock@q, ratio = Shock@q / oracle Shock@q; top-k overlap is the share of the oracle's units a utility "
+        "picks; joint Shock@q resets the whole selection at once. These tables use each utility's own layers "
+        "(scope ALL; the headline compares on the common scope). A cell is mean ± standard error over checkpoints "
+        f"and seeds from {MIN_SE} checkpoints on, else the values; **bold**: the unique best of the column within "
+        "each metric (the oracle does not compete; tied best cells say tie).")),
+    ]
     if not math.isclose(q, base_q):
         blocks.append(Block("text", (
             f"Shock@{q_label(q)} is recomputed from units.csv (the run used q = {q_label(base_q)}); joint "
             f"Shock@q is only measured at the run's q = {q_label(base_q)} (it needs the model), so it is n/a "
             f"here. Rerun `resetassay run --q {q:g}` to measure it.")))
-    sampled = info.get("config", {}).get("units_per_layer")
-    if sampled:
-        blocks.append(Block("text", (
-            f"**Sampled units**: at most {sampled} units of each layer were lesioned (drawn with the run's seed, "
-            "`--units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample.")))
     if "family" not in tables["checkpoints"]:
         blocks.append(Block("text", "checkpoints.csv records no model family: all checkpoints are pooled."))
     return blocks
 
 
-def report_blocks(tables: Tables, info: dict, stats: pd.DataFrame, by_family: pd.DataFrame, by_step: pd.DataFrame,
-                  sweep: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
-    """The whole report as blocks: headline tables per family (`by_family`), by training step (`by_step`), the q
-    sweep, per-checkpoint ρ, not-applicable notes, figures (`made`, relative to the run directory), provenance."""
-    blocks = [Block("h1", "resetassay report"), *_headline_text(tables, info, stats, q, base_q)]
-    for family, agg in by_family.groupby("family", sort=True):
-        ckpts = stats[stats["family"] == family]
+def _sampled_note(info: dict) -> list[Block]:
+    sampled = info.get("config", {}).get("units_per_layer")
+    if not sampled:
+        return []
+    return [Block("text", (
+        f"**Sampled units**: at most {sampled} units of each layer were lesioned (drawn with the run's seed, "
+        "`--units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
+
+
+def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
+                  sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
+    """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
+    directory), then folded details: tables per family (`stats`: per-checkpoint statistics of scope ALL), by
+    training step, the q sweep, per-checkpoint ρ, not-applicable notes, provenance."""
+    blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
+    for path in made:
+        blocks.append(Block("figure", FIGURE_CAPTIONS[path.stem].format(q=q_label(q)), path=path))
+    blocks += [Block("h2", "Tables per model family", fold=True), *_reading_notes(tables, info, stats, q, base_q)]
+    for family, ckpts in stats.groupby("family", sort=True):
         steps = sorted(ckpts["step"].dropna().unique())
         step_text = f", steps {', '.join(f'{s:g}' for s in steps)}" if steps else ""
         n = ckpts["checkpoint"].nunique()
-        blocks.append(Block("h2", f"{family} ({n} checkpoint{'s' if n != 1 else ''}{step_text})"))
-        table, best = family_table(agg, q)
-        blocks.append(Block("table", table=table, best=best, keys=3))
-        family_steps = by_step[by_step["family"] == family]
-        if family_steps["step"].nunique() > 1:
-            blocks.append(Block("h3", "By training step"))
-            table, best = pivot_table(family_steps, "step", STEP_STATS, "{label} @ step {value:g} (n={n})", q)
+        blocks.append(Block("h3", f"{family} ({n} checkpoint{'s' if n != 1 else ''}{step_text})"))
+        table, best = family_table(ckpts, q)
+        blocks.append(Block("table", table=table, best=best, keys=2))
+        if len(steps) > 1:
+            blocks.append(Block("h3", f"{family} by training step"))
+            table, best = pivot_table(ckpts.dropna(subset=["step"]), "step", STEP_STATS,
+                                      "{label} @ step {value:g} (n={n})", q)
             blocks.append(Block("table", table=table, best=best, keys=2))
-        if sweep is not None:
-            blocks.append(Block("h3", "Shock@q sweep (recomputed from units.csv)"))
-            table, best = pivot_table(sweep[sweep["family"] == family], "q", ("shock_at_q", "gap_ratio"),
+        if sweep_stats is not None:
+            blocks.append(Block("h3", f"{family}: Shock@q sweep (recomputed from units.csv)"))
+            table, best = pivot_table(sweep_stats[sweep_stats["family"] == family], "q", ("shock_at_q", "gap_ratio"),
                                       "{label} @ q={value:g}")
             blocks.append(Block("table", table=table, best=best, keys=2))
-    blocks += [Block("h2", "Pooled Spearman ρ per checkpoint"),
+    blocks += [Block("h2", "Pooled Spearman ρ per checkpoint", fold=True),
                Block("table", table=checkpoint_rho_table(stats), keys=4)]
     notes = tables["notes"]
     if len(notes):
-        blocks += [Block("h2", "Not applicable"),
+        blocks += [Block("h2", "Not applicable", fold=True),
                    Block("text", "Utilities left out of a layer, and why (SPEC S3); pooled rows use the other layers."),
                    Block("table", table=notes.drop_duplicates(["utility", "layer", "reason"])
                          .drop(columns="checkpoint", errors="ignore").reset_index(drop=True), keys=3)]
-    blocks.append(Block("h2", "Figures"))
-    for path in made:
-        blocks.append(Block("figure", FIGURE_CAPTIONS[path.stem].format(q=q_label(q)), path=path))
-    blocks += _provenance_blocks(tables, info)
-    return blocks
+    return blocks + _provenance_blocks(tables, info)
 
 
 def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
     versions = info.get("versions", {})
-    blocks = [Block("h2", "Provenance")]
+    blocks = [Block("h2", "Provenance", fold=True)]
     if versions or "device" in info:
         text = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
         device = info.get("device", "not recorded")
@@ -162,7 +169,7 @@ def _remove_stale(run_dir: Path, written: list[Path]) -> None:
 def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     """Write report.md, report.html, aggregate.csv and figures/ of a run directory from its tables alone.
 
-    `q`: the fractions for Shock@q (default: the run's own). The headline tables use the run's q
+    `q`: the fractions for Shock@q (default: the run's own). The headline and tables use the run's q
     when listed, else the first value; more than one value adds a sweep (sweep.csv, a table per
     family, figures/shock_vs_q.png). Returns the path of report.md.
     """
@@ -173,24 +180,27 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     qs = q or [base_q]
     headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
     summaries = {v: summary_at_q(tables["units"], tables["summary"], v, base_q) for v in qs}
-    stats = checkpoint_stats(summaries[headline_q], tables["checkpoints"])
+    summary = summaries[headline_q]
+    stats = checkpoint_stats(summary, tables["checkpoints"])
+    common = checkpoint_stats(summary, tables["checkpoints"], scope=COMMON)
+    intervals = ratio_intervals(tables["units"], summary, tables["checkpoints"], headline_q)
     written = [run_dir / "aggregate.csv", run_dir / "report.md", run_dir / "report.html"]
     by_family = aggregate(stats, ["family", "q"])
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
     atomic_write(run_dir / "aggregate.csv", write_table(aggregated))
-    sweep_stats, sweep = None, None
+    sweep_stats = None
     if len(qs) > 1:
         sweep_stats = pd.concat([checkpoint_stats(s, tables["checkpoints"]) for s in summaries.values()],
                                 ignore_index=True)
-        sweep = aggregate(sweep_stats, ["family", "q"])
-        atomic_write(run_dir / "sweep.csv", write_table(sweep))
+        atomic_write(run_dir / "sweep.csv", write_table(aggregate(sweep_stats, ["family", "q"])))
         written.append(run_dir / "sweep.csv")
     made = _figures(run_dir, tables, stats, sweep_stats, headline_q)
     _remove_stale(run_dir, written + made)
-    blocks = report_blocks(tables, info, stats, by_family, by_step, sweep, [p.relative_to(run_dir) for p in made],
+    metric = str(summary["metric"].iloc[0])
+    headline = headline_blocks(intervals, stats, common, tables["checkpoints"], headline_q, metric)
+    blocks = report_blocks(tables, info, headline, stats, sweep_stats, [p.relative_to(run_dir) for p in made],
                            headline_q, base_q)
     atomic_write(run_dir / "report.md", markdown_document(blocks))
     atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
     return run_dir / "report.md"
-
