@@ -40,6 +40,7 @@ from resetassay.names import (
     ReferenceKind,
     utility_column,
 )
+from resetassay.outputs import select_output
 from resetassay.progress import Progress
 from resetassay.reference import unit_references
 from resetassay.rundir import write_failures, write_run, write_timings
@@ -75,6 +76,7 @@ class AssayConfig:
     engine: Engine = "fast"
     max_memory: int | None = None
     units_per_layer: int | None = None
+    output: str | None = None
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -96,6 +98,9 @@ class AssayConfig:
                 raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise BadInputError(f"--seed {self.seed!r}: must be a whole number in [0, 2**32)", flag="--seed")
+        if self.output is not None and (not isinstance(self.output, str) or not self.output.strip(". ")):
+            raise BadInputError(f"--output {self.output!r}: give a key, attribute or index path such as logits or 0",
+                                flag="--output")
         if self.reference not in REFERENCES:
             raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
                                 flag="--reference")
@@ -258,7 +263,8 @@ def assay_model(
     """Assay an in-memory model: score every unit on `calib`, lesion each alone on `probe` (SPEC S1-S5).
 
     Args:
-        model: any classifier `(B, ...) -> (B, C)`; traced with torch.fx to find its unit layers
+        model: any classifier `(B, ...) -> (B, C)` (or returning a tuple, dict or object holding the logits:
+            `config.output` picks them, outputs.py); traced with torch.fx to find its unit layers
             (taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
         calib, probe: disjoint data, each an `(x, y)` pair of tensors or an iterable of `(x, y)` batches
             (a DataLoader); `probe`'s labels are not used.
@@ -290,7 +296,8 @@ def assay_model(
     device = resolve_device(config.device)
     calib_x, calib_y = _loader_tensors(calib)
     probe_x, _ = _loader_tensors(probe)
-    model = tap_unit_layers(model.to(device).eval(), calib_x[:2].to(device))
+    model = select_output(model.to(device).eval(), config.output, calib_x[:2].to(device))
+    model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
     attach_state(found, state or {}, f"{name}/state.safetensors")
     maturity = config.maturity if config.maturity is not None else 0
@@ -418,15 +425,33 @@ def checkpoint_layers(
     model: str | None = None,
     model_kwargs: dict | None = None,
     data: DataSpec | None = None,
+    output: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[list[UnitLayer], str]:
-    """The unit layers of one checkpoint, resolved on two of its held-out examples, and the route that found
-    them (`taps.discovery_route`: declared, fx, hooks or modules)."""
+    """The unit layers of one checkpoint, resolved on two of its held-out examples (or, with `input_shape`, two
+    seeded random inputs of that shape: no data needed), and the route that found them (`taps.discovery_route`:
+    declared, fx, hooks or modules)."""
+    if input_shape is not None and data is not None:
+        raise BadInputError("--input-shape and --data: give one (the examples come from either)", flag="--input-shape")
     ckpt = load_checkpoint(path, model=model, model_kwargs=model_kwargs)
-    spec = data or ckpt.info.data
-    if spec is None:
-        raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data")
-    x = example_inputs(spec, 2)
-    tapped = tap_unit_layers(ckpt.model, x)
+    if input_shape is not None:
+        x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    else:
+        spec = data or ckpt.info.data
+        if spec is None:
+            raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data, or --input-shape "
+                                "(e.g. 3,32,32) to list its unit layers without data", flag="--data")
+        x = example_inputs(spec, 2)
+    try:
+        with torch.no_grad():
+            ckpt.model.eval()(x)
+    except Exception as err:
+        if input_shape is None:
+            raise
+        first = (str(err).splitlines() or [""])[0]
+        raise BadInputError(f"--input-shape {','.join(map(str, input_shape))}: the model does not take inputs of "
+                            f"shape {tuple(x.shape)} ({type(err).__name__}: {first})", flag="--input-shape") from err
+    tapped = tap_unit_layers(select_output(ckpt.model, output, x), x)
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 
 

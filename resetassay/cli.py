@@ -116,6 +116,9 @@ Model = Annotated[str | None, typer.Option(help="package.module:factory that bui
                                            "resetassay[torchvision] / resetassay[timm]).")]
 ModelKwargs = Annotated[str | None, typer.Option(help="JSON object of keyword arguments for --model.")]
 Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over unit-layer names.")]
+Output = Annotated[str | None, typer.Option(help="Where the logits are in what the model returns: a dotted path of "
+                                            "keys, attributes and indices (logits, 0, out.1); default: the output "
+                                            "itself when a tensor, else its logits field or first tensor.")]
 
 
 @app.command()
@@ -146,6 +149,7 @@ def run(
                                                         "--seed (a quick look at a big model).")] = None,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
+    output: Output = None,
     data: Data = None,
     data_dir: DataDir = None,
     probe_data: ProbeData = None,
@@ -168,7 +172,7 @@ def run(
             metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
-            max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer,
+            max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -269,6 +273,9 @@ def inspect(
     layers: Layers = None,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
+    output: Output = None,
+    input_shape: Annotated[str | None, typer.Option(help="Without data: the shape of one input, e.g. 3,32,32 "
+                                                    "(two seeded random inputs are traced).")] = None,
     data: Data = None,
     data_dir: DataDir = None,
     image_size: ImageSize = None,
@@ -277,10 +284,15 @@ def inspect(
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
     try:
+        shape = _ints(input_shape, "--input-shape")
+        if shape is not None and (not shape or min(shape) < 1):
+            raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 3,32,32",
+                                flag="--input-shape")
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
-                                             _data(data, 0, 0, data_dir, None, image_size, normalize, data_kwargs))
+                                             _data(data, 0, 0, data_dir, None, image_size, normalize, data_kwargs),
+                                             output, shape)
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)

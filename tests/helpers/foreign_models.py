@@ -7,6 +7,8 @@ away from their identity defaults so that BatchNorm matters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,3 +181,33 @@ def list_mlp(seed: int = 0, **kwargs: object) -> ListMLP:
 def gated_mlp(seed: int = 0, **kwargs: object) -> GatedMLP:
     """A seeded MLP fx cannot trace, with a reused ReLU module."""
     return _randomise_(GatedMLP(**kwargs), seed)
+
+
+@dataclass
+class Prediction:
+    """An output object in the style of Hugging Face's ModelOutput: logits and hidden features."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+class WrappedOutputMLP(FunctionalMLP):
+    """FunctionalMLP whose forward returns its logits wrapped as `wrap` says: "tensor" (plain), "tuple"
+    (logits, features), "dict" {"features", "logits"}, "object" (a Prediction), "nested" {"out": (features, logits)},
+    "none" (a dict without tensors)."""
+
+    def __init__(self, wrap: str = "tensor", **kwargs: object):
+        super().__init__(**kwargs)
+        self.wrap = wrap
+
+    def forward(self, x: torch.Tensor) -> object:
+        features = x.flatten(1)[:, :3]
+        logits = super().forward(x)
+        return {"tensor": logits, "tuple": (logits, features), "dict": {"features": features, "logits": logits},
+                "object": Prediction(features, logits), "nested": {"out": (features, logits)},
+                "none": {"n": 1}}[self.wrap]
+
+
+def wrapped_output_mlp(seed: int = 0, wrap: str = "tensor", **kwargs: object) -> WrappedOutputMLP:
+    """A seeded FunctionalMLP returning its logits wrapped (same weights for every `wrap`)."""
+    return _randomise_(WrappedOutputMLP(wrap, **kwargs), seed)
