@@ -6,7 +6,9 @@ Times, on the paper MLP (784 -> [256]x4 -> 10, SiLU; SPEC S6) with P probe examp
   fast    resetassay.lesion.unit_shocks(engine="fast")
   bound   the FLOPs no exact engine avoids (every Linear after the unit's first consumer, per
           lesion, over P rows) divided by the matmul rate measured in this run
-and, on the ResNet fixture, plain vs fast. Prints units/s and ratios; --json writes them.
+and, on the ResNet fixture and on a ResNet-18 in torchvision's layout at CIFAR size (examples/resnet18.py,
+one unit layer per stage, 24 sampled units each, P = 256; its bound at the rate of the model's own forward),
+plain vs fast vs the bound. Prints units/s and ratios; --json writes them.
 
     python benchmarks/lesion_speed.py [--quick] [--json FILE] [--threads 2] [--max-memory 1GB]
 """
@@ -28,6 +30,7 @@ import torch
 from captum.attr import LayerFeatureAblation
 from torch.utils.flop_counter import FlopCounterMode
 
+from resetassay.assay import sample_units
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
 from resetassay.lesion import unit_shocks
@@ -36,6 +39,7 @@ from resetassay.lesion.shocks import probe_logits
 from resetassay.lesion.split import split_at, trace
 from resetassay.models import create_model
 from resetassay.reference import unit_references
+from resetassay.taps import tap_unit_layers
 from resetassay.units import unit_layers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,11 +120,13 @@ def matmul_rate(rows: int, width: int, seconds: float = 1.0) -> float:
     return 2 * rows * width * width * n / (time.perf_counter() - t0)
 
 
-def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.Tensor) -> float:
+def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.Tensor,
+               per_layer: bool = False) -> float | dict[str, float]:
     """FLOPs no exact engine avoids: per lesion, every op after the unit's Linear/Conv readers
-    (the downstream graph of `split_at`, counted by torch's FlopCounterMode), over all units."""
+    (the downstream graph of `split_at`, counted by torch's FlopCounterMode), over all units; with
+    `per_layer`, the FLOPs of one lesion of each layer."""
     gm = trace(model)
-    total = 0.0
+    total, one = 0.0, {}
     for layer in layers:
         split = split_at(gm, layer.name)
         with torch.inference_mode():
@@ -128,8 +134,9 @@ def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.
             inputs = _downstream_inputs(split, h, values, torch.tensor([0]), refs[layer.name])
             with FlopCounterMode(display=False) as counter:
                 split.downstream(*inputs)
-        total += counter.get_total_flops() * layer.n_units
-    return total
+        one[layer.name] = counter.get_total_flops()
+        total += one[layer.name] * layer.n_units
+    return one if per_layer else total
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
@@ -214,6 +221,69 @@ def resnet_benchmark(quick: bool, max_memory: int | None, rate: float) -> dict:
     }
 
 
+RESNET18_LAYERS = ("relu", "layer1.0.relu@0", "layer2.0.relu@1", "layer3.1.relu@0", "layer4.1.relu@1")
+
+
+def _bn_statistics_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm running statistics and affine parameters (a random init has the identity ones)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return model.eval()
+
+
+def forward_rate(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOP/s of the model's own forward on `x` (best of 3): the rate its convolutions reach on this machine."""
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        _, seconds = timed(lambda: model(x), 3)
+    return counter.get_total_flops() / seconds
+
+
+def resnet18_benchmark(quick: bool, max_memory: int | None) -> dict:
+    """torchvision's ResNet-18 layout (examples/resnet18.py) at CIFAR size, found by tracing: one unit layer
+    per stage, a seeded sample of units in each, P probe inputs; fast vs plain vs the FLOP bound."""
+    sys.path.insert(0, str(ROOT))
+    from examples.resnet18 import resnet18
+
+    p, per_layer, names = (32, 4, RESNET18_LAYERS[:2]) if quick else (256, 24, RESNET18_LAYERS)
+    g = torch.Generator().manual_seed(0)
+    calib_x, probe_x = torch.randn(p, 3, 32, 32, generator=g), torch.randn(p, 3, 32, 32, generator=g)
+    model = tap_unit_layers(_bn_statistics_(resnet18(num_classes=10)), calib_x[:2])
+    layers = unit_layers(model, calib_x[:2], list(names))
+    refs = unit_references(model, layers, calib_x)
+    chosen = sample_units(layers, per_layer, seed=0)
+    n_units = sum(len(chosen.get(layer.name, range(layer.n_units))) for layer in layers)
+
+    def run(engine: str) -> dict:
+        return unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine=engine, units=chosen,
+                           max_memory=max_memory)
+
+    run("fast")  # one-time tracing and imports
+    plain, t_plain = timed(lambda: run("plain"))
+    fast, t_fast = timed(lambda: run("fast"))
+    rate = forward_rate(model, probe_x)
+    per_unit = flop_bound(model, layers, refs, probe_x, per_layer=True)
+    t_bound = sum(per_unit[layer.name] * len(chosen.get(layer.name, range(layer.n_units))) for layer in layers) / rate
+    return {
+        "model": f"ResNet-18 (torchvision layout) at 3x32x32, {len(layers)} unit layers, {per_layer} sampled units "
+                 "each", "probe": p, "units": n_units, "layers": [layer.name for layer in layers],
+        "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
+        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
+        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
+        "forward_gflops": rate / 1e9,
+        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
+                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+    }
+
+
 def main() -> None:
     global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -236,7 +306,8 @@ def main() -> None:
                "mlp": mlp_benchmark(p, width, 4, budget),
                }
     results["resnet"] = resnet_benchmark(args.quick, budget, results["mlp"]["matmul_gflops"] * 1e9)
-    for name in ("mlp", "resnet"):
+    results["resnet18"] = resnet18_benchmark(args.quick, budget)
+    for name in ("mlp", "resnet", "resnet18"):
         r = results[name]
         print(f"\n{r['model']}: {r['units']} units, P={r['probe']}")
         for method, seconds in r["seconds"].items():

@@ -17,16 +17,17 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "AssayConfig": "resetassay.assay", "AssayResult": "resetassay.assay", "assay_checkpoint": "resetassay.assay",
     "assay_model": "resetassay.assay", "run_assay": "resetassay.run", "load_checkpoint": "resetassay.checkpoint",
-    "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors",
+    "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
 }
 __all__ = [
     "AssayConfig", "AssayResult", "BadInputError", "assay_checkpoint", "assay_model", "load_checkpoint",
-    "run_assay", "save_checkpoint", "__version__",
+    "data_spec", "run_assay", "save_checkpoint", "__version__",
 ]
 
 if TYPE_CHECKING:
     from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model
     from resetassay.checkpoint import load_checkpoint, save_checkpoint
+    from resetassay.data import data_spec
     from resetassay.errors import BadInputError
     from resetassay.run import run_assay
 

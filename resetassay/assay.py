@@ -116,7 +116,8 @@ class AssayResult:
         summary: SummaryTable, per checkpoint x utility x metric x scope (ALL or a layer): Spearman ρ,
             Shock@q, oracle Shock@q, gap, ratio, overlap, joint Shock@q (SPEC S5).
         notes: utilities not applicable to a layer, with the reason. checkpoints: one row per checkpoint
-            (path, family, step, data and split). config: the AssayConfig used.
+            (path, family, step, data and split, probe accuracy; from `assay_model`: its name and probe
+            accuracy). config: the AssayConfig used.
         failures: checkpoints left out (checkpoint, path, kind, error). provenance: inputs, seeds, hashes.
         timings: seconds per stage of each checkpoint assayed by this call (not of those resumed).
 
@@ -267,14 +268,14 @@ def assay_model(
             `config.output` picks them, outputs.py); traced with torch.fx to find its unit layers
             (taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
         calib, probe: disjoint data, each an `(x, y)` pair of tensors or an iterable of `(x, y)` batches
-            (a DataLoader); `probe`'s labels are not used.
+            (a DataLoader); `probe`'s labels only give the probe accuracy reported beside the shocks.
         layers: globs over unit-layer names (as `--layers`); overrides `config.layers`.
         config: the assay settings (default `AssayConfig()`: every utility, L1 and KL).
         name: the checkpoint column of the tables. state: per-unit `<layer>.age` / `.reference` tensors.
         progress: called as `progress("lesions <name>", done, total)` while lesions run.
 
     Returns:
-        An `AssayResult` with `units`, `summary` and `notes`; `checkpoints` is empty.
+        An `AssayResult` with `units`, `summary` and `notes`; `checkpoints` holds `name` and the probe accuracy.
 
     Raises:
         BadInputError: no layer matches, an empty set, a stored reference missing, ...
@@ -295,7 +296,7 @@ def assay_model(
         config = replace(config, layers=layers)
     device = resolve_device(config.device)
     calib_x, calib_y = _loader_tensors(calib)
-    probe_x, _ = _loader_tensors(probe)
+    probe_x, probe_y = _loader_tensors(probe)
     model = select_output(model.to(device).eval(), config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
@@ -328,7 +329,16 @@ def assay_model(
                           for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
     with clock("summary"):
         summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
-    return AssayResult(units, summary, notes, pd.DataFrame(), config, timings={name: clock.seconds})
+    accuracy = pd.DataFrame([{"checkpoint": name, "probe_accuracy": probe_accuracy(base, probe_y)}])
+    return AssayResult(units, summary, notes, accuracy, config, timings={name: clock.seconds})
+
+
+def probe_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of probe examples whose largest logit is their label; NaN without labels (negative ones)."""
+    labels = labels.to(logits.device)
+    if len(labels) != len(logits) or (labels < 0).any():
+        return math.nan
+    return float((logits.argmax(dim=1) == labels).double().mean())
 
 
 def _counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
@@ -415,7 +425,7 @@ def assay_checkpoint(
         **{f"data_{k}": v for k, v in spec.to_dict().items()},
         **{f"split_{k}": v for k, v in split.provenance.items()},
     }
-    result.checkpoints = pd.DataFrame([info])
+    result.checkpoints = pd.DataFrame([{**info, "probe_accuracy": result.checkpoints["probe_accuracy"].iloc[0]}])
     return result
 
 

@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from resetassay.errors import BadInputError
+from resetassay.names import ONLINE_UTILITIES
 from resetassay.units import UnitLayer, non_unit_dims, per_unit, unit_layers
 from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, example_ingredients
 
-ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
 
 

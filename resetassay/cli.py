@@ -1,4 +1,7 @@
-"""The `resetassay` command: parse, call one library function, print (DESIGN "cli.py")."""
+"""The `resetassay` command: parse, call one library function, print (DESIGN "cli.py").
+
+Each command imports the library it calls when it runs, so `resetassay --help` loads no torch, pandas or
+matplotlib (benchmarks/import_time.py measures it)."""
 
 from __future__ import annotations
 
@@ -7,25 +10,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from resetassay.assay import AssayConfig, checkpoint_layers
-from resetassay.cbp import ONLINE_UTILITIES, CBPConfig
-from resetassay.check import check_run, diff_table, make_baseline, write_baseline
-from resetassay.data import DataSpec, data_spec
 from resetassay.errors import BadInputError
-from resetassay.lesion.fast import parse_bytes
-from resetassay.names import ALL, FAILURES
-from resetassay.report import render
-from resetassay.run import run_assay
-from resetassay.rundir import RunInterrupted, failure_exit_code
-from resetassay.summary import q_values
-from resetassay.train import TrainConfig, TrainingFailed, last_checkpoint, train, zoo_kwargs
-from resetassay.units import layer_table
+from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES
+
+if TYPE_CHECKING:
+    from resetassay.data import DataSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what resetting a neuron costs, and which utility predicts it.")
@@ -82,6 +77,8 @@ def _data(name: str | None, task: int, permutation_seed: int, data_dir: Path | N
           image_size: int | None = None, normalize: str | None = None, data_kwargs: str | None = None
           ) -> DataSpec | None:
     """The `--data` spec with its options; the options without `--data` are an error."""
+    from resetassay.data import data_spec
+
     if name is None:
         for flag, value in (("--probe-data", probe), ("--image-size", image_size), ("--normalize", normalize),
                             ("--data-kwargs", data_kwargs)):
@@ -166,6 +163,11 @@ def run(
     """Assay checkpoints: score every unit, lesion each one, write tables and a report.
 
     Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it."""
+    from resetassay.assay import AssayConfig
+    from resetassay.lesion.fast import parse_bytes
+    from resetassay.run import run_assay
+    from resetassay.rundir import RunInterrupted, failure_exit_code
+
     try:
         config = AssayConfig(
             **({"utilities": _split(utilities) or []} if utilities is not None else {}),
@@ -215,6 +217,9 @@ def report(
                                           "sweep 0.01,0.05,0.1 (default: the run's q).")] = None,
 ) -> None:
     """Re-render report.md, report.html and figures from a run's tables, without running a model."""
+    from resetassay.report import render
+    from resetassay.summary import q_values
+
     start = time.perf_counter()
     try:
         path = render(run_dir, q_values(q) if q is not None else None)
@@ -234,6 +239,8 @@ def check(
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged comparisons too.")] = False,
 ) -> None:
     """Compare a run with a baseline: exit 0 on pass, 1 on a regression, 2 on bad input."""
+    from resetassay.check import check_run, diff_table
+
     try:
         comparisons, differences = check_run(run_dir, baseline, tolerance, rel_tolerance, junit)
     except BadInputError as e:
@@ -257,6 +264,8 @@ def baseline_command(
                                                   "random).")] = None,
 ) -> None:
     """Write a baseline for `resetassay check` from a run's summary."""
+    from resetassay.check import make_baseline, write_baseline
+
     try:
         written, skipped = make_baseline(run_dir, floor, margin, _split(utilities))
         path = write_baseline(written, output)
@@ -283,6 +292,9 @@ def inspect(
     data_kwargs: DataKwargs = None,
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
+    from resetassay.assay import checkpoint_layers
+    from resetassay.units import layer_table
+
     try:
         shape = _ints(input_shape, "--input-shape")
         if shape is not None and (not shape or min(shape) < 1):
@@ -338,6 +350,11 @@ def train_command(
     """Train on permuted tasks with CBP or plain backprop; write checkpoints with per-unit state.
 
     Rerunning the same command resumes it (SPEC S6): checkpoints on disk are kept, missing ones written."""
+    from resetassay.cbp import CBPConfig
+    from resetassay.data import data_spec
+    from resetassay.rundir import RunInterrupted
+    from resetassay.train import TrainConfig, TrainingFailed, last_checkpoint, train, zoo_kwargs
+
     try:
         if permutation_seed < 0:  # before DataSpec, whose message names its field, not the flag
             raise BadInputError(f"--permutation-seed {permutation_seed}: must be a whole number >= 0",

@@ -14,6 +14,9 @@ RANDOM = "random"  # seeded noise, the floor every utility should beat (SPEC S3)
 UTILITY_ORDER = ("activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd",
                  "gxd_all", RANDOM, ORACLE)
 
+# Utilities CBP can track online during training (SPEC S7): computable from one batch's forward and backward.
+ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
+
 Metric = Literal["l1", "kl"]
 METRICS: tuple[str, ...] = get_args(Metric)  # shock metrics (SPEC S4)
 Engine = Literal["fast", "plain"]

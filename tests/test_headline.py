@@ -96,3 +96,15 @@ def test_rendered_report_opens_with_the_answer_and_its_ratios_are_the_common_sco
             checked += 1
     assert checked == len(set(common.utility) - {"oracle"}) >= 3
     assert np.isfinite(common["gap_ratio"]).all()
+
+
+def test_rendered_models_table_shows_the_probe_accuracy_of_checkpoints_csv(run_dir):
+    """checkpoints.csv records each checkpoint's probe accuracy (argmax of its logits against the labels); the
+    headline's models table shows each family's range of it."""
+    checkpoints = pd.read_csv(run_dir / "checkpoints.csv")
+    assert checkpoints["probe_accuracy"].between(0.5, 1).all()  # trained on digits: far above chance (0.1)
+    first = (run_dir / "report.md").read_text().split("## Figures")[0]
+    for family, g in checkpoints.groupby("family"):
+        row = next(line for line in first.splitlines() if line.startswith(f"| {family} |"))
+        shown = sorted({f"{v:.1%}" for v in g["probe_accuracy"]})
+        assert ("–".join(shown) if len(shown) > 1 else shown[0]) in row

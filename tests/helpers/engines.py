@@ -29,10 +29,10 @@ def assert_fast_equals_plain(model: nn.Module, layers: list[UnitLayer], refs: Re
                              metrics: tuple[str, ...] = ("l1", "kl"), *, plain: Shocks | None = None,
                              rel: float = REL, floor: float = 0.0, **fast_options: object) -> Shocks:
     """Run both engines (the plain one unless `plain` is given) and compare; returns the fast shocks.
-    `fast_options` go to the fast engine (max_k, shortcut, max_memory)."""
+    `fast_options` go to the fast engine (max_k, shortcut, max_memory; `units`, a sample, to both)."""
     metrics = list(metrics)
     if plain is None:
-        plain = unit_shocks(model, layers, refs, probe_x, metrics, engine="plain")
+        plain = unit_shocks(model, layers, refs, probe_x, metrics, engine="plain", units=fast_options.get("units"))
     fast = unit_shocks(model, layers, refs, probe_x, metrics, engine="fast", **fast_options)
     assert_shocks_close(plain, fast, rel, floor)
     return fast
