@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from resetassay.names import COMMON, ORACLE, shock_column, utility_column
-from resetassay.summary import common_layers, k_at, with_checkpoint_info
+from resetassay.summary import common_units, k_at, with_checkpoint_info
 
 MIN_CHECKPOINTS = 5
 RESAMPLES = 999
@@ -113,6 +113,7 @@ def ratio_intervals(units: pd.DataFrame, summary: pd.DataFrame, checkpoints: pd.
     ("checkpoints" or "units"). The oracle's rows are left out (its ratio is 1 by definition).
     """
     common = with_checkpoint_info(summary[summary["scope"] == COMMON], checkpoints)
+    shared = common_units(units, summary)
     rows = []
     for (family, utility, metric), g in common.groupby(["family", "utility", "metric"], sort=False):
         if utility == ORACLE:
@@ -128,14 +129,7 @@ def ratio_intervals(units: pd.DataFrame, summary: pd.DataFrame, checkpoints: pd.
         elif len(values):
             row["resampled"] = "units"
             row["low"], row["high"] = _unit_interval(
-                [_layers(_common_units(units, summary, ckpt), utility, metric, q) for ckpt in values["checkpoint"]],
+                [_layers(shared[shared["checkpoint"] == ckpt], utility, metric, q) for ckpt in values["checkpoint"]],
                 seed)
         rows.append(row)
     return pd.DataFrame(rows, columns=["family", "utility", "metric", "ratio", "low", "high", "n", "resampled"])
-
-
-def _common_units(units: pd.DataFrame, summary: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
-    """The mature units of one checkpoint's `common` layers (the utilities of its summary rows decide)."""
-    mine = units[(units["checkpoint"] == checkpoint) & units["mature"]]
-    utilities = summary.loc[summary["checkpoint"] == checkpoint, "utility"].unique()
-    return mine[mine["layer"].isin(common_layers(mine, list(utilities)))]

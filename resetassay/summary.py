@@ -105,6 +105,16 @@ def common_layers(units: pd.DataFrame, utilities: list[str]) -> list[str]:
     return [name for name in dict.fromkeys(units["layer"]) if all(name in layers for layers in applies if layers)]
 
 
+def common_units(units: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The mature units of each checkpoint's `common` layers, the utilities of its summary rows deciding which
+    (SPEC S5): what every utility is compared on."""
+    kept = []
+    for checkpoint, mine in units[units["mature"].astype(bool)].groupby("checkpoint", sort=False):
+        utilities = list(summary.loc[summary["checkpoint"] == checkpoint, "utility"].unique())
+        kept.append(mine[mine["layer"].isin(common_layers(mine, utilities))])
+    return pd.concat(kept) if kept else units.iloc[:0]
+
+
 def checkpoint_summary(
     units: pd.DataFrame,
     utilities: list[str],

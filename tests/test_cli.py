@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_run_writes_tables_report_and_figures(run_dir: Path) -> None:
     for name in ("units.csv", "summary.csv", "notes.csv", "checkpoints.csv", "run.json", "report.md",
-                 "figures/shock_at_q.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
+                 "figures/oracle_ratio.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
         assert (run_dir / name).stat().st_size > 0, name
     units = pd.read_csv(run_dir / "units.csv")
     assert set(units["checkpoint"]) == {"silu_mlp/task1", "silu_mlp/task3"}
@@ -42,10 +42,10 @@ def test_gxd_ranks_better_than_activation_on_silu_mlp(run_dir: Path) -> None:
 
 def test_report_rerenders_from_tables_alone(run_dir: Path) -> None:
     (run_dir / "report.md").unlink()
-    (run_dir / "figures" / "shock_at_q.png").unlink()
+    (run_dir / "figures" / "oracle_ratio.png").unlink()
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "report.md").exists() and (run_dir / "figures" / "shock_at_q.png").exists()
+    assert (run_dir / "report.md").exists() and (run_dir / "figures" / "oracle_ratio.png").exists()
 
 
 def test_inspect_lists_unit_layers_with_producer_and_consumer() -> None:

@@ -157,11 +157,12 @@ def test_q_list_keeps_order_and_drops_repeats():
 
 
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
-    for name in ("report.md", "report.html", "aggregate.csv", "figures/shock_at_q.png",
+    for name in ("report.md", "report.html", "aggregate.csv", "figures/oracle_ratio.png",
                  "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
-                 "figures/shock_vs_step.png", "figures/layer_spearman.png"):
+                 "figures/layer_heatmap.png", *(f"figures/{f}.svg" for f in ("oracle_ratio", "layer_heatmap"))):
         assert (run_dir / name).stat().st_size > 0, name
     assert not (run_dir / "sweep.csv").exists()  # no sweep asked
+    assert not (run_dir / "figures" / "shock_vs_step.png").exists()  # two steps make no trend
 
 
 def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
@@ -292,7 +293,7 @@ def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=FIXTURES.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
-    assert (copy / "figures" / "shock_at_q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (copy / "figures" / "oracle_ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
@@ -345,3 +346,26 @@ def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp
     assert match, dom[-2000:]
     bottom, right = float(match[1]), float(match[2])
     assert 200 < bottom <= 900 and right <= 1400, (bottom, right)
+
+
+def test_a_50_layer_model_renders_every_figure_legibly(tmp_path: Path):
+    """A deep MLP (50 unit layers, 4 sampled units each): the report renders; the layer heatmap gives every layer
+    a row of at least 15 pixels (its labels cannot overlap) and an SVG beside each PNG."""
+    from sklearn.datasets import load_digits
+
+    from resetassay.models import create_model
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x[:200] / 16, dtype=torch.float32), torch.tensor(y[:200])
+    model = create_model("mlp", in_features=64, widths=[12] * 50)
+    config = AssayConfig(utilities=["gxd", "activation", "random", "oracle"], metrics=["l1"], units_per_layer=4,
+                         joint=False)
+    result = assay_model(model, (x[:100], y[:100]), (x[100:], y[100:]), config=config)
+    assert result.units["layer"].nunique() == 50
+    result.save(tmp_path)
+    figures = tmp_path / "figures"
+    for name in ("oracle_ratio", "spearman_heatmap", "scatter_l1", "layer_heatmap"):
+        assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.svg").stat().st_size > 0
+    height = matplotlib.image.imread(figures / "layer_heatmap.png").shape[0]
+    assert height >= 50 * 15
+    assert "50 / 50" in (tmp_path / "report.md").read_text()  # the models table: common / all layers

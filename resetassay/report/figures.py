@@ -19,10 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import FuncFormatter, NullLocator
 
-from resetassay.names import ORACLE, POOLED_SCOPES, UTILITY_ORDER, utility_order
-from resetassay.summary import with_checkpoint_info
+from resetassay.names import ORACLE, POOLED_SCOPES, RANDOM, UTILITY_ORDER, utility_order
+from resetassay.summary import spearman, with_checkpoint_info
 
 DPI = 100
 MARKERS = "os^Dv<>PX*"
@@ -39,7 +39,9 @@ def utility_palette(utilities: list[str]) -> dict[str, tuple]:
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    """The figure as `path` (PNG, embedded in report.html) and beside it as SVG (for papers); returns the PNG."""
     figure.savefig(path, dpi=DPI)
+    figure.savefig(path.with_suffix(".svg"))
     return path
 
 
@@ -73,34 +75,54 @@ def _rotate(ax: Axes, size: int = 8) -> None:
         label.set_horizontalalignment("right")
 
 
-def shock_bars(stats: pd.DataFrame, path: Path, q_label: str) -> Path | None:
-    """Shock@q per utility (mean ± SE bars) with the oracle as a dashed line, per family and metric (paper Fig. 2).
-
-    The oracle is drawn over each bar at that row's oracle Shock@q: a utility not applicable to
-    every layer is compared with the oracle on the same layers.
-    """
-    bars = stats[stats["utility"] != ORACLE].dropna(subset=["shock_at_q"])
-    if bars.empty:
+def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], path: Path, q_label: str) -> Path | None:
+    """The oracle ratio Shock@q / oracle Shock@q per utility (rows) and family (markers), one panel per metric, on
+    the common scope (SPEC S5): dots at the mean over checkpoints, whiskers the 95% bootstrap interval, a log x axis
+    from 1 (the oracle, dashed line); "n/a" where a family has no value. `coverage[family]` says what the common
+    scope covers there."""
+    data = intervals[intervals["utility"] != ORACLE]
+    if data["ratio"].notna().sum() == 0:
         return None
-    utilities = utility_order(bars["utility"])
-    palette = utility_palette(utilities)
-    families, metrics = sorted(bars["family"].unique()), list(dict.fromkeys(bars["metric"]))
-    figure, axes = _panels(len(families), len(metrics), 4.6, 2.9)
-    for (i, family), (j, metric) in itertools.product(enumerate(families), enumerate(metrics)):
-        ax = axes[i, j]
-        panel = bars[(bars["family"] == family) & (bars["metric"] == metric)]
-        sns.barplot(data=panel, x="utility", y="shock_at_q", hue="utility", order=utilities, hue_order=utilities,
-                    palette=palette, errorbar="se", legend=False, ax=ax)
-        oracle = panel.groupby("utility")["oracle_shock_at_q"].mean()
-        x = [utilities.index(u) for u in oracle.index]
-        ax.hlines(oracle.to_numpy(), np.subtract(x, 0.45), np.add(x, 0.45), colors="black", linestyles="--", lw=1.2,
-                  label="oracle")
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
-        _log_y(ax)
-        ax.set_title(f"{family} | {metric}", fontsize=10)
-        ax.set_xlabel("")
-        ax.set_ylabel(f"Shock@{q_label} (log)" if j == 0 else "")
-        _rotate(ax)
+    utilities = utility_order(data["utility"])
+    families = sorted(data["family"].unique())
+    metrics = list(dict.fromkeys(data["metric"]))
+    markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(families)}
+    colours = dict(zip(families, sns.color_palette("dark", len(families)), strict=True))
+    offsets = dict(zip(families, np.linspace(-0.3, 0.3, len(families)) if len(families) > 1 else [0.0], strict=True))
+    figure, axes = _panels(1, len(metrics), 4.8, 0.42 * len(utilities) + 1.4)
+    contenders = data[data["utility"] != RANDOM]
+    edge = max(2.0, 1.3 * float(np.nanmax(contenders[["ratio", "high"]].to_numpy(dtype=float), initial=1.0)))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        panel = data[data["metric"] == metric]
+        for family in families:
+            rows = panel[panel["family"] == family].set_index("utility").reindex(utilities)
+            y = np.arange(len(utilities)) + offsets[family]
+            mean = rows["ratio"].to_numpy(dtype=float)
+            low = np.minimum(np.where(np.isnan(rows["low"]), mean, rows["low"]), edge)
+            top = np.minimum(np.where(np.isnan(rows["high"]), mean, rows["high"]), edge)
+            shown = np.minimum(mean, edge)
+            ax.hlines(y, low, top, color=colours[family], lw=1.1)  # the interval (it need not contain the mean)
+            ax.plot(shown, y, ls="", marker=markers[family], color=colours[family], ms=5,
+                    label=f"{family} ({coverage.get(family, 'no common layer')})")
+            for k in np.flatnonzero(mean > edge):  # beyond the axis (the random floor, mostly): the value, in words
+                ax.annotate(f"{mean[k]:.0f} ▸", (edge, y[k]), fontsize=6, color=colours[family], va="center",
+                            ha="right", xytext=(-4, 0), textcoords="offset points")
+            for k in np.flatnonzero(np.isnan(mean)):
+                ax.text(1.0, y[k], " n/a", fontsize=7, color=colours[family], va="center", ha="left")
+        ax.axvline(1.0, color="black", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlim(0.97, edge)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_yticks(np.arange(len(utilities)), utilities)
+        for label in ax.get_yticklabels():
+            label.set_color(utility_palette(utilities)[label.get_text()])
+        ax.invert_yaxis()
+        ax.grid(axis="x", which="major", color="0.85", lw=0.6)
+        ax.set_title(f"{metric}: Shock@{q_label} / oracle Shock@{q_label}", fontsize=10)
+        ax.set_xlabel("oracle ratio (log; 1 = the oracle's units)", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, title="family (common scope)", loc="outside lower center",
+                  ncol=min(len(families), 3), frameon=False, fontsize=8, title_fontsize=8)
     return _save(figure, path)
 
 
@@ -113,8 +135,9 @@ def _short_names(names: list[str]) -> dict[str, str]:
 
 
 def spearman_heatmap(stats: pd.DataFrame, path: Path) -> Path | None:
-    """Pooled Spearman ρ, utility x checkpoint, one panel per metric (checkpoints ordered by family, step)."""
-    data = stats.dropna(subset=["spearman"])
+    """Pooled Spearman ρ, utility x checkpoint, one panel per metric (checkpoints ordered by family, step); the
+    oracle, whose ρ is 1 by definition, is left out."""
+    data = stats[stats["utility"] != ORACLE].dropna(subset=["spearman"])
     if data.empty:
         return None
     order = data.sort_values(["family", "step", "checkpoint"])["checkpoint"].unique().tolist()
@@ -149,32 +172,32 @@ def _wants_log(values: np.ndarray) -> bool:
     return len(positive) >= 2 and positive.max() / positive.min() > LOG_SPAN and not (finite < 0).any()
 
 
-def utility_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame, stats: pd.DataFrame, metric: str,
-                    path: Path) -> Path | None:
-    """Utility vs unit shock, one panel per utility in its colour, markers per family; log axes where needed."""
+def utility_scatter(units: pd.DataFrame, metric: str, path: Path) -> Path | None:
+    """Utility vs unit shock on the common scope's units (`summary.common_units`), one panel per utility, points
+    coloured by their layer's depth (input to output); each panel titled with the Spearman ρ of exactly the
+    points it shows (all checkpoints pooled); log axes where the values span more than LOG_SPAN."""
     shock = f"shock_{metric}"
-    if shock not in units:
+    if shock not in units or units.empty:
         return None
-    data = with_checkpoint_info(units[units["mature"].astype(bool)], checkpoints)
     utilities = [u for u in utility_order(c for c in units.columns if c in UTILITY_ORDER)
-                 if u != ORACLE and data[u].notna().any()]
+                 if u != ORACLE and units[u].notna().any()]
     if not utilities:
         return None
-    families = sorted(data["family"].unique())
-    markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(families)}
-    palette = utility_palette(utilities)
+    order = units.groupby("checkpoint", sort=False)["layer"].transform(lambda c: pd.factorize(c)[0])
+    count = units.groupby("checkpoint", sort=False)["layer"].transform("nunique")
+    depth = (order / (count - 1).clip(lower=1)).to_numpy(dtype=float)
+    cmap = sns.color_palette("viridis", as_cmap=True)
     cols = min(len(utilities), 5)
     figure, axes = _panels(-(-len(utilities) // cols), cols, 3.0, 2.7)
-    rho = stats[stats["metric"] == metric].groupby("utility")["spearman"].mean()
+    palette = utility_palette(utilities)
     for ax, utility in zip(axes.flat, utilities, strict=False):
-        panel = data.dropna(subset=[utility, shock])
-        log_x, log_y = _wants_log(panel[utility].to_numpy(dtype=float)), _wants_log(panel[shock].to_numpy(dtype=float))
-        shown = panel[((panel[utility] > 0) | (not log_x)) & ((panel[shock] > 0) | (not log_y))]
-        for family, g in shown.groupby("family"):
-            ax.scatter(g[utility], g[shock], s=8, alpha=0.5, color=palette[utility], marker=markers[family],
-                       linewidths=0, label=family)
-        if len(shown) < len(panel):
-            ax.text(0.98, 0.02, f"{len(panel) - len(shown)} at 0 not shown", transform=ax.transAxes,
+        keep = units[utility].notna().to_numpy() & units[shock].notna().to_numpy()
+        x, y, c = units[utility].to_numpy(dtype=float)[keep], units[shock].to_numpy(dtype=float)[keep], depth[keep]
+        log_x, log_y = _wants_log(x), _wants_log(y)
+        shown = ((x > 0) | (not log_x)) & ((y > 0) | (not log_y))
+        points = ax.scatter(x[shown], y[shown], c=c[shown], cmap=cmap, vmin=0, vmax=1, s=8, alpha=0.6, linewidths=0)
+        if (~shown).any():
+            ax.text(0.98, 0.02, f"{int((~shown).sum())} at 0 not shown", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="0.4")
         if log_x:
             ax.set_xscale("log")
@@ -182,16 +205,17 @@ def utility_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame, stats: pd.Da
         if log_y:
             ax.set_yscale("log")
             ax.yaxis.set_minor_locator(NullLocator())
-        title = utility if utility not in rho or np.isnan(rho[utility]) else f"{utility} (ρ̄ = {rho[utility]:.2f})"
+        rho, _ = spearman(x[shown], y[shown])
+        title = utility if np.isnan(rho) else f"{utility}: ρ = {rho:.2f}"
         ax.set_title(title, color=palette[utility], fontsize=10, fontweight="bold")
         ax.set_xlabel(f"utility{' (log)' if log_x else ''}", fontsize=8)
         ax.set_ylabel(f"unit shock, {metric}{' (log)' if log_y else ''}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(utilities):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], ls="", marker=markers[f], color="0.35", label=f) for f in families]
-    figure.legend(handles=handles, title="family", loc="outside upper center", ncol=min(len(families), 6),
-                  frameon=False, fontsize=8)
+    bar = figure.colorbar(points, ax=axes, shrink=0.6, ticks=[0, 1])
+    bar.ax.set_yticklabels(["input", "output"], fontsize=7)
+    bar.set_label("layer depth", fontsize=8)
     return _save(figure, path)
 
 
@@ -230,9 +254,10 @@ def _lines_by_utility(stats: pd.DataFrame, x: str, y: str, path: Path, xlabel: s
 
 
 def shock_vs_step(stats: pd.DataFrame, path: Path, q_label: str) -> Path | None:
-    """Shock@q against training step per family: does a utility degrade as the network ages? None if one step."""
+    """Shock@q against training step per family: does a utility degrade as the network ages? None unless a family
+    has at least 3 steps (two points make no trend); error bars where a step has several checkpoints (seeds)."""
     data = stats.dropna(subset=["shock_at_q", "step"])
-    if data.empty or data.groupby("family")["step"].nunique().max() < 2:
+    if data.empty or data.groupby("family")["step"].nunique().max() < 3:
         return None
     return _lines_by_utility(data, "step", "shock_at_q", path, "training step (task / epoch)",
                              f"Shock@{q_label} (log)", log_y=True)
@@ -247,11 +272,38 @@ def shock_vs_q(stats: pd.DataFrame, path: Path) -> Path | None:
                              "Shock@q (log)", log_y=True)
 
 
-def layer_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame, path: Path) -> Path | None:
-    """Per-layer Spearman ρ (mean ± SE over checkpoints) along the depth of each family; oracle left out (ρ = 1)."""
-    layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)].dropna(subset=["spearman"])
-    if layers.empty:
+def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame, path: Path) -> Path | None:
+    """Spearman ρ within each unit layer (rows, input to output) per utility (columns; the oracle left out, its ρ is
+    1), mean over the family's checkpoints, one panel per family, for the run's first metric. Rows stay legible at
+    50 layers: the figure grows with the layers, values are written in the cells only while they fit."""
+    layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)]
+    if layers["spearman"].notna().sum() == 0:
         return None
-    data = with_checkpoint_info(layers, checkpoints).rename(columns={"scope": "layer"})
-    return _lines_by_utility(data, "layer", "spearman", path, "unit layer (input to output)", "Spearman ρ",
-                             log_y=False)
+    metric = layers["metric"].iloc[0]
+    data = with_checkpoint_info(layers[layers["metric"] == metric], checkpoints).rename(columns={"scope": "layer"})
+    families = sorted(data["family"].unique())
+    utilities = utility_order(data["utility"])
+    depth = max(data.groupby("family")["layer"].nunique())
+    cell = 0.26 if depth <= 24 else 0.17
+    cols = min(len(families), 3)
+    figure, axes = _panels(-(-len(families) // cols), cols, 0.4 * len(utilities) + 2.4, cell * depth + 1.6)
+    palette = utility_palette(utilities)
+    for ax in axes.flat[len(families):]:
+        ax.set_visible(False)
+    for ax, family in zip(axes.flat, families, strict=False):
+        panel = data[data["family"] == family]
+        order = list(dict.fromkeys(panel["layer"]))
+        grid = (panel.pivot_table(index="layer", columns="utility", values="spearman", dropna=False)
+                .reindex(index=order, columns=utilities))
+        sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, center=0, cmap="vlag", annot=depth <= 24 and len(utilities) <= 10,
+                    fmt=".2f", annot_kws={"fontsize": 6}, linewidths=0.3, cbar=ax is axes.flat[len(families) - 1],
+                    cbar_kws={"label": f"Spearman ρ within the layer ({metric})", "shrink": 0.6})
+        n = panel["checkpoint"].nunique()
+        ax.set_title(f"{family} ({n} checkpoint{'s' if n != 1 else ''})", fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel("unit layer (input to output)" if ax in axes[:, 0] else "", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7 if depth <= 24 else 5, rotation=0)
+        _rotate(ax, 7)
+        for label in ax.get_xticklabels():
+            label.set_color(palette[label.get_text()])
+    return _save(figure, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.bootstrap import ratio_intervals
-from resetassay.names import COMMON
+from resetassay.names import COMMON, ORACLE
 from resetassay.report import figures
 from resetassay.report.blocks import (
     MIN_SE,
@@ -31,29 +31,30 @@ from resetassay.report.headline import headline_blocks
 from resetassay.report.html import html_document
 from resetassay.report.markdown import markdown_document
 from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
-from resetassay.summary import aggregate, checkpoint_stats, summary_at_q
+from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
 
-# Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed.
+# Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed, and so is every
+# PNG/SVG in figures/ it did not draw (a figure this run has no data for, or one of an older version).
 OUTPUTS = ("aggregate.csv", "sweep.csv", "report.md", "report.html")
-FIGURES = ("shock_at_q", "spearman_heatmap", "scatter_l1", "scatter_kl", "shock_vs_step", "layer_spearman",
-           "shock_vs_q")
-
 
 FIGURE_CAPTIONS = {
-    "shock_at_q": "Shock@{q} per utility (bars: mean ± SE over checkpoints, log scale) against the oracle "
-                  "(dashed), which picks the units by their measured shock on the same layers: the lower and closer "
-                  "to the oracle, the less a reset by that utility damages the network (paper Figure 2).",
-    "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock, per checkpoint (rows coloured as the "
-                        "utilities in every figure).",
-    "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit, one panel per utility "
-                  "(markers: model family; log axes where the values span more than two decades).",
+    "oracle_ratio": "The headline as a picture: Shock@{q} / oracle Shock@{q} per utility on the common scope (the "
+                    "layers where every utility applies), one marker per model family at the mean over its "
+                    "checkpoints, whiskers the 95% bootstrap interval, log axis; 1 (dashed) is the oracle, which "
+                    "picks the units by their measured shock. n/a: no value in that family.",
+    "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock on the common scope, per checkpoint "
+                        "(rows coloured as the utilities in every figure).",
+    "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit of the common scope, "
+                  "coloured by its layer's depth; each panel's title gives the Spearman ρ of the points it shows "
+                  "(log axes where the values span more than two decades).",
     "scatter_kl": "Utility against the unit's KL shock, as above.",
-    "shock_vs_step": "Shock@{q} against training step (mean ± SE over seeds): does a utility degrade as the "
-                     "network ages? The oracle (dashed) covers every layer; a utility left out of some layers "
-                     "(see Not applicable) is pooled over fewer.",
-    "layer_spearman": "Spearman ρ within each unit layer (mean ± SE over checkpoints), input to output.",
-    "shock_vs_q": "Shock@q against q (recomputed from units.csv): how the damage grows with the fraction reset. "
-                  "The oracle (dashed) covers every layer.",
+    "shock_vs_step": "Shock@{q} on the common scope against training step, for families with at least three steps: "
+                     "does a utility degrade as the network ages? Error bars: SE over the checkpoints (seeds) of a "
+                     "step, where there are several.",
+    "layer_heatmap": "Spearman ρ within each unit layer (rows, input to output) per utility, mean over a family's "
+                     "checkpoints: where in the network each utility ranks well (blank: not applicable to that layer).",
+    "shock_vs_q": "Shock@q on the common scope against q (recomputed from units.csv): how the damage grows with the "
+                  "fraction reset. The oracle is dashed.",
 }
 
 
@@ -142,27 +143,37 @@ def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
     return blocks
 
 
-def _figures(run_dir: Path, tables: Tables, stats: pd.DataFrame, sweep_stats: pd.DataFrame | None,
-             q: float) -> list[Path]:
-    """Draw every figure that the run's tables support; returns the files made."""
+def _figures(run_dir: Path, tables: Tables, summary: pd.DataFrame, intervals: pd.DataFrame, common: pd.DataFrame,
+             sweep_common: pd.DataFrame | None, q: float) -> list[Path]:
+    """Draw every figure that the run's tables support (PNG, and SVG beside it); returns the PNGs made. Utilities
+    are compared on the common scope (`common`: its per-checkpoint statistics)."""
     out = run_dir / "figures"
     out.mkdir(exist_ok=True)
-    summary, units, checkpoints = tables["summary"], tables["units"], tables["checkpoints"]
-    made = [figures.shock_bars(stats, out / "shock_at_q.png", q_label(q)),
-            figures.spearman_heatmap(stats, out / "spearman_heatmap.png")]
-    made += [figures.utility_scatter(units, checkpoints, stats, metric, out / f"scatter_{metric}.png")
+    shared = common_units(tables["units"], summary)
+    coverage = {family: f"{_span(g['n_layers'])} layers, {_span(g['n_units'])} units"
+                for family, g in common[common["utility"] == ORACLE].groupby("family")}
+    made = [figures.ratio_dots(intervals, coverage, out / "oracle_ratio.png", q_label(q)),
+            figures.spearman_heatmap(common, out / "spearman_heatmap.png")]
+    made += [figures.utility_scatter(shared, metric, out / f"scatter_{metric}.png")
              for metric in dict.fromkeys(summary["metric"])]
-    made += [figures.shock_vs_step(stats, out / "shock_vs_step.png", q_label(q)),
-             figures.layer_spearman(summary, checkpoints, out / "layer_spearman.png")]
-    if sweep_stats is not None:
-        made.append(figures.shock_vs_q(sweep_stats, out / "shock_vs_q.png"))
+    made += [figures.shock_vs_step(common, out / "shock_vs_step.png", q_label(q)),
+             figures.layer_heatmap(summary, tables["checkpoints"], out / "layer_heatmap.png")]
+    if sweep_common is not None:
+        made.append(figures.shock_vs_q(sweep_common, out / "shock_vs_q.png"))
     return [p for p in made if p is not None]
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def _remove_stale(run_dir: Path, written: list[Path]) -> None:
     """Drop outputs of an earlier render that this one did not make (e.g. a sweep), so nothing stale remains."""
-    for path in [run_dir / name for name in OUTPUTS] + [run_dir / "figures" / f"{n}.png" for n in FIGURES]:
-        if path not in written and path.exists():
+    pictures = [*(run_dir / "figures").glob("*.png"), *(run_dir / "figures").glob("*.svg")]  # ours, old names too
+    kept = set(written) | {p.with_suffix(".svg") for p in written}
+    for path in [run_dir / name for name in OUTPUTS] + pictures:
+        if path not in kept and path.exists():
             path.unlink()
 
 
@@ -189,13 +200,15 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
     atomic_write(run_dir / "aggregate.csv", write_table(aggregated))
-    sweep_stats = None
+    sweep_stats = sweep_common = None
     if len(qs) > 1:
         sweep_stats = pd.concat([checkpoint_stats(s, tables["checkpoints"]) for s in summaries.values()],
                                 ignore_index=True)
+        sweep_common = pd.concat([checkpoint_stats(s, tables["checkpoints"], scope=COMMON)
+                                  for s in summaries.values()], ignore_index=True)
         atomic_write(run_dir / "sweep.csv", write_table(aggregate(sweep_stats, ["family", "q"])))
         written.append(run_dir / "sweep.csv")
-    made = _figures(run_dir, tables, stats, sweep_stats, headline_q)
+    made = _figures(run_dir, tables, summary, intervals, common, sweep_common, headline_q)
     _remove_stale(run_dir, written + made)
     metric = str(summary["metric"].iloc[0])
     headline = headline_blocks(intervals, stats, common, tables["checkpoints"], headline_q, metric)
