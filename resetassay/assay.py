@@ -8,6 +8,7 @@ run.py's job.
 
 from __future__ import annotations
 
+import html
 import math
 import platform
 import time
@@ -16,7 +17,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,6 +52,11 @@ from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from resetassay.report.render import Analysis
 
 SIZE_FLAGS = ("--calib-size", "--probe-size")  # errors about them are about the command, whichever data
 
@@ -143,6 +151,41 @@ class AssayResult:
         n = self.units["checkpoint"].nunique() if "checkpoint" in self.units else 0
         return (f"AssayResult({n} checkpoint{'s' if n != 1 else ''}, {len(self.units)} units, "
                 f"{len(self.summary)} summary rows, {len(self.failures)} failed)")
+
+    @cached_property
+    def _analysis(self) -> Analysis:
+        from resetassay.report.render import analyse  # the report's statistics, computed once per result
+
+        return analyse(self.tables(), self.config.q)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the report's first screen (answer, ranking with intervals, models), no figures."""
+        from resetassay.report.html import html_body
+
+        if self.units.empty:
+            return f"<p>{html.escape(repr(self))}</p>"
+        return f"<p><code>{html.escape(repr(self))}</code></p>" + html_body(self._analysis.headline())
+
+    def plot(self, *names: str) -> dict[str, Figure]:
+        """The report's figures as matplotlib Figures (not saved, not shown by pyplot), by name: oracle_ratio,
+        spearman_heatmap, scatter_<metric>, shock_vs_step (3+ steps), layer_heatmap; all without `names`."""
+        drawn = self._analysis.figures()
+        unknown = [n for n in names if n not in drawn]
+        if unknown:
+            raise BadInputError(f"plot: no figure {', '.join(unknown)} for this result; choose from "
+                                f"{', '.join(drawn)}")
+        return {n: drawn[n] for n in names} if names else drawn
+
+    def best(self, metric: str | None = None) -> pd.DataFrame:
+        """Per model family, the utility with the lowest common-scope oracle ratio at `metric` (default: the
+        first), with its 95% bootstrap interval and Spearman ρ (SPEC S5; the report's rule)."""
+        from resetassay.report.headline import best_table, ranking_at
+
+        metric = metric or self.config.metrics[0]
+        if metric not in self.config.metrics:
+            raise BadInputError(f"best: metric {metric!r} was not measured; choose from "
+                                f"{', '.join(self.config.metrics)}", flag="--metrics")
+        return best_table(ranking_at(self._analysis.intervals, self._analysis.common, metric))
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables a run directory holds, by name (names.TABLES)."""

@@ -1,6 +1,6 @@
 """Report figures read at a glance (resetassay/report/figures.py): what each draws is what the tables say.
 
-Each figure is captured before saving (`figures._save` patched) and its artists are read back.
+Each function returns its Figure; its artists are read back.
 """
 
 from __future__ import annotations
@@ -15,21 +15,12 @@ from scipy.stats import spearmanr
 from resetassay.report import figures
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The Figure objects the figure functions would save, in order."""
-    made = []
-    monkeypatch.setattr(figures, "_save", lambda figure, path: made.append(figure) or path)
-    return made
-
-
-def test_ratio_dots_put_each_family_at_its_mean_ratio_and_mark_what_is_missing(drawn, tmp_path):
+def test_ratio_dots_put_each_family_at_its_mean_ratio_and_mark_what_is_missing():
     intervals = pd.DataFrame({
         "family": ["A", "A", "A", "B", "B", "B"], "utility": ["gxd", "activation", "random"] * 2, "metric": "l1",
         "ratio": [1.02, 1.6, 3.0, 1.1, math.nan, 500.0], "low": [1.0, 1.3, 2.0, 1.05, math.nan, 300.0],
         "high": [1.05, 1.9, 4.0, 1.2, math.nan, 800.0], "n": 2, "resampled": "units"})
-    figures.ratio_dots(intervals, {"A": "3 layers, 90 units"}, tmp_path / "r.png", "5%")
-    ax = drawn[0].axes[0]
+    ax = figures.ratio_dots(intervals, {"A": "3 layers, 90 units"}, "5%").axes[0]
     markers = {line.get_label(): line.get_xdata() for line in ax.lines if line.get_linestyle() == "None"}
     edge = ax.get_xlim()[1]
     assert edge == pytest.approx(1.3 * 1.9)  # the axis ends past the contenders; random's ratios are written at it
@@ -41,28 +32,27 @@ def test_ratio_dots_put_each_family_at_its_mean_ratio_and_mark_what_is_missing(d
                                                                                          "random"]
 
 
-def test_layer_heatmap_cells_are_the_mean_per_layer_rho_without_the_oracle(drawn, tmp_path):
+def test_layer_heatmap_cells_are_the_mean_per_layer_rho_without_the_oracle():
     rows = [(c, u, layer, rho) for c, shift in (("c1", 0.0), ("c2", 0.1))
             for u, base in (("gxd", 0.8), ("activation", 0.2), ("oracle", 1.0))
             for layer, step in (("L0", 0.0), ("L1", 0.05)) for rho in [min(base + shift + step, 1.0)]]
     summary = pd.DataFrame(rows, columns=["checkpoint", "utility", "scope", "spearman"]).assign(metric="l1")
     checkpoints = pd.DataFrame({"checkpoint": ["c1", "c2"], "family": "F", "step": [1.0, 2.0]})
-    figures.layer_heatmap(summary, checkpoints, tmp_path / "h.png")
-    ax = drawn[0].axes[0]
+    ax = figures.layer_heatmap(summary, checkpoints).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["activation", "gxd"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["L0", "L1"]
     cells = np.asarray(ax.collections[0].get_array()).reshape(2, 2)
     np.testing.assert_allclose(cells, [[0.25, 0.85], [0.30, 0.90]], atol=1e-12)
 
 
-def test_scatter_titles_give_the_rho_of_the_points_shown(drawn, tmp_path):
+def test_scatter_titles_give_the_rho_of_the_points_shown():
     rng = np.random.default_rng(0)
     shock = rng.gamma(2.0, 1.0, 60)
     units = pd.DataFrame({"checkpoint": "c", "layer": np.repeat(["a", "b", "c"], 20), "unit": np.tile(range(20), 3),
                           "mature": True, "gxd": shock + rng.normal(0, 0.5, 60), "random": rng.random(60),
                           "shock_l1": shock})
-    figures.utility_scatter(units, "l1", tmp_path / "s.png")
-    titles = {ax.get_title().split(":")[0]: ax.get_title() for ax in drawn[0].axes if ax.get_title()}
+    figure = figures.utility_scatter(units, "l1")
+    titles = {ax.get_title().split(":")[0]: ax.get_title() for ax in figure.axes if ax.get_title()}
     for utility in ("gxd", "random"):
         rho = spearmanr(units[utility], units["shock_l1"]).statistic
         assert titles[utility] == f"{utility}: ρ = {rho:.2f}"
@@ -71,4 +61,6 @@ def test_scatter_titles_give_the_rho_of_the_points_shown(drawn, tmp_path):
 def test_shock_vs_step_needs_three_steps():
     stats = pd.DataFrame({"family": "F", "utility": "gxd", "metric": "l1", "checkpoint": ["a", "b"],
                           "step": [1.0, 2.0], "shock_at_q": [0.1, 0.2], "q": 0.05})
-    assert figures.shock_vs_step(stats, None, "5%") is None
+    assert figures.shock_vs_step(stats, "5%") is None
+    three = pd.concat([stats, stats.iloc[:1].assign(checkpoint="c", step=3.0)], ignore_index=True)
+    assert figures.shock_vs_step(three, "5%") is not None

@@ -1,9 +1,10 @@
-"""Report figures: seaborn PNGs drawn from a run's tables, one colour per utility in every figure (SPEC S5).
+"""Report figures drawn from a run's tables, one colour per utility in every figure (SPEC S5).
 
-Inputs are the per-checkpoint statistics of `summary.checkpoint_stats` (bars, heatmap, lines over
-training step or q), the SummaryTable (per-layer Spearman) and the UnitTable (scatter). Error bars
-are standard errors over checkpoints and seeds. Figures are `matplotlib.figure.Figure`s on their own
-Agg canvas, never pyplot's, so drawing a report leaves a notebook's backend and figures alone.
+Inputs are the bootstrap intervals of the oracle ratio (dot plot), the per-checkpoint statistics of
+`summary.checkpoint_stats` (heatmap, lines over training step or q), the SummaryTable (per-layer
+Spearman) and the common scope's units (scatter). Each function returns a `matplotlib.figure.Figure`
+(None when the tables hold nothing to draw) on its own Agg canvas, never pyplot's, so drawing a
+report leaves a notebook's backend and figures alone; `save` writes one as PNG and SVG.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def utility_palette(utilities: list[str]) -> dict[str, tuple]:
     return {u: palette.get(u, (0.5, 0.5, 0.5)) for u in utilities}
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save(figure: Figure, path: Path) -> Path:
     """The figure as `path` (PNG, embedded in report.html) and beside it as SVG (for papers); returns the PNG."""
     figure.savefig(path, dpi=DPI)
     figure.savefig(path.with_suffix(".svg"))
@@ -75,7 +76,7 @@ def _rotate(ax: Axes, size: int = 8) -> None:
         label.set_horizontalalignment("right")
 
 
-def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], path: Path, q_label: str) -> Path | None:
+def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], q_label: str) -> Figure | None:
     """The oracle ratio Shock@q / oracle Shock@q per utility (rows) and family (markers), one panel per metric, on
     the common scope (SPEC S5): dots at the mean over checkpoints, whiskers the 95% bootstrap interval, a log x axis
     from 1 (the oracle, dashed line); "n/a" where a family has no value. `coverage[family]` says what the common
@@ -123,7 +124,7 @@ def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], path: Path, q_
     handles, labels = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, title="family (common scope)", loc="outside lower center",
                   ncol=min(len(families), 3), frameon=False, fontsize=8, title_fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
 def _short_names(names: list[str]) -> dict[str, str]:
@@ -134,7 +135,7 @@ def _short_names(names: list[str]) -> dict[str, str]:
     return {n: n[len(prefix):].lstrip("/") or n for n in names}
 
 
-def spearman_heatmap(stats: pd.DataFrame, path: Path) -> Path | None:
+def spearman_heatmap(stats: pd.DataFrame) -> Figure | None:
     """Pooled Spearman ρ, utility x checkpoint, one panel per metric (checkpoints ordered by family, step); the
     oracle, whose ρ is 1 by definition, is left out."""
     data = stats[stats["utility"] != ORACLE].dropna(subset=["spearman"])
@@ -162,7 +163,7 @@ def spearman_heatmap(stats: pd.DataFrame, path: Path) -> Path | None:
         for label in ax.get_yticklabels():
             label.set_color(palette[label.get_text()])
             label.set_fontweight("bold")
-    return _save(figure, path)
+    return figure
 
 
 def _wants_log(values: np.ndarray) -> bool:
@@ -172,7 +173,7 @@ def _wants_log(values: np.ndarray) -> bool:
     return len(positive) >= 2 and positive.max() / positive.min() > LOG_SPAN and not (finite < 0).any()
 
 
-def utility_scatter(units: pd.DataFrame, metric: str, path: Path) -> Path | None:
+def utility_scatter(units: pd.DataFrame, metric: str) -> Figure | None:
     """Utility vs unit shock on the common scope's units (`summary.common_units`), one panel per utility, points
     coloured by their layer's depth (input to output); each panel titled with the Spearman ρ of exactly the
     points it shows (all checkpoints pooled); log axes where the values span more than LOG_SPAN."""
@@ -216,11 +217,10 @@ def utility_scatter(units: pd.DataFrame, metric: str, path: Path) -> Path | None
     bar = figure.colorbar(points, ax=axes, shrink=0.6, ticks=[0, 1])
     bar.ax.set_yticklabels(["input", "output"], fontsize=7)
     bar.set_label("layer depth", fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
-def _lines_by_utility(stats: pd.DataFrame, x: str, y: str, path: Path, xlabel: str, ylabel: str,
-                      log_y: bool) -> Path:
+def _lines_by_utility(stats: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, log_y: bool) -> Figure:
     """Mean ± SE of `y` against `x`, one line per utility (oracle dashed), panels family (columns) x metric (rows).
 
     A non-numeric `x` (layer names) is categorical, in order of appearance within each family.
@@ -250,29 +250,29 @@ def _lines_by_utility(stats: pd.DataFrame, x: str, y: str, path: Path, xlabel: s
         if panel[x].nunique() <= 8:
             ax.set_xticks(sorted(panel[x].unique()))
     _utility_legend(figure, utilities)
-    return _save(figure, path)
+    return figure
 
 
-def shock_vs_step(stats: pd.DataFrame, path: Path, q_label: str) -> Path | None:
+def shock_vs_step(stats: pd.DataFrame, q_label: str) -> Figure | None:
     """Shock@q against training step per family: does a utility degrade as the network ages? None unless a family
     has at least 3 steps (two points make no trend); error bars where a step has several checkpoints (seeds)."""
     data = stats.dropna(subset=["shock_at_q", "step"])
     if data.empty or data.groupby("family")["step"].nunique().max() < 3:
         return None
-    return _lines_by_utility(data, "step", "shock_at_q", path, "training step (task / epoch)",
+    return _lines_by_utility(data, "step", "shock_at_q", "training step (task / epoch)",
                              f"Shock@{q_label} (log)", log_y=True)
 
 
-def shock_vs_q(stats: pd.DataFrame, path: Path) -> Path | None:
+def shock_vs_q(stats: pd.DataFrame) -> Figure | None:
     """Shock@q against q (the `--q` sweep), per family and metric. None for fewer than two q."""
     data = stats.dropna(subset=["shock_at_q"])
     if data["q"].nunique() < 2:
         return None
-    return _lines_by_utility(data, "q", "shock_at_q", path, "q (fraction of units reset per layer)",
+    return _lines_by_utility(data, "q", "shock_at_q", "q (fraction of units reset per layer)",
                              "Shock@q (log)", log_y=True)
 
 
-def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame, path: Path) -> Path | None:
+def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
     """Spearman ρ within each unit layer (rows, input to output) per utility (columns; the oracle left out, its ρ is
     1), mean over the family's checkpoints, one panel per family, for the run's first metric. Rows stay legible at
     50 layers: the figure grows with the layers, values are written in the cells only while they fit."""
@@ -306,4 +306,4 @@ def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame, path: Path) 
         _rotate(ax, 7)
         for label in ax.get_xticklabels():
             label.set_color(palette[label.get_text()])
-    return _save(figure, path)
+    return figure

@@ -154,13 +154,32 @@ def _sizes(info: pd.DataFrame) -> str:
     return ", ".join(f"{c} / {p}" for c, p in sorted(pairs)) or "n/a"
 
 
+def ranking_at(intervals: pd.DataFrame, common: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The intervals of one metric with each utility's mean common-scope ρ per family (`rho`): what the rule reads."""
+    rho = common[common["metric"] == metric].groupby(["family", "utility"], sort=False)["spearman"].mean()
+    ranking = intervals[intervals["metric"] == metric].copy()
+    ranking["rho"] = [rho.get((f, u), math.nan) for f, u in zip(ranking["family"], ranking["utility"], strict=True)]
+    return ranking.reset_index(drop=True)
+
+
+def best_table(ranking: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the best utility by the rule (several, comma-joined, when they tie) with its ratio, 95% interval
+    and ρ (the first's, on a tie)."""
+    rows = []
+    for family, g in ranking.groupby("family", sort=True):
+        winners = _best(g.set_index("utility")["ratio"])
+        top = g.set_index("utility").loc[winners[0]] if winners else None
+        rows.append({"family": family, "utility": ", ".join(winners) or None,
+                     **{k: (float(top[k]) if top is not None else math.nan) for k in ("ratio", "low", "high", "rho")},
+                     "checkpoints": int(g["n"].max())})
+    return pd.DataFrame(rows, columns=["family", "utility", "ratio", "low", "high", "rho", "checkpoints"])
+
+
 def headline_blocks(intervals: pd.DataFrame, stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.DataFrame,
                     q: float, metric: str) -> list[Block]:
     """The first screen. `intervals`: `bootstrap.ratio_intervals`; `stats`, `common`: per-checkpoint statistics of
     the ALL and `common` scopes (`summary.checkpoint_stats`); `metric`: the one the answer is read at."""
-    rho = common[common["metric"] == metric].groupby(["family", "utility"], sort=False)["spearman"].mean()
-    ranking = intervals[intervals["metric"] == metric].copy()
-    ranking["rho"] = [rho.get((f, u), math.nan) for f, u in zip(ranking["family"], ranking["utility"], strict=True)]
+    ranking = ranking_at(intervals, common, metric)
     rule = (f"Rule: best = lowest oracle ratio Shock@{q_label(q)} / oracle Shock@{q_label(q)} ({metric}) on the "
             f"common scope (the layers where every utility applies); fails = common-scope ρ < {FAIL_RHO:g} or "
             f"ratio > {FAIL_RATIO:g}. Brackets: 95% bootstrap intervals, over checkpoints in a family of at least "

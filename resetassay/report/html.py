@@ -104,23 +104,22 @@ def html_figure(path: Path, caption: str) -> str:
             f"<figcaption>{_inline(caption)}</figcaption></figure>")
 
 
-def html_document(blocks: list[Block], base: Path) -> str:
-    """The whole page; figure paths are relative to `base` (the run directory). What comes before the first h2 is
-    the headline, `<section id="headline">`, meant to fit one screen; an h2 with `fold` opens a `<details>`."""
+def html_body(blocks: list[Block], base: Path | None = None) -> str:
+    """The blocks as HTML; figure paths are relative to `base` (the run directory). What comes before the first h2
+    is the headline, `<section id="headline">`, meant to fit one screen; an h2 with `fold` opens a `<details>`."""
     parts = ['<section id="headline">']
-    title = "resetassay report"
-    folded = False
+    in_headline, folded = True, False
     for block in blocks:
-        if block.kind == "h2" and parts[0] == '<section id="headline">' and "</section>" not in parts:
-            parts.append("</section>")
         if block.kind in ("h1", "h2") and folded:
             parts.append("</details>")
             folded = False
+        if block.kind == "h2" and in_headline:
+            parts.append("</section>")
+            in_headline = False
         if block.kind == "h2" and block.fold:
             parts.append(f"<details><summary>{_inline(block.text)}</summary>")
             folded = True
         elif block.kind in ("h1", "h2", "h3"):
-            title = block.text if block.kind == "h1" else title
             parts.append(f"<{block.kind}>{_inline(block.text)}</{block.kind}>")
         elif block.kind == "list":
             parts.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block.items) + "</ul>")
@@ -130,12 +129,16 @@ def html_document(blocks: list[Block], base: Path) -> str:
             parts.append(f"<pre>{html.escape(block.text)}</pre>")
         elif block.kind == "table":
             parts.append(html_table(block.table, block.best, block.keys))
-        elif block.kind == "figure":
+        elif block.kind == "figure" and base is not None:
             parts.append(html_figure(base / block.path, block.text))
-    if folded:
-        parts.append("</details>")
-    body = "\n".join(parts)
+    parts.append("</details>" if folded else "</section>" if in_headline else "")
+    return "\n".join(parts)
+
+
+def html_document(blocks: list[Block], base: Path) -> str:
+    """The whole page (`html_body` with the style and the sorting script inline), titled by its h1."""
+    title = next((b.text for b in blocks if b.kind == "h1"), "resetassay report")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{html_body(blocks, base)}\n"
             f"<script>{SORT_SCRIPT}</script>\n</body></html>\n")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from resetassay.bootstrap import ratio_intervals
 from resetassay.names import COMMON, ORACLE
@@ -143,24 +145,22 @@ def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
     return blocks
 
 
-def _figures(run_dir: Path, tables: Tables, summary: pd.DataFrame, intervals: pd.DataFrame, common: pd.DataFrame,
-             sweep_common: pd.DataFrame | None, q: float) -> list[Path]:
-    """Draw every figure that the run's tables support (PNG, and SVG beside it); returns the PNGs made. Utilities
-    are compared on the common scope (`common`: its per-checkpoint statistics)."""
-    out = run_dir / "figures"
-    out.mkdir(exist_ok=True)
+def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFrame, common: pd.DataFrame,
+                   sweep_common: pd.DataFrame | None, q: float) -> dict[str, Figure]:
+    """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS). Utilities are compared on
+    the common scope (`common`: its per-checkpoint statistics; `intervals`: `bootstrap.ratio_intervals`)."""
     shared = common_units(tables["units"], summary)
     coverage = {family: f"{_span(g['n_layers'])} layers, {_span(g['n_units'])} units"
                 for family, g in common[common["utility"] == ORACLE].groupby("family")}
-    made = [figures.ratio_dots(intervals, coverage, out / "oracle_ratio.png", q_label(q)),
-            figures.spearman_heatmap(common, out / "spearman_heatmap.png")]
-    made += [figures.utility_scatter(shared, metric, out / f"scatter_{metric}.png")
-             for metric in dict.fromkeys(summary["metric"])]
-    made += [figures.shock_vs_step(common, out / "shock_vs_step.png", q_label(q)),
-             figures.layer_heatmap(summary, tables["checkpoints"], out / "layer_heatmap.png")]
+    drawn = {"oracle_ratio": figures.ratio_dots(intervals, coverage, q_label(q)),
+             "spearman_heatmap": figures.spearman_heatmap(common)}
+    drawn |= {f"scatter_{metric}": figures.utility_scatter(shared, metric)
+              for metric in dict.fromkeys(summary["metric"])}
+    drawn |= {"shock_vs_step": figures.shock_vs_step(common, q_label(q)),
+              "layer_heatmap": figures.layer_heatmap(summary, tables["checkpoints"])}
     if sweep_common is not None:
-        made.append(figures.shock_vs_q(sweep_common, out / "shock_vs_q.png"))
-    return [p for p in made if p is not None]
+        drawn["shock_vs_q"] = figures.shock_vs_q(sweep_common)
+    return {name: figure for name, figure in drawn.items() if figure is not None}
 
 
 def _span(values: pd.Series) -> str:
@@ -177,6 +177,47 @@ def _remove_stale(run_dir: Path, written: list[Path]) -> None:
             path.unlink()
 
 
+@dataclass
+class Analysis:
+    """What a report shows, computed once from a run's tables at fraction `q` (SPEC S5): the SummaryTable at q,
+    the per-checkpoint statistics of the ALL and common scopes, the bootstrap intervals of the common-scope
+    oracle ratio, and with several q the per-checkpoint statistics of each (`sweep`, `sweep_common`)."""
+
+    tables: Tables
+    q: float
+    summary: pd.DataFrame
+    stats: pd.DataFrame
+    common: pd.DataFrame
+    intervals: pd.DataFrame
+    sweep: pd.DataFrame | None = None
+    sweep_common: pd.DataFrame | None = None
+
+    def headline(self, metric: str | None = None) -> list[Block]:
+        """The first screen, read at `metric` (default: the run's first)."""
+        metric = metric or str(self.summary["metric"].iloc[0])
+        return headline_blocks(self.intervals, self.stats, self.common, self.tables["checkpoints"], self.q, metric)
+
+    def figures(self) -> dict[str, Figure]:
+        return report_figures(self.tables, self.summary, self.intervals, self.common, self.sweep_common, self.q)
+
+
+def analyse(tables: Tables, base_q: float, q: list[float] | None = None) -> Analysis:
+    """The Analysis of a run's tables at the fractions `q` (default: the run's `base_q`); the first screen and the
+    tables use `base_q` when listed, else the first value."""
+    qs = q or [base_q]
+    headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
+    summaries = {v: summary_at_q(tables["units"], tables["summary"], v, base_q) for v in qs}
+    summary, checkpoints = summaries[headline_q], tables["checkpoints"]
+    analysis = Analysis(tables, headline_q, summary, checkpoint_stats(summary, checkpoints),
+                        checkpoint_stats(summary, checkpoints, scope=COMMON),
+                        ratio_intervals(tables["units"], summary, checkpoints, headline_q))
+    if len(qs) > 1:
+        analysis.sweep = pd.concat([checkpoint_stats(s, checkpoints) for s in summaries.values()], ignore_index=True)
+        analysis.sweep_common = pd.concat([checkpoint_stats(s, checkpoints, scope=COMMON) for s in summaries.values()],
+                                          ignore_index=True)
+    return analysis
+
+
 def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     """Write report.md, report.html, aggregate.csv and figures/ of a run directory from its tables alone.
 
@@ -188,32 +229,21 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     tables = read_run(run_dir)
     info = read_run_info(run_dir)
     base_q = run_q(tables["summary"], info, run_dir)
-    qs = q or [base_q]
-    headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
-    summaries = {v: summary_at_q(tables["units"], tables["summary"], v, base_q) for v in qs}
-    summary = summaries[headline_q]
-    stats = checkpoint_stats(summary, tables["checkpoints"])
-    common = checkpoint_stats(summary, tables["checkpoints"], scope=COMMON)
-    intervals = ratio_intervals(tables["units"], summary, tables["checkpoints"], headline_q)
+    analysis = analyse(tables, base_q, q)
+    stats = analysis.stats
     written = [run_dir / "aggregate.csv", run_dir / "report.md", run_dir / "report.html"]
     by_family = aggregate(stats, ["family", "q"])
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
     atomic_write(run_dir / "aggregate.csv", write_table(aggregated))
-    sweep_stats = sweep_common = None
-    if len(qs) > 1:
-        sweep_stats = pd.concat([checkpoint_stats(s, tables["checkpoints"]) for s in summaries.values()],
-                                ignore_index=True)
-        sweep_common = pd.concat([checkpoint_stats(s, tables["checkpoints"], scope=COMMON)
-                                  for s in summaries.values()], ignore_index=True)
-        atomic_write(run_dir / "sweep.csv", write_table(aggregate(sweep_stats, ["family", "q"])))
+    if analysis.sweep is not None:
+        atomic_write(run_dir / "sweep.csv", write_table(aggregate(analysis.sweep, ["family", "q"])))
         written.append(run_dir / "sweep.csv")
-    made = _figures(run_dir, tables, summary, intervals, common, sweep_common, headline_q)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    made = [figures.save(figure, run_dir / "figures" / f"{name}.png") for name, figure in analysis.figures().items()]
     _remove_stale(run_dir, written + made)
-    metric = str(summary["metric"].iloc[0])
-    headline = headline_blocks(intervals, stats, common, tables["checkpoints"], headline_q, metric)
-    blocks = report_blocks(tables, info, headline, stats, sweep_stats, [p.relative_to(run_dir) for p in made],
-                           headline_q, base_q)
+    blocks = report_blocks(tables, info, analysis.headline(), stats, analysis.sweep,
+                           [p.relative_to(run_dir) for p in made], analysis.q, base_q)
     atomic_write(run_dir / "report.md", markdown_document(blocks))
     atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
     return run_dir / "report.md"
