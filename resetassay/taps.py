@@ -25,16 +25,22 @@ LayerNorm/GroupNorm or a residual add. The consumer is the single Linear/Conv2d 
 units, also through dropout, pooling and a flatten that keeps channels contiguous (avgpool ->
 flatten -> fc); several readers (a residual skip) make it not applicable, the note naming them.
 
-The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). A
-model fx cannot trace (data-dependent control flow such as `if x.dim() == 2:`), whose graph
-does not reproduce its outputs on `example`, or whose state dict the graph cannot share, gets
-its unit layers by forward hooks instead, with a one-line warning saying why (`HookTaps`): a
-dry run on `example` counts the calls of every activation module; a module called once keeps
-its path, a module called n > 1 times gets n taps named as above (`layer1.0.relu@0` ...), its
-k-th call in a forward going through tap k. Functional activations are not seen there, and
-producer and consumer are unknown. `discovery_route(model)` says which route found the unit
-layers: "declared" (the zoo), "fx", "hooks", or "modules" (no example to count calls on: the
-activation modules, a module called twice refused by `units.unit_layers`). A model in which
+The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). Three
+routes, tried in turn, each checked to reproduce the model's outputs on `example`:
+1. **fx**: `torch.fx` symbolic tracing, leaves being torch.nn layers and activation modules.
+2. **export**: where fx fails (shape-dependent control flow such as `if x.dim() == 2:`),
+   `torch.export` (non-strict, batch size dynamic) records the model on `example`, specialising
+   such branches; its aten graph is read back at fx's level (each call of a leaf module one
+   `call_module` node, by the module stack export records; functional activations and adds as
+   their torch functions), so names, producers and consumers follow the same rules.
+3. **hooks**: where both fail (data-dependent control flow), a dry run on `example` counts the
+   calls of every activation module; a module called once keeps its path, a module called n > 1
+   times gets n taps named as above (`layer1.0.relu@0` ...), its k-th call in a forward going
+   through tap k. Functional activations are not seen there, and producer and consumer are
+   unknown.
+A one-line warning says why a route was left. `discovery_route(model)` says which route found the
+unit layers: "declared" (the zoo), "fx", "export", "hooks", or "modules" (no example to count calls
+on: the activation modules, a module called twice refused by `units.unit_layers`). A model in which
 no unit layer is found is refused (BadInputError) rather than assayed with none.
 """
 
@@ -110,37 +116,62 @@ class _Tracer(fx.Tracer):
         return isinstance(m, ACTIVATION_TYPES) or super().is_leaf_module(m, module_qualified_name)
 
 
-def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+ROUTES = ("fx", "export", "hooks")
+
+
+def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
+                    routes: tuple[str, ...] = ROUTES) -> nn.Module:
     """A model whose unit layers are all hookable, one call site each (SPEC S1).
 
     Returns `model` itself when it declares its unit layers (the zoo), else a `TappedModel`
     sharing its parameters, checked to give the model's outputs on `example (B, ...)` when one
-    is given; when that fails, a copy of `model` sharing its parameters with its activation
-    modules tapped by forward hooks (`HookTaps`), with a warning saying why in one line.
-    Raises BadInputError when no unit layer is found.
+    is given: its graph traced by torch.fx, or, where fx fails, exported by torch.export on
+    `example` (warning why, in one line); where both fail, a copy of `model` sharing its
+    parameters with its activation modules tapped by forward hooks, the warning saying why.
+    `routes` names the routes to try, in this order (tests force one). Raises BadInputError when
+    no unit layer is found.
     """
     if hasattr(model, "unit_layer_specs"):
         return model
-    name = type(model).__name__
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as err:  # tracing runs the user's forward on proxies; any failure means "cannot trace"
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return _by_hooks(model, example, f"{name}: torch.fx cannot trace it ({type(err).__name__}: {first_line})")
-    try:
-        tapped = _tapped(model, graph)
-        if example is not None:
-            _check_outputs(tapped, model, example)
-    except _Untappable as why:
-        return _by_hooks(model, example, f"{name}: {why}")
-    _require_units(tapped, "no hidden activation module or function call is in its traced graph")
-    return tapped
+    name, failures = type(model).__name__, []
+    for route in ("fx", "export"):
+        if route not in routes or (route == "export" and example is None):
+            continue
+        try:
+            graph = _Tracer().trace(model) if route == "fx" else _exported_graph(model, example)
+            tapped = _tapped(model, graph)
+            if example is not None:
+                _check_outputs(tapped, model, example)
+                if route == "export":
+                    _check_outputs(tapped, model, torch.cat([example, example[:1]]))  # any batch size
+        except Exception as err:  # tracing runs the user's forward on proxies; any failure means "cannot trace"
+            failures.append(f"{ROUTE_NAMES[route]} cannot trace it ({_first_line(err)})")
+            continue
+        tapped.discovery_route = route
+        if failures:
+            warnings.warn(f"{name}: {failures[0]}; its unit layers were found by torch.export on the example "
+                          "batch instead", stacklevel=2)
+        _require_units(tapped, f"no hidden activation module or function call is in its {route} graph")
+        return tapped
+    why = "; ".join(failures) or "not traced"
+    if "hooks" not in routes:
+        raise BadInputError(f"{name}: {why}")
+    return _by_hooks(model, example, f"{name}: {why}")
+
+
+ROUTE_NAMES = {"fx": "torch.fx", "export": "torch.export"}
+
+
+def _first_line(err: BaseException) -> str:
+    if isinstance(err, _Untappable):
+        return str(err)
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
 
 def discovery_route(model: nn.Module) -> str:
     """How the unit layers of a model returned by `tap_unit_layers` were found: "declared" (by the
-    model, the zoo), "fx" (traced graph), "hooks" (forward hooks counting calls), or "modules"
-    (its activation modules, calls not counted)."""
+    model, the zoo), "fx" (traced graph), "export" (torch.export's graph), "hooks" (forward hooks
+    counting calls), or "modules" (its activation modules, calls not counted)."""
     route = getattr(model, "discovery_route", None)
     if isinstance(route, str):
         return route
@@ -154,6 +185,68 @@ def _require_units(model: nn.Module, seen: str) -> None:
             "modules such as TransformerEncoderLayer are not visible; give it activation modules "
             "(nn.ReLU) or calls (F.relu) in a forward of its own, or a unit_layer_specs() method"
         )
+
+
+# --- the export route: torch.export's graph, read back as a module-level graph -------------------
+
+# aten ops of functional activations and adds, as the torch functions the fx route knows (names, residuals)
+ATEN_AS_TORCH = {
+    torch.ops.aten.relu.default: torch.relu, torch.ops.aten.relu_.default: torch.relu_,
+    torch.ops.aten.gelu.default: F.gelu, torch.ops.aten.silu.default: F.silu, torch.ops.aten.silu_.default: F.silu,
+    torch.ops.aten.tanh.default: torch.tanh, torch.ops.aten.sigmoid.default: torch.sigmoid,
+    torch.ops.aten.leaky_relu.default: F.leaky_relu, torch.ops.aten.add.Tensor: operator.add,
+    torch.ops.aten.add_.Tensor: operator.iadd, torch.ops.aten.flatten.using_ints: torch.flatten,
+}
+
+
+def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
+    """The graph torch.export (non-strict, batch size dynamic) records of `model` on `example`, rewritten at the
+    fx route's level: the aten ops of each call of a leaf module (`_Tracer.is_leaf_module`: torch.nn layers and
+    activations) become one `call_module` node, functional activations and adds their torch functions; the
+    rest (shape arithmetic, views) is kept as exported. Shape-dependent branches (`if x.dim() == 2:`) are
+    specialised to the example's shapes."""
+    from torch.export import Dim
+
+    exported = torch.export.export(model, (example,), strict=False, dynamic_shapes=({0: Dim.AUTO},)).module()
+    modules = dict(model.named_modules())
+    leaf = _Tracer()
+    graph, env = fx.Graph(), {}
+    nodes = [n for n in exported.graph.nodes if not (n.op == "call_module" and n.target == "_guards_fn")]
+    groups: list[tuple[str | None, list[fx.Node]]] = []
+    for node in nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        key, (path, _) = list(stack.items())[-1] if stack else (None, (None, None))
+        owner = modules.get(path) if path is not None else None
+        call = key if owner is not None and path and leaf.is_leaf_module(owner, path) else None
+        if call is not None and groups and groups[-1][0] == call:
+            groups[-1][1].append(node)
+        else:
+            groups.append((call, [node]))
+    for call, members in groups:
+        if call is None:
+            for node in members:
+                env[node] = graph.node_copy(node, lambda n: env[n])
+                if node.op == "call_function" and node.target in ATEN_AS_TORCH:
+                    env[node].target = ATEN_AS_TORCH[node.target]
+            continue
+        inside = set(members)
+        inputs = list(dict.fromkeys(a for n in members for a in n.all_input_nodes
+                                    if a not in inside and a.op != "get_attr"))
+        outputs = [n for n in members if any(u not in inside for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise _Untappable(f"module {members[0].meta['nn_module_stack'][call][0]} takes {len(inputs)} inputs "
+                              f"and gives {len(outputs)} outputs in the exported graph")
+        env[outputs[0]] = graph.call_module(members[0].meta["nn_module_stack"][call][0], (env[inputs[0]],))
+        env[outputs[0]].meta["nn_module_stack"] = dict(members[0].meta["nn_module_stack"])
+    output = next(n for n in graph.nodes if n.op == "output")
+    values = output.args[0]
+    if not (isinstance(values, tuple | list) and len(values) == 1):
+        raise _Untappable("the exported graph returns more than one tensor (pick the logits with --output)")
+    output.args = (values[0],)  # export returns a flat tuple; the model returns the tensor itself
+    for node in reversed(graph.nodes):  # parameters only the collapsed calls read
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
+    return graph
 
 
 # --- the hook route: models fx cannot trace -------------------------------------------------
