@@ -22,13 +22,16 @@ from resetassay.imports import import_named_module
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28}
-USER_SOURCES = ("file", "images", "factory")  # the user's own data (SPEC S1): never permuted
+USER_SOURCES = ("file", "images", "hf", "factory")  # the user's own data (SPEC S1): never permuted
 TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 INPUT_KEYS = ("x", "inputs", "images", "data", "features")
 LABEL_KEYS = ("y", "labels", "targets", "label")
-HELD_OUT_NAMES = ("test", "val", "valid", "validation", "holdout")  # preferred image roots, in this order
+HELD_OUT_NAMES = ("test", "val", "valid", "validation", "holdout")  # preferred image roots and splits, in order
+HF_INPUTS = ("pixel_values", "image", "img", "input_ids", "x", "inputs", "features")  # a datasets folder's columns
+HF_LABELS = ("labels", "label", "y", "target", "targets")
+HF_MARKERS = ("dataset_info.json", "dataset_dict.json")  # what `save_to_disk` writes
 NORMALIZE = {  # per-channel (mean, std) of RGB images in [0, 1]
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -47,13 +50,14 @@ class DataSpec:
 
     Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
     one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist (permuted tasks, the first
-    seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one) and factory (a
+    seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a folder written by
+    Hugging Face `datasets`' `save_to_disk`) and factory (a
     `module:factory`, from Python or the command line only: a manifest cannot record it, so loading a checkpoint
     never runs code). The user's own data is never permuted; task, permutation_seed, split_seed and
     holdout_fraction do not apply to it.
     """
 
-    source: str = "digits"            # digits | mnist | file | images | factory
+    source: str = "digits"            # digits | mnist | file | images | hf | factory
     layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); digits and mnist only
     task: int = 0                     # index of the permutation trained last
     permutation_seed: int = 0
@@ -98,9 +102,10 @@ class DataSpec:
                                                                                   and _FACTORY.fullmatch(v))),
         "factory_kwargs": ("an object or null", lambda v: v is None or isinstance(v, dict)),
     }
-    NEEDS = {"path": ("file", "images"), "probe_path": ("file", "images"), "sha256": ("file", "images"),
-             "probe_sha256": ("file", "images"), "image_size": ("images",), "mean": ("images",),
-             "std": ("images",), "factory": ("factory",), "factory_kwargs": ("factory",)}
+    NEEDS = {"path": ("file", "images", "hf"), "probe_path": ("file", "images", "hf"),
+             "sha256": ("file", "images", "hf"), "probe_sha256": ("file", "images", "hf"),
+             "image_size": ("images", "hf"), "mean": ("images", "hf"), "std": ("images", "hf"),
+             "factory": ("factory",), "factory_kwargs": ("factory",)}
 
     def __post_init__(self) -> None:
         import reprlib  # short reprs of long or deeply nested values
@@ -117,7 +122,7 @@ class DataSpec:
             if getattr(self, key) is not None and self.source not in sources:
                 raise BadInputError(f"data.{key} applies only to source {' or '.join(map(repr, sources))}, "
                                     f"not {self.source!r}")
-        if self.source in ("file", "images") and self.path is None:
+        if self.source in ("file", "images", "hf") and self.path is None:
             raise BadInputError(f"data.path is missing: source {self.source!r} needs the path of the data")
         if self.source == "factory" and self.factory is None:
             raise BadInputError("data.factory is missing: source 'factory' needs 'package.module:function'")
@@ -154,7 +159,7 @@ class DataSpec:
         if self.source == "factory":
             return {"source": self.source, "factory": self.factory, "factory_kwargs": self.factory_kwargs}
         keys = ["path", "probe_path", "sha256", "probe_sha256"]
-        keys += ["image_size", "mean", "std"] if self.source == "images" else []
+        keys += ["image_size", "mean", "std"] if self.source in ("images", "hf") else []
         out = {"source": self.source, **{key: getattr(self, key) for key in keys}}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
@@ -212,7 +217,8 @@ def data_spec(
         probe_path = Path(probe).expanduser()
         if _form(probe_path, "--probe-data") != source:
             raise BadInputError(f"--probe-data {probe}: must be of the same kind as --data {name} "
-                                f"({'a tensor file' if source == 'file' else 'images'})", flag="--probe-data")
+                                f"({ {'file': 'a tensor file', 'hf': 'a datasets folder'}.get(source, 'images')})",
+                                flag="--probe-data")
     if source == "file" and (image_size is not None or normalize is not None):
         flag = "--image-size" if image_size is not None else "--normalize"
         raise BadInputError(f"{flag} applies only to images, not the tensor file {name}", flag=flag)
@@ -257,7 +263,10 @@ def _flagged(make: Callable, flag: str):
 
 
 def _form(path: Path, flag: str) -> str:
-    """"file" (a tensor file) or "images" (a folder, or an archive of one) by what `path` is."""
+    """"file" (a tensor file), "hf" (a `datasets` folder) or "images" (a folder, or an archive of one) by what
+    `path` is."""
+    if _is_hf(path):
+        return "hf"
     if path.is_dir() or (path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)):
         return "images"
     if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
@@ -501,15 +510,20 @@ def _open(spec: DataSpec, where: str) -> Examples:
         if not path.is_file():
             raise BadInputError(f"{path}: not a file; a tensor file is {', '.join(TENSOR_SUFFIXES)}")
         return _cached(("file", *_stamp(path)), lambda: _tensor_file(path))
+    if spec.source == "hf":
+        return _hf_examples(path, spec.image_size, spec.mean, spec.std)
     return _image_examples(path, spec.image_size, spec.mean, spec.std)
 
 
 def _digest(path: Path) -> str:
-    """sha256 of a file's bytes; of a folder, of its listing (each image's relative path and size)."""
+    """sha256 of a file's bytes; of a folder, of its listing (each image's, or a `datasets` folder's .arrow and
+    .json files', relative path and size)."""
+    suffixes = (".arrow", ".json") if _is_hf(path) else IMAGE_SUFFIXES
+
     def make() -> str:
         h = hashlib.sha256()
         if path.is_dir():
-            for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()):
+            for p in sorted(q for q in path.rglob("*") if q.suffix.lower() in suffixes and q.is_file()):
                 h.update(f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}\n".encode())
         else:
             with open(path, "rb") as f:
@@ -648,6 +662,19 @@ def _decode_image(raw: bytes, name: str, size: int | None) -> np.ndarray:
         raise BadInputError(f"{name}: not a readable image ({_one_line(err)}); remove it or fix it") from err
 
 
+def _image_batch(arrays: list[np.ndarray], mean: tuple | None, std: tuple | None, where: object) -> torch.Tensor:
+    """Decoded (H, W, 3) uint8 images as float32 (N, 3, H, W) in [0, 1], then (x - mean) / std per channel."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        seen = sorted(f"{h}x{w}" for h, w, _ in shapes)
+        raise BadInputError(f"{where}: images differ in size ({', '.join(seen[:3])}); set image_size "
+                            "(--image-size N) to resize them")
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    if mean is not None:
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return x.contiguous()
+
+
 def _image_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | None) -> Examples:
     """The images of a folder or archive in ImageFolder layout, labelled by sorted class name; `take` decodes
     only the images asked for, to RGB float32 (N, 3, H, W) in [0, 1], then (x - mean) / std per channel."""
@@ -668,18 +695,69 @@ def _image_examples(path: Path, size: int | None, mean: tuple | None, std: tuple
                     member = picked[i][1]
                     raw = tar.extractfile(member).read()
                     arrays[i] = _decode_image(raw, f"{path}:{member.name}", size)
-        shapes = {a.shape for a in arrays.values()}
-        if len(shapes) > 1:
-            seen = sorted(f"{h}x{w}" for h, w, _ in shapes)
-            raise BadInputError(f"{path}: images differ in size ({', '.join(seen[:3])}); set image_size "
-                                "(--image-size N) to resize them")
-        x = torch.from_numpy(np.stack([arrays[i] for i in range(len(picked))])).permute(0, 3, 1, 2)
-        x = x.to(torch.float32).div_(255.0)
-        if mean is not None:
-            x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-        return x.contiguous(), torch.tensor([label for label, _ in picked], dtype=torch.int64)
+        x = _image_batch([arrays[i] for i in range(len(picked))], mean, std, path)
+        return x, torch.tensor([label for label, _ in picked], dtype=torch.int64)
 
     return Examples(path.name, len(index), take, {"image_root": root, "classes": len(classes)})
+
+
+# Hugging Face datasets folders
+
+
+def _is_hf(path: Path) -> bool:
+    """A folder `datasets`' `save_to_disk` wrote: a Dataset (dataset_info.json, state.json) or a DatasetDict
+    (dataset_dict.json)."""
+    return path.is_dir() and any((path / marker).is_file() for marker in HF_MARKERS)
+
+
+def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | None) -> Examples:
+    """The rows of a `save_to_disk` folder (of a DatasetDict: its split named test, val, ..., or its only one):
+    inputs from the first column named as in HF_INPUTS (an image column is decoded as the image source does,
+    resized and normalised alike), labels from the first named as in HF_LABELS."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise BadInputError(f"{path}: a Hugging Face datasets folder needs the datasets package; pip install "
+                            f"'resetassay[datasets]' ({_one_line(err)})", flag="--data") from err
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise BadInputError(f"{path}: datasets cannot load it ({_one_line(err)})", flag="--data") from err
+    where = str(path)
+    if isinstance(loaded, datasets.DatasetDict):
+        names = list(loaded)
+        split = next((n for held in HELD_OUT_NAMES for n in names if n.lower() == held), None)
+        split = split or (names[0] if len(names) == 1 else None)
+        if split is None:
+            raise BadInputError(f"{path}: splits {', '.join(names)}, none named {', '.join(HELD_OUT_NAMES)}; save "
+                                "the split to assay on by itself", flag="--data")
+        loaded, where = loaded[split], f"{path} (split {split})"
+    columns = loaded.column_names
+    x_col = next((c for c in HF_INPUTS if c in columns), None)
+    y_col = next((c for c in HF_LABELS if c in columns), None)
+    if x_col is None or y_col is None:
+        missing = f"input column ({', '.join(HF_INPUTS)})" if x_col is None else \
+            f"label column ({', '.join(HF_LABELS)})"
+        raise BadInputError(f"{where}: no {missing}; its columns are {', '.join(columns)}", flag="--data")
+    if len(loaded) == 0:
+        raise BadInputError(f"{where}: no examples", flag="--data")
+    image = isinstance(loaded.features[x_col], datasets.Image)
+    if image:
+        loaded = loaded.cast_column(x_col, datasets.Image(decode=False))  # raw bytes, decoded as the image source does
+    elif size is not None or mean is not None:
+        raise BadInputError(f"{where}: --image-size and --normalize apply to an image column; {x_col} is not one",
+                            flag="--image-size" if size is not None else "--normalize")
+
+    def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = loaded.select(idx.tolist())
+        if image:
+            x = _image_batch([_decode_image(item["bytes"] or Path(item["path"]).read_bytes(), f"{where} row {i}", size)
+                              for i, item in zip(idx.tolist(), rows[x_col], strict=True)], mean, std, where)
+        else:
+            x = rows.with_format("numpy")[x_col]
+        return _checked(x, rows.with_format("numpy")[y_col], where)
+
+    return Examples(path.name, len(loaded), take, {"columns": f"{x_col}, {y_col}"})
 
 
 # factories

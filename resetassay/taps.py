@@ -70,8 +70,16 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
 IDENTITY_IN_EVAL = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-POOL_FUNCTIONS = frozenset({F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_max_pool2d})
-ADDS = frozenset({operator.add, operator.iadd, torch.add})
+aten = torch.ops.aten
+# the export route's graph holds aten ops: each activation op is named as fx names its torch function (relu_ -> relu)
+ATEN_ACTIVATIONS = frozenset(getattr(aten, name).default for name in (
+    "relu", "relu_", "relu6", "relu6_", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu",
+    "celu_", "gelu", "gelu_", "silu", "silu_", "mish", "mish_", "hardswish", "hardswish_", "softplus", "prelu",
+    "tanh", "tanh_", "sigmoid", "sigmoid_") if hasattr(aten, name))
+POOL_FUNCTIONS = frozenset({F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.adaptive_max_pool2d,
+                            aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.max_pool2d.default})
+ADDS = frozenset({operator.add, operator.iadd, torch.add, aten.add.Tensor, aten.add_.Tensor})
+FLATTENS = frozenset({torch.flatten, aten.flatten.using_ints})
 
 
 class UnitTap(nn.Identity):
@@ -127,12 +135,15 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     sharing its parameters, checked to give the model's outputs on `example (B, ...)` when one
     is given: its graph traced by torch.fx, or, where fx fails, exported by torch.export on
     `example` (warning why, in one line); where both fail, a copy of `model` sharing its
-    parameters with its activation modules tapped by forward hooks, the warning saying why.
-    `routes` names the routes to try, in this order (tests force one). Raises BadInputError when
-    no unit layer is found.
+    parameters with its activation modules tapped by forward hooks, the warning saying both whys.
+    `routes`: which of "fx", "export", "hooks" may be taken (always tried in that order; tests
+    force one); with no route left, BadInputError says why each failed. Raises BadInputError
+    when no unit layer is found.
     """
     if hasattr(model, "unit_layer_specs"):
         return model
+    if unknown := set(routes) - set(ROUTES):
+        raise ValueError(f"unknown discovery routes {sorted(unknown)}; expected some of {ROUTES}")
     name, failures = type(model).__name__, []
     for route in ("fx", "export"):
         if route not in routes or (route == "export" and example is None):
@@ -153,7 +164,7 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
                           "batch instead", stacklevel=2)
         _require_units(tapped, f"no hidden activation module or function call is in its {route} graph")
         return tapped
-    why = "; ".join(failures) or "not traced"
+    why = "; ".join(failures) or "no route tried"
     if "hooks" not in routes:
         raise BadInputError(f"{name}: {why}")
     return _by_hooks(model, example, f"{name}: {why}")
@@ -189,64 +200,63 @@ def _require_units(model: nn.Module, seen: str) -> None:
 
 # --- the export route: torch.export's graph, read back as a module-level graph -------------------
 
-# aten ops of functional activations and adds, as the torch functions the fx route knows (names, residuals)
-ATEN_AS_TORCH = {
-    torch.ops.aten.relu.default: torch.relu, torch.ops.aten.relu_.default: torch.relu_,
-    torch.ops.aten.gelu.default: F.gelu, torch.ops.aten.silu.default: F.silu, torch.ops.aten.silu_.default: F.silu,
-    torch.ops.aten.tanh.default: torch.tanh, torch.ops.aten.sigmoid.default: torch.sigmoid,
-    torch.ops.aten.leaky_relu.default: F.leaky_relu, torch.ops.aten.add.Tensor: operator.add,
-    torch.ops.aten.add_.Tensor: operator.iadd, torch.ops.aten.flatten.using_ints: torch.flatten,
-}
-
-
 def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
     """The graph torch.export (non-strict, batch size dynamic) records of `model` on `example`, rewritten at the
-    fx route's level: the aten ops of each call of a leaf module (`_Tracer.is_leaf_module`: torch.nn layers and
-    activations) become one `call_module` node, functional activations and adds their torch functions; the
-    rest (shape arithmetic, views) is kept as exported. Shape-dependent branches (`if x.dim() == 2:`) are
-    specialised to the example's shapes."""
+    fx route's level (SPEC S1): the aten ops of each call of a leaf module (the outermost module on a node's module
+    stack that `_Tracer.is_leaf_module` calls a leaf: torch.nn layers and activations) become one `call_module`
+    node; the rest (functional activations, adds, views) is kept as exported, the helpers below reading its aten
+    ops as fx's torch functions. Shape-dependent branches (`if x.dim() == 2:`) are specialised to the example's
+    shapes; the batch size is left dynamic (the example is doubled if it holds one row: export fixes sizes 1)."""
     from torch.export import Dim
 
-    exported = torch.export.export(model, (example,), strict=False, dynamic_shapes=({0: Dim.AUTO},)).module()
+    example = example if len(example) > 1 else torch.cat([example, example])
+    dynamic = ({0: Dim.AUTO},) if hasattr(Dim, "AUTO") else None  # older torch: static; the check then fails
+    exported = torch.export.export(model, (example,), strict=False, dynamic_shapes=dynamic).module()
     modules = dict(model.named_modules())
     leaf = _Tracer()
-    graph, env = fx.Graph(), {}
-    nodes = [n for n in exported.graph.nodes if not (n.op == "call_module" and n.target == "_guards_fn")]
-    groups: list[tuple[str | None, list[fx.Node]]] = []
-    for node in nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        key, (path, _) = list(stack.items())[-1] if stack else (None, (None, None))
-        owner = modules.get(path) if path is not None else None
-        call = key if owner is not None and path and leaf.is_leaf_module(owner, path) else None
+    groups: list[tuple[tuple[str, ...] | None, str, list[fx.Node]]] = []  # (call, module path, nodes)
+    for node in exported.graph.nodes:
+        if node.op == "call_module" and node.target == "_guards_fn":
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).items())
+        depth, path = next(((i, p) for i, (_, (p, _)) in enumerate(stack) if p and p in modules
+                            and leaf.is_leaf_module(modules[p], p)), (None, ""))
+        call = tuple(key for key, _ in stack[:depth + 1]) if depth is not None else None  # keys carry @k
         if call is not None and groups and groups[-1][0] == call:
-            groups[-1][1].append(node)
+            groups[-1][2].append(node)
+        elif call is not None and any(g[0] == call for g in groups):
+            raise _Untappable(f"the ops of a call of module {path} are not contiguous in the exported graph")
         else:
-            groups.append((call, [node]))
-    for call, members in groups:
+            groups.append((call, path, [node]))
+    graph, env = fx.Graph(), {}
+    for call, path, members in groups:
         if call is None:
             for node in members:
                 env[node] = graph.node_copy(node, lambda n: env[n])
-                if node.op == "call_function" and node.target in ATEN_AS_TORCH:
-                    env[node].target = ATEN_AS_TORCH[node.target]
             continue
         inside = set(members)
-        inputs = list(dict.fromkeys(a for n in members for a in n.all_input_nodes
-                                    if a not in inside and a.op != "get_attr"))
+        inputs = list(dict.fromkeys(a for n in members for a in n.all_input_nodes if a not in inside
+                                    and a.op != "get_attr" and not _is_symbolic(a)))
         outputs = [n for n in members if any(u not in inside for u in n.users)]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise _Untappable(f"module {members[0].meta['nn_module_stack'][call][0]} takes {len(inputs)} inputs "
-                              f"and gives {len(outputs)} outputs in the exported graph")
-        env[outputs[0]] = graph.call_module(members[0].meta["nn_module_stack"][call][0], (env[inputs[0]],))
+            raise _Untappable(f"module {path} takes {len(inputs)} tensors and gives {len(outputs)} in the "
+                              "exported graph (one each is read back)")
+        env[outputs[0]] = graph.call_module(path, (env[inputs[0]],))
         env[outputs[0]].meta["nn_module_stack"] = dict(members[0].meta["nn_module_stack"])
     output = next(n for n in graph.nodes if n.op == "output")
     values = output.args[0]
     if not (isinstance(values, tuple | list) and len(values) == 1):
         raise _Untappable("the exported graph returns more than one tensor (pick the logits with --output)")
     output.args = (values[0],)  # export returns a flat tuple; the model returns the tensor itself
-    for node in reversed(graph.nodes):  # parameters only the collapsed calls read
-        if node.op == "get_attr" and not node.users:
+    for node in reversed(graph.nodes):  # parameters and sizes only the collapsed calls read
+        if (node.op == "get_attr" or _is_symbolic(node)) and not node.users:
             graph.erase_node(node)
     return graph
+
+
+def _is_symbolic(node: fx.Node) -> bool:
+    """Whether an exported node is a size (`sym_size`), not a tensor: a module recomputes the sizes it reads."""
+    return isinstance(node.meta.get("val"), torch.SymInt | torch.SymFloat | torch.SymBool | int | float | bool)
 
 
 # --- the hook route: models fx cannot trace -------------------------------------------------
@@ -425,9 +435,9 @@ def _tap_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
 
 
 def _function_label(node: fx.Node) -> str | None:
-    """`relu` for F.relu / torch.relu_ / x.relu(), ...; None for anything else."""
-    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
-        return node.target.__name__.rstrip("_")
+    """`relu` for F.relu / torch.relu_ / x.relu() / aten.relu_, ...; None for anything else."""
+    if node.op == "call_function" and (node.target in ACTIVATION_FUNCTIONS or node.target in ATEN_ACTIVATIONS):
+        return _function_name(node.target).rstrip("_")
     if node.op == "call_method" and node.target in ACTIVATION_METHODS:
         return str(node.target).rstrip("_")
     return None
@@ -548,7 +558,13 @@ def _describe(gm: fx.GraphModule, node: object) -> str:
         return "the model input"
     if node.op == "output":
         return "the model output"
-    return getattr(node.target, "__name__", str(node.target))
+    return _function_name(node.target)
+
+
+def _function_name(target: object) -> str:
+    """`relu_` for torch.relu_ and aten.relu_.default (export's ops are named by their packet), ..."""
+    packet = getattr(target, "overloadpacket", None)
+    return str(getattr(packet or target, "__name__", target))
 
 
 def _skip_identities(gm: fx.GraphModule, node: object) -> object:
@@ -592,20 +608,25 @@ def _keeps_units(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
         return module.start_dim == 1 and module.end_dim == -1
     if node.op == "call_function" and node.target in POOL_FUNCTIONS:
         return True
-    if (node.op == "call_function" and node.target is torch.flatten) or (
+    if (node.op == "call_function" and node.target in FLATTENS) or (
             node.op == "call_method" and node.target == "flatten"):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         return start == 1 and end == -1
     if node.op == "call_method" and node.target in ("view", "reshape"):
         return len(node.args) == 3 and _is_batch_size(node.args[1]) and node.args[2] == -1
+    if node.op == "call_function" and node.target in (aten.view.default, aten.reshape.default):  # export: (x, [B, -1])
+        shape = node.args[1] if len(node.args) == 2 else ()
+        return len(shape) == 2 and _is_batch_size(shape[0]) and shape[1] == -1
     return False
 
 
 def _is_batch_size(node: object) -> bool:
-    """`x.size(0)` or `x.shape[0]` in the graph."""
+    """`x.size(0)` or `x.shape[0]` in the graph (export: `aten.sym_size.int(x, 0)`)."""
     if not isinstance(node, fx.Node):
         return False
+    if node.op == "call_function" and node.target == aten.sym_size.int:
+        return node.args[1:] == (0,)
     if node.op == "call_method" and node.target == "size":
         return node.args[1:] == (0,) or node.kwargs.get("dim") == 0
     return (node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -543,3 +544,14 @@ def test_cifar10_archive_of_jpegs():
     assert int(got.calib_y.min()) >= 0 and int(got.probe_y.max()) <= 9 and len(set(got.calib_y.tolist())) > 3
     assert got.provenance["image_root"] == "CIFAR-10-images/test" and got.provenance["available"] == 10000
     assert abs(float(got.calib_x.mean())) < 0.5
+
+
+def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(tmp_path, monkeypatch):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "state.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(BadInputError, match=r"pip install 'resetassay\[datasets\]'") as caught:
+        data_spec(str(folder))
+    assert caught.value.flag == "--data" and "\n" not in str(caught.value)
