@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from resetassay.checkpoint import Checkpoint, load_checkpoint
-from resetassay.data import AssayData, DataSpec, assay_data, example_inputs
+from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
@@ -240,11 +240,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) from a tuple of tensors or an iterable of (x, y) batches (a DataLoader)."""
+    """(x, y) from a tuple of tensors or an iterable of batches (a DataLoader): `(x, y)` tuples or dicts such as
+    `{"pixel_values": x, "labels": y}` (`data.pair`)."""
     if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         return data[0], data[1]
-    xs, ys = zip(*[(b[0], b[1]) for b in data], strict=True)
-    return torch.cat(xs), torch.cat(ys)
+    xs, ys = zip(*[pair(b, "the calibration or probe data") for b in data], strict=True)
+    return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
 
 
 def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source: str = "the unit state") -> None:

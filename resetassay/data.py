@@ -786,6 +786,23 @@ def _call_factory(name: str, kwargs: dict) -> Examples:
     return _factory_result(made, name)
 
 
+def pair(item: object, where: str) -> tuple[object, object]:
+    """(inputs, labels) of one item or batch: an `(x, y)` tuple or list, or a dict holding them under the names a
+    Hugging Face batch uses (`pixel_values`/`input_ids`/..., `labels`/...: HF_INPUTS, HF_LABELS)."""
+    if isinstance(item, tuple | list) and len(item) >= 2:
+        return item[0], item[1]
+    if isinstance(item, dict):
+        x = next((item[k] for k in HF_INPUTS if k in item), None)
+        y = next((item[k] for k in HF_LABELS if k in item), None)
+        if x is not None and y is not None:
+            return x, y
+        keys = ", ".join(map(str, item))
+        raise BadInputError(f"{where}: a batch dict needs inputs ({', '.join(HF_INPUTS)}) and labels "
+                            f"({', '.join(HF_LABELS)}); it has {keys}")
+    raise BadInputError(f"{where}: items must be (x, y) pairs or dicts of inputs and labels, got "
+                        f"{type(item).__name__}")
+
+
 def _factory_result(made: object, name: str) -> Examples:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
@@ -797,10 +814,10 @@ def _factory_result(made: object, name: str) -> Examples:
         dataset = made
 
         def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            items = [dataset[i] for i in idx.tolist()]
+            items = [pair(dataset[i], what) for i in idx.tolist()]
             try:
-                xs = torch.stack([torch.as_tensor(item[0]) for item in items])
-                ys = torch.as_tensor([int(item[1]) for item in items])
+                xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+                ys = torch.as_tensor([int(y) for _, y in items])
             except Exception as err:
                 raise BadInputError(f"{what}: its Dataset items must be (x, y) pairs of a tensor and an integer "
                                     f"label ({_one_line(err)})", flag="--data") from err
@@ -814,7 +831,7 @@ def _factory_result(made: object, name: str) -> Examples:
         raise BadInputError(f"{what}: its DataLoader shuffles; make it with shuffle=False (resetassay draws the "
                             "seeded split itself)", flag="--data")
     try:
-        batches = [(b[0], b[1]) for b in iter(made)]  # type: ignore[call-overload]
+        batches = [pair(b, what) for b in iter(made)]  # type: ignore[call-overload]
         if not batches:
             raise ValueError("no batches")
         x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]).reshape(-1)

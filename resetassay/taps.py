@@ -1,8 +1,10 @@
-"""Unit layers of models we did not write, found by tracing them with torch.fx (SPEC S1, S3).
+"""Unit layers of models we did not write, found by tracing them: torch.fx, else torch.export, else
+forward hooks (SPEC S1, S3).
 
-`tap_unit_layers(model, example)` returns a `TappedModel`: the model's fx graph as a GraphModule
-that shares every parameter and buffer of the model, under the same state-dict keys, with a
-`UnitTap` (an `nn.Identity`) after every activation call site that has no module of its own.
+`tap_unit_layers(model, example)` returns a `TappedModel`: the model's graph (fx's, or export's
+read back at fx's level) as a GraphModule that shares every parameter and buffer of the model,
+under the same state-dict keys, with a `UnitTap` (an `nn.Identity`) after every activation call
+site that has no module of its own.
 Forward hooks (reference.py, utilities.py through captum, lesion.py) then see each call site
 exactly once per forward, and `TappedModel.unit_layer_specs()` declares the unit layers as the
 zoo models do, so `units.unit_layers` works unchanged.
@@ -30,15 +32,20 @@ routes, tried in turn, each checked to reproduce the model's outputs on `example
 1. **fx**: `torch.fx` symbolic tracing, leaves being torch.nn layers and activation modules.
 2. **export**: where fx fails (shape-dependent control flow such as `if x.dim() == 2:`),
    `torch.export` (non-strict, batch size dynamic) records the model on `example`, specialising
-   such branches; its aten graph is read back at fx's level (each call of a leaf module one
-   `call_module` node, by the module stack export records; functional activations and adds as
-   their torch functions), so names, producers and consumers follow the same rules.
+   such branches; its aten graph is read back at fx's level: the ops of each call of a leaf
+   module (the outermost one on the module stack export records per op) become one
+   `call_module` node, and the aten ops left (`aten.relu_`, `aten.add_`, `aten.flatten`,
+   `aten.view(x, [B, -1])`, pools) are read as the torch functions fx records, so names,
+   producers and consumers follow the same rules. A leaf call reading two tensors (attention
+   called as `mha(q, k, v)`) cannot be read back: the route then fails.
 3. **hooks**: where both fail (data-dependent control flow), a dry run on `example` counts the
    calls of every activation module; a module called once keeps its path, a module called n > 1
    times gets n taps named as above (`layer1.0.relu@0` ...), its k-th call in a forward going
    through tap k. Functional activations are not seen there, and producer and consumer are
    unknown.
-A one-line warning says why a route was left. `discovery_route(model)` says which route found the
+A one-line warning says why a route was left (`routes=` forces some, for tests). The fast lesion
+engine splits an export route's graph as it splits fx's; a hook-tapped model sends it to its
+expanded-input path. `discovery_route(model)` says which route found the
 unit layers: "declared" (the zoo), "fx", "export", "hooks", or "modules" (no example to count calls
 on: the activation modules, a module called twice refused by `units.unit_layers`). A model in which
 no unit layer is found is refused (BadInputError) rather than assayed with none.
@@ -239,8 +246,8 @@ def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
                                     and a.op != "get_attr" and not _is_symbolic(a)))
         outputs = [n for n in members if any(u not in inside for u in n.users)]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise _Untappable(f"module {path} takes {len(inputs)} tensors and gives {len(outputs)} in the "
-                              "exported graph (one each is read back)")
+            raise _Untappable(f"a call of module {path} reads {len(inputs)} tensor(s) and gives {len(outputs)} "
+                              "in the exported graph (one each can be read back)")
         env[outputs[0]] = graph.call_module(path, (env[inputs[0]],))
         env[outputs[0]].meta["nn_module_stack"] = dict(members[0].meta["nn_module_stack"])
     output = next(n for n in graph.nodes if n.op == "output")

@@ -460,6 +460,21 @@ def loader(shuffle=False):
 
 def nothing():
     return 3
+
+class DictItems(Dataset):
+    def __len__(self):
+        return 30
+    def __getitem__(self, i):
+        return {"pixel_values": X[i], "labels": int(Y[i])}
+
+def dict_dataset():
+    return DictItems()
+
+def dict_loader():
+    return DataLoader(DictItems(), batch_size=7)
+
+def bad_dicts():
+    return DataLoader([{"img_embed": X[i], "cls": Y[i]} for i in range(30)], batch_size=7)
 '''
 
 
@@ -475,7 +490,7 @@ def factory_module(tmp_path, monkeypatch):
     sys.modules.pop(name, None)
 
 
-@pytest.mark.parametrize("kind", ["tensors", "dataset", "loader"])
+@pytest.mark.parametrize("kind", ["tensors", "dataset", "loader", "dict_dataset", "dict_loader"])
 def test_a_factory_returning_tensors_a_dataset_or_a_loader(factory_module, kind):
     name = f"{factory_module.__name__}:{kind}"
     spec = data_spec(name)
@@ -555,3 +570,28 @@ def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(t
     with pytest.raises(BadInputError, match=r"pip install 'resetassay\[datasets\]'") as caught:
         data_spec(str(folder))
     assert caught.value.flag == "--data" and "\n" not in str(caught.value)
+
+
+def test_dict_batches_without_known_keys_are_a_one_line_error(factory_module):
+    with pytest.raises(BadInputError, match=r"a batch dict needs inputs \(pixel_values.*it has img_embed, cls$"):
+        data_spec(f"{factory_module.__name__}:bad_dicts")
+
+
+def test_assay_model_reads_dict_batches_as_tuples():
+    """A DataLoader of {"pixel_values", "labels"} dicts and one of (x, y) tuples give the same UnitTable."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from resetassay.assay import AssayConfig, assay_model
+    from resetassay.models import create_model
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 16, generator=g), torch.randint(0, 3, (40,), generator=g)
+    model = create_model("mlp", in_features=16, widths=(6,), n_classes=3)
+    config = AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"], joint=False)
+    tuples = [DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=8) for a, b in ((0, 20), (20, 40))]
+    dicts = [[{"pixel_values": xb, "labels": yb} for xb, yb in loader] for loader in tuples]
+    want = assay_model(model, *tuples, config=config).units
+    got = assay_model(model, *dicts, config=config).units
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(got, want)
