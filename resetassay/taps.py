@@ -54,10 +54,14 @@ no unit layer is found is refused (BadInputError) rather than assayed with none.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
+import logging
 import operator
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +222,8 @@ def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
 
     example = example if len(example) > 1 else torch.cat([example, example])
     dynamic = ({0: Dim.AUTO},) if hasattr(Dim, "AUTO") else None  # older torch: static; the check then fails
-    exported = torch.export.export(model, (example,), strict=False, dynamic_shapes=dynamic).module()
+    with _torch_quiet():
+        exported = torch.export.export(model, (example,), strict=False, dynamic_shapes=dynamic).module()
     modules = dict(model.named_modules())
     leaf = _Tracer()
     groups: list[tuple[tuple[str, ...] | None, str, list[fx.Node]]] = []  # (call, module path, nodes)
@@ -259,6 +264,20 @@ def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
         if (node.op == "get_attr" or _is_symbolic(node)) and not node.users:
             graph.erase_node(node)
     return graph
+
+
+@contextmanager
+def _torch_quiet() -> Iterator[None]:
+    """Meanwhile torch logs nothing below CRITICAL and prints nothing to stderr (a failed export prints the graph
+    it traced so far): why the route failed is said in our one-line warning."""
+    log = logging.getLogger("torch")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _is_symbolic(node: fx.Node) -> bool:
