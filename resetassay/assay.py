@@ -191,13 +191,13 @@ class AssayResult:
         """The tables a run directory holds, by name (names.TABLES)."""
         return {name: getattr(self, name) for name in TABLES}
 
-    def save(self, out: str | Path) -> Path:
-        """Write the tables, run.json and failures.csv (if any failed) into `out`, then render report.md,
-        report.html and figures; returns the path of report.md."""
+    def save(self, out: str | Path, table_format: str = "csv") -> Path:
+        """Write the tables (as csv, or parquet: `table_format`), run.json and failures.csv (if any failed) into
+        `out`, then render report.md, report.html and figures; returns the path of report.md."""
         from resetassay.report import render  # matplotlib and seaborn load only when a report is drawn
 
         info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
-        write_run(out, self.tables(), info)
+        write_run(out, self.tables(), info, table_format)
         write_failures(out, self.failures)
         start = time.perf_counter()
         report = render(out)

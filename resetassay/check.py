@@ -44,7 +44,7 @@ import pandas as pd
 
 from resetassay.errors import BadInputError
 from resetassay.names import ALL, RANDOM
-from resetassay.rundir import atomic_write, read_run, read_run_info, run_q
+from resetassay.rundir import atomic_write, read_run, read_run_info, run_q, table_path
 from resetassay.summary import STATS, aggregate, checkpoint_stats
 
 FORMAT = "resetassay.baseline/2"
@@ -91,12 +91,12 @@ def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
     """
     run_dir = Path(run_dir)
     tables = read_run(run_dir, ("summary", "checkpoints"))
-    summary, path = tables["summary"], run_dir / "summary.csv"
+    summary, path = tables["summary"], table_path(run_dir, "summary")
     if summary.empty:
         raise BadInputError(f"{path}: no rows (only a header); rerun the assay")
     missing = [c for c in SUMMARY_NEEDS if c not in summary]
     if missing:
-        raise BadInputError(f"{path}: no column {', '.join(missing)}; is it the summary.csv of a `resetassay run`?")
+        raise BadInputError(f"{path}: no column {', '.join(missing)}; is it the summary table of a `resetassay run`?")
     if not (summary["scope"] == ALL).any():
         raise BadInputError(f"{path}: no pooled rows (scope {ALL}); rerun the assay")
     info = read_run_info(run_dir)
@@ -170,8 +170,8 @@ def _baseline_row(r: pd.Series, run_dir: Path) -> dict | None:
     for stat in GATED:
         value, _, count, note = _run_stat(r, stat)
         if math.isinf(value):
-            raise BadInputError(f"{run_dir / 'summary.csv'}: {r['family']} {r['utility']} {r['metric']} {stat} is "
-                                f"{value}; rerun the assay")
+            raise BadInputError(f"{table_path(run_dir, 'summary')}: {r['family']} {r['utility']} {r['metric']} "
+                                f"{stat} is {value}; rerun the assay")
         row[stat] = None if math.isnan(value) else value
         if 0 < count < n:
             row[f"{stat}_n"] = count
@@ -447,9 +447,12 @@ def _shared_families(means: pd.DataFrame, baseline: dict, summary: Path, baselin
 
 
 def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float = 0.02, rel_tolerance: float = 0.10,
-              junit: str | Path | None = None) -> tuple[list[Comparison], list[str]]:
-    """Compare a run directory with a baseline file; optionally write JUnit XML. Refuses a run at another q, or
-    of none of the baseline's families; flags and `junit` are checked before anything is read.
+              junit: str | Path | None = None, markdown: str | Path | None = None,
+              show_all: bool = False) -> tuple[list[Comparison], list[str]]:
+    """Compare a run directory with a baseline file; optionally write JUnit XML (`junit`) and a markdown document
+    for a pull-request comment (`markdown`; `show_all` also lists the comparisons that did not move). Refuses a
+    run at another q, or of none of the baseline's families; flags and output paths are checked before anything
+    is read.
 
     Returns the comparisons and notes (not failures): config differences from the baseline's run, and families
     with fewer checkpoints than in the baseline.
@@ -458,53 +461,122 @@ def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float =
     _flag_number(rel_tolerance, "--rel-tolerance")
     if junit is not None:
         output_path(junit, "--junit", "check.xml")
+    if markdown is not None:
+        output_path(markdown, "--markdown", "check.md")
     baseline = read_baseline(baseline_path)
     means, q, info = family_means(run_dir)
-    summary = Path(run_dir) / "summary.csv"
+    summary = table_path(run_dir, "summary")
     if not math.isclose(q, baseline["q"]):
         raise BadInputError(f"{summary}: q = {q:g}, but {baseline_path} was written at "
                             f"q = {baseline['q']:g}; rerun with --q {baseline['q']:g} or write a new baseline")
     _shared_families(means, baseline, summary, baseline_path)
     comparisons = compare(means, baseline, tolerance, rel_tolerance)
-    if junit is not None:
-        _write(Path(junit), junit_xml(comparisons), "--junit", "check.xml")
     source = baseline.get("source", {})
     differences = config_differences(info.get("config", {}), source.get("config", {}) if isinstance(
         source, dict) else {})
-    return comparisons, differences + fewer_checkpoints(means, baseline)
+    notes = differences + fewer_checkpoints(means, baseline)
+    if junit is not None:
+        _write(Path(junit), junit_xml(comparisons), "--junit", "check.xml")
+    if markdown is not None:
+        _write(Path(markdown), markdown_report(comparisons, notes, show_all), "--markdown", "check.md")
+    return comparisons, notes
 
 
 def _fmt(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.4g}"
 
 
+def moved(c: Comparison) -> bool:
+    """Whether a baseline comparison's value differs from the baseline by more than NOISE (relative)."""
+    if math.isnan(c.value) and math.isnan(c.reference):
+        return False
+    return c.kind == "baseline" and not math.isclose(c.value, c.reference, rel_tol=NOISE, abs_tol=1e-12)
+
+
+def listed(comparisons: list[Comparison], show_all: bool = False) -> list[Comparison]:
+    """The comparisons a diff shows, in its order: failures, then passes that moved, then (`show_all`) the rest."""
+    return ([c for c in comparisons if not c.passed] + [c for c in comparisons if c.passed and moved(c)]
+            + ([c for c in comparisons if c.passed and not moved(c)] if show_all else []))
+
+
+def verdict(comparisons: list[Comparison]) -> str:
+    """The counts line of a diff: comparisons, passed (moved within tolerance), failed."""
+    failed = sum(not c.passed for c in comparisons)
+    shifted = sum(c.passed and moved(c) for c in comparisons)
+    return (f"{len(comparisons)} comparisons: {len(comparisons) - failed} passed "
+            f"({shifted} moved by more than {NOISE:.0e} within tolerance), {failed} failed")
+
+
+def cells(c: Comparison) -> dict[str, str]:
+    """One comparison as the text cells every diff format shows (the plain table, JUnit, markdown): `change` is
+    the signed move from the baseline, `moved` the same with its relative size where the baseline is not 0."""
+    delta = c.value - c.reference if c.kind == "baseline" else math.nan
+    change = "" if math.isnan(delta) else f"{delta:+.3g}"
+    relative = f" ({100 * delta / abs(c.reference):+.2g}%)" if change and c.reference else ""
+    return {"status": "FAIL" if not c.passed else "ok", "family": str(c.family), "utility": str(c.utility),
+            "metric": str(c.metric), "stat": c.stat + (" floor" if c.kind == "floor" else ""),
+            "baseline": _fmt(c.reference), "run": _fmt(c.value), "change": change, "moved": change + relative,
+            "limit": _fmt(c.limit), "rule": c.rule, "why": c.reason or c.rule}
+
+
 def diff_table(comparisons: list[Comparison], show_all: bool = False) -> str:
     """Plain-text table: failures first (with why), then passes whose value moved by more than NOISE (relative);
     the others only with `show_all`."""
-    def changed(c: Comparison) -> bool:
-        if math.isnan(c.value) and math.isnan(c.reference):
-            return False
-        return c.kind == "baseline" and not math.isclose(c.value, c.reference, rel_tol=NOISE, abs_tol=1e-12)
-
-    shown = ([c for c in comparisons if not c.passed] + [c for c in comparisons if c.passed and changed(c)]
-             + ([c for c in comparisons if c.passed and not changed(c)] if show_all else []))
     header = ("status", "family", "utility", "metric", "stat", "baseline", "run", "change", "limit", "rule / why")
-    rows = [header]
-    for c in shown:
-        delta = c.value - c.reference if c.kind == "baseline" and not math.isnan(c.value) else math.nan
-        rows.append(("FAIL" if not c.passed else "ok", c.family, c.utility, c.metric, c.stat + (" floor" if
-                     c.kind == "floor" else ""), _fmt(c.reference), _fmt(c.value),
-                     "" if math.isnan(delta) else f"{delta:+.3g}", _fmt(c.limit), c.reason or c.rule))
-    failed = sum(not c.passed for c in comparisons)
-    moved = sum(c.passed and changed(c) for c in comparisons)
-    footer = (f"{len(comparisons)} comparisons: {len(comparisons) - failed} passed "
-              f"({moved} moved by more than {NOISE:.0e} within tolerance), {failed} failed")
+    keys = ("status", "family", "utility", "metric", "stat", "baseline", "run", "change", "limit", "why")
+    rows = [header] + [tuple(cells(c)[k] for k in keys) for c in listed(comparisons, show_all)]
+    footer = verdict(comparisons)
     if len(rows) == 1:
         return footer + ("" if show_all else "; no value moved (--all lists them)")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([*lines, footer])
+
+
+def _md(text: str) -> str:
+    """Text for a markdown table cell: pipes escaped, HTML characters as entities, on one line."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return " ".join(text.split())
+
+
+def _md_table(comparisons: list[Comparison], columns: dict[str, str]) -> list[str]:
+    """A markdown table of `comparisons`, one column per key of `columns` (key of `cells` -> header)."""
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for c in comparisons:
+        row = cells(c)
+        lines.append("| " + " | ".join(_md(row[k]) or " " for k in columns) + " |")
+    return lines
+
+
+MD_FAILURES = {"family": "family", "utility": "utility", "metric": "metric", "stat": "stat", "baseline": "baseline",
+               "run": "now", "moved": "moved by", "rule": "tolerance", "limit": "limit", "why": "why"}
+MD_MOVED = {"family": "family", "utility": "utility", "metric": "metric", "stat": "stat", "baseline": "baseline",
+            "run": "now", "moved": "moved by", "rule": "tolerance", "limit": "limit"}
+
+
+def markdown_report(comparisons: list[Comparison], notes: list[str] | None = None, show_all: bool = False) -> str:
+    """The comparison as markdown for a pull-request comment: a one-line verdict with the counts, a table of the
+    failures, the notes, and folded (`<details>`) the passes that moved by more than NOISE (with `show_all` also
+    those that did not)."""
+    failures = [c for c in comparisons if not c.passed]
+    passes = [c for c in listed(comparisons, show_all) if c.passed]
+    shifted = sum(moved(c) for c in passes)
+    mark = "❌ failed" if failures else "✅ passed"
+    lines = [f"**resetassay check {mark}**: {verdict(comparisons)}", ""]
+    if failures:
+        lines += [f"### {len(failures)} failed", "", *_md_table(failures, MD_FAILURES), ""]
+    else:
+        lines += ["No comparison failed.", ""]
+    if notes:
+        lines += ["### Notes", "", *(f"- {_md(note)}" for note in notes), ""]
+    if passes:
+        what = f"{shifted} passed and moved by more than {NOISE:.0e}" + (
+            f", {len(passes) - shifted} did not move" if show_all else "")
+        lines += ["<details>", f"<summary>{what}</summary>", "", *_md_table(passes, MD_MOVED), "", "</details>", ""]
+    else:
+        lines += [f"No passing value moved by more than {NOISE:.0e}.", ""]
+    return "\n".join(lines)
 
 
 def junit_xml(comparisons: list[Comparison]) -> str:
@@ -517,8 +589,8 @@ def junit_xml(comparisons: list[Comparison]) -> str:
         case = ET.SubElement(suite, "testcase", classname=f"resetassay.check.{c.family}",
                              name=f"{c.utility} {c.metric} {c.stat}{' floor' if c.kind == 'floor' else ''}")
         if not c.passed:
+            row = cells(c)
             failure = ET.SubElement(case, "failure", message=f"{c.name}: {c.reason}", type="regression")
-            failure.text = (f"baseline {_fmt(c.reference)}, run {_fmt(c.value)}, limit {_fmt(c.limit)} "
-                            f"({c.rule})")
+            failure.text = f"baseline {row['baseline']}, run {row['run']}, limit {row['limit']} ({c.rule})"
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

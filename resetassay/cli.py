@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from resetassay.errors import BadInputError
 from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what resetting a neuron costs, and which utility predicts it.")
-err = Console(stderr=True)
-out = Console()
+# markup off: a message is printed as written ("pip install 'resetassay[parquet]'" keeps its brackets)
+err = Console(stderr=True, markup=False)
+out = Console(markup=False)
+ERROR, WARNING, NOTE = Text("error:", style="bold red"), Text("warning:", style="yellow"), Text("note:", style="yellow")
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -40,7 +43,7 @@ def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(ERROR, message, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -50,7 +53,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_args: objec
     text = str(message)
     if text not in _shown:
         _shown.add(text)
-        err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        err.print(WARNING, text, highlight=False, soft_wrap=True)
 
 
 _shown: set[str] = set()
@@ -155,6 +158,13 @@ def run(
     data_kwargs: DataKwargs = None,
     task: Task = 0,
     permutation_seed: PermSeed = 0,
+    table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
+                                              "tables; needs resetassay[parquet]).")] = "csv",
+    log: Annotated[str | None, typer.Option(help="After the report, log the config, pooled statistics, report and "
+                                            "figures to mlflow, wandb and/or tensorboard (comma-separated), in a "
+                                            "store under --out (mlflow: $MLFLOW_TRACKING_URI when set; wandb "
+                                            "offline); needs resetassay[mlflow] / [wandb] / [tensorboard].")]
+    = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard the checkpoints finished earlier in --out (a rerun "
                                             "with the same config skips them; another config is refused).")]
@@ -167,8 +177,10 @@ def run(
     from resetassay.lesion.fast import parse_bytes
     from resetassay.run import run_assay
     from resetassay.rundir import RunInterrupted, failure_exit_code
+    from resetassay.tracking import backend_names, log_run
 
     try:
+        trackers = backend_names(log)  # a tracker that is not installed fails before any work
         config = AssayConfig(
             **({"utilities": _split(utilities) or []} if utilities is not None else {}),
             metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
@@ -181,9 +193,9 @@ def run(
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
                                data=_data(data, task, permutation_seed, data_dir, probe_data, image_size,
                                           normalize, data_kwargs), progress=not quiet,
-                               out=out_dir, overwrite=overwrite,
+                               out=out_dir, overwrite=overwrite, table_format=table_format,
                                note=lambda text: err.print(text, highlight=False, soft_wrap=True),
-                               on_failure=lambda text: err.print(f"[bold red]error:[/] {text}", highlight=False,
+                               on_failure=lambda text: err.print(ERROR, text, highlight=False,
                                                                  soft_wrap=True))
     except BadInputError as e:
         _fail(str(e), 2)
@@ -199,7 +211,13 @@ def run(
         for utility, g in pooled.groupby("utility", sort=False):
             table.add_row(utility, f"{g['spearman'].mean():.3f}")
         out.print(table)
-        out.print(f"wrote {out_dir}/ (units.csv, summary.csv, report.md, report.html, figures/)")
+        out.print(f"wrote {out_dir}/ (units.{table_format}, summary.{table_format}, report.md, report.html, "
+                  "figures/)")
+    for tracker in trackers if len(result.units) else []:
+        try:
+            out.print(str(log_run(out_dir, tracker)), highlight=False, soft_wrap=True)
+        except BadInputError as e:
+            _fail(str(e), 2)
     if code:
         err.print(f"{len(result.failures)} of {len(result.provenance['checkpoints'])} checkpoints failed (listed in "
                   f"{Path(out_dir) / FAILURES}); fix them and rerun the same command: finished ones are skipped",
@@ -215,17 +233,29 @@ def report(
     run_dir: RunDir,
     q: Annotated[str | None, typer.Option(help="Shock@q fraction(s) recomputed from units.csv, e.g. 0.1, or a "
                                           "sweep 0.01,0.05,0.1 (default: the run's q).")] = None,
+    log: Annotated[str | None, typer.Option(help="Then log the config, pooled statistics, report and figures to "
+                                            "mlflow, wandb and/or tensorboard (comma-separated), in a store under "
+                                            "RUN_DIR (mlflow: $MLFLOW_TRACKING_URI when set; wandb offline); "
+                                            "needs resetassay[mlflow] / [wandb] / [tensorboard].")] = None,
 ) -> None:
     """Re-render report.md, report.html and figures from a run's tables, without running a model."""
     from resetassay.report import render
     from resetassay.summary import q_values
+    from resetassay.tracking import backend_names, log_run
 
     start = time.perf_counter()
     try:
+        trackers = backend_names(log)  # a tracker that is not installed fails before the report is drawn
         path = render(run_dir, q_values(q) if q is not None else None)
     except BadInputError as e:
         _fail(str(e), 2)
     out.print(f"wrote {path} and {path.with_suffix('.html').name} in {time.perf_counter() - start:.1f} s")
+    for tracker in trackers:
+        try:
+            logged = log_run(run_dir, tracker)
+        except BadInputError as e:
+            _fail(str(e), 2)
+        out.print(str(logged), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -236,17 +266,21 @@ def check(
     rel_tolerance: Annotated[float, typer.Option(help="Largest allowed rise of Shock@q, relative to the baseline "
                                                  "(the gap: relative to the baseline Shock@q).")] = 0.10,
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML, one test case per comparison.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the comparison as markdown for a pull-request "
+                                                  "comment: verdict, failures, notes, what moved (folded).")]
+    = None,
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged comparisons too.")] = False,
 ) -> None:
     """Compare a run with a baseline: exit 0 on pass, 1 on a regression, 2 on bad input."""
     from resetassay.check import check_run, diff_table
 
     try:
-        comparisons, differences = check_run(run_dir, baseline, tolerance, rel_tolerance, junit)
+        comparisons, differences = check_run(run_dir, baseline, tolerance, rel_tolerance, junit, markdown,
+                                             show_all)
     except BadInputError as e:
         _fail(str(e), 2)
     for line in differences:
-        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+        err.print(NOTE, line, highlight=False, soft_wrap=True)
     typer.echo(diff_table(comparisons, show_all))
     raise typer.Exit(0 if all(c.passed for c in comparisons) else 1)
 
@@ -272,7 +306,7 @@ def baseline_command(
     except BadInputError as e:
         _fail(str(e), 2)
     for line in skipped:
-        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+        err.print(NOTE, line, highlight=False, soft_wrap=True)
     out.print(f"wrote {path}: {len(written['rows'])} rows, {len(written['floors'])} floors")
 
 

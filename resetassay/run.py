@@ -27,6 +27,7 @@ from resetassay.rundir import (
     RunParts,
     Tables,
     canonical_hash,
+    check_table_format,
     checkpoint_sha256,
     file_sha256,
     write_failures,
@@ -108,6 +109,7 @@ def run_assay(
     overwrite: bool = False,
     note: Callable[[str], None] | None = None,
     on_failure: Callable[[str], None] | None = None,
+    table_format: str = "csv",
     **overrides: object,
 ) -> AssayResult:
     """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
@@ -126,6 +128,8 @@ def run_assay(
         note: called with one-line notes (finished checkpoints skipped, repeated paths, ...).
         on_failure: called with the one-line error of each checkpoint left out; default: a
             `CheckpointFailure` warning.
+        table_format: "csv" or "parquet" (needs `resetassay[parquet]`): how `out` stores the tables; run.json
+            records it and every reader reads either.
 
     Returns:
         An `AssayResult`: the tables of every finished checkpoint, in the order found; `failures` lists
@@ -149,6 +153,7 @@ def run_assay(
     say = note or (lambda _text: None)
     fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
+    check_table_format(table_format)  # likewise parquet without pyarrow
     if model is not None:
         import_factory(model, model_kwargs or {})  # likewise a --model that does not import or would download
     paths = _distinct_paths([Path(p) for p in paths], say)
@@ -158,7 +163,7 @@ def run_assay(
     store = RunParts(_out_dir(out), identity, overwrite) if out is not None else None
     try:
         return _assay_all(found, config, identity, inputs, paths, model, model_kwargs, data, progress, store,
-                          say, fail)
+                          say, fail, table_format)
     finally:
         if store is not None:
             store.close()
@@ -166,7 +171,8 @@ def run_assay(
 
 def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
                model: str | None, model_kwargs: dict | None, data: DataSpec | None, progress: bool | Progress,
-               store: RunParts | None, say: Callable[[str], None], fail: Callable[[str], None]) -> AssayResult:
+               store: RunParts | None, say: Callable[[str], None], fail: Callable[[str], None],
+               table_format: str) -> AssayResult:
     """The body of `run_assay`, with the run directory (if any) open."""
     out = store.out if store else None
     sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
@@ -221,7 +227,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
                 say(f"{out} also holds {others} checkpoint{'s' if others != 1 else ''} finished by earlier runs "
                     f"and not among the given paths; the tables cover only the {len(found)} given")
             if parts:
-                result.save(out)
+                result.save(out, table_format)
             else:
                 write_failures(out, result.failures)
     except KeyboardInterrupt:

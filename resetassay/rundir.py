@@ -1,7 +1,9 @@
 """The run directory OUT (DESIGN "Tables are the interface", "Runs are resumable"): its one reader and writer.
 
-    OUT/units.csv, summary.csv, notes.csv, checkpoints.csv   the tables of SPEC S5 (`write_run`, `read_run`)
-    OUT/run.json              config, inputs, versions, device, seeds, files' sha256 (`read_run_info`)
+    OUT/units.csv, summary.csv, notes.csv, checkpoints.csv   the tables of SPEC S5 (`write_run`, `read_run`);
+                              or units.parquet, ... with `table_format="parquet"` (needs pyarrow)
+    OUT/run.json              config, inputs, versions, device, seeds, files' sha256, the tables' format
+                              (`table_format`, outside the config: it changes no number) (`read_run_info`)
     OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
     OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
@@ -11,7 +13,10 @@
 Every file is written to a temporary `.<name>.*`, flushed and renamed (`atomic_write`): a killed
 run leaves finished files and at most a temporary one, which the next run deletes. Every table
 is read by `read_table`, so a value reads back as it was written (only empty cells are missing,
-floats exactly). Nothing here imports torch: report/ and check.py read runs without it.
+floats exactly). A parquet table holds exactly what its csv would read back as (`as_csv_reads`),
+so a run reads the same in either format, to the bit. Readers find a table by `table_path`: the
+format run.json records, else whichever file exists. Nothing here imports torch: report/ and
+check.py read runs without it (nor pyarrow, until a parquet table is written or read).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +50,9 @@ PART_NAME = re.compile(r"^[0-9a-f]{64}\.json$")  # a part's file name: its key
 MAY_BE_EMPTY = ("notes", "checkpoints")  # an in-memory model has no checkpoint info; most runs have no notes
 # pandas < 3 parses floats exactly only when asked; pandas 3 always does and deprecates the argument.
 EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+TABLE_FORMATS = ("csv", "parquet")  # how write_run stores the four tables; csv by default
+PARQUET_HINT = "pip install 'resetassay[parquet]' (pyarrow)"
+KEEPS = ("int64", "float64", "bool")  # dtypes a csv round trip gives back unchanged (floats in repr form)
 Tables = dict[str, pd.DataFrame]
 
 
@@ -52,16 +60,22 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a resumable run; the checkpoints finished before it are saved."""
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str | bytes) -> None:
     """Write via a temporary `.<name>.*` file, flushed to disk, and a rename: a crash or a kill never leaves
-    half a file under `path`, and a failed write removes its temporary file."""
+    half a file under `path`, and a failed write removes its temporary file. Text is written as UTF-8."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    _atomic(path, lambda f: f.write(data))
+
+
+def _atomic(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
+    """`atomic_write` with `write(file)` filling the temporary file (opened binary)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as err:
         raise _unwritable(path, err) from err
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -87,13 +101,69 @@ def write_table(table: pd.DataFrame) -> str:
 
 
 def read_table(source: str | Path) -> pd.DataFrame:
-    """A table written by `write_table` (csv text, or a file holding it), read back to the same values: only
-    empty cells are missing, and floats parse exactly. An empty text is an empty table."""
+    """A table written by `write_table` (csv text, or a file holding it; a `.parquet` file written by
+    `write_run`), read back to the same values: only empty cells are missing, and floats parse exactly. An
+    empty text is an empty table."""
+    if isinstance(source, Path) and source.suffix == ".parquet":
+        _pyarrow(f"{source}: reading a parquet table needs pyarrow", None)
+        return pd.read_parquet(source, engine="pyarrow")
     buffer = io.StringIO(source) if isinstance(source, str) else source
     try:
         return pd.read_csv(buffer, keep_default_na=False, na_values=[""], **EXACT_FLOATS)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+
+
+def as_csv_reads(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` as `read_table(write_table(table))` gives it back, without writing the columns a csv round trip
+    keeps as they are (int64, float64, bool): the same dtypes, missing values and floats, to the bit."""
+    if not len(table) or not len(table.columns):
+        return read_table(write_table(table))
+    out = table.reset_index(drop=True)
+    out.columns = [str(c) for c in out.columns]
+    others = [c for c in out.columns if str(out[c].dtype) not in KEEPS]
+    if others:
+        parsed = read_table(write_table(out[others]))
+        out = out.assign(**{c: parsed[c] for c in others})
+    return out
+
+
+def _pyarrow(message: str, flag: str | None) -> None:
+    """Refuse, in one line with the install hint, when pyarrow (parquet tables) is not installed."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as err:
+        raise BadInputError(f"{message}, which is not installed; {PARQUET_HINT}", flag=flag) from err
+
+
+def check_table_format(table_format: str) -> str:
+    """`table_format` (`--format`) when it can be written here: csv, or parquet with pyarrow installed."""
+    if table_format not in TABLE_FORMATS:
+        raise BadInputError(f"--format {table_format!r}: choose {' or '.join(TABLE_FORMATS)}", flag="--format")
+    if table_format == "parquet":
+        _pyarrow("--format parquet: needs pyarrow", "--format")
+    return table_format
+
+
+def write_table_file(path: Path, table: pd.DataFrame) -> Path:
+    """Write one table atomically as `path` (.csv or .parquet); a parquet file holds `as_csv_reads(table)`."""
+    if path.suffix == ".parquet":
+        normal = as_csv_reads(table)
+        _atomic(path, lambda f: normal.to_parquet(f, engine="pyarrow", index=False))
+    else:
+        atomic_write(path, write_table(table))
+    return path
+
+
+def table_path(run_dir: str | Path, name: str, info: dict | None = None) -> Path:
+    """The file of table `name` in a run directory: in the format run.json records (`info`, read when not
+    given), else the csv or the parquet file, whichever exists (csv when neither does)."""
+    run_dir = Path(run_dir)
+    recorded = (read_run_info(run_dir) if info is None else info).get("table_format")
+    formats = [recorded] if recorded in TABLE_FORMATS else []
+    formats += [f for f in TABLE_FORMATS if f not in formats]
+    paths = [run_dir / f"{name}.{f}" for f in formats]
+    return next((p for p in paths if p.exists()), paths[0])
 
 
 def canonical_hash(value: object) -> str:
@@ -120,27 +190,46 @@ def checkpoint_sha256(path: Path, foreign: bool) -> dict[str, str]:
     return {name: file_sha256(path / name) for name in names if (path / name).is_file()}
 
 
-def write_run(out: str | Path, tables: Tables, info: dict) -> Path:
-    """Write the tables (csv, one per name in TABLES) and run.json into `out`."""
+def write_run(out: str | Path, tables: Tables, info: dict, table_format: str = "csv") -> Path:
+    """Write the tables (one file per name in TABLES, `<name>.csv` or with `table_format="parquet"`
+    `<name>.parquet`) and run.json, which records the format (`table_format`), into `out`. A table file of the
+    other format left by an earlier write is removed, so readers never see two versions of a table."""
+    check_table_format(table_format)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        atomic_write(out / f"{name}.csv", write_table(tables[name]))
+        write_table_file(out / f"{name}.{table_format}", tables[name])
+        for other in TABLE_FORMATS:
+            if other != table_format:
+                (out / f"{name}.{other}").unlink(missing_ok=True)
+    info = {**info, "table_format": table_format}
     atomic_write(out / RUN_JSON, json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
 
+def convert_run(run_dir: str | Path, table_format: str) -> Path:
+    """Rewrite a run directory's tables in `table_format` (csv or parquet), in place; returns `run_dir`."""
+    check_table_format(table_format)
+    return write_run(run_dir, read_run(run_dir), read_run_info(run_dir), table_format)
+
+
 def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
-    """The tables `names` of a run directory; a missing, empty or unreadable one is a one-line error."""
+    """The tables `names` of a run directory, csv or parquet (`table_path`); a missing, empty or unreadable one
+    is a one-line error."""
     run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
     tables = {}
     for name in names:
-        path = run_dir / f"{name}.csv"
+        path = table_path(run_dir, name, info)
         if not path.exists():
             raise BadInputError(f"{path}: missing; is {run_dir} the --out of a `resetassay run`?")
         try:
             tables[name] = read_table(path)
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+            raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
+        except Exception as err:  # pyarrow's errors (ArrowInvalid: not a parquet file) share no base with these
+            if type(err).__module__.split(".")[0] != "pyarrow":
+                raise
             raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
         if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
             raise BadInputError(f"{path}: empty table; rerun the assay")

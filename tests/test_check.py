@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,6 +26,7 @@ from resetassay.check import (
     compare,
     family_means,
     make_baseline,
+    markdown_report,
     parse_floor,
     read_baseline,
     write_baseline,
@@ -491,7 +493,7 @@ def test_fewer_checkpoints_than_the_baseline_is_a_note(clean_run, baseline_file,
 
 
 @pytest.mark.parametrize("where", ["directory", "under a file"])
-@pytest.mark.parametrize(("command", "flag"), [("check", "--junit"), ("baseline", "--output")])
+@pytest.mark.parametrize(("command", "flag"), [("check", "--junit"), ("check", "--markdown"), ("baseline", "--output")])
 def test_an_output_path_that_cannot_be_a_file_is_bad_input_naming_flag_and_path(clean_run, baseline_file, tmp_path,
                                                                                 where, command, flag):
     (tmp_path / "a-file").write_text("keep me")
@@ -526,3 +528,86 @@ def test_baseline_is_written_atomically(clean_run, baseline_file, tmp_path, monk
         write_baseline(baseline, path)
     assert caught.value.flag == "--output" and str(path) in str(caught.value)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
+
+
+def _md_tables(text: str) -> list[list[list[str]]]:
+    """The markdown tables of a document: rows of cells, the header row first, the |---| row dropped."""
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def _family_stat(run: Path, family: str, utility: str, metric: str, stat: str) -> float:
+    means, _, _ = family_means(run)
+    row = means[(means["family"] == family) & (means["utility"] == utility) & (means["metric"] == metric)]
+    return float(row[stat].iloc[0])
+
+
+def test_markdown_of_a_failing_check_shows_verdict_failures_notes_then_what_moved_folded(clean_run, baseline_file,
+                                                                                        tmp_path):
+    run = _perturbed(clean_run, tmp_path, "silu/a", "activation", "kl", "spearman", lambda v: v - 0.1)  # fails
+    run = _perturbed(run, tmp_path / "x", "relu/a", "gxd", "l1", "shock_at_q", lambda v: v * 1.1)  # moves, passes
+    baseline = read_baseline(baseline_file)
+    source = {**baseline["source"], "config": {**baseline["source"]["config"], "reference": "zero"}}
+    other = write_baseline({**baseline, "source": source}, tmp_path / "other.json")
+    markdown, junit = tmp_path / "pr" / "check.md", tmp_path / "check.xml"
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(other), "--markdown", str(markdown),
+                                 "--junit", str(junit)])
+    assert result.exit_code == 1, result.output
+    text = markdown.read_text()
+    lines = text.splitlines()
+    assert lines[0] == ("**resetassay check ❌ failed**: 38 comparisons: 37 passed (1 moved by more than 1e-04 "
+                        "within tolerance), 1 failed")
+    assert lines[0].split(": ", 1)[1] == result.output.strip().splitlines()[-1]  # the diff table's counts line
+    assert text.index("### 1 failed") < text.index("### Notes") < text.index("<details>") < text.index("</details>")
+    failures, moved = _md_tables(text)
+    base = next(r for r in baseline["rows"] if (r["family"], r["utility"], r["metric"]) ==
+                ("mlp-silu", "activation", "kl"))["spearman"]
+    now = _family_stat(run, "mlp-silu", "activation", "kl", "spearman")
+    assert failures[0] == ["family", "utility", "metric", "stat", "baseline", "now", "moved by", "tolerance", "limit",
+                           "why"]
+    assert failures[1:] == [["mlp-silu", "activation", "kl", "spearman", f"{base:.4g}", f"{now:.4g}",
+                             f"{now - base:+.3g} ({100 * (now - base) / abs(base):+.2g}%)", "drop ≤ 0.02",
+                             f"{base - 0.02:.4g}", f"{now:.4g} &lt; {base - 0.02:.4g} (drop ≤ 0.02)"]]
+    assert "- config differs from the baseline's run: reference: run 'calibration-mean', baseline 'zero'" in lines
+    assert "<summary>1 passed and moved by more than 1e-04</summary>" in lines
+    shock = next(r for r in baseline["rows"] if (r["family"], r["utility"], r["metric"]) ==
+                 ("mlp-relu", "gxd", "l1"))["shock_at_q"]
+    now = _family_stat(run, "mlp-relu", "gxd", "l1", "shock_at_q")
+    assert moved[1:] == [["mlp-relu", "gxd", "l1", "shock_at_q", f"{shock:.4g}", f"{now:.4g}",
+                          f"{now - shock:+.3g} ({100 * (now - shock) / shock:+.2g}%)", "rise ≤ 0.1 × baseline",
+                          f"{shock * 1.1:.4g}"]]
+    failed = [c for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]
+    assert len(failed) == len(failures) - 1  # the same comparisons in both files
+
+
+def test_markdown_of_a_passing_check_says_so_and_lists_nothing_that_did_not_move(clean_run, baseline_file, tmp_path):
+    markdown = tmp_path / "check.md"
+    comparisons, notes = check_run(clean_run, baseline_file, markdown=markdown)
+    text = markdown.read_text()
+    assert text.splitlines()[0] == ("**resetassay check ✅ passed**: 38 comparisons: 38 passed (0 moved by more than "
+                                    "1e-04 within tolerance), 0 failed")
+    assert "No comparison failed." in text and "### Notes" not in text and "<details>" not in text
+    assert "No passing value moved by more than 1e-04." in text and _md_tables(text) == []
+    check_run(clean_run, baseline_file, markdown=markdown, show_all=True)  # --all: every comparison, folded
+    text = markdown.read_text()
+    (table,) = _md_tables(text)
+    assert "<summary>0 passed and moved by more than 1e-04, 38 did not move</summary>" in text
+    assert len(table) == 1 + 38 and {row[6] for row in table[1:]} <= {"+0 (+0%)", "+0", ""}
+    assert [row[3] for row in table[1:]].count("spearman floor") == 2
+
+
+def test_markdown_cells_escape_pipes_and_html():
+    means = pd.DataFrame({"family": ["a|b<i>"], "utility": ["u"], "metric": ["l1"], "spearman": [0.5],
+                          "shock_at_q": [1.0], "gap": [0.0], "n": [1]})
+    baseline = {"rows": [{"family": "a|b<i>", "utility": "u", "metric": "l1", "spearman": 0.9, "shock_at_q": 1.0,
+                          "gap": 0.0}], "floors": []}
+    text = markdown_report(compare(means, baseline), ["a note with | and <b>"])
+    (failures,) = _md_tables(text)
+    assert failures[1][0] == "a\\|b&lt;i&gt;" and "- a note with \\| and &lt;b&gt;" in text.splitlines()
