@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from resetassay.names import ORACLE, POOLED_SCOPES, RANDOM, UTILITY_ORDER, utility_order
 from resetassay.summary import spearman, with_checkpoint_info
@@ -113,7 +113,9 @@ def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], q_label: str) 
         ax.axvline(1.0, color="black", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_xlim(0.97, edge)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if edge < 20 else NullFormatter())  # 2, 3, ... only where they fit
         ax.set_yticks(np.arange(len(utilities)), utilities)
         for label in ax.get_yticklabels():
             label.set_color(utility_palette(utilities)[label.get_text()])
