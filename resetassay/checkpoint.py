@@ -30,6 +30,7 @@ import inspect
 import io
 import json
 import os
+import re
 import reprlib
 import shutil
 import uuid
@@ -215,8 +216,15 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
+def natural_key(path: Path) -> tuple:
+    """Sort key reading runs of digits as numbers: task5 before task10, seed2 before seed10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", path.as_posix()) if part)
+
+
 def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[tuple[Path, str]]:
-    """Checkpoints under `paths` (searched recursively) as (path, display name), sorted.
+    """Checkpoints under `paths` (searched recursively) as (path, display name), in natural order (task5 before
+    task10).
 
     A directory with a manifest is a checkpoint; with `foreign_ok` (a `--model` was given),
     plain state-dict files count too. Hidden files and directories below a path (".*", such as the
@@ -240,7 +248,7 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
                      and not (p.parent / MANIFEST).exists()]
         if not hits:
             raise BadInputError(f"{root}: no checkpoint found (no {MANIFEST} below it)")
-        found += [(p, str(p.relative_to(base))) for p in sorted(hits)]
+        found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=natural_key)]
     names = [name for _, name in found]
     if len(set(names)) < len(names):  # the same name under two arguments: use full paths
         found = [(p, str(p.resolve())) for p, _ in found]

@@ -277,12 +277,12 @@ def test_import_factory_finds_a_real_factory():
 
 def test_find_checkpoints_searches_recursively_and_sorts(tmp_path):
     root = tmp_path / "runs"
-    for sub in ("b/task5", "a/task0", "a/deep/er/task9"):
+    for sub in ("b/task5", "b/task10", "a/task0", "a/deep/er/task9"):
         _save_mlp(root / sub)
     (root / "notes").mkdir()
     found = find_checkpoints([root])
-    assert [p for p, _ in found] == sorted([root / "a/task0", root / "a/deep/er/task9",
-                                            root / "b/task5"])
+    assert [p for p, _ in found] == [root / "a/deep/er/task9", root / "a/task0", root / "b/task5",
+                                     root / "b/task10"]  # natural order: task5 before task10
     assert [name for _, name in found] == [str(Path("runs") / p.relative_to(root))
                                            for p, _ in found]
 
