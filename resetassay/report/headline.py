@@ -129,15 +129,15 @@ def models_table(stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.Data
             "family": family,
             "checkpoints": len(names),
             "steps": ", ".join(f"{s:g}" for s in sorted(g["step"].dropna().unique())) or "n/a",
-            "probe accuracy": _span(accuracy, "{:.1%}"),
-            "layers (common / all)": f"{_span(shared['n_layers'], '{:.0f}')} / {_span(g['n_layers'], '{:.0f}')}",
-            "units (common / all)": f"{_span(shared['n_units'], '{:.0f}')} / {_span(g['n_units'], '{:.0f}')}",
+            "probe accuracy": span(accuracy, "{:.1%}"),
+            "layers (common / all)": f"{span(shared['n_layers'], '{:.0f}')} / {span(g['n_layers'], '{:.0f}')}",
+            "units (common / all)": f"{span(shared['n_units'], '{:.0f}')} / {span(g['n_units'], '{:.0f}')}",
             "calibration / probe": _sizes(mine),
         })
     return pd.DataFrame(rows)
 
 
-def _span(values: pd.Series, fmt: str) -> str:
+def span(values: pd.Series, fmt: str = "{:.0f}") -> str:
     """One value, or "low–high" when the checkpoints differ; "n/a" without any."""
     values = values.dropna()
     if values.empty:

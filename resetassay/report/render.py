@@ -29,7 +29,7 @@ from resetassay.report.blocks import (
     provenance_table,
     q_label,
 )
-from resetassay.report.headline import headline_blocks
+from resetassay.report.headline import headline_blocks, span
 from resetassay.report.html import html_document
 from resetassay.report.markdown import markdown_document
 from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
@@ -150,7 +150,7 @@ def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFram
     """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS). Utilities are compared on
     the common scope (`common`: its per-checkpoint statistics; `intervals`: `bootstrap.ratio_intervals`)."""
     shared = common_units(tables["units"], summary)
-    coverage = {family: f"{_span(g['n_layers'])} layers, {_span(g['n_units'])} units"
+    coverage = {family: f"{span(g['n_layers'])} layers, {span(g['n_units'])} units"
                 for family, g in common[common["utility"] == ORACLE].groupby("family")}
     drawn = {"oracle_ratio": figures.ratio_dots(intervals, coverage, q_label(q)),
              "spearman_heatmap": figures.spearman_heatmap(common)}
@@ -161,11 +161,6 @@ def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFram
     if sweep_common is not None:
         drawn["shock_vs_q"] = figures.shock_vs_q(sweep_common)
     return {name: figure for name, figure in drawn.items() if figure is not None}
-
-
-def _span(values: pd.Series) -> str:
-    low, high = int(values.min()), int(values.max())
-    return str(low) if low == high else f"{low}–{high}"
 
 
 def _remove_stale(run_dir: Path, written: list[Path]) -> None:
