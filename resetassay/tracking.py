@@ -79,10 +79,10 @@ def backend_names(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
     is not installed is a one-line BadInputError, raised before any work."""
     names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value or [])
     names = [n for n in names if n]
-    for name in names:
-        _import(name)
     if len(set(names)) < len(names):
         raise BadInputError(f"--log {','.join(names)}: name each tracker once", flag="--log")
+    for name in names:
+        _import(name)
     return names
 
 
