@@ -131,7 +131,7 @@ def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.
         split = split_at(gm, layer.name)
         with torch.inference_mode():
             h, *values = split.upstream(probe_x)
-            inputs = _downstream_inputs(split, h, values, torch.tensor([0]), refs[layer.name])
+            inputs = _downstream_inputs(split, layer, h, values, torch.tensor([0]), refs[layer.name])
             with FlopCounterMode(display=False) as counter:
                 split.downstream(*inputs)
         one[layer.name] = counter.get_total_flops()

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resetassay import sequences
 from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
 from resetassay.errors import BadInputError
@@ -85,6 +86,7 @@ class AssayConfig:
     max_memory: int | None = None
     units_per_layer: int | None = None
     output: str | None = None
+    max_classes: int = 100
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -101,7 +103,8 @@ class AssayConfig:
             raise BadInputError(f"--q {self.q}: must be in (0, 1]", flag="--q")
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--calib-size", self.calib_size, 1),
                                  ("--probe-size", self.probe_size, 1), ("--maturity", self.maturity, 0),
-                                 ("--max-memory", self.max_memory, 1), ("--units-per-layer", self.units_per_layer, 1)):
+                                 ("--max-memory", self.max_memory, 1), ("--units-per-layer", self.units_per_layer, 1),
+                                 ("--max-classes", self.max_classes, 1)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -283,7 +286,7 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
             "unit": list(range(n)),
             "mature": layer.mature(maturity).tolist(),
             "age": layer.ages.tolist() if layer.ages is not None else [math.nan] * n,
-            "reference": refs[layer.name].double().cpu().tolist(),
+            "reference": refs[layer.name].double().cpu().view(n, -1).mean(1).tolist(),  # a head: its vector mean
         }
         for utility, per_layer in scores.items():
             values = per_layer.get(layer.name)
@@ -358,7 +361,7 @@ def assay_model(
     with clock("utilities"):
         stats = calibration_stats(model, found, calib_x, calib_y, refs, needed_ingredients(config.utilities),
                                   config.batch_size, config.seed, _counter(progress, f"calibration {name}",
-                                                                            len(calib_x)))
+                                                                            len(calib_x)), config.max_classes)
         scores, na = unit_scores(config.utilities, found, stats)
     chosen = sample_units(found, config.units_per_layer, config.seed)
     with clock("lesions"):
@@ -373,16 +376,8 @@ def assay_model(
                           for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
     with clock("summary"):
         summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
-    accuracy = pd.DataFrame([{"checkpoint": name, "probe_accuracy": probe_accuracy(base, probe_y)}])
+    accuracy = pd.DataFrame([{"checkpoint": name, "probe_accuracy": sequences.accuracy(base, probe_y)}])
     return AssayResult(units, summary, notes, accuracy, config, timings={name: clock.seconds})
-
-
-def probe_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The share of probe examples whose largest logit is their label; NaN without labels (negative ones)."""
-    labels = labels.to(logits.device)
-    if len(labels) != len(logits) or (labels < 0).any():
-        return math.nan
-    return float((logits.argmax(dim=1) == labels).double().mean())
 
 
 def _counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:

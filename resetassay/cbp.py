@@ -21,6 +21,8 @@ Linear/Conv producer and one Linear/Conv consumer.
   conv consumer it is exact away from the zero-padded border.
 - ResNet `stem.act` and every `act2` are read by a residual skip or produced by a residual
   add: they are tracked (age, reference) but never reset. Only the `act1` layers are.
+- In the zoo transformer the MLP neurons are reset (producer `fc_in`, consumer `fc_out`, the
+  same update at every position, SPEC S9); attention heads are neither tracked nor reset.
 
 Online utilities are those of SPEC S3 computed on the training batch from the forward that
 the SGD step used (hooks, no extra forward): E becomes the batch mean, and the reference is
@@ -40,7 +42,8 @@ from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.names import ONLINE_UTILITIES
-from resetassay.units import UnitLayer, non_unit_dims, per_unit, unit_layers
+from resetassay.sequences import target_logits
+from resetassay.units import UnitLayer, per_unit, unit_layers
 from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, example_ingredients
 
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
@@ -128,9 +131,9 @@ def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, st
     return ResetSite(producer, producer_norm, consumer, consumer_norm), ""
 
 
-def unit_mean(h: torch.Tensor) -> torch.Tensor:
-    """Mean of h over examples (and H, W for Conv), `(n_units,)`."""
-    return h.mean(dim=non_unit_dims(h))
+def unit_mean(u: torch.Tensor) -> torch.Tensor:
+    """Mean of a unit view over examples (and H, W for Conv, positions for tokens), `(n_units,)`."""
+    return u.mean(dim=[d for d in range(u.dim()) if d != 1])
 
 
 def batch_stats(
@@ -142,7 +145,7 @@ def batch_stats(
 ) -> LayerStats:
     """Batch means of the SPEC S3 ingredients in `needs` for one layer.
 
-    Args: h `(B, n)` or `(B, n, H, W)`; reference r̂ `(n,)`; loss_grad ∂L_x/∂h_x per example
+    Args: h, a unit view (`units.unit_view`); reference r̂ `(n,)`; loss_grad ∂L_x/∂h_x per example
     and target_grad ∂z_y(x)/∂h_x, both shaped like h.
     """
     dev = h - per_unit(reference.to(h.dtype), h)
@@ -167,6 +170,7 @@ class ContinualBackprop:
         self.needs = UTILITIES[config.utility].needs
         was_training = model.training
         layers = unit_layers(model.eval(), example)  # eval: resolving must not move BatchNorm statistics
+        layers = [layer for layer in layers if layer.kind != "head"]
         model.train(was_training)
         self.traces: dict[str, UnitTrace] = {}
         for layer in layers:
@@ -222,7 +226,7 @@ class ContinualBackprop:
             return
         names = self.reset_layers
         outputs = [self._recorded(self._h, n, "a train-mode forward") for n in names]
-        grads = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), outputs, retain_graph=True)
+        grads = torch.autograd.grad(target_logits(logits, y).sum(), outputs, retain_graph=True)
         self._target_grad.update({n: g.detach() for n, g in zip(names, grads, strict=True)})
 
     @staticmethod
@@ -241,14 +245,14 @@ class ContinualBackprop:
         decay = self.config.decay
         with torch.no_grad():
             for name, trace in self.traces.items():
-                h = self._recorded(self._h, name, "a train-mode forward").detach()
+                h = trace.layer.view(self._recorded(self._h, name, "a train-mode forward").detach())
                 trace.age += 1
                 trace.mean.mul_(decay).add_(unit_mean(h).double(), alpha=1 - decay)
                 if trace.site is None:
                     continue
-                loss_grad = (self._recorded(self._loss_grad, name, "the step's backward")
+                loss_grad = (trace.layer.view(self._recorded(self._loss_grad, name, "the step's backward"))
                              if "loss_grad" in self.needs else None)
-                target_grad = (self._recorded(self._target_grad, name, "observe(logits, y)")
+                target_grad = (trace.layer.view(self._recorded(self._target_grad, name, "observe(logits, y)"))
                                if self.needs & GRADIENT_INGREDIENTS else None)
                 stats = batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
                 now = UTILITIES[self.config.utility].fn(stats, trace.layer)

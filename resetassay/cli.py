@@ -147,6 +147,8 @@ def run(
     = None,
     units_per_layer: Annotated[int | None, typer.Option(help="Lesion at most N units per layer, sampled with "
                                                         "--seed (a quick look at a big model).")] = None,
+    max_classes: Annotated[int, typer.Option(help="gxd_all applies to models with at most this many outputs "
+                                             "(a language model: its vocabulary); one backward pass each.")] = 100,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
     output: Output = None,
@@ -187,6 +189,7 @@ def run(
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
             max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
+            max_classes=max_classes,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -1,4 +1,5 @@
-"""The model zoo: MLP, small CNN, small ResNet, registered by name (DESIGN "Checkpoint format").
+"""The model zoo: MLP, small CNN, small ResNet, small causal transformer, registered by name (DESIGN
+"Checkpoint format").
 
 Every zoo model declares its unit layers (SPEC S1) with `unit_layer_specs()`: the module whose
 output holds the units, the module that produces them and the one that reads them, or the
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resetassay.units import UnitLayerSpec
@@ -239,6 +241,87 @@ class ResNet(nn.Module):
         return specs
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; `heads` (an identity) sees the heads' outputs `(B, T, n_heads * d_head)`,
+    the input of the output projection `proj`: one unit per head (SPEC S9)."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.heads = nn.Identity()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x).unflatten(-1, (3, self.n_heads, self.d_head)).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+        return self.proj(self.heads(out.transpose(1, 2).flatten(2)))
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> Linear; the GELU's output, the input of `fc_out`, holds the MLP neurons (SPEC S9)."""
+
+    def __init__(self, d_model: int, d_hidden: int):
+        super().__init__()
+        self.fc_in = nn.Linear(d_model, d_hidden)
+        self.act = nn.GELU()
+        self.fc_out = nn.Linear(d_hidden, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, d_hidden: int):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(d_model), CausalSelfAttention(d_model, n_heads)
+        self.ln2, self.mlp = nn.LayerNorm(d_model), FeedForward(d_model, d_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """Small causal language model (SPEC S9): token ids `(B, T)` -> next-token logits `(B, T, vocab)`.
+
+    Learned token and position embeddings, pre-LayerNorm blocks with GELU MLPs, a final LayerNorm and an
+    untied output layer. Unit layers per block: the MLP neurons `blocks.<i>.mlp.act` (producer `fc_in`,
+    consumer `fc_out`: CBP resets them) and the attention heads `blocks.<i>.attn.heads` (consumer `proj`).
+    """
+
+    def __init__(self, vocab: int = 32, max_len: int = 16, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                 mlp_ratio: int = 4):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d_model)
+        self.positions = nn.Parameter(torch.zeros(1, max_len, d_model))
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio * d_model) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+        kaiming_init_(self)
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(ids) + self.positions[:, :ids.size(1)]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        specs = []
+        for i, block in enumerate(self.blocks):
+            specs.append(UnitLayerSpec(
+                f"blocks.{i}.attn.heads", producer=None, consumer=f"blocks.{i}.attn.proj",
+                producer_note="attention mixes the value projection over positions", heads=block.attn.n_heads))
+            specs.append(UnitLayerSpec(f"blocks.{i}.mlp.act", f"blocks.{i}.mlp.fc_in", f"blocks.{i}.mlp.fc_out"))
+        return specs
+
+
 @register_model
 def mlp(**kwargs: object) -> MLP:
     """MLP with relu/silu/leaky_relu/tanh and optional LayerNorm."""
@@ -257,6 +340,12 @@ def resnet(**kwargs: object) -> ResNet:
     return ResNet(**_tuples(kwargs))
 
 
+@register_model
+def transformer(**kwargs: object) -> Transformer:
+    """Small causal transformer language model (pre-LayerNorm, GELU MLP, learned positions)."""
+    return Transformer(**kwargs)
+
+
 def _tuples(kwargs: dict[str, object]) -> dict[str, object]:
     """JSON gives lists where the constructors take tuples."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
@@ -264,6 +353,8 @@ def _tuples(kwargs: dict[str, object]) -> dict[str, object]:
 
 def model_family(name: str, kwargs: dict[str, object]) -> str:
     """Short family label for reports: architecture, activation, normalisation."""
+    if name == "transformer":
+        return f"transformer-d{kwargs.get('d_model', 64)}-l{kwargs.get('n_layers', 2)}"
     parts = [name, str(kwargs.get("activation", "relu"))]
     if kwargs.get("layer_norm"):
         parts.append("ln")

@@ -9,24 +9,27 @@ from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.names import REFERENCES, ReferenceKind
 from resetassay.shapes import Refs
-from resetassay.units import UnitLayer, non_unit_dims
+from resetassay.units import UnitLayer, reference_dims
 
 
 def unit_means(
     model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, batch_size: int = 512
 ) -> Refs:
-    """`calibration-mean` (SPEC S2): mean of h_i over examples (and H, W for Conv), `(n_units,)`."""
+    """`calibration-mean` (SPEC S2, S9): mean of h_i over examples (and H, W for Conv, positions for tokens),
+    `(n_units,)`; a head's mean vector `(n_units, d_head)`."""
     device = next(model.parameters()).device
-    sums = {layer.name: torch.zeros(layer.n_units, dtype=torch.float64, device=device) for layer in layers}
+    sums: dict[str, torch.Tensor | float] = {layer.name: 0.0 for layer in layers}
     count = {layer.name: 0 for layer in layers}
 
-    def accumulate(name: str):
+    def accumulate(layer: UnitLayer):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            sums[name] += out.detach().double().sum(dim=non_unit_dims(out))
-            count[name] += out.numel() // out.shape[1]
+            u = layer.view(out.detach()).double()
+            dims = reference_dims(layer, u)
+            sums[layer.name] = sums[layer.name] + u.sum(dim=dims)
+            count[layer.name] += u.numel() // (layer.n_units * layer.group)
         return hook
 
-    with forward_hooks({layer.module: accumulate(layer.name) for layer in layers}), torch.no_grad():
+    with forward_hooks({layer.module: accumulate(layer) for layer in layers}), torch.no_grad():
         for xb in torch.split(x, batch_size):
             model(xb.to(device))
     return {name: (s / count[name]).float() for name, s in sums.items()}
@@ -44,7 +47,8 @@ def unit_references(
     if kind == "calibration-mean":
         return unit_means(model, layers, calib_x, batch_size)
     if kind == "zero":
-        return {layer.name: torch.zeros(layer.n_units, device=device) for layer in layers}
+        return {layer.name: torch.zeros(layer.n_units, *[layer.group] * (layer.kind == "head"), device=device)
+                for layer in layers}
     if kind == "stored":
         refs = {}
         for layer in layers:

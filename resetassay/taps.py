@@ -27,6 +27,11 @@ LayerNorm/GroupNorm or a residual add. The consumer is the single Linear/Conv2d 
 units, also through dropout, pooling and a flatten that keeps channels contiguous (avgpool ->
 flatten -> fc); several readers (a residual skip) make it not applicable, the note naming them.
 
+torch.nn attention (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`, `nn.TransformerEncoder`) is
+first swapped for unfused stand-ins sharing its parameters (attention.py): each set of attention heads
+is then one unit layer `<attention>.heads` (one unit per head, SPEC S9), and the MLP neurons of an
+encoder layer are its `activation`.
+
 The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). Three
 routes, tried in turn, each checked to reproduce the model's outputs on `example`:
 1. **fx**: `torch.fx` symbolic tracing, leaves being torch.nn layers and activation modules.
@@ -36,8 +41,8 @@ routes, tried in turn, each checked to reproduce the model's outputs on `example
    module (the outermost one on the module stack export records per op) become one
    `call_module` node, and the aten ops left (`aten.relu_`, `aten.add_`, `aten.flatten`,
    `aten.view(x, [B, -1])`, pools) are read as the torch functions fx records, so names,
-   producers and consumers follow the same rules. A leaf call reading two tensors (attention
-   called as `mha(q, k, v)`) cannot be read back: the route then fails.
+   producers and consumers follow the same rules. A leaf call reading two tensors cannot be
+   read back: the route then fails.
 3. **hooks**: where both fail (data-dependent control flow), a dry run on `example` counts the
    calls of every activation module; a module called once keeps its path, a module called n > 1
    times gets n taps named as above (`layer1.0.relu@0` ...), its k-th call in a forward going
@@ -67,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from resetassay.attention import HeadTap, unfused_attention
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec, declared_specs
@@ -107,11 +113,17 @@ class TappedModel(fx.GraphModule):
     discovery_route = "fx"
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
-        """One spec per hidden activation call site, in forward order (SPEC S1, S3)."""
+        """One spec per hidden activation call site and per set of attention heads, in forward order (SPEC S1, S3,
+        S9)."""
         calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
         specs = []
         for node in self.graph.nodes:
             module = _module(self, node)
+            if isinstance(module, HeadTap):
+                consumer, consumer_note = _consumer(self, node)
+                specs.append(UnitLayerSpec(str(node.target), None, consumer, HEAD_NOTE, consumer_note,
+                                           heads=module.n_heads))
+                continue
             if isinstance(module, UnitTap):
                 activation = node.args[0]
             elif isinstance(module, ACTIVATION_TYPES) and calls[node.target] == 1 and _hidden(node):
@@ -128,11 +140,14 @@ class _Untappable(Exception):
     """The traced graph cannot stand in for the model; the message says why."""
 
 
+HEAD_NOTE = "attention mixes the value projection over positions"
+
+
 class _Tracer(fx.Tracer):
-    """fx's default leaves (torch.nn modules) plus every activation module, subclasses included."""
+    """fx's default leaves (torch.nn modules) plus every activation module, subclasses included, and head taps."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, ACTIVATION_TYPES) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (*ACTIVATION_TYPES, HeadTap)) or super().is_leaf_module(m, module_qualified_name)
 
 
 ROUTES = ("fx", "export", "hooks")
@@ -156,12 +171,13 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     if unknown := set(routes) - set(ROUTES):
         raise ValueError(f"unknown discovery routes {sorted(unknown)}; expected some of {ROUTES}")
     name, failures = type(model).__name__, []
+    unfused = unfused_attention(model)  # torch.nn attention, op by op: its heads visible (attention.py)
     for route in ("fx", "export"):
         if route not in routes or (route == "export" and example is None):
             continue
         try:
-            graph = _Tracer().trace(model) if route == "fx" else _exported_graph(model, example)
-            tapped = _tapped(model, graph)
+            graph = _Tracer().trace(unfused) if route == "fx" else _exported_graph(unfused, example)
+            tapped = _tapped(unfused, graph)
             if example is not None:
                 _check_outputs(tapped, model, example)
                 if route == "export":
@@ -178,7 +194,7 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     why = "; ".join(failures) or "no route tried"
     if "hooks" not in routes:
         raise BadInputError(f"{name}: {why}")
-    return _by_hooks(model, example, f"{name}: {why}")
+    return _by_hooks(unfused, example, f"{name}: {why}")
 
 
 ROUTE_NAMES = {"fx": "torch.fx", "export": "torch.export"}
@@ -203,8 +219,7 @@ def discovery_route(model: nn.Module) -> str:
 def _require_units(model: nn.Module, seen: str) -> None:
     if not declared_specs(model):
         raise BadInputError(
-            f"no unit layer found in {type(model).__name__}: {seen}, and activations inside torch.nn "
-            "modules such as TransformerEncoderLayer are not visible; give it activation modules "
+            f"no unit layer found in {type(model).__name__}: {seen}; give it activation modules "
             "(nn.ReLU) or calls (F.relu) in a forward of its own, or a unit_layer_specs() method"
         )
 

@@ -1,12 +1,14 @@
 """Unit layers: where the units live, who produces them, who reads them (SPEC S1, S3).
 
-A unit layer is a module whose output holds one unit per feature (Linear: `(B, n)`) or per
-channel (Conv: `(B, n, H, W)`). Zoo models declare theirs; other models are tapped first by
-`resetassay.taps.tap_unit_layers`, which declares one unit layer per activation call site
-(traced by fx, or, where fx cannot trace the model, found by forward hooks counting the calls
-of its activation modules). An untapped model gets the outputs of its activation modules, with
-producer and consumer unknown; a module called more than once per forward is then refused by
-name here: its calls would be silently mixed.
+A unit layer is a module whose output holds one unit per feature (Linear: `(B, n)`), per
+channel (Conv: `(B, n, H, W)`), per feature at every position (tokens: `(B, T, n)`, SPEC S9) or
+per attention head (`(B, T, n * d_head)`, a head's d_head features one unit, SPEC S9). Every
+computation reads a unit layer through `unit_view`, the units on axis 1. Zoo models declare
+theirs; other models are tapped first by `resetassay.taps.tap_unit_layers`, which declares one
+unit layer per activation call site (traced by fx, or, where fx cannot trace the model, found by
+forward hooks counting the calls of its activation modules). An untapped model gets the outputs
+of its activation modules, with producer and consumer unknown; a module called more than once
+per forward is then refused by name here: its calls would be silently mixed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ ACTIVATION_TYPES = (
 )
 WEIGHTED = (nn.Linear, nn.Conv2d)
 
+UnitKind = Literal["linear", "conv", "token", "head"]
+KIND_OF_RANK = {2: "linear", 4: "conv", 3: "token"}  # the kind of a unit layer's output, by its rank
+
 
 @dataclass(frozen=True)
 class UnitLayerSpec:
@@ -37,6 +42,7 @@ class UnitLayerSpec:
     not well defined). Where a CBP reset writes when the producer sits behind a per-unit norm (SPEC S7):
     `reset_producer` (the Linear/Conv2d before the norm), `reset_norm` (the norm, reset per unit), and
     `consumer_norm`, the BatchNorm after a bias-free consumer that takes the reset's compensation.
+    `heads`: the module outputs `(B, T, heads * d_head)`, one unit per attention head (SPEC S9).
     """
 
     module: str
@@ -47,6 +53,8 @@ class UnitLayerSpec:
     reset_producer: str | None = None
     reset_norm: str | None = None
     consumer_norm: str | None = None
+    heads: int | None = None
+
 
 
 @dataclass
@@ -55,8 +63,9 @@ class UnitLayer:
 
     name: str
     module: nn.Module
-    kind: Literal["linear", "conv"]
+    kind: UnitKind
     n_units: int
+    group: int = 1
     producer: nn.Module | None = None
     consumer: nn.Module | None = None
     producer_note: str = ""
@@ -65,6 +74,10 @@ class UnitLayer:
     ages: torch.Tensor | None = field(default=None, repr=False)
     stored_reference: torch.Tensor | None = field(default=None, repr=False)
 
+    def view(self, h: torch.Tensor) -> torch.Tensor:
+        """The layer's output `h` with its units on axis 1 (`unit_view`)."""
+        return unit_view(h, self.kind, self.n_units)
+
     def mature(self, maturity: int) -> torch.Tensor:
         """Boolean `(n_units,)`: age > maturity, or all True when no ages are stored."""
         if self.ages is None:
@@ -72,25 +85,37 @@ class UnitLayer:
         return self.ages > maturity
 
 
-def per_unit(values: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Values `(n,)` shaped to broadcast over h's unit axis and what follows it: `(n,)` against `(B, n)`,
-    `(n, 1, 1)` against `(B, n, H, W)` (or against `h[:, idx]` for n = len(idx))."""
-    return values.view(-1, *[1] * (h.dim() - 2))
+def unit_view(h: torch.Tensor, kind: UnitKind, n_units: int) -> torch.Tensor:
+    """A view of a unit layer's output with the units on axis 1: `(B, n)` and `(B, n, H, W)` as they are, tokens
+    `(B, T, n)` as `(B, n, T)`, heads `(B, T, n * d)` as `(B, n, T, d)` (SPEC S9). Writing into the view writes
+    into `h`. Axes 2.. are the unit's values in one example: its positions, and last a head's d features."""
+    if kind == "token":
+        return h.movedim(-1, 1)
+    if kind == "head":
+        return h.unflatten(-1, (n_units, -1)).movedim(-2, 1)
+    return h
 
 
-def positions(h: torch.Tensor) -> int:
-    """Positions per unit of one example: 1 for `(B, n)`, H·W for `(B, n, H, W)`."""
-    return math.prod(h.shape[2:])
+def per_unit(values: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per-unit values shaped to broadcast against a unit view `u` (`unit_view`, or its units `u[:, idx]`):
+    `(n,)` over every position, `(n, d)` (a head's reference vector) over its positions, feature by feature."""
+    return values.view(values.shape[0], *[1] * (u.dim() - 1 - values.dim()), *values.shape[1:])
 
 
-def sum_positions(h: torch.Tensor) -> torch.Tensor:
-    """`(B, n)`: h summed over each unit's positions (H, W for Conv; unchanged for Linear)."""
-    return h.sum(dim=tuple(range(2, h.dim()))) if h.dim() > 2 else h
+def positions(u: torch.Tensor) -> int:
+    """Values per unit of one example in a unit view: 1 (Linear), H·W (Conv), T (tokens), T·d (heads)."""
+    return math.prod(u.shape[2:])
 
 
-def non_unit_dims(h: torch.Tensor) -> list[int]:
-    """Every axis of h but the unit axis 1: what a per-unit mean reduces over."""
-    return [d for d in range(h.dim()) if d != 1]
+def sum_positions(u: torch.Tensor) -> torch.Tensor:
+    """`(B, n)`: a unit view summed over each unit's values in an example (SPEC S3, S9)."""
+    return u.sum(dim=tuple(range(2, u.dim()))) if u.dim() > 2 else u
+
+
+def reference_dims(layer: UnitLayer, u: torch.Tensor) -> list[int]:
+    """The axes of a unit view a reference averages over: all but the units (and a head's features) (SPEC S2, S9)."""
+    kept = {1, u.dim() - 1} if layer.kind == "head" else {1}
+    return [d for d in range(u.dim()) if d not in kept]
 
 
 def declared_specs(model: nn.Module) -> list[UnitLayerSpec]:
@@ -152,17 +177,23 @@ def unit_layers(
                 "give each call its own module, or exclude it with --layers"
             )
         shape = calls[0]
-        if len(shape) not in (2, 4):
+        if len(shape) not in KIND_OF_RANK:
             raise BadInputError(
-                f"unit layer {spec.module} outputs shape {tuple(shape)}; expected (B, n) or (B, C, H, W)"
+                f"unit layer {spec.module} outputs shape {tuple(shape)}; expected (B, n), (B, C, H, W) or (B, T, n)"
             )
+        kind = "head" if spec.heads else KIND_OF_RANK[len(shape)]
+        n_units = spec.heads or int(shape[1 if kind in ("linear", "conv") else -1])
+        if kind == "head" and (len(shape) != 3 or shape[-1] % spec.heads):
+            raise BadInputError(f"unit layer {spec.module} declares {spec.heads} heads but outputs shape "
+                                f"{tuple(shape)}; expected (B, T, heads * d_head)")
         producer, producer_note = _weighted(model, spec.producer, "producer", spec.producer_note)
         consumer, consumer_note = _weighted(model, spec.consumer, "consumer", spec.consumer_note)
         layers.append(UnitLayer(
             name=spec.module,
             module=model.get_submodule(spec.module),
-            kind="linear" if len(shape) == 2 else "conv",
-            n_units=int(shape[1]),
+            kind=kind,
+            n_units=n_units,
+            group=int(shape[-1]) // n_units if kind == "head" else 1,
             producer=producer,
             consumer=consumer,
             producer_note=producer_note,

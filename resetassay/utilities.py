@@ -5,7 +5,9 @@ small function `(LayerStats, UnitLayer) -> (n_units,)`, registered by name. Grad
 unit layers come from captum's `LayerGradientXActivation(multiply_by_inputs=False)` over all
 unit layers at once (one forward + one backward per batch and target), so that
 GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_all needs every logit's gradient: one forward
-and backward passes batched over classes (`_class_gradients`), not one captum call per class.
+and backward passes batched over classes (`_class_gradients`), not one captum call per class; it is not
+applicable, with the reason, where the model has more than `max_classes` outputs (SPEC S9).
+A language model's target logit is summed over positions (`sequences.target_logits`, SPEC S9).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.names import ORACLE
+from resetassay.sequences import example_losses, is_sequence, target_logits
 from resetassay.shapes import Refs, Scores
 from resetassay.units import UnitLayer, per_unit, positions, sum_positions
 
@@ -42,6 +44,7 @@ class LayerStats:
     gxd: torch.Tensor | None = None        # E|sum_s (h - r) dz_y/dh|
     gxd_all: torch.Tensor | None = None    # E (1/C) sum_c |sum_s (h - r) dz_c/dh|
     seed: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # ingredient -> why it was not computed
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ def gxd(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
 @utility("gxd_all", ("gxd_all",))
 def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E (1/C) sum_c |sum_s (h_i - r_i) dz_c/dh_i| (GXD all-logit, paper eq. 6)."""
+    if "gxd_all" in s.skipped:
+        raise NotApplicable(s.skipped["gxd_all"])
     return s.gxd_all
 
 
@@ -169,8 +174,9 @@ def example_ingredients(
 ) -> dict[str, torch.Tensor]:
     """Per-example SPEC S3 ingredients `(B, n)` of one layer (all but gxd_all, which needs every class).
 
-    Args: h and dev = h - r `(B, n)` or `(B, n, H, W)`; loss_grad dL/dh and target_grad dz_y/dh, shaped
-    like h. Local statistics average over H, W; gradient terms sum over H, W before the absolute value.
+    Args: h and dev = h - r, unit views (`units.unit_view`: `(B, n, ...)`); loss_grad dL/dh and target_grad dz_y/dh,
+    shaped like h. Local statistics average over a unit's values in an example (H, W; positions; a head's
+    features); gradient terms sum over them before the absolute value (SPEC S3, S9).
     """
     per_pos = positions(h)
     out = {}
@@ -197,14 +203,15 @@ def calibration_stats(
     batch_size: int = 256,
     seed: int = 0,
     advance: Callable[[int], None] | None = None,
+    max_classes: int = 100,
 ) -> dict[str, LayerStats]:
-    """One pass over the calibration set `x (N, ...)`, `y (N,)`: the ingredients in `needs`; `advance` is
-    called with the number of examples done after each batch."""
+    """One pass over the calibration set `x (N, ...)`, `y (N,)` (a language model: next-token targets `(N, T)`,
+    SPEC S9): the ingredients in `needs`; `advance` is called with the number of examples done after each batch.
+    gxd_all is skipped, with the reason, when the model has more than `max_classes` outputs."""
     if len(x) == 0:
         raise BadInputError("the calibration set is empty; raise --calib-size")
     device = next(model.parameters()).device
     modules = [layer.module for layer in layers]
-    sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
     acts: dict[str, torch.Tensor] = {}
 
     def capture(name: str):
@@ -213,36 +220,50 @@ def calibration_stats(
         return hook
 
     def loss_per_example(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(inputs), targets, reduction="none")
+        return example_losses(model(inputs), targets)
+
+    def target_per_example(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return target_logits(model(inputs), targets)
 
     from captum.attr import LayerGradientXActivation  # here: importing captum costs ~0.6 s (it loads pyplot)
 
-    target_grads = LayerGradientXActivation(model, modules, multiply_by_inputs=False)
+    with torch.no_grad():
+        z1 = model(x[:1].to(device))
+    n_classes, sequence = z1.shape[-1], is_sequence(z1)
+    skipped = {}
+    if "gxd_all" in needs and n_classes > max_classes:
+        skipped["gxd_all"] = (f"{n_classes} outputs: averaging over all of them costs {n_classes} backward passes "
+                              f"(limit {max_classes}; raise it with --max-classes)")
+        needs = needs - {"gxd_all"}
+    # a classifier's target logit is captum's own target selection; a language model's sums over positions
+    target_grads = LayerGradientXActivation(target_per_example if sequence else model, modules,
+                                            multiply_by_inputs=False)
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
+    sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
     with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
-        with torch.no_grad():
-            n_classes = model(x[:1].to(device)).shape[1]
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
             if needs & {"gxi", "gxd"}:
-                grads = target_grads.attribute(xb, target=yb)
+                grads = (target_grads.attribute(xb, additional_forward_args=(yb,)) if sequence
+                         else target_grads.attribute(xb, target=yb))
             else:
                 with torch.no_grad():
                     model(xb)
-            h = dict(acts)  # later captum calls re-run the forward; the values are the same
+            # unit views of this forward's outputs (later captum calls re-run the forward; the values are the same)
+            h = {layer.name: layer.view(acts[layer.name]) for layer in layers}
             dev = {layer.name: h[layer.name] - per_unit(refs[layer.name], h[layer.name]) for layer in layers}
             if "loss_grad" in needs:
                 lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
             dev_all = {layer.name: 0.0 for layer in layers}
             for cgrads in _class_gradients(model, modules, xb, n_classes) if "gxd_all" in needs else ():
                 for layer, g in zip(layers, cgrads, strict=True):
-                    dev_all[layer.name] += sum_positions(dev[layer.name] * g).abs() / n_classes
+                    dev_all[layer.name] += sum_positions(dev[layer.name] * layer.view(g)).abs() / n_classes
             for k, layer in enumerate(layers):
                 acc = sums[layer.name]
                 per_example = example_ingredients(
                     h[layer.name], dev[layer.name], needs,
-                    loss_grad=lgrads[k] if "loss_grad" in needs else None,
-                    target_grad=grads[k] if needs & {"gxi", "gxd"} else None,
+                    loss_grad=layer.view(lgrads[k]) if "loss_grad" in needs else None,
+                    target_grad=layer.view(grads[k]) if needs & {"gxi", "gxd"} else None,
                 )
                 for key, value in per_example.items():
                     acc[key] += value.sum(0).double()
@@ -252,7 +273,7 @@ def calibration_stats(
             if advance:
                 advance(len(xb))
     return {
-        name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed)
+        name: LayerStats(**{k: (v / len(x)).float() for k, v in acc.items()}, seed=seed, skipped=skipped)
         for name, acc in sums.items()
     }
 
@@ -277,7 +298,8 @@ def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor
     tensors = [outputs[m] for m in modules]
     eye = torch.eye(n_classes, dtype=z.dtype, device=z.device)
     for c0 in range(0, n_classes, CLASS_CHUNK):
-        rows = eye[c0:c0 + CLASS_CHUNK].unsqueeze(1).expand(-1, *z.shape)  # (k, B, C): logit c0 + j in row j
+        chunk = eye[c0:c0 + CLASS_CHUNK]  # (k, C, ...): logit c0 + j in row j, at every position of a sequence
+        rows = chunk.view(len(chunk), *[1] * (z.dim() - 1), n_classes).expand(-1, *z.shape)
         try:
             batched = torch.autograd.grad(z, tensors, rows, retain_graph=True, is_grads_batched=True)
         except RuntimeError:  # an op without a batching rule: one backward per class

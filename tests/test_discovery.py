@@ -170,25 +170,31 @@ def test_captum_utilities_on_the_hook_route_equal_the_traced_twin():
         assert ours[name].gxd.abs().sum() > 0
 
 
-class _EncoderHead(nn.Module):
-    """fx traces it, but its only activations are functional inside a torch.nn leaf."""
+class _LinearNorm(nn.Module):
+    """fx traces it: two Linear layers around a LayerNorm, no activation at all."""
 
     def __init__(self):
         super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-        self.head = nn.Linear(8, 3)
+        self.fc, self.norm, self.head = nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 3)
 
     def forward(self, x):
-        return self.head(self.encoder(x).mean(1))
+        return self.head(self.norm(self.fc(x)).mean(1))
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2),  # fx, export fail: hooks
-    _EncoderHead,                                                                               # fx traces it
-])
+class _DataBranch(_LinearNorm):
+    """Neither fx nor export traces it (a branch on a tensor's value); no activation module for hooks either."""
+
+    def forward(self, x):
+        x = self.norm(self.fc(x))
+        if x.sum() > 0:
+            x = x * 2
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("factory", [_LinearNorm, _DataBranch])
 def test_a_model_without_any_unit_layer_is_refused_in_one_line(factory):
     model = factory().eval()
-    fx_fails = isinstance(model, nn.TransformerEncoder)
+    fx_fails = factory is _DataBranch
     warned = pytest.warns(UserWarning, match="fx cannot trace") if fx_fails else contextlib.nullcontext()
     with warned, pytest.raises(BadInputError, match=r"no unit layer found in \w+: .*unit_layer_specs") as err:
         tap_unit_layers(model, torch.randn(2, 4, 8))

@@ -106,11 +106,11 @@ def test_out_of_memory_halves_the_chunk_and_still_equals_plain(monkeypatch, capl
     real = fast_engine._downstream_inputs
     calls = {"oom": 0}
 
-    def tight(split, h, values, idx, r):
+    def tight(split, layer, h, values, idx, r):
         if len(idx) * len(h) > 64:
             calls["oom"] += 1
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(split, h, values, idx, r)
+        return real(split, layer, h, values, idx, r)
 
     monkeypatch.setattr(fast_engine, "_downstream_inputs", tight)
     with caplog.at_level(logging.WARNING, logger="resetassay.lesion.fast"):

@@ -208,26 +208,39 @@ def test_a_shape_branch_fx_cannot_trace_goes_through_export_with_producers_and_c
     _assert_same(exported, _read(twin, ("fx",), calib_x, calib_y, probe_x))
 
 
-class _EncoderMLP(nn.Module):
-    """A torch.nn leaf with modules of its own inside (TransformerEncoderLayer), behind a shape test."""
+class _Mixer(nn.Module):
+    """Stands for a torch.nn layer with modules inside (as TransformerDecoderLayer): fx's rule makes it a leaf."""
+
+    __module__ = "torch.nn.modules.stand_in"
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.act, self.norm = nn.Linear(8, 8), nn.ReLU(), nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.act(self.inner(x)))
+
+
+class _LeafMLP(nn.Module):
+    """A torch.nn leaf with modules of its own inside, behind a shape test."""
 
     def __init__(self, branch: bool = True):
         super().__init__()
-        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.mixer = _Mixer()
         self.fc, self.head = nn.Linear(8, 5), nn.Linear(5, 3)
         self.branch = branch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.branch or x.dim() == 3:
-            x = self.encoder(x).mean(1)
+            x = self.mixer(x).mean(1)
         return self.head(F.relu(self.fc(x)))
 
 
 def test_a_torch_nn_leaf_is_read_back_as_one_call_with_its_inner_modules():
     calib_x, calib_y, probe_x = _data((4, 8))
     torch.manual_seed(3)
-    model = _EncoderMLP().double().eval()
-    twin = _EncoderMLP(branch=False).double().eval()
+    model = _LeafMLP().double().eval()
+    twin = _LeafMLP(branch=False).double().eval()
     twin.load_state_dict(model.state_dict())
     with pytest.warns(UserWarning, match="found by torch.export"):
         exported = _read(model, ("fx", "export"), calib_x, calib_y, probe_x)

@@ -65,7 +65,7 @@ def test_clamp_equals_compensated_reset_for_linear_consumer():
     for layer in layers:
         for i in range(layer.n_units):
             idx = torch.tensor([i])
-            with clamped({layer.module: (idx, refs[layer.name][idx])}):
+            with clamped([(layer, idx, refs[layer.name][idx])]):
                 z_clamped = model(probe)
             z_hand = _compensated(model, CONSUMER, {layer.name: [i]}, refs)(probe)
             torch.testing.assert_close(z_clamped, z_hand, **TOL)
@@ -101,13 +101,14 @@ def test_unit_shocks_index_the_lesioned_unit_not_a_neighbour():
 
 def test_clamp_sets_only_the_named_unit():
     model, layers, refs, probe = _setup_mlp()
+    act1, act2 = layers
     seen = {}
     handle = model.fc2.register_forward_pre_hook(lambda m, inp: seen.__setitem__("h", inp[0]))
     try:
         model(probe)
         free = seen["h"].clone()
         idx = torch.tensor([2])
-        with clamped({model.act1: (idx, refs["act1"][idx])}):
+        with clamped([(act1, idx, refs["act1"][idx])]):
             model(probe)
         held = seen["h"]
     finally:
@@ -119,13 +120,14 @@ def test_clamp_sets_only_the_named_unit():
 
 def test_clamp_does_not_leak_after_the_context_exits():
     model, layers, refs, probe = _setup_mlp()
+    act1, act2 = layers
     before = probe_logits(model, probe)
     idx = torch.tensor([0, 3])
-    with clamped({model.act1: (idx, refs["act1"][idx]), model.act2: (idx, refs["act2"][idx])}):
+    with clamped([(act1, idx, refs["act1"][idx]), (act2, idx, refs["act2"][idx])]):
         inside = probe_logits(model, probe)
     assert not torch.equal(inside, before)
     assert torch.equal(probe_logits(model, probe), before)
-    with pytest.raises(RuntimeError), clamped({model.act1: (idx, refs["act1"][idx])}):
+    with pytest.raises(RuntimeError), clamped([(act1, idx, refs["act1"][idx])]):
         raise RuntimeError("boom")
     assert torch.equal(probe_logits(model, probe), before)
     unit_shocks(model, layers, refs, probe, ["l1"], batch_size=3, engine="plain")

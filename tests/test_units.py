@@ -142,8 +142,8 @@ def test_activation_never_called_in_forward_is_refused():
 
 def test_unit_layer_with_unsupported_shape_is_refused():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
-    with pytest.raises(BadInputError, match=r"\(B, n\) or \(B, C, H, W\)"):
-        unit_layers(model, torch.randn(2, 5, 4))
+    with pytest.raises(BadInputError, match=r"\(B, n\), \(B, C, H, W\) or \(B, T, n\)"):
+        unit_layers(model, torch.randn(2, 5, 6, 7, 4))
 
 
 def test_declared_producer_that_is_not_weighted_is_dropped_with_a_note():

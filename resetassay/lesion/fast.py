@@ -4,8 +4,8 @@ Same numbers as the plain engine (plain.py), computed with less work:
 1. upstream once per probe chunk, downstream only (`split.split_at`);
 2. K lesions per forward: the batch grows to K*P rows, block k clamping unit k; K and the probe
    chunk follow a memory budget and halve on out-of-memory;
-3. the consumer shortcut where it is exact (Linear: rank-1 update; Conv2d: one-input-channel
-   convolution);
+3. the consumer shortcut where it is exact (Linear: rank-1 update, per position for tokens;
+   Conv2d: one-input-channel convolution; never for attention heads, a group of its inputs);
 4. every shock metric from the same perturbed logits, on the model's device.
 Models torch.fx cannot split fall back, with a logged reason, to the expanded-input path
 (whole model on K*P rows, hooks clamping block k), which also runs joint lesions (sets of units,
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
 # K*P rows per forward, by device and unit-layer kind (measured, benchmarks/lesion_speed.py): on CPU,
 # cache-sized chunks suit GEMMs, while convolutions on small maps gain from larger batches.
-TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192}
+# A token layer's row is a whole sequence.
+TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192, ("cpu", "token"): 128, ("cpu", "head"): 128}
 GPU_TARGET_ROWS = 1 << 16
 
 
@@ -69,23 +70,25 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
 
 
-def _clamped(h: torch.Tensor, idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """`(K*P, n, ...)`: K copies of h `(P, n, ...)`, block k with unit idx[k] clamped to r[idx[k]]."""
+def _clamped(layer: UnitLayer, h: torch.Tensor, idx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """`(K*P, ...)`: K copies of the layer's output h `(P, ...)`, block k with unit idx[k] clamped to r[idx[k]]."""
     k, p = len(idx), h.shape[0]
     out = h.unsqueeze(0).repeat(k, *([1] * h.dim()))
-    out[torch.arange(k, device=h.device), :, idx] = per_unit(r[idx].to(h.dtype), h).unsqueeze(1)
+    u = layer.view(out.view(k * p, *h.shape[1:])).unflatten(0, (k, p))  # (K, P, n, ...), writing into out
+    u[torch.arange(k, device=h.device), :, idx] = per_unit(r[idx].to(h.dtype), u)  # (K, 1, ...) over (K, P, ...)
     return out.view(k * p, *h.shape[1:])
 
 
 def _corrected(consumer: nn.Linear | nn.Conv2d, c: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
                r: torch.Tensor) -> torch.Tensor:
-    """`(K*P, ...)`: the consumer output c `(P, ...)` plus, in block k, the term of clamping unit idx[k]."""
+    """`(K*P, ...)`: the consumer output c `(P, ...)` plus, in block k, the term of clamping unit idx[k] of h
+    (`(P, n)` or tokens `(P, T, n)` read by a Linear, `(P, n, H, W)` by a Conv2d)."""
     k, p, w = len(idx), h.shape[0], consumer.weight
     if isinstance(consumer, nn.Linear):
-        delta = r[idx].to(h.dtype).unsqueeze(0) - h[:, idx]           # (P, K)
-        out = c.new_empty(k, p, c.shape[1])
-        torch.addcmul(c.unsqueeze(0), delta.T.unsqueeze(2), w[:, idx].T.unsqueeze(1), out=out)
-        return out.view(k * p, -1)
+        delta = (r[idx].to(h.dtype) - h[..., idx]).movedim(-1, 0).unsqueeze(-1)   # (K, P, [T,] 1)
+        out = c.new_empty(k, *c.shape)
+        torch.addcmul(c.unsqueeze(0), delta, w[:, idx].T.view(k, *[1] * (h.dim() - 1), -1), out=out)
+        return out.view(k * p, *c.shape[1:])
     delta = r[idx].to(h.dtype).view(1, k, 1, 1) - h[:, idx]          # (P, K, H, W)
     kernel = w[:, idx].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])
     d = F.conv2d(delta, kernel, None, consumer.stride, consumer.padding, consumer.dilation, groups=k)
@@ -93,11 +96,11 @@ def _corrected(consumer: nn.Linear | nn.Conv2d, c: torch.Tensor, h: torch.Tensor
     return (c.unsqueeze(0) + d).reshape(k * p, *c.shape[1:])
 
 
-def _downstream_inputs(split: Split, h: torch.Tensor, values: list[torch.Tensor], idx: torch.Tensor,
-                       r: torch.Tensor) -> list[torch.Tensor]:
+def _downstream_inputs(split: Split, layer: UnitLayer, h: torch.Tensor, values: list[torch.Tensor],
+                       idx: torch.Tensor, r: torch.Tensor) -> list[torch.Tensor]:
     """Inputs of the downstream graph for K lesions: start values, then the expanded frontier."""
     n_starts = len(split.starts)
-    starts = [_clamped(h, idx, r) if m is None else _corrected(m, v, h, idx, r)
+    starts = [_clamped(layer, h, idx, r) if m is None else _corrected(m, v, h, idx, r)
               for m, v in zip(split.starts, values[:n_starts], strict=True)]
     return starts + [_expand(f, len(idx)) for f in values[n_starts:]]
 
@@ -154,8 +157,8 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r:
                 z = BaseLogits(base[p0:p0 + p_chunk])
                 for u0 in range(0, n, k_max):
                     idx = chosen[u0:u0 + k_max]
-                    zl = split.downstream(*_downstream_inputs(split, h, values, idx, r))
-                    sums.add(u0, z, zl.view(len(idx), h.shape[0], -1))
+                    zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r))
+                    sums.add(u0, z, zl.view(len(idx), *z.z.shape))
                     if advance and p0 + p_chunk >= len(probe_x):
                         advance(len(idx))
 
@@ -184,11 +187,11 @@ def _block_clamps(lesions: list[Lesion], layers: dict[str, UnitLayer], refs: Ref
     def hook_for(name: str):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
-            blocks = out.view(len(lesions), p, *out.shape[1:])
+            blocks = layers[name].view(out).unflatten(0, (len(lesions), p))  # (K, P, n, ...), writing into out
             for k, lesion in enumerate(lesions):
                 idx = lesion.get(name)
                 if idx is not None and len(idx):
-                    blocks[k][:, idx] = per_unit(refs[name][idx].to(out.dtype), out)
+                    blocks[k][:, idx] = per_unit(refs[name][idx].to(out.dtype), blocks[k])
             return out
         return hook
 
@@ -223,7 +226,7 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                 chunk = lesions[l0:l0 + k_max]
                 with torch.inference_mode(), _block_clamps(chunk, by_name, refs, len(x)):
                     zl = model(_expand(x, len(chunk)))
-                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk]), zl.view(len(chunk), len(x), -1))
+                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk]), zl.view(len(chunk), len(x), *base.shape[1:]))
                 if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 
@@ -260,7 +263,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         per_metric = None
         if gm is not None:
             try:
-                split = split_at(gm, layer.name, cut)
+                split = split_at(gm, layer.name, () if layer.kind == "head" else cut)
                 per_metric = _split_layer_shocks(split, layer, chosen, refs[layer.name], probe_x, base, metrics,
                                                  rows, max_k, advance)
             except SplitError as why:

@@ -1,8 +1,8 @@
 """The plain lesion engine (SPEC S4): one full forward of the probe set per lesion, a hook clamping it.
 
 A lesion clamps unit i of a unit layer to its reference r_i on every probe example (every
-position for Conv), all parameters unchanged. This engine is the ground truth that every faster
-path is tested against.
+position for Conv and tokens; a head's d features to its mean vector), all parameters
+unchanged. This engine is the ground truth that every faster path is tested against.
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ from resetassay.units import UnitLayer, per_unit
 
 
 @contextmanager
-def clamped(clamps: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """Clamp units while inside: {module: (unit indices `(k,)`, values `(k,)`)} (SPEC S4).
+def clamped(clamps: list[tuple[UnitLayer, torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Clamp units while inside: (unit layer, unit indices `(k,)`, values `(k,)` or a head's `(k, d)`) (SPEC S4).
 
     The hook returns a fresh tensor, so no in-place op downstream can touch a cached one.
     """
-    def hook_for(idx: torch.Tensor, values: torch.Tensor):
+    def hook_for(layer: UnitLayer, idx: torch.Tensor, values: torch.Tensor):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
-            out[:, idx] = per_unit(values.to(out.dtype), out).expand_as(out[:, idx])
+            u = layer.view(out)
+            u[:, idx] = per_unit(values.to(out.dtype), u).expand_as(u[:, idx])
             return out
         return hook
 
-    with forward_hooks({m: hook_for(idx, v) for m, (idx, v) in clamps.items()}):
+    with forward_hooks({layer.module: hook_for(layer, idx, v) for layer, idx, v in clamps}):
         yield
 
 
@@ -47,7 +48,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
     for layer in layers:
         for i, unit in enumerate(chosen[layer.name].tolist()):
             idx = torch.tensor([unit], device=base.device)
-            with clamped({layer.module: (idx, refs[layer.name][idx])}):
+            with clamped([(layer, idx, refs[layer.name][idx])]):
                 lesioned = probe_logits(model, probe_x, batch_size)
             for m, value in mean_shocks(base, lesioned, metrics).items():
                 shocks[m][layer.name][i] = value
@@ -60,14 +61,14 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                  probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, batch_size: int = 512,
                  advance: Advance | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
-    modules = {layer.name: layer.module for layer in layers}
+    by_name = {layer.name: layer for layer in layers}
     out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
     for k, lesion in enumerate(lesions):
-        clamps = {}
+        clamps = []
         for name, idx in lesion.items():
             if len(idx):
                 idx = idx.to(base.device)
-                clamps[modules[name]] = (idx, refs[name][idx])
+                clamps.append((by_name[name], idx, refs[name][idx]))
         with clamped(clamps):
             lesioned = probe_logits(model, probe_x, batch_size)
         for m, value in mean_shocks(base, lesioned, metrics).items():

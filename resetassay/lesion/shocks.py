@@ -1,8 +1,9 @@
 """Shock metrics (SPEC S4): per-example shocks, running sums over probe chunks, probe logits.
 
 The shock of a lesion is the mean over the probe set of how far the logits move: L1 of the
-logit difference, or KL(softmax(z) || softmax(z_lesioned)). Both engines compute them here,
-from the same perturbed logits, in float64.
+logit difference, or KL(softmax(z) || softmax(z_lesioned)); of a language model's logits
+`(P, T, V)`, the mean over each example's positions of the per-position shock (SPEC S9). Both
+engines compute them here, from the same perturbed logits, in float64.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def check_metrics(names: list[str]) -> list[str]:
 
 
 def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str) -> torch.Tensor:
-    """Per-example shock `(P,)` between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4)."""
+    """Per-example shock `(P,)` between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4), or both `(P, T, V)`:
+    the mean over positions (SPEC S9)."""
     if metric == "l1":
-        return (z - z_lesioned).abs().sum(dim=1)
-    if metric == "kl":
-        log_p, log_q = F.log_softmax(z.double(), dim=1), F.log_softmax(z_lesioned.double(), dim=1)
-        return (log_p.exp() * (log_p - log_q)).sum(dim=1)
-    raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(METRICS)}")
+        shock = (z - z_lesioned).abs().sum(dim=-1)
+    elif metric == "kl":
+        log_p, log_q = F.log_softmax(z.double(), dim=-1), F.log_softmax(z_lesioned.double(), dim=-1)
+        shock = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    else:
+        raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(METRICS)}")
+    return shock.mean(dim=1) if z.dim() == 3 else shock
 
 
 def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str]) -> dict[str, float]:
@@ -58,12 +62,12 @@ def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
 
 
 class BaseLogits:
-    """Unlesioned logits of one probe chunk, `(P, C)`, with what the shocks reuse, in float64."""
+    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, with what the shocks reuse, in float64."""
 
     def __init__(self, z: torch.Tensor):
         self.z = z.double()
-        self.lse = torch.logsumexp(self.z, dim=1)
-        self.p = (self.z - self.lse.unsqueeze(1)).exp()
+        self.lse = torch.logsumexp(self.z, dim=-1)
+        self.p = (self.z - self.lse.unsqueeze(-1)).exp()
 
 
 class ShockSums:
@@ -77,15 +81,17 @@ class ShockSums:
             s.zero_()
 
     def add(self, first: int, base: BaseLogits, z_lesioned: torch.Tensor) -> None:
-        """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)`."""
+        """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)` or `(K, P, T, V)` (a sequence's
+        shock is its mean over positions, SPEC S9)."""
         zl = z_lesioned.double()
-        d = zl - base.z                                   # (K, P, C)
+        d = zl - base.z                                   # (K, P, C) or (K, P, T, V)
         k = len(zl)
         if "l1" in self.sums:
-            self.sums["l1"][first:first + k] += d.abs().sum(dim=(1, 2))
+            l1 = d.abs().sum(dim=(1, 2)) if d.dim() == 3 else d.abs().sum(dim=3).mean(dim=2).sum(dim=1)
+            self.sums["l1"][first:first + k] += l1
         if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
-            kl = torch.logsumexp(zl, dim=2) - base.lse - (d * base.p).sum(dim=2)
-            self.sums["kl"][first:first + k] += kl.sum(dim=1)
+            kl = torch.logsumexp(zl, dim=-1) - base.lse - (d * base.p).sum(dim=-1)
+            self.sums["kl"][first:first + k] += (kl.mean(dim=2) if kl.dim() == 3 else kl).sum(dim=1)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
         return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
