@@ -54,7 +54,8 @@ from resetassay.names import MANIFEST, STATE, WEIGHTS
 FORMAT = "resetassay.checkpoint/1"
 ZOO_MODULE = "resetassay.models"
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")  # .ckpt: PyTorch Lightning
-LIBRARIES = ("torchvision", "timm")  # --model torchvision:NAME, timm:NAME; extras of the same names
+# --model torchvision:NAME, timm:NAME, transformers:MODEL_TYPE (a causal LM from its config); extras of the same names
+LIBRARIES = ("torchvision", "timm", "transformers")
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # cast up to a float32/float64 model, losing nothing
 STATE_KINDS = ("age", "reference", "utility")  # state.safetensors keys: "<layer>.<kind>" (SPEC S1, S2)
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
@@ -386,13 +387,18 @@ def _import_library(lib: str, spec: str):
 
 
 def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]:
-    """The factory of the model `name` of torchvision (`get_model(name, weights=None)`) or timm
-    (`create_model(name, pretrained=False)`); an unknown name is a one-line error listing close matches."""
+    """The factory of the model `name` of torchvision (`get_model(name, weights=None)`), timm
+    (`create_model(name, pretrained=False)`) or transformers (the causal language model of the model type `name`,
+    `gpt2`, `llama`, ..., built from its config with the kwargs as config fields); an unknown name is a one-line
+    error listing close matches."""
     if not name or ":" in name or "/" in name:  # timm's hf-hub:ORG/NAME and local-dir:PATH load configs
         raise BadInputError(f"--model {spec!r}: expected {lib}:NAME, the name of one of its architectures "
                             "(resetassay never downloads models or weights)", flag="--model")
     module = _import_library(lib, spec)
-    names = list(module.models.list_models() if lib == "torchvision" else module.list_models())
+    if lib == "transformers":
+        names = list(module.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    else:
+        names = list(module.models.list_models() if lib == "torchvision" else module.list_models())
     arch = name.split(".", 1)[0] if lib == "timm" else name  # timm: resnet18.a1_in1k names a pretrained tag
     if arch not in names:
         lower = {n.lower(): n for n in names}
@@ -404,6 +410,8 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
 
     def build(**kwargs) -> nn.Module:
         _refuse_downloads(kwargs)
+        if lib == "transformers":  # the model type's config, with kwargs: random weights, nothing downloaded
+            return module.AutoModelForCausalLM.from_config(module.AutoConfig.for_model(name, **kwargs))
         if lib == "timm":
             return module.create_model(name, pretrained=False, **kwargs)
         fixed = {"weights": None}

@@ -168,6 +168,12 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     """
     if hasattr(model, "unit_layer_specs"):
         return model
+    from resetassay.hf import transformers_taps  # here: hf.py builds on this module's taps
+
+    if (declared := transformers_taps(model)) is not None:
+        if example is not None:
+            _check_outputs(declared, model, example)
+        return declared
     if unknown := set(routes) - set(ROUTES):
         raise ValueError(f"unknown discovery routes {sorted(unknown)}; expected some of {ROUTES}")
     name, failures = type(model).__name__, []

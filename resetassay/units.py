@@ -141,11 +141,21 @@ def select_specs(specs: list[UnitLayerSpec], patterns: list[str] | None) -> list
     return chosen
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether `module` is Hugging Face's `Conv1D` (GPT-2): a Linear layer storing its weight as `(in, out)`."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """A producer's or consumer's weight with outputs first, `(out, in, ...)`: a Conv1D's transposed (SPEC S3)."""
+    return module.weight.T if is_conv1d(module) else module.weight
+
+
 def _weighted(model: nn.Module, name: str | None, what: str, note: str) -> tuple[nn.Module | None, str]:
     if name is None:
         return None, note
     module = model.get_submodule(name)
-    if not isinstance(module, WEIGHTED):
+    if not (isinstance(module, WEIGHTED) or is_conv1d(module)):
         return None, f"{what} {name} is a {type(module).__name__}, not Linear/Conv2d"
     return module, note
 

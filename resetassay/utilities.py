@@ -24,7 +24,7 @@ from resetassay.hooks import forward_hooks
 from resetassay.names import ORACLE
 from resetassay.sequences import example_losses, is_sequence, target_logits
 from resetassay.shapes import Refs, Scores
-from resetassay.units import UnitLayer, per_unit, positions, sum_positions
+from resetassay.units import UnitLayer, dense_weight, per_unit, positions, sum_positions
 
 INGREDIENTS = ("abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all")
 
@@ -84,15 +84,16 @@ def check_utilities(names: list[str]) -> list[str]:
 
 
 def consumer_weight_mass(layer: UnitLayer) -> torch.Tensor:
-    """Sum_k |w_out[k, i]| over the single Linear/Conv consumer, `(n_units,)` (SPEC S3)."""
+    """Sum_k |w_out[k, i]| over the single Linear/Conv consumer, `(n_units,)`; a head's: over its d_head columns
+    (SPEC S3, S9). Hugging Face's Conv1D is read transposed."""
     m, n = layer.consumer, layer.n_units
     if m is None:
         raise NotApplicable(layer.consumer_note or "no single Linear/Conv consumer")
-    w = m.weight.detach().abs()
+    w = dense_weight(m).detach().abs()
     if isinstance(m, nn.Conv2d) and m.groups == 1 and w.shape[1] == n:
         return w.sum(dim=(0, 2, 3))
-    if isinstance(m, nn.Linear) and w.shape[1] % n == 0:
-        return w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))  # (n) or channel-major flattened maps
+    if w.dim() == 2 and w.shape[1] % n == 0:
+        return w.reshape(w.shape[0], n, -1).sum(dim=(0, 2))  # (n), a head's columns, or channel-major maps
     raise NotApplicable(f"consumer {layer.spec.consumer if layer.spec else '?'} does not read "
                         f"{n} units channel by channel")
 
@@ -102,7 +103,7 @@ def producer_weight_mass(layer: UnitLayer) -> torch.Tensor:
     m = layer.producer
     if m is None:
         raise NotApplicable(layer.producer_note or "no Linear/Conv producer")
-    w = m.weight.detach().abs()
+    w = dense_weight(m).detach().abs()
     if w.shape[0] != layer.n_units:
         raise NotApplicable(f"producer has {w.shape[0]} outputs for {layer.n_units} units")
     return w.flatten(1).sum(dim=1)

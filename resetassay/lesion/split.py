@@ -40,7 +40,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     The folded graph computes the same function (to float rounding) with one op less per pair;
     the model itself is not changed.
     """
-    if getattr(model, "discovery_route", None) == "hooks":  # a traced graph would bypass the call-counting taps
+    if getattr(model, "discovery_route", None) in ("hooks", "transformers"):  # fx would bypass the hooks' taps
         raise SplitError(f"the unit layers of {type(model).__name__} are tapped by forward hooks")
     try:
         gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
