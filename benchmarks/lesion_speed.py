@@ -8,7 +8,9 @@ Times, on the paper MLP (784 -> [256]x4 -> 10, SiLU; SPEC S6) with P probe examp
           lesion, over P rows) divided by the matmul rate measured in this run
 and, on the ResNet fixture and on a ResNet-18 in torchvision's layout at CIFAR size (examples/resnet18.py,
 one unit layer per stage, 24 sampled units each, P = 256; its bound at the rate of the model's own forward),
-plain vs fast vs the bound. Prints units/s and ratios; --json writes them.
+and on the zoo transformer (d_model 128, 4 blocks, 4 heads; every head and 24 sampled MLP neurons per block;
+P = 512 sequences of 32 tokens, SPEC S9), plain vs fast vs the bound, with the fast engine's peak memory
+under --max-memory (default 256MB there). Prints units/s and ratios; --json writes them.
 
     python benchmarks/lesion_speed.py [--quick] [--json FILE] [--threads 2] [--max-memory 1GB]
 """
@@ -34,7 +36,7 @@ from resetassay.assay import sample_units
 from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
 from resetassay.lesion import unit_shocks
-from resetassay.lesion.fast import _downstream_inputs, parse_bytes
+from resetassay.lesion.fast import _downstream_inputs, parse_bytes, shortcut_types
 from resetassay.lesion.shocks import probe_logits
 from resetassay.lesion.split import split_at, trace
 from resetassay.models import create_model
@@ -128,7 +130,7 @@ def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.
     gm = trace(model)
     total, one = 0.0, {}
     for layer in layers:
-        split = split_at(gm, layer.name)
+        split = split_at(gm, layer.name, shortcut_types(layer, probe_x.device, True))
         with torch.inference_mode():
             h, *values = split.upstream(probe_x)
             inputs = _downstream_inputs(split, layer, h, values, torch.tensor([0]), refs[layer.name])
@@ -284,6 +286,45 @@ def resnet18_benchmark(quick: bool, max_memory: int | None) -> dict:
     }
 
 
+def transformer_benchmark(quick: bool, max_memory: int | None) -> dict:
+    """The zoo transformer on random token sequences: heads and sampled MLP neurons of every block, fast vs plain
+    vs the FLOP bound (at the rate of the model's own forward), and the fast engine's peak RSS growth."""
+    p, length, d_model, blocks, per_layer = (32, 16, 64, 2, 4) if quick else (512, 32, 128, 4, 24)
+    budget = max_memory or 256 * 10**6
+    torch.manual_seed(0)
+    model = create_model("transformer", vocab=32, max_len=length, d_model=d_model, n_layers=blocks,
+                         n_heads=4).eval()
+    g = torch.Generator().manual_seed(0)
+    calib_x, probe_x = (torch.randint(0, 32, (p, length), generator=g) for _ in range(2))
+    layers = unit_layers(model, calib_x[:2])
+    refs = unit_references(model, layers, calib_x)
+    chosen = sample_units(layers, per_layer, seed=0)
+    n_units = sum(len(chosen.get(layer.name, range(layer.n_units))) for layer in layers)
+
+    def run(engine: str) -> dict:
+        return unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine=engine, units=chosen,
+                           max_memory=budget)
+
+    run("fast")  # one-time tracing and imports
+    plain, t_plain = timed(lambda: run("plain"))
+    rss = PeakRSS()
+    with rss.measure():
+        fast, t_fast = timed(lambda: run("fast"))
+    rate = forward_rate(model, probe_x)
+    per_unit = flop_bound(model, layers, refs, probe_x, per_layer=True)
+    t_bound = sum(per_unit[layer.name] * len(chosen.get(layer.name, range(layer.n_units))) for layer in layers) / rate
+    return {
+        "model": f"zoo transformer d_model {d_model}, {blocks} blocks, 4 heads; every head and {per_layer} sampled "
+                 f"MLP neurons per block, sequences of {length} tokens", "probe": p, "units": n_units,
+        "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
+        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
+        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
+        "forward_gflops": rate / 1e9, "max_memory_mb": budget / 1e6, "peak_rss_mb": rss.peak / 1e6,
+        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
+                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+    }
+
+
 def main() -> None:
     global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -307,7 +348,8 @@ def main() -> None:
                }
     results["resnet"] = resnet_benchmark(args.quick, budget, results["mlp"]["matmul_gflops"] * 1e9)
     results["resnet18"] = resnet18_benchmark(args.quick, budget)
-    for name in ("mlp", "resnet", "resnet18"):
+    results["transformer"] = transformer_benchmark(args.quick, budget)
+    for name in ("mlp", "resnet", "resnet18", "transformer"):
         r = results[name]
         print(f"\n{r['model']}: {r['units']} units, P={r['probe']}")
         for method, seconds in r["seconds"].items():
@@ -317,6 +359,9 @@ def main() -> None:
     m = results["mlp"]
     print(f"\nmlp: matmul {m['matmul_gflops']:.1f} GFLOP/s; fast engine peak RSS growth, fresh process: "
           + ", ".join(f"+{v:.0f} MB at {k}" for k, v in m["peak_rss_mb"].items()))
+    t = results["transformer"]
+    print(f"transformer: fast engine peak RSS growth +{t['peak_rss_mb']:.0f} MB under --max-memory "
+          f"{t['max_memory_mb']:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -234,6 +234,16 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
     return sums.means(len(probe_x))
 
 
+def shortcut_types(layer: UnitLayer, device: torch.device, shortcut: bool | None) -> tuple[type[nn.Module], ...]:
+    """The readers of `layer` whose output the engine corrects instead of recomputing (step 3): none for attention
+    heads; else Linear and Conv2d (`shortcut` True), none (False), or where it pays (None: Linear readers, and
+    Conv2d readers on GPU only; on CPU a grouped one-channel convolution measured 2-3x slower than recomputing the
+    dense consumer)."""
+    if layer.kind == "head" or shortcut is False:
+        return ()
+    return SHORTCUT_TYPES if shortcut or device.type == "cuda" else (nn.Linear,)
+
+
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 base: torch.Tensor, max_memory: int | None = None, max_k: int | None = None,
                 shortcut: bool | None = None, advance: Advance | None = None,
@@ -242,15 +252,10 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
     (SPEC S4), faster.
 
     `max_k` caps the lesions per forward (tests sweep it); `shortcut` True/False forces the consumer
-    shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays: for Linear
-    readers, and for Conv2d readers on GPU only (on CPU a grouped one-channel convolution measured
-    2-3x slower than recomputing the dense consumer). `base`: the unlesioned probe logits `(P, C)`.
+    shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays
+    (`shortcut_types`). `base`: the unlesioned probe logits `(P, C)` or `(P, T, V)`.
     """
     device = next(model.parameters()).device
-    if shortcut is None:
-        cut = SHORTCUT_TYPES if device.type == "cuda" else (nn.Linear,)
-    else:
-        cut = SHORTCUT_TYPES if shortcut else ()
     rows = _rows(model, probe_x, max_memory)
     try:
         gm = trace(model)
@@ -263,7 +268,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         per_metric = None
         if gm is not None:
             try:
-                split = split_at(gm, layer.name, () if layer.kind == "head" else cut)
+                split = split_at(gm, layer.name, shortcut_types(layer, device, shortcut))
                 per_metric = _split_layer_shocks(split, layer, chosen, refs[layer.name], probe_x, base, metrics,
                                                  rows, max_k, advance)
             except SplitError as why:
