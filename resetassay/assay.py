@@ -171,7 +171,8 @@ class AssayResult:
 
     def plot(self, *names: str) -> dict[str, Figure]:
         """The report's figures as matplotlib Figures (not saved, not shown by pyplot), by name: oracle_ratio,
-        spearman_heatmap, scatter_<metric>, shock_vs_step (3+ steps), layer_heatmap; all without `names`."""
+        spearman_heatmap, scatter_<metric>, shock_vs_step (3+ steps), layer_heatmap, block_spearman (transformers);
+        all without `names`."""
         drawn = self._analysis.figures()
         unknown = [n for n in names if n not in drawn]
         if unknown:

@@ -64,3 +64,24 @@ def test_shock_vs_step_needs_three_steps():
     assert figures.shock_vs_step(stats, "5%") is None
     three = pd.concat([stats, stats.iloc[:1].assign(checkpoint="c", step=3.0)], ignore_index=True)
     assert figures.shock_vs_step(three, "5%") is not None
+
+
+def test_block_spearman_draws_each_block_mean_for_mlp_neurons_and_heads():
+    rows = [(c, u, f"blocks.{b}.{part}", rho) for c, shift in (("c1", 0.0), ("c2", 0.2))
+            for u, base in (("gxd", 0.5), ("activation", 0.1), ("oracle", 1.0))
+            for b in range(3) for part, offset in (("mlp.act", 0.0), ("attn.heads", -0.3))
+            for rho in [min(base + shift + offset + 0.1 * b, 1.0)]]
+    rows += [(c, "gxd", "ALL", 0.9) for c in ("c1", "c2", "m1")] + [("m1", "gxd", "layers.0.act", 0.4)]
+    summary = pd.DataFrame(rows, columns=["checkpoint", "utility", "scope", "spearman"]).assign(metric="l1")
+    checkpoints = pd.DataFrame({"checkpoint": ["c1", "c2", "m1"], "family": ["T", "T", "mlp"], "step": 1.0})
+    figure = figures.block_spearman(summary, checkpoints)
+    mlp, heads = figure.axes[:2]
+    assert [ax.get_title() for ax in (mlp, heads)] == ["MLP neurons (2 checkpoints)", "attention heads (2 checkpoints)"]
+    lines = {(ax.get_title().split(" (")[0], bars.get_label()): np.asarray(bars.lines[0].get_ydata(), float)
+             for ax in (mlp, heads)
+             for bars in ax.containers}
+    assert set(lines) == {(kind, u) for kind in ("MLP neurons", "attention heads") for u in ("gxd", "activation")}
+    np.testing.assert_allclose(lines[("MLP neurons", "gxd")], [0.6, 0.7, 0.8])
+    np.testing.assert_allclose(lines[("attention heads", "activation")], [-0.1, 0.0, 0.1], atol=1e-12)
+    assert "T" in mlp.get_ylabel() and len(figure.axes) == 2  # the MLP family (no heads) is not drawn
+    assert figures.block_spearman(summary[summary["checkpoint"] == "m1"], checkpoints) is None

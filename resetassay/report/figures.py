@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -308,4 +309,44 @@ def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | 
         _rotate(ax, 7)
         for label in ax.get_xticklabels():
             label.set_color(palette[label.get_text()])
+    return figure
+
+
+BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")  # the block index in blocks.3.mlp.act, model.layers.3.self_attn.heads
+
+
+def block_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
+    """Spearman ρ within each block's MLP neurons and attention heads (SPEC S9) against the block index, one line
+    per utility (mean ± SE over a family's checkpoints; oracle left out), panels family x unit kind, for the run's
+    first metric: does a utility stay reliable in deep blocks? Only families with attention heads (`*.heads`
+    layers, numbered blocks) are drawn; None when no family has two blocks."""
+    layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)].copy()
+    layers = layers[layers["metric"] == summary["metric"].iloc[0]]
+    blocks = layers["scope"].str.extract(BLOCK, expand=False)
+    layers = with_checkpoint_info(layers.assign(block=pd.to_numeric(blocks)).dropna(subset=["block", "spearman"]),
+                                  checkpoints)
+    heads = layers["scope"].str.endswith("heads")
+    families = layers.loc[heads, "family"].unique()
+    data = layers[layers["family"].isin(families)]
+    if data.empty or data.groupby("family")["block"].nunique().max() < 2:
+        return None
+    data = data.assign(kind=np.where(data["scope"].str.endswith("heads"), "attention heads", "MLP neurons"))
+    utilities = utility_order(data["utility"])
+    palette, kinds, families = utility_palette(utilities), ["MLP neurons", "attention heads"], sorted(families)
+    figure, axes = _panels(len(families), 2, 3.6, 2.8)
+    for (i, family), (j, kind) in itertools.product(enumerate(families), enumerate(kinds)):
+        ax, panel = axes[i, j], data[(data["family"] == family) & (data["kind"] == kind)]
+        for utility, g in panel.groupby("utility", sort=False):
+            line = g.groupby("block")["spearman"].agg(["mean", "sem"]).reset_index()
+            ax.errorbar(line["block"], line["mean"], yerr=line["sem"].fillna(0), color=palette[utility], marker="o",
+                        ms=3.5, lw=1.3, capsize=2, label=utility)
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_xticks(sorted(data.loc[data["family"] == family, "block"].unique().astype(int)))
+        ax.tick_params(labelsize=8)
+        n = panel["checkpoint"].nunique()
+        ax.set_title(f"{kind} ({n} checkpoint{'s' if n != 1 else ''})" if i == 0 else f"{kind}", fontsize=9)
+        ax.set_ylabel(f"{family}\nSpearman ρ in the layer" if j == 0 else "", fontsize=8)
+        ax.set_xlabel("block (input to output)" if i == len(families) - 1 else "", fontsize=8)
+    _utility_legend(figure, utilities)
     return figure

@@ -55,6 +55,8 @@ FIGURE_CAPTIONS = {
                      "step, where there are several.",
     "layer_heatmap": "Spearman ρ within each unit layer (rows, input to output) per utility, mean over a family's "
                      "checkpoints: where in the network each utility ranks well (blank: not applicable to that layer).",
+    "block_spearman": "Spearman ρ within each transformer block's MLP neurons and attention heads per utility "
+                      "(mean ± SE over a family's checkpoints): does a utility stay reliable in deep blocks (SPEC S9)?",
     "shock_vs_q": "Shock@q on the common scope against q (recomputed from units.csv): how the damage grows with the "
                   "fraction reset. The oracle is dashed.",
 }
@@ -157,7 +159,8 @@ def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFram
     drawn |= {f"scatter_{metric}": figures.utility_scatter(shared, metric)
               for metric in dict.fromkeys(summary["metric"])}
     drawn |= {"shock_vs_step": figures.shock_vs_step(common, q_label(q)),
-              "layer_heatmap": figures.layer_heatmap(summary, tables["checkpoints"])}
+              "layer_heatmap": figures.layer_heatmap(summary, tables["checkpoints"]),
+              "block_spearman": figures.block_spearman(summary, tables["checkpoints"])}
     if sweep_common is not None:
         drawn["shock_vs_q"] = figures.shock_vs_q(sweep_common)
     return {name: figure for name, figure in drawn.items() if figure is not None}
