@@ -199,7 +199,7 @@ def mlp_benchmark(p: int, width: int, depth: int, max_memory: int | None) -> dic
 
 
 def resnet_benchmark(quick: bool, max_memory: int | None, rate: float) -> dict:
-    ckpt = load_checkpoint(ROOT / "fixtures" / "resnet" / "task3")
+    ckpt = load_checkpoint(ROOT / "fixtures" / "resnet" / "task4")
     x, y = task_arrays(ckpt.info.data, "holdout")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -135,7 +135,7 @@ class AssayResult:
     Example::
 
         >>> import resetassay as ra
-        >>> result = ra.run_assay(["fixtures/silu_mlp/task1"], utilities=["gxd", "oracle"], metrics=["l1"],
+        >>> result = ra.run_assay(["fixtures/silu_mlp/task2"], utilities=["gxd", "oracle"], metrics=["l1"],
         ...                       progress=False)
         >>> result.summary.query("scope == 'ALL'")[["utility", "spearman"]].round(2).values.tolist()
         [['gxd', 0.99], ['oracle', 1.0]]

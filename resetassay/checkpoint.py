@@ -60,6 +60,8 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)  # cast up to a float32/float64 mo
 STATE_KINDS = ("age", "reference", "utility")  # state.safetensors keys: "<layer>.<kind>" (SPEC S1, S2)
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
               type(None): "null"}  # what json.loads can return besides an object
+FAMILY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")  # a family name: no spaces, ':' (floors) or globs
+PAPER_DATA = "mnist"  # the paper's data (SPEC S6): the one a family name does not mention
 REAL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -97,6 +99,23 @@ MANIFEST_SCHEMA: dict[str, Field] = {
         "seed": Field("an integer", lambda v: type(v) is int),
     }),
 }
+
+
+def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_utility: str | None = None) -> str:
+    """The report family of a checkpoint: its model and its training (README "Families"), e.g. `mlp-relu` (plain
+    backprop on permuted MNIST), `mlp-silu-ln+cbp-gxd`, `cnn-relu-bn@fashion-mnist`: the model's label
+    (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless MNIST."""
+    cbp = f"+cbp-{cbp_utility}" if cbp_utility else ""
+    where = f"@{data.source}" if data is not None and data.source != PAPER_DATA else ""
+    return f"{model_family(model, kwargs)}{cbp}{where}"
+
+
+def check_family(name: str) -> str:
+    """A family name given with --family, or a one-line error: it names groups in reports and `check` floors."""
+    if not isinstance(name, str) or not FAMILY.fullmatch(name):
+        raise BadInputError(f"--family {name!r}: use letters, digits and . _ + @ - (no spaces, ':' or '*'), "
+                            "e.g. mlp-relu+cbp-gxd", flag="--family")
+    return name
 
 
 @dataclass
@@ -139,7 +158,8 @@ def save_checkpoint(
     state: dict[str, torch.Tensor] | None = None,
     unit_layers: list[str] | None = None,
 ) -> Path:
-    """Write a checkpoint directory whole (`_replace_directory`); byte-identical for identical inputs."""
+    """Write a checkpoint directory whole (`_replace_directory`); byte-identical for identical inputs. Its family is
+    `meta["family"]`, else `family_name` of the model and `data`."""
     directory = Path(directory)
     name = factory.rsplit(":", 1)[-1]
     manifest = {
@@ -148,7 +168,7 @@ def save_checkpoint(
         "step": step or {},
         "data": data.to_dict() if data else None,
         "unit_layers": unit_layers or [],
-        "meta": {"family": model_family(name, kwargs), **(meta or {})},
+        "meta": {"family": family_name(name, kwargs, data), **(meta or {})},
     }
     files = {
         MANIFEST: (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),

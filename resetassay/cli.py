@@ -21,7 +21,7 @@ from resetassay.errors import BadInputError
 from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES
 
 if TYPE_CHECKING:
-    from resetassay.data import DataSpec
+    from resetassay.data import DataChoice, DataSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure what resetting a neuron costs, and which utility predicts it.")
@@ -76,30 +76,42 @@ def _model_kwargs(text: str | None) -> dict | None:
     return _json_object(text, "--model-kwargs")
 
 
-def _data(name: str | None, task: int, permutation_seed: int, data_dir: Path | None, probe: Path | None = None,
-          image_size: int | None = None, normalize: str | None = None, data_kwargs: str | None = None
-          ) -> DataSpec | None:
-    """The `--data` spec with its options; the options without `--data` are an error."""
+def _data(name: str | None, task: int | None, permutation_seed: int | None, data_dir: Path | None,
+          probe: Path | None = None, image_size: int | None = None, normalize: str | None = None,
+          data_kwargs: str | None = None) -> DataSpec | None:
+    """The `--data` spec with its options (task and permutation seed 0 unless given); the options without `--data`
+    are an error."""
     from resetassay.data import data_spec
 
+    if task is not None and task < 0:
+        raise BadInputError(f"--task {task}: tasks count from 0", flag="--task")
+    if permutation_seed is not None and permutation_seed < 0:
+        raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", flag="--permutation-seed")
     if name is None:
         for flag, value in (("--probe-data", probe), ("--image-size", image_size), ("--normalize", normalize),
                             ("--data-kwargs", data_kwargs)):
             if value is not None:
                 raise BadInputError(f"{flag} needs --data", flag=flag)
         return None
-    if task < 0:
-        raise BadInputError(f"--task {task}: tasks count from 0", flag="--task")
-    if permutation_seed < 0:
-        raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", flag="--permutation-seed")
-    return data_spec(name, task, permutation_seed, str(data_dir) if data_dir else None,
+    return data_spec(name, task or 0, permutation_seed or 0, str(data_dir.resolve()) if data_dir else None,
                      probe=str(probe) if probe else None, image_size=image_size, normalize=normalize,
                      kwargs=_json_object(data_kwargs, "--data-kwargs"))
 
 
-Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none: digits, digits-image, "
-                                          "mnist, mnist-image, a tensor file (.safetensors/.npz/.pt), an image folder "
-                                          "or .tar/.tar.gz, or pkg.mod:factory.")]
+def _data_choice(name: str | None, task: int | None, permutation_seed: int | None, data_dir: Path | None,
+                 **options: object) -> DataChoice:
+    """What `run` asks of each checkpoint's data: `--data` for those that record none; `--data-dir`, `--task`,
+    `--permutation-seed` and another `--data` than recorded replace what they name (`DataChoice.resolve`)."""
+    from resetassay.data import DataChoice
+
+    spec = _data(name, task, permutation_seed, data_dir, **options)
+    return DataChoice(spec, str(data_dir.resolve()) if data_dir else None, task, permutation_seed)
+
+
+Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none (another than a checkpoint "
+                                          "records replaces its record, with a warning): digits, mnist, "
+                                          "fashion-mnist (each also -image), a tensor file (.safetensors/.npz/.pt), "
+                                          "an image folder or .tar/.tar.gz, or pkg.mod:factory.")]
 ProbeData = Annotated[Path | None, typer.Option("--probe-data", help="With --data FILE|FOLDER: a second one "
                                                 "holding the probe set (--data is then the calibration set).")]
 ImageSize = Annotated[int | None, typer.Option(min=1, help="Images: resize to N x N (default: their own size).")]
@@ -107,9 +119,12 @@ Normalize = Annotated[str | None, typer.Option(help="Images: imagenet, cifar10, 
                                                "0.5,0.5,0.5/0.25,0.25,0.25.")]
 DataKwargs = Annotated[str | None, typer.Option(help="With --data pkg.mod:factory: its keyword arguments, a JSON "
                                                 "object.")]
-DataDir = Annotated[Path | None, typer.Option(help="Folder of MNIST IDX files (*-ubyte.gz).")]
-Task = Annotated[int, typer.Option(help="With --data: the permutation task to probe.")]
-PermSeed = Annotated[int, typer.Option(help="With --data: the permutation seed.")]
+DataDir = Annotated[Path | None, typer.Option(help="Folder of MNIST or Fashion-MNIST IDX files (*-ubyte.gz); "
+                                              "alone, where the files a checkpoint records are now.")]
+Task = Annotated[int | None, typer.Option(help="The permutation task to probe (default: the task each checkpoint "
+                                          "records, else 0); replaces a recorded one, with a warning.")]
+PermSeed = Annotated[int | None, typer.Option(help="The permutation seed (default: the one each checkpoint "
+                                              "records, else 0); replaces a recorded one, with a warning.")]
 Model = Annotated[str | None, typer.Option(help="package.module:factory that builds the model of a plain state dict "
                                            "(.safetensors, .pt, .pth or Lightning .ckpt), or torchvision:NAME / "
                                            "timm:NAME (built without pretrained weights; needs the extra "
@@ -158,8 +173,8 @@ def run(
     image_size: ImageSize = None,
     normalize: Normalize = None,
     data_kwargs: DataKwargs = None,
-    task: Task = 0,
-    permutation_seed: PermSeed = 0,
+    task: Task = None,
+    permutation_seed: PermSeed = None,
     table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
                                               "tables; needs resetassay[parquet]).")] = "csv",
     log: Annotated[str | None, typer.Option(help="After the report, log the config, pooled statistics, report and "
@@ -194,8 +209,9 @@ def run(
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
-                               data=_data(data, task, permutation_seed, data_dir, probe_data, image_size,
-                                          normalize, data_kwargs), progress=not quiet,
+                               data=_data_choice(data, task, permutation_seed, data_dir, probe=probe_data,
+                                                 image_size=image_size, normalize=normalize,
+                                                 data_kwargs=data_kwargs), progress=not quiet,
                                out=out_dir, overwrite=overwrite, table_format=table_format,
                                note=lambda text: err.print(text, highlight=False, soft_wrap=True),
                                on_failure=lambda text: err.print(ERROR, text, highlight=False,
@@ -340,7 +356,8 @@ def inspect(
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
-                                             _data(data, 0, 0, data_dir, None, image_size, normalize, data_kwargs),
+                                             _data(data, None, None, data_dir, None, image_size, normalize,
+                                                   data_kwargs),
                                              output, shape)
     except BadInputError as e:
         _fail(str(e), 2)
@@ -363,7 +380,8 @@ def train_command(
                                                "256,256,256,256).")] = None,
     activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
     layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
-    data: Annotated[str, typer.Option(help="digits, digits-image, mnist or mnist-image.")] = "digits",
+    data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image.")]
+    = "digits",
     data_dir: DataDir = None,
     permutation_seed: Annotated[int, typer.Option(help="Seed of the task permutations.")] = 0,
     tasks: Annotated[int, typer.Option(help="Permuted tasks, one after another.")] = 30,
@@ -372,19 +390,27 @@ def train_command(
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and resets.")] = 0,
-    cbp: Annotated[bool, typer.Option(help="Continual backprop (SPEC S7); --no-cbp: plain backprop.")] = True,
-    utility: Annotated[str, typer.Option(help=f"CBP utility: {', '.join(ONLINE_UTILITIES)}.")] = "contribution",
-    replacement_rate: Annotated[float, typer.Option(help="CBP replacement rate rho.")] = 1e-4,
-    decay: Annotated[float, typer.Option(help="CBP decay eta of the running utility and mean.")] = 0.99,
-    maturity: Annotated[int, typer.Option(help="CBP maturity m: units with age <= m are not reset.")] = 100,
-    checkpoint_at: Annotated[str | None, typer.Option(help="Comma-separated tasks (or epochs), counted from "
-                                                      "0, after which to save (default: the last).")] = None,
+    cbp: Annotated[bool, typer.Option(help="Continual backprop (SPEC S7); default: plain backprop.")] = False,
+    utility: Annotated[str | None, typer.Option(help=f"With --cbp: its utility, {', '.join(ONLINE_UTILITIES)} "
+                                                "(default contribution).")] = None,
+    replacement_rate: Annotated[float | None, typer.Option(help="With --cbp: replacement rate rho (default "
+                                                           "1e-4).")] = None,
+    decay: Annotated[float | None, typer.Option(help="With --cbp: decay eta of the running utility and mean "
+                                                "(default 0.99).")] = None,
+    maturity: Annotated[int | None, typer.Option(help="With --cbp: maturity m, units with age <= m are not reset "
+                                                 "(default 100).")] = None,
+    family: Annotated[str | None, typer.Option(help="Report family of the checkpoints (default: the model and its "
+                                               "training, e.g. mlp-relu, mlp-relu+cbp-contribution, "
+                                               "mlp-relu@fashion-mnist).")] = None,
+    checkpoint_at: Annotated[str | None, typer.Option(help="Comma-separated counts of completed tasks (or epochs) "
+                                                      "at which to save: 0 = the untrained network, k = after the "
+                                                      "k-th (default: after the last).")] = None,
     checkpoint_in: Annotated[str, typer.Option(help="Unit of --checkpoint-at: tasks or epochs.")] = "tasks",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="First discard what an earlier train wrote in --out (checkpoint "
                                             "folders, accuracy.csv, train.json); other files are kept.")] = False,
 ) -> None:
-    """Train on permuted tasks with CBP or plain backprop; write checkpoints with per-unit state.
+    """Train on permuted tasks with plain backprop or CBP; write checkpoints (with CBP, with per-unit state).
 
     Rerunning the same command resumes it (SPEC S6): checkpoints on disk are kept, missing ones written."""
     from resetassay.cbp import CBPConfig
@@ -397,12 +423,18 @@ def train_command(
             raise BadInputError(f"--permutation-seed {permutation_seed}: must be a whole number >= 0",
                                 flag="--permutation-seed")
         spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None)
+        given = {"utility": utility, "replacement_rate": replacement_rate, "decay": decay, "maturity": maturity}
+        if not cbp and (unused := [k for k, v in given.items() if v is not None]):
+            flag = f"--{unused[0].replace('_', '-')}"
+            raise BadInputError(f"{flag} applies only with --cbp (plain backprop is the default); add --cbp",
+                                flag=flag)
         config = TrainConfig(
             model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm), spec,
             tasks=tasks, epochs_per_task=epochs_per_task, lr=lr, batch_size=batch_size, seed=seed,
             checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
-            cbp=CBPConfig(utility, replacement_rate, decay, maturity) if cbp else None, momentum=momentum,
+            cbp=CBPConfig(**{k: v for k, v in given.items() if v is not None}) if cbp else None, momentum=momentum,
+            family=family,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
                       note=lambda text: err.print(text, highlight=False, soft_wrap=True))

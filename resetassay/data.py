@@ -3,6 +3,7 @@ image folder or archive, a `module:factory`), and the seeded, disjoint calibrati
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -11,7 +12,7 @@ import re
 import tarfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -21,7 +22,8 @@ from resetassay.errors import BadInputError
 from resetassay.imports import import_named_module
 
 DEFAULT_SIZE = 2048
-IMAGE_SIDE = {"digits": 8, "mnist": 28}
+IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted sources (SPEC S1, S6)
+IDX_SOURCES = ("mnist", "fashion-mnist")  # read from IDX files in `data_dir` (the same file names for both)
 USER_SOURCES = ("file", "images", "hf", "factory")  # the user's own data (SPEC S1): never permuted
 TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -49,21 +51,20 @@ class DataSpec:
     the user's own data (SPEC S1).
 
     Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
-    one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist (permuted tasks, the first
-    seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a folder written by
-    Hugging Face `datasets`' `save_to_disk`) and factory (a
-    `module:factory`, from Python or the command line only: a manifest cannot record it, so loading a checkpoint
-    never runs code). The user's own data is never permuted; task, permutation_seed, split_seed and
-    holdout_fraction do not apply to it.
+    one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist | fashion-mnist (permuted
+    tasks, the first seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a
+    folder written by Hugging Face `datasets`' `save_to_disk`) and factory (a `module:factory`, from Python or the
+    command line only: a manifest cannot record it, so loading a checkpoint never runs code). The user's own data
+    is never permuted; task, permutation_seed, split_seed and holdout_fraction do not apply to it.
     """
 
-    source: str = "digits"            # digits | mnist | file | images | hf | factory
-    layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); digits and mnist only
+    source: str = "digits"            # digits | mnist | fashion-mnist | file | images | hf | factory
+    layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); permuted sources only
     task: int = 0                     # index of the permutation trained last
     permutation_seed: int = 0
     split_seed: int = 0               # digits only: train / held-out split
     holdout_fraction: float = 0.5     # digits only
-    data_dir: str | None = None       # mnist only: folder of *-ubyte.gz files
+    data_dir: str | None = None       # mnist, fashion-mnist only: folder of *-ubyte(.gz) files
     path: str | None = None           # file, images: the tensor file, image folder or archive
     probe_path: str | None = None     # file, images: a second one holding the probe set (then `path` is calibration)
     image_size: int | None = None     # images: resize to image_size x image_size (default: the images' own size)
@@ -170,7 +171,7 @@ class DataSpec:
         return self.factory if self.source == "factory" else Path(self.path).name
 
 
-DATA_CHOICES = ("digits", "digits-image", "mnist", "mnist-image")
+DATA_CHOICES = tuple(f"{source}{layout}" for source in IMAGE_SIDE for layout in ("", "-image"))
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -185,22 +186,23 @@ def data_spec(
     normalize: str | tuple | None = None,
     kwargs: dict | None = None,
 ) -> DataSpec:
-    """The DataSpec a user names with `--data` (SPEC S1): a built-in name (digits, digits-image, mnist,
-    mnist-image), a tensor file (.safetensors, .npz, .pt), an image folder or a .tar/.tar.gz of one, or
-    `package.module:function`. `probe` (--probe-data) is a second file or folder holding the probe set,
-    `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair) apply to
-    images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an error
-    about the flag; paths are made absolute and files hashed (sha256) for the run's provenance."""
+    """The DataSpec a user names with `--data` (SPEC S1): a built-in name (`DATA_CHOICES`: digits, mnist,
+    fashion-mnist, each also as `-image`), a tensor file (.safetensors, .npz, .pt), an image folder or a
+    .tar/.tar.gz of one, or `package.module:function`. `probe` (--probe-data) is a second file or folder holding
+    the probe set, `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair)
+    apply to images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an
+    error about the flag; paths are made absolute and files hashed (sha256) for the run's provenance."""
     given = {"--probe-data": probe, "--image-size": image_size, "--normalize": normalize, "--data-kwargs": kwargs}
     if name in DATA_CHOICES:
         for flag, value in given.items():
             if value is not None:
                 raise BadInputError(f"{flag} applies only to your own data, not --data {name}", flag=flag)
-        source, _, layout = name.partition("-")
-        return DataSpec(source=source, layout=layout or "flat", task=task,
+        image = name.endswith("-image")
+        return DataSpec(source=name.removesuffix("-image"), layout="image" if image else "flat", task=task,
                         permutation_seed=permutation_seed, data_dir=data_dir)
     if data_dir is not None:
-        raise BadInputError(f"--data-dir applies only to --data mnist, not --data {name}", flag="--data-dir")
+        raise BadInputError(f"--data-dir applies only to --data {' or '.join(IDX_SOURCES)}, not --data {name}",
+                            flag="--data-dir")
     path = Path(name).expanduser()
     if not path.exists() and _FACTORY.fullmatch(name):
         for flag in ("--probe-data", "--image-size", "--normalize"):
@@ -231,6 +233,78 @@ def data_spec(
     if probe:
         _flagged(lambda: _open(spec, spec.probe_path), "--probe-data")
     return spec
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """What a command asks of each checkpoint's data (SPEC S1), resolved against its record by `resolve`.
+
+    `spec` (--data) is the data of checkpoints that record none; `data_dir` (--data-dir) re-points a recorded
+    MNIST/Fashion-MNIST record to where its files are now; `task` and `permutation_seed` are None unless given.
+    A checkpoint's record wins for everything not asked for; what is asked for and differs from it (another
+    source or layout, task or permutation seed, or your own data) replaces it, with a warning line.
+    """
+
+    spec: DataSpec | None = None
+    data_dir: str | None = None
+    task: int | None = None
+    permutation_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is not None:
+            self._permuted_flags(self.spec)
+
+    def _permuted_flags(self, spec: DataSpec) -> None:
+        """Refuse `task` and `permutation_seed` for `spec` when it is your own data (never permuted)."""
+        for flag, value in (("--task", self.task), ("--permutation-seed", self.permutation_seed)):
+            if value is not None and spec.source not in IMAGE_SIDE:
+                raise BadInputError(f"{flag} applies to permuted data ({', '.join(IMAGE_SIDE)}), not "
+                                    f"{spec.describe()}; drop it", flag=flag)
+
+    @classmethod
+    def replacing(cls, spec: DataSpec) -> DataChoice:
+        """A spec from Python: its source, layout, data_dir, task and permutation seed all asked for."""
+        if spec.source not in IMAGE_SIDE:
+            return cls(spec)
+        return cls(spec, spec.data_dir, spec.task, spec.permutation_seed)
+
+    def to_dict(self) -> dict | None:
+        """What was asked, JSON-ready (a run's identity), or None when nothing was."""
+        asked = {"spec": self.spec.to_dict() if self.spec else None, "data_dir": self.data_dir, "task": self.task,
+                 "permutation_seed": self.permutation_seed}
+        return asked if any(v is not None for v in asked.values()) else None
+
+    def resolve(self, recorded: DataSpec | None) -> tuple[DataSpec | None, str]:
+        """The data to assay a checkpoint that records `recorded` on (None: its record as it is), and one line
+        saying what replaced part of the record ("" when nothing did)."""
+        spec = self.spec
+        if recorded is None or recorded.source not in IMAGE_SIDE or (spec is not None
+                                                                     and spec.source not in IMAGE_SIDE):
+            # nothing recorded, or your own data on either side: --data as given
+            if recorded is not None and spec is None:
+                self._permuted_flags(recorded)
+            if recorded is None or spec is None or spec == recorded:
+                return (spec if recorded is None else None), ""
+            return spec, f"--data {spec.describe()} replaces its recorded data ({recorded.describe()})"
+        changes: dict = {}
+        replaced = []
+        if spec is not None and (spec.source, spec.layout) != (recorded.source, recorded.layout):
+            changes.update(source=spec.source, layout=spec.layout, data_dir=None)
+            replaced.append(f"--data {_data_name(spec)} replaces its recorded {_data_name(recorded)}")
+        if self.data_dir is not None and changes.get("source", recorded.source) in IDX_SOURCES:
+            changes["data_dir"] = self.data_dir
+        for flag, key in (("--task", "task"), ("--permutation-seed", "permutation_seed")):
+            value, was = getattr(self, key), getattr(recorded, key)
+            if value is not None and value != was:
+                changes[key] = value
+                replaced.append(f"{flag} {value} replaces its recorded {key.replace('_', ' ')} {was}")
+        resolved = replace(recorded, **changes)
+        return (None if resolved == recorded else resolved), "; ".join(replaced)
+
+
+def _data_name(spec: DataSpec) -> str:
+    """A permuted source as `--data` names it: mnist, mnist-image, ..."""
+    return spec.source + ("-image" if spec.layout == "image" else "")
 
 
 def parse_normalize(value: str | tuple | None) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
@@ -318,19 +392,30 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def mnist_arrays(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST from `data_dir` (`train-*` or `t10k-*` IDX files): X `(N, 784)` in [0, 1], y `(N,)`."""
+    """MNIST (or Fashion-MNIST) from `data_dir` (`train-*` or `t10k-*` IDX files): X `(N, 784)` in [0, 1], y `(N,)`,
+    read-only. Each pair of files is read and decompressed once per process while unchanged (`_idx_pair`): a
+    training run asks for it on every task."""
     prefix = {"train": "train", "test": "t10k"}[split]
     folder = Path(data_dir)
-    found = {}
+    found = []
     for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         candidates = [folder / f"{prefix}-{part}.gz", folder / f"{prefix}-{part}"]
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
             raise BadInputError(f"--data-dir {folder}: missing {candidates[0].name}; point it at MNIST IDX files",
                                 flag="--data-dir")
-        found[part] = read_idx(path)
-    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
-    return (images.reshape(len(images), -1) / 255.0).astype(np.float32), labels.astype(np.int64)
+        found.append(_stamp(path))
+    return _idx_pair(*found)
+
+
+@functools.lru_cache(maxsize=4)  # train and test of MNIST and of Fashion-MNIST
+def _idx_pair(images: tuple, labels: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays of `mnist_arrays` from the files stamped (path, mtime, size) `images` and `labels`."""
+    x, y = read_idx(Path(images[0])), read_idx(Path(labels[0]))
+    x, y = (x.reshape(len(x), -1) / 255.0).astype(np.float32), y.astype(np.int64)
+    for array in (x, y):
+        array.setflags(write=False)  # shared by every caller
+    return x, y
 
 
 def permutation(n_features: int, task: int, seed: int) -> np.ndarray:
@@ -353,16 +438,16 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         n_hold = int(round(spec.holdout_fraction * len(x)))
         idx = order[:n_hold] if part == "holdout" else order[n_hold:]
         x, y = x[np.sort(idx)], y[np.sort(idx)]
-    else:  # "mnist"; DataSpec refuses other sources
+    else:  # IDX_SOURCES; DataSpec refuses other sources
         if spec.data_dir is None:
-            raise BadInputError("MNIST data needs --data-dir pointing at the IDX files")
+            raise BadInputError(f"{spec.source} data needs --data-dir pointing at its IDX files", flag="--data-dir")
         x, y = mnist_arrays(spec.data_dir, "test" if part == "holdout" else "train")
     x = x[:, permutation(x.shape[1], spec.task, spec.permutation_seed)]
     xt = torch.from_numpy(np.ascontiguousarray(x))
     if spec.layout == "image":
         side = IMAGE_SIDE[spec.source]
         xt = xt.reshape(-1, 1, side, side)
-    return xt, torch.from_numpy(y)
+    return xt, torch.from_numpy(y.copy())
 
 
 def assay_data(

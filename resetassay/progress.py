@@ -1,7 +1,7 @@
 """Progress reporting: the library calls a plain callback; a rich bar, or plain lines, is one such callback.
 
 `Progress` is called as `progress(task, done, total)`, e.g. `("checkpoints", 3, 10)`,
-`("calibration fixtures/cnn/task1", 2, 4)` or `("lesions fixtures/cnn/task1", 512, 1024)`, with
+`("calibration fixtures/cnn/task2", 2, 4)` or `("lesions fixtures/cnn/task2", 512, 1024)`, with
 `done` growing to `total` for each task.
 """
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, resolve_device, versions
 from resetassay.checkpoint import find_checkpoints, import_factory, load_checkpoint
-from resetassay.data import DataSpec
+from resetassay.data import DataChoice, DataSpec
 from resetassay.errors import BadInputError
 from resetassay.names import FAILURE_COLUMNS
 from resetassay.progress import Progress, rich_progress
@@ -36,6 +36,10 @@ from resetassay.rundir import (
 
 class CheckpointFailure(UserWarning):
     """One checkpoint could not be assayed (a bad file, NaN/Inf logits); the run goes on without it."""
+
+
+class DataReplaced(UserWarning):
+    """A flag asked for other data than a checkpoint records (`DataChoice.resolve`): it is assayed on that."""
 
 
 def source_digest(root: Path = Path(__file__).parent) -> str:
@@ -103,7 +107,7 @@ def run_assay(
     *,
     model: str | None = None,
     model_kwargs: dict | None = None,
-    data: DataSpec | None = None,
+    data: DataSpec | DataChoice | None = None,
     progress: bool | Progress = True,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -120,7 +124,9 @@ def run_assay(
         config: the assay settings; `overrides` (any AssayConfig field, e.g. `utilities=["gxd"]`) replace
             its fields, or those of the default `AssayConfig()`.
         model, model_kwargs: `package.module:factory` and its kwargs, to build the model of plain state dicts.
-        data: the data of checkpoints that record none (or to override theirs).
+        data: the data of checkpoints that record none; a checkpoint's own record wins except for what `data`
+            asks for that differs from it (a `DataSpec` asks for its source, layout, data_dir, task and permutation
+            seed; a `DataChoice`, what the command line gave), with a `DataReplaced` warning per checkpoint.
         progress: True for a rich bar, False for none, or a callback `progress(task, done, total)`.
         out: a run directory: makes the run resumable and writes the tables, run.json and the report there;
             one launch at a time (a second is refused while the first runs).
@@ -158,11 +164,12 @@ def run_assay(
         import_factory(model, model_kwargs or {})  # likewise a --model that does not import or would download
     paths = _distinct_paths([Path(p) for p in paths], say)
     found = find_checkpoints(paths, foreign_ok=model is not None)
-    inputs = {"model": model, "model_kwargs": model_kwargs, "data": data.to_dict() if data else None}
+    choice = DataChoice.replacing(data) if isinstance(data, DataSpec) else data or DataChoice()
+    inputs = {"model": model, "model_kwargs": model_kwargs, "data": choice.to_dict()}
     identity = run_identity(config, inputs)
     store = RunParts(_out_dir(out), identity, overwrite) if out is not None else None
     try:
-        return _assay_all(found, config, identity, inputs, paths, model, model_kwargs, data, progress, store,
+        return _assay_all(found, config, identity, inputs, paths, model, model_kwargs, choice, progress, store,
                           say, fail, table_format)
     finally:
         if store is not None:
@@ -170,7 +177,7 @@ def run_assay(
 
 
 def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
-               model: str | None, model_kwargs: dict | None, data: DataSpec | None, progress: bool | Progress,
+               model: str | None, model_kwargs: dict | None, data: DataChoice, progress: bool | Progress,
                store: RunParts | None, say: Callable[[str], None], fail: Callable[[str], None],
                table_format: str) -> AssayResult:
     """The body of `run_assay`, with the run directory (if any) open."""
@@ -195,7 +202,10 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
                     ckpt = load_checkpoint(path, name, model, model_kwargs)
                     sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
                     loaded = round(time.perf_counter() - start, 4)
-                    result = assay_checkpoint(ckpt, config, data, report)
+                    spec, replaced = data.resolve(ckpt.info.data)
+                    if replaced:
+                        warnings.warn(f"{name}: {replaced}", DataReplaced, stacklevel=4)
+                    result = assay_checkpoint(ckpt, config, spec, report)
                     timings[name] = {"load": loaded, **result.timings.get(name, {})}
                 except (BadInputError, FloatingPointError) as err:
                     if isinstance(err, BadInputError) and err.flag:

@@ -8,7 +8,7 @@ What is logged, read from the run directory's files alone (no model is run):
   text: strings, other values as JSON; W&B config: the values);
 - metrics: for every checkpoint, utility and shock metric of summary.csv, the pooled statistics
   spearman, shock_at_q and gap_ratio (Shock@q / oracle Shock@q) on the scopes ALL and common, named
-  `<checkpoint>/<scope>/<metric>/<utility>/<stat>`, e.g. `relu_mlp/task1/common/l1/gxd/spearman`
+  `<checkpoint>/<scope>/<metric>/<utility>/<stat>`, e.g. `relu_mlp/task2/common/l1/gxd/spearman`
   (characters a tracker refuses become `_`); one value each, at step 0;
 - files: report.md, report.html, run.json, the summary table, aggregate.csv and sweep.csv, and
   figures/ (TensorBoard: the figures as images, report.md and the config as text).

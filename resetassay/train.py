@@ -1,12 +1,14 @@
 """Continual training on permuted tasks that writes checkpoints (SPEC S6 protocol, S7 CBP).
 
-Plain SGD (backprop) or continual backprop (`resetassay.cbp`). Checkpoints are written after
-the tasks (or global epochs) listed in `checkpoint_at`, counted from 0: `checkpoint_at=(0,)`
-is the network after its first task. A CBP checkpoint carries the per-unit state (age, stored
-reference r̂, tracked utility) and its maturity, so `resetassay run --reference stored` reads
-it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` beside the
-checkpoints holds the held-out accuracy after every task, the loss-of-plasticity curve.
-Deterministic for a given seed on CPU: data order, initialisation, permutations and resets
+Plain SGD (backprop, the default) or continual backprop (`resetassay.cbp`). `checkpoint_at` counts completed
+tasks (or global epochs): 0 is the untrained network, saved before the first SGD step, and k the network after
+the k-th task, saved as `task<k>` (SPEC S6's checkpoints {0, 5, 10, 20, 30} are `--tasks 30 --checkpoint-at
+0,5,10,20,30`). Its manifest records the family (`checkpoint.family_name`: the model and its training, or
+`--family`) and the data of the task trained last (task 0 for the untrained one). A CBP checkpoint carries the
+per-unit state (age, stored reference r̂, tracked utility) and its maturity, so `resetassay run --reference
+stored` reads it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` beside the
+checkpoints holds the held-out accuracy after every task (its `task` k: after the k-th), the loss-of-plasticity
+curve. Deterministic for a given seed on CPU: data order, initialisation, permutations and resets
 are seeded.
 
 The output folder OUT, written only by `train`:
@@ -44,7 +46,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from resetassay.cbp import CBPConfig, ContinualBackprop
-from resetassay.checkpoint import FORMAT, save_checkpoint
+from resetassay.checkpoint import FORMAT, check_family, family_name, save_checkpoint
 from resetassay.data import IMAGE_SIDE, DataSpec, task_arrays
 from resetassay.errors import BadInputError
 from resetassay.models import ACTIVATIONS, MODELS, create_model
@@ -54,7 +56,8 @@ from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, inte
 SCHEDULE_UNITS = ("tasks", "epochs")
 PAPER_MLP_WIDTHS = (256, 256, 256, 256)  # SPEC S6: 784 -> [256] x 4 -> 10
 RECORD = "train.json"
-RECORD_FORMAT = "resetassay.train/1"
+RECORD_FORMAT = "resetassay.train/2"
+OLD_RECORDS = ("resetassay.train/1",)  # --checkpoint-at counted from 0 after the first task
 ACCURACY = "accuracy.csv"
 CHECKPOINT_DIR = re.compile(r"^(task|epoch)\d+$")
 # Left by a killed write: save_checkpoint's `.task3.tmp-*`/`.task3.old-*`, atomic_write's `.accuracy.csv.*`.
@@ -81,9 +84,11 @@ def _finite(value: object) -> bool:
 class TrainConfig:
     """A continual-training run over `tasks` permutations of one data source (SPEC S6, S7).
 
-    `cbp` None trains with plain backprop; `checkpoint_at` counts tasks, or global epochs when
-    `checkpoint_in` is "epochs", from 0 (kept sorted, without repeats). Every field is checked
-    here: a bad value is a `BadInputError` naming its flag.
+    `cbp` None trains with plain backprop; `checkpoint_at` counts completed tasks, or global epochs when
+    `checkpoint_in` is "epochs": 0 before training, k after the k-th (kept sorted, without repeats). `family`
+    names the run's report family (default: `family_name` of the model and its training); it is resolved
+    here, so train.json and every manifest record it. Every field is checked here: a bad value is a
+    `BadInputError` naming its flag.
     """
 
     model: str = "mlp"
@@ -98,6 +103,7 @@ class TrainConfig:
     checkpoint_in: str = "tasks"
     cbp: CBPConfig | None = None
     momentum: float = 0.0
+    family: str | None = None
 
     def __post_init__(self) -> None:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
@@ -124,11 +130,12 @@ class TrainConfig:
         beyond = [t for t in self.checkpoint_at if not 0 <= t <= last]
         if beyond:
             raise BadInputError(
-                f"--checkpoint-at {beyond[0]}: {self.checkpoint_in} count from 0 and this run's last is {last}; "
-                f"a checkpoint is written after its {self.checkpoint_in[:-1]} (raise --tasks to reach it)",
-                flag="--checkpoint-at",
+                f"--checkpoint-at {beyond[0]}: counts completed {self.checkpoint_in}, from 0 (before training) to "
+                f"{last} (after the last of this run); raise --tasks to reach it", flag="--checkpoint-at",
             )
         self.checkpoint_at = tuple(sorted({int(t) for t in self.checkpoint_at}))
+        self.family = check_family(self.family) if self.family is not None else family_name(
+            self.model, self.model_kwargs, self.data, self.cbp.utility if self.cbp is not None else None)
 
     def to_dict(self) -> dict:
         """The config as JSON values: what `train.json` records and hashes."""
@@ -141,8 +148,8 @@ class TrainConfig:
 
 
 def last_checkpoint(tasks: int, epochs_per_task: int, checkpoint_in: str) -> int:
-    """Index of the run's last task, or last global epoch, counted from 0."""
-    return tasks - 1 if checkpoint_in == "tasks" else tasks * epochs_per_task - 1
+    """The `checkpoint_at` of the trained network: all tasks, or all global epochs, completed."""
+    return tasks if checkpoint_in == "tasks" else tasks * epochs_per_task
 
 
 def zoo_kwargs(
@@ -184,8 +191,8 @@ def _save(
     config: TrainConfig, model: nn.Module, cbp: ContinualBackprop | None, directory: Path,
     step: dict, spec: DataSpec, acc: float, resets: int,
 ) -> Path:
-    """One checkpoint: weights, manifest (seed, step, data, accuracy, CBP settings) and unit state."""
-    meta = {"seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
+    """One checkpoint: weights, manifest (family, seed, step, data, accuracy, CBP settings) and unit state."""
+    meta = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
             "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
     if config.momentum:
         meta["momentum"] = config.momentum
@@ -241,6 +248,18 @@ def _read_record(path: Path) -> dict | None:
     return record if ok else None
 
 
+def _unusable(path: Path) -> str:
+    """Why a train.json that `_read_record` refuses cannot be resumed: missing, of an older train, or unreadable."""
+    if not path.exists():
+        return f"holds no {RECORD} of a training run"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("format") in OLD_RECORDS
+    except (OSError, ValueError, AttributeError):
+        old = False
+    return (f"its {RECORD} is of an older train, whose --checkpoint-at counted tasks from 0 after the first one (0 "
+            "is now the untrained network)" if old else f"its {RECORD} is unreadable")
+
+
 def _environment() -> dict:
     """What else decides the bits of a CPU run: torch, the CPU's vector instructions and torch's thread count."""
     return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -288,7 +307,7 @@ def _prepare_out(config: TrainConfig, out: Path, overwrite: bool) -> dict | None
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         same = False
     elif entries and stored is None:
-        why = f"its {RECORD} is unreadable" if (out / RECORD).exists() else f"holds no {RECORD} of a training run"
+        why = _unusable(out / RECORD)
         raise BadInputError(f"--out {out}: not empty ({_listed(entries)}) and {why}; use another --out, or "
                             "--overwrite to discard the checkpoints and accuracy.csv an earlier train wrote there "
                             "(other files are kept)", flag="--out")
@@ -332,7 +351,7 @@ def _accuracy_complete(path: Path, tasks: int) -> bool:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     except (OSError, ValueError, csv.Error):
         return False
-    return [row.get("task") for row in rows] == [str(t) for t in range(tasks)]
+    return [row.get("task") for row in rows] == [str(t) for t in range(1, tasks + 1)]
 
 
 def _reproduces(directory: Path, model: nn.Module) -> str | None:
@@ -455,10 +474,12 @@ def train(
 
 
 def _train(run: _Run, progress: bool) -> None:
-    """The training loop of `train`, into a prepared OUT."""
+    """The training loop of `train`, into a prepared OUT: checkpoint `<unit>0` before the first SGD step, `<unit>k`
+    once k tasks (or global epochs) are complete."""
     config, model, cbp = run.config, run.model, run.cbp
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     order = torch.Generator().manual_seed(config.seed)
+    unit = config.checkpoint_in[:-1]
     log, resets = [], 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
@@ -469,6 +490,8 @@ def _train(run: _Run, progress: bool) -> None:
             hx, hy = task_arrays(spec, "holdout")
             if task == 0:
                 bar.update(steps, total=config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size))
+                if 0 in config.checkpoint_at:
+                    run.checkpoint(f"{unit}0", spec, accuracy(model, hx, hy), 0, "initialisation")
             task_resets = 0
             for epoch in range(config.epochs_per_task):
                 model.train()
@@ -487,15 +510,16 @@ def _train(run: _Run, progress: bool) -> None:
                     if cbp is not None:
                         task_resets += cbp.step(optimizer)
                     bar.advance(steps)
-                global_epoch = task * config.epochs_per_task + epoch
-                if config.checkpoint_in == "epochs" and global_epoch in config.checkpoint_at:
-                    run.checkpoint(f"epoch{global_epoch}", spec, accuracy(model, hx, hy),
+                epochs_done = task * config.epochs_per_task + epoch + 1
+                if config.checkpoint_in == "epochs" and epochs_done in config.checkpoint_at:
+                    run.checkpoint(f"epoch{epochs_done}", spec, accuracy(model, hx, hy),
                                    resets + task_resets, f"task {task}, epoch {epoch}")
             resets += task_resets
             acc = accuracy(model, hx, hy)
-            log.append({"task": task, "holdout_accuracy": acc, **({"resets": task_resets} if cbp is not None else {})})
+            log.append({"task": task + 1, "holdout_accuracy": acc,
+                        **({"resets": task_resets} if cbp is not None else {})})
             bar.update(steps, description=f"task {task + 1}/{config.tasks} · held-out accuracy {acc:.3f}")
-            if config.checkpoint_in == "tasks" and task in config.checkpoint_at:
-                run.checkpoint(f"task{task}", spec, acc, resets, f"task {task}")
+            if config.checkpoint_in == "tasks" and task + 1 in config.checkpoint_at:
+                run.checkpoint(f"task{task + 1}", spec, acc, resets, f"task {task}")
             with interrupt_held():
                 atomic_write(run.out / ACCURACY, _accuracy_csv(log))

@@ -62,8 +62,8 @@ def _copy(fixture: str, into: Path) -> Path:
 
 
 def _edited_copy(into: Path, edit) -> Path:
-    """relu_mlp/task1 with its weights edited in place by `edit(model)`."""
-    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task1")
+    """relu_mlp/task2 with its weights edited in place by `edit(model)`."""
+    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task2")
     with torch.no_grad():
         edit(ckpt.model)
     return save_checkpoint(into, ckpt.model, ckpt.info.factory, ckpt.info.kwargs, step=ckpt.info.step,
@@ -75,7 +75,7 @@ def test_directory_without_a_checkpoint_exits_2_naming_it(tmp_path, content):
     folder = tmp_path / "ck"
     folder.mkdir()
     for name in content:
-        shutil.copy(FIXTURES / "relu_mlp" / "task1" / name, folder / name)
+        shutil.copy(FIXTURES / "relu_mlp" / "task2" / name, folder / name)
     _one_error(_run(folder, out=tmp_path / "run"), 2, str(folder), MANIFEST)
 
 
@@ -87,14 +87,14 @@ def test_directory_without_a_checkpoint_exits_2_naming_it(tmp_path, content):
     ids=["malformed", "unknown format version", "not an object"],
 )
 def test_bad_manifest_exits_2_naming_it(tmp_path, text, needle):
-    ck = _copy("relu_mlp/task1", tmp_path / "ck")
+    ck = _copy("relu_mlp/task2", tmp_path / "ck")
     (ck / MANIFEST).write_text(text)
     _one_error(_run(ck, out=tmp_path / "run"), 2, str(ck / MANIFEST), needle, "regenerate the checkpoint")
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.001], ids=["truncated body", "truncated header"])
 def test_truncated_safetensors_exits_2_naming_it(tmp_path, keep):
-    ck = _copy("relu_mlp/task1", tmp_path / "ck")
+    ck = _copy("relu_mlp/task2", tmp_path / "ck")
     data = (ck / WEIGHTS).read_bytes()
     (ck / WEIGHTS).write_bytes(data[: int(len(data) * keep)])
     _one_error(_run(ck, out=tmp_path / "run"), 2, str(ck / WEIGHTS), "unreadable safetensors", "re-save it")
@@ -124,7 +124,7 @@ class _Payload:
 def test_pickled_pt_file_is_refused_saying_why_and_runs_no_code(tmp_path):
     marker = tmp_path / "ran.txt"
     path = tmp_path / "model.pt"
-    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task1")
+    ckpt = load_checkpoint(FIXTURES / "relu_mlp" / "task2")
     torch.save({**ckpt.model.state_dict(), "extra": _Payload(str(marker))}, path)
     result = _run(path, "--model", "resetassay.models:mlp", "--data", "digits", out=tmp_path / "run")
     _one_error(result, 2, str(path), "refused", "weights_only=True", "no code runs")
@@ -138,7 +138,7 @@ def test_pickled_pt_file_is_refused_saying_why_and_runs_no_code(tmp_path):
     ids=["module", "attribute"],
 )
 def test_model_naming_a_missing_module_or_attribute_exits_2_before_any_work(tmp_path, spec, needle):
-    torch.save(load_checkpoint(FIXTURES / "relu_mlp" / "task1").model.state_dict(), tmp_path / "model.pt")
+    torch.save(load_checkpoint(FIXTURES / "relu_mlp" / "task2").model.state_dict(), tmp_path / "model.pt")
     result = _run(tmp_path / "model.pt", "--model", spec, "--data", "digits", out=tmp_path / "run")
     _one_error(result, 2, f"--model {spec!r}", needle)
     assert not (tmp_path / "run" / PARTS).exists()
@@ -176,8 +176,8 @@ def test_cuda_requested_but_absent_exits_2_before_any_work(tmp_path):
 
 def test_layers_matching_nothing_mid_run_stops_keeping_the_finished_checkpoints(tmp_path, no_render):
     """A flag error found at the second checkpoint stops the run (it would fail every such checkpoint)."""
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", tmp_path / "ck" / "a_mlp")
-    shutil.copytree(FIXTURES / "cnn" / "task1", tmp_path / "ck" / "b_cnn")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", tmp_path / "ck" / "a_mlp")
+    shutil.copytree(FIXTURES / "cnn" / "task2", tmp_path / "ck" / "b_cnn")
     result = _run(tmp_path / "ck", "--layers", "layers.*", out=tmp_path / "run")
     _one_error(result, 2, "--layers layers.* matched no unit layer; available: blocks.0.act, blocks.1.act",
                f"(checkpoint ck/b_cnn; the 1 finished are kept in {tmp_path / 'run'})")
@@ -186,38 +186,38 @@ def test_layers_matching_nothing_mid_run_stops_keeping_the_finished_checkpoints(
 
 def test_nan_logits_are_reported_per_checkpoint_and_the_others_finish(tmp_path):
     shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
-    _edited_copy(tmp_path / "ck" / "task2", lambda m: m.layers[1].linear.weight[3, 5].fill_(float("nan")))
+    _edited_copy(tmp_path / "ck" / "task3", lambda m: m.layers[1].linear.weight[3, 5].fill_(float("nan")))
     result = _run(tmp_path / "ck", out=tmp_path / "run")
-    _one_error(result, 1, "ck/task2: the model gives NaN/Inf logits on the probe set", "check its weights")
+    _one_error(result, 1, "ck/task3: the model gives NaN/Inf logits on the probe set", "check its weights")
     assert f"1 of 3 checkpoints failed (listed in {tmp_path / 'run' / FAILURES})" in result.stderr
     run = tmp_path / "run"
-    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task3"}
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task2", "ck/task4"}
     assert (run / "report.md").exists()
     failures = pd.read_csv(run / FAILURES)
-    assert failures[["checkpoint", "kind"]].values.tolist() == [["ck/task2", "failure"]]
-    assert json.loads((run / "run.json").read_text())["failures"][0]["checkpoint"] == "ck/task2"
+    assert failures[["checkpoint", "kind"]].values.tolist() == [["ck/task3", "failure"]]
+    assert json.loads((run / "run.json").read_text())["failures"][0]["checkpoint"] == "ck/task3"
 
 
 def test_corrupt_checkpoint_among_good_ones_exits_2_and_a_fixed_rerun_assays_only_it(tmp_path, no_render):
     shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", tmp_path / "ck" / "task2")
-    _edited_copy(tmp_path / "ck" / "task4", lambda m: m.head.bias.fill_(float("inf")))
-    (tmp_path / "ck" / "task2" / WEIGHTS).write_bytes(b"\x00" * 10)
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", tmp_path / "ck" / "task3")
+    _edited_copy(tmp_path / "ck" / "task5", lambda m: m.head.bias.fill_(float("inf")))
+    (tmp_path / "ck" / "task3" / WEIGHTS).write_bytes(b"\x00" * 10)
     run = tmp_path / "run"
     result = _run(tmp_path / "ck", out=run)
     assert result.exit_code == 2  # bad input wins over a failure during the run
     assert len(_errors(result)) == 2
     assert pd.read_csv(run / FAILURES)[["checkpoint", "kind"]].values.tolist() == [
-        ["ck/task2", "bad input"], ["ck/task4", "failure"]]
-    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task3"}
+        ["ck/task3", "bad input"], ["ck/task5", "failure"]]
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task2", "ck/task4"}
 
-    shutil.copy(FIXTURES / "relu_mlp" / "task1" / WEIGHTS, tmp_path / "ck" / "task2" / WEIGHTS)
-    shutil.rmtree(tmp_path / "ck" / "task4")
+    shutil.copy(FIXTURES / "relu_mlp" / "task2" / WEIGHTS, tmp_path / "ck" / "task3" / WEIGHTS)
+    shutil.rmtree(tmp_path / "ck" / "task5")
     again = _run(tmp_path / "ck", out=run)
     assert again.exit_code == 0, again.output
     assert "skipping 2 of 3 checkpoints" in again.stderr
     assert not (run / FAILURES).exists()
-    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task1", "ck/task2", "ck/task3"}
+    assert set(pd.read_csv(run / "units.csv")["checkpoint"]) == {"ck/task2", "ck/task3", "ck/task4"}
 
 
 def test_layer_of_constant_units_gives_nan_spearman_with_the_reason(tmp_path):
@@ -314,19 +314,19 @@ def test_a_full_disk_names_the_file_and_keeps_the_finished_parts(tmp_path, monke
 
 def test_a_path_given_twice_or_inside_another_is_assayed_once(tmp_path, no_render):
     out = tmp_path / "run"
-    result = _run(FIXTURES / "relu_mlp", FIXTURES / "relu_mlp" / "task1", FIXTURES / "relu_mlp", out=out)
+    result = _run(FIXTURES / "relu_mlp", FIXTURES / "relu_mlp" / "task2", FIXTURES / "relu_mlp", out=out)
     assert result.exit_code == 0, result.output
-    assert "relu_mlp/task1: already under" in result.stderr and "given twice" in result.stderr
+    assert "relu_mlp/task2: already under" in result.stderr and "given twice" in result.stderr
     checkpoints = pd.read_csv(out / "checkpoints.csv")["checkpoint"].tolist()
-    assert checkpoints == ["relu_mlp/task1", "relu_mlp/task3"]
+    assert checkpoints == ["relu_mlp/task2", "relu_mlp/task4"]
     assert pd.read_csv(out / "units.csv").groupby("checkpoint").size().nunique() == 1
 
 
 def test_a_failed_checkpoint_error_line_shows_even_with_python_warnings_off(tmp_path):
     """The error line is printed, not warned: PYTHONWARNINGS=ignore cannot hide it."""
     ck = tmp_path / "ck"
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "good")
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "bad")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "good")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "bad")
     (ck / "bad" / WEIGHTS).write_bytes(b"\x00" * 10)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, "-m", "resetassay.cli", "run", str(ck), "--out", str(tmp_path / "run"),
@@ -340,8 +340,8 @@ def test_state_with_another_number_of_units_fails_that_checkpoint_only(tmp_path,
     from safetensors.torch import save_file
 
     ck = tmp_path / "ck"
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "a")
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "b")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "a")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "b")
     save_file({"layers.0.act.age": torch.arange(5)}, ck / "b" / "state.safetensors")
     result = _run(ck, out=tmp_path / "run")
     _one_error(result, 2, "ck/b/state.safetensors: layers.0.act.age has shape (5,), but layers.0.act has")
@@ -350,8 +350,8 @@ def test_state_with_another_number_of_units_fails_that_checkpoint_only(tmp_path,
 
 def test_a_bad_data_record_fails_that_checkpoint_without_blaming_a_flag(tmp_path, no_render):
     ck = tmp_path / "ck"
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "a")
-    shutil.copytree(FIXTURES / "relu_mlp" / "task1", ck / "b")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "a")
+    shutil.copytree(FIXTURES / "relu_mlp" / "task2", ck / "b")
     manifest = json.loads((ck / "b" / MANIFEST).read_text())
     manifest["data"].update(source="mnist", data_dir=str(tmp_path / "nowhere"))
     (ck / "b" / MANIFEST).write_text(json.dumps(manifest))

@@ -18,6 +18,8 @@ from resetassay.checkpoint import (
     MANIFEST,
     STATE,
     WEIGHTS,
+    check_family,
+    family_name,
     find_checkpoints,
     import_factory,
     load_checkpoint,
@@ -67,9 +69,23 @@ def test_save_load_round_trip_keeps_weights_state_and_info(tmp_path):
     assert ckpt.info.kwargs == MLP_KWARGS
     assert ckpt.info.step == {"task": 3}
     assert ckpt.info.data == DataSpec(task=3, permutation_seed=7)
-    assert ckpt.info.family == "mlp-relu"
+    assert ckpt.info.family == "mlp-relu@digits"  # family_name of the model and its data
     x = torch.randn(2, 6)
     torch.testing.assert_close(ckpt.model(x), model.eval()(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("data", "utility", "family"), [
+    (DataSpec(source="mnist", data_dir="D"), None, "mlp-relu"),
+    (DataSpec(source="mnist", data_dir="D"), "contribution", "mlp-relu+cbp-contribution"),
+    (DataSpec(source="fashion-mnist", data_dir="D"), None, "mlp-relu@fashion-mnist"),
+    (DataSpec(source="fashion-mnist", data_dir="D"), "gxd", "mlp-relu+cbp-gxd@fashion-mnist"),
+    (DataSpec(), None, "mlp-relu@digits"),
+    (None, None, "mlp-relu"),
+])
+def test_a_family_is_the_model_and_its_training(data, utility, family):
+    """Plain MNIST, Fashion-MNIST and CBP checkpoints of one model fall into different families (README)."""
+    assert family_name("mlp", MLP_KWARGS, data, utility) == family
+    assert check_family(family) == family
 
 
 def test_round_trip_keeps_batchnorm_buffers_and_loads_in_eval_mode(tmp_path):
@@ -443,7 +459,7 @@ DATA = DataSpec(task=3, permutation_seed=7).to_dict()
     ({"data": {**DATA, "task": True}}, "data.task must be an integer >= 0, got True"),
     ({"data": {**DATA, "permutation_seed": -1}}, "data.permutation_seed must be an integer >= 0, got -1"),
     ({"data": {**DATA, "split_seed": None}}, "data.split_seed must be an integer >= 0, got None"),
-    ({"data": {**DATA, "source": "cifar"}}, "data.source must be 'digits' or 'mnist', got 'cifar'"),
+    ({"data": {**DATA, "source": "cifar"}}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist', got 'cifar'"),
     ({"data": {**DATA, "layout": ["flat"]}}, "data.layout must be 'flat' or 'image', got ['flat']"),
     ({"data": {**DATA, "data_dir": 3}}, "data.data_dir must be a string or null, got 3"),
     ({"data": {**DATA, "colour": "red"}}, "data.colour is not a data field"),
@@ -517,7 +533,7 @@ def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content, needle)
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"holdout_fraction": 5}, "data.holdout_fraction must be a number in (0, 1), got 5"),
     ({"task": 1.0}, "data.task must be an integer >= 0, got 1.0"),
-    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist', got 'cifar'"),
+    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist', got 'cifar'"),
     ({"data_dir": Path("x")}, "data.data_dir must be a string or null"),
 ])
 def test_a_data_spec_checks_its_values_wherever_it_is_made(kwargs, needle):

@@ -21,7 +21,7 @@ from resetassay.checkpoint import load_checkpoint
 from resetassay.errors import BadInputError
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "relu_mlp" / "task1"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "relu_mlp" / "task2"
 VALID = json.loads((FIXTURE / MANIFEST).read_text())
 FIELDS = [(), ("model",), ("model", "kwargs"), ("step",), ("data",), ("meta",)]  # objects whose keys get fuzzed
 KNOWN_KEYS = ["format", "model", "factory", "kwargs", "in_features", "widths", "n_classes", "activation",

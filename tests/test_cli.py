@@ -27,7 +27,7 @@ def test_run_writes_tables_report_and_figures(run_dir: Path) -> None:
                  "figures/oracle_ratio.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
         assert (run_dir / name).stat().st_size > 0, name
     units = pd.read_csv(run_dir / "units.csv")
-    assert set(units["checkpoint"]) == {"silu_mlp/task1", "silu_mlp/task3"}
+    assert set(units["checkpoint"]) == {"silu_mlp/task2", "silu_mlp/task4"}
     assert len(units) == 2 * 3 * 64  # two checkpoints, three hidden layers of 64 units
     assert "gxd" in (run_dir / "report.md").read_text()
 
@@ -49,7 +49,7 @@ def test_report_rerenders_from_tables_alone(run_dir: Path) -> None:
 
 
 def test_inspect_lists_unit_layers_with_producer_and_consumer() -> None:
-    result = runner.invoke(app, ["inspect", str(FIXTURES / "resnet" / "task1")])
+    result = runner.invoke(app, ["inspect", str(FIXTURES / "resnet" / "task2")])
     assert result.exit_code == 0, result.output
     assert "stages.0.0.act1" in result.output and "stages.0.0.conv2" in result.output
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import resetassay.data
 from resetassay.data import (
     NORMALIZE,
+    DataChoice,
     DataSpec,
     assay_data,
     data_spec,
@@ -125,6 +127,82 @@ def test_mnist_task_uses_t10k_for_holdout_and_permutes_pixels(tmp_path):
     xi, _ = task_arrays(DataSpec(source="mnist", layout="image", task=2, permutation_seed=4,
                                  data_dir=str(folder)), "train")
     assert xi.shape == (5, 1, 28, 28)
+
+
+def test_idx_files_are_read_and_decompressed_once_per_process_while_unchanged(tmp_path, monkeypatch):
+    """A training run asks for the train and held-out arrays on every task: each file is read once."""
+    folder, arrays = _mnist_dir(tmp_path)
+    reads = Counter()
+    real = resetassay.data.read_idx
+
+    def counted(path: Path) -> np.ndarray:
+        reads[path.name] += 1
+        return real(path)
+
+    monkeypatch.setattr(resetassay.data, "read_idx", counted)
+    for task in range(3):
+        for part in ("train", "holdout"):
+            task_arrays(DataSpec(source="mnist", task=task, data_dir=str(folder)), part)
+    assert reads == {"train-images-idx3-ubyte.gz": 1, "train-labels-idx1-ubyte.gz": 1, "t10k-images-idx3-ubyte": 1,
+                     "t10k-labels-idx1-ubyte": 1}
+    x, y = task_arrays(DataSpec(source="mnist", data_dir=str(folder)), "holdout")
+    x[0], y[0] = -1, -1  # a caller's edit does not reach the kept arrays
+    again, labels = task_arrays(DataSpec(source="mnist", data_dir=str(folder)), "holdout")
+    assert again[0].min() >= 0 and labels[0] == int(arrays["t10k"][1][0])
+    _write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(4, dtype=np.uint8))  # replaced (another size): read again
+    assert mnist_arrays(folder, "test")[1].tolist() == [0] * 4 and reads["t10k-labels-idx1-ubyte"] == 2
+
+
+@pytest.mark.parametrize(("name", "layout"), [("fashion-mnist", "flat"), ("fashion-mnist-image", "image")])
+def test_fashion_mnist_is_its_own_source_read_from_the_same_idx_files(tmp_path, name, layout):
+    folder, arrays = _mnist_dir(tmp_path)
+    spec = data_spec(name, 1, 2, str(folder))
+    assert (spec.source, spec.layout, spec.task, spec.permutation_seed) == ("fashion-mnist", layout, 1, 2)
+    x, _ = task_arrays(spec, "holdout")
+    mnist, _ = task_arrays(DataSpec(source="mnist", layout=layout, task=1, permutation_seed=2,
+                                    data_dir=str(folder)), "holdout")
+    assert torch.equal(x, mnist) and DataSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(BadInputError, match="fashion-mnist data needs --data-dir"):
+        task_arrays(DataSpec(source="fashion-mnist"), "train")
+
+
+MNIST_5 = DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/old")
+
+
+@pytest.mark.parametrize(("choice", "resolved", "warning"), [
+    (DataChoice(), None, ""),  # the record as it is
+    (DataChoice(data_dir="/new"), DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/new"), ""),
+    (DataChoice(DataSpec(source="mnist", data_dir="/new"), "/new"),  # --data mnist --data-dir /new: record wins
+     DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/new"), ""),
+    (DataChoice(DataSpec(source="mnist", data_dir="/old"), "/old", task=5), None, ""),  # asks what it records
+    (DataChoice(DataSpec(source="mnist", data_dir="/new"), "/new", task=0),
+     DataSpec(source="mnist", task=0, permutation_seed=1, data_dir="/new"), "--task 0 replaces its recorded task 5"),
+    (DataChoice(permutation_seed=3), DataSpec(source="mnist", task=5, permutation_seed=3, data_dir="/old"),
+     "--permutation-seed 3 replaces its recorded permutation seed 1"),
+    (DataChoice(DataSpec(source="fashion-mnist", data_dir="/f"), "/f"),
+     DataSpec(source="fashion-mnist", task=5, permutation_seed=1, data_dir="/f"),
+     "--data fashion-mnist replaces its recorded mnist"),
+    (DataChoice(DataSpec(layout="image"), task=2), DataSpec(layout="image", task=2, permutation_seed=1),
+     "--data digits-image replaces its recorded mnist; --task 2 replaces its recorded task 5"),
+])
+def test_a_checkpoints_data_record_wins_except_for_what_is_asked(choice, resolved, warning):
+    assert choice.resolve(MNIST_5) == (resolved, warning)
+
+
+def test_own_data_replaces_a_record_with_a_warning_and_refuses_task_flags(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.zeros((4, 2), dtype=np.float32), y=np.arange(4))
+    own = data_spec(str(path))
+    assert DataChoice(own).resolve(None) == (own, "")
+    assert DataChoice(DataSpec(task=3)).resolve(None) == (DataSpec(task=3), "")  # records none: --data as given
+    assert DataChoice(own).resolve(own) == (None, "")
+    assert DataChoice(own).resolve(MNIST_5) == (own, "--data data.npz replaces its recorded data (mnist task 5)")
+    assert DataChoice.replacing(own) == DataChoice(own)
+    with pytest.raises(BadInputError, match=r"^--task applies to permuted data \(digits, mnist, fashion-mnist\), not "
+                                            r"data.npz; drop it$"):
+        DataChoice(own, task=1)
+    with pytest.raises(BadInputError, match="^--permutation-seed applies to permuted data"):
+        DataChoice(permutation_seed=1).resolve(own)
 
 
 def test_mnist_without_data_dir_and_unknown_source_are_refused():

@@ -93,7 +93,7 @@ def test_cli_run_on_a_datasets_folder(tmp_path):
     x, y = _digits()
     datasets.Dataset.from_dict({"pixel_values": x, "label": y}).save_to_disk(str(tmp_path / "hf"))
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "fixtures/relu_mlp/task1", "--data", str(tmp_path / "hf"), "--calib-size",
+    result = runner.invoke(app, ["run", "fixtures/relu_mlp/task2", "--data", str(tmp_path / "hf"), "--calib-size",
                                  "25", "--probe-size", "25", "--utilities", "gxd,oracle", "--out", str(out),
                                  "--quiet"])
     assert result.exit_code == 0, result.output

@@ -31,7 +31,7 @@ TOL = 1e-5
 
 
 def _setup(fixture: str, probe: int = 48):
-    ckpt = load_checkpoint(FIXTURES / fixture / "task3")
+    ckpt = load_checkpoint(FIXTURES / fixture / "task4")
     x, y = task_arrays(ckpt.info.data, "holdout")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

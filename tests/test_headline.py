@@ -70,7 +70,7 @@ def test_models_table_shows_probe_accuracy_coverage_and_sizes():
     assert bare["probe accuracy"] == "n/a" and bare["calibration / probe"] == "n/a"
 
 
-@pytest.mark.parametrize("family", ["mlp-relu", "mlp-silu"])
+@pytest.mark.parametrize("family", ["mlp-relu@digits", "mlp-silu@digits"])
 def test_rendered_report_opens_with_the_answer_and_its_ratios_are_the_common_scope_means(run_dir, family):
     """The first screen of report.md (before "## Figures") holds the question, the answer, the rule and the
     ranking; each ratio shown is the mean over the family's checkpoints of summary.csv's common-scope ratio."""

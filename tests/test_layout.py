@@ -101,7 +101,7 @@ def test_run_assay_applies_keyword_overrides_to_a_given_config(monkeypatch):
 
     monkeypatch.setattr(resetassay.run, "assay_checkpoint", fake)
     with pytest.raises(KeyboardInterrupt):
-        run_assay([ROOT / "fixtures" / "relu_mlp" / "task1"], AssayConfig(seed=3, metrics=["l1"]), q=0.1,
+        run_assay([ROOT / "fixtures" / "relu_mlp" / "task2"], AssayConfig(seed=3, metrics=["l1"]), q=0.1,
                   progress=False)
     assert (seen["config"].seed, seen["config"].q, seen["config"].metrics) == (3, 0.1, ["l1"])
 

@@ -36,9 +36,9 @@ def test_rich_progress_writes_plain_lines_when_the_stream_is_not_a_terminal():
 
 def test_run_assay_reports_calibration_and_lesions_of_each_checkpoint_to_a_callback():
     seen: dict[str, list[tuple[int, int]]] = {}
-    run_assay([FIXTURES / "relu_mlp" / "task1"], utilities=["gxd"], metrics=["l1"], calib_size=64, probe_size=64,
+    run_assay([FIXTURES / "relu_mlp" / "task2"], utilities=["gxd"], metrics=["l1"], calib_size=64, probe_size=64,
               joint=False, progress=lambda task, done, total: seen.setdefault(task, []).append((done, total)))
     assert seen["checkpoints"][-1] == (1, 1)
-    assert seen["calibration task1"][-1] == (64, 64)
-    lesions = seen["lesions task1"]
+    assert seen["calibration task2"][-1] == (64, 64)
+    lesions = seen["lesions task2"]
     assert lesions[-1][0] == lesions[-1][1] > 0 and [d for d, _ in lesions] == sorted(d for d, _ in lesions)

@@ -181,8 +181,9 @@ def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
 
 def test_report_md_has_a_table_per_family_with_every_column_and_a_bold_best(run_dir: Path):
     text = (run_dir / "report.md").read_text()
-    for heading in ("### mlp-relu (2 checkpoints, steps 1, 3)", "### mlp-silu (2 checkpoints, steps 1, 3)",
-                    "### mlp-relu by training step", "## Provenance"):
+    for heading in ("### mlp-relu@digits (2 checkpoints, steps 2, 4)",
+                    "### mlp-silu@digits (2 checkpoints, steps 2, 4)", "### mlp-relu@digits by training step",
+                    "## Provenance"):
         assert heading in text
     header = next(line for line in text.splitlines() if line.startswith("| utility | metric | ρ pooled |"))
     for column in ("ρ pooled", "ρ per layer", "Shock@5%", "oracle Shock@5%", "gap", "ratio", "top-k overlap",
@@ -241,7 +242,7 @@ def test_report_html_is_self_contained_with_config_versions_and_provenance(run_d
     info = (run_dir / "run.json").read_text()
     assert '"torch"' in info and "torch " in page  # package versions
     assert "&quot;q&quot;: 0.05" in page  # the run config
-    for provenance in ("split_seed", "data_permutation_seed", "split_calib_size", "fixtures/silu_mlp/task3"):
+    for provenance in ("split_seed", "data_permutation_seed", "split_calib_size", "fixtures/silu_mlp/task4"):
         assert provenance in page
 
 
@@ -258,8 +259,8 @@ def test_report_cli_sweep_recomputes_shock_at_each_q_and_says_joint_is_only_at_r
     summary = pd.read_csv(copy / "summary.csv")
     family = pd.read_csv(copy / "checkpoints.csv").set_index("checkpoint")["family"]
     gxd = summary[(summary["scope"] == ALL) & (summary["utility"] == "gxd") & (summary["metric"] == "l1")
-                  & summary["checkpoint"].map(family).eq("mlp-silu")]
-    row = sweep[(sweep["family"] == "mlp-silu") & (sweep["utility"] == "gxd") & (sweep["metric"] == "l1")
+                  & summary["checkpoint"].map(family).eq("mlp-silu@digits")]
+    row = sweep[(sweep["family"] == "mlp-silu@digits") & (sweep["utility"] == "gxd") & (sweep["metric"] == "l1")
                 & (sweep["q"] == 0.05)]
     assert row["shock_at_q"].iloc[0] == pytest.approx(gxd["shock_at_q"].mean(), abs=TOL)
     assert row["joint_shock_n"].iloc[0] == 2

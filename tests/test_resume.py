@@ -169,13 +169,13 @@ def test_run_json_records_seeds_versions_device_and_full_config(six, reference):
     assert info["config"]["utilities"] == ["gxd", "activation", "random"] and info["config"]["seed"] == 0
     assert info["device"] == "cpu" and {"torch", "captum", "resetassay", "python"} <= set(info["versions"])
     assert info["seeds"]["calibration_probe_split"] == info["seeds"]["random_utility"] == 0
-    manifest = json.loads((FIXTURES / "relu_mlp" / "task1" / "manifest.json").read_text())
-    assert info["seeds"]["checkpoints"][f"{six.name}/relu_mlp/task1"] == {
+    manifest = json.loads((FIXTURES / "relu_mlp" / "task2" / "manifest.json").read_text())
+    assert info["seeds"]["checkpoints"][f"{six.name}/relu_mlp/task2"] == {
         "training": manifest["meta"]["seed"], "data_split": manifest["data"]["split_seed"],
         "permutation": manifest["data"]["permutation_seed"]}
     assert [c["checkpoint"] for c in info["checkpoints"]] == sorted(
         f"{six.name}/{family}/{task}" for family in ("relu_mlp", "silu_mlp", "layernorm_mlp")
-        for task in ("task1", "task3"))
+        for task in ("task2", "task4"))
     assert info["config_hash"] == json.loads((reference / PARTS / IDENTITY).read_text())["hash"]
     assert info["failures"] == [] and not (reference / "failures.csv").exists()
 
@@ -184,10 +184,10 @@ def test_rerun_skips_finished_checkpoints_and_says_so(tmp_path, no_render, assay
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
     first = run_assay([ckpts], progress=False, out=out, **SMALL)
-    assert assayed == ["relu_mlp/task1", "relu_mlp/task3"]
+    assert assayed == ["relu_mlp/task2", "relu_mlp/task4"]
     notes: list[str] = []
     second = run_assay([ckpts], progress=False, out=out, note=notes.append, **SMALL)
-    assert assayed == ["relu_mlp/task1", "relu_mlp/task3"]  # nothing assayed again
+    assert assayed == ["relu_mlp/task2", "relu_mlp/task4"]  # nothing assayed again
     assert notes == [f"skipping 2 of 2 checkpoints finished earlier in {out} (--overwrite assays them again)"]
     pd.testing.assert_frame_equal(first.units, second.units)
 
@@ -205,9 +205,9 @@ def test_changed_checkpoint_file_is_assayed_again(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
     run_assay([ckpts], progress=False, out=out, **SMALL)
-    shutil.copy(ckpts / "task1" / "model.safetensors", ckpts / "task3" / "model.safetensors")
+    shutil.copy(ckpts / "task2" / "model.safetensors", ckpts / "task4" / "model.safetensors")
     again = run_assay([ckpts], progress=False, out=out, **SMALL)
-    assert assayed == ["relu_mlp/task1", "relu_mlp/task3", "relu_mlp/task3"]
+    assert assayed == ["relu_mlp/task2", "relu_mlp/task4", "relu_mlp/task4"]
     fresh = run_assay([ckpts], progress=False, **SMALL)  # the changed checkpoint, assayed from scratch
     pd.testing.assert_frame_equal(again.units, fresh.units)
     assert len(_finished(out)) == 3  # the stale part stays on disk, unused
@@ -222,7 +222,7 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path, no_render, assayed
         run_assay([ckpts], progress=False, out=out, **{**SMALL, "seed": 1})
     assert len(_parts(out)) == 2
     run_assay([ckpts], progress=False, out=out, overwrite=True, **{**SMALL, "seed": 1})
-    assert assayed == ["relu_mlp/task1", "relu_mlp/task3"] * 2
+    assert assayed == ["relu_mlp/task2", "relu_mlp/task4"] * 2
     assert len(_parts(out)) == 2  # the old config's parts are gone
     assert json.loads((out / "run.json").read_text())["config"]["seed"] == 1
 
@@ -319,22 +319,22 @@ def test_a_part_edited_by_hand_is_assayed_again(tmp_path, no_render, assayed):
 
 
 def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(tmp_path, no_render, monkeypatch):
-    """task3's weights are swapped after the run hashed them and before it loads them; restoring them and
+    """task4's weights are swapped after the run hashed them and before it loads them; restoring them and
     rerunning must not reuse numbers of the swapped file."""
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
-    original = (ckpts / "task3" / "model.safetensors").read_bytes()
+    original = (ckpts / "task4" / "model.safetensors").read_bytes()
     real_load = resetassay.run.load_checkpoint
 
     def swap_then_load(path, *args, **kwargs):
-        if Path(path).name == "task3":
-            shutil.copy(ckpts / "task1" / "model.safetensors", ckpts / "task3" / "model.safetensors")
+        if Path(path).name == "task4":
+            shutil.copy(ckpts / "task2" / "model.safetensors", ckpts / "task4" / "model.safetensors")
         return real_load(path, *args, **kwargs)
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(resetassay.run, "load_checkpoint", swap_then_load)
         run_assay([ckpts], progress=False, out=out, **SMALL)
-    (ckpts / "task3" / "model.safetensors").write_bytes(original)
+    (ckpts / "task4" / "model.safetensors").write_bytes(original)
     again = run_assay([ckpts], progress=False, out=out, **SMALL)
     fresh = run_assay([ckpts], progress=False, **SMALL)
     pd.testing.assert_frame_equal(again.units, fresh.units)
@@ -383,8 +383,8 @@ def test_a_run_over_some_of_the_checkpoints_of_an_out_says_the_tables_cover_only
     out = tmp_path / "run"
     run_assay([ckpts], progress=False, out=out, **SMALL)
     notes: list[str] = []
-    result = run_assay([ckpts / "task1"], progress=False, out=out, note=notes.append, **SMALL)
-    assert set(result.units["checkpoint"]) == {"task1"}
+    result = run_assay([ckpts / "task2"], progress=False, out=out, note=notes.append, **SMALL)
+    assert set(result.units["checkpoint"]) == {"task2"}
     assert any("also holds" in n and "the tables cover only the 1 given" in n for n in notes), notes
 
 
@@ -393,7 +393,7 @@ def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_sta
     out = tmp_path / "run"
     run_assay([ckpts], progress=False, out=out, **SMALL)
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings["checkpoints"]) == {"relu_mlp/task1", "relu_mlp/task3"}
+    assert set(timings["checkpoints"]) == {"relu_mlp/task2", "relu_mlp/task4"}
     for stages in timings["checkpoints"].values():
         assert {"load", "probe logits", "references", "utilities", "lesions", "summary"} <= set(stages)
         assert all(seconds >= 0 for seconds in stages.values())

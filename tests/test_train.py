@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _small(tasks: int = 2, **overrides: object) -> TrainConfig:
     data = DataSpec()
-    settings = {"tasks": tasks, "epochs_per_task": 1, "batch_size": 32, "lr": 0.05, "checkpoint_at": (tasks - 1,),
+    settings = {"tasks": tasks, "epochs_per_task": 1, "batch_size": 32, "lr": 0.05, "checkpoint_at": (tasks,),
                 "cbp": CBPConfig(replacement_rate=0.05, maturity=5), **overrides}
     return TrainConfig("mlp", zoo_kwargs("mlp", data, (16, 16)), data, **settings)
 
@@ -51,11 +51,11 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def cbp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-task CBP run on permuted digits through the CLI, checkpoints after tasks 0 and 2."""
+    """A 3-task CBP run on permuted digits through the CLI, checkpoints before training and after tasks 1 and 3."""
     out = tmp_path_factory.mktemp("cbp")
     result = runner.invoke(app, [
-        "train", "--widths", "32,32", "--tasks", "3", "--epochs-per-task", "2", "--batch-size", "32",
-        "--lr", "0.05", "--replacement-rate", "0.01", "--maturity", str(MATURITY), "--checkpoint-at", "0,2",
+        "train", "--widths", "32,32", "--tasks", "3", "--epochs-per-task", "2", "--batch-size", "32", "--cbp",
+        "--lr", "0.05", "--replacement-rate", "0.01", "--maturity", str(MATURITY), "--checkpoint-at", "0,1,3",
         "--permutation-seed", "3", "--seed", "7", "--out", str(out), "--quiet",
     ])
     assert result.exit_code == 0, result.output
@@ -63,26 +63,31 @@ def cbp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_three_task_cbp_run_writes_checkpoints_whose_state_loads_back(cbp_run: Path) -> None:
-    for task in (0, 2):
-        ckpt = load_checkpoint(cbp_run / f"task{task}")
+    """task<k> is the network after k tasks, probed on the task trained last (task 0 for the untrained one)."""
+    with open(cbp_run / "accuracy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["task"] for r in rows] == ["1", "2", "3"]  # completed tasks, as the checkpoints count them
+    for done in (0, 1, 3):
+        ckpt = load_checkpoint(cbp_run / f"task{done}")
         meta, data = ckpt.info.meta, ckpt.info.data
-        assert ckpt.info.step == {"task": task}
-        assert (data.source, data.task, data.permutation_seed) == ("digits", task, 3)
+        assert ckpt.info.step == {"task": done}
+        assert (data.source, data.task, data.permutation_seed) == ("digits", max(done - 1, 0), 3)
         assert meta["seed"] == 7 and meta["maturity"] == MATURITY and meta["cbp"]["utility"] == "contribution"
-        assert 0 <= meta["holdout_accuracy"] <= 1
+        assert meta["family"] == "mlp-relu+cbp-contribution@digits"
+        assert meta["resets"] == sum(int(r["resets"]) for r in rows[:done])
+        if done:
+            assert meta["holdout_accuracy"] == pytest.approx(float(rows[done - 1]["holdout_accuracy"]), abs=1e-6)
         for layer, n in (("layers.0.act", 32), ("layers.1.act", 32)):
             age, ref, util = (ckpt.state[f"{layer}.{k}"] for k in ("age", "reference", "utility"))
             assert age.shape == ref.shape == util.shape == (n,)
-            assert int(age.max()) <= STEPS_PER_TASK * (task + 1)
+            assert int(age.max()) <= STEPS_PER_TASK * done
             assert bool((ref[age == 0] == 0).all())  # newborn units have observed nothing yet
-    with open(cbp_run / "accuracy.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["task"] for r in rows] == ["0", "1", "2"]
-    assert sum(int(r["resets"]) for r in rows) == load_checkpoint(cbp_run / "task2").info.meta["resets"] > 0
+    assert int(load_checkpoint(cbp_run / "task0").state["layers.0.act.age"].max()) == 0  # before the first step
+    assert load_checkpoint(cbp_run / "task3").info.meta["resets"] > 0
 
 
 def test_assay_reads_the_stored_reference_and_leaves_immature_units_unranked(cbp_run: Path, tmp_path: Path) -> None:
-    ckpt = cbp_run / "task2"
+    ckpt = cbp_run / "task3"
     result = runner.invoke(app, ["run", str(ckpt), "--reference", "stored", "--utilities", "gxd,activation",
                                  "--metrics", "l1", "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -104,7 +109,7 @@ def test_identical_runs_write_identical_checkpoint_bytes(tmp_path: Path) -> None
     train(config, tmp_path / "a")
     train(config, tmp_path / "b")
     first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert "task1/state.safetensors" in first
+    assert "task2/state.safetensors" in first
     assert first == second
 
 
@@ -112,22 +117,37 @@ def test_cbp_with_zero_replacement_rate_trains_exactly_like_backprop(tmp_path: P
     train(_small(cbp=None), tmp_path / "plain")
     train(_small(cbp=CBPConfig(replacement_rate=0.0)), tmp_path / "tracked")
     plain, tracked = _files(tmp_path / "plain"), _files(tmp_path / "tracked")
-    assert plain["task1/model.safetensors"] == tracked["task1/model.safetensors"]
-    assert "task1/state.safetensors" not in plain and "task1/state.safetensors" in tracked
+    assert plain["task2/model.safetensors"] == tracked["task2/model.safetensors"]
+    assert "task2/state.safetensors" not in plain and "task2/state.safetensors" in tracked
 
 
-def test_checkpoints_by_epoch_record_the_epoch_and_the_task_it_belongs_to(tmp_path: Path) -> None:
-    saved = train(_small(tasks=2, epochs_per_task=2, checkpoint_at=(1, 2), checkpoint_in="epochs"), tmp_path)
-    assert [p.name for p in saved] == ["epoch1", "epoch2"]
+def test_checkpoints_by_epoch_count_completed_epochs_and_record_the_task_they_belong_to(tmp_path: Path) -> None:
+    saved = train(_small(tasks=2, epochs_per_task=2, checkpoint_at=(0, 2, 3), checkpoint_in="epochs"), tmp_path)
+    assert [p.name for p in saved] == ["epoch0", "epoch2", "epoch3"]
     manifests = [json.loads((p / "manifest.json").read_text()) for p in saved]
-    assert [m["step"] for m in manifests] == [{"epoch": 1}, {"epoch": 2}]
-    assert [m["data"]["task"] for m in manifests] == [0, 1]
+    assert [m["step"] for m in manifests] == [{"epoch": 0}, {"epoch": 2}, {"epoch": 3}]
+    assert [m["data"]["task"] for m in manifests] == [0, 0, 1]  # epoch 3 is the first of the second task
+
+
+def test_checkpoint_0_is_the_untrained_network_and_k_the_network_after_k_tasks(tmp_path: Path) -> None:
+    """SPEC S6: checkpoints {0, 5, 10, 20, 30} of 30 tasks; 0 is written before the first SGD step."""
+    config = _small(tasks=2, checkpoint_at=(0, 1, 2), cbp=None)
+    assert list(TrainConfig(tasks=30, checkpoint_at=(30, 0, 5, 20, 10)).checkpoints()) == [
+        "task0", "task5", "task10", "task20", "task30"]
+    train(config, tmp_path / "all")
+    torch.manual_seed(config.seed)
+    untrained = resetassay.train.create_model(config.model, **config.model_kwargs).state_dict()
+    saved = load_checkpoint(tmp_path / "all" / "task0").model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in untrained.items())
+    train(_small(tasks=1, cbp=None), tmp_path / "one")  # the same seed: its only checkpoint is task1 here
+    assert _files(tmp_path / "all")["task1/model.safetensors"] == _files(tmp_path / "one")["task1/model.safetensors"]
+    assert load_checkpoint(tmp_path / "all" / "task2").info.data.task == 1
 
 
 def test_resnet_cbp_stores_references_for_every_unit_layer_and_utilities_where_it_resets(tmp_path: Path) -> None:
     data = DataSpec(layout="image")
     config = TrainConfig("resnet", zoo_kwargs("resnet", data, (4, 8)), data, tasks=1, batch_size=64,
-                         checkpoint_at=(0,), cbp=CBPConfig(replacement_rate=0.05, maturity=2))
+                         checkpoint_at=(1,), cbp=CBPConfig(replacement_rate=0.05, maturity=2))
     (path,) = train(config, tmp_path)
     ckpt = load_checkpoint(path)
     layers = ["stem.act", "stages.0.0.act1", "stages.0.0.act2", "stages.1.0.act1", "stages.1.0.act2"]
@@ -138,15 +158,44 @@ def test_resnet_cbp_stores_references_for_every_unit_layer_and_utilities_where_i
 
 
 def test_a_checkpoint_after_the_last_task_is_refused_naming_the_flag() -> None:
-    with pytest.raises(BadInputError, match="--checkpoint-at 30"):
-        TrainConfig(tasks=30, checkpoint_at=(0, 5, 10, 20, 30))
+    with pytest.raises(BadInputError, match=r"^--checkpoint-at 31: counts completed tasks, from 0 \(before training\) "
+                                            r"to 30 \(after the last of this run\); raise --tasks to reach it$"):
+        TrainConfig(tasks=30, checkpoint_at=(0, 5, 31))
+
+
+def test_train_defaults_to_plain_backprop_and_records_the_family_in_every_manifest(tmp_path: Path) -> None:
+    assert _train_cli(tmp_path / "plain", "--checkpoint-at", "0,3").exit_code == 0
+    assert _train_cli(tmp_path / "named", "--checkpoint-at", "3", "--family", "baseline.v2").exit_code == 0
+    record = json.loads((tmp_path / "plain" / "train.json").read_text())["config"]
+    assert record["cbp"] is None and record["family"] == "mlp-relu@digits"
+    for name in ("task0", "task3"):
+        ckpt = load_checkpoint(tmp_path / "plain" / name)
+        assert ckpt.state == {} and "cbp" not in ckpt.info.meta
+        assert ckpt.info.family == "mlp-relu@digits"
+    assert load_checkpoint(tmp_path / "named" / "task3").info.family == "baseline.v2"
+    assert json.loads((tmp_path / "named" / "train.json").read_text())["config"]["family"] == "baseline.v2"
+
+
+def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Path) -> None:
+    """resetassay.train/1 counted --checkpoint-at from 0 after the first task: resuming it would shift every step."""
+    train(_tiny(cbp=None), tmp_path)
+    record = json.loads((tmp_path / "train.json").read_text())
+    (tmp_path / "train.json").write_text(json.dumps({**record, "format": "resetassay.train/1"}))
+    with pytest.raises(BadInputError, match=r"its train.json is of an older train, whose --checkpoint-at counted "
+                                            r"tasks from 0 after the first one \(0 is now the untrained network\); "
+                                            r"use another --out, or --overwrite"):
+        train(_tiny(cbp=None), tmp_path)
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["--model", "cnn"], "--data digits-image"),
-        (["--utility", "gxd_all"], "--utility"),
+        (["--cbp", "--utility", "gxd_all"], "--utility 'gxd_all' cannot be tracked online"),
+        (["--utility", "gxd"], "--utility applies only with --cbp (plain backprop is the default); add --cbp"),
+        (["--maturity", "5"], "--maturity applies only with --cbp"),
+        (["--family", "mlp relu"], "--family 'mlp relu': use letters, digits"),
+        (["--family", "mlp:relu"], "--family 'mlp:relu'"),
         (["--activation", "gelu"], "--activation"),
         (["--data", "mnist"], "--data-dir"),
         (["--checkpoint-at", "1,x"], "--checkpoint-at"),
@@ -163,7 +212,7 @@ def test_bad_train_input_exits_2_naming_the_flag(args: list[str], needle: str, t
 def test_permuted_mnist_from_idx_files_trains_the_784_input_mlp(tmp_path: Path) -> None:
     data = DataSpec(source="mnist", data_dir=str(MNIST))
     config = TrainConfig("mlp", zoo_kwargs("mlp", data, (32,)), data, tasks=1, batch_size=500, lr=0.1,
-                         checkpoint_at=(0,), cbp=CBPConfig(replacement_rate=0.01, maturity=10))
+                         checkpoint_at=(1,), cbp=CBPConfig(replacement_rate=0.01, maturity=10))
     (path,) = train(config, tmp_path)
     ckpt = load_checkpoint(path)
     assert ckpt.info.kwargs["in_features"] == 784 and ckpt.info.data.source == "mnist"
@@ -174,13 +223,13 @@ def test_permuted_mnist_from_idx_files_trains_the_784_input_mlp(tmp_path: Path) 
 # --- Nothing silently wrong: --out, resume, bad flags, divergence, Ctrl-C ---------------------------------------------
 
 # One hidden layer of 16 units, batch 64: ceil(899 / 64) = 15 SGD steps per task, a few ms each.
-TINY = ["--widths", "16", "--tasks", "3", "--batch-size", "64", "--lr", "0.05", "--replacement-rate", "0.05",
-        "--maturity", "5", "--quiet"]
+TINY = ["--widths", "16", "--tasks", "3", "--batch-size", "64", "--lr", "0.05", "--quiet"]
+CBP = ["--cbp", "--replacement-rate", "0.05", "--maturity", "5"]
 
 
 def _tiny(**overrides: object) -> TrainConfig:
     data = DataSpec()
-    settings = {"tasks": 3, "batch_size": 64, "lr": 0.05, "checkpoint_at": (0, 1, 2),
+    settings = {"tasks": 3, "batch_size": 64, "lr": 0.05, "checkpoint_at": (1, 2, 3),
                 "cbp": CBPConfig(replacement_rate=0.05, maturity=5), **overrides}
     return TrainConfig("mlp", zoo_kwargs("mlp", data, (16,)), data, **settings)
 
@@ -191,21 +240,22 @@ def _train_cli(out: Path, *args: str) -> object:
 
 def test_no_cbp_into_the_folder_of_a_cbp_run_is_refused_naming_what_changed(tmp_path: Path) -> None:
     """The old state.safetensors would stay for `run --reference stored` to read (SPEC S2): refused instead."""
-    assert _train_cli(tmp_path, "--checkpoint-at", "0,2").exit_code == 0
+    assert _train_cli(tmp_path, "--checkpoint-at", "0,2", *CBP).exit_code == 0
     before = _files(tmp_path)
-    result = _train_cli(tmp_path, "--checkpoint-at", "0,2", "--no-cbp")
+    result = _train_cli(tmp_path, "--checkpoint-at", "0,2")
     assert result.exit_code == 2
     assert result.stderr == (f"error: --out {tmp_path}: holds 2 checkpoints trained with another config (cbp on -> "
-                             "off); use another --out, or --overwrite to discard them\n")
+                             "off; family 'mlp-relu+cbp-contribution@digits' -> 'mlp-relu@digits'); use another "
+                             "--out, or --overwrite to discard them\n")
     assert _files(tmp_path) == before
 
 
 def test_overwrite_discards_what_train_wrote_and_keeps_other_files(tmp_path: Path) -> None:
-    assert _train_cli(tmp_path, "--checkpoint-at", "0,2").exit_code == 0
+    assert _train_cli(tmp_path, "--checkpoint-at", "0,2", *CBP).exit_code == 0
     (tmp_path / "notes.txt").write_text("keep me\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / MANIFEST).write_text("{}\n")
-    result = _train_cli(tmp_path, "--checkpoint-at", "2", "--no-cbp", "--overwrite")
+    result = _train_cli(tmp_path, "--checkpoint-at", "2", "--overwrite")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.csv", "mine", "notes.txt", "task2", "train.json"]
     assert sorted(p.name for p in (tmp_path / "task2").iterdir()) == [MANIFEST, WEIGHTS]  # no stale CBP state
@@ -260,7 +310,7 @@ def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_pat
     assert str(stopped.value) == f"interrupted: 1 of 3 checkpoints saved in {out}; rerun the same command to resume"
     notes: list[str] = []
     written = train(config, out, note=notes.append)
-    assert [p.name for p in written] == ["task1", "task2"]
+    assert [p.name for p in written] == ["task2", "task3"]
     assert notes == [f"resuming: 1 of 3 checkpoints are already in {out}; training again from the start (no "
                      "optimizer state is saved; same seed and 1 thread as the first run, so bit-identical) to write "
                      "the 2 missing"]
@@ -270,14 +320,14 @@ def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_pat
 def test_a_kept_checkpoint_the_rerun_does_not_reproduce_stops_it(tmp_path: Path) -> None:
     config = _tiny(cbp=None)
     train(config, tmp_path)
-    weights = load_file(tmp_path / "task0" / WEIGHTS)
+    weights = load_file(tmp_path / "task1" / WEIGHTS)
     weights["layers.0.linear.bias"][0] += 1e-3
-    save_file(weights, tmp_path / "task0" / WEIGHTS)
-    shutil.rmtree(tmp_path / "task2")
-    with pytest.raises(TrainingFailed, match=rf"^--out {tmp_path}: task0 on disk is not what this rerun of the same "
+    save_file(weights, tmp_path / "task1" / WEIGHTS)
+    shutil.rmtree(tmp_path / "task3")
+    with pytest.raises(TrainingFailed, match=rf"^--out {tmp_path}: task1 on disk is not what this rerun of the same "
                                              r"command trains \(its weights differ"):
         train(config, tmp_path)
-    assert not (tmp_path / "task2").exists()
+    assert not (tmp_path / "task3").exists()
 
 
 @pytest.mark.parametrize(("flag", "value"), [
@@ -289,10 +339,11 @@ def test_a_kept_checkpoint_the_rerun_does_not_reproduce_stops_it(tmp_path: Path)
 ])
 def test_every_training_flag_is_checked_finite_and_in_range(flag: str, value: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = runner.invoke(app, ["train", flag, value, "--out", str(out), "--quiet"])
+    cbp = ["--cbp"] if flag in ("--decay", "--replacement-rate", "--maturity") else []
+    result = runner.invoke(app, ["train", *cbp, flag, value, "--out", str(out), "--quiet"])
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: {flag} ")
+    assert line.startswith(f"error: {flag} ") and "applies only with --cbp" not in line
     assert not out.exists()  # refused before anything is written
 
 
@@ -310,7 +361,7 @@ def test_bad_values_from_python_name_their_flag(make: object, flag: str) -> None
 
 
 def test_a_loss_that_becomes_nan_stops_training_with_exit_1_and_writes_nothing(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["train", "--no-cbp", "--widths", "16,16", "--tasks", "3", "--checkpoint-at", "0,1,2",
+    result = runner.invoke(app, ["train", "--no-cbp", "--widths", "16,16", "--tasks", "3", "--checkpoint-at", "1,2,3",
                                  "--lr", "1e8", "--out", str(tmp_path), "--quiet"])
     assert result.exit_code == 1, result.output
     (line,) = result.stderr.splitlines()
@@ -332,10 +383,10 @@ def test_divergence_keeps_the_earlier_checkpoints_and_says_where_it_happened(tmp
     with pytest.raises(TrainingFailed) as failed:
         train(_tiny(), tmp_path)
     assert str(failed.value) == (f"training diverged: the loss became nan at task 1, epoch 0, step 1 of 15; kept 1 of "
-                                 f"3 checkpoints in {tmp_path} (task0), none written from the diverged model; try a "
+                                 f"3 checkpoints in {tmp_path} (task1), none written from the diverged model; try a "
                                  "lower --lr")
-    assert sorted(p.name for p in tmp_path.glob("task*")) == ["task0"]
-    assert (tmp_path / "task0" / STATE).exists()
+    assert sorted(p.name for p in tmp_path.glob("task*")) == ["task1"]
+    assert (tmp_path / "task1" / STATE).exists()
 
 
 def _interruptible() -> None:

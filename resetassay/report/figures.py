@@ -131,7 +131,7 @@ def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], q_label: str) 
 
 
 def _short_names(names: list[str]) -> dict[str, str]:
-    """Checkpoint names without their common directory prefix (`fixtures/cnn/task1` -> `cnn/task1`)."""
+    """Checkpoint names without their common directory prefix (`fixtures/cnn/task2` -> `cnn/task2`)."""
     if len(names) < 2:
         return {n: n for n in names}
     prefix = os.path.commonpath(names) if all("/" in n for n in names) else ""
