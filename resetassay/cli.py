@@ -375,19 +375,22 @@ def train_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the checkpoints, accuracy.csv and train.json "
                                           "(empty, new, or of this same command, which then resumes).")]
     = Path("checkpoints"),
-    model: Annotated[str, typer.Option(help="Zoo model: mlp, cnn or resnet (image data).")] = "mlp",
+    model: Annotated[str, typer.Option(help="Zoo model: mlp, cnn or resnet (image data), transformer (--data "
+                                       "grammar).")] = "mlp",
     widths: Annotated[str | None, typer.Option(help="Comma-separated hidden widths (mlp default "
                                                "256,256,256,256).")] = None,
     activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
     layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
-    data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image.")]
-    = "digits",
+    data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
+                                      "grammar (token sequences, --model transformer).")] = "digits",
     data_dir: DataDir = None,
     permutation_seed: Annotated[int, typer.Option(help="Seed of the task permutations.")] = 0,
     tasks: Annotated[int, typer.Option(help="Permuted tasks, one after another.")] = 30,
     epochs_per_task: Annotated[int, typer.Option(help="Epochs on each task.")] = 1,
-    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.01,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
+    optimizer: Annotated[str, typer.Option(help="sgd (the paper's) or adam (suits --model transformer, e.g. with "
+                                           "--lr 0.001).")] = "sgd",
     batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and resets.")] = 0,
     cbp: Annotated[bool, typer.Option(help="Continual backprop (SPEC S7); default: plain backprop.")] = False,
@@ -434,7 +437,7 @@ def train_command(
             checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
             cbp=CBPConfig(**{k: v for k, v in given.items() if v is not None}) if cbp else None, momentum=momentum,
-            family=family,
+            family=family, optimizer=optimizer,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
                       note=lambda text: err.print(text, highlight=False, soft_wrap=True))

@@ -19,10 +19,13 @@ import numpy as np
 import torch
 
 from resetassay.errors import BadInputError
+from resetassay.grammar import grammar_sequences
 from resetassay.imports import import_named_module
+from resetassay.sequences import next_token_targets
 
 DEFAULT_SIZE = 2048
-IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted sources (SPEC S1, S6)
+IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted image sources (SPEC S1, S6)
+PERMUTED = (*IMAGE_SIDE, "grammar")  # built-in continual tasks; grammar: token sequences (grammar.py, SPEC S9)
 IDX_SOURCES = ("mnist", "fashion-mnist")  # read from IDX files in `data_dir` (the same file names for both)
 USER_SOURCES = ("file", "images", "hf", "factory")  # the user's own data (SPEC S1): never permuted
 TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
@@ -52,13 +55,14 @@ class DataSpec:
 
     Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
     one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist | fashion-mnist (permuted
-    tasks, the first seven fields), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a
+    tasks, the first seven fields), grammar (permuted-grammar token sequences, `grammar.py`, SPEC S9; the same
+    seven fields, its layout flat), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a
     folder written by Hugging Face `datasets`' `save_to_disk`) and factory (a `module:factory`, from Python or the
     command line only: a manifest cannot record it, so loading a checkpoint never runs code). The user's own data
     is never permuted; task, permutation_seed, split_seed and holdout_fraction do not apply to it.
     """
 
-    source: str = "digits"            # digits | mnist | fashion-mnist | file | images | hf | factory
+    source: str = "digits"            # digits | mnist | fashion-mnist | grammar | file | images | hf | factory
     layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); permuted sources only
     task: int = 0                     # index of the permutation trained last
     permutation_seed: int = 0
@@ -78,8 +82,8 @@ class DataSpec:
     # field -> (what its value must be, the test); a class constant, not a field (it has no annotation).
     # Seeds are >= 0 because numpy's generators refuse negative ones.
     CHECKS = {
-        "source": (" or ".join(map(repr, IMAGE_SIDE)),
-                   lambda v: isinstance(v, str) and (v in IMAGE_SIDE or v in USER_SOURCES)),
+        "source": (" or ".join(map(repr, PERMUTED)),
+                   lambda v: isinstance(v, str) and (v in PERMUTED or v in USER_SOURCES)),
         "layout": ("'flat' or 'image'", lambda v: v in ("flat", "image")),
         "task": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
         "permutation_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
@@ -123,6 +127,8 @@ class DataSpec:
             if getattr(self, key) is not None and self.source not in sources:
                 raise BadInputError(f"data.{key} applies only to source {' or '.join(map(repr, sources))}, "
                                     f"not {self.source!r}")
+        if self.source == "grammar" and self.layout != "flat":
+            raise BadInputError("data.layout must be 'flat' for source 'grammar' (token sequences)")
         if self.source in ("file", "images", "hf") and self.path is None:
             raise BadInputError(f"data.path is missing: source {self.source!r} needs the path of the data")
         if self.source == "factory" and self.factory is None:
@@ -155,7 +161,7 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         """The fields that apply to the source, JSON-ready (digits/mnist: exactly the seven of a manifest)."""
-        if self.source in IMAGE_SIDE:
+        if self.source in PERMUTED:
             return {key: getattr(self, key) for key in self.CHECKS}
         if self.source == "factory":
             return {"source": self.source, "factory": self.factory, "factory_kwargs": self.factory_kwargs}
@@ -166,12 +172,12 @@ class DataSpec:
 
     def describe(self) -> str:
         """A short name for messages and provenance: "digits task 3", "data.npz", "pkg.mod:make"."""
-        if self.source in IMAGE_SIDE:
+        if self.source in PERMUTED:
             return f"{self.source} task {self.task}"
         return self.factory if self.source == "factory" else Path(self.path).name
 
 
-DATA_CHOICES = tuple(f"{source}{layout}" for source in IMAGE_SIDE for layout in ("", "-image"))
+DATA_CHOICES = (*(f"{source}{layout}" for source in IMAGE_SIDE for layout in ("", "-image")), "grammar")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -257,14 +263,14 @@ class DataChoice:
     def _permuted_flags(self, spec: DataSpec) -> None:
         """Refuse `task` and `permutation_seed` for `spec` when it is your own data (never permuted)."""
         for flag, value in (("--task", self.task), ("--permutation-seed", self.permutation_seed)):
-            if value is not None and spec.source not in IMAGE_SIDE:
-                raise BadInputError(f"{flag} applies to permuted data ({', '.join(IMAGE_SIDE)}), not "
+            if value is not None and spec.source not in PERMUTED:
+                raise BadInputError(f"{flag} applies to permuted data ({', '.join(PERMUTED)}), not "
                                     f"{spec.describe()}; drop it", flag=flag)
 
     @classmethod
     def replacing(cls, spec: DataSpec) -> DataChoice:
         """A spec from Python: its source, layout, data_dir, task and permutation seed all asked for."""
-        if spec.source not in IMAGE_SIDE:
+        if spec.source not in PERMUTED:
             return cls(spec)
         return cls(spec, spec.data_dir, spec.task, spec.permutation_seed)
 
@@ -278,8 +284,8 @@ class DataChoice:
         """The data to assay a checkpoint that records `recorded` on (None: its record as it is), and one line
         saying what replaced part of the record ("" when nothing did)."""
         spec = self.spec
-        if recorded is None or recorded.source not in IMAGE_SIDE or (spec is not None
-                                                                     and spec.source not in IMAGE_SIDE):
+        if recorded is None or recorded.source not in PERMUTED or (spec is not None
+                                                                   and spec.source not in PERMUTED):
             # nothing recorded, or your own data on either side: --data as given
             if recorded is not None and spec is None:
                 self._permuted_flags(recorded)
@@ -432,6 +438,8 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
                                 f"{', '.join(DATA_CHOICES)}", flag="--data")
         examples = _open(spec, spec.path)
         return examples.take(torch.arange(examples.n))
+    if spec.source == "grammar":
+        return grammar_sequences(spec.task, spec.permutation_seed, part)
     if spec.source == "digits":
         x, y = digits_arrays()
         order = np.random.default_rng(spec.split_seed).permutation(len(x))
@@ -626,8 +634,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _tensor_file(path: Path) -> Examples:
-    """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`); .pt files are
-    read with torch.load(weights_only=True), .npz without pickle: reading data never runs code."""
+    """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`), or of token
+    sequences (`input_ids`, `_token_examples`); .pt files are read with torch.load(weights_only=True), .npz without
+    pickle: reading data never runs code."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -650,6 +659,8 @@ def _tensor_file(path: Path) -> Examples:
     if not isinstance(found, dict):
         raise BadInputError(f"{path}: holds a {type(found).__name__}; save a dict of tensors such as "
                             "{'x': inputs, 'y': labels}")
+    if "input_ids" in found:
+        return _token_examples(found, path)
     keys = sorted(str(k) for k in found)
     picked = []
     for names, what in ((INPUT_KEYS, "inputs"), (LABEL_KEYS, "labels")):
@@ -660,6 +671,32 @@ def _tensor_file(path: Path) -> Examples:
         picked.append(found[key])
     x, y = _checked(*picked, str(path))
     return Examples(path.name, len(x), lambda idx: (x[idx], y[idx]), {})
+
+
+def _token_examples(found: dict, path: Path) -> Examples:
+    """Token sequences (SPEC S9): `input_ids` `(N, T)` whole numbers >= 0, kept as int64, with next-token targets
+    (`sequences.next_token_targets`), or, beside labels `(N,)` under a `LABEL_KEYS` name, a sequence classifier's
+    labels. An `attention_mask` must hold no padding (0): padded positions are not yet left out of the assay."""
+    try:
+        ids = torch.as_tensor(found["input_ids"])
+        mask = torch.as_tensor(found["attention_mask"]) if "attention_mask" in found else None
+    except Exception as err:
+        raise BadInputError(f"{path}: input_ids must be a numeric array ({_one_line(err)})") from err
+    if ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool or len(ids) == 0:
+        raise BadInputError(f"{path}: input_ids must be whole numbers (N, T), got {str(ids.dtype).split('.')[-1]} "
+                            f"of shape {tuple(ids.shape)}")
+    if ids.min() < 0:
+        raise BadInputError(f"{path}: input_ids must be >= 0 (token ids), got {int(ids.min())}")
+    if mask is not None and (mask.shape != ids.shape or (mask == 0).any()):
+        raise BadInputError(f"{path}: attention_mask has padding (zeros) or another shape than input_ids; padded "
+                            "positions are not supported yet: save sequences of one length without padding")
+    ids = ids.to(torch.int64)
+    key = next((k for k in LABEL_KEYS if k in found), None)
+    if key is not None and torch.as_tensor(found[key]).ndim == 1:
+        _, y = _checked(torch.zeros(len(ids)), found[key], str(path))  # a sequence classifier's labels
+    else:
+        y = next_token_targets(ids)
+    return Examples(path.name, len(ids), lambda idx: (ids[idx], y[idx]), {})
 
 
 def _checked(x: object, y: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,15 +45,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from resetassay import sequences
 from resetassay.cbp import CBPConfig, ContinualBackprop
 from resetassay.checkpoint import FORMAT, check_family, family_name, save_checkpoint
 from resetassay.data import IMAGE_SIDE, DataSpec, task_arrays
 from resetassay.errors import BadInputError
+from resetassay.grammar import LENGTH, VOCAB
 from resetassay.models import ACTIVATIONS, MODELS, create_model
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 
 SCHEDULE_UNITS = ("tasks", "epochs")
+OPTIMIZERS = ("sgd", "adam")  # SGD (with --momentum) is the paper's (SPEC S6); Adam suits the transformer
 PAPER_MLP_WIDTHS = (256, 256, 256, 256)  # SPEC S6: 784 -> [256] x 4 -> 10
 RECORD = "train.json"
 RECORD_FORMAT = "resetassay.train/2"
@@ -104,6 +107,7 @@ class TrainConfig:
     cbp: CBPConfig | None = None
     momentum: float = 0.0
     family: str | None = None
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
@@ -113,8 +117,12 @@ class TrainConfig:
         if not _finite(self.lr) or not 0 < self.lr <= MAX_LR:
             raise BadInputError(f"--lr {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
                                 "e.g. 0.01", flag="--lr")
+        if self.optimizer not in OPTIMIZERS:
+            raise BadInputError(f"--optimizer {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}", flag="--optimizer")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
             raise BadInputError(f"--momentum {self.momentum}: must be a number in [0, 1)", flag="--momentum")
+        if self.momentum and self.optimizer != "sgd":
+            raise BadInputError(f"--momentum applies to --optimizer sgd, not {self.optimizer}", flag="--momentum")
         if not _integer(self.seed) or not 0 <= self.seed < MAX_SEED:
             raise BadInputError(f"--seed {self.seed}: must be a whole number in [0, 2**64)", flag="--seed")
         if not _integer(self.data.permutation_seed) or self.data.permutation_seed < 0:
@@ -163,6 +171,17 @@ def zoo_kwargs(
         raise BadInputError(f"--activation {activation!r}: choose from {', '.join(ACTIVATIONS)}", flag="--activation")
     if widths is not None and (not widths or min(widths) < 1):
         raise BadInputError(f"--widths {widths}: give positive layer widths, e.g. 256,256,256,256", flag="--widths")
+    if (model == "transformer") != (data.source == "grammar"):
+        raise BadInputError("--model transformer trains on token sequences (--data grammar), and --data grammar "
+                            f"trains --model transformer; got --model {model} --data {data.source}", flag="--model")
+    if model == "transformer":  # widths: the residual width of each block; its MLP is GELU (SPEC S9)
+        if widths is not None and len(set(widths)) != 1:
+            raise BadInputError(f"--widths {widths}: a transformer's blocks share one width, e.g. 64,64",
+                                flag="--widths")
+        if layer_norm:
+            raise BadInputError("--layer-norm: the transformer has its LayerNorms already", flag="--layer-norm")
+        return {"vocab": VOCAB, "max_len": LENGTH, "d_model": widths[0] if widths else 64,
+                "n_layers": len(widths) if widths else 2}
     if model == "mlp":
         return {"in_features": IMAGE_SIDE[data.source] ** 2, "widths": list(widths or PAPER_MLP_WIDTHS),
                 "activation": activation, "layer_norm": layer_norm}
@@ -179,12 +198,17 @@ def zoo_kwargs(
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Fraction of `x` classified as `y`, in eval mode."""
+    """Fraction of `x` classified as `y` (a language model: of next tokens predicted, SPEC S9), in eval mode."""
     model.eval()
     with torch.no_grad():
-        hits = sum(int((model(xb).argmax(1) == yb).sum())
-                   for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True))
-    return hits / len(x)
+        return sequences.accuracy(torch.cat([model(xb) for xb in torch.split(x, batch_size)]), y)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of a batch: over examples, or over the positions that have a next token (SPEC S9)."""
+    if sequences.is_sequence(logits):
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=sequences.IGNORE)
+    return F.cross_entropy(logits, y)
 
 
 def _save(
@@ -196,6 +220,8 @@ def _save(
             "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
     if config.momentum:
         meta["momentum"] = config.momentum
+    if config.optimizer != "sgd":
+        meta["optimizer"] = config.optimizer
     if cbp is not None:
         meta.update({"learner": "cbp", "maturity": cbp.config.maturity, "cbp": cbp.config.to_dict(),
                      "cbp_layers": cbp.reset_layers, "cbp_skipped": cbp.skipped_layers(), "resets": resets})
@@ -477,7 +503,8 @@ def _train(run: _Run, progress: bool) -> None:
     """The training loop of `train`, into a prepared OUT: checkpoint `<unit>0` before the first SGD step, `<unit>k`
     once k tasks (or global epochs) are complete."""
     config, model, cbp = run.config, run.model, run.cbp
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
+                 else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
     order = torch.Generator().manual_seed(config.seed)
     unit = config.checkpoint_in[:-1]
     log, resets = [], 0
@@ -501,7 +528,7 @@ def _train(run: _Run, progress: bool) -> None:
                     logits = model(x[idx])
                     if cbp is not None:
                         cbp.observe(logits, y[idx])
-                    loss = F.cross_entropy(logits, y[idx])
+                    loss = _loss(logits, y[idx])
                     if not bool(torch.isfinite(loss.detach())):
                         raise run.diverged(f"the loss became {loss.item()} at task {task}, epoch {epoch}, "
                                            f"step {i + 1} of {len(batches)}")

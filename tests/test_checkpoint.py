@@ -459,7 +459,8 @@ DATA = DataSpec(task=3, permutation_seed=7).to_dict()
     ({"data": {**DATA, "task": True}}, "data.task must be an integer >= 0, got True"),
     ({"data": {**DATA, "permutation_seed": -1}}, "data.permutation_seed must be an integer >= 0, got -1"),
     ({"data": {**DATA, "split_seed": None}}, "data.split_seed must be an integer >= 0, got None"),
-    ({"data": {**DATA, "source": "cifar"}}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist', got 'cifar'"),
+    ({"data": {**DATA, "source": "cifar"}},
+     "data.source must be 'digits' or 'mnist' or 'fashion-mnist' or 'grammar', got 'cifar'"),
     ({"data": {**DATA, "layout": ["flat"]}}, "data.layout must be 'flat' or 'image', got ['flat']"),
     ({"data": {**DATA, "data_dir": 3}}, "data.data_dir must be a string or null, got 3"),
     ({"data": {**DATA, "colour": "red"}}, "data.colour is not a data field"),
@@ -533,7 +534,7 @@ def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content, needle)
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"holdout_fraction": 5}, "data.holdout_fraction must be a number in (0, 1), got 5"),
     ({"task": 1.0}, "data.task must be an integer >= 0, got 1.0"),
-    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist', got 'cifar'"),
+    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist' or 'grammar', got 'cifar'"),
     ({"data_dir": Path("x")}, "data.data_dir must be a string or null"),
 ])
 def test_a_data_spec_checks_its_values_wherever_it_is_made(kwargs, needle):

@@ -198,8 +198,8 @@ def test_own_data_replaces_a_record_with_a_warning_and_refuses_task_flags(tmp_pa
     assert DataChoice(own).resolve(own) == (None, "")
     assert DataChoice(own).resolve(MNIST_5) == (own, "--data data.npz replaces its recorded data (mnist task 5)")
     assert DataChoice.replacing(own) == DataChoice(own)
-    with pytest.raises(BadInputError, match=r"^--task applies to permuted data \(digits, mnist, fashion-mnist\), not "
-                                            r"data.npz; drop it$"):
+    with pytest.raises(BadInputError, match=r"^--task applies to permuted data \(digits, mnist, fashion-mnist, "
+                                            r"grammar\), not data.npz; drop it$"):
         DataChoice(own, task=1)
     with pytest.raises(BadInputError, match="^--permutation-seed applies to permuted data"):
         DataChoice(permutation_seed=1).resolve(own)

@@ -200,6 +200,11 @@ def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Pa
         (["--data", "mnist"], "--data-dir"),
         (["--checkpoint-at", "1,x"], "--checkpoint-at"),
         (["--model", "mlp", "--widths", "0,4"], "--widths"),
+        (["--model", "transformer"], "--model transformer trains on token sequences (--data grammar)"),
+        (["--data", "grammar"], "--data grammar trains --model transformer"),
+        (["--model", "transformer", "--data", "grammar", "--widths", "32,64"], "share one width"),
+        (["--optimizer", "rmsprop"], "--optimizer 'rmsprop': choose sgd or adam"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to --optimizer sgd"),
     ],
 )
 def test_bad_train_input_exits_2_naming_the_flag(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -422,3 +427,21 @@ def test_ctrl_c_says_what_was_saved_exits_130_and_leaves_no_half_checkpoint(tmp_
     assert result.exit_code == 0, result.output
     assert f"resuming: {len(saved)} of {tasks} checkpoints are already in {out}" in result.stderr
     assert len(list(out.glob("task*"))) == tasks
+
+
+def test_transformer_trains_on_grammar_tasks_with_cbp_on_its_mlp_neurons(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--model", "transformer", "--data", "grammar", "--widths", "32,32",
+                                 "--tasks", "2", "--optimizer", "adam", "--lr", "0.003", "--cbp",
+                                 "--replacement-rate", "0.01", "--maturity", "10", "--checkpoint-at", "0,2",
+                                 "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    log = pd.read_csv(tmp_path / "accuracy.csv")
+    assert log["task"].tolist() == [1, 2] and log["resets"].sum() > 0
+    assert log["holdout_accuracy"].iloc[-1] > 0.2  # chance is 1/32 per next token
+    untrained, trained = load_checkpoint(tmp_path / "task0"), load_checkpoint(tmp_path / "task2")
+    assert trained.info.family == "transformer-d32-l2+cbp-contribution@grammar"
+    assert trained.info.data.source == "grammar" and trained.info.data.task == 1
+    assert trained.info.meta["optimizer"] == "adam" and trained.info.meta["cbp_layers"] == [
+        "blocks.0.mlp.act", "blocks.1.mlp.act"]
+    assert set(trained.state) == {f"blocks.{i}.mlp.act.{k}" for i in (0, 1) for k in ("age", "reference", "utility")}
+    assert untrained.info.meta["holdout_accuracy"] < 0.1

@@ -314,3 +314,76 @@ def test_grammar_tasks_relabel_one_language():
     assert not torch.equal(x0, x1)
     assert torch.equal(grammar_sequences(0, 3, "train", 64)[0], x0)
     assert not torch.equal(grammar_sequences(0, 3, "holdout", 64)[0], x0)
+
+
+def test_grammar_is_a_built_in_data_source_recorded_like_permuted_tasks():
+    from resetassay.data import DataSpec, assay_data, data_spec
+    from resetassay.errors import BadInputError
+
+    spec = data_spec("grammar", task=2, permutation_seed=5)
+    assert spec.to_dict() == {**DataSpec().to_dict(), "source": "grammar", "task": 2, "permutation_seed": 5}
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    with pytest.warns(UserWarning, match="grammar task 2 has 512 held-out examples"):
+        split = assay_data(spec)
+    x, y = grammar_sequences(2, 5, "holdout")
+    assert split.calib_x.shape == (256, LENGTH) and split.calib_x.dtype == torch.int64
+    pick = {tuple(row) for row in x.tolist()}
+    assert all(tuple(row) in pick for row in split.probe_x.tolist())
+    assert torch.equal(split.probe_y[:, :-1], split.probe_x[:, 1:])
+    with pytest.raises(BadInputError, match="layout must be 'flat' for source 'grammar'"):
+        DataSpec(source="grammar", layout="image")
+
+
+def test_a_tensor_file_of_input_ids_is_token_data_with_next_token_targets(tmp_path):
+    from safetensors.torch import save_file
+
+    from resetassay.data import assay_data, data_spec
+    from resetassay.errors import BadInputError
+
+    ids, _ = grammar_sequences(0, 0, "holdout", 40)
+    save_file({"input_ids": ids.to(torch.int32), "attention_mask": torch.ones_like(ids)},
+              tmp_path / "tokens.safetensors")
+    split = assay_data(data_spec(str(tmp_path / "tokens.safetensors")), calib_size=20, probe_size=20)
+    assert split.calib_x.dtype == torch.int64 and split.calib_x.shape == (20, LENGTH)
+    assert torch.equal(split.calib_y, next_token_targets(split.calib_x))
+    labels = torch.arange(40) % 3
+    save_file({"input_ids": ids, "labels": labels}, tmp_path / "classify.safetensors")
+    split = assay_data(data_spec(str(tmp_path / "classify.safetensors")), calib_size=20, probe_size=20)
+    assert split.probe_y.shape == (20,) and set(split.probe_y.tolist()) <= {0, 1, 2}
+    padded = torch.ones_like(ids)
+    padded[0, -3:] = 0
+    save_file({"input_ids": ids, "attention_mask": padded}, tmp_path / "padded.safetensors")
+    with pytest.raises(BadInputError, match="padded positions are not supported yet"):
+        data_spec(str(tmp_path / "padded.safetensors"))
+    save_file({"input_ids": ids.float()}, tmp_path / "floats.safetensors")
+    with pytest.raises(BadInputError, match="input_ids must be whole numbers"):
+        data_spec(str(tmp_path / "floats.safetensors"))
+
+
+def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
+    """`resetassay run` on a plain state dict of a Hugging Face model built from its config, token data from a file."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from resetassay.cli import app
+
+    kwargs = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 24, "num_attention_heads": 2,
+              "vocab_size": VOCAB, "max_position_embeddings": LENGTH}
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model("llama", **kwargs))
+    save_file(model.state_dict(), tmp_path / "llama.safetensors")
+    ids, _ = grammar_sequences(0, 0, "holdout", 64)
+    save_file({"input_ids": ids}, tmp_path / "tokens.safetensors")
+    import json
+
+    result = CliRunner().invoke(app, [
+        "run", str(tmp_path / "llama.safetensors"), "--model", "transformers:llama", "--model-kwargs",
+        json.dumps(kwargs), "--data", str(tmp_path / "tokens.safetensors"), "--utilities", "gxd,activation,oracle",
+        "--metrics", "l1", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    units = pd.read_csv(tmp_path / "run" / "units.csv")
+    assert set(units["layer"]) == {"model.layers.0.self_attn.heads", "model.layers.0.mlp.neurons"}
+    assert len(units) == 2 + 24 and units["shock_l1"].gt(0).all()
