@@ -1,0 +1,169 @@
+"""Reproduce the GXD paper's MLP reset-cost study on real MNIST (SPEC S6), resumably, and publish its tables.
+
+For each activation (relu, silu, leaky_relu, tanh, relu + LayerNorm) and seed, `resetassay.train` trains the
+paper's MLP (784 -> [256] x 4 -> 10, SGD lr 0.01, batch 64, plain backprop) on 30 permuted-MNIST tasks of one
+epoch, with checkpoints before training and after tasks 5, 10, 20 and 30; `resetassay.run_assay` then assays
+every checkpoint (2048 calibration and 2048 probe examples of the held-out split of the task it trained on last,
+every utility, l1 and kl). Both steps resume: a rerun keeps the finished checkpoints and assayed checkpoints
+(`--work`, default reports/replication/work, not committed) and does the rest, so the study can span sittings.
+Finally it writes, into `--publish` (default reports/replication):
+
+    spearman.csv / shock.csv   per activation x utility x metric: mean ± SE over seeds x checkpoints of the
+                               pooled Spearman ρ and of Shock@5% / oracle ratio (SPEC S5), as the paper reports
+    by_step.csv                the same per checkpoint step (0, 5, 10, 20, 30)
+    report.md, figures/        the run's own report (headline, figures)
+    timings.json               measured wall time per seed (training) and per checkpoint (assay) on this machine
+    README.md                  the tables as markdown, with the paper's numbers beside ours (SPEC S6)
+
+    python benchmarks/replicate_paper.py [--mnist ../shared/data/mnist] [--seeds 0,1,2] [--activations ...]
+                                         [--tasks 30] [--quick]
+
+`--quick` is the miniature CI runs: digits instead of MNIST, 4 tasks, checkpoints {0, 2, 4}, one seed, two
+activations, 256/256 examples (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from resetassay import run_assay
+from resetassay.data import DataSpec
+from resetassay.rundir import read_run
+from resetassay.summary import checkpoint_stats
+from resetassay.train import TrainConfig, train, zoo_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTIVATIONS = {"relu": ("relu", False), "silu": ("silu", False), "leaky_relu": ("leaky_relu", False),
+               "tanh": ("tanh", False), "relu-ln": ("relu", True)}
+PAPER_STEPS = (0, 5, 10, 20, 30)
+# SPEC S6: the paper's Table 7, pooled Spearman ρ on logit L1
+PAPER_RHO = {("relu", "gxd"): 0.996, ("relu", "gxi"): 0.970, ("silu", "gxd"): 0.980, ("silu", "gxi"): 0.469}
+
+
+def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
+    """The training runs of the study, by folder name `<activation>-s<seed>`."""
+    data = DataSpec(source="digits") if args.quick else DataSpec(source="mnist", data_dir=str(args.mnist.resolve()))
+    runs = {}
+    for name in args.activations:
+        activation, layer_norm = ACTIVATIONS[name]
+        for seed in args.seeds:
+            runs[f"{name}-s{seed}"] = TrainConfig(
+                "mlp", zoo_kwargs("mlp", data, None, activation, layer_norm), data, tasks=args.tasks, seed=seed,
+                checkpoint_at=tuple(t for t in args.steps if t <= args.tasks))
+    return runs
+
+
+def mean_se(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, standard error (sd / √n; NaN for one value) and n of the finite values (SPEC S5)."""
+    v = values.dropna()
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return float(v.mean()), se, len(v)
+
+
+def aggregate(stats: pd.DataFrame, by: list[str], column: str) -> pd.DataFrame:
+    """Mean ± SE of `column` over the checkpoints in each group of `by`."""
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+             **dict(zip(("mean", "se", "n"), mean_se(g[column]), strict=True))}
+            for key, g in stats.groupby(by, sort=False)]
+    return pd.DataFrame(rows)
+
+
+def publish(run_dir: Path, out: Path, timings: dict) -> None:
+    """The study's tables (csv and markdown), the run's report and figures, and the timings, into `out`."""
+    tables = read_run(run_dir)
+    stats = checkpoint_stats(tables["summary"], tables["checkpoints"])
+    stats["activation"] = stats["family"].str.removeprefix("mlp-").str.removesuffix("@digits")
+    out.mkdir(parents=True, exist_ok=True)
+    spearman = aggregate(stats, ["activation", "utility", "metric"], "spearman")
+    shock = aggregate(stats.assign(ratio=stats["shock_at_q"] / stats["oracle_shock_at_q"]),
+                      ["activation", "utility", "metric"], "ratio")
+    by_step = aggregate(stats, ["activation", "step", "utility", "metric"], "spearman")
+    for name, frame in (("spearman", spearman), ("shock", shock), ("by_step", by_step)):
+        frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    shutil.copy(run_dir / "report.md", out / "report.md")
+    shutil.copytree(run_dir / "figures", out / "figures", dirs_exist_ok=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
+    (out / "README.md").write_text(markdown(spearman, shock, tables["checkpoints"]))
+
+
+def _cell(row: pd.Series) -> str:
+    return f"{row['mean']:.3f} ± {row['se']:.3f}" if not math.isnan(row["se"]) else f"{row['mean']:.3f}"
+
+
+def markdown(spearman: pd.DataFrame, shock: pd.DataFrame, checkpoints: pd.DataFrame) -> str:
+    """The published tables: pooled Spearman ρ (l1, kl) and oracle ratio (l1) per activation and utility."""
+    n = checkpoints.groupby("family")["checkpoint"].nunique()
+    lines = ["# Replication of the paper's MLP study (SPEC S6)", "",
+             "Written by `benchmarks/replicate_paper.py`; mean ± SE over seeds x checkpoints "
+             f"({', '.join(f'{f}: {k}' for f, k in n.items())} checkpoints).", ""]
+    for title, frame, metric, paper in (("Pooled Spearman ρ, logit L1", spearman, "l1", True),
+                                        ("Pooled Spearman ρ, KL", spearman, "kl", False),
+                                        ("Shock@5% / oracle Shock@5%, logit L1", shock, "l1", False)):
+        part = frame[frame["metric"] == metric]
+        activations = list(dict.fromkeys(part["activation"]))
+        lines += [f"## {title}", "", "| utility | " + " | ".join(activations) + " |",
+                  "|---|" + "---|" * len(activations)]
+        for utility, g in part.groupby("utility", sort=False):
+            cells = []
+            for a in activations:
+                row = g[g["activation"] == a]
+                cell = _cell(row.iloc[0]) if len(row) else "–"
+                if paper and (a, utility) in PAPER_RHO:
+                    cell += f" (paper {PAPER_RHO[(a, utility)]:.3f})"
+                cells.append(cell)
+            lines.append(f"| {utility} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--work", type=Path, default=ROOT / "reports" / "replication" / "work")
+    parser.add_argument("--publish", type=Path, default=ROOT / "reports" / "replication")
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--activations", type=lambda s: s.split(","), default=list(ACTIVATIONS))
+    parser.add_argument("--tasks", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the miniature: digits, 4 tasks, 1 seed, 2 activations")
+    args = parser.parse_args()
+    args.steps = PAPER_STEPS
+    if args.quick:
+        args.seeds, args.activations, args.tasks, args.steps = [0], ["relu", "silu"], 4, (0, 2, 4)
+    unknown = [a for a in args.activations if a not in ACTIVATIONS]
+    if unknown:
+        parser.error(f"--activations: unknown {', '.join(unknown)}; choose from {', '.join(ACTIVATIONS)}")
+    if not args.quick and not args.mnist.is_dir():
+        parser.error(f"--mnist {args.mnist}: no such folder of MNIST IDX files")
+    torch.set_num_threads(args.threads)
+    timings_path = args.work / "timings.json"
+    args.work.mkdir(parents=True, exist_ok=True)
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {"train_s": {}}
+    for name, config in configs(args).items():
+        start = time.perf_counter()
+        written = train(config, args.work / "train" / name, progress=False, note=print)
+        if written:  # a run trained now (not only found on disk): its time is a measurement
+            timings["train_s"][name] = round(time.perf_counter() - start, 1)
+            timings_path.write_text(json.dumps(timings, indent=1) + "\n")
+        print(f"{name}: trained ({timings['train_s'].get(name, '?')} s)", flush=True)
+    sizes = {"calib_size": 256, "probe_size": 256} if args.quick else {}
+    run_dir = args.work / "run"
+    run_assay([args.work / "train"], out=run_dir, progress=False, note=print, **sizes)
+    assayed = json.loads((run_dir / "timings.json").read_text())["checkpoints"]  # those assayed by this launch
+    timings.setdefault("assay_s_per_checkpoint", {}).update(
+        {name: round(sum(stages.values()), 2) for name, stages in assayed.items()})
+    timings_path.write_text(json.dumps(timings, indent=1) + "\n")
+    publish(run_dir, args.publish, timings)
+    print(f"published {args.publish}")
+
+
+if __name__ == "__main__":
+    main()
