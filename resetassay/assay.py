@@ -477,14 +477,24 @@ def checkpoint_layers(
     data: DataSpec | None = None,
     output: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    seq_len: int | None = None,
 ) -> tuple[list[UnitLayer], str]:
     """The unit layers of one checkpoint, resolved on two of its held-out examples (or, with `input_shape`, two
-    seeded random inputs of that shape: no data needed), and the route that found them (`taps.discovery_route`:
-    declared, fx, hooks or modules)."""
-    if input_shape is not None and data is not None:
-        raise BadInputError("--input-shape and --data: give one (the examples come from either)", flag="--input-shape")
+    seeded random inputs of that shape; with `seq_len`, two seeded random token sequences of that length over the
+    vocabulary of the model's first embedding: no data needed), and the route that found them
+    (`taps.discovery_route`: declared, fx, export, transformers, hooks or modules)."""
+    given = [flag for flag, value in (("--input-shape", input_shape), ("--seq-len", seq_len), ("--data", data))
+             if value is not None]
+    if len(given) > 1:
+        raise BadInputError(f"{' and '.join(given)}: give one (the examples come from either)", flag=given[0])
     ckpt = load_checkpoint(path, model=model, model_kwargs=model_kwargs)
-    if input_shape is not None:
+    if seq_len is not None:
+        embedding = next((m for m in ckpt.model.modules() if isinstance(m, nn.Embedding)), None)
+        if embedding is None:
+            raise BadInputError("--seq-len: the model has no nn.Embedding to take token ids; give --input-shape",
+                                flag="--seq-len")
+        x = torch.randint(0, embedding.num_embeddings, (2, seq_len), generator=torch.Generator().manual_seed(0))
+    elif input_shape is not None:
         x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
     else:
         spec = data or ckpt.info.data
@@ -496,9 +506,12 @@ def checkpoint_layers(
         with torch.no_grad():
             ckpt.model.eval()(x)
     except Exception as err:
-        if input_shape is None:
+        if input_shape is None and seq_len is None:
             raise
         first = (str(err).splitlines() or [""])[0]
+        if seq_len is not None:
+            raise BadInputError(f"--seq-len {seq_len}: the model does not take token ids of shape {tuple(x.shape)} "
+                                f"({type(err).__name__}: {first})", flag="--seq-len") from err
         raise BadInputError(f"--input-shape {','.join(map(str, input_shape))}: the model does not take inputs of "
                             f"shape {tuple(x.shape)} ({type(err).__name__}: {first})", flag="--input-shape") from err
     tapped = tap_unit_layers(select_output(ckpt.model, output, x), x)

@@ -338,6 +338,8 @@ def inspect(
     output: Output = None,
     input_shape: Annotated[str | None, typer.Option(help="Without data: the shape of one input, e.g. 3,32,32 "
                                                     "(two seeded random inputs are traced).")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Without data, a token model: the length of two seeded random "
+                                                "token sequences to trace (ids within its embedding).")] = None,
     data: Data = None,
     data_dir: DataDir = None,
     image_size: ImageSize = None,
@@ -353,12 +355,14 @@ def inspect(
         if shape is not None and (not shape or min(shape) < 1):
             raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 3,32,32",
                                 flag="--input-shape")
+        if seq_len is not None and seq_len < 1:
+            raise BadInputError(f"--seq-len {seq_len}: must be >= 1, e.g. 32", flag="--seq-len")
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
                                              _data(data, None, None, data_dir, None, image_size, normalize,
                                                    data_kwargs),
-                                             output, shape)
+                                             output, shape, seq_len)
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)

@@ -387,3 +387,21 @@ def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
     units = pd.read_csv(tmp_path / "run" / "units.csv")
     assert set(units["layer"]) == {"model.layers.0.self_attn.heads", "model.layers.0.mlp.neurons"}
     assert len(units) == 2 + 24 and units["shock_l1"].gt(0).all()
+
+
+def test_inspect_lists_a_token_model_without_data_by_sequence_length():
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from resetassay.cli import app
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "transformer" / "task2"
+    result = CliRunner().invoke(app, ["inspect", str(fixture), "--seq-len", "8"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "blocks.1.attn.heads" in result.output and "blocks.1.mlp.fc_in" in result.output
+    result = CliRunner().invoke(app, ["inspect", str(fixture), "--seq-len", "8", "--input-shape", "8"])
+    assert result.exit_code == 2 and "--input-shape and --seq-len: give one" in result.output
+    mlp = fixture.parents[1] / "relu_mlp" / "task2"
+    result = CliRunner().invoke(app, ["inspect", str(mlp), "--seq-len", "8"])
+    assert result.exit_code == 2 and "--seq-len: the model has no nn.Embedding" in result.output
