@@ -391,6 +391,8 @@ def train_command(
     permutation_seed: Annotated[int, typer.Option(help="Seed of the task permutations.")] = 0,
     tasks: Annotated[int, typer.Option(help="Permuted tasks, one after another.")] = 30,
     epochs_per_task: Annotated[int, typer.Option(help="Epochs on each task.")] = 1,
+    examples_per_task: Annotated[int | None, typer.Option(help="Train on a seeded sample of this many examples "
+                                                          "of each task (default: all): many short tasks.")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
     optimizer: Annotated[str, typer.Option(help="sgd (the paper's) or adam (suits --model transformer, e.g. with "
@@ -441,7 +443,7 @@ def train_command(
             checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
             cbp=CBPConfig(**{k: v for k, v in given.items() if v is not None}) if cbp else None, momentum=momentum,
-            family=family, optimizer=optimizer,
+            family=family, optimizer=optimizer, examples_per_task=examples_per_task,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
                       note=lambda text: err.print(text, highlight=False, soft_wrap=True))

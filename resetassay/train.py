@@ -108,6 +108,7 @@ class TrainConfig:
     momentum: float = 0.0
     family: str | None = None
     optimizer: str = "sgd"
+    examples_per_task: int | None = None
 
     def __post_init__(self) -> None:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
@@ -117,6 +118,9 @@ class TrainConfig:
         if not _finite(self.lr) or not 0 < self.lr <= MAX_LR:
             raise BadInputError(f"--lr {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
                                 "e.g. 0.01", flag="--lr")
+        if self.examples_per_task is not None and (not _integer(self.examples_per_task) or self.examples_per_task < 1):
+            raise BadInputError(f"--examples-per-task {self.examples_per_task}: must be a whole number >= 1",
+                                flag="--examples-per-task")
         if self.optimizer not in OPTIMIZERS:
             raise BadInputError(f"--optimizer {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}", flag="--optimizer")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
@@ -202,6 +206,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     with torch.no_grad():
         return sequences.accuracy(torch.cat([model(xb) for xb in torch.split(x, batch_size)]), y)
+
+
+def _task_sample(arrays: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
+                 task: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's training examples: all, or `examples_per_task` of them drawn without replacement, seeded by the
+    run's seed and the task (short tasks: many tasks on a small budget)."""
+    x, y = arrays
+    n = config.examples_per_task
+    if n is None or n >= len(x):
+        return x, y
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + task))[:n]
+    pick = pick.sort().values
+    return x[pick], y[pick]
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -513,7 +530,7 @@ def _train(run: _Run, progress: bool) -> None:
         steps = bar.add_task(f"task 0/{config.tasks}", total=None)
         for task in range(config.tasks):
             spec = DataSpec(**{**config.data.to_dict(), "task": task})
-            x, y = task_arrays(spec, "train")
+            x, y = _task_sample(task_arrays(spec, "train"), config, task)
             hx, hy = task_arrays(spec, "holdout")
             if task == 0:
                 bar.update(steps, total=config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size))

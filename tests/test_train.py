@@ -445,3 +445,17 @@ def test_transformer_trains_on_grammar_tasks_with_cbp_on_its_mlp_neurons(tmp_pat
         "blocks.0.mlp.act", "blocks.1.mlp.act"]
     assert set(trained.state) == {f"blocks.{i}.mlp.act.{k}" for i in (0, 1) for k in ("age", "reference", "utility")}
     assert untrained.info.meta["holdout_accuracy"] < 0.1
+
+
+def test_short_tasks_train_on_a_seeded_sample_of_each_task() -> None:
+    from resetassay.train import _task_sample
+
+    x, y = torch.arange(50.0).view(25, 2), torch.arange(25)
+    config = _small(examples_per_task=8)
+    xs, ys = _task_sample((x, y), config, task=3)
+    assert len(xs) == 8 and torch.equal(xs[:, 0] / 2, ys.double().float()) and ys.unique().numel() == 8
+    assert torch.equal(_task_sample((x, y), config, task=3)[1], ys)
+    assert not torch.equal(_task_sample((x, y), config, task=4)[1], ys)
+    assert _task_sample((x, y), _small(), task=3)[1] is y
+    with pytest.raises(BadInputError, match="--examples-per-task 0"):
+        _small(examples_per_task=0)
