@@ -253,16 +253,17 @@ def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source: str = "the unit state") -> None:
-    """Give each layer its stored ages and reference from a checkpoint's state (SPEC S1, S2); a value with
-    another number of units than the layer is an error naming `source` (the state file) and the key."""
+    """Give each layer its stored ages, reference and tracked utility from a checkpoint's state (SPEC S1, S2, S7); a
+    value with another number of units than the layer is an error naming `source` (the state file) and the key."""
     for layer in layers:
-        for key in (f"{layer.name}.age", f"{layer.name}.reference"):
+        for key in (f"{layer.name}.age", f"{layer.name}.reference", f"{layer.name}.utility"):
             value = state.get(key)
             if value is not None and tuple(value.shape) != (layer.n_units,):
                 raise BadInputError(f"{source}: {key} has shape {tuple(value.shape)}, but {layer.name} has "
                                     f"{layer.n_units} units; regenerate the checkpoint")
         layer.ages = state.get(f"{layer.name}.age")
         layer.stored_reference = state.get(f"{layer.name}.reference")
+        layer.stored_utility = state.get(f"{layer.name}.utility")
 
 
 def sample_units(layers: list[UnitLayer], per_layer: int | None, seed: int) -> UnitChoice | None:

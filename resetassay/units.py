@@ -73,6 +73,7 @@ class UnitLayer:
     spec: UnitLayerSpec | None = None
     ages: torch.Tensor | None = field(default=None, repr=False)
     stored_reference: torch.Tensor | None = field(default=None, repr=False)
+    stored_utility: torch.Tensor | None = field(default=None, repr=False)
 
     def view(self, h: torch.Tensor) -> torch.Tensor:
         """The layer's output `h` with its units on axis 1 (`unit_view`)."""

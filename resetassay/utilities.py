@@ -159,6 +159,16 @@ def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.gxd_all
 
 
+@utility("tracked")
+def tracked(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """The utility CBP tracked online while training (its bias-corrected EMA, `<layer>.utility` in the
+    checkpoint's state, SPEC S7): what the reset itself ranked by; not applicable where none is stored."""
+    if layer.stored_utility is None:
+        raise NotApplicable("the checkpoint stores no tracked utility here (not trained with CBP resetting this "
+                            "layer)")
+    return layer.stored_utility.float()
+
+
 @utility("random")
 def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """Seeded uniform noise, a floor; the seed mixes the run seed and the layer name."""

@@ -459,3 +459,22 @@ def test_short_tasks_train_on_a_seeded_sample_of_each_task() -> None:
     assert _task_sample((x, y), _small(), task=3)[1] is y
     with pytest.raises(BadInputError, match="--examples-per-task 0"):
         _small(examples_per_task=0)
+
+
+def test_tracked_is_the_utility_cbp_stored_where_it_resets_and_not_applicable_elsewhere() -> None:
+    from safetensors.torch import load_file
+
+    from resetassay import run_assay
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "transformer" / "task4"
+    result = run_assay([fixture], utilities=["tracked", "gxd", "oracle"], metrics=["l1"], progress=False)
+    state = load_file(fixture / STATE)
+    for layer in ("blocks.0.mlp.act", "blocks.1.mlp.act"):
+        got = result.units.query("layer == @layer")["tracked"].to_numpy()
+        torch.testing.assert_close(torch.from_numpy(got).float(), state[f"{layer}.utility"], rtol=0, atol=0)
+    heads = result.notes.query("utility == 'tracked'")
+    assert sorted(heads["layer"]) == ["blocks.0.attn.heads", "blocks.1.attn.heads"]
+    assert heads["reason"].str.contains("stores no tracked utility").all()
+    plain = run_assay([fixture.parents[1] / "relu_mlp" / "task2"], utilities=["tracked", "gxd", "oracle"],
+                      metrics=["l1"], progress=False)
+    assert plain.units["tracked"].isna().all() and len(plain.notes.query("utility == 'tracked'")) == 3  # 3 layers
