@@ -346,7 +346,11 @@ def assay_model(
     device = resolve_device(config.device)
     calib_x, calib_y = _loader_tensors(calib)
     probe_x, probe_y = _loader_tensors(probe)
-    model = select_output(model.to(device).eval(), config.output, calib_x[:2].to(device))
+    model = model.to(device).eval()
+    padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
+    if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
+        model = sequences.padded_tokens(model, padded)
+    model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
     attach_state(found, state or {}, f"{name}/state.safetensors")

@@ -21,7 +21,7 @@ import torch
 from resetassay.errors import BadInputError
 from resetassay.grammar import grammar_sequences
 from resetassay.imports import import_named_module
-from resetassay.sequences import next_token_targets
+from resetassay.sequences import next_token_targets, with_padding
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted image sources (SPEC S1, S6)
@@ -676,7 +676,7 @@ def _tensor_file(path: Path) -> Examples:
 def _token_examples(found: dict, path: Path) -> Examples:
     """Token sequences (SPEC S9): `input_ids` `(N, T)` whole numbers >= 0, kept as int64, with next-token targets
     (`sequences.next_token_targets`), or, beside labels `(N,)` under a `LABEL_KEYS` name, a sequence classifier's
-    labels. An `attention_mask` must hold no padding (0): padded positions are not yet left out of the assay."""
+    labels. Where an `attention_mask` is 0 the ids carry `sequences.PAD`: those positions are left out of the assay."""
     try:
         ids = torch.as_tensor(found["input_ids"])
         mask = torch.as_tensor(found["attention_mask"]) if "attention_mask" in found else None
@@ -687,15 +687,16 @@ def _token_examples(found: dict, path: Path) -> Examples:
                             f"of shape {tuple(ids.shape)}")
     if ids.min() < 0:
         raise BadInputError(f"{path}: input_ids must be >= 0 (token ids), got {int(ids.min())}")
-    if mask is not None and (mask.shape != ids.shape or (mask == 0).any()):
-        raise BadInputError(f"{path}: attention_mask has padding (zeros) or another shape than input_ids; padded "
-                            "positions are not supported yet: save sequences of one length without padding")
+    if mask is not None and mask.shape != ids.shape:
+        raise BadInputError(f"{path}: attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}; "
+                            "they must match")
     ids = ids.to(torch.int64)
     key = next((k for k in LABEL_KEYS if k in found), None)
     if key is not None and torch.as_tensor(found[key]).ndim == 1:
         _, y = _checked(torch.zeros(len(ids)), found[key], str(path))  # a sequence classifier's labels
     else:
-        y = next_token_targets(ids)
+        y = next_token_targets(ids, mask)
+    ids = with_padding(ids, mask)  # padded positions carry PAD (sequences.py)
     return Examples(path.name, len(ids), lambda idx: (ids[idx], y[idx]), {})
 
 
@@ -917,7 +918,8 @@ def pair(item: object, where: str) -> tuple[object, object]:
         x = next((item[k] for k in HF_INPUTS if k in item), None)
         y = next((item[k] for k in HF_LABELS if k in item), None)
         if x is not None and y is not None:
-            return x, y
+            mask = item.get("attention_mask")
+            return (with_padding(torch.as_tensor(x), torch.as_tensor(mask)) if mask is not None else x), y
         keys = ", ".join(map(str, item))
         raise BadInputError(f"{where}: a batch dict needs inputs ({', '.join(HF_INPUTS)}) and labels "
                             f"({', '.join(HF_LABELS)}); it has {keys}")

@@ -8,8 +8,9 @@ from torch import nn
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.names import REFERENCES, ReferenceKind
+from resetassay.sequences import padding_mask
 from resetassay.shapes import Refs
-from resetassay.units import UnitLayer, reference_dims
+from resetassay.units import UnitLayer, position_mask, reference_dims
 
 
 def unit_means(
@@ -20,17 +21,24 @@ def unit_means(
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor | float] = {layer.name: 0.0 for layer in layers}
     count = {layer.name: 0 for layer in layers}
+    padding: list[torch.Tensor | None] = [None]  # the real positions of the batch in flight (padded tokens)
 
     def accumulate(layer: UnitLayer):
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
             u = layer.view(out.detach()).double()
             dims = reference_dims(layer, u)
-            sums[layer.name] = sums[layer.name] + u.sum(dim=dims)
-            count[layer.name] += u.numel() // (layer.n_units * layer.group)
+            real = position_mask(layer, u, padding[0])
+            if real is None:
+                sums[layer.name] = sums[layer.name] + u.sum(dim=dims)
+                count[layer.name] += u.numel() // (layer.n_units * layer.group)
+            else:  # padded positions left out (SPEC S9)
+                sums[layer.name] = sums[layer.name] + (u * real).sum(dim=dims)
+                count[layer.name] += int(real.sum())
         return hook
 
     with forward_hooks({layer.module: accumulate(layer) for layer in layers}), torch.no_grad():
         for xb in torch.split(x, batch_size):
+            padding[0] = padding_mask(xb.to(device))
             model(xb.to(device))
     return {name: (s / count[name]).float() for name, s in sums.items()}
 

@@ -1,17 +1,30 @@
-"""Sequence outputs (SPEC S9): a language model's logits `(B, T, V)` against next-token targets `(B, T)`.
+"""Sequences (SPEC S9): token inputs with padding, and a language model's logits `(B, T, V)` against next-token
+targets `(B, T)`.
 
 A classifier's logits are `(B, C)` with one label per example; a language model's are `(B, T, V)` with one
 target per position, the next token, and `IGNORE` (-100, as PyTorch's cross-entropy and Hugging Face label it)
 where there is none: the last position, and padding. Per example, the target logit is summed over the positions
 that have a target, the loss is their mean cross-entropy, and the probe accuracy counts those positions.
+
+Padding travels inside the token ids: a padded position holds `PAD` (-1), so one tensor carries both the ids
+and the attention mask through batching and the lesion engines (`with_padding`, `padding_mask`). A model sees
+real ids only (`padded_tokens`: pads become id 0, masked out by `attention_mask` where its forward takes one).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from resetassay.errors import BadInputError
 
 IGNORE = -100
+PAD = -1
 
 
 def is_sequence(z: torch.Tensor) -> bool:
@@ -57,3 +70,45 @@ def accuracy(z: torch.Tensor, y: torch.Tensor) -> float:
     if y.shape != z.shape[:1] or (y < 0).any():
         return float("nan")
     return float((z.argmax(dim=1) == y).double().mean())
+
+
+def with_padding(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Token ids `(B, T)` with `PAD` where the attention mask is 0 (the ids as they are without a mask)."""
+    return ids if mask is None else ids.masked_fill(mask == 0, PAD)
+
+
+def padding_mask(x: torch.Tensor) -> torch.Tensor | None:
+    """`(B, T)` True at the real tokens of token ids carrying `PAD`; None for any other input (nothing padded)."""
+    if x.dim() != 2 or x.dtype.is_floating_point or x.dtype == torch.bool or not bool((x < 0).any()):
+        return None
+    return x >= 0
+
+
+def takes_attention_mask(model: nn.Module) -> bool:
+    """Whether the model's forward has an `attention_mask` parameter (Hugging Face models do)."""
+    return "attention_mask" in inspect.signature(type(model).forward).parameters
+
+
+def padded_tokens(model: nn.Module, examples: list[torch.Tensor]) -> nn.Module:
+    """The model reading token ids that carry `PAD`: a shallow copy (its modules, parameters and buffers shared, so
+    names, state-dict keys and hooks are the model's) whose forward gives pads id 0 and, where the forward takes
+    one, the attention mask. A model without an `attention_mask` parameter (a causal one) gets right padding only
+    (pads after the tokens never reach them); other padding in `examples` (token ids) is a BadInputError."""
+    masked = takes_attention_mask(model)
+    masks = [m for m in map(padding_mask, examples) if m is not None]
+    if not masked and any(bool((m[:, 1:] > m[:, :-1]).any()) for m in masks):
+        raise BadInputError(f"{type(model).__name__} takes no attention_mask, so only right padding (pads after the "
+                            "tokens) can be assayed; pad the sequences on the right")
+    base = type(model)
+
+    @functools.wraps(base.forward)
+    def forward(self: nn.Module, ids: torch.Tensor, *args: object, **kwargs: object) -> object:
+        if masked:
+            kwargs["attention_mask"] = (ids >= 0).to(torch.long)
+        return super(padded, self).forward(ids.clamp(min=0), *args, **kwargs)
+
+    padded = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+                                           "__qualname__": base.__qualname__})
+    view = copy.copy(model)
+    view.__class__ = padded
+    return view

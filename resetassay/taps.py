@@ -30,7 +30,9 @@ flatten -> fc); several readers (a residual skip) make it not applicable, the no
 torch.nn attention (`nn.MultiheadAttention`, `nn.TransformerEncoderLayer`, `nn.TransformerEncoder`) is
 first swapped for unfused stand-ins sharing its parameters (attention.py): each set of attention heads
 is then one unit layer `<attention>.heads` (one unit per head, SPEC S9), and the MLP neurons of an
-encoder layer are its `activation`.
+encoder layer are its `activation`. Attention written by hand (a GPT block, a timm ViT) is found by
+its names: a module with a head count (`num_heads`, `n_head`, ...) and an output projection (`proj`,
+`c_proj`, `o_proj`, ...) gets a head tap `<attention>.heads` on that projection's input.
 
 The model is traced as it is (in eval mode, since fx fixes `if self.training:` branches). Three
 routes, tried in turn, each checked to reproduce the model's outputs on `example`:
@@ -75,7 +77,7 @@ from torch import fx, nn
 from resetassay.attention import HeadTap, unfused_attention
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
-from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec, declared_specs
+from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec, declared_specs, dense_weight, is_conv1d
 
 ACTIVATION_FUNCTIONS = frozenset({
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
@@ -444,17 +446,51 @@ def _add_hook_tap(tapped: nn.Module, name: str, tap: UnitTap) -> None:
 
 
 def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
-    """The GraphModule of `graph` with a tap after every call site that needs one."""
+    """The GraphModule of `graph` with a tap after every call site that needs one, and a head tap before the output
+    projection of every attention-like module (`_head_sites`)."""
     gm = TappedModel(model, graph, type(model).__name__)
     for node, name in _tap_sites(gm):
         _add_tap_module(gm, model, name)
         with gm.graph.inserting_after(node):
             tap = gm.graph.call_module(name, (node,))
         node.replace_all_uses_with(tap, delete_user_cb=lambda user, tap=tap: user is not tap)
+    for node, name, heads in _head_sites(gm, model):
+        _add_tap_module(gm, model, name, HeadTap(heads))
+        source = node.args[0]
+        with gm.graph.inserting_before(node):
+            tap = gm.graph.call_module(name, (source,))
+        node.replace_input_with(source, tap)
     gm.graph.lint()
     gm.recompile()
     _share_state(gm, model)
     return gm
+
+
+HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "nhead")
+HEAD_PROJECTIONS = ("proj", "o_proj", "out_proj", "c_proj", "dense", "wo", "to_out")
+
+
+def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str, int]]:
+    """(output projection call, tap name `<attention>.heads`, heads) of every attention-like module of `model`: an
+    int head count (`HEAD_COUNTS`) and a Linear/Conv1D child among `HEAD_PROJECTIONS`, called once, whose inputs
+    split evenly into the heads (SPEC S9: the heads are the input of the attention's output projection). One already
+    tapped (the unfused torch.nn attention of attention.py) is left as it is."""
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    sites = []
+    for path, module in model.named_modules():
+        heads = next((getattr(module, a) for a in HEAD_COUNTS if type(getattr(module, a, None)) is int), 0)
+        if heads < 1:
+            continue
+        for field in HEAD_PROJECTIONS:
+            child, target = getattr(module, field, None), f"{path}.{field}" if path else field
+            if not isinstance(child, nn.Module) or not (isinstance(child, nn.Linear) or is_conv1d(child)) \
+                    or calls[target] != 1 or dense_weight(child).shape[1] % heads:
+                continue
+            node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == target)
+            if node.args and isinstance(node.args[0], fx.Node) and not isinstance(_module(gm, node.args[0]), HeadTap):
+                sites.append((node, f"{path}.heads" if path else "heads", heads))
+            break
+    return sites
 
 
 def _tap_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
@@ -499,8 +535,8 @@ def _scope(node: fx.Node) -> str:
     return value[0] if isinstance(value, tuple) else key.split("@")[0]  # torch < 2.1 stored the type only
 
 
-def _add_tap_module(gm: fx.GraphModule, model: nn.Module, name: str) -> None:
-    """Register a UnitTap at path `name` of `gm`, never inside a module of `model` itself."""
+def _add_tap_module(gm: fx.GraphModule, model: nn.Module, name: str, tap: nn.Module | None = None) -> None:
+    """Register `tap` (a UnitTap by default) at path `name` of `gm`, never inside a module of `model` itself."""
     path, _, field = name.rpartition(".")
     try:
         parent = gm.get_submodule(path)
@@ -515,7 +551,7 @@ def _add_tap_module(gm: fx.GraphModule, model: nn.Module, name: str) -> None:
             raise _Untappable(f"cannot tap {name}: {path} is called as a whole, its calls are not visible")
         if hasattr(parent, field):
             raise _Untappable(f"cannot tap {name}: the name is already taken in {path or 'the model'}")
-    gm.add_submodule(name, UnitTap())
+    gm.add_submodule(name, tap if tap is not None else UnitTap())
 
 
 def _share_state(gm: fx.GraphModule, model: nn.Module) -> None:

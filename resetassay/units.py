@@ -113,6 +113,15 @@ def sum_positions(u: torch.Tensor) -> torch.Tensor:
     return u.sum(dim=tuple(range(2, u.dim()))) if u.dim() > 2 else u
 
 
+def position_mask(layer: UnitLayer, u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The real positions `mask (B, T)` of padded token data shaped to broadcast over the layer's unit view
+    (`(B, 1, T)`, a head's `(B, 1, T, 1)`), as u's dtype; None when nothing is padded or the layer has no token
+    positions (SPEC S9: padding is left out everywhere)."""
+    if mask is None or layer.kind not in ("token", "head"):
+        return None
+    return mask.to(u.dtype).view(mask.shape[0], 1, mask.shape[1], *[1] * (layer.kind == "head"))
+
+
 def reference_dims(layer: UnitLayer, u: torch.Tensor) -> list[int]:
     """The axes of a unit view a reference averages over: all but the units (and a head's features) (SPEC S2, S9)."""
     kept = {1, u.dim() - 1} if layer.kind == "head" else {1}

@@ -22,9 +22,9 @@ from torch import nn
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.names import ORACLE
-from resetassay.sequences import example_losses, is_sequence, target_logits
+from resetassay.sequences import example_losses, is_sequence, padding_mask, target_logits
 from resetassay.shapes import Refs, Scores
-from resetassay.units import UnitLayer, dense_weight, per_unit, positions, sum_positions
+from resetassay.units import UnitLayer, dense_weight, per_unit, position_mask, positions, sum_positions
 
 INGREDIENTS = ("abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all")
 
@@ -182,14 +182,22 @@ def example_ingredients(
     needs: set[str] | frozenset[str],
     loss_grad: torch.Tensor | None = None,
     target_grad: torch.Tensor | None = None,
+    real: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-example SPEC S3 ingredients `(B, n)` of one layer (all but gxd_all, which needs every class).
 
     Args: h and dev = h - r, unit views (`units.unit_view`: `(B, n, ...)`); loss_grad dL/dh and target_grad dz_y/dh,
     shaped like h. Local statistics average over a unit's values in an example (H, W; positions; a head's
-    features); gradient terms sum over them before the absolute value (SPEC S3, S9).
+    features); gradient terms sum over them before the absolute value (SPEC S3, S9). `real`: padded token data's
+    real positions (`units.position_mask`), the only ones counted.
     """
-    per_pos = positions(h)
+    if real is not None:  # padding left out (SPEC S9): averages over each example's real positions
+        h, dev = h * real, dev * real
+        loss_grad = loss_grad * real if loss_grad is not None else None
+        target_grad = target_grad * real if target_grad is not None else None
+        per_pos = sum_positions(real.expand(-1, 1, *h.shape[2:])).clamp(min=1)  # (B, 1)
+    else:
+        per_pos = positions(h)
     out = {}
     if "abs_act" in needs:
         out["abs_act"] = sum_positions(h.abs()) / per_pos
@@ -254,6 +262,7 @@ def calibration_stats(
     with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
+            padding = padding_mask(xb)
             if needs & {"gxi", "gxd"}:
                 grads = (target_grads.attribute(xb, additional_forward_args=(yb,)) if sequence
                          else target_grads.attribute(xb, target=yb))
@@ -266,15 +275,19 @@ def calibration_stats(
             if "loss_grad" in needs:
                 lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
             dev_all = {layer.name: 0.0 for layer in layers}
-            for cgrads in _class_gradients(model, modules, xb, n_classes) if "gxd_all" in needs else ():
+            real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
+            for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if "gxd_all" in needs else ():
                 for layer, g in zip(layers, cgrads, strict=True):
-                    dev_all[layer.name] += sum_positions(dev[layer.name] * layer.view(g)).abs() / n_classes
+                    term = dev[layer.name] * layer.view(g)
+                    term = term * real[layer.name] if real[layer.name] is not None else term
+                    dev_all[layer.name] += sum_positions(term).abs() / n_classes
             for k, layer in enumerate(layers):
                 acc = sums[layer.name]
                 per_example = example_ingredients(
                     h[layer.name], dev[layer.name], needs,
                     loss_grad=layer.view(lgrads[k]) if "loss_grad" in needs else None,
                     target_grad=layer.view(grads[k]) if needs & {"gxi", "gxd"} else None,
+                    real=real[layer.name],
                 )
                 for key, value in per_example.items():
                     acc[key] += value.sum(0).double()
@@ -292,11 +305,12 @@ def calibration_stats(
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
 
 
-def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor,
-                     n_classes: int) -> Iterator[list[torch.Tensor]]:
+def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor, n_classes: int,
+                     padding: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
     """dz_c/dh at every module's output, for c = 0..C-1 in order: one forward, then backward passes batched
     over CLASS_CHUNK classes (`autograd.grad(..., is_grads_batched=True)`), or one per class where an op cannot be
-    batched that way. Yields per class the list of gradients `(B, n, ...)`, one per module (gxd_all, SPEC S3)."""
+    batched that way. Yields per class the list of gradients `(B, n, ...)`, one per module (gxd_all, SPEC S3); a
+    language model's z_c sums logit c over the real positions `padding (B, T)` (all without padding, SPEC S9)."""
     outputs: dict[nn.Module, torch.Tensor] = {}
 
     def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
@@ -311,6 +325,8 @@ def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor
     for c0 in range(0, n_classes, CLASS_CHUNK):
         chunk = eye[c0:c0 + CLASS_CHUNK]  # (k, C, ...): logit c0 + j in row j, at every position of a sequence
         rows = chunk.view(len(chunk), *[1] * (z.dim() - 1), n_classes).expand(-1, *z.shape)
+        if padding is not None and z.dim() == 3:
+            rows = rows * padding.to(z.dtype).unsqueeze(-1)
         try:
             batched = torch.autograd.grad(z, tensors, rows, retain_graph=True, is_grads_batched=True)
         except RuntimeError:  # an op without a batching rule: one backward per class

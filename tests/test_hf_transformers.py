@@ -133,3 +133,34 @@ def test_model_by_type_name_is_built_from_its_config_and_refuses_downloads():
         import_factory("transformers:lama")
     with pytest.raises(BadInputError, match="never downloads weights"):
         import_factory("transformers:gpt2", {"pretrained_model_name_or_path": "gpt2"})
+
+
+
+def test_right_padded_batches_give_what_each_sequence_gives_alone():
+    """GPT-2 reads the attention mask of PAD-carrying ids: shocks and utilities of a padded batch are those of its
+    sequences cut to their lengths (SPEC S9)."""
+    from resetassay.lesion import unit_shocks
+    from resetassay.sequences import padded_tokens, with_padding
+
+    model, selected, tapped, ids = _tapped(_gpt2, double=True)
+    lengths = [6, 4, 5, 2, 6, 3]
+    mask = (torch.arange(6) < torch.tensor(lengths)[:, None]).long()
+    x = with_padding(ids[:6], mask)
+    padded = tap_unit_layers(padded_tokens(selected, [x]), x[:2])
+    layers = unit_layers(padded, x[:2])
+    refs = unit_references(tapped, unit_layers(tapped, ids[:2]), ids)
+    got = unit_shocks(padded, layers, refs, x, ["l1", "kl"], engine="fast")
+    single = unit_layers(tapped, ids[:2])
+    each = [unit_shocks(tapped, single, refs, ids[i:i + 1, :n], ["l1", "kl"], engine="plain")
+            for i, n in enumerate(lengths)]
+    for metric in ("l1", "kl"):
+        for la in layers:
+            want = torch.stack([e[metric][la.name] for e in each]).mean(0)
+            torch.testing.assert_close(got[metric][la.name], want, **TOL)
+    stats = calibration_stats(padded, layers, x, next_token_targets(ids[:6], mask), refs, {"gxd", "abs_act"})
+    alone = [calibration_stats(tapped, single, ids[i:i + 1, :n], next_token_targets(ids[i:i + 1, :n]), refs,
+                               {"gxd", "abs_act"}) for i, n in enumerate(lengths)]
+    for la in layers:
+        for key in ("gxd", "abs_act"):
+            want = torch.stack([getattr(a[la.name], key) for a in alone]).double().mean(0)
+            torch.testing.assert_close(getattr(stats[la.name], key).double(), want, **TOL)

@@ -155,3 +155,91 @@ def test_encoder_lm_assay_by_next_token_targets():
     summary = result.summary.query("scope == 'ALL' and utility == 'oracle'")
     assert summary["spearman"].iloc[0] == pytest.approx(1.0)
     assert result.units["shock_l1"].gt(0).all()
+
+
+class HandAttention(nn.Module):
+    """Causal self-attention as people write it (nanoGPT style): c_attn, n_head, scaled_dot_product_attention."""
+
+    def __init__(self, d: int = 16, n_head: int = 4):
+        super().__init__()
+        self.n_head, self.c_attn, self.c_proj = n_head, nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)
+        q, k, v = (t.view(x.shape[0], x.shape[1], self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).flatten(2))
+
+
+class HandGPT(nn.Module):
+    def __init__(self, vocab: int = 20, d: int = 16):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.ln1, self.attn, self.ln2 = nn.LayerNorm(d), HandAttention(d), nn.LayerNorm(d)
+        self.fc, self.proj, self.head = nn.Linear(d, 4 * d), nn.Linear(4 * d, d), nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.wte(ids)
+        x = x + self.attn(self.ln1(x))
+        x = x + self.proj(torch.nn.functional.gelu(self.fc(self.ln2(x))))
+        return self.head(x)
+
+
+def test_hand_written_attention_gets_its_heads_tapped_by_name():
+    torch.manual_seed(0)
+    model = HandGPT().eval()
+    ids = _ids(24)
+    tapped = tap_unit_layers(model, ids[:2])
+    layers = unit_layers(tapped, ids[:2])
+    assert [(la.name, la.kind, la.n_units) for la in layers] == [("attn.heads", "head", 4), ("gelu@0", "token", 64)]
+    assert layers[0].consumer is model.attn.c_proj and layers[1].producer is model.fc
+    refs = unit_references(tapped, layers, ids[:12])
+    shocks = assert_fast_equals_plain(tapped, layers, refs, ids[12:])
+    assert (shocks["l1"]["attn.heads"] > 0).all()
+    # clamping head 2 by the tap equals setting that head's slice of c_proj's input by hand
+    head = refs["attn.heads"][2]
+
+    def by_hand(_m, args):
+        h = args[0].clone()
+        h[..., 8:12] = head
+        return (h,)
+
+    handle = model.attn.c_proj.register_forward_pre_hook(by_hand)
+    with torch.no_grad():
+        want = model(ids[12:])
+    handle.remove()
+    from resetassay.lesion.plain import clamped
+
+    with clamped([(layers[0], torch.tensor([2]), refs["attn.heads"][[2]])]), torch.no_grad():
+        got = tapped(ids[12:])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class TimmStyleViT(nn.Module):
+    """A ViT as timm writes its blocks (Attention with num_heads, qkv, proj; Mlp fc1 -> GELU -> fc2), class token
+    logits (B, C)."""
+
+    def __init__(self, d: int = 12, heads: int = 3):
+        super().__init__()
+        self.patch = nn.Linear(8, d)
+        self.attn = nn.Module()
+        self.attn.num_heads, self.attn.qkv, self.attn.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.act, self.fc2, self.head = nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        qkv = self.attn.qkv(x).unflatten(-1, (3, self.attn.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self.attn.proj(y.transpose(1, 2).flatten(2))
+        x = x + self.fc2(self.act(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+def test_a_timm_style_vit_classifier_is_assayed_by_heads_and_neurons():
+    torch.manual_seed(0)
+    model = TimmStyleViT()
+    x, y = torch.randn(40, 5, 8), torch.randint(0, 3, (40,))
+    result = assay_model(model, (x[:20], y[:20]), (x[20:], y[20:]),
+                         config=AssayConfig(utilities=["gxd", "contribution", "oracle"], metrics=["l1"]))
+    assert result.units.groupby("layer").size().to_dict() == {"act": 24, "attn.heads": 3}
+    assert result.notes.empty and result.units["shock_l1"].gt(0).all()

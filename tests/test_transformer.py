@@ -23,7 +23,7 @@ from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.models import create_model
 from resetassay.reference import unit_references
-from resetassay.sequences import IGNORE, accuracy, example_losses, next_token_targets, target_logits
+from resetassay.sequences import IGNORE, PAD, accuracy, example_losses, next_token_targets, target_logits, with_padding
 from resetassay.units import unit_layers
 from resetassay.utilities import calibration_stats, unit_scores
 
@@ -350,11 +350,12 @@ def test_a_tensor_file_of_input_ids_is_token_data_with_next_token_targets(tmp_pa
     save_file({"input_ids": ids, "labels": labels}, tmp_path / "classify.safetensors")
     split = assay_data(data_spec(str(tmp_path / "classify.safetensors")), calib_size=20, probe_size=20)
     assert split.probe_y.shape == (20,) and set(split.probe_y.tolist()) <= {0, 1, 2}
-    padded = torch.ones_like(ids)
-    padded[0, -3:] = 0
-    save_file({"input_ids": ids, "attention_mask": padded}, tmp_path / "padded.safetensors")
-    with pytest.raises(BadInputError, match="padded positions are not supported yet"):
-        data_spec(str(tmp_path / "padded.safetensors"))
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0
+    save_file({"input_ids": ids, "attention_mask": mask}, tmp_path / "padded.safetensors")
+    split = assay_data(data_spec(str(tmp_path / "padded.safetensors")), calib_size=39, probe_size=1)
+    first = split.calib_x[0] if len(split.calib_x) and split.calib_x[0, -1] < 0 else split.probe_x[0]
+    assert first[-3:].tolist() == [PAD] * 3 and (first[:-3] >= 0).all()
     save_file({"input_ids": ids.float()}, tmp_path / "floats.safetensors")
     with pytest.raises(BadInputError, match="input_ids must be whole numbers"):
         data_spec(str(tmp_path / "floats.safetensors"))
@@ -405,3 +406,69 @@ def test_inspect_lists_a_token_model_without_data_by_sequence_length():
     mlp = fixture.parents[1] / "relu_mlp" / "task2"
     result = CliRunner().invoke(app, ["inspect", str(mlp), "--seq-len", "8"])
     assert result.exit_code == 2 and "--seq-len: the model has no nn.Embedding" in result.output
+
+
+
+def _right_padded(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Grammar sequences cut to seeded lengths and right-padded with PAD, their targets, and the lengths."""
+    ids, _ = grammar_sequences(0, seed, "holdout", n)
+    lengths = torch.randint(3, LENGTH + 1, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    lengths[0] = LENGTH  # one full sequence
+    mask = (torch.arange(LENGTH) < torch.tensor(lengths)[:, None]).long()
+    return with_padding(ids, mask), next_token_targets(ids, mask), lengths
+
+
+def test_padding_is_left_out_of_references_utilities_and_shocks():
+    """A right-padded batch gives what its sequences give one by one, cut to their lengths (a causal model: the pads
+    never reach the tokens): references over real positions, per-example utilities, per-example shocks averaged over
+    real positions — by both engines (SPEC S9)."""
+    model = _model().double()
+    x, y, lengths = _right_padded(8)
+    singles = [(x[i:i + 1, :n], y[i:i + 1, :n]) for i, n in enumerate(lengths)]  # y: IGNORE before the pads
+    padded = sequences_padded(model, x)
+    layers = unit_layers(padded, x[:2])
+    refs = unit_references(padded, layers, x)
+    seen = {la.name: [] for la in layers}
+    hooks = [la.module.register_forward_hook(lambda m, i, o, name=la.name: seen[name].append(o.detach()))
+             for la in layers]
+    with torch.no_grad():
+        for xi, _ in singles:
+            model(xi)
+    for h in hooks:
+        h.remove()
+    for la in layers:
+        real = torch.cat([la.view(o).movedim(2, 0).flatten(0, 1) for o in seen[la.name]])  # (positions, n[, d])
+        torch.testing.assert_close(refs[la.name].double(), real.mean(0), **TOL)
+    needs = {"abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all"}
+    batch = calibration_stats(padded, layers, x, y, refs, needs)
+    one_by_one = [calibration_stats(model, unit_layers(model, xi), xi, yi, refs, needs) for xi, yi in singles]
+    for la in layers:
+        for key in needs:
+            want = torch.stack([getattr(s[la.name], key) for s in one_by_one]).double().mean(0)
+            torch.testing.assert_close(getattr(batch[la.name], key).double(), want, **TOL, msg=f"{la.name} {key}")
+    units = {la.name: torch.tensor([1, 3]) for la in layers}
+    for engine in ("plain", "fast"):
+        got = unit_shocks(padded, layers, refs, x, ["l1", "kl"], engine=engine, units=units)
+        each = [unit_shocks(model, unit_layers(model, xi), refs, xi, ["l1", "kl"], engine="plain", units=units)
+                for xi, _ in singles]
+        for metric in ("l1", "kl"):
+            for la in layers:
+                want = torch.stack([e[metric][la.name] for e in each]).mean(0)
+                torch.testing.assert_close(got[metric][la.name], want, **TOL, msg=f"{engine} {metric} {la.name}")
+
+
+def sequences_padded(model, x):
+    from resetassay.sequences import padded_tokens
+
+    return padded_tokens(model, [x])
+
+
+def test_a_model_without_an_attention_mask_refuses_left_padding():
+    from resetassay.errors import BadInputError
+
+    ids, _ = grammar_sequences(0, 0, "holdout", 4)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with pytest.raises(BadInputError, match="only right padding"):
+        assay_model(_model(), (with_padding(ids, mask), next_token_targets(ids, mask)), (ids, next_token_targets(ids)),
+                    config=AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"]))

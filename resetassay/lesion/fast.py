@@ -27,6 +27,7 @@ from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
 from resetassay.lesion.shocks import BaseLogits, ShockSums, lesioned_units
 from resetassay.lesion.split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
+from resetassay.sequences import padding_mask
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer, per_unit
 
@@ -153,8 +154,9 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r:
         k_max = max(1, min(n, rows // p_chunk, target // p_chunk, max_k or n))
         for p0 in range(0, len(probe_x), p_chunk):
             with torch.inference_mode():
-                h, values = _upstream(split, layer, probe_x[p0:p0 + p_chunk].to(device))
-                z = BaseLogits(base[p0:p0 + p_chunk])
+                x = probe_x[p0:p0 + p_chunk].to(device)
+                h, values = _upstream(split, layer, x)
+                z = BaseLogits(base[p0:p0 + p_chunk], padding_mask(x))
                 for u0 in range(0, n, k_max):
                     idx = chosen[u0:u0 + k_max]
                     zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r))
@@ -226,7 +228,8 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                 chunk = lesions[l0:l0 + k_max]
                 with torch.inference_mode(), _block_clamps(chunk, by_name, refs, len(x)):
                     zl = model(_expand(x, len(chunk)))
-                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk]), zl.view(len(chunk), len(x), *base.shape[1:]))
+                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk], padding_mask(x)),
+                         zl.view(len(chunk), len(x), *base.shape[1:]))
                 if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 

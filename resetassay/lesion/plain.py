@@ -15,6 +15,7 @@ from torch import nn
 
 from resetassay.hooks import forward_hooks
 from resetassay.lesion.shocks import lesioned_units, mean_shocks, probe_logits
+from resetassay.sequences import padding_mask
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer, per_unit
 
@@ -43,6 +44,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
     """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): one lesion per unit, one
     forward per lesion."""
     chosen = {layer.name: lesioned_units(layer, units) for layer in layers}
+    padding = padding_mask(probe_x)
     shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in layers}
               for m in metrics}
     for layer in layers:
@@ -50,7 +52,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
             idx = torch.tensor([unit], device=base.device)
             with clamped([(layer, idx, refs[layer.name][idx])]):
                 lesioned = probe_logits(model, probe_x, batch_size)
-            for m, value in mean_shocks(base, lesioned, metrics).items():
+            for m, value in mean_shocks(base, lesioned, metrics, padding).items():
                 shocks[m][layer.name][i] = value
             if advance:
                 advance(1)
@@ -62,6 +64,7 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                  advance: Advance | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
     by_name = {layer.name: layer for layer in layers}
+    padding = padding_mask(probe_x)
     out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
     for k, lesion in enumerate(lesions):
         clamps = []
@@ -71,7 +74,7 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                 clamps.append((by_name[name], idx, refs[name][idx]))
         with clamped(clamps):
             lesioned = probe_logits(model, probe_x, batch_size)
-        for m, value in mean_shocks(base, lesioned, metrics).items():
+        for m, value in mean_shocks(base, lesioned, metrics, padding).items():
             out[m][k] = value
         if advance:
             advance(1)

@@ -34,9 +34,10 @@ def check_metrics(names: list[str]) -> list[str]:
     return names
 
 
-def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str) -> torch.Tensor:
+def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str,
+                   padding: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example shock `(P,)` between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4), or both `(P, T, V)`:
-    the mean over positions (SPEC S9)."""
+    the mean over positions, over the real ones `padding (P, T)` of padded token data (SPEC S9)."""
     if metric == "l1":
         shock = (z - z_lesioned).abs().sum(dim=-1)
     elif metric == "kl":
@@ -44,12 +45,21 @@ def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str) -> to
         shock = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     else:
         raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(METRICS)}")
-    return shock.mean(dim=1) if z.dim() == 3 else shock
+    if z.dim() != 3:
+        return shock
+    return shock.mean(dim=1) if padding is None else (shock * position_weights(padding)).sum(dim=1)
 
 
-def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str]) -> dict[str, float]:
+def position_weights(padding: torch.Tensor) -> torch.Tensor:
+    """`(P, T)` float64: 1 / (real positions of the example) at its real positions, 0 at pads (SPEC S9)."""
+    real = padding.double()
+    return real / real.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str],
+                padding: torch.Tensor | None = None) -> dict[str, float]:
     """Shock per metric of one lesion: the mean over the probe set (SPEC S4)."""
-    return {m: example_shocks(z, z_lesioned, m).double().mean().item() for m in metrics}
+    return {m: example_shocks(z, z_lesioned, m, padding).double().mean().item() for m in metrics}
 
 
 def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -62,12 +72,14 @@ def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
 
 
 class BaseLogits:
-    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, with what the shocks reuse, in float64."""
+    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, with what the shocks reuse, in float64; with
+    `padding (P, T)`, the weights of each example's real positions (SPEC S9)."""
 
-    def __init__(self, z: torch.Tensor):
+    def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None):
         self.z = z.double()
         self.lse = torch.logsumexp(self.z, dim=-1)
         self.p = (self.z - self.lse.unsqueeze(-1)).exp()
+        self.weights = position_weights(padding.to(z.device)) if padding is not None and z.dim() == 3 else None
 
 
 class ShockSums:
@@ -87,11 +99,16 @@ class ShockSums:
         d = zl - base.z                                   # (K, P, C) or (K, P, T, V)
         k = len(zl)
         if "l1" in self.sums:
-            l1 = d.abs().sum(dim=(1, 2)) if d.dim() == 3 else d.abs().sum(dim=3).mean(dim=2).sum(dim=1)
+            l1 = d.abs().sum(dim=(1, 2)) if d.dim() == 3 else _over_positions(d.abs().sum(dim=3), base).sum(dim=1)
             self.sums["l1"][first:first + k] += l1
         if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
             kl = torch.logsumexp(zl, dim=-1) - base.lse - (d * base.p).sum(dim=-1)
-            self.sums["kl"][first:first + k] += (kl.mean(dim=2) if kl.dim() == 3 else kl).sum(dim=1)
+            self.sums["kl"][first:first + k] += (_over_positions(kl, base) if kl.dim() == 3 else kl).sum(dim=1)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
         return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
+
+
+def _over_positions(shock: torch.Tensor, base: BaseLogits) -> torch.Tensor:
+    """`(K, P)`: per-position shocks `(K, P, T)` averaged over each example's (real) positions."""
+    return shock.mean(dim=2) if base.weights is None else (shock * base.weights).sum(dim=2)
