@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from resetassay.report.render import Analysis
 
 SIZE_FLAGS = ("--calib-size", "--probe-size")  # errors about them are about the command, whichever data
+TARGETS = ("label", "predicted")  # the class y of gxd/gxi/loss_gradient: the data's label or the model's prediction
 
 
 @dataclass
@@ -87,6 +88,7 @@ class AssayConfig:
     units_per_layer: int | None = None
     output: str | None = None
     max_classes: int = 100
+    target: str = "label"
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -112,6 +114,8 @@ class AssayConfig:
         if self.output is not None and (not isinstance(self.output, str) or not self.output.strip(". ")):
             raise BadInputError(f"--output {self.output!r}: give a key, attribute or index path such as logits or 0",
                                 flag="--output")
+        if self.target not in TARGETS:
+            raise BadInputError(f"--target {self.target!r}: choose {' or '.join(TARGETS)}", flag="--target")
         if self.reference not in REFERENCES:
             raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
                                 flag="--reference")
@@ -362,6 +366,8 @@ def assay_model(
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
+    if config.target == "predicted":  # the model's own class (next token) in place of the label (SPEC S3)
+        calib_y = sequences.predicted_targets(probe_logits(model, calib_x, config.batch_size), calib_y)
     with clock("references"):
         refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
     with clock("utilities"):

@@ -164,6 +164,8 @@ def run(
                                                         "--seed (a quick look at a big model).")] = None,
     max_classes: Annotated[int, typer.Option(help="gxd_all applies to models with at most this many outputs "
                                              "(a language model: its vocabulary); one backward pass each.")] = 100,
+    target: Annotated[str, typer.Option(help="The class whose logit gxd, gxi and loss_gradient follow: label (the "
+                                        "data's) or predicted (the model's own).")] = "label",
     model: Model = None,
     model_kwargs: ModelKwargs = None,
     output: Output = None,
@@ -204,7 +206,7 @@ def run(
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
             max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
-            max_classes=max_classes,
+            max_classes=max_classes, target=target,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

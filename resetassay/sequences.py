@@ -50,6 +50,13 @@ def target_logits(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(y == IGNORE, torch.zeros_like(picked), picked).sum(dim=1)
 
 
+def predicted_targets(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The model's own predictions as targets: the largest logit per example, or per position of a sequence where
+    `y` has a target (IGNORE stays where it has none)."""
+    predicted = z.argmax(dim=-1).to(y.device)
+    return torch.where(y == IGNORE, y, predicted) if is_sequence(z) else predicted
+
+
 def example_losses(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """`(B,)`: the cross-entropy of each example; of a sequence, the mean over its positions with a target."""
     if not is_sequence(z):

@@ -113,3 +113,24 @@ def test_sampled_units_have_the_rows_of_the_full_assay(engine):
     other = assay_model(model, calib, probe, config=AssayConfig(utilities=["gxd"], metrics=["l1"], engine=engine,
                                                                units_per_layer=2, seed=4)).units
     assert not other[["layer", "unit"]].equals(sampled[["layer", "unit"]])
+
+
+def test_target_predicted_scores_against_the_models_own_class():
+    """--target predicted: gxd, gxi and loss_gradient follow the model's largest logit, not the label (SPEC S3)."""
+    model = TwoLayerMLP()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(48, 4, generator=g, dtype=torch.float64)
+    wrong = torch.randint(0, 3, (48,), generator=g)
+    with torch.no_grad():
+        own = model(x).argmax(1)
+    assert not torch.equal(wrong, own)
+    config = AssayConfig(utilities=["gxd", "gxi", "loss_gradient", ORACLE], metrics=["l1"])
+    predicted = assay_model(model, (x[:24], wrong[:24]), (x[24:], wrong[24:]),
+                            config=replace(config, target="predicted"))
+    by_label = assay_model(model, (x[:24], own[:24]), (x[24:], wrong[24:]), config=config)
+    labelled = assay_model(model, (x[:24], wrong[:24]), (x[24:], wrong[24:]), config=config)
+    for u in ("gxd", "gxi", "loss_gradient"):
+        pd.testing.assert_series_equal(predicted.units[u], by_label.units[u])
+        assert not predicted.units[u].equals(labelled.units[u])
+    with pytest.raises(Exception, match="--target 'guess': choose label or predicted"):
+        AssayConfig(target="guess")
