@@ -69,3 +69,12 @@ def test_bad_input_exits_2_with_one_line_naming_the_flag(args: list[str], needle
     result = runner.invoke(app, [*args, *(["--out", str(tmp_path)] if args[0] == "run" else [])])
     assert result.exit_code == 2, result.output
     assert needle in result.output
+
+
+def test_python_dash_m_resetassay_is_the_command_line() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "resetassay", "inspect", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "Usage: resetassay inspect" in done.stdout
