@@ -26,7 +26,7 @@ from resetassay.sequences import example_losses, is_sequence, padding_mask, targ
 from resetassay.shapes import Refs, Scores
 from resetassay.units import UnitLayer, dense_weight, per_unit, position_mask, positions, sum_positions
 
-INGREDIENTS = ("abs_act", "abs_dev", "loss_grad", "gxi", "gxd", "gxd_all")
+INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxd_all")
 
 
 class NotApplicable(Exception):
@@ -39,6 +39,7 @@ class LayerStats:
 
     abs_act: torch.Tensor | None = None    # E|h|            (over examples and H, W)
     abs_dev: torch.Tensor | None = None    # E|h - r|
+    fire: torch.Tensor | None = None       # P(h > 0)         (over examples and H, W)
     loss_grad: torch.Tensor | None = None  # E|sum_s dL/dh|
     gxi: torch.Tensor | None = None        # E|sum_s h dz_y/dh|
     gxd: torch.Tensor | None = None        # E|sum_s (h - r) dz_y/dh|
@@ -159,6 +160,18 @@ def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.gxd_all
 
 
+@utility("dormancy", ("abs_act",))
+def dormancy(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i| / mean_j E|h_j| over the layer's units (ReDo's normalised dormancy score, SPEC S8)."""
+    return s.abs_act / s.abs_act.mean().clamp(min=torch.finfo(s.abs_act.dtype).tiny)
+
+
+@utility("firing_rate", ("fire",))
+def firing_rate(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """P(h_i > 0) over examples and positions (SNR's firing rate, SPEC S8)."""
+    return s.fire
+
+
 @utility("tracked")
 def tracked(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """The utility CBP tracked online while training (its bias-corrected EMA, `<layer>.utility` in the
@@ -203,6 +216,8 @@ def example_ingredients(
         out["abs_act"] = sum_positions(h.abs()) / per_pos
     if "abs_dev" in needs:
         out["abs_dev"] = sum_positions(dev.abs()) / per_pos
+    if "fire" in needs:  # padded positions (h * real = 0) do not fire
+        out["fire"] = sum_positions((h > 0).to(h.dtype)) / per_pos
     if "loss_grad" in needs:
         out["loss_grad"] = sum_positions(loss_grad).abs()
     if "gxi" in needs:

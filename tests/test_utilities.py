@@ -387,3 +387,30 @@ def test_gxd_all_from_batched_class_gradients_equals_one_backward_per_class(monk
     stats = calibration_stats(model, layers, x, y, refs, {"gxd_all"}, batch_size=4)
     for layer in layers:
         torch.testing.assert_close(stats[layer.name].gxd_all.double(), want[layer.name], rtol=RTOL, atol=ATOL)
+
+
+def test_dormancy_and_firing_rate_by_hand_on_linear_and_conv_units():
+    """ReDo's dormancy E|h_i| / mean_j E|h_j| and SNR's firing rate P(h_i > 0), over examples and H, W (SPEC S8)."""
+    from helpers.models import TinyCNN
+
+    torch.manual_seed(0)
+    for model, x in ((TwoLayerMLP(), torch.randn(30, 4, dtype=torch.float64)),
+                     (TinyCNN(), torch.randn(30, 1, 6, 6, dtype=torch.float64))):
+        layers = unit_layers(model, x[:2])
+        refs = unit_references(model, layers, x)
+        y = torch.zeros(len(x), dtype=torch.long)
+        scores, _ = unit_scores(["dormancy", "firing_rate"], layers,
+                                calibration_stats(model, layers, x, y, refs, needed_ingredients(["dormancy",
+                                                                                                   "firing_rate"])))
+        for layer in layers:
+            seen: list[torch.Tensor] = []
+            handle = layer.module.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.detach()))
+            model(x)
+            handle.remove()
+            h = seen[0]
+            dims = [d for d in range(h.dim()) if d != 1]
+            abs_act = h.abs().mean(dim=dims)
+            torch.testing.assert_close(scores["dormancy"][layer.name].double(), abs_act / abs_act.mean(),
+                                       atol=ATOL, rtol=RTOL)
+            torch.testing.assert_close(scores["firing_rate"][layer.name].double(), (h > 0).double().mean(dim=dims),
+                                       atol=ATOL, rtol=RTOL)
