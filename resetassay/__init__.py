@@ -18,10 +18,11 @@ _PUBLIC = {
     "AssayConfig": "resetassay.assay", "AssayResult": "resetassay.assay", "assay_checkpoint": "resetassay.assay",
     "assay_model": "resetassay.assay", "run_assay": "resetassay.run", "load_checkpoint": "resetassay.checkpoint",
     "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
+    "register_utility": "resetassay.utilities", "NotApplicable": "resetassay.utilities",
 }
 __all__ = [
-    "AssayConfig", "AssayResult", "BadInputError", "assay_checkpoint", "assay_model", "load_checkpoint",
-    "data_spec", "run_assay", "save_checkpoint", "__version__",
+    "AssayConfig", "AssayResult", "BadInputError", "NotApplicable", "assay_checkpoint", "assay_model",
+    "load_checkpoint", "data_spec", "register_utility", "run_assay", "save_checkpoint", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from resetassay.data import data_spec
     from resetassay.errors import BadInputError
     from resetassay.run import run_assay
+    from resetassay.utilities import NotApplicable, register_utility
 
 
 def __getattr__(name: str) -> object:

@@ -222,13 +222,15 @@ class AssayResult:
 
 
 def versions() -> dict[str, str]:
-    """The versions of what decides the numbers: resetassay, torch, captum, Python."""
+    """The versions of what decides the numbers: resetassay, torch, captum, Python, and where each utility the user
+    registered comes from."""
     import captum
 
     from resetassay import __version__
+    from resetassay.utilities import PLUGINS
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {})}
 
 
 def run_info(config: AssayConfig) -> dict:

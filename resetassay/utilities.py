@@ -68,14 +68,57 @@ def utility(name: str, needs: tuple[str, ...] = ()):
     return register
 
 
+ENTRY_POINTS = "resetassay.utilities"  # the entry-point group of utilities other packages provide
+PLUGINS: dict[str, str] = {}  # utilities registered by the user: name -> where from (package and version)
+
+
+def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor],
+                     needs: tuple[str, ...] | frozenset[str] = (), source: str | None = None) -> None:
+    """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
+
+    `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
+    P(h > 0), loss_grad, gxi, gxd, gxd_all; SPEC S3), `layer` the unit layer (its module, producer and consumer
+    weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is refused.
+    `source` (default: the function's module and name) is recorded in run.json with the versions."""
+    if name in BUILTIN or name == ORACLE:
+        raise BadInputError(f"utility {name!r} is built in; register yours under another name", flag="--utilities")
+    unknown = sorted(set(needs) - set(INGREDIENTS))
+    if unknown:
+        raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
+                            f"compute; choose from {', '.join(INGREDIENTS)}", flag="--utilities")
+    UTILITIES[name] = Utility(name, fn, frozenset(needs))
+    PLUGINS[name] = source or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _load_entry_point(name: str) -> bool:
+    """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
+    (loaded only when named); its `needs` attribute lists the ingredients it reads. False when none does."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINTS) if ep.name == name]
+    if not found:
+        return False
+    point = found[0]
+    try:
+        fn = point.load()
+    except Exception as err:  # the plugin's own import failed
+        raise BadInputError(f"--utilities {name}: its entry point {point.value} does not load "
+                            f"({type(err).__name__}: {err})", flag="--utilities") from err
+    dist = getattr(point, "dist", None)
+    source = f"{dist.name} {dist.version} ({point.value})" if dist is not None else point.value
+    register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
+    return True
+
+
 def utility_names() -> list[str]:
-    """Every utility a user may ask for, oracle included."""
-    return [*UTILITIES, ORACLE]
+    """Every built-in utility, oracle included: the default of `--utilities`."""
+    return [*BUILTIN, ORACLE]
 
 
 def check_utilities(names: list[str]) -> list[str]:
-    """Validate `--utilities`; the message lists the valid names."""
-    unknown = [n for n in names if n not in UTILITIES and n != ORACLE]
+    """Validate `--utilities` (loading a package's utility the first time it is named); the message lists the
+    valid names."""
+    unknown = [n for n in names if n not in UTILITIES and n != ORACLE and not _load_entry_point(n)]
     if unknown:
         raise BadInputError(
             f"--utilities: unknown {', '.join(unknown)}; choose from {', '.join(utility_names())}",
@@ -187,6 +230,9 @@ def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """Seeded uniform noise, a floor; the seed mixes the run seed and the layer name."""
     g = torch.Generator().manual_seed(s.seed * 1_000_003 + zlib.crc32(layer.name.encode()))
     return torch.rand(layer.n_units, generator=g, dtype=torch.float64).float()
+
+
+BUILTIN = tuple(UTILITIES)  # registered above; users' utilities come after them
 
 
 def example_ingredients(
