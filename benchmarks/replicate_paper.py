@@ -4,8 +4,9 @@ For each activation (relu, silu, leaky_relu, tanh, relu + LayerNorm) and seed, `
 paper's MLP (784 -> [256] x 4 -> 10, SGD lr 0.01, batch 64, plain backprop) on 30 permuted-MNIST tasks of one
 epoch, with checkpoints before training and after tasks 5, 10, 20 and 30; `resetassay.run_assay` then assays
 every checkpoint (2048 calibration and 2048 probe examples of the held-out split of the task it trained on last,
-every utility, l1 and kl). Both steps resume: a rerun keeps the finished checkpoints and assayed checkpoints
-(`--work`, default reports/replication/work, not committed) and does the rest, so the study can span sittings.
+every built-in utility, l1 and kl). Both steps resume: a rerun keeps the finished checkpoints and assayed
+checkpoints (`--work`, default reports/replication/work, not committed) and does the rest, so the study can span
+sittings; the assay is redone (minutes) when resetassay's code changed in between, since a run records it.
 Finally it writes, into `--publish` (default reports/replication):
 
     spearman.csv / shock.csv   per activation x utility x metric: mean ± SE over seeds x checkpoints of the
@@ -36,6 +37,7 @@ import torch
 
 from resetassay import run_assay
 from resetassay.data import DataSpec
+from resetassay.errors import BadInputError
 from resetassay.rundir import read_run
 from resetassay.summary import checkpoint_stats
 from resetassay.train import TrainConfig, train, zoo_kwargs
@@ -44,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = {"relu": ("relu", False), "silu": ("silu", False), "leaky_relu": ("leaky_relu", False),
                "tanh": ("tanh", False), "relu-ln": ("relu", True)}
 PAPER_STEPS = (0, 5, 10, 20, 30)
+UTILITIES = ["activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd", "gxd_all",
+             "dormancy", "firing_rate", "random", "oracle"]  # every built-in one a backprop checkpoint has
 # SPEC S6: the paper's Table 7, pooled Spearman ρ on logit L1
 PAPER_RHO = {("relu", "gxd"): 0.996, ("relu", "gxi"): 0.970, ("silu", "gxd"): 0.980, ("silu", "gxi"): 0.469}
 
@@ -59,6 +63,18 @@ def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
                 "mlp", zoo_kwargs("mlp", data, None, activation, layer_norm), data, tasks=args.tasks, seed=seed,
                 checkpoint_at=tuple(t for t in args.steps if t <= args.tasks))
     return runs
+
+
+def assay(paths: list[Path], out: Path, **options: object) -> None:
+    """`run_assay` into the run directory `out`, resuming it; assayed again from the start when the run there was
+    made by other code or settings (a run records resetassay's source, so a code change refuses to resume)."""
+    try:
+        run_assay(paths, out=out, progress=False, note=print, **options)
+    except BadInputError as err:
+        if err.flag != "--out":
+            raise
+        print(f"{err}\nassaying again with this code", flush=True)
+        run_assay(paths, out=out, progress=False, note=print, overwrite=True, **options)
 
 
 def mean_se(values: pd.Series) -> tuple[float, float, int]:
@@ -156,7 +172,7 @@ def main() -> None:
         print(f"{name}: trained ({timings['train_s'].get(name, '?')} s)", flush=True)
     sizes = {"calib_size": 256, "probe_size": 256} if args.quick else {}
     run_dir = args.work / "run"
-    run_assay([args.work / "train"], out=run_dir, progress=False, note=print, **sizes)
+    assay([args.work / "train"], run_dir, utilities=UTILITIES, **sizes)
     assayed = json.loads((run_dir / "timings.json").read_text())["checkpoints"]  # those assayed by this launch
     timings.setdefault("assay_s_per_checkpoint", {}).update(
         {name: round(sum(stages.values()), 2) for name, stages in assayed.items()})

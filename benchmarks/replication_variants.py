@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from replicate_paper import ROOT, aggregate
+from replicate_paper import ROOT, aggregate, assay
 
-from resetassay import run_assay
 from resetassay.data import DataChoice
 from resetassay.rundir import read_run
 from resetassay.summary import checkpoint_stats
@@ -53,7 +52,7 @@ def main() -> None:
     frames = []
     for name, options in VARIANTS.items():
         out = args.work / "variants" / name
-        run_assay(checkpoints, out=out, progress=False, utilities=UTILITIES, metrics=["l1"], note=print, **options)
+        assay(checkpoints, out, utilities=UTILITIES, metrics=["l1"], **options)
         tables = read_run(out)
         stats = checkpoint_stats(tables["summary"], tables["checkpoints"]).assign(variant=name)
         frames.append(stats)

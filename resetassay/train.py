@@ -36,7 +36,7 @@ import numbers
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -309,6 +309,13 @@ def _environment() -> dict:
             "threads": torch.get_num_threads()}
 
 
+def _with_defaults(stored: dict) -> dict:
+    """A recorded config with the fields added to TrainConfig since it was written, at their defaults (a run of
+    the same command resumes after an upgrade that only added options)."""
+    added = {f.name: f.default for f in fields(TrainConfig) if f.name not in stored and f.default is not MISSING}
+    return {**added, **stored} if isinstance(stored, dict) else stored
+
+
 def _changes(old: object, new: object, key: str = "") -> list[str]:
     """What differs between two recorded configs, e.g. ["lr 0.01 -> 0.1", "cbp on -> off"]."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -343,7 +350,7 @@ def _prepare_out(config: TrainConfig, out: Path, overwrite: bool) -> dict | None
     entries = sorted(out.iterdir()) if out.is_dir() else []
     values = config.to_dict()
     record = _read_record(out / RECORD)
-    stored = record["config"] if record else None
+    stored = _with_defaults(record["config"]) if record else None
     same = stored is not None and canonical_hash(stored) == canonical_hash(values)
     if overwrite:
         for path in sorted((p for p in entries if _ours(p)), key=lambda p: p.name != RECORD):

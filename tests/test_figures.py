@@ -85,3 +85,16 @@ def test_block_spearman_draws_each_block_mean_for_mlp_neurons_and_heads():
     np.testing.assert_allclose(lines[("attention heads", "activation")], [-0.1, 0.0, 0.1], atol=1e-12)
     assert "T" in mlp.get_ylabel() and len(figure.axes) == 2  # the MLP family (no heads) is not drawn
     assert figures.block_spearman(summary[summary["checkpoint"] == "m1"], checkpoints) is None
+
+
+def test_scatters_of_many_units_are_rasterised_in_the_svg(tmp_path):
+    rng = np.random.default_rng(1)
+    for n, raster in ((60, False), (3000, True)):
+        shock = rng.gamma(2.0, 1.0, n)
+        units = pd.DataFrame({"checkpoint": "c", "layer": "a", "unit": range(n), "mature": True,
+                              "gxd": shock + rng.normal(0, 0.5, n), "shock_l1": shock})
+        figure = figures.utility_scatter(units, "l1")
+        (points,) = [c for ax in figure.axes for c in ax.collections if len(c.get_offsets()) == n]
+        assert points.get_rasterized() is raster
+    figures.save(figure, tmp_path / "scatter.png")
+    assert (tmp_path / "scatter.svg").stat().st_size < 2_000_000  # 3000 points as one bitmap, not 3000 paths

@@ -478,3 +478,14 @@ def test_tracked_is_the_utility_cbp_stored_where_it_resets_and_not_applicable_el
     plain = run_assay([fixture.parents[1] / "relu_mlp" / "task2"], utilities=["tracked", "gxd", "oracle"],
                       metrics=["l1"], progress=False)
     assert plain.units["tracked"].isna().all() and len(plain.notes.query("utility == 'tracked'")) == 3  # 3 layers
+
+
+def test_a_run_recorded_before_an_option_was_added_still_resumes(tmp_path: Path) -> None:
+    config = _small()
+    train(config, tmp_path)
+    record = json.loads((tmp_path / "train.json").read_text())
+    del record["config"]["examples_per_task"]  # as written before --examples-per-task existed
+    (tmp_path / "train.json").write_text(json.dumps(record))
+    assert train(_small(), tmp_path) == []  # same command: nothing to do
+    with pytest.raises(BadInputError, match="examples_per_task None -> 5"):
+        train(_small(examples_per_task=5), tmp_path)

@@ -29,6 +29,7 @@ from resetassay.summary import spearman, with_checkpoint_info
 DPI = 100
 MARKERS = "os^Dv<>PX*"
 LOG_SPAN = 100.0  # a positive axis spanning more than this factor is drawn on a log scale
+RASTER_POINTS = 2000  # scatters with more points are rasterised inside the SVG (axes and text stay vector)
 
 
 def utility_palette(utilities: list[str]) -> dict[str, tuple]:
@@ -199,7 +200,8 @@ def utility_scatter(units: pd.DataFrame, metric: str) -> Figure | None:
         x, y, c = units[utility].to_numpy(dtype=float)[keep], units[shock].to_numpy(dtype=float)[keep], depth[keep]
         log_x, log_y = _wants_log(x), _wants_log(y)
         shown = ((x > 0) | (not log_x)) & ((y > 0) | (not log_y))
-        points = ax.scatter(x[shown], y[shown], c=c[shown], cmap=cmap, vmin=0, vmax=1, s=8, alpha=0.6, linewidths=0)
+        points = ax.scatter(x[shown], y[shown], c=c[shown], cmap=cmap, vmin=0, vmax=1, s=8, alpha=0.6, linewidths=0,
+                            rasterized=int(shown.sum()) > RASTER_POINTS)  # SVG: a bitmap of many points, not 1e5 paths
         if (~shown).any():
             ax.text(0.98, 0.02, f"{int((~shown).sum())} at 0 not shown", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="0.4")
