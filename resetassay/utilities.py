@@ -209,6 +209,13 @@ def dormancy(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.abs_act / s.abs_act.mean().clamp(min=torch.finfo(s.abs_act.dtype).tiny)
 
 
+@utility("deviation", ("abs_dev",))
+def deviation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|h_i - r_i|, the forward activity around the reference (SPEC S8's growth diagnostic, beside
+    loss_gradient, the backward signal)."""
+    return s.abs_dev
+
+
 @utility("firing_rate", ("fire",))
 def firing_rate(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """P(h_i > 0) over examples and positions (SNR's firing rate, SPEC S8)."""

@@ -98,3 +98,21 @@ def test_scatters_of_many_units_are_rasterised_in_the_svg(tmp_path):
         assert points.get_rasterized() is raster
     figures.save(figure, tmp_path / "scatter.png")
     assert (tmp_path / "scatter.svg").stat().st_size < 2_000_000  # 3000 points as one bitmap, not 3000 paths
+
+
+def test_growth_scatter_compares_newborn_and_mature_units_of_checkpoints_with_ages():
+    rng = np.random.default_rng(2)
+    n = 40
+    age = np.r_[rng.integers(0, 10, 10), rng.integers(200, 900, 30)]
+    units = pd.DataFrame({"checkpoint": "c", "layer": "a", "unit": range(n), "age": age.astype(float),
+                          "mature": age > 100, "deviation": rng.random(n) + 0.1, "loss_gradient": rng.random(n) + 0.1,
+                          "shock_l1": rng.random(n)})
+    checkpoints = pd.DataFrame({"checkpoint": ["c"], "family": ["F+cbp"], "step": [3.0]})
+    ax = figures.growth_scatter(units, checkpoints).axes[0]
+    newborn, mature = units[~units["mature"]], units[units["mature"]]
+    assert ax.get_title().splitlines() == [
+        "F+cbp",
+        f"newborn (n=10): median {newborn['deviation'].median():.2g} fwd, {newborn['loss_gradient'].median():.2g} bwd",
+        f"mature (n=30): median {mature['deviation'].median():.2g} fwd, {mature['loss_gradient'].median():.2g} bwd"]
+    assert len(ax.collections[0].get_offsets()) == n
+    assert figures.growth_scatter(units.assign(age=np.nan), checkpoints) is None

@@ -352,3 +352,39 @@ def block_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure |
         ax.set_xlabel("block (input to output)" if i == len(families) - 1 else "", fontsize=8)
     _utility_legend(figure, utilities)
     return figure
+
+
+def growth_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
+    """Forward activity E|h - r| (`deviation`) against backward signal E|dL/dh| (`loss_gradient`) per unit, coloured
+    by its age, one panel per family whose checkpoints store ages (CBP): are newborn units (age <= maturity)
+    forward-active but backward-starved (SPEC S8)? Each panel gives the median of both for newborn and mature units.
+    None without ages or without both utilities."""
+    need = {"deviation", "loss_gradient", "age", "mature"}
+    if not need <= set(units.columns) or units["age"].notna().sum() == 0:
+        return None
+    data = with_checkpoint_info(units.dropna(subset=["age", "deviation", "loss_gradient"]), checkpoints)
+    data = data[(data["deviation"] > 0) & (data["loss_gradient"] > 0)]
+    families = sorted(data["family"].unique())
+    if not families:
+        return None
+    figure, axes = _panels(1, len(families), 4.2, 3.4)
+    for ax, family in zip(axes.flat, families, strict=True):
+        panel = data[data["family"] == family]
+        points = ax.scatter(panel["deviation"], panel["loss_gradient"], c=np.log10(panel["age"] + 1), s=8,
+                            cmap="magma_r", alpha=0.6, linewidths=0, rasterized=len(panel) > RASTER_POINTS)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # decades and plain labels: a narrow log range crowds minor labels
+            axis.set_minor_formatter(NullFormatter())
+        mature = panel["mature"].astype(bool)
+        lines = [f"{label} (n={len(g)}): median {g['deviation'].median():.2g} fwd, "
+                 f"{g['loss_gradient'].median():.2g} bwd"
+                 for label, g in (("newborn", panel[~mature]), ("mature", panel[mature])) if len(g)]
+        ax.set_title("\n".join([family, *lines]), fontsize=8)
+        ax.set_xlabel("forward activity E|h − r| (log)", fontsize=8)
+        ax.set_ylabel("backward signal E|∂L/∂h| (log)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    bar = figure.colorbar(points, ax=axes, shrink=0.7)
+    bar.set_label("unit age, log10(steps + 1)", fontsize=8)
+    return figure
+

@@ -57,6 +57,9 @@ FIGURE_CAPTIONS = {
                      "checkpoints: where in the network each utility ranks well (blank: not applicable to that layer).",
     "block_spearman": "Spearman ρ within each transformer block's MLP neurons and attention heads per utility "
                       "(mean ± SE over a family's checkpoints): does a utility stay reliable in deep blocks (SPEC S9)?",
+    "growth": "Growth diagnostic on checkpoints that store unit ages (CBP): each unit's forward activity E|h − r| "
+              "against its backward signal E|∂L/∂h|, coloured by age, with the medians of newborn (age ≤ maturity) "
+              "and mature units: are newborn units forward-active but backward-starved (SPEC S8)?",
     "shock_vs_q": "Shock@q on the common scope against q (recomputed from units.csv): how the damage grows with the "
                   "fraction reset. The oracle is dashed.",
 }
@@ -160,7 +163,8 @@ def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFram
               for metric in dict.fromkeys(summary["metric"])}
     drawn |= {"shock_vs_step": figures.shock_vs_step(common, q_label(q)),
               "layer_heatmap": figures.layer_heatmap(summary, tables["checkpoints"]),
-              "block_spearman": figures.block_spearman(summary, tables["checkpoints"])}
+              "block_spearman": figures.block_spearman(summary, tables["checkpoints"]),
+              "growth": figures.growth_scatter(tables["units"], tables["checkpoints"])}
     if sweep_common is not None:
         drawn["shock_vs_q"] = figures.shock_vs_q(sweep_common)
     return {name: figure for name, figure in drawn.items() if figure is not None}
