@@ -249,6 +249,35 @@ def forward_rate(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / seconds
 
 
+def sampled_engines(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.Tensor, chosen: dict,
+                    max_memory: int | None) -> dict:
+    """Plain vs fast engine on the units `chosen` (`assay.sample_units`: every unit of a layer it leaves out), the
+    FLOP bound at the rate of the model's own forward, the fast engine's peak RSS growth and the agreement."""
+    counts = {layer.name: len(chosen.get(layer.name, range(layer.n_units))) for layer in layers}
+    n_units = sum(counts.values())
+
+    def run(engine: str) -> dict:
+        return unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine=engine, units=chosen,
+                           max_memory=max_memory)
+
+    run("fast")  # one-time tracing and imports
+    plain, t_plain = timed(lambda: run("plain"))
+    rss = PeakRSS()
+    with rss.measure():
+        fast, t_fast = timed(lambda: run("fast"))
+    rate = forward_rate(model, probe_x)
+    per_unit = flop_bound(model, layers, refs, probe_x, per_layer=True)
+    t_bound = sum(per_unit[name] * count for name, count in counts.items()) / rate
+    return {
+        "units": n_units, "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
+        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
+        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
+        "forward_gflops": rate / 1e9, "peak_rss_mb": rss.peak / 1e6,
+        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
+                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+    }
+
+
 def resnet18_benchmark(quick: bool, max_memory: int | None) -> dict:
     """torchvision's ResNet-18 layout (examples/resnet18.py) at CIFAR size, found by tracing: one unit layer
     per stage, a seeded sample of units in each, P probe inputs; fast vs plain vs the FLOP bound."""
@@ -262,27 +291,10 @@ def resnet18_benchmark(quick: bool, max_memory: int | None) -> dict:
     layers = unit_layers(model, calib_x[:2], list(names))
     refs = unit_references(model, layers, calib_x)
     chosen = sample_units(layers, per_layer, seed=0)
-    n_units = sum(len(chosen.get(layer.name, range(layer.n_units))) for layer in layers)
-
-    def run(engine: str) -> dict:
-        return unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine=engine, units=chosen,
-                           max_memory=max_memory)
-
-    run("fast")  # one-time tracing and imports
-    plain, t_plain = timed(lambda: run("plain"))
-    fast, t_fast = timed(lambda: run("fast"))
-    rate = forward_rate(model, probe_x)
-    per_unit = flop_bound(model, layers, refs, probe_x, per_layer=True)
-    t_bound = sum(per_unit[layer.name] * len(chosen.get(layer.name, range(layer.n_units))) for layer in layers) / rate
+    timings = sampled_engines(model, layers, refs, probe_x, chosen, max_memory)
     return {
         "model": f"ResNet-18 (torchvision layout) at 3x32x32, {len(layers)} unit layers, {per_layer} sampled units "
-                 "each", "probe": p, "units": n_units, "layers": [layer.name for layer in layers],
-        "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
-        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
-        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
-        "forward_gflops": rate / 1e9,
-        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
-                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+                 "each", "probe": p, "layers": [layer.name for layer in layers], **timings,
     }
 
 
@@ -299,29 +311,10 @@ def transformer_benchmark(quick: bool, max_memory: int | None) -> dict:
     layers = unit_layers(model, calib_x[:2])
     refs = unit_references(model, layers, calib_x)
     chosen = sample_units(layers, per_layer, seed=0)
-    n_units = sum(len(chosen.get(layer.name, range(layer.n_units))) for layer in layers)
-
-    def run(engine: str) -> dict:
-        return unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine=engine, units=chosen,
-                           max_memory=budget)
-
-    run("fast")  # one-time tracing and imports
-    plain, t_plain = timed(lambda: run("plain"))
-    rss = PeakRSS()
-    with rss.measure():
-        fast, t_fast = timed(lambda: run("fast"))
-    rate = forward_rate(model, probe_x)
-    per_unit = flop_bound(model, layers, refs, probe_x, per_layer=True)
-    t_bound = sum(per_unit[layer.name] * len(chosen.get(layer.name, range(layer.n_units))) for layer in layers) / rate
     return {
         "model": f"zoo transformer d_model {d_model}, {blocks} blocks, 4 heads; every head and {per_layer} sampled "
-                 f"MLP neurons per block, sequences of {length} tokens", "probe": p, "units": n_units,
-        "seconds": {"plain": t_plain, "fast": t_fast, "flop_bound": t_bound},
-        "units_per_s": {"plain": n_units / t_plain, "fast": n_units / t_fast, "flop_bound": n_units / t_bound},
-        "ratios": {"fast_vs_plain": t_plain / t_fast, "fast_over_bound": t_fast / t_bound},
-        "forward_gflops": rate / 1e9, "max_memory_mb": budget / 1e6, "peak_rss_mb": rss.peak / 1e6,
-        "max_rel_diff": {"fast_vs_plain_l1": max_rel_diff(plain["l1"], fast["l1"]),
-                         "fast_vs_plain_kl": max_rel_diff(plain["kl"], fast["kl"])},
+                 f"MLP neurons per block, sequences of {length} tokens", "probe": p, "max_memory_mb": budget / 1e6,
+        **sampled_engines(model, layers, refs, probe_x, chosen, budget),
     }
 
 

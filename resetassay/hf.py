@@ -29,15 +29,12 @@ from torch import nn
 
 from resetassay.attention import HeadTap
 from resetassay.errors import BadInputError
+from resetassay.taps import Declared, UnitTap
 from resetassay.units import WEIGHTED, UnitLayerSpec, dense_weight, is_conv1d
 
 ATTENTION_OUT = ("o_proj", "c_proj", "out_proj", "dense")
 MLP_OUT = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out")
 MLP_IN = ("c_fc", "fc1", "up_proj", "dense_h_to_4h", "fc_in")
-
-
-class NeuronTap(nn.Identity):
-    """Where hooks see an MLP's neurons, the input of its output projection (SPEC S9)."""
 
 
 class _ThroughTap:
@@ -49,16 +46,6 @@ class _ThroughTap:
 
     def __call__(self, _module: nn.Module, args: tuple) -> tuple:
         return (self.tap(args[0]), *args[1:])
-
-
-class _Specs:
-    """`unit_layer_specs` of a tapped copy (an object, so that a deep copy keeps them)."""
-
-    def __init__(self, specs: list[UnitLayerSpec]):
-        self.specs = specs
-
-    def __call__(self) -> list[UnitLayerSpec]:
-        return list(self.specs)
 
 
 def is_transformers_model(model: nn.Module) -> bool:
@@ -121,9 +108,9 @@ def transformers_taps(model: nn.Module) -> nn.Module | None:
         if hasattr(owner, field):
             raise BadInputError(f"{path}.{field} already exists in {type(model).__name__}: cannot tap its units; "
                                 "give the model a unit_layer_specs() method")
-        tap = HeadTap(spec.heads) if spec.heads else NeuronTap()
+        tap = HeadTap(spec.heads) if spec.heads else UnitTap()
         owner.add_module(field, tap)
         getattr(owner, projection).register_forward_pre_hook(_ThroughTap(tap))
-    tapped.unit_layer_specs = _Specs([spec for *_, spec in sites])
+    tapped.unit_layer_specs = Declared([spec for *_, spec in sites])
     tapped.discovery_route = "transformers"
     return tapped

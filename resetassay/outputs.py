@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -114,17 +114,25 @@ def select_output(model: nn.Module, output: str | None, example: torch.Tensor | 
 
 
 def _selecting(model: nn.Module, path: str) -> nn.Module:
-    """A shallow copy of `model` (sharing its modules, parameters and buffers) whose class is a subclass of the
-    model's with a forward that returns `pick(original forward, path)`."""
+    """`model` returning `pick(original forward, path)` (`with_forward`)."""
+    return with_forward(model, lambda self, inner, *args, **kwargs: pick(inner(*args, **kwargs), self.output_path),
+                        output_path=path)
+
+
+def with_forward(model: nn.Module, forward: Callable[..., object], **attrs: object) -> nn.Module:
+    """A shallow copy of `model` (sharing its modules, parameters and buffers, so names, state-dict keys, hooks and
+    torch.fx see the model) whose class is a subclass of the model's with forward `forward(self, inner, *args,
+    **kwargs)`, `inner` the model's own forward; `attrs` are set on the copy."""
     base = type(model)
 
     @functools.wraps(base.forward)  # the original signature, which torch.fx reads to name its placeholders
-    def forward(self: nn.Module, *args: object, **kwargs: object) -> object:
-        return pick(super(selected, self).forward(*args, **kwargs), self.output_path)
+    def wrapped(self: nn.Module, *args: object, **kwargs: object) -> object:
+        return forward(self, super(subclass, self).forward, *args, **kwargs)
 
-    selected = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+    subclass = type(base.__name__, (base,), {"forward": wrapped, "__module__": base.__module__,
                                              "__qualname__": base.__qualname__})
     view = copy.copy(model)
-    view.__class__ = selected
-    view.output_path = path
+    view.__class__ = subclass
+    for key, value in attrs.items():
+        setattr(view, key, value)
     return view

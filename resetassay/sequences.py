@@ -13,15 +13,15 @@ real ids only (`padded_tokens`: pads become id 0, masked out by `attention_mask`
 
 from __future__ import annotations
 
-import copy
-import functools
 import inspect
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resetassay.errors import BadInputError
+from resetassay.outputs import with_forward
 
 IGNORE = -100
 PAD = -1
@@ -106,16 +106,11 @@ def padded_tokens(model: nn.Module, examples: list[torch.Tensor]) -> nn.Module:
     if not masked and any(bool((m[:, 1:] > m[:, :-1]).any()) for m in masks):
         raise BadInputError(f"{type(model).__name__} takes no attention_mask, so only right padding (pads after the "
                             "tokens) can be assayed; pad the sequences on the right")
-    base = type(model)
 
-    @functools.wraps(base.forward)
-    def forward(self: nn.Module, ids: torch.Tensor, *args: object, **kwargs: object) -> object:
+    def forward(self: nn.Module, inner: Callable[..., object], ids: torch.Tensor, *args: object,
+                **kwargs: object) -> object:
         if masked:
             kwargs["attention_mask"] = (ids >= 0).to(torch.long)
-        return super(padded, self).forward(ids.clamp(min=0), *args, **kwargs)
+        return inner(ids.clamp(min=0), *args, **kwargs)
 
-    padded = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
-                                           "__qualname__": base.__qualname__})
-    view = copy.copy(model)
-    view.__class__ = padded
-    return view
+    return with_forward(model, forward)

@@ -314,8 +314,9 @@ def _is_symbolic(node: fx.Node) -> bool:
 HOOK_NOTE = "found by forward hooks: producer/consumer not traced"
 
 
-class _Declared:
-    """`unit_layer_specs` of a hook-tapped model: the specs found by its dry run (a deep copy keeps them)."""
+class Declared:
+    """`unit_layer_specs` of a tapped copy (hooks here, module names in hf.py): the specs found for it, kept by a
+    deep copy."""
 
     def __init__(self, specs: list[UnitLayerSpec]):
         self.specs = specs
@@ -421,7 +422,7 @@ def hook_taps(model: nn.Module, example: torch.Tensor) -> nn.Module:
             continue
         label = f"{name}@{k}" if len(outputs[name]) > 1 else name
         specs.append(UnitLayerSpec(label, None, None, producer_note=HOOK_NOTE, consumer_note=HOOK_NOTE))
-    tapped.unit_layer_specs = _Declared(specs)
+    tapped.unit_layer_specs = Declared(specs)
     tapped.discovery_route = "hooks"
     return tapped
 

@@ -60,6 +60,16 @@ def _ids(n: int = 12, t: int = 7, vocab: int = 20) -> torch.Tensor:
     return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(1))
 
 
+def _tapped(factory):
+    """A seeded model in eval mode, 24 token sequences, its tapped copy, unit layers and references (first 12)."""
+    torch.manual_seed(0)
+    model = factory().eval()
+    ids = _ids(24)
+    tapped = tap_unit_layers(model, ids[:2])
+    layers = unit_layers(tapped, ids[:2])
+    return model, ids, tapped, layers, unit_references(tapped, layers, ids[:12])
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("norm_first, activation", [(False, "relu"), (True, "gelu")])
 def test_encoder_lm_is_unfused_equal_and_its_heads_and_neurons_found(batch_first, norm_first, activation):
@@ -81,12 +91,7 @@ def test_encoder_lm_is_unfused_equal_and_its_heads_and_neurons_found(batch_first
 
 
 def test_lesions_of_encoder_heads_are_never_skipped_and_fast_equals_plain():
-    torch.manual_seed(0)
-    model = EncoderLM().eval()
-    ids = _ids(24)
-    tapped = tap_unit_layers(model, ids[:2])
-    layers = unit_layers(tapped, ids[:2])
-    refs = unit_references(tapped, layers, ids[:12])
+    model, ids, tapped, layers, refs = _tapped(EncoderLM)
     shocks = assert_fast_equals_plain(tapped, layers, refs, ids[12:])
     for layer in layers:
         assert (shocks["l1"][layer.name] > 0).all(), layer.name
@@ -186,14 +191,9 @@ class HandGPT(nn.Module):
 
 
 def test_hand_written_attention_gets_its_heads_tapped_by_name():
-    torch.manual_seed(0)
-    model = HandGPT().eval()
-    ids = _ids(24)
-    tapped = tap_unit_layers(model, ids[:2])
-    layers = unit_layers(tapped, ids[:2])
+    model, ids, tapped, layers, refs = _tapped(HandGPT)
     assert [(la.name, la.kind, la.n_units) for la in layers] == [("attn.heads", "head", 4), ("gelu@0", "token", 64)]
     assert layers[0].consumer is model.attn.c_proj and layers[1].producer is model.fc
-    refs = unit_references(tapped, layers, ids[:12])
     shocks = assert_fast_equals_plain(tapped, layers, refs, ids[12:])
     assert (shocks["l1"]["attn.heads"] > 0).all()
     # clamping head 2 by the tap equals setting that head's slice of c_proj's input by hand
