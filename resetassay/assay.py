@@ -306,6 +306,129 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
     return pd.concat(frames, ignore_index=True)
 
 
+LESION_CHUNK = 256  # units per lesion work item: chunks never depend on the number of ranks (shard.py)
+
+
+@dataclass
+class Prepared:
+    """One model made ready for the assay (SPEC S1): on its device in eval mode, its logits selected, its unit
+    layers found and given their stored state, the data as tensors and the unlesioned probe logits `base`."""
+
+    name: str
+    model: nn.Module
+    layers: list[UnitLayer]
+    config: AssayConfig
+    calib_x: torch.Tensor
+    calib_y: torch.Tensor
+    probe_x: torch.Tensor
+    probe_y: torch.Tensor
+    base: torch.Tensor
+    clock: StageClock
+
+    @property
+    def maturity(self) -> int:
+        return self.config.maturity if self.config.maturity is not None else 0
+
+    @cached_property
+    def chosen(self) -> UnitChoice | None:
+        """The units lesioned one by one: every unit, or a seeded sample (`--units-per-layer`)."""
+        return sample_units(self.layers, self.config.units_per_layer, self.config.seed)
+
+    def chunks(self) -> list[LesionChunk]:
+        """The lesion work items of this model, layer by layer: at most LESION_CHUNK units each, in unit order."""
+        return [LesionChunk(layer.name, i // LESION_CHUNK, units[i:i + LESION_CHUNK])
+                for layer in self.layers for units in [lesioned_units(layer, self.chosen)]
+                for i in range(0, len(units), LESION_CHUNK)]
+
+
+@dataclass(frozen=True)
+class LesionChunk:
+    """One lesion work item (DESIGN "Beyond one machine"): `units` of `layer`, each clamped alone."""
+
+    layer: str
+    index: int
+    units: torch.Tensor
+
+
+@dataclass
+class Calibration:
+    """What the calibration set gives a model (SPEC S2, S3): references, utility scores and the utilities that do
+    not apply to a layer, with the reason."""
+
+    refs: Refs
+    scores: Scores
+    not_applicable: dict[tuple[str, str], str]
+
+
+def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig, name: str = "model",
+            state: dict[str, torch.Tensor] | None = None) -> Prepared:
+    """Make `model` ready for the assay: move it, select its logits, find its unit layers (taps.py), attach their
+    stored state and compute the probe logits, refused when not finite."""
+    device = resolve_device(config.device)
+    calib_x, calib_y = _loader_tensors(calib)
+    probe_x, probe_y = _loader_tensors(probe)
+    model = model.to(device).eval()
+    padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
+    if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
+        model = sequences.padded_tokens(model, padded)
+    model = select_output(model, config.output, calib_x[:2].to(device))
+    model = tap_unit_layers(model, calib_x[:2].to(device))
+    found = unit_layers(model, calib_x[:2].to(device), config.layers)
+    attach_state(found, state or {}, f"{name}/state.safetensors")
+    clock = StageClock()
+    with clock("probe logits"):
+        base = probe_logits(model, probe_x, config.batch_size)
+    if not torch.isfinite(base).all():
+        raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
+                                 "(a diverged training run?)")
+    return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock)
+
+
+def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
+    """References and utility scores of every unit on the calibration set (SPEC S2, S3)."""
+    config, calib_y = p.config, p.calib_y
+    if config.target == "predicted":  # the model's own class (next token) in place of the label (SPEC S3)
+        calib_y = sequences.predicted_targets(probe_logits(p.model, p.calib_x, config.batch_size), calib_y)
+    with p.clock("references"):
+        refs = unit_references(p.model, p.layers, p.calib_x, config.reference, config.batch_size)
+    with p.clock("utilities"):
+        stats = calibration_stats(p.model, p.layers, p.calib_x, calib_y, refs, needed_ingredients(config.utilities),
+                                  config.batch_size, config.seed, _counter(progress, f"calibration {p.name}",
+                                                                            len(p.calib_x)), config.max_classes)
+        scores, na = unit_scores(config.utilities, p.layers, stats)
+    return Calibration(refs, scores, na)
+
+
+def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[[int], None] | None = None,
+                 ) -> dict[str, torch.Tensor]:
+    """Shock per metric `(len(chunk.units),)` of each unit of one work item clamped alone (SPEC S4)."""
+    layer = next(layer for layer in p.layers if layer.name == chunk.layer)
+    config = p.config
+    with p.clock("lesions"):
+        shocks = unit_shocks(p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine, base=p.base,
+                             batch_size=config.batch_size, max_memory=config.max_memory,
+                             units={layer.name: chunk.units}, advance=advance)
+    return {metric: per_layer[layer.name] for metric, per_layer in shocks.items()}
+
+
+def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]]) -> AssayResult:
+    """The tables of one model from its calibration and the shocks of its chunks (in `p.chunks()` order): the
+    UnitTable, joint lesions and the SummaryTable (SPEC S4, S5)."""
+    config, chunks = p.config, p.chunks()
+    joined: Shocks = {m: {layer.name: torch.cat([s[m] for c, s in zip(chunks, shocks, strict=True)
+                                                 if c.layer == layer.name] or [torch.zeros(0, dtype=torch.float64)])
+                          for layer in p.layers} for m in config.metrics}
+    units = _unit_table(p.name, p.layers, cal.refs, cal.scores, joined, p.maturity, p.chosen)
+    with p.clock("joint lesions"):
+        joint = _joint_shock_at_q(p.model, p.layers, cal.refs, units, p.probe_x, p.base, config) if config.joint else {}
+    notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
+                          for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
+    with p.clock("summary"):
+        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
+    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y)}])
+    return AssayResult(units, summary, notes, accuracy, config, timings={p.name: p.clock.seconds})
+
+
 def assay_model(
     model: nn.Module,
     calib: object,
@@ -349,49 +472,11 @@ def assay_model(
     config = config or AssayConfig()
     if layers is not None:
         config = replace(config, layers=layers)
-    device = resolve_device(config.device)
-    calib_x, calib_y = _loader_tensors(calib)
-    probe_x, probe_y = _loader_tensors(probe)
-    model = model.to(device).eval()
-    padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
-    if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
-        model = sequences.padded_tokens(model, padded)
-    model = select_output(model, config.output, calib_x[:2].to(device))
-    model = tap_unit_layers(model, calib_x[:2].to(device))
-    found = unit_layers(model, calib_x[:2].to(device), config.layers)
-    attach_state(found, state or {}, f"{name}/state.safetensors")
-    maturity = config.maturity if config.maturity is not None else 0
-
-    clock = StageClock()
-    with clock("probe logits"):
-        base = probe_logits(model, probe_x, config.batch_size)
-    if not torch.isfinite(base).all():
-        raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
-                                 "(a diverged training run?)")
-    if config.target == "predicted":  # the model's own class (next token) in place of the label (SPEC S3)
-        calib_y = sequences.predicted_targets(probe_logits(model, calib_x, config.batch_size), calib_y)
-    with clock("references"):
-        refs = unit_references(model, found, calib_x, config.reference, config.batch_size)
-    with clock("utilities"):
-        stats = calibration_stats(model, found, calib_x, calib_y, refs, needed_ingredients(config.utilities),
-                                  config.batch_size, config.seed, _counter(progress, f"calibration {name}",
-                                                                            len(calib_x)), config.max_classes)
-        scores, na = unit_scores(config.utilities, found, stats)
-    chosen = sample_units(found, config.units_per_layer, config.seed)
-    with clock("lesions"):
-        total = sum(len(lesioned_units(layer, chosen)) for layer in found)
-        shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
-                             batch_size=config.batch_size, max_memory=config.max_memory, units=chosen,
-                             advance=_counter(progress, f"lesions {name}", total))
-    units = _unit_table(name, found, refs, scores, shocks, maturity, chosen)
-    with clock("joint lesions"):
-        joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
-    notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
-                          for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
-    with clock("summary"):
-        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
-    accuracy = pd.DataFrame([{"checkpoint": name, "probe_accuracy": sequences.accuracy(base, probe_y)}])
-    return AssayResult(units, summary, notes, accuracy, config, timings={name: clock.seconds})
+    p = prepare(model, calib, probe, config, name, state)
+    cal = calibrate(p, progress)
+    chunks = p.chunks()
+    advance = _counter(progress, f"lesions {name}", sum(len(c.units) for c in chunks))
+    return finish(p, cal, [lesion_chunk(p, cal.refs, chunk, advance) for chunk in chunks])
 
 
 def _counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
@@ -453,6 +538,49 @@ def assay_checkpoint(
     progress: Progress | None = None,
 ) -> AssayResult:
     """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`)."""
+    inputs = checkpoint_inputs(ckpt, config, data)
+    result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
+                         state=ckpt.state, progress=progress)
+    result.checkpoints = inputs.row(result.checkpoints["probe_accuracy"].iloc[0])
+    return result
+
+
+@dataclass
+class CheckpointInputs:
+    """What assaying one checkpoint needs besides its model: its data split, its spec and the config, with the
+    maturity the checkpoint records when the config sets none."""
+
+    ckpt: Checkpoint
+    spec: DataSpec
+    split: AssayData
+    config: AssayConfig
+
+    @property
+    def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.calib_x, self.split.calib_y
+
+    @property
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.probe_x, self.split.probe_y
+
+    def prepare(self) -> Prepared:
+        """The checkpoint's model made ready for the assay (`prepare`)."""
+        return prepare(self.ckpt.model, self.calib, self.probe, self.config, self.ckpt.info.name, self.ckpt.state)
+
+    def row(self, probe_accuracy: float) -> pd.DataFrame:
+        """The checkpoint's row of checkpoints.csv: path, family, step, data and split, probe accuracy."""
+        info = self.ckpt.info
+        return pd.DataFrame([{
+            "checkpoint": info.name, "path": str(info.path), "family": info.family, "factory": info.factory,
+            "step": _step_value(info.step), "train_seed": info.meta.get("seed"),
+            **{f"data_{k}": v for k, v in self.spec.to_dict().items()},
+            **{f"split_{k}": v for k, v in self.split.provenance.items()},
+            "probe_accuracy": probe_accuracy,
+        }])
+
+
+def checkpoint_inputs(ckpt: Checkpoint, config: AssayConfig, data: DataSpec | None = None) -> CheckpointInputs:
+    """The data split of a checkpoint's own data record (or `data`), seeded by the config (SPEC S1)."""
     spec = data or ckpt.info.data
     if spec is None:
         raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
@@ -467,19 +595,10 @@ def assay_checkpoint(
             raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
                                 "record, or pass --data/--data-dir") from err
     for w in caught:
-        warnings.warn(w.message, stacklevel=2)
+        warnings.warn(w.message, stacklevel=3)
     if config.maturity is None and "maturity" in ckpt.info.meta:
         config = replace(config, maturity=int(ckpt.info.meta["maturity"]))
-    result = assay_model(ckpt.model, (split.calib_x, split.calib_y), (split.probe_x, split.probe_y),
-                         config=config, name=ckpt.info.name, state=ckpt.state, progress=progress)
-    info = {
-        "checkpoint": ckpt.info.name, "path": str(ckpt.info.path), "family": ckpt.info.family,
-        "factory": ckpt.info.factory, "step": _step_value(ckpt.info.step), "train_seed": ckpt.info.meta.get("seed"),
-        **{f"data_{k}": v for k, v in spec.to_dict().items()},
-        **{f"split_{k}": v for k, v in split.provenance.items()},
-    }
-    result.checkpoints = pd.DataFrame([{**info, "probe_accuracy": result.checkpoints["probe_accuracy"].iloc[0]}])
-    return result
+    return CheckpointInputs(ckpt, spec, split, config)
 
 
 def checkpoint_layers(

@@ -196,8 +196,10 @@ def run(
     from resetassay.lesion.fast import parse_bytes
     from resetassay.run import run_assay
     from resetassay.rundir import RunInterrupted, failure_exit_code
+    from resetassay.shard import launch_from_env
     from resetassay.tracking import backend_names, log_run
 
+    rank = launch_from_env()  # under torchrun: join the launch; rank 0 prints, merges and reports
     try:
         trackers = backend_names(log)  # a tracker that is not installed fails before any work
         config = AssayConfig(
@@ -224,6 +226,8 @@ def run(
         err.print(str(e), highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     code = failure_exit_code(result.failures)
+    if rank != 0:
+        raise typer.Exit(code)
     if len(result.units):
         pooled = result.summary[(result.summary["scope"] == ALL) & (result.summary["metric"] == config.metrics[0])]
         table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")

@@ -3,7 +3,8 @@
 `run_assay` assays every checkpoint under its paths with `assay.assay_checkpoint`. With `out` the
 run is resumable: each checkpoint's tables are saved into OUT/parts as it finishes (`rundir.RunParts`)
 under a key made of the run's identity (`run_identity`: what decides the numbers) and the
-checkpoint's files, so a rerun skips finished checkpoints and never mixes two configs.
+checkpoint's files, so a rerun skips finished checkpoints and never mixes two configs. Under torchrun
+(a process group of two or more ranks) the ranks share the work item by item (shard.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, resolve_device, versions
-from resetassay.checkpoint import find_checkpoints, import_factory, load_checkpoint
+from resetassay.assay import (
+    AssayConfig,
+    AssayResult,
+    CheckpointInputs,
+    assay_checkpoint,
+    checkpoint_inputs,
+    resolve_device,
+    versions,
+)
+from resetassay.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
 from resetassay.data import DataChoice, DataSpec
 from resetassay.errors import BadInputError
 from resetassay.names import FAILURE_COLUMNS
@@ -32,6 +41,7 @@ from resetassay.rundir import (
     file_sha256,
     write_failures,
 )
+from resetassay.shard import World, assay_sharded, current_world
 
 
 class CheckpointFailure(UserWarning):
@@ -167,22 +177,67 @@ def run_assay(
     choice = DataChoice.replacing(data) if isinstance(data, DataSpec) else data or DataChoice()
     inputs = {"model": model, "model_kwargs": model_kwargs, "data": choice.to_dict()}
     identity = run_identity(config, inputs)
-    store = RunParts(_out_dir(out), identity, overwrite) if out is not None else None
+    world = current_world()
+    if world is not None and out is None:
+        raise BadInputError("--out: a torchrun launch needs a run directory, which its ranks share (on a shared "
+                            "filesystem across nodes); pass --out", flag="--out")
+    store = _open_store(world, out, identity, overwrite)
+    opener = _Opener(config, model, model_kwargs, choice)
     try:
-        return _assay_all(found, config, identity, inputs, paths, model, model_kwargs, choice, progress, store,
-                          say, fail, table_format)
+        return _assay_all(found, config, identity, inputs, paths, opener, progress, store, say, fail, table_format,
+                          world)
     finally:
         if store is not None:
             store.close()
 
 
+def _open_store(world: World | None, out: str | Path | None, identity: dict, overwrite: bool) -> RunParts | None:
+    """The run directory's parts: opened (locked, checked) by this process, or under torchrun by rank 0, whose
+    refusal every rank raises."""
+    if out is None:
+        return None
+    if world is None:
+        return RunParts(_out_dir(out), identity, overwrite)
+    store, refused = None, None
+    if world.rank == 0:
+        try:
+            store = RunParts(_out_dir(out), identity, overwrite)
+        except BadInputError as err:
+            refused = (str(err), err.flag)
+    first = world.gather(refused)[0]
+    if first is not None:
+        raise BadInputError(first[0], flag=first[1])
+    return store or RunParts(out, identity, owner=False)
+
+
+class _Opener:
+    """Loads one checkpoint and resolves the data it is assayed on (its own record, or what the flags ask)."""
+
+    def __init__(self, config: AssayConfig, model: str | None, model_kwargs: dict | None, data: DataChoice):
+        self.config, self.model, self.model_kwargs, self.data = config, model, model_kwargs, data
+
+    def load(self, path: Path, name: str, first: bool = True) -> tuple[Checkpoint, DataSpec | None]:
+        """The checkpoint and its data; a `DataReplaced` warning when a flag replaces its record (`first` time)."""
+        ckpt = load_checkpoint(path, name, self.model, self.model_kwargs)
+        spec, replaced = self.data.resolve(ckpt.info.data)
+        if replaced and first:
+            warnings.warn(f"{name}: {replaced}", DataReplaced, stacklevel=5)
+        return ckpt, spec
+
+    def __call__(self, path: Path, name: str, first: bool) -> CheckpointInputs:
+        """The checkpoint with its data split (shard.py's `Open`)."""
+        ckpt, spec = self.load(path, name, first)
+        return checkpoint_inputs(ckpt, self.config, spec)
+
+
 def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
-               model: str | None, model_kwargs: dict | None, data: DataChoice, progress: bool | Progress,
-               store: RunParts | None, say: Callable[[str], None], fail: Callable[[str], None],
-               table_format: str) -> AssayResult:
+               opener: _Opener, progress: bool | Progress, store: RunParts | None, say: Callable[[str], None],
+               fail: Callable[[str], None], table_format: str, world: World | None) -> AssayResult:
     """The body of `run_assay`, with the run directory (if any) open."""
+    lead = world is None or world.rank == 0  # the process that talks, merges and writes the report
+    say = say if lead else (lambda _text: None)
     out = store.out if store else None
-    sha256 = {name: checkpoint_sha256(path, model is not None) for path, name in found}
+    sha256 = {name: checkpoint_sha256(path, opener.model is not None) for path, name in found}
     keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
     parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
     if parts:
@@ -191,37 +246,17 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
     failures = []
     timings: dict[str, dict[str, float]] = {}
     try:
-        with rich_progress(progress is True) as bar:
-            report = bar if bar is not None else (progress if callable(progress) else None)
-            finished = len(parts)
-            if report:
-                report("checkpoints", finished, len(found))
-            for path, name in (item for item in found if item[1] not in parts):
-                try:
-                    start = time.perf_counter()
-                    ckpt = load_checkpoint(path, name, model, model_kwargs)
-                    sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
-                    loaded = round(time.perf_counter() - start, 4)
-                    spec, replaced = data.resolve(ckpt.info.data)
-                    if replaced:
-                        warnings.warn(f"{name}: {replaced}", DataReplaced, stacklevel=4)
-                    result = assay_checkpoint(ckpt, config, spec, report)
-                    timings[name] = {"load": loaded, **result.timings.get(name, {})}
-                except (BadInputError, FloatingPointError) as err:
-                    if isinstance(err, BadInputError) and err.flag:
-                        kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
-                        raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
-                    failures.append(failure_row(name, path, err))
-                    fail(str(err))
-                else:
-                    if store:
-                        keys[name] = store.key(name, path, sha256[name])
-                        parts[name] = store.save(keys[name], result.tables())
-                    else:
-                        parts[name] = result.tables()
-                finished += 1
-                if report:
-                    report("checkpoints", finished, len(found))
+        with rich_progress(progress is True and lead) as bar:
+            report = bar if bar is not None else (progress if callable(progress) and lead else None)
+            if world is not None:
+                done, failures, timings = assay_sharded(world, found, keys, store, opener, report, failure_row)
+                parts.update(done)
+                for row in failures if lead else []:
+                    fail(row["error"])
+                if not lead:  # rank 0 has written every finished part
+                    parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
+            else:
+                _assay_each(found, parts, keys, sha256, config, opener, report, store, failures, timings, fail)
         result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
         result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
         result.timings = timings
@@ -231,7 +266,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
             "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
                              "finished": name in parts} for path, name in found],
         }
-        if store is not None:
+        if store is not None and lead:
             others = store.count() - sum(store.has(key) for key in keys.values())
             if others > 0:
                 say(f"{out} also holds {others} checkpoint{'s' if others != 1 else ''} finished by earlier runs "
@@ -247,3 +282,38 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
         raise RunInterrupted(f"interrupted: {saved} of {len(found)} checkpoints saved in {out}; "
                              "rerun the same command to resume") from None
     return result
+
+
+def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: dict[str, str],
+                sha256: dict[str, dict[str, str]], config: AssayConfig, opener: _Opener, report: Progress | None,
+                store: RunParts | None, failures: list[dict], timings: dict[str, dict[str, float]],
+                fail: Callable[[str], None]) -> None:
+    """Assay the checkpoints not in `parts` one after another in this process, adding each to `parts` (and to
+    `store`) as it finishes, or to `failures`."""
+    out = store.out if store else None
+    finished = len(parts)
+    if report:
+        report("checkpoints", finished, len(found))
+    for path, name in (item for item in found if item[1] not in parts):
+        try:
+            start = time.perf_counter()
+            ckpt, spec = opener.load(path, name)
+            sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
+            loaded = round(time.perf_counter() - start, 4)
+            result = assay_checkpoint(ckpt, config, spec, report)
+            timings[name] = {"load": loaded, **result.timings.get(name, {})}
+        except (BadInputError, FloatingPointError) as err:
+            if isinstance(err, BadInputError) and err.flag:
+                kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
+                raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
+            failures.append(failure_row(name, path, err))
+            fail(str(err))
+        else:
+            if store:
+                keys[name] = store.key(name, path, sha256[name])
+                parts[name] = store.save(keys[name], result.tables())
+            else:
+                parts[name] = result.tables()
+        finished += 1
+        if report:
+            report("checkpoints", finished, len(found))

@@ -8,6 +8,8 @@
     OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
     OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text and their sha256
+    OUT/parts/<key>/*.safetensors   the work items of a checkpoint in flight under torchrun (shard.py):
+                              calibration.safetensors, lesions-<i>.safetensors; removed once its part is written
     OUT/.resetassay.lock      held (an OS file lock) by the one launch writing OUT; names its host and pid
 
 Every file is written to a temporary `.<name>.*`, flushed and renamed (`atomic_write`): a killed
@@ -16,7 +18,8 @@ is read by `read_table`, so a value reads back as it was written (only empty cel
 floats exactly). A parquet table holds exactly what its csv would read back as (`as_csv_reads`),
 so a run reads the same in either format, to the bit. Readers find a table by `table_path`: the
 format run.json records, else whichever file exists. Nothing here imports torch: report/ and
-check.py read runs without it (nor pyarrow, until a parquet table is written or read).
+check.py read runs without it (nor pyarrow, until a parquet table is written or read), except the work
+items of a sharded run, which hold tensors.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import tempfile
@@ -47,6 +51,7 @@ IDENTITY = "config.json"
 PART_FORMAT = "resetassay.part/1"
 LOCK = ".resetassay.lock"
 PART_NAME = re.compile(r"^[0-9a-f]{64}\.json$")  # a part's file name: its key
+ITEMS_NAME = re.compile(r"^[0-9a-f]{64}$")  # the folder of a checkpoint's work items: its key
 MAY_BE_EMPTY = ("notes", "checkpoints")  # an in-memory model has no checkpoint info; most runs have no notes
 # pandas < 3 parses floats exactly only when asked; pandas 3 always does and deprecates the argument.
 EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
@@ -343,13 +348,17 @@ class RunParts:
 
     Opening refuses a directory whose finished checkpoints were assayed with another identity, unless
     `overwrite`, which discards them first (only the files resetassay wrote there). `close()` releases the
-    lock; so does the end of the process.
+    lock; so does the end of the process. The other ranks of a torchrun launch open it with `owner=False`: they
+    share rank 0's lock and checks, and only read parts and write work items.
     """
 
-    def __init__(self, out: str | Path, identity: dict, overwrite: bool = False) -> None:
+    def __init__(self, out: str | Path, identity: dict, overwrite: bool = False, owner: bool = True) -> None:
         self.out = Path(out)
         self.parts = self.out / PARTS
         self.identity = {**identity, "hash": canonical_hash(identity)}
+        self._lock = None
+        if not owner:
+            return
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -358,9 +367,14 @@ class RunParts:
         self._lock = _own_lock(self.out)
         for temporary in self.parts.glob(".*"):  # left by a write that was killed
             temporary.unlink()
+        for items in self.parts.glob("*/.*"):
+            items.unlink()
         if overwrite:
             for part in self.finished():
                 part.unlink()
+            for items in self.parts.iterdir():
+                if ITEMS_NAME.match(items.name) and items.is_dir() and not items.is_symlink():
+                    shutil.rmtree(items)
             (self.parts / IDENTITY).unlink(missing_ok=True)
         stored = _read_json(self.parts / IDENTITY)
         if self.count() and (stored or {}).get("hash") != self.hash:
@@ -431,3 +445,39 @@ class RunParts:
         with interrupt_held():
             atomic_write(self.parts / f"{key}.json", json.dumps(part, indent=1) + "\n")
             return {name: read_table(text[name]) for name in TABLES}
+
+    def has_item(self, key: str, item: str) -> bool:
+        """Whether work item `item` of the checkpoint `key` is on disk (complete, as every file under its name)."""
+        return (self.parts / key / f"{item}.safetensors").exists()
+
+    def save_item(self, key: str, item: str, tensors: dict, meta: dict) -> None:
+        """Write one finished work item atomically: `tensors` (name -> torch.Tensor) and JSON `meta`."""
+        from safetensors.torch import save
+
+        (self.parts / key).mkdir(exist_ok=True)
+        data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+                    metadata={"meta": json.dumps(meta)})
+        with interrupt_held():
+            atomic_write(self.parts / key / f"{item}.safetensors", data)
+
+    def load_item(self, key: str, item: str) -> tuple[dict, dict] | None:
+        """The tensors and meta of a finished work item; None when absent or unreadable (then deleted, so that it
+        is done again)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self.parts / key / f"{item}.safetensors"
+        if not path.exists():
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+                meta = json.loads(f.metadata()["meta"])
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+            warnings.warn(f"{path}: unreadable work item ({err}); it is done again", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        return tensors, meta
+
+    def drop_items(self, key: str) -> None:
+        """Remove the work items of a checkpoint whose part is written."""
+        shutil.rmtree(self.parts / key, ignore_errors=True)
