@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,17 +31,22 @@ from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
 from resetassay.names import (
+    CBP_RESET,
     ENGINES,
     FAILURE_COLUMNS,
+    INTERVENTIONS,
     MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
     REFERENCES,
     TABLES,
     Engine,
+    Intervention,
     ReferenceKind,
+    clamp_column,
     utility_column,
 )
 from resetassay.outputs import select_output
@@ -89,6 +94,7 @@ class AssayConfig:
     output: str | None = None
     max_classes: int = 100
     target: str = "label"
+    intervention: Intervention = "clamp"
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -119,6 +125,9 @@ class AssayConfig:
         if self.reference not in REFERENCES:
             raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
                                 flag="--reference")
+        if self.intervention not in INTERVENTIONS:
+            raise BadInputError(f"--intervention {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
+                                flag="--intervention")
 
 
 @dataclass
@@ -127,7 +136,8 @@ class AssayResult:
 
     Attributes:
         units: UnitTable, one row per unit: checkpoint, layer, unit, mature, age, reference, one column per
-            utility, `shock_<metric>` per metric (SPEC S1-S4).
+            utility, `shock_<metric>` per metric (SPEC S1-S4): the shock of the config's intervention; with
+            cbp-reset also `clamp_<metric>`, the clamp's.
         summary: SummaryTable, per checkpoint x utility x metric x scope (ALL or a layer): Spearman ρ,
             Shock@q, oracle Shock@q, gap, ratio, overlap, joint Shock@q (SPEC S5).
         notes: utilities not applicable to a layer, with the reason. checkpoints: one row per checkpoint
@@ -283,8 +293,9 @@ def sample_units(layers: list[UnitLayer], per_layer: int | None, seed: int) -> U
 
 
 def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, shocks: Shocks,
-                maturity: int, units: UnitChoice | None = None) -> pd.DataFrame:
-    """One row per lesioned unit (all, or those of `units`), in layer and unit order."""
+                maturity: int, units: UnitChoice | None = None, clamp: Shocks | None = None) -> pd.DataFrame:
+    """One row per lesioned unit (all, or those of `units`), in layer and unit order; `clamp`: the clamp's shocks
+    beside a cbp-reset's (`clamp_<metric>`)."""
     frames = []
     for layer in layers:
         n = layer.n_units
@@ -302,6 +313,8 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
         frame = pd.DataFrame(cols).iloc[lesioned_units(layer, units).numpy()].reset_index(drop=True)
         for metric, per_layer in shocks.items():
             frame[f"shock_{metric}"] = per_layer[layer.name].tolist()
+        for metric, per_layer in (clamp or {}).items():
+            frame[clamp_column(metric)] = per_layer[layer.name].tolist()
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -359,6 +372,9 @@ def assay_model(
     model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
+    unresettable: dict[str, str] = {}
+    if config.intervention == CBP_RESET:  # only the layers CBP's reset can write (SPEC S7), the others get a note
+        found, unresettable = resettable_layers(model, found, name)
     attach_state(found, state or {}, f"{name}/state.safetensors")
     maturity = config.maturity if config.maturity is not None else 0
 
@@ -377,13 +393,16 @@ def assay_model(
                                   config.batch_size, config.seed, _counter(progress, f"calibration {name}",
                                                                             len(calib_x)), config.max_classes)
         scores, na = unit_scores(config.utilities, found, stats)
+    na |= {(CBP_RESET, layer): why for layer, why in unresettable.items()}
     chosen = sample_units(found, config.units_per_layer, config.seed)
     with clock("lesions"):
-        total = sum(len(lesioned_units(layer, chosen)) for layer in found)
-        shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
-                             batch_size=config.batch_size, max_memory=config.max_memory, units=chosen,
-                             advance=_counter(progress, f"lesions {name}", total))
-    units = _unit_table(name, found, refs, scores, shocks, maturity, chosen)
+        total = sum(len(lesioned_units(layer, chosen)) for layer in found) * (1 + (config.intervention == CBP_RESET))
+        lesion = partial(unit_shocks, model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
+                         batch_size=config.batch_size, max_memory=config.max_memory, units=chosen,
+                         advance=_counter(progress, f"lesions {name}", total), seed=config.seed)
+        shocks = lesion(intervention=config.intervention)
+        clamp = lesion() if config.intervention == CBP_RESET else None  # kept beside a reset's shocks
+    units = _unit_table(name, found, refs, scores, shocks, maturity, chosen, clamp)
     with clock("joint lesions"):
         joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
     notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
@@ -425,7 +444,7 @@ class StageClock:
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
                       probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig) -> dict[tuple[str, str], float]:
-    """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
+    """Joint Shock@q (SPEC S5): clamp (or reset) each utility's whole selection at once, all in one batch."""
     keys: list[tuple[str, str]] = []
     lesions: list[Lesion] = []
     for utility in config.utilities:
@@ -438,7 +457,8 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
     if not lesions:
         return {}
     values = joint_shocks(model, layers, refs, lesions, probe_x, config.metrics, engine=config.engine, base=base,
-                          batch_size=config.batch_size, max_memory=config.max_memory)
+                          batch_size=config.batch_size, max_memory=config.max_memory,
+                          intervention=config.intervention, seed=config.seed)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:
