@@ -10,6 +10,7 @@ Conv it does not. Float64 models: tolerances rtol 1e-6 (the issue's) or tighter.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -221,3 +222,22 @@ def test_report_tables_of_clamp_against_reset_match_a_hand_computation():
     for family, g in top.groupby("family"):
         want = units.loc[gap[units["family"] == family].nlargest(2).index]
         assert g[["checkpoint", "unit"]].values.tolist() == want[["checkpoint", "unit"]].values.tolist()
+
+
+def test_command_line_records_the_intervention_and_the_report_compares_clamp_and_reset(tmp_path):
+    from typer.testing import CliRunner
+
+    from resetassay.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(FIXTURES / "resnet" / "task2"), "--out", str(out), "--intervention",
+                                      "cbp-reset", "--utilities", "activation,oracle", "--metrics", "l1",
+                                      "--calib-size", "64", "--probe-size", "64", "--no-joint", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["config"]["intervention"] == "cbp-reset"
+    units = pd.read_csv(out / "units.csv")
+    assert {"shock_l1", "clamp_l1"} <= set(units.columns)
+    report = (out / "report.md").read_text()
+    assert "## Clamp against CBP reset" in report
+    assert "| task2 | stages.2.0.act1 |" in report  # the 2x2 maps of the last stage: all border
+    assert "cbp-reset | stem.act | read by stages.0.0.conv1 and by a residual skip" in report

@@ -46,10 +46,10 @@ def differing_units(units: pd.DataFrame, metric: str, top: int = TOP) -> pd.Data
     gap = (units[shock_column(metric)] - units[clamp_column(metric)]).abs()
     ranked = units.assign(_gap=gap).sort_values(["family", "_gap"], ascending=[True, False], kind="stable")
     table = ranked.groupby("family", sort=True).head(top)
+    reset, clamp = table[shock_column(metric)], table[clamp_column(metric)]
     table = pd.DataFrame({"family": table["family"], "checkpoint": table["checkpoint"], "layer": table["layer"],
-                          "unit": table["unit"], "clamp": table[clamp_column(metric)].round(4),
-                          "reset": table[shock_column(metric)].round(4),
-                          "reset / clamp": (table[shock_column(metric)] / table[clamp_column(metric)]).round(3)})
+                          "unit": table["unit"], "clamp": clamp.map("{:.4g}".format),
+                          "reset": reset.map("{:.4g}".format), "reset / clamp": (reset / clamp).map("{:.3f}".format)})
     return table.reset_index(drop=True)
 
 
