@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,17 +31,22 @@ from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
 from resetassay.names import (
+    CBP_RESET,
     ENGINES,
     FAILURE_COLUMNS,
+    INTERVENTIONS,
     MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
     REFERENCES,
     TABLES,
     Engine,
+    Intervention,
     ReferenceKind,
+    clamp_column,
     utility_column,
 )
 from resetassay.outputs import select_output
@@ -89,6 +94,7 @@ class AssayConfig:
     output: str | None = None
     max_classes: int = 100
     target: str = "label"
+    intervention: Intervention = "clamp"
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -119,6 +125,9 @@ class AssayConfig:
         if self.reference not in REFERENCES:
             raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
                                 flag="--reference")
+        if self.intervention not in INTERVENTIONS:
+            raise BadInputError(f"--intervention {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
+                                flag="--intervention")
 
 
 @dataclass
@@ -127,7 +136,8 @@ class AssayResult:
 
     Attributes:
         units: UnitTable, one row per unit: checkpoint, layer, unit, mature, age, reference, one column per
-            utility, `shock_<metric>` per metric (SPEC S1-S4).
+            utility, `shock_<metric>` per metric (SPEC S1-S4): the shock of the config's intervention; with
+            cbp-reset also `clamp_<metric>`, the clamp's.
         summary: SummaryTable, per checkpoint x utility x metric x scope (ALL or a layer): Spearman ρ,
             Shock@q, oracle Shock@q, gap, ratio, overlap, joint Shock@q (SPEC S5).
         notes: utilities not applicable to a layer, with the reason. checkpoints: one row per checkpoint
@@ -283,8 +293,9 @@ def sample_units(layers: list[UnitLayer], per_layer: int | None, seed: int) -> U
 
 
 def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, shocks: Shocks,
-                maturity: int, units: UnitChoice | None = None) -> pd.DataFrame:
-    """One row per lesioned unit (all, or those of `units`), in layer and unit order."""
+                maturity: int, units: UnitChoice | None = None, clamp: Shocks | None = None) -> pd.DataFrame:
+    """One row per lesioned unit (all, or those of `units`), in layer and unit order; `clamp`: the clamp's shocks
+    beside a cbp-reset's (`clamp_<metric>`)."""
     frames = []
     for layer in layers:
         n = layer.n_units
@@ -302,6 +313,8 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
         frame = pd.DataFrame(cols).iloc[lesioned_units(layer, units).numpy()].reset_index(drop=True)
         for metric, per_layer in shocks.items():
             frame[f"shock_{metric}"] = per_layer[layer.name].tolist()
+        for metric, per_layer in (clamp or {}).items():
+            frame[clamp_column(metric)] = per_layer[layer.name].tolist()
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -324,6 +337,7 @@ class Prepared:
     probe_y: torch.Tensor
     base: torch.Tensor
     clock: StageClock
+    unresettable: dict[str, str] = field(default_factory=dict)  # with cbp-reset: layers left out, with the reason
 
     @property
     def maturity(self) -> int:
@@ -374,6 +388,9 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
+    unresettable: dict[str, str] = {}
+    if config.intervention == CBP_RESET:  # only the layers CBP's reset can write (SPEC S7), the others get a note
+        found, unresettable = resettable_layers(model, found, name)
     attach_state(found, state or {}, f"{name}/state.safetensors")
     clock = StageClock()
     with clock("probe logits"):
@@ -381,7 +398,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
-    return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock)
+    return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
 def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
@@ -396,29 +413,37 @@ def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
                                   config.batch_size, config.seed, _counter(progress, f"calibration {p.name}",
                                                                             len(p.calib_x)), config.max_classes)
         scores, na = unit_scores(config.utilities, p.layers, stats)
-    return Calibration(refs, scores, na)
+    return Calibration(refs, scores, na | {(CBP_RESET, layer): why for layer, why in p.unresettable.items()})
 
 
 def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[[int], None] | None = None,
                  ) -> dict[str, torch.Tensor]:
-    """Shock per metric `(len(chunk.units),)` of each unit of one work item clamped alone (SPEC S4)."""
+    """Shock `(len(chunk.units),)` of each unit of one work item alone, per metric (SPEC S4); with cbp-reset, the
+    reset's, and the clamp's under `clamp_<metric>`."""
     layer = next(layer for layer in p.layers if layer.name == chunk.layer)
     config = p.config
+    lesion = partial(unit_shocks, p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine,
+                     base=p.base, batch_size=config.batch_size, max_memory=config.max_memory,
+                     units={layer.name: chunk.units}, advance=advance, seed=config.seed)
     with p.clock("lesions"):
-        shocks = unit_shocks(p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine, base=p.base,
-                             batch_size=config.batch_size, max_memory=config.max_memory,
-                             units={layer.name: chunk.units}, advance=advance)
-    return {metric: per_layer[layer.name] for metric, per_layer in shocks.items()}
+        shocks = {m: per_layer[layer.name] for m, per_layer in lesion(intervention=config.intervention).items()}
+        if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
+            shocks |= {clamp_column(m): per_layer[layer.name] for m, per_layer in lesion().items()}
+    return shocks
 
 
 def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]]) -> AssayResult:
     """The tables of one model from its calibration and the shocks of its chunks (in `p.chunks()` order): the
     UnitTable, joint lesions and the SummaryTable (SPEC S4, S5)."""
     config, chunks = p.config, p.chunks()
-    joined: Shocks = {m: {layer.name: torch.cat([s[m] for c, s in zip(chunks, shocks, strict=True)
-                                                 if c.layer == layer.name] or [torch.zeros(0, dtype=torch.float64)])
-                          for layer in p.layers} for m in config.metrics}
-    units = _unit_table(p.name, p.layers, cal.refs, cal.scores, joined, p.maturity, p.chosen)
+
+    def joined(key: str) -> dict[str, torch.Tensor]:
+        return {layer.name: torch.cat([s[key] for c, s in zip(chunks, shocks, strict=True) if c.layer == layer.name]
+                                      or [torch.zeros(0, dtype=torch.float64)]) for layer in p.layers}
+
+    clamp = {m: joined(clamp_column(m)) for m in config.metrics} if config.intervention == CBP_RESET else None
+    units = _unit_table(p.name, p.layers, cal.refs, cal.scores, {m: joined(m) for m in config.metrics}, p.maturity,
+                        p.chosen, clamp)
     with p.clock("joint lesions"):
         joint = _joint_shock_at_q(p.model, p.layers, cal.refs, units, p.probe_x, p.base, config) if config.joint else {}
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
@@ -475,7 +500,8 @@ def assay_model(
     p = prepare(model, calib, probe, config, name, state)
     cal = calibrate(p, progress)
     chunks = p.chunks()
-    advance = _counter(progress, f"lesions {name}", sum(len(c.units) for c in chunks))
+    lesions = sum(len(c.units) for c in chunks) * (2 if config.intervention == CBP_RESET else 1)  # reset, clamp
+    advance = _counter(progress, f"lesions {name}", lesions)
     return finish(p, cal, [lesion_chunk(p, cal.refs, chunk, advance) for chunk in chunks])
 
 
@@ -510,7 +536,7 @@ class StageClock:
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
                       probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig) -> dict[tuple[str, str], float]:
-    """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
+    """Joint Shock@q (SPEC S5): clamp (or reset) each utility's whole selection at once, all in one batch."""
     keys: list[tuple[str, str]] = []
     lesions: list[Lesion] = []
     for utility in config.utilities:
@@ -523,7 +549,8 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
     if not lesions:
         return {}
     values = joint_shocks(model, layers, refs, lesions, probe_x, config.metrics, engine=config.engine, base=base,
-                          batch_size=config.batch_size, max_memory=config.max_memory)
+                          batch_size=config.batch_size, max_memory=config.max_memory,
+                          intervention=config.intervention, seed=config.seed)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:

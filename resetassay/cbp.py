@@ -43,7 +43,7 @@ from torch import nn
 from resetassay.errors import BadInputError
 from resetassay.names import ONLINE_UTILITIES
 from resetassay.sequences import target_logits
-from resetassay.units import UnitLayer, per_unit, unit_layers
+from resetassay.units import WEIGHTED, UnitLayer, per_unit, unit_layers
 from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, example_ingredients
 
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
@@ -111,6 +111,8 @@ def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, st
     n, consumer, spec = layer.n_units, layer.consumer, layer.spec
     if consumer is None:
         return None, layer.consumer_note or "no single Linear/Conv consumer"
+    if not isinstance(consumer, WEIGHTED):
+        return None, f"consumer {spec.consumer} is a {type(consumer).__name__}; a reset writes Linear/Conv2d weights"
     reads = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
     if reads != n or getattr(consumer, "groups", 1) != 1:
         return None, f"consumer {spec.consumer} does not read the {n} units one input each"
@@ -121,6 +123,8 @@ def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, st
         producer_norm = model.get_submodule(spec.reset_norm) if spec.reset_norm else None
     else:
         return None, layer.producer_note or "no Linear/Conv producer"
+    if not isinstance(producer, WEIGHTED):
+        return None, f"producer {type(producer).__name__} is not Linear/Conv2d; a reset writes their weights"
     if producer.weight.shape[0] != n:
         return None, f"producer has {producer.weight.shape[0]} outputs for {n} units"
     consumer_norm = None
@@ -129,6 +133,34 @@ def reset_site(model: nn.Module, layer: UnitLayer) -> tuple[ResetSite | None, st
             return None, f"consumer {spec.consumer} has no bias and no BatchNorm to take the compensation"
         consumer_norm = model.get_submodule(spec.consumer_norm)
     return ResetSite(producer, producer_norm, consumer, consumer_norm), ""
+
+
+def reset_weights(site: ResetSite, unit: int, reference: float, generator: torch.Generator) -> None:
+    """CBP's reset of unit i, in place (SPEC S7): add `w_out[:, i] · r_i` (a Conv's summed over its kernel) to the
+    consumer's bias, or subtract it from the running mean of the BatchNorm after a bias-free consumer; zero
+    `w_out[:, i]`; draw the producer's row i Kaiming-uniform from `generator` as the zoo initialises it (zero
+    bias); reset the producer norm's unit i to its init."""
+    i = unit
+    with torch.no_grad():
+        w_out = site.consumer.weight[:, i]
+        shift = w_out.reshape(len(w_out), -1).sum(dim=1) * reference
+        if site.consumer.bias is not None:
+            site.consumer.bias += shift
+        else:
+            site.consumer_norm.running_mean -= shift
+        site.consumer.weight[:, i] = 0
+        fresh = torch.empty(site.producer.weight[i:i + 1].shape, dtype=site.producer.weight.dtype)  # on the CPU
+        nn.init.kaiming_uniform_(fresh, nonlinearity="relu", generator=generator)
+        site.producer.weight[i] = fresh[0]
+        if site.producer.bias is not None:
+            site.producer.bias[i] = 0
+        norm = site.producer_norm
+        if norm is not None and norm.weight is not None:
+            norm.weight[i] = 1
+            norm.bias[i] = 0
+        if isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
+            norm.running_mean[i] = 0
+            norm.running_var[i] = 1
 
 
 def unit_mean(u: torch.Tensor) -> torch.Tensor:
@@ -278,37 +310,18 @@ class ContinualBackprop:
         return resets
 
     def reset_unit(self, name: str, unit: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Reset one unit (SPEC S7): compensate with r̂, zero w_out, resample w_in, clear its state."""
+        """Reset one unit (SPEC S7): `reset_weights` with r̂ read before f is cleared, then clear its state."""
         trace = self.traces[name]
         site = trace.site
         if site is None:
             raise ValueError(f"{name} is not reset by CBP: {trace.why_not}")
         i = unit
-        reference = float(trace.corrected(trace.mean, self.config.decay)[i])  # before f is cleared
-        with torch.no_grad():
-            w_out = site.consumer.weight[:, i]
-            shift = w_out.reshape(len(w_out), -1).sum(dim=1) * reference
-            if site.consumer.bias is not None:
-                site.consumer.bias += shift
-            else:
-                site.consumer_norm.running_mean -= shift
-            site.consumer.weight[:, i] = 0
-            fresh = torch.empty_like(site.producer.weight[i:i + 1])
-            nn.init.kaiming_uniform_(fresh, nonlinearity="relu", generator=self.generator)
-            site.producer.weight[i] = fresh[0]
-            if site.producer.bias is not None:
-                site.producer.bias[i] = 0
-            norm = site.producer_norm
-            if norm is not None and norm.weight is not None:
-                norm.weight[i] = 1
-                norm.bias[i] = 0
-            if isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
-                norm.running_mean[i] = 0
-                norm.running_var[i] = 1
+        reset_weights(site, i, float(trace.corrected(trace.mean, self.config.decay)[i]), self.generator)
         trace.mean[i] = 0
         trace.utility[i] = 0
         trace.age[i] = 0
         if optimizer is not None:
+            norm = site.producer_norm
             touched = [(site.producer.weight, (i,)), (site.producer.bias, (i,)),
                        (site.consumer.weight, (slice(None), i))]
             if norm is not None:

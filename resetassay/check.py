@@ -53,6 +53,7 @@ GATED = ("spearman", "shock_at_q", "gap")
 KEYS = ("family", "utility", "metric")
 UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
+RECORDED_SINCE = {"intervention": "clamp"}  # settings some recorded runs predate, at the value those runs used
 NOISE = 1e-4  # relative changes below this are float noise (engines, devices) and not listed as moved
 FLOOR = re.compile(r"^(?P<names>[^<>=]+?)\s*(?P<op>>=|<=)\s*(?P<value>\S+)$")
 SUMMARY_NEEDS = ("checkpoint", "utility", "metric", "scope", "spearman")  # columns the gate reads
@@ -416,6 +417,7 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
 
 def config_differences(run_config: dict, baseline_config: dict) -> list[str]:
     """Settings that change the numbers (not NUMERICALLY_NEUTRAL) where a run differs from its baseline's run."""
+    run_config, baseline_config = {**RECORDED_SINCE, **run_config}, {**RECORDED_SINCE, **baseline_config}
     keys = sorted((set(run_config) | set(baseline_config)) - set(NUMERICALLY_NEUTRAL))
     return [f"config differs from the baseline's run: {key}: run {run_config.get(key)!r}, baseline "
             f"{baseline_config.get(key)!r}" for key in keys

@@ -23,6 +23,9 @@ Engine = Literal["fast", "plain"]
 ENGINES: tuple[str, ...] = get_args(Engine)  # lesion engines (DESIGN "The lesion engine")
 ReferenceKind = Literal["calibration-mean", "stored", "zero"]
 REFERENCES: tuple[str, ...] = get_args(ReferenceKind)  # reset references (SPEC S2)
+Intervention = Literal["clamp", "cbp-reset"]
+INTERVENTIONS: tuple[str, ...] = get_args(Intervention)  # what a lesion does to a unit (SPEC S4, S7)
+CBP_RESET = "cbp-reset"
 
 ALL = "ALL"  # the pooled scope of a SummaryTable row: every layer where the utility applies (SPEC S5)
 COMMON = "common"  # pooled over the layers where every requested utility applies: the scope of comparisons
@@ -48,6 +51,11 @@ MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.safetens
 def shock_column(metric: str) -> str:
     """The UnitTable column of a shock metric: `shock_l1`, `shock_kl` (SPEC S4)."""
     return f"shock_{metric}"
+
+
+def clamp_column(metric: str) -> str:
+    """The UnitTable column keeping the clamp's shock beside a `cbp-reset` run's `shock_<metric>` (SPEC S4, S7)."""
+    return f"clamp_{metric}"
 
 
 def utility_column(utility: str, metric: str) -> str:

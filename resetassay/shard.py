@@ -303,7 +303,7 @@ def _merge(inputs: CheckpointInputs, store: RunParts, key: str, parts: dict[str,
         item = store.load_item(key, f"lesions-{i}")
         if item is None:
             raise RuntimeError(f"{p.name}: lesion chunk {i} is missing after every rank finished; rerun to do it")
-        shocks.append({m: item[0][f"shock/{m}"] for m in p.config.metrics})
+        shocks.append({name.split("/", 1)[1]: t for name, t in item[0].items()})
     result = finish(p, cal, shocks)
     result.checkpoints = inputs.row(result.checkpoints["probe_accuracy"].iloc[0])
     parts[p.name] = store.save(key, result.tables())

@@ -159,8 +159,9 @@ def test_unknown_utility_or_metric_lists_the_valid_names(tmp_path, flag, value, 
     [(["--probe-size", "5000"], "--probe-size 5000"),
      (["--calib-size", "600", "--probe-size", "600"], "exceed the 898 held-out examples"),
      (["--model-kwargs", "{oops"], "--model-kwargs is not valid JSON"),
-     (["--device", "tpu"], "--device 'tpu': choose auto, cpu or cuda")],
-    ids=["probe size", "sizes together", "model kwargs", "device name"],
+     (["--device", "tpu"], "--device 'tpu': choose auto, cpu or cuda"),
+     (["--intervention", "zero"], "--intervention 'zero': choose from clamp, cbp-reset")],
+    ids=["probe size", "sizes together", "model kwargs", "device name", "intervention"],
 )
 def test_bad_flag_exits_2_naming_it(tmp_path, args, needle):
     result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(tmp_path), "--quiet", *args])

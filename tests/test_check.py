@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from resetassay.check import (
     check_run,
     compare,
+    config_differences,
     family_means,
     make_baseline,
     markdown_report,
@@ -611,3 +612,10 @@ def test_markdown_cells_escape_pipes_and_html():
     text = markdown_report(compare(means, baseline), ["a note with | and <b>"])
     (failures,) = _md_tables(text)
     assert failures[1][0] == "a\\|b&lt;i&gt;" and "- a note with \\| and &lt;b&gt;" in text.splitlines()
+
+
+def test_an_intervention_a_recorded_baseline_predates_counts_as_the_clamp_it_used():
+    """Baselines recorded before --intervention existed measured the clamp: a cbp-reset run against one is noted."""
+    assert config_differences({"intervention": "cbp-reset", "q": 0.05}, {"q": 0.05}) == [
+        "config differs from the baseline's run: intervention: run 'cbp-reset', baseline 'clamp'"]
+    assert config_differences({"intervention": "clamp", "q": 0.05}, {"q": 0.05}) == []

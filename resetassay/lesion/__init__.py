@@ -6,7 +6,8 @@
 `engine="plain"` is the reference (plain.py: one forward per lesion); `engine="fast"` gives the
 same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
 shortcut; split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
-has them already.
+has them already. `intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py:
+one plain forward per lesion, the engine unused).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resetassay.lesion import fast, plain
+from resetassay.lesion import fast, plain, reset
 from resetassay.lesion.shocks import probe_logits
-from resetassay.names import Engine
+from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer
 
@@ -24,7 +25,8 @@ from resetassay.units import UnitLayer
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 *, engine: Engine = "fast", base: torch.Tensor | None = None, batch_size: int = 512,
                 max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
-                advance: Advance | None = None, units: UnitChoice | None = None) -> Shocks:
+                advance: Advance | None = None, units: UnitChoice | None = None,
+                intervention: Intervention = "clamp", seed: int = 0) -> Shocks:
     """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
     with `units`, only the units `units[layer]` (indices, in that order) of the layers it names.
 
@@ -37,8 +39,13 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         max_memory: bytes of activations per lesion chunk (fast); max_k caps lesions per forward (fast);
             shortcut forces the consumer shortcut on/off (fast, default: where it pays).
         advance: called with the number of lesions finished, for a progress bar.
+        intervention: "clamp", or "cbp-reset": CBP's reset of the unit (SPEC S7) with r_i from `refs`, its fresh
+            incoming weights seeded by `seed`, the layer and the unit; every layer must be resettable
+            (`reset.reset_sites`).
     """
     base = probe_logits(model, probe_x, batch_size) if base is None else base
+    if intervention == CBP_RESET:
+        return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units)
     if engine == "plain":
         return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance, units)
     return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance, units)
@@ -47,10 +54,12 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
                  probe_x: torch.Tensor, metrics: list[str], *, engine: Engine = "fast",
                  base: torch.Tensor | None = None, batch_size: int = 512, max_memory: int | None = None,
-                 advance: Advance | None = None) -> SetShocks:
-    """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped at
-    once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
+                 advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0) -> SetShocks:
+    """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped (or with
+    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
     base = probe_logits(model, probe_x, batch_size) if base is None else base
+    if intervention == CBP_RESET:
+        return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance)
     if engine == "plain":
         return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance)
     return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)

@@ -7,8 +7,8 @@ unchanged. This engine is the ground truth that every faster path is tested agai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -64,15 +64,23 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                  advance: Advance | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
     by_name = {layer.name: layer for layer in layers}
+
+    def clamp(lesion: Lesion) -> AbstractContextManager[None]:
+        idx = {name: i.to(base.device) for name, i in lesion.items() if len(i)}
+        return clamped([(by_name[name], i, refs[name][i]) for name, i in idx.items()])
+
+    return shocks_under(clamp, model, lesions, probe_x, metrics, base, batch_size, advance)
+
+
+def shocks_under(intervene: Callable[[Lesion], AbstractContextManager[None]], model: nn.Module,
+                 lesions: list[Lesion], probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor,
+                 batch_size: int = 512, advance: Advance | None = None) -> SetShocks:
+    """Shock `(n_lesions,)` per metric of each lesion, one forward of the probe set inside `intervene(lesion)`
+    (a clamp here, CBP's reset in reset.py) (SPEC S4)."""
     padding = padding_mask(probe_x)
     out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
     for k, lesion in enumerate(lesions):
-        clamps = []
-        for name, idx in lesion.items():
-            if len(idx):
-                idx = idx.to(base.device)
-                clamps.append((by_name[name], idx, refs[name][idx]))
-        with clamped(clamps):
+        with intervene(lesion):
             lesioned = probe_logits(model, probe_x, batch_size)
         for m, value in mean_shocks(base, lesioned, metrics, padding).items():
             out[m][k] = value

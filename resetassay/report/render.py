@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from resetassay.bootstrap import ratio_intervals
-from resetassay.names import COMMON, ORACLE
+from resetassay.names import CBP_RESET, COMMON, ORACLE
 from resetassay.report import figures
 from resetassay.report.blocks import (
     MIN_SE,
@@ -31,6 +31,7 @@ from resetassay.report.blocks import (
 )
 from resetassay.report.headline import headline_blocks, span
 from resetassay.report.html import html_document
+from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
 from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
 from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
@@ -100,7 +101,8 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
                   sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
     """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
     directory), then folded details: tables per family (`stats`: per-checkpoint statistics of scope ALL), by
-    training step, the q sweep, per-checkpoint ρ, not-applicable notes, provenance."""
+    training step, the q sweep, per-checkpoint ρ, clamp against reset (a cbp-reset run), not-applicable notes,
+    provenance."""
     blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", FIGURE_CAPTIONS[path.stem].format(q=q_label(q)), path=path))
@@ -123,11 +125,14 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
                                       "{label} @ q={value:g}")
             blocks.append(Block("table", table=table, best=best, keys=2))
     blocks += [Block("h2", "Pooled Spearman ρ per checkpoint", fold=True),
-               Block("table", table=checkpoint_rho_table(stats), keys=4)]
+               Block("table", table=checkpoint_rho_table(stats), keys=4),
+               *intervention_blocks(tables["units"], tables["checkpoints"])]
     notes = tables["notes"]
     if len(notes):
         blocks += [Block("h2", "Not applicable", fold=True),
-                   Block("text", "Utilities left out of a layer, and why (SPEC S3); pooled rows use the other layers."),
+                   Block("text", "Utilities left out of a layer, and why (SPEC S3); pooled rows use the other layers."
+                         + (f" {CBP_RESET}: a layer CBP's reset cannot write (SPEC S7), left out of the whole run."
+                            if (notes["utility"] == CBP_RESET).any() else "")),
                    Block("table", table=notes.drop_duplicates(["utility", "layer", "reason"])
                          .drop(columns="checkpoint", errors="ignore").reset_index(drop=True), keys=3)]
     return blocks + _provenance_blocks(tables, info)
