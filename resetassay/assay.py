@@ -15,7 +15,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -41,10 +41,12 @@ from resetassay.names import (
     MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
+    PRECISIONS,
     REFERENCES,
     TABLES,
     Engine,
     Intervention,
+    Precision,
     ReferenceKind,
     clamp_column,
     utility_column,
@@ -95,6 +97,7 @@ class AssayConfig:
     max_classes: int = 100
     target: str = "label"
     intervention: Intervention = "clamp"
+    dtype: Precision = "fp32"
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -125,6 +128,8 @@ class AssayConfig:
         if self.reference not in REFERENCES:
             raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
                                 flag="--reference")
+        if self.dtype not in PRECISIONS:
+            raise BadInputError(f"--dtype {self.dtype!r}: choose from {', '.join(PRECISIONS)}", flag="--dtype")
         if self.intervention not in INTERVENTIONS:
             raise BadInputError(f"--intervention {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
                                 flag="--intervention")
@@ -257,6 +262,15 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise BadInputError(f"--device {name!r}: choose auto, cpu or cuda", flag="--device")
     return torch.device(name)
+
+
+def precision(config: AssayConfig, device: torch.device) -> AbstractContextManager:
+    """The precision of the probe forwards (unlesioned and lesioned logits): fp32, or with `--dtype bf16|fp16`
+    torch.autocast, which runs matmuls and convolutions in half precision and keeps the numerically sensitive ops
+    in fp32. Calibration (references, utilities) always runs in fp32; shocks are summed in float64 (SPEC S4)."""
+    if config.dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float16)
 
 
 def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,7 +407,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
         found, unresettable = resettable_layers(model, found, name)
     attach_state(found, state or {}, f"{name}/state.safetensors")
     clock = StageClock()
-    with clock("probe logits"):
+    with clock("probe logits"), precision(config, device):
         base = probe_logits(model, probe_x, config.batch_size)
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
@@ -425,7 +439,7 @@ def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[
     lesion = partial(unit_shocks, p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine,
                      base=p.base, batch_size=config.batch_size, max_memory=config.max_memory,
                      units={layer.name: chunk.units}, advance=advance, seed=config.seed)
-    with p.clock("lesions"):
+    with p.clock("lesions"), precision(config, p.base.device):
         shocks = {m: per_layer[layer.name] for m, per_layer in lesion(intervention=config.intervention).items()}
         if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
             shocks |= {clamp_column(m): per_layer[layer.name] for m, per_layer in lesion().items()}
@@ -444,7 +458,7 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     clamp = {m: joined(clamp_column(m)) for m in config.metrics} if config.intervention == CBP_RESET else None
     units = _unit_table(p.name, p.layers, cal.refs, cal.scores, {m: joined(m) for m in config.metrics}, p.maturity,
                         p.chosen, clamp)
-    with p.clock("joint lesions"):
+    with p.clock("joint lesions"), precision(config, p.base.device):
         joint = _joint_shock_at_q(p.model, p.layers, cal.refs, units, p.probe_x, p.base, config) if config.joint else {}
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)

@@ -157,6 +157,9 @@ def run(
     joint: Annotated[bool, typer.Option(help="Also measure joint Shock@q.")] = True,
     engine: Annotated[str, typer.Option(help="fast (graph split, batched lesions) or plain (one forward "
                                         "per unit, the reference).")] = "fast",
+    dtype: Annotated[str, typer.Option(help="Precision of the probe forwards: fp32, or bf16/fp16 under torch.autocast "
+                                       "(faster on GPUs; calibration stays fp32; see README \"Precision\").")]
+    = "fp32",
     intervention: Annotated[str, typer.Option(help="clamp (h <- r, weights unchanged, SPEC S4) or cbp-reset (CBP's "
                                               "reset of the weights, SPEC S7; the clamp's shocks kept as "
                                               "clamp_<metric>).")] = "clamp",
@@ -211,7 +214,7 @@ def run(
             calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
             batch_size=batch_size, device=device, joint=joint, engine=engine,
             max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
-            max_classes=max_classes, target=target, intervention=intervention,
+            max_classes=max_classes, target=target, dtype=dtype, intervention=intervention,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -133,7 +133,7 @@ class Phase:
         self.error: tuple[str, str, str | None] | None = None
         self._own: Exception | None = None
 
-    def checkpoint(self, name: str, path: Path, work: Callable[[], Prepared | None]) -> None:
+    def checkpoint(self, name: str, path: Path, work: Callable[[], Prepared]) -> None:
         """Run one checkpoint's work; a bad checkpoint (no flag) or NaN/Inf logits is a failed checkpoint."""
         try:
             prepared = work()
@@ -142,10 +142,7 @@ class Phase:
                 raise
             self.failures.append(self.fail(name, path, err))
         else:
-            if prepared is not None:
-                for stage, seconds in prepared.clock.seconds.items():
-                    stages = self.timings.setdefault(name, {})
-                    stages[stage] = round(stages.get(stage, 0.0) + seconds, 4)
+            _add_seconds(self.timings, {name: prepared.clock.seconds})
 
     def run(self, body: Callable[[], None]) -> None:
         """Run the phase's body, keeping the error that stops the run for `close`."""
@@ -172,11 +169,16 @@ class Phase:
         failures = [row for rank_failures, _, _ in reports for row in rank_failures]
         timings: dict[str, dict[str, float]] = {}
         for _, rank_timings, _ in reports:
-            for name, stages in rank_timings.items():
-                merged = timings.setdefault(name, {})
-                for stage, seconds in stages.items():
-                    merged[stage] = round(merged.get(stage, 0.0) + seconds, 4)
+            _add_seconds(timings, rank_timings)
         return failures, timings
+
+
+def _add_seconds(total: dict[str, dict[str, float]], more: dict[str, dict[str, float]]) -> None:
+    """Add `more`'s seconds per checkpoint and stage into `total` (stages of every rank and phase, summed)."""
+    for name, stages in more.items():
+        merged = total.setdefault(name, {})
+        for stage, seconds in stages.items():
+            merged[stage] = round(merged.get(stage, 0.0) + seconds, 4)
 
 
 def _calibration_tensors(cal: Calibration) -> dict[str, torch.Tensor]:
@@ -212,8 +214,7 @@ def assay_sharded(world: World, found: list[tuple[Path, str]], keys: dict[str, s
     def closed(phase: Phase) -> set[str]:
         more_failures, more_timings = phase.close()
         failures.extend(more_failures)
-        for name, stages in more_timings.items():
-            timings.setdefault(name, {}).update(stages)
+        _add_seconds(timings, more_timings)
         return {row["checkpoint"] for row in failures}
 
     # 1. calibration: each checkpoint on one rank, larger weight files first

@@ -84,7 +84,7 @@ def _corrected(consumer: nn.Linear | nn.Conv2d, c: torch.Tensor, h: torch.Tensor
                r: torch.Tensor) -> torch.Tensor:
     """`(K*P, ...)`: the consumer output c `(P, ...)` plus, in block k, the term of clamping unit idx[k] of h
     (`(P, n)` or tokens `(P, T, n)` read by a Linear, `(P, n, H, W)` by a Conv2d)."""
-    k, p, w = len(idx), h.shape[0], consumer.weight
+    k, p, w = len(idx), h.shape[0], consumer.weight.to(c.dtype)  # under autocast, as the consumer itself reads it
     if isinstance(consumer, nn.Linear):
         delta = (r[idx].to(h.dtype) - h[..., idx]).movedim(-1, 0).unsqueeze(-1)   # (K, P, [T,] 1)
         out = c.new_empty(k, *c.shape)
