@@ -52,7 +52,13 @@ from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
+from resetassay.utilities import (
+    calibration_stats,
+    check_utilities,
+    default_utilities,
+    needed_ingredients,
+    unit_scores,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -71,7 +77,7 @@ class AssayConfig:
     `BadInputError` naming the flag.
     """
 
-    utilities: list[str] = field(default_factory=utility_names)
+    utilities: list[str] = field(default_factory=default_utilities)
     metrics: list[str] = field(default_factory=lambda: ["l1", "kl"])
     layers: list[str] | None = None
     reference: ReferenceKind = "calibration-mean"
@@ -222,15 +228,17 @@ class AssayResult:
 
 
 def versions() -> dict[str, str]:
-    """The versions of what decides the numbers: resetassay, torch, captum, Python, and where each utility the user
-    registered comes from."""
+    """The versions of what decides the numbers: resetassay, torch, captum, Python, and where each utility and shock
+    metric the user registered comes from."""
     import captum
 
     from resetassay import __version__
+    from resetassay.lesion.shocks import PLUGINS as METRIC_PLUGINS
     from resetassay.utilities import PLUGINS
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
-            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {})}
+            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {}),
+            **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
 
 
 def run_info(config: AssayConfig) -> dict:
@@ -382,10 +390,10 @@ def assay_model(
         total = sum(len(lesioned_units(layer, chosen)) for layer in found)
         shocks = unit_shocks(model, found, refs, probe_x, config.metrics, engine=config.engine, base=base,
                              batch_size=config.batch_size, max_memory=config.max_memory, units=chosen,
-                             advance=_counter(progress, f"lesions {name}", total))
+                             advance=_counter(progress, f"lesions {name}", total), targets=probe_y)
     units = _unit_table(name, found, refs, scores, shocks, maturity, chosen)
     with clock("joint lesions"):
-        joint = _joint_shock_at_q(model, found, refs, units, probe_x, base, config) if config.joint else {}
+        joint = _joint_shock_at_q(model, found, refs, units, (probe_x, probe_y), base, config) if config.joint else {}
     notes = pd.DataFrame([{"checkpoint": name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in na.items()], columns=NOTE_COLUMNS)
     with clock("summary"):
@@ -424,7 +432,8 @@ class StageClock:
 
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
-                      probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig) -> dict[tuple[str, str], float]:
+                      probe: tuple[torch.Tensor, torch.Tensor], base: torch.Tensor,
+                      config: AssayConfig) -> dict[tuple[str, str], float]:
     """Joint Shock@q (SPEC S5): clamp each utility's whole selection at once, all in one batch."""
     keys: list[tuple[str, str]] = []
     lesions: list[Lesion] = []
@@ -437,8 +446,8 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
     if not lesions:
         return {}
-    values = joint_shocks(model, layers, refs, lesions, probe_x, config.metrics, engine=config.engine, base=base,
-                          batch_size=config.batch_size, max_memory=config.max_memory)
+    values = joint_shocks(model, layers, refs, lesions, probe[0], config.metrics, engine=config.engine, base=base,
+                          batch_size=config.batch_size, max_memory=config.max_memory, targets=probe[1])
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:
