@@ -8,6 +8,8 @@ GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_all needs every logit's gra
 and backward passes batched over classes (`_class_gradients`), not one captum call per class; it is not
 applicable, with the reason, where the model has more than `max_classes` outputs (SPEC S9).
 A language model's target logit is summed over positions (`sequences.target_logits`, SPEC S9).
+gxd_ig and gxd2 go beyond first order (`higher_order.py`); they cost tens of passes per batch, so they
+run only when named (OPT_IN).
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
 
     `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
-    P(h > 0), loss_grad, gxi, gxd, gxd_all; SPEC S3), `layer` the unit layer (its module, producer and consumer
-    weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is refused.
-    `source` (default: the function's module and name) is recorded in run.json with the versions."""
+    P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3), `layer` the unit layer (its module, producer
+    and consumer weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is
+    refused. `source` (default: the function's module and name) is recorded in run.json with the versions."""
     if name in BUILTIN or name == ORACLE:
         raise BadInputError(f"utility {name!r} is built in; register yours under another name", flag="--utilities")
     unknown = sorted(set(needs) - set(INGREDIENTS))

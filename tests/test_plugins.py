@@ -195,7 +195,8 @@ def test_an_entry_point_metric_loads_only_when_named_and_runs_from_the_cli(clean
     assert asked == [] and "my_linf" not in sys.modules  # not loaded while not named
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(FIXTURES / "relu_mlp" / "task2"), "--utilities", "gxd,oracle",
-                                      "--metrics", "l1,linf", "--out", str(out), "--quiet", "--no-joint"])
+                                      "--metrics", "l1,linf", "--calib-size", "64", "--probe-size", "64",
+                                      "--out", str(out), "--quiet", "--no-joint"])
     assert result.exit_code == 0, result.output
     assert clean_metrics.SHOCK_METRICS["linf"].targets is False
     assert json.loads((out / "run.json").read_text())["versions"]["metrics"] == {"linf": "my_linf:linf"}

@@ -23,31 +23,40 @@ from resetassay.sequences import IGNORE, padding_mask
 from resetassay.shapes import UnitChoice
 from resetassay.units import UnitLayer
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (z, z', y) -> (...)
 
 
 @dataclass(frozen=True)
 class ShockMetric:
-    """A shock metric: `fn(z, z_lesioned, y)`, logits `(..., C)` of one shape in float64 and, where `targets`, the
-    targets `(...)` (else None), returning the shock `(...)` of each example (of each position of a sequence)."""
+    """A shock metric: `shocks(base, z_lesioned)`, the shock `(..., P)` or a sequence's `(..., P, T)` of lesioned
+    logits `(..., P, C)` or `(..., P, T, V)` against one probe chunk's `BaseLogits` (its float64 logits, their
+    softmax and log-sum-exp, the targets); `targets`: whether it reads the targets (SPEC S4)."""
 
     name: str
-    fn: MetricFn
+    shocks: Callable[[BaseLogits, torch.Tensor], torch.Tensor]
     targets: bool = False
 
 
-def l1(z: torch.Tensor, z_lesioned: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+def l1(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
     """Sum_c |z_c - z'_c| (SPEC S4)."""
-    return (z_lesioned - z).abs().sum(dim=-1)
+    return (z_lesioned - base.z).abs().sum(dim=-1)
 
 
-def kl(z: torch.Tensor, z_lesioned: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+def kl(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
     """KL(softmax z || softmax z') = lse(z') - lse(z) - sum_c p_c (z'_c - z_c), p = softmax z (SPEC S4)."""
-    return (torch.logsumexp(z_lesioned, dim=-1) - torch.logsumexp(z, dim=-1)
-            - (torch.softmax(z, dim=-1) * (z_lesioned - z)).sum(dim=-1))
+    return torch.logsumexp(z_lesioned, dim=-1) - base.lse - ((z_lesioned - base.z) * base.p).sum(dim=-1)
 
 
-SHOCK_METRICS: dict[str, ShockMetric] = {"l1": ShockMetric("l1", l1), "kl": ShockMetric("kl", kl)}
+def _of_logits(fn: MetricFn, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
+    """A registered `fn(z, z_lesioned, y)` as a ShockMetric's `shocks`: z expanded to z_lesioned's shape, y (where
+    it reads targets) to its leading shape, 0 where a position has no target (it then does not count)."""
+    def shocks(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
+        y = base.targets.clamp(min=0).expand(z_lesioned.shape[:-1]) if targets else None
+        return fn(base.z.expand_as(z_lesioned), z_lesioned, y).double().expand(z_lesioned.shape[:-1])
+    return shocks
+
+
+SHOCK_METRICS: dict[str, ShockMetric] = {"l1": ShockMetric("l1", l1), "kl": ShockMetric("kl", kl)}  # METRICS
 ENTRY_POINTS = "resetassay.metrics"  # the entry-point group of shock metrics other packages provide
 PLUGINS: dict[str, str] = {}  # metrics registered by the user: name -> where from (package and version)
 
@@ -62,7 +71,7 @@ def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str 
     built-in name is refused. `source` (default: the function's module and name) is recorded in run.json."""
     if name in METRICS:
         raise BadInputError(f"metric {name!r} is built in; register yours under another name", flag="--metrics")
-    SHOCK_METRICS[name] = ShockMetric(name, fn, bool(targets))
+    SHOCK_METRICS[name] = ShockMetric(name, _of_logits(fn, targets), bool(targets))
     PLUGINS[name] = source or source_of(fn)
 
 
@@ -111,12 +120,15 @@ def position_weights(real: torch.Tensor) -> torch.Tensor:
 
 
 class BaseLogits:
-    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, in float64, with the probe targets `(P,)` or
-    `(P, T)` where given; a sequence's position weights: its real positions `padding (P, T)` (all without), and for
-    metrics that read targets, its positions that have one (SPEC S9)."""
+    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, in float64, with their log-sum-exp and softmax
+    (reused by every lesion) and the probe targets `(P,)` or `(P, T)` where given; a sequence's position weights:
+    its real positions `padding (P, T)` (all without), and for metrics that read targets, its positions that have
+    one (SPEC S9)."""
 
     def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         self.z = z.double()
+        self.lse = torch.logsumexp(self.z, dim=-1)
+        self.p = (self.z - self.lse.unsqueeze(-1)).exp()
         sequence = z.dim() == 3
         self.weights = position_weights(padding.to(z.device)) if padding is not None and sequence else None
         self.targets = targets.to(z.device) if targets is not None else None
@@ -129,9 +141,7 @@ class BaseLogits:
             raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(SHOCK_METRICS)}",
                                 flag="--metrics")
         m = SHOCK_METRICS[metric]
-        zl = z_lesioned.double()
-        y = self.targets.clamp(min=0).expand(zl.shape[:-1]) if m.targets else None
-        shock = m.fn(self.z.expand_as(zl), zl, y).double().expand(zl.shape[:-1])
+        shock = m.shocks(self, z_lesioned.double())
         if self.z.dim() != 3:
             return shock
         w = self.target_weights if m.targets else self.weights
