@@ -19,10 +19,12 @@ _PUBLIC = {
     "assay_model": "resetassay.assay", "run_assay": "resetassay.run", "load_checkpoint": "resetassay.checkpoint",
     "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
     "register_utility": "resetassay.utilities", "NotApplicable": "resetassay.utilities",
+    "register_metric": "resetassay.lesion.shocks",
 }
 __all__ = [
     "AssayConfig", "AssayResult", "BadInputError", "NotApplicable", "assay_checkpoint", "assay_model",
-    "load_checkpoint", "data_spec", "register_utility", "run_assay", "save_checkpoint", "__version__",
+    "load_checkpoint", "data_spec", "register_metric", "register_utility", "run_assay", "save_checkpoint",
+    "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from resetassay.checkpoint import load_checkpoint, save_checkpoint
     from resetassay.data import data_spec
     from resetassay.errors import BadInputError
+    from resetassay.lesion.shocks import register_metric
     from resetassay.run import run_assay
     from resetassay.utilities import NotApplicable, register_utility
 

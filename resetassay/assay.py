@@ -59,7 +59,13 @@ from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import calibration_stats, check_utilities, needed_ingredients, unit_scores, utility_names
+from resetassay.utilities import (
+    calibration_stats,
+    check_utilities,
+    default_utilities,
+    needed_ingredients,
+    unit_scores,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,7 +84,7 @@ class AssayConfig:
     `BadInputError` naming the flag.
     """
 
-    utilities: list[str] = field(default_factory=utility_names)
+    utilities: list[str] = field(default_factory=default_utilities)
     metrics: list[str] = field(default_factory=lambda: ["l1", "kl"])
     layers: list[str] | None = None
     reference: ReferenceKind = "calibration-mean"
@@ -237,15 +243,17 @@ class AssayResult:
 
 
 def versions() -> dict[str, str]:
-    """The versions of what decides the numbers: resetassay, torch, captum, Python, and where each utility the user
-    registered comes from."""
+    """The versions of what decides the numbers: resetassay, torch, captum, Python, and where each utility and shock
+    metric the user registered comes from."""
     import captum
 
     from resetassay import __version__
+    from resetassay.lesion.shocks import PLUGINS as METRIC_PLUGINS
     from resetassay.utilities import PLUGINS
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
-            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {})}
+            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {}),
+            **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
 
 
 def run_info(config: AssayConfig) -> dict:
@@ -438,7 +446,7 @@ def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[
     config = p.config
     lesion = partial(unit_shocks, p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine,
                      base=p.base, batch_size=config.batch_size, max_memory=config.max_memory,
-                     units={layer.name: chunk.units}, advance=advance, seed=config.seed)
+                     units={layer.name: chunk.units}, advance=advance, seed=config.seed, targets=p.probe_y)
     with p.clock("lesions"), precision(config, p.base.device):
         shocks = {m: per_layer[layer.name] for m, per_layer in lesion(intervention=config.intervention).items()}
         if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
@@ -459,7 +467,8 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     units = _unit_table(p.name, p.layers, cal.refs, cal.scores, {m: joined(m) for m in config.metrics}, p.maturity,
                         p.chosen, clamp)
     with p.clock("joint lesions"), precision(config, p.base.device):
-        joint = _joint_shock_at_q(p.model, p.layers, cal.refs, units, p.probe_x, p.base, config) if config.joint else {}
+        joint = (_joint_shock_at_q(p.model, p.layers, cal.refs, units, (p.probe_x, p.probe_y), p.base, config)
+                 if config.joint else {})
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
     with p.clock("summary"):
@@ -549,7 +558,8 @@ class StageClock:
 
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
-                      probe_x: torch.Tensor, base: torch.Tensor, config: AssayConfig) -> dict[tuple[str, str], float]:
+                      probe: tuple[torch.Tensor, torch.Tensor], base: torch.Tensor,
+                      config: AssayConfig) -> dict[tuple[str, str], float]:
     """Joint Shock@q (SPEC S5): clamp (or reset) each utility's whole selection at once, all in one batch."""
     keys: list[tuple[str, str]] = []
     lesions: list[Lesion] = []
@@ -562,8 +572,8 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
     if not lesions:
         return {}
-    values = joint_shocks(model, layers, refs, lesions, probe_x, config.metrics, engine=config.engine, base=base,
-                          batch_size=config.batch_size, max_memory=config.max_memory,
+    values = joint_shocks(model, layers, refs, lesions, probe[0], config.metrics, engine=config.engine, base=base,
+                          batch_size=config.batch_size, max_memory=config.max_memory, targets=probe[1],
                           intervention=config.intervention, seed=config.seed)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):

@@ -142,7 +142,8 @@ def run(
                                                       "or state-dict files.")],
     out_dir: Annotated[str, typer.Option("--out", help="Run directory for tables, report and figures.")]
     = "reports/run",
-    utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities (default: all).")] = None,
+    utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities (default: all but the costly "
+                                                               "gxd_ig and gxd2).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated shock metrics.")] = "l1,kl",
     layers: Layers = None,
     reference: Annotated[str, typer.Option(help="calibration-mean, stored or zero (SPEC S2).")]

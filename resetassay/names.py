@@ -12,7 +12,7 @@ ORACLE = "oracle"  # the measured shock itself used as a utility (SPEC S3)
 RANDOM = "random"  # seeded noise, the floor every utility should beat (SPEC S3)
 # The built-in utilities in registry order (SPEC S3): the order of report rows and of the colours.
 UTILITY_ORDER = ("activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd",
-                 "gxd_all", "dormancy", "deviation", "firing_rate", "tracked", RANDOM, ORACLE)
+                 "gxd_all", "gxd_ig", "gxd2", "dormancy", "deviation", "firing_rate", "tracked", RANDOM, ORACLE)
 
 # Utilities CBP can track online during training (SPEC S7): computable from one batch's forward and backward.
 ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")

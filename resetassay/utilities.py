@@ -8,6 +8,8 @@ GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_all needs every logit's gra
 and backward passes batched over classes (`_class_gradients`), not one captum call per class; it is not
 applicable, with the reason, where the model has more than `max_classes` outputs (SPEC S9).
 A language model's target logit is summed over positions (`sequences.target_logits`, SPEC S9).
+gxd_ig and gxd2 go beyond first order (`higher_order.py`); they cost tens of passes per batch, so they
+run only when named (OPT_IN).
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import torch
 from torch import nn
 
 from resetassay.errors import BadInputError
+from resetassay.higher_order import batched_vjp, path_attributions, second_order_changes
 from resetassay.hooks import forward_hooks
 from resetassay.names import ORACLE
+from resetassay.plugins import entry_point, source_of
 from resetassay.sequences import example_losses, is_sequence, padding_mask, target_logits
 from resetassay.shapes import Refs, Scores
 from resetassay.units import UnitLayer, dense_weight, per_unit, position_mask, positions, sum_positions
 
-INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxd_all")
+INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxd_all", "gxd_ig", "gxd2")
 
 
 class NotApplicable(Exception):
@@ -44,6 +48,8 @@ class LayerStats:
     gxi: torch.Tensor | None = None        # E|sum_s h dz_y/dh|
     gxd: torch.Tensor | None = None        # E|sum_s (h - r) dz_y/dh|
     gxd_all: torch.Tensor | None = None    # E (1/C) sum_c |sum_s (h - r) dz_c/dh|
+    gxd_ig: torch.Tensor | None = None     # E|sum_s IG(x, s)|, the joint path from r to h
+    gxd2: torch.Tensor | None = None       # E|g . d + 1/2 d'H d|, d = r - h on the unit alone
     seed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # ingredient -> why it was not computed
 
@@ -77,9 +83,9 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
 
     `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
-    P(h > 0), loss_grad, gxi, gxd, gxd_all; SPEC S3), `layer` the unit layer (its module, producer and consumer
-    weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is refused.
-    `source` (default: the function's module and name) is recorded in run.json with the versions."""
+    P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3), `layer` the unit layer (its module, producer
+    and consumer weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is
+    refused. `source` (default: the function's module and name) is recorded in run.json with the versions."""
     if name in BUILTIN or name == ORACLE:
         raise BadInputError(f"utility {name!r} is built in; register yours under another name", flag="--utilities")
     unknown = sorted(set(needs) - set(INGREDIENTS))
@@ -87,32 +93,28 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
         raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
                             f"compute; choose from {', '.join(INGREDIENTS)}", flag="--utilities")
     UTILITIES[name] = Utility(name, fn, frozenset(needs))
-    PLUGINS[name] = source or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    PLUGINS[name] = source or source_of(fn)
 
 
 def _load_entry_point(name: str) -> bool:
     """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
     (loaded only when named); its `needs` attribute lists the ingredients it reads. False when none does."""
-    from importlib.metadata import entry_points
-
-    found = [ep for ep in entry_points(group=ENTRY_POINTS) if ep.name == name]
-    if not found:
+    found = entry_point(ENTRY_POINTS, name, "--utilities")
+    if found is None:
         return False
-    point = found[0]
-    try:
-        fn = point.load()
-    except Exception as err:  # the plugin's own import failed
-        raise BadInputError(f"--utilities {name}: its entry point {point.value} does not load "
-                            f"({type(err).__name__}: {err})", flag="--utilities") from err
-    dist = getattr(point, "dist", None)
-    source = f"{dist.name} {dist.version} ({point.value})" if dist is not None else point.value
+    fn, source = found
     register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
     return True
 
 
 def utility_names() -> list[str]:
-    """Every built-in utility, oracle included: the default of `--utilities`."""
+    """Every built-in utility, oracle included."""
     return [*BUILTIN, ORACLE]
+
+
+def default_utilities() -> list[str]:
+    """The default of `--utilities`: the built-in utilities but the costly OPT_IN ones, oracle included."""
+    return [n for n in utility_names() if n not in OPT_IN]
 
 
 def check_utilities(names: list[str]) -> list[str]:
@@ -203,6 +205,20 @@ def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.gxd_all
 
 
+@utility("gxd_ig", ("gxd_ig",))
+def gxd_ig(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|sum_s IG_i(x, s)|: integrated gradients of z_y on the straight path of the whole layer from its
+    reference to h (the joint path; higher_order.py)."""
+    return s.gxd_ig
+
+
+@utility("gxd2", ("gxd2",))
+def gxd2(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
+    """E|g . d_i + 1/2 d_i' H d_i|, d_i = r_i - h_i on unit i alone: GXD's first-order change of z_y plus the
+    second-order term along the same direction (higher_order.py)."""
+    return s.gxd2
+
+
 @utility("dormancy", ("abs_act",))
 def dormancy(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| / mean_j E|h_j| over the layer's units (ReDo's normalised dormancy score, SPEC S8)."""
@@ -240,6 +256,7 @@ def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
 
 
 BUILTIN = tuple(UTILITIES)  # registered above; users' utilities come after them
+OPT_IN = ("gxd_ig", "gxd2")  # built in, but run only when named: each costs many passes per calibration batch
 
 
 def example_ingredients(
@@ -338,10 +355,12 @@ def calibration_stats(
                 with torch.no_grad():
                     model(xb)
             # unit views of this forward's outputs (later captum calls re-run the forward; the values are the same)
-            h = {layer.name: layer.view(acts[layer.name]) for layer in layers}
+            outs = dict(acts)
+            h = {layer.name: layer.view(outs[layer.name]) for layer in layers}
             dev = {layer.name: h[layer.name] - per_unit(refs[layer.name], h[layer.name]) for layer in layers}
             if "loss_grad" in needs:
                 lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
+            higher = higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs)
             dev_all = {layer.name: 0.0 for layer in layers}
             real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
             for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if "gxd_all" in needs else ():
@@ -356,7 +375,7 @@ def calibration_stats(
                     loss_grad=layer.view(lgrads[k]) if "loss_grad" in needs else None,
                     target_grad=layer.view(grads[k]) if needs & {"gxi", "gxd"} else None,
                     real=real[layer.name],
-                )
+                ) | higher[layer.name]
                 for key, value in per_example.items():
                     acc[key] += value.sum(0).double()
                 if "gxd_all" in needs:
@@ -370,15 +389,31 @@ def calibration_stats(
     }
 
 
+def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
+                             outputs: dict[str, torch.Tensor], refs: Refs, padding: torch.Tensor | None,
+                             needs: set[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per layer, the per-example gxd_ig and gxd2 that `needs` asks for, `(B, n)` after the absolute value
+    (SPEC S3; `higher_order`); `outputs`: each layer's output on `x`."""
+    found: dict[str, dict[str, torch.Tensor]] = {layer.name: {} for layer in layers}
+    if "gxd_ig" in needs:
+        for layer in layers:
+            found[layer.name]["gxd_ig"] = path_attributions(model, layer, x, y, outputs[layer.name],
+                                                            refs[layer.name], padding).abs()
+    if "gxd2" in needs:
+        for name, change in second_order_changes(model, layers, x, y, refs, padding).items():
+            found[name]["gxd2"] = change.abs()
+    return found
+
+
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
 
 
 def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor, n_classes: int,
                      padding: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
     """dz_c/dh at every module's output, for c = 0..C-1 in order: one forward, then backward passes batched
-    over CLASS_CHUNK classes (`autograd.grad(..., is_grads_batched=True)`), or one per class where an op cannot be
-    batched that way. Yields per class the list of gradients `(B, n, ...)`, one per module (gxd_all, SPEC S3); a
-    language model's z_c sums logit c over the real positions `padding (B, T)` (all without padding, SPEC S9)."""
+    over CLASS_CHUNK classes (`higher_order.batched_vjp`). Yields per class the list of gradients `(B, n, ...)`,
+    one per module (gxd_all, SPEC S3); a language model's z_c sums logit c over the real positions
+    `padding (B, T)` (all without padding, SPEC S9)."""
     outputs: dict[nn.Module, torch.Tensor] = {}
 
     def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
@@ -395,11 +430,7 @@ def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor
         rows = chunk.view(len(chunk), *[1] * (z.dim() - 1), n_classes).expand(-1, *z.shape)
         if padding is not None and z.dim() == 3:
             rows = rows * padding.to(z.dtype).unsqueeze(-1)
-        try:
-            batched = torch.autograd.grad(z, tensors, rows, retain_graph=True, is_grads_batched=True)
-        except RuntimeError:  # an op without a batching rule: one backward per class
-            batched = [torch.stack(g) for g in zip(*(torch.autograd.grad(z, tensors, row, retain_graph=True)
-                                                       for row in rows), strict=True)]
+        batched = batched_vjp(z, tensors, rows)
         for j in range(len(rows)):
             yield [g[j] for g in batched]
 

@@ -218,7 +218,7 @@ def test_joint_shock_equals_model_with_all_selected_units_reset(selection, engin
 def test_example_shocks_match_direct_formulas():
     g = torch.Generator().manual_seed(9)
     z, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    torch.testing.assert_close(example_shocks(z, z2, "l1"), (z - z2).abs().sum(1))
+    torch.testing.assert_close(example_shocks(z, z2, "l1"), (z.double() - z2.double()).abs().sum(1))
     p, q = torch.softmax(z.double(), 1), torch.softmax(z2.double(), 1)
     torch.testing.assert_close(example_shocks(z, z2, "kl").double(),
                                (p * (p / q).log()).sum(1), atol=1e-10, rtol=1e-9)

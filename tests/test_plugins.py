@@ -1,19 +1,32 @@
-"""Your own utility (README "Your own utility"): registered from Python or by a package's entry point, loaded only
-when named, recorded with where it comes from, assayed like the built-in ones (SPEC S3)."""
+"""Your own utility and your own shock metric (README "Your own utility", "Your own metric"): registered from Python
+or by a package's entry point, loaded only when named, recorded with where it comes from, used like the built-in
+ones (SPEC S3, S4); a metric that reads the probe labels measures the same in both lesion engines."""
 
 from __future__ import annotations
 
 import json
 import sys
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import TwoLayerMLP
+from helpers.models import TinyCNN, TwoLayerMLP
+from typer.testing import CliRunner
 
 import resetassay as ra
 from resetassay import utilities
+from resetassay.cli import app
+from resetassay.lesion import joint_shocks, shocks, unit_shocks
+from resetassay.lesion.plain import clamped
+from resetassay.lesion.shocks import SHOCK_METRICS, check_metrics
+from resetassay.models import transformer
+from resetassay.reference import unit_references
+from resetassay.sequences import example_losses, next_token_targets
+from resetassay.units import unit_layers
 from resetassay.utilities import UTILITIES, check_utilities, utility_names
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture
@@ -21,6 +34,41 @@ def clean_registry(monkeypatch):
     monkeypatch.setattr(utilities, "UTILITIES", dict(UTILITIES))
     monkeypatch.setattr(utilities, "PLUGINS", {})
     return utilities
+
+
+@pytest.fixture
+def clean_metrics(monkeypatch):
+    monkeypatch.setattr(shocks, "SHOCK_METRICS", dict(SHOCK_METRICS))
+    monkeypatch.setattr(shocks, "PLUGINS", {})
+    return shocks
+
+
+def loss_increase(z, z_lesioned, y):
+    """The README's example: the cross-entropy of the lesioned logits minus that of the intact ones."""
+    def cross_entropy(logits):
+        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return cross_entropy(z_lesioned) - cross_entropy(z)
+
+
+def linf(z, z_lesioned, y):
+    """max_c |z_c - z'_c|: a metric of the logits alone."""
+    return (z - z_lesioned).abs().amax(dim=-1)
+
+
+def _entry_points(monkeypatch, tmp_path, group, name, source):
+    """An installed package's entry point `name` in `group`, served by a module written into tmp_path; returns the
+    groups asked for."""
+    (tmp_path / f"my_{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = EntryPoint(name=name, value=f"my_{name}:{name}", group=group)
+    asked = []
+
+    def entry_points(group):
+        asked.append(group)
+        return [point] if group == point.group else []
+
+    monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
+    return asked
 
 
 def _data():
@@ -54,22 +102,102 @@ def test_bad_registrations_are_refused_by_name(clean_registry):
 
 
 def test_an_entry_point_utility_loads_only_when_named(clean_registry, monkeypatch, tmp_path):
-    (tmp_path / "my_utilities.py").write_text(
-        "def firing_gap(stats, layer):\n    return (stats.fire - 0.5).abs()\n\nfiring_gap.needs = ('fire',)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    point = EntryPoint(name="firing_gap", value="my_utilities:firing_gap", group="resetassay.utilities")
-    asked = []
-
-    def entry_points(group):
-        asked.append(group)
-        return [point] if group == "resetassay.utilities" else []
-
-    monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
-    assert "firing_gap" not in clean_registry.UTILITIES and "my_utilities" not in sys.modules
+    asked = _entry_points(monkeypatch, tmp_path, "resetassay.utilities", "firing_gap",
+                          "def firing_gap(stats, layer):\n    return (stats.fire - 0.5).abs()\n\n"
+                          "firing_gap.needs = ('fire',)\n")
+    assert "firing_gap" not in clean_registry.UTILITIES and "my_firing_gap" not in sys.modules
     check_utilities(["gxd", "oracle"])
-    assert asked == [] and "my_utilities" not in sys.modules  # not loaded while not named
+    assert asked == [] and "my_firing_gap" not in sys.modules  # not loaded while not named
     assert check_utilities(["firing_gap", "gxd"]) == ["firing_gap", "gxd"]
     assert clean_registry.UTILITIES["firing_gap"].needs == {"fire"}
-    assert clean_registry.PLUGINS["firing_gap"] == "my_utilities:firing_gap"
+    assert clean_registry.PLUGINS["firing_gap"] == "my_firing_gap:firing_gap"
     with pytest.raises(ra.BadInputError, match="unknown nothing_here"):
         check_utilities(["nothing_here"])
+
+
+def _lesioned_by_hand(model, layer, refs, x, unit):
+    with torch.no_grad(), clamped([(layer, torch.tensor([unit]), refs[layer.name][[unit]])]):
+        return model(x)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
+def test_a_metric_of_the_labels_equals_its_direct_formula_in_both_engines(clean_metrics, name):
+    """loss_increase per unit = mean over the probe set of example_losses(z') - example_losses(z) (a sequence: over
+    its positions that have a target), the same from the plain engine, the fast one (shortcut on and off, K swept)
+    and joint lesions."""
+    ra.register_metric("loss_increase", loss_increase, targets=True)
+    ra.register_metric("linf", linf)
+    g = torch.Generator().manual_seed(4)
+    if name == "transformer":
+        model = transformer(vocab=5, max_len=4, d_model=8, n_layers=1, n_heads=2, mlp_ratio=1).double().eval()
+        x = torch.randint(0, 5, (6, 4), generator=g)
+        y = next_token_targets(x)
+    else:
+        model = TwoLayerMLP() if name == "mlp" else TinyCNN()
+        x = torch.randn(6, *((4,) if name == "mlp" else (1, 5, 5)), generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (6,), generator=g)
+    layers = unit_layers(model, x[:2])
+    refs = unit_references(model, layers, x)
+    metrics = ["l1", "loss_increase", "linf"]
+    plain = unit_shocks(model, layers, refs, x, metrics, engine="plain", targets=y)
+    with torch.no_grad():
+        z = model(x)
+    for layer in layers:
+        for unit in range(layer.n_units):
+            zl = _lesioned_by_hand(model, layer, refs, x, unit)
+            want = {"loss_increase": (example_losses(zl, y) - example_losses(z, y)).mean(),
+                    "linf": (z - zl).abs().amax(dim=-1).mean(dim=tuple(range(zl.dim() - 1)))}
+            for metric, value in want.items():
+                assert plain[metric][layer.name][unit].item() == pytest.approx(value.item(), rel=1e-9, abs=1e-12)
+    for shortcut, max_k in ((True, 2), (False, None)):
+        fast = unit_shocks(model, layers, refs, x, metrics, engine="fast", shortcut=shortcut, max_k=max_k, targets=y)
+        for metric in metrics:
+            for layer in layers:
+                torch.testing.assert_close(fast[metric][layer.name], plain[metric][layer.name], rtol=1e-9, atol=1e-12)
+    lesions = [{layers[0].name: torch.tensor([0, 1])}, {layers[-1].name: torch.tensor([1])}]
+    got, want = (joint_shocks(model, layers, refs, lesions, x, metrics, engine=e, targets=y) for e in ("fast", "plain"))
+    for metric in metrics:
+        torch.testing.assert_close(got[metric], want[metric], rtol=1e-9, atol=1e-12)
+
+
+def test_a_python_metric_is_assayed_and_recorded(clean_metrics, tmp_path):
+    ra.register_metric("loss_increase", loss_increase, targets=True)
+    calib, probe = _data()
+    result = ra.assay_model(TwoLayerMLP(), calib, probe, config=ra.AssayConfig(
+        utilities=["gxd", "oracle"], metrics=["l1", "loss_increase"]))
+    assert result.units["shock_loss_increase"].notna().all()
+    row = result.summary.query("utility == 'oracle' and metric == 'loss_increase' and scope == 'ALL'")
+    assert row["spearman"].iloc[0] == pytest.approx(1.0)
+    result.save(tmp_path / "run")
+    versions = json.loads((tmp_path / "run" / "run.json").read_text())["versions"]
+    assert versions["metrics"]["loss_increase"].endswith("loss_increase")
+
+
+def test_bad_metrics_are_refused_by_name(clean_metrics):
+    with pytest.raises(ra.BadInputError, match="'kl' is built in"):
+        ra.register_metric("kl", linf)
+    with pytest.raises(ra.BadInputError, match="--metrics: unknown nothing_here; choose from l1, kl"):
+        check_metrics(["l1", "nothing_here"])
+    ra.register_metric("loss_increase", loss_increase, targets=True)
+    (x, _), _ = _data()
+    model = TwoLayerMLP()
+    layers = unit_layers(model, x[:2])
+    refs = unit_references(model, layers, x)
+    for targets in (None, -torch.ones(len(x), dtype=torch.long)):  # no labels; unlabelled data
+        with pytest.raises(ra.BadInputError, match="--metrics loss_increase: reads the probe labels"):
+            unit_shocks(model, layers, refs, x, ["l1", "loss_increase"], targets=targets)
+
+
+def test_an_entry_point_metric_loads_only_when_named_and_runs_from_the_cli(clean_metrics, monkeypatch, tmp_path):
+    asked = _entry_points(monkeypatch, tmp_path, "resetassay.metrics", "linf",
+                          "def linf(z, z_lesioned, y):\n    return (z - z_lesioned).abs().amax(dim=-1)\n")
+    check_metrics(["l1", "kl"])
+    assert asked == [] and "my_linf" not in sys.modules  # not loaded while not named
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(FIXTURES / "relu_mlp" / "task2"), "--utilities", "gxd,oracle",
+                                      "--metrics", "l1,linf", "--calib-size", "64", "--probe-size", "64",
+                                      "--out", str(out), "--quiet", "--no-joint"])
+    assert result.exit_code == 0, result.output
+    assert clean_metrics.SHOCK_METRICS["linf"].targets is False
+    assert json.loads((out / "run.json").read_text())["versions"]["metrics"] == {"linf": "my_linf:linf"}
+    assert "shock_linf" in (out / "units.csv").read_text().splitlines()[0]

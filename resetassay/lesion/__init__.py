@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from resetassay.lesion import fast, plain, reset
-from resetassay.lesion.shocks import probe_logits
+from resetassay.lesion.shocks import check_targets, probe_logits
 from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer
@@ -26,14 +26,14 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
                 *, engine: Engine = "fast", base: torch.Tensor | None = None, batch_size: int = 512,
                 max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
                 advance: Advance | None = None, units: UnitChoice | None = None,
-                intervention: Intervention = "clamp", seed: int = 0) -> Shocks:
+                intervention: Intervention = "clamp", seed: int = 0, targets: torch.Tensor | None = None) -> Shocks:
     """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
     with `units`, only the units `units[layer]` (indices, in that order) of the layers it names.
 
     Args:
         model: in eval mode, on its device; `layers` resolved on it (`units.unit_layers`).
         refs: the reference `(n_units,)` of every layer (SPEC S2), on the model's device.
-        probe_x: probe inputs `(P, ...)`; metrics: names from `names.METRICS`.
+        probe_x: probe inputs `(P, ...)`; metrics: registered names (`shocks.SHOCK_METRICS`).
         engine: "fast" or "plain" (same numbers to float rounding; tests hold them to 1e-6 relative).
         base: the unlesioned probe logits `(P, C)`, computed here when None (in `batch_size` batches).
         max_memory: bytes of activations per lesion chunk (fast); max_k caps lesions per forward (fast);
@@ -42,24 +42,30 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         intervention: "clamp", or "cbp-reset": CBP's reset of the unit (SPEC S7) with r_i from `refs`, its fresh
             incoming weights seeded by `seed`, the layer and the unit; every layer must be resettable
             (`reset.reset_sites`).
+        targets: the probe targets `(P,)` (a language model's `(P, T)`), for metrics that read them.
     """
+    check_targets(metrics, targets)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
-        return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units)
+        return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units, targets)
     if engine == "plain":
-        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance, units)
-    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance, units)
+        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance, units, targets)
+    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance, units,
+                            targets)
 
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
                  probe_x: torch.Tensor, metrics: list[str], *, engine: Engine = "fast",
                  base: torch.Tensor | None = None, batch_size: int = 512, max_memory: int | None = None,
-                 advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0) -> SetShocks:
+                 advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0,
+                 targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped (or with
     "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
+    check_targets(metrics, targets)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
-        return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance)
+        return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance,
+                                  targets)
     if engine == "plain":
-        return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance)
-    return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)
+        return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance, targets)
+    return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance, targets)

@@ -25,9 +25,8 @@ from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
-from resetassay.lesion.shocks import BaseLogits, ShockSums, lesioned_units
+from resetassay.lesion.shocks import ShockSums, lesioned_units, probe_chunk
 from resetassay.lesion.split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
-from resetassay.sequences import padding_mask
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer, per_unit
 
@@ -139,7 +138,7 @@ def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Te
 
 def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r: torch.Tensor,
                         probe_x: torch.Tensor, base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
-                        advance: Advance | None) -> SetShocks:
+                        advance: Advance | None, targets: torch.Tensor | None = None) -> SetShocks:
     """Shocks `(len(chosen),)` of the units `chosen` of one layer through its split (steps 1-4 of the module
     docstring)."""
     device = base.device
@@ -156,7 +155,7 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r:
             with torch.inference_mode():
                 x = probe_x[p0:p0 + p_chunk].to(device)
                 h, values = _upstream(split, layer, x)
-                z = BaseLogits(base[p0:p0 + p_chunk], padding_mask(x))
+                z = probe_chunk(base, targets, x, p0)
                 for u0 in range(0, n, k_max):
                     idx = chosen[u0:u0 + k_max]
                     zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r))
@@ -210,9 +209,9 @@ def _rows(model: nn.Module, probe_x: torch.Tensor, max_memory: int | None) -> in
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
                  probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, max_memory: int | None = None,
-                 advance: Advance | None = None) -> SetShocks:
+                 advance: Advance | None = None, targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion (a set of units clamped at once): the
-    expanded-input path, whole model on K*P rows."""
+    expanded-input path, whole model on K*P rows; `targets`: the probe targets, for metrics that read them."""
     device = next(model.parameters()).device
     by_name = {layer.name: layer for layer in layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
@@ -228,8 +227,7 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                 chunk = lesions[l0:l0 + k_max]
                 with torch.inference_mode(), _block_clamps(chunk, by_name, refs, len(x)):
                     zl = model(_expand(x, len(chunk)))
-                sums.add(l0, BaseLogits(base[p0:p0 + p_chunk], padding_mask(x)),
-                         zl.view(len(chunk), len(x), *base.shape[1:]))
+                sums.add(l0, probe_chunk(base, targets, x, p0), zl.view(len(chunk), len(x), *base.shape[1:]))
                 if advance and p0 + p_chunk >= len(probe_x):
                     advance(len(chunk))
 
@@ -250,13 +248,14 @@ def shortcut_types(layer: UnitLayer, device: torch.device, shortcut: bool | None
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 base: torch.Tensor, max_memory: int | None = None, max_k: int | None = None,
                 shortcut: bool | None = None, advance: Advance | None = None,
-                units: UnitChoice | None = None) -> Shocks:
+                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
     """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`), equal to the plain engine's
     (SPEC S4), faster.
 
     `max_k` caps the lesions per forward (tests sweep it); `shortcut` True/False forces the consumer
     shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays
-    (`shortcut_types`). `base`: the unlesioned probe logits `(P, C)` or `(P, T, V)`.
+    (`shortcut_types`). `base`: the unlesioned probe logits `(P, C)` or `(P, T, V)`; `targets`: the probe targets,
+    for metrics that read them.
     """
     device = next(model.parameters()).device
     rows = _rows(model, probe_x, max_memory)
@@ -273,12 +272,13 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
             try:
                 split = split_at(gm, layer.name, shortcut_types(layer, device, shortcut))
                 per_metric = _split_layer_shocks(split, layer, chosen, refs[layer.name], probe_x, base, metrics,
-                                                 rows, max_k, advance)
+                                                 rows, max_k, advance, targets)
             except SplitError as why:
                 log.warning("%s; using the expanded-input path for %s", why, layer.name)
         if per_metric is None:
             lesions = [{layer.name: chosen[i:i + 1]} for i in range(len(chosen))]
-            per_metric = joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance)
+            per_metric = joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance,
+                                      targets)
         for m in metrics:
             shocks[m][layer.name] = per_metric[m]
     return shocks

@@ -40,9 +40,9 @@ def clamped(clamps: list[tuple[UnitLayer, torch.Tensor, torch.Tensor]]) -> Itera
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 base: torch.Tensor, batch_size: int = 512, advance: Advance | None = None,
-                units: UnitChoice | None = None) -> Shocks:
+                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
     """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): one lesion per unit, one
-    forward per lesion."""
+    forward per lesion; `targets`: the probe targets, for metrics that read them."""
     chosen = {layer.name: lesioned_units(layer, units) for layer in layers}
     padding = padding_mask(probe_x)
     shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in layers}
@@ -52,7 +52,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
             idx = torch.tensor([unit], device=base.device)
             with clamped([(layer, idx, refs[layer.name][idx])]):
                 lesioned = probe_logits(model, probe_x, batch_size)
-            for m, value in mean_shocks(base, lesioned, metrics, padding).items():
+            for m, value in mean_shocks(base, lesioned, metrics, padding, targets).items():
                 shocks[m][layer.name][i] = value
             if advance:
                 advance(1)
@@ -61,7 +61,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
                  probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, batch_size: int = 512,
-                 advance: Advance | None = None) -> SetShocks:
+                 advance: Advance | None = None, targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
     by_name = {layer.name: layer for layer in layers}
 
@@ -69,20 +69,21 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
         idx = {name: i.to(base.device) for name, i in lesion.items() if len(i)}
         return clamped([(by_name[name], i, refs[name][i]) for name, i in idx.items()])
 
-    return shocks_under(clamp, model, lesions, probe_x, metrics, base, batch_size, advance)
+    return shocks_under(clamp, model, lesions, probe_x, metrics, base, batch_size, advance, targets)
 
 
 def shocks_under(intervene: Callable[[Lesion], AbstractContextManager[None]], model: nn.Module,
                  lesions: list[Lesion], probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor,
-                 batch_size: int = 512, advance: Advance | None = None) -> SetShocks:
+                 batch_size: int = 512, advance: Advance | None = None,
+                 targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, one forward of the probe set inside `intervene(lesion)`
-    (a clamp here, CBP's reset in reset.py) (SPEC S4)."""
+    (a clamp here, CBP's reset in reset.py) (SPEC S4); `targets` for metrics that read them."""
     padding = padding_mask(probe_x)
     out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
     for k, lesion in enumerate(lesions):
         with intervene(lesion):
             lesioned = probe_logits(model, probe_x, batch_size)
-        for m, value in mean_shocks(base, lesioned, metrics, padding).items():
+        for m, value in mean_shocks(base, lesioned, metrics, padding, targets).items():
             out[m][k] = value
         if advance:
             advance(1)

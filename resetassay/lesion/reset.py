@@ -89,24 +89,25 @@ def reset(sites: dict[str, ResetSite], refs: Refs, lesion: Lesion, seed: int) ->
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
                  probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, seed: int = 0,
-                 batch_size: int = 512, advance: Advance | None = None) -> SetShocks:
+                 batch_size: int = 512, advance: Advance | None = None,
+                 targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, all its units reset at once, one forward each (SPEC S4, S7).
     Every layer must be resettable (`reset_sites`)."""
     sites, why_not = reset_sites(model, layers)
     if why_not:
         raise ValueError("cbp-reset: cannot reset " + "; ".join(f"{name} ({why})" for name, why in why_not.items()))
     return shocks_under(lambda lesion: reset(sites, refs, lesion, seed), model, lesions, probe_x, metrics, base,
-                        batch_size, advance)
+                        batch_size, advance, targets)
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
                 base: torch.Tensor, seed: int = 0, batch_size: int = 512, advance: Advance | None = None,
-                units: UnitChoice | None = None) -> Shocks:
+                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
     """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): each unit reset alone (SPEC S4, S7)."""
     shocks: Shocks = {m: {} for m in metrics}
     for layer in layers:
         alone = [{layer.name: i.view(1)} for i in lesioned_units(layer, units)]
-        values = joint_shocks(model, [layer], refs, alone, probe_x, metrics, base, seed, batch_size, advance)
+        values = joint_shocks(model, [layer], refs, alone, probe_x, metrics, base, seed, batch_size, advance, targets)
         for m in metrics:
             shocks[m][layer.name] = values[m]
     return shocks

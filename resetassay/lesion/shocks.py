@@ -1,21 +1,90 @@
-"""Shock metrics (SPEC S4): per-example shocks, running sums over probe chunks, probe logits.
+"""Shock metrics (SPEC S4): the registry, per-example shocks, running sums over probe chunks, probe logits.
 
 The shock of a lesion is the mean over the probe set of how far the logits move: L1 of the
 logit difference, or KL(softmax(z) || softmax(z_lesioned)); of a language model's logits
 `(P, T, V)`, the mean over each example's positions of the per-position shock (SPEC S9). Both
-engines compute them here, from the same perturbed logits, in float64.
+engines compute them here, from the same perturbed logits, in float64. Other metrics (a loss
+increase, an accuracy drop) are registered by name (`register_metric`, or a package's
+`resetassay.metrics` entry point, loaded only when named); one that reads the probe targets says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from resetassay.errors import BadInputError
 from resetassay.names import METRICS
+from resetassay.plugins import entry_point, source_of
+from resetassay.sequences import IGNORE, padding_mask
 from resetassay.shapes import UnitChoice
 from resetassay.units import UnitLayer
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (z, z', y) -> (...)
+
+
+@dataclass(frozen=True)
+class ShockMetric:
+    """A shock metric: `shocks(base, z_lesioned)`, the shock `(..., P)` or a sequence's `(..., P, T)` of lesioned
+    logits `(..., P, C)` or `(..., P, T, V)` against one probe chunk's `BaseLogits` (its float64 logits, their
+    softmax and log-sum-exp, the targets); `targets`: whether it reads the targets (SPEC S4)."""
+
+    name: str
+    shocks: Callable[[BaseLogits, torch.Tensor], torch.Tensor]
+    targets: bool = False
+
+
+def l1(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
+    """Sum_c |z_c - z'_c| (SPEC S4)."""
+    return (z_lesioned - base.z).abs().sum(dim=-1)
+
+
+def kl(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
+    """KL(softmax z || softmax z') = lse(z') - lse(z) - sum_c p_c (z'_c - z_c), p = softmax z (SPEC S4)."""
+    return torch.logsumexp(z_lesioned, dim=-1) - base.lse - ((z_lesioned - base.z) * base.p).sum(dim=-1)
+
+
+def _of_logits(fn: MetricFn, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
+    """A registered `fn(z, z_lesioned, y)` as a ShockMetric's `shocks`: z expanded to z_lesioned's shape, y (where
+    it reads targets) to its leading shape, 0 where a position has no target (it then does not count)."""
+    def shocks(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
+        y = base.targets.clamp(min=0).expand(z_lesioned.shape[:-1]) if targets else None
+        return fn(base.z.expand_as(z_lesioned), z_lesioned, y).double().expand(z_lesioned.shape[:-1])
+    return shocks
+
+
+SHOCK_METRICS: dict[str, ShockMetric] = {"l1": ShockMetric("l1", l1), "kl": ShockMetric("kl", kl)}  # METRICS
+ENTRY_POINTS = "resetassay.metrics"  # the entry-point group of shock metrics other packages provide
+PLUGINS: dict[str, str] = {}  # metrics registered by the user: name -> where from (package and version)
+
+
+def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str | None = None) -> None:
+    """Register your own shock metric `fn(z, z_lesioned, y) -> (...)` under `name` (README "Your own metric").
+
+    `z`, `z_lesioned`: the intact and lesioned logits, float64, one shape `(..., C)` (a language model's
+    `(..., T, V)`); `y`: with `targets=True`, the probe targets `(...)` (labels; a language model's next tokens,
+    0 where a position has none, which then does not count), else None. Return one shock per example (per
+    position); resetassay averages them over the probe set (a sequence's positions first, SPEC S4, S9). A
+    built-in name is refused. `source` (default: the function's module and name) is recorded in run.json."""
+    if name in METRICS:
+        raise BadInputError(f"metric {name!r} is built in; register yours under another name", flag="--metrics")
+    SHOCK_METRICS[name] = ShockMetric(name, _of_logits(fn, targets), bool(targets))
+    PLUGINS[name] = source or source_of(fn)
+
+
+def _load_entry_point(name: str) -> bool:
+    """Register the metric `name` an installed package provides in the `resetassay.metrics` entry-point group
+    (loaded only when named); its `targets` attribute says whether it reads the probe targets. False when none
+    does."""
+    found = entry_point(ENTRY_POINTS, name, "--metrics")
+    if found is None:
+        return False
+    fn, source = found
+    register_metric(name, fn, bool(getattr(fn, "targets", False)), source)
+    return True
 
 
 def lesioned_units(layer: UnitLayer, units: UnitChoice | None) -> torch.Tensor:
@@ -26,40 +95,78 @@ def lesioned_units(layer: UnitLayer, units: UnitChoice | None) -> torch.Tensor:
 
 
 def check_metrics(names: list[str]) -> list[str]:
-    """Validate `--metrics`; the message lists the valid names."""
-    unknown = [n for n in names if n not in METRICS]
+    """Validate `--metrics` (loading a package's metric the first time it is named); the message lists the valid
+    names."""
+    unknown = [n for n in names if n not in SHOCK_METRICS and not _load_entry_point(n)]
     if unknown:
-        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRICS)}",
+        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(SHOCK_METRICS)}",
                             flag="--metrics")
     return names
 
 
-def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str,
-                   padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-example shock `(P,)` between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4), or both `(P, T, V)`:
-    the mean over positions, over the real ones `padding (P, T)` of padded token data (SPEC S9)."""
-    if metric == "l1":
-        shock = (z - z_lesioned).abs().sum(dim=-1)
-    elif metric == "kl":
-        log_p, log_q = F.log_softmax(z.double(), dim=-1), F.log_softmax(z_lesioned.double(), dim=-1)
-        shock = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    else:
-        raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(METRICS)}")
-    if z.dim() != 3:
-        return shock
-    return shock.mean(dim=1) if padding is None else (shock * position_weights(padding)).sum(dim=1)
+def check_targets(metrics: list[str], targets: torch.Tensor | None) -> None:
+    """Refuse a metric that reads the probe targets where there are none (no labels, or unlabelled data: -1)."""
+    needing = [m for m in metrics if SHOCK_METRICS[m].targets]
+    if needing and (targets is None or (targets.dim() == 1 and bool((targets < 0).any()))):
+        raise BadInputError(f"--metrics {', '.join(needing)}: reads the probe labels, and this probe set has "
+                            "none; choose metrics of the logits alone (l1, kl)", flag="--metrics")
 
 
-def position_weights(padding: torch.Tensor) -> torch.Tensor:
-    """`(P, T)` float64: 1 / (real positions of the example) at its real positions, 0 at pads (SPEC S9)."""
-    real = padding.double()
+def position_weights(real: torch.Tensor) -> torch.Tensor:
+    """`(P, T)` float64: 1 / (counted positions of the example) at its counted positions `real (P, T)`, else 0
+    (SPEC S9)."""
+    real = real.double()
     return real / real.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+class BaseLogits:
+    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, in float64, with their log-sum-exp and softmax
+    (reused by every lesion) and the probe targets `(P,)` or `(P, T)` where given; a sequence's position weights:
+    its real positions `padding (P, T)` (all without), and for metrics that read targets, its positions that have
+    one (SPEC S9)."""
+
+    def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+        self.z = z.double()
+        self.lse = torch.logsumexp(self.z, dim=-1)
+        self.p = (self.z - self.lse.unsqueeze(-1)).exp()
+        sequence = z.dim() == 3
+        self.weights = position_weights(padding.to(z.device)) if padding is not None and sequence else None
+        self.targets = targets.to(z.device) if targets is not None else None
+        self.target_weights = (position_weights(self.targets != IGNORE)
+                               if self.targets is not None and sequence else None)
+
+    def shocks(self, z_lesioned: torch.Tensor, metric: str) -> torch.Tensor:
+        """Per-example shocks `(..., P)` of lesioned logits `(..., P, C)` or `(..., P, T, V)` (SPEC S4, S9)."""
+        if metric not in SHOCK_METRICS:
+            raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(SHOCK_METRICS)}",
+                                flag="--metrics")
+        m = SHOCK_METRICS[metric]
+        shock = m.shocks(self, z_lesioned.double())
+        if self.z.dim() != 3:
+            return shock
+        w = self.target_weights if m.targets else self.weights
+        return shock.mean(dim=-1) if w is None else (shock * w).sum(dim=-1)
+
+
+def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str, padding: torch.Tensor | None = None,
+                   targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example shock `(P,)` float64 between logits `z` and `z_lesioned`, both `(P, C)` (SPEC S4), or both
+    `(P, T, V)`: the mean over positions, over the real ones `padding (P, T)` of padded token data (SPEC S9)."""
+    return BaseLogits(z, padding, targets).shocks(z_lesioned, metric)
+
+
+def probe_chunk(base: torch.Tensor, targets: torch.Tensor | None, x: torch.Tensor, first: int) -> BaseLogits:
+    """The BaseLogits of the probe chunk `x`, examples `first..first+len(x)` of the unlesioned logits `base` and
+    the targets (SPEC S4)."""
+    last = first + len(x)
+    return BaseLogits(base[first:last], padding_mask(x), None if targets is None else targets[first:last])
+
+
 def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str],
-                padding: torch.Tensor | None = None) -> dict[str, float]:
+                padding: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> dict[str, float]:
     """Shock per metric of one lesion: the mean over the probe set (SPEC S4)."""
-    return {m: example_shocks(z, z_lesioned, m, padding).double().mean().item() for m in metrics}
+    base = BaseLogits(z, padding, targets)
+    return {m: base.shocks(z_lesioned, m).mean().item() for m in metrics}
 
 
 def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -69,17 +176,6 @@ def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
     device = next(model.parameters()).device
     with torch.no_grad():
         return torch.cat([model(xb.to(device)) for xb in torch.split(x, batch_size)])
-
-
-class BaseLogits:
-    """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, with what the shocks reuse, in float64; with
-    `padding (P, T)`, the weights of each example's real positions (SPEC S9)."""
-
-    def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None):
-        self.z = z.double()
-        self.lse = torch.logsumexp(self.z, dim=-1)
-        self.p = (self.z - self.lse.unsqueeze(-1)).exp()
-        self.weights = position_weights(padding.to(z.device)) if padding is not None and z.dim() == 3 else None
 
 
 class ShockSums:
@@ -95,20 +191,8 @@ class ShockSums:
     def add(self, first: int, base: BaseLogits, z_lesioned: torch.Tensor) -> None:
         """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)` or `(K, P, T, V)` (a sequence's
         shock is its mean over positions, SPEC S9)."""
-        zl = z_lesioned.double()
-        d = zl - base.z                                   # (K, P, C) or (K, P, T, V)
-        k = len(zl)
-        if "l1" in self.sums:
-            l1 = d.abs().sum(dim=(1, 2)) if d.dim() == 3 else _over_positions(d.abs().sum(dim=3), base).sum(dim=1)
-            self.sums["l1"][first:first + k] += l1
-        if "kl" in self.sums:  # KL(p || q) = lse(z') - lse(z) - sum_c p_c (z'_c - z_c)
-            kl = torch.logsumexp(zl, dim=-1) - base.lse - (d * base.p).sum(dim=-1)
-            self.sums["kl"][first:first + k] += (_over_positions(kl, base) if kl.dim() == 3 else kl).sum(dim=1)
+        for m, s in self.sums.items():
+            s[first:first + len(z_lesioned)] += base.shocks(z_lesioned, m).sum(dim=1)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
         return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
-
-
-def _over_positions(shock: torch.Tensor, base: BaseLogits) -> torch.Tensor:
-    """`(K, P)`: per-position shocks `(K, P, T)` averaged over each example's (real) positions."""
-    return shock.mean(dim=2) if base.weights is None else (shock * base.weights).sum(dim=2)

@@ -66,6 +66,12 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _caption(figure: str) -> str:
+    """A figure's caption; a registered shock metric's scatter is captioned like the built-in ones (SPEC S4)."""
+    metric = figure.removeprefix("scatter_")
+    return FIGURE_CAPTIONS.get(figure) or f"Utility against the unit's {metric} shock, as above."
+
+
 def _reading_notes(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
     """How to read the detail tables, and what the run left out (a q it did not measure, sampled units)."""
     metrics = ", ".join(dict.fromkeys(stats["metric"]))
@@ -105,7 +111,7 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
     provenance."""
     blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
     for path in made:
-        blocks.append(Block("figure", FIGURE_CAPTIONS[path.stem].format(q=q_label(q)), path=path))
+        blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
     blocks += [Block("h2", "Tables per model family", fold=True), *_reading_notes(tables, info, stats, q, base_q)]
     for family, ckpts in stats.groupby("family", sort=True):
         steps = sorted(ckpts["step"].dropna().unique())
