@@ -30,6 +30,7 @@ from resetassay import sequences
 from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
 from resetassay.errors import BadInputError
+from resetassay.greedy import Picks, candidate_pool, greedy_selection
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
@@ -37,12 +38,14 @@ from resetassay.names import (
     CBP_RESET,
     ENGINES,
     FAILURE_COLUMNS,
+    GXD_GREEDY,
     INTERVENTIONS,
     MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
     PRECISIONS,
     REFERENCES,
+    SET_SELECTORS,
     TABLES,
     Engine,
     Intervention,
@@ -104,6 +107,7 @@ class AssayConfig:
     target: str = "label"
     intervention: Intervention = "clamp"
     dtype: Precision = "fp32"
+    greedy_every: int | None = None  # gxd_greedy's m: picks per layer between GXD recomputations (greedy.py)
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -112,7 +116,7 @@ class AssayConfig:
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise BadInputError(f"{flag}: {', '.join(repeated)} given twice; name each once", flag=flag)
-        check_utilities(self.utilities)
+        check_utilities([u for u in self.utilities if u not in SET_SELECTORS])
         check_metrics(self.metrics)
         if self.engine not in ENGINES:
             raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}", flag="--engine")
@@ -121,7 +125,7 @@ class AssayConfig:
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--calib-size", self.calib_size, 1),
                                  ("--probe-size", self.probe_size, 1), ("--maturity", self.maturity, 0),
                                  ("--max-memory", self.max_memory, 1), ("--units-per-layer", self.units_per_layer, 1),
-                                 ("--max-classes", self.max_classes, 1)):
+                                 ("--max-classes", self.max_classes, 1), ("--greedy-every", self.greedy_every, 1)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -139,6 +143,22 @@ class AssayConfig:
         if self.intervention not in INTERVENTIONS:
             raise BadInputError(f"--intervention {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
                                 flag="--intervention")
+        self._check_greedy()
+
+    def _check_greedy(self) -> None:
+        """gxd_greedy is judged by its joint Shock@q and conditions on the clamp (SPEC S5): it needs joint lesions
+        and the clamp; `--greedy-every` applies only to it."""
+        if GXD_GREEDY not in self.utilities:
+            if self.greedy_every is not None:
+                raise BadInputError(f"--greedy-every applies only with {GXD_GREEDY} among --utilities; add it",
+                                    flag="--greedy-every")
+            return
+        if not self.joint:
+            raise BadInputError(f"--utilities {GXD_GREEDY}: a set selector is measured by its joint Shock@q; drop "
+                                "--no-joint", flag="--utilities")
+        if self.intervention != "clamp":
+            raise BadInputError(f"--utilities {GXD_GREEDY}: it conditions GXD on the clamp, so it needs "
+                                f"--intervention clamp, not {self.intervention}", flag="--utilities")
 
 
 @dataclass
@@ -228,6 +248,7 @@ class AssayResult:
         info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info, table_format)
         write_failures(out, self.failures)
+        write_timings(out, {"checkpoints": self.timings})  # the report reads the greedy's seconds from it
         start = time.perf_counter()
         report = render(out)
         write_timings(out, {"checkpoints": self.timings, "report": round(time.perf_counter() - start, 4)})
@@ -423,18 +444,25 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
+def calibration_targets(p: Prepared) -> torch.Tensor:
+    """The targets y of gxd, gxi and loss_gradient on the calibration set: its labels, or with `--target predicted`
+    the model's own class (next token) (SPEC S3)."""
+    if p.config.target == "predicted":
+        return sequences.predicted_targets(probe_logits(p.model, p.calib_x, p.config.batch_size), p.calib_y)
+    return p.calib_y
+
+
 def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
     """References and utility scores of every unit on the calibration set (SPEC S2, S3)."""
-    config, calib_y = p.config, p.calib_y
-    if config.target == "predicted":  # the model's own class (next token) in place of the label (SPEC S3)
-        calib_y = sequences.predicted_targets(probe_logits(p.model, p.calib_x, config.batch_size), calib_y)
+    config, calib_y = p.config, calibration_targets(p)
+    ranked = [u for u in config.utilities if u not in SET_SELECTORS]  # a set selector runs in `finish`
     with p.clock("references"):
         refs = unit_references(p.model, p.layers, p.calib_x, config.reference, config.batch_size)
     with p.clock("utilities"):
-        stats = calibration_stats(p.model, p.layers, p.calib_x, calib_y, refs, needed_ingredients(config.utilities),
+        stats = calibration_stats(p.model, p.layers, p.calib_x, calib_y, refs, needed_ingredients(ranked),
                                   config.batch_size, config.seed, _counter(progress, f"calibration {p.name}",
                                                                             len(p.calib_x)), config.max_classes)
-        scores, na = unit_scores(config.utilities, p.layers, stats)
+        scores, na = unit_scores(ranked, p.layers, stats)
     return Calibration(refs, scores, na | {(CBP_RESET, layer): why for layer, why in p.unresettable.items()})
 
 
@@ -466,13 +494,19 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     clamp = {m: joined(clamp_column(m)) for m in config.metrics} if config.intervention == CBP_RESET else None
     units = _unit_table(p.name, p.layers, cal.refs, cal.scores, {m: joined(m) for m in config.metrics}, p.maturity,
                         p.chosen, clamp)
+    sets = {}
+    if GXD_GREEDY in config.utilities:
+        with p.clock("greedy"):
+            sets[GXD_GREEDY] = greedy_selection(p.model, p.layers, cal.refs, p.calib_x, calibration_targets(p),
+                                                candidate_pool(units), config.q, config.greedy_every,
+                                                config.batch_size)
     with p.clock("joint lesions"), precision(config, p.base.device):
-        joint = (_joint_shock_at_q(p.model, p.layers, cal.refs, units, (p.probe_x, p.probe_y), p.base, config)
+        joint = (_joint_shock_at_q(p.model, p.layers, cal.refs, units, (p.probe_x, p.probe_y), p.base, config, sets)
                  if config.joint else {})
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
     with p.clock("summary"):
-        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint)
+        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
     accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y)}])
     return AssayResult(units, summary, notes, accuracy, config, timings={p.name: p.clock.seconds})
 
@@ -558,15 +592,16 @@ class StageClock:
 
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,
-                      probe: tuple[torch.Tensor, torch.Tensor], base: torch.Tensor,
-                      config: AssayConfig) -> dict[tuple[str, str], float]:
-    """Joint Shock@q (SPEC S5): clamp (or reset) each utility's whole selection at once, all in one batch."""
+                      probe: tuple[torch.Tensor, torch.Tensor], base: torch.Tensor, config: AssayConfig,
+                      sets: dict[str, Picks]) -> dict[tuple[str, str], float]:
+    """Joint Shock@q (SPEC S5): clamp (or reset) each utility's whole selection (a set selector's: its set of
+    `sets`) at once, all in one batch."""
     keys: list[tuple[str, str]] = []
     lesions: list[Lesion] = []
     for utility in config.utilities:
         for metric in config.metrics if utility == ORACLE else config.metrics[:1]:
             column = utility_column(utility, metric)
-            chosen = selections(units, column, config.q) if column in units else {}
+            chosen = sets.get(utility) or (selections(units, column, config.q) if column in units else {})
             if chosen:
                 keys.append((utility, metric))
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from resetassay.errors import BadInputError
-from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES
+from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES, SET_SELECTORS
 
 if TYPE_CHECKING:
     from resetassay.data import DataChoice, DataSpec
@@ -143,7 +143,8 @@ def run(
     out_dir: Annotated[str, typer.Option("--out", help="Run directory for tables, report and figures.")]
     = "reports/run",
     utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities (default: all but the costly "
-                                                               "gxd_ig and gxd2).")] = None,
+                                                  "gxd_ig and gxd2, and gxd_greedy, the greedy set-aware "
+                                                  "selector: each only when named).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated shock metrics.")] = "l1,kl",
     layers: Layers = None,
     reference: Annotated[str, typer.Option(help="calibration-mean, stored or zero (SPEC S2).")]
@@ -173,6 +174,9 @@ def run(
                                              "(a language model: its vocabulary); one backward pass each.")] = 100,
     target: Annotated[str, typer.Option(help="The class whose logit gxd, gxi and loss_gradient follow: label (the "
                                         "data's) or predicted (the model's own).")] = "label",
+    greedy_every: Annotated[int | None, typer.Option(help="gxd_greedy: units each layer picks between two "
+                                                     "recomputations of GXD (default: a quarter of its k, at "
+                                                     "most 4 rounds).")] = None,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
     output: Output = None,
@@ -216,6 +220,7 @@ def run(
             batch_size=batch_size, device=device, joint=joint, engine=engine,
             max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
             max_classes=max_classes, target=target, dtype=dtype, intervention=intervention,
+            greedy_every=greedy_every,
         )
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -236,7 +241,8 @@ def run(
     if rank != 0:
         raise typer.Exit(code)
     if len(result.units):
-        pooled = result.summary[(result.summary["scope"] == ALL) & (result.summary["metric"] == config.metrics[0])]
+        pooled = result.summary[(result.summary["scope"] == ALL) & (result.summary["metric"] == config.metrics[0])
+                                & ~result.summary["utility"].isin(SET_SELECTORS)]  # a set has no ρ
         table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")
         table.add_column("utility")
         table.add_column("ρ", justify="right")

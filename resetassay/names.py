@@ -14,6 +14,11 @@ RANDOM = "random"  # seeded noise, the floor every utility should beat (SPEC S3)
 UTILITY_ORDER = ("activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd",
                  "gxd_all", "gxd_ig", "gxd2", "dormancy", "deviation", "firing_rate", "tracked", RANDOM, ORACLE)
 
+# Set selectors (SPEC S5): they pick each layer's Shock@q set without ranking units, so they have no UnitTable column
+# and no Spearman ρ; their rows come from the set (greedy.py). Opt-in: not in the default `--utilities`.
+GXD_GREEDY = "gxd_greedy"
+SET_SELECTORS = (GXD_GREEDY,)
+
 # Utilities CBP can track online during training (SPEC S7): computable from one batch's forward and backward.
 ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
 

@@ -5,7 +5,7 @@
     OUT/run.json              config, inputs, versions, device, seeds, files' sha256, the tables' format
                               (`table_format`, outside the config: it changes no number) (`read_run_info`)
     OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
-    OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`)
+    OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`, `read_timings`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
     OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text and their sha256
     OUT/parts/<key>/*.safetensors   the work items of a checkpoint in flight under torchrun (shard.py):
@@ -260,6 +260,13 @@ def run_q(summary: pd.DataFrame, info: dict, path: Path) -> float:
     if "q" in info.get("config", {}):
         return float(info["config"]["q"])
     raise BadInputError(f"{path / 'summary.csv'}: no q recorded; rerun the assay")
+
+
+def read_timings(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Seconds per stage of each checkpoint the run's last launch assayed (timings.json); {} when absent or
+    unreadable (timings are a report's side note, never its numbers)."""
+    checkpoints = (_read_json(Path(run_dir) / TIMINGS) or {}).get("checkpoints")
+    return checkpoints if isinstance(checkpoints, dict) else {}
 
 
 def write_timings(out: str | Path, timings: dict) -> None:

@@ -17,13 +17,24 @@ import numpy as np
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.names import ALL, COMMON, ORACLE, POOLED_SCOPES, SUMMARY_COLUMNS, shock_column, utility_column
+from resetassay.names import (
+    ALL,
+    COMMON,
+    ORACLE,
+    POOLED_SCOPES,
+    SET_SELECTORS,
+    SUMMARY_COLUMNS,
+    shock_column,
+    utility_column,
+)
 
 # Pooled statistics of one checkpoint, utility and metric; `layer_spearman` is the mean of the
 # per-layer Spearman rows, the rest are the SummaryTable's ALL row (SPEC S5).
 STATS = ("spearman", "layer_spearman", "shock_at_q", "oracle_shock_at_q", "gap", "gap_ratio", "overlap",
          "joint_shock")
 UNKNOWN_FAMILY = "model"
+SET_NOTE = "a set selector: it picks a set and ranks no unit, so Spearman ρ is undefined"
+UNMEASURED_SET = "a set selector: measured only with joint lesions, at the run's q"
 
 
 def spearman(utility: np.ndarray, shock: np.ndarray) -> tuple[float, str]:
@@ -58,10 +69,10 @@ def selection(layer_units: pd.DataFrame, column: str, q: float) -> np.ndarray:
     return layer_units["unit"].to_numpy()[pos]
 
 
-def _mature_layers(units: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
-    """Mature units per layer, for the layers where `column` is defined."""
+def _mature_layers(units: pd.DataFrame, column: str | None) -> dict[str, pd.DataFrame]:
+    """Mature units per layer, for the layers where `column` is defined (every layer: None)."""
     mature = units[units["mature"]]
-    return {name: g for name, g in mature.groupby("layer", sort=False) if g[column].notna().all()}
+    return {name: g for name, g in mature.groupby("layer", sort=False) if column is None or g[column].notna().all()}
 
 
 def selections(units: pd.DataFrame, column: str, q: float) -> dict[str, np.ndarray]:
@@ -69,13 +80,15 @@ def selections(units: pd.DataFrame, column: str, q: float) -> dict[str, np.ndarr
     return {name: selection(g, column, q) for name, g in _mature_layers(units, column).items()}
 
 
-def _scope_row(groups: dict[str, pd.DataFrame], column: str, shock: str, q: float) -> dict:
-    """One SummaryTable row over the layers `groups` (SPEC S5). Top-k overlap is undefined in a layer whose
-    shock is the same for every unit and that resets fewer than all of them (the oracle's pick is then a
-    tie-break, not a ranking): such layers are left out of it, with a note, and it is NaN when none is left."""
+def _scope_row(groups: dict[str, pd.DataFrame], column: str | None, shock: str, q: float,
+               picked: dict[str, np.ndarray] | None = None) -> dict:
+    """One SummaryTable row over the layers `groups` (SPEC S5), of the selection by `column`, or of a set
+    selector's `picked` units per layer (then Spearman ρ is NaN: a set ranks no unit). Top-k overlap is undefined
+    in a layer whose shock is the same for every unit and that resets fewer than all of them (the oracle's pick is
+    then a tie-break, not a ranking): such layers are left out of it, with a note, and it is NaN when none is left."""
     chosen, oracle, overlaps, tied = [], [], [], []
     for name, g in groups.items():
-        mine = set(selection(g, column, q))
+        mine = set(selection(g, column, q)) if picked is None else set(picked[name].tolist())
         best = set(selection(g, shock, q))
         by_unit = g.set_index("unit")[shock]
         chosen += [by_unit[u] for u in mine]
@@ -85,7 +98,8 @@ def _scope_row(groups: dict[str, pd.DataFrame], column: str, shock: str, q: floa
         else:
             overlaps.append(len(mine & best) / len(mine))
     pooled = pd.concat(groups.values())
-    rho, note = spearman(pooled[column].to_numpy(), pooled[shock].to_numpy())
+    rho, note = (spearman(pooled[column].to_numpy(), pooled[shock].to_numpy()) if picked is None
+                 else (math.nan, SET_NOTE))
     if tied:
         where = "every layer" if not overlaps else ", ".join(tied)
         note = "; ".join(filter(None, [note, f"top-k overlap undefined where shock is constant ({where})"]))
@@ -121,8 +135,10 @@ def checkpoint_summary(
     metrics: list[str],
     q: float = 0.05,
     joint: dict[tuple[str, str], float] | None = None,
+    sets: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
-    """SummaryTable rows of one checkpoint's UnitTable (SPEC S5); `joint[(utility, metric)]` if measured.
+    """SummaryTable rows of one checkpoint's UnitTable (SPEC S5); `joint[(utility, metric)]` if measured;
+    `sets[selector][layer]`: the units a set selector (names.SET_SELECTORS) picked, if it ran.
 
     Per utility and metric: the ALL row (every layer where the utility applies), the `common` row (only the
     layers where every utility in `utilities` applies: the rows to compare utilities by; its joint Shock@q is
@@ -133,27 +149,36 @@ def checkpoint_summary(
     common = common_layers(units, utilities)
     rows = []
     for utility in utilities:
+        picked = (sets or {}).get(utility)
         for metric in metrics:
             column, shock = utility_column(utility, metric), shock_column(metric)
-            groups = _mature_layers(units, column) if column in units else {}
             base = {"checkpoint": checkpoint, "utility": utility, "metric": metric, "q": q}
+            if utility in SET_SELECTORS:
+                column = None
+                groups = {name: g for name, g in _mature_layers(units, None).items() if name in (picked or {})}
+                if not groups:
+                    rows.append({**base, "scope": ALL, "n_layers": 0, "n_units": 0, "note": UNMEASURED_SET})
+                    continue
+            else:
+                groups = _mature_layers(units, column) if column in units else {}
             if not groups:
                 rows.append({**base, "scope": ALL, "n_layers": 0, "n_units": 0, "note": "not applicable to any layer"})
                 continue
             missing = [name for name in all_layers if name not in groups]
-            row = _scope_row(groups, column, shock, q)
+            row = _scope_row(groups, column, shock, q, picked)
             if missing:
                 row["note"] = "; ".join(filter(None, [row["note"], f"not applicable: {', '.join(missing)}"]))
             row["joint_shock"] = (joint or {}).get((utility, metric), math.nan)
             rows.append({**base, "scope": ALL, **row})
             shared = {name: g for name, g in groups.items() if name in common}
             if shared:
-                rows.append({**base, "scope": COMMON, **_scope_row(shared, column, shock, q), "joint_shock": math.nan})
+                rows.append({**base, "scope": COMMON, **_scope_row(shared, column, shock, q, picked),
+                             "joint_shock": math.nan})
             else:
                 rows.append({**base, "scope": COMMON, "n_layers": 0, "n_units": 0,
                              "note": "no layer where every utility applies"})
             for name, g in groups.items():
-                rows.append({**base, "scope": name, **_scope_row({name: g}, column, shock, q),
+                rows.append({**base, "scope": name, **_scope_row({name: g}, column, shock, q, picked),
                              "joint_shock": math.nan})
     return pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
 

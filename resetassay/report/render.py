@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from resetassay.bootstrap import ratio_intervals
-from resetassay.names import CBP_RESET, COMMON, ORACLE
+from resetassay.names import CBP_RESET, COMMON, ORACLE, SET_SELECTORS
 from resetassay.report import figures
 from resetassay.report.blocks import (
     MIN_SE,
@@ -33,7 +33,8 @@ from resetassay.report.headline import headline_blocks, span
 from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
-from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, run_q, write_table
+from resetassay.report.sets import set_blocks
+from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, read_timings, run_q, write_table
 from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
 
 # Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed, and so is every
@@ -104,11 +105,12 @@ def _sampled_note(info: dict) -> list[Block]:
 
 
 def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
-                  sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float) -> list[Block]:
+                  sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
+                  timings: dict[str, dict[str, float]] | None = None) -> list[Block]:
     """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
     directory), then folded details: tables per family (`stats`: per-checkpoint statistics of scope ALL), by
-    training step, the q sweep, per-checkpoint ρ, clamp against reset (a cbp-reset run), not-applicable notes,
-    provenance."""
+    training step, the q sweep, per-checkpoint ρ, clamp against reset (a cbp-reset run), set-aware selection (a
+    run with a set selector; `timings`: timings.json's stages per checkpoint), not-applicable notes, provenance."""
     blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
@@ -132,7 +134,8 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
             blocks.append(Block("table", table=table, best=best, keys=2))
     blocks += [Block("h2", "Pooled Spearman ρ per checkpoint", fold=True),
                Block("table", table=checkpoint_rho_table(stats), keys=4),
-               *intervention_blocks(tables["units"], tables["checkpoints"])]
+               *intervention_blocks(tables["units"], tables["checkpoints"]),
+               *set_blocks(tables["summary"], tables["checkpoints"], timings or {}, base_q)]
     notes = tables["notes"]
     if len(notes):
         blocks += [Block("h2", "Not applicable", fold=True),
@@ -219,7 +222,8 @@ def analyse(tables: Tables, base_q: float, q: list[float] | None = None) -> Anal
     tables use `base_q` when listed, else the first value."""
     qs = q or [base_q]
     headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
-    summaries = {v: summary_at_q(tables["units"], tables["summary"], v, base_q) for v in qs}
+    ranked = tables["summary"][~tables["summary"]["utility"].isin(SET_SELECTORS)]  # sets: their own section
+    summaries = {v: summary_at_q(tables["units"], ranked, v, base_q) for v in qs}
     summary, checkpoints = summaries[headline_q], tables["checkpoints"]
     analysis = Analysis(tables, headline_q, summary, checkpoint_stats(summary, checkpoints),
                         checkpoint_stats(summary, checkpoints, scope=COMMON),
@@ -256,7 +260,7 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     made = [figures.save(figure, run_dir / "figures" / f"{name}.png") for name, figure in analysis.figures().items()]
     _remove_stale(run_dir, written + made)
     blocks = report_blocks(tables, info, analysis.headline(), stats, analysis.sweep,
-                           [p.relative_to(run_dir) for p in made], analysis.q, base_q)
+                           [p.relative_to(run_dir) for p in made], analysis.q, base_q, read_timings(run_dir))
     atomic_write(run_dir / "report.md", markdown_document(blocks))
     atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
     return run_dir / "report.md"
