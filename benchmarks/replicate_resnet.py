@@ -2,14 +2,16 @@
 cores: the zoo ResNet on CIFAR-10 JPEGs, trained once with checkpoints along training, every checkpoint assayed.
 
 `resetassay.train` trains the zoo ResNet (BatchNorm, projection shortcuts; `--widths`, `--blocks` BasicBlocks per
-stage; default 16-32-64-128 x 1: ResNet-18's stages at a quarter of its width, one block each instead of two) on the
-`train` root of the CIFAR-10 archive (`--examples` of its 50000 images, default all) with SGD (lr 0.1, momentum 0.9,
-weight decay 5e-4, batch 128, cosine schedule), random crops of the 4-pixel-padded image and flips, for `--epochs`
-epochs (default 10), checkpoints before training and at 30/60/80/100 % of the epochs (the paper's 60/120/160/200 of
-200). `resetassay.run_assay` then assays each checkpoint on its held-out `test` root (its data record, no --data):
-`--calib`/`--probe` images (default 1024 each), every built-in utility of a backprop checkpoint, L1 and KL, at most
-`--units-per-layer` units per layer when given. Both steps resume (`--work`, default
-reports/replication/work/resnet_cifar10, not committed); the assay is redone when resetassay's code changed.
+stage; default 8-16-32-64 x 1: ResNet-18's four stages at an eighth of its width, one block each instead of two) on
+`--examples` images (default a seeded 10000) of the `train` root of the CIFAR-10 archive with SGD (lr 0.1, momentum
+0.9, weight decay 5e-4, batch 128, cosine schedule), random crops of the 4-pixel-padded image and flips, for
+`--epochs` epochs (default 10), checkpoints before training and at 30/60/80/100 % of the epochs (the paper's
+60/120/160/200 of 200). `resetassay.run_assay` then assays each checkpoint on its held-out `test` root (its data
+record, no --data): `--calib`/`--probe` images (default 1024 each), every built-in utility of a backprop checkpoint,
+L1 and KL, at most `--units-per-layer` units per layer when given. The defaults fit about an hour on 2 CPU cores
+shared with other work (the README's "The residual case" has the measured times). Both steps resume (`--work`, default
+reports/replication/work/resnet_cifar10, not committed): `train` keeps the checkpoints on disk and retrains from the
+start only when one is missing, the assay keeps finished checkpoints and is redone when resetassay's code changed.
 It writes into `--publish` (default reports/replication/resnet_cifar10):
 
     spearman.csv       per utility x metric: pooled Spearman ρ (ALL scope) and Shock@5% / oracle, mean ± SE over the
@@ -19,10 +21,10 @@ It writes into `--publish` (default reports/replication/resnet_cifar10):
     timings.json       measured wall time: training (per epoch) and assay (per checkpoint)
     README.md          the tables as markdown, the paper's numbers beside ours (SPEC S6)
 
-    python benchmarks/replicate_resnet.py [--cifar PATH] [--widths 16,32,64,128] [--blocks 1] [--epochs 10]
-                                          [--examples N] [--units-per-layer N] [--quick]
+    python benchmarks/replicate_resnet.py [--cifar PATH] [--widths 8,16,32,64] [--blocks 1] [--epochs 10]
+                                          [--examples 10000] [--units-per-layer N] [--quick]
 
-`--quick` is a miniature (1024 training images, widths 4-8, 2 epochs, 128/128 images; about a minute).
+`--quick` is a miniature (1024 training images, widths 4-8, 2 epochs, 128/128 images; a few minutes).
 """
 
 from __future__ import annotations
@@ -110,15 +112,19 @@ def markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, setting
         lines += [f"## Pooled Spearman ρ, {title}", "",
                   "| utility | units | paper (ResNet-18, CIFAR-100) | ours, mean ± SE | "
                   + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|---|---|---|" + "---|" * len(epochs)]
-        for _, row in part.iterrows():
+        for _, row in part[part["n_units"] > 0].iterrows():
             paper = PAPER_RHO.get((row["utility"], metric))
             lines.append(f"| {row['utility']} | {row['n_units']} | {f'{paper:.3f}' if paper else '–'} | "
                          f"{_pm(row['spearman'], row['spearman_se'])} | "
                          + " | ".join(f"{row[f'spearman_epoch{e}']:.3f}" for e in epochs) + " |")
         lines.append("")
+        lines += [f"Not applicable to any unit layer: {', '.join(part[part['n_units'] == 0]['utility'])} (a "
+                  "BatchNorm or a residual add sits between every layer's producer and its units, SPEC S3)."] \
+            if (part["n_units"] == 0).any() else []
+        lines.append("")
     part = table[table["metric"] == "l1"]
     lines += ["## Shock@5% / oracle Shock@5%, logit L1", "", "| utility | ours, mean ± SE |", "|---|---|"]
-    lines += [f"| {r['utility']} | {_pm(r['ratio'], r['ratio_se'])} |" for _, r in part.iterrows()]
+    lines += [f"| {r['utility']} | {_pm(r['ratio'], r['ratio_se'])} |" for _, r in part[part["n_units"] > 0].iterrows()]
     lines += ["", "## Checkpoints", "", "| epoch | held-out accuracy (10000 test images) | probe accuracy |",
               "|---|---|---|"]
     lines += [f"| {int(r['epoch'])} | {r['holdout_accuracy']:.3f} | {r['probe_accuracy']:.3f} "
@@ -142,10 +148,10 @@ def main() -> None:
                         default=ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-images-jpg.tar.gz")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "replication" / "work" / "resnet_cifar10")
     parser.add_argument("--publish", type=Path, default=ROOT / "reports" / "replication" / "resnet_cifar10")
-    parser.add_argument("--widths", type=_ints, default=(16, 32, 64, 128))
+    parser.add_argument("--widths", type=_ints, default=(8, 16, 32, 64))
     parser.add_argument("--blocks", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--examples", type=int, default=None, help="train on a seeded sample of this many images")
+    parser.add_argument("--examples", type=int, default=10000, help="train on a seeded sample of this many images")
     parser.add_argument("--calib", type=int, default=1024)
     parser.add_argument("--probe", type=int, default=1024)
     parser.add_argument("--units-per-layer", type=int, default=None)
@@ -194,7 +200,9 @@ def main() -> None:
     accuracy.to_csv(out / "checkpoints.csv", index=False, float_format="%.6g")
     for name in ("report.md", "aggregate.csv"):
         shutil.copy(run_dir / name, out / name)
-    shutil.copytree(run_dir / "figures", out / "figures", dirs_exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    for figure in (run_dir / "figures").glob("*.png"):  # the report's figures; their SVGs hold every point (MBs)
+        shutil.copy(figure, out / "figures" / figure.name)
     (out / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
     (out / "README.md").write_text(markdown(table, accuracy, timings, setting, trained))
     print(f"published {out}")
