@@ -434,9 +434,9 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     data has only a "holdout" part: all of it (of `path`, with a probe_path), never permuted."""
     if spec.source in USER_SOURCES:
         if part != "holdout":
-            raise BadInputError(f"--data {spec.describe()}: your own data is for the assay only, but for an image "
-                                f"folder or archive (`training_images`); training uses {', '.join(DATA_CHOICES)}",
-                                flag="--data")
+            raise BadInputError(f"--data {spec.describe()}: your own data is for the assay only (an image folder or "
+                                f"archive trains on its train/ root: training_images); permuted training uses "
+                                f"{', '.join(DATA_CHOICES)}", flag="--data")
         examples = _open(spec, spec.path)
         return examples.take(torch.arange(examples.n))
     if spec.source == "grammar":

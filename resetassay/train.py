@@ -64,7 +64,7 @@ from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, inte
 SCHEDULE_UNITS = ("tasks", "epochs")
 LR_SCHEDULES = ("constant", "cosine")  # cosine: annealed to 0 over all steps, as CIFAR ResNets are trained
 TRAINABLE_OWN_DATA = "images"  # of the user's own sources, image folders and archives train (one task)
-CROP_PADDING = 4  # augment: random 32x32 crops of the image padded by 4 zero pixels, as usual on CIFAR
+CROP_PADDING = 4  # augment: crops of the image's own size from it padded by 4 zero pixels, as usual on CIFAR
 OPTIMIZERS = ("sgd", "adam")  # SGD (with --momentum) is the paper's (SPEC S6); Adam suits the transformer
 PAPER_MLP_WIDTHS = (256, 256, 256, 256)  # SPEC S6: 784 -> [256] x 4 -> 10
 RECORD = "train.json"
