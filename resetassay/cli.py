@@ -393,6 +393,25 @@ def inspect(
     out.print(table)
 
 
+def _schedule(source: str, tasks: int | None, epochs_per_task: int | None, epochs: int | None,
+              checkpoint_in: str | None) -> tuple[int, int, str]:
+    """(tasks, epochs per task, checkpoint unit) of `train`: permuted data takes --tasks (default 30) and
+    --epochs-per-task (default 1); an image folder is one task of --epochs epochs, checkpointed by epoch."""
+    from resetassay.data import PERMUTED
+
+    if source in PERMUTED:
+        if epochs is not None:
+            raise BadInputError("--epochs applies to an image folder; permuted tasks take --tasks and "
+                                "--epochs-per-task", flag="--epochs")
+        return (30 if tasks is None else tasks), (1 if epochs_per_task is None else epochs_per_task), \
+            checkpoint_in or "tasks"
+    for flag, value in (("--tasks", tasks), ("--epochs-per-task", epochs_per_task)):
+        if value is not None:
+            raise BadInputError(f"{flag} applies to permuted tasks; an image folder is one task: give --epochs",
+                                flag=flag)
+    return 1, (1 if epochs is None else epochs), checkpoint_in or "epochs"
+
+
 @app.command("train")
 def train_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the checkpoints, accuracy.csv and train.json "
@@ -405,15 +424,28 @@ def train_command(
     activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
     layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
     data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
-                                      "grammar (token sequences, --model transformer).")] = "digits",
+                                      "grammar (token sequences, --model transformer); an image folder or "
+                                      ".tar/.tar.gz with train/ and test/ class folders (one task, --epochs).")]
+    = "digits",
     data_dir: DataDir = None,
+    image_size: ImageSize = None,
+    normalize: Normalize = None,
     permutation_seed: Annotated[int, typer.Option(help="Seed of the task permutations.")] = 0,
-    tasks: Annotated[int, typer.Option(help="Permuted tasks, one after another.")] = 30,
-    epochs_per_task: Annotated[int, typer.Option(help="Epochs on each task.")] = 1,
+    tasks: Annotated[int | None, typer.Option(help="Permuted tasks, one after another (default 30).")] = None,
+    epochs_per_task: Annotated[int | None, typer.Option(help="Epochs on each task (default 1).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="An image folder: epochs of plain training on its train/ "
+                                               "images; checkpoints count epochs.")] = None,
+    blocks: Annotated[int | None, typer.Option(help="resnet: BasicBlocks per stage (default 1; ResNet-18 has "
+                                               "2).")] = None,
     examples_per_task: Annotated[int | None, typer.Option(help="Train on a seeded sample of this many examples "
                                                           "of each task (default: all): many short tasks.")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimizer.")] = 0.0,
+    schedule: Annotated[str, typer.Option(help="Learning rate: constant, or cosine (annealed to 0 over all "
+                                          "steps).")] = "constant",
+    augment: Annotated[bool, typer.Option(help="An image folder: random crops of the 4-pixel zero-padded image "
+                                          "and left-right flips.")] = False,
     optimizer: Annotated[str, typer.Option(help="sgd (the paper's) or adam (suits --model transformer, e.g. with "
                                            "--lr 0.001).")] = "sgd",
     batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
@@ -433,12 +465,14 @@ def train_command(
     checkpoint_at: Annotated[str | None, typer.Option(help="Comma-separated counts of completed tasks (or epochs) "
                                                       "at which to save: 0 = the untrained network, k = after the "
                                                       "k-th (default: after the last).")] = None,
-    checkpoint_in: Annotated[str, typer.Option(help="Unit of --checkpoint-at: tasks or epochs.")] = "tasks",
+    checkpoint_in: Annotated[str | None, typer.Option(help="Unit of --checkpoint-at: tasks or epochs (default: "
+                                                    "tasks; epochs for an image folder).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="First discard what an earlier train wrote in --out (checkpoint "
                                             "folders, accuracy.csv, train.json); other files are kept.")] = False,
 ) -> None:
-    """Train on permuted tasks with plain backprop or CBP; write checkpoints (with CBP, with per-unit state).
+    """Train on permuted tasks, or on an image folder, with plain backprop or CBP; write checkpoints (with CBP,
+    with per-unit state).
 
     Rerunning the same command resumes it (SPEC S6): checkpoints on disk are kept, missing ones written."""
     from resetassay.cbp import CBPConfig
@@ -450,19 +484,22 @@ def train_command(
         if permutation_seed < 0:  # before DataSpec, whose message names its field, not the flag
             raise BadInputError(f"--permutation-seed {permutation_seed}: must be a whole number >= 0",
                                 flag="--permutation-seed")
-        spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None)
+        spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None,
+                         image_size=image_size, normalize=normalize)
+        tasks, epochs_per_task, checkpoint_in = _schedule(spec.source, tasks, epochs_per_task, epochs, checkpoint_in)
         given = {"utility": utility, "replacement_rate": replacement_rate, "decay": decay, "maturity": maturity}
         if not cbp and (unused := [k for k, v in given.items() if v is not None]):
             flag = f"--{unused[0].replace('_', '-')}"
             raise BadInputError(f"{flag} applies only with --cbp (plain backprop is the default); add --cbp",
                                 flag=flag)
         config = TrainConfig(
-            model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm), spec,
+            model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm, blocks), spec,
             tasks=tasks, epochs_per_task=epochs_per_task, lr=lr, batch_size=batch_size, seed=seed,
             checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
             cbp=CBPConfig(**{k: v for k, v in given.items() if v is not None}) if cbp else None, momentum=momentum,
-            family=family, optimizer=optimizer, examples_per_task=examples_per_task,
+            family=family, optimizer=optimizer, examples_per_task=examples_per_task, weight_decay=weight_decay,
+            schedule=schedule, augment=augment,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
                       note=lambda text: err.print(text, highlight=False, soft_wrap=True))

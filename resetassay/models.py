@@ -26,6 +26,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+RESNET_WIDTHS = (8, 16, 32)  # the small ResNet's stage widths, one BasicBlock each by default
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -193,8 +194,8 @@ class ResNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        widths: tuple[int, ...] = (8, 16, 32),
-        blocks: tuple[int, ...] = (1, 1, 1),
+        widths: tuple[int, ...] = RESNET_WIDTHS,
+        blocks: tuple[int, ...] = (1,) * len(RESNET_WIDTHS),
         n_classes: int = 10,
         activation: str = "relu",
     ):

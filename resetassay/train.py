@@ -1,15 +1,21 @@
-"""Continual training on permuted tasks that writes checkpoints (SPEC S6 protocol, S7 CBP).
+"""Continual training on permuted tasks, or plain training on an image folder, that writes checkpoints (SPEC S6
+protocol, S7 CBP).
 
-Plain SGD (backprop, the default) or continual backprop (`resetassay.cbp`). `checkpoint_at` counts completed
-tasks (or global epochs): 0 is the untrained network, saved before the first SGD step, and k the network after
-the k-th task, saved as `task<k>` (SPEC S6's checkpoints {0, 5, 10, 20, 30} are `--tasks 30 --checkpoint-at
-0,5,10,20,30`). Its manifest records the family (`checkpoint.family_name`: the model and its training, or
-`--family`) and the data of the task trained last (task 0 for the untrained one). A CBP checkpoint carries the
-per-unit state (age, stored reference r̂, tracked utility) and its maturity, so `resetassay run --reference
-stored` reads it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` beside the
-checkpoints holds the held-out accuracy after every task (its `task` k: after the k-th), the loss-of-plasticity
-curve. Deterministic for a given seed on CPU: data order, initialisation, permutations and resets
-are seeded.
+Plain SGD (backprop, the default) or continual backprop (`resetassay.cbp`). An image folder or archive
+(`data.training_images`) is one task, the dataset itself: the run trains on its `train` root for `epochs_per_task`
+epochs (optionally with random crops and flips, `augment`), checkpoints count epochs (`epoch<k>`), and each
+checkpoint records the folder, so the assay probes its held-out root (test, val, ...), as SPEC S6's ResNet-18
+checkpoints along one CIFAR run. `schedule` "cosine" anneals the learning rate over all steps.
+
+`checkpoint_at` counts completed tasks (or global epochs): 0 is the untrained network, saved before the first SGD
+step, and k the network after the k-th task, saved as `task<k>` (SPEC S6's checkpoints {0, 5, 10, 20, 30} are
+`--tasks 30 --checkpoint-at 0,5,10,20,30`). Its manifest records the family (`checkpoint.family_name`: the model
+and its training, or `--family`) and the data of the task trained last (task 0 for the untrained one). A CBP
+checkpoint carries the per-unit state (age, stored reference r̂, tracked utility) and its maturity, so `resetassay
+run --reference stored` reads it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` beside
+the checkpoints holds the held-out accuracy after every task (its `task` k: after the k-th), the
+loss-of-plasticity curve. Deterministic for a given seed on CPU: data order, initialisation, permutations,
+augmentation and resets are seeded.
 
 The output folder OUT, written only by `train`:
 
@@ -48,14 +54,17 @@ from torch import nn
 from resetassay import sequences
 from resetassay.cbp import CBPConfig, ContinualBackprop
 from resetassay.checkpoint import FORMAT, check_family, family_name, save_checkpoint
-from resetassay.data import IMAGE_SIDE, DataSpec, task_arrays
+from resetassay.data import IMAGE_SIDE, PERMUTED, DataSpec, image_classes, image_tensor, task_arrays, training_images
 from resetassay.errors import BadInputError
 from resetassay.grammar import LENGTH, VOCAB
-from resetassay.models import ACTIVATIONS, MODELS, create_model
+from resetassay.models import ACTIVATIONS, MODELS, RESNET_WIDTHS, create_model
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 
 SCHEDULE_UNITS = ("tasks", "epochs")
+LR_SCHEDULES = ("constant", "cosine")  # cosine: annealed to 0 over all steps, as CIFAR ResNets are trained
+TRAINABLE_OWN_DATA = "images"  # of the user's own sources, image folders and archives train (one task)
+CROP_PADDING = 4  # augment: crops of the image's own size from it padded by 4 zero pixels, as usual on CIFAR
 OPTIMIZERS = ("sgd", "adam")  # SGD (with --momentum) is the paper's (SPEC S6); Adam suits the transformer
 PAPER_MLP_WIDTHS = (256, 256, 256, 256)  # SPEC S6: 784 -> [256] x 4 -> 10
 RECORD = "train.json"
@@ -109,6 +118,9 @@ class TrainConfig:
     family: str | None = None
     optimizer: str = "sgd"
     examples_per_task: int | None = None
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
@@ -127,6 +139,11 @@ class TrainConfig:
             raise BadInputError(f"--momentum {self.momentum}: must be a number in [0, 1)", flag="--momentum")
         if self.momentum and self.optimizer != "sgd":
             raise BadInputError(f"--momentum applies to --optimizer sgd, not {self.optimizer}", flag="--momentum")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise BadInputError(f"--weight-decay {self.weight_decay}: must be a number >= 0", flag="--weight-decay")
+        if self.schedule not in LR_SCHEDULES:
+            raise BadInputError(f"--schedule {self.schedule!r}: choose {' or '.join(LR_SCHEDULES)}", flag="--schedule")
+        self._check_own_data()
         if not _integer(self.seed) or not 0 <= self.seed < MAX_SEED:
             raise BadInputError(f"--seed {self.seed}: must be a whole number in [0, 2**64)", flag="--seed")
         if not _integer(self.data.permutation_seed) or self.data.permutation_seed < 0:
@@ -149,6 +166,22 @@ class TrainConfig:
         self.family = check_family(self.family) if self.family is not None else family_name(
             self.model, self.model_kwargs, self.data, self.cbp.utility if self.cbp is not None else None)
 
+    def _check_own_data(self) -> None:
+        """An image folder trains as one task, checkpointed by epoch; `augment` applies to it only."""
+        own = self.data.source not in PERMUTED
+        if own and self.data.source != TRAINABLE_OWN_DATA:
+            raise BadInputError(f"--data {self.data.describe()}: your own data trains only as an image folder or "
+                                f"archive; use it with resetassay run", flag="--data")
+        if own and self.tasks != 1:
+            raise BadInputError(f"--tasks {self.tasks}: an image folder is one task, trained for --epochs",
+                                flag="--tasks")
+        if own and self.checkpoint_in != "epochs":
+            raise BadInputError("--checkpoint-in tasks: an image folder's checkpoints count epochs",
+                                flag="--checkpoint-in")
+        if self.augment and not own:
+            raise BadInputError(f"--augment crops and flips images of an image folder, not permuted "
+                                f"{self.data.source}", flag="--augment")
+
     def to_dict(self) -> dict:
         """The config as JSON values: what `train.json` records and hashes."""
         return json.loads(json.dumps(asdict(self)))
@@ -166,15 +199,19 @@ def last_checkpoint(tasks: int, epochs_per_task: int, checkpoint_in: str) -> int
 
 def zoo_kwargs(
     model: str, data: DataSpec, widths: tuple[int, ...] | None = None,
-    activation: str = "relu", layer_norm: bool = False,
+    activation: str = "relu", layer_norm: bool = False, blocks: int | None = None,
 ) -> dict:
-    """Keyword arguments of a zoo model sized for `data` (the MLP default is the paper's, SPEC S6)."""
+    """Keyword arguments of a zoo model sized for `data` (the MLP default is the paper's, SPEC S6); `blocks`: a
+    ResNet's BasicBlocks per stage (default 1; SPEC S6's ResNet-18 has 2)."""
     if model not in MODELS:
         raise BadInputError(f"--model {model!r}: choose from {', '.join(sorted(MODELS))}", flag="--model")
     if activation not in ACTIVATIONS:
         raise BadInputError(f"--activation {activation!r}: choose from {', '.join(ACTIVATIONS)}", flag="--activation")
     if widths is not None and (not widths or min(widths) < 1):
         raise BadInputError(f"--widths {widths}: give positive layer widths, e.g. 256,256,256,256", flag="--widths")
+    if blocks is not None and (model != "resnet" or not _integer(blocks) or blocks < 1):
+        raise BadInputError(f"--blocks {blocks}: a whole number >= 1 of BasicBlocks per stage of --model resnet",
+                            flag="--blocks")
     if (model == "transformer") != (data.source == "grammar"):
         raise BadInputError("--model transformer trains on token sequences (--data grammar), and --data grammar "
                             f"trains --model transformer; got --model {model} --data {data.source}", flag="--model")
@@ -186,18 +223,25 @@ def zoo_kwargs(
             raise BadInputError("--layer-norm: the transformer has its LayerNorms already", flag="--layer-norm")
         return {"vocab": VOCAB, "max_len": LENGTH, "d_model": widths[0] if widths else 64,
                 "n_layers": len(widths) if widths else 2}
+    if model == "mlp" and data.source not in PERMUTED:
+        raise BadInputError("--model mlp trains on permuted data; an image folder trains --model cnn or resnet",
+                            flag="--model")
     if model == "mlp":
         return {"in_features": IMAGE_SIDE[data.source] ** 2, "widths": list(widths or PAPER_MLP_WIDTHS),
                 "activation": activation, "layer_norm": layer_norm}
     if layer_norm:
         raise BadInputError(f"--layer-norm: only --model mlp has a LayerNorm variant, not {model}", flag="--layer-norm")
-    if data.layout != "image":
+    own = data.source == TRAINABLE_OWN_DATA  # RGB images, as many outputs as class folders
+    if data.layout != "image" and not own:
         raise BadInputError(f"--model {model} needs image data: use --data {data.source}-image", flag="--model")
     kwargs: dict = {"activation": activation}
+    if own:
+        kwargs.update(in_channels=3, n_classes=len(image_classes(data)))
     if widths:
         kwargs["widths"] = list(widths)
-        if model == "resnet":
-            kwargs["blocks"] = [1] * len(widths)
+    if model == "resnet" and (widths or blocks):
+        kwargs["widths"] = list(widths or RESNET_WIDTHS)
+        kwargs["blocks"] = [blocks or 1] * len(kwargs["widths"])
     return kwargs
 
 
@@ -206,6 +250,37 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     with torch.no_grad():
         return sequences.accuracy(torch.cat([model(xb) for xb in torch.split(x, batch_size)]), y)
+
+
+Batch = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # stored inputs of a batch -> the model's inputs
+
+
+def crop_and_flip(x: torch.Tensor, generator: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Images (N, C, H, W) cropped at random from their zero-padded copies, each flipped left-right with
+    probability 1/2: the usual light augmentation of CIFAR training, drawn from `generator`."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy, dx = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
+    rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _training_set(config: TrainConfig, spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, Batch]:
+    """The training inputs and labels of the task in `spec`, and how a batch of them becomes the model's input:
+    a permuted task as stored; an image folder's uint8 images (decoded once, `training_images`) cropped and
+    flipped with `augment`, then made float and normalised."""
+    if spec.source in PERMUTED:
+        x, y = _task_sample(task_arrays(spec, "train"), config, spec.task)
+        return x, y, lambda xb, _generator: xb
+    x, y = _task_sample(training_images(spec), config, spec.task)
+
+    def batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return image_tensor(crop_and_flip(xb, generator) if config.augment else xb, spec.mean, spec.std)
+
+    return x, y, batch
 
 
 def _task_sample(arrays: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
@@ -235,8 +310,9 @@ def _save(
     """One checkpoint: weights, manifest (family, seed, step, data, accuracy, CBP settings) and unit state."""
     meta = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
             "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
-    if config.momentum:
-        meta["momentum"] = config.momentum
+    for key, default in (("momentum", 0.0), ("weight_decay", 0.0), ("schedule", "constant"), ("augment", False)):
+        if getattr(config, key) != default:
+            meta[key] = getattr(config, key)
     if config.optimizer != "sgd":
         meta["optimizer"] = config.optimizer
     if cbp is not None:
@@ -494,9 +570,9 @@ def train(
     try:
         torch.manual_seed(config.seed)
         model = create_model(config.model, **config.model_kwargs)
-        first, _ = task_arrays(DataSpec(**{**config.data.to_dict(), "task": 0}), "train")  # bad data: before OUT
+        first, _, batch = _training_set(config, DataSpec(**{**config.data.to_dict(), "task": 0}))  # before OUT
         if config.cbp is not None:
-            cbp = ContinualBackprop(model, config.cbp, first[:2], seed=config.seed)
+            cbp = ContinualBackprop(model, config.cbp, batch(first[:2], torch.Generator()), seed=config.seed)
         resumed = _prepare_out(config, out, overwrite)
         run = _Run(config, out, model, cbp)
         run.kept = set(run.on_disk())
@@ -527,8 +603,11 @@ def _train(run: _Run, progress: bool) -> None:
     """The training loop of `train`, into a prepared OUT: checkpoint `<unit>0` before the first SGD step, `<unit>k`
     once k tasks (or global epochs) are complete."""
     config, model, cbp = run.config, run.model, run.cbp
-    optimizer = (torch.optim.Adam(model.parameters(), lr=config.lr) if config.optimizer == "adam"
-                 else torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum))
+    optimizer = (torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+                 if config.optimizer == "adam" else
+                 torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                 weight_decay=config.weight_decay))
+    scheduler = None
     order = torch.Generator().manual_seed(config.seed)
     unit = config.checkpoint_in[:-1]
     log, resets = [], 0
@@ -537,10 +616,13 @@ def _train(run: _Run, progress: bool) -> None:
         steps = bar.add_task(f"task 0/{config.tasks}", total=None)
         for task in range(config.tasks):
             spec = DataSpec(**{**config.data.to_dict(), "task": task})
-            x, y = _task_sample(task_arrays(spec, "train"), config, task)
+            x, y, batch = _training_set(config, spec)
             hx, hy = task_arrays(spec, "holdout")
             if task == 0:
-                bar.update(steps, total=config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size))
+                total = config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size)
+                bar.update(steps, total=total)
+                if config.schedule == "cosine":
+                    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if 0 in config.checkpoint_at:
                     run.checkpoint(f"{unit}0", spec, accuracy(model, hx, hy), 0, "initialisation")
             task_resets = 0
@@ -549,7 +631,7 @@ def _train(run: _Run, progress: bool) -> None:
                 batches = torch.randperm(len(x), generator=order).split(config.batch_size)
                 for i, idx in enumerate(batches):
                     optimizer.zero_grad()
-                    logits = model(x[idx])
+                    logits = model(batch(x[idx], order))
                     if cbp is not None:
                         cbp.observe(logits, y[idx])
                     loss = _loss(logits, y[idx])
@@ -558,6 +640,8 @@ def _train(run: _Run, progress: bool) -> None:
                                            f"step {i + 1} of {len(batches)}")
                     loss.backward()
                     optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
                     if cbp is not None:
                         task_resets += cbp.step(optimizer)
                     bar.advance(steps)
