@@ -3,35 +3,75 @@
 On the checkpoints `benchmarks/replicate_paper.py` trained (its `--work`), for the chosen activations and
 steps, the assay is rerun under each variant with everything else at the default:
 
-    default      calibration-mean reference, probe from the task trained last, target = the label
+    default      calibration-mean reference, probe from the task trained last, target = the label, per-example
+                 scores in absolute value, pooled Spearman, plain backprop training
     predicted    the gradient utilities follow the model's predicted class instead of the label (--target)
     zero-ref     the reference is 0 (zero-ablation: GXD becomes GXI, S2)
     first-task   calibration and probe from task 0 instead of the task trained last (--task 0)
+    signed       gxi and gxd as |E[sum_s ...]|, the absolute value of the mean of the signed per-example scores
+                 (registered utilities on the gxi_signed / gxd_signed ingredients), shown on the gxi and gxd rows
+    per-layer    the default run's Spearman ρ per layer, averaged over layers, instead of pooled
+    cbp          the same MLPs trained with CBP (contribution utility, SPEC S7; `--cbp-seeds`), default assay
+    ema-ref      those CBP checkpoints with the reference CBP itself tracked (--reference stored, the EMA r̂)
 
-and the training step itself is a choice (0 = untrained vs 30). Writes `variants.csv` (mean ± SE over seeds of
-the pooled Spearman ρ on logit L1, per activation x step x variant x utility) and `variants.md` into
-`--publish`; each variant's runs resume in `--work`/variants/<name>.
+and the training step itself is a choice (0 = untrained vs 30; cbp and ema-ref exist only after training).
+Writes `variants.csv` (mean ± SE over seeds of the Spearman ρ on logit L1, per activation x step x variant x
+utility) and `variants.md` into `--publish`; each variant's runs resume in `--work`/variants/<name>, the CBP
+training in `--work`/train-cbp.
 
-    python benchmarks/replication_variants.py [--activations silu,relu] [--steps 0,30]
+    python benchmarks/replication_variants.py [--activations silu,relu] [--steps 0,30] [--cbp-seeds 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from replicate_paper import ROOT, aggregate, assay
+from replicate_paper import ROOT, aggregate, assay, configs
 
+import resetassay as ra
+from resetassay.cbp import CBPConfig
 from resetassay.data import DataChoice
 from resetassay.rundir import read_run
 from resetassay.summary import checkpoint_stats
+from resetassay.train import train
 
 UTILITIES = ["activation", "gxi", "gxd", "oracle"]
+SIGNED = {"gxi_signed": "gxi", "gxd_signed": "gxd"}  # |E[...]| utilities, reported on the rows of gxi and gxd
 VARIANTS = {"default": {}, "predicted": {"target": "predicted"}, "zero-ref": {"reference": "zero"},
-            "first-task": {"data": DataChoice(task=0)}}
+            "first-task": {"data": DataChoice(task=0)},
+            "signed": {"utilities": ["activation", *SIGNED, "oracle"]}}
+CBP_VARIANTS = {"cbp": {}, "ema-ref": {"reference": "stored"}}
+
+
+def register_signed() -> None:
+    """The utilities of the signed variant: the absolute value of the mean signed per-example score."""
+    for name in SIGNED:
+        ra.register_utility(name, lambda stats, _layer, name=name: getattr(stats, name).abs(), needs=(name,))
+
+
+def cbp_checkpoints(args: argparse.Namespace) -> list[Path]:
+    """Train (or find) the paper's MLPs with CBP for `--cbp-seeds`; their checkpoints at `--steps` after training."""
+    args.quick, args.seeds = False, args.cbp_seeds
+    for name, config in configs(args).items():
+        if name.rsplit("-s", 1)[0] in args.activations:
+            train(replace(config, cbp=CBPConfig(), family=None), args.work / "train-cbp" / name, note=print)
+    return sorted(p for p in (args.work / "train-cbp").glob("*-s*/task*")
+                  if p.parent.name.rsplit("-s", 1)[0] in args.activations
+                  and int(re.sub(r"\D", "", p.name)) in args.steps and int(re.sub(r"\D", "", p.name)) > 0)
+
+
+def variant_stats(name: str, paths: list[Path], out: Path, options: dict) -> pd.DataFrame:
+    """One variant's assay (resumed in `out`) as per-checkpoint statistics, its utilities named as in the default."""
+    assay(paths, out, **{"utilities": UTILITIES, "metrics": ["l1"], **options})
+    tables = read_run(out)
+    stats = checkpoint_stats(tables["summary"], tables["checkpoints"]).assign(variant=name)
+    print(f"{name}: {tables['checkpoints']['checkpoint'].nunique()} checkpoints", flush=True)
+    return stats.replace({"utility": SIGNED})
 
 
 def main() -> None:
@@ -41,8 +81,12 @@ def main() -> None:
     parser.add_argument("--activations", type=lambda s: s.split(","), default=["silu", "relu"])
     parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=[0, 30])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cbp-seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
+    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--tasks", type=int, default=30)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    register_signed()
     checkpoints = sorted(p for p in (args.work / "train").glob("*-s*/task*")
                          if p.parent.name.rsplit("-s", 1)[0] in args.activations
                          and int(re.sub(r"\D", "", p.name)) in args.steps)
@@ -51,14 +95,13 @@ def main() -> None:
                      "run benchmarks/replicate_paper.py first")
     frames = []
     for name, options in VARIANTS.items():
-        out = args.work / "variants" / name
-        assay(checkpoints, out, utilities=UTILITIES, metrics=["l1"], **options)
-        tables = read_run(out)
-        stats = checkpoint_stats(tables["summary"], tables["checkpoints"]).assign(variant=name)
-        frames.append(stats)
-        print(f"{name}: {tables['checkpoints']['checkpoint'].nunique()} checkpoints", flush=True)
+        frames.append(variant_stats(name, checkpoints, args.work / "variants" / name, options))
+    frames.append(frames[0].assign(variant="per-layer", spearman=frames[0]["layer_spearman"]))
+    cbp = cbp_checkpoints(args)
+    for name, options in CBP_VARIANTS.items():
+        frames.append(variant_stats(name, cbp, args.work / "variants" / name, options))
     stats = pd.concat(frames, ignore_index=True)
-    stats["activation"] = stats["family"].str.removeprefix("mlp-")
+    stats["activation"] = stats["family"].str.removeprefix("mlp-").str.replace(r"(\+cbp.*|@.*)$", "", regex=True)
     stats["step"] = stats["step"].astype(int)
     table = aggregate(stats, ["activation", "step", "variant", "utility"], "spearman")
     args.publish.mkdir(parents=True, exist_ok=True)
@@ -66,8 +109,9 @@ def main() -> None:
     wide = table.assign(cell=[f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}" for m, s in zip(table["mean"],
                                                                                            table["se"], strict=True)])
     wide = wide.pivot_table(index=["activation", "step", "utility"], columns="variant", values="cell",
-                            aggfunc="first").reindex(columns=list(VARIANTS)).reset_index()
-    lines = ["# Replication variants: pooled Spearman ρ on logit L1, mean ± SE over seeds", "",
+                            aggfunc="first").reindex(columns=[*VARIANTS, "per-layer", *CBP_VARIANTS]).reset_index()
+    lines = ["# Replication variants: Spearman ρ on logit L1, mean ± SE over seeds (cbp, ema-ref: "
+             f"{len(args.cbp_seeds)} seed{'s' if len(args.cbp_seeds) != 1 else ''})", "",
              "| " + " | ".join(wide.columns) + " |", "|" + "---|" * len(wide.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
     (args.publish / "variants.md").write_text("\n".join(lines) + "\n")

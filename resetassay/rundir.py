@@ -304,8 +304,18 @@ def _differences(old: dict | None, new: dict) -> str:
     """What changed between two run identities (sections config, inputs, versions), e.g. "seed 0 -> 1"."""
     if old is None:
         return f"its {PARTS}/{IDENTITY} is missing or unreadable"
-    flat_old, flat_new = ({k: v for section in identity.values() if isinstance(section, dict)
-                           for k, v in section.items()} for identity in (old, new))
+    sections = [(name, section) for identity in (old, new) for name, section in identity.items()
+                if isinstance(section, dict)]
+    homes: dict[str, set[str]] = {}
+    for name, section in sections:
+        for k in section:
+            homes.setdefault(k, set()).add(name)
+
+    def flat(identity: dict) -> dict:  # a key two sections share (config and versions: utilities) says its section
+        return {(k if len(homes[k]) == 1 else f"{name}.{k}"): v for name, section in identity.items()
+                if isinstance(section, dict) for k, v in section.items()}
+
+    flat_old, flat_new = flat(old), flat(new)
     changed = [f"{k} {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in sorted(flat_old.keys() | flat_new.keys())
                if flat_old.get(k) != flat_new.get(k)]
     return "; ".join(changed) or "another config"

@@ -30,7 +30,9 @@ from resetassay.sequences import example_losses, is_sequence, padding_mask, targ
 from resetassay.shapes import Refs, Scores
 from resetassay.units import UnitLayer, dense_weight, per_unit, position_mask, positions, sum_positions
 
-INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxd_all", "gxd_ig", "gxd2")
+INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
+               "gxd2")
+TARGET_GRADIENT = {"gxi", "gxd", "gxi_signed", "gxd_signed"}  # ingredients of the target logit's layer gradient
 
 
 class NotApplicable(Exception):
@@ -47,6 +49,8 @@ class LayerStats:
     loss_grad: torch.Tensor | None = None  # E|sum_s dL/dh|
     gxi: torch.Tensor | None = None        # E|sum_s h dz_y/dh|
     gxd: torch.Tensor | None = None        # E|sum_s (h - r) dz_y/dh|
+    gxi_signed: torch.Tensor | None = None  # E sum_s h dz_y/dh (no built-in utility reads these two: for your own)
+    gxd_signed: torch.Tensor | None = None  # E sum_s (h - r) dz_y/dh
     gxd_all: torch.Tensor | None = None    # E (1/C) sum_c |sum_s (h - r) dz_c/dh|
     gxd_ig: torch.Tensor | None = None     # E|sum_s IG(x, s)|, the joint path from r to h
     gxd2: torch.Tensor | None = None       # E|g . d + 1/2 d'H d|, d = r - h on the unit alone
@@ -83,9 +87,11 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
 
     `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
-    P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3), `layer` the unit layer (its module, producer
-    and consumer weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A built-in name is
-    refused. `source` (default: the function's module and name) is recorded in run.json with the versions."""
+    P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3; gxi_signed and gxd_signed, the per-example
+    sums of gxi and gxd before their absolute value, so that |E[...]| can be tried), `layer` the unit layer (its
+    module, producer and consumer weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A
+    built-in name is refused. `source` (default: the function's module and name) is recorded in run.json with the
+    versions."""
     if name in BUILTIN or name == ORACLE:
         raise BadInputError(f"utility {name!r} is built in; register yours under another name", flag="--utilities")
     unknown = sorted(set(needs) - set(INGREDIENTS))
@@ -294,6 +300,10 @@ def example_ingredients(
         out["gxi"] = sum_positions(h * target_grad).abs()
     if "gxd" in needs:
         out["gxd"] = sum_positions(dev * target_grad).abs()
+    if "gxi_signed" in needs:
+        out["gxi_signed"] = sum_positions(h * target_grad)
+    if "gxd_signed" in needs:
+        out["gxd_signed"] = sum_positions(dev * target_grad)
     return out
 
 
@@ -348,7 +358,7 @@ def calibration_stats(
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
             padding = padding_mask(xb)
-            if needs & {"gxi", "gxd"}:
+            if needs & TARGET_GRADIENT:
                 grads = (target_grads.attribute(xb, additional_forward_args=(yb,)) if sequence
                          else target_grads.attribute(xb, target=yb))
             else:
@@ -373,7 +383,7 @@ def calibration_stats(
                 per_example = example_ingredients(
                     h[layer.name], dev[layer.name], needs,
                     loss_grad=layer.view(lgrads[k]) if "loss_grad" in needs else None,
-                    target_grad=layer.view(grads[k]) if needs & {"gxi", "gxd"} else None,
+                    target_grad=layer.view(grads[k]) if needs & TARGET_GRADIENT else None,
                     real=real[layer.name],
                 ) | higher[layer.name]
                 for key, value in per_example.items():

@@ -400,3 +400,11 @@ def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_sta
     assert timings["report"] > 0 and "timings" not in json.loads((out / "run.json").read_text())
     run_assay([ckpts], progress=False, out=out, **SMALL)  # everything finished earlier: nothing timed
     assert json.loads((out / "timings.json").read_text())["checkpoints"] == {}
+
+
+def test_a_refusal_names_the_section_of_a_key_two_sections_share():
+    from resetassay.rundir import _differences
+
+    old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
+    new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
+    assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"

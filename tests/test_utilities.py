@@ -281,7 +281,7 @@ def test_check_utilities_rejects_unknown_name_listing_valid_names():
 
 def test_needed_ingredients_are_known_ingredients():
     needs = needed_ingredients(utility_names())
-    assert needs == set(INGREDIENTS)
+    assert set(INGREDIENTS) - needs == {"gxi_signed", "gxd_signed"}  # only for your own utilities
 
 
 # --- several unit layers at once; a Linear consumer reading flattened conv maps -------------
@@ -414,3 +414,19 @@ def test_dormancy_and_firing_rate_by_hand_on_linear_and_conv_units():
                                        atol=ATOL, rtol=RTOL)
             torch.testing.assert_close(scores["firing_rate"][layer.name].double(), (h > 0).double().mean(dim=dims),
                                        atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_signed_ingredients_are_means_before_the_absolute_value(batch_size):
+    """gxi_signed, gxd_signed (for utilities such as |E[(h - r) dz_y/dh]|): by hand, gxd_signed = mean([2/3, 4/3],
+    [-2/3, 1/2], [1/3, 7/2]) = [1/9, 16/9], where gxd = [5/9, 16/9]."""
+    model = TinyMLP().eval()
+    layers = unit_layers(model, X[:2])
+    stats = calibration_stats(model, layers, X, Y, {"act": R_HAND}, frozenset({"gxi_signed", "gxd_signed", "gxd"}),
+                              batch_size=batch_size)["act"]
+    torch.testing.assert_close(stats.gxi_signed.double(), torch.tensor([1.0, 4.0], dtype=torch.float64),
+                               atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(stats.gxd_signed.double(), torch.tensor([1 / 9, 16 / 9], dtype=torch.float64),
+                               atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(stats.gxd.double(), torch.tensor(HAND["gxd"], dtype=torch.float64), atol=ATOL,
+                               rtol=RTOL)
