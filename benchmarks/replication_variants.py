@@ -109,7 +109,8 @@ def main() -> None:
     wide = table.assign(cell=[f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}" for m, s in zip(table["mean"],
                                                                                            table["se"], strict=True)])
     wide = wide.pivot_table(index=["activation", "step", "utility"], columns="variant", values="cell",
-                            aggfunc="first").reindex(columns=[*VARIANTS, "per-layer", *CBP_VARIANTS]).reset_index()
+                            aggfunc="first").reindex(columns=[*VARIANTS, "per-layer", *CBP_VARIANTS])
+    wide = wide.fillna("–").reset_index()  # cbp and ema-ref: no untrained checkpoint of their own
     lines = ["# Replication variants: Spearman ρ on logit L1, mean ± SE over seeds (cbp, ema-ref: "
              f"{len(args.cbp_seeds)} seed{'s' if len(args.cbp_seeds) != 1 else ''})", "",
              "| " + " | ".join(wide.columns) + " |", "|" + "---|" * len(wide.columns)]
