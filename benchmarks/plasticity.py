@@ -10,15 +10,18 @@ better keep more plasticity when CBP uses it online?
 
 The budget (`BUDGET`, chosen by the pilots in reports/replication/plasticity/report.md): widths 32 x 3, SGD lr
 0.2, batch 64, 60 tasks of 1000 examples x 5 epochs (80 steps a task), CBP rho 1e-3, decay 0.99, maturity 100.
-Both steps resume in `--work` (default reports/replication/work/plasticity, not committed): a finished training
-run (train.json + accuracy.csv) is skipped, and so are assayed checkpoints. Runs train `--jobs` at a time, one
-torch thread each. It writes into `--publish` (default reports/replication/plasticity):
+The published study adds `--activations relu,silu,leaky_relu,relu-ln`; a run CBP refuses (mc_adaptable behind
+LayerNorm) or that diverges is left out and listed. Both steps resume in `--work` (default
+reports/replication/work/plasticity, not committed): finished training runs and assayed checkpoints are skipped.
+Runs train `--jobs` at a time, one torch thread each. It writes into `--publish` (default
+reports/replication/plasticity):
 
     online.csv       per activation x method x task: online accuracy, mean ± SE over seeds
-    final.csv        per activation x method: online accuracy over the last 10% of tasks, mean ± SE over seeds,
-                     and each utility's offline ρ (l1) on the last checkpoints of the same runs, mean ± SE
+    final.csv        per activation x method: online accuracy over the first and the last 10% of tasks, mean ± SE
+                     over seeds, and each utility's offline ρ (l1) on the last checkpoints of the same runs
     loop.csv         per activation x CBP method x seed: the method's own utility's ρ beside its final accuracy
-    figures/online_<activation>.png   online accuracy vs task, one line per method (± SE over seeds)
+    figures/online_<activation>.png   online accuracy vs task (running mean of 5 tasks), one line per method,
+                     ± SE over seeds
     README.md        the table as markdown, and the rank correlation of own-utility ρ with final accuracy
     timings.json     measured wall time per training run and for the assay
 
@@ -47,6 +50,7 @@ from replicate_paper import ACTIVATIONS, ROOT, assay, mean_se
 
 from resetassay.cbp import CBPConfig
 from resetassay.data import DataSpec
+from resetassay.errors import BadInputError
 from resetassay.rundir import read_run
 from resetassay.summary import checkpoint_stats
 from resetassay.train import ACCURACY, TrainConfig, TrainingFailed, train, zoo_kwargs
@@ -94,12 +98,17 @@ def configs(args: argparse.Namespace, budget: Budget) -> dict[str, TrainConfig]:
 
 def train_one(config: TrainConfig, out: Path) -> float | str | None:
     """Train one run on one torch thread: its wall time in seconds, None when it was finished on disk, or why it
-    failed (`TrainingFailed`: diverged)."""
+    cannot be part of the study (diverged, or a utility CBP cannot use on this network, e.g. mc_adaptable behind
+    LayerNorm)."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     try:
         written = train(config, out, progress=False)
     except TrainingFailed as err:
+        return str(err)
+    except BadInputError as err:
+        if err.flag != "--utility":
+            raise
         return str(err)
     return round(time.perf_counter() - start, 1) if written else None
 
@@ -114,7 +123,7 @@ def train_all(runs: dict[str, TrainConfig], work: Path, jobs: int, timings: dict
             result = future.result()
             if isinstance(result, str):
                 failed[name] = result
-                print(f"{name}: failed ({result})", flush=True)
+                print(f"{name}: left out ({result})", flush=True)
                 continue
             if result is not None:
                 timings["train_s"][name] = result
@@ -145,18 +154,24 @@ def offline(run_dir: Path) -> pd.DataFrame:
 
 
 def _cell(mean: float, se: float) -> str:
+    """mean ± se; – where there is no value (a utility not applicable to the network)."""
+    if math.isnan(mean):
+        return "–"
     return f"{mean:.3f}" if math.isnan(se) else f"{mean:.3f} ± {se:.3f}"
 
 
 def final_table(acc: pd.DataFrame, rho: pd.DataFrame, tasks: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per activation x method: final-window online accuracy and each utility's offline ρ, mean ± SE over seeds
     (SPEC S5); and per CBP run: its own utility's ρ beside its final accuracy (the loop)."""
-    first = tasks - max(1, math.ceil(FINAL_WINDOW * tasks)) + 1
-    per_run = (acc[acc["task"] >= first].groupby(["activation", "method", "seed"], sort=False)["online_accuracy"]
-               .mean().rename("final_accuracy").reset_index())
+    window = max(1, math.ceil(FINAL_WINDOW * tasks))
+    runs = acc.groupby(["activation", "method", "seed"], sort=False)
+    per_run = pd.concat([runs.apply(lambda g: g.loc[g["task"] <= window, "online_accuracy"].mean()).rename("first"),
+                         runs.apply(lambda g: g.loc[g["task"] > tasks - window, "online_accuracy"].mean())
+                         .rename("final_accuracy")], axis=1).reset_index()
     rows = []
     for (activation, method), g in per_run.groupby(["activation", "method"], sort=False):
         row = {"activation": activation, "method": method}
+        row["first"], row["first_se"], _ = mean_se(g["first"])
         row["final"], row["final_se"], row["n"] = mean_se(g["final_accuracy"])
         mine = rho[(rho["activation"] == activation) & (rho["method"] == method)]
         for utility in UTILITIES:
@@ -164,13 +179,15 @@ def final_table(acc: pd.DataFrame, rho: pd.DataFrame, tasks: int) -> tuple[pd.Da
                                                                                    "spearman"])
         rows.append(row)
     own = rho[rho["utility"] == rho["method"]][["activation", "method", "seed", "spearman"]]
-    loop = per_run.merge(own.rename(columns={"spearman": "own_rho"}), on=["activation", "method", "seed"])
+    loop = per_run.drop(columns="first").merge(own.rename(columns={"spearman": "own_rho"}),
+                                               on=["activation", "method", "seed"])
     return pd.DataFrame(rows), loop
 
 
 def markdown(final: pd.DataFrame, loop: pd.DataFrame, budget: Budget, window: int) -> str:
     """The published table and the loop's rank correlations."""
-    header = ["activation", "method", f"online acc., last {window} tasks", *(f"ρ {u}" for u in UTILITIES)]
+    header = ["activation", "method", f"online acc., first {window} tasks", f"online acc., last {window} tasks",
+              *(f"ρ {u}" for u in UTILITIES)]
     lines = ["# Closing the loop: offline rank quality vs online plasticity (paper §5.2)", "",
              f"Written by `benchmarks/plasticity.py`. Budget: MLP widths {'x'.join(map(str, budget.widths))}, SGD lr "
              f"{budget.lr}, batch 64, {budget.tasks} permuted tasks of {budget.examples_per_task} examples x "
@@ -180,7 +197,7 @@ def markdown(final: pd.DataFrame, loop: pd.DataFrame, budget: Budget, window: in
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in final.itertuples(index=False):
         r = row._asdict()
-        cells = [r["activation"], r["method"], _cell(r["final"], r["final_se"]),
+        cells = [r["activation"], r["method"], _cell(r["first"], r["first_se"]), _cell(r["final"], r["final_se"]),
                  *(_cell(r[f"rho_{u}"], r[f"rho_{u}_se"]) for u in UTILITIES)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Does the utility CBP ranked by rank better offline where it kept more plasticity? Spearman "
@@ -232,8 +249,8 @@ def publish(acc: pd.DataFrame, rho: pd.DataFrame, budget: Budget, out: Path, tim
     figures(acc, out / "figures", budget.tasks)
     (out / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
     window = max(1, math.ceil(FINAL_WINDOW * budget.tasks))
-    failures = [f"- {name} left out: {why}" for name, why in failed.items()]
-    (out / "README.md").write_text(markdown(final, loop, budget, window) + "\n".join(["", *failures]) * bool(failures))
+    failures = "".join(f"- {name} left out: {why}\n" for name, why in failed.items())
+    (out / "README.md").write_text(markdown(final, loop, budget, window) + (f"\n{failures}" if failures else ""))
 
 
 def main() -> None:
