@@ -13,15 +13,16 @@ step, and k the network after the k-th task, saved as `task<k>` (SPEC S6's check
 and its training, or `--family`) and the data of the task trained last (task 0 for the untrained one). A CBP
 checkpoint carries the per-unit state (age, stored reference r̂, tracked utility) and its maturity, so `resetassay
 run --reference stored` reads it and leaves immature units out of the ranking (SPEC S1, S2). `accuracy.csv` beside
-the checkpoints holds the held-out accuracy after every task (its `task` k: after the k-th), the
-loss-of-plasticity curve. Deterministic for a given seed on CPU: data order, initialisation, permutations,
+the checkpoints holds the held-out accuracy after every task (its `task` k: after the k-th) and the online
+accuracy (the mean over the task's training stream of each batch's accuracy before its SGD step, the paper's
+loss-of-plasticity curve). Deterministic for a given seed on CPU: data order, initialisation, permutations,
 augmentation and resets are seeded.
 
 The output folder OUT, written only by `train`:
 
     OUT/train.json            the training config and its hash (`RECORD`): what a rerun must match
     OUT/task<k>/, epoch<k>/   the checkpoints, each renamed into place whole (`checkpoint.save_checkpoint`)
-    OUT/accuracy.csv          held-out accuracy after every task (written whole, `rundir.atomic_write`)
+    OUT/accuracy.csv          held-out and online accuracy of every task (written whole, `rundir.atomic_write`)
 
 A non-empty OUT is refused unless it holds the train.json of the same config: then the run resumes. It
 keeps the checkpoints on disk and, when one is missing, trains again from the start (no optimizer or CBP
@@ -625,7 +626,7 @@ def _train(run: _Run, progress: bool) -> None:
                     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
                 if 0 in config.checkpoint_at:
                     run.checkpoint(f"{unit}0", spec, accuracy(model, hx, hy), 0, "initialisation")
-            task_resets = 0
+            task_resets, seen, correct = 0, 0, 0.0
             for epoch in range(config.epochs_per_task):
                 model.train()
                 batches = torch.randperm(len(x), generator=order).split(config.batch_size)
@@ -638,6 +639,8 @@ def _train(run: _Run, progress: bool) -> None:
                     if not bool(torch.isfinite(loss.detach())):
                         raise run.diverged(f"the loss became {loss.item()} at task {task}, epoch {epoch}, "
                                            f"step {i + 1} of {len(batches)}")
+                    correct += sequences.accuracy(logits.detach(), y[idx]) * len(idx)  # before the step: online
+                    seen += len(idx)
                     loss.backward()
                     optimizer.step()
                     if scheduler is not None:
@@ -651,7 +654,7 @@ def _train(run: _Run, progress: bool) -> None:
                                    resets + task_resets, f"task {task}, epoch {epoch}")
             resets += task_resets
             acc = accuracy(model, hx, hy)
-            log.append({"task": task + 1, "holdout_accuracy": acc,
+            log.append({"task": task + 1, "holdout_accuracy": acc, "online_accuracy": correct / seen,
                         **({"resets": task_resets} if cbp is not None else {})})
             bar.update(steps, description=f"task {task + 1}/{config.tasks} · held-out accuracy {acc:.3f}")
             if config.checkpoint_in == "tasks" and task + 1 in config.checkpoint_at:

@@ -489,3 +489,19 @@ def test_a_run_recorded_before_an_option_was_added_still_resumes(tmp_path: Path)
     assert train(_small(), tmp_path) == []  # same command: nothing to do
     with pytest.raises(BadInputError, match="examples_per_task None -> 5"):
         train(_small(examples_per_task=5), tmp_path)
+
+
+def test_online_accuracy_is_the_accuracy_on_the_training_stream_before_each_step(tmp_path: Path) -> None:
+    """With a step too small to move float32 weights, the online accuracy of a task is the untrained network's
+    accuracy on that task's training sample; with a real step it rises above it."""
+    from resetassay.data import task_arrays
+    from resetassay.train import _task_sample
+
+    still = _small(tasks=1, lr=1e-30, examples_per_task=300, checkpoint_at=(0,), cbp=None)
+    train(still, tmp_path / "still")
+    x, y = _task_sample(task_arrays(still.data, "train"), still, 0)
+    before = resetassay.train.accuracy(load_checkpoint(tmp_path / "still" / "task0").model, x, y)
+    log = pd.read_csv(tmp_path / "still" / "accuracy.csv")
+    assert log["online_accuracy"].iloc[0] == pytest.approx(before, abs=1e-9)
+    train(_small(tasks=1, lr=0.1, epochs_per_task=3, examples_per_task=300, cbp=None), tmp_path / "moves")
+    assert pd.read_csv(tmp_path / "moves" / "accuracy.csv")["online_accuracy"].iloc[0] > before + 0.05
