@@ -233,6 +233,8 @@ def run(
                                on_failure=lambda text: err.print(ERROR, text, highlight=False,
                                                                  soft_wrap=True))
     except BadInputError as e:
+        if rank != 0:  # every rank raises the same error (shard.py); rank 0 alone prints it
+            raise typer.Exit(2) from None
         _fail(str(e), 2)
     except RunInterrupted as e:
         err.print(str(e), highlight=False, soft_wrap=True)

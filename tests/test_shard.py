@@ -166,3 +166,8 @@ def test_torchrun_launches_the_command_line_and_rank_zero_writes_the_report(tmp_
     assert launched.stdout.count("wrote ") == 1  # rank 0 alone prints and reports
     assert _tables(tmp_path / "ranks") == _tables(tmp_path / "alone")
     assert (tmp_path / "ranks" / "report.md").exists()
+    refused = subprocess.run([torchrun, "--nproc-per-node", "2", *args, "--layers", "no.such", "--out",
+                              str(tmp_path / "bad")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert [line for line in refused.stderr.splitlines() if line.startswith("error:")] == [
+        "error: --layers no.such matched no unit layer; available: blocks.0.act, blocks.1.act"]  # once, by rank 0
