@@ -459,9 +459,9 @@ def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
     with p.clock("references"):
         refs = unit_references(p.model, p.layers, p.calib_x, config.reference, config.batch_size)
     with p.clock("utilities"):
+        advance = progress_counter(progress, f"calibration {p.name}", len(p.calib_x))
         stats = calibration_stats(p.model, p.layers, p.calib_x, calib_y, refs, needed_ingredients(ranked),
-                                  config.batch_size, config.seed, _counter(progress, f"calibration {p.name}",
-                                                                            len(p.calib_x)), config.max_classes)
+                                  config.batch_size, config.seed, advance, config.max_classes)
         scores, na = unit_scores(ranked, p.layers, stats)
     return Calibration(refs, scores, na | {(CBP_RESET, layer): why for layer, why in p.unresettable.items()})
 
@@ -558,11 +558,11 @@ def assay_model(
     cal = calibrate(p, progress)
     chunks = p.chunks()
     lesions = sum(len(c.units) for c in chunks) * (2 if config.intervention == CBP_RESET else 1)  # reset, clamp
-    advance = _counter(progress, f"lesions {name}", lesions)
+    advance = progress_counter(progress, f"lesions {name}", lesions)
     return finish(p, cal, [lesion_chunk(p, cal.refs, chunk, advance) for chunk in chunks])
 
 
-def _counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
+def progress_counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:
     """An `advance(k)` callback that reports `task`'s running count to `progress` (None without one)."""
     if progress is None:
         return None

@@ -31,9 +31,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resetassay.assay import Calibration, CheckpointInputs, LesionChunk, Prepared, calibrate, finish, lesion_chunk
+from resetassay.assay import (
+    Calibration,
+    CheckpointInputs,
+    LesionChunk,
+    Prepared,
+    calibrate,
+    finish,
+    lesion_chunk,
+    progress_counter,
+)
 from resetassay.errors import BadInputError
 from resetassay.hooks import forward_hooks
+from resetassay.names import CBP_RESET
 from resetassay.progress import Progress
 from resetassay.rundir import RunParts, Tables
 from resetassay.units import UnitLayer
@@ -285,13 +295,11 @@ def _lesions(inputs: CheckpointInputs, store: RunParts, key: str, chunks: list[i
     p = inputs.prepare()
     cal = _load_calibration(store, key, p)
     every: list[LesionChunk] = p.chunks()
-    done = 0
+    lesions = sum(len(every[i].units) for i in chunks) * (2 if p.config.intervention == CBP_RESET else 1)
+    advance = progress_counter(progress, f"lesions {p.name}", lesions)  # a reset run measures the clamp too
     for i in chunks:
-        shocks = lesion_chunk(p, cal.refs, every[i])
+        shocks = lesion_chunk(p, cal.refs, every[i], advance)
         store.save_item(key, f"lesions-{i}", {f"shock/{m}": s for m, s in shocks.items()}, {})
-        done += len(every[i].units)
-        if progress:
-            progress(f"lesions {p.name}", done, sum(len(every[j].units) for j in chunks))
     return p
 
 
