@@ -28,7 +28,7 @@ from torch import nn
 
 from resetassay import sequences
 from resetassay.checkpoint import Checkpoint, load_checkpoint
-from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, pair
+from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, joined_labels, pair
 from resetassay.errors import BadInputError
 from resetassay.greedy import Picks, candidate_pool, greedy_selection
 from resetassay.lesion import joint_shocks, unit_shocks
@@ -303,12 +303,20 @@ def precision(config: AssayConfig, device: torch.device) -> AbstractContextManag
 
 
 def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) from a tuple of tensors or an iterable of batches (a DataLoader): `(x, y)` tuples or dicts such as
-    `{"pixel_values": x, "labels": y}` (`data.pair`)."""
-    if isinstance(data, tuple | list) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data[0], data[1]
-    xs, ys = zip(*[pair(b, "the calibration or probe data") for b in data], strict=True)
-    return torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys])
+    """(x, y) from a tuple of tensors, inputs alone (unlabelled: y is `NO_LABEL`) or an iterable of batches (a
+    DataLoader): `(x, y)` tuples, inputs alone or dicts such as `{"pixel_values": x, "labels": y}` (`data.pair`)."""
+    where = "the calibration or probe data"
+    if isinstance(data, torch.Tensor) or (isinstance(data, tuple | list) and len(data) == 2
+                                          and isinstance(data[0], torch.Tensor)):
+        batches = [pair(data, where)]
+    else:
+        batches = [pair(b, where) for b in data]
+    xs = [torch.as_tensor(x) for x, _ in batches]
+    if not xs:
+        raise BadInputError(f"{where}: no batches")
+    y = joined_labels([y for _, y in batches], where)
+    x = torch.cat(xs)
+    return x, torch.full((len(x),), sequences.NO_LABEL) if y is None else y
 
 
 def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source: str = "the unit state") -> None:
@@ -424,10 +432,16 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     device = resolve_device(config.device)
     calib_x, calib_y = _loader_tensors(calib)
     probe_x, probe_y = _loader_tensors(probe)
+    _check_shapes(calib_x, probe_x, name)
+    if sequences.unlabelled(calib_y) and config.target == "label":
+        warnings.warn(f"{name}: the calibration data has no labels: gxd, gxi and loss_gradient follow the model's "
+                      "predicted class (as with --target predicted)", stacklevel=3)
+        config = replace(config, target="predicted")
     model = model.to(device).eval()
     padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
     if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
         model = sequences.padded_tokens(model, padded)
+    first_forward(model, calib_x[:2].to(device), name)
     model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
@@ -441,7 +455,39 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
+    _check_labels(base.shape[-1], {"calibration": calib_y, "probe": probe_y}, name)
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
+
+
+def first_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
+    feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise BadInputError(f"{name}: the model cannot read inputs of shape {tuple(x.shape[1:])} per example "
+                            f"({type(err).__name__}: {first}); give data shaped as the model takes it "
+                            "(channels, --image-size, features)") from err
+
+
+def _check_shapes(calib_x: torch.Tensor, probe_x: torch.Tensor, name: str) -> None:
+    """Calibration and probe inputs of one shape per example (token sequences may differ in length)."""
+    for what, x in (("calibration", calib_x), ("probe", probe_x)):
+        if len(x) == 0:
+            raise BadInputError(f"{name}: the {what} set is empty; give it examples (--calib-size, --probe-size)")
+    if calib_x.dtype.is_floating_point and calib_x.shape[1:] != probe_x.shape[1:]:
+        raise BadInputError(f"{name}: calibration inputs are {tuple(calib_x.shape[1:])} per example but probe inputs "
+                            f"{tuple(probe_x.shape[1:])}; give both sets in one shape (--probe-data)")
+
+
+def _check_labels(n_outputs: int, labels: dict[str, torch.Tensor], name: str) -> None:
+    """A classifier's labels index its logits: each below the number of outputs (NO_LABEL: unlabelled data)."""
+    for what, y in labels.items():
+        if y.dim() == 1 and len(y) and int(y.max()) >= n_outputs:
+            raise BadInputError(f"{name}: the {what} labels go up to {int(y.max())} but the model gives "
+                                f"{n_outputs} logits; give labels 0..{n_outputs - 1} (classes the model has)")
 
 
 def calibration_targets(p: Prepared) -> torch.Tensor:
@@ -507,7 +553,9 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
     with p.clock("summary"):
         summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
-    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y)}])
+    target = p.config.target + (" (no labels)" if sequences.unlabelled(p.calib_y) else "")
+    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y),
+                              "target": target}])
     return AssayResult(units, summary, notes, accuracy, config, timings={p.name: p.clock.seconds})
 
 
@@ -627,7 +675,7 @@ def assay_checkpoint(
     inputs = checkpoint_inputs(ckpt, config, data)
     result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
                          state=ckpt.state, progress=progress)
-    result.checkpoints = inputs.row(result.checkpoints["probe_accuracy"].iloc[0])
+    result.checkpoints = inputs.row(result.checkpoints)
     return result
 
 
@@ -653,15 +701,16 @@ class CheckpointInputs:
         """The checkpoint's model made ready for the assay (`prepare`)."""
         return prepare(self.ckpt.model, self.calib, self.probe, self.config, self.ckpt.info.name, self.ckpt.state)
 
-    def row(self, probe_accuracy: float) -> pd.DataFrame:
-        """The checkpoint's row of checkpoints.csv: path, family, step, data and split, probe accuracy."""
+    def row(self, measured: pd.DataFrame) -> pd.DataFrame:
+        """The checkpoint's row of checkpoints.csv: path, family, step, data and split, and what the assay
+        `measured` (its AssayResult's checkpoints row): the probe accuracy and the target the gradients followed."""
         info = self.ckpt.info
         return pd.DataFrame([{
             "checkpoint": info.name, "path": str(info.path), "family": info.family, "factory": info.factory,
             "step": _step_value(info.step), "train_seed": info.meta.get("seed"),
             **{f"data_{k}": v for k, v in self.spec.to_dict().items()},
             **{f"split_{k}": v for k, v in self.split.provenance.items()},
-            "probe_accuracy": probe_accuracy,
+            "probe_accuracy": measured["probe_accuracy"].iloc[0], "target": measured["target"].iloc[0],
         }])
 
 

@@ -21,7 +21,7 @@ import torch
 from resetassay.errors import BadInputError
 from resetassay.grammar import grammar_sequences
 from resetassay.imports import import_named_module
-from resetassay.sequences import next_token_targets, with_padding
+from resetassay.sequences import NO_LABEL, next_token_targets, unlabelled, with_padding
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted image sources (SPEC S1, S6)
@@ -635,7 +635,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def _tensor_file(path: Path) -> Examples:
-    """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`), or of token
+    """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`; without labels:
+    unlabelled data, `sequences.NO_LABEL`), or of token
     sequences (`input_ids`, `_token_examples`); .pt files are read with torch.load(weights_only=True), .npz without
     pickle: reading data never runs code."""
     suffix = path.suffix.lower()
@@ -663,14 +664,12 @@ def _tensor_file(path: Path) -> Examples:
     if "input_ids" in found:
         return _token_examples(found, path)
     keys = sorted(str(k) for k in found)
-    picked = []
-    for names, what in ((INPUT_KEYS, "inputs"), (LABEL_KEYS, "labels")):
-        key = next((k for k in names if k in found), None)
-        if key is None:
-            raise BadInputError(f"{path}: no {what} (a key named {', '.join(names)}); it has keys "
-                                f"{', '.join(keys) or 'none'}")
-        picked.append(found[key])
-    x, y = _checked(*picked, str(path))
+    x_key = next((k for k in INPUT_KEYS if k in found), None)
+    if x_key is None:
+        raise BadInputError(f"{path}: no inputs (a key named {', '.join(INPUT_KEYS)}); it has keys "
+                            f"{', '.join(keys) or 'none'}")
+    y_key = next((k for k in LABEL_KEYS if k in found), None)  # none: unlabelled data
+    x, y = _checked(found[x_key], found[y_key] if y_key else None, str(path))
     return Examples(path.name, len(x), lambda idx: (x[idx], y[idx]), {})
 
 
@@ -701,11 +700,12 @@ def _token_examples(found: dict, path: Path) -> Examples:
     return Examples(path.name, len(ids), lambda idx: (ids[idx], y[idx]), {})
 
 
-def _checked(x: object, y: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _checked(x: object, y: object | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs as float32 and labels as int64, checked: as many of each, some, labels whole numbers >= 0 with one
-    per example, inputs finite."""
+    per example, inputs finite. `y` None, or every label -1 (unlabelled data): every label is `NO_LABEL`."""
     try:
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        x = torch.as_tensor(x)
+        y = torch.full((len(x) if x.ndim else 0,), NO_LABEL) if y is None else torch.as_tensor(y)
     except Exception as err:
         raise BadInputError(f"{name}: inputs and labels must be numeric arrays ({_one_line(err)})") from err
     if x.ndim == 0 or y.ndim != 1:
@@ -717,8 +717,9 @@ def _checked(x: object, y: object, name: str) -> tuple[torch.Tensor, torch.Tenso
         raise BadInputError(f"{name}: no examples")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise BadInputError(f"{name}: labels must be integers (class indices), got {str(y.dtype).split('.')[-1]}")
-    if y.min() < 0:
-        raise BadInputError(f"{name}: labels must be >= 0 (class indices), got {int(y.min())}")
+    if y.min() < 0 and not unlabelled(y):
+        raise BadInputError(f"{name}: labels must be >= 0 (class indices), or all -1 (unlabelled data, as Hugging "
+                            f"Face's test splits hold), got {int(y.min())}")
     if x.dtype.is_complex or x.dtype == torch.bool:
         raise BadInputError(f"{name}: inputs must be real numbers, got {str(x.dtype).split('.')[-1]}")
     x = x.to(torch.float32)
@@ -881,7 +882,7 @@ def _is_hf(path: Path) -> bool:
 def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | None) -> Examples:
     """The rows of a `save_to_disk` folder (of a DatasetDict: its split named test, val, ..., or its only one):
     inputs from the first column named as in HF_INPUTS (an image column is decoded as the image source does,
-    resized and normalised alike), labels from the first named as in HF_LABELS."""
+    resized and normalised alike), labels from the first named as in HF_LABELS (none: unlabelled data)."""
     try:
         import datasets
     except ImportError as err:
@@ -903,10 +904,9 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
     columns = loaded.column_names
     x_col = next((c for c in HF_INPUTS if c in columns), None)
     y_col = next((c for c in HF_LABELS if c in columns), None)
-    if x_col is None or y_col is None:
-        missing = f"input column ({', '.join(HF_INPUTS)})" if x_col is None else \
-            f"label column ({', '.join(HF_LABELS)})"
-        raise BadInputError(f"{where}: no {missing}; its columns are {', '.join(columns)}", flag="--data")
+    if x_col is None:
+        raise BadInputError(f"{where}: no input column ({', '.join(HF_INPUTS)}); its columns are "
+                            f"{', '.join(columns)}", flag="--data")
     if len(loaded) == 0:
         raise BadInputError(f"{where}: no examples", flag="--data")
     image = isinstance(loaded.features[x_col], datasets.Image)
@@ -925,9 +925,9 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
                              mean, std)
         else:
             x = rows.with_format("numpy")[x_col]
-        return _checked(x, rows.with_format("numpy")[y_col], where)
+        return _checked(x, rows.with_format("numpy")[y_col] if y_col else None, where)
 
-    return Examples(path.name, len(loaded), take, {"columns": f"{x_col}, {y_col}"})
+    return Examples(path.name, len(loaded), take, {"columns": ", ".join(c for c in (x_col, y_col) if c)})
 
 
 # factories
@@ -956,30 +956,49 @@ def _call_factory(name: str, kwargs: dict) -> Examples:
     return _factory_result(made, name)
 
 
-def pair(item: object, where: str) -> tuple[object, object]:
-    """(inputs, labels) of one item or batch: an `(x, y)` tuple or list, or a dict holding them under the names a
-    Hugging Face batch uses (`pixel_values`/`input_ids`/..., `labels`/...: HF_INPUTS, HF_LABELS)."""
+def pair(item: object, where: str) -> tuple[object, object | None]:
+    """(inputs, labels) of one item or batch: an `(x, y)` tuple or list, a dict holding them under the names a
+    Hugging Face batch uses (`pixel_values`/`input_ids`/..., `labels`/...: HF_INPUTS, HF_LABELS), or inputs alone
+    (a tensor, `[x]`, a dict without labels: labels None, unlabelled data)."""
     if isinstance(item, tuple | list) and len(item) >= 2:
         return item[0], item[1]
+    if isinstance(item, tuple | list) and len(item) == 1:  # a TensorDataset of inputs alone yields [x]
+        return item[0], None
+    if isinstance(item, torch.Tensor | np.ndarray):
+        return item, None
     if isinstance(item, dict):
         x = next((item[k] for k in HF_INPUTS if k in item), None)
         y = next((item[k] for k in HF_LABELS if k in item), None)
-        if x is not None and y is not None:
+        if x is not None:
             mask = item.get("attention_mask")
             return (with_padding(torch.as_tensor(x), torch.as_tensor(mask)) if mask is not None else x), y
         keys = ", ".join(map(str, item))
-        raise BadInputError(f"{where}: a batch dict needs inputs ({', '.join(HF_INPUTS)}) and labels "
+        raise BadInputError(f"{where}: a batch dict needs inputs ({', '.join(HF_INPUTS)}) and may hold labels "
                             f"({', '.join(HF_LABELS)}); it has {keys}")
-    raise BadInputError(f"{where}: items must be (x, y) pairs or dicts of inputs and labels, got "
+    raise BadInputError(f"{where}: items must be (x, y) pairs, inputs alone or dicts of inputs and labels, got "
                         f"{type(item).__name__}")
+
+
+def joined_labels(ys: list[object | None], where: str) -> torch.Tensor | None:
+    """The labels of several items (each a number) or batches (each a tensor) as one tensor, None when none has
+    labels; some labelled and some not is an error."""
+    missing = sum(y is None for y in ys)
+    if missing == len(ys):
+        return None
+    if missing:
+        raise BadInputError(f"{where}: {missing} of {len(ys)} items or batches have no labels; give every example "
+                            "a label, or none (unlabelled data)")
+    labels = [torch.as_tensor(y) for y in ys]
+    return torch.cat([t.reshape(1) if t.dim() == 0 else t for t in labels])
 
 
 def _factory_result(made: object, name: str) -> Examples:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
     what = f"--data {name}"
-    if isinstance(made, tuple | list) and len(made) == 2 and not isinstance(made[0], tuple | list):
-        x, y = _checked(made[0], made[1], what)
+    if isinstance(made, torch.Tensor | np.ndarray) or (isinstance(made, tuple | list) and len(made) == 2
+                                                      and not isinstance(made[0], tuple | list)):
+        x, y = _checked(*pair(made, what), what)
         return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})
     if isinstance(made, Dataset) and not isinstance(made, IterableDataset) and hasattr(made, "__len__"):
         dataset = made
@@ -988,7 +1007,9 @@ def _factory_result(made: object, name: str) -> Examples:
             items = [pair(dataset[i], what) for i in idx.tolist()]
             try:
                 xs = torch.stack([torch.as_tensor(x) for x, _ in items])
-                ys = torch.as_tensor([int(y) for _, y in items])
+                ys = joined_labels([y for _, y in items], what)
+            except BadInputError:
+                raise
             except Exception as err:
                 raise BadInputError(f"{what}: its Dataset items must be (x, y) pairs of a tensor and an integer "
                                     f"label ({_one_line(err)})", flag="--data") from err
@@ -1005,8 +1026,8 @@ def _factory_result(made: object, name: str) -> Examples:
         batches = [pair(b, what) for b in iter(made)]  # type: ignore[call-overload]
         if not batches:
             raise ValueError("no batches")
-        x, y = torch.cat([torch.as_tensor(b[0]) for b in batches]), torch.cat([torch.as_tensor(b[1]).reshape(-1)
-                                                                              for b in batches])
+        xs = [torch.as_tensor(x) for x, _ in batches]
+        x, y = torch.cat(xs), joined_labels([y for _, y in batches], what)
     except BadInputError:
         raise
     except Exception as err:

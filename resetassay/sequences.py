@@ -6,6 +6,9 @@ target per position, the next token, and `IGNORE` (-100, as PyTorch's cross-entr
 where there is none: the last position, and padding. Per example, the target logit is summed over the positions
 that have a target, the loss is their mean cross-entropy, and the probe accuracy counts those positions.
 
+Unlabelled data carries `NO_LABEL` (-1) as every example's label: gxd, gxi and loss_gradient then follow the
+model's predicted class, and the probe accuracy is not measured.
+
 Padding travels inside the token ids: a padded position holds `PAD` (-1), so one tensor carries both the ids
 and the attention mask through batching and the lesion engines (`with_padding`, `padding_mask`). A model sees
 real ids only (`padded_tokens`: pads become id 0, masked out by `attention_mask` where its forward takes one).
@@ -25,6 +28,12 @@ from resetassay.outputs import with_forward
 
 IGNORE = -100
 PAD = -1
+NO_LABEL = -1  # every label of unlabelled data (a classifier's): its targets are the model's predicted classes
+
+
+def unlabelled(y: torch.Tensor) -> bool:
+    """Whether a classifier's labels `(N,)` are those of unlabelled data (every one NO_LABEL)."""
+    return y.dim() == 1 and len(y) > 0 and bool((y == NO_LABEL).all())
 
 
 def is_sequence(z: torch.Tensor) -> bool:

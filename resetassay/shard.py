@@ -314,7 +314,7 @@ def _merge(inputs: CheckpointInputs, store: RunParts, key: str, parts: dict[str,
             raise RuntimeError(f"{p.name}: lesion chunk {i} is missing after every rank finished; rerun to do it")
         shocks.append({name.split("/", 1)[1]: t for name, t in item[0].items()})
     result = finish(p, cal, shocks)
-    result.checkpoints = inputs.row(result.checkpoints["probe_accuracy"].iloc[0])
+    result.checkpoints = inputs.row(result.checkpoints)
     parts[p.name] = store.save(key, result.tables())
     store.drop_items(key)
     return p

@@ -9,6 +9,7 @@ narrows as units grow. The checkpoints scheme equals scipy's own bootstrap of th
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -102,3 +103,16 @@ def test_common_scope_only_layers_where_every_utility_applies():
     layer = summary[(summary.scope == "l0") & (summary.utility == "u")].iloc[0]
     assert got.loc["u"].ratio == pytest.approx(layer.gap_ratio, rel=1e-12)
     assert "oracle" not in got.index
+
+
+
+def test_resamples_whose_oracle_shock_is_zero_give_no_interval_and_print_nothing():
+    """A few units with zero shock: some resamples draw k of them, the oracle's Shock@q is 0 there and their ratio
+    undefined, so scipy returns no interval (and warns, misleadingly, about BCa): the ratio stands alone, silently."""
+    units, _, checkpoints = _run(1, (40,))
+    units.loc[:1, "shock_l1"] = 0.0  # 2 of 40; k = 4
+    summary = checkpoint_summary(units, ["u", "oracle"], ["l1"], Q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ratio_intervals(units, summary, checkpoints, Q).set_index("utility").loc["u"]
+    assert math.isfinite(got.ratio) and math.isnan(got.low) and math.isnan(got.high)

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from resetassay.cli import app
 from resetassay.data import _open, assay_data, data_spec
 from resetassay.errors import BadInputError
+from resetassay.sequences import NO_LABEL
 
 datasets = pytest.importorskip("datasets")
 runner = CliRunner()
@@ -76,7 +77,7 @@ def test_an_image_column_is_decoded_as_the_image_folder_source_does(tmp_path):
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda x, y: datasets.Dataset.from_dict({"pixel_values": x}), "no label column (labels, label"),
+    (lambda x, y: datasets.Dataset.from_dict({"embedding": x, "label": y}), "no input column (pixel_values, image"),
     (lambda x, y: datasets.Dataset.from_dict({"pixel_values": x[:0], "label": y[:0]}), "cannot load it"),
     (lambda x, y: datasets.DatasetDict({"a": datasets.Dataset.from_dict({"x": x, "y": y}),
                                         "b": datasets.Dataset.from_dict({"x": x, "y": y})}), "splits a, b, none named"),
@@ -99,3 +100,13 @@ def test_cli_run_on_a_datasets_folder(tmp_path):
     assert result.exit_code == 0, result.output
     checkpoints = (out / "checkpoints.csv").read_text()
     assert ",hf," in checkpoints and "pixel_values, label" in checkpoints
+
+
+def test_a_datasets_folder_without_labels_is_unlabelled_data(tmp_path):
+    """No label column (or a test split's labels, all -1): the labels are NO_LABEL, the targets the predicted class."""
+    x, y = _digits(10)
+    datasets.Dataset.from_dict({"pixel_values": x}).save_to_disk(str(tmp_path / "bare"))
+    datasets.Dataset.from_dict({"pixel_values": x, "label": [-1] * len(y)}).save_to_disk(str(tmp_path / "test"))
+    for name in ("bare", "test"):
+        got = assay_data(data_spec(str(tmp_path / name)), 5, 5, seed=0)
+        assert got.calib_y.tolist() == [NO_LABEL] * 5 and got.calib_x.shape == (5, *np.shape(x)[1:])

@@ -115,7 +115,8 @@ def ranking_table(ranking: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def models_table(stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
-    """Per family: checkpoints, steps, probe accuracy (n/a when not measured, e.g. unlabelled data), the layers and
+    """Per family: checkpoints, steps, probe accuracy (n/a when not measured: unlabelled data, whose targets are the
+    predicted class, says so), the layers and
     units assayed and how many of them the common scope keeps, and the calibration/probe sizes. `stats` and
     `common`: per-checkpoint statistics of the ALL and `common` scopes (the oracle's rows give the coverage)."""
     rows = []
@@ -129,12 +130,21 @@ def models_table(stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.Data
             "family": family,
             "checkpoints": len(names),
             "steps": ", ".join(f"{s:g}" for s in sorted(g["step"].dropna().unique())) or "n/a",
-            "probe accuracy": span(accuracy, "{:.1%}"),
+            "probe accuracy": _accuracy_text(accuracy, mine),
             "layers (common / all)": f"{span(shared['n_layers'], '{:.0f}')} / {span(g['n_layers'], '{:.0f}')}",
             "units (common / all)": f"{span(shared['n_units'], '{:.0f}')} / {span(g['n_units'], '{:.0f}')}",
             "calibration / probe": _sizes(mine),
         })
     return pd.DataFrame(rows)
+
+
+def _accuracy_text(accuracy: pd.Series, info: pd.DataFrame) -> str:
+    """The probe accuracy span; where the data had no labels, "n/a" saying whose class the gradients followed."""
+    text = span(accuracy, "{:.1%}")
+    targets = info.get("target", pd.Series(dtype=object)).astype(str)
+    if targets.str.endswith("(no labels)").any():
+        text += " (no labels: targets are the predicted class)"
+    return text
 
 
 def span(values: pd.Series, fmt: str = "{:.0f}") -> str:
