@@ -1,8 +1,12 @@
 """The CI gate (DESIGN "check.py"): a run's ranking quality against a baseline file, pass or fail.
 
-A baseline holds, per (model family, utility, shock metric), the family means over checkpoints
-of the pooled SummaryTable statistics (SPEC S5) that `resetassay baseline` read from a run, plus
-absolute floors. `compare` checks a new run against it without rerunning a model:
+A baseline holds, per (model family, utility, shock metric, pooled scope), the family means over
+checkpoints of the pooled SummaryTable statistics (SPEC S5) that `resetassay baseline` read from a
+run, plus absolute floors. Both pooled scopes are gated: `ALL` (each utility over the layers where
+it applies, against the oracle there) and `common` (every utility over the layers where all of the
+run's utilities apply: the scope the report ranks them on), so a change that keeps a utility's own
+numbers but breaks the comparison between utilities still fails. Floors hold on `ALL`. `compare`
+checks a new run against it without rerunning a model:
 
 - pooled Spearman ρ may not drop by more than `tolerance` (absolute);
 - Shock@q may not rise by more than `rel_tolerance` x its baseline value;
@@ -15,11 +19,11 @@ Nothing switches the gate off silently: tolerances, margins, floors and baseline
 numbers (NaN passes every comparison), and a run's NaN fails against a finite baseline value, also
 when it is in only some of a family's checkpoints (the mean over the others would hide it).
 
-File format (JSON, "resetassay.baseline/2"; "resetassay.baseline/1", the same without the
-`<stat>_n` and `<stat>_note` keys, is still read):
-    {"format": "resetassay.baseline/2", "q": 0.05,
+File format (JSON, "resetassay.baseline/3"; /2 and /1 are still read: their rows have no `scope`
+and gate `ALL`; /1 also lacks the `<stat>_n` and `<stat>_note` keys):
+    {"format": "resetassay.baseline/3", "q": 0.05,
      "source": {"run_dir": ..., "config": {...}, "versions": {...}},
-     "rows": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "n": 2,
+     "rows": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "scope": "ALL", "n": 2,
                "spearman": 0.984, "shock_at_q": 0.121, "gap": 0.001}, ...],
      "floors": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "stat": "spearman", "min": 0.9}]}
 A statistic is a finite number or null. Null with `<stat>_note` (the reason from summary.csv's
@@ -43,14 +47,15 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.names import ALL, RANDOM
+from resetassay.names import ALL, POOLED_SCOPES, RANDOM
 from resetassay.rundir import atomic_write, read_run, read_run_info, run_q, table_path
 from resetassay.summary import STATS, aggregate, checkpoint_stats
 
-FORMAT = "resetassay.baseline/2"
-READABLE = ("resetassay.baseline/1", FORMAT)  # /1 has no `<stat>_n`, `<stat>_note`: any NaN of the run fails
+FORMAT = "resetassay.baseline/3"
+# /1 has no `<stat>_n`, `<stat>_note` (any NaN of the run fails); /1 and /2 have no `scope` (they gate ALL)
+READABLE = ("resetassay.baseline/1", "resetassay.baseline/2", FORMAT)
 GATED = ("spearman", "shock_at_q", "gap")
-KEYS = ("family", "utility", "metric")
+KEYS = ("family", "utility", "metric", "scope")
 UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
 RECORDED_SINCE = {"intervention": "clamp"}  # settings some recorded runs predate, at the value those runs used
@@ -66,6 +71,7 @@ class Comparison:
     family: str
     utility: str
     metric: str
+    scope: str  # ALL or common (SPEC S5)
     stat: str
     kind: str  # "baseline" or "floor"
     reference: float  # the baseline value (NaN: the method defines none, see `rule`), or the floor
@@ -81,14 +87,21 @@ class Comparison:
 
     @property
     def name(self) -> str:
-        return f"{self.family} {self.utility} {self.metric} {self.stat}{' floor' if self.kind == 'floor' else ''}"
+        return f"{self.family} {scoped(self.utility, self.scope)} {self.metric} {self.stat}" + (
+            " floor" if self.kind == "floor" else "")
+
+
+def scoped(utility: str, scope: str) -> str:
+    """A utility as the diff names it: "gxd" on ALL, "gxd (common)" on the common scope."""
+    return utility if scope == ALL else f"{utility} ({scope})"
 
 
 def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
-    """Per (family, utility, metric): the mean over checkpoints of the pooled STATS, the run's q, run.json.
+    """Per (family, utility, metric, scope): the mean over checkpoints of the pooled STATS of each pooled scope, the
+    run's q, run.json.
 
     Besides `n` (checkpoints) and `<stat>_n` (those with a value), `<stat>_note` says why the others are
-    NaN: the distinct parts of summary.csv's `note` of their pooled (ALL) rows ("" when none says).
+    NaN: the distinct parts of summary.csv's `note` of their pooled rows ("" when none says).
     """
     run_dir = Path(run_dir)
     tables = read_run(run_dir, ("summary", "checkpoints"))
@@ -101,14 +114,17 @@ def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
     if not (summary["scope"] == ALL).any():
         raise BadInputError(f"{path}: no pooled rows (scope {ALL}); rerun the assay")
     info = read_run_info(run_dir)
-    stats = checkpoint_stats(summary, tables["checkpoints"])
-    return _with_notes(aggregate(stats, ["family"]), stats, summary), run_q(summary, info, run_dir), info
+    means = []
+    for scope in POOLED_SCOPES:
+        stats = checkpoint_stats(summary, tables["checkpoints"], scope).assign(scope=scope)
+        means.append(_with_notes(aggregate(stats, ["family", "scope"]), stats, summary, scope))
+    return pd.concat(means, ignore_index=True), run_q(summary, info, run_dir), info
 
 
-def _with_notes(means: pd.DataFrame, stats: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """`means` with a `<stat>_note` column per STAT (see `family_means`)."""
+def _with_notes(means: pd.DataFrame, stats: pd.DataFrame, summary: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """`means` with a `<stat>_note` column per STAT (see `family_means`), from the rows of `scope`."""
     keys = ["checkpoint", "utility", "metric"]
-    pooled = summary[summary["scope"] == ALL].reindex(columns=[*keys, "note"]).drop_duplicates(keys)
+    pooled = summary[summary["scope"] == scope].reindex(columns=[*keys, "note"]).drop_duplicates(keys)
     stats = stats.merge(pooled, on=keys, how="left")
     found = {}
     for key, group in stats.groupby(list(KEYS), sort=False, dropna=False):
@@ -160,7 +176,7 @@ def parse_floor(text: str) -> dict:
         raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number", flag="--floor") from None
     if not math.isfinite(value):
         raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a finite number", flag="--floor")
-    return {"family": family, "utility": utility, "metric": metric, "stat": stat,
+    return {"family": family, "utility": utility, "metric": metric, "scope": ALL, "stat": stat,
             "min" if match["op"] == ">=" else "max": value}
 
 
@@ -259,11 +275,16 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
     return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "--output", "baseline.json")
 
 
+def _key(entry: dict | pd.Series) -> tuple:
+    """(family, utility, metric, scope) of a baseline entry or a row of family means; no scope: ALL."""
+    return entry["family"], entry["utility"], entry["metric"], entry.get("scope", ALL)
+
+
 def _matching(means: pd.DataFrame, entry: dict) -> pd.DataFrame:
-    """Rows of `means` whose family, utility and metric match `entry` (globs allowed)."""
+    """Rows of `means` whose family, utility, metric and scope match `entry` (globs allowed)."""
     mask = pd.Series(True, index=means.index)
-    for key in KEYS:
-        mask &= means[key].map(lambda v, pattern=entry[key]: fnmatch.fnmatchcase(str(v), pattern))
+    for key, pattern in zip(KEYS, _key(entry), strict=True):
+        mask &= means[key].map(lambda v, pattern=pattern: fnmatch.fnmatchcase(str(v), pattern))
     return means[mask]
 
 
@@ -324,8 +345,10 @@ def validate_baseline(baseline: object, where: str) -> dict:
             raise BadInputError(f"{where}: '{section}' must be a list")
         for i, entry in enumerate(entries):
             at = f"{where}: {section}[{i}]"
-            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS):
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS[:3]):
                 raise BadInputError(f"{at}: needs string 'family', 'utility' and 'metric'")
+            if entry.setdefault("scope", ALL) not in POOLED_SCOPES:  # rows of /1 and /2 files gate ALL
+                raise BadInputError(f"{at}: 'scope' must be one of {', '.join(POOLED_SCOPES)}, got {entry['scope']!r}")
             check(entry, at)
     return baseline
 
@@ -360,7 +383,7 @@ def _compare(entry: dict, stat: str, kind: str, reference: float, limit: float, 
             reason = f"{value:.4g} {'<' if bound == 'min' else '>'} {limit:.4g} ({rule})"
         else:
             reason = ""
-    return Comparison(entry["family"], entry["utility"], entry["metric"], stat, kind, reference, value, limit,
+    return Comparison(*_key(entry), stat, kind, reference, value, limit,
                       bound, rule, reason)
 
 
@@ -373,7 +396,7 @@ def _compare_nan(entry: dict, stat: str, note: str, run_row: pd.Series | None) -
         value, _, _, run_note = _run_stat(run_row, stat)
         reason = "no value in the run (NaN) and no reason in its summary.csv note" if (
             math.isnan(value) and not run_note) else ""
-    return Comparison(entry["family"], entry["utility"], entry["metric"], stat, "baseline", math.nan, value,
+    return Comparison(*_key(entry), stat, "baseline", math.nan, value,
                       math.nan, "min", f"NaN allowed ({note})", reason)
 
 
@@ -382,10 +405,10 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
     """Every gated baseline statistic and every floor against the run's family means (rules: module docstring)."""
     _flag_number(tolerance, "--tolerance")
     _flag_number(rel_tolerance, "--rel-tolerance")
-    index = {tuple(r[k] for k in KEYS): r for _, r in means.iterrows()}
+    index = {_key(r): r for _, r in means.iterrows()}
     out = []
     for entry in baseline.get("rows", []):
-        run_row = index.get(tuple(entry[k] for k in KEYS))
+        run_row = index.get(_key(entry))
         base = {s: entry.get(s) for s in GATED}
         for stat in GATED:
             reference = base[stat]
@@ -410,7 +433,7 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
         if matches.empty:
             out.append(_compare(floor, floor["stat"], "floor", floor[bound], floor[bound], bound, rule, None))
         for _, row in matches.iterrows():
-            entry = {k: row[k] for k in KEYS}
+            entry = dict(zip(KEYS, _key(row), strict=True))
             out.append(_compare(entry, floor["stat"], "floor", floor[bound], floor[bound], bound, rule, row))
     return out
 
@@ -427,10 +450,10 @@ def config_differences(run_config: dict, baseline_config: dict) -> list[str]:
 def fewer_checkpoints(means: pd.DataFrame, baseline: dict) -> list[str]:
     """One line per family where the run has fewer checkpoints than a baseline row's `n` (a note, not a failure:
     its means are over fewer checkpoints)."""
-    index = {tuple(r[k] for k in KEYS): int(r["n"]) for _, r in means.iterrows()}
+    index = {_key(r): int(r["n"]) for _, r in means.iterrows()}
     fewer: dict[str, tuple[int, int]] = {}
     for entry in baseline.get("rows", []):
-        run_n, base_n = index.get(tuple(entry[k] for k in KEYS)), entry.get("n")
+        run_n, base_n = index.get(_key(entry)), entry.get("n")
         if run_n is not None and base_n is not None and run_n < base_n:
             k, n = fewer.get(entry["family"], (run_n, base_n))
             fewer[entry["family"]] = (min(k, run_n), max(n, base_n))
@@ -515,8 +538,9 @@ def cells(c: Comparison) -> dict[str, str]:
     delta = c.value - c.reference if c.kind == "baseline" else math.nan
     change = "" if math.isnan(delta) else f"{delta:+.3g}"
     relative = f" ({100 * delta / abs(c.reference):+.2g}%)" if change and c.reference else ""
-    return {"status": "FAIL" if not c.passed else "ok", "family": str(c.family), "utility": str(c.utility),
-            "metric": str(c.metric), "stat": c.stat + (" floor" if c.kind == "floor" else ""),
+    return {"status": "FAIL" if not c.passed else "ok", "family": str(c.family),
+            "utility": scoped(str(c.utility), c.scope), "metric": str(c.metric),
+            "stat": c.stat + (" floor" if c.kind == "floor" else ""),
             "baseline": _fmt(c.reference), "run": _fmt(c.value), "change": change, "moved": change + relative,
             "limit": _fmt(c.limit), "rule": c.rule, "why": c.reason or c.rule}
 
@@ -589,7 +613,8 @@ def junit_xml(comparisons: list[Comparison]) -> str:
                           failures=str(failures), errors="0", skipped="0")
     for c in comparisons:
         case = ET.SubElement(suite, "testcase", classname=f"resetassay.check.{c.family}",
-                             name=f"{c.utility} {c.metric} {c.stat}{' floor' if c.kind == 'floor' else ''}")
+                             name=f"{scoped(c.utility, c.scope)} {c.metric} {c.stat}"
+                                  f"{' floor' if c.kind == 'floor' else ''}")
         if not c.passed:
             row = cells(c)
             failure = ET.SubElement(case, "failure", message=f"{c.name}: {c.reason}", type="regression")

@@ -34,7 +34,7 @@ from resetassay.check import (
 )
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.names import ALL
+from resetassay.names import ALL, COMMON
 from resetassay.rundir import write_run
 from resetassay.summary import checkpoint_summary
 
@@ -80,13 +80,13 @@ def baseline_file(clean_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _perturbed(clean_run: Path, tmp_path: Path, checkpoint: str, utility: str, metric: str, column: str,
-               change) -> Path:
-    """A copy of the run with one pooled SummaryTable cell changed."""
+               change, scope: str = ALL) -> Path:
+    """A copy of the run with one pooled SummaryTable cell (of `scope`) changed."""
     copy = tmp_path / "run"
     shutil.copytree(clean_run, copy)
     summary = pd.read_csv(copy / "summary.csv")
     row = ((summary["checkpoint"] == checkpoint) & (summary["utility"] == utility) & (summary["metric"] == metric)
-           & (summary["scope"] == ALL))
+           & (summary["scope"] == scope))
     assert row.sum() == 1
     summary.loc[row, column] = change(summary.loc[row, column])
     summary.to_csv(copy / "summary.csv", index=False)
@@ -100,11 +100,13 @@ def test_run_checked_against_its_own_baseline_passes_with_a_junit_case_per_compa
     assert result.exit_code == 0, result.output
     assert "0 failed" in result.output
     baseline = json.loads(baseline_file.read_text())
-    # 2 families x 3 gated utilities (random is not gated) x 2 metrics, 3 statistics each, + 2 floors
-    assert len(baseline["rows"]) == 12 and {r["utility"] for r in baseline["rows"]} == {"gxd", "activation", "oracle"}
-    assert len(baseline["floors"]) == 2
+    # 2 families x 3 gated utilities (random is not gated) x 2 metrics x 2 pooled scopes, 3 statistics each,
+    # + 2 floors (on ALL)
+    assert len(baseline["rows"]) == 24 and {r["utility"] for r in baseline["rows"]} == {"gxd", "activation", "oracle"}
+    assert [r["scope"] for r in baseline["rows"]].count(COMMON) == 12
+    assert len(baseline["floors"]) == 2 and {f["scope"] for f in baseline["floors"]} == {ALL}
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == str(12 * 3 + 2) and suite.get("failures") == "0"
+    assert suite.get("tests") == str(24 * 3 + 2) and suite.get("failures") == "0"
     assert suite.find("testcase").get("classname").startswith("resetassay.check.")
 
 
@@ -120,6 +122,33 @@ def test_lowered_spearman_fails_with_exit_1_and_names_the_row(clean_run, baselin
     failures = [c for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]
     assert [(c.get("classname"), c.get("name")) for c in failures] == [
         ("resetassay.check.mlp-silu", "activation kl spearman")]
+
+
+def test_a_regression_on_the_common_scope_alone_fails_naming_the_scope(clean_run, baseline_file, tmp_path):
+    """The comparison between utilities (the common scope, SPEC S5) is gated too: a utility whose own rows hold but
+    whose common-scope Shock@q rose fails, named "(common)" in the diff and the JUnit case."""
+    run = _perturbed(clean_run, tmp_path, "relu/b", "gxd", "l1", "shock_at_q", lambda v: v * 1.5, scope=COMMON)
+    junit = tmp_path / "check.xml"
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file), "--junit", str(junit)])
+    assert result.exit_code == 1, result.output
+    (failing,) = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert failing.split()[1:6] == ["mlp-relu", "gxd", "(common)", "l1", "shock_at_q"]
+    failures = [c.get("name") for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]
+    assert failures == ["gxd (common) l1 shock_at_q"]
+
+
+def test_a_baseline_of_format_2_gates_the_all_scope_only(clean_run, baseline_file, tmp_path):
+    """Rows without a scope (format /2, written before the common scope was gated) read as ALL rows."""
+    old = json.loads(baseline_file.read_text())
+    old["format"] = "resetassay.baseline/2"
+    old["rows"] = [{k: v for k, v in r.items() if k != "scope"} for r in old["rows"] if r["scope"] == ALL]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    comparisons, _ = check_run(clean_run, path)
+    assert len(comparisons) == 12 * 3 + 2 and {c.scope for c in comparisons} == {ALL}
+    assert all(c.passed for c in comparisons)
+    run = _perturbed(clean_run, tmp_path, "relu/b", "gxd", "l1", "shock_at_q", lambda v: v * 1.5, scope=COMMON)
+    assert all(c.passed for c in check_run(run, path)[0])  # nothing gates the common scope there
 
 
 def test_spearman_drop_within_tolerance_passes_and_is_listed_as_moved(clean_run, baseline_file, tmp_path):
@@ -187,7 +216,7 @@ def test_a_run_missing_a_baseline_row_fails(clean_run, baseline_file, tmp_path):
     summary[summary["utility"] != "activation"].to_csv(run / "summary.csv", index=False)
     result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)])
     assert result.exit_code == 1
-    assert result.output.count("FAIL") == 2 * 2 * 3  # 2 families x 2 metrics x 3 statistics
+    assert result.output.count("FAIL") == 2 * 2 * 2 * 3  # 2 families x 2 metrics x 2 scopes x 3 statistics
 
 
 @pytest.mark.parametrize("content", [
@@ -243,7 +272,7 @@ def test_bad_floor_is_refused_naming_the_flag(text):
 
 def test_floor_parses_family_glob_and_bound():
     assert parse_floor("mlp-*:gxd:kl:gap<=0.01") == {"family": "mlp-*", "utility": "gxd", "metric": "kl",
-                                                     "stat": "gap", "max": 0.01}
+                                                     "scope": ALL, "stat": "gap", "max": 0.01}
     assert parse_floor("gxd:l1:spearman >= 0.9")["family"] == "*"
 
 
@@ -354,7 +383,8 @@ def test_a_nan_in_one_checkpoint_fails_even_when_the_others_mean_matches_the_bas
                                                                                       tmp_path):
     """The family mean skips NaN: without this rule silu/a's NaN would pass as silu/b's value alone."""
     rho = json.loads(baseline_file.read_text())["rows"]
-    (base,) = [r["spearman"] for r in rho if (r["family"], r["utility"], r["metric"]) == ("mlp-silu", "gxd", "l1")]
+    (base,) = [r["spearman"] for r in rho if (r["family"], r["utility"], r["metric"], r["scope"]) ==
+               ("mlp-silu", "gxd", "l1", ALL)]
 
     def one_blank(summary: pd.DataFrame) -> pd.DataFrame:
         summary.loc[_pooled(summary, "silu/a", "gxd"), ["spearman", "note"]] = [np.nan, "shock is constant"]
@@ -393,8 +423,9 @@ def flat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _row(baseline: dict, family: str, utility: str = "flat", metric: str = "l1") -> dict:
-    (row,) = [r for r in baseline["rows"] if (r["family"], r["utility"], r["metric"]) == (family, utility, metric)]
+def _row(baseline: dict, family: str, utility: str = "flat", metric: str = "l1", scope: str = ALL) -> dict:
+    (row,) = [r for r in baseline["rows"] if (r["family"], r["utility"], r["metric"], r["scope"]) ==
+              (family, utility, metric, scope)]
     return row
 
 
@@ -403,7 +434,7 @@ def test_a_nan_the_method_defines_is_stored_as_null_with_its_reason_and_passes(f
     result = runner.invoke(app, ["baseline", str(flat_run), "-o", str(path)])
     assert result.exit_code == 0, result.output
     baseline = json.loads(path.read_text())
-    assert baseline["format"] == "resetassay.baseline/2"
+    assert baseline["format"] == "resetassay.baseline/3"
     silu, relu = _row(baseline, "mlp-silu"), _row(baseline, "mlp-relu")
     assert silu["spearman"] is None and silu["spearman_note"] == "utility is constant over the units"
     assert "spearman_n" not in silu and "shock_at_q_note" not in silu  # Shock@q is defined (ties by unit index)
@@ -563,7 +594,7 @@ def test_markdown_of_a_failing_check_shows_verdict_failures_notes_then_what_move
     assert result.exit_code == 1, result.output
     text = markdown.read_text()
     lines = text.splitlines()
-    assert lines[0] == ("**resetassay check ❌ failed**: 38 comparisons: 37 passed (1 moved by more than 1e-04 "
+    assert lines[0] == ("**resetassay check ❌ failed**: 74 comparisons: 73 passed (1 moved by more than 1e-04 "
                         "within tolerance), 1 failed")
     assert lines[0].split(": ", 1)[1] == result.output.strip().splitlines()[-1]  # the diff table's counts line
     assert text.index("### 1 failed") < text.index("### Notes") < text.index("<details>") < text.index("</details>")
@@ -592,15 +623,15 @@ def test_markdown_of_a_passing_check_says_so_and_lists_nothing_that_did_not_move
     markdown = tmp_path / "check.md"
     comparisons, notes = check_run(clean_run, baseline_file, markdown=markdown)
     text = markdown.read_text()
-    assert text.splitlines()[0] == ("**resetassay check ✅ passed**: 38 comparisons: 38 passed (0 moved by more than "
+    assert text.splitlines()[0] == ("**resetassay check ✅ passed**: 74 comparisons: 74 passed (0 moved by more than "
                                     "1e-04 within tolerance), 0 failed")
     assert "No comparison failed." in text and "### Notes" not in text and "<details>" not in text
     assert "No passing value moved by more than 1e-04." in text and _md_tables(text) == []
     check_run(clean_run, baseline_file, markdown=markdown, show_all=True)  # --all: every comparison, folded
     text = markdown.read_text()
     (table,) = _md_tables(text)
-    assert "<summary>0 passed and moved by more than 1e-04, 38 did not move</summary>" in text
-    assert len(table) == 1 + 38 and {row[6] for row in table[1:]} <= {"+0 (+0%)", "+0", ""}
+    assert "<summary>0 passed and moved by more than 1e-04, 74 did not move</summary>" in text
+    assert len(table) == 1 + 74 and {row[6] for row in table[1:]} <= {"+0 (+0%)", "+0", ""}
     assert [row[3] for row in table[1:]].count("spearman floor") == 2
 
 
