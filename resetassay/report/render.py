@@ -45,9 +45,10 @@ FIGURE_CAPTIONS = {
     "oracle_ratio": "The headline as a picture: Shock@{q} / oracle Shock@{q} per utility on the common scope (the "
                     "layers where every utility applies), one marker per model family at the mean over its "
                     "checkpoints, whiskers the 95% bootstrap interval, log axis; 1 (dashed) is the oracle, which "
-                    "picks the units by their measured shock. n/a: no value in that family.",
+                    "picks the units by their measured shock. A hollow marker in the shaded n/a strip: no value in "
+                    "that family.",
     "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock on the common scope, per checkpoint "
-                        "(rows coloured as the utilities in every figure).",
+                        "(rows coloured as the utilities in every figure; hatched: no ρ).",
     "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit of the common scope, "
                   "coloured by its layer's depth; each panel's title gives the Spearman ρ of the points it shows "
                   "(log axes where the values span more than two decades).",
@@ -56,7 +57,8 @@ FIGURE_CAPTIONS = {
                      "does a utility degrade as the network ages? Error bars: SE over the checkpoints (seeds) of a "
                      "step, where there are several.",
     "layer_heatmap": "Spearman ρ within each unit layer (rows, input to output) per utility, mean over a family's "
-                     "checkpoints: where in the network each utility ranks well (blank: not applicable to that layer).",
+                     "checkpoints: where in the network each utility ranks well (hatched: no ρ, where the utility does "
+                     "not apply or the layer's values are constant, e.g. dead units).",
     "block_spearman": "Spearman ρ within each transformer block's MLP neurons and attention heads per utility "
                       "(mean ± SE over a family's checkpoints): does a utility stay reliable in deep blocks (SPEC S9)?",
     "growth": "Growth diagnostic on checkpoints that store unit ages (CBP): each unit's forward activity E|h − r| "
