@@ -459,7 +459,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
-def first_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:
+def first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
     feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
     try:
@@ -469,7 +469,7 @@ def first_forward(model: nn.Module, x: torch.Tensor, name: str) -> None:
         first = (str(err).strip().splitlines() or [""])[0]
         raise BadInputError(f"{name}: the model cannot read inputs of shape {tuple(x.shape[1:])} per example "
                             f"({type(err).__name__}: {first}); give data shaped as the model takes it "
-                            "(channels, --image-size, features)") from err
+                            "(channels, --image-size, features), or check --model") from err
 
 
 def _check_shapes(calib_x: torch.Tensor, probe_x: torch.Tensor, name: str) -> None:
@@ -769,12 +769,11 @@ def checkpoint_layers(
             raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data, or --input-shape "
                                 "(e.g. 3,32,32) to list its unit layers without data", flag="--data")
         x = example_inputs(spec, 2)
+        first_forward(ckpt.model.eval(), x, path)
     try:
         with torch.no_grad():
             ckpt.model.eval()(x)
     except Exception as err:
-        if input_shape is None and seq_len is None:
-            raise
         first = (str(err).splitlines() or [""])[0]
         if seq_len is not None:
             raise BadInputError(f"--seq-len {seq_len}: the model does not take token ids of shape {tuple(x.shape)} "

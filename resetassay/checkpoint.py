@@ -365,10 +365,9 @@ def import_factory(spec: str, kwargs: dict | None = None):
     weights are refused here, before any work; the factory refuses them too."""
     module_name, _, attr = spec.partition(":")
     if module_name in LIBRARIES:
-        factory = _library_factory(spec, module_name, attr)
-        if kwargs is not None:
+        if kwargs is not None:  # before importing the library: refused whether or not it is installed
             _refuse_downloads(kwargs)
-        return factory
+        return _library_factory(spec, module_name, attr)
     if not module_name or not attr:
         raise BadInputError(f"--model {spec!r}: expected package.module:factory", flag="--model")
     module = import_named_module(module_name, f"--model {spec!r}", "--model")
@@ -454,9 +453,12 @@ def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises several types; all mean "refused"
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # "Unsupported global: GLOBAL argparse.Namespace ..."
         raise BadInputError(
-            f"{path}: refused — not a plain tensor state dict (weights_only=True loads no "
-            "pickled objects, so no code runs); save model.state_dict() or use safetensors"
+            f"{path}: refused — not a plain tensor state dict{f': it holds a {found[1]}' if found else ''} "
+            "(weights_only=True loads no pickled objects, so no code runs); save model.state_dict() or use "
+            "safetensors" + (f", e.g. where you trust the file: torch.save(torch.load({str(path)!r}, "
+                             "weights_only=False)['state_dict'], 'weights.pt')" if path.suffix == ".ckpt" else "")
         ) from err
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -472,8 +474,10 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    if missing:
-        raise BadInputError(f"{path}: missing weights for the model: {', '.join(map(_shown, missing[:5]))}")
+    if missing:  # name a few of each side: a prefix or another architecture shows at a glance
+        raise BadInputError(f"{path}: missing weights for the model: {_few(missing)} ({len(missing)} of its "
+                            f"{len(expected)} missing); " + (f"the file holds {_few(extra)} instead; " if extra else "")
+                            + "check --model/--model-kwargs")
     if extra:
         if strict:
             raise BadInputError(f"{path}: weights the model lacks: {', '.join(map(_shown, extra[:5]))}")
@@ -485,6 +489,11 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
                 f"{path}: {key} is {got.dtype} {tuple(got.shape)}, the model wants "
                 f"{ref.dtype} {tuple(ref.shape)}; check --model/--model-kwargs"
             )
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    """The first `n` of `keys`, then `...` if there are more."""
+    return ", ".join(map(_shown, keys[:n])) + (", ..." if len(keys) > n else "")
 
 
 def _strip_prefix(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
@@ -604,7 +613,7 @@ def load_checkpoint(
     name = name or path.name
     if model is not None:
         kwargs = model_kwargs or {}
-        net = _build(import_factory(model), model, kwargs)
+        net = _build(import_factory(model, kwargs), model, kwargs)
         weights = path / WEIGHTS if path.is_dir() else path
         raw = _read(weights)
         expected = net.state_dict()

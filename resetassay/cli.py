@@ -35,11 +35,11 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _ints(value: str | None, flag: str) -> tuple[int, ...] | None:
+def _ints(value: str | None, flag: str, example: str = "0,5,10") -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in _split(value)) if value else None
     except ValueError as e:
-        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. 0,5,10", flag=flag) from e
+        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. {example}", flag=flag) from e
 
 
 def _fail(message: str, code: int) -> None:
@@ -372,7 +372,7 @@ def inspect(
     from resetassay.units import layer_table
 
     try:
-        shape = _ints(input_shape, "--input-shape")
+        shape = _ints(input_shape, "--input-shape", "3,32,32")
         if shape is not None and (not shape or min(shape) < 1):
             raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 3,32,32",
                                 flag="--input-shape")

@@ -28,18 +28,20 @@ FLAG = "--output"
 
 
 def pick(result: object, path: str) -> object:
-    """The part of a forward's `result` at a dotted `path` (keys, attributes, indices)."""
+    """The part of a forward's `result` at a dotted `path` (keys, attributes, indices; never inside a tensor)."""
     value = result
-    for part in path.split("."):
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         elif isinstance(value, tuple | list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
             value = value[int(part)]
-        elif not isinstance(value, Mapping | tuple | list) and hasattr(value, part):
+        elif not isinstance(value, Mapping | tuple | list | torch.Tensor) and hasattr(value, part):
             value = getattr(value, part)
-        else:
-            raise BadInputError(f"{FLAG} {path!r}: no {part!r} in what the model returns, {describe(result)}",
-                                flag=FLAG)
+        else:  # below the top, name the part reached: "no '0' in 'logits', a tensor of shape (2, 10); ..."
+            where = f"{'.'.join(parts[:depth])!r}, {describe(value)}; the model returns" if depth else \
+                "what the model returns,"
+            raise BadInputError(f"{FLAG} {path!r}: no {part!r} in {where} {describe(result)}", flag=FLAG)
     return value
 
 

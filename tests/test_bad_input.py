@@ -131,6 +131,18 @@ def test_pickled_pt_file_is_refused_saying_why_and_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
+def test_data_the_model_does_not_take_is_one_line_in_run_and_inspect(tmp_path, no_render):
+    """An MLP for 64 features on a file of 32: was a traceback from inside the model's forward."""
+    from safetensors.torch import save_file
+    torch.save(load_checkpoint(FIXTURES / "relu_mlp" / "task2").model.state_dict(), tmp_path / "model.pt")
+    save_file({"x": torch.rand(80, 32), "y": torch.randint(0, 10, (80,))}, tmp_path / "narrow.safetensors")
+    model = ["--model", "resetassay.models:mlp", "--data", tmp_path / "narrow.safetensors"]
+    needles = ("model.pt: the model cannot read inputs of shape (32,) per example (RuntimeError: mat1 and mat2",
+               "; give data shaped as the model takes it (channels, --image-size, features), or check --model")
+    _one_error(_run(tmp_path / "model.pt", *model, out=tmp_path / "run"), 2, *needles)
+    _one_error(runner.invoke(app, ["inspect", str(tmp_path / "model.pt"), *map(str, model)]), 2, *needles)
+
+
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [("no_such_module_xyz:mlp", "cannot import no_such_module_xyz"),

@@ -168,6 +168,17 @@ def test_missing_keys_under_a_prefix_are_still_refused(tmp_path, factory):
         load_checkpoint(path, model=SPEC)
 
 
+def test_keys_that_do_not_match_name_both_sides(tmp_path, factory):
+    """Another model's state dict (or a data file): the error shows what the file holds beside what is missing."""
+    path = _save({f"x_{k}": v for k, v in _tiny().state_dict().items()}, tmp_path / "other.safetensors")
+    with pytest.raises(BadInputError) as err:
+        load_checkpoint(path, model=SPEC)
+    assert str(err.value) == (f"{path}: missing weights for the model: 0.bias, 0.weight, 1.bias, 1.num_batches_tracked,"
+                              " 1.running_mean, ... (9 of its 9 missing); the file holds x_0.bias, x_0.weight, "
+                              "x_1.bias, x_1.num_batches_tracked, x_1.running_mean, ... instead; check "
+                              "--model/--model-kwargs")
+
+
 def test_two_prefixes_holding_the_model_are_refused(tmp_path, factory):
     sd = _tiny().state_dict()
     keys = {**{f"model.{k}": v for k, v in sd.items()}, **{f"ema_model.{k}": v for k, v in sd.items()}}
@@ -195,8 +206,13 @@ def test_lightning_ckpt_holding_pickled_objects_is_still_refused(tmp_path, facto
     ckpt = _lightning({f"model.{k}": v for k, v in _tiny().state_dict().items()})
     ckpt["hyper_parameters"] = {"config": Pickled(3)}
     path = _save(ckpt, tmp_path / "objects.ckpt")
-    with pytest.raises(BadInputError, match="refused — not a plain tensor state dict"):
+    with pytest.raises(BadInputError, match="refused — not a plain tensor state dict") as err:
         load_checkpoint(path, model=SPEC)
+    # it names the object and, for a .ckpt, how to extract the state dict where the file is trusted
+    assert f": it holds a {__name__}.Pickled (weights_only=True" in str(err.value)
+    assert str(err.value).endswith(f"e.g. where you trust the file: torch.save(torch.load({str(path)!r}, "
+                                   "weights_only=False)['state_dict'], 'weights.pt')")
+    assert "\n" not in str(err.value)
 
 
 def test_find_checkpoints_finds_ckpt_and_pth_files_with_model(tmp_path):
@@ -300,6 +316,17 @@ def test_kwargs_that_would_download_weights_are_refused(tmp_path, monkeypatch, s
     assert early.value.flag == late.value.flag == "--model-kwargs"
     assert "\n" not in str(late.value)
     assert calls == []
+
+
+@pytest.mark.parametrize("lib", ["torchvision", "timm"])
+def test_download_kwargs_are_refused_before_the_library_is_imported(tmp_path, monkeypatch, lib):
+    """Where the library is not installed, `pretrained` is still the error (installing it would not help)."""
+    monkeypatch.setitem(sys.modules, lib, None)
+    path = _save(_tiny().state_dict(), tmp_path / "w.pt")
+    for load in (lambda: import_factory(f"{lib}:resnet18", {"pretrained": True}),
+                 lambda: load_checkpoint(path, model=f"{lib}:resnet18", model_kwargs={"pretrained": True})):
+        with pytest.raises(BadInputError, match=r"^--model-kwargs \{'pretrained': True\}: pretrained would load"):
+            load()
 
 
 @pytest.mark.parametrize("spec, close", [

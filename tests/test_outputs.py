@@ -75,6 +75,8 @@ def test_selection_keeps_names_state_and_traces_and_copies():
 @pytest.mark.parametrize(("wrap", "output", "message"), [
     ("dict", "probs", "no 'probs' in what the model returns, a dict with keys features, logits"),
     ("tuple", "5", "no '5' in what the model returns, a tuple of 2 items"),
+    ("dict", "logits.0", "no '0' in 'logits', a tensor of shape (2, 10); the model returns a dict with keys features"),
+    ("nested", "out.1.T", "no 'T' in 'out.1', a tensor of shape (2, 10); the model returns a"),
     ("nested", "out", "selects a tuple of 2 items (0: tensor (2, 3), 1: tensor (2, 10)), not logits"),
     ("none", None, "with no tensor in it"),
     ("dict", " . ", "give a key, attribute or index path"),
