@@ -387,7 +387,8 @@ def inspect(
     except BadInputError as e:
         _fail(str(e), 2)
     rows = layer_table(found)
-    table = Table(title=f"{checkpoint} (unit layers found by: {route})")
+    out.print(f"{checkpoint} (unit layers found by: {route})", highlight=False, soft_wrap=True)  # never wrapped
+    table = Table()
     for column in rows[0]:
         table.add_column(column)
     for row in rows:

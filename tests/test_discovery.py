@@ -16,9 +16,13 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import foreign_models
 from helpers.foreign_models import shape_branch_mlp
+from safetensors.torch import save_file
 from torch import nn
+from typer.testing import CliRunner
 
+from resetassay.cli import app
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks
 from resetassay.models import create_model
@@ -200,3 +204,18 @@ def test_a_model_without_any_unit_layer_is_refused_in_one_line(factory):
         tap_unit_layers(model, torch.randn(2, 4, 8))
     assert "\n" not in str(err.value)
 
+
+
+@pytest.mark.parametrize(("factory", "route", "names"), [
+    ("list_mlp", "fx", ["layers.1", "layers.3"]),
+    ("shape_branch_mlp", "export", SITES),
+    ("gated_mlp", "hooks", ["act@0", "act@1"]),
+])
+def test_cli_inspect_names_the_route_that_found_the_units(tmp_path, factory, route, names):
+    """`inspect` says which route found the unit layers, on one line whatever the table's width."""
+    save_file(getattr(foreign_models, factory)().state_dict(), tmp_path / "m.safetensors")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--model",
+                                      f"helpers.foreign_models:{factory}", "--input-shape", "64"])
+    assert result.exit_code == 0, result.output
+    assert f"m.safetensors (unit layers found by: {route})" in result.stdout
+    assert all(f" {name} " in result.stdout for name in names)
