@@ -32,9 +32,14 @@ def test_sentences_follow_the_rule_best_lowest_ratio_fails_low_rho_or_high_ratio
     assert lines[1] == "**gxd** ranks reset cost best in 2 of 4 families: A, B."
     # activation: A has rho 0.3 < FAIL_RHO; B has ratio 2.5 > FAIL_RATIO; random is never said to fail
     assert FAIL_RHO > 0.3 and FAIL_RATIO < 2.5
-    assert lines[2] == "**activation** fails in 2 of 4 families: A (ρ 0.30), B (ratio 2.50)."
-    assert lines[3].startswith("**gxd** is n/a in D")
+    assert lines[2] == "Fails (✗ in the table): **activation** in 2 of 4 families."
+    assert lines[3].startswith("No value (") and lines[3].endswith("**gxd** in D.")
     assert len(lines) == 4
+    table, _ = ranking_table(RANKING)
+    activation = table.set_index("utility").loc["activation"]
+    assert activation["A (n=2)"] == "1.50 [1.35, 1.65] ✗ ρ 0.30"  # failing by ρ: the ρ is shown
+    assert activation["B (n=2)"] == "2.50 [2.25, 2.75] ✗"  # failing by its ratio, which the cell shows
+    assert not activation["C (n=2)"].endswith("✗") and "✗" not in table.set_index("utility").loc["random"].sum()
 
 
 def test_a_tie_is_said_and_not_bolded():

@@ -335,13 +335,47 @@ def test_report_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path)
     assert (grey < 0.5).mean() > 0.005, "no dark (text) pixels"
 
 
+def _wide_run(out: Path) -> Path:
+    """A rendered run shaped like `resetassay run fixtures` at its widest: six families with long names, two
+    checkpoints each, the fourteen default utilities (synthetic units, scored by the real summary)."""
+    from resetassay.names import UTILITY_ORDER
+    from resetassay.report.render import render
+    from resetassay.rundir import write_run
+    from resetassay.summary import checkpoint_summary
+
+    utilities = [u for u in UTILITY_ORDER if u not in ("gxd_ig", "gxd2")]
+    rng = np.random.default_rng(0)
+    units, summary, checkpoints = [], [], []
+    for f in range(6):
+        for step in (2, 4):
+            name = f"family{f}/task{step}"
+            shock = rng.gamma(2.0, 1.0, (3, 40))
+            frame = pd.DataFrame({"checkpoint": name, "layer": np.repeat(["l0", "l1", "l2"], 40),
+                                  "unit": np.tile(np.arange(40), 3), "mature": True, "shock_l1": shock.ravel()})
+            for k, u in enumerate(utilities):
+                frame[u] = frame["shock_l1"] * np.exp(rng.normal(0, 0.2 * k, len(frame)))
+            units.append(frame)
+            summary.append(checkpoint_summary(frame, utilities, ["l1"], 0.05))
+            checkpoints.append({"checkpoint": name, "family": f"transformer-d64-l2+cbp-contribution@grammar-{f}",
+                                "step": float(step), "probe_accuracy": 0.9})
+    write_run(out, {"units": pd.concat(units), "summary": pd.concat(summary), "checkpoints": pd.DataFrame(checkpoints),
+                    "notes": pd.DataFrame(columns=["checkpoint", "utility", "layer", "reason"])},
+              {"config": {"q": 0.05}, "versions": {}})
+    render(out)
+    return out
+
+
 @needs_chromium
-def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp_path: Path):
-    """At 1400 x 900 the headline section (question, answer, rule, ranking and models tables) ends above the fold:
-    a script added to a copy of the page records its bounding box in the DOM that chromium dumps."""
-    page = (run_dir / "report.html").read_text()
+@pytest.mark.parametrize("shape", ["two fixtures", "six families, fourteen utilities"])
+def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp_path: Path, shape: str):
+    """At 1400 x 900 the headline section (question, answer, rule, ranking and models tables) ends above the fold
+    and within the width: a script added to a copy of the page records its bounding box and the page's scroll
+    width in the DOM that chromium dumps."""
+    source = run_dir if shape == "two fixtures" else _wide_run(tmp_path / "wide")
+    page = (source / "report.html").read_text()
     probe = ('<script>const box = document.getElementById("headline").getBoundingClientRect();'
-             'document.body.dataset.box = [box.bottom, box.right].join(",");</script></body>')
+             'const wide = Math.max(...[...document.querySelectorAll("#headline .scroll")].map(e => e.scrollWidth));'
+             'document.body.dataset.box = [box.bottom, Math.max(box.right, wide)].join(",");</script></body>')
     copy = tmp_path / "report.html"
     copy.write_text(page.replace("</body>", probe))
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -60,22 +60,26 @@ def verdicts(ranking: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, lis
         for u in _best(g.set_index("utility")["ratio"]):
             best.setdefault(u, []).append(family)
         for _, r in g.iterrows():
-            if r["utility"] not in (RANDOM, ORACLE) and (r["rho"] < FAIL_RHO or r["ratio"] > FAIL_RATIO):
-                fails.setdefault(r["utility"], []).append(f"{family} ({_failure(r)})")
+            if _fails(r["utility"], r):
+                fails.setdefault(r["utility"], []).append(family)
     return best, fails
 
 
-def _failure(row: pd.Series) -> str:
-    parts = []
-    if row["rho"] < FAIL_RHO:
-        parts.append(f"ρ {row['rho']:.2f}")
-    if row["ratio"] > FAIL_RATIO:
-        parts.append(f"ratio {row['ratio']:.2f}")
-    return ", ".join(parts)
+def _fails(utility: str, row: pd.Series) -> bool:
+    """Whether a utility's ranking row (ratio, rho) fails by the rule; random and the oracle are never said to."""
+    return utility not in (RANDOM, ORACLE) and (row["rho"] < FAIL_RHO or row["ratio"] > FAIL_RATIO)
+
+
+def _failure_mark(utility: str, row: pd.Series) -> str:
+    """" ✗" after a failing ranking cell, with the ρ where a low ρ is (part of) the reason; "" otherwise."""
+    if not _fails(utility, row):
+        return ""
+    return f" ✗ ρ {row['rho']:.2f}" if row["rho"] < FAIL_RHO else " ✗"
 
 
 def answer_sentences(ranking: pd.DataFrame) -> list[str]:
-    """One sentence per utility that is best somewhere or fails somewhere, then the utilities that apply nowhere."""
+    """One sentence per utility that is best somewhere, one naming those that fail somewhere (their cells are
+    marked in the ranking table), one naming those without a value somewhere: short enough for one screen."""
     families = ranking["family"].unique()
     best, fails = verdicts(ranking)
     ties = {f for f, g in ranking.groupby("family") if len(_best(g.set_index("utility")["ratio"])) > 1}
@@ -83,19 +87,24 @@ def answer_sentences(ranking: pd.DataFrame) -> list[str]:
     for u in sorted(best, key=lambda u: (-len(best[u]), utility_order(ranking["utility"]).index(u))):
         where = ", ".join(f"{f} (tie)" if f in ties else f for f in best[u])
         lines.append(f"**{u}** ranks reset cost best in {len(best[u])} of {_families(len(families))}: {where}.")
-    for u in utility_order(fails):
-        lines.append(f"**{u}** fails in {len(fails[u])} of {_families(len(families))}: {', '.join(fails[u])}.")
+    if fails:
+        worst = sorted(fails, key=lambda u: (-len(fails[u]), utility_order(fails).index(u)))
+        lines.append("Fails (✗ in the table): " + ", ".join(
+            f"**{u}** in {len(fails[u])} of {_families(len(families))}" if i == 0 else f"**{u}** in {len(fails[u])}"
+            for i, u in enumerate(worst)) + ".")
     missing = ranking[ranking["ratio"].isna()].groupby("utility", sort=False)["family"].apply(list)
-    for u, where in missing.items():
-        lines.append(f"**{u}** is n/a in {', '.join(where)} (not applicable to any layer, or no value).")
+    if len(missing):
+        lines.append("No value (not applicable to any layer of the common scope, or none measured): " + "; ".join(
+            f"**{u}** in {', '.join(where)}" for u, where in missing.items()) + ".")
     if not lines:
         lines.append("No utility has a value on the common scope.")
     return lines
 
 
 def ranking_table(ranking: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Utilities (rows, by their mean rank over families; random last) x families: "ratio [low, high]". The unique
-    best of a family's column is marked; tied best cells are not, and say "tie"."""
+    """Utilities (rows, by their mean rank over families; random last) x families: "ratio [low, high]", with " ✗"
+    (and the ρ where it is the reason) where the utility fails. The unique best of a family's column is marked; tied
+    best cells are not, and say "tie"."""
     families = sorted(dict.fromkeys(ranking["family"]))
     wide = ranking.pivot_table(index="utility", columns="family", values="ratio", dropna=False, sort=False)
     score = wide.rank(axis=0, method="min").mean(axis=1).fillna(np.inf)
@@ -108,8 +117,8 @@ def ranking_table(ranking: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         winners = _best(g["ratio"])
         header = f"{family} (n={int(g['n'].max())})"
         tied = winners if len(winners) > 1 else []
-        table[header] = [(_interval(g.loc[u]) if u in g.index else "n/a") + (" tie" if u in tied else "")
-                         for u in order]
+        table[header] = [(_interval(g.loc[u]) + _failure_mark(u, g.loc[u]) if u in g.index else "n/a")
+                         + (" tie" if u in tied else "") for u in order]
         best[header] = [winners == [u] for u in order]
     return table, best
 
@@ -192,8 +201,9 @@ def headline_blocks(intervals: pd.DataFrame, stats: pd.DataFrame, common: pd.Dat
     ranking = ranking_at(intervals, common, metric)
     rule = (f"Rule: best = lowest oracle ratio Shock@{q_label(q)} / oracle Shock@{q_label(q)} ({metric}) on the "
             f"common scope (the layers where every utility applies); fails = common-scope ρ < {FAIL_RHO:g} or "
-            f"ratio > {FAIL_RATIO:g}. Brackets: 95% bootstrap intervals, over checkpoints in a family of at least "
-            f"{MIN_CHECKPOINTS}, else over units (each layer's units redrawn with replacement, selections redone).")
+            f"ratio > {FAIL_RATIO:g} (✗, with the ρ where that is the reason). Brackets: 95% bootstrap intervals, "
+            f"over checkpoints in a family of at least {MIN_CHECKPOINTS}, else over units (each layer's units redrawn "
+            "with replacement, selections redone).")
     table, best = ranking_table(ranking)
     return [
         Block("text", (

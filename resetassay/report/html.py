@@ -22,7 +22,7 @@ h1 { border-bottom: 2px solid #444; padding-bottom: .2em; margin: 0 0 .5em; font
 h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 11.5px; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
-th { background: #eee; position: sticky; top: 0; }
+th { background: #eee; position: sticky; top: 0; white-space: normal; }
 td.key, th.key { text-align: left; }
 tbody tr:nth-child(even) { background: #f7f7f7; }
 td.best { font-weight: bold; background: #dff0d8; }
