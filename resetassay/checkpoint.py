@@ -452,8 +452,13 @@ def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
             raise BadInputError(f"{path}: unreadable safetensors file ({_one_line(err)}); re-save it") from err
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler raises several types; all mean "refused"
+    except Exception as err:  # the unpickler raises several types: an object it refuses, or bytes it cannot read
         found = re.search(r"GLOBAL ([\w.]+)", str(err))  # "Unsupported global: GLOBAL argparse.Namespace ..."
+        if found is None and "Unsupported global" not in str(err):
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+            raise BadInputError(f"{path}: unreadable — not a file torch.save wrote ("
+                                f"{reason[1] if reason else _one_line(err)}); re-save it with "
+                                "torch.save(model.state_dict(), ...) or use safetensors") from err
         raise BadInputError(
             f"{path}: refused — not a plain tensor state dict{f': it holds a {found[1]}' if found else ''} "
             "(weights_only=True loads no pickled objects, so no code runs); save model.state_dict() or use "

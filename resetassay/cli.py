@@ -6,9 +6,12 @@ matplotlib (benchmarks/import_time.py measures it)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -57,6 +60,27 @@ def _show_warning(message: Warning | str, category: type[Warning], *_args: objec
 
 
 _shown: set[str] = set()
+
+
+class _WarningLines(logging.Handler):
+    """The library's logged warnings (e.g. the lesion engine falling back) printed as `warning:` lines, once each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _show_warning(record.getMessage(), UserWarning)
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings and the library's logged warnings as one `warning:` line each while a command runs."""
+    library = logging.getLogger("resetassay")
+    handler = _WarningLines(logging.WARNING)
+    library.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
+    finally:
+        library.removeHandler(handler)
 
 
 def _json_object(text: str | None, flag: str) -> dict | None:
@@ -222,8 +246,7 @@ def run(
             max_classes=max_classes, target=target, dtype=dtype, intervention=intervention,
             greedy_every=greedy_every,
         )
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        with _one_line_warnings():
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
                                data=_data_choice(data, task, permutation_seed, data_dir, probe=probe_data,
                                                  image_size=image_size, normalize=normalize,
@@ -378,8 +401,7 @@ def inspect(
                                 flag="--input-shape")
         if seq_len is not None and seq_len < 1:
             raise BadInputError(f"--seq-len {seq_len}: must be >= 1, e.g. 32", flag="--seq-len")
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        with _one_line_warnings():
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
                                              _data(data, None, None, data_dir, None, image_size, normalize,
                                                    data_kwargs),

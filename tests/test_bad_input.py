@@ -131,6 +131,17 @@ def test_pickled_pt_file_is_refused_saying_why_and_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [bytes(range(7, 250)), b"hello"])
+def test_a_pt_file_torch_did_not_write_is_unreadable_not_refused(tmp_path, content):
+    """Garbage bytes are not "pickled objects": the error says the file is not torch.save's, with the unpickler's
+    reason, and does not send the user looking for objects in it."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    line = _one_error(_run(path, "--model", "resetassay.models:mlp", "--data", "digits", out=tmp_path / "run"), 2,
+                      str(path), "unreadable — not a file torch.save wrote (", "or use safetensors")
+    assert "refused" not in line
+
+
 def test_data_the_model_does_not_take_is_one_line_in_run_and_inspect(tmp_path, no_render):
     """An MLP for 64 features on a file of 32: was a traceback from inside the model's forward."""
     from safetensors.torch import save_file

@@ -219,3 +219,16 @@ def test_cli_inspect_names_the_route_that_found_the_units(tmp_path, factory, rou
     assert result.exit_code == 0, result.output
     assert f"m.safetensors (unit layers found by: {route})" in result.stdout
     assert all(f" {name} " in result.stdout for name in names)
+
+
+def test_cli_run_prints_the_engine_fallback_as_one_warning_line(tmp_path):
+    """The fast engine's logged fallback (a hook-route model it cannot split) is a `warning:` line, printed once."""
+    save_file(foreign_models.gated_mlp().state_dict(), tmp_path / "m.safetensors")
+    save_file({"x": torch.randn(64, 64), "y": torch.randint(0, 10, (64,))}, tmp_path / "d.safetensors")
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "m.safetensors"), "--model",
+                                      "helpers.foreign_models:gated_mlp", "--data", str(tmp_path / "d.safetensors"),
+                                      "--utilities", "gxd,oracle", "--metrics", "l1", "--no-joint", "--quiet",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    fallback = [line for line in result.stderr.splitlines() if "expanded-input path" in line]
+    assert len(fallback) == 1 and fallback[0].startswith("warning: "), result.stderr
