@@ -71,7 +71,9 @@ class _WarningLines(logging.Handler):
 
 @contextmanager
 def _one_line_warnings() -> Iterator[None]:
-    """Warnings and the library's logged warnings as one `warning:` line each while a command runs."""
+    """Warnings and the library's logged warnings as one `warning:` line each while a command runs (each distinct
+    message once per command, also when one process runs several, as tests and notebooks do)."""
+    _shown.clear()
     library = logging.getLogger("resetassay")
     handler = _WarningLines(logging.WARNING)
     library.addHandler(handler)
