@@ -21,9 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from resetassay.errors import BadInputError
-from resetassay.names import ALL, FAILURES, ONLINE_UTILITIES, SET_SELECTORS
+from resetassay.names import COMMON, FAILURES, ONLINE_UTILITIES
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from resetassay.assay import AssayConfig
     from resetassay.data import DataChoice, DataSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -268,14 +271,7 @@ def run(
     if rank != 0:
         raise typer.Exit(code)
     if len(result.units):
-        pooled = result.summary[(result.summary["scope"] == ALL) & (result.summary["metric"] == config.metrics[0])
-                                & ~result.summary["utility"].isin(SET_SELECTORS)]  # a set has no ρ
-        table = Table(title=f"pooled Spearman ρ ({config.metrics[0]}), mean over checkpoints")
-        table.add_column("utility")
-        table.add_column("ρ", justify="right")
-        for utility, g in pooled.groupby("utility", sort=False):
-            table.add_row(utility, f"{g['spearman'].mean():.3f}")
-        out.print(table)
+        out.print(_common_scope_table(result.summary, config))
         out.print(f"wrote {out_dir}/ (units.{table_format}, summary.{table_format}, report.md, report.html, "
                   "figures/)")
     for tracker in trackers if len(result.units) else []:
@@ -321,6 +317,23 @@ def report(
         except BadInputError as e:
             _fail(str(e), 2)
         out.print(str(logged), highlight=False, soft_wrap=True)
+
+
+def _common_scope_table(summary: pd.DataFrame, config: AssayConfig) -> Table:
+    """The run at a glance: per utility, the mean over checkpoints of its pooled ρ and Shock@q / oracle Shock@q on
+    the common scope (the layers where every utility applies, SPEC S5: the report's headline ranks on it); "n/a"
+    where a utility applies to none of them."""
+    metric = config.metrics[0]
+    pooled = summary[(summary["scope"] == COMMON) & (summary["metric"] == metric)]
+    table = Table(title=f"common scope ({metric}), mean over checkpoints")
+    table.add_column("utility")
+    table.add_column("ρ", justify="right")
+    table.add_column(f"Shock@{config.q:g} / oracle", justify="right")
+    for utility in config.utilities:
+        rows = pooled[pooled["utility"] == utility]
+        cells = [rows[column].mean() if len(rows) else float("nan") for column in ("spearman", "gap_ratio")]
+        table.add_row(utility, *("n/a" if value != value else f"{value:.3f}" for value in cells))
+    return table
 
 
 @app.command()

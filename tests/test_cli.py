@@ -78,3 +78,20 @@ def test_python_dash_m_resetassay_is_the_command_line() -> None:
     done = subprocess.run([sys.executable, "-m", "resetassay", "inspect", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "Usage: resetassay inspect" in done.stdout
+
+
+def test_run_ends_with_the_common_scope_table_the_headline_ranks_on(tmp_path):
+    """The closing table shows, per utility, the mean common-scope ρ and oracle ratio of summary.csv; n/a where the
+    utility applies to no layer (mc_adaptable behind the CNN's BatchNorm)."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(FIXTURES / "cnn" / "task2"), "--out", str(out), "--utilities",
+                                 "gxd,mc_adaptable,oracle", "--metrics", "l1", "--calib-size", "64", "--probe-size",
+                                 "64", "--no-joint", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "common scope (l1), mean over checkpoints" in result.stdout
+    summary = pd.read_csv(out / "summary.csv")
+    gxd = summary[(summary["utility"] == "gxd") & (summary["scope"] == "common")].iloc[0]
+    (line,) = [line for line in result.stdout.splitlines() if " gxd " in line]
+    assert f"{gxd['spearman']:.3f}" in line and f"{gxd['gap_ratio']:.3f}" in line
+    (line,) = [line for line in result.stdout.splitlines() if " mc_adaptable " in line]
+    assert line.count("n/a") == 2
