@@ -636,9 +636,8 @@ def _one_line(err: BaseException) -> str:
 
 def _tensor_file(path: Path) -> Examples:
     """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`; without labels:
-    unlabelled data, `sequences.NO_LABEL`), or of token
-    sequences (`input_ids`, `_token_examples`); .pt files are read with torch.load(weights_only=True), .npz without
-    pickle: reading data never runs code."""
+    unlabelled data, `sequences.NO_LABEL`), or of token sequences (`input_ids`, `_token_examples`); .pt files are
+    read with torch.load(weights_only=True), .npz without pickle: reading data never runs code."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
