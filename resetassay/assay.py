@@ -302,10 +302,22 @@ def precision(config: AssayConfig, device: torch.device) -> AbstractContextManag
     return torch.autocast(device.type, dtype=torch.bfloat16 if config.dtype == "bf16" else torch.float16)
 
 
-def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) from a tuple of tensors, inputs alone (unlabelled: y is `NO_LABEL`) or an iterable of batches (a
-    DataLoader): `(x, y)` tuples, inputs alone or dicts such as `{"pixel_values": x, "labels": y}` (`data.pair`)."""
-    where = "the calibration or probe data"
+def _set_tensors(data: object, size: int | None, generator: torch.Generator, which: str,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of the calibration or probe set (`which`) from a tuple of tensors, inputs alone (unlabelled: y is
+    `NO_LABEL`), a map-style Dataset of items or an iterable of batches (a DataLoader): `(x, y)` tuples, inputs
+    alone or dicts such as `{"pixel_values": x, "labels": y}` (`data.pair`). With `size` (`calib_size`,
+    `probe_size`), a seeded sample of that many examples, drawn from `generator` as `--probe-data` draws (SPEC S1);
+    a Dataset fetches only the items drawn."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    where = f"the {which} data"
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
+        chosen = _chosen(len(data), size, generator, which)
+        items = [pair(data[i], where) for i in chosen.tolist()]
+        x = torch.stack([torch.as_tensor(x) for x, _ in items]) if items else torch.zeros(0)
+        y = joined_labels([y for _, y in items], where)
+        return x, torch.full((len(x),), sequences.NO_LABEL) if y is None else y
     if isinstance(data, torch.Tensor) or (isinstance(data, tuple | list) and len(data) == 2
                                           and isinstance(data[0], torch.Tensor)):
         batches = [pair(data, where)]
@@ -316,7 +328,21 @@ def _loader_tensors(data: object) -> tuple[torch.Tensor, torch.Tensor]:
         raise BadInputError(f"{where}: no batches")
     y = joined_labels([y for _, y in batches], where)
     x = torch.cat(xs)
-    return x, torch.full((len(x),), sequences.NO_LABEL) if y is None else y
+    y = torch.full((len(x),), sequences.NO_LABEL) if y is None else y
+    chosen = _chosen(len(x), size, generator, which)
+    return (x, y) if len(chosen) == len(x) else (x[chosen], y[chosen])
+
+
+def _chosen(n: int, size: int | None, generator: torch.Generator, which: str) -> torch.Tensor:
+    """The sorted indices of a seeded sample of `size` of `n` examples; all of them without a size (or when the
+    size is all there is, as after the command line's split)."""
+    if size is None or size == n:
+        return torch.arange(n)
+    flag = "--calib-size" if which == "calibration" else "--probe-size"
+    if size > n:
+        raise BadInputError(f"{flag} {size} exceeds the {n} examples of the {which} data; ask for at most {n}",
+                            flag=flag)
+    return torch.randperm(n, generator=generator)[:size].sort().values
 
 
 def attach_state(layers: list[UnitLayer], state: dict[str, torch.Tensor], source: str = "the unit state") -> None:
@@ -430,8 +456,9 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     """Make `model` ready for the assay: move it, select its logits, find its unit layers (taps.py), attach their
     stored state and compute the probe logits, refused when not finite."""
     device = resolve_device(config.device)
-    calib_x, calib_y = _loader_tensors(calib)
-    probe_x, probe_y = _loader_tensors(probe)
+    generator = torch.Generator().manual_seed(config.seed)  # the calibration's sample first, as --probe-data draws
+    calib_x, calib_y = _set_tensors(calib, config.calib_size, generator, "calibration")
+    probe_x, probe_y = _set_tensors(probe, config.probe_size, generator, "probe")
     _check_shapes(calib_x, probe_x, name)
     if sequences.unlabelled(calib_y) and config.target == "label":
         warnings.warn(f"{name}: the calibration data has no labels: gxd, gxi and loss_gradient follow the model's "
@@ -575,8 +602,11 @@ def assay_model(
         model: any classifier `(B, ...) -> (B, C)` (or returning a tuple, dict or object holding the logits:
             `config.output` picks them, outputs.py); traced with torch.fx to find its unit layers
             (taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
-        calib, probe: disjoint data, each an `(x, y)` pair of tensors or an iterable of `(x, y)` batches
-            (a DataLoader); `probe`'s labels only give the probe accuracy reported beside the shocks.
+        calib, probe: disjoint data, each an `(x, y)` pair of tensors, inputs alone (unlabelled data: the
+            targets are the predicted class), a map-style Dataset of items or an iterable of batches (a
+            DataLoader); items and batches may be dicts in Hugging Face's style. `config.calib_size` /
+            `probe_size` take a seeded sample of each (as `--probe-data` does). `probe`'s labels only give the
+            probe accuracy reported beside the shocks.
         layers: globs over unit-layer names (as `--layers`); overrides `config.layers`.
         config: the assay settings (default `AssayConfig()`: every utility, L1 and KL).
         name: the checkpoint column of the tables. state: per-unit `<layer>.age` / `.reference` tensors.

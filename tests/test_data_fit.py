@@ -122,3 +122,36 @@ def test_some_batches_with_labels_and_some_without_are_refused(digits):
     x, y = digits
     with pytest.raises(BadInputError, match="1 of 2 items or batches have no labels"):
         assay_model(mlp(widths=(16,)), [(x[:40], y[:40]), x[40:80]], (x[80:], y[80:]))
+
+
+def test_a_map_style_dataset_is_read_as_its_tensors(digits):
+    from torch.utils.data import TensorDataset
+
+    x, y = digits
+    model, config = mlp(widths=(16,)), AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"], joint=False)
+    want = assay_model(model, (x[:80], y[:80]), (x[80:], y[80:]), config=config)
+    got = assay_model(model, TensorDataset(x[:80], y[:80]), TensorDataset(x[80:], y[80:]), config=config)
+    pd.testing.assert_frame_equal(got.units, want.units, check_exact=True)
+
+
+def test_calib_and_probe_sizes_sample_in_python_as_probe_data_does_on_the_command_line(tmp_path, digits):
+    """`AssayConfig(calib_size, probe_size)` with in-memory sets draws the same seeded samples as `--data C
+    --probe-data P --calib-size --probe-size`: the units equal the command line's (tolerance: the CSV round trip,
+    1e-12 relative); a size beyond the set is a one-line error naming the flag."""
+    from resetassay.checkpoint import load_checkpoint
+
+    x, y = digits
+    calib, probe = _file(tmp_path / "c.safetensors", x[:90], y[:90]), _file(tmp_path / "p.safetensors", x[90:], y[90:])
+    result = _run(tmp_path, "relu_mlp/task2", "--data", str(calib), "--probe-data", str(probe), "--calib-size", "20",
+                  "--probe-size", "30", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    cli = pd.read_csv(tmp_path / "out" / "units.csv")
+    config = AssayConfig(utilities=["gxd", "gxi", "loss_gradient", "activation", "oracle"], metrics=["l1"],
+                         joint=False, calib_size=20, probe_size=30, seed=3)
+    model = load_checkpoint(FIXTURES / "relu_mlp" / "task2").model
+    got = assay_model(model, (x[:90], y[:90]), (x[90:], y[90:]), config=config).units
+    for column in ("reference", "gxd", "gxi", "loss_gradient", "activation", "shock_l1"):
+        assert got[column].to_numpy() == pytest.approx(cli[column].to_numpy(), rel=1e-12, abs=1e-15), column
+    with pytest.raises(BadInputError, match="--probe-size 100 exceeds the 70 examples of the probe data") as err:
+        assay_model(model, (x[:90], y[:90]), (x[90:], y[90:]), config=AssayConfig(probe_size=100))
+    assert err.value.flag == "--probe-size"
