@@ -28,8 +28,8 @@ from torch import nn
 
 from resetassay import sequences
 from resetassay.checkpoint import Checkpoint, load_checkpoint
-from resetassay.data import AssayData, DataSpec, assay_data, example_inputs, joined_labels, pair
-from resetassay.errors import BadInputError
+from resetassay.data import AssayData, DataSpec, assay_data, dataset_items, example_inputs, joined_labels, pair
+from resetassay.errors import BadInputError, one_line
 from resetassay.greedy import Picks, candidate_pool, greedy_selection
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import resettable_layers
@@ -313,10 +313,7 @@ def _set_tensors(data: object, size: int | None, generator: torch.Generator, whi
 
     where = f"the {which} data"
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
-        chosen = _chosen(len(data), size, generator, which)
-        items = [pair(data[i], where) for i in chosen.tolist()]
-        x = torch.stack([torch.as_tensor(x) for x, _ in items]) if items else torch.zeros(0)
-        y = joined_labels([y for _, y in items], where)
+        x, y = dataset_items(data, _chosen(len(data), size, generator, which).tolist(), where)
         return x, torch.full((len(x),), sequences.NO_LABEL) if y is None else y
     if isinstance(data, torch.Tensor) or (isinstance(data, tuple | list) and len(data) == 2
                                           and isinstance(data[0], torch.Tensor)):
@@ -493,9 +490,8 @@ def first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
         with torch.no_grad():
             model(x)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
         raise BadInputError(f"{name}: the model cannot read inputs of shape {tuple(x.shape[1:])} per example "
-                            f"({type(err).__name__}: {first}); give data shaped as the model takes it "
+                            f"({one_line(err)}); give data shaped as the model takes it "
                             "(channels, --image-size, features), or check --model") from err
 
 
@@ -799,17 +795,17 @@ def checkpoint_layers(
             raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data, or --input-shape "
                                 "(e.g. 3,32,32) to list its unit layers without data", flag="--data")
         x = example_inputs(spec, 2)
-        first_forward(ckpt.model.eval(), x, path)
     try:
-        with torch.no_grad():
-            ckpt.model.eval()(x)
-    except Exception as err:
-        first = (str(err).splitlines() or [""])[0]
+        first_forward(ckpt.model.eval(), x, path)
+    except BadInputError as err:  # made-up inputs: the flag that shaped them is at fault
+        if input_shape is None and seq_len is None:
+            raise
+        cause = one_line(err.__cause__) if err.__cause__ else str(err)
         if seq_len is not None:
             raise BadInputError(f"--seq-len {seq_len}: the model does not take token ids of shape {tuple(x.shape)} "
-                                f"({type(err).__name__}: {first})", flag="--seq-len") from err
+                                f"({cause})", flag="--seq-len") from err
         raise BadInputError(f"--input-shape {','.join(map(str, input_shape))}: the model does not take inputs of "
-                            f"shape {tuple(x.shape)} ({type(err).__name__}: {first})", flag="--input-shape") from err
+                            f"shape {tuple(x.shape)} ({cause})", flag="--input-shape") from err
     tapped = tap_unit_layers(select_output(ckpt.model, output, x), x)
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 

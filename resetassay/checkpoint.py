@@ -46,7 +46,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from resetassay.data import DataSpec
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, one_line
 from resetassay.imports import import_named_module
 from resetassay.models import MODELS, model_family
 from resetassay.names import MANIFEST, STATE, WEIGHTS
@@ -281,12 +281,6 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _one_line(err: BaseException) -> str:
-    """An exception as `Type: first line` (torch's messages can run to a C++ stack trace)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
-
-
 def _shown(name: str) -> str:
     """A key for an error line: as it is, or quoted when it holds line breaks or other unprintable characters."""
     return name if name.isprintable() else repr(name)
@@ -336,7 +330,7 @@ def _parse_manifest(raw: bytes, path: Path) -> tuple[dict, DataSpec | None]:
     except RecursionError as err:
         raise BadInputError(f"{path}: malformed JSON (nested too deeply); regenerate the checkpoint") from err
     except ValueError as err:  # JSONDecodeError, or an integer of more digits than Python converts
-        raise BadInputError(f"{path}: malformed JSON ({_one_line(err)}); regenerate the checkpoint") from err
+        raise BadInputError(f"{path}: malformed JSON ({one_line(err)}); regenerate the checkpoint") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         got = reprlib.repr(manifest.get("format")) if isinstance(manifest, dict) else \
             f"None (the file holds {JSON_KINDS[type(manifest)]}, not an object)"
@@ -401,7 +395,7 @@ def _import_library(lib: str, spec: str):
         raise BadInputError(f"--model {spec!r}: {what}; {extra}", flag="--model") from err
     except Exception as err:  # a build for another torch: "RuntimeError: operator torchvision::nms does not exist"
         raise BadInputError(f"--model {spec!r}: {lib} does not import beside torch {torch.__version__} "
-                            f"({_one_line(err)}); install the {lib} built for this torch: {extra}",
+                            f"({one_line(err)}); install the {lib} built for this torch: {extra}",
                             flag="--model") from err
 
 
@@ -449,7 +443,7 @@ def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
         try:
             return load_safetensors(raw)
         except Exception as err:  # SafetensorError, or KeyError for a dtype torch lacks: all mean "unreadable"
-            raise BadInputError(f"{path}: unreadable safetensors file ({_one_line(err)}); re-save it") from err
+            raise BadInputError(f"{path}: unreadable safetensors file ({one_line(err)}); re-save it") from err
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler raises several types: an object it refuses, or bytes it cannot read
@@ -457,7 +451,7 @@ def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
         if found is None and "Unsupported global" not in str(err):
             reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
             raise BadInputError(f"{path}: unreadable — not a file torch.save wrote ("
-                                f"{reason[1] if reason else _one_line(err)}); re-save it with "
+                                f"{reason[1] if reason else one_line(err)}); re-save it with "
                                 "torch.save(model.state_dict(), ...) or use safetensors") from err
         raise BadInputError(
             f"{path}: refused — not a plain tensor state dict{f': it holds a {found[1]}' if found else ''} "
@@ -576,7 +570,7 @@ def _build(factory: Callable[..., nn.Module], spec: str, kwargs: dict) -> nn.Mod
     except BadInputError:  # a library model refusing download kwargs
         raise
     except Exception as err:  # whatever the factory raises on kwargs it cannot take
-        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {spec} cannot take them ({_one_line(err)}); "
+        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {spec} cannot take them ({one_line(err)}); "
                             "pass keyword arguments it accepts", flag="--model-kwargs") from err
     if not isinstance(net, nn.Module):
         what = "None" if net is None else f"a {type(net).__module__}.{type(net).__qualname__}"
@@ -597,7 +591,7 @@ def _build_zoo(factory: Callable[..., nn.Module], spec: str, kwargs: dict, tenso
     except BadInputError:
         raise
     except Exception as err:  # TypeError, ValueError, KeyError, RuntimeError...: the kwargs are bad
-        raise BadInputError(f"{manifest}: model.kwargs do not build {spec} ({_one_line(err)}); "
+        raise BadInputError(f"{manifest}: model.kwargs do not build {spec} ({one_line(err)}); "
                             "regenerate the checkpoint") from err
     net.load_state_dict({k: tensors[k] for k in net.state_dict()})
     return net

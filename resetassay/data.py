@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, one_line
 from resetassay.grammar import grammar_sequences
 from resetassay.imports import import_named_module
 from resetassay.sequences import NO_LABEL, next_token_targets, unlabelled, with_padding
@@ -629,11 +629,6 @@ def _digest(path: Path) -> str:
     return _cached(("sha256", *_stamp(path)), make) if path.is_file() else make()
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _tensor_file(path: Path) -> Examples:
     """A .safetensors / .npz / .pt file of inputs and integer labels (`INPUT_KEYS`, `LABEL_KEYS`; without labels:
     unlabelled data, `sequences.NO_LABEL`), or of token sequences (`input_ids`, `_token_examples`); .pt files are
@@ -654,7 +649,7 @@ def _tensor_file(path: Path) -> Examples:
     except BadInputError:
         raise
     except Exception as err:  # a damaged file, an object torch refuses to unpickle, ...
-        raise BadInputError(f"{path}: cannot read it as {suffix} ({_one_line(err)}); save plain tensors") from err
+        raise BadInputError(f"{path}: cannot read it as {suffix} ({one_line(err)}); save plain tensors") from err
     if isinstance(found, tuple | list) and len(found) == 2:
         found = {"x": found[0], "y": found[1]}
     if not isinstance(found, dict):
@@ -680,7 +675,7 @@ def _token_examples(found: dict, path: Path) -> Examples:
         ids = torch.as_tensor(found["input_ids"])
         mask = torch.as_tensor(found["attention_mask"]) if "attention_mask" in found else None
     except Exception as err:
-        raise BadInputError(f"{path}: input_ids must be a numeric array ({_one_line(err)})") from err
+        raise BadInputError(f"{path}: input_ids must be a numeric array ({one_line(err)})") from err
     if ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool or len(ids) == 0:
         raise BadInputError(f"{path}: input_ids must be whole numbers (N, T), got {str(ids.dtype).split('.')[-1]} "
                             f"of shape {tuple(ids.shape)}")
@@ -706,7 +701,7 @@ def _checked(x: object, y: object | None, name: str) -> tuple[torch.Tensor, torc
         x = torch.as_tensor(x)
         y = torch.full((len(x) if x.ndim else 0,), NO_LABEL) if y is None else torch.as_tensor(y)
     except Exception as err:
-        raise BadInputError(f"{name}: inputs and labels must be numeric arrays ({_one_line(err)})") from err
+        raise BadInputError(f"{name}: inputs and labels must be numeric arrays ({one_line(err)})") from err
     if x.ndim == 0 or y.ndim != 1:
         raise BadInputError(f"{name}: expected inputs (N, ...) and labels (N,), got shapes {tuple(x.shape)} and "
                             f"{tuple(y.shape)}")
@@ -744,7 +739,7 @@ def _image_listing(path: Path) -> tuple[list, str]:
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise BadInputError(f"{path}: cannot read the archive ({_one_line(err)})") from err
+        raise BadInputError(f"{path}: cannot read the archive ({one_line(err)})") from err
     files = [(PurePosixPath(m.name).parts, m) for m in members]
     return [f for f in files if visible(f[0])], "archive"
 
@@ -793,7 +788,7 @@ def _decode_image(raw: bytes, name: str, size: int | None) -> np.ndarray:
                 rgb = rgb.resize((size, size), Image.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except Exception as err:  # PIL raises UnidentifiedImageError, OSError, ValueError, ... on damaged files
-        raise BadInputError(f"{name}: not a readable image ({_one_line(err)}); remove it or fix it") from err
+        raise BadInputError(f"{name}: not a readable image ({one_line(err)}); remove it or fix it") from err
 
 
 def image_tensor(x: torch.Tensor, mean: tuple | None, std: tuple | None) -> torch.Tensor:
@@ -886,11 +881,11 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
         import datasets
     except ImportError as err:
         raise BadInputError(f"{path}: a Hugging Face datasets folder needs the datasets package; pip install "
-                            f"'resetassay[datasets]' ({_one_line(err)})", flag="--data") from err
+                            f"'resetassay[datasets]' ({one_line(err)})", flag="--data") from err
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:
-        raise BadInputError(f"{path}: datasets cannot load it ({_one_line(err)})", flag="--data") from err
+        raise BadInputError(f"{path}: datasets cannot load it ({one_line(err)})", flag="--data") from err
     where = str(path)
     if isinstance(loaded, datasets.DatasetDict):
         names = list(loaded)
@@ -951,7 +946,7 @@ def _call_factory(name: str, kwargs: dict) -> Examples:
     try:
         made = target(**kwargs)
     except Exception as err:
-        raise BadInputError(f"--data {name}: the factory failed ({_one_line(err)})", flag="--data") from err
+        raise BadInputError(f"--data {name}: the factory failed ({one_line(err)})", flag="--data") from err
     return _factory_result(made, name)
 
 
@@ -991,6 +986,14 @@ def joined_labels(ys: list[object | None], where: str) -> torch.Tensor | None:
     return torch.cat([t.reshape(1) if t.dim() == 0 else t for t in labels])
 
 
+def dataset_items(dataset: object, indices: list[int], where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Items `indices` of a map-style Dataset (`pair` reads each) stacked: inputs `(n, ...)` as stored, and their
+    labels, None when no item has one (`joined_labels`)."""
+    items = [pair(dataset[i], where) for i in indices]  # type: ignore[index]
+    x = torch.stack([torch.as_tensor(x) for x, _ in items]) if items else torch.zeros(0)
+    return x, joined_labels([y for _, y in items], where)
+
+
 def _factory_result(made: object, name: str) -> Examples:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
@@ -1003,15 +1006,13 @@ def _factory_result(made: object, name: str) -> Examples:
         dataset = made
 
         def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            items = [pair(dataset[i], what) for i in idx.tolist()]
             try:
-                xs = torch.stack([torch.as_tensor(x) for x, _ in items])
-                ys = joined_labels([y for _, y in items], what)
+                xs, ys = dataset_items(dataset, idx.tolist(), what)
             except BadInputError:
                 raise
             except Exception as err:
                 raise BadInputError(f"{what}: its Dataset items must be (x, y) pairs of a tensor and an integer "
-                                    f"label ({_one_line(err)})", flag="--data") from err
+                                    f"label ({one_line(err)})", flag="--data") from err
             return _checked(xs, ys, what)
 
         if len(dataset) == 0:
@@ -1031,6 +1032,6 @@ def _factory_result(made: object, name: str) -> Examples:
         raise
     except Exception as err:
         raise BadInputError(f"{what}: must return (x, y) tensors, a Dataset of (x, y) items or an iterable of "
-                            f"(x, y) batches, got {type(made).__name__} ({_one_line(err)})", flag="--data") from err
+                            f"(x, y) batches, got {type(made).__name__} ({one_line(err)})", flag="--data") from err
     x, y = _checked(x, y, what)
     return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})

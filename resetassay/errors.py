@@ -13,3 +13,9 @@ class BadInputError(ValueError):
     def __init__(self, message: str, flag: str | None = None) -> None:
         super().__init__(message)
         self.flag = flag
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as `Type: first line` (torch's messages can run to a C++ stack trace)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
