@@ -68,7 +68,9 @@ from resetassay.utilities import (
     default_utilities,
     needed_ingredients,
     unit_scores,
+    utility_seconds,
 )
+from resetassay.verdict import COST_STAGE, flag_notes, reliability_flags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -204,7 +206,7 @@ class AssayResult:
     def _analysis(self) -> Analysis:
         from resetassay.report.render import analyse  # the report's statistics, computed once per result
 
-        return analyse(self.tables(), self.config.q)
+        return analyse(self.tables(), self.config.q, timings=self.timings)
 
     def _repr_html_(self) -> str:
         """In a notebook: the report's first screen (answer, ranking with intervals, models), no figures."""
@@ -226,15 +228,30 @@ class AssayResult:
         return {n: drawn[n] for n in names} if names else drawn
 
     def best(self, metric: str | None = None) -> pd.DataFrame:
-        """Per model family, the utility with the lowest common-scope oracle ratio at `metric` (default: the
-        first), with its 95% bootstrap interval and Spearman ρ (SPEC S5; the report's rule)."""
-        from resetassay.report.headline import best_table, ranking_at
+        """The verdict at `metric` (default: the first measured; SPEC S5b): per model family and unit kind, the
+        utilities indistinguishable from the best (the best first), one row each.
 
+        Returns:
+            A DataFrame with columns family, kind, metric, utility, regret (mean over checkpoints) with its 95%
+            interval regret_low/regret_high, diff_low/diff_high (the interval of its regret minus the best's),
+            balanced_rho with rho_low/rho_high, seconds (measured calibration seconds; NaN where not timed),
+            best and cheapest (booleans: the lowest regret; the fewest seconds among the rows of its verdict),
+            fails, and flags (the verdict's reliability flags, "" when none).
+
+        Raises:
+            BadInputError: `metric` was not measured.
+        """
         metric = metric or self.config.metrics[0]
         if metric not in self.config.metrics:
             raise BadInputError(f"best: metric {metric!r} was not measured; choose from "
                                 f"{', '.join(self.config.metrics)}", flag="--metrics")
-        return best_table(ranking_at(self._analysis.intervals, self._analysis.common, metric))
+        verdict = self._analysis.verdict
+        chosen = verdict[(verdict["metric"] == metric) & verdict["indistinguishable"]]
+        chosen = chosen.sort_values(["family", "kind", "best", "regret"], ascending=[True, True, False, True],
+                                    kind="stable")
+        columns = ["family", "kind", "metric", "utility", "regret", "regret_low", "regret_high", "diff_low",
+                   "diff_high", "balanced_rho", "rho_low", "rho_high", "seconds", "best", "cheapest", "fails", "flags"]
+        return chosen[columns].reset_index(drop=True)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables a run directory holds, by name (names.TABLES)."""
@@ -376,6 +393,7 @@ def _unit_table(name: str, layers: list[UnitLayer], refs: Refs, scores: Scores, 
         cols = {
             "checkpoint": [name] * n,
             "layer": [layer.name] * n,
+            "kind": [layer.kind] * n,
             "unit": list(range(n)),
             "mature": layer.mature(maturity).tolist(),
             "age": layer.ages.tolist() if layer.ages is not None else [math.nan] * n,
@@ -527,11 +545,13 @@ def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
     ranked = [u for u in config.utilities if u not in SET_SELECTORS]  # a set selector runs in `finish`
     with p.clock("references"):
         refs = unit_references(p.model, p.layers, p.calib_x, config.reference, config.batch_size)
+    passes: dict[str, float] = {}
     with p.clock("utilities"):
         advance = progress_counter(progress, f"calibration {p.name}", len(p.calib_x))
         stats = calibration_stats(p.model, p.layers, p.calib_x, calib_y, refs, needed_ingredients(ranked),
-                                  config.batch_size, config.seed, advance, config.max_classes)
+                                  config.batch_size, config.seed, advance, config.max_classes, passes)
         scores, na = unit_scores(ranked, p.layers, stats)
+    p.clock.seconds |= {COST_STAGE.format(u): s for u, s in utility_seconds(ranked, passes).items()}
     return Calibration(refs, scores, na | {(CBP_RESET, layer): why for layer, why in p.unresettable.items()})
 
 
@@ -574,11 +594,13 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
                  if config.joint else {})
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
-    with p.clock("summary"):
-        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
     target = p.config.target + (" (no labels)" if sequences.unlabelled(p.calib_y) else "")
     accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y),
-                              "target": target}])
+                              "n_classes": int(p.base.shape[-1]), "target": target}])
+    with p.clock("summary"):
+        summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
+        notes = pd.concat([notes, flag_notes(reliability_flags(units, summary, accuracy, config.q))],
+                          ignore_index=True)
     return AssayResult(units, summary, notes, accuracy, config, timings={p.name: p.clock.seconds})
 
 
@@ -736,7 +758,8 @@ class CheckpointInputs:
             "step": _step_value(info.step), "train_seed": info.meta.get("seed"),
             **{f"data_{k}": v for k, v in self.spec.to_dict().items()},
             **{f"split_{k}": v for k, v in self.split.provenance.items()},
-            "probe_accuracy": measured["probe_accuracy"].iloc[0], "target": measured["target"].iloc[0],
+            "probe_accuracy": measured["probe_accuracy"].iloc[0], "n_classes": measured["n_classes"].iloc[0],
+            "target": measured["target"].iloc[0],
         }])
 
 

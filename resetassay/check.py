@@ -12,19 +12,25 @@ checks a new run against it without rerunning a model:
 - Shock@q may not rise by more than `rel_tolerance` x its baseline value;
 - the oracle gap may not rise by more than `rel_tolerance` x the baseline Shock@q (the gap's own
   scale; a relative rule on the gap alone would fail on any change where the baseline gap is 0);
-- every floor holds: `min` (value >= min) or `max` (value <= max), families matched by glob.
+- every floor holds: `min` (value >= min) or `max` (value <= max), families matched by glob;
+- on each unit kind (the verdict's scopes, SPEC S5b; rows with `scope` neurons, channels, heads or
+  units): the layer-balanced ρ may not drop by more than `tolerance`, the normalised regret may not
+  rise by more than `rel_tolerance` (regret is already a share of the oracle-to-random spread).
 A run at another q is bad input; other config differences from the baseline's run are notes.
+A floor the run does not clear is refused when the baseline is written (never silently dropped).
 
 Nothing switches the gate off silently: tolerances, margins, floors and baseline values are finite
 numbers (NaN passes every comparison), and a run's NaN fails against a finite baseline value, also
 when it is in only some of a family's checkpoints (the mean over the others would hide it).
 
-File format (JSON, "resetassay.baseline/3"; /2 and /1 are still read: their rows have no `scope`
-and gate `ALL`; /1 also lacks the `<stat>_n` and `<stat>_note` keys):
+File format (JSON, "resetassay.baseline/4"; /3 has no verdict rows; /2 and /1 are still read: their
+rows have no `scope` and gate `ALL`; /1 also lacks the `<stat>_n` and `<stat>_note` keys):
     {"format": "resetassay.baseline/3", "q": 0.05,
      "source": {"run_dir": ..., "config": {...}, "versions": {...}},
      "rows": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "scope": "ALL", "n": 2,
-               "spearman": 0.984, "shock_at_q": 0.121, "gap": 0.001}, ...],
+               "spearman": 0.984, "shock_at_q": 0.121, "gap": 0.001},
+              {"family": "mlp-silu", "utility": "gxd", "metric": "l1", "scope": "neurons", "n": 2,
+               "regret": 0.004, "balanced_rho": 0.987}, ...],
      "floors": [{"family": "mlp-silu", "utility": "gxd", "metric": "l1", "stat": "spearman", "min": 0.9}]}
 A statistic is a finite number or null. Null with `<stat>_note` (the reason from summary.csv's
 `note`) is a NaN the method defines (SPEC S5: e.g. a constant utility): the run passes with a NaN
@@ -50,11 +56,17 @@ from resetassay.errors import BadInputError
 from resetassay.names import ALL, POOLED_SCOPES, RANDOM
 from resetassay.rundir import atomic_write, read_run, read_run_info, run_q, table_path
 from resetassay.summary import STATS, aggregate, checkpoint_stats
+from resetassay.verdict import KIND_OF_LAYER, MIN_RHO_UNITS, UNKNOWN_KIND, checkpoint_verdict_stats
 
-FORMAT = "resetassay.baseline/3"
-# /1 has no `<stat>_n`, `<stat>_note` (any NaN of the run fails); /1 and /2 have no `scope` (they gate ALL)
-READABLE = ("resetassay.baseline/1", "resetassay.baseline/2", FORMAT)
-GATED = ("spearman", "shock_at_q", "gap")
+FORMAT = "resetassay.baseline/4"
+# /1 has no `<stat>_n`, `<stat>_note` (any NaN of the run fails); /1 and /2 have no `scope` (they gate ALL); /1-/3
+# have no verdict rows (scope a unit kind)
+READABLE = ("resetassay.baseline/1", "resetassay.baseline/2", "resetassay.baseline/3", FORMAT)
+GATED = ("spearman", "shock_at_q", "gap")  # on the pooled scopes ALL and common (SPEC S5)
+VERDICT_GATED = ("regret", "balanced_rho")  # on each unit kind's scope (SPEC S5b)
+KIND_SCOPES = (*dict.fromkeys(KIND_OF_LAYER.values()), UNKNOWN_KIND)
+VERDICT_NAN_NOTES = {"regret": "every unit of the scope's layers costs the same (method S5b)",
+                     "balanced_rho": f"no layer of {MIN_RHO_UNITS}+ units with a defined ρ (method S5b)"}
 KEYS = ("family", "utility", "metric", "scope")
 UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
@@ -104,7 +116,7 @@ def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
     NaN: the distinct parts of summary.csv's `note` of their pooled rows ("" when none says).
     """
     run_dir = Path(run_dir)
-    tables = read_run(run_dir, ("summary", "checkpoints"))
+    tables = read_run(run_dir, ("summary", "checkpoints", "units"))
     summary, path = tables["summary"], table_path(run_dir, "summary")
     if summary.empty:
         raise BadInputError(f"{path}: no rows (only a header); rerun the assay")
@@ -114,11 +126,24 @@ def family_means(run_dir: str | Path) -> tuple[pd.DataFrame, float, dict]:
     if not (summary["scope"] == ALL).any():
         raise BadInputError(f"{path}: no pooled rows (scope {ALL}); rerun the assay")
     info = read_run_info(run_dir)
+    q = run_q(summary, info, run_dir)
     means = []
     for scope in POOLED_SCOPES:
         stats = checkpoint_stats(summary, tables["checkpoints"], scope).assign(scope=scope)
         means.append(_with_notes(aggregate(stats, ["family", "scope"]), stats, summary, scope))
-    return pd.concat(means, ignore_index=True), run_q(summary, info, run_dir), info
+    kinds = checkpoint_verdict_stats(tables["units"], summary, tables["checkpoints"], q)
+    if len(kinds):
+        verdict = aggregate(kinds.rename(columns={"kind": "scope"}), ["family", "scope"], VERDICT_GATED)
+        for stat in VERDICT_GATED:
+            verdict[f"{stat}_note"] = [VERDICT_NAN_NOTES[stat] if k < n else "" for k, n in
+                                       zip(verdict[f"{stat}_n"], verdict["n"], strict=True)]
+        means.append(verdict)
+    return pd.concat(means, ignore_index=True), q, info
+
+
+def gated(scope: str) -> tuple[str, ...]:
+    """The statistics a baseline row of `scope` gates: the S5 ones on ALL and common, the verdict's on a kind."""
+    return GATED if scope in POOLED_SCOPES else VERDICT_GATED
 
 
 def _with_notes(means: pd.DataFrame, stats: pd.DataFrame, summary: pd.DataFrame, scope: str) -> pd.DataFrame:
@@ -167,24 +192,24 @@ def parse_floor(text: str) -> dict:
                             flag="--floor")
     names = [n.strip() for n in names]
     family, utility, metric, stat = names if len(names) == 4 else ["*", *names]
-    if stat not in STATS:
-        raise BadInputError(f"--floor {text!r}: unknown statistic {stat!r}; choose from {', '.join(STATS)}",
-                            flag="--floor")
+    if stat not in (*STATS, *VERDICT_GATED):
+        raise BadInputError(f"--floor {text!r}: unknown statistic {stat!r}; choose from "
+                            f"{', '.join((*STATS, *VERDICT_GATED))}", flag="--floor")
     try:
         value = float(match["value"])
     except ValueError:
         raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number", flag="--floor") from None
     if not math.isfinite(value):
         raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a finite number", flag="--floor")
-    return {"family": family, "utility": utility, "metric": metric, "scope": ALL, "stat": stat,
-            "min" if match["op"] == ">=" else "max": value}
+    return {"family": family, "utility": utility, "metric": metric, "scope": "*" if stat in VERDICT_GATED else ALL,
+            "stat": stat, "min" if match["op"] == ">=" else "max": value}
 
 
 def _baseline_row(r: pd.Series, run_dir: Path) -> dict | None:
     """A baseline row from a run's family means; None when the run leaves every gated statistic NaN unexplained."""
     n = int(r["n"])
     row = {**{k: r[k] for k in KEYS}, "n": n}
-    for stat in GATED:
+    for stat in gated(r["scope"]):
         value, _, count, note = _run_stat(r, stat)
         if math.isinf(value):
             raise BadInputError(f"{table_path(run_dir, 'summary')}: {r['family']} {r['utility']} {r['metric']} "
@@ -194,16 +219,19 @@ def _baseline_row(r: pd.Series, run_dir: Path) -> dict | None:
             row[f"{stat}_n"] = count
         if count < n and note:
             row[f"{stat}_note"] = note
-    return row if any(row[s] is not None or f"{s}_note" in row for s in GATED) else None
+    return row if any(row[s] is not None or f"{s}_note" in row for s in gated(r["scope"])) else None
 
 
 def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: float = 0.02,
-                  utilities: list[str] | None = None) -> tuple[dict, list[str]]:
-    """A baseline from a run, and a note per floor left out because the run does not clear it by `margin`.
+                  utilities: list[str] | None = None, force_floors: bool = False) -> tuple[dict, list[str]]:
+    """A baseline from a run, and the warnings of the floors written although the run does not clear them.
 
-    Rows cover `utilities` (default: every utility of the run except UNGATED_UTILITIES); a statistic the
-    method leaves NaN is written as null with its reason (module docstring). Each `--floor` is written once
-    per matching family where the run's mean clears it by `margin` and every checkpoint has a value.
+    Rows cover `utilities` (default: every utility of the run except UNGATED_UTILITIES) on the pooled scopes
+    (S5 statistics) and on each unit kind (the verdict's regret and layer-balanced ρ, SPEC S5b); a statistic the
+    method leaves NaN is written as null with its reason (module docstring). Each `--floor` is written once per
+    matching family. A floor that matches nothing, or a family whose mean does not clear it by `margin` (or has
+    no value in some checkpoint), is a BadInputError naming every such family, unless `force_floors`: then it is
+    written anyway (the gate fails until the run clears it) and said in a warning. A floor is never dropped.
     """
     _flag_number(margin, "--margin")
     parsed = [(text, parse_floor(text)) for text in floors or []]
@@ -214,28 +242,38 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
         raise BadInputError(f"--utilities: {', '.join(unknown)} not in the run; it has "
                             f"{', '.join(dict.fromkeys(means['utility']))}", flag="--utilities")
     rows = [row for _, r in means[means["utility"].isin(keep)].iterrows() if (row := _baseline_row(r, Path(run_dir)))]
-    written, skipped = [], []
+    written, unmet = [], []
     for text, floor in parsed:
+        bound, limit = ("min", floor["min"]) if "min" in floor else ("max", floor["max"])
         matches = _matching(means, floor)
         if matches.empty:
-            skipped.append(f"--floor {text}: no (family, utility, metric) of the run matches")
+            unmet.append(f"--floor {text}: no (family, utility, metric) of the run matches")
+            if force_floors:
+                written.append(floor)
         for _, r in matches.iterrows():
             value, n, count, note = _run_stat(r, floor["stat"])
-            bound, limit = ("min", floor["min"]) if "min" in floor else ("max", floor["max"])
+            where = f"{r['family']}" + (f" ({r['scope']})" if r["scope"] != ALL else "")
             if count < n:
-                skipped.append(f"--floor {text}: {r['family']} has no value in {n - count} of {n} checkpoints "
-                               f"({_nan_why(note)}); left out")
-            elif value >= limit + margin if bound == "min" else value <= limit - margin:
-                written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
+                unmet.append(f"--floor {text}: {where} has no value in {n - count} of {n} checkpoints "
+                             f"({_nan_why(note)})")
+            elif not (value >= limit + margin if bound == "min" else value <= limit - margin):
+                unmet.append(f"--floor {text}: {where} has {value:.4g}, not clear of {limit:g} by {margin:g}")
             else:
-                skipped.append(f"--floor {text}: {r['family']} has {value:.4g}, not clear of {limit:g} by "
-                               f"{margin:g}; left out")
+                written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
+                continue
+            if force_floors:
+                written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
+    if unmet and not force_floors:
+        raise BadInputError("the run does not clear every floor: " + "; ".join(unmet) + "; lower the floor, or "
+                            "write it anyway with --force-floors (the check then fails until the run clears it)",
+                            flag="--floor")
     baseline = {
         "format": FORMAT, "q": q,
         "source": {"run_dir": str(run_dir), "config": info.get("config", {}), "versions": info.get("versions", {})},
         "rows": rows, "floors": written,
     }
-    return baseline, skipped
+    return baseline, [f"{line}; written anyway (--force-floors): the check fails until the run clears it"
+                      for line in unmet]
 
 
 def output_path(path: str | Path, flag: str, example: str) -> Path:
@@ -282,7 +320,7 @@ def _key(entry: dict | pd.Series) -> tuple:
 
 def _matching(means: pd.DataFrame, entry: dict) -> pd.DataFrame:
     """Rows of `means` whose family, utility, metric and scope match `entry` (globs allowed)."""
-    mask = pd.Series(True, index=means.index)
+    mask = means["scope"].isin(KIND_SCOPES if entry.get("stat") in VERDICT_GATED else POOLED_SCOPES)
     for key, pattern in zip(KEYS, _key(entry), strict=True):
         mask &= means[key].map(lambda v, pattern=pattern: fnmatch.fnmatchcase(str(v), pattern))
     return means[mask]
@@ -301,12 +339,13 @@ def _check_row(entry: dict, where: str) -> None:
     n = entry.get("n")
     if n is not None and not (_is_count(n) and n >= 1):
         raise BadInputError(f"{where}: 'n' must be a whole number >= 1 (checkpoints), got {n!r}")
-    if not any(s in entry for s in GATED):
-        raise BadInputError(f"{where}: {', '.join(GATED)} must be numbers or null")
-    for stat in GATED:
+    names = gated(entry["scope"])
+    if not any(s in entry for s in names):
+        raise BadInputError(f"{where}: {', '.join(names)} must be numbers or null")
+    for stat in names:
         value, note, count = entry.get(stat), entry.get(f"{stat}_note"), entry.get(f"{stat}_n")
         if value is not None and not _is_number(value):
-            raise BadInputError(f"{where}: {', '.join(GATED)} must be numbers or null; '{stat}' is {value!r}")
+            raise BadInputError(f"{where}: {', '.join(names)} must be numbers or null; '{stat}' is {value!r}")
         if value is not None and not math.isfinite(value):
             raise BadInputError(f"{where}: '{stat}' is {value} (JSON NaN/Infinity), not a finite number; write a "
                                 f"number, or null with a '{stat}_note' where the method gives NaN")
@@ -319,8 +358,8 @@ def _check_row(entry: dict, where: str) -> None:
 
 def _check_floor(entry: dict, where: str) -> None:
     """A floor's statistic and its one finite bound."""
-    if entry.get("stat") not in STATS:
-        raise BadInputError(f"{where}: 'stat' must be one of {', '.join(STATS)}")
+    if entry.get("stat") not in (*STATS, *VERDICT_GATED):
+        raise BadInputError(f"{where}: 'stat' must be one of {', '.join((*STATS, *VERDICT_GATED))}")
     given = [b for b in ("min", "max") if b in entry]
     if len(given) != 1 or not _is_number(entry[given[0]]):
         raise BadInputError(f"{where}: give exactly one number, 'min' or 'max'")
@@ -347,8 +386,9 @@ def validate_baseline(baseline: object, where: str) -> dict:
             at = f"{where}: {section}[{i}]"
             if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS[:3]):
                 raise BadInputError(f"{at}: needs string 'family', 'utility' and 'metric'")
-            if entry.setdefault("scope", ALL) not in POOLED_SCOPES:  # rows of /1 and /2 files gate ALL
-                raise BadInputError(f"{at}: 'scope' must be one of {', '.join(POOLED_SCOPES)}, got {entry['scope']!r}")
+            scopes = (*POOLED_SCOPES, *KIND_SCOPES, *(("*",) if section == "floors" else ()))
+            if entry.setdefault("scope", ALL) not in scopes:  # rows of /1 and /2 files gate ALL
+                raise BadInputError(f"{at}: 'scope' must be one of {', '.join(scopes)}, got {entry['scope']!r}")
             check(entry, at)
     return baseline
 
@@ -409,15 +449,17 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
     out = []
     for entry in baseline.get("rows", []):
         run_row = index.get(_key(entry))
-        base = {s: entry.get(s) for s in GATED}
-        for stat in GATED:
+        base = {s: entry.get(s) for s in gated(_key(entry)[3])}
+        for stat in base:
             reference = base[stat]
             if reference is None:
                 if entry.get(f"{stat}_note"):
                     out.append(_compare_nan(entry, stat, entry[f"{stat}_note"], run_row))
                 continue
-            if stat == "spearman":
+            if stat in ("spearman", "balanced_rho"):
                 limit, bound, rule = reference - tolerance, "min", f"drop ≤ {tolerance:g}"
+            elif stat == "regret":  # already a share of the oracle-to-random spread: an absolute rise
+                limit, bound, rule = reference + rel_tolerance, "max", f"rise ≤ {rel_tolerance:g}"
             elif stat == "shock_at_q":
                 limit, bound, rule = reference * (1 + rel_tolerance), "max", f"rise ≤ {rel_tolerance:g} × baseline"
             else:
@@ -532,12 +574,17 @@ def verdict(comparisons: list[Comparison]) -> str:
             f"({shifted} moved by more than {NOISE:.0e} within tolerance), {failed} failed")
 
 
+def _percent(value: float) -> str:
+    """A relative change as people write it: "+5.2%", "-0.031%", "+520%" (never "+5.2e+02%")."""
+    return f"{value:+.0f}%" if abs(value) >= 10 else f"{value:+.2g}%"
+
+
 def cells(c: Comparison) -> dict[str, str]:
     """One comparison as the text cells every diff format shows (the plain table, JUnit, markdown): `change` is
     the signed move from the baseline, `moved` the same with its relative size where the baseline is not 0."""
     delta = c.value - c.reference if c.kind == "baseline" else math.nan
     change = "" if math.isnan(delta) else f"{delta:+.3g}"
-    relative = f" ({100 * delta / abs(c.reference):+.2g}%)" if change and c.reference else ""
+    relative = f" ({_percent(100 * delta / abs(c.reference))})" if change and c.reference else ""
     return {"status": "FAIL" if not c.passed else "ok", "family": str(c.family),
             "utility": scoped(str(c.utility), c.scope), "metric": str(c.metric),
             "stat": c.stat + (" floor" if c.kind == "floor" else ""),

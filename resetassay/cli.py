@@ -21,12 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from resetassay.errors import BadInputError
-from resetassay.names import COMMON, FAILURES, ONLINE_UTILITIES
+from resetassay.names import FAILURES, ONLINE_UTILITIES, ORACLE, RANDOM
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from resetassay.assay import AssayConfig
+    from resetassay.assay import AssayResult
     from resetassay.data import DataChoice, DataSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -271,7 +269,7 @@ def run(
     if rank != 0:
         raise typer.Exit(code)
     if len(result.units):
-        out.print(_common_scope_table(result.summary, config))
+        out.print(_verdict_table(result))
         out.print(f"wrote {out_dir}/ (units.{table_format}, summary.{table_format}, report.md, report.html, "
                   "figures/)")
     for tracker in trackers if len(result.units) else []:
@@ -319,20 +317,26 @@ def report(
         out.print(str(logged), highlight=False, soft_wrap=True)
 
 
-def _common_scope_table(summary: pd.DataFrame, config: AssayConfig) -> Table:
-    """The run at a glance: per utility, the mean over checkpoints of its pooled ρ and Shock@q / oracle Shock@q on
-    the common scope (the layers where every utility applies, SPEC S5: the report's headline ranks on it); "n/a"
-    where a utility applies to none of them."""
-    metric = config.metrics[0]
-    pooled = summary[(summary["scope"] == COMMON) & (summary["metric"] == metric)]
-    table = Table(title=f"common scope ({metric}), mean over checkpoints")
-    table.add_column("utility")
-    table.add_column("ρ", justify="right")
-    table.add_column(f"Shock@{config.q:g} / oracle", justify="right")
-    for utility in config.utilities:
-        rows = pooled[pooled["utility"] == utility]
-        cells = [rows[column].mean() if len(rows) else float("nan") for column in ("spearman", "gap_ratio")]
-        table.add_row(utility, *("n/a" if value != value else f"{value:.3f}" for value in cells))
+def _verdict_table(result: AssayResult) -> Table:
+    """The run at a glance (SPEC S5b, the report's rule): per family and unit kind at the first metric, the best
+    utility by regret, those indistinguishable from it, the cheapest of them, and those that fail."""
+    from resetassay.report.headline import number, seconds_text
+
+    metric = result.config.metrics[0]
+    verdict = result._analysis.verdict
+    mine = verdict[(verdict["metric"] == metric) & ~verdict["utility"].isin([RANDOM, ORACLE])]
+    table = Table(title=f"verdict ({metric}): regret 0 = oracle, 1 = random; ≈ indistinguishable from the best")
+    for name in ("family · kind", "best (regret)", "≈", "cheapest", "fails"):
+        table.add_column(name, overflow="fold")
+    for (family, kind), g in mine.groupby(["family", "kind"], sort=True):
+        top = g[g["best"]]
+        best = f"{top['utility'].iloc[0]} ({number(top['regret'].iloc[0])})" if len(top) else "n/a"
+        same = list(g[g["indistinguishable"] & ~g["best"]]["utility"])
+        same = same if len(same) <= 3 else [*same[:3], f"+{len(same) - 3} more"]
+        cheap = g[g["cheapest"]]
+        table.add_row(f"{family} · {kind}", best, ", ".join(same) or "–",
+                      f"{cheap['utility'].iloc[0]} ({seconds_text(cheap['seconds'].iloc[0])})" if len(cheap) else "–",
+                      ", ".join(g[g["fails"]]["utility"]) or "–")
     return table
 
 
@@ -374,17 +378,20 @@ def baseline_command(
     = 0.02,
     utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities to gate (default: all but "
                                                   "random).")] = None,
+    force_floors: Annotated[bool, typer.Option(help="Write a --floor even where the run does not clear it (with a "
+                                               "warning; the check fails until it does). Without it such a floor "
+                                               "is an error (exit 2).")] = False,
 ) -> None:
-    """Write a baseline for `resetassay check` from a run's summary."""
+    """Write a baseline for `resetassay check` from a run's summary and verdict."""
     from resetassay.check import make_baseline, write_baseline
 
     try:
-        written, skipped = make_baseline(run_dir, floor, margin, _split(utilities))
+        written, unmet = make_baseline(run_dir, floor, margin, _split(utilities), force_floors)
         path = write_baseline(written, output)
     except BadInputError as e:
         _fail(str(e), 2)
-    for line in skipped:
-        err.print(NOTE, line, highlight=False, soft_wrap=True)
+    for line in unmet:
+        err.print(WARNING, line, highlight=False, soft_wrap=True)
     out.print(f"wrote {path}: {len(written['rows'])} rows, {len(written['floors'])} floors")
 
 

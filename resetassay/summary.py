@@ -35,6 +35,7 @@ STATS = ("spearman", "layer_spearman", "shock_at_q", "oracle_shock_at_q", "gap",
 UNKNOWN_FAMILY = "model"
 SET_NOTE = "a set selector: it picks a set and ranks no unit, so Spearman ρ is undefined"
 UNMEASURED_SET = "a set selector: measured only with joint lesions, at the run's q"
+NO_MATURE = "no mature units: every unit is younger than the maturity threshold"
 
 
 def spearman(utility: np.ndarray, shock: np.ndarray) -> tuple[float, str]:
@@ -162,7 +163,8 @@ def checkpoint_summary(
             else:
                 groups = _mature_layers(units, column) if column in units else {}
             if not groups:
-                rows.append({**base, "scope": ALL, "n_layers": 0, "n_units": 0, "note": "not applicable to any layer"})
+                rows.append({**base, "scope": ALL, "n_layers": 0, "n_units": 0,
+                             "note": "not applicable to any layer" if units["mature"].any() else NO_MATURE})
                 continue
             missing = [name for name in all_layers if name not in groups]
             row = _scope_row(groups, column, shock, q, picked)
@@ -251,8 +253,9 @@ def checkpoint_stats(summary: pd.DataFrame, checkpoints: pd.DataFrame, scope: st
     return with_checkpoint_info(rows.reindex(columns=columns), checkpoints)
 
 
-def aggregate(stats: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean, SE and n of every STAT per `by` + utility + metric, over checkpoints and seeds (SPEC S5).
+def aggregate(stats: pd.DataFrame, by: list[str], names: tuple[str, ...] = STATS) -> pd.DataFrame:
+    """Mean, SE and n of every statistic in `names` (default STATS) per `by` + utility + metric, over checkpoints
+    and seeds (SPEC S5).
 
     Columns: `by`, utility, metric, n (checkpoints in the group), and per stat `<stat>`,
     `<stat>_se` (NaN for a single value) and `<stat>_n` (non-NaN values).
@@ -262,10 +265,10 @@ def aggregate(stats: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     for key, g in stats.groupby(keys, sort=False, dropna=False):
         row = dict(zip(keys, key, strict=True))
         row["n"] = g["checkpoint"].nunique()
-        for stat in STATS:
+        for stat in names:
             row[stat], row[f"{stat}_se"], row[f"{stat}_n"] = mean_and_se(g[stat])
         rows.append(row)
-    columns = [*keys, "n", *[f"{s}{suffix}" for s in STATS for suffix in ("", "_se", "_n")]]
+    columns = [*keys, "n", *[f"{s}{suffix}" for s in names for suffix in ("", "_se", "_n")]]
     out = pd.DataFrame(rows, columns=columns)
     return out.sort_values(by, kind="stable", na_position="last").reset_index(drop=True) if by else out
 

@@ -14,8 +14,10 @@ run only when named (OPT_IN).
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +35,10 @@ from resetassay.units import UnitLayer, dense_weight, per_unit, position_mask, p
 INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
                "gxd2")
 TARGET_GRADIENT = {"gxi", "gxd", "gxi_signed", "gxd_signed"}  # ingredients of the target logit's layer gradient
+# The calibration pass that computes each ingredient; a utility costs the seconds of the passes it needs (SPEC S5b).
+PASS_OF = {"abs_act": "forward", "abs_dev": "forward", "fire": "forward", "loss_grad": "loss gradient",
+           **dict.fromkeys(TARGET_GRADIENT, "target gradient"), "gxd_all": "class gradients", "gxd_ig": "gxd_ig",
+           "gxd2": "gxd2"}
 
 
 class NotApplicable(Exception):
@@ -318,10 +324,13 @@ def calibration_stats(
     seed: int = 0,
     advance: Callable[[int], None] | None = None,
     max_classes: int = 100,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, LayerStats]:
     """One pass over the calibration set `x (N, ...)`, `y (N,)` (a language model: next-token targets `(N, T)`,
     SPEC S9): the ingredients in `needs`; `advance` is called with the number of examples done after each batch.
-    gxd_all is skipped, with the reason, when the model has more than `max_classes` outputs."""
+    gxd_all is skipped, with the reason, when the model has more than `max_classes` outputs. `seconds`, when
+    given, gathers the wall-clock seconds of each pass (PASS_OF: a forward, the target logit's and the loss's
+    gradients, the class gradients, gxd_ig, gxd2), what `utility_seconds` prices each utility by."""
     if len(x) == 0:
         raise BadInputError("the calibration set is empty; raise --calib-size")
     device = next(model.parameters()).device
@@ -354,30 +363,34 @@ def calibration_stats(
                                             multiply_by_inputs=False)
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
     sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
+    clock = _PassClock(seconds)
     with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
             padding = padding_mask(xb)
-            if needs & TARGET_GRADIENT:
-                grads = (target_grads.attribute(xb, additional_forward_args=(yb,)) if sequence
-                         else target_grads.attribute(xb, target=yb))
-            else:
-                with torch.no_grad():
+            if seconds is not None or not needs & TARGET_GRADIENT:  # timed: what forward-only utilities cost
+                with clock("forward"), torch.no_grad():
                     model(xb)
+            if needs & TARGET_GRADIENT:
+                with clock("target gradient"):
+                    grads = (target_grads.attribute(xb, additional_forward_args=(yb,)) if sequence
+                             else target_grads.attribute(xb, target=yb))
             # unit views of this forward's outputs (later captum calls re-run the forward; the values are the same)
             outs = dict(acts)
             h = {layer.name: layer.view(outs[layer.name]) for layer in layers}
             dev = {layer.name: h[layer.name] - per_unit(refs[layer.name], h[layer.name]) for layer in layers}
             if "loss_grad" in needs:
-                lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
-            higher = higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs)
+                with clock("loss gradient"):
+                    lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
+            higher = higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs, clock)
             dev_all = {layer.name: 0.0 for layer in layers}
             real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
-            for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if "gxd_all" in needs else ():
-                for layer, g in zip(layers, cgrads, strict=True):
-                    term = dev[layer.name] * layer.view(g)
-                    term = term * real[layer.name] if real[layer.name] is not None else term
-                    dev_all[layer.name] += sum_positions(term).abs() / n_classes
+            with clock("class gradients"):
+                for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if "gxd_all" in needs else ():
+                    for layer, g in zip(layers, cgrads, strict=True):
+                        term = dev[layer.name] * layer.view(g)
+                        term = term * real[layer.name] if real[layer.name] is not None else term
+                        dev_all[layer.name] += sum_positions(term).abs() / n_classes
             for k, layer in enumerate(layers):
                 acc = sums[layer.name]
                 per_example = example_ingredients(
@@ -401,18 +414,48 @@ def calibration_stats(
 
 def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
                              outputs: dict[str, torch.Tensor], refs: Refs, padding: torch.Tensor | None,
-                             needs: set[str]) -> dict[str, dict[str, torch.Tensor]]:
+                             needs: set[str], clock: _PassClock) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer, the per-example gxd_ig and gxd2 that `needs` asks for, `(B, n)` after the absolute value
-    (SPEC S3; `higher_order`); `outputs`: each layer's output on `x`."""
+    (SPEC S3; `higher_order`); `outputs`: each layer's output on `x`; `clock` times each."""
     found: dict[str, dict[str, torch.Tensor]] = {layer.name: {} for layer in layers}
     if "gxd_ig" in needs:
-        for layer in layers:
-            found[layer.name]["gxd_ig"] = path_attributions(model, layer, x, y, outputs[layer.name],
-                                                            refs[layer.name], padding).abs()
+        with clock("gxd_ig"):
+            for layer in layers:
+                found[layer.name]["gxd_ig"] = path_attributions(model, layer, x, y, outputs[layer.name],
+                                                                refs[layer.name], padding).abs()
     if "gxd2" in needs:
-        for name, change in second_order_changes(model, layers, x, y, refs, padding).items():
-            found[name]["gxd2"] = change.abs()
+        with clock("gxd2"):
+            for name, change in second_order_changes(model, layers, x, y, refs, padding).items():
+                found[name]["gxd2"] = change.abs()
     return found
+
+
+class _PassClock:
+    """Adds the wall-clock seconds of each calibration pass into `seconds` (nothing when None)."""
+
+    def __init__(self, seconds: dict[str, float] | None) -> None:
+        self.seconds = seconds
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.seconds is not None:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def utility_seconds(names: list[str], seconds: dict[str, float]) -> dict[str, float]:
+    """The calibration seconds each utility needs (SPEC S5b), from the passes `calibration_stats` timed: the
+    forward, plus the other passes of its ingredients (PASS_OF); 0 for a utility that reads no ingredient (its
+    score needs no pass). Counting the forward for every utility keeps a gradient utility at least as costly as a
+    forward-only one when the first pass of a batch pays a warm-up the others do not."""
+    def cost(name: str) -> float:
+        passes = {PASS_OF[i] for i in UTILITIES[name].needs}
+        return sum(seconds.get(p, 0.0) for p in passes | {"forward"}) if passes else 0.0
+
+    return {name: round(cost(name), 4) for name in names if name in UTILITIES}
 
 
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)

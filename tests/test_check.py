@@ -101,12 +101,14 @@ def test_run_checked_against_its_own_baseline_passes_with_a_junit_case_per_compa
     assert "0 failed" in result.output
     baseline = json.loads(baseline_file.read_text())
     # 2 families x 3 gated utilities (random is not gated) x 2 metrics x 2 pooled scopes, 3 statistics each,
-    # + 2 floors (on ALL)
-    assert len(baseline["rows"]) == 24 and {r["utility"] for r in baseline["rows"]} == {"gxd", "activation", "oracle"}
-    assert [r["scope"] for r in baseline["rows"]].count(COMMON) == 12
+    # + the same on the one unit kind (a table without kinds: "units"), regret and balanced ρ, + 2 floors (on ALL)
+    assert len(baseline["rows"]) == 36 and {r["utility"] for r in baseline["rows"]} == {"gxd", "activation", "oracle"}
+    scopes = [r["scope"] for r in baseline["rows"]]
+    assert scopes.count(COMMON) == 12 and scopes.count("units") == 12
+    assert all(set(r) >= {"regret", "balanced_rho"} for r in baseline["rows"] if r["scope"] == "units")
     assert len(baseline["floors"]) == 2 and {f["scope"] for f in baseline["floors"]} == {ALL}
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == str(24 * 3 + 2) and suite.get("failures") == "0"
+    assert suite.get("tests") == str(24 * 3 + 12 * 2 + 2) and suite.get("failures") == "0"
     assert suite.find("testcase").get("classname").startswith("resetassay.check.")
 
 
@@ -198,15 +200,39 @@ def test_floor_is_absolute_and_fails_even_when_the_baseline_moved_with_it(clean_
                                ["mlp-silu", "gxd", "l1", "spearman", "floor"]]
 
 
-def test_baseline_writes_a_floor_only_where_the_run_clears_it_by_the_margin(clean_run):
+def test_a_floor_the_run_does_not_clear_is_an_error_naming_the_families_unless_forced(clean_run, tmp_path):
+    """A requested floor is never dropped (SPEC S5b gate): where some family misses it, `baseline` refuses (exit 2)
+    naming that family; --force-floors writes it for every family with a warning, and the check then fails there."""
     means, _, _ = family_means(clean_run)
-    rho = means[(means["utility"] == "activation") & (means["metric"] == "l1")].set_index("family")["spearman"]
+    rho = means[(means["utility"] == "activation") & (means["metric"] == "l1") & (means["scope"] == ALL)].set_index(
+        "family")["spearman"]
     floor = float(rho.min() + rho.max()) / 2  # between the two families
-    baseline, skipped = make_baseline(clean_run, [f"activation:l1:spearman>={floor}"], margin=0.0)
-    assert [f["family"] for f in baseline["floors"]] == [rho.idxmax()]
-    assert len(skipped) == 1 and rho.idxmin() in skipped[0]
-    baseline, skipped = make_baseline(clean_run, [f"activation:l1:spearman>={rho.max() - 0.01}"], margin=0.02)
-    assert baseline["floors"] == [] and len(skipped) == 2
+    with pytest.raises(BadInputError, match=re.escape(rho.idxmin())) as caught:
+        make_baseline(clean_run, [f"activation:l1:spearman>={floor}"], margin=0.0)
+    assert rho.idxmax() + " has" not in str(caught.value)
+    baseline, warned = make_baseline(clean_run, [f"activation:l1:spearman>={floor}"], margin=0.0, force_floors=True)
+    assert sorted(f["family"] for f in baseline["floors"]) == sorted(rho.index)
+    assert len(warned) == 1 and rho.idxmin() in warned[0] and "--force-floors" in warned[0]
+    path = tmp_path / "forced.json"
+    result = runner.invoke(app, ["baseline", str(clean_run), "-o", str(path), "--floor",
+                                 f"activation:l1:spearman>={floor}"])
+    assert result.exit_code == 2 and "0 floors" not in result.output and not path.exists()
+    result = runner.invoke(app, ["baseline", str(clean_run), "-o", str(path), "--floor",
+                                 f"activation:l1:spearman>={floor}", "--force-floors"])
+    assert result.exit_code == 0 and "warning:" in result.output and "2 floors" in result.output
+    result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(path)])
+    assert result.exit_code == 1 and f"{rho.idxmin()}  activation" in result.output
+    baseline, warned = make_baseline(clean_run, [f"activation:l1:spearman>={rho.min() - 0.01}"], margin=0.0)
+    assert len(baseline["floors"]) == 2 and not warned  # both clear it without a margin ...
+    with pytest.raises(BadInputError, match=f"{rho.idxmin()} has .* not clear of"):  # ... but not by 0.02
+        make_baseline(clean_run, [f"activation:l1:spearman>={rho.min() - 0.01}"], margin=0.02)
+
+
+def test_a_floor_on_the_verdict_statistics_holds_on_every_unit_kind(clean_run):
+    baseline, _ = make_baseline(clean_run, ["gxd:l1:regret<=0.5", "gxd:l1:balanced_rho>=0.5"])
+    assert {(f["stat"], f["scope"]) for f in baseline["floors"]} == {("regret", "units"), ("balanced_rho", "units")}
+    with pytest.raises(BadInputError, match="regret"):
+        make_baseline(clean_run, ["random:l1:regret<=0.1"], utilities=["gxd"])
 
 
 def test_a_run_missing_a_baseline_row_fails(clean_run, baseline_file, tmp_path):
@@ -216,7 +242,8 @@ def test_a_run_missing_a_baseline_row_fails(clean_run, baseline_file, tmp_path):
     summary[summary["utility"] != "activation"].to_csv(run / "summary.csv", index=False)
     result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)])
     assert result.exit_code == 1
-    assert result.output.count("FAIL") == 2 * 2 * 2 * 3  # 2 families x 2 metrics x 2 scopes x 3 statistics
+    # 2 families x 2 metrics x (2 pooled scopes x 3 statistics + 1 kind x regret and balanced ρ)
+    assert result.output.count("FAIL") == 2 * 2 * (2 * 3 + 2)
 
 
 @pytest.mark.parametrize("content", [
@@ -434,7 +461,7 @@ def test_a_nan_the_method_defines_is_stored_as_null_with_its_reason_and_passes(f
     result = runner.invoke(app, ["baseline", str(flat_run), "-o", str(path)])
     assert result.exit_code == 0, result.output
     baseline = json.loads(path.read_text())
-    assert baseline["format"] == "resetassay.baseline/3"
+    assert baseline["format"] == "resetassay.baseline/4"
     silu, relu = _row(baseline, "mlp-silu"), _row(baseline, "mlp-relu")
     assert silu["spearman"] is None and silu["spearman_note"] == "utility is constant over the units"
     assert "spearman_n" not in silu and "shock_at_q_note" not in silu  # Shock@q is defined (ties by unit index)
@@ -478,6 +505,7 @@ def test_a_run_nan_with_a_reason_fails_against_a_finite_baseline_naming_the_reas
 
 def test_null_without_a_reason_is_not_gated_and_format_1_is_still_read(flat_run, tmp_path):
     baseline = make_baseline(flat_run)[0]
+    baseline["rows"] = [row for row in baseline["rows"] if row["scope"] in (ALL, COMMON)]  # /1 has no verdict rows
     for row in baseline["rows"]:
         for stat in ("spearman", "shock_at_q", "gap"):
             row.pop(f"{stat}_note", None)
@@ -594,7 +622,7 @@ def test_markdown_of_a_failing_check_shows_verdict_failures_notes_then_what_move
     assert result.exit_code == 1, result.output
     text = markdown.read_text()
     lines = text.splitlines()
-    assert lines[0] == ("**resetassay check ❌ failed**: 74 comparisons: 73 passed (1 moved by more than 1e-04 "
+    assert lines[0] == ("**resetassay check ❌ failed**: 98 comparisons: 97 passed (1 moved by more than 1e-04 "
                         "within tolerance), 1 failed")
     assert lines[0].split(": ", 1)[1] == result.output.strip().splitlines()[-1]  # the diff table's counts line
     assert text.index("### 1 failed") < text.index("### Notes") < text.index("<details>") < text.index("</details>")
@@ -623,15 +651,15 @@ def test_markdown_of_a_passing_check_says_so_and_lists_nothing_that_did_not_move
     markdown = tmp_path / "check.md"
     comparisons, notes = check_run(clean_run, baseline_file, markdown=markdown)
     text = markdown.read_text()
-    assert text.splitlines()[0] == ("**resetassay check ✅ passed**: 74 comparisons: 74 passed (0 moved by more than "
+    assert text.splitlines()[0] == ("**resetassay check ✅ passed**: 98 comparisons: 98 passed (0 moved by more than "
                                     "1e-04 within tolerance), 0 failed")
     assert "No comparison failed." in text and "### Notes" not in text and "<details>" not in text
     assert "No passing value moved by more than 1e-04." in text and _md_tables(text) == []
     check_run(clean_run, baseline_file, markdown=markdown, show_all=True)  # --all: every comparison, folded
     text = markdown.read_text()
     (table,) = _md_tables(text)
-    assert "<summary>0 passed and moved by more than 1e-04, 74 did not move</summary>" in text
-    assert len(table) == 1 + 74 and {row[6] for row in table[1:]} <= {"+0 (+0%)", "+0", ""}
+    assert "<summary>0 passed and moved by more than 1e-04, 98 did not move</summary>" in text
+    assert len(table) == 1 + 98 and {row[6] for row in table[1:]} <= {"+0 (+0%)", "+0", ""}
     assert [row[3] for row in table[1:]].count("spearman floor") == 2
 
 
@@ -650,3 +678,29 @@ def test_an_intervention_a_recorded_baseline_predates_counts_as_the_clamp_it_use
     assert config_differences({"intervention": "cbp-reset", "q": 0.05}, {"q": 0.05}) == [
         "config differs from the baseline's run: intervention: run 'cbp-reset', baseline 'clamp'"]
     assert config_differences({"intervention": "clamp", "q": 0.05}, {"q": 0.05}) == []
+
+
+@pytest.mark.parametrize(("value", "reference", "shown"), [(6.2, 1.0, "+5.2 (+520%)"), (1.052, 1.0, "+0.052 (+5.2%)"),
+                                                           (0.99969, 1.0, "-0.00031 (-0.031%)")])
+def test_changes_print_as_people_write_percentages(value, reference, shown):
+    """Not "+5.2e+02%" (issue 22)."""
+    from resetassay.check import Comparison, cells
+
+    c = Comparison("F", "gxd", "l1", ALL, "shock_at_q", "baseline", reference, value, 1.1, "max", "rise ≤ 0.1")
+    assert cells(c)["moved"] == shown
+
+
+def test_a_regret_regression_on_a_unit_kind_fails_naming_the_kind(clean_run, baseline_file, tmp_path):
+    """The verdict's statistics are gated (SPEC S5b): activation's units reordered so that it picks the costliest
+    units of one checkpoint raise its regret far beyond the tolerance, while the pooled S5 rows are untouched
+    (summary.csv is the clean run's)."""
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    units = pd.read_csv(run / "units.csv")
+    mine = units["checkpoint"] == "silu/a"
+    units.loc[mine, "activation"] = -units.loc[mine, "shock_l1"]
+    units.to_csv(run / "units.csv", index=False)
+    result = runner.invoke(app, ["check", str(run), "--baseline", str(baseline_file)])
+    assert result.exit_code == 1, result.output
+    failing = [line.split()[1:5] for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert ["mlp-silu", "activation", "(units)", "l1"] in failing and all("(units)" in f for f in failing)

@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_run_writes_tables_report_and_figures(run_dir: Path) -> None:
     for name in ("units.csv", "summary.csv", "notes.csv", "checkpoints.csv", "run.json", "report.md",
-                 "figures/oracle_ratio.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
+                 "figures/regret.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
         assert (run_dir / name).stat().st_size > 0, name
     units = pd.read_csv(run_dir / "units.csv")
     assert set(units["checkpoint"]) == {"silu_mlp/task2", "silu_mlp/task4"}
@@ -42,10 +42,10 @@ def test_gxd_ranks_better_than_activation_on_silu_mlp(run_dir: Path) -> None:
 
 def test_report_rerenders_from_tables_alone(run_dir: Path) -> None:
     (run_dir / "report.md").unlink()
-    (run_dir / "figures" / "oracle_ratio.png").unlink()
+    (run_dir / "figures" / "regret.png").unlink()
     result = runner.invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert (run_dir / "report.md").exists() and (run_dir / "figures" / "oracle_ratio.png").exists()
+    assert (run_dir / "report.md").exists() and (run_dir / "figures" / "regret.png").exists()
 
 
 def test_inspect_lists_unit_layers_with_producer_and_consumer() -> None:
@@ -80,18 +80,18 @@ def test_python_dash_m_resetassay_is_the_command_line() -> None:
     assert done.returncode == 0 and "Usage: resetassay inspect" in done.stdout
 
 
-def test_run_ends_with_the_common_scope_table_the_headline_ranks_on(tmp_path):
-    """The closing table shows, per utility, the mean common-scope ρ and oracle ratio of summary.csv; n/a where the
-    utility applies to no layer (mc_adaptable behind the CNN's BatchNorm)."""
+def test_run_ends_with_the_verdict_table(tmp_path):
+    """The closing table is the report's verdict (SPEC S5b) per family and unit kind: the best by regret, those
+    indistinguishable from it, the cheapest of them and those that fail, as verdict.csv holds them."""
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(FIXTURES / "cnn" / "task2"), "--out", str(out), "--utilities",
-                                 "gxd,mc_adaptable,oracle", "--metrics", "l1", "--calib-size", "64", "--probe-size",
-                                 "64", "--no-joint", "--quiet"])
+                                 "gxd,activation,mc_adaptable,random,oracle", "--metrics", "l1", "--calib-size",
+                                 "64", "--probe-size", "64", "--no-joint", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "common scope (l1), mean over checkpoints" in result.stdout
-    summary = pd.read_csv(out / "summary.csv")
-    gxd = summary[(summary["utility"] == "gxd") & (summary["scope"] == "common")].iloc[0]
-    (line,) = [line for line in result.stdout.splitlines() if " gxd " in line]
-    assert f"{gxd['spearman']:.3f}" in line and f"{gxd['gap_ratio']:.3f}" in line
-    (line,) = [line for line in result.stdout.splitlines() if " mc_adaptable " in line]
-    assert line.count("n/a") == 2
+    assert "verdict (l1)" in result.stdout
+    verdict = pd.read_csv(out / "verdict.csv")
+    assert set(verdict["kind"]) == {"channels"} and "mc_adaptable" not in set(verdict["utility"])  # BatchNorm
+    best = verdict[verdict["best"]].iloc[0]
+    table = result.stdout.split("verdict (l1)")[1].split("┡")[1].split("wrote")[0]  # the rows
+    assert "· channels" in table and f"{best['utility']} (" in table and "random" not in table
+

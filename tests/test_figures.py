@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 from matplotlib.colors import to_rgba
 from scipy.stats import spearmanr
 
@@ -17,44 +16,43 @@ from resetassay.names import UTILITY_ORDER
 from resetassay.report import figures
 
 
-def test_ratio_dots_put_each_family_at_its_mean_ratio_and_mark_what_is_missing():
-    intervals = pd.DataFrame({
-        "family": ["A", "A", "A", "B", "B", "B"], "utility": ["gxd", "activation", "random"] * 2, "metric": "l1",
-        "ratio": [1.02, 1.6, 3.0, 1.1, math.nan, 500.0], "low": [1.0, 1.3, 2.0, 1.05, math.nan, 300.0],
-        "high": [1.05, 1.9, 4.0, 1.2, math.nan, 800.0], "n": 2, "resampled": "units"})
-    ax = figures.ratio_dots(intervals, {"A": "3 layers, 90 units"}, "5%").axes[0]
-    markers = {line.get_label(): line.get_xdata() for line in ax.lines if line.get_linestyle() == "None"}
-    edge = ax.get_xlim()[1]
-    assert edge == pytest.approx(1.3 * 1.9)  # the axis ends past the contenders; random's ratios are written at it
-    np.testing.assert_allclose(markers["A (3 layers, 90 units)"], [1.6, 1.02, edge])  # registry order of rows
-    np.testing.assert_allclose(markers["B (no common layer)"], [np.nan, 1.1, edge])
-    (hollow,) = [line for line in ax.lines if line.get_markerfacecolor() == "none"]
-    assert hollow.get_ydata()[0] == pytest.approx(0.3) and ax.get_xlim()[0] < hollow.get_xdata()[0] < 0.97
-    texts = sorted(t.get_text() for t in ax.texts)
-    assert texts == ["3 ▸", "500 ▸", "n/a"]
-    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_yticklabels()] == ["activation", "gxd",
-                                                                                         "random"]
+def _verdict(rows: list[tuple]) -> pd.DataFrame:
+    """Verdict rows (family, utility, regret, indistinguishable, fails), kind neurons, metric l1."""
+    frame = pd.DataFrame(rows, columns=["family", "utility", "regret", "indistinguishable", "fails"])
+    return frame.assign(kind="neurons", metric="l1", n=2, regret_low=frame["regret"] * 0.5,
+                        regret_high=frame["regret"] * 1.5, best=False, flags="")
 
 
-def test_ratio_dots_mark_a_row_of_missing_families_once_each_side_by_side():
-    families = ["alpha", "beta", "gamma", "delta"]
-    intervals = pd.DataFrame([(f, u, r) for f in families for u, r in (("gxd", 1.2), ("tracked", math.nan))]
-                             + [("alpha", "tracked", 1.5)], columns=["family", "utility", "ratio"])
-    intervals = intervals.drop_duplicates(["family", "utility"], keep="last").assign(
-        metric="l1", low=intervals["ratio"] * 0.9, high=intervals["ratio"] * 1.1)
-    ax = figures.ratio_dots(intervals, {}, "5%").axes[0]
-    hollow = [line for line in ax.lines if line.get_markerfacecolor() == "none"]
-    assert len(hollow) == 3  # beta, gamma, delta: one marker each in the n/a strip
-    x = [float(line.get_xdata()[0]) for line in hollow]
-    assert len(set(x)) == 3 and all(ax.get_xlim()[0] < v < 0.97 for v in x)
-    assert [t.get_text() for t in ax.texts].count("n/a") == 1
+def test_regret_dots_put_each_verdict_at_its_regret_filled_where_indistinguishable():
+    verdict = _verdict([("A", "gxd", 0.02, True, False), ("A", "activation", 0.6, False, True),
+                        ("A", "random", 1.0, False, False), ("A", "oracle", 0.0, False, False),
+                        ("B", "gxd", 0.05, True, False), ("B", "activation", math.nan, False, False),
+                        ("B", "random", 30.0, False, False)])
+    verdict.loc[verdict.family == "A", "flags"] = "few units reset (k = 1)"
+    figure = figures.regret_dots(verdict)
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["gxd", "activation", "random"]  # mean regret; random last
+    edge = 1.5  # the axis ends past the contenders (at least at 1.5, beyond random's 1)
+    points = [(float(x), float(y), line.get_markerfacecolor() == "white")
+              for line in ax.lines if line.get_linestyle() == "None" and line.get_markerfacecolor() != "none"
+              for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)]
+    hollow = sorted((round(x, 3), round(y, 2)) for x, y, white in points if white)
+    assert hollow == [(0.6, 0.7)]  # A's activation: worse than the best (not ≈)
+    filled = sorted(round(x, 3) for x, _, white in points if not white)
+    assert filled == sorted([0.02, 0.05, 1.0, edge])  # B's random (30) at the edge
+    assert "30 ▸" in [t.get_text() for t in ax.texts] and "✗" in [t.get_text() for t in ax.texts]
+    (gone,) = [line for line in ax.lines if line.get_markerfacecolor() == "none"]  # B's activation: n/a
+    assert gone.get_xdata()[0] > edge  # right of the axis, never left of 1
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["A · neurons\n⚑ few units reset", "B · neurons"]
+    assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0
 
 
-def test_ratio_dots_legend_fits_the_figure_with_long_family_names():
+def test_regret_dots_legend_fits_the_figure_with_long_family_names():
     families = [f"transformer-d64-l2+cbp-contribution@grammar-{i}" for i in range(4)]
-    intervals = pd.DataFrame({"family": families, "utility": "gxd", "metric": "l1", "ratio": 1.2, "low": 1.1,
-                              "high": 1.3})
-    figure = figures.ratio_dots(intervals, dict.fromkeys(families, "2 layers, 506–508 units"), "5%")
+    verdict = _verdict([(f, "gxd", 0.1, True, False) for f in families])
+    verdict["flags"] = "few units reset (k = 1); one layer dominates (blocks.0.attn 76% of l1)"
+    figure = figures.regret_dots(verdict)
     figure.canvas.draw()
     (legend,) = figure.legends
     box = legend.get_window_extent()

@@ -1,5 +1,5 @@
-"""The report's first screen (resetassay/report/headline.py): sentences derived by the stated rule, the
-ranking table, the models table; and a rendered report opening with them (SPEC S5)."""
+"""The report's first screen (resetassay/report/headline.py): sentences derived from the verdict by the stated rule,
+the ranking table, the models table; and a rendered report opening with them (SPEC S5b)."""
 
 from __future__ import annotations
 
@@ -9,105 +9,133 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from resetassay.report.headline import FAIL_RATIO, FAIL_RHO, answer_sentences, models_table, ranking_table
+from resetassay.report.headline import answer_sentences, models_table, ranking_table
+from resetassay.verdict import FAIL_AT, FLAG_COLUMNS, VERDICT_COLUMNS
 
 
-def _ranking(rows: list[tuple]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["family", "utility", "ratio", "rho"])
-    return frame.assign(metric="l1", low=frame["ratio"] * 0.9, high=frame["ratio"] * 1.1, n=2, resampled="units")
+def _verdict(rows: list[tuple]) -> pd.DataFrame:
+    """Verdict rows (family, utility, regret, rho, best, indistinguishable, cheapest, seconds), kind neurons."""
+    frame = pd.DataFrame(rows, columns=["family", "utility", "regret", "balanced_rho", "best", "indistinguishable",
+                                        "cheapest", "seconds"])
+    frame = frame.assign(kind="neurons", metric="l1", n=2, regret_low=frame["regret"] * 0.5,
+                         regret_high=frame["regret"] * 1.5 + 0.01, rho_low=frame["balanced_rho"] - 0.05,
+                         rho_high=frame["balanced_rho"] + 0.05, flags="")
+    frame["fail_reason"] = np.where(frame["regret_low"] > FAIL_AT, "regret", np.where(
+        frame["rho_high"] < FAIL_AT, "ρ ≤ x", ""))
+    frame["fails"] = (frame["fail_reason"] != "") & ~frame["utility"].isin(["random", "oracle"])
+    frame.loc[frame["utility"].isin(["random", "oracle"]), "fail_reason"] = ""
+    return frame.reindex(columns=VERDICT_COLUMNS)
 
 
-RANKING = _ranking([
-    ("A", "gxd", 1.01, 0.95), ("A", "activation", 1.5, 0.3), ("A", "random", 3.0, 0.0),
-    ("B", "gxd", 1.10, 0.90), ("B", "activation", 2.5, 0.8), ("B", "random", 4.0, 0.1),
-    ("C", "gxd", 1.20, 0.90), ("C", "activation", 1.05, 0.9), ("C", "random", 0.9, 0.1),
-    ("D", "gxd", math.nan, math.nan), ("D", "activation", 1.3, 0.9), ("D", "random", 2.0, 0.0),
+VERDICT = _verdict([
+    ("A", "gxd_all", 0.01, 0.99, True, True, False, 2.0), ("A", "gxd", 0.02, 0.98, False, True, True, 0.1),
+    ("A", "activation", 0.6, 0.3, False, False, False, 0.05), ("A", "random", 1.0, 0.0, False, False, False, 0.0),
+    ("B", "gxd_all", 0.05, 0.95, False, True, False, 2.0), ("B", "gxd", 0.03, 0.96, True, True, True, 0.1),
+    ("B", "activation", 0.2, 0.8, False, False, False, 0.05), ("B", "random", 1.1, 0.0, False, False, False, 0.0),
 ])
+NO_FLAGS = pd.DataFrame(columns=FLAG_COLUMNS)
 
 
-def test_sentences_follow_the_rule_best_lowest_ratio_fails_low_rho_or_high_ratio():
-    lines = answer_sentences(RANKING)
-    # equal counts: registry order; random never competes (C)
-    assert lines[0] == "**activation** ranks reset cost best in 2 of 4 families: C, D."
-    assert lines[1] == "**gxd** ranks reset cost best in 2 of 4 families: A, B."
-    # activation: A has rho 0.3 < FAIL_RHO; B has ratio 2.5 > FAIL_RATIO; random is never said to fail
-    assert FAIL_RHO > 0.3 and FAIL_RATIO < 2.5
-    assert lines[2] == "Fails (✗ in the table): **activation** in 2 of 4 families."
-    assert lines[3].startswith("No value (") and lines[3].endswith("**gxd** in D.")
-    assert len(lines) == 4
-    table, _ = ranking_table(RANKING)
-    activation = table.set_index("utility").loc["activation"]
-    assert activation["A (n=2)"] == "1.50 [1.35, 1.65] ✗ ρ 0.30"  # failing by ρ: the ρ is shown
-    assert activation["B (n=2)"] == "2.50 [2.25, 2.75] ✗"  # failing by its ratio, which the cell shows
-    assert not activation["C (n=2)"].endswith("✗") and "✗" not in table.set_index("utility").loc["random"].sum()
+def test_sentences_name_the_best_the_cheaper_equal_and_the_failing():
+    lines = answer_sentences(VERDICT, NO_FLAGS)
+    assert lines[0] == "**gxd** has the lowest regret in B · neurons (of 2 verdicts)."
+    assert lines[1] == "**gxd_all** has the lowest regret in A · neurons (of 2 verdicts)."
+    assert lines[2] == "**gxd** is as good as the best (≈) and cheaper in A · neurons (0.1 s against gxd_all's 2 s)."
+    assert lines[3] == "Fails (✗ in the table): **activation** in 1 of 2 verdicts."
+    assert len(lines) == 4  # random (regret 1.1, ρ 0) never fails, never wins
 
 
-def test_a_tie_is_said_and_not_bolded():
-    ranking = _ranking([("A", "gxd", 1.02, 0.9), ("A", "gxi", 1.02, 0.9), ("A", "activation", 1.4, 0.9)])
-    assert answer_sentences(ranking)[:2] == ["**gxi** ranks reset cost best in 1 of 1 family: A (tie).",
-                                             "**gxd** ranks reset cost best in 1 of 1 family: A (tie)."]
-    table, best = ranking_table(ranking)
-    assert not best.to_numpy().any()
-    assert table.iloc[0, 1] == "1.02 [0.92, 1.12] tie" and table.iloc[1, 1].endswith(" tie")
-    assert not table.iloc[2, 1].endswith("tie")
+def test_ranking_table_marks_best_indistinguishable_cheapest_and_fails_with_random_last():
+    table, best = ranking_table(VERDICT)
+    assert list(table.columns) == ["utility", "A · neurons (n=2)", "B · neurons (n=2)"]
+    assert table["utility"].tolist() == ["gxd", "gxd_all", "activation", "random"]  # ranks 1.5, 1.5 (registry), 3
+    cells = table.set_index("utility")
+    assert cells.loc["gxd", "A · neurons (n=2)"] == "0.020 ≈ cheapest"
+    assert cells.loc["gxd_all", "A · neurons (n=2)"] == "0.010" and best.iloc[1, 1]
+    assert cells.loc["activation", "A · neurons (n=2)"] == "0.60 ✗ ρ 0.30"  # failing by its ρ
+    assert "✗" not in "".join(cells.loc["random"])
+    assert best.to_numpy()[:, 1:].sum() == 2
 
 
-def test_ranking_table_orders_by_mean_rank_with_random_last_and_bolds_each_familys_unique_best():
-    table, best = ranking_table(RANKING)
-    assert list(table.columns) == ["utility", "A (n=2)", "B (n=2)", "C (n=2)", "D (n=2)"]
-    # ranks among gxd/activation/random: gxd 1,1,3,- ; activation 2,2,2,1 -> gxd 1.67, activation 1.75
-    assert table["utility"].tolist() == ["gxd", "activation", "random"]
-    assert table.loc[0, "A (n=2)"] == "1.01 [0.91, 1.11]" and table.loc[0, "D (n=2)"] == "n/a"
-    assert best.loc[0, "A (n=2)"] and best.loc[1, "C (n=2)"] and not best.loc[2, "C (n=2)"]
+def test_a_utility_failing_by_its_regret_alone_is_marked_without_a_rho():
+    verdict = VERDICT.copy()
+    mine = verdict["utility"].eq("activation") & verdict["family"].eq("A")
+    verdict.loc[mine, ["regret", "regret_low", "regret_high", "balanced_rho"]] = [0.8, 0.6, 1.0, 0.7]
+    verdict.loc[mine, "fail_reason"] = "regret ≥ 0.60 > 0.5"
+    table, _ = ranking_table(verdict)
+    assert table.set_index("utility").loc["activation", "A · neurons (n=2)"] == "0.80 ✗"
 
 
-def test_models_table_shows_probe_accuracy_coverage_and_sizes():
+def test_flags_are_named_per_verdict_beside_the_answer():
+    flags = pd.DataFrame([{"family": "A", "kind": "neurons", "metric": "", "checkpoint": "a/1", "layer": "",
+                           "flag": "few units reset", "detail": "k = 1–2", "message": "..."},
+                          {"family": "A", "kind": "", "metric": "", "checkpoint": "a/0", "layer": "",
+                           "flag": "no mature units", "detail": "a/0", "message": "..."}], columns=FLAG_COLUMNS)
+    last = answer_sentences(VERDICT, flags)[-1]
+    assert last.startswith("Flags") and "few units reset: A · neurons (k = 1–2)" in last
+    assert "no mature units: A (a/0)" in last
+
+
+def test_models_table_shows_probe_accuracy_the_verdict_scopes_and_sizes():
     stats = pd.DataFrame({"checkpoint": ["a", "b"], "family": "F", "step": [1.0, 2.0], "utility": "oracle",
                           "metric": "l1", "n_layers": [7, 7], "n_units": [120, 120]})
-    common = stats.assign(n_layers=[4, 4], n_units=[88, 80])
+    verdict = pd.DataFrame({"family": "F", "kind": ["channels", "heads"], "utility": "oracle", "n_layers": ["4", "2"],
+                            "n_units": ["80–88", "8"]})
     checkpoints = pd.DataFrame({"checkpoint": ["a", "b"], "probe_accuracy": [0.9, 0.95],
                                 "split_calib_size": [449, 449], "split_probe_size": [449, 449]})
-    row = models_table(stats, common, checkpoints).iloc[0]
+    row = models_table(stats, verdict, checkpoints).iloc[0]
     assert row["probe accuracy"] == "90.0%–95.0%" and row["steps"] == "1, 2"
-    assert row["layers (common / all)"] == "4 / 7" and row["units (common / all)"] == "80–88 / 120"
-    assert row["calibration / probe"] == "449 / 449"
-    bare = models_table(stats, common, pd.DataFrame()).iloc[0]
+    assert row["verdict scopes"] == "channels: 4 layers, 80–88 units; heads: 2 layers, 8 units"
+    assert row["assayed"] == "7 layers, 120 units" and row["calibration / probe"] == "449 / 449"
+    bare = models_table(stats, verdict, pd.DataFrame()).iloc[0]
     assert bare["probe accuracy"] == "n/a" and bare["calibration / probe"] == "n/a"
 
 
+def _layer_regret(units: pd.DataFrame, summary: pd.DataFrame, checkpoint: str, utility: str, metric: str) -> float:
+    """Regret of one checkpoint recomputed from summary.csv's per-layer rows (SPEC S5b, by hand): per layer
+    (Shock@q - oracle Shock@q) / (mean shock - oracle Shock@q), weighted by k_l."""
+    rows = summary[(summary.checkpoint == checkpoint) & (summary.utility == utility) & (summary.metric == metric)
+                   & ~summary.scope.isin(["ALL", "common"])]
+    total = weight = 0.0
+    for _, row in rows.iterrows():
+        mine = units[(units.checkpoint == checkpoint) & (units.layer == row["scope"]) & units.mature]
+        mean = mine[f"shock_{metric}"].mean()
+        k = math.ceil(0.05 * len(mine) - 1e-9)
+        if mean - row["oracle_shock_at_q"] > 1e-6 * mean:
+            total += k * (row["shock_at_q"] - row["oracle_shock_at_q"]) / (mean - row["oracle_shock_at_q"])
+            weight += k
+    return total / weight
+
+
 @pytest.mark.parametrize("family", ["mlp-relu@digits", "mlp-silu@digits"])
-def test_rendered_report_opens_with_the_answer_and_its_ratios_are_the_common_scope_means(run_dir, family):
+def test_rendered_report_opens_with_the_verdict_whose_regrets_are_recomputed_by_hand(run_dir, family):
     """The first screen of report.md (before "## Figures") holds the question, the answer, the rule and the
-    ranking; each ratio shown is the mean over the family's checkpoints of summary.csv's common-scope ratio."""
-    text = (run_dir / "report.md").read_text()
-    first = text.split("## Figures")[0]
-    assert "**Question.**" in first and "Rule: best = lowest oracle ratio" in first
+    ranking; each regret shown is the mean over the family's checkpoints of the regret recomputed here from the
+    per-layer rows of summary.csv and units.csv."""
+    first = (run_dir / "report.md").read_text().split("## Figures")[0]
+    assert "**Question.**" in first and "Rule (method S5b)" in first
     assert "| utility | metric |" not in first  # the detail tables come later
-    summary = pd.read_csv(run_dir / "summary.csv")
+    summary, units = pd.read_csv(run_dir / "summary.csv"), pd.read_csv(run_dir / "units.csv")
     families = pd.read_csv(run_dir / "checkpoints.csv").set_index("checkpoint")["family"]
-    common = summary[(summary.scope == "common") & (summary.metric == "l1")]
-    common = common[common.checkpoint.map(families) == family]
+    names = [c for c in families.index if families[c] == family]
     header = next(line for line in first.splitlines() if line.startswith("| utility | "))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    col = columns.index(f"{family} (n=2)")
+    col = columns.index(f"{family} · neurons (n=2)")
     checked = 0
     for line in first.splitlines():
         cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        if len(cells) == len(columns) and cells[0] in set(common.utility) - {"oracle"}:
-            want = common[common.utility == cells[0]]["gap_ratio"].mean()
-            assert float(cells[col].split(" ")[0]) == pytest.approx(want, rel=5e-3, abs=6e-3), cells[0]
-            low, high = (float(v) for v in cells[col].split("[")[1].split("]")[0].split(", "))
-            assert low <= float(cells[col].split(" ")[0]) <= high
+        if len(cells) == len(columns) and cells[0] in {"gxd", "activation", "random"}:
+            want = np.mean([_layer_regret(units, summary, c, cells[0], "l1") for c in names])
+            assert float(cells[col].split(" ")[0]) == pytest.approx(want, abs=6e-3 if want >= 0.1 else 6e-4)
             checked += 1
-    assert checked == len(set(common.utility) - {"oracle"}) >= 3
-    assert np.isfinite(common["gap_ratio"]).all()
+    assert checked == 3
 
 
 def test_rendered_models_table_shows_the_probe_accuracy_of_checkpoints_csv(run_dir):
-    """checkpoints.csv records each checkpoint's probe accuracy (argmax of its logits against the labels); the
-    headline's models table shows each family's range of it."""
+    """checkpoints.csv records each checkpoint's probe accuracy (argmax of its logits against the labels) and the
+    number of classes; the headline's models table shows each family's range of the accuracy."""
     checkpoints = pd.read_csv(run_dir / "checkpoints.csv")
-    assert checkpoints["probe_accuracy"].between(0.5, 1).all()  # trained on digits: far above chance (0.1)
+    assert checkpoints["probe_accuracy"].between(0.5, 1).all() and (checkpoints["n_classes"] == 10).all()
     first = (run_dir / "report.md").read_text().split("## Figures")[0]
     for family, g in checkpoints.groupby("family"):
         row = next(line for line in first.splitlines() if line.startswith(f"| {family} |"))

@@ -209,6 +209,6 @@ def test_both_apply_to_every_zoo_model(name):
         y = torch.randint(0, 10, (16,), generator=g)
     result = ra.assay_model(model, (x[:8], y[:8]), (x[8:], y[8:]), config=ra.AssayConfig(
         utilities=["gxd", "gxd_ig", "gxd2", "oracle"], metrics=["l1"], joint=False))
-    assert result.notes.empty
+    assert result.notes[result.notes.utility != "verdict"].empty  # (reliability flags aside)
     scores = result.units[["gxd_ig", "gxd2"]]
     assert scores.notna().all().all() and (scores >= 0).all().all()

@@ -25,31 +25,38 @@ def result():
 def test_repr_html_is_the_first_screen(result):
     page = result._repr_html_()
     assert page.startswith("<p><code>AssayResult(4 checkpoints") and '<section id="headline">' in page
-    assert "ranks reset cost best" in page and "Rule: best = lowest oracle ratio" in page
+    assert "has the lowest regret" in page and "Rule (method S5b)" in page
     assert page.count("<table") == 2  # the ranking and the models, no detail tables, no figures
     assert "<img" not in page
 
 
-def test_best_is_the_lowest_mean_common_scope_ratio_per_family(result):
-    summary = result.summary.merge(result.checkpoints[["checkpoint", "family"]], on="checkpoint")
-    common = summary[(summary.scope == "common") & (summary.metric == "l1") & ~summary.utility.isin(["random",
-                                                                                                      "oracle"])]
-    means = common.groupby(["family", "utility"])["gap_ratio"].mean()
-    best = result.best().set_index("family")
-    for family, ratios in means.groupby(level="family"):
-        low = ratios.min()
-        winners = sorted(u for (_, u), r in ratios.items() if abs(r - low) <= 1e-9 * low)
-        assert sorted(best.loc[family, "utility"].split(", ")) == winners
-        assert best.loc[family, "ratio"] == pytest.approx(low, rel=1e-12)
-        assert best.loc[family, "low"] <= best.loc[family, "high"]
-    assert set(result.best("kl").columns) == {"family", "utility", "ratio", "low", "high", "rho", "checkpoints"}
+def test_best_is_the_indistinguishable_set_with_the_best_first_and_the_cheapest_marked(result):
+    """`best()` (SPEC S5b): per family and unit kind, the utilities whose regret is indistinguishable from the lowest,
+    one row each (never a comma-joined string), the best first, exactly one cheapest among them."""
+    verdict = result._analysis.verdict
+    best = result.best()
+    assert list(best.columns) == ["family", "kind", "metric", "utility", "regret", "regret_low", "regret_high",
+                                  "diff_low", "diff_high", "balanced_rho", "rho_low", "rho_high", "seconds", "best",
+                                  "cheapest", "fails", "flags"]
+    assert set(best["metric"]) == {"l1"} and not best["utility"].str.contains(",").any()
+    assert {(f, k) for f, k in zip(best["family"], best["kind"], strict=True)} == {("mlp-relu@digits", "neurons"),
+                                                                                  ("cnn-relu-bn@digits", "channels")}
+    for (family, kind), rows in best.groupby(["family", "kind"], sort=False):
+        mine = verdict[(verdict.family == family) & (verdict.kind == kind) & (verdict.metric == "l1")
+                       & ~verdict.utility.isin(["random", "oracle"])]
+        assert rows["best"].iloc[0] and rows["best"].sum() == 1
+        assert rows["regret"].iloc[0] == mine["regret"].min()
+        assert (rows["diff_low"] <= 0).all() and (rows["diff_high"] >= 0).all()  # the difference interval holds 0
+        assert rows["cheapest"].sum() == 1 and rows.loc[rows["cheapest"], "seconds"].iloc[0] == rows["seconds"].min()
+        assert "random" not in set(rows["utility"])
+    assert set(result.best("kl")["metric"]) == {"kl"}
     with pytest.raises(BadInputError, match="metric 'x' was not measured"):
         result.best("x")
 
 
 def test_plot_returns_the_reports_figures_unsaved(result, tmp_path):
     figures = result.plot()
-    assert {"oracle_ratio", "spearman_heatmap", "scatter_l1", "scatter_kl", "layer_heatmap"} <= set(figures)
+    assert {"regret", "spearman_heatmap", "scatter_l1", "scatter_kl", "layer_heatmap"} <= set(figures)
     assert all(isinstance(f, Figure) for f in figures.values())
     assert list(result.plot("layer_heatmap")) == ["layer_heatmap"]
     with pytest.raises(BadInputError, match="no figure shock_at_q"):

@@ -161,9 +161,9 @@ def test_q_list_keeps_order_and_drops_repeats():
 
 
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
-    for name in ("report.md", "report.html", "aggregate.csv", "figures/oracle_ratio.png",
+    for name in ("report.md", "report.html", "aggregate.csv", "figures/regret.png",
                  "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
-                 "figures/layer_heatmap.png", *(f"figures/{f}.svg" for f in ("oracle_ratio", "layer_heatmap"))):
+                 "figures/layer_heatmap.png", *(f"figures/{f}.svg" for f in ("regret", "layer_heatmap"))):
         assert (run_dir / name).stat().st_size > 0, name
     assert not (run_dir / "sweep.csv").exists()  # no sweep asked
     assert not (run_dir / "figures" / "shock_vs_step.png").exists()  # two steps make no trend
@@ -298,7 +298,7 @@ def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=FIXTURES.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
-    assert (copy / "figures" / "oracle_ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (copy / "figures" / "regret.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
@@ -337,7 +337,8 @@ def test_report_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path)
 
 def _wide_run(out: Path) -> Path:
     """A rendered run shaped like `resetassay run fixtures` at its widest: six families with long names, two
-    checkpoints each, the fourteen default utilities (synthetic units, scored by the real summary)."""
+    checkpoints each, the fourteen default utilities (synthetic units, scored by the real summary); one family
+    holds two unit kinds (as the fixture transformer: neurons and heads), so the verdict has seven columns."""
     from resetassay.names import UTILITY_ORDER
     from resetassay.report.render import render
     from resetassay.rundir import write_run
@@ -350,8 +351,10 @@ def _wide_run(out: Path) -> Path:
         for step in (2, 4):
             name = f"family{f}/task{step}"
             shock = rng.gamma(2.0, 1.0, (3, 40))
+            kinds = ["token", "token", "head"] if f == 5 else ["linear"] * 3
             frame = pd.DataFrame({"checkpoint": name, "layer": np.repeat(["l0", "l1", "l2"], 40),
-                                  "unit": np.tile(np.arange(40), 3), "mature": True, "shock_l1": shock.ravel()})
+                                  "kind": np.repeat(kinds, 40), "unit": np.tile(np.arange(40), 3), "mature": True,
+                                  "shock_l1": shock.ravel()})
             for k, u in enumerate(utilities):
                 frame[u] = frame["shock_l1"] * np.exp(rng.normal(0, 0.2 * k, len(frame)))
             units.append(frame)
@@ -403,8 +406,9 @@ def test_a_50_layer_model_renders_every_figure_legibly(tmp_path: Path):
     assert result.units["layer"].nunique() == 50
     result.save(tmp_path)
     figures = tmp_path / "figures"
-    for name in ("oracle_ratio", "spearman_heatmap", "scatter_l1", "layer_heatmap"):
+    for name in ("regret", "spearman_heatmap", "scatter_l1", "layer_heatmap"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.svg").stat().st_size > 0
     height = matplotlib.image.imread(figures / "layer_heatmap.png").shape[0]
     assert height >= 50 * 15
-    assert "50 / 50" in (tmp_path / "report.md").read_text()  # the models table: common / all layers
+    text = (tmp_path / "report.md").read_text()  # the models table: the verdict's scope, then all assayed
+    assert "neurons: 50 layers, 200 units | 50 layers, 200 units" in text

@@ -78,7 +78,7 @@ def test_mlflow_logs_config_metrics_report_and_figures_into_a_store_under_the_ru
     files = {f.path for f in client.list_artifacts(logged.run_id)}
     assert {"report.md", "report.html", "run.json", "summary.csv", "aggregate.csv", "figures"} <= files
     figures = {f.path for f in client.list_artifacts(logged.run_id, "figures")}
-    assert "figures/oracle_ratio.png" in figures and "figures/oracle_ratio.svg" in figures
+    assert "figures/regret.png" in figures and "figures/regret.svg" in figures
     artifact = Path(found.info.artifact_uri.removeprefix("file://")) / "report.md"
     assert artifact.is_relative_to(run.resolve()) and artifact.read_text() == (run / "report.md").read_text()
 
@@ -115,7 +115,7 @@ def test_tensorboard_logs_scalars_figures_and_the_report_as_text(run):
         assert point.step == 0 and _same(point.value, float(np.float32(value)))  # TensorBoard keeps float32
     figures = {p.stem for p in (run / "figures").glob("*.png")}
     assert set(events.Tags()["images"]) == {f"figures/{f}" for f in figures}
-    (image,) = events.Images("figures/oracle_ratio")
+    (image,) = events.Images("figures/regret")
     assert image.width > 100 and image.height > 100
     (text,) = events.Tensors("report/text_summary")
     assert text.tensor_proto.string_val[0].decode() == (run / "report.md").read_text()
@@ -162,8 +162,8 @@ def test_wandb_logs_offline_into_the_run_directory(run, tmp_path, monkeypatch):
     values = {"/".join(item.nested_key) or item.key: item.value_json for item in history[0].item}
     expected = _expected(run)
     assert all(_same(float(json.loads(values[k])), v) for k, v in expected.items())  # exact: JSON repr
-    image = json.loads(values["figures/oracle_ratio/path"])  # the figure, copied into the offline run as media
-    assert json.loads(values["figures/oracle_ratio/_type"]) == "image-file" and (offline / "files" / image).is_file()
+    image = json.loads(values["figures/regret/path"])  # the figure, copied into the offline run as media
+    assert json.loads(values["figures/regret/_type"]) == "image-file" and (offline / "files" / image).is_file()
     summary = {"/".join(u.nested_key) or u.key: u.value_json for r in records
                if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
     assert all(_same(float(json.loads(summary[k])), v) for k, v in expected.items())

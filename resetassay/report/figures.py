@@ -1,6 +1,6 @@
 """Report figures drawn from a run's tables, one colour per utility in every figure (SPEC S5).
 
-Inputs are the bootstrap intervals of the oracle ratio (dot plot), the per-checkpoint statistics of
+Inputs are the verdict table (regret dot plot, SPEC S5b), the per-checkpoint statistics of
 `summary.checkpoint_stats` (heatmap, lines over training step or q), the SummaryTable (per-layer
 Spearman) and the common scope's units (scatter). Each function returns a `matplotlib.figure.Figure`
 (None when the tables hold nothing to draw) on its own Agg canvas, never pyplot's, so drawing a
@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from resetassay.names import ORACLE, POOLED_SCOPES, RANDOM, UTILITY_ORDER, utility_order
 from resetassay.summary import spearman, with_checkpoint_info
@@ -32,7 +32,7 @@ DPI = 100
 MARKERS = "os^Dv<>PX*"
 LOG_SPAN = 100.0  # a positive axis spanning more than this factor is drawn on a log scale
 RASTER_POINTS = 2000  # scatters with more points are rasterised inside the SVG (axes and text stay vector)
-NA_SLOT = 0.025  # share of the oracle-ratio axis per family in its n/a strip
+NA_SLOT = 0.025  # share of the regret axis per verdict in its n/a strip
 INK = 0.5  # text in a utility's colour is darkened to at most this luminance: pale tab20 colours stay readable
 
 
@@ -89,14 +89,6 @@ def _rotate(ax: Axes, size: int = 8) -> None:
         label.set_horizontalalignment("right")
 
 
-def _na_slots(low: float, edge: float, count: int) -> tuple[float, np.ndarray]:
-    """The n/a strip left of `low` on a log axis ending at `edge`: its left end and one x per family, side by side
-    (NA_SLOT of the axis each), so the hollow markers of a row's missing families never overlap."""
-    share = NA_SLOT * (count + 1)
-    width = share * (np.log10(edge) - np.log10(low)) / (1 - share)
-    return 10 ** (np.log10(low) - width), 10 ** (np.log10(low) - width * np.arange(count, 0, -1) / (count + 1))
-
-
 def _fitted_legend(figure: Figure, handles: list, labels: list[str], columns: int, **kwargs) -> None:
     """A figure legend in as many columns (at most `columns`) as fit the figure's width: long labels are not
     clipped."""
@@ -113,68 +105,82 @@ def _beyond(value: float) -> str:
     return f"{value:.2g} ▸" if value < 10 else f"{value:.0f} ▸"
 
 
-def ratio_dots(intervals: pd.DataFrame, coverage: dict[str, str], q_label: str) -> Figure | None:
-    """The oracle ratio Shock@q / oracle Shock@q per utility (rows) and family (markers), one panel per metric, on
-    the common scope (SPEC S5): dots at the mean over checkpoints, whiskers the 95% bootstrap interval, a log x axis
-    from 1 (the oracle, dashed line); values past the axis written at its edge; a family without a value is a hollow
-    marker in the shaded n/a strip left of 1, one slot per family. `coverage[family]` says what the common scope
-    covers there."""
-    data = intervals[intervals["utility"] != ORACLE]
-    if data["ratio"].notna().sum() == 0:
+def regret_dots(verdict: pd.DataFrame) -> Figure | None:
+    """The verdict as a picture (SPEC S5b): normalised regret per utility (rows, the best on top, random last) and
+    verdict (family · kind: markers), one panel per metric. Dots at the mean over checkpoints, whiskers the 95%
+    paired-bootstrap interval; filled where the utility is best or indistinguishable from it, hollow otherwise, a
+    ✗ beside a failing one; 0 is the oracle, the dashed line at 1 a random pick, the dotted one at 0.5 the fail
+    line. The axis is linear to 0.01 and logarithmic above (symlog), so 0.01 and 0.1 stay apart; values past the
+    axis are written at its edge; a verdict without a value is a hollow marker in the n/a strip right of the axis.
+    Legend entries carry the verdict's reliability flags (⚑)."""
+    data = verdict[verdict["utility"] != ORACLE]
+    if data["regret"].notna().sum() == 0:
         return None
-    utilities = utility_order(data["utility"])
-    families = sorted(data["family"].unique())
+    data = data.assign(verdict=data["family"] + " · " + data["kind"])
+    mean_regret = data[data["utility"] != RANDOM].groupby("utility")["regret"].mean()
+    registry = utility_order(data["utility"])
+    utilities = sorted(registry, key=lambda u: (u == RANDOM, np.nan_to_num(mean_regret.get(u, np.inf), nan=np.inf),
+                                                registry.index(u)))
+    columns = list(dict.fromkeys(data.sort_values("family", kind="stable")["verdict"]))
     metrics = list(dict.fromkeys(data["metric"]))
-    markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(families)}
-    colours = dict(zip(families, sns.color_palette("dark", len(families)), strict=True))
-    offsets = dict(zip(families, np.linspace(-0.3, 0.3, len(families)) if len(families) > 1 else [0.0], strict=True))
-    figure, axes = _panels(1, len(metrics), 4.8, 0.42 * len(utilities) + 1.4)
-    contenders = data[data["utility"] != RANDOM]
-    edge = max(2.0, 1.3 * float(np.nanmax(contenders[["ratio", "high"]].to_numpy(dtype=float), initial=1.0)))
-    values = data[["ratio", "low"]].to_numpy(dtype=float)
-    floor = min(0.97, 0.97 * float(np.nanmin(values[values > 0], initial=1.0)))
-    shown = data.dropna(subset=["ratio"]).groupby(["metric", "family", "utility"]).ngroups
-    missing = shown < len(metrics) * len(families) * len(utilities)
-    left, slots = _na_slots(floor, edge, len(families)) if missing else (floor, np.array([]))
+    markers = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(columns)}
+    colours = dict(zip(columns, sns.color_palette("dark", len(columns)), strict=True))
+    offsets = dict(zip(columns, np.linspace(-0.3, 0.3, len(columns)) if len(columns) > 1 else [0.0], strict=True))
+    figure, axes = _panels(1, len(metrics), 6.0, 0.42 * len(utilities) + 1.4)
+    edge = max(1.5, 1.15 * float(np.nanmax(data[data["utility"] != RANDOM][["regret", "regret_high"]]
+                                           .to_numpy(dtype=float), initial=1.0)))
+    edge = min(edge, 10.0)
+    slots = edge * (1 + NA_SLOT * 4 * np.arange(1, len(columns) + 1))
     labels = utility_palette(utilities)
+    flagged = {v: g["flags"].iloc[0] for v, g in data.groupby("verdict")}
+    legend: dict[str, Line2D] = {}
     for ax, metric in zip(axes[0], metrics, strict=True):
         panel = data[data["metric"] == metric]
-        for i, family in enumerate(families):
-            rows = panel[panel["family"] == family].set_index("utility").reindex(utilities)
-            y = np.arange(len(utilities)) + offsets[family]
-            mean = rows["ratio"].to_numpy(dtype=float)
-            low = np.minimum(np.where(np.isnan(rows["low"]), mean, rows["low"]), edge)
-            top = np.minimum(np.where(np.isnan(rows["high"]), mean, rows["high"]), edge)
-            ax.hlines(y, low, top, color=colours[family], lw=1.1)  # the interval (it need not contain the mean)
-            ax.plot(np.minimum(mean, edge), y, ls="", marker=markers[family], color=colours[family], ms=5,
-                    clip_on=False, label=f"{family} ({coverage.get(family, 'no common layer')})")
-            for k in np.flatnonzero(mean > edge):  # beyond the axis (the random floor, mostly): the value, in words
-                ax.annotate(_beyond(mean[k]), (edge, y[k]), fontsize=7, color=colours[family], va="center",
+        for column in columns:
+            rows = panel[panel["verdict"] == column].set_index("utility").reindex(utilities)
+            y = np.arange(len(utilities)) + offsets[column]
+            mean = rows["regret"].to_numpy(dtype=float)
+            low = np.minimum(np.where(np.isnan(rows["regret_low"]), mean, rows["regret_low"]), edge)
+            top = np.minimum(np.where(np.isnan(rows["regret_high"]), mean, rows["regret_high"]), edge)
+            shown = ~np.isnan(mean)
+            ax.hlines(y[shown], low[shown], top[shown], color=colours[column], lw=1.1)
+            close = (rows["indistinguishable"].fillna(False) | rows.index.isin([RANDOM])).to_numpy(dtype=bool)
+            flags = "\n⚑ " + ", ".join(f.split(" (")[0].strip() for f in flagged[column].split(";")) if flagged.get(
+                column) else ""
+            legend[f"{column}{flags}"] = Line2D([], [], ls="", marker=markers[column], ms=5, color=colours[column])
+            for filled in (True, False):
+                pick = (close == filled) & shown
+                if pick.any():  # (an empty unclipped line would stretch the layout to the figure's corner)
+                    ax.plot(np.minimum(mean[pick], edge), y[pick], ls="", marker=markers[column], ms=5,
+                            clip_on=False, color=colours[column], mfc=colours[column] if filled else "white")
+            for k in np.flatnonzero(rows["fails"].fillna(False).to_numpy(dtype=bool)):
+                ax.annotate("✗", (min(mean[k], edge), y[k]), fontsize=7, color=colours[column], va="center",
+                            xytext=(5, 0), textcoords="offset points")
+            for k in np.flatnonzero(mean > edge):
+                ax.annotate(_beyond(mean[k]), (edge, y[k]), fontsize=7, color=colours[column], va="center",
                             ha="right", xytext=(-5, 0), textcoords="offset points", zorder=3,
                             bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
-            gone = np.isnan(mean)
+            gone = np.isnan(mean) & rows["n"].notna().to_numpy()
             if gone.any():
-                ax.plot(np.full(gone.sum(), slots[i]), y[gone], ls="", marker=markers[family], ms=5, mfc="none",
-                        mec=colours[family], label="_n/a")
-        if missing:
-            ax.axvspan(left, floor, color="0.93", lw=0, zorder=0)
-            ax.annotate("n/a", (float(np.sqrt(left * floor)), 0), xycoords=("data", "axes fraction"),
-                        xytext=(0, -4), textcoords="offset points", ha="center", va="top", fontsize=9, color="0.3")
+                ax.plot(np.full(gone.sum(), slots[columns.index(column)]), y[gone], ls="", marker=markers[column],
+                        ms=5, mfc="none", mec=colours[column], clip_on=False)
+        ax.axvspan(edge, slots[-1] * (1 + NA_SLOT * 2), color="0.93", lw=0, zorder=0)
         ax.axvline(1.0, color="black", ls="--", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlim(left, edge)
-        plain = FuncFormatter(lambda v, _: f"{v:g}" if v >= floor * 0.999 else "")  # nothing in the n/a strip
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain if edge < 20 else NullFormatter())  # 2, 3, ... only where they fit
+        ax.axvline(0.5, color="0.4", ls=":", lw=1)
+        ax.set_xscale("symlog", linthresh=0.01, linscale=0.5)
+        ax.set_xlim(0, slots[-1] * (1 + NA_SLOT * 2))
+        ticks = [t for t in (0, 0.01, 0.1, 0.5, 1, 2, 5, 10) if t <= edge]  # 0.5: the fail line
+        ax.set_xticks([*ticks, float(np.sqrt(edge * slots[-1]))], [f"{t:g}" for t in ticks] + ["n/a"])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_yticks(np.arange(len(utilities)), utilities)
         for label in ax.get_yticklabels():
             label.set_color(_ink(labels[label.get_text()]))
-        ax.set_ylim(len(utilities) - 0.5, -0.5)  # registry order top down, half a row of room at each end
+        ax.set_ylim(len(utilities) - 0.5, -0.5)
         ax.grid(axis="x", which="major", color="0.85", lw=0.6)
-        ax.set_title(f"{metric}: Shock@{q_label} / oracle Shock@{q_label}", fontsize=10)
-        ax.set_xlabel("oracle ratio (log; 1 = the oracle's units)", fontsize=8)
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    _fitted_legend(figure, handles, names, min(len(families), 3), title="family (common scope)",
+        ax.set_title(f"{metric}: normalised regret", fontsize=10)
+        ax.set_xlabel("regret (0 = the oracle's pick, 1 = a random pick; ✗ fails)", fontsize=8)
+    _fitted_legend(figure, list(legend.values()), list(legend), min(len(columns), 2),
+                   title="family · unit kind (filled: best or ≈)",
                    loc="outside lower center", frameon=False, fontsize=8, title_fontsize=8)
     return figure
 

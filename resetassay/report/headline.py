@@ -1,150 +1,201 @@
-"""The report's first screen (SPEC S5): the question, the answer per model family by a stated rule, the
-utility ranking by the `common`-scope oracle ratio with bootstrap intervals, and what was assayed.
+"""The report's first screen (SPEC S5b): the question, the verdict per model family and unit kind by the stated
+rule, the ranking by normalised regret with its intervals, the reliability flags, and what was assayed.
 
-Every sentence is derived from the numbers by the rule printed with it, never written by hand:
-a utility is **best** in a family where its mean oracle ratio (Shock@q / oracle Shock@q) is the
-lowest of the family's (ties within `TIE` say so); it **fails** where its common-scope Spearman ρ
-is below `FAIL_RHO` or its ratio above `FAIL_RATIO`. `random` is the floor, not a contender; the
-oracle is the yardstick (ratio 1).
+Every sentence is derived from the verdict table (`verdict.verdict_table`) by the rule printed with it, never
+written by hand: the **best** utility of a verdict has the lowest mean regret; the utilities whose paired
+bootstrap interval of regret minus the best's contains 0 are **indistinguishable** from it (≈), and the
+cheapest of them by measured calibration seconds is named; a utility **fails** (✗) where its regret interval
+lies above 0.5 or its layer-balanced ρ interval below 0.5. `random` is the yardstick (regret ≈ 1), shown and
+never ranked; the oracle (regret 0) is not ranked.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
-from resetassay.bootstrap import MIN_CHECKPOINTS
 from resetassay.names import ORACLE, RANDOM, utility_order
 from resetassay.report.blocks import Block, q_label
-
-FAIL_RHO = 0.5
-FAIL_RATIO = 2.0
-TIE = 1e-9  # relative difference under which two ratios tie
+from resetassay.verdict import FAIL_AT, LEVEL, MIN_CHECKPOINTS, MIN_RHO_UNITS, RESAMPLES
 
 
-def _families(n: int) -> str:
-    return f"{n} famil{'ies' if n != 1 else 'y'}"
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
-def _interval(row: pd.Series) -> str:
-    """"1.03 [1.01, 1.06]"; "n/a" without a value."""
-    if pd.isna(row["ratio"]):
+def number(value: float) -> str:
+    """A regret or ρ as the headline prints it: two decimals, three below 0.1 in magnitude; "n/a" for NaN."""
+    if math.isnan(value):
         return "n/a"
-    text = _ratio_text(row["ratio"])
-    if not (pd.isna(row["low"]) or pd.isna(row["high"])):
-        text += f" [{_ratio_text(row['low'])}, {_ratio_text(row['high'])}]"
+    value = 0.0 if abs(value) < 5e-4 else value  # no "-0.000" from round-off
+    return f"{value:.3f}" if abs(value) < 0.1 else f"{value:.2f}"
+
+
+def seconds_text(value: float) -> str:
+    """Measured calibration seconds: "0.41 s"; "not timed" for NaN."""
+    return "not timed" if math.isnan(value) else f"{value:.2g} s"
+
+
+def column_name(family: str, kind: str, n: int) -> str:
+    """The ranking table's column of one verdict: "family · kind (n=checkpoints)"."""
+    return f"{family} · {kind} (n={n})"
+
+
+def verdict_columns(verdict: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (family, kind) verdicts of one metric's rows, families sorted, kinds as found."""
+    return sorted(dict.fromkeys(zip(verdict["family"], verdict["kind"], strict=True)), key=lambda fk: fk[0])
+
+
+def _cell(row: pd.Series) -> str:
+    """"0.031" with ≈ (indistinguishable from the best), "cheapest", ✗ (fails, with the ρ where the ρ is the
+    reason); the intervals behind the marks are in the report's "The verdict in full" and verdict.csv."""
+    if math.isnan(row["regret"]):
+        return "n/a"
+    text = number(row["regret"])
+    if row["indistinguishable"] and not row["best"]:
+        text += " ≈"
+    if row["cheapest"]:
+        text += " cheapest"
+    if row["fails"]:
+        text += f" ✗ ρ {number(row['balanced_rho'])}" if "ρ" in row["fail_reason"] else " ✗"
     return text
 
 
-def _ratio_text(value: float) -> str:
-    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-
-
-def _best(ratios: pd.Series) -> list[str]:
-    """The utilities with the lowest ratio (several when they tie); random and the oracle do not compete."""
-    contenders = ratios.drop([RANDOM, ORACLE], errors="ignore").dropna()
-    if contenders.empty:
-        return []
-    low = contenders.min()
-    return [u for u, r in contenders.items() if math.isclose(r, low, rel_tol=TIE, abs_tol=0)]
-
-
-def verdicts(ranking: pd.DataFrame) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Per utility, the families where it is best and where it fails (the rule of this module), from
-    `ranking` rows family, utility, ratio, rho."""
-    best: dict[str, list[str]] = {}
-    fails: dict[str, list[str]] = {}
-    for family, g in ranking.groupby("family", sort=True):
-        for u in _best(g.set_index("utility")["ratio"]):
-            best.setdefault(u, []).append(family)
-        for _, r in g.iterrows():
-            if _fails(r["utility"], r):
-                fails.setdefault(r["utility"], []).append(family)
-    return best, fails
-
-
-def _fails(utility: str, row: pd.Series) -> bool:
-    """Whether a utility's ranking row (ratio, rho) fails by the rule; random and the oracle are never said to."""
-    return utility not in (RANDOM, ORACLE) and (row["rho"] < FAIL_RHO or row["ratio"] > FAIL_RATIO)
-
-
-def _failure_mark(utility: str, row: pd.Series) -> str:
-    """" ✗" after a failing ranking cell, with the ρ where a low ρ is (part of) the reason; "" otherwise."""
-    if not _fails(utility, row):
-        return ""
-    return f" ✗ ρ {row['rho']:.2f}" if row["rho"] < FAIL_RHO else " ✗"
-
-
-def answer_sentences(ranking: pd.DataFrame) -> list[str]:
-    """One sentence per utility that is best somewhere, one naming those that fail somewhere (their cells are
-    marked in the ranking table), one naming those without a value somewhere: short enough for one screen."""
-    families = ranking["family"].unique()
-    best, fails = verdicts(ranking)
-    ties = {f for f, g in ranking.groupby("family") if len(_best(g.set_index("utility")["ratio"])) > 1}
-    lines = []
-    for u in sorted(best, key=lambda u: (-len(best[u]), utility_order(ranking["utility"]).index(u))):
-        where = ", ".join(f"{f} (tie)" if f in ties else f for f in best[u])
-        lines.append(f"**{u}** ranks reset cost best in {len(best[u])} of {_families(len(families))}: {where}.")
-    if fails:
-        worst = sorted(fails, key=lambda u: (-len(fails[u]), utility_order(fails).index(u)))
-        lines.append("Fails (✗ in the table): " + ", ".join(
-            f"**{u}** in {len(fails[u])} of {_families(len(families))}" if i == 0 else f"**{u}** in {len(fails[u])}"
-            for i, u in enumerate(worst)) + ".")
-    missing = ranking[ranking["ratio"].isna()].groupby("utility", sort=False)["family"].apply(list)
-    if len(missing):
-        lines.append("No value (not applicable to any layer of the common scope, or none measured): " + "; ".join(
-            f"**{u}** in {', '.join(where)}" for u, where in missing.items()) + ".")
-    if not lines:
-        lines.append("No utility has a value on the common scope.")
-    return lines
-
-
-def ranking_table(ranking: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Utilities (rows, by their mean rank over families; random last) x families: "ratio [low, high]", with " ✗"
-    (and the ρ where it is the reason) where the utility fails. The unique best of a family's column is marked; tied
-    best cells are not, and say "tie"."""
-    families = sorted(dict.fromkeys(ranking["family"]))
-    wide = ranking.pivot_table(index="utility", columns="family", values="ratio", dropna=False, sort=False)
-    score = wide.rank(axis=0, method="min").mean(axis=1).fillna(np.inf)
-    registry = utility_order(wide.index)
-    order = sorted(wide.index, key=lambda u: (u == RANDOM, score[u], registry.index(u)))
+def ranking_table(verdict: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Utilities (rows, by their mean rank over verdicts; random last, the oracle left out) x verdicts (family ·
+    kind): the regret cell (`_cell`), "n/a" where the utility does not apply; the best of each column marked."""
+    ranked = verdict[verdict["utility"] != ORACLE]
+    columns = verdict_columns(ranked)
+    rank = ranked.assign(r=ranked.groupby(["family", "kind"])["regret"].rank(method="min"))
+    score = rank.groupby("utility", sort=False)["r"].mean()
+    registry = utility_order(ranked["utility"])
+    order = sorted(registry, key=lambda u: (u == RANDOM, score.get(u, math.inf) if not math.isnan(
+        score.get(u, math.inf)) else math.inf, registry.index(u)))
     table = pd.DataFrame({"utility": order})
     best = pd.DataFrame(False, index=table.index, columns=["utility"])
-    for family in families:
-        g = ranking[ranking["family"] == family].set_index("utility")
-        winners = _best(g["ratio"])
-        header = f"{family} (n={int(g['n'].max())})"
-        tied = winners if len(winners) > 1 else []
-        table[header] = [(_interval(g.loc[u]) + _failure_mark(u, g.loc[u]) if u in g.index else "n/a")
-                         + (" tie" if u in tied else "") for u in order]
-        best[header] = [winners == [u] for u in order]
+    for family, kind in columns:
+        g = ranked[(ranked["family"] == family) & (ranked["kind"] == kind)].set_index("utility")
+        header = column_name(family, kind, int(g["n"].max()))
+        table[header] = [_cell(g.loc[u]) if u in g.index else "n/a" for u in order]
+        best[header] = [bool(u in g.index and g.loc[u, "best"]) for u in order]
     return table, best
 
 
-def models_table(stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
+LISTED = 3  # a sentence names at most this many verdicts; beyond, it counts them
+
+
+def _where(names: list[str], total: int) -> str:
+    """The verdicts a sentence is about: "all 7 verdicts", up to LISTED names, or "5 of 7 verdicts"."""
+    if len(names) == total and total > 1:
+        return f"all {total} verdicts"
+    return ", ".join(names) if len(names) <= LISTED else f"{len(names)} of {total} verdicts"
+
+
+def answer_sentences(verdict: pd.DataFrame, flags: pd.DataFrame) -> list[str]:
+    """The verdict in a few sentences (one screen): which utility is best where, which cheaper one is
+    indistinguishable from it (with both seconds), which fail, which verdicts have no value, and the reliability
+    flags. Each names its verdicts (family · kind) when few, else counts them; "The verdict in full" lists all."""
+    columns = verdict_columns(verdict)
+    total = len(columns)
+    ranked = verdict[~verdict["utility"].isin([RANDOM, ORACLE])]
+    lines = []
+    best = ranked[ranked["best"]]
+    wins = best.groupby("utility", sort=False).size()
+    for utility in sorted(wins.index, key=lambda u: (-wins[u], utility_order(ranked["utility"]).index(u))):
+        where = best[best["utility"] == utility]
+        names = [f"{f} · {k}" for f, k in zip(where["family"], where["kind"], strict=True)]
+        lines.append(f"**{utility}** has the lowest regret in {_where(names, total)}"
+                     + (f" (of {_count(total, 'verdict')})" if len(names) <= LISTED and len(names) < total else "")
+                     + ".")
+    lines += _cheaper_sentences(ranked, total)
+    fails = ranked[ranked["fails"]].groupby("utility", sort=False).size()
+    if len(fails):
+        lines.append("Fails (✗ in the table): " + ", ".join(
+            f"**{u}** in {n} of {_count(total, 'verdict')}" if i == 0 else f"**{u}** in {n}"
+            for i, (u, n) in enumerate(fails.sort_values(ascending=False, kind="stable").items())) + ".")
+    missing = [f"{f} · {k}" for f, k in columns
+               if ranked[(ranked["family"] == f) & (ranked["kind"] == k)]["regret"].isna().all()]
+    if missing:
+        lines.append(f"No regret (every unit costs the same) in {_where(missing, total)}.")
+    if not columns:
+        lines.append("No verdict: no checkpoint has mature units in a layer every utility applies to.")
+    if len(flags):
+        lines.append("Flags (method S5b; each in notes.csv): " + "; ".join(flag_summary(flags, total)) + ".")
+    return lines
+
+
+def flag_summary(flags: pd.DataFrame, total: int) -> list[str]:
+    """One phrase per flag: where it holds ("family · kind", or the family where it concerns a whole checkpoint)
+    with its details when few, else in how many of the `total` verdicts."""
+    place = flags["family"] + flags["kind"].map(lambda k: f" · {k}" if k else "")
+    found = []
+    for flag, g in flags.assign(place=place).groupby("flag", sort=True):
+        places = list(dict.fromkeys(g["place"]))
+        if len(places) <= LISTED:
+            where = "; ".join(f"{p} ({', '.join(dict.fromkeys(g.loc[g['place'] == p, 'detail']))})" for p in places)
+        else:
+            where = _where(places, total)
+        found.append(f"{flag}: {where}")
+    return found
+
+
+def _cheaper_sentences(ranked: pd.DataFrame, total: int) -> list[str]:
+    """Where a utility cheaper than the best is indistinguishable from it (the answer a CBP user needs), with its
+    measured seconds against the best's."""
+    found: dict[str, list[str]] = {}
+    for (family, kind), g in ranked.groupby(["family", "kind"], sort=True):
+        top, cheap = g[g["best"]], g[g["cheapest"]]
+        if len(top) and len(cheap) and cheap["utility"].iloc[0] != top["utility"].iloc[0]:
+            found.setdefault(cheap["utility"].iloc[0], []).append(
+                f"{family} · {kind} ({seconds_text(cheap['seconds'].iloc[0])} against {top['utility'].iloc[0]}'s "
+                f"{seconds_text(top['seconds'].iloc[0])})")
+    return [f"**{u}** is as good as the best (≈) and cheaper in "
+            + (", ".join(where) if len(where) <= LISTED else f"{len(where)} of {_count(total, 'verdict')}, e.g. "
+               f"{where[0]}") + "."
+            for u, where in sorted(found.items(), key=lambda item: -len(item[1]))]
+
+
+def rule_text(q: float, metric: str) -> str:
+    """The rule the sentences and marks follow (SPEC S5b), in words."""
+    return (f"Rule (method S5b): regret R = (Shock@{q_label(q)} of the pick − the oracle's) / (mean shock − the "
+            f"oracle's) per layer, weighted by the units reset, over each unit kind's common scope ({metric}); "
+            f"0 = oracle, 1 = random. Best = lowest R; ≈ = the {LEVEL:.0%} paired-bootstrap interval of R − R(best) "
+            "holds 0; cheapest = fewest measured calibration seconds among those; ✗ = R interval above "
+            f"{FAIL_AT:g} or layer-balanced ρ interval below {FAIL_AT:g}. Intervals ({RESAMPLES} paired draws, over "
+            f"checkpoints from {MIN_CHECKPOINTS} on, else over each layer's units; ρ over layers of "
+            f"{MIN_RHO_UNITS}+ units): \"The verdict in full\" below. random is the yardstick, never ranked.")
+
+
+def models_table(stats: pd.DataFrame, verdict: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
     """Per family: checkpoints, steps, probe accuracy (n/a when not measured: unlabelled data, whose targets are the
-    predicted class, says so), the layers and
-    units assayed and how many of them the common scope keeps, and the calibration/probe sizes. `stats` and
-    `common`: per-checkpoint statistics of the ALL and `common` scopes (the oracle's rows give the coverage)."""
+    predicted class, says so), the layers and units of each unit kind's verdict scope against all assayed, and the
+    calibration/probe sizes. `stats`: per-checkpoint statistics of scope ALL (the oracle's rows give the
+    coverage); `verdict`: the verdict rows of one metric."""
     rows = []
     info = checkpoints.set_index("checkpoint") if "checkpoint" in checkpoints else pd.DataFrame()
+    oracle = verdict[verdict["utility"] == ORACLE]
     for family, g in stats[stats["utility"] == ORACLE].groupby("family", sort=True):
         names = list(dict.fromkeys(g["checkpoint"]))
         mine = info.reindex(names) if len(info) else pd.DataFrame(index=names)
         accuracy = pd.to_numeric(mine.get("probe_accuracy", pd.Series(dtype=float)), errors="coerce").dropna()
-        shared = common[(common["utility"] == ORACLE) & (common["family"] == family)]
+        scopes = oracle[oracle["family"] == family]
         rows.append({
             "family": family,
             "checkpoints": len(names),
             "steps": ", ".join(f"{s:g}" for s in sorted(g["step"].dropna().unique())) or "n/a",
             "probe accuracy": _accuracy_text(accuracy, mine),
-            "layers (common / all)": f"{span(shared['n_layers'], '{:.0f}')} / {span(g['n_layers'], '{:.0f}')}",
-            "units (common / all)": f"{span(shared['n_units'], '{:.0f}')} / {span(g['n_units'], '{:.0f}')}",
+            "verdict scopes": "; ".join(f"{k}: {_count_text(layers, 'layer')}, {units} units" for k, layers, units
+                                        in zip(scopes["kind"], scopes["n_layers"], scopes["n_units"], strict=True))
+                              or "none",
+            "assayed": f"{span(g['n_layers'])} layers, {span(g['n_units'])} units",
             "calibration / probe": _sizes(mine),
         })
     return pd.DataFrame(rows)
+
+
+def _count_text(n: str, word: str) -> str:
+    return f"{n} {word}{'' if n == '1' else 's'}"
 
 
 def _accuracy_text(accuracy: pd.Series, info: pd.DataFrame) -> str:
@@ -173,45 +224,46 @@ def _sizes(info: pd.DataFrame) -> str:
     return ", ".join(f"{c} / {p}" for c, p in sorted(pairs)) or "n/a"
 
 
-def ranking_at(intervals: pd.DataFrame, common: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The intervals of one metric with each utility's mean common-scope ρ per family (`rho`): what the rule reads."""
-    rho = common[common["metric"] == metric].groupby(["family", "utility"], sort=False)["spearman"].mean()
-    ranking = intervals[intervals["metric"] == metric].copy()
-    ranking["rho"] = [rho.get((f, u), math.nan) for f, u in zip(ranking["family"], ranking["utility"], strict=True)]
-    return ranking.reset_index(drop=True)
-
-
-def best_table(ranking: pd.DataFrame) -> pd.DataFrame:
-    """Per family, the best utility by the rule (several, comma-joined, when they tie) with its ratio, 95% interval
-    and ρ (the first's, on a tie)."""
-    rows = []
-    for family, g in ranking.groupby("family", sort=True):
-        winners = _best(g.set_index("utility")["ratio"])
-        top = g.set_index("utility").loc[winners[0]] if winners else None
-        rows.append({"family": family, "utility": ", ".join(winners) or None,
-                     **{k: (float(top[k]) if top is not None else math.nan) for k in ("ratio", "low", "high", "rho")},
-                     "checkpoints": int(g["n"].max())})
-    return pd.DataFrame(rows, columns=["family", "utility", "ratio", "low", "high", "rho", "checkpoints"])
-
-
-def headline_blocks(intervals: pd.DataFrame, stats: pd.DataFrame, common: pd.DataFrame, checkpoints: pd.DataFrame,
+def headline_blocks(verdict: pd.DataFrame, flags: pd.DataFrame, stats: pd.DataFrame, checkpoints: pd.DataFrame,
                     q: float, metric: str) -> list[Block]:
-    """The first screen. `intervals`: `bootstrap.ratio_intervals`; `stats`, `common`: per-checkpoint statistics of
-    the ALL and `common` scopes (`summary.checkpoint_stats`); `metric`: the one the answer is read at."""
-    ranking = ranking_at(intervals, common, metric)
-    rule = (f"Rule: best = lowest oracle ratio Shock@{q_label(q)} / oracle Shock@{q_label(q)} ({metric}) on the "
-            f"common scope (the layers where every utility applies); fails = common-scope ρ < {FAIL_RHO:g} or "
-            f"ratio > {FAIL_RATIO:g} (✗, with the ρ where that is the reason). Brackets: 95% bootstrap intervals, "
-            f"over checkpoints in a family of at least {MIN_CHECKPOINTS}, else over units (each layer's units redrawn "
-            "with replacement, selections redone).")
-    table, best = ranking_table(ranking)
+    """The first screen at `metric`. `verdict`: `verdict.verdict_table`; `flags`: `verdict.reliability_flags`;
+    `stats`: per-checkpoint statistics of scope ALL (`summary.checkpoint_stats`)."""
+    mine = verdict[verdict["metric"] == metric]
+    table, best = ranking_table(mine)
     return [
         Block("text", (
             f"**Question.** Resetting the {q_label(q)} of each layer's units that a utility scores lowest: how far "
-            "do the outputs move, and which utility picks the units whose reset costs least? The oracle picks by "
-            "the measured shock (ratio 1 is perfect).")),
-        Block("list", items=answer_sentences(ranking)),
-        Block("text", rule),
+            "do the outputs move, and which utility picks the units whose reset costs least? Regret 0 is the "
+            "oracle, which picks by the measured shock; 1 is a random pick.")),
+        Block("list", items=answer_sentences(mine, flags[flags["metric"].isin([metric, ""])])),
+        Block("text", rule_text(q, metric)),
         Block("table", table=table, best=best, keys=1),
-        Block("table", table=models_table(stats, common, checkpoints), keys=1),
+        Block("table", table=models_table(stats, mine, checkpoints), keys=1),
     ]
+
+
+def verdict_detail(verdict: pd.DataFrame) -> pd.DataFrame:
+    """The verdict table as the report's folded section shows it: one row per family, kind, metric and utility."""
+    def interval(low: float, high: float) -> str:
+        return "n/a" if math.isnan(low) else f"[{number(low)}, {number(high)}]"
+
+    def marks(row: pd.Series) -> str:
+        found = [name for name, on in (("best", row["best"]), ("≈", row["indistinguishable"] and not row["best"]),
+                                       ("cheapest", row["cheapest"]), ("✗ " + row["fail_reason"], row["fails"]))
+                 if on]
+        return ", ".join(found)
+
+    return pd.DataFrame({
+        "family": verdict["family"], "kind": verdict["kind"], "metric": verdict["metric"],
+        "utility": verdict["utility"],
+        "regret": [number(v) + ("" if math.isnan(se) else f" ± {number(se)}")
+                   for v, se in zip(verdict["regret"], verdict["regret_se"], strict=True)],
+        "95% interval": [interval(lo, hi) for lo, hi in zip(verdict["regret_low"], verdict["regret_high"],
+                                                           strict=True)],
+        "− best": [interval(lo, hi) for lo, hi in zip(verdict["diff_low"], verdict["diff_high"], strict=True)],
+        "balanced ρ": [number(v) + ("" if math.isnan(lo) else f" [{number(lo)}, {number(hi)}]")
+                       for v, lo, hi in zip(verdict["balanced_rho"], verdict["rho_low"], verdict["rho_high"],
+                                            strict=True)],
+        "seconds": [seconds_text(v) for v in verdict["seconds"]],
+        "marks": [marks(row) for _, row in verdict.iterrows()],
+    })

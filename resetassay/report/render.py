@@ -16,8 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from resetassay.bootstrap import ratio_intervals
-from resetassay.names import CBP_RESET, COMMON, ORACLE, SET_SELECTORS
+from resetassay.names import CBP_RESET, COMMON, SET_SELECTORS
 from resetassay.report import figures
 from resetassay.report.blocks import (
     MIN_SE,
@@ -29,24 +28,26 @@ from resetassay.report.blocks import (
     provenance_table,
     q_label,
 )
-from resetassay.report.headline import headline_blocks, span
+from resetassay.report.headline import headline_blocks, verdict_detail
 from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
 from resetassay.report.sets import set_blocks
 from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, read_timings, run_q, write_table
 from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
+from resetassay.verdict import FLAG_NOTE, reliability_flags, verdict_table
 
 # Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed, and so is every
 # PNG/SVG in figures/ it did not draw (a figure this run has no data for, or one of an older version).
-OUTPUTS = ("aggregate.csv", "sweep.csv", "report.md", "report.html")
+OUTPUTS = ("aggregate.csv", "verdict.csv", "sweep.csv", "report.md", "report.html")
 
 FIGURE_CAPTIONS = {
-    "oracle_ratio": "The headline as a picture: Shock@{q} / oracle Shock@{q} per utility on the common scope (the "
-                    "layers where every utility applies), one marker per model family at the mean over its "
-                    "checkpoints, whiskers the 95% bootstrap interval, log axis; 1 (dashed) is the oracle, which "
-                    "picks the units by their measured shock. A hollow marker in the shaded n/a strip: no value in "
-                    "that family.",
+    "regret": "The verdict as a picture: normalised regret of each utility's Shock@{q} pick per verdict (family "
+              "· unit kind, markers), mean over checkpoints with the 95% paired-bootstrap interval; 0 is the "
+              "oracle, 1 (dashed) a random pick, 0.5 (dotted) the fail line. Utilities top down by mean regret, "
+              "random last. Filled: the best or indistinguishable from it; hollow: worse; ✗: fails. Linear below "
+              "0.01, logarithmic above. The shaded strip on the right: no value there. ⚑: the verdict's reliability "
+              "flags (with their details under the headline).",
     "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock on the common scope, per checkpoint "
                         "(rows coloured as the utilities in every figure; hatched: no ρ).",
     "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit of the common scope, "
@@ -108,7 +109,8 @@ def _sampled_note(info: dict) -> list[Block]:
 
 def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
                   sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
-                  timings: dict[str, dict[str, float]] | None = None) -> list[Block]:
+                  timings: dict[str, dict[str, float]] | None = None,
+                  verdict: pd.DataFrame | None = None) -> list[Block]:
     """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
     directory), then folded details: tables per family (`stats`: per-checkpoint statistics of scope ALL), by
     training step, the q sweep, per-checkpoint ρ, clamp against reset (a cbp-reset run), set-aware selection (a
@@ -116,6 +118,12 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
     blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
+    if verdict is not None and len(verdict):
+        blocks += [Block("h2", "The verdict in full", fold=True),
+                   Block("text", "Every verdict of every metric (verdict.csv; method S5b): regret mean ± SE over "
+                         "checkpoints with its 95% interval, the interval of its difference to the best, the "
+                         "layer-balanced ρ, the measured calibration seconds, and the marks."),
+                   Block("table", table=verdict_detail(verdict), keys=4)]
     blocks += [Block("h2", "Tables per model family", fold=True), *_reading_notes(tables, info, stats, q, base_q)]
     for family, ckpts in stats.groupby("family", sort=True):
         steps = sorted(ckpts["step"].dropna().unique())
@@ -138,7 +146,7 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
                Block("table", table=checkpoint_rho_table(stats), keys=4),
                *intervention_blocks(tables["units"], tables["checkpoints"]),
                *set_blocks(tables["summary"], tables["checkpoints"], timings or {}, base_q)]
-    notes = tables["notes"]
+    notes = tables["notes"][tables["notes"]["utility"] != FLAG_NOTE]  # flags: under the headline
     if len(notes):
         blocks += [Block("h2", "Not applicable", fold=True),
                    Block("text", "Utilities left out of a layer, and why (SPEC S3); pooled rows use the other layers."
@@ -166,14 +174,13 @@ def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
     return blocks
 
 
-def report_figures(tables: Tables, summary: pd.DataFrame, intervals: pd.DataFrame, common: pd.DataFrame,
+def report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame, common: pd.DataFrame,
                    sweep_common: pd.DataFrame | None, q: float) -> dict[str, Figure]:
-    """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS). Utilities are compared on
-    the common scope (`common`: its per-checkpoint statistics; `intervals`: `bootstrap.ratio_intervals`)."""
+    """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS): the verdict (`verdict`:
+    `verdict.verdict_table`, SPEC S5b), then the S5 statistics on the common scope (`common`: its per-checkpoint
+    statistics)."""
     shared = common_units(tables["units"], summary)
-    coverage = {family: f"{span(g['n_layers'])} layers, {span(g['n_units'])} units"
-                for family, g in common[common["utility"] == ORACLE].groupby("family")}
-    drawn = {"oracle_ratio": figures.ratio_dots(intervals, coverage, q_label(q)),
+    drawn = {"regret": figures.regret_dots(verdict),
              "spearman_heatmap": figures.spearman_heatmap(common)}
     drawn |= {f"scatter_{metric}": figures.utility_scatter(shared, metric)
               for metric in dict.fromkeys(summary["metric"])}
@@ -198,30 +205,33 @@ def _remove_stale(run_dir: Path, written: list[Path]) -> None:
 @dataclass
 class Analysis:
     """What a report shows, computed once from a run's tables at fraction `q` (SPEC S5): the SummaryTable at q,
-    the per-checkpoint statistics of the ALL and common scopes, the bootstrap intervals of the common-scope
-    oracle ratio, and with several q the per-checkpoint statistics of each (`sweep`, `sweep_common`)."""
+    the per-checkpoint statistics of the ALL and common scopes, the verdict (SPEC S5b) and its reliability flags,
+    and with several q the per-checkpoint statistics of each (`sweep`, `sweep_common`)."""
 
     tables: Tables
     q: float
     summary: pd.DataFrame
     stats: pd.DataFrame
     common: pd.DataFrame
-    intervals: pd.DataFrame
+    verdict: pd.DataFrame
+    flags: pd.DataFrame
     sweep: pd.DataFrame | None = None
     sweep_common: pd.DataFrame | None = None
 
     def headline(self, metric: str | None = None) -> list[Block]:
         """The first screen, read at `metric` (default: the run's first)."""
         metric = metric or str(self.summary["metric"].iloc[0])
-        return headline_blocks(self.intervals, self.stats, self.common, self.tables["checkpoints"], self.q, metric)
+        return headline_blocks(self.verdict, self.flags, self.stats, self.tables["checkpoints"], self.q, metric)
 
     def figures(self) -> dict[str, Figure]:
-        return report_figures(self.tables, self.summary, self.intervals, self.common, self.sweep_common, self.q)
+        return report_figures(self.tables, self.summary, self.verdict, self.common, self.sweep_common, self.q)
 
 
-def analyse(tables: Tables, base_q: float, q: list[float] | None = None) -> Analysis:
+def analyse(tables: Tables, base_q: float, q: list[float] | None = None,
+            timings: dict[str, dict[str, float]] | None = None) -> Analysis:
     """The Analysis of a run's tables at the fractions `q` (default: the run's `base_q`); the first screen and the
-    tables use `base_q` when listed, else the first value."""
+    tables use `base_q` when listed, else the first value. `timings`: seconds per checkpoint and stage (what each
+    utility costs, for the verdict's cheapest)."""
     qs = q or [base_q]
     headline_q = next((v for v in qs if math.isclose(v, base_q)), qs[0])
     ranked = tables["summary"][~tables["summary"]["utility"].isin(SET_SELECTORS)]  # sets: their own section
@@ -229,7 +239,8 @@ def analyse(tables: Tables, base_q: float, q: list[float] | None = None) -> Anal
     summary, checkpoints = summaries[headline_q], tables["checkpoints"]
     analysis = Analysis(tables, headline_q, summary, checkpoint_stats(summary, checkpoints),
                         checkpoint_stats(summary, checkpoints, scope=COMMON),
-                        ratio_intervals(tables["units"], summary, checkpoints, headline_q))
+                        verdict_table(tables["units"], summary, checkpoints, headline_q, timings),
+                        reliability_flags(tables["units"], summary, checkpoints, headline_q))
     if len(qs) > 1:
         analysis.sweep = pd.concat([checkpoint_stats(s, checkpoints) for s in summaries.values()], ignore_index=True)
         analysis.sweep_common = pd.concat([checkpoint_stats(s, checkpoints, scope=COMMON) for s in summaries.values()],
@@ -248,9 +259,11 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     tables = read_run(run_dir)
     info = read_run_info(run_dir)
     base_q = run_q(tables["summary"], info, run_dir)
-    analysis = analyse(tables, base_q, q)
+    timings = read_timings(run_dir)
+    analysis = analyse(tables, base_q, q, timings)
     stats = analysis.stats
-    written = [run_dir / "aggregate.csv", run_dir / "report.md", run_dir / "report.html"]
+    written = [run_dir / "aggregate.csv", run_dir / "verdict.csv", run_dir / "report.md", run_dir / "report.html"]
+    atomic_write(run_dir / "verdict.csv", write_table(analysis.verdict))
     by_family = aggregate(stats, ["family", "q"])
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
@@ -262,7 +275,7 @@ def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
     made = [figures.save(figure, run_dir / "figures" / f"{name}.png") for name, figure in analysis.figures().items()]
     _remove_stale(run_dir, written + made)
     blocks = report_blocks(tables, info, analysis.headline(), stats, analysis.sweep,
-                           [p.relative_to(run_dir) for p in made], analysis.q, base_q, read_timings(run_dir))
+                           [p.relative_to(run_dir) for p in made], analysis.q, base_q, timings, analysis.verdict)
     atomic_write(run_dir / "report.md", markdown_document(blocks))
     atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
     return run_dir / "report.md"
