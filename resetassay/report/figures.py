@@ -1,10 +1,11 @@
 """Report figures drawn from a run's tables, one colour per utility in every figure (SPEC S5).
 
 Inputs are the verdict table (regret dot plot, SPEC S5b), the per-checkpoint statistics of
-`summary.checkpoint_stats` (heatmap, lines over training step or q), the SummaryTable (per-layer
-Spearman) and the common scope's units (scatter). Each function returns a `matplotlib.figure.Figure`
-(None when the tables hold nothing to draw) on its own Agg canvas, never pyplot's, so drawing a
-report leaves a notebook's backend and figures alone; `save` writes one as PNG and SVG.
+`summary.checkpoint_stats` (heatmap, lines over training step or q), the SummaryTable (per-layer and per-block
+Spearman), the common scope's units (rank scatter, a row per family) and the UnitTable's ages (growth, a panel per
+checkpoint). Each function returns a `matplotlib.figure.Figure` (None when the tables hold nothing to draw) on its
+own Agg canvas, never pyplot's, so drawing a report leaves a notebook's backend and figures alone; `save` writes one
+as PNG and SVG.
 """
 
 from __future__ import annotations
@@ -20,20 +21,32 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
+from matplotlib.cm import ScalarMappable
+from matplotlib.colorbar import Colorbar
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure, FigureBase
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from resetassay.names import ORACLE, POOLED_SCOPES, RANDOM, UTILITY_ORDER, utility_order
+from resetassay.report.headline import span
 from resetassay.summary import spearman, with_checkpoint_info
 
 DPI = 100
 MARKERS = "os^Dv<>PX*"
-LOG_SPAN = 100.0  # a positive axis spanning more than this factor is drawn on a log scale
+LOG_SPAN = 100.0  # a log axis spanning more than this factor gets no minor ticks
 RASTER_POINTS = 2000  # scatters with more points are rasterised inside the SVG (axes and text stay vector)
+MEDIANS = {"newborn": {"marker": "*", "ms": 15, "mfc": "white", "mec": "black", "mew": 1.2},  # growth: medians
+           "mature": {"marker": "D", "ms": 8, "mfc": "white", "mec": "black", "mew": 1.2}}
 NA_SLOT = 0.025  # share of the regret axis per verdict in its n/a strip
+SIDE = 1.2  # inches right of a figure's rows for its colour bar and legend
+LUMA = np.array([0.2126, 0.7152, 0.0722])  # a colour's luminance: these weights of its red, green, blue
 INK = 0.5  # text in a utility's colour is darkened to at most this luminance: pale tab20 colours stay readable
+# Spearman ρ heatmaps colour by band, not on a linear -1..1 scale (where .9 and .99 are one dark red): under -.5
+# (ranks backwards) red, -.5 to .5 (no ranking to speak of) grey, then ever darker from .5 to .999 and up.
+RHO_BANDS = (-1.0, -0.5, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+RHO_COLOURS = ListedColormap(["#d6604d", "#eeeeee", *sns.color_palette("viridis_r", len(RHO_BANDS) - 3)])
+RHO_NORM = BoundaryNorm(RHO_BANDS, len(RHO_BANDS) - 1, clip=True)
 
 
 def utility_palette(utilities: list[str]) -> dict[str, tuple]:
@@ -47,9 +60,9 @@ def utility_palette(utilities: list[str]) -> dict[str, tuple]:
 
 def _ink(colour: tuple) -> tuple:
     """A colour dark enough for text on white: scaled towards black to luminance INK, hue kept."""
-    red, green, blue = colour[:3]
-    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
-    return tuple(c * INK / luminance for c in (red, green, blue)) if luminance > INK else (red, green, blue)
+    rgb = np.asarray(colour[:3], dtype=float)
+    luminance = float(rgb @ LUMA)
+    return tuple(rgb * INK / luminance) if luminance > INK else tuple(rgb)
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -60,11 +73,33 @@ def save(figure: Figure, path: Path) -> Path:
 
 
 def _panels(rows: int, cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
-    """A grid of axes with constrained layout, on an Agg canvas of its own: seaborn's heatmap draws the figure
-    to check its tick labels, which a bare Figure's canvas cannot (the PNGs are those pyplot drew)."""
+    """A grid of axes with constrained layout, on an Agg canvas of its own: `_fitted_legend` measures text, which a
+    bare Figure's canvas cannot (the PNGs are those pyplot drew)."""
     figure = Figure(figsize=(width * cols, height * rows), layout="constrained")
     FigureCanvasAgg(figure)
     return figure, figure.subplots(rows, cols, squeeze=False)
+
+
+def _rows(headings: list[str], cols: int, width: float, height: float, side: bool = False
+          ) -> tuple[Figure, np.ndarray, FigureBase]:
+    """A row of `cols` axes per heading, each row a subfigure headed by it in bold (a long family name is never
+    clipped), on an Agg canvas of its own. Returns the figure, the axes (rows x cols) and where a colour bar goes:
+    a strip SIDE inches wide right of the rows where `side`, else the figure."""
+    figure = Figure(figsize=(width * cols + SIDE * side, height * len(headings)), layout="constrained")
+    FigureCanvasAgg(figure)
+    body, margin = figure.subfigures(1, 2, width_ratios=[width * cols, SIDE]) if side else (figure, figure)
+    rows = body.subfigures(len(headings), 1, squeeze=False)[:, 0]
+    for row, heading in zip(rows, headings, strict=True):
+        row.suptitle(heading, fontsize=9, fontweight="bold")
+    return figure, np.array([row.subplots(1, cols, squeeze=False)[0] for row in rows]), margin
+
+
+def _side_bar(margin: FigureBase, points: ScalarMappable, label: str, **kwargs) -> Colorbar:
+    """The colour bar of `points` in the middle of the strip right of the rows (`_rows(side=True)`)."""
+    bar = margin.colorbar(points, cax=margin.add_axes((0.15, 0.3, 0.15, 0.4)), **kwargs)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
 
 
 def _utility_legend(figure: Figure, utilities: list[str]) -> None:
@@ -200,9 +235,49 @@ def _hatch_missing(ax: Axes) -> None:
     ax.patch.set_hatch("////")
 
 
+def _bare(number: str) -> str:
+    """A number without the zero before its point, as correlations are written: .97, -.2."""
+    return re.sub(r"^(-?)0\.", r"\1.", number)
+
+
+def _rho_text(rho: float) -> str:
+    """A ρ as the figures write it: two decimals, three from .9 on (so .99 and .999 differ), no leading zero; a ρ
+    under 1 that would round to 1 is written >.999, not as a perfect ranking; empty without a ρ."""
+    if np.isnan(rho):
+        return ""
+    text = f"{rho:z.{3 if rho >= 0.9 else 2}f}"  # z: no -.00
+    if text == "1.000":
+        return "1" if rho == 1 else ">.999"
+    return _bare(text)
+
+
+def _rho_heatmap(ax: Axes, grid: pd.DataFrame, label: str, bar: bool = True) -> None:
+    """Spearman ρ cells (rows and columns as in `grid`) coloured by band (RHO_BANDS: .9, .95, .99 and .999 differ at
+    a glance, negative ρ red), each value written in its cell, empty cells hatched; the band scale beside the axes
+    where `bar`. Drawn directly: seaborn's heatmap draws the whole figure once per panel."""
+    values = grid.to_numpy(dtype=float)
+    mesh = ax.pcolormesh(np.ma.masked_invalid(values), cmap=RHO_COLOURS, norm=RHO_NORM, edgecolors="white", lw=0.4)
+    ax.set(xlim=(0, values.shape[1]), ylim=(values.shape[0], 0))
+    ax.set_xticks(np.arange(values.shape[1]) + 0.5, grid.columns)
+    ax.set_yticks(np.arange(values.shape[0]) + 0.5, grid.index)
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+    _hatch_missing(ax)
+    dark = RHO_COLOURS(RHO_NORM(values))[..., :3] @ LUMA < 0.41
+    for (i, j), rho in np.ndenumerate(values):  # cells, not units: a few hundred at most
+        if not np.isnan(rho):
+            ax.text(j + 0.5, i + 0.5, _rho_text(rho), ha="center", va="center", fontsize=7,
+                    color="white" if dark[i, j] else "0.15")
+    if bar:
+        scale = ax.get_figure().colorbar(mesh, ax=ax, shrink=0.8, ticks=RHO_BANDS,
+                                         format=FuncFormatter(lambda v, _: _bare(f"{v:g}")))
+        scale.set_label(label)
+        scale.outline.set_visible(False)
+
+
 def spearman_heatmap(stats: pd.DataFrame) -> Figure | None:
     """Pooled Spearman ρ, utility x checkpoint, one panel per metric (checkpoints ordered by family, step); the
-    oracle, whose ρ is 1 by definition, is left out."""
+    oracle, whose ρ is 1 by definition, is left out. Values written in the cells, colours in RHO_BANDS."""
     data = stats[stats["utility"] != ORACLE].dropna(subset=["spearman"])
     if data.empty:
         return None
@@ -217,32 +292,32 @@ def spearman_heatmap(stats: pd.DataFrame) -> Figure | None:
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
         grid = (data[data["metric"] == metric].pivot_table(index="utility", columns="checkpoint", values="spearman")
                 .reindex(index=utilities, columns=order).rename(columns=short))
-        sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, center=0, cmap="vlag", annot=len(order) <= 24, fmt=".2f",
-                    annot_kws={"fontsize": 7}, linewidths=0.5, cbar_kws={"label": "Spearman ρ", "shrink": 0.8})
-        _hatch_missing(ax)
+        _rho_heatmap(ax, grid, "Spearman ρ")
         ax.set_title(f"pooled Spearman ρ, {metric}")
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
+        _rotate(ax)
         for label in ax.get_yticklabels():
             label.set_color(_ink(palette[label.get_text()]))
             label.set_fontweight("bold")
     return figure
 
 
-def _wants_log(values: np.ndarray) -> bool:
-    """Log axis where the positive values span more than LOG_SPAN and none is negative (zeros cannot be drawn)."""
-    finite = values[np.isfinite(values)]
-    positive = finite[finite > 0]
-    return len(positive) >= 2 and positive.max() / positive.min() > LOG_SPAN and not (finite < 0).any()
+def _latest(frame: pd.DataFrame) -> pd.Series:
+    """Each family's latest checkpoint (highest step, then last name), indexed by family in name order."""
+    order = frame.drop_duplicates("checkpoint").sort_values(["step", "checkpoint"], na_position="first")
+    return order.groupby("family")["checkpoint"].last()
 
 
-def utility_scatter(units: pd.DataFrame, metric: str) -> Figure | None:
-    """Utility vs unit shock on the common scope's units (`summary.common_units`), one panel per utility, points
-    coloured by their layer's depth (input to output); each panel titled with the Spearman ρ of exactly the
-    points it shows (all checkpoints pooled); log axes where the values span more than LOG_SPAN."""
+def _step(step: float) -> str:
+    """A checkpoint's training step for a title, nothing where it has none."""
+    return "" if np.isnan(step) else f" (step {step:g})"
+
+
+def utility_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame, metric: str) -> Figure | None:
+    """Utility rank against unit-shock rank (0 lowest, 1 highest, ties averaged) on the common scope's units
+    (`summary.common_units`) of each family's latest checkpoint: a row per family, a panel per utility, points
+    coloured by their layer's depth, the diagonal a perfect ranking. Ranks are what Spearman's ρ correlates, so every
+    panel has the same axes and shows every unit, and its title gives the ρ of exactly its points: that checkpoint's
+    common-scope ρ in the tables (SPEC S5)."""
     shock = f"shock_{metric}"
     if shock not in units or units.empty:
         return None
@@ -250,43 +325,38 @@ def utility_scatter(units: pd.DataFrame, metric: str) -> Figure | None:
                  if u != ORACLE and units[u].notna().any()]
     if not utilities:
         return None
-    order = units.groupby("checkpoint", sort=False)["layer"].transform(lambda c: pd.factorize(c)[0])
-    count = units.groupby("checkpoint", sort=False)["layer"].transform("nunique")
-    depth = (order / (count - 1).clip(lower=1)).to_numpy(dtype=float)
-    cmap = sns.color_palette("viridis", as_cmap=True)
-    cols = min(len(utilities), 5)
-    figure, axes = _panels(-(-len(utilities) // cols), cols, 3.0, 2.7)
+    data = with_checkpoint_info(units, checkpoints)
+    latest = _latest(data)
+    data = data[data["checkpoint"].isin(latest)]
+    layer = data.groupby("checkpoint", sort=False)["layer"]
+    depth = layer.transform(lambda c: pd.factorize(c)[0]) / (layer.transform("nunique") - 1).clip(lower=1)
+    data = data.assign(depth=depth).iloc[np.random.default_rng(0).permutation(len(data))]  # no layer hides another
+    short = _short_names(list(latest))
+    groups = dict(list(data.groupby("checkpoint")))
+    headings = [f"{family}: {short[c]}{_step(groups[c]['step'].iloc[0])}, {len(groups[c])} units in "
+                f"{groups[c]['layer'].nunique()} common layers" for family, c in latest.items()]
+    figure, axes, margin = _rows(headings, len(utilities), 1.6, 2.0, side=True)
     palette = utility_palette(utilities)
-    mixed = np.random.default_rng(0).permutation(len(units))  # drawn in mixed order: no layer hides the others
-    for ax, utility in zip(axes.flat, utilities, strict=False):
-        keep = units[utility].notna().to_numpy()[mixed] & units[shock].notna().to_numpy()[mixed]
-        x = units[utility].to_numpy(dtype=float)[mixed][keep]
-        y, c = units[shock].to_numpy(dtype=float)[mixed][keep], depth[mixed][keep]
-        log_x, log_y = _wants_log(x), _wants_log(y)
-        shown = ((x > 0) | (not log_x)) & ((y > 0) | (not log_y))
-        points = ax.scatter(x[shown], y[shown], c=c[shown], cmap=cmap, vmin=0, vmax=1, s=8, alpha=0.6, linewidths=0,
-                            rasterized=int(shown.sum()) > RASTER_POINTS)  # SVG: a bitmap of many points, not 1e5 paths
-        if (~shown).any():
-            ax.text(0.98, 0.02, f"{int((~shown).sum())} at 0 not shown", transform=ax.transAxes, ha="right",
-                    va="bottom", fontsize=7, color="0.3", zorder=3,
-                    bbox={"boxstyle": "square,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
-        if log_x:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_locator(NullLocator())  # decades only: minor ticks cost seconds, add nothing
-        if log_y:
-            ax.set_yscale("log")
-            ax.yaxis.set_minor_locator(NullLocator())
-        rho, _ = spearman(x[shown], y[shown])
-        title = utility if np.isnan(rho) else f"{utility}: ρ = {rho:.2f}"
-        ax.set_title(title, color=_ink(palette[utility]), fontsize=10, fontweight="bold")
-        ax.set_xlabel(f"utility{' (log)' if log_x else ''}", fontsize=8)
-        ax.set_ylabel(f"unit shock, {metric}{' (log)' if log_y else ''}", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(utilities):]:
-        ax.set_visible(False)
-    bar = figure.colorbar(points, ax=axes, shrink=0.6, ticks=[0, 1])
-    bar.ax.set_yticklabels(["input", "output"], fontsize=7)
-    bar.set_label("layer depth", fontsize=8)
+    for (i, checkpoint), (j, utility) in itertools.product(enumerate(latest), enumerate(utilities)):
+        ax, panel = axes[i, j], groups[checkpoint][[utility, shock, "depth"]].dropna()
+        ranks = panel[[utility, shock]].rank(pct=True).to_numpy()
+        points = ax.scatter(ranks[:, 0], ranks[:, 1], c=panel["depth"], cmap="viridis", vmin=0, vmax=1, s=5,
+                            alpha=0.6, linewidths=0, rasterized=len(panel) > RASTER_POINTS)  # SVG: one bitmap
+        rho, _ = spearman(panel[utility].to_numpy(dtype=float), panel[shock].to_numpy(dtype=float))
+        ax.set_title(f"{utility}\nρ = {_rho_text(rho) or 'n/a'}", color=_ink(palette[utility]), fontsize=8,
+                     fontweight="bold")
+        if panel.empty:
+            ax.text(0.5, 0.5, "not applicable", transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                    color="0.4")
+        else:
+            ax.plot((0, 1), (0, 1), color="0.7", lw=0.8, zorder=0)  # a perfect ranking
+        ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xticks=(0, 0.5, 1), yticks=(0, 0.5, 1))
+        last = i == len(latest) - 1
+        ax.tick_params(labelsize=6, labelleft=j == 0, labelbottom=last)  # inner labels cost time, add nothing
+        ax.set_xlabel("utility rank" if last else "", fontsize=7)
+        ax.set_ylabel(f"{metric} shock rank" if j == 0 else "", fontsize=7)
+    bar = _side_bar(margin, points, "layer depth", ticks=[0, 1])
+    bar.ax.set_yticklabels(["input", "output"])
     return figure
 
 
@@ -344,8 +414,8 @@ def shock_vs_q(stats: pd.DataFrame) -> Figure | None:
 
 def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
     """Spearman ρ within each unit layer (rows, input to output) per utility (columns; the oracle left out, its ρ is
-    1), mean over the family's checkpoints, one panel per family, for the run's first metric. Rows stay legible at
-    50 layers: the figure grows with the layers, values are written in the cells only while they fit."""
+    1), mean over the family's checkpoints, one panel per family, for the run's first metric (SPEC S5): every value
+    written in its cell, colours in RHO_BANDS. Rows stay legible at 50 layers: the figure grows with the layers."""
     layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)]
     if layers["spearman"].notna().sum() == 0:
         return None
@@ -365,13 +435,9 @@ def layer_heatmap(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | 
         order = list(dict.fromkeys(panel["layer"]))
         grid = (panel.pivot_table(index="layer", columns="utility", values="spearman", dropna=False)
                 .reindex(index=order, columns=utilities))
-        sns.heatmap(grid, ax=ax, vmin=-1, vmax=1, center=0, cmap="vlag", annot=depth <= 24 and len(utilities) <= 10,
-                    fmt=".2f", annot_kws={"fontsize": 6}, linewidths=0.3, cbar=ax is axes.flat[len(families) - 1],
-                    cbar_kws={"label": f"Spearman ρ within the layer ({metric})", "shrink": 0.6})
-        _hatch_missing(ax)
+        _rho_heatmap(ax, grid, f"Spearman ρ within the layer ({metric})", bar=ax is axes.flat[len(families) - 1])
         n = panel["checkpoint"].nunique()
-        ax.set_title(f"{family} ({n} checkpoint{'s' if n != 1 else ''})", fontsize=9)
-        ax.set_xlabel("")
+        ax.set_title(f"{family} ({'mean of ' if n > 1 else ''}{n} checkpoint{'s' if n != 1 else ''})", fontsize=9)
         ax.set_ylabel("unit layer (input to output)" if ax in axes[:, 0] else "", fontsize=8)
         ax.tick_params(axis="y", labelsize=7 if depth <= 24 else 5, rotation=0)
         _rotate(ax, 7)
@@ -385,9 +451,10 @@ BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")  # the block index in blocks.3.mlp.
 
 def block_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
     """Spearman ρ within each block's MLP neurons and attention heads (SPEC S9) against the block index, one line
-    per utility (mean ± SE over a family's checkpoints; oracle left out), panels family x unit kind, for the run's
-    first metric: does a utility stay reliable in deep blocks? Only families with attention heads (`*.heads`
-    layers, numbered blocks) are drawn; None when no family has two blocks."""
+    per utility (the mean over a family's checkpoints; oracle left out), panels family x unit kind, for the run's
+    first metric: does a utility stay reliable in deep blocks? Each panel says how many units (heads) every ρ is
+    over; no error bars (a ρ over a few heads is noisy however many checkpoints agree). Only families with attention
+    heads (`*.heads` layers, numbered blocks) are drawn; None when no family has two blocks."""
     layers = summary[~summary["scope"].isin(POOLED_SCOPES) & (summary["utility"] != ORACLE)].copy()
     layers = layers[layers["metric"] == summary["metric"].iloc[0]]
     blocks = layers["scope"].str.extract(BLOCK, expand=False)
@@ -398,27 +465,23 @@ def block_spearman(summary: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure |
     data = layers[layers["family"].isin(families)]
     if data.empty or data.groupby("family")["block"].nunique().max() < 2:
         return None
-    data = data.assign(kind=np.where(data["scope"].str.endswith("heads"), "attention heads", "MLP neurons"))
+    data = data.assign(kind=np.where(data["scope"].str.endswith("heads"), "heads", "neurons"))
     utilities = utility_order(data["utility"])
-    palette, kinds, families = utility_palette(utilities), ["MLP neurons", "attention heads"], sorted(families)
-    figure = Figure(figsize=(7.2, 3.1 * len(families)), layout="constrained")
-    FigureCanvasAgg(figure)
-    rows = figure.subfigures(len(families), 1, squeeze=False)[:, 0]  # a row per family, headed by its full name
-    axes = np.array([row.subplots(1, 2) for row in rows])
-    for row, family in zip(rows, families, strict=True):
-        row.suptitle(family, fontsize=9, fontweight="bold")
-    for (i, family), (j, kind) in itertools.product(enumerate(families), enumerate(kinds)):
+    palette, families = utility_palette(utilities), sorted(families)
+    figure, axes, _ = _rows(families, 2, 3.6, 3.1)
+    for (i, family), (j, kind) in itertools.product(enumerate(families), enumerate(("neurons", "heads"))):
         ax, panel = axes[i, j], data[(data["family"] == family) & (data["kind"] == kind)]
         for utility, g in panel.groupby("utility", sort=False):
-            line = g.groupby("block")["spearman"].agg(["mean", "sem"]).reset_index()
-            ax.errorbar(line["block"], line["mean"], yerr=line["sem"].fillna(0), color=palette[utility], marker="o",
-                        ms=3.5, lw=1.3, capsize=2, label=utility)
+            line = g.groupby("block")["spearman"].mean()
+            ax.plot(line.index, line.to_numpy(), color=palette[utility], marker="o", ms=3.5, lw=1.3, label=utility)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.set_xticks(sorted(data.loc[data["family"] == family, "block"].unique().astype(int)))
         ax.tick_params(labelsize=8)
         n = panel["checkpoint"].nunique()
-        ax.set_title(f"{kind} ({n} checkpoint{'s' if n != 1 else ''})", fontsize=9)
+        name = "MLP neurons" if kind == "neurons" else "attention heads"
+        ax.set_title(f"{name}: ρ over {span(panel['n_units'])} per block\n"
+                     f"{'mean of ' if n > 1 else ''}{n} checkpoint{'s' if n != 1 else ''}", fontsize=8)
         ax.set_ylabel("Spearman ρ in the layer" if j == 0 else "", fontsize=8)
         ax.set_xlabel("block (input to output)" if i == len(families) - 1 else "", fontsize=8)
     _utility_legend(figure, utilities)
@@ -434,38 +497,63 @@ def _plain_log_ticks(axis: Axis, values: np.ndarray) -> None:
     axis.set_minor_locator(NullLocator())
 
 
+def _median_markers(ax: Axes, panel: pd.DataFrame) -> list[str]:
+    """Each age group's median forward activity and backward signal (over all its units, zeros too) as a large
+    marker (MEDIANS) where both are positive (log axes); returns the title lines giving them."""
+    mature = panel["mature"].astype(bool)
+    lines = []
+    for label, group in (("newborn", panel[~mature]), ("mature", panel[mature])):
+        if len(group):
+            forward, backward = group["deviation"].median(), group["loss_gradient"].median()
+            if forward > 0 and backward > 0:
+                ax.plot(forward, backward, ls="", label=f"{label} median", zorder=3, **MEDIANS[label])
+            lines.append(f"{label} (n={len(group)}): median {forward:.2g} fwd, {backward:.2g} bwd")
+    return lines
+
+
 def growth_scatter(units: pd.DataFrame, checkpoints: pd.DataFrame) -> Figure | None:
     """Forward activity E|h - r| (`deviation`) against backward signal E|dL/dh| (`loss_gradient`) per unit, coloured
-    by its age, one panel per family whose checkpoints store ages (CBP): are newborn units (age <= maturity)
-    forward-active but backward-starved (SPEC S8)? Each panel gives the median of both for newborn and mature units.
-    None without ages or without both utilities."""
+    by its age (one scale for all panels), one panel per checkpoint that stores ages (CBP), a row per family: are
+    newborn units (age <= maturity) forward-active but backward-starved (SPEC S8)? An untrained checkpoint (step 0,
+    or no unit older than 0) is left out: every unit is newborn there. The medians of newborn and mature units are
+    drawn and written in the title. None without ages, without both utilities or without a trained checkpoint."""
     need = {"deviation", "loss_gradient", "age", "mature"}
     if not need <= set(units.columns) or units["age"].notna().sum() == 0:
         return None
     data = with_checkpoint_info(units.dropna(subset=["age", "deviation", "loss_gradient"]), checkpoints)
-    data = data[(data["deviation"] > 0) & (data["loss_gradient"] > 0)]
-    families = sorted(data["family"].unique())
-    if not families:
+    data = data[(data["step"] != 0) & (data.groupby("checkpoint")["age"].transform("max") > 0)]
+    if data.empty:
         return None
-    figure, axes = _panels(1, len(families), 4.2, 3.4)
+    order = data.drop_duplicates("checkpoint").sort_values(["family", "step", "checkpoint"])
+    columns = order.groupby("family")["checkpoint"].agg(list)
+    short = _short_names(list(order["checkpoint"]))
+    figure, axes, margin = _rows(list(columns.index), max(map(len, columns)), 3.6, 3.5, side=True)
     ages = ListedColormap(sns.color_palette("magma_r", as_cmap=True)(np.linspace(0.25, 1.0, 256)))  # no near-white
-    for ax, family in zip(axes.flat, families, strict=True):
-        panel = data[data["family"] == family].sort_values("age", ascending=False, kind="stable")  # newborn on top
-        points = ax.scatter(panel["deviation"], panel["loss_gradient"], c=np.log10(panel["age"] + 1), s=8,
-                            cmap=ages, alpha=0.7, linewidths=0, rasterized=len(panel) > RASTER_POINTS)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis, values in ((ax.xaxis, panel["deviation"]), (ax.yaxis, panel["loss_gradient"])):
-            _plain_log_ticks(axis, values.to_numpy(dtype=float))
-        mature = panel["mature"].astype(bool)
-        lines = [f"{label} (n={len(g)}): median {g['deviation'].median():.2g} fwd, "
-                 f"{g['loss_gradient'].median():.2g} bwd"
-                 for label, g in (("newborn", panel[~mature]), ("mature", panel[mature])) if len(g)]
-        ax.set_title("\n".join([family, *lines]), fontsize=8)
-        ax.set_xlabel("forward activity E|h − r| (log)", fontsize=8)
-        ax.set_ylabel("backward signal E|∂L/∂h| (log)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    bar = figure.colorbar(points, ax=axes, shrink=0.7)
-    bar.set_label("unit age, log10(steps + 1)", fontsize=8)
+    oldest = float(np.log10(data["age"].max() + 1))
+    groups = dict(list(data.groupby("checkpoint")))
+    for row, names in zip(axes, columns, strict=True):
+        for ax in row[len(names):]:
+            ax.set_visible(False)
+        for ax, checkpoint in zip(row, names, strict=False):
+            panel = groups[checkpoint]
+            shown = panel[(panel["deviation"] > 0) & (panel["loss_gradient"] > 0)]
+            shown = shown.sort_values("age", ascending=False, kind="stable")  # newborn on top
+            points = ax.scatter(shown["deviation"], shown["loss_gradient"], c=np.log10(shown["age"] + 1), s=8,
+                                cmap=ages, vmin=0, vmax=oldest, alpha=0.7, linewidths=0,
+                                rasterized=len(shown) > RASTER_POINTS)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis, values in ((ax.xaxis, shown["deviation"]), (ax.yaxis, shown["loss_gradient"])):
+                _plain_log_ticks(axis, values.to_numpy(dtype=float))
+            lines = _median_markers(ax, panel)
+            if len(shown) < len(panel):
+                ax.text(0.98, 0.02, f"{len(panel) - len(shown)} at 0 not drawn", transform=ax.transAxes,
+                        ha="right", va="bottom", fontsize=7, color="0.3")
+            ax.set_title("\n".join([f"{short[checkpoint]}{_step(panel['step'].iloc[0])}", *lines]), fontsize=8)
+            ax.set_xlabel("forward activity E|h − r| (log)", fontsize=8)
+            ax.set_ylabel("backward signal E|∂L/∂h| (log)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    handles = [Line2D([], [], ls="", label=f"{label} median", **style) for label, style in MEDIANS.items()]
+    margin.legend(handles=handles, loc="upper center", frameon=False, fontsize=7)
+    _side_bar(margin, points, "unit age, log10(steps + 1)")
     return figure
-

@@ -48,23 +48,32 @@ FIGURE_CAPTIONS = {
               "random last. Filled: the best or indistinguishable from it; hollow: worse; ✗: fails. Linear below "
               "0.01, logarithmic above. The shaded strip on the right: no value there. ⚑: the verdict's reliability "
               "flags (with their details under the headline).",
-    "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock on the common scope, per checkpoint "
-                        "(rows coloured as the utilities in every figure; hatched: no ρ).",
-    "scatter_l1": "Utility against the unit's logit-L1 shock, one point per mature unit of the common scope, "
-                  "coloured by its layer's depth; each panel's title gives the Spearman ρ of the points it shows "
-                  "(log axes where the values span more than two decades).",
-    "scatter_kl": "Utility against the unit's KL shock, as above.",
+    "spearman_heatmap": "Pooled Spearman ρ between utility and unit shock on the common scope, per checkpoint, "
+                        "written in each cell (three decimals from .9 on). Colours are bands, so .9, .95, .99 and "
+                        ".999 differ at a glance: grey from −.5 to .5, red below −.5; hatched: no ρ. Rows coloured as "
+                        "the utilities in every figure.",
+    "scatter_l1": "Utility rank against the rank of the unit's logit-L1 shock (0 lowest, 1 highest, ties averaged) on "
+                  "the common scope of each family's latest checkpoint (named above its row): a row per family, a "
+                  "panel per utility, a point per mature unit coloured by its layer's depth; the diagonal is a perfect "
+                  "ranking. Ranks are what Spearman's ρ correlates, so every panel has the same axes, and its title "
+                  "gives the ρ of exactly its points: that checkpoint's ρ in the heatmap above.",
+    "scatter_kl": "Utility rank against the rank of the unit's KL shock, as above.",
     "shock_vs_step": "Shock@{q} on the common scope against training step, for families with at least three steps: "
                      "does a utility degrade as the network ages? Error bars: SE over the checkpoints (seeds) of a "
                      "step, where there are several.",
-    "layer_heatmap": "Spearman ρ within each unit layer (rows, input to output) per utility, mean over a family's "
-                     "checkpoints: where in the network each utility ranks well (hatched: no ρ, where the utility does "
-                     "not apply or the layer's values are constant, e.g. dead units).",
-    "block_spearman": "Spearman ρ within each transformer block's MLP neurons and attention heads per utility "
-                      "(mean ± SE over a family's checkpoints): does a utility stay reliable in deep blocks (SPEC S9)?",
-    "growth": "Growth diagnostic on checkpoints that store unit ages (CBP): each unit's forward activity E|h − r| "
-              "against its backward signal E|∂L/∂h|, coloured by age, with the medians of newborn (age ≤ maturity) "
-              "and mature units: are newborn units forward-active but backward-starved (SPEC S8)?",
+    "layer_heatmap": "Spearman ρ within each unit layer (rows, input to output) per utility, the mean over a family's "
+                     "checkpoints, written in each cell, coloured in the bands of the pooled heatmap: where in the "
+                     "network each utility ranks well (hatched: no ρ, where the utility does not apply or the layer's "
+                     "values are constant, e.g. dead units).",
+    "block_spearman": "Spearman ρ within each transformer block's MLP neurons and attention heads per utility, the "
+                      "mean over a family's checkpoints; each panel's title says how many units (heads) every ρ is "
+                      "over. No error bars: a ρ over a few heads is noisy however well the checkpoints agree. Does a "
+                      "utility stay reliable in deep blocks (SPEC S9)?",
+    "growth": "Growth diagnostic, a panel per checkpoint that stores unit ages (CBP), a row per family; the untrained "
+              "checkpoint (step 0: every unit newborn) is left out. Each unit's forward activity E|h − r| against its "
+              "backward signal E|∂L/∂h| (log axes; units at 0 are counted, not drawn), coloured by age; the star and "
+              "the diamond mark the medians of newborn (age ≤ maturity) and mature units, also given in the title: "
+              "are newborn units forward-active but backward-starved (SPEC S8)?",
     "shock_vs_q": "Shock@q on the common scope against q (recomputed from units.csv): how the damage grows with the "
                   "fraction reset. The oracle is dashed.",
 }
@@ -73,7 +82,7 @@ FIGURE_CAPTIONS = {
 def _caption(figure: str) -> str:
     """A figure's caption; a registered shock metric's scatter is captioned like the built-in ones (SPEC S4)."""
     metric = figure.removeprefix("scatter_")
-    return FIGURE_CAPTIONS.get(figure) or f"Utility against the unit's {metric} shock, as above."
+    return FIGURE_CAPTIONS.get(figure) or f"Utility rank against the rank of the unit's {metric} shock, as above."
 
 
 def _reading_notes(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
@@ -182,7 +191,7 @@ def report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame,
     shared = common_units(tables["units"], summary)
     drawn = {"regret": figures.regret_dots(verdict),
              "spearman_heatmap": figures.spearman_heatmap(common)}
-    drawn |= {f"scatter_{metric}": figures.utility_scatter(shared, metric)
+    drawn |= {f"scatter_{metric}": figures.utility_scatter(shared, tables["checkpoints"], metric)
               for metric in dict.fromkeys(summary["metric"])}
     drawn |= {"shock_vs_step": figures.shock_vs_step(common, q_label(q)),
               "layer_heatmap": figures.layer_heatmap(summary, tables["checkpoints"]),
