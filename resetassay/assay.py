@@ -11,11 +11,10 @@ from __future__ import annotations
 import html
 import math
 import platform
-import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -57,7 +56,7 @@ from resetassay.names import (
 from resetassay.outputs import select_output
 from resetassay.progress import Progress
 from resetassay.reference import unit_references
-from resetassay.rundir import write_failures, write_run, write_timings
+from resetassay.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.summary import checkpoint_summary, selections
 from resetassay.taps import discovery_route, tap_unit_layers
@@ -217,7 +216,7 @@ class AssayResult:
         return f"<p><code>{html.escape(repr(self))}</code></p>" + html_body(self._analysis.headline())
 
     def plot(self, *names: str) -> dict[str, Figure]:
-        """The report's figures as matplotlib Figures (not saved, not shown by pyplot), by name: oracle_ratio,
+        """The report's figures as matplotlib Figures (not saved, not shown by pyplot), by name: regret,
         spearman_heatmap, scatter_<metric>, shock_vs_step (3+ steps), layer_heatmap, block_spearman (transformers);
         all without `names`."""
         drawn = self._analysis.figures()
@@ -257,19 +256,24 @@ class AssayResult:
         """The tables a run directory holds, by name (names.TABLES)."""
         return {name: getattr(self, name) for name in TABLES}
 
-    def save(self, out: str | Path, table_format: str = "csv") -> Path:
-        """Write the tables (as csv, or parquet: `table_format`), run.json and failures.csv (if any failed) into
-        `out`, then render report.md, report.html and figures; returns the path of report.md."""
-        from resetassay.report import render  # matplotlib and seaborn load only when a report is drawn
+    def save(self, out: str | Path, table_format: str = "csv", figures: str = "png",
+             progress: Progress | None = None) -> Path:
+        """Write the tables (as csv, or parquet: `table_format`), run.json, failures.csv (if any failed) and
+        timings.json into `out`, then render report.md, report.html and figures (`figures`: png, svg or none;
+        `progress`: see `report.render`); returns the path of report.md. A render that fails is a `ReportFailed`
+        warning, not an error: the tables are written, and report.md says what failed."""
+        from resetassay.report.render import ReportFailed, render
 
+        check_figures(figures)
         info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info, table_format)
         write_failures(out, self.failures)
         write_timings(out, {"checkpoints": self.timings})  # the report reads the greedy's seconds from it
-        start = time.perf_counter()
-        report = render(out)
-        write_timings(out, {"checkpoints": self.timings, "report": round(time.perf_counter() - start, 4)})
-        return report
+        try:
+            return render(out, figures=figures, progress=progress)
+        except ReportFailed as err:
+            warnings.warn(err, stacklevel=2)
+            return Path(out) / "report.md"
 
     @staticmethod
     def concat(parts: list[dict[str, pd.DataFrame]], config: AssayConfig) -> AssayResult:
@@ -670,21 +674,6 @@ def progress_counter(progress: Progress | None, task: str, total: int) -> Callab
         progress(task, done, total)
 
     return advance
-
-
-class StageClock:
-    """Wall-clock seconds per stage of one assay (timings.json; never in run.json, which reruns reproduce)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
 
 
 def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, units: pd.DataFrame,

@@ -161,6 +161,7 @@ Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over uni
 Output = Annotated[str | None, typer.Option(help="Where the logits are in what the model returns: a dotted path of "
                                             "keys, attributes and indices (logits, 0, out.1); default: the output "
                                             "itself when a tensor, else its logits field or first tensor.")]
+FIGURES_HELP = "The report's figures: png, svg (vector, for papers) or none (fastest; the report says so)."
 
 
 @app.command()
@@ -217,19 +218,21 @@ def run(
     permutation_seed: PermSeed = None,
     table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
                                               "tables; needs resetassay[parquet]).")] = "csv",
+    figures: Annotated[str, typer.Option(help=FIGURES_HELP)] = "png",
     log: Annotated[str | None, typer.Option(help="After the report, log the config, pooled statistics, report and "
                                             "figures to mlflow, wandb and/or tensorboard (comma-separated), in a "
                                             "store under --out (mlflow: $MLFLOW_TRACKING_URI when set; wandb "
                                             "offline); needs resetassay[mlflow] / [wandb] / [tensorboard].")]
     = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or lines.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard the checkpoints finished earlier in --out (a rerun "
                                             "with the same config skips them; another config is refused).")]
     = False,
 ) -> None:
     """Assay checkpoints: score every unit, lesion each one, write tables and a report.
 
-    Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it."""
+    Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it. A report that
+    fails to render is a warning line: the tables are written and the exit code is the assay's."""
     from resetassay.assay import AssayConfig
     from resetassay.lesion.fast import parse_bytes
     from resetassay.run import run_assay
@@ -254,7 +257,7 @@ def run(
                                data=_data_choice(data, task, permutation_seed, data_dir, probe=probe_data,
                                                  image_size=image_size, normalize=normalize,
                                                  data_kwargs=data_kwargs), progress=not quiet,
-                               out=out_dir, overwrite=overwrite, table_format=table_format,
+                               out=out_dir, overwrite=overwrite, table_format=table_format, figures=figures,
                                note=lambda text: err.print(text, highlight=False, soft_wrap=True),
                                on_failure=lambda text: err.print(ERROR, text, highlight=False,
                                                                  soft_wrap=True))
@@ -270,8 +273,9 @@ def run(
         raise typer.Exit(code)
     if len(result.units):
         out.print(_verdict_table(result))
-        out.print(f"wrote {out_dir}/ (units.{table_format}, summary.{table_format}, report.md, report.html, "
-                  "figures/)")
+        written = [name for name in (f"units.{table_format}", f"summary.{table_format}", "report.md", "report.html",
+                                     "figures/") if (Path(out_dir) / name).exists()]
+        out.print(f"wrote {out_dir}/ ({', '.join(written)})", highlight=False, soft_wrap=True)
     for tracker in trackers if len(result.units) else []:
         try:
             out.print(str(log_run(out_dir, tracker)), highlight=False, soft_wrap=True)
@@ -292,23 +296,39 @@ def report(
     run_dir: RunDir,
     q: Annotated[str | None, typer.Option(help="Shock@q fraction(s) recomputed from units.csv, e.g. 0.1, or a "
                                           "sweep 0.01,0.05,0.1 (default: the run's q).")] = None,
+    figures: Annotated[str | None, typer.Option(help=f"{FIGURES_HELP} Default png.")] = None,
     log: Annotated[str | None, typer.Option(help="Then log the config, pooled statistics, report and figures to "
                                             "mlflow, wandb and/or tensorboard (comma-separated), in a store under "
                                             "RUN_DIR (mlflow: $MLFLOW_TRACKING_URI when set; wandb offline); "
-                                            "needs resetassay[mlflow] / [wandb] / [tensorboard].")] = None,
+                                            "needs resetassay[mlflow] / [wandb] / [tensorboard]. A current report "
+                                            "(report.md newer than the tables, drawn without error) is logged as it "
+                                            "is, unless --q or --figures ask for another.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines while the figures are drawn.")] = False,
 ) -> None:
-    """Re-render report.md, report.html and figures from a run's tables, without running a model."""
+    """Re-render report.md, report.html and figures from a run's tables, without running a model.
+
+    Exit 0 when written, 1 when rendering failed (report.md says what failed), 2 on bad input."""
+    from resetassay.progress import rich_progress
     from resetassay.report import render
+    from resetassay.report.render import ReportFailed, is_current
     from resetassay.summary import q_values
     from resetassay.tracking import backend_names, log_run
 
     start = time.perf_counter()
     try:
         trackers = backend_names(log)  # a tracker that is not installed fails before the report is drawn
-        path = render(run_dir, q_values(q) if q is not None else None)
+        fractions = q_values(q) if q is not None else None
+        if trackers and q is None and figures is None and is_current(run_dir):
+            out.print(f"{run_dir / 'report.md'} is current: logged as it is (--figures or --q draws it again)",
+                      highlight=False, soft_wrap=True)
+        else:
+            with rich_progress(not quiet) as progress:
+                path = render(run_dir, fractions, figures or "png", progress)
+            out.print(f"wrote {path} and {path.with_suffix('.html').name} in {time.perf_counter() - start:.1f} s")
     except BadInputError as e:
         _fail(str(e), 2)
-    out.print(f"wrote {path} and {path.with_suffix('.html').name} in {time.perf_counter() - start:.1f} s")
+    except ReportFailed as e:
+        _fail(str(e), 1)
     for tracker in trackers:
         try:
             logged = log_run(run_dir, tracker)

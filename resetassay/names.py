@@ -33,6 +33,8 @@ REFERENCES: tuple[str, ...] = get_args(ReferenceKind)  # reset references (SPEC 
 Intervention = Literal["clamp", "cbp-reset"]
 INTERVENTIONS: tuple[str, ...] = get_args(Intervention)  # what a lesion does to a unit (SPEC S4, S7)
 CBP_RESET = "cbp-reset"
+FigureFormat = Literal["png", "svg", "none"]
+FIGURE_FORMATS: tuple[str, ...] = get_args(FigureFormat)  # --figures: how a report's figures are written (SPEC S5)
 
 ALL = "ALL"  # the pooled scope of a SummaryTable row: every layer where the utility applies (SPEC S5)
 COMMON = "common"  # pooled over the layers where every requested utility applies: the scope of comparisons

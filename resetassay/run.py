@@ -36,6 +36,7 @@ from resetassay.rundir import (
     RunParts,
     Tables,
     canonical_hash,
+    check_figures,
     check_table_format,
     checkpoint_sha256,
     file_sha256,
@@ -124,6 +125,7 @@ def run_assay(
     note: Callable[[str], None] | None = None,
     on_failure: Callable[[str], None] | None = None,
     table_format: str = "csv",
+    figures: str = "png",
     **overrides: object,
 ) -> AssayResult:
     """Find, load and assay every checkpoint under `paths` (DESIGN "Python API", "Runs are resumable").
@@ -146,6 +148,7 @@ def run_assay(
             `CheckpointFailure` warning.
         table_format: "csv" or "parquet" (needs `resetassay[parquet]`): how `out` stores the tables; run.json
             records it and every reader reads either.
+        figures: how the report in `out` draws its figures: png, svg or none (`report.render`).
 
     Returns:
         An `AssayResult`: the tables of every finished checkpoint, in the order found; `failures` lists
@@ -170,6 +173,7 @@ def run_assay(
     fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
     check_table_format(table_format)  # likewise parquet without pyarrow
+    check_figures(figures)  # and --figures jpg
     if model is not None:
         import_factory(model, model_kwargs or {})  # likewise a --model that does not import or would download
     paths = _distinct_paths([Path(p) for p in paths], say)
@@ -185,7 +189,7 @@ def run_assay(
     opener = _Opener(config, model, model_kwargs, choice)
     try:
         return _assay_all(found, config, identity, inputs, paths, opener, progress, store, say, fail, table_format,
-                          world)
+                          figures, world)
     finally:
         if store is not None:
             store.close()
@@ -232,8 +236,9 @@ class _Opener:
 
 def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
                opener: _Opener, progress: bool | Progress, store: RunParts | None, say: Callable[[str], None],
-               fail: Callable[[str], None], table_format: str, world: World | None) -> AssayResult:
-    """The body of `run_assay`, with the run directory (if any) open."""
+               fail: Callable[[str], None], table_format: str, figures: str, world: World | None) -> AssayResult:
+    """The body of `run_assay`, with the run directory (if any) open; the progress bar stays while the report is
+    drawn."""
     lead = world is None or world.rank == 0  # the process that talks, merges and writes the report
     say = say if lead else (lambda _text: None)
     out = store.out if store else None
@@ -257,24 +262,24 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
                     parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
             else:
                 _assay_each(found, parts, keys, sha256, config, opener, report, store, failures, timings, fail)
-        result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
-        result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
-        result.timings = timings
-        result.provenance = {
-            "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
-            "versions": identity["versions"], "seeds": _seeds(config, parts),
-            "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
-                             "finished": name in parts} for path, name in found],
-        }
-        if store is not None and lead:
-            others = store.count() - sum(store.has(key) for key in keys.values())
-            if others > 0:
-                say(f"{out} also holds {others} checkpoint{'s' if others != 1 else ''} finished by earlier runs "
-                    f"and not among the given paths; the tables cover only the {len(found)} given")
-            if parts:
-                result.save(out, table_format)
-            else:
-                write_failures(out, result.failures)
+            result = AssayResult.concat([parts[name] for _, name in found if name in parts], config)
+            result.failures = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+            result.timings = timings
+            result.provenance = {
+                "inputs": {"paths": [str(p) for p in paths], **inputs}, "config_hash": canonical_hash(identity),
+                "versions": identity["versions"], "seeds": _seeds(config, parts),
+                "checkpoints": [{"checkpoint": name, "path": str(path), "sha256": sha256[name],
+                                 "finished": name in parts} for path, name in found],
+            }
+            if store is not None and lead:
+                others = store.count() - sum(store.has(key) for key in keys.values())
+                if others > 0:
+                    say(f"{out} also holds {others} checkpoint{'s' if others != 1 else ''} finished by earlier runs "
+                        f"and not among the given paths; the tables cover only the {len(found)} given")
+                if parts:
+                    result.save(out, table_format, figures, report)
+                else:
+                    write_failures(out, result.failures)
     except KeyboardInterrupt:
         if store is None:
             raise

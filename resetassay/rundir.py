@@ -5,7 +5,8 @@
     OUT/run.json              config, inputs, versions, device, seeds, files' sha256, the tables' format
                               (`table_format`, outside the config: it changes no number) (`read_run_info`)
     OUT/failures.csv          checkpoints that failed, with the reason; only when any did (`write_failures`)
-    OUT/timings.json          seconds per stage of each checkpoint this launch assayed (`write_timings`, `read_timings`)
+    OUT/timings.json          seconds per stage of each checkpoint this launch assayed and of the last render
+                              (`write_timings`, `read_timings`, `write_report_timings`, `read_report_timings`)
     OUT/parts/config.json     the run's identity: what decides its numbers, and its hash (`RunParts`)
     OUT/parts/<key>.json      one finished checkpoint: its four tables as csv text and their sha256
     OUT/parts/<key>/*.safetensors   the work items of a checkpoint in flight under torchrun (shard.py):
@@ -45,7 +46,18 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.names import FAILURE_COLUMNS, FAILURES, MANIFEST, PARTS, RUN_JSON, STATE, TABLES, TIMINGS, WEIGHTS
+from resetassay.names import (
+    FAILURE_COLUMNS,
+    FAILURES,
+    FIGURE_FORMATS,
+    MANIFEST,
+    PARTS,
+    RUN_JSON,
+    STATE,
+    TABLES,
+    TIMINGS,
+    WEIGHTS,
+)
 
 IDENTITY = "config.json"
 PART_FORMAT = "resetassay.part/1"
@@ -148,6 +160,14 @@ def check_table_format(table_format: str) -> str:
     if table_format == "parquet":
         _pyarrow("--format parquet: needs pyarrow", "--format")
     return table_format
+
+
+def check_figures(figures: str) -> str:
+    """`figures` (`--figures`) when it is a way to write a report's figures: png, svg or none (SPEC S5)."""
+    if figures not in FIGURE_FORMATS:
+        raise BadInputError(f"--figures {figures!r}: choose {', '.join(FIGURE_FORMATS[:-1])} or {FIGURE_FORMATS[-1]}",
+                            flag="--figures")
+    return figures
 
 
 def write_table_file(path: Path, table: pd.DataFrame) -> Path:
@@ -262,6 +282,22 @@ def run_q(summary: pd.DataFrame, info: dict, path: Path) -> float:
     raise BadInputError(f"{path / 'summary.csv'}: no q recorded; rerun the assay")
 
 
+class StageClock:
+    """Wall-clock seconds per stage of one assay or one render (timings.json; never in run.json, which reruns
+    reproduce)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
+
+
 def read_timings(run_dir: str | Path) -> dict[str, dict[str, float]]:
     """Seconds per stage of each checkpoint the run's last launch assayed (timings.json); {} when absent or
     unreadable (timings are a report's side note, never its numbers)."""
@@ -269,10 +305,24 @@ def read_timings(run_dir: str | Path) -> dict[str, dict[str, float]]:
     return checkpoints if isinstance(checkpoints, dict) else {}
 
 
+def read_report_timings(run_dir: str | Path) -> dict[str, float]:
+    """Seconds per stage of the run's last render (timings.json's `report`); {} when it failed or none is recorded."""
+    report = (_read_json(Path(run_dir) / TIMINGS) or {}).get("report")
+    return report if isinstance(report, dict) else {}
+
+
 def write_timings(out: str | Path, timings: dict) -> None:
-    """timings.json: wall-clock seconds per stage of each checkpoint this launch assayed, and of the report.
-    Kept out of run.json, so that run.json stays byte-identical across reruns."""
+    """timings.json: wall-clock seconds per stage of each checkpoint this launch assayed (`checkpoints`), and of the
+    last render (`report`, `write_report_timings`). Kept out of run.json, so that run.json stays byte-identical
+    across reruns."""
     atomic_write(Path(out) / TIMINGS, json.dumps(timings, indent=2, sort_keys=True) + "\n")
+
+
+def write_report_timings(run_dir: str | Path, seconds: dict[str, float] | None) -> None:
+    """Record a render's seconds per stage as timings.json's `report`, keeping the checkpoints' stages; None (the
+    render failed) removes it."""
+    timings = {k: v for k, v in (_read_json(Path(run_dir) / TIMINGS) or {}).items() if k != "report"}
+    write_timings(run_dir, timings | ({"report": seconds} if seconds is not None else {}))
 
 
 def write_failures(out: str | Path, failures: pd.DataFrame) -> None:

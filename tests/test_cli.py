@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,8 @@ def test_inspect_lists_unit_layers_with_producer_and_consumer() -> None:
         (["run", str(FIXTURES / "silu_mlp"), "--layers", "nothing.*"], "--layers"),
         (["run", str(FIXTURES / "silu_mlp"), "--calib-size", "5000"], "--calib-size"),
         (["report", "no/such/run"], "units.csv"),
+        (["run", str(FIXTURES / "silu_mlp"), "--figures", "jpg"], "--figures 'jpg': choose png, svg or none"),
+        (["report", "no/such/run", "--figures", "jpg"], "--figures 'jpg': choose png, svg or none"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_flag(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -95,3 +98,28 @@ def test_run_ends_with_the_verdict_table(tmp_path):
     table = result.stdout.split("verdict (l1)")[1].split("┡")[1].split("wrote")[0]  # the rows
     assert "· channels" in table and f"{best['utility']} (" in table and "random" not in table
 
+
+def test_a_report_that_fails_to_draw_keeps_the_run_exit_0_with_one_warning_line(tmp_path, monkeypatch):
+    """The assay succeeded: its tables stay, report.md and report.html are written without the figures and say
+    why, the warning names the cause and the retry, and the exit code is the assay's (README "What happens
+    when...")."""
+    from resetassay.report import figures
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("no usable font")
+
+    monkeypatch.setattr(figures, "utility_scatter", broken)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp" / "task2"), "--out", str(out), "--utilities",
+                                 "gxd,oracle", "--metrics", "l1", "--calib-size", "64", "--probe-size", "64",
+                                 "--no-joint", "--quiet"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if "no usable font" in line]
+    assert line.startswith("warning: ") and "(RuntimeError: no usable font)" in line
+    assert f"run `resetassay report {out}` to retry, or --figures none to skip them" in line
+    assert pd.read_csv(out / "units.csv")["gxd"].notna().all()
+    text = (out / "report.md").read_text()
+    assert "Drawing the figures failed (RuntimeError: no usable font)" in text and "Tables per model family" in text
+    assert (out / "report.html").exists() and not (out / "figures").exists()
+    assert f"wrote {out}/ (units.csv, summary.csv, report.md, report.html)" in result.stdout
+    assert "report" not in json.loads((out / "timings.json").read_text())  # `report --log` draws it again

@@ -188,8 +188,9 @@ def test_scatters_of_many_units_are_rasterised_in_the_svg(tmp_path):
         figure = figures.utility_scatter(units, pd.DataFrame({"checkpoint": ["c"], "family": ["F"]}), "l1")
         (points,) = [c for ax in figure.axes for c in ax.collections if len(c.get_offsets()) == n]
         assert points.get_rasterized() is raster
-    figures.save(figure, tmp_path / "scatter.png")
+    assert figures.save(figure, tmp_path / "scatter.svg") == tmp_path / "scatter.svg"
     assert (tmp_path / "scatter.svg").stat().st_size < 2_000_000  # 3000 points as one bitmap, not 3000 paths
+    assert not (tmp_path / "scatter.png").exists()  # drawn once, in the format asked for
 
 
 def test_growth_scatter_draws_each_trained_checkpoint_with_its_newborn_and_mature_medians():

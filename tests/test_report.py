@@ -8,6 +8,7 @@ real run (two fixtures, four utilities) checks the files a render writes.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import re
@@ -27,9 +28,11 @@ from typer.testing import CliRunner
 from resetassay import AssayConfig, assay_model
 from resetassay.cli import app
 from resetassay.models import mlp
-from resetassay.names import ALL, SUMMARY_COLUMNS
+from resetassay.names import ALL, SUMMARY_COLUMNS, TABLES
+from resetassay.report import render
 from resetassay.report.blocks import best_cells, mean_se_text, stat_cell
 from resetassay.report.markdown import markdown_table
+from resetassay.report.render import is_current
 from resetassay.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -163,8 +166,9 @@ def test_q_list_keeps_order_and_drops_repeats():
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
     for name in ("report.md", "report.html", "aggregate.csv", "figures/regret.png",
                  "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
-                 "figures/layer_heatmap.png", *(f"figures/{f}.svg" for f in ("regret", "layer_heatmap"))):
+                 "figures/layer_heatmap.png"):
         assert (run_dir / name).stat().st_size > 0, name
+    assert not list((run_dir / "figures").glob("*.svg"))  # each figure drawn once, as PNG (the default)
     assert not (run_dir / "sweep.csv").exists()  # no sweep asked
     assert not (run_dir / "figures" / "shock_vs_step.png").exists()  # two steps make no trend
 
@@ -301,6 +305,63 @@ def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir:
     assert (copy / "figures" / "regret.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_svg_figures_are_drawn_once_each_with_progress_replacing_the_png_and_timed(run_dir: Path, tmp_path: Path):
+    """--figures svg: each figure once, as SVG (linked by report.md, embedded by report.html), the PNGs of the
+    earlier render removed, progress per figure, and timings.json's report stage beside the checkpoints'."""
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    before = json.loads((copy / "timings.json").read_text())["checkpoints"]
+    calls = []
+    render(copy, figures="svg", progress=lambda *call: calls.append(call))
+    names = sorted(p.name for p in (copy / "figures").iterdir())
+    assert names == sorted(f"{p.stem}.svg" for p in (run_dir / "figures").glob("*.png"))
+    assert calls == [("figures", done, len(names)) for done in range(len(names) + 1)]
+    text = (copy / "report.md").read_text()
+    assert all(f"](figures/{name})" in text for name in names)
+    images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', (copy / "report.html").read_text())
+    assert len(images) == len(names) and all(b"<svg" in base64.b64decode(data) for data in images)
+    timings = json.loads((copy / "timings.json").read_text())
+    assert timings["checkpoints"] == before
+    assert set(timings["report"]) == {"analysis", "figures", "documents"}
+    assert all(seconds > 0 for seconds in timings["report"].values())
+
+
+def test_figures_none_draws_no_figure_imports_no_matplotlib_and_says_so(run_dir: Path, tmp_path: Path):
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    script = (f"import sys, resetassay.report; resetassay.report.render({str(copy)!r}, figures='none'); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'seaborn')))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=FIXTURES.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+    assert not (copy / "figures").exists()  # the earlier render's PNGs are not this report's
+    text = (copy / "report.md").read_text()
+    assert "No figures (`--figures none`)" in text and "![" not in text
+    assert "<img" not in (copy / "report.html").read_text()
+
+
+def test_a_report_is_current_until_a_table_changes_or_its_render_fails(run_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """`report --log`'s rule (is_current); a failed render leaves the tables, a report.md saying why and no other
+    report file, and `resetassay report` exits 1 with one line naming the cause and the retry."""
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    assert is_current(copy)
+    later = (copy / "report.md").stat().st_mtime_ns + 10**9
+    os.utime(copy / "summary.csv", ns=(later, later))
+    assert not is_current(copy)
+    os.utime(copy / "report.md", ns=(later, later))
+    assert is_current(copy)
+    monkeypatch.setattr(sys.modules["resetassay.report.render"], "html_document", lambda *_: 1 / 0)
+    result = runner.invoke(app, ["report", str(copy), "--quiet"])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error:") and "(ZeroDivisionError: division by zero)" in line
+    assert f"run `resetassay report {copy}` to retry" in line
+    assert "Rendering the report failed (ZeroDivisionError: division by zero)" in (copy / "report.md").read_text()
+    assert sorted(p.name for p in copy.iterdir()) == sorted(["report.md", "run.json", "timings.json",
+                                                              *(f"{name}.csv" for name in TABLES)])
+    assert (copy / "units.csv").read_bytes() == (run_dir / "units.csv").read_bytes()
+    assert not is_current(copy)  # so `report --log` draws it again
+
+
 def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
     """`assay_model(...).save(dir)` has no checkpoints.csv content (DESIGN "Python API"): one pooled family."""
     model = mlp(widths=(8, 8))
@@ -392,7 +453,7 @@ def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp
 
 def test_a_50_layer_model_renders_every_figure_legibly(tmp_path: Path):
     """A deep MLP (50 unit layers, 4 sampled units each): the report renders; the layer heatmap gives every layer
-    a row of at least 15 pixels (its labels cannot overlap) and an SVG beside each PNG."""
+    a row of at least 15 pixels (its labels cannot overlap)."""
     from sklearn.datasets import load_digits
 
     from resetassay.models import create_model
@@ -407,7 +468,7 @@ def test_a_50_layer_model_renders_every_figure_legibly(tmp_path: Path):
     result.save(tmp_path)
     figures = tmp_path / "figures"
     for name in ("regret", "spearman_heatmap", "scatter_l1", "layer_heatmap"):
-        assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.svg").stat().st_size > 0
+        assert (figures / f"{name}.png").stat().st_size > 0
     height = matplotlib.image.imread(figures / "layer_heatmap.png").shape[0]
     assert height >= 50 * 15
     text = (tmp_path / "report.md").read_text()  # the models table: the verdict's scope, then all assayed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import sys
@@ -78,7 +79,7 @@ def test_mlflow_logs_config_metrics_report_and_figures_into_a_store_under_the_ru
     files = {f.path for f in client.list_artifacts(logged.run_id)}
     assert {"report.md", "report.html", "run.json", "summary.csv", "aggregate.csv", "figures"} <= files
     figures = {f.path for f in client.list_artifacts(logged.run_id, "figures")}
-    assert "figures/regret.png" in figures and "figures/regret.svg" in figures
+    assert "figures/regret.png" in figures
     artifact = Path(found.info.artifact_uri.removeprefix("file://")) / "report.md"
     assert artifact.is_relative_to(run.resolve()) and artifact.read_text() == (run / "report.md").read_text()
 
@@ -202,18 +203,29 @@ def test_report_log_refuses_a_missing_or_unknown_tracker_before_drawing(run, mon
         backend_names("wandb,wandb")
 
 
-def test_report_log_logs_after_rendering(run, monkeypatch):
+def test_report_log_logs_a_current_report_as_it_is_and_draws_it_first_when_stale_or_asked(run, monkeypatch):
+    """The rule of README "Where results go": no redraw when report.md is newer than the tables (and its render
+    succeeded), unless --figures or --q ask for another report."""
     pytest.importorskip("tensorboard")
     calls = []
-    monkeypatch.setattr(resetassay.report, "render", lambda run_dir, q=None: calls.append("render") or (
+    monkeypatch.setattr(resetassay.report, "render", lambda run_dir, *_args: calls.append("render") or (
         Path(run_dir) / "report.md"))
     real = resetassay.tracking.log_run
     monkeypatch.setattr(resetassay.tracking, "log_run", lambda *a, **k: calls.append("log") or real(*a, **k))
     result = runner.invoke(app, ["report", str(run), "--log", "tensorboard"])
     assert result.exit_code == 0, result.output
-    assert calls == ["render", "log"]
+    assert calls == ["log"] and "report.md is current: logged as it is" in result.output
     assert f"logged to tensorboard: {len(_expected(run))} metrics" in result.output
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for args in (["--figures", "png"], ["--q", "0.1"]):
+        calls.clear()
+        assert runner.invoke(app, ["report", str(run), "--log", "tensorboard", "--quiet", *args]).exit_code == 0
+        assert calls == ["render", "log"], args
+    later = (run / "report.md").stat().st_mtime_ns + 10**9
+    os.utime(run / "units.csv", ns=(later, later))
+    calls.clear()
+    assert runner.invoke(app, ["report", str(run), "--log", "tensorboard", "--quiet"]).exit_code == 0
+    assert calls == ["render", "log"]
 
 
 def test_log_run_refuses_an_unknown_option(run):

@@ -5,7 +5,7 @@ Inputs are the verdict table (regret dot plot, SPEC S5b), the per-checkpoint sta
 Spearman), the common scope's units (rank scatter, a row per family) and the UnitTable's ages (growth, a panel per
 checkpoint). Each function returns a `matplotlib.figure.Figure` (None when the tables hold nothing to draw) on its
 own Agg canvas, never pyplot's, so drawing a report leaves a notebook's backend and figures alone; `save` writes one
-as PNG and SVG.
+as PNG or SVG.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def _ink(colour: tuple) -> tuple:
 
 
 def save(figure: Figure, path: Path) -> Path:
-    """The figure as `path` (PNG, embedded in report.html) and beside it as SVG (for papers); returns the PNG."""
+    """The figure as `path`, drawn once in the format of its suffix: PNG at DPI, or SVG (vector, for papers; its
+    rasterised scatters at DPI); returns `path`."""
     figure.savefig(path, dpi=DPI)
-    figure.savefig(path.with_suffix(".svg"))
     return path
 
 

@@ -52,6 +52,7 @@ document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventL
   }).forEach(row => body.appendChild(row));
 }));
 """
+MEDIA_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}  # of the figures report.html embeds
 NUMBER = re.compile(r"^\(?(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?: ± [^)]*\))?(e[-+]?\d+)?")
 
 
@@ -97,10 +98,10 @@ def _cell(value: object) -> str:
 
 
 def html_figure(path: Path, caption: str) -> str:
-    """A PNG embedded as a data: URI, so the page needs no other file."""
+    """A PNG or SVG embedded as a data: URI, so the page needs no other file."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(path.stem)
-    return (f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+    return (f'<figure><img alt="{alt}" src="data:{MEDIA_TYPES[path.suffix]};base64,{data}">'
             f"<figcaption>{_inline(caption)}</figcaption></figure>")
 
 

@@ -3,21 +3,24 @@
 Nothing here reruns a model: Shock@q at another q is recomputed from units.csv, but joint
 Shock@q exists only for the run's q. The aggregates (mean ± SE over checkpoints and seeds, per
 model family and training step) are computed once and feed aggregate.csv, the tables and the
-figures.
+figures. Each figure is drawn once, as PNG or SVG (`--figures`), or not at all; matplotlib and
+seaborn are imported only to draw them. A render that fails never touches the tables: report.md
+says what failed (`ReportFailed`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from resetassay.names import CBP_RESET, COMMON, SET_SELECTORS
-from resetassay.report import figures
+from resetassay.errors import BadInputError, one_line
+from resetassay.names import CBP_RESET, COMMON, RUN_JSON, SET_SELECTORS, TABLES
 from resetassay.report.blocks import (
     MIN_SE,
     STEP_STATS,
@@ -33,13 +36,38 @@ from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
 from resetassay.report.sets import set_blocks
-from resetassay.rundir import Tables, atomic_write, read_run, read_run_info, read_timings, run_q, write_table
+from resetassay.rundir import (
+    StageClock,
+    Tables,
+    atomic_write,
+    check_figures,
+    read_report_timings,
+    read_run,
+    read_run_info,
+    read_timings,
+    run_q,
+    table_path,
+    write_report_timings,
+    write_table,
+)
 from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
 from resetassay.verdict import FLAG_NOTE, reliability_flags, verdict_table
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from resetassay.progress import Progress
+
 # Files `render` writes; any of them a render did not make (e.g. an earlier sweep) is removed, and so is every
-# PNG/SVG in figures/ it did not draw (a figure this run has no data for, or one of an older version).
+# PNG/SVG in figures/ it did not draw (a figure this run has no data for, one of an older version or of the other
+# format), and figures/ once empty.
 OUTPUTS = ("aggregate.csv", "verdict.csv", "sweep.csv", "report.md", "report.html")
+
+
+class ReportFailed(UserWarning):
+    """Rendering a run's report failed after its tables were read (SPEC S5): raised by `render` once report.md says
+    so, issued as a warning by `AssayResult.save` (the assay's tables are written whatever the report does). Its
+    message is one line: the cause, and `resetassay report DIR` to retry."""
 
 FIGURE_CAPTIONS = {
     "regret": "The verdict as a picture: normalised regret of each utility's Shock@{q} pick per verdict (family "
@@ -82,7 +110,7 @@ FIGURE_CAPTIONS = {
 def _caption(figure: str) -> str:
     """A figure's caption; a registered shock metric's scatter is captioned like the built-in ones (SPEC S4)."""
     metric = figure.removeprefix("scatter_")
-    return FIGURE_CAPTIONS.get(figure) or f"Utility rank against the rank of the unit's {metric} shock, as above."
+    return FIGURE_CAPTIONS.get(figure) or f"Utility against the unit's {metric} shock, as above."
 
 
 def _reading_notes(tables: Tables, info: dict, stats: pd.DataFrame, q: float, base_q: float) -> list[Block]:
@@ -118,15 +146,18 @@ def _sampled_note(info: dict) -> list[Block]:
 
 def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
                   sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
-                  timings: dict[str, dict[str, float]] | None = None,
+                  timings: dict[str, dict[str, float]] | None = None, figures_note: str = "",
                   verdict: pd.DataFrame | None = None) -> list[Block]:
     """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
-    directory), then folded details: tables per family (`stats`: per-checkpoint statistics of scope ALL), by
-    training step, the q sweep, per-checkpoint ρ, clamp against reset (a cbp-reset run), set-aware selection (a
-    run with a set selector; `timings`: timings.json's stages per checkpoint), not-applicable notes, provenance."""
+    directory; `figures_note` says why there are none or not all), then folded details: the verdict in full
+    (`verdict`: `verdict.verdict_table`, SPEC S5b), tables per family
+    (`stats`: per-checkpoint statistics of scope ALL), by training step, the q sweep, per-checkpoint ρ, clamp
+    against reset (a cbp-reset run), set-aware selection (a run with a set selector; `timings`: timings.json's
+    stages per checkpoint), not-applicable notes, provenance."""
     blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
+    blocks += [Block("text", figures_note)] if figures_note else []
     if verdict is not None and len(verdict):
         blocks += [Block("h2", "The verdict in full", fold=True),
                    Block("text", "Every verdict of every metric (verdict.csv; method S5b): regret mean ± SE over "
@@ -188,6 +219,8 @@ def report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame,
     """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS): the verdict (`verdict`:
     `verdict.verdict_table`, SPEC S5b), then the S5 statistics on the common scope (`common`: its per-checkpoint
     statistics)."""
+    from resetassay.report import figures  # matplotlib and seaborn load only when figures are drawn
+
     shared = common_units(tables["units"], summary)
     drawn = {"regret": figures.regret_dots(verdict),
              "spearman_heatmap": figures.spearman_heatmap(common)}
@@ -203,12 +236,16 @@ def report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame,
 
 
 def _remove_stale(run_dir: Path, written: list[Path]) -> None:
-    """Drop outputs of an earlier render that this one did not make (e.g. a sweep), so nothing stale remains."""
-    pictures = [*(run_dir / "figures").glob("*.png"), *(run_dir / "figures").glob("*.svg")]  # ours, old names too
-    kept = set(written) | {p.with_suffix(".svg") for p in written}
+    """Drop outputs of an earlier render that this one did not make (e.g. a sweep, figures of the other format),
+    and figures/ once empty, so nothing stale remains."""
+    folder = run_dir / "figures"
+    pictures = [*folder.glob("*.png"), *folder.glob("*.svg")]  # ours, old names too
+    kept = set(written)
     for path in [run_dir / name for name in OUTPUTS] + pictures:
         if path not in kept and path.exists():
             path.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 @dataclass
@@ -257,34 +294,124 @@ def analyse(tables: Tables, base_q: float, q: list[float] | None = None,
     return analysis
 
 
-def render(run_dir: str | Path, q: list[float] | None = None) -> Path:
-    """Write report.md, report.html, aggregate.csv and figures/ of a run directory from its tables alone.
-
-    `q`: the fractions for Shock@q (default: the run's own). The headline and tables use the run's q
-    when listed, else the first value; more than one value adds a sweep (sweep.csv, a table per
-    family, figures/shock_vs_q.png). Returns the path of report.md.
-    """
+def is_current(run_dir: str | Path) -> bool:
+    """Whether the run's report is up to date: report.md is no older than the tables and run.json, and the render
+    that wrote it succeeded (timings.json records its stages). `report --log` logs such a report as it is."""
     run_dir = Path(run_dir)
-    tables = read_run(run_dir)
+    report = run_dir / "report.md"
+    if not report.exists() or not read_report_timings(run_dir):
+        return False
     info = read_run_info(run_dir)
-    base_q = run_q(tables["summary"], info, run_dir)
-    timings = read_timings(run_dir)
-    analysis = analyse(tables, base_q, q, timings)
-    stats = analysis.stats
-    written = [run_dir / "aggregate.csv", run_dir / "verdict.csv", run_dir / "report.md", run_dir / "report.html"]
+    inputs = [table_path(run_dir, name, info) for name in TABLES] + [run_dir / RUN_JSON]
+    return all(report.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs if p.exists())
+
+
+def _write_aggregates(run_dir: Path, analysis: Analysis) -> list[Path]:
+    """verdict.csv (SPEC S5b), aggregate.csv (per family, and per family and step) and with a sweep sweep.csv;
+    returns their paths."""
     atomic_write(run_dir / "verdict.csv", write_table(analysis.verdict))
+    stats = analysis.stats
     by_family = aggregate(stats, ["family", "q"])
     by_step = aggregate(stats.dropna(subset=["step"]), ["family", "step", "q"])
     aggregated = pd.concat([by_family.assign(step="all").reindex(columns=by_step.columns), by_step], ignore_index=True)
     atomic_write(run_dir / "aggregate.csv", write_table(aggregated))
-    if analysis.sweep is not None:
-        atomic_write(run_dir / "sweep.csv", write_table(aggregate(analysis.sweep, ["family", "q"])))
-        written.append(run_dir / "sweep.csv")
-    (run_dir / "figures").mkdir(exist_ok=True)
-    made = [figures.save(figure, run_dir / "figures" / f"{name}.png") for name, figure in analysis.figures().items()]
-    _remove_stale(run_dir, written + made)
-    blocks = report_blocks(tables, info, analysis.headline(), stats, analysis.sweep,
-                           [p.relative_to(run_dir) for p in made], analysis.q, base_q, timings, analysis.verdict)
-    atomic_write(run_dir / "report.md", markdown_document(blocks))
-    atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
+    written = [run_dir / "verdict.csv", run_dir / "aggregate.csv"]
+    if analysis.sweep is None:
+        return written
+    atomic_write(run_dir / "sweep.csv", write_table(aggregate(analysis.sweep, ["family", "q"])))
+    return [*written, run_dir / "sweep.csv"]
+
+
+def _draw(run_dir: Path, analysis: Analysis, figures: str,
+          progress: Progress | None) -> tuple[list[Path], Exception | None]:
+    """Save each figure once as figures/<name>.<figures> (none: no figure), each dropped once saved, calling
+    `progress("figures", done, total)`. Returns the figures saved, and the error that stopped the drawing, if any."""
+    made: list[Path] = []
+    if figures == "none":
+        return made, None
+    report = progress or (lambda _task, _done, _total: None)
+    try:
+        from resetassay.report.figures import save
+
+        drawn = analysis.figures()
+        (run_dir / "figures").mkdir(exist_ok=True)
+        names = list(drawn)
+        for done, name in enumerate(names):
+            report("figures", done, len(names))
+            made.append(save(drawn.pop(name), run_dir / "figures" / f"{name}.{figures}"))
+        report("figures", len(names), len(names))
+    except Exception as err:  # any drawing error: the report is written without the figures
+        return made, err
+    return made, None
+
+
+def _figures_note(figures: str, failed: Exception | None) -> str:
+    """What report.md says under Figures when there are none (`--figures none`), or not all (drawing failed)."""
+    if failed is not None:
+        return f"Drawing the figures failed ({one_line(failed)}); `resetassay report` on this folder retries."
+    if figures == "none":
+        return "No figures (`--figures none`); `resetassay report` on this folder draws them."
+    return ""
+
+
+def _write_failure(run_dir: Path, err: Exception) -> None:
+    """In place of the report, a report.md saying rendering failed and why; the other report files and the report's
+    timings removed. Best effort: what failed may be the disk."""
+    with suppress(BadInputError):  # atomic_write's one-line error: the disk is full or read-only
+        atomic_write(run_dir / "report.md", f"# resetassay report\n\nRendering the report failed ({one_line(err)}). "
+                     "The assay's tables are complete; `resetassay report` on this folder retries.\n")
+        _remove_stale(run_dir, [run_dir / "report.md"])
+        write_report_timings(run_dir, None)
+
+
+def render(run_dir: str | Path, q: list[float] | None = None, figures: str = "png",
+           progress: Progress | None = None) -> Path:
+    """Write report.md, report.html, aggregate.csv and figures/ of a run directory from its tables alone (SPEC S5).
+
+    `q`: the fractions for Shock@q (default: the run's own). The headline and tables use the run's q
+    when listed, else the first value; more than one value adds a sweep (sweep.csv, a table per
+    family, figures/shock_vs_q.png). `figures`: png or svg (each figure drawn once, in that format), or none (no
+    figures; the report says so); `progress` is called as `progress("figures", done, total)` while they are
+    drawn. timings.json's `report` records the seconds of the stages analysis, figures and documents. Returns
+    the path of report.md.
+
+    Raises:
+        BadInputError: the tables cannot be read, or `figures` is not png, svg or none; nothing is written.
+        ReportFailed: drawing the figures failed (report.md and report.html are written without them), or
+            anything else did (report.md says so; the other report files are removed). The tables are never
+            touched.
+    """
+    check_figures(figures)
+    run_dir = Path(run_dir)
+    tables = read_run(run_dir)
+    info = read_run_info(run_dir)
+    base_q = run_q(tables["summary"], info, run_dir)
+    clock, timings = StageClock(), read_timings(run_dir)
+    try:
+        with clock("analysis"):
+            analysis = analyse(tables, base_q, q, timings)
+            written = _write_aggregates(run_dir, analysis)
+        with clock("figures"):
+            made, failed = _draw(run_dir, analysis, figures, progress)
+        with clock("documents"):
+            _remove_stale(run_dir, written + [run_dir / "report.md", run_dir / "report.html"] + made)
+            blocks = report_blocks(tables, info, analysis.headline(), analysis.stats, analysis.sweep,
+                                   [p.relative_to(run_dir) for p in made], analysis.q, base_q, timings,
+                                   _figures_note(figures, failed), analysis.verdict)
+            atomic_write(run_dir / "report.md", markdown_document(blocks))
+            atomic_write(run_dir / "report.html", html_document(blocks, run_dir))
+        write_report_timings(run_dir, None if failed else clock.seconds)
+    except Exception as err:
+        _write_failure(run_dir, err)
+        raise ReportFailed(f"{run_dir}: rendering the report failed ({one_line(err)}); the tables are written and "
+                           f"report.md says so — run `{_retry(run_dir, figures)}` to retry") from err
+    if failed is not None:
+        raise ReportFailed(f"{run_dir}: drawing the report's figures failed ({one_line(failed)}); the tables and the "
+                           f"report without them are written — run `{_retry(run_dir, figures)}` to retry, or "
+                           "--figures none to skip them") from failed
     return run_dir / "report.md"
+
+
+def _retry(run_dir: Path, figures: str) -> str:
+    """The command that renders the report again, as this render was asked to."""
+    return f"resetassay report {run_dir}" + (f" --figures {figures}" if figures != "png" else "")
