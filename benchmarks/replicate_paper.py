@@ -17,7 +17,7 @@ Finally it writes, into `--publish` (default reports/replication):
     README.md                  the tables as markdown, with the paper's numbers beside ours (SPEC S6)
 
     python benchmarks/replicate_paper.py [--mnist ../shared/data/mnist] [--seeds 0,1,2] [--activations ...]
-                                         [--tasks 30] [--quick]
+                                         [--inits kaiming-relu,torch-default] [--tasks 30] [--quick]
 
 `--quick` is the miniature CI runs: digits instead of MNIST, 4 tasks, checkpoints {0, 2, 4}, one seed, two
 activations, 256/256 examples (about a minute on 2 cores).
@@ -38,6 +38,7 @@ import torch
 from resetassay import run_assay
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
+from resetassay.models import DEFAULT_INIT, INITS
 from resetassay.rundir import read_run
 from resetassay.summary import checkpoint_stats
 from resetassay.train import TrainConfig, train, zoo_kwargs
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = {"relu": ("relu", False), "silu": ("silu", False), "leaky_relu": ("leaky_relu", False),
                "tanh": ("tanh", False), "relu-ln": ("relu", True)}
 PAPER_STEPS = (0, 5, 10, 20, 30)
+TORCH_DEFAULT = INITS[1]
 UTILITIES = ["activation", "contribution", "mc_contribution", "mc_adaptable", "loss_gradient", "gxi", "gxd", "gxd_all",
              "dormancy", "firing_rate", "random", "oracle"]  # every built-in one a backprop checkpoint has
 # SPEC S6: the paper's Table 7, pooled Spearman ρ on logit L1
@@ -53,15 +55,18 @@ PAPER_RHO = {("relu", "gxd"): 0.996, ("relu", "gxi"): 0.970, ("silu", "gxd"): 0.
 
 
 def configs(args: argparse.Namespace) -> dict[str, TrainConfig]:
-    """The training runs of the study, by folder name `<activation>-s<seed>`."""
+    """The training runs of the study, by folder name `<activation>-s<seed>`, or `<activation>-<init>-s<seed>` for
+    an init other than the default (SPEC S6: "Kaiming uniform" read as PyTorch's own default)."""
     data = DataSpec(source="digits") if args.quick else DataSpec(source="mnist", data_dir=str(args.mnist.resolve()))
     runs = {}
     for name in args.activations:
         activation, layer_norm = ACTIVATIONS[name]
-        for seed in args.seeds:
-            runs[f"{name}-s{seed}"] = TrainConfig(
-                "mlp", zoo_kwargs("mlp", data, None, activation, layer_norm), data, tasks=args.tasks, seed=seed,
-                checkpoint_at=tuple(t for t in args.steps if t <= args.tasks))
+        for init in args.inits:
+            label = name if init == DEFAULT_INIT else f"{name}-{init}"
+            for seed in args.seeds:
+                runs[f"{label}-s{seed}"] = TrainConfig(
+                    "mlp", zoo_kwargs("mlp", data, None, activation, layer_norm, init=init), data, tasks=args.tasks,
+                    seed=seed, checkpoint_at=tuple(t for t in args.steps if t <= args.tasks))
     return runs
 
 
@@ -132,8 +137,8 @@ def markdown(spearman: pd.DataFrame, shock: pd.DataFrame, checkpoints: pd.DataFr
             for a in activations:
                 row = g[g["activation"] == a]
                 cell = _cell(row.iloc[0]) if len(row) else "–"
-                if paper and (a, utility) in PAPER_RHO:
-                    cell += f" (paper {PAPER_RHO[(a, utility)]:.3f})"
+                if paper and (a.removesuffix(f"-{TORCH_DEFAULT}"), utility) in PAPER_RHO:
+                    cell += f" (paper {PAPER_RHO[(a.removesuffix(f'-{TORCH_DEFAULT}'), utility)]:.3f})"
                 cells.append(cell)
             lines.append(f"| {utility} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -147,6 +152,8 @@ def main() -> None:
     parser.add_argument("--publish", type=Path, default=ROOT / "reports" / "replication")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--activations", type=lambda s: s.split(","), default=list(ACTIVATIONS))
+    parser.add_argument("--inits", type=lambda s: s.split(","), default=[DEFAULT_INIT],
+                        help=f"comma-separated zoo inits ({', '.join(INITS)}); the default alone by default")
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the miniature: digits, 4 tasks, 1 seed, 2 activations")
@@ -154,6 +161,8 @@ def main() -> None:
     args.steps = PAPER_STEPS
     if args.quick:
         args.seeds, args.activations, args.tasks, args.steps = [0], ["relu", "silu"], 4, (0, 2, 4)
+    if unknown := [i for i in args.inits if i not in INITS]:
+        parser.error(f"--inits: unknown {', '.join(unknown)}; choose from {', '.join(INITS)}")
     unknown = [a for a in args.activations if a not in ACTIVATIONS]
     if unknown:
         parser.error(f"--activations: unknown {', '.join(unknown)}; choose from {', '.join(ACTIVATIONS)}")

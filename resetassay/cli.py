@@ -490,6 +490,9 @@ def train_command(
                                                "256,256,256,256).")] = None,
     activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
     layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
+    init: Annotated[str, typer.Option(help="Initial weights: kaiming-relu (Kaiming uniform with the ReLU gain, zero "
+                                      "biases) or torch-default (PyTorch's own layer init); recorded in the "
+                                      "checkpoint and, if not the default, in its family.")] = "kaiming-relu",
     data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
                                       "grammar (token sequences, --model transformer); an image folder or "
                                       ".tar/.tar.gz with train/ and test/ class folders (one task, --epochs).")]
@@ -560,7 +563,7 @@ def train_command(
             raise BadInputError(f"{flag} applies only with --cbp (plain backprop is the default); add --cbp",
                                 flag=flag)
         config = TrainConfig(
-            model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm, blocks), spec,
+            model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm, blocks, init), spec,
             tasks=tasks, epochs_per_task=epochs_per_task, lr=lr, batch_size=batch_size, seed=seed,
             checkpoint_at=_ints(checkpoint_at, "--checkpoint-at")
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,

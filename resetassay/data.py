@@ -11,7 +11,8 @@ import json
 import re
 import tarfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -573,6 +574,20 @@ class Examples:
 
 
 _CACHE: dict[tuple, object] = {}  # the last few sources opened and hashed (a run opens them once per checkpoint)
+_FACTORY_RESULTS: dict[tuple, object] | None = None  # a factory's examples, kept only inside `factories_called_once`
+
+
+@contextmanager
+def factories_called_once() -> Iterator[None]:
+    """Within the block (one run over many checkpoints), each data factory with the same kwargs is called once;
+    outside, every use calls it again. Files are cached by their path, mtime and size, but a factory's result has no
+    such stamp: kept across calls, a notebook that changed what the factory returns would get the old data back."""
+    global _FACTORY_RESULTS
+    outer, _FACTORY_RESULTS = _FACTORY_RESULTS, {} if _FACTORY_RESULTS is None else _FACTORY_RESULTS
+    try:
+        yield
+    finally:
+        _FACTORY_RESULTS = outer
 
 
 def _cached(key: tuple, make: Callable):
@@ -930,8 +945,12 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
 def _factory_examples(spec: DataSpec) -> Examples:
     """The examples `spec.factory(**spec.factory_kwargs)` returns (imported from the working folder too):
     (x, y) tensors, an indexable Dataset of (x, y) items (fetched by index) or an iterable of (x, y) batches."""
-    key = ("factory", spec.factory, json.dumps(spec.factory_kwargs, sort_keys=True, default=repr))
-    return _cached(key, lambda: _call_factory(spec.factory, spec.factory_kwargs or {}))
+    key = (spec.factory, json.dumps(spec.factory_kwargs, sort_keys=True, default=repr))
+    if _FACTORY_RESULTS is None:
+        return _call_factory(spec.factory, spec.factory_kwargs or {})
+    if key not in _FACTORY_RESULTS:
+        _FACTORY_RESULTS[key] = _call_factory(spec.factory, spec.factory_kwargs or {})
+    return _FACTORY_RESULTS[key]
 
 
 def _call_factory(name: str, kwargs: dict) -> Examples:

@@ -48,13 +48,26 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+DEFAULT_INIT = "kaiming-relu"
+INITS = (DEFAULT_INIT, "torch-default")  # SPEC S6: the two readings of the paper's "Kaiming uniform"
+
+
 def kaiming_init_(module: nn.Module) -> None:
-    """Kaiming-uniform weights, zero biases, unit BatchNorm/LayerNorm (SPEC S6 init)."""
+    """Kaiming-uniform weights (ReLU gain), zero biases, unit BatchNorm/LayerNorm (SPEC S6 init)."""
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
             nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_weights_(module: nn.Module, init: str) -> None:
+    """Initialise a zoo model (SPEC S6): `kaiming-relu` (`kaiming_init_`), or `torch-default`, PyTorch's own layer
+    init as the modules were built (`kaiming_uniform_(a=√5)` weights, about 2.45x smaller, uniform biases)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+    if init == DEFAULT_INIT:
+        kaiming_init_(module)
 
 
 class HiddenLayer(nn.Module):
@@ -80,6 +93,7 @@ class MLP(nn.Module):
         n_classes: int = 10,
         activation: str = "relu",
         layer_norm: bool = False,
+        init: str = DEFAULT_INIT,
     ):
         super().__init__()
         dims = [in_features, *widths]
@@ -88,7 +102,7 @@ class MLP(nn.Module):
         )
         self.head = nn.Linear(dims[-1], n_classes)
         self.layer_norm = layer_norm
-        kaiming_init_(self)
+        init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -133,6 +147,7 @@ class CNN(nn.Module):
         widths: tuple[int, ...] = (16, 32),
         n_classes: int = 10,
         activation: str = "relu",
+        init: str = DEFAULT_INIT,
     ):
         super().__init__()
         dims = [in_channels, *widths]
@@ -142,7 +157,7 @@ class CNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(dims[-1], n_classes)
-        kaiming_init_(self)
+        init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -198,6 +213,7 @@ class ResNet(nn.Module):
         blocks: tuple[int, ...] = (1,) * len(RESNET_WIDTHS),
         n_classes: int = 10,
         activation: str = "relu",
+        init: str = DEFAULT_INIT,
     ):
         super().__init__()
         self.stem = ConvBlock(in_channels, widths[0], activation)
@@ -212,7 +228,7 @@ class ResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, n_classes)
-        kaiming_init_(self)
+        init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -296,14 +312,14 @@ class Transformer(nn.Module):
     """
 
     def __init__(self, vocab: int = 32, max_len: int = 16, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 mlp_ratio: int = 4):
+                 mlp_ratio: int = 4, init: str = DEFAULT_INIT):
         super().__init__()
         self.tokens = nn.Embedding(vocab, d_model)
         self.positions = nn.Parameter(torch.zeros(1, max_len, d_model))
         self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio * d_model) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
-        kaiming_init_(self)
+        init_weights_(self, init)
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions, std=0.02)
 
@@ -353,12 +369,17 @@ def _tuples(kwargs: dict[str, object]) -> dict[str, object]:
 
 
 def model_family(name: str, kwargs: dict[str, object]) -> str:
-    """Short family label for reports: architecture, activation, normalisation."""
+    """Short family label for reports: architecture, activation, normalisation, and an init other than the
+    default (SPEC S6), e.g. `mlp-silu-torch-default`."""
     if name == "transformer":
-        return f"transformer-d{kwargs.get('d_model', 64)}-l{kwargs.get('n_layers', 2)}"
+        init = kwargs.get("init", DEFAULT_INIT)
+        return f"transformer-d{kwargs.get('d_model', 64)}-l{kwargs.get('n_layers', 2)}" + (
+            f"-{init}" if init != DEFAULT_INIT else "")
     parts = [name, str(kwargs.get("activation", "relu"))]
     if kwargs.get("layer_norm"):
         parts.append("ln")
     if name in ("cnn", "resnet"):
         parts.append("bn")
+    if kwargs.get("init", DEFAULT_INIT) != DEFAULT_INIT:
+        parts.append(str(kwargs["init"]))
     return "-".join(parts)

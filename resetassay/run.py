@@ -27,7 +27,7 @@ from resetassay.assay import (
     versions,
 )
 from resetassay.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
-from resetassay.data import DataChoice, DataSpec
+from resetassay.data import DataChoice, DataSpec, factories_called_once
 from resetassay.errors import BadInputError
 from resetassay.names import FAILURE_COLUMNS
 from resetassay.progress import Progress, rich_progress
@@ -188,8 +188,9 @@ def run_assay(
     store = _open_store(world, out, identity, overwrite)
     opener = _Opener(config, model, model_kwargs, choice)
     try:
-        return _assay_all(found, config, identity, inputs, paths, opener, progress, store, say, fail, table_format,
-                          figures, world)
+        with factories_called_once():
+            return _assay_all(found, config, identity, inputs, paths, opener, progress, store, say, fail,
+                              table_format, figures, world)
     finally:
         if store is not None:
             store.close()

@@ -58,7 +58,7 @@ from resetassay.checkpoint import FORMAT, check_family, family_name, save_checkp
 from resetassay.data import IMAGE_SIDE, PERMUTED, DataSpec, image_classes, image_tensor, task_arrays, training_images
 from resetassay.errors import BadInputError
 from resetassay.grammar import LENGTH, VOCAB
-from resetassay.models import ACTIVATIONS, MODELS, RESNET_WIDTHS, create_model
+from resetassay.models import ACTIVATIONS, DEFAULT_INIT, INITS, MODELS, RESNET_WIDTHS, create_model
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 
@@ -200,10 +200,20 @@ def last_checkpoint(tasks: int, epochs_per_task: int, checkpoint_in: str) -> int
 
 def zoo_kwargs(
     model: str, data: DataSpec, widths: tuple[int, ...] | None = None,
-    activation: str = "relu", layer_norm: bool = False, blocks: int | None = None,
+    activation: str = "relu", layer_norm: bool = False, blocks: int | None = None, init: str = DEFAULT_INIT,
 ) -> dict:
     """Keyword arguments of a zoo model sized for `data` (the MLP default is the paper's, SPEC S6); `blocks`: a
-    ResNet's BasicBlocks per stage (default 1; SPEC S6's ResNet-18 has 2)."""
+    ResNet's BasicBlocks per stage (default 1; SPEC S6's ResNet-18 has 2); `init`: `models.INITS`, recorded in the
+    kwargs (so in every checkpoint's manifest and family) where it is not the default."""
+    if init not in INITS:
+        raise BadInputError(f"--init {init!r}: choose from {', '.join(INITS)}", flag="--init")
+    kwargs = _zoo_kwargs(model, data, widths, activation, layer_norm, blocks)
+    return kwargs if init == DEFAULT_INIT else {**kwargs, "init": init}
+
+
+def _zoo_kwargs(model: str, data: DataSpec, widths: tuple[int, ...] | None, activation: str, layer_norm: bool,
+                blocks: int | None) -> dict:
+    """`zoo_kwargs` but the init."""
     if model not in MODELS:
         raise BadInputError(f"--model {model!r}: choose from {', '.join(sorted(MODELS))}", flag="--model")
     if activation not in ACTIVATIONS:

@@ -673,3 +673,20 @@ def test_assay_model_reads_dict_batches_as_tuples():
     import pandas as pd
 
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_factory_is_called_again_on_every_use_outside_one_run(factory_module):
+    """A notebook that changes what its factory returns gets the new data (the factory's result was cached by name
+    and kwargs across calls); within one run (`factories_called_once`) it is called once for all checkpoints."""
+    spec = data_spec(f"{factory_module.__name__}:tensors")
+    before, _ = task_arrays(spec, "holdout")
+    factory_module.X = factory_module.X + 100
+    after, _ = task_arrays(spec, "holdout")
+    assert torch.equal(after, before + 100)
+    from resetassay.data import factories_called_once
+
+    with factories_called_once():
+        first, _ = task_arrays(spec, "holdout")
+        factory_module.X = factory_module.X + 100
+        again, _ = task_arrays(spec, "holdout")
+    assert torch.equal(first, again) and torch.equal(first, after)

@@ -505,3 +505,26 @@ def test_online_accuracy_is_the_accuracy_on_the_training_stream_before_each_step
     assert log["online_accuracy"].iloc[0] == pytest.approx(before, abs=1e-9)
     train(_small(tasks=1, lr=0.1, epochs_per_task=3, examples_per_task=300, cbp=None), tmp_path / "moves")
     assert pd.read_csv(tmp_path / "moves" / "accuracy.csv")["online_accuracy"].iloc[0] > before + 0.05
+
+
+def test_init_torch_default_is_recorded_in_the_checkpoint_and_its_family(tmp_path):
+    """`train --init torch-default` (SPEC S6: the other reading of "Kaiming uniform"): PyTorch's own Linear init,
+    weights sqrt(6) = 2.45x smaller than the ReLU-gain Kaiming init and uniform (not zero) biases; the manifest's
+    model kwargs and the family record it; the default leaves manifests as they were."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--out", str(out), "--widths", "32,32", "--tasks", "1",
+                                      "--checkpoint-at", "0", "--init", "torch-default", "--quiet"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "task0" / "manifest.json").read_text())
+    assert manifest["model"]["kwargs"]["init"] == "torch-default"
+    ckpt = load_checkpoint(out / "task0")
+    assert ckpt.info.family == "mlp-relu-torch-default@digits"
+    linear = ckpt.model.layers[0].linear
+    assert linear.bias.abs().max() > 0
+    default = resetassay.train.create_model("mlp", in_features=64, widths=[32, 32])
+    ratio = default.layers[0].linear.weight.std() / linear.weight.std()
+    assert 2.2 < ratio < 2.7
+    plain = resetassay.train.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False)
+    assert "init" not in plain
+    with pytest.raises(BadInputError, match="--init 'xavier': choose from kaiming-relu, torch-default"):
+        resetassay.train.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False, init="xavier")
