@@ -502,10 +502,29 @@ def unit_scores(
         scores[name] = {}
         for layer in layers:
             try:
-                scores[name][layer.name] = UTILITIES[name].fn(stats[layer.name], layer).detach().cpu()
+                scores[name][layer.name] = checked_scores(name, UTILITIES[name].fn(stats[layer.name], layer), layer)
             except NotApplicable as why:
                 notes[(name, layer.name)] = str(why)
     return scores, notes
+
+
+def checked_scores(name: str, scores: object, layer: UnitLayer) -> torch.Tensor:
+    """A utility's scores of one layer, on the CPU, or a one-line error naming the utility and the layer: a tensor
+    of shape `(n_units,)` (one score per unit) holding finite numbers (a NaN would leave the utility "not
+    applicable" everywhere without a word; raise NotApplicable(reason) where it does not apply) (SPEC S3)."""
+    where = f"--utilities {name}: on layer {layer.name} ({layer.n_units} units) the utility"
+    if not isinstance(scores, torch.Tensor):
+        raise BadInputError(f"{where} returned {type(scores).__name__}; return a tensor of shape "
+                            f"({layer.n_units},), one score per unit", flag="--utilities")
+    if tuple(scores.shape) != (layer.n_units,):
+        raise BadInputError(f"{where} returned shape {tuple(scores.shape)}; return one score per unit, shape "
+                            f"({layer.n_units},)", flag="--utilities")
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        raise BadInputError(f"{where} returned NaN or Inf for {int((~finite).sum())} of its {layer.n_units} units; "
+                            "return finite scores, or raise NotApplicable(reason) where it does not apply",
+                            flag="--utilities")
+    return scores.detach().cpu()
 
 
 def needed_ingredients(names: list[str]) -> set[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from resetassay.cli import app
 from resetassay.lesion import joint_shocks, shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.lesion.shocks import SHOCK_METRICS, check_metrics
-from resetassay.models import transformer
+from resetassay.models import create_model, transformer
 from resetassay.reference import unit_references
 from resetassay.sequences import example_losses, next_token_targets
 from resetassay.units import unit_layers
@@ -201,3 +202,47 @@ def test_an_entry_point_metric_loads_only_when_named_and_runs_from_the_cli(clean
     assert clean_metrics.SHOCK_METRICS["linf"].targets is False
     assert json.loads((out / "run.json").read_text())["versions"]["metrics"] == {"linf": "my_linf:linf"}
     assert "shock_linf" in (out / "units.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    # NaN for a single example: every mean over the probe set was NaN, the oracle "not applicable", exit 0
+    ("d = (z - z_lesioned).abs().sum(dim=-1)\n    d[..., 0] = float('nan')\n    return d",
+     "returned NaN or Inf in"),
+    # a 0-d tensor: broadcast to every example, every unit of a chunk got the same shock, exit 0
+    ("return (z - z_lesioned).abs().sum()", "returned shape () for logits of shape"),
+    # reduced over the examples: a traceback deep in the engine
+    ("return (z - z_lesioned).abs().sum(dim=-1).mean(dim=-1)", "one shock per example"),
+    ("return 3.0", "returned float"),
+])
+def test_a_metric_returning_what_it_should_not_is_one_line_naming_it(clean_metrics, monkeypatch, tmp_path, body,
+                                                                    needle):
+    """What a plugin returns is validated at the boundary (issue 24): one `error:` line naming the metric, exit 2,
+    never a NaN or a broadcast scalar in units.csv."""
+    name = f"odd_{zlib.crc32(body.encode())}"  # a module of its own per case (imported modules are cached by name)
+    _entry_points(monkeypatch, tmp_path, "resetassay.metrics", name, f"def {name}(z, z_lesioned, y):\n    {body}\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(FIXTURES / "relu_mlp" / "task2"), "--utilities", "gxd,oracle",
+                                      "--metrics", f"l1,{name}", "--calib-size", "32", "--probe-size", "32",
+                                      "--out", str(out), "--quiet", "--no-joint"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--metrics {name}: the registered metric" in errors[0] and needle in errors[0]
+    assert not (out / "units.csv").exists()
+
+
+@pytest.mark.parametrize(("score", "needle"), [
+    # NaN: the utility was "not applicable" in summary.csv, notes.csv said nothing, exit 0
+    (lambda s, layer: s.gxd * float("nan"), "returned NaN or Inf for 32 of its 32 units"),
+    (lambda s, layer: s.gxd[:-1], "returned shape (31,); return one score per unit, shape (32,)"),  # a traceback
+    (lambda s, layer: s.gxd.sum(), "returned shape (); return one score per unit"),
+    (lambda s, layer: s.gxd.tolist(), "returned list; return a tensor of shape (32,)"),
+])
+def test_a_utility_returning_what_it_should_not_is_one_line_naming_it_and_the_layer(clean_registry, score, needle):
+    ra.register_utility("odd", score, needs=("gxd",))
+    model = create_model("mlp", in_features=4, widths=[32], n_classes=3)
+    (x, y), probe = _data()
+    with pytest.raises(ra.BadInputError, match=r"--utilities odd: on layer layers\.0\.act \(32 units\) the utility") \
+            as caught:
+        ra.assay_model(model, (x.float(), y), (probe[0].float(), probe[1]),
+                       config=ra.AssayConfig(utilities=["odd", "oracle"], metrics=["l1"]))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)

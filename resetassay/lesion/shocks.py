@@ -47,13 +47,34 @@ def kl(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z_lesioned, dim=-1) - base.lse - ((z_lesioned - base.z) * base.p).sum(dim=-1)
 
 
-def _of_logits(fn: MetricFn, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
+def _of_logits(name: str, fn: MetricFn, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
     """A registered `fn(z, z_lesioned, y)` as a ShockMetric's `shocks`: z expanded to z_lesioned's shape, y (where
-    it reads targets) to its leading shape, 0 where a position has no target (it then does not count)."""
+    it reads targets) to its leading shape, 0 where a position has no target (it then does not count); what it
+    returns is checked at this boundary (`checked_shocks`)."""
     def shocks(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
         y = base.targets.clamp(min=0).expand(z_lesioned.shape[:-1]) if targets else None
-        return fn(base.z.expand_as(z_lesioned), z_lesioned, y).double().expand(z_lesioned.shape[:-1])
+        return checked_shocks(name, fn(base.z.expand_as(z_lesioned), z_lesioned, y), z_lesioned.shape[:-1])
     return shocks
+
+
+def checked_shocks(name: str, shocks: object, shape: torch.Size) -> torch.Tensor:
+    """A registered metric's return value as float64 shocks, or a one-line error naming the metric: a tensor of
+    exactly `shape` (one shock per example, or per position of a sequence; never broadcast, so a scalar is not
+    copied to every example) and finite (a NaN would make every mean over the probe set NaN)."""
+    where = f"--metrics {name}: the registered metric"
+    if not isinstance(shocks, torch.Tensor):
+        raise BadInputError(f"{where} returned {type(shocks).__name__}; return a tensor of shape {tuple(shape)}, "
+                            "one shock per example", flag="--metrics")
+    if shocks.shape != shape:
+        raise BadInputError(f"{where} returned shape {tuple(shocks.shape)} for logits of shape {tuple(shape)} + "
+                            f"(classes,); return one shock per example, shape {tuple(shape)} (do not reduce over "
+                            "the examples: resetassay averages them)", flag="--metrics")
+    finite = torch.isfinite(shocks)
+    if not bool(finite.all()):
+        raise BadInputError(f"{where} returned NaN or Inf in {int((~finite).sum())} of its {finite.numel()} shocks "
+                            "(lesions x examples); return finite shocks (e.g. clamp probabilities before a log)",
+                            flag="--metrics")
+    return shocks.double()
 
 
 SHOCK_METRICS: dict[str, ShockMetric] = {"l1": ShockMetric("l1", l1), "kl": ShockMetric("kl", kl)}  # METRICS
@@ -71,7 +92,7 @@ def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str 
     built-in name is refused. `source` (default: the function's module and name) is recorded in run.json."""
     if name in METRICS:
         raise BadInputError(f"metric {name!r} is built in; register yours under another name", flag="--metrics")
-    SHOCK_METRICS[name] = ShockMetric(name, _of_logits(fn, targets), bool(targets))
+    SHOCK_METRICS[name] = ShockMetric(name, _of_logits(name, fn, targets), bool(targets))
     PLUGINS[name] = source or source_of(fn)
 
 
