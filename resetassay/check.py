@@ -65,12 +65,15 @@ READABLE = ("resetassay.baseline/1", "resetassay.baseline/2", "resetassay.baseli
 GATED = ("spearman", "shock_at_q", "gap")  # on the pooled scopes ALL and common (SPEC S5)
 VERDICT_GATED = ("regret", "balanced_rho")  # on each unit kind's scope (SPEC S5b)
 KIND_SCOPES = (*dict.fromkeys(KIND_OF_LAYER.values()), UNKNOWN_KIND)
+RANGES = {"spearman": (-1.0, 1.0), "balanced_rho": (-1.0, 1.0), "shock_at_q": (0.0, math.inf), "gap": (0.0, math.inf),
+          "regret": (0.0, math.inf)}  # where each gated statistic lies by definition (SPEC S5, S5b)
 VERDICT_NAN_NOTES = {"regret": "every unit of the scope's layers costs the same (method S5b)",
                      "balanced_rho": f"no layer of {MIN_RHO_UNITS}+ units with a defined ρ (method S5b)"}
 KEYS = ("family", "utility", "metric", "scope")
 UNGATED_UTILITIES = (RANDOM,)  # seeded noise: its numbers are chance, not ranking quality
 NUMERICALLY_NEUTRAL = ("batch_size", "device", "engine", "max_memory", "joint", "utilities")  # equal numbers either way
 RECORDED_SINCE = {"intervention": "clamp"}  # settings some recorded runs predate, at the value those runs used
+MAX_BASELINE_BYTES = 50_000_000  # a baseline of every fixture holds ~100 kB; a file far larger is not one
 NOISE = 1e-4  # relative changes below this are float noise (engines, devices) and not listed as moved
 FLOOR = re.compile(r"^(?P<names>[^<>=]+?)\s*(?P<op>>=|<=)\s*(?P<value>\S+)$")
 SUMMARY_NEEDS = ("checkpoint", "utility", "metric", "scope", "spearman")  # columns the gate reads
@@ -307,9 +310,18 @@ def _write(path: Path, text: str, flag: str, example: str) -> Path:
 
 def write_baseline(baseline: dict, path: str | Path) -> Path:
     """Write a baseline as indented JSON (stable key order, so regenerating it diffs cleanly), atomically; refuse
-    one that `read_baseline` would refuse."""
+    one that `read_baseline` would refuse, and refuse to replace an existing file that is not a baseline (only
+    what resetassay wrote is overwritten)."""
     path = output_path(path, "--output", "baseline.json")
     validate_baseline(baseline, f"baseline for {path}")
+    if path.exists():
+        try:
+            previous = _load_json(path)
+        except BadInputError:
+            previous = None
+        if not (isinstance(previous, dict) and previous.get("format") in READABLE):
+            raise BadInputError(f"--output {path}: exists and is not a resetassay baseline; name another file, or "
+                                "remove it first", flag="--output")
     return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "--output", "baseline.json")
 
 
@@ -335,11 +347,16 @@ def _is_count(value: object) -> bool:
 
 
 def _check_row(entry: dict, where: str) -> None:
-    """A baseline row's `n` and statistics (module docstring); NaN and Infinity are refused."""
+    """A baseline row's keys, `n` and statistics (module docstring): NaN and Infinity, values outside the range a
+    statistic has by definition and keys a row does not hold are refused."""
+    names = gated(entry["scope"])
+    known = {*KEYS, "n", *names, *(f"{s}{suffix}" for s in names for suffix in ("_n", "_note"))}
+    if unknown := sorted(set(entry) - known):
+        raise BadInputError(f"{where}: unknown key {', '.join(map(repr, unknown))}; a {entry['scope']} row holds "
+                            f"{', '.join(sorted(known))}")
     n = entry.get("n")
     if n is not None and not (_is_count(n) and n >= 1):
         raise BadInputError(f"{where}: 'n' must be a whole number >= 1 (checkpoints), got {n!r}")
-    names = gated(entry["scope"])
     if not any(s in entry for s in names):
         raise BadInputError(f"{where}: {', '.join(names)} must be numbers or null")
     for stat in names:
@@ -349,6 +366,10 @@ def _check_row(entry: dict, where: str) -> None:
         if value is not None and not math.isfinite(value):
             raise BadInputError(f"{where}: '{stat}' is {value} (JSON NaN/Infinity), not a finite number; write a "
                                 f"number, or null with a '{stat}_note' where the method gives NaN")
+        low, high = RANGES[stat]
+        if value is not None and not low <= value <= high:
+            raise BadInputError(f"{where}: '{stat}' is {value}, outside [{low:g}, {high:g}] where it lies by "
+                                "definition; regenerate the baseline with `resetassay baseline`")
         if note is not None and not isinstance(note, str):
             raise BadInputError(f"{where}: '{stat}_note' must be a string (why the run's {stat} is NaN)")
         if count is not None and not (_is_count(count) and _is_count(n) and count <= n):
@@ -378,6 +399,7 @@ def validate_baseline(baseline: object, where: str) -> dict:
         raise BadInputError(f"{where}: 'q' must be a number in (0, 1], got {q!r}")
     if not baseline.get("rows") and not baseline.get("floors"):
         raise BadInputError(f"{where}: no 'rows' and no 'floors': nothing to check")
+    seen: dict[tuple, int] = {}
     for section, check in (("rows", _check_row), ("floors", _check_floor)):
         entries = baseline.get(section, [])
         if not isinstance(entries, list):
@@ -387,9 +409,15 @@ def validate_baseline(baseline: object, where: str) -> dict:
             if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in KEYS[:3]):
                 raise BadInputError(f"{at}: needs string 'family', 'utility' and 'metric'")
             scopes = (*POOLED_SCOPES, *KIND_SCOPES, *(("*",) if section == "floors" else ()))
+            if "scope" not in entry and baseline["format"] not in READABLE[:2]:
+                raise BadInputError(f"{at}: no 'scope' ({', '.join(scopes)}); rows of {baseline['format']} name it")
             if entry.setdefault("scope", ALL) not in scopes:  # rows of /1 and /2 files gate ALL
                 raise BadInputError(f"{at}: 'scope' must be one of {', '.join(scopes)}, got {entry['scope']!r}")
             check(entry, at)
+            if section == "rows" and (key := _key(entry)) in seen:
+                raise BadInputError(f"{at}: the same family, utility, metric and scope as rows[{seen[key]}]; keep "
+                                    "one row per key")
+            seen[_key(entry)] = i
     return baseline
 
 
@@ -398,11 +426,23 @@ def read_baseline(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such baseline file; write one with `resetassay baseline RUN_DIR -o {path}`")
+    return validate_baseline(_load_json(path), str(path))
+
+
+def _load_json(path: Path) -> object:
+    """A baseline file's JSON, read at this boundary: at most MAX_BASELINE_BYTES, nested at most as deep as Python's
+    parser can go; NaN and Infinity literals read as floats (refused by `validate_baseline`)."""
+    size = path.stat().st_size
+    if size > MAX_BASELINE_BYTES:
+        raise BadInputError(f"{path}: {size / 1e6:.0f} MB, more than a baseline holds (at most "
+                            f"{MAX_BASELINE_BYTES / 1e6:.0f} MB); regenerate it with `resetassay baseline`")
     try:
-        baseline = json.loads(path.read_text())  # NaN and Infinity literals read as floats, refused below
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: not valid JSON ({err}); regenerate it with `resetassay baseline`") from err
-    return validate_baseline(baseline, str(path))
+    except RecursionError:
+        raise BadInputError(f"{path}: JSON nested too deep to be a baseline; regenerate it with `resetassay "
+                            "baseline`") from None
 
 
 def _compare(entry: dict, stat: str, kind: str, reference: float, limit: float, bound: str, rule: str,

@@ -77,9 +77,13 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a resumable run; the checkpoints finished before it are saved."""
 
 
+TEMPORARY = ".resetassay-tmp"  # the suffix of `atomic_write`'s temporary files: the only dotfiles a run removes
+
+
 def atomic_write(path: Path, text: str | bytes) -> None:
-    """Write via a temporary `.<name>.*` file, flushed to disk, and a rename: a crash or a kill never leaves
-    half a file under `path`, and a failed write removes its temporary file. Text is written as UTF-8."""
+    """Write via a temporary `.<name>.*.resetassay-tmp` file, flushed to disk, and a rename: a crash or a kill
+    never leaves half a file under `path`, and a failed write removes its temporary file. Text is written as
+    UTF-8."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     _atomic(path, lambda f: f.write(data))
 
@@ -87,7 +91,7 @@ def atomic_write(path: Path, text: str | bytes) -> None:
 def _atomic(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
     """`atomic_write` with `write(file)` filling the temporary file (opened binary)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     except OSError as err:
         raise _unwritable(path, err) from err
     try:
@@ -432,10 +436,9 @@ class RunParts:
             raise BadInputError(f"--out {self.out}: cannot create the run directory ({err.strerror}); name a "
                                 "folder you can write", flag="--out") from err
         self._lock = _own_lock(self.out)
-        for temporary in self.parts.glob(".*"):  # left by a write that was killed
-            temporary.unlink()
-        for items in self.parts.glob("*/.*"):
-            items.unlink()
+        for temporary in [*self.parts.glob(f".*{TEMPORARY}"), *self.parts.glob(f"*/.*{TEMPORARY}")]:
+            if temporary.is_file() and not temporary.is_symlink():  # left by a write that was killed
+                temporary.unlink()
         if overwrite:
             for part in self.finished():
                 part.unlink()

@@ -704,3 +704,52 @@ def test_a_regret_regression_on_a_unit_kind_fails_naming_the_kind(clean_run, bas
     assert result.exit_code == 1, result.output
     failing = [line.split()[1:5] for line in result.output.splitlines() if line.startswith("FAIL")]
     assert ["mlp-silu", "activation", "(units)", "l1"] in failing and all("(units)" in f for f in failing)
+
+
+def _v4(rows: list[dict]) -> str:
+    return json.dumps({"format": "resetassay.baseline/4", "q": 0.05, "rows": rows})
+
+
+ROW = {"family": "F", "utility": "u", "metric": "l1", "scope": "ALL", "n": 1, "spearman": 0.9, "shock_at_q": 0.1,
+       "gap": 0.0}
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (_v4([{**ROW, "spearman": 2.5}]), "'spearman' is 2.5, outside [-1, 1]"),  # was judged as a regression
+    (_v4([{**ROW, "gap": -0.1}]), "'gap' is -0.1, outside [0, inf]"),
+    (_v4([{**ROW, "spaerman": 0.9}]), "unknown key 'spaerman'"),  # was accepted and ignored
+    (_v4([ROW, {**ROW, "spearman": 0.5}]), "the same family, utility, metric and scope as rows[0]"),
+    (_v4([{k: v for k, v in ROW.items() if k != "scope"}]), "no 'scope'"),
+    (_v4([{**ROW, "scope": "neurons", "regret": 0.1}]), "unknown key 'gap', 'shock_at_q', 'spearman'"),
+    ("[" * 200_000 + "]" * 200_000, "nested too deep"),  # was a RecursionError traceback
+])
+def test_a_bad_baseline_is_bad_input_naming_the_entry(clean_run, tmp_path, content, needle):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(path)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert needle in line and str(path) in line.replace("\n", "")
+
+
+def test_a_huge_baseline_is_refused_before_it_is_read(clean_run, tmp_path, monkeypatch):
+    import resetassay.check
+
+    monkeypatch.setattr(resetassay.check, "MAX_BASELINE_BYTES", 1000)
+    path = tmp_path / "big.json"
+    path.write_text(_v4([ROW] * 50))
+    with pytest.raises(BadInputError, match="more than a baseline holds"):
+        read_baseline(path)
+
+
+def test_baseline_never_overwrites_a_file_that_is_not_a_baseline(clean_run, baseline_file, tmp_path):
+    """Only what resetassay wrote is overwritten (issue 24): an unrelated JSON file at -o stays, exit 2; a baseline
+    there is regenerated."""
+    other = tmp_path / "package.json"
+    other.write_text('{"name": "my-app"}')
+    result = runner.invoke(app, ["baseline", str(clean_run), "-o", str(other)])
+    assert result.exit_code == 2 and "not a resetassay baseline" in result.output
+    assert other.read_text() == '{"name": "my-app"}'
+    again = tmp_path / "again.json"
+    shutil.copy(baseline_file, again)
+    assert runner.invoke(app, ["baseline", str(clean_run), "-o", str(again)]).exit_code == 0

@@ -263,10 +263,14 @@ def test_temporary_files_of_a_killed_write_are_never_read_and_are_removed(tmp_pa
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
     run_assay([ckpts], progress=False, out=out, **SMALL)
-    leftover = out / PARTS / ".abc.json.x1y2"
+    leftover = out / PARTS / ".abc.json.x1y2.resetassay-tmp"
     leftover.write_text('{"format": "resetassay.part/1"')
+    keep = out / PARTS / ".gitkeep"  # the user's: a run deletes only what it wrote (issue 24)
+    keep.write_text("")
+    (out / PARTS / ".cache").mkdir()  # a dot-directory: was a traceback (unlink of a directory)
     run_assay([ckpts], progress=False, out=out, **SMALL)
     assert not leftover.exists() and len(assayed) == 2
+    assert keep.exists() and (out / PARTS / ".cache").is_dir()
 
 
 def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
