@@ -47,13 +47,16 @@ import pandas as pd
 
 from resetassay.errors import BadInputError
 from resetassay.names import (
+    ALL,
     FAILURE_COLUMNS,
     FAILURES,
     FIGURE_FORMATS,
     MANIFEST,
+    NOTE_COLUMNS,
     PARTS,
     RUN_JSON,
     STATE,
+    SUMMARY_COLUMNS,
     TABLES,
     TIMINGS,
     WEIGHTS,
@@ -71,6 +74,12 @@ TABLE_FORMATS = ("csv", "parquet")  # how write_run stores the four tables; csv 
 PARQUET_HINT = "pip install 'resetassay[parquet]' (pyarrow)"
 KEEPS = ("int64", "float64", "bool")  # dtypes a csv round trip gives back unchanged (floats in repr form)
 Tables = dict[str, pd.DataFrame]
+# What a table read back must hold (`check_table`): its columns, and those that are text; every other column of
+# the units and summary tables is a number (a utility's scores, a shock; a statistic), `mature` a boolean.
+REQUIRED = {"units": ("checkpoint", "layer", "unit", "mature"), "summary": tuple(SUMMARY_COLUMNS[:4]),
+            "notes": tuple(NOTE_COLUMNS), "checkpoints": ("checkpoint",)}
+TEXT = {"units": ("checkpoint", "layer", "kind", "mature"), "summary": ("checkpoint", "utility", "metric", "scope",
+                                                                        "note")}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -262,7 +271,67 @@ def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
             raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
         if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
             raise BadInputError(f"{path}: empty table; rerun the assay")
+        check_table(name, tables[name], path)
+    if {"units", "summary"} <= set(tables):
+        _check_summary_covers(tables["units"], tables["summary"], info.get("config", {}),
+                              table_path(run_dir, "summary", info))
     return tables
+
+
+def check_table(name: str, table: pd.DataFrame, path: Path) -> None:
+    """A table read back from disk, checked at this boundary: a csv file ends with a newline (one cut short does
+    not), holds its REQUIRED columns, and numbers where numbers belong (TEXT lists the others); a one-line error
+    naming the file, the column and the first bad row otherwise."""
+    if path.suffix == ".csv" and path.stat().st_size and not _ends_with_newline(path):
+        raise BadInputError(f"{path}: cut short (its last line is incomplete); rerun the assay, or restore the file")
+    if table.empty and not len(table.columns):
+        return
+    if missing := [c for c in REQUIRED.get(name, ()) if c not in table]:
+        raise BadInputError(f"{path}: no column {', '.join(missing)}; is it the {name} table of a `resetassay run`?")
+    if table.empty:  # a header alone: what a reader of that table refuses, it refuses in its own words
+        return
+    if name == "units" and table["mature"].dtype != bool:
+        raise BadInputError(f"{path}: column mature holds {_first_bad(table['mature'], bool)}, not True/False; "
+                            "rerun the assay, or restore the file")
+    for column in table.columns if name in TEXT else ():
+        if column not in TEXT[name] and not pd.api.types.is_numeric_dtype(table[column]):
+            raise BadInputError(f"{path}: column {column} holds {_first_bad(table[column], float)}, not a number; "
+                                "rerun the assay, or restore the file")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _first_bad(column: pd.Series, kind: type) -> str:
+    """The first value of `column` that is not of `kind`, with its row (the file's line numbers count the header)."""
+    for row, value in column.items():
+        if kind is bool and not isinstance(value, bool):
+            return f"{value!r} (line {int(row) + 2})"
+        try:
+            kind(value)
+        except (TypeError, ValueError):
+            return f"{value!r} (line {int(row) + 2})"
+    return "values of mixed types"
+
+
+def _check_summary_covers(units: pd.DataFrame, summary: pd.DataFrame, config: dict, path: Path) -> None:
+    """Every checkpoint of units.csv has, for every utility and metric of the run (run.json's config, and those of
+    summary.csv), its ALL row in summary.csv: a summary cut at a line boundary lacks some."""
+    if units.empty or summary.empty:
+        return
+    pairs = set(zip(summary["utility"], summary["metric"], strict=True))
+    if isinstance(config.get("utilities"), list) and isinstance(config.get("metrics"), list):
+        pairs |= {(str(u), str(m)) for u in config["utilities"] for m in config["metrics"]}
+    for checkpoint in dict.fromkeys(units["checkpoint"]):
+        mine = summary[summary["checkpoint"] == checkpoint]
+        have = set(zip(mine["utility"], mine["metric"], mine["scope"], strict=True))
+        lacking = [f"{u} {m} {ALL}" for u, m in sorted(pairs) if (u, m, ALL) not in have]
+        if lacking:
+            raise BadInputError(f"{path}: no {lacking[0]} row for checkpoint {checkpoint} (of {len(lacking)} "
+                                "missing); the table is incomplete — rerun the assay, or restore the file")
 
 
 def read_run_info(run_dir: str | Path) -> dict:

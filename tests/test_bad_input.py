@@ -383,3 +383,29 @@ def test_a_bad_data_record_fails_that_checkpoint_without_blaming_a_flag(tmp_path
     line = _one_error(result, 2, f"{ck / 'b' / MANIFEST}: its data record cannot be loaded")
     assert not line.startswith("error: --")
     assert pd.read_csv(tmp_path / "run" / FAILURES)["checkpoint"].tolist() == ["ck/b"]
+
+
+def _cut_lines(path: Path, lines: int) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-lines]))
+
+
+@pytest.mark.parametrize(("table", "edit", "needle"), [
+    ("units", lambda p: p.write_bytes(p.read_bytes()[:-40]), "units.csv: cut short"),  # was a traceback
+    ("units", lambda p: pd.read_csv(p).drop(columns="mature").to_csv(p, index=False), "no column mature"),
+    ("units", lambda p: pd.read_csv(p).astype({"shock_l1": object}).assign(
+        shock_l1=lambda t: t["shock_l1"].where(t.index != 5, "abc")).to_csv(p, index=False),
+     "column shock_l1 holds 'abc' (line 7), not a number"),
+    # cut at a line boundary: the headline showed missing rows and a wrong best, exit 0
+    ("summary", lambda p: _cut_lines(p, 6), "the table is incomplete"),
+    ("summary", lambda p: p.write_bytes(p.read_bytes()[:-7]), "summary.csv: cut short"),
+])
+def test_report_on_a_damaged_table_is_one_line_naming_it(tmp_path, table, edit, needle):
+    """Tables read back are checked at the boundary (issue 24): `report` refuses, naming the file, and writes
+    nothing (the report of the intact run stays)."""
+    out = tmp_path / "run"
+    assert _run(FIXTURES / "relu_mlp" / "task2", out=out).exit_code == 0
+    before = (out / "report.md").read_text()
+    edit(out / f"{table}.csv")
+    result = runner.invoke(app, ["report", str(out)])
+    _one_error(result, 2, f"{table}.csv", needle)
+    assert (out / "report.md").read_text() == before
