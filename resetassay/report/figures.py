@@ -161,13 +161,15 @@ def regret_dots(verdict: pd.DataFrame) -> Figure | None:
     markers = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(columns)}
     colours = dict(zip(columns, sns.color_palette("dark", len(columns)), strict=True))
     offsets = dict(zip(columns, np.linspace(-0.3, 0.3, len(columns)) if len(columns) > 1 else [0.0], strict=True))
-    figure, axes = _panels(1, len(metrics), 6.0, 0.42 * len(utilities) + 1.4)
+    flagged = {v: g["flags"].iloc[0] for v, g in data.groupby("verdict")}
+    legend_lines = len(columns) * (2 if any(flagged.values()) else 1)  # below the panels (one column at worst)
+    row = max(0.42, 0.07 * len(columns))  # each utility's row holds a marker per verdict
+    figure, axes = _panels(1, len(metrics), 6.0, row * len(utilities) + 1.4 + 0.19 * legend_lines)
     edge = max(1.5, 1.15 * float(np.nanmax(data[data["utility"] != RANDOM][["regret", "regret_high"]]
                                            .to_numpy(dtype=float), initial=1.0)))
     edge = min(edge, 10.0)
     slots = edge * (1 + NA_SLOT * 4 * np.arange(1, len(columns) + 1))
     labels = utility_palette(utilities)
-    flagged = {v: g["flags"].iloc[0] for v, g in data.groupby("verdict")}
     legend: dict[str, Line2D] = {}
     for ax, metric in zip(axes[0], metrics, strict=True):
         panel = data[data["metric"] == metric]
