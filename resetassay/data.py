@@ -741,22 +741,39 @@ def _checked(x: object, y: object | None, name: str) -> tuple[torch.Tensor, torc
 # images
 
 
-def _image_listing(path: Path) -> tuple[list, str]:
-    """(every .jpg/.jpeg/.png as (relative parts, member), kind) of a folder or a .tar/.tar.gz archive."""
-    def visible(parts: tuple) -> bool:
-        return not any(p.startswith(".") or p == "__MACOSX" for p in parts)
+@dataclass(frozen=True)
+class ImageListing:
+    """What a folder or a .tar/.tar.gz archive holds: every .jpg/.jpeg/.png as (relative parts, member), every
+    folder's relative parts (class folders without an image among them), and how many archive members were skipped
+    because their path leaves the archive's folder (absolute, or through '..')."""
 
+    files: list
+    folders: list
+    kind: str
+    escaping: int = 0
+
+
+def _visible(parts: tuple) -> bool:
+    return not any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _image_listing(path: Path) -> ImageListing:
+    """The images and folders of a folder or a .tar/.tar.gz archive (hidden ones left out)."""
     if path.is_dir():
-        files = [(p.relative_to(path).parts, p) for p in path.rglob("*")
-                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        return [f for f in files if visible(f[0])], "folder"
+        entries = [(p.relative_to(path).parts, p) for p in path.rglob("*")]
+        files = [(parts, p) for parts, p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        folders = [parts for parts, p in entries if p.is_dir()]
+        return ImageListing([f for f in files if _visible(f[0])], [d for d in folders if _visible(d)], "folder")
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+            members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError) as err:
         raise BadInputError(f"{path}: cannot read the archive ({one_line(err)})") from err
-    files = [(PurePosixPath(m.name).parts, m) for m in members]
-    return [f for f in files if visible(f[0])], "archive"
+    inside = [m for m in members if not (m.name.startswith("/") or ".." in PurePosixPath(m.name).parts)]
+    files = [(PurePosixPath(m.name).parts, m) for m in inside if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+    folders = [PurePosixPath(m.name).parts for m in inside if m.isdir()]
+    return ImageListing([f for f in files if _visible(f[0])], [d for d in folders if _visible(d)], "archive",
+                        len(members) - len(inside))
 
 
 def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str], str, str]:
@@ -764,10 +781,14 @@ def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str],
     the grandparent of the images; of several, the one named test (then val, ...), or the one named `split`. An
     archive's listing is kept (a run opens it once per checkpoint, training for both roots); a folder's is cheap to
     list again, and its own timestamp does not change when a class folder does."""
-    files, kind = _image_listing(path) if path.is_dir() else \
+    listing = _image_listing(path) if path.is_dir() else \
         _cached(("listing", *_stamp(path)), lambda: _image_listing(path))
+    files, kind = listing.files, listing.kind
     if not files:
-        raise BadInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}); expected ROOT/<class>/<image>")
+        skipped = (f" ({listing.escaping} archive members were skipped: their paths leave the archive's folder, "
+                   "absolute or through '..')") if listing.escaping else ""
+        raise BadInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}){skipped}; expected "
+                            "ROOT/<class>/<image>")
     roots = sorted({parts[:-2] for parts, _ in files if len(parts) >= 2})
     if not roots:
         raise BadInputError(f"{path}: images but no class folders; expected ROOT/<class>/<image>")
@@ -788,6 +809,11 @@ def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str],
     root = roots[0]
     chosen = sorted(((parts, m) for parts, m in files if len(parts) >= 2 and parts[:-2] == root), key=lambda f: f[0])
     classes = sorted({parts[-2] for parts, _ in chosen})
+    empty = sorted({d[-1] for d in listing.folders if d[:-1] == root} - set(classes))
+    if empty:  # left out, the classes after it would take its label (torchvision's ImageFolder refuses too)
+        raise BadInputError(f"{path}: class folder {'/'.join((*root, empty[0]))} holds no image "
+                            f"({', '.join(IMAGE_SUFFIXES)}), so the labels of the classes after it would shift; add "
+                            "its images or remove the folder")
     label = {c: i for i, c in enumerate(classes)}
     return [(label[parts[-2]], m) for parts, m in chosen], classes, "/".join(root) or ".", kind
 
@@ -1013,13 +1039,30 @@ def dataset_items(dataset: object, indices: list[int], where: str) -> tuple[torc
     return x, joined_labels([y for _, y in items], where)
 
 
+MAX_ITERATED_EXAMPLES = 500_000  # what a factory's iterable may yield: an endless generator stops here, refused
+
+
+def _finite_batches(made: object, what: str) -> list[tuple[object, object]]:
+    """The (x, y) batches of an iterable, refused once they pass MAX_ITERATED_EXAMPLES (an endless generator would
+    never end); a batch of unknown size counts as one example."""
+    batches, count = [], 0
+    for batch in iter(made):  # type: ignore[call-overload]
+        batches.append(pair(batch, what))
+        count += len(batches[-1][0]) if hasattr(batches[-1][0], "__len__") else 1
+        if count > MAX_ITERATED_EXAMPLES:
+            raise BadInputError(f"{what}: yielded more than {MAX_ITERATED_EXAMPLES:,} examples without ending; "
+                                "return a finite iterable, a Dataset with a length, or (x, y) tensors",
+                                flag="--data")
+    return batches
+
+
 def _factory_result(made: object, name: str) -> Examples:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
     what = f"--data {name}"
-    if isinstance(made, torch.Tensor | np.ndarray) or (isinstance(made, tuple | list) and len(made) == 2
-                                                      and not isinstance(made[0], tuple | list)):
-        x, y = _checked(*pair(made, what), what)
+    if isinstance(made, dict | torch.Tensor | np.ndarray) or (
+            isinstance(made, tuple | list) and len(made) == 2 and not isinstance(made[0], tuple | list)):
+        x, y = _checked(*pair(made, what), what)  # a dict: one batch (iterating it would walk its keys)
         return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})
     if isinstance(made, Dataset) and not isinstance(made, IterableDataset) and hasattr(made, "__len__"):
         dataset = made
@@ -1042,7 +1085,7 @@ def _factory_result(made: object, name: str) -> Examples:
         raise BadInputError(f"{what}: its DataLoader shuffles; make it with shuffle=False (resetassay draws the "
                             "seeded split itself)", flag="--data")
     try:
-        batches = [pair(b, what) for b in iter(made)]  # type: ignore[call-overload]
+        batches = _finite_batches(made, what)
         if not batches:
             raise ValueError("no batches")
         xs = [torch.as_tensor(x) for x, _ in batches]

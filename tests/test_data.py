@@ -553,6 +553,16 @@ def dict_loader():
 
 def bad_dicts():
     return DataLoader([{"img_embed": X[i], "cls": Y[i]} for i in range(30)], batch_size=7)
+
+def endless():
+    while True:
+        yield X[:5], Y[:5]
+
+def as_dict():
+    return {"pixel_values": X, "labels": Y}
+
+def dict_of_other_names():
+    return {"a": X, "b": Y}
 '''
 
 
@@ -690,3 +700,45 @@ def test_a_factory_is_called_again_on_every_use_outside_one_run(factory_module):
         factory_module.X = factory_module.X + 100
         again, _ = task_arrays(spec, "holdout")
     assert torch.equal(first, again) and torch.equal(first, after)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_an_empty_class_folder_is_refused_not_dropped(tmp_path, packed):
+    """An empty class folder was dropped and the labels of the classes after it shifted by one (issue 24): every
+    label-targeted utility and the probe accuracy were then wrong, silently. torchvision's ImageFolder refuses
+    too."""
+    folder = _image_folder(tmp_path / "imgs")
+    (folder / "bee").mkdir()  # sorts first: every label would move
+    where = _tar(folder, tmp_path / "c.tar.gz", "cifar/test") if packed else folder
+    _one_line_error(lambda: data_spec(str(where)), "bee holds no image", "labels of the classes after it would shift")
+
+
+def test_an_archive_whose_members_leave_it_says_why_it_has_no_images(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    archive = tmp_path / "evil.tar"
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    with tarfile.open(archive, "w") as tar:
+        for name in ("../escape/cat/0.png", "/abs/cat/1.png"):
+            info = tarfile.TarInfo(name)
+            info.size = len(buffer.getvalue())
+            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    _one_line_error(lambda: data_spec(str(archive)), "no images", "2 archive members were skipped",
+                    "leave the archive's folder")
+
+
+def test_a_factory_returning_a_dict_or_an_endless_generator_is_read_or_refused(factory_module, monkeypatch):
+    """A dict was iterated by its keys and an endless generator hung forever (issue 24): a dict of inputs and labels
+    is one batch, another dict a one-line error, an endless generator refused once past the cap."""
+    import resetassay.data as data
+
+    mod = factory_module.__name__
+    x, y = task_arrays(data_spec(f"{mod}:as_dict"), "holdout")
+    assert torch.equal(x, factory_module.X) and torch.equal(y, factory_module.Y)
+    _one_line_error(lambda: data_spec(f"{mod}:dict_of_other_names"), "a batch dict needs inputs")
+    monkeypatch.setattr(data, "MAX_ITERATED_EXAMPLES", 1000)
+    _one_line_error(lambda: data_spec(f"{mod}:endless"), "yielded more than 1,000 examples without ending")
