@@ -334,6 +334,14 @@ def _check_summary_covers(units: pd.DataFrame, summary: pd.DataFrame, config: di
                                 "missing); the table is incomplete — rerun the assay, or restore the file")
 
 
+def _item_sha256(tensors: dict, meta: str) -> str:
+    """sha256 of a work item's content: its tensors as safetensors serialises them (names, dtypes, shapes and bytes,
+    in a fixed order) and its meta."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save(tensors) + meta.encode()).hexdigest()
+
+
 def read_run_info(run_dir: str | Path) -> dict:
     """run.json of a run directory (config, versions, device); {} when absent."""
     path = Path(run_dir) / RUN_JSON
@@ -590,12 +598,14 @@ class RunParts:
         return (self.parts / key / f"{item}.safetensors").exists()
 
     def save_item(self, key: str, item: str, tensors: dict, meta: dict) -> None:
-        """Write one finished work item atomically: `tensors` (name -> torch.Tensor) and JSON `meta`."""
+        """Write one finished work item atomically: `tensors` (name -> torch.Tensor) and JSON `meta`, with the
+        sha256 of both (`load_item` checks it)."""
         from safetensors.torch import save
 
         (self.parts / key).mkdir(exist_ok=True)
-        data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()},
-                    metadata={"meta": json.dumps(meta)})
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        text = json.dumps(meta)
+        data = save(tensors, metadata={"meta": text, "sha256": _item_sha256(tensors, text)})
         with interrupt_held():
             atomic_write(self.parts / key / f"{item}.safetensors", data)
 
@@ -610,9 +620,15 @@ class RunParts:
         try:
             with safe_open(path, framework="pt") as f:
                 tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-                meta = json.loads(f.metadata()["meta"])
+                text, recorded = f.metadata()["meta"], f.metadata().get("sha256")
+                meta = json.loads(text)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
             warnings.warn(f"{path}: unreadable work item ({err}); it is done again", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+        if recorded != _item_sha256(tensors, text):
+            warnings.warn(f"{path}: its content does not match its sha256 (edited, or written by an older "
+                          "version); it is done again", stacklevel=2)
             path.unlink(missing_ok=True)
             return None
         return tensors, meta

@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import resetassay
@@ -413,3 +415,39 @@ def test_a_refusal_names_the_section_of_a_key_two_sections_share():
     old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
     new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
     assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"
+
+
+def test_an_edited_work_item_is_not_reused(tmp_path):
+    """A torchrun work item carries the sha256 of its content (issue 24: an edited calibration item left by a killed
+    launch was reused without a check and the final tables differed from a clean run): an edit, or an item without
+    a checksum, is done again."""
+    from safetensors.torch import load_file, save_file
+
+    import resetassay.rundir as rundir
+
+    store = rundir.RunParts(tmp_path, {"config": {}})
+    key = "a" * 64
+    refs = {"layers.0.act": torch.arange(4.0), "ages": torch.tensor([1, 2], dtype=torch.int64)}
+    store.save_item(key, "calibration", refs, {"seconds": 1.5})
+    tensors, meta = store.load_item(key, "calibration")
+    assert torch.equal(tensors["layers.0.act"], refs["layers.0.act"]) and meta == {"seconds": 1.5}
+    path = tmp_path / PARTS / key / "calibration.safetensors"
+    with safe_open_metadata(path) as metadata:
+        edited = load_file(path)
+    edited["layers.0.act"][2] = 99.0
+    save_file(edited, path, metadata=metadata)
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert store.load_item(key, "calibration") is None
+    assert not path.exists()
+    save_file(refs, path, metadata={"meta": "{}"})  # written before items had a checksum
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert store.load_item(key, "calibration") is None
+    store.close()
+
+
+@contextmanager
+def safe_open_metadata(path: Path):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        yield f.metadata()
