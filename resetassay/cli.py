@@ -219,8 +219,9 @@ def run(
     table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
                                               "tables; needs resetassay[parquet]).")] = "csv",
     figures: Annotated[str, typer.Option(help=FIGURES_HELP)] = "png",
-    log: Annotated[str | None, typer.Option(help="After the report, log the config, pooled statistics, report and "
-                                            "figures to mlflow, wandb and/or tensorboard (comma-separated), in a "
+    log: Annotated[str | None, typer.Option(help="After the report, log the config, per-family statistics at each "
+                                            "training step, the verdict, report and figures to mlflow, wandb "
+                                            "and/or tensorboard (comma-separated), in a "
                                             "store under --out (mlflow: $MLFLOW_TRACKING_URI when set; wandb "
                                             "offline); needs resetassay[mlflow] / [wandb] / [tensorboard].")]
     = None,
@@ -297,8 +298,9 @@ def report(
     q: Annotated[str | None, typer.Option(help="Shock@q fraction(s) recomputed from units.csv, e.g. 0.1, or a "
                                           "sweep 0.01,0.05,0.1 (default: the run's q).")] = None,
     figures: Annotated[str | None, typer.Option(help=f"{FIGURES_HELP} Default png.")] = None,
-    log: Annotated[str | None, typer.Option(help="Then log the config, pooled statistics, report and figures to "
-                                            "mlflow, wandb and/or tensorboard (comma-separated), in a store under "
+    log: Annotated[str | None, typer.Option(help="Then log the config, per-family statistics at each training step, "
+                                            "the verdict, report and figures to mlflow, wandb and/or tensorboard "
+                                            "(comma-separated), in a store under "
                                             "RUN_DIR (mlflow: $MLFLOW_TRACKING_URI when set; wandb offline); "
                                             "needs resetassay[mlflow] / [wandb] / [tensorboard]. A current report "
                                             "(report.md newer than the tables, drawn without error) is logged as it "

@@ -3,15 +3,36 @@
     from resetassay.tracking import log_run
     log_run("reports/run", "mlflow")      # or "wandb", "tensorboard"; `resetassay report RUN --log mlflow`
 
-What is logged, read from the run directory's files alone (no model is run):
-- config: run.json's `config`, its `config_hash` and `table_format` (MLflow params and TensorBoard
-  text: strings, other values as JSON; W&B config: the values);
-- metrics: for every checkpoint, utility and shock metric of summary.csv, the pooled statistics
-  spearman, shock_at_q and gap_ratio (Shock@q / oracle Shock@q) on the scopes ALL and common, named
-  `<checkpoint>/<scope>/<metric>/<utility>/<stat>`, e.g. `relu_mlp/task2/common/l1/gxd/spearman`
-  (characters a tracker refuses become `_`); one value each, at step 0;
-- files: report.md, report.html, run.json, the summary table, aggregate.csv and sweep.csv, and
-  figures/ (TensorBoard: the figures as images, report.md and the config as text).
+What is logged, read from the run directory's files alone (no model is run), names as `metric_name` makes
+them (characters a tracker refuses become `_`, so `mlp-relu@digits` is `mlp-relu_digits`):
+- series, one per model family and statistic, whose x axis is the training step (checkpoints.csv's `step`):
+  `<family>/<scope>/<metric>/<utility>/<stat>` for the pooled S5 statistics spearman, shock_at_q and
+  gap_ratio on the scopes ALL and common (summary.csv), and `<family>/<kind>/<metric>/<utility>/<stat>` for
+  the regret and layer-balanced ρ of each unit kind's common scope (neurons, channels, heads; SPEC S5b,
+  `checkpoint_verdict_stats` at the run's q). A point per training step: the mean over the family's
+  checkpoints at that step (several seeds of one step are one point; NaN values left out, NaN where none
+  has one); a checkpoint without a step is at step 0. No name holds a checkpoint;
+- the verdict (verdict.csv, SPEC S5b, as the report's last render wrote it, at its headline q: the run's q
+  unless `report --q` chose another), one value each: `verdict/<family>/<kind>/<metric>/<utility>/<stat>`
+  for regret and balanced_rho, and four tags per family, kind and metric,
+  `verdict/<family>/<kind>/<metric>/<mark>` for best, indistinguishable, cheapest and fails, each the
+  utilities so marked, comma-separated in verdict.csv's order ("" for none). Without verdict.csv (no
+  report drawn) there are none;
+- config: run.json's `config`, its `config_hash` and `table_format`;
+- files: report.md, report.html, run.json, the summary table, aggregate.csv and sweep.csv, and figures/.
+
+What each tracker shows:
+- mlflow: the series as metrics logged at `step=` their training steps (the metric's chart and history),
+  the verdict values at step 0, the config as params (strings as they are, other values as JSON), the
+  verdict's marks as tags, the files as artifacts.
+- tensorboard: the series as scalars at `global_step` = training step, the verdict values as scalars at step
+  0; the config as HParams (numbers as numbers, the rest as MLflow's params) with the verdict values as the
+  HParams metrics, written into the same event file; the marks and the config as text tables (`verdict`,
+  `config`), report.md as text, the figures as images.
+- wandb: the series in the history with their own x axis `training_step` (`define_metric`, one history row
+  per training step), the figures in a row of their own, the verdict values and marks in the run summary
+  (the runs table's columns; W&B run tags are short labels), the config as W&B config, the files saved
+  into the run.
 
 Where, by default under the run directory, so nothing leaves the machine:
 - mlflow: a SQLite store `RUN/mlflow/mlflow.db` with artifacts in `RUN/mlflow/artifacts` (MLflow 3
@@ -44,14 +65,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from resetassay.errors import BadInputError
 from resetassay.names import POOLED_SCOPES
-from resetassay.rundir import read_run, read_run_info, table_path
+from resetassay.rundir import read_run, read_run_info, read_table, run_q, table_path
+from resetassay.summary import checkpoint_stats
+from resetassay.verdict import MARKS, VERDICT_COLUMNS, checkpoint_verdict_stats
 
 BACKENDS = ("mlflow", "wandb", "tensorboard")
-LOGGED_STATS = ("spearman", "shock_at_q", "gap_ratio")
+LOGGED_STATS = ("spearman", "shock_at_q", "gap_ratio")  # the pooled S5 series, on ALL and common
+KIND_STATS = ("regret", "balanced_rho")  # the S5b series per unit kind, and the verdict's values
+SERIES_KEYS = ["family", "scope", "metric", "utility"]  # a series' name, then its stat; `scope` is a kind for S5b
+NO_STEP = 0  # the training step of a checkpoint that records none
+STEP_METRIC = "training_step"  # W&B's x axis of the series
+VERDICT = "verdict"  # the first part of the verdict's names
 OPTIONS = {"mlflow": ("tracking_uri", "experiment", "run_name"), "wandb": ("project", "run_name"),
            "tensorboard": ("log_dir",)}
+MLFLOW_BATCH = {"params": 100, "tags": 100, "metrics": 1000}  # MLflow's limits per log_batch
 REPORT_FILES = ("report.md", "report.html", "run.json", "aggregate.csv", "sweep.csv")
 FIGURES = ("*.png", "*.svg")
 EXPERIMENT = "resetassay"  # the MLflow experiment and W&B project, unless given
@@ -60,18 +91,37 @@ UNSAFE = re.compile(r"[^\w.\- /]")  # what MLflow allows in a metric or param na
 
 
 @dataclass
+class Tracked:
+    """What a tracker gets from a run directory (module docstring): the config, the per-family series by name
+    (step -> value, steps ascending), the verdict's values and its marks as tags."""
+
+    config: dict
+    series: dict[str, dict[int, float]]
+    verdict: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def steps(self) -> list[int]:
+        """Every training step of any series, ascending."""
+        return sorted({step for points in self.series.values() for step in points})
+
+
+@dataclass
 class Logged:
-    """Where one `log_run` call put a run: the tracker, its store or folder, the tracker's run id."""
+    """Where one `log_run` call put a run: the tracker, its store or folder, the tracker's run id, what went."""
 
     backend: str
     location: str
+    tracked: Tracked
     run_id: str = ""
-    metrics: int = 0
     files: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         run = f" run {self.run_id}" if self.run_id else ""
-        return f"logged to {self.backend}{run}: {self.metrics} metrics, {len(self.files)} files in {self.location}"
+        t = self.tracked
+        return (f"logged to {self.backend}{run}: {len(t.series)} series over {len(t.steps)} training steps, "
+                f"{len(t.verdict)} verdict metrics, {len(t.tags)} verdict tags, {len(self.files)} files in "
+                f"{self.location}")
 
 
 def backend_names(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -139,17 +189,62 @@ def metric_name(*parts: object) -> str:
     return "/".join(s if s not in ("", ".", "..") else s.replace(".", "_") or "_" for s in segments)
 
 
-def run_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The pooled statistics a tracker gets (module docstring), by metric name, in summary order; NaN kept."""
-    summary = read_run(run_dir, ("summary",))["summary"]
-    needed = ["checkpoint", "utility", "metric", "scope"]
-    missing = [c for c in needed if c not in summary]
+def run_series(run_dir: str | Path) -> dict[str, dict[int, float]]:
+    """The per-family series of a run (module docstring): name -> {training step: mean over the family's
+    checkpoints at that step}, steps ascending (SPEC S5, S5b)."""
+    run_dir = Path(run_dir)
+    tables = read_run(run_dir, ("summary", "checkpoints", "units"))
+    summary, checkpoints = tables["summary"], tables["checkpoints"]
+    missing = [c for c in ("checkpoint", "utility", "metric", "scope") if c not in summary]
     if missing:
         raise BadInputError(f"{table_path(run_dir, 'summary')}: no column {', '.join(missing)}; is it the summary "
                             "table of a `resetassay run`?")
-    pooled = summary[summary["scope"].isin(POOLED_SCOPES)]
-    return {metric_name(r["checkpoint"], r["scope"], r["metric"], r["utility"], stat): float(r[stat])
-            for _, r in pooled.iterrows() for stat in LOGGED_STATS if stat in pooled}
+    pooled = [checkpoint_stats(summary, checkpoints, scope).assign(scope=scope) for scope in POOLED_SCOPES]
+    kinds = checkpoint_verdict_stats(tables["units"], summary, checkpoints, run_q(summary, read_run_info(run_dir),
+                                                                                   run_dir))
+    points = pd.concat([_points(frame, LOGGED_STATS) for frame in pooled]
+                       + [_points(kinds.rename(columns={"kind": "scope"}), KIND_STATS)], ignore_index=True)
+    means = points.groupby([*SERIES_KEYS, "stat", "step"], sort=False)["value"].mean()
+    series: dict[str, dict[int, float]] = {}
+    for (*parts, step), value in means.items():
+        series.setdefault(metric_name(*parts), {})[int(step)] = float(value)
+    return {name: dict(sorted(steps.items())) for name, steps in series.items()}
+
+
+def _points(stats: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """Per-checkpoint statistics (SERIES_KEYS, step and `names`) as one row per statistic: SERIES_KEYS, stat, step
+    (NO_STEP where none) and value."""
+    long = stats.melt(id_vars=[*SERIES_KEYS, "step"], value_vars=list(names),
+                      var_name="stat", value_name="value")
+    return long.assign(step=long["step"].fillna(NO_STEP).astype(int))
+
+
+def read_verdict(run_dir: str | Path) -> pd.DataFrame:
+    """verdict.csv of a run directory (SPEC S5b, written by the report); no rows when the report has not written
+    it."""
+    path = Path(run_dir) / "verdict.csv"
+    return read_table(path) if path.exists() else pd.DataFrame(columns=VERDICT_COLUMNS)
+
+
+def verdict_metrics(verdict: pd.DataFrame) -> dict[str, float]:
+    """The verdict's regret and layer-balanced ρ of every family, kind, metric and utility (SPEC S5b), named
+    `verdict/<family>/<kind>/<metric>/<utility>/<stat>`."""
+    return {metric_name(VERDICT, r["family"], r["kind"], r["metric"], r["utility"], stat): float(r[stat])
+            for _, r in verdict.iterrows() for stat in KIND_STATS}
+
+
+def verdict_tags(verdict: pd.DataFrame) -> dict[str, str]:
+    """Per family, kind and metric, the utilities the verdict marks best, indistinguishable, cheapest and fails
+    (SPEC S5b), comma-separated in verdict.csv's order, named `verdict/<family>/<kind>/<metric>/<mark>`."""
+    return {metric_name(VERDICT, *scope, mark): ",".join(rows.loc[rows[mark].astype(bool), "utility"].astype(str))
+            for scope, rows in verdict.groupby(["family", "kind", "metric"], sort=False) for mark in MARKS}
+
+
+def tracked(run_dir: str | Path) -> Tracked:
+    """Everything a tracker gets from a run directory (module docstring)."""
+    verdict = read_verdict(run_dir)
+    return Tracked(run_config(read_run_info(run_dir)), run_series(run_dir), verdict_metrics(verdict),
+                   verdict_tags(verdict))
 
 
 def run_config(info: dict) -> dict:
@@ -158,10 +253,14 @@ def run_config(info: dict) -> dict:
     return {**config, **{k: info[k] for k in ("config_hash", "table_format") if k in info}}
 
 
-def run_params(info: dict) -> dict[str, str]:
-    """`run_config` as MLflow params (strings): strings as they are, other values as JSON."""
-    return {metric_name(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
-            for k, v in run_config(info).items()}
+def run_params(config: dict, numbers: bool = False) -> dict[str, str | int | float]:
+    """`run_config` as tracker params: strings as they are, other values as JSON (MLflow params); with `numbers`,
+    ints and floats stay numbers (TensorBoard HParams, which sort and filter them as numbers)."""
+    def param(value: object) -> str | int | float:
+        if isinstance(value, str) or numbers and isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        return json.dumps(value, sort_keys=True, default=str)
+    return {metric_name(k): param(v) for k, v in config.items()}
 
 
 def run_files(run_dir: str | Path) -> list[Path]:
@@ -173,7 +272,7 @@ def run_files(run_dir: str | Path) -> list[Path]:
 
 
 def log_run(run_dir: str | Path, backend: str, **options: str) -> Logged:
-    """Log a run directory's config, pooled statistics, report and figures to `backend` (mlflow, wandb,
+    """Log a run directory's config, per-step statistics, verdict, report and figures to `backend` (mlflow, wandb,
     tensorboard), in a store on this machine (module docstring).
 
     Options: mlflow `tracking_uri` (default $MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow/mlflow.db),
@@ -188,24 +287,37 @@ def log_run(run_dir: str | Path, backend: str, **options: str) -> Logged:
                             f"{', '.join(OPTIONS[backend])}")
     if not run_dir.is_dir():
         raise BadInputError(f"{run_dir}: no such run directory; is it the --out of a `resetassay run`?")
-    metrics, info, files = run_metrics(run_dir), read_run_info(run_dir), run_files(run_dir)
+    run, files = tracked(run_dir), run_files(run_dir)
     log = {"mlflow": _mlflow, "wandb": _wandb, "tensorboard": _tensorboard}[backend]
     try:
-        return log(module, run_dir, metrics, info, files, **options)
+        location, run_id = log(module, run_dir, run, files, **options)
     except BadInputError:
         raise
     except Exception as err:  # a store that cannot be written or reached: one line, not a tracker's traceback
         why = " ".join(f"{type(err).__name__}: {err}".split())
         raise BadInputError(f"--log {backend}: logging {run_dir} failed ({why[:500]})", flag="--log") from err
+    logged = [p for p in files if backend != "tensorboard" or p.suffix in (".png", ".md")]  # TensorBoard: these
+    return Logged(backend, location, run, run_id, [p.relative_to(run_dir).as_posix() for p in logged])
 
 
-def _relative(path: Path, run_dir: Path) -> str:
-    return path.relative_to(run_dir).as_posix()
+def _markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """A markdown table (TensorBoard's text plugin renders it), `|` in cells as `/`."""
+    lines = [header, ("---",) * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(c).replace("|", "/") for c in line) + " |" for line in lines)
 
 
-def _mlflow(mlflow: object, run_dir: Path, metrics: dict[str, float], info: dict, files: list[Path],
-            tracking_uri: str | None = None, experiment: str = EXPERIMENT, run_name: str | None = None) -> Logged:
-    from mlflow.entities import Metric, Param
+def _verdict_rows(tags: dict[str, str]) -> list[list[str]]:
+    """The verdict tags as rows: `<family>/<kind>/<metric>`, then one cell per mark (MARKS)."""
+    rows: dict[str, dict[str, str]] = {}
+    for name, value in tags.items():
+        scope, mark = name.removeprefix(f"{VERDICT}/").rsplit("/", 1)
+        rows.setdefault(scope, {})[mark] = value
+    return [[scope, *(marks.get(m, "") for m in MARKS)] for scope, marks in rows.items()]
+
+
+def _mlflow(mlflow: object, run_dir: Path, run: Tracked, files: list[Path], tracking_uri: str | None = None,
+            experiment: str = EXPERIMENT, run_name: str | None = None) -> tuple[str, str]:
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     default = f"sqlite:///{run_dir.resolve() / 'mlflow' / 'mlflow.db'}"
@@ -221,16 +333,20 @@ def _mlflow(mlflow: object, run_dir: Path, metrics: dict[str, float], info: dict
         experiment_id = found.experiment_id if found else client.create_experiment(
             experiment, artifact_location=(database.parent / "artifacts").as_uri() if database else None)
         tags = {"resetassay.run_dir": str(run_dir.resolve())}
-        run = client.create_run(experiment_id, run_name=run_name or run_dir.resolve().name, tags=tags)
-        run_id = run.info.run_id
+        created = client.create_run(experiment_id, run_name=run_name or run_dir.resolve().name, tags=tags)
+        run_id = created.info.run_id
         try:
             now = int(time.time() * 1000)
-            items = [Param(k, v[:6000]) for k, v in run_params(info).items()]
-            for start in range(0, len(items), 100):
-                client.log_batch(run_id, params=items[start:start + 100])
-            entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
-            for start in range(0, len(entries), 1000):
-                client.log_batch(run_id, metrics=entries[start:start + 1000])
+            entities = {
+                "params": [Param(k, str(v)[:6000]) for k, v in run_params(run.config).items()],
+                "tags": [RunTag(k, v) for k, v in run.tags.items()],
+                "metrics": [Metric(name, value, now, step) for name, points in run.series.items()
+                            for step, value in points.items()]
+                           + [Metric(name, value, now, NO_STEP) for name, value in run.verdict.items()]}
+            for kind, items in entities.items():
+                size = MLFLOW_BATCH[kind]
+                for start in range(0, len(items), size):
+                    client.log_batch(run_id, **{kind: items[start:start + size]})
             for path in files:
                 folder = path.parent.relative_to(run_dir).as_posix()
                 client.log_artifact(run_id, str(path), None if folder == "." else folder)
@@ -238,35 +354,43 @@ def _mlflow(mlflow: object, run_dir: Path, metrics: dict[str, float], info: dict
             client.set_terminated(run_id, "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
-    return Logged("mlflow", uri, run_id, len(metrics), [_relative(p, run_dir) for p in files])
+    return uri, run_id
 
 
-def _wandb(wandb: object, run_dir: Path, metrics: dict[str, float], info: dict, files: list[Path],
-           project: str = EXPERIMENT, run_name: str | None = None) -> Logged:
+def _wandb(wandb: object, run_dir: Path, run: Tracked, files: list[Path], project: str = EXPERIMENT,
+           run_name: str | None = None) -> tuple[str, str]:
     settings = wandb.Settings(mode="offline", console="off", disable_git=True, save_code=False, silent=True,
                               x_disable_stats=True, x_disable_machine_info=True)
     with _env(WANDB_MODE="offline", WANDB_ERROR_REPORTING="false", WANDB_SILENT="true"):
-        run = wandb.init(project=project, name=run_name or run_dir.resolve().name, dir=str(run_dir.resolve()),
-                         config=run_config(info), settings=settings, reinit="create_new")
+        wb = wandb.init(project=project, name=run_name or run_dir.resolve().name, dir=str(run_dir.resolve()),
+                        config=run.config, settings=settings, reinit="create_new")
         try:
+            wb.define_metric(STEP_METRIC)
+            for family in dict.fromkeys(name.split("/")[0] for name in run.series):
+                wb.define_metric(f"{family}/*", step_metric=STEP_METRIC)
+            for step in run.steps:  # one history row per training step
+                wb.log({STEP_METRIC: step, **{n: p[step] for n, p in run.series.items() if step in p}})
             images = {metric_name("figures", p.stem): wandb.Image(str(p)) for p in files if p.suffix == ".png"}
-            run.log({**metrics, **images}, step=0)
-            saved = Path(run.dir)
+            if images:
+                wb.log(images)
+            wb.summary.update({**run.verdict, **run.tags})
+            saved = Path(wb.dir)
             for path in files:
-                copy = saved / _relative(path, run_dir)
+                copy = saved / path.relative_to(run_dir)
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy)
-                run.save(str(copy), base_path=str(saved), policy="now")
+                wb.save(str(copy), base_path=str(saved), policy="now")
         except BaseException:
-            run.finish(exit_code=1)
+            wb.finish(exit_code=1)
             raise
-        run.finish()
-    return Logged("wandb", str(saved.parent), run.id, len(metrics), [_relative(p, run_dir) for p in files])
+        wb.finish()
+    return str(saved.parent), wb.id
 
 
-def _tensorboard(tensorboard: object, run_dir: Path, metrics: dict[str, float], info: dict, files: list[Path],
-                 log_dir: str | Path | None = None) -> Logged:
+def _tensorboard(tensorboard: object, run_dir: Path, run: Tracked, files: list[Path],
+                 log_dir: str | Path | None = None) -> tuple[str, str]:
     import matplotlib.image
+    from torch.utils.tensorboard.summary import hparams
 
     folder = Path(log_dir) if log_dir is not None else run_dir / "tensorboard"
     if log_dir is None and folder.is_dir():  # ours: a second log replaces the first
@@ -275,21 +399,26 @@ def _tensorboard(tensorboard: object, run_dir: Path, metrics: dict[str, float], 
                 old.unlink()
     writer = tensorboard.SummaryWriter(log_dir=str(folder))
     try:
-        for name, value in metrics.items():
-            writer.add_scalar(name, value, 0)
-        params = run_params(info)
-        table = ["| param | value |", "|---|---|", *(f"| {k} | {v.replace('|', '/')} |" for k, v in params.items())]
-        writer.add_text("config", "\n".join(table), 0)
+        for name, points in run.series.items():
+            for step, value in points.items():
+                writer.add_scalar(name, value, step)
+        for name, value in run.verdict.items():
+            writer.add_scalar(name, value, NO_STEP)
+        # HParams in this event file, not add_hparams' subfolder: one run, its config beside its verdict values
+        for summary in hparams(run_params(run.config, numbers=True), run.verdict):
+            writer.file_writer.add_summary(summary)
+        writer.add_text(VERDICT, _markdown_table(("family/kind/metric", *MARKS), _verdict_rows(run.tags)), NO_STEP)
+        writer.add_text("config", _markdown_table(("param", "value"), [
+            [k, str(v)] for k, v in run_params(run.config).items()]), NO_STEP)
         for path in files:
             if path.suffix == ".png":
                 image = matplotlib.image.imread(path)
                 if image.ndim == 3 and image.shape[2] == 4:  # RGBA over white
                     image = image[..., :3] * image[..., 3:] + (1 - image[..., 3:])
-                writer.add_image(metric_name("figures", path.stem), image, 0, dataformats="HWC")
+                writer.add_image(metric_name("figures", path.stem), image, NO_STEP, dataformats="HWC")
             elif path.suffix == ".md":
-                writer.add_text(metric_name(path.stem), path.read_text(encoding="utf-8"), 0)
+                writer.add_text(metric_name(path.stem), path.read_text(encoding="utf-8"), NO_STEP)
         writer.flush()
     finally:
         writer.close()
-    logged = [_relative(p, run_dir) for p in files if p.suffix in (".png", ".md")]
-    return Logged("tensorboard", str(folder), "", len(metrics), logged)
+    return str(folder), ""
