@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from resetassay.assay import AssayResult
     from resetassay.data import DataChoice, DataSpec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Measure what resetting a neuron costs, and which utility predicts it.")
 # markup off: a message is printed as written ("pip install 'resetassay[parquet]'" keeps its brackets)
 err = Console(stderr=True, markup=False)

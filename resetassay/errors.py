@@ -19,3 +19,11 @@ def one_line(err: BaseException) -> str:
     """An exception as `Type: first line` (torch's messages can run to a C++ stack trace)."""
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+
+
+def did_you_mean(unknown: list[str], known: list[str]) -> str:
+    """" (did you mean gxd?)" for the names of `known` close to those in `unknown`; "" when none is."""
+    import difflib
+
+    close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=2, cutoff=0.6)]
+    return f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, did_you_mean
 from resetassay.higher_order import batched_vjp, path_attributions, second_order_changes
 from resetassay.hooks import forward_hooks
 from resetassay.names import ORACLE
@@ -135,9 +135,8 @@ def check_utilities(names: list[str]) -> list[str]:
     unknown = [n for n in names if n not in UTILITIES and n != ORACLE and not _load_entry_point(n)]
     if unknown:
         raise BadInputError(
-            f"--utilities: unknown {', '.join(unknown)}; choose from {', '.join(utility_names())}",
-            flag="--utilities",
-        )
+            f"--utilities: unknown {', '.join(unknown)}{did_you_mean(unknown, [*UTILITIES, ORACLE])}; choose from "
+            f"{', '.join(utility_names())}", flag="--utilities")
     return names
 
 

@@ -123,3 +123,25 @@ def test_a_report_that_fails_to_draw_keeps_the_run_exit_0_with_one_warning_line(
     assert (out / "report.html").exists() and not (out / "figures").exists()
     assert f"wrote {out}/ (units.csv, summary.csv, report.md, report.html)" in result.stdout
     assert "report" not in json.loads((out / "timings.json").read_text())  # `report --log` draws it again
+
+
+@pytest.mark.parametrize("command", ["run", "report", "check", "baseline", "inspect", "train"])
+def test_help_renders_verbatim(command):
+    """No markup eaten in --help (issue 27): extras' names keep their brackets and `pkg.mod:factory` is not an
+    emoji; Rich markup in typer's help is off."""
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    wanted = {"run": ["resetassay[torchvision]", "resetassay[timm]", "resetassay[parquet]", "resetassay[mlflow]",
+                      "pkg.mod:factory"],
+              "report": ["resetassay[mlflow] / [wandb] / [tensorboard]"]}.get(command, [])
+    for needle in wanted:
+        assert needle in text, needle
+    assert "resetassay / /" not in text and "╭" not in result.output
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [("--utilities", "gdx,oracle", "(did you mean gxi or gxd?)"),
+                                                       ("--metrics", "kll", "(did you mean kl?)")])
+def test_an_unknown_name_suggests_close_ones(tmp_path, flag, value, needle):
+    result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), flag, value, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and needle in result.output

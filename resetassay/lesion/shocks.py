@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import METRICS
 from resetassay.plugins import entry_point, source_of
 from resetassay.sequences import IGNORE, padding_mask
@@ -120,8 +120,8 @@ def check_metrics(names: list[str]) -> list[str]:
     names."""
     unknown = [n for n in names if n not in SHOCK_METRICS and not _load_entry_point(n)]
     if unknown:
-        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(SHOCK_METRICS)}",
-                            flag="--metrics")
+        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}{did_you_mean(unknown, list(SHOCK_METRICS))}; "
+                            f"choose from {', '.join(SHOCK_METRICS)}", flag="--metrics")
     return names
 
 
