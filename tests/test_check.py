@@ -21,7 +21,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from resetassay.check import (
+from resetassay.cli import app
+from resetassay.errors import BadInputError
+from resetassay.io.rundir import write_run
+from resetassay.names import ALL, COMMON
+from resetassay.report.gate import (
     check_run,
     compare,
     config_differences,
@@ -32,11 +36,7 @@ from resetassay.check import (
     read_baseline,
     write_baseline,
 )
-from resetassay.cli import app
-from resetassay.errors import BadInputError
-from resetassay.names import ALL, COMMON
-from resetassay.rundir import write_run
-from resetassay.summary import checkpoint_summary
+from resetassay.stats.summary import checkpoint_summary
 
 runner = CliRunner()
 UTILITIES = ["gxd", "activation", "random", "oracle"]
@@ -684,7 +684,7 @@ def test_an_intervention_a_recorded_baseline_predates_counts_as_the_clamp_it_use
                                                            (0.99969, 1.0, "-0.00031 (-0.031%)")])
 def test_changes_print_as_people_write_percentages(value, reference, shown):
     """Not "+5.2e+02%" (issue 22)."""
-    from resetassay.check import Comparison, cells
+    from resetassay.report.gate import Comparison, cells
 
     c = Comparison("F", "gxd", "l1", ALL, "shock_at_q", "baseline", reference, value, 1.1, "max", "rise ≤ 0.1")
     assert cells(c)["moved"] == shown

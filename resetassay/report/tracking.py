@@ -1,6 +1,6 @@
 """Log a run directory to an experiment tracker, on this machine: MLflow, Weights & Biases or TensorBoard.
 
-    from resetassay.tracking import log_run
+    from resetassay.report.tracking import log_run
     log_run("reports/run", "mlflow")      # or "wandb", "tensorboard"; `resetassay report RUN --log mlflow`
 
 What is logged, read from the run directory's files alone (no model is run):
@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import read_run, read_run_info, table_path
 from resetassay.names import POOLED_SCOPES
-from resetassay.rundir import read_run, read_run_info, table_path
 
 BACKENDS = ("mlflow", "wandb", "tensorboard")
 LOGGED_STATS = ("spearman", "shock_at_q", "gap_ratio")
