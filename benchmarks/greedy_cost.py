@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resetassay.assay import AssayConfig, calibration_targets, checkpoint_inputs
-from resetassay.checkpoint import load_checkpoint
 from resetassay.greedy import greedy_selection, picks_per_round
+from resetassay.io.checkpoint import load_checkpoint
+from resetassay.pipeline.assay import AssayConfig, calibration_targets, checkpoint_inputs
 from resetassay.reference import unit_references
-from resetassay.summary import k_at
+from resetassay.stats.summary import k_at
 from resetassay.utilities import calibration_stats
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

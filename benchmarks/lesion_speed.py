@@ -32,14 +32,14 @@ import torch
 from captum.attr import LayerFeatureAblation
 from torch.utils.flop_counter import FlopCounterMode
 
-from resetassay.assay import sample_units
-from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.io.checkpoint import load_checkpoint
 from resetassay.lesion import unit_shocks
 from resetassay.lesion.fast import _downstream_inputs, parse_bytes, shortcut_types
 from resetassay.lesion.shocks import probe_logits
 from resetassay.lesion.split import split_at, trace
 from resetassay.models import create_model
+from resetassay.pipeline.assay import sample_units
 from resetassay.reference import unit_references
 from resetassay.taps import tap_unit_layers
 from resetassay.units import unit_layers

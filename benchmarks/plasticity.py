@@ -1,6 +1,6 @@
 """Closing the loop (paper §5.2): does a better reset-cost ranking keep plasticity? (SPEC S6, S7)
 
-For each activation, method and seed, `resetassay.train` trains a narrow MLP on a long stream of short
+For each activation, method and seed, `resetassay.train.loop` trains a narrow MLP on a long stream of short
 permuted-MNIST tasks with plain backprop or with CBP (SPEC S7) ranking units by one utility (contribution,
 mc_adaptable, gxd, gxi), and logs each task's online accuracy (the mean over the task's training stream of each
 batch's accuracy before its SGD step: the paper's loss-of-plasticity curve). `resetassay.run_assay` then assays
@@ -48,12 +48,12 @@ import pandas as pd
 import torch
 from replicate_paper import ACTIVATIONS, ROOT, assay, mean_se
 
-from resetassay.cbp import CBPConfig
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
-from resetassay.rundir import read_run
-from resetassay.summary import checkpoint_stats
-from resetassay.train import ACCURACY, TrainConfig, TrainingFailed, train, zoo_kwargs
+from resetassay.io.rundir import read_run
+from resetassay.stats.summary import checkpoint_stats
+from resetassay.train.cbp import CBPConfig
+from resetassay.train.loop import ACCURACY, TrainConfig, TrainingFailed, train, zoo_kwargs
 
 METHODS = ["backprop", "contribution", "mc_adaptable", "gxd", "gxi"]  # backprop, or CBP with that utility online
 UTILITIES = ["activation", "contribution", "mc_adaptable", "gxd", "gxi"]  # assayed offline (l1 shock)

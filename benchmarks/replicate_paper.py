@@ -1,6 +1,6 @@
 """Reproduce the GXD paper's MLP reset-cost study on real MNIST (SPEC S6), resumably, and publish its tables.
 
-For each activation (relu, silu, leaky_relu, tanh, relu + LayerNorm) and seed, `resetassay.train` trains the
+For each activation (relu, silu, leaky_relu, tanh, relu + LayerNorm) and seed, `resetassay.train.loop` trains the
 paper's MLP (784 -> [256] x 4 -> 10, SGD lr 0.01, batch 64, plain backprop) on 30 permuted-MNIST tasks of one
 epoch, with checkpoints before training and after tasks 5, 10, 20 and 30; `resetassay.run_assay` then assays
 every checkpoint (2048 calibration and 2048 probe examples of the held-out split of the task it trained on last,
@@ -38,10 +38,10 @@ import torch
 from resetassay import run_assay
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import read_run
 from resetassay.models import DEFAULT_INIT, INITS
-from resetassay.rundir import read_run
-from resetassay.summary import checkpoint_stats
-from resetassay.train import TrainConfig, train, zoo_kwargs
+from resetassay.stats.summary import checkpoint_stats
+from resetassay.train.loop import TrainConfig, train, zoo_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS = {"relu": ("relu", False), "silu": ("silu", False), "leaky_relu": ("leaky_relu", False),

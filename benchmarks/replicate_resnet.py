@@ -1,7 +1,7 @@
 """The paper's residual case (SPEC S6: ResNet-18 on CIFAR-100, checkpoints at epochs 60/120/160/200) scaled to 2 CPU
 cores: the zoo ResNet on CIFAR-10 JPEGs, trained once with checkpoints along training, every checkpoint assayed.
 
-`resetassay.train` trains the zoo ResNet (BatchNorm, projection shortcuts; `--widths`, `--blocks` BasicBlocks per
+`resetassay.train.loop` trains the zoo ResNet (BatchNorm, projection shortcuts; `--widths`, `--blocks` BasicBlocks per
 stage; default 8-16-32-64 x 1: ResNet-18's four stages at an eighth of its width, one block each instead of two) on
 `--examples` images (default a seeded 10000) of the `train` root of the CIFAR-10 archive with SGD (lr 0.1, momentum
 0.9, weight decay 5e-4, batch 128, cosine schedule), random crops of the 4-pixel-padded image and flips, for
@@ -40,11 +40,11 @@ import pandas as pd
 import torch
 from replicate_paper import ROOT, UTILITIES, assay, mean_se
 
-from resetassay.checkpoint import load_checkpoint
 from resetassay.data import data_spec, training_images
-from resetassay.rundir import read_run
-from resetassay.summary import checkpoint_stats
-from resetassay.train import TrainConfig, train, zoo_kwargs
+from resetassay.io.checkpoint import load_checkpoint
+from resetassay.io.rundir import read_run
+from resetassay.stats.summary import checkpoint_stats
+from resetassay.train.loop import TrainConfig, train, zoo_kwargs
 
 PAPER_FRACTIONS = (0.3, 0.6, 0.8, 1.0)  # SPEC S6: epochs 60, 120, 160, 200 of 200
 # SPEC S6, Table 7: ResNet-18 on CIFAR-100, pooled Spearman ρ of GXD (target logit) and all-logit GXD

@@ -34,11 +34,11 @@ import torch
 from replicate_paper import ROOT, aggregate, assay, configs
 
 import resetassay as ra
-from resetassay.cbp import CBPConfig
 from resetassay.data import DataChoice
-from resetassay.rundir import read_run
-from resetassay.summary import checkpoint_stats
-from resetassay.train import train
+from resetassay.io.rundir import read_run
+from resetassay.stats.summary import checkpoint_stats
+from resetassay.train.cbp import CBPConfig
+from resetassay.train.loop import train
 
 UTILITIES = ["activation", "gxi", "gxd", "oracle"]
 SIGNED = {"gxi_signed": "gxi", "gxd_signed": "gxd"}  # |E[...]| utilities, reported on the rows of gxi and gxd

@@ -1,4 +1,4 @@
-"""Scaling of a run over torchrun ranks on this machine (DESIGN "Beyond one machine"; resetassay/shard.py).
+"""Scaling of a run over torchrun ranks on this machine (DESIGN "Beyond one machine"; resetassay/pipeline/shard.py).
 
 Runs the same `resetassay run` with 1 process (`python -m resetassay`) and with 2, 3, ... ranks
 (`python -m torch.distributed.run --nproc-per-node N -m resetassay`), on two kinds of work:
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from resetassay.checkpoint import save_checkpoint
 from resetassay.data import DataSpec
+from resetassay.io.checkpoint import save_checkpoint
 from resetassay.models import create_model
 from resetassay.names import TABLES, TIMINGS
 

@@ -4,7 +4,7 @@
     result = ra.run_assay(["fixtures/silu_mlp"], utilities=["gxd", "activation", "oracle"])
 
 The public names load on first use, so `import resetassay` is quick and `resetassay.report`,
-`resetassay.check` and `resetassay.rundir` read runs without importing torch.
+`resetassay.report.gate` and `resetassay.io.rundir` read runs without importing torch.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "AssayConfig": "resetassay.assay", "AssayResult": "resetassay.assay", "assay_checkpoint": "resetassay.assay",
-    "assay_model": "resetassay.assay", "run_assay": "resetassay.run", "load_checkpoint": "resetassay.checkpoint",
-    "save_checkpoint": "resetassay.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
+    "AssayConfig": "resetassay.pipeline.assay", "AssayResult": "resetassay.pipeline.assay",
+    "assay_checkpoint": "resetassay.pipeline.assay", "assay_model": "resetassay.pipeline.assay",
+    "run_assay": "resetassay.pipeline.run", "load_checkpoint": "resetassay.io.checkpoint",
+    "save_checkpoint": "resetassay.io.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
     "register_utility": "resetassay.utilities", "NotApplicable": "resetassay.utilities",
     "register_metric": "resetassay.lesion.shocks",
 }
@@ -28,12 +29,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from resetassay.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model
-    from resetassay.checkpoint import load_checkpoint, save_checkpoint
     from resetassay.data import data_spec
     from resetassay.errors import BadInputError
+    from resetassay.io.checkpoint import load_checkpoint, save_checkpoint
     from resetassay.lesion.shocks import register_metric
-    from resetassay.run import run_assay
+    from resetassay.pipeline.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model
+    from resetassay.pipeline.run import run_assay
     from resetassay.utilities import NotApplicable, register_utility
 
 

@@ -21,7 +21,7 @@ import torch
 
 from resetassay.errors import BadInputError, one_line
 from resetassay.grammar import grammar_sequences
-from resetassay.imports import import_named_module
+from resetassay.io.imports import import_named_module
 from resetassay.sequences import NO_LABEL, next_token_targets, unlabelled, with_padding
 
 DEFAULT_SIZE = 2048

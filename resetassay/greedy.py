@@ -21,7 +21,7 @@ from torch import nn
 
 from resetassay.lesion.plain import clamped
 from resetassay.shapes import Refs
-from resetassay.summary import bottom_k, k_at
+from resetassay.stats.summary import bottom_k, k_at
 from resetassay.units import UnitLayer
 from resetassay.utilities import calibration_stats
 

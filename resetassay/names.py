@@ -1,6 +1,6 @@
 """The torch-free vocabulary of resetassay: utility, metric and scope names, tables and file names.
 
-`report/`, `check.py` and `rundir.py` read a run from its tables alone; they take every name
+`report/` (its gate too), `stats/` and `io/rundir.py` read a run from its tables alone; they take every name
 from here, so reading a run never imports torch or captum (DESIGN "report/ ... reads tables only").
 """
 

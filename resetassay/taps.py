@@ -20,7 +20,7 @@ Unit-layer names (what `--layers` globs over and `resetassay inspect` lists):
 Activations whose output only leaves the model (a final sigmoid) hold no hidden units; they
 are skipped.
 
-Producer and consumer are read off the graph with the zoo's conventions (models.py, SPEC S3):
+Producer and consumer are read off the graph with the zoo's conventions (models/zoo.py, SPEC S3):
 the producer is the Linear/Conv2d that feeds the activation directly; through a BatchNorm it
 is not applicable ("BatchNorm X rescales the producer's output (conv)"), nor through a
 LayerNorm/GroupNorm or a residual add. The consumer is the single Linear/Conv2d reading the

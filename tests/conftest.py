@@ -28,7 +28,7 @@ def one_thread():
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two fixtures (ReLU and SiLU MLP, two checkpoints each), four utilities, rendered once. Read-only: copy it
     before changing anything."""
-    from resetassay.run import run_assay
+    from resetassay.pipeline.run import run_assay
 
     out = tmp_path_factory.mktemp("report")
     result = run_assay([FIXTURES / "silu_mlp", FIXTURES / "relu_mlp"], utilities=["gxd", "activation", "random",

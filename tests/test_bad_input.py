@@ -317,7 +317,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_finished_parts(tmp_path, monke
     """The second part's write fails with ENOSPC: one line naming it, exit 2, the first part kept."""
     import errno
 
-    import resetassay.rundir as rundir
+    import resetassay.io.rundir as rundir
 
     real, calls = rundir.os.fsync, {"n": 0}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resetassay.cbp import ONLINE_UTILITIES, CBPConfig, ContinualBackprop
 from resetassay.errors import BadInputError
 from resetassay.models import create_model
+from resetassay.train.cbp import ONLINE_UTILITIES, CBPConfig, ContinualBackprop
 from resetassay.units import unit_layers
 from resetassay.utilities import UTILITIES, calibration_stats, unit_scores
 

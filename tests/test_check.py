@@ -21,7 +21,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from resetassay.check import (
+from resetassay.cli import app
+from resetassay.errors import BadInputError
+from resetassay.io.rundir import write_run
+from resetassay.names import ALL, COMMON
+from resetassay.report.gate import (
     check_run,
     compare,
     config_differences,
@@ -32,11 +36,7 @@ from resetassay.check import (
     read_baseline,
     write_baseline,
 )
-from resetassay.cli import app
-from resetassay.errors import BadInputError
-from resetassay.names import ALL, COMMON
-from resetassay.rundir import write_run
-from resetassay.summary import checkpoint_summary
+from resetassay.stats.summary import checkpoint_summary
 
 runner = CliRunner()
 UTILITIES = ["gxd", "activation", "random", "oracle"]
@@ -686,7 +686,7 @@ def test_an_intervention_a_recorded_baseline_predates_counts_as_the_clamp_it_use
                                                            (0.99969, 1.0, "-0.00031 (-0.031%)")])
 def test_changes_print_as_people_write_percentages(value, reference, shown):
     """Not "+5.2e+02%" (issue 22)."""
-    from resetassay.check import Comparison, cells
+    from resetassay.report.gate import Comparison, cells
 
     c = Comparison("F", "gxd", "l1", ALL, "shock_at_q", "baseline", reference, value, 1.1, "max", "rise ≤ 0.1")
     assert cells(c)["moved"] == shown
@@ -735,9 +735,9 @@ def test_a_bad_baseline_is_bad_input_naming_the_entry(clean_run, tmp_path, conte
 
 
 def test_a_huge_baseline_is_refused_before_it_is_read(clean_run, tmp_path, monkeypatch):
-    import resetassay.check
+    import resetassay.report.gate
 
-    monkeypatch.setattr(resetassay.check, "MAX_BASELINE_BYTES", 1000)
+    monkeypatch.setattr(resetassay.report.gate, "MAX_BASELINE_BYTES", 1000)
     path = tmp_path / "big.json"
     path.write_text(_v4([ROW] * 50))
     with pytest.raises(BadInputError, match="more than a baseline holds"):

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from resetassay.checkpoint import (
+from resetassay.data import DataSpec
+from resetassay.errors import BadInputError
+from resetassay.io.checkpoint import (
     MANIFEST,
     STATE,
     WEIGHTS,
@@ -26,10 +28,8 @@ from resetassay.checkpoint import (
     read_tensors,
     save_checkpoint,
 )
-from resetassay.data import DataSpec
-from resetassay.errors import BadInputError
+from resetassay.io.rundir import checkpoint_sha256
 from resetassay.models import MODELS, create_model
-from resetassay.rundir import checkpoint_sha256
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -400,7 +400,7 @@ def test_a_directory_holding_other_files_is_never_replaced(tmp_path):
 
 CRASH = """
 import os, sys, torch
-import resetassay.checkpoint as c
+import resetassay.io.checkpoint as c
 from resetassay.models import create_model
 point, target = sys.argv[1], sys.argv[2]
 calls = {"n": 0}

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from resetassay.checkpoint import load_checkpoint
 from resetassay.errors import BadInputError
+from resetassay.io.checkpoint import load_checkpoint
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "relu_mlp" / "task2"

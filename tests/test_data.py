@@ -669,8 +669,8 @@ def test_assay_model_reads_dict_batches_as_tuples():
     """A DataLoader of {"pixel_values", "labels"} dicts and one of (x, y) tuples give the same UnitTable."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from resetassay.assay import AssayConfig, assay_model
     from resetassay.models import create_model
+    from resetassay.pipeline.assay import AssayConfig, assay_model
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 16, generator=g), torch.randint(0, 3, (40,), generator=g)

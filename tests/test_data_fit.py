@@ -138,7 +138,7 @@ def test_calib_and_probe_sizes_sample_in_python_as_probe_data_does_on_the_comman
     """`AssayConfig(calib_size, probe_size)` with in-memory sets draws the same seeded samples as `--data C
     --probe-data P --calib-size --probe-size`: the units equal the command line's (tolerance: the CSV round trip,
     1e-12 relative); a size beyond the set is a one-line error naming the flag."""
-    from resetassay.checkpoint import load_checkpoint
+    from resetassay.io.checkpoint import load_checkpoint
 
     x, y = digits
     calib, probe = _file(tmp_path / "c.safetensors", x[:90], y[:90]), _file(tmp_path / "p.safetensors", x[90:], y[90:])

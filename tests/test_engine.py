@@ -16,8 +16,8 @@ from helpers.engines import assert_fast_equals_plain
 from helpers.models import BranchyMLP, SizeReader
 from torch import nn
 
-from resetassay.checkpoint import load_checkpoint
 from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.io.checkpoint import load_checkpoint
 from resetassay.lesion import fast as fast_engine
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.shocks import probe_logits

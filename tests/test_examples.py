@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers.engines import assert_fast_equals_plain
 
-from resetassay.assay import sample_units
+from resetassay.pipeline.assay import sample_units
 from resetassay.reference import unit_references
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import unit_layers

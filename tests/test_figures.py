@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from resetassay.names import COMMON, UTILITY_ORDER
 from resetassay.report import figures
-from resetassay.summary import checkpoint_summary, common_units
+from resetassay.stats.summary import checkpoint_summary, common_units
 
 
 def _verdict(rows: list[tuple]) -> pd.DataFrame:

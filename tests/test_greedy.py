@@ -16,14 +16,14 @@ import torch
 from helpers.models import TwoLayerMLP
 from typer.testing import CliRunner
 
-from resetassay.assay import AssayConfig, assay_model
 from resetassay.cli import app
 from resetassay.errors import BadInputError
 from resetassay.greedy import ROUNDS, greedy_selection
 from resetassay.names import ALL, GXD_GREEDY, ORACLE
+from resetassay.pipeline.assay import AssayConfig, assay_model
 from resetassay.reference import unit_references
 from resetassay.report.sets import set_table
-from resetassay.summary import checkpoint_stats, selections
+from resetassay.stats.summary import checkpoint_stats, selections
 from resetassay.units import unit_layers
 from resetassay.utilities import utility_names
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from resetassay.report.headline import answer_sentences, models_table, ranking_table
-from resetassay.verdict import FAIL_AT, FLAG_COLUMNS, VERDICT_COLUMNS
+from resetassay.stats.verdict import FAIL_AT, FLAG_COLUMNS, VERDICT_COLUMNS
 
 
 def _verdict(rows: list[tuple]) -> pd.DataFrame:

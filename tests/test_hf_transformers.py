@@ -122,8 +122,8 @@ def test_assay_model_on_input_ids_with_every_utility():
 
 
 def test_model_by_type_name_is_built_from_its_config_and_refuses_downloads():
-    from resetassay.checkpoint import import_factory
     from resetassay.errors import BadInputError
+    from resetassay.io.checkpoint import import_factory
 
     kwargs = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 20, "num_attention_heads": 4,
               "vocab_size": VOCAB}

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import resetassay
-import resetassay.assay
-import resetassay.run
-from resetassay.assay import AssayConfig
+import resetassay.pipeline.assay
+import resetassay.pipeline.run
 from resetassay.names import METRICS, UTILITY_ORDER
-from resetassay.run import run_assay, source_digest
+from resetassay.pipeline.assay import AssayConfig
+from resetassay.pipeline.run import run_assay, source_digest
 from resetassay.utilities import utility_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +42,15 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_report_check_and_rundir_read_a_run_with_torch_and_captum_unimportable(small_run: Path, tmp_path: Path):
+def test_report_gate_rundir_and_stats_read_a_run_with_torch_and_captum_unimportable(small_run: Path, tmp_path: Path):
     script = BLOCK_TORCH + textwrap.dedent(f"""
         import matplotlib
         matplotlib.use("svg")  # a notebook's backend: rendering must not switch it
-        import resetassay, resetassay.report, resetassay.check, resetassay.rundir
-        from resetassay.check import check_run, make_baseline, write_baseline
-        tables = resetassay.rundir.read_run({str(small_run)!r})
+        import resetassay, resetassay.report, resetassay.report.gate, resetassay.report.tracking, resetassay.io
+        import resetassay.io.rundir, resetassay.stats, resetassay.stats.summary, resetassay.stats.verdict
+        import resetassay.report.headline, resetassay.report.render, resetassay.report.sets
+        from resetassay.report.gate import check_run, make_baseline, write_baseline
+        tables = resetassay.io.rundir.read_run({str(small_run)!r})
         resetassay.report.render({str(small_run)!r})
         baseline, _ = make_baseline({str(small_run)!r})
         write_baseline(baseline, {str(tmp_path / "baseline.json")!r})
@@ -65,7 +67,7 @@ def test_report_check_and_rundir_read_a_run_with_torch_and_captum_unimportable(s
 
 def test_torch_blocker_of_the_layering_test_does_block_torch():
     """The test above would pass vacuously if the blocker let torch through."""
-    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import resetassay.assay"], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import resetassay.pipeline.assay"], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode != 0 and "torch is not importable" in done.stderr
 
@@ -99,14 +101,14 @@ def test_run_assay_applies_keyword_overrides_to_a_given_config(monkeypatch):
         seen["config"] = config
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr(resetassay.run, "assay_checkpoint", fake)
+    monkeypatch.setattr(resetassay.pipeline.run, "assay_checkpoint", fake)
     with pytest.raises(KeyboardInterrupt):
         run_assay([ROOT / "fixtures" / "relu_mlp" / "task2"], AssayConfig(seed=3, metrics=["l1"]), q=0.1,
                   progress=False)
     assert (seen["config"].seed, seen["config"].q, seen["config"].metrics) == (3, 0.1, ["l1"])
 
 
-@pytest.mark.parametrize("module", [resetassay.assay, resetassay.run])
+@pytest.mark.parametrize("module", [resetassay.pipeline.assay, resetassay.pipeline.run])
 def test_public_api_examples_run(module, monkeypatch):
     monkeypatch.chdir(ROOT)
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -130,3 +132,28 @@ def test_every_error_that_starts_with_a_flag_carries_it():
             if opens_with_flag and not any(k.arg == "flag" for k in node.keywords):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "transformer"])
+def test_manifest_factory_names_of_the_zoo_keep_resolving(name: str):
+    """Checkpoint manifests (fixtures/, users' checkpoints) name `resetassay.models:<name>`; wherever the zoo's
+    code lives, that string must build the model, both as a manifest names it and as `--model` names it."""
+    from resetassay.io.checkpoint import ZOO_MODULE, _zoo_factory, import_factory
+    from resetassay.models import MODELS
+
+    spec = f"resetassay.models:{name}"
+    assert ZOO_MODULE == "resetassay.models"
+    assert _zoo_factory(spec, ROOT / "manifest.json") is MODELS[name]
+    assert import_factory(spec) is MODELS[name]
+
+
+def test_every_fixture_manifest_names_a_zoo_factory_that_resolves():
+    import json
+
+    from resetassay.io.checkpoint import _zoo_factory
+
+    manifests = sorted((ROOT / "fixtures").glob("*/*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        factory = json.loads(path.read_text())["model"]["factory"]
+        assert factory.startswith("resetassay.models:") and callable(_zoo_factory(factory, path))

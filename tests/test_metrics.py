@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import rankdata, sem
 
 from resetassay.names import ALL
-from resetassay.summary import checkpoint_summary, k_at, mean_and_se, spearman
+from resetassay.stats.summary import checkpoint_summary, k_at, mean_and_se, spearman
 
 TOL = 1e-12
 

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from resetassay.checkpoint import STATE_DICT_SUFFIXES, find_checkpoints, import_factory, load_checkpoint
 from resetassay.errors import BadInputError
+from resetassay.io.checkpoint import STATE_DICT_SUFFIXES, find_checkpoints, import_factory, load_checkpoint
 
 MODULE = "rs_tinynet"
 SPEC = f"{MODULE}:net"

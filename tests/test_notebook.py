@@ -10,8 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from resetassay.errors import BadInputError
-from resetassay.run import run_assay
-from resetassay.rundir import read_run
+from resetassay.io.rundir import read_run
+from resetassay.pipeline.run import run_assay
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

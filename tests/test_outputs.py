@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from torch import fx
 from typer.testing import CliRunner
 
-from resetassay.assay import AssayConfig, assay_model
 from resetassay.cli import app
 from resetassay.errors import BadInputError
 from resetassay.outputs import default_path, select_output
+from resetassay.pipeline.assay import AssayConfig, assay_model
 
 runner = CliRunner()
 CONFIG = dict(utilities=["gxd", "activation", "contribution", "oracle"], metrics=["l1", "kl"], joint=False)

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.names import TABLES
-from resetassay.rundir import (
+from resetassay.io.rundir import (
     as_csv_reads,
     check_table_format,
     convert_run,
@@ -28,6 +27,7 @@ from resetassay.rundir import (
     write_run,
     write_table,
 )
+from resetassay.names import TABLES
 
 runner = CliRunner()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -38,7 +38,7 @@ def in_memory() -> dict[str, pd.DataFrame]:
     """The tables of an assay as it holds them in memory (not read back from csv: all-empty text columns, a
     column of None, ...)."""
     pytest.importorskip("pyarrow")
-    from resetassay.run import run_assay
+    from resetassay.pipeline.run import run_assay
 
     result = run_assay([FIXTURES / "relu_mlp"], utilities=["gxd", "activation", "random", "oracle"],
                        calib_size=64, probe_size=64, progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from resetassay.pipeline.run import run_assay
 from resetassay.progress import plain_lines, rich_progress
-from resetassay.run import run_assay
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resetassay.models import create_model
-from resetassay.summary import checkpoint_summary
+from resetassay.stats.summary import checkpoint_summary
 from resetassay.units import unit_layers
 
 METRICS = ["l1", "kl"]

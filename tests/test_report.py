@@ -33,7 +33,7 @@ from resetassay.report import render
 from resetassay.report.blocks import best_cells, mean_se_text, stat_cell
 from resetassay.report.markdown import markdown_table
 from resetassay.report.render import is_current
-from resetassay.summary import aggregate, checkpoint_stats, q_values, summary_at_q
+from resetassay.stats.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -400,10 +400,10 @@ def _wide_run(out: Path) -> Path:
     """A rendered run shaped like `resetassay run fixtures` at its widest: six families with long names, two
     checkpoints each, the fourteen default utilities (synthetic units, scored by the real summary); one family
     holds two unit kinds (as the fixture transformer: neurons and heads), so the verdict has seven columns."""
+    from resetassay.io.rundir import write_run
     from resetassay.names import UTILITY_ORDER
     from resetassay.report.render import render
-    from resetassay.rundir import write_run
-    from resetassay.summary import checkpoint_summary
+    from resetassay.stats.summary import checkpoint_summary
 
     utilities = [u for u in UTILITY_ORDER if u not in ("gxd_ig", "gxd2")]
     rng = np.random.default_rng(0)

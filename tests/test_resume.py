@@ -20,13 +20,13 @@ import torch
 from typer.testing import CliRunner
 
 import resetassay
+import resetassay.pipeline.run
 import resetassay.report
-import resetassay.run
 from resetassay import run_assay
 from resetassay.cli import app
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import IDENTITY, atomic_write
 from resetassay.names import PARTS, TABLES
-from resetassay.rundir import IDENTITY, atomic_write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = FIXTURES.parent
@@ -87,13 +87,13 @@ def reference(six: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def assayed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the checkpoints actually assayed (not skipped) by run_assay."""
     names: list[str] = []
-    real = resetassay.run.assay_checkpoint
+    real = resetassay.pipeline.run.assay_checkpoint
 
     def counting(ckpt, *args, **kwargs):
         names.append(ckpt.info.name)
         return real(ckpt, *args, **kwargs)
 
-    monkeypatch.setattr(resetassay.run, "assay_checkpoint", counting)
+    monkeypatch.setattr(resetassay.pipeline.run, "assay_checkpoint", counting)
     return names
 
 
@@ -287,7 +287,7 @@ def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_pa
 
 def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, monkeypatch):
     """pandas' csv reader would turn an interrupt into a ParserError: Ctrl-C is held while a part is saved."""
-    import resetassay.rundir as rundir
+    import resetassay.io.rundir as rundir
 
     store = rundir.RunParts(tmp_path, {"config": {}})
     tables = {name: pd.DataFrame({"checkpoint": ["c"], "x": [0.1]}) for name in TABLES}
@@ -329,7 +329,7 @@ def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(t
     rerunning must not reuse numbers of the swapped file."""
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     original = (ckpts / "task4" / "model.safetensors").read_bytes()
-    real_load = resetassay.run.load_checkpoint
+    real_load = resetassay.pipeline.run.load_checkpoint
 
     def swap_then_load(path, *args, **kwargs):
         if Path(path).name == "task4":
@@ -338,7 +338,7 @@ def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(t
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(resetassay.run, "load_checkpoint", swap_then_load)
+        patch.setattr(resetassay.pipeline.run, "load_checkpoint", swap_then_load)
         run_assay([ckpts], progress=False, out=out, **SMALL)
     (ckpts / "task4" / "model.safetensors").write_bytes(original)
     again = run_assay([ckpts], progress=False, out=out, **SMALL)
@@ -347,8 +347,8 @@ def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(t
 
 
 def test_the_part_key_depends_on_config_name_path_and_file_digests(tmp_path):
-    with resetassay.rundir.RunParts(tmp_path / "a", {"config": {"seed": 0}}) as a, \
-            resetassay.rundir.RunParts(tmp_path / "b", {"config": {"seed": 1}}) as b:
+    with resetassay.io.rundir.RunParts(tmp_path / "a", {"config": {"seed": 0}}) as a, \
+            resetassay.io.rundir.RunParts(tmp_path / "b", {"config": {"seed": 1}}) as b:
         base = a.key("c", Path("x/c"), {"model.safetensors": "00"})
         assert base == a.key("c", Path("x/c"), {"model.safetensors": "00"})
         others = [b.key("c", Path("x/c"), {"model.safetensors": "00"}),
@@ -361,7 +361,7 @@ def test_the_part_key_depends_on_config_name_path_and_file_digests(tmp_path):
 def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, no_render):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
-    holder = resetassay.rundir.RunParts(out, {"config": {}})
+    holder = resetassay.io.rundir.RunParts(out, {"config": {}})
     try:
         with pytest.raises(BadInputError, match=rf"^--out {out}: in use by another resetassay run "
                                                 rf"\(host .*, pid {os.getpid()}, since .*\)"):
@@ -410,7 +410,7 @@ def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_sta
 
 
 def test_a_refusal_names_the_section_of_a_key_two_sections_share():
-    from resetassay.rundir import _differences
+    from resetassay.io.rundir import _differences
 
     old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
     new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
@@ -423,7 +423,7 @@ def test_an_edited_work_item_is_not_reused(tmp_path):
     a checksum, is done again."""
     from safetensors.torch import load_file, save_file
 
-    import resetassay.rundir as rundir
+    import resetassay.io.rundir as rundir
 
     store = rundir.RunParts(tmp_path, {"config": {}})
     key = "a" * 64

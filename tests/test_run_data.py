@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from resetassay.cli import app
 from resetassay.data import DataSpec
-from resetassay.train import TrainConfig, train, zoo_kwargs
+from resetassay.train.loop import TrainConfig, train, zoo_kwargs
 
 runner = CliRunner()
 SMALL = ["--utilities", "gxd", "--metrics", "l1", "--no-joint", "--calib-size", "32", "--probe-size", "32", "--quiet"]

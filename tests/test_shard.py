@@ -15,12 +15,12 @@ import torch
 from helpers.ranks import launch
 from torch import nn
 
-import resetassay.assay
+import resetassay.pipeline.assay
+import resetassay.pipeline.shard
 import resetassay.report
-import resetassay.shard
 from resetassay import run_assay
 from resetassay.names import PARTS, TABLES
-from resetassay.shard import CALIBRATION, assign, downstream_flops
+from resetassay.pipeline.shard import CALIBRATION, assign, downstream_flops
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = FIXTURES.parent
@@ -36,7 +36,7 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
 
 def _small_chunks_no_report() -> None:
     """CHUNK-unit work items; no figures or report (rendering is tested elsewhere; these tests compare tables)."""
-    resetassay.assay.LESION_CHUNK = CHUNK
+    resetassay.pipeline.assay.LESION_CHUNK = CHUNK
     resetassay.report.render = lambda out: Path(out) / "report.md"
 
 
@@ -44,7 +44,7 @@ def _sharded_run(rank: int, paths: list[str], out: str, crash_after: int | None 
     """One rank of a run with CHUNK-unit chunks; with `crash_after`, rank 1 crashes after that many chunks."""
     _small_chunks_no_report()
     if crash_after is not None and rank == 1:
-        real, done = resetassay.shard.lesion_chunk, []
+        real, done = resetassay.pipeline.shard.lesion_chunk, []
 
         def crashing(*args, **kwargs):
             if len(done) == crash_after:
@@ -52,20 +52,20 @@ def _sharded_run(rank: int, paths: list[str], out: str, crash_after: int | None 
             done.append(1)
             return real(*args, **kwargs)
 
-        resetassay.shard.lesion_chunk = crashing
+        resetassay.pipeline.shard.lesion_chunk = crashing
     return len(run_assay(paths, out=out, **SMALL).units)
 
 
 def _counted_run(rank: int, paths: list[str], out: str) -> int:
     """One rank of a run that counts the chunks it lesions (a resumed launch does only the missing ones)."""
     _small_chunks_no_report()
-    real, done = resetassay.shard.lesion_chunk, []
+    real, done = resetassay.pipeline.shard.lesion_chunk, []
 
     def counted(*args, **kwargs):
         done.append(1)
         return real(*args, **kwargs)
 
-    resetassay.shard.lesion_chunk = counted
+    resetassay.pipeline.shard.lesion_chunk = counted
     run_assay(paths, out=out, **SMALL)
     return len(done)
 
@@ -76,7 +76,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     paths = [str(FIXTURES / "relu_mlp"), str(FIXTURES / "layernorm_mlp" / "task2")]
     out = tmp_path_factory.mktemp("single") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(resetassay.assay, "LESION_CHUNK", CHUNK)
+        mp.setattr(resetassay.pipeline.assay, "LESION_CHUNK", CHUNK)
         mp.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
         run_assay(paths, out=out, **SMALL)
     return paths, out

@@ -20,12 +20,12 @@ import pytest
 from typer.testing import CliRunner
 
 import resetassay.report
-import resetassay.tracking
+import resetassay.report.tracking
 from resetassay.cli import app
 from resetassay.errors import BadInputError
 from resetassay.names import POOLED_SCOPES
-from resetassay.rundir import read_run, read_run_info, write_run
-from resetassay.tracking import BACKENDS, backend_names, log_run, metric_name, run_params, tracked
+from resetassay.io.rundir import read_run, read_run_info, write_run
+from resetassay.report.tracking import BACKENDS, backend_names, log_run, metric_name, run_params, tracked
 
 runner = CliRunner()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -348,8 +348,8 @@ def test_report_log_logs_a_current_report_as_it_is_and_draws_it_first_when_stale
     calls = []
     monkeypatch.setattr(resetassay.report, "render", lambda run_dir, *_args: calls.append("render") or (
         Path(run_dir) / "report.md"))
-    real = resetassay.tracking.log_run
-    monkeypatch.setattr(resetassay.tracking, "log_run", lambda *a, **k: calls.append("log") or real(*a, **k))
+    real = resetassay.report.tracking.log_run
+    monkeypatch.setattr(resetassay.report.tracking, "log_run", lambda *a, **k: calls.append("log") or real(*a, **k))
     result = runner.invoke(app, ["report", str(run), "--log", "tensorboard"])
     assert result.exit_code == 0, result.output
     assert calls == ["log"] and "report.md is current: logged as it is" in result.output

@@ -17,15 +17,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import resetassay.train
-from resetassay.cbp import CBPConfig
-from resetassay.checkpoint import load_checkpoint
+import resetassay.train.loop
 from resetassay.cli import app
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError
+from resetassay.io.checkpoint import load_checkpoint
+from resetassay.io.rundir import RunInterrupted
 from resetassay.names import MANIFEST, STATE, WEIGHTS
-from resetassay.rundir import RunInterrupted
-from resetassay.train import TrainConfig, TrainingFailed, train, zoo_kwargs
+from resetassay.train.cbp import CBPConfig
+from resetassay.train.loop import TrainConfig, TrainingFailed, train, zoo_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -136,7 +136,7 @@ def test_checkpoint_0_is_the_untrained_network_and_k_the_network_after_k_tasks(t
         "task0", "task5", "task10", "task20", "task30"]
     train(config, tmp_path / "all")
     torch.manual_seed(config.seed)
-    untrained = resetassay.train.create_model(config.model, **config.model_kwargs).state_dict()
+    untrained = resetassay.train.loop.create_model(config.model, **config.model_kwargs).state_dict()
     saved = load_checkpoint(tmp_path / "all" / "task0").model.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in untrained.items())
     train(_small(tasks=1, cbp=None), tmp_path / "one")  # the same seed: its only checkpoint is task1 here
@@ -300,7 +300,7 @@ def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_pat
     config = _tiny()
     train(config, tmp_path / "whole")
     out = tmp_path / "cut"
-    real, calls = resetassay.train.save_checkpoint, []
+    real, calls = resetassay.train.loop.save_checkpoint, []
 
     def interrupted_at_the_second(*args: object, **kwargs: object) -> Path:
         calls.append(args[0])
@@ -309,7 +309,7 @@ def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_pat
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(resetassay.train, "save_checkpoint", interrupted_at_the_second)
+        patch.setattr(resetassay.train.loop, "save_checkpoint", interrupted_at_the_second)
         with pytest.raises(RunInterrupted) as stopped:
             train(config, out)
     assert str(stopped.value) == f"interrupted: 1 of 3 checkpoints saved in {out}; rerun the same command to resume"
@@ -378,13 +378,13 @@ def test_a_loss_that_becomes_nan_stops_training_with_exit_1_and_writes_nothing(t
 
 def test_divergence_keeps_the_earlier_checkpoints_and_says_where_it_happened(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    real = resetassay.train.task_arrays
+    real = resetassay.train.loop.task_arrays
 
     def nan_in_task_1(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = real(spec, part)
         return (torch.full_like(x, float("nan")) if spec.task == 1 and part == "train" else x), y
 
-    monkeypatch.setattr(resetassay.train, "task_arrays", nan_in_task_1)
+    monkeypatch.setattr(resetassay.train.loop, "task_arrays", nan_in_task_1)
     with pytest.raises(TrainingFailed) as failed:
         train(_tiny(), tmp_path)
     assert str(failed.value) == (f"training diverged: the loss became nan at task 1, epoch 0, step 1 of 15; kept 1 of "
@@ -448,7 +448,7 @@ def test_transformer_trains_on_grammar_tasks_with_cbp_on_its_mlp_neurons(tmp_pat
 
 
 def test_short_tasks_train_on_a_seeded_sample_of_each_task() -> None:
-    from resetassay.train import _task_sample
+    from resetassay.train.loop import _task_sample
 
     x, y = torch.arange(50.0).view(25, 2), torch.arange(25)
     config = _small(examples_per_task=8)
@@ -495,12 +495,12 @@ def test_online_accuracy_is_the_accuracy_on_the_training_stream_before_each_step
     """With a step too small to move float32 weights, the online accuracy of a task is the untrained network's
     accuracy on that task's training sample; with a real step it rises above it."""
     from resetassay.data import task_arrays
-    from resetassay.train import _task_sample
+    from resetassay.train.loop import _task_sample
 
     still = _small(tasks=1, lr=1e-30, examples_per_task=300, checkpoint_at=(0,), cbp=None)
     train(still, tmp_path / "still")
     x, y = _task_sample(task_arrays(still.data, "train"), still, 0)
-    before = resetassay.train.accuracy(load_checkpoint(tmp_path / "still" / "task0").model, x, y)
+    before = resetassay.train.loop.accuracy(load_checkpoint(tmp_path / "still" / "task0").model, x, y)
     log = pd.read_csv(tmp_path / "still" / "accuracy.csv")
     assert log["online_accuracy"].iloc[0] == pytest.approx(before, abs=1e-9)
     train(_small(tasks=1, lr=0.1, epochs_per_task=3, examples_per_task=300, cbp=None), tmp_path / "moves")
@@ -521,10 +521,10 @@ def test_init_torch_default_is_recorded_in_the_checkpoint_and_its_family(tmp_pat
     assert ckpt.info.family == "mlp-relu-torch-default@digits"
     linear = ckpt.model.layers[0].linear
     assert linear.bias.abs().max() > 0
-    default = resetassay.train.create_model("mlp", in_features=64, widths=[32, 32])
+    default = resetassay.train.loop.create_model("mlp", in_features=64, widths=[32, 32])
     ratio = default.layers[0].linear.weight.std() / linear.weight.std()
     assert 2.2 < ratio < 2.7
-    plain = resetassay.train.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False)
+    plain = resetassay.train.loop.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False)
     assert "init" not in plain
     with pytest.raises(BadInputError, match="--init 'xavier': choose from kaiming-relu, torch-default"):
-        resetassay.train.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False, init="xavier")
+        resetassay.train.loop.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False, init="xavier")

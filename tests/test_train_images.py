@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from resetassay.checkpoint import load_checkpoint
 from resetassay.cli import app
 from resetassay.data import _image_index, data_spec, image_classes, task_arrays, training_images
 from resetassay.errors import BadInputError
-from resetassay.run import run_assay
-from resetassay.train import TrainConfig, crop_and_flip, zoo_kwargs
+from resetassay.io.checkpoint import load_checkpoint
+from resetassay.pipeline.run import run_assay
+from resetassay.train.loop import TrainConfig, crop_and_flip, zoo_kwargs
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-images-jpg.tar.gz"
 CLASSES = ("ant", "bee", "cow")

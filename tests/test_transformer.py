@@ -17,13 +17,13 @@ from helpers.engines import assert_fast_equals_plain
 from torch import nn
 
 from resetassay import AssayConfig, assay_model
-from resetassay.cbp import CBPConfig, ContinualBackprop
 from resetassay.grammar import LENGTH, VOCAB, grammar_sequences, rule_table, vocabulary_permutation
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.models import create_model
 from resetassay.reference import unit_references
 from resetassay.sequences import IGNORE, PAD, accuracy, example_losses, next_token_targets, target_logits, with_padding
+from resetassay.train.cbp import CBPConfig, ContinualBackprop
 from resetassay.units import unit_layers
 from resetassay.utilities import calibration_stats, unit_scores
 

@@ -1,4 +1,4 @@
-"""The verdict (SPEC S5b; resetassay/verdict.py): normalised regret, layer-balanced ρ, verdicts per unit kind, the
+"""The verdict (SPEC S5b; resetassay/stats/verdict.py): normalised regret, layer-balanced ρ, verdicts per unit kind, the
 paired bootstrap, the indistinguishable set and the reliability flags.
 
 The arithmetic is checked against plain recomputations (an expanded resample, scipy's Spearman, the per-layer
@@ -20,12 +20,12 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from torch import nn
 
-from resetassay.assay import AssayConfig, assay_model
 from resetassay.models import create_model
+from resetassay.pipeline.assay import AssayConfig, assay_model
+from resetassay.pipeline.run import run_assay
 from resetassay.report.headline import answer_sentences
-from resetassay.run import run_assay
-from resetassay.summary import checkpoint_summary
-from resetassay.verdict import (
+from resetassay.stats.summary import checkpoint_summary
+from resetassay.stats.verdict import (
     FLAG_NOTE,
     MIN_RHO_UNITS,
     _rank_correlation,

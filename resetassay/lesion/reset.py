@@ -1,14 +1,14 @@
 """CBP's reset as the lesion (SPEC S4, S7): `--intervention cbp-reset`.
 
 The clamp of plain.py sets h_i to r_i and leaves every weight as it is. CBP's reset writes
-weights instead (`cbp.reset_weights`): unit i's incoming weights drawn afresh from the init
+weights instead (`models.reset.reset_weights`): unit i's incoming weights drawn afresh from the init
 distribution, its outgoing weights zeroed and `w_out[:, i] · r_i` added to the consumer's bias
 (or taken from the running mean of the BatchNorm after a bias-free consumer). Where a Linear
 alone reads the unit the two give the same logits; they differ at a Conv consumer's zero-padded
 border (the compensation adds the whole kernel's weight where the clamp reached only the taps
 inside the image) and where the new incoming weights reach the logits by another path than the
 zeroed consumer (a LayerNorm over the unit's layer). A layer whose producer or consumer is not
-known cannot be reset (`cbp.reset_site`); `reset_sites` says why.
+known cannot be reset (`models.reset.reset_site`); `reset_sites` says why.
 
 Each reset is written into the model's own weights for one plain forward of the probe set and
 undone after it (the touched tensors saved and copied back). A unit's fresh weights come from a
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from resetassay.cbp import ResetSite, reset_site, reset_weights
 from resetassay.errors import BadInputError
 from resetassay.lesion.plain import shocks_under
 from resetassay.lesion.shocks import lesioned_units
+from resetassay.models.reset import ResetSite, reset_site, reset_weights
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 from resetassay.units import UnitLayer
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from resetassay.names import ORACLE, utility_order
-from resetassay.summary import mean_and_se
+from resetassay.stats.summary import mean_and_se
 
 COLUMNS = {
     "spearman": ("ρ pooled", "max"),

@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from resetassay.names import ORACLE, POOLED_SCOPES, RANDOM, UTILITY_ORDER, utility_order
 from resetassay.report.headline import span
-from resetassay.summary import spearman, with_checkpoint_info
+from resetassay.stats.summary import spearman, with_checkpoint_info
 
 DPI = 100
 MARKERS = "os^Dv<>PX*"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from resetassay.names import ORACLE, RANDOM, utility_order
 from resetassay.report.blocks import Block, q_label
-from resetassay.verdict import FAIL_AT, LEVEL, MIN_CHECKPOINTS, MIN_RHO_UNITS, RESAMPLES
+from resetassay.stats.verdict import FAIL_AT, LEVEL, MIN_CHECKPOINTS, MIN_RHO_UNITS, RESAMPLES
 
 
 def _count(n: int, word: str) -> str:

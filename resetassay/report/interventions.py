@@ -13,7 +13,7 @@ import pandas as pd
 
 from resetassay.names import CBP_RESET, clamp_column, shock_column
 from resetassay.report.blocks import Block, stat_cell
-from resetassay.summary import spearman, with_checkpoint_info
+from resetassay.stats.summary import spearman, with_checkpoint_info
 
 TOP = 5  # units named per family
 

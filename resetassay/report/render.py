@@ -20,6 +20,20 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from resetassay.errors import BadInputError, one_line
+from resetassay.io.rundir import (
+    StageClock,
+    Tables,
+    atomic_write,
+    check_figures,
+    read_report_timings,
+    read_run,
+    read_run_info,
+    read_timings,
+    run_q,
+    table_path,
+    write_report_timings,
+    write_table,
+)
 from resetassay.names import CBP_RESET, COMMON, RUN_JSON, SET_SELECTORS, TABLES
 from resetassay.report.blocks import (
     MIN_SE,
@@ -36,22 +50,8 @@ from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
 from resetassay.report.sets import set_blocks
-from resetassay.rundir import (
-    StageClock,
-    Tables,
-    atomic_write,
-    check_figures,
-    read_report_timings,
-    read_run,
-    read_run_info,
-    read_timings,
-    run_q,
-    table_path,
-    write_report_timings,
-    write_table,
-)
-from resetassay.summary import aggregate, checkpoint_stats, common_units, summary_at_q
-from resetassay.verdict import FLAG_NOTE, reliability_flags, verdict_table
+from resetassay.stats.summary import aggregate, checkpoint_stats, common_units, summary_at_q
+from resetassay.stats.verdict import FLAG_NOTE, reliability_flags, verdict_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

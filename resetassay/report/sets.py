@@ -15,7 +15,7 @@ import pandas as pd
 
 from resetassay.names import GXD_GREEDY, ORACLE, SET_SELECTORS
 from resetassay.report.blocks import Block, q_label, stat_cell
-from resetassay.summary import checkpoint_stats
+from resetassay.stats.summary import checkpoint_stats
 
 GXD = "gxd"
 

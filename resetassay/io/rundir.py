@@ -18,8 +18,8 @@ run leaves finished files and at most a temporary one, which the next run delete
 is read by `read_table`, so a value reads back as it was written (only empty cells are missing,
 floats exactly). A parquet table holds exactly what its csv would read back as (`as_csv_reads`),
 so a run reads the same in either format, to the bit. Readers find a table by `table_path`: the
-format run.json records, else whichever file exists. Nothing here imports torch: report/ and
-check.py read runs without it (nor pyarrow, until a parquet table is written or read), except the work
+format run.json records, else whichever file exists. Nothing here imports torch: report/ (and
+its gate) reads runs without it (nor pyarrow, until a parquet table is written or read), except the work
 items of a sharded run, which hold tensors.
 """
 

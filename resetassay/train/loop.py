@@ -1,7 +1,7 @@
 """Continual training on permuted tasks, or plain training on an image folder, that writes checkpoints (SPEC S6
 protocol, S7 CBP).
 
-Plain SGD (backprop, the default) or continual backprop (`resetassay.cbp`). An image folder or archive
+Plain SGD (backprop, the default) or continual backprop (`resetassay.train.cbp`). An image folder or archive
 (`data.training_images`) is one task, the dataset itself: the run trains on its `train` root for `epochs_per_task`
 epochs (optionally with random crops and flips, `augment`), checkpoints count epochs (`epoch<k>`), and each
 checkpoint records the folder, so the assay probes its held-out root (test, val, ...), as SPEC S6's ResNet-18
@@ -53,14 +53,14 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from resetassay import sequences
-from resetassay.cbp import CBPConfig, ContinualBackprop
-from resetassay.checkpoint import FORMAT, check_family, family_name, save_checkpoint
 from resetassay.data import IMAGE_SIDE, PERMUTED, DataSpec, image_classes, image_tensor, task_arrays, training_images
 from resetassay.errors import BadInputError
 from resetassay.grammar import LENGTH, VOCAB
+from resetassay.io.checkpoint import FORMAT, check_family, family_name, save_checkpoint
+from resetassay.io.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 from resetassay.models import ACTIVATIONS, DEFAULT_INIT, INITS, MODELS, RESNET_WIDTHS, create_model
 from resetassay.names import MANIFEST, STATE, WEIGHTS
-from resetassay.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
+from resetassay.train.cbp import CBPConfig, ContinualBackprop
 
 SCHEDULE_UNITS = ("tasks", "epochs")
 LR_SCHEDULES = ("constant", "cosine")  # cosine: annealed to 0 over all steps, as CIFAR ResNets are trained

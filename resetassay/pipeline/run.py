@@ -17,21 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from resetassay.assay import (
-    AssayConfig,
-    AssayResult,
-    CheckpointInputs,
-    assay_checkpoint,
-    checkpoint_inputs,
-    resolve_device,
-    versions,
-)
-from resetassay.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
 from resetassay.data import DataChoice, DataSpec, factories_called_once
 from resetassay.errors import BadInputError
-from resetassay.names import FAILURE_COLUMNS
-from resetassay.progress import Progress, rich_progress
-from resetassay.rundir import (
+from resetassay.io.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
+from resetassay.io.rundir import (
     RunInterrupted,
     RunParts,
     Tables,
@@ -42,7 +31,18 @@ from resetassay.rundir import (
     file_sha256,
     write_failures,
 )
-from resetassay.shard import World, assay_sharded, current_world
+from resetassay.names import FAILURE_COLUMNS
+from resetassay.pipeline.assay import (
+    AssayConfig,
+    AssayResult,
+    CheckpointInputs,
+    assay_checkpoint,
+    checkpoint_inputs,
+    resolve_device,
+    versions,
+)
+from resetassay.pipeline.shard import World, assay_sharded, current_world
+from resetassay.progress import Progress, rich_progress
 
 
 class CheckpointFailure(UserWarning):

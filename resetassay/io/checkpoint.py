@@ -47,7 +47,7 @@ from torch import nn
 
 from resetassay.data import DataSpec
 from resetassay.errors import BadInputError, one_line
-from resetassay.imports import import_named_module
+from resetassay.io.imports import import_named_module
 from resetassay.models import MODELS, model_family
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 

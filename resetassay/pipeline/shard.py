@@ -31,7 +31,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resetassay.assay import (
+from resetassay.errors import BadInputError
+from resetassay.hooks import forward_hooks
+from resetassay.io.rundir import RunParts, Tables
+from resetassay.names import CBP_RESET
+from resetassay.pipeline.assay import (
     Calibration,
     CheckpointInputs,
     LesionChunk,
@@ -41,11 +45,7 @@ from resetassay.assay import (
     lesion_chunk,
     progress_counter,
 )
-from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
-from resetassay.names import CBP_RESET
 from resetassay.progress import Progress
-from resetassay.rundir import RunParts, Tables
 from resetassay.units import UnitLayer
 
 CALIBRATION = "calibration"

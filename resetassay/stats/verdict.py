@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from resetassay.names import NOTE_COLUMNS, ORACLE, RANDOM, SET_SELECTORS, shock_column, utility_column, utility_order
-from resetassay.summary import k_at, with_checkpoint_info
+from resetassay.stats.summary import k_at, with_checkpoint_info
 
 KIND_OF_LAYER = {"linear": "neurons", "token": "neurons", "conv": "channels", "head": "heads"}
 UNKNOWN_KIND = "units"  # a UnitTable written before units.csv recorded each layer's kind
@@ -42,7 +42,7 @@ FEW_RESET = 3  # flag: k_l below it in every layer of the scope
 CHANCE_FACTOR = 1.5  # flag: labelled probe accuracy below this many times chance
 DOMINANT_SHARE = 0.5  # flag: one layer holding more than this share of the scope's shock mass
 VERDICT_SEED = 0
-COST_STAGE = "utility {}"  # timings.json: the calibration seconds a utility needs (assay.py)
+COST_STAGE = "utility {}"  # timings.json: the calibration seconds a utility needs (pipeline/assay.py)
 FLAG_NOTE = "verdict"  # the `utility` of a reliability flag's row in notes.csv
 
 VERDICT_COLUMNS = [

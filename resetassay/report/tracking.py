@@ -1,6 +1,6 @@
 """Log a run directory to an experiment tracker, on this machine: MLflow, Weights & Biases or TensorBoard.
 
-    from resetassay.tracking import log_run
+    from resetassay.report.tracking import log_run
     log_run("reports/run", "mlflow")      # or "wandb", "tensorboard"; `resetassay report RUN --log mlflow`
 
 What is logged, read from the run directory's files alone (no model is run), names as `metric_name` makes
@@ -68,10 +68,11 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import read_run, read_run_info, table_path
 from resetassay.names import POOLED_SCOPES
-from resetassay.rundir import read_run, read_run_info, read_table, run_q, table_path
-from resetassay.summary import checkpoint_stats
-from resetassay.verdict import MARKS, VERDICT_COLUMNS, checkpoint_verdict_stats
+from resetassay.io.rundir import read_run, read_run_info, read_table, run_q, table_path
+from resetassay.stats.summary import checkpoint_stats
+from resetassay.stats.verdict import MARKS, VERDICT_COLUMNS, checkpoint_verdict_stats
 
 BACKENDS = ("mlflow", "wandb", "tensorboard")
 LOGGED_STATS = ("spearman", "shock_at_q", "gap_ratio")  # the pooled S5 series, on ALL and common

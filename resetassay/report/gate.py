@@ -53,10 +53,10 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import atomic_write, read_run, read_run_info, run_q, table_path
 from resetassay.names import ALL, POOLED_SCOPES, RANDOM
-from resetassay.rundir import atomic_write, read_run, read_run_info, run_q, table_path
-from resetassay.summary import STATS, aggregate, checkpoint_stats
-from resetassay.verdict import KIND_OF_LAYER, MIN_RHO_UNITS, UNKNOWN_KIND, checkpoint_verdict_stats
+from resetassay.stats.summary import STATS, aggregate, checkpoint_stats
+from resetassay.stats.verdict import KIND_OF_LAYER, MIN_RHO_UNITS, UNKNOWN_KIND, checkpoint_verdict_stats
 
 FORMAT = "resetassay.baseline/4"
 # /1 has no `<stat>_n`, `<stat>_note` (any NaN of the run fails); /1 and /2 have no `scope` (they gate ALL); /1-/3

@@ -24,8 +24,8 @@ from resetassay.errors import BadInputError
 from resetassay.names import FAILURES, ONLINE_UTILITIES, ORACLE, RANDOM
 
 if TYPE_CHECKING:
-    from resetassay.assay import AssayResult
     from resetassay.data import DataChoice, DataSpec
+    from resetassay.pipeline.assay import AssayResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Measure what resetting a neuron costs, and which utility predicts it.")
@@ -234,12 +234,12 @@ def run(
 
     Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it. A report that
     fails to render is a warning line: the tables are written and the exit code is the assay's."""
-    from resetassay.assay import AssayConfig
+    from resetassay.io.rundir import RunInterrupted, failure_exit_code
     from resetassay.lesion.fast import parse_bytes
-    from resetassay.run import run_assay
-    from resetassay.rundir import RunInterrupted, failure_exit_code
-    from resetassay.shard import launch_from_env
-    from resetassay.tracking import backend_names, log_run
+    from resetassay.pipeline.assay import AssayConfig
+    from resetassay.pipeline.run import run_assay
+    from resetassay.pipeline.shard import launch_from_env
+    from resetassay.report.tracking import backend_names, log_run
 
     rank = launch_from_env()  # under torchrun: join the launch; rank 0 prints, merges and reports
     try:
@@ -313,8 +313,8 @@ def report(
     from resetassay.progress import rich_progress
     from resetassay.report import render
     from resetassay.report.render import ReportFailed, is_current
-    from resetassay.summary import q_values
-    from resetassay.tracking import backend_names, log_run
+    from resetassay.report.tracking import backend_names, log_run
+    from resetassay.stats.summary import q_values
 
     start = time.perf_counter()
     try:
@@ -376,7 +376,7 @@ def check(
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged comparisons too.")] = False,
 ) -> None:
     """Compare a run with a baseline: exit 0 on pass, 1 on a regression, 2 on bad input."""
-    from resetassay.check import check_run, diff_table
+    from resetassay.report.gate import check_run, diff_table
 
     try:
         comparisons, differences = check_run(run_dir, baseline, tolerance, rel_tolerance, junit, markdown,
@@ -405,7 +405,7 @@ def baseline_command(
                                                "is an error (exit 2).")] = False,
 ) -> None:
     """Write a baseline for `resetassay check` from a run's summary and verdict."""
-    from resetassay.check import make_baseline, write_baseline
+    from resetassay.report.gate import make_baseline, write_baseline
 
     try:
         written, unmet = make_baseline(run_dir, floor, margin, _split(utilities), force_floors)
@@ -435,7 +435,7 @@ def inspect(
     data_kwargs: DataKwargs = None,
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
-    from resetassay.assay import checkpoint_layers
+    from resetassay.pipeline.assay import checkpoint_layers
     from resetassay.units import layer_table
 
     try:
@@ -547,10 +547,10 @@ def train_command(
     with per-unit state).
 
     Rerunning the same command resumes it (SPEC S6): checkpoints on disk are kept, missing ones written."""
-    from resetassay.cbp import CBPConfig
     from resetassay.data import data_spec
-    from resetassay.rundir import RunInterrupted
-    from resetassay.train import TrainConfig, TrainingFailed, last_checkpoint, train, zoo_kwargs
+    from resetassay.io.rundir import RunInterrupted
+    from resetassay.train.cbp import CBPConfig
+    from resetassay.train.loop import TrainConfig, TrainingFailed, last_checkpoint, train, zoo_kwargs
 
     try:
         if permutation_seed < 0:  # before DataSpec, whose message names its field, not the flag
@@ -587,7 +587,7 @@ def train_command(
     out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover - `python -m resetassay.cli`
+def main() -> None:  # pragma: no cover - `python -m resetassay.cli` (cli/__main__.py)
     app(sys.argv[1:])
 
 

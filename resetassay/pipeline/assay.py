@@ -3,7 +3,7 @@
 `assay_model` works on an in-memory model and data; `assay_checkpoint` on a loaded checkpoint,
 probed on the held-out split of the task it was trained on last. Both return an `AssayResult`
 holding the UnitTable and SummaryTable of DESIGN.md. Many checkpoints, resume and failures are
-run.py's job.
+pipeline/run.py's job.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from resetassay import sequences
-from resetassay.checkpoint import Checkpoint, load_checkpoint
 from resetassay.data import AssayData, DataSpec, assay_data, dataset_items, example_inputs, joined_labels, pair
 from resetassay.errors import BadInputError, one_line
 from resetassay.greedy import Picks, candidate_pool, greedy_selection
+from resetassay.io.checkpoint import Checkpoint, load_checkpoint
+from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
@@ -56,9 +57,9 @@ from resetassay.names import (
 from resetassay.outputs import select_output
 from resetassay.progress import Progress
 from resetassay.reference import unit_references
-from resetassay.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
-from resetassay.summary import checkpoint_summary, selections
+from resetassay.stats.summary import checkpoint_summary, selections
+from resetassay.stats.verdict import COST_STAGE, flag_notes, reliability_flags
 from resetassay.taps import discovery_route, tap_unit_layers
 from resetassay.units import UnitLayer, unit_layers
 from resetassay.utilities import (
@@ -69,7 +70,6 @@ from resetassay.utilities import (
     unit_scores,
     utility_seconds,
 )
-from resetassay.verdict import COST_STAGE, flag_notes, reliability_flags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
