@@ -23,8 +23,8 @@ import resetassay.report
 import resetassay.report.tracking
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.names import POOLED_SCOPES
 from resetassay.io.rundir import read_run, read_run_info, write_run
+from resetassay.names import POOLED_SCOPES
 from resetassay.report.tracking import BACKENDS, backend_names, log_run, metric_name, run_params, tracked
 
 runner = CliRunner()

@@ -68,9 +68,8 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.errors import BadInputError
-from resetassay.io.rundir import read_run, read_run_info, table_path
-from resetassay.names import POOLED_SCOPES
 from resetassay.io.rundir import read_run, read_run_info, read_table, run_q, table_path
+from resetassay.names import POOLED_SCOPES
 from resetassay.stats.summary import checkpoint_stats
 from resetassay.stats.verdict import MARKS, VERDICT_COLUMNS, checkpoint_verdict_stats
 
