@@ -38,11 +38,11 @@ NO_FLAGS = pd.DataFrame(columns=FLAG_COLUMNS)
 
 def test_sentences_name_the_best_the_cheaper_equal_and_the_failing():
     lines = answer_sentences(VERDICT, NO_FLAGS)
-    assert lines[0] == "**gxd** has the lowest regret in B · neurons (of 2 verdicts)."
-    assert lines[1] == "**gxd_all** has the lowest regret in A · neurons (of 2 verdicts)."
-    assert lines[2] == "**gxd** is as good as the best (≈) and cheaper in A · neurons (0.1 s against gxd_all's 2 s)."
-    assert lines[3] == "Fails (✗ in the table): **activation** in 1 of 2 verdicts."
-    assert len(lines) == 4  # random (regret 1.1, ρ 0) never fails, never wins
+    assert lines[0] == "Lowest regret: **gxd** in 1 (B · neurons), **gxd_all** in 1 (A · neurons) of 2 verdicts."
+    assert lines[1] == ("As good as the best (≈) and cheaper (the table's `cheapest`): **gxd** in 1 of 2 verdicts "
+                        "(largest saving: A · neurons: 0.1 s against gxd_all's 2 s).")
+    assert lines[2] == "Fails (✗ in the table): **activation** in 1 of 2 verdicts."
+    assert len(lines) == 3  # random (regret 1.1, ρ 0) never fails, never wins
 
 
 def test_ranking_table_marks_best_indistinguishable_cheapest_and_fails_with_random_last():

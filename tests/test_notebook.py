@@ -25,7 +25,7 @@ def result():
 def test_repr_html_is_the_first_screen(result):
     page = result._repr_html_()
     assert page.startswith("<p><code>AssayResult(4 checkpoints") and '<section id="headline">' in page
-    assert "has the lowest regret" in page and "Rule (method S5b)" in page
+    assert "Lowest regret: " in page and "Rule (method S5b)" in page
     assert page.count("<table") == 2  # the ranking and the models, no detail tables, no figures
     assert "<img" not in page
 

@@ -102,12 +102,14 @@ def answer_sentences(verdict: pd.DataFrame, flags: pd.DataFrame) -> list[str]:
     lines = []
     best = ranked[ranked["best"]]
     wins = best.groupby("utility", sort=False).size()
+    parts = []
     for utility in sorted(wins.index, key=lambda u: (-wins[u], utility_order(ranked["utility"]).index(u))):
         where = best[best["utility"] == utility]
         names = [f"{f} · {k}" for f, k in zip(where["family"], where["kind"], strict=True)]
-        lines.append(f"**{utility}** has the lowest regret in {_where(names, total)}"
-                     + (f" (of {_count(total, 'verdict')})" if len(names) <= LISTED and len(names) < total else "")
-                     + ".")
+        named = f" ({', '.join(names)})" if len(names) <= FLAG_DETAILS and len(names) < total else ""
+        parts.append(f"**{utility}** in {wins[utility]}{named}")
+    if parts:
+        lines.append(f"Lowest regret: {', '.join(parts)} of {_count(total, 'verdict')}.")
     lines += _cheaper_sentences(ranked, total)
     fails = ranked[ranked["fails"]].groupby("utility", sort=False).size()
     if len(fails):
@@ -125,46 +127,60 @@ def answer_sentences(verdict: pd.DataFrame, flags: pd.DataFrame) -> list[str]:
     return lines
 
 
+FLAG_DETAILS = 2  # the flags sentence names at most this many places per flag, with details; beyond, it counts
+
+
 def flag_summary(flags: pd.DataFrame, total: int) -> list[str]:
     """One phrase per flag: where it holds ("family · kind", or the family where it concerns a whole checkpoint)
-    with its details when few, else in how many of the `total` verdicts."""
+    with its details when few, else in how many places ("The verdict in full" and notes.csv list every one)."""
     place = flags["family"] + flags["kind"].map(lambda k: f" · {k}" if k else "")
     found = []
     for flag, g in flags.assign(place=place).groupby("flag", sort=True):
         places = list(dict.fromkeys(g["place"]))
-        if len(places) <= LISTED:
+        if len(places) <= FLAG_DETAILS:
             where = "; ".join(f"{p} ({', '.join(dict.fromkeys(g.loc[g['place'] == p, 'detail']))})" for p in places)
         else:
-            where = _where(places, total)
+            where = f"in {len(places)} of {_count(total, 'verdict')}" if len(places) <= total else \
+                f"in {len(places)} places"
         found.append(f"{flag}: {where}")
     return found
 
 
 def _cheaper_sentences(ranked: pd.DataFrame, total: int) -> list[str]:
-    """Where a utility cheaper than the best is indistinguishable from it (the answer a CBP user needs), with its
-    measured seconds against the best's."""
-    found: dict[str, list[str]] = {}
+    """One sentence: the utilities cheaper than the best and indistinguishable from it (the answer a CBP user
+    needs), each with how many verdicts, and the largest saving in seconds spelled out."""
+    found: dict[str, list[tuple[float, str]]] = {}
     for (family, kind), g in ranked.groupby(["family", "kind"], sort=True):
         top, cheap = g[g["best"]], g[g["cheapest"]]
         if len(top) and len(cheap) and cheap["utility"].iloc[0] != top["utility"].iloc[0]:
+            mine, theirs = cheap["seconds"].iloc[0], top["seconds"].iloc[0]
             found.setdefault(cheap["utility"].iloc[0], []).append(
-                f"{family} · {kind} ({seconds_text(cheap['seconds'].iloc[0])} against {top['utility'].iloc[0]}'s "
-                f"{seconds_text(top['seconds'].iloc[0])})")
-    return [f"**{u}** is as good as the best (≈) and cheaper in "
-            + (", ".join(where) if len(where) <= LISTED else f"{len(where)} of {_count(total, 'verdict')}, e.g. "
-               f"{where[0]}") + "."
-            for u, where in sorted(found.items(), key=lambda item: -len(item[1]))]
+                (theirs / mine if mine > 0 else math.inf,
+                 f"{family} · {kind}: {seconds_text(mine)} against {top['utility'].iloc[0]}'s {seconds_text(theirs)}"))
+    if not found:
+        return []
+    order = sorted(found, key=lambda u: (-len(found[u]), -max(r for r, _ in found[u])))
+    largest = max((item for items in found.values() for item in items), key=lambda item: item[0])
+    return ["As good as the best (≈) and cheaper (the table's `cheapest`): "
+            + ", ".join(f"**{u}** in {len(found[u])}" for u in order) + f" of {_count(total, 'verdict')} "
+            f"(largest saving: {largest[1]})."]
 
 
 def rule_text(q: float, metric: str) -> str:
     """The rule the sentences and marks follow (SPEC S5b), in words."""
-    return (f"Rule (method S5b): regret R = (Shock@{q_label(q)} of the pick − the oracle's) / (mean shock − the "
-            f"oracle's) per layer, weighted by the units reset, over each unit kind's common scope ({metric}); "
-            f"0 = oracle, 1 = random. Best = lowest R; ≈ = the {LEVEL:.0%} paired-bootstrap interval of R − R(best) "
-            "holds 0; cheapest = fewest measured calibration seconds among those; ✗ = R interval above "
-            f"{FAIL_AT:g} or layer-balanced ρ interval below {FAIL_AT:g}. Intervals ({RESAMPLES} paired draws, over "
-            f"checkpoints from {MIN_CHECKPOINTS} on, else over each layer's units; ρ over layers of "
-            f"{MIN_RHO_UNITS}+ units): \"The verdict in full\" below. random is the yardstick, never ranked.")
+    return (f"Rule (method S5b): regret = (Shock@{q_label(q)} of the pick − the oracle's) / (mean shock − the "
+            f"oracle's) per layer, weighted by the units reset, over each unit kind's common scope ({metric}): 0 is "
+            f"the oracle, 1 random. Best: lowest; ≈: the {LEVEL:.0%} paired-bootstrap interval of its difference to "
+            "the best holds 0; cheapest: the fewest measured calibration seconds of those; ✗: regret interval above "
+            f"{FAIL_AT:g} or layer-balanced ρ interval below {FAIL_AT:g} (intervals: \"The verdict in full\"). random "
+            "is the yardstick, never ranked.")
+
+
+def interval_text() -> str:
+    """How the verdict's intervals are drawn (SPEC S5b), for the section that shows them."""
+    return (f"Intervals: {LEVEL:.0%} percentiles of {RESAMPLES} paired bootstrap draws (every utility on the same "
+            f"draw), of the checkpoints where a verdict has {MIN_CHECKPOINTS} or more, else of each layer's units; "
+            f"the layer-balanced ρ weights each layer's ρ by its units, over layers of {MIN_RHO_UNITS}+ units.")
 
 
 def models_table(stats: pd.DataFrame, verdict: pd.DataFrame, checkpoints: pd.DataFrame) -> pd.DataFrame:
@@ -231,10 +247,8 @@ def headline_blocks(verdict: pd.DataFrame, flags: pd.DataFrame, stats: pd.DataFr
     mine = verdict[verdict["metric"] == metric]
     table, best = ranking_table(mine)
     return [
-        Block("text", (
-            f"**Question.** Resetting the {q_label(q)} of each layer's units that a utility scores lowest: how far "
-            "do the outputs move, and which utility picks the units whose reset costs least? Regret 0 is the "
-            "oracle, which picks by the measured shock; 1 is a random pick.")),
+        Block("text", f"**Question.** Which utility picks the {q_label(q)} of each layer's units whose reset moves "
+                      "the outputs least?"),
         Block("list", items=answer_sentences(mine, flags[flags["metric"].isin([metric, ""])])),
         Block("text", rule_text(q, metric)),
         Block("table", table=table, best=best, keys=1),

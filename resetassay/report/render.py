@@ -45,7 +45,7 @@ from resetassay.report.blocks import (
     provenance_table,
     q_label,
 )
-from resetassay.report.headline import headline_blocks, verdict_detail
+from resetassay.report.headline import headline_blocks, interval_text, verdict_detail
 from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
@@ -162,7 +162,7 @@ def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.D
         blocks += [Block("h2", "The verdict in full", fold=True),
                    Block("text", "Every verdict of every metric (verdict.csv; method S5b): regret mean ± SE over "
                          "checkpoints with its 95% interval, the interval of its difference to the best, the "
-                         "layer-balanced ρ, the measured calibration seconds, and the marks."),
+                         "layer-balanced ρ, the measured calibration seconds, and the marks. " + interval_text()),
                    Block("table", table=verdict_detail(verdict), keys=4)]
     blocks += [Block("h2", "Tables per model family", fold=True), *_reading_notes(tables, info, stats, q, base_q)]
     for family, ckpts in stats.groupby("family", sort=True):
