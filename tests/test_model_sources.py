@@ -334,6 +334,7 @@ def test_download_kwargs_are_refused_before_the_library_is_imported(tmp_path, mo
     ("torchvision:ResNet18", "close matches: resnet18"),
     ("timm:vit_tiny", "close matches: vit_tiny_patch16_224"),
     ("timm:zzz", "timm.list_models() lists them"),
+    ("torchvision:zzz", "torchvision.models.list_models() lists them"),
 ])
 def test_unknown_model_name_lists_close_matches(monkeypatch, spec, close):
     _fake_torchvision(monkeypatch, [])
@@ -413,3 +414,10 @@ def test_real_library_resnet18_round_trip(tmp_path, lib):
     assert len(warned) == 2
     with pytest.raises(BadInputError, match="has no model 'resnet19'; close matches: .*resnet18"):
         import_factory(f"{lib}:resnet19")
+
+
+def test_an_unknown_transformers_type_names_where_the_types_are_listed():
+    """There is no transformers.list_models() (the hint said so): the hint names the mapping of causal-LM types."""
+    pytest.importorskip("transformers")
+    with pytest.raises(BadInputError, match="MODEL_FOR_CAUSAL_LM_MAPPING_NAMES lists them"):
+        import_factory("transformers:zzz")

@@ -418,7 +418,10 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
         close = sorted(n for n in names if n.lower().startswith(arch.lower()))[:3]  # vit_tiny: vit_tiny_patch16_224
         close += [lower[n] for n in difflib.get_close_matches(arch.lower(), lower, n=5, cutoff=0.6)
                   if lower[n] not in close][:5 - len(close)]
-        hint = f"close matches: {', '.join(close)}" if close else f"{lib}.list_models() lists them"
+        lister = ("transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES lists them (model types "
+                  "such as gpt2, llama)") if lib == "transformers" else (
+            f"{'torchvision.models' if lib == 'torchvision' else lib}.list_models() lists them")
+        hint = f"close matches: {', '.join(close)}" if close else lister
         raise BadInputError(f"--model {spec!r}: {lib} has no model {arch!r}; {hint}", flag="--model")
 
     def build(**kwargs) -> nn.Module:
