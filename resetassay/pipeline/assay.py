@@ -822,9 +822,11 @@ def checkpoint_layers(
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 
 
-def _step_value(step: dict) -> float:
-    """One number for "how far along training": the task, else the epoch, else the step."""
+def _step_value(step: dict) -> int | float:
+    """One number for "how far along training": the task, else the epoch, else the step; a whole number as an int
+    (checkpoints.csv writes `2`, not `2.0`)."""
     for key in ("task", "epoch", "step"):
         if key in step:
-            return float(step[key])
+            value = float(step[key])
+            return int(value) if value.is_integer() else value
     return math.nan
