@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resetassay.greedy import greedy_selection, picks_per_round
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.pipeline.assay import AssayConfig, calibration_targets, checkpoint_inputs
-from resetassay.reference import unit_references
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.greedy import greedy_selection, picks_per_round
+from resetassay.scoring.reference import unit_references
 from resetassay.stats.summary import k_at
-from resetassay.utilities import calibration_stats
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = [f"{family}/task{task}" for family in ("relu_mlp", "silu_mlp", "layernorm_mlp", "cnn", "resnet")

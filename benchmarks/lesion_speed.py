@@ -33,16 +33,16 @@ from captum.attr import LayerFeatureAblation
 from torch.utils.flop_counter import FlopCounterMode
 
 from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.discovery.taps import tap_unit_layers
+from resetassay.discovery.units import unit_layers
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.lesion import unit_shocks
 from resetassay.lesion.fast import _downstream_inputs, parse_bytes, shortcut_types
+from resetassay.lesion.graph_split import split_at, trace
 from resetassay.lesion.shocks import probe_logits
-from resetassay.lesion.split import split_at, trace
 from resetassay.models import create_model
 from resetassay.pipeline.assay import sample_units
-from resetassay.reference import unit_references
-from resetassay.taps import tap_unit_layers
-from resetassay.units import unit_layers
+from resetassay.scoring.reference import unit_references
 
 ROOT = Path(__file__).resolve().parents[1]
 TIGHT_BUDGET = 8 * 10**6  # a second fast run under this --max-memory shows the budget is kept

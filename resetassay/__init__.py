@@ -19,7 +19,7 @@ _PUBLIC = {
     "assay_checkpoint": "resetassay.pipeline.assay", "assay_model": "resetassay.pipeline.assay",
     "run_assay": "resetassay.pipeline.run", "load_checkpoint": "resetassay.io.checkpoint",
     "save_checkpoint": "resetassay.io.checkpoint", "BadInputError": "resetassay.errors", "data_spec": "resetassay.data",
-    "register_utility": "resetassay.utilities", "NotApplicable": "resetassay.utilities",
+    "register_utility": "resetassay.scoring.registry", "NotApplicable": "resetassay.scoring.registry",
     "register_metric": "resetassay.lesion.shocks",
 }
 __all__ = [
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from resetassay.lesion.shocks import register_metric
     from resetassay.pipeline.assay import AssayConfig, AssayResult, assay_checkpoint, assay_model
     from resetassay.pipeline.run import run_assay
-    from resetassay.utilities import NotApplicable, register_utility
+    from resetassay.scoring.registry import NotApplicable, register_utility
 
 
 def __getattr__(name: str) -> object:

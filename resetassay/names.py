@@ -15,7 +15,7 @@ UTILITY_ORDER = ("activation", "contribution", "mc_contribution", "mc_adaptable"
                  "gxd_all", "gxd_ig", "gxd2", "dormancy", "deviation", "firing_rate", "tracked", RANDOM, ORACLE)
 
 # Set selectors (SPEC S5): they pick each layer's Shock@q set without ranking units, so they have no UnitTable column
-# and no Spearman ρ; their rows come from the set (greedy.py). Opt-in: not in the default `--utilities`.
+# and no Spearman ρ; their rows come from the set (scoring/greedy.py). Opt-in: not in the default `--utilities`.
 GXD_GREEDY = "gxd_greedy"
 SET_SELECTORS = (GXD_GREEDY,)
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from helpers.models import TinyCNN, TwoLayerMLP
 
+from resetassay.discovery.units import unit_layers
 from resetassay.lesion import joint_shocks
 from resetassay.names import ALL, ORACLE, utility_column
 from resetassay.pipeline.assay import AssayConfig, assay_model
 from resetassay.stats.summary import selections
-from resetassay.units import unit_layers
 
 UTILITIES = ["activation", "gxd", "gxi", "random", ORACLE]
 

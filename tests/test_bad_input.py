@@ -24,7 +24,7 @@ import resetassay.report
 from resetassay import load_checkpoint, save_checkpoint
 from resetassay.cli import app
 from resetassay.names import FAILURES, MANIFEST, METRICS, PARTS, WEIGHTS
-from resetassay.utilities import utility_names
+from resetassay.scoring.registry import utility_names
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = ["--utilities", "gxd,activation", "--metrics", "l1", "--calib-size", "32", "--probe-size", "32",

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.models import create_model
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.registry import UTILITIES, unit_scores
 from resetassay.train.cbp import ONLINE_UTILITIES, CBPConfig, ContinualBackprop
-from resetassay.units import unit_layers
-from resetassay.utilities import UTILITIES, calibration_stats, unit_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""`--data FOLDER` written by Hugging Face `datasets`' `save_to_disk` (resetassay/data.py, SPEC S1).
+"""`--data FOLDER` written by Hugging Face `datasets`' `save_to_disk` (resetassay/data/, SPEC S1).
 
 The same examples through a `datasets` folder and through the tensor-file or image-folder sources must give the
 same calibration and probe tensors (the same seeded split): exactly for arrays, and for images decoded the same way.
@@ -16,9 +16,10 @@ from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 from resetassay.cli import app
-from resetassay.data import _open, assay_data, data_spec
+from resetassay.data import assay_data, data_spec
+from resetassay.data.sources import _open
+from resetassay.discovery.sequences import NO_LABEL
 from resetassay.errors import BadInputError
-from resetassay.sequences import NO_LABEL
 
 datasets = pytest.importorskip("datasets")
 runner = CliRunner()

@@ -23,13 +23,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from resetassay.cli import app
+from resetassay.discovery.taps import HOOK_NOTE, discovery_route, tap_unit_layers
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks
 from resetassay.models import create_model
-from resetassay.reference import unit_references
-from resetassay.taps import HOOK_NOTE, discovery_route, tap_unit_layers
-from resetassay.units import unit_layers
-from resetassay.utilities import calibration_stats, needed_ingredients
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import needed_ingredients
 
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}
 SITES = ["relu@0", "relu@1"]

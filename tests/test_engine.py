@@ -17,13 +17,13 @@ from helpers.models import BranchyMLP, SizeReader
 from torch import nn
 
 from resetassay.data import split_calibration_probe, task_arrays
+from resetassay.discovery.units import UnitLayerSpec, unit_layers
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.lesion import fast as fast_engine
 from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion.graph_split import split_at, trace
 from resetassay.lesion.shocks import probe_logits
-from resetassay.lesion.split import split_at, trace
-from resetassay.reference import unit_references
-from resetassay.units import UnitLayerSpec, unit_layers
+from resetassay.scoring.reference import unit_references
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 METRICS = ["l1", "kl"]

@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers.engines import assert_fast_equals_plain
 
+from resetassay.discovery.taps import discovery_route, tap_unit_layers
+from resetassay.discovery.units import unit_layers
 from resetassay.pipeline.assay import sample_units
-from resetassay.reference import unit_references
-from resetassay.taps import discovery_route, tap_unit_layers
-from resetassay.units import unit_layers
+from resetassay.scoring.reference import unit_references
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.resnet18 import resnet18  # noqa: E402

@@ -1,5 +1,5 @@
-"""The torch.export route of unit discovery (resetassay/taps.py, SPEC S1, S3): where torch.fx cannot trace a model,
-its graph exported on the example batch is read back at module level.
+"""The torch.export route of unit discovery (resetassay/discovery/taps.py, SPEC S1, S3): where torch.fx cannot trace a
+model, its graph exported on the example batch is read back at module level.
 
 On models that several routes can read, every route must give the same unit layers (names, in order), the same
 producers and consumers where the route knows them, and the same references, calibration statistics and shocks
@@ -19,12 +19,13 @@ from helpers.foreign_models import functional_mlp, gated_mlp, list_mlp, resnet_t
 from helpers.models import TinyCNN, TwoLayerMLP
 from torch import nn
 
+from resetassay.discovery.taps import HOOK_NOTE, discovery_route, tap_unit_layers
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks
-from resetassay.reference import unit_references
-from resetassay.taps import HOOK_NOTE, discovery_route, tap_unit_layers
-from resetassay.units import unit_layers
-from resetassay.utilities import calibration_stats, needed_ingredients
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import needed_ingredients
 
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}
 NEEDS = needed_ingredients(["gxd", "activation", "loss_gradient", "gxd_all"])

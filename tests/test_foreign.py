@@ -1,7 +1,7 @@
 """Models we did not write (SPEC S1, S3, S4): unit layers found by tracing, checked by hand.
 
 The models live in tests/helpers/foreign_models.py (`--model helpers.foreign_models:<factory>`).
-Every expected value comes from code in this file that does not use resetassay.taps: the
+Every expected value comes from code in this file that does not use resetassay.discovery.taps: the
 torchvision-style ResNet's forward written out with F.relu and an `edit` at every call site,
 and, for the MLPs, CBP's compensated reset applied to a copy of the original model (SPEC S4).
 Library tests run in float64 and compare with rtol 1e-5 (atol 1e-10 for exact zeros); values
@@ -26,13 +26,14 @@ from typer.testing import CliRunner
 
 from resetassay.cli import app
 from resetassay.data import DataSpec, split_calibration_probe, task_arrays
+from resetassay.discovery.taps import TappedModel, discovery_route, tap_unit_layers
+from resetassay.discovery.units import layer_table, unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks
 from resetassay.models import create_model
-from resetassay.reference import unit_references
-from resetassay.taps import TappedModel, discovery_route, tap_unit_layers
-from resetassay.units import layer_table, unit_layers
-from resetassay.utilities import calibration_stats, unit_scores
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import unit_scores
 
 TOL = {"rtol": 1e-5, "atol": 1e-10}
 F32_TOL = {"rtol": 1e-5, "atol": 1e-7}

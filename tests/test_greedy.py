@@ -17,15 +17,15 @@ from helpers.models import TwoLayerMLP
 from typer.testing import CliRunner
 
 from resetassay.cli import app
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
-from resetassay.greedy import ROUNDS, greedy_selection
 from resetassay.names import ALL, GXD_GREEDY, ORACLE
 from resetassay.pipeline.assay import AssayConfig, assay_model
-from resetassay.reference import unit_references
 from resetassay.report.sets import set_table
+from resetassay.scoring.greedy import ROUNDS, greedy_selection
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import utility_names
 from resetassay.stats.summary import checkpoint_stats, selections
-from resetassay.units import unit_layers
-from resetassay.utilities import utility_names
 
 NAMES = ("act1", "act2")
 Q = 0.5  # k = 8 of 16 units in act1, 6 of 12 in act2: room for the greedy to part from gxd

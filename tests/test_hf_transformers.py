@@ -10,12 +10,13 @@ import torch
 from helpers.engines import assert_fast_equals_plain
 
 from resetassay import AssayConfig, assay_model
-from resetassay.outputs import select_output
-from resetassay.reference import unit_references
-from resetassay.sequences import next_token_targets
-from resetassay.taps import discovery_route, tap_unit_layers
-from resetassay.units import unit_layers
-from resetassay.utilities import calibration_stats, unit_scores
+from resetassay.discovery.outputs import select_output
+from resetassay.discovery.sequences import next_token_targets
+from resetassay.discovery.taps import discovery_route, tap_unit_layers
+from resetassay.discovery.units import unit_layers
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import unit_scores
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 40
@@ -139,8 +140,8 @@ def test_model_by_type_name_is_built_from_its_config_and_refuses_downloads():
 def test_right_padded_batches_give_what_each_sequence_gives_alone():
     """GPT-2 reads the attention mask of PAD-carrying ids: shocks and utilities of a padded batch are those of its
     sequences cut to their lengths (SPEC S9)."""
+    from resetassay.discovery.sequences import padded_tokens, with_padding
     from resetassay.lesion import unit_shocks
-    from resetassay.sequences import padded_tokens, with_padding
 
     model, selected, tapped, ids = _tapped(_gpt2, double=True)
     lengths = [6, 4, 5, 2, 6, 3]

@@ -1,4 +1,4 @@
-"""gxd2 and gxd_ig (SPEC S3, resetassay/higher_order.py) against plain references computed here.
+"""gxd2 and gxd_ig (SPEC S3, resetassay/scoring/higher_order.py) against plain references computed here.
 
 gxd2 per example = f'(0) + f''(0) / 2 with f(t) = z_y(h + t d_i), d_i = r_i - h_i on unit i alone: compared
 with central finite differences of z_y (steps 1e-3 and 5e-4, Richardson-extrapolated, float64: error ~1e-9).
@@ -15,13 +15,13 @@ from helpers.models import TinyCNN, TwoLayerMLP
 from torch import nn
 
 import resetassay as ra
-from resetassay.higher_order import path_attributions, second_order_changes
-from resetassay.hooks import forward_hooks
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.sequences import next_token_targets, target_logits
+from resetassay.discovery.units import UnitLayer, per_unit, sum_positions, unit_layers
 from resetassay.models import cnn, mlp, resnet, transformer
-from resetassay.reference import unit_references
-from resetassay.sequences import next_token_targets, target_logits
-from resetassay.units import UnitLayer, per_unit, sum_positions, unit_layers
-from resetassay.utilities import calibration_stats
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.higher_order import path_attributions, second_order_changes
+from resetassay.scoring.reference import unit_references
 
 STEP = 1e-3
 RIEMANN_STEPS = 2000
@@ -172,7 +172,7 @@ def test_where_z_y_is_piecewise_linear_in_the_units_both_are_gxd():
 
 def test_padding_is_left_out_of_gxd_ig_and_gxd2():
     """A right-padded batch of token sequences gives what its sequences give one by one (SPEC S9)."""
-    from resetassay.sequences import padded_tokens, with_padding
+    from resetassay.discovery.sequences import padded_tokens, with_padding
 
     model = transformer(vocab=5, max_len=5, d_model=8, n_layers=1, n_heads=2, mlp_ratio=1).double().eval()
     ids = torch.randint(0, 5, (3, 5), generator=torch.Generator().manual_seed(2))

@@ -18,7 +18,7 @@ import resetassay.pipeline.run
 from resetassay.names import METRICS, UTILITY_ORDER
 from resetassay.pipeline.assay import AssayConfig
 from resetassay.pipeline.run import run_assay, source_digest
-from resetassay.utilities import utility_names
+from resetassay.scoring.registry import utility_names
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = textwrap.dedent("""
@@ -157,3 +157,71 @@ def test_every_fixture_manifest_names_a_zoo_factory_that_resolves():
     for path in manifests:
         factory = json.loads(path.read_text())["model"]["factory"]
         assert factory.startswith("resetassay.models:") and callable(_zoo_factory(factory, path))
+
+
+# The stages from the bottom up (docs/design.md "Dependencies point down"): a module may import
+# from its own stage and from stages below it, never from one above.
+STAGES = ["base", "stats", "discovery", "data", "models", "io", "lesion", "scoring", "pipeline", "report", "train",
+          "cli"]
+BASE = {"names", "errors", "shapes", "progress", "plugins", "__init__", "__main__"}
+# io/imports.py imports nothing of ours but errors: data/ (`--data pkg.mod:factory`) and io/ (`--model`) both use
+# it, so it counts as a base module although it lives with the other readers of what the user names.
+LEAVES = {"resetassay.io.imports": "base"}
+# Imports that point up on purpose, each inside a function or under TYPE_CHECKING (never at import time):
+UPWARD = {
+    # AssayResult.report()/.html(): a notebook renders the result it holds with the report's own code
+    ("resetassay.pipeline.assay", "resetassay.report.render"),
+    ("resetassay.pipeline.assay", "resetassay.report.html"),
+}
+
+
+def _stage(module: str) -> str:
+    if module in LEAVES:
+        return LEAVES[module]
+    parts = module.split(".")
+    return "base" if len(parts) < 2 or parts[1] in BASE else parts[1]
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported resetassay module, at top level) for every import in `path`."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resetassay"):
+            names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "resetassay" else [node.module]
+            found += [(n, id(node) in top) for n in names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, id(node) in top) for a in node.names if a.name.startswith("resetassay")]
+    return found
+
+
+def test_dependencies_point_down_the_stages():
+    package = Path(resetassay.__file__).parent
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(("resetassay", *path.relative_to(package).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
+        if module in ("resetassay", "resetassay.__main__"):
+            continue  # the lazy public names and `python -m resetassay` reach every stage by design
+        mine = STAGES.index(_stage(module))
+        for imported, at_top in _imports(path):
+            if imported in ("resetassay", "resetassay.__version__"):
+                continue
+            if STAGES.index(_stage(imported)) > mine and not ((module, imported) in UPWARD and not at_top):
+                wrong.append(f"{module} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_stage_package_says_what_it_holds():
+    package = Path(resetassay.__file__).parent
+    import ast
+
+    for init in sorted(package.glob("*/__init__.py")):
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), init
+        assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+                   for n in tree.body), f"{init}: no __all__"
+        assert init.parent.name in STAGES, f"{init.parent.name} is not a stage of STAGES"

@@ -16,11 +16,11 @@ from helpers.models import TinyCNN, TwoLayerMLP
 from torch import nn
 from torch.distributions import Categorical, kl_divergence
 
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.lesion.shocks import check_metrics, example_shocks, probe_logits
-from resetassay.units import unit_layers
 
 TOL = {"atol": 1e-10, "rtol": 1e-9}
 

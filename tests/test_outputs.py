@@ -1,4 +1,5 @@
-"""Models whose forward returns a tuple, dict or object holding the logits: `--output` (resetassay/outputs.py).
+"""Models whose forward returns a tuple, dict or object holding the logits: `--output`
+(resetassay/discovery/outputs.py).
 
 The same FunctionalMLP weights return their logits plain or wrapped; every wrapped form, read with the
 default rule or an explicit `--output` path, must give the same UnitTable as the plain one (exactly: the
@@ -18,8 +19,8 @@ from torch import fx
 from typer.testing import CliRunner
 
 from resetassay.cli import app
+from resetassay.discovery.outputs import default_path, select_output
 from resetassay.errors import BadInputError
-from resetassay.outputs import default_path, select_output
 from resetassay.pipeline.assay import AssayConfig, assay_model
 
 runner = CliRunner()

@@ -16,16 +16,16 @@ from helpers.models import TinyCNN, TwoLayerMLP
 from typer.testing import CliRunner
 
 import resetassay as ra
-from resetassay import utilities
 from resetassay.cli import app
+from resetassay.discovery.sequences import example_losses, next_token_targets
+from resetassay.discovery.units import unit_layers
 from resetassay.lesion import joint_shocks, shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.lesion.shocks import SHOCK_METRICS, check_metrics
 from resetassay.models import create_model, transformer
-from resetassay.reference import unit_references
-from resetassay.sequences import example_losses, next_token_targets
-from resetassay.units import unit_layers
-from resetassay.utilities import UTILITIES, check_utilities, utility_names
+from resetassay.scoring import registry as utilities
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import UTILITIES, check_utilities, utility_names
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -11,9 +11,9 @@ from helpers.engines import assert_fast_equals_plain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resetassay.discovery.units import unit_layers
 from resetassay.models import create_model
 from resetassay.stats.summary import checkpoint_summary
-from resetassay.units import unit_layers
 
 METRICS = ["l1", "kl"]
 

@@ -22,13 +22,13 @@ from scipy.stats import spearmanr
 from torch import nn
 
 import resetassay as ra
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import reset_sites, unit_generator
 from resetassay.lesion.shocks import example_shocks
 from resetassay.models import create_model
 from resetassay.report.interventions import agreement_table, differing_units
-from resetassay.units import unit_layers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOL = {"rtol": 1e-6, "atol": 1e-12}

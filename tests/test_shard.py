@@ -141,7 +141,7 @@ def test_assign_balances_costs_the_same_way_for_any_caller():
 
 
 def test_downstream_flops_count_what_a_lesion_recomputes():
-    from resetassay.units import unit_layers
+    from resetassay.discovery.units import unit_layers
 
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
     layers = unit_layers(net, torch.randn(2, 6), None)

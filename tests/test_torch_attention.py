@@ -9,12 +9,12 @@ from helpers.engines import assert_fast_equals_plain
 from torch import nn
 
 from resetassay import AssayConfig, assay_model
-from resetassay.attention import UnfusedEncoder, UnfusedMultiheadAttention, unfused_attention
+from resetassay.discovery.attention import UnfusedEncoder, UnfusedMultiheadAttention, unfused_attention
+from resetassay.discovery.sequences import next_token_targets
+from resetassay.discovery.taps import discovery_route, tap_unit_layers
+from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
-from resetassay.reference import unit_references
-from resetassay.sequences import next_token_targets
-from resetassay.taps import discovery_route, tap_unit_layers
-from resetassay.units import unit_layers
+from resetassay.scoring.reference import unit_references
 
 CLOSE = {"atol": 1e-5, "rtol": 1e-5}
 

@@ -17,15 +17,24 @@ from helpers.engines import assert_fast_equals_plain
 from torch import nn
 
 from resetassay import AssayConfig, assay_model
-from resetassay.grammar import LENGTH, VOCAB, grammar_sequences, rule_table, vocabulary_permutation
+from resetassay.data.grammar import LENGTH, VOCAB, grammar_sequences, rule_table, vocabulary_permutation
+from resetassay.discovery.sequences import (
+    IGNORE,
+    PAD,
+    accuracy,
+    example_losses,
+    next_token_targets,
+    target_logits,
+    with_padding,
+)
+from resetassay.discovery.units import unit_layers
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
 from resetassay.models import create_model
-from resetassay.reference import unit_references
-from resetassay.sequences import IGNORE, PAD, accuracy, example_losses, next_token_targets, target_logits, with_padding
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import unit_scores
 from resetassay.train.cbp import CBPConfig, ContinualBackprop
-from resetassay.units import unit_layers
-from resetassay.utilities import calibration_stats, unit_scores
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 
@@ -458,7 +467,7 @@ def test_padding_is_left_out_of_references_utilities_and_shocks():
 
 
 def sequences_padded(model, x):
-    from resetassay.sequences import padded_tokens
+    from resetassay.discovery.sequences import padded_tokens
 
     return padded_tokens(model, [x])
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from resetassay.discovery.units import UnitLayerSpec, declared_specs, select_specs, unit_layers
 from resetassay.errors import BadInputError
 from resetassay.models import create_model
-from resetassay.units import UnitLayerSpec, declared_specs, select_specs, unit_layers
 
 
 def _summary(layers):

@@ -15,17 +15,11 @@ from captum.attr import LayerGradientXActivation
 from helpers.models import TwoLayerMLP
 from torch import nn
 
+from resetassay.discovery.units import UnitLayerSpec, unit_layers
 from resetassay.errors import BadInputError
-from resetassay.reference import unit_references
-from resetassay.units import UnitLayerSpec, unit_layers
-from resetassay.utilities import (
-    INGREDIENTS,
-    calibration_stats,
-    check_utilities,
-    needed_ingredients,
-    unit_scores,
-    utility_names,
-)
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import INGREDIENTS, check_utilities, needed_ingredients, unit_scores, utility_names
 
 ATOL = RTOL = 1e-6
 ALL_UTILS = ["activation", "contribution", "mc_contribution", "mc_adaptable",
@@ -357,7 +351,7 @@ def test_contribution_with_linear_consumer_of_flattened_maps_sums_each_channels_
 def test_gxd_all_from_batched_class_gradients_equals_one_backward_per_class(monkeypatch, chunk, batched):
     """gxd_all takes dz_c/dh for every class from one forward and class-batched backwards; chunks of classes and
     the per-class fallback (for ops without a batching rule) give the same numbers as captum per class."""
-    import resetassay.utilities as utilities
+    import resetassay.scoring.calibration as calibration
 
     model = TwoLayerMLP(seed=21, sizes=(3, 4, 3, 5), activations=(nn.ReLU, nn.SiLU))
     g = torch.Generator().manual_seed(4)
@@ -374,7 +368,7 @@ def test_gxd_all_from_batched_class_gradients_equals_one_backward_per_class(monk
     for c in range(5):
         for layer, grad in zip(layers, captum.attribute(x, target=c), strict=True):
             want[layer.name] = want[layer.name] + ((h[layer.name] - refs[layer.name]) * grad).abs().mean(0) / 5
-    monkeypatch.setattr(utilities, "CLASS_CHUNK", chunk)
+    monkeypatch.setattr(calibration, "CLASS_CHUNK", chunk)
     if not batched:
         real = torch.autograd.grad
 

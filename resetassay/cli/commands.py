@@ -435,8 +435,8 @@ def inspect(
     data_kwargs: DataKwargs = None,
 ) -> None:
     """List the unit layers of a checkpoint: kind, unit count, producer and consumer."""
+    from resetassay.discovery.units import layer_table
     from resetassay.pipeline.assay import checkpoint_layers
-    from resetassay.units import layer_table
 
     try:
         shape = _ints(input_shape, "--input-shape", "3,32,32")

@@ -5,7 +5,7 @@
 
 `engine="plain"` is the reference (plain.py: one forward per lesion); `engine="fast"` gives the
 same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
-shortcut; split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
+shortcut; graph_split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
 has them already. `intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py:
 one plain forward per lesion, the engine unused).
 """
@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resetassay.discovery.units import UnitLayer
 from resetassay.lesion import fast, plain, reset
 from resetassay.lesion.shocks import check_targets, probe_logits
 from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
-from resetassay.units import UnitLayer
+
+__all__ = ["joint_shocks", "unit_shocks"]
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],

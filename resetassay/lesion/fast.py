@@ -1,7 +1,7 @@
 """The fast lesion engine (DESIGN "The lesion engine"; SPEC S4).
 
 Same numbers as the plain engine (plain.py), computed with less work:
-1. upstream once per probe chunk, downstream only (`split.split_at`);
+1. upstream once per probe chunk, downstream only (`graph_split.split_at`);
 2. K lesions per forward: the batch grows to K*P rows, block k clamping unit k; K and the probe
    chunk follow a memory budget and halve on out-of-memory;
 3. the consumer shortcut where it is exact (Linear: rank-1 update, per position for tokens;
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.units import UnitLayer, per_unit
 from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
+from resetassay.lesion.graph_split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
 from resetassay.lesion.shocks import ShockSums, lesioned_units, probe_chunk
-from resetassay.lesion.split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
-from resetassay.units import UnitLayer, per_unit
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk

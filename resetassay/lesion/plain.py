@@ -13,11 +13,11 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 from torch import nn
 
-from resetassay.hooks import forward_hooks
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.sequences import padding_mask
+from resetassay.discovery.units import UnitLayer, per_unit
 from resetassay.lesion.shocks import lesioned_units, mean_shocks, probe_logits
-from resetassay.sequences import padding_mask
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
-from resetassay.units import UnitLayer, per_unit
 
 
 @contextmanager

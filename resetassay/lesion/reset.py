@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError
 from resetassay.lesion.plain import shocks_under
 from resetassay.lesion.shocks import lesioned_units
 from resetassay.models.reset import ResetSite, reset_site, reset_weights
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
-from resetassay.units import UnitLayer
 
 
 def reset_sites(model: nn.Module, layers: list[UnitLayer]) -> tuple[dict[str, ResetSite], dict[str, str]]:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from resetassay.discovery.sequences import IGNORE, padding_mask
+from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import METRICS
 from resetassay.plugins import entry_point, source_of
-from resetassay.sequences import IGNORE, padding_mask
 from resetassay.shapes import UnitChoice
-from resetassay.units import UnitLayer
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (z, z', y) -> (...)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resetassay.units import WEIGHTED, UnitLayer
+from resetassay.discovery.units import WEIGHTED, UnitLayer
 
 
 @dataclass

@@ -25,10 +25,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from resetassay import sequences
 from resetassay.data import AssayData, DataSpec, assay_data, dataset_items, example_inputs, joined_labels, pair
+from resetassay.discovery import sequences
+from resetassay.discovery.outputs import select_output
+from resetassay.discovery.taps import discovery_route, tap_unit_layers
+from resetassay.discovery.units import UnitLayer, unit_layers
 from resetassay.errors import BadInputError, one_line
-from resetassay.greedy import Picks, candidate_pool, greedy_selection
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import joint_shocks, unit_shocks
@@ -54,22 +56,20 @@ from resetassay.names import (
     clamp_column,
     utility_column,
 )
-from resetassay.outputs import select_output
 from resetassay.progress import Progress
-from resetassay.reference import unit_references
-from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
-from resetassay.stats.summary import checkpoint_summary, selections
-from resetassay.stats.verdict import COST_STAGE, flag_notes, reliability_flags
-from resetassay.taps import discovery_route, tap_unit_layers
-from resetassay.units import UnitLayer, unit_layers
-from resetassay.utilities import (
-    calibration_stats,
+from resetassay.scoring.calibration import calibration_stats
+from resetassay.scoring.greedy import Picks, candidate_pool, greedy_selection
+from resetassay.scoring.reference import unit_references
+from resetassay.scoring.registry import (
     check_utilities,
     default_utilities,
     needed_ingredients,
     unit_scores,
     utility_seconds,
 )
+from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
+from resetassay.stats.summary import checkpoint_summary, selections
+from resetassay.stats.verdict import COST_STAGE, flag_notes, reliability_flags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -108,7 +108,7 @@ class AssayConfig:
     target: str = "label"
     intervention: Intervention = "clamp"
     dtype: Precision = "fp32"
-    greedy_every: int | None = None  # gxd_greedy's m: picks per layer between GXD recomputations (greedy.py)
+    greedy_every: int | None = None  # gxd_greedy's m: picks per layer between GXD recomputations (scoring/greedy.py)
 
     def __post_init__(self) -> None:
         for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
@@ -291,7 +291,7 @@ def versions() -> dict[str, str]:
 
     from resetassay import __version__
     from resetassay.lesion.shocks import PLUGINS as METRIC_PLUGINS
-    from resetassay.utilities import PLUGINS
+    from resetassay.scoring.registry import PLUGINS
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
             "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {}),
@@ -472,7 +472,7 @@ class Calibration:
 
 def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig, name: str = "model",
             state: dict[str, torch.Tensor] | None = None) -> Prepared:
-    """Make `model` ready for the assay: move it, select its logits, find its unit layers (taps.py), attach their
+    """Make `model` ready for the assay: move it, select its logits, find its unit layers (discovery/), attach their
     stored state and compute the probe logits, refused when not finite."""
     device = resolve_device(config.device)
     generator = torch.Generator().manual_seed(config.seed)  # the calibration's sample first, as --probe-data draws
@@ -622,8 +622,8 @@ def assay_model(
 
     Args:
         model: any classifier `(B, ...) -> (B, C)` (or returning a tuple, dict or object holding the logits:
-            `config.output` picks them, outputs.py); traced with torch.fx to find its unit layers
-            (taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
+            `config.output` picks them, discovery/outputs.py); traced with torch.fx to find its unit layers
+            (discovery/taps.py) unless it declares them (the zoo). Moved to `config.device`, put in eval mode.
         calib, probe: disjoint data, each an `(x, y)` pair of tensors, inputs alone (unlabelled data: the
             targets are the predicted class), a map-style Dataset of items or an iterable of batches (a
             DataLoader); items and batches may be dicts in Hugging Face's style. `config.calib_size` /

@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
 from resetassay.io.rundir import RunParts, Tables
 from resetassay.names import CBP_RESET
 from resetassay.pipeline.assay import (
@@ -46,7 +47,6 @@ from resetassay.pipeline.assay import (
     progress_counter,
 )
 from resetassay.progress import Progress
-from resetassay.units import UnitLayer
 
 CALIBRATION = "calibration"
 Open = Callable[[Path, str, bool], CheckpointInputs]  # (path, name, first time) -> the checkpoint and its data

@@ -40,12 +40,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from resetassay.discovery.sequences import target_logits
+from resetassay.discovery.units import UnitLayer, per_unit, unit_layers
 from resetassay.errors import BadInputError
 from resetassay.models.reset import ResetSite, reset_site, reset_weights
 from resetassay.names import ONLINE_UTILITIES
-from resetassay.sequences import target_logits
-from resetassay.units import UnitLayer, per_unit, unit_layers
-from resetassay.utilities import UTILITIES, LayerStats, NotApplicable, example_ingredients
+from resetassay.scoring.calibration import example_ingredients
+from resetassay.scoring.registry import UTILITIES, LayerStats, NotApplicable
 
 GRADIENT_INGREDIENTS = {"gxi", "gxd"}
 

@@ -52,10 +52,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from resetassay import sequences
 from resetassay.data import IMAGE_SIDE, PERMUTED, DataSpec, image_classes, image_tensor, task_arrays, training_images
+from resetassay.data.grammar import LENGTH, VOCAB
+from resetassay.discovery import sequences
 from resetassay.errors import BadInputError
-from resetassay.grammar import LENGTH, VOCAB
 from resetassay.io.checkpoint import FORMAT, check_family, family_name, save_checkpoint
 from resetassay.io.rundir import RunInterrupted, atomic_write, canonical_hash, interrupt_held
 from resetassay.models import ACTIVATIONS, DEFAULT_INIT, INITS, MODELS, RESNET_WIDTHS, create_model

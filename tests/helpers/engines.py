@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resetassay.discovery.units import UnitLayer
 from resetassay.lesion import unit_shocks
 from resetassay.shapes import Refs, Shocks
-from resetassay.units import UnitLayer
 
 REL = 1e-5
 

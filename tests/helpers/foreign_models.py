@@ -1,6 +1,6 @@
 """Models written the way other people write them, for `--model helpers.foreign_models:<factory>` in tests.
 
-None declares its unit layers: resetassay must find them by tracing (resetassay.taps).
+None declares its unit layers: resetassay must find them by tracing (resetassay.discovery.taps).
 Every factory builds its weights from a seed, with BatchNorm statistics and affine parameters
 away from their identity defaults so that BatchNorm matters.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resetassay.units import UnitLayerSpec
+from resetassay.discovery.units import UnitLayerSpec
 
 
 def random_weights_(model: nn.Module, seed: int) -> None:

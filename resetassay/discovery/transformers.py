@@ -27,10 +27,10 @@ import sys
 
 from torch import nn
 
-from resetassay.attention import HeadTap
+from resetassay.discovery.attention import HeadTap
+from resetassay.discovery.unit_tap import Declared, UnitTap
+from resetassay.discovery.units import WEIGHTED, UnitLayerSpec, dense_weight, is_conv1d
 from resetassay.errors import BadInputError
-from resetassay.taps import Declared, UnitTap
-from resetassay.units import WEIGHTED, UnitLayerSpec, dense_weight, is_conv1d
 
 ATTENTION_OUT = ("o_proj", "c_proj", "out_proj", "dense")
 MLP_OUT = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "fc_out")

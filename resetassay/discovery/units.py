@@ -4,7 +4,7 @@ A unit layer is a module whose output holds one unit per feature (Linear: `(B, n
 channel (Conv: `(B, n, H, W)`), per feature at every position (tokens: `(B, T, n)`, SPEC S9) or
 per attention head (`(B, T, n * d_head)`, a head's d_head features one unit, SPEC S9). Every
 computation reads a unit layer through `unit_view`, the units on axis 1. Zoo models declare
-theirs; other models are tapped first by `resetassay.taps.tap_unit_layers`, which declares one
+theirs; other models are tapped first by `resetassay.discovery.taps.tap_unit_layers`, which declares one
 unit layer per activation call site (traced by fx, or, where fx cannot trace the model, found by
 forward hooks counting the calls of its activation modules). An untapped model gets the outputs
 of its activation modules, with producer and consumer unknown; a module called more than once
@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from resetassay.discovery.hooks import forward_hooks
 from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
 
 ACTIVATION_TYPES = (
     nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.ELU, nn.Sigmoid, nn.Softplus,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.sequences import padding_mask
+from resetassay.discovery.units import UnitLayer, position_mask, reference_dims
 from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
 from resetassay.names import REFERENCES, ReferenceKind
-from resetassay.sequences import padding_mask
 from resetassay.shapes import Refs
-from resetassay.units import UnitLayer, position_mask, reference_dims
 
 
 def unit_means(

@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resetassay.discovery.units import UnitLayer
 from resetassay.lesion.plain import clamped
+from resetassay.scoring.calibration import calibration_stats
 from resetassay.shapes import Refs
 from resetassay.stats.summary import bottom_k, k_at
-from resetassay.units import UnitLayer
-from resetassay.utilities import calibration_stats
 
 ROUNDS = 4  # without `every`: each layer's k_l picks spread over at most this many rounds
 Picks = dict[str, np.ndarray]  # layer -> unit indices, in the order picked

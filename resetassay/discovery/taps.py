@@ -5,7 +5,7 @@ forward hooks (SPEC S1, S3).
 read back at fx's level) as a GraphModule that shares every parameter and buffer of the model,
 under the same state-dict keys, with a `UnitTap` (an `nn.Identity`) after every activation call
 site that has no module of its own.
-Forward hooks (reference.py, utilities.py through captum, lesion.py) then see each call site
+Forward hooks (scoring/reference.py, scoring/calibration.py through captum, lesion/) then see each call site
 exactly once per forward, and `TappedModel.unit_layer_specs()` declares the unit layers as the
 zoo models do, so `units.unit_layers` works unchanged.
 
@@ -74,10 +74,19 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from resetassay.attention import HeadTap, unfused_attention
+from resetassay.discovery.attention import HeadTap, unfused_attention
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.transformers import transformers_taps
+from resetassay.discovery.unit_tap import Declared, UnitTap
+from resetassay.discovery.units import (
+    ACTIVATION_TYPES,
+    WEIGHTED,
+    UnitLayerSpec,
+    declared_specs,
+    dense_weight,
+    is_conv1d,
+)
 from resetassay.errors import BadInputError
-from resetassay.hooks import forward_hooks
-from resetassay.units import ACTIVATION_TYPES, WEIGHTED, UnitLayerSpec, declared_specs, dense_weight, is_conv1d
 
 ACTIVATION_FUNCTIONS = frozenset({
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
@@ -99,10 +108,6 @@ POOL_FUNCTIONS = frozenset({F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F
                             aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.max_pool2d.default})
 ADDS = frozenset({operator.add, operator.iadd, torch.add, aten.add.Tensor, aten.add_.Tensor})
 FLATTENS = frozenset({torch.flatten, aten.flatten.using_ints})
-
-
-class UnitTap(nn.Identity):
-    """Where forward hooks see one activation call site: returns its input unchanged (SPEC S1)."""
 
 
 class TappedModel(fx.GraphModule):
@@ -170,8 +175,6 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     """
     if hasattr(model, "unit_layer_specs"):
         return model
-    from resetassay.hf import transformers_taps  # here: hf.py builds on this module's taps
-
     if (declared := transformers_taps(model)) is not None:
         if example is not None:
             _check_outputs(declared, model, example)
@@ -312,17 +315,6 @@ def _is_symbolic(node: fx.Node) -> bool:
 
 
 HOOK_NOTE = "found by forward hooks: producer/consumer not traced"
-
-
-class Declared:
-    """`unit_layer_specs` of a tapped copy (hooks here, module names in hf.py): the specs found for it, kept by a
-    deep copy."""
-
-    def __init__(self, specs: list[UnitLayerSpec]):
-        self.specs = specs
-
-    def __call__(self) -> list[UnitLayerSpec]:
-        return list(self.specs)
 
 
 class _CallDispatch:

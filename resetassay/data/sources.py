@@ -19,14 +19,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from resetassay.data.grammar import grammar_sequences
+from resetassay.discovery.sequences import NO_LABEL, next_token_targets, unlabelled, with_padding
 from resetassay.errors import BadInputError, one_line
-from resetassay.grammar import grammar_sequences
 from resetassay.io.imports import import_named_module
-from resetassay.sequences import NO_LABEL, next_token_targets, unlabelled, with_padding
 
 DEFAULT_SIZE = 2048
 IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted image sources (SPEC S1, S6)
-PERMUTED = (*IMAGE_SIDE, "grammar")  # built-in continual tasks; grammar: token sequences (grammar.py, SPEC S9)
+PERMUTED = (*IMAGE_SIDE, "grammar")  # built-in continual tasks; grammar: token sequences (data/grammar.py, SPEC S9)
 IDX_SOURCES = ("mnist", "fashion-mnist")  # read from IDX files in `data_dir` (the same file names for both)
 USER_SOURCES = ("file", "images", "hf", "factory")  # the user's own data (SPEC S1): never permuted
 TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
@@ -705,7 +705,7 @@ def _token_examples(found: dict, path: Path) -> Examples:
         _, y = _checked(torch.zeros(len(ids)), found[key], str(path))  # a sequence classifier's labels
     else:
         y = next_token_targets(ids, mask)
-    ids = with_padding(ids, mask)  # padded positions carry PAD (sequences.py)
+    ids = with_padding(ids, mask)  # padded positions carry PAD (discovery/sequences.py)
     return Examples(path.name, len(ids), lambda idx: (ids[idx], y[idx]), {})
 
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resetassay.discovery.outputs import with_forward
 from resetassay.errors import BadInputError
-from resetassay.outputs import with_forward
 
 IGNORE = -100
 PAD = -1

@@ -21,9 +21,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from resetassay.hooks import forward_hooks
-from resetassay.sequences import target_logits
-from resetassay.units import UnitLayer, per_unit, position_mask, sum_positions
+from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.sequences import target_logits
+from resetassay.discovery.units import UnitLayer, per_unit, position_mask, sum_positions
 
 IG_STEPS = 16  # Gauss-Legendre nodes of gxd_ig's path integral (exact for polynomials of degree < 32 in a)
 UNIT_CHUNK = 16  # units whose Hessian-vector products one batched double backward computes

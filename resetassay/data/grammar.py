@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from resetassay.sequences import next_token_targets
+from resetassay.discovery.sequences import next_token_targets
 
 VOCAB = 32
 LENGTH = 16

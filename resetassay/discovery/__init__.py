@@ -1,0 +1,14 @@
+"""Finding the units of any `nn.Module` and reading its outputs (SPEC S1, S3, S9): the unit layers
+(`units.py`: `UnitLayer`, `unit_layers`, `unit_view`, the units on axis 1), models we did not write tapped by
+torch.fx, torch.export or forward hooks (`taps.py`) or, for Hugging Face `transformers` models, by module names
+(`transformers.py`), both attaching the taps of `unit_tap.py`; torch.nn attention unfused so its heads are units
+(`attention.py`); the logits of a model whose forward returns a tuple, dict or object (`outputs.py`);
+language-model targets, logits and losses (`sequences.py`); and `hooks.forward_hooks`, which every stage above
+uses to read or clamp a unit layer.
+"""
+
+from resetassay.discovery.taps import TappedModel, discovery_route, tap_unit_layers
+from resetassay.discovery.units import UnitLayer, UnitLayerSpec, layer_table, unit_layers, unit_view
+
+__all__ = ["TappedModel", "UnitLayer", "UnitLayerSpec", "discovery_route", "layer_table", "tap_unit_layers",
+           "unit_layers", "unit_view"]
