@@ -409,3 +409,13 @@ def test_report_on_a_damaged_table_is_one_line_naming_it(tmp_path, table, edit, 
     result = runner.invoke(app, ["report", str(out)])
     _one_error(result, 2, f"{table}.csv", needle)
     assert (out / "report.md").read_text() == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_zoo_checkpoint_is_cast_like_a_state_dict(tmp_path, no_render, dtype):
+    """A zoo checkpoint saved in float16/bfloat16 was refused ("is torch.float16, the model wants torch.float32")
+    while a plain state dict of the same weights was cast; both are cast now, with a warning (issue 24)."""
+    ck = _edited_copy(tmp_path / "ck", lambda m: m.to(dtype))
+    result = _run(ck, out=tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert f"weights stored as {str(dtype)}; cast to the model's torch.float32" in " ".join(result.output.split())

@@ -586,10 +586,13 @@ def _build_zoo(factory: Callable[..., nn.Module], spec: str, kwargs: dict, tenso
                manifest: Path, weights: Path) -> nn.Module:
     """The zoo model of a manifest, holding `tensors`. It is built on the meta device first and checked against
     the weights, so kwargs asking for a huge model fail before any memory is taken; any error of the factory
-    is a one-line error naming model.kwargs."""
+    is a one-line error naming model.kwargs. float16/bfloat16 weights are cast up to the model's dtype, as those of a
+    plain state dict are (`_cast_half`)."""
     try:
         with torch.device("meta"):
-            _check_weights(factory(**kwargs), tensors, weights, strict=True)
+            shape = factory(**kwargs)
+        tensors = _cast_half(shape.state_dict(), tensors, weights)
+        _check_weights(shape, tensors, weights, strict=True)
         net = factory(**kwargs)
     except BadInputError:
         raise
