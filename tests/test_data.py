@@ -386,6 +386,9 @@ def _one_line_error(make, *needles: str) -> BadInputError:
     (torch.zeros(4, 2), torch.tensor([0, 1, -1, 2]), "labels must be >= 0"),
     (torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), "no examples"),
     (torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), torch.tensor([0, 1]), "NaN or Inf (example 0)"),
+    # finite float64 beyond float32: was called "NaN or Inf" (issue 24)
+    (torch.tensor([[0.0, 1.0], [1e300, 2.0]], dtype=torch.float64), torch.tensor([0, 1]),
+     "inputs overflow float32 (example 1 holds 1e+300"),
 ])
 def test_bad_tensor_files_are_one_line_errors_naming_the_file(tmp_path, x, y, needle):
     path = _save(tmp_path / "bad.npz", x, y)

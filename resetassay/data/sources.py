@@ -731,10 +731,17 @@ def _checked(x: object, y: object | None, name: str) -> tuple[torch.Tensor, torc
                             f"Face's test splits hold), got {int(y.min())}")
     if x.dtype.is_complex or x.dtype == torch.bool:
         raise BadInputError(f"{name}: inputs must be real numbers, got {str(x.dtype).split('.')[-1]}")
+    given = x
     x = x.to(torch.float32)
     bad = (~torch.isfinite(x)).flatten(1).any(1) if x.ndim > 1 else ~torch.isfinite(x)
     if bad.any():
-        raise BadInputError(f"{name}: inputs hold NaN or Inf (example {int(bad.nonzero()[0])}); clean the data")
+        first = int(bad.nonzero()[0])
+        if bool(torch.isfinite(given[first]).all()):  # finite as given: too large for float32, not NaN or Inf
+            largest = float(given[first].abs().max())
+            raise BadInputError(f"{name}: inputs overflow float32 (example {first} holds {largest:.3g}, beyond "
+                                f"{torch.finfo(torch.float32).max:.3g}), the precision the assay runs in; scale "
+                                "the data")
+        raise BadInputError(f"{name}: inputs hold NaN or Inf (example {first}); clean the data")
     return x, y.to(torch.int64)
 
 
