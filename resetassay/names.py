@@ -1,7 +1,7 @@
 """The torch-free vocabulary of resetassay: utility, metric and scope names, tables and file names.
 
 `report/` (its gate too), `stats/` and `io/rundir.py` read a run from its tables alone; they take every name
-from here, so reading a run never imports torch or captum (DESIGN "report/ ... reads tables only").
+from here, so reading a run never imports torch or captum (DESIGN "Reading a run needs no torch").
 """
 
 from __future__ import annotations

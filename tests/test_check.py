@@ -1,4 +1,4 @@
-"""The CI gate: `resetassay baseline` and `resetassay check` (DESIGN "check.py") on a synthetic run.
+"""The CI gate: `resetassay baseline` and `resetassay check` (DESIGN "The CI gate") on a synthetic run.
 
 The run's tables are built from a seeded, hand-designed UnitTable through the real
 `checkpoint_summary`, then edited to plant regressions whose size is chosen against the rules

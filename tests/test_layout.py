@@ -1,5 +1,6 @@
-"""The architecture holds (DESIGN): reading a run needs no torch, the run identity covers every source file,
-the public examples run, and the torch-free vocabulary matches the registries it mirrors."""
+"""The architecture holds (DESIGN "Stages", "Dependencies point down"): the stages import downwards only, reading
+a run needs no torch, the run identity covers every source file, the public examples run, the zoo's manifest names
+resolve, and the torch-free vocabulary matches the registries it mirrors."""
 
 from __future__ import annotations
 
@@ -225,3 +226,18 @@ def test_every_stage_package_says_what_it_holds():
         assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
                    for n in tree.body), f"{init}: no __all__"
         assert init.parent.name in STAGES, f"{init.parent.name} is not a stage of STAGES"
+
+
+def test_every_design_citation_names_a_heading_of_docs_design_md():
+    """Docstrings cite docs/design.md by the word DESIGN and one or more quoted headings; each must exist."""
+    import re
+
+    headings = set(re.findall(r"^#+ (.+?)\s*$", (ROOT / "docs" / "design.md").read_text(), flags=re.M))
+    cited = {}
+    for path in sorted([*Path(resetassay.__file__).parent.rglob("*.py"), *(ROOT / "tests").rglob("*.py"),
+                        *(ROOT / "benchmarks").glob("*.py")]):
+        for group in re.findall(r'DESIGN((?:\s*,?\s*"[^"]+")+)', path.read_text()):
+            for heading in re.findall(r'"([^"]+)"', group):
+                cited.setdefault(heading, path.name)
+    assert cited
+    assert not {h: f for h, f in cited.items() if h not in headings}

@@ -1,4 +1,4 @@
-"""The `resetassay` command: parse, call one library function, print (DESIGN "cli.py").
+"""The `resetassay` command: parse, call one library function, print (DESIGN "The command line").
 
 Each command imports the library it calls when it runs, so `resetassay --help` loads no torch, pandas or
 matplotlib (benchmarks/import_time.py measures it)."""

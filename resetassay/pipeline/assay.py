@@ -2,7 +2,7 @@
 
 `assay_model` works on an in-memory model and data; `assay_checkpoint` on a loaded checkpoint,
 probed on the held-out split of the task it was trained on last. Both return an `AssayResult`
-holding the UnitTable and SummaryTable of DESIGN.md. Many checkpoints, resume and failures are
+holding the UnitTable and SummaryTable (DESIGN "Tables are the interface"). Many checkpoints, resume and failures are
 pipeline/run.py's job.
 """
 

@@ -1,4 +1,4 @@
-"""The CI gate (DESIGN "check.py"): a run's ranking quality against a baseline file, pass or fail.
+"""The CI gate (DESIGN "The CI gate"): a run's ranking quality against a baseline file, pass or fail.
 
 A baseline holds, per (model family, utility, shock metric, pooled scope), the family means over
 checkpoints of the pooled SummaryTable statistics (SPEC S5) that `resetassay baseline` read from a
