@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import resetassay.data.sources
+import resetassay.data.permuted
 from resetassay.data import (
     NORMALIZE,
     DataChoice,
@@ -133,13 +133,13 @@ def test_idx_files_are_read_and_decompressed_once_per_process_while_unchanged(tm
     """A training run asks for the train and held-out arrays on every task: each file is read once."""
     folder, arrays = _mnist_dir(tmp_path)
     reads = Counter()
-    real = resetassay.data.sources.read_idx
+    real = resetassay.data.permuted.read_idx
 
     def counted(path: Path) -> np.ndarray:
         reads[path.name] += 1
         return real(path)
 
-    monkeypatch.setattr(resetassay.data.sources, "read_idx", counted)
+    monkeypatch.setattr(resetassay.data.permuted, "read_idx", counted)
     for task in range(3):
         for part in ("train", "holdout"):
             task_arrays(DataSpec(source="mnist", task=task, data_dir=str(folder)), part)
@@ -480,7 +480,7 @@ def test_images_are_resized_and_normalised(tmp_path):
 
 
 def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
-    import resetassay.data.sources as data
+    import resetassay.data.images as data
 
     folder = _image_folder(tmp_path / "imgs", per_class=10)
     spec = data_spec(str(folder))
