@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import resetassay.data.sources
+import resetassay.data.permuted
 from resetassay.data import (
     NORMALIZE,
     DataChoice,
@@ -133,13 +133,13 @@ def test_idx_files_are_read_and_decompressed_once_per_process_while_unchanged(tm
     """A training run asks for the train and held-out arrays on every task: each file is read once."""
     folder, arrays = _mnist_dir(tmp_path)
     reads = Counter()
-    real = resetassay.data.sources.read_idx
+    real = resetassay.data.permuted.read_idx
 
     def counted(path: Path) -> np.ndarray:
         reads[path.name] += 1
         return real(path)
 
-    monkeypatch.setattr(resetassay.data.sources, "read_idx", counted)
+    monkeypatch.setattr(resetassay.data.permuted, "read_idx", counted)
     for task in range(3):
         for part in ("train", "holdout"):
             task_arrays(DataSpec(source="mnist", task=task, data_dir=str(folder)), part)
@@ -483,7 +483,7 @@ def test_images_are_resized_and_normalised(tmp_path):
 
 
 def test_only_the_chosen_images_are_decoded(tmp_path, monkeypatch):
-    import resetassay.data.sources as data
+    import resetassay.data.images as data
 
     folder = _image_folder(tmp_path / "imgs", per_class=10)
     spec = data_spec(str(folder))
@@ -737,7 +737,7 @@ def test_an_archive_whose_members_leave_it_says_why_it_has_no_images(tmp_path):
 def test_a_factory_returning_a_dict_or_an_endless_generator_is_read_or_refused(factory_module, monkeypatch):
     """A dict was iterated by its keys and an endless generator hung forever (issue 24): a dict of inputs and labels
     is one batch, another dict a one-line error, an endless generator refused once past the cap."""
-    import resetassay.data.sources as data
+    import resetassay.data.factories as data
 
     mod = factory_module.__name__
     x, y = task_arrays(data_spec(f"{mod}:as_dict"), "holdout")

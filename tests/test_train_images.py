@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from resetassay.cli import app
 from resetassay.data import data_spec, image_classes, task_arrays, training_images
-from resetassay.data.sources import _image_index
+from resetassay.data.images import _image_index
 from resetassay.errors import BadInputError
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.pipeline.run import run_assay

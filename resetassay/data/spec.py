@@ -1,0 +1,264 @@
+"""Which data (SPEC S1, S6): `DataSpec`, the record of a checkpoint's data and of what the flags ask for, and
+`DataChoice`, which data a checkpoint is assayed on; the names of the built-in sources and layouts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from resetassay.errors import BadInputError
+
+DEFAULT_SIZE = 2048
+IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion-mnist": 28}  # the permuted image sources (SPEC S1, S6)
+PERMUTED = (*IMAGE_SIDE, "grammar")  # built-in continual tasks; grammar: token sequences (data/grammar.py, SPEC S9)
+IDX_SOURCES = ("mnist", "fashion-mnist")  # read from IDX files in `data_dir` (the same file names for both)
+USER_SOURCES = ("file", "images", "hf", "factory")  # the user's own data (SPEC S1): never permuted
+TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+NORMALIZE = {  # per-channel (mean, std) of RGB images in [0, 1]
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def _numbers(v: object) -> bool:
+    return v is None or (isinstance(v, list | tuple) and len(v) > 0
+                         and all(type(a) in (int, float) and a == a for a in v))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to assay on: a task a checkpoint was trained on last (stored in the manifest's "data" field), or
+    the user's own data (SPEC S1).
+
+    Every value is checked when a spec is made (from a manifest or the command line alike): a bad one is a
+    one-line `BadInputError` naming the field, `data.<field>`. Sources: digits | mnist | fashion-mnist (permuted
+    tasks, the first seven fields), grammar (permuted-grammar token sequences, `grammar.py`, SPEC S9; the same
+    seven fields, its layout flat), file (a tensor file), images (an image folder or a .tar/.tar.gz of one), hf (a
+    folder written by Hugging Face `datasets`' `save_to_disk`) and factory (a `module:factory`, from Python or the
+    command line only: a manifest cannot record it, so loading a checkpoint never runs code). The user's own data
+    is never permuted; task, permutation_seed, split_seed and holdout_fraction do not apply to it.
+    """
+
+    source: str = "digits"            # digits | mnist | fashion-mnist | grammar | file | images | hf | factory
+    layout: str = "flat"              # flat (B, D) | image (B, 1, S, S); permuted sources only
+    task: int = 0                     # index of the permutation trained last
+    permutation_seed: int = 0
+    split_seed: int = 0               # digits only: train / held-out split
+    holdout_fraction: float = 0.5     # digits only
+    data_dir: str | None = None       # mnist, fashion-mnist only: folder of *-ubyte(.gz) files
+    path: str | None = None           # file, images: the tensor file, image folder or archive
+    probe_path: str | None = None     # file, images: a second one holding the probe set (then `path` is calibration)
+    image_size: int | None = None     # images: resize to image_size x image_size (default: the images' own size)
+    mean: tuple[float, ...] | None = None  # images: per-channel normalisation (3 values: images are decoded as RGB)
+    std: tuple[float, ...] | None = None
+    sha256: str | None = None         # file, images: of `path` (a folder: of its listing, each image's path and size)
+    probe_sha256: str | None = None   # the same of `probe_path`
+    factory: str | None = None        # factory: "package.module:function"
+    factory_kwargs: dict | None = None
+
+    # field -> (what its value must be, the test); a class constant, not a field (it has no annotation).
+    # Seeds are >= 0 because numpy's generators refuse negative ones.
+    CHECKS = {
+        "source": (" or ".join(map(repr, PERMUTED)),
+                   lambda v: isinstance(v, str) and (v in PERMUTED or v in USER_SOURCES)),
+        "layout": ("'flat' or 'image'", lambda v: v in ("flat", "image")),
+        "task": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "permutation_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "split_seed": ("an integer >= 0", lambda v: type(v) is int and v >= 0),
+        "holdout_fraction": ("a number in (0, 1)", lambda v: type(v) in (int, float) and 0 < v < 1),
+        "data_dir": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    }
+    # the user's own data (sources file, images, factory): optional in a manifest, absent from digits/mnist records
+    USER_CHECKS = {
+        "path": ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and v != "")),
+        "probe_path": ("a non-empty string or null", lambda v: v is None or (isinstance(v, str) and v != "")),
+        "image_size": ("an integer >= 1 or null", lambda v: v is None or (type(v) is int and v >= 1)),
+        "mean": ("a list of numbers or null", _numbers),
+        "std": ("a list of positive numbers or null", lambda v: _numbers(v) and (v is None or min(v) > 0)),
+        "sha256": ("64 hex digits or null", lambda v: v is None or (isinstance(v, str)
+                                                                  and re.fullmatch("[0-9a-f]{64}", v) is not None)),
+        "probe_sha256": ("64 hex digits or null", lambda v: v is None or (isinstance(v, str)
+                                                                        and re.fullmatch("[0-9a-f]{64}", v)
+                                                                        is not None)),
+        "factory": ("'package.module:function' or null", lambda v: v is None or (isinstance(v, str)
+                                                                                  and _FACTORY.fullmatch(v))),
+        "factory_kwargs": ("an object or null", lambda v: v is None or isinstance(v, dict)),
+    }
+    NEEDS = {"path": ("file", "images", "hf"), "probe_path": ("file", "images", "hf"),
+             "sha256": ("file", "images", "hf"), "probe_sha256": ("file", "images", "hf"),
+             "image_size": ("images", "hf"), "mean": ("images", "hf"), "std": ("images", "hf"),
+             "factory": ("factory",), "factory_kwargs": ("factory",)}
+
+    def __post_init__(self) -> None:
+        import reprlib  # short reprs of long or deeply nested values
+
+        for key, (must, ok) in {**self.CHECKS, **self.USER_CHECKS}.items():
+            value = getattr(self, key)
+            if not ok(value):
+                hint = " (your own data: 'file', 'images' or 'factory')" if key == "source" else ""
+                raise BadInputError(f"data.{key} must be {must}, got {reprlib.repr(value)}{hint}")
+        for key in ("mean", "std"):  # a manifest's lists become tuples of floats
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(float(a) for a in getattr(self, key)))
+        for key, sources in self.NEEDS.items():
+            if getattr(self, key) is not None and self.source not in sources:
+                raise BadInputError(f"data.{key} applies only to source {' or '.join(map(repr, sources))}, "
+                                    f"not {self.source!r}")
+        if self.source == "grammar" and self.layout != "flat":
+            raise BadInputError("data.layout must be 'flat' for source 'grammar' (token sequences)")
+        if self.source in ("file", "images", "hf") and self.path is None:
+            raise BadInputError(f"data.path is missing: source {self.source!r} needs the path of the data")
+        if self.source == "factory" and self.factory is None:
+            raise BadInputError("data.factory is missing: source 'factory' needs 'package.module:function'")
+        if (self.mean is None) != (self.std is None):
+            raise BadInputError("data.mean and data.std go together: give both or neither")
+        if self.mean is not None and not len(self.mean) == len(self.std) == 3:
+            raise BadInputError(f"data.mean and data.std must have 3 values each, one per channel (images are "
+                                f"decoded as RGB), got {len(self.mean)} and {len(self.std)}")
+
+    @classmethod
+    def from_dict(cls, d: object) -> DataSpec:
+        """The spec a manifest's "data" object records, each value checked: digits/mnist with every one of their
+        fields and no others; file/images with at least source and path. A factory is refused: a manifest may
+        name only built-in sources, paths and numbers, so that loading a checkpoint never runs code."""
+        if not isinstance(d, dict):
+            raise BadInputError(f"data must be an object or null, got {type(d).__name__}")
+        for key in d:
+            if key not in cls.CHECKS and key not in cls.USER_CHECKS:
+                shown = key if key.isprintable() else repr(key)
+                raise BadInputError(f"data.{shown} is not a data field ({', '.join([*cls.CHECKS, *cls.USER_CHECKS])})")
+        if d.get("source") == "factory" or "factory" in d or "factory_kwargs" in d:
+            raise BadInputError("data.source 'factory' cannot be recorded in a manifest (loading a checkpoint never "
+                                "runs code); pass --data package.module:function instead")
+        user = d.get("source") in USER_SOURCES
+        for key in ("source", "path") if user else cls.CHECKS:
+            if key not in d:
+                raise BadInputError(f"data.{key} is missing")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """The fields that apply to the source, JSON-ready (digits/mnist: exactly the seven of a manifest)."""
+        if self.source in PERMUTED:
+            return {key: getattr(self, key) for key in self.CHECKS}
+        if self.source == "factory":
+            return {"source": self.source, "factory": self.factory, "factory_kwargs": self.factory_kwargs}
+        keys = ["path", "probe_path", "sha256", "probe_sha256"]
+        keys += ["image_size", "mean", "std"] if self.source in ("images", "hf") else []
+        out = {"source": self.source, **{key: getattr(self, key) for key in keys}}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def describe(self) -> str:
+        """A short name for messages and provenance: "digits task 3", "data.npz", "pkg.mod:make"."""
+        if self.source in PERMUTED:
+            return f"{self.source} task {self.task}"
+        return self.factory if self.source == "factory" else Path(self.path).name
+
+
+DATA_CHOICES = (*(f"{source}{layout}" for source in IMAGE_SIDE for layout in ("", "-image")), "grammar")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """What a command asks of each checkpoint's data (SPEC S1), resolved against its record by `resolve`.
+
+    `spec` (--data) is the data of checkpoints that record none; `data_dir` (--data-dir) re-points a recorded
+    MNIST/Fashion-MNIST record to where its files are now; `task` and `permutation_seed` are None unless given.
+    A checkpoint's record wins for everything not asked for; what is asked for and differs from it (another
+    source or layout, task or permutation seed, or your own data) replaces it, with a warning line.
+    """
+
+    spec: DataSpec | None = None
+    data_dir: str | None = None
+    task: int | None = None
+    permutation_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is not None:
+            self._permuted_flags(self.spec)
+
+    def _permuted_flags(self, spec: DataSpec) -> None:
+        """Refuse `task` and `permutation_seed` for `spec` when it is your own data (never permuted)."""
+        for flag, value in (("--task", self.task), ("--permutation-seed", self.permutation_seed)):
+            if value is not None and spec.source not in PERMUTED:
+                raise BadInputError(f"{flag} applies to permuted data ({', '.join(PERMUTED)}), not "
+                                    f"{spec.describe()}; drop it", flag=flag)
+
+    @classmethod
+    def replacing(cls, spec: DataSpec) -> DataChoice:
+        """A spec from Python: its source, layout, data_dir, task and permutation seed all asked for."""
+        if spec.source not in PERMUTED:
+            return cls(spec)
+        return cls(spec, spec.data_dir, spec.task, spec.permutation_seed)
+
+    def to_dict(self) -> dict | None:
+        """What was asked, JSON-ready (a run's identity), or None when nothing was."""
+        asked = {"spec": self.spec.to_dict() if self.spec else None, "data_dir": self.data_dir, "task": self.task,
+                 "permutation_seed": self.permutation_seed}
+        return asked if any(v is not None for v in asked.values()) else None
+
+    def resolve(self, recorded: DataSpec | None) -> tuple[DataSpec | None, str]:
+        """The data to assay a checkpoint that records `recorded` on (None: its record as it is), and one line
+        saying what replaced part of the record ("" when nothing did)."""
+        spec = self.spec
+        if recorded is None or recorded.source not in PERMUTED or (spec is not None
+                                                                   and spec.source not in PERMUTED):
+            # nothing recorded, or your own data on either side: --data as given
+            if recorded is not None and spec is None:
+                self._permuted_flags(recorded)
+            if recorded is None or spec is None or spec == recorded:
+                return (spec if recorded is None else None), ""
+            return spec, f"--data {spec.describe()} replaces its recorded data ({recorded.describe()})"
+        changes: dict = {}
+        replaced = []
+        if spec is not None and (spec.source, spec.layout) != (recorded.source, recorded.layout):
+            changes.update(source=spec.source, layout=spec.layout, data_dir=None)
+            replaced.append(f"--data {_data_name(spec)} replaces its recorded {_data_name(recorded)}")
+        if self.data_dir is not None and changes.get("source", recorded.source) in IDX_SOURCES:
+            changes["data_dir"] = self.data_dir
+        for flag, key in (("--task", "task"), ("--permutation-seed", "permutation_seed")):
+            value, was = getattr(self, key), getattr(recorded, key)
+            if value is not None and value != was:
+                changes[key] = value
+                replaced.append(f"{flag} {value} replaces its recorded {key.replace('_', ' ')} {was}")
+        resolved = replace(recorded, **changes)
+        return (None if resolved == recorded else resolved), "; ".join(replaced)
+
+
+def _data_name(spec: DataSpec) -> str:
+    """A permuted source as `--data` names it: mnist, mnist-image, ..."""
+    return spec.source + ("-image" if spec.layout == "image" else "")
+
+
+def parse_normalize(value: str | tuple | None) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) of `--normalize`: None or 'none' (no normalisation), a `NORMALIZE` name ('imagenet',
+    'cifar10'), 'M,M,M/S,S,S' or a (mean, std) pair of sequences."""
+    if value is None or value == "none":
+        return None, None
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise BadInputError(f"--normalize {value!r}: expected (mean, std)", flag="--normalize")
+        return tuple(value[0]), tuple(value[1])
+    if value in NORMALIZE:
+        return NORMALIZE[value]
+    try:
+        mean, std = (tuple(float(a) for a in part.split(",")) for part in value.split("/"))
+    except ValueError:
+        raise BadInputError(f"--normalize {value!r}: use {', '.join(NORMALIZE)}, none, or MEAN/STD such as "
+                            "0.5,0.5,0.5/0.25,0.25,0.25", flag="--normalize") from None
+    return mean, std
+
+
+def _flagged(make: Callable, flag: str):
+    """`make()`, with a BadInputError it raises turned into one about `flag` (the whole command is at fault)."""
+    try:
+        return make()
+    except BadInputError as err:
+        if err.flag:
+            raise
+        raise BadInputError(str(err), flag=flag) from err
