@@ -365,10 +365,10 @@ def run_q(summary: pd.DataFrame, info: dict, path: Path) -> float:
 
 class StageClock:
     """Wall-clock seconds per stage of one assay or one render (timings.json; never in run.json, which reruns
-    reproduce)."""
+    reproduce), added into `seconds` when given (the calibration pass times its passes into the caller's dict)."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = {} if seconds is None else seconds
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:

@@ -12,9 +12,7 @@ run only when named (OPT_IN).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -23,6 +21,7 @@ from resetassay.discovery.hooks import forward_hooks
 from resetassay.discovery.sequences import example_losses, is_sequence, padding_mask, target_logits
 from resetassay.discovery.units import UnitLayer, per_unit, position_mask, positions, sum_positions
 from resetassay.errors import BadInputError
+from resetassay.io.rundir import StageClock
 from resetassay.scoring.higher_order import batched_vjp, path_attributions, second_order_changes
 from resetassay.scoring.registry import TARGET_GRADIENT, LayerStats
 from resetassay.shapes import Refs
@@ -120,7 +119,7 @@ def calibration_stats(
                                             multiply_by_inputs=False)
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
     sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
-    clock = _PassClock(seconds)
+    clock = StageClock(seconds)  # into a dict of its own when the caller wants no seconds
     with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
@@ -171,7 +170,7 @@ def calibration_stats(
 
 def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
                              outputs: dict[str, torch.Tensor], refs: Refs, padding: torch.Tensor | None,
-                             needs: set[str], clock: _PassClock) -> dict[str, dict[str, torch.Tensor]]:
+                             needs: set[str], clock: StageClock) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer, the per-example gxd_ig and gxd2 that `needs` asks for, `(B, n)` after the absolute value
     (SPEC S3; `higher_order`); `outputs`: each layer's output on `x`; `clock` times each."""
     found: dict[str, dict[str, torch.Tensor]] = {layer.name: {} for layer in layers}
@@ -185,22 +184,6 @@ def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch
             for name, change in second_order_changes(model, layers, x, y, refs, padding).items():
                 found[name]["gxd2"] = change.abs()
     return found
-
-
-class _PassClock:
-    """Adds the wall-clock seconds of each calibration pass into `seconds` (nothing when None)."""
-
-    def __init__(self, seconds: dict[str, float] | None) -> None:
-        self.seconds = seconds
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.seconds is not None:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
