@@ -384,6 +384,7 @@ def _wandb(wandb: object, run_dir: Path, run: Tracked, files: list[Path], projec
             wb.finish(exit_code=1)
             raise
         wb.finish()
+        wandb.teardown()  # finish returns before the offline run file is fully written; the service's exit flushes it
     return str(saved.parent), wb.id
 
 
