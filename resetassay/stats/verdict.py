@@ -169,18 +169,19 @@ def _scope_layers(units: pd.DataFrame, layers: list[str], utilities: list[str], 
 def _checkpoint_values(layers: list[_Layer], utilities: list[str], draws: list[np.ndarray]
                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per utility, the scope's regret (weighted by k_l) and layer-balanced ρ (weighted by n_l) per draw."""
-    sums = {u: [0.0, 0.0, 0.0, 0.0] for u in utilities}
-    for layer, m in zip(layers, draws, strict=True):
-        for utility, (regret, rho) in layer.stats(m).items():
-            acc = sums[utility]
-            acc[0] = acc[0] + np.where(np.isnan(regret), 0.0, layer.k * regret)
-            acc[1] = acc[1] + np.where(np.isnan(regret), 0.0, layer.k)
-            acc[2] = acc[2] + np.where(np.isnan(rho), 0.0, len(layer.shock) * rho)
-            acc[3] = acc[3] + np.where(np.isnan(rho), 0.0, len(layer.shock))
+    stats = [layer.stats(m) for layer, m in zip(layers, draws, strict=True)]
+    return {u: (_weighted([s[u][0] for s in stats], [layer.k for layer in layers]),
+                _weighted([s[u][1] for s in stats], [len(layer.shock) for layer in layers])) for u in utilities}
+
+
+def _weighted(values: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """The weighted mean over layers of per-draw values `(B,)` each, a layer without a value (NaN) left out; NaN
+    where no layer has one."""
+    stacked = np.stack(values)
+    w = np.asarray(weights, dtype=float)[:, None] * ~np.isnan(stacked)
+    total = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {u: (np.where(w > 0, r / np.where(w > 0, w, 1), np.nan) * np.ones(len(draws[0])),
-                    np.where(n > 0, p / np.where(n > 0, n, 1), np.nan) * np.ones(len(draws[0])))
-                for u, (r, w, p, n) in sums.items()} if layers else {}
+        return np.where(total > 0, (np.nan_to_num(stacked) * w).sum(axis=0) / np.where(total > 0, total, 1), np.nan)
 
 
 def _ones(layers: list[_Layer]) -> list[np.ndarray]:
