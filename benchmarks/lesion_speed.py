@@ -35,9 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from resetassay.data import split_calibration_probe, task_arrays
 from resetassay.discovery.taps import tap_unit_layers
 from resetassay.discovery.units import unit_layers
+from resetassay.fields import parse_bytes
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.lesion import unit_shocks
-from resetassay.lesion.fast import _downstream_inputs, parse_bytes, shortcut_types
+from resetassay.lesion.fast import _downstream_inputs, shortcut_types
 from resetassay.lesion.graph_split import split_at, trace
 from resetassay.lesion.shocks import probe_logits
 from resetassay.models import create_model
@@ -334,7 +335,7 @@ def main() -> None:
         p, width, depth, budget = map(int, args.peak_rss_child.split(","))
         print(fast_engine_once(p, width, depth, budget))
         return
-    budget = parse_bytes(args.max_memory, "--max-memory")
+    budget = parse_bytes(args.max_memory, "max_memory")
     p, width = (256, 128) if args.quick else (2048, 256)
     results = {"threads": args.threads, "torch": torch.__version__,
                "mlp": mlp_benchmark(p, width, 4, budget),

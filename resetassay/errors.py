@@ -1,4 +1,5 @@
-"""The error a user can act on: one line naming the file or flag and the fix."""
+"""The error a user can act on: one line naming the file or config field and the fix (docs/design.md "Fields, not
+flags")."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from __future__ import annotations
 class BadInputError(ValueError):
     """Bad input (missing file, unknown name, impossible size); the CLI exits with code 2.
 
-    `flag` names the command-line flag at fault (`--layers`), when there is one: such an error is about the
-    command, would fail every checkpoint, and stops a run; an error without a flag is about one file.
+    The message names configuration fields in backticks, as the Python API spells them (`` `calib_size` 0: must be
+    ... ``); the command line prints each as its field (`--calib-size`), and `` `joint`=False `` as `--no-joint`.
+    `field` names the field at fault, when there is one: such an error is about the request, would fail every
+    checkpoint, and stops a run; an error without a field is about one file.
     """
 
-    def __init__(self, message: str, flag: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
-        self.flag = flag
+        self.field = field
 
 
 def one_line(err: BaseException) -> str:

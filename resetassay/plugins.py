@@ -11,10 +11,10 @@ from collections.abc import Callable
 from resetassay.errors import BadInputError
 
 
-def entry_point(group: str, name: str, flag: str) -> tuple[Callable, str] | None:
+def entry_point(group: str, name: str, field: str) -> tuple[Callable, str] | None:
     """The function registered as `name` in the entry-point group `group`, loaded, and where it comes from
     (`package version (module:function)`); None when no installed package provides it. A plugin whose import
-    fails is an error naming `flag`."""
+    fails is an error naming `field`."""
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group=group) if ep.name == name]
@@ -24,8 +24,8 @@ def entry_point(group: str, name: str, flag: str) -> tuple[Callable, str] | None
     try:
         fn = point.load()
     except Exception as err:  # the plugin's own import failed
-        raise BadInputError(f"{flag} {name}: its entry point {point.value} does not load "
-                            f"({type(err).__name__}: {err})", flag=flag) from err
+        raise BadInputError(f"`{field}` {name}: its entry point {point.value} does not load "
+                            f"({type(err).__name__}: {err})", field=field) from err
     dist = getattr(point, "dist", None)
     return fn, f"{dist.name} {dist.version} ({point.value})" if dist is not None else point.value
 

@@ -132,5 +132,5 @@ def test_target_predicted_scores_against_the_models_own_class():
     for u in ("gxd", "gxi", "loss_gradient"):
         pd.testing.assert_series_equal(predicted.units[u], by_label.units[u])
         assert not predicted.units[u].equals(labelled.units[u])
-    with pytest.raises(Exception, match="--target 'guess': choose label or predicted"):
+    with pytest.raises(Exception, match="`target` 'guess': choose label or predicted"):
         AssayConfig(target="guess")

@@ -230,10 +230,10 @@ def test_layernorm_mlp_resets_the_linear_before_the_norm_and_the_norm_entry() ->
 @pytest.mark.parametrize(
     ("make", "config", "needle"),
     [
-        (lambda: _mlp(layer_norm=True), {"utility": "mc_adaptable"}, "--utility mc_adaptable"),
-        (_mlp, {"utility": "gxd_all"}, "--utility 'gxd_all'"),
-        (_mlp, {"replacement_rate": 1.5}, "--replacement-rate"),
-        (_mlp, {"decay": 1.0}, "--decay"),
+        (lambda: _mlp(layer_norm=True), {"utility": "mc_adaptable"}, "`utility` mc_adaptable"),
+        (_mlp, {"utility": "gxd_all"}, "`utility` 'gxd_all'"),
+        (_mlp, {"replacement_rate": 1.5}, "`replacement_rate`"),
+        (_mlp, {"decay": 1.0}, "`decay`"),
     ],
 )
 def test_bad_cbp_settings_are_refused_naming_the_flag(make, config: dict, needle: str) -> None:

@@ -212,7 +212,7 @@ def test_a_floor_the_run_does_not_clear_is_an_error_naming_the_families_unless_f
     assert rho.idxmax() + " has" not in str(caught.value)
     baseline, warned = make_baseline(clean_run, [f"activation:l1:spearman>={floor}"], margin=0.0, force_floors=True)
     assert sorted(f["family"] for f in baseline["floors"]) == sorted(rho.index)
-    assert len(warned) == 1 and rho.idxmin() in warned[0] and "--force-floors" in warned[0]
+    assert len(warned) == 1 and rho.idxmin() in warned[0] and "`force_floors`" in warned[0]
     path = tmp_path / "forced.json"
     result = runner.invoke(app, ["baseline", str(clean_run), "-o", str(path), "--floor",
                                  f"activation:l1:spearman>={floor}"])
@@ -293,7 +293,7 @@ def test_config_that_changes_numbers_is_noted_but_does_not_fail(clean_run, basel
 
 @pytest.mark.parametrize("text", ["gxd:l1>=0.9", "gxd:l1:rho>=0.9", "gxd:l1:spearman>0.9", "gxd:l1:spearman>=x"])
 def test_bad_floor_is_refused_naming_the_flag(text):
-    with pytest.raises(BadInputError, match="--floor"):
+    with pytest.raises(BadInputError, match="`floor`"):
         parse_floor(text)
 
 
@@ -347,20 +347,20 @@ def test_nan_or_inf_tolerance_is_bad_input_not_a_pass(clean_run, baseline_file, 
 def test_compare_and_make_baseline_refuse_a_tolerance_or_margin_that_is_not_finite(clean_run, value):
     means, _, _ = family_means(clean_run)
     baseline, _ = make_baseline(clean_run)
-    for kwargs, flag in (({"tolerance": value}, "--tolerance"), ({"rel_tolerance": value}, "--rel-tolerance")):
+    for kwargs, flag in (({"tolerance": value}, "tolerance"), ({"rel_tolerance": value}, "rel_tolerance")):
         with pytest.raises(BadInputError) as caught:
             compare(means, baseline, **kwargs)
-        assert caught.value.flag == flag
+        assert caught.value.field == flag
     with pytest.raises(BadInputError) as caught:
         make_baseline(clean_run, margin=value)
-    assert caught.value.flag == "--margin"
+    assert caught.value.field == "margin"
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
 def test_floor_value_must_be_finite(value):
-    with pytest.raises(BadInputError, match="--floor") as caught:
+    with pytest.raises(BadInputError, match="`floor`") as caught:
         parse_floor(f"gxd:l1:spearman>={value}")
-    assert caught.value.flag == "--floor"
+    assert caught.value.field == "floor"
 
 
 @pytest.mark.parametrize(("section", "entry", "named"), [
@@ -572,7 +572,7 @@ def test_an_output_path_that_cannot_be_a_file_is_bad_input_naming_flag_and_path(
 def test_junit_path_is_checked_before_the_run_is_read(tmp_path, baseline_file):
     with pytest.raises(BadInputError) as caught:
         check_run(tmp_path / "no-run", baseline_file, junit=tmp_path)
-    assert caught.value.flag == "--junit"
+    assert caught.value.field == "junit"
 
 
 def test_baseline_is_written_atomically(clean_run, baseline_file, tmp_path, monkeypatch):
@@ -586,9 +586,9 @@ def test_baseline_is_written_atomically(clean_run, baseline_file, tmp_path, monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(BadInputError, match="--output") as caught:
+    with pytest.raises(BadInputError, match="`output`") as caught:
         write_baseline(baseline, path)
-    assert caught.value.flag == "--output" and str(path) in str(caught.value)
+    assert caught.value.field == "output" and str(path) in str(caught.value)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["baseline.json"]
 
 

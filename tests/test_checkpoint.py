@@ -268,7 +268,7 @@ def test_plain_state_dict_missing_keys_is_refused(tmp_path):
 def test_plain_state_dict_without_model_is_refused(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save(create_model("mlp", **MLP_KWARGS).state_dict(), path)
-    with pytest.raises(BadInputError, match="--model"):
+    with pytest.raises(BadInputError, match="`model`"):
         load_checkpoint(path)
 
 
@@ -311,7 +311,7 @@ def test_find_checkpoints_with_model_also_finds_plain_state_dicts(tmp_path):
     assert [p for p, _ in find_checkpoints([root])] == [root / "ck"]
     found = {p for p, _ in find_checkpoints([root], foreign_ok=True)}
     assert found == {root / "ck", root / "foreign" / "net.pt"}
-    with pytest.raises(BadInputError, match="--model"):
+    with pytest.raises(BadInputError, match="`model`"):
         find_checkpoints([root / "foreign" / "net.pt"])
     assert find_checkpoints([root / "foreign" / "net.pt"], foreign_ok=True) == [
         (root / "foreign" / "net.pt", "net.pt")]
@@ -490,7 +490,7 @@ def test_every_manifest_field_is_checked_and_named_in_one_line(tmp_path, edit, n
         load_checkpoint(tmp_path / "ck")
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'ck' / MANIFEST}: ") and needle in message, message
-    assert message.endswith("; regenerate the checkpoint") and "\n" not in message and err.value.flag is None
+    assert message.endswith("; regenerate the checkpoint") and "\n" not in message and err.value.field is None
 
 
 def test_a_missing_model_and_a_missing_format_are_named(tmp_path):
@@ -568,7 +568,7 @@ def test_zoo_kwargs_that_make_the_factory_fail_are_one_line_naming_model_kwargs(
         load_checkpoint(tmp_path / "ck")
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'ck' / MANIFEST}: model.kwargs do not build resetassay.models:mlp (")
-    assert "\n" not in message and err.value.flag is None
+    assert "\n" not in message and err.value.field is None
 
 
 def test_zoo_kwargs_asking_for_a_huge_model_are_refused_before_allocating_it(tmp_path, monkeypatch):
@@ -589,7 +589,7 @@ def test_a_model_factory_that_cannot_take_the_kwargs_is_a_model_kwargs_error(tmp
                            ({"widths": [-1]}, "RuntimeError: Trying to create tensor with negative dimension")):
         with pytest.raises(BadInputError) as err:
             load_checkpoint(tmp_path / "net.pt", model="resetassay.models:mlp", model_kwargs=kwargs)
-        assert err.value.flag == "--model-kwargs" and "resetassay.models:mlp cannot take them" in str(err.value)
+        assert err.value.field == "model_kwargs" and "resetassay.models:mlp cannot take them" in str(err.value)
         assert needle in str(err.value) and "\n" not in str(err.value)
 
 
@@ -602,7 +602,7 @@ def test_a_model_factory_that_returns_no_module_is_a_model_error(tmp_path, monke
     for attr, what in (("pair", "returned a builtins.tuple"), ("nothing", "returned None")):
         with pytest.raises(BadInputError) as err:
             load_checkpoint(tmp_path / "net.pt", model=f"fake_zoo:{attr}")
-        assert err.value.flag == "--model" and f"--model 'fake_zoo:{attr}': {what}, not a torch.nn.Module" in str(
+        assert err.value.field == "model" and f"`model` 'fake_zoo:{attr}': {what}, not a torch.nn.Module" in str(
             err.value)
 
 

@@ -99,7 +99,7 @@ def test_load_checkpoint_returns_or_raises_a_one_line_bad_input_error(manifest, 
             ckpt = load_checkpoint(ck)
         except BadInputError as err:
             message = str(err)
-            assert "\n" not in message and err.flag is None, message
+            assert "\n" not in message and err.field is None, message
             assert message.startswith((f"{ck / MANIFEST}: ", f"{ck / WEIGHTS}: ", f"{ck / STATE}: ")), message
         else:
             files = [MANIFEST, WEIGHTS] + ([STATE] if state is not None else [])

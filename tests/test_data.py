@@ -162,7 +162,7 @@ def test_fashion_mnist_is_its_own_source_read_from_the_same_idx_files(tmp_path, 
     mnist, _ = task_arrays(DataSpec(source="mnist", layout=layout, task=1, permutation_seed=2,
                                     data_dir=str(folder)), "holdout")
     assert torch.equal(x, mnist) and DataSpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(BadInputError, match="fashion-mnist data needs --data-dir"):
+    with pytest.raises(BadInputError, match="fashion-mnist data needs `data_dir`"):
         task_arrays(DataSpec(source="fashion-mnist"), "train")
 
 
@@ -176,14 +176,14 @@ MNIST_5 = DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/old")
      DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/new"), ""),
     (DataChoice(DataSpec(source="mnist", data_dir="/old"), "/old", task=5), None, ""),  # asks what it records
     (DataChoice(DataSpec(source="mnist", data_dir="/new"), "/new", task=0),
-     DataSpec(source="mnist", task=0, permutation_seed=1, data_dir="/new"), "--task 0 replaces its recorded task 5"),
+     DataSpec(source="mnist", task=0, permutation_seed=1, data_dir="/new"), "`task` 0 replaces its recorded task 5"),
     (DataChoice(permutation_seed=3), DataSpec(source="mnist", task=5, permutation_seed=3, data_dir="/old"),
-     "--permutation-seed 3 replaces its recorded permutation seed 1"),
+     "`permutation_seed` 3 replaces its recorded permutation seed 1"),
     (DataChoice(DataSpec(source="fashion-mnist", data_dir="/f"), "/f"),
      DataSpec(source="fashion-mnist", task=5, permutation_seed=1, data_dir="/f"),
-     "--data fashion-mnist replaces its recorded mnist"),
+     "`data` fashion-mnist replaces its recorded mnist"),
     (DataChoice(DataSpec(layout="image"), task=2), DataSpec(layout="image", task=2, permutation_seed=1),
-     "--data digits-image replaces its recorded mnist; --task 2 replaces its recorded task 5"),
+     "`data` digits-image replaces its recorded mnist; `task` 2 replaces its recorded task 5"),
 ])
 def test_a_checkpoints_data_record_wins_except_for_what_is_asked(choice, resolved, warning):
     assert choice.resolve(MNIST_5) == (resolved, warning)
@@ -196,17 +196,17 @@ def test_own_data_replaces_a_record_with_a_warning_and_refuses_task_flags(tmp_pa
     assert DataChoice(own).resolve(None) == (own, "")
     assert DataChoice(DataSpec(task=3)).resolve(None) == (DataSpec(task=3), "")  # records none: --data as given
     assert DataChoice(own).resolve(own) == (None, "")
-    assert DataChoice(own).resolve(MNIST_5) == (own, "--data data.npz replaces its recorded data (mnist task 5)")
+    assert DataChoice(own).resolve(MNIST_5) == (own, "`data` data.npz replaces its recorded data (mnist task 5)")
     assert DataChoice.replacing(own) == DataChoice(own)
-    with pytest.raises(BadInputError, match=r"^--task applies to permuted data \(digits, mnist, fashion-mnist, "
+    with pytest.raises(BadInputError, match=r"^`task` applies to permuted data \(digits, mnist, fashion-mnist, "
                                             r"grammar\), not data.npz; drop it$"):
         DataChoice(own, task=1)
-    with pytest.raises(BadInputError, match="^--permutation-seed applies to permuted data"):
+    with pytest.raises(BadInputError, match="^`permutation_seed` applies to permuted data"):
         DataChoice(permutation_seed=1).resolve(own)
 
 
 def test_mnist_without_data_dir_and_unknown_source_are_refused():
-    with pytest.raises(BadInputError, match="--data-dir"):
+    with pytest.raises(BadInputError, match="`data_dir`"):
         task_arrays(DataSpec(source="mnist"), "holdout")
     with pytest.raises(BadInputError, match="cifar"):
         task_arrays(DataSpec(source="cifar"), "holdout")
@@ -356,7 +356,7 @@ def test_a_probe_file_holds_the_probe_set(tmp_path):
     assert torch.equal(assay_data(spec, 8, 5, seed=1).probe_x, got.probe_x)
     with pytest.warns(UserWarning, match="shrinks to 20"):
         assert len(assay_data(spec).calib_y) == 20
-    with pytest.raises(BadInputError, match="--probe-size 21 exceeds the 20"):
+    with pytest.raises(BadInputError, match="`probe_size` 21 exceeds the 20"):
         assay_data(spec, 5, 21)
 
 
@@ -393,7 +393,7 @@ def _one_line_error(make, *needles: str) -> BadInputError:
 def test_bad_tensor_files_are_one_line_errors_naming_the_file(tmp_path, x, y, needle):
     path = _save(tmp_path / "bad.npz", x, y)
     err = _one_line_error(lambda: data_spec(str(path)), str(path), needle)
-    assert err.flag == "--data"
+    assert err.field == "data"
 
 
 def test_tensor_file_keys_not_found_are_listed(tmp_path):
@@ -507,11 +507,11 @@ def test_bad_image_folders_are_one_line_errors(tmp_path):
     spec = data_spec(str(folder))
     _one_line_error(lambda: task_arrays(spec, "holdout"), "broken.png", "not a readable image")
     _one_line_error(lambda: data_spec(str(folder), normalize="0.5/0.5"), "3 values")
-    _one_line_error(lambda: data_spec(str(folder), normalize="imagenet-ish"), "--normalize")
+    _one_line_error(lambda: data_spec(str(folder), normalize="imagenet-ish"), "`normalize`")
     from PIL import Image
     Image.new("RGB", (9, 9)).save(folder / "cat" / "big.png")
     (folder / "dog" / "broken.png").unlink()
-    _one_line_error(lambda: task_arrays(data_spec(str(folder)), "holdout"), "differ in size", "--image-size")
+    _one_line_error(lambda: task_arrays(data_spec(str(folder)), "holdout"), "differ in size", "`image_size`")
     assert task_arrays(data_spec(str(folder), image_size=4), "holdout")[0].shape == (4, 3, 4, 4)
 
 
@@ -604,7 +604,7 @@ def test_factory_kwargs_and_bad_factories(factory_module):
     _one_line_error(lambda: data_spec(f"{mod}:missing"), "no attribute")
     _one_line_error(lambda: data_spec("no_such_module_xyz:make"), "cannot import")
     _one_line_error(lambda: data_spec(f"{mod}:tensors", kwargs={"bad": 1}), "the factory failed")
-    _one_line_error(lambda: data_spec(f"{mod}:tensors", image_size=3), "--image-size")
+    _one_line_error(lambda: data_spec(f"{mod}:tensors", image_size=3), "`image_size`")
 
 
 def test_a_manifest_cannot_record_a_factory():
@@ -630,12 +630,12 @@ def test_user_data_fields_are_checked(kwargs, needle):
 def test_flags_that_do_not_apply_are_refused(tmp_path):
     x, y = _xy()
     path = str(_save(tmp_path / "d.npz", x, y))
-    for call, flag in ((lambda: data_spec("digits", probe=path), "--probe-data"),
-                       (lambda: data_spec(path, image_size=4), "--image-size"),
-                       (lambda: data_spec(path, kwargs={}), "--data-kwargs"),
-                       (lambda: data_spec(path, probe=str(tmp_path)), "--probe-data"),
-                       (lambda: data_spec("nonsense"), "--data")):
-        assert _one_line_error(call, flag).flag == flag
+    for call, field in ((lambda: data_spec("digits", probe=path), "probe"),
+                        (lambda: data_spec(path, image_size=4), "image_size"),
+                        (lambda: data_spec(path, kwargs={}), "data_kwargs"),
+                        (lambda: data_spec(path, probe=str(tmp_path)), "probe"),
+                        (lambda: data_spec("nonsense"), "data")):
+        assert _one_line_error(call, f"`{field}`").field == field
     _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
 
 
@@ -660,7 +660,7 @@ def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(t
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(BadInputError, match=r"pip install 'resetassay\[datasets\]'") as caught:
         data_spec(str(folder))
-    assert caught.value.flag == "--data" and "\n" not in str(caught.value)
+    assert caught.value.field == "data" and "\n" not in str(caught.value)
 
 
 def test_dict_batches_without_known_keys_are_a_one_line_error(factory_module):

@@ -152,6 +152,6 @@ def test_calib_and_probe_sizes_sample_in_python_as_probe_data_does_on_the_comman
     got = assay_model(model, (x[:90], y[:90]), (x[90:], y[90:]), config=config).units
     for column in ("reference", "gxd", "gxi", "loss_gradient", "activation", "shock_l1"):
         assert got[column].to_numpy() == pytest.approx(cli[column].to_numpy(), rel=1e-12, abs=1e-15), column
-    with pytest.raises(BadInputError, match="--probe-size 100 exceeds the 70 examples of the probe data") as err:
+    with pytest.raises(BadInputError, match="`probe_size` 100 exceeds the 70 examples of the probe data") as err:
         assay_model(model, (x[:90], y[:90]), (x[90:], y[90:]), config=AssayConfig(probe_size=100))
-    assert err.value.flag == "--probe-size"
+    assert err.value.field == "probe_size"

@@ -88,7 +88,7 @@ def test_bad_folders_are_one_line_errors(tmp_path, make, message):
     make(x, y).save_to_disk(str(tmp_path / "hf"))
     with pytest.raises(BadInputError) as caught:
         data_spec(str(tmp_path / "hf"))
-    assert message in str(caught.value) and "\n" not in str(caught.value) and caught.value.flag == "--data"
+    assert message in str(caught.value) and "\n" not in str(caught.value) and caught.value.field == "data"
 
 
 def test_cli_run_on_a_datasets_folder(tmp_path):

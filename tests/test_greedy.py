@@ -182,13 +182,13 @@ def test_report_table_reads_the_joint_shocks_and_the_greedy_seconds(setup):
 
 def test_gxd_greedy_is_opt_in_and_needs_joint_lesions_and_the_clamp():
     assert GXD_GREEDY not in AssayConfig().utilities and GXD_GREEDY not in utility_names()
-    with pytest.raises(BadInputError, match="drop --no-joint"):
+    with pytest.raises(BadInputError, match="drop `joint`=False"):
         AssayConfig(utilities=["gxd", GXD_GREEDY], joint=False)
-    with pytest.raises(BadInputError, match="--intervention clamp"):
+    with pytest.raises(BadInputError, match="`intervention` clamp"):
         AssayConfig(utilities=[GXD_GREEDY], intervention="cbp-reset")
-    with pytest.raises(BadInputError, match="--greedy-every applies only with gxd_greedy"):
+    with pytest.raises(BadInputError, match="`greedy_every` applies only with gxd_greedy"):
         AssayConfig(utilities=["gxd"], greedy_every=2)
-    with pytest.raises(BadInputError, match="--greedy-every 0: must be a whole number >= 1"):
+    with pytest.raises(BadInputError, match="`greedy_every` 0: must be a whole number >= 1"):
         AssayConfig(utilities=[GXD_GREEDY], greedy_every=0)
 
 

@@ -116,9 +116,9 @@ def test_public_api_examples_run(module, monkeypatch):
     assert attempted > 0 and failed == 0
 
 
-def test_every_error_that_starts_with_a_flag_carries_it():
-    """A run stops on an error about the command (`BadInputError.flag`), not by reading its message: every
-    message that opens with a flag must also pass it as `flag=`."""
+def test_every_error_that_starts_with_a_field_carries_it():
+    """A run stops on an error about the request (`BadInputError.field`), not by reading its message: every
+    message that opens with a backticked field (or a flag, in cli/) must also pass it as `field=`."""
     import ast
 
     missing = []
@@ -128,11 +128,76 @@ def test_every_error_that_starts_with_a_flag_carries_it():
                 continue
             first = node.args[0]
             head = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else first
-            opens_with_flag = (isinstance(head, ast.Constant) and str(head.value).startswith("--")) or (
-                isinstance(head, ast.FormattedValue) and getattr(head.value, "id", None) == "flag")
-            if opens_with_flag and not any(k.arg == "flag" for k in node.keywords):
+            opens_with_field = (isinstance(head, ast.Constant) and str(head.value).startswith(("`", "--"))) or (
+                isinstance(head, ast.FormattedValue) and getattr(head.value, "id", None) in ("flag", "field"))
+            if opens_with_field and not any(k.arg == "field" for k in node.keywords):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing
+
+
+def test_the_library_names_fields_and_only_the_command_line_names_flags():
+    """Outside cli/, a string spells a flag only inside a command line it quotes (`resetassay report DIR --figures
+    svg`, a torchrun or tracker command): errors and warnings name fields (docs/design.md "Fields, not flags")."""
+    import ast
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+    command = re.compile(r"(resetassay|torchrun|tensorboard|mlflow|wandb) [^`\n]*$")
+    wrong = []
+    package = Path(resetassay.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "cli":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        parts_of_fstrings = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):  # an f-string: its text with each {…} as one word
+                text = "".join(v.value if isinstance(v, ast.Constant) else "X" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings | \
+                    parts_of_fstrings:
+                text = node.value
+            else:
+                continue
+            for match in flag.finditer(text):
+                if not command.search(text[:match.start()]):
+                    wrong.append(f"{path.relative_to(package)}:{node.lineno}: {match.group(0)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_field_means_one_flag_in_every_command_and_messages_print_it():
+    import typer
+
+    from resetassay.cli.commands import app
+    from resetassay.cli.flags import as_flags, command_flags
+
+    seen: dict[str, set] = {}
+    for command in typer.main.get_command(app).commands.values():
+        for name, flags in command_flags(command).items():
+            seen.setdefault(name, set()).add(flags)
+    assert {name: flags for name, flags in seen.items() if len(flags) > 1} == {}
+    assert as_flags("`calib_size` 0: must be >= 1; drop `joint`=False, or set `q`=0.1; `nothing` stays") == (
+        "--calib-size 0: must be >= 1; drop --no-joint, or set --q 0.1; `nothing` stays")
+    assert as_flags("`table_format` parquet, `probe` x, `out` y") == "--format parquet, --probe-data x, --out y"
+
+
+def test_every_field_of_the_assay_config_is_a_run_flag_with_its_help():
+    import dataclasses
+
+    import typer
+
+    from resetassay.cli.commands import app
+    from resetassay.cli.flags import command_flags
+    from resetassay.config import AssayConfig
+
+    run = typer.main.get_command(app).commands["run"]
+    flags = command_flags(run)
+    helps = {p.name: p.help for p in run.params}
+    for f in dataclasses.fields(AssayConfig):
+        assert f.name in flags, f.name
+        assert helps[f.name] and "`" not in helps[f.name], (f.name, helps[f.name])
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "transformer"])
@@ -164,7 +229,7 @@ def test_every_fixture_manifest_names_a_zoo_factory_that_resolves():
 # from its own stage and from stages below it, never from one above.
 STAGES = ["base", "stats", "discovery", "data", "models", "io", "lesion", "scoring", "pipeline", "report", "train",
           "cli"]
-BASE = {"names", "errors", "shapes", "progress", "plugins", "__init__", "__main__"}
+BASE = {"names", "errors", "fields", "config", "shapes", "progress", "plugins", "__init__", "__main__"}
 # io/imports.py imports nothing of ours but errors: data/ (`--data pkg.mod:factory`) and io/ (`--model`) both use
 # it, so it counts as a base module although it lives with the other readers of what the user names.
 LEAVES = {"resetassay.io.imports": "base"}
@@ -173,6 +238,10 @@ UPWARD = {
     # AssayResult.report()/.html(): a notebook renders the result it holds with the report's own code
     ("resetassay.pipeline.assay", "resetassay.report.render"),
     ("resetassay.pipeline.assay", "resetassay.report.html"),
+    # AssayConfig checks utility and metric names against the registries (which load torch) when a config is made;
+    # importing it stays torch-free so that the command line builds `run`'s flags from it at once
+    ("resetassay.config", "resetassay.scoring.registry"),
+    ("resetassay.config", "resetassay.lesion.shocks"),
 }
 
 

@@ -155,7 +155,7 @@ def test_half_weights_of_the_wrong_shape_name_the_stored_dtype(tmp_path, factory
     sd = {k: v.half() if v.is_floating_point() else v for k, v in _tiny(width=5).state_dict().items()}
     path = _save(sd, tmp_path / "wide.pt")
     with pytest.raises(BadInputError, match=r"0\.weight is torch\.float16 \(5, 3\), the model wants torch\.float32 "
-                                            r"\(4, 3\); check --model/--model-kwargs"), \
+                                            r"\(4, 3\); check `model`/`model_kwargs`"), \
             pytest.warns(UserWarning, match="weights stored as torch.float16"):  # 3.bias has the model's shape
         load_checkpoint(path, model=SPEC)
 
@@ -176,7 +176,7 @@ def test_keys_that_do_not_match_name_both_sides(tmp_path, factory):
     assert str(err.value) == (f"{path}: missing weights for the model: 0.bias, 0.weight, 1.bias, 1.num_batches_tracked,"
                               " 1.running_mean, ... (9 of its 9 missing); the file holds x_0.bias, x_0.weight, "
                               "x_1.bias, x_1.num_batches_tracked, x_1.running_mean, ... instead; check "
-                              "--model/--model-kwargs")
+                              "`model`/`model_kwargs`")
 
 
 def test_two_prefixes_holding_the_model_are_refused(tmp_path, factory):
@@ -223,7 +223,7 @@ def test_find_checkpoints_finds_ckpt_and_pth_files_with_model(tmp_path):
         (root / name).write_bytes(b"")
     found = [name for _, name in find_checkpoints([root], foreign_ok=True)]
     assert found == ["runs/a.pth", "runs/b.pt", "runs/lightning_logs/version_0/checkpoints/last.ckpt"]
-    with pytest.raises(BadInputError, match=r"needs --model package\.module:factory \(or torchvision:NAME, "):
+    with pytest.raises(BadInputError, match=r"needs `model` package\.module:factory \(or torchvision:NAME, "):
         find_checkpoints([root / "a.pth"])
 
 
@@ -307,13 +307,13 @@ def test_kwargs_that_would_download_weights_are_refused(tmp_path, monkeypatch, s
     calls: list = []
     _fake_torchvision(monkeypatch, calls)
     _fake_timm(monkeypatch, calls)
-    message = rf"^--model-kwargs .*: {refused} would load pretrained weights; resetassay never downloads weights"
+    message = rf"^`model_kwargs` .*: {refused} would load pretrained weights; resetassay never downloads weights"
     with pytest.raises(BadInputError, match=message) as early:
         import_factory(spec, kwargs)
     path = _save(_tiny().state_dict(), tmp_path / "w.pt")
     with pytest.raises(BadInputError, match=message) as late:
         load_checkpoint(path, model=spec, model_kwargs=kwargs)
-    assert early.value.flag == late.value.flag == "--model-kwargs"
+    assert early.value.field == late.value.field == "model_kwargs"
     assert "\n" not in str(late.value)
     assert calls == []
 
@@ -325,7 +325,7 @@ def test_download_kwargs_are_refused_before_the_library_is_imported(tmp_path, mo
     path = _save(_tiny().state_dict(), tmp_path / "w.pt")
     for load in (lambda: import_factory(f"{lib}:resnet18", {"pretrained": True}),
                  lambda: load_checkpoint(path, model=f"{lib}:resnet18", model_kwargs={"pretrained": True})):
-        with pytest.raises(BadInputError, match=r"^--model-kwargs \{'pretrained': True\}: pretrained would load"):
+        with pytest.raises(BadInputError, match=r"^`model_kwargs` \{'pretrained': True\}: pretrained would load"):
             load()
 
 
@@ -342,8 +342,8 @@ def test_unknown_model_name_lists_close_matches(monkeypatch, spec, close):
     lib, _, name = spec.partition(":")
     with pytest.raises(BadInputError) as err:
         import_factory(spec)
-    assert str(err.value).startswith(f"--model {spec!r}: {lib} has no model {name!r}; ")
-    assert close in str(err.value) and err.value.flag == "--model"
+    assert str(err.value).startswith(f"`model` {spec!r}: {lib} has no model {name!r}; ")
+    assert close in str(err.value) and err.value.field == "model"
 
 
 @pytest.mark.parametrize("spec", ["timm:hf-hub:timm/resnet18.a1_in1k", "timm:local-dir:/models/r18", "timm:",
@@ -360,8 +360,8 @@ def test_missing_library_names_the_extra_to_install(monkeypatch, lib):
     monkeypatch.setitem(sys.modules, lib, None)  # import raises ModuleNotFoundError, as when not installed
     with pytest.raises(BadInputError) as err:
         import_factory(f"{lib}:resnet18")
-    assert str(err.value) == f"--model '{lib}:resnet18': {lib} is not installed; pip install 'resetassay[{lib}]'"
-    assert err.value.flag == "--model"
+    assert str(err.value) == f"`model` '{lib}:resnet18': {lib} is not installed; pip install 'resetassay[{lib}]'"
+    assert err.value.field == "model"
 
 
 def test_timm_without_torchvision_names_what_is_missing(tmp_path, monkeypatch):
@@ -370,7 +370,7 @@ def test_timm_without_torchvision_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "timm", raising=False)
     monkeypatch.setitem(sys.modules, "torchvision", None)
-    with pytest.raises(BadInputError, match=r"^--model 'timm:resnet18': timm needs torchvision, which is not "
+    with pytest.raises(BadInputError, match=r"^`model` 'timm:resnet18': timm needs torchvision, which is not "
                                             r"installed; pip install 'resetassay\[timm\]'$"):
         import_factory("timm:resnet18")
 
@@ -383,7 +383,7 @@ def test_library_built_for_another_torch_is_one_line(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "torchvision", raising=False)
     with pytest.raises(BadInputError) as err:
         import_factory("torchvision:resnet18")
-    assert str(err.value) == (f"--model 'torchvision:resnet18': torchvision does not import beside torch "
+    assert str(err.value) == (f"`model` 'torchvision:resnet18': torchvision does not import beside torch "
                               f"{torch.__version__} (RuntimeError: operator torchvision::nms does not exist); "
                               "install the torchvision built for this torch: pip install 'resetassay[torchvision]'")
 

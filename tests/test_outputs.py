@@ -86,7 +86,7 @@ def test_bad_output_paths_are_one_line_errors_naming_the_flag(wrap, output, mess
     calib, probe = _data()
     with pytest.raises(BadInputError, match="(?s)^(?!.*\n).*") as caught:
         assay_model(wrapped_output_mlp(1, wrap), calib, probe, config=AssayConfig(output=output, **CONFIG))
-    assert message in str(caught.value) and caught.value.flag == "--output"
+    assert message in str(caught.value) and caught.value.field == "output"
 
 
 def _state(tmp_path, wrap: str) -> str:

@@ -142,8 +142,8 @@ def test_without_pyarrow_parquet_is_a_one_line_error_with_the_install_hint(tmp_p
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(BadInputError) as caught:
         write_run(tmp_path / "other", tables, {}, table_format="parquet")
-    assert caught.value.flag == "--format" and "\n" not in str(caught.value)
-    assert str(caught.value) == ("--format parquet: needs pyarrow, which is not installed; "
+    assert caught.value.field == "table_format" and "\n" not in str(caught.value)
+    assert str(caught.value) == ("`table_format` parquet: needs pyarrow, which is not installed; "
                                  "pip install 'resetassay[parquet]' (pyarrow)")
     assert not (tmp_path / "other").exists()  # refused before anything is written
     if parquet is not None:
@@ -153,6 +153,6 @@ def test_without_pyarrow_parquet_is_a_one_line_error_with_the_install_hint(tmp_p
 
 
 def test_an_unknown_format_is_refused_naming_the_flag():
-    with pytest.raises(BadInputError, match="--format 'xlsx': choose csv or parquet") as caught:
+    with pytest.raises(BadInputError, match="`table_format` 'xlsx': choose csv or parquet") as caught:
         check_table_format("xlsx")
-    assert caught.value.flag == "--format"
+    assert caught.value.field == "table_format"

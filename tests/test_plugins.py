@@ -177,7 +177,7 @@ def test_a_python_metric_is_assayed_and_recorded(clean_metrics, tmp_path):
 def test_bad_metrics_are_refused_by_name(clean_metrics):
     with pytest.raises(ra.BadInputError, match="'kl' is built in"):
         ra.register_metric("kl", linf)
-    with pytest.raises(ra.BadInputError, match="--metrics: unknown nothing_here; choose from l1, kl"):
+    with pytest.raises(ra.BadInputError, match="`metrics`: unknown nothing_here; choose from l1, kl"):
         check_metrics(["l1", "nothing_here"])
     ra.register_metric("loss_increase", loss_increase, targets=True)
     (x, _), _ = _data()
@@ -185,7 +185,7 @@ def test_bad_metrics_are_refused_by_name(clean_metrics):
     layers = unit_layers(model, x[:2])
     refs = unit_references(model, layers, x)
     for targets in (None, -torch.ones(len(x), dtype=torch.long)):  # no labels; unlabelled data
-        with pytest.raises(ra.BadInputError, match="--metrics loss_increase: reads the probe labels"):
+        with pytest.raises(ra.BadInputError, match="`metrics` loss_increase: reads the probe labels"):
             unit_shocks(model, layers, refs, x, ["l1", "loss_increase"], targets=targets)
 
 
@@ -241,7 +241,7 @@ def test_a_utility_returning_what_it_should_not_is_one_line_naming_it_and_the_la
     ra.register_utility("odd", score, needs=("gxd",))
     model = create_model("mlp", in_features=4, widths=[32], n_classes=3)
     (x, y), probe = _data()
-    with pytest.raises(ra.BadInputError, match=r"--utilities odd: on layer layers\.0\.act \(32 units\) the utility") \
+    with pytest.raises(ra.BadInputError, match=r"`utilities` odd: on layer layers\.0\.act \(32 units\) the utility") \
             as caught:
         ra.assay_model(model, (x.float(), y), (probe[0].float(), probe[1]),
                        config=ra.AssayConfig(utilities=["odd", "oracle"], metrics=["l1"]))

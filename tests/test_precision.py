@@ -45,6 +45,6 @@ def test_bf16_shocks_are_fp32_shocks_to_a_stated_tolerance_in_both_engines(name,
 
 
 def test_an_unknown_dtype_is_refused_naming_the_flag():
-    with pytest.raises(BadInputError, match="--dtype 'fp64'") as caught:
+    with pytest.raises(BadInputError, match="`dtype` 'fp64'") as caught:
         AssayConfig(dtype="fp64")
-    assert caught.value.flag == "--dtype"
+    assert caught.value.field == "dtype"

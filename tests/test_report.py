@@ -155,7 +155,7 @@ def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
 
 @pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
 def test_bad_q_is_refused_naming_the_flag(text):
-    with pytest.raises(ValueError, match="--q"):
+    with pytest.raises(ValueError, match="`q`"):
         q_values(text)
 
 
@@ -334,7 +334,7 @@ def test_figures_none_draws_no_figure_imports_no_matplotlib_and_says_so(run_dir:
     assert done.stdout.strip() == "[]"
     assert not (copy / "figures").exists()  # the earlier render's PNGs are not this report's
     text = (copy / "report.md").read_text()
-    assert "No figures (`--figures none`)" in text and "![" not in text
+    assert "No figures (`resetassay run --figures none`)" in text and "![" not in text
     assert "<img" not in (copy / "report.html").read_text()
 
 

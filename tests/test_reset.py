@@ -191,15 +191,15 @@ def test_assay_keeps_the_clamp_beside_the_reset_and_notes_the_layers_it_cannot_r
 
 
 def test_no_resettable_layer_and_an_unknown_intervention_are_bad_input_naming_the_flag():
-    with pytest.raises(BadInputError, match="--intervention 'reset': choose from clamp, cbp-reset"):
+    with pytest.raises(BadInputError, match="`intervention` 'reset': choose from clamp, cbp-reset"):
         ra.AssayConfig(intervention="reset")
     model = create_model("resnet", widths=(4,), blocks=(1,))
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     config = ra.AssayConfig(utilities=["activation"], metrics=["l1"], intervention="cbp-reset", layers=["stem.act"])
-    with pytest.raises(BadInputError, match=r"--intervention cbp-reset: no unit layer of m can be reset \(stem.act: "
+    with pytest.raises(BadInputError, match=r"`intervention` cbp-reset: no unit layer of m can be reset \(stem.act: "
                                             "read by stages.0.0.conv1 and by a residual skip\\)") as err:
         ra.assay_model(model, (x[:4], y[:4]), (x[4:], y[4:]), config=config, name="m")
-    assert err.value.flag == "--intervention"
+    assert err.value.field == "intervention"
 
 
 def test_report_tables_of_clamp_against_reset_match_a_hand_computation():

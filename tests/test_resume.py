@@ -190,7 +190,7 @@ def test_rerun_skips_finished_checkpoints_and_says_so(tmp_path, no_render, assay
     notes: list[str] = []
     second = run_assay([ckpts], progress=False, out=out, note=notes.append, **SMALL)
     assert assayed == ["relu_mlp/task2", "relu_mlp/task4"]  # nothing assayed again
-    assert notes == [f"skipping 2 of 2 checkpoints finished earlier in {out} (--overwrite assays them again)"]
+    assert notes == [f"skipping 2 of 2 checkpoints finished earlier in {out} (`overwrite` assays them again)"]
     pd.testing.assert_frame_equal(first.units, second.units)
 
 
@@ -219,8 +219,8 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path, no_render, assayed
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
     run_assay([ckpts], progress=False, out=out, **SMALL)
-    with pytest.raises(BadInputError, match=r"^--out .*: holds 2 checkpoints assayed with another config "
-                                            r"\(seed 0 -> 1\); use another --out, or --overwrite"):
+    with pytest.raises(BadInputError, match=r"^`out` .*: holds 2 checkpoints assayed with another config "
+                                            r"\(seed 0 -> 1\); use another `out`, or `overwrite`"):
         run_assay([ckpts], progress=False, out=out, **{**SMALL, "seed": 1})
     assert len(_parts(out)) == 2
     run_assay([ckpts], progress=False, out=out, overwrite=True, **{**SMALL, "seed": 1})
@@ -363,7 +363,7 @@ def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, n
     out = tmp_path / "run"
     holder = resetassay.io.rundir.RunParts(out, {"config": {}})
     try:
-        with pytest.raises(BadInputError, match=rf"^--out {out}: in use by another resetassay run "
+        with pytest.raises(BadInputError, match=rf"^`out` {out}: in use by another resetassay run "
                                                 rf"\(host .*, pid {os.getpid()}, since .*\)"):
             run_assay([ckpts], progress=False, out=out, **SMALL)
     finally:

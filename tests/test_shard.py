@@ -117,7 +117,7 @@ def _bad_commands(rank: int, paths: list[str], out: str) -> list[str]:
         try:
             run_assay(paths, **kwargs, **SMALL)
         except BadInputError as err:
-            messages.append(f"{err.flag}: {err}")
+            messages.append(f"{err.field}: {err}")
     return messages
 
 
@@ -125,8 +125,8 @@ def test_a_bad_command_stops_every_rank_with_its_one_line_error(single, tmp_path
     results = launch(2, _bad_commands, single[0], str(tmp_path / "run"))
     assert [r[0] for r in results] == ["ok", "ok"], results
     for _, (layers, out) in results:
-        assert layers.startswith("--layers: ") and "no.such.layer" in layers
-        assert out.startswith("--out: ") and "torchrun" in out
+        assert layers.startswith("layers: `layers` ") and "no.such.layer" in layers
+        assert out.startswith("out: `out`: ") and "torchrun" in out
 
 
 def test_assign_balances_costs_the_same_way_for_any_caller():

@@ -323,8 +323,8 @@ def test_a_tracker_that_is_not_installed_is_a_one_line_error_with_the_pip_comman
     with pytest.raises(BadInputError) as caught:
         log_run(run, backend)
     message = str(caught.value)
-    assert caught.value.flag == "--log" and "\n" not in message
-    assert message == f"--log {backend}: {backend} is not installed; pip install 'resetassay[{backend}]'"
+    assert caught.value.field == "log" and "\n" not in message
+    assert message == f"`log` {backend}: {backend} is not installed; pip install 'resetassay[{backend}]'"
 
 
 def test_report_log_refuses_a_missing_or_unknown_tracker_before_drawing(run, monkeypatch):

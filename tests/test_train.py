@@ -158,8 +158,8 @@ def test_resnet_cbp_stores_references_for_every_unit_layer_and_utilities_where_i
 
 
 def test_a_checkpoint_after_the_last_task_is_refused_naming_the_flag() -> None:
-    with pytest.raises(BadInputError, match=r"^--checkpoint-at 31: counts completed tasks, from 0 \(before training\) "
-                                            r"to 30 \(after the last of this run\); raise --tasks to reach it$"):
+    with pytest.raises(BadInputError, match=r"^`checkpoint_at` 31: counts completed tasks, from 0 \(before training\) "
+                                            r"to 30 \(after the last of this run\); raise `tasks` to reach it$"):
         TrainConfig(tasks=30, checkpoint_at=(0, 5, 31))
 
 
@@ -177,13 +177,13 @@ def test_train_defaults_to_plain_backprop_and_records_the_family_in_every_manife
 
 
 def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Path) -> None:
-    """resetassay.train/1 counted --checkpoint-at from 0 after the first task: resuming it would shift every step."""
+    """resetassay.train/1 counted `checkpoint_at` from 0 after the first task: resuming it would shift every step."""
     train(_tiny(cbp=None), tmp_path)
     record = json.loads((tmp_path / "train.json").read_text())
     (tmp_path / "train.json").write_text(json.dumps({**record, "format": "resetassay.train/1"}))
-    with pytest.raises(BadInputError, match=r"its train.json is of an older train, whose --checkpoint-at counted "
+    with pytest.raises(BadInputError, match=r"its train.json is of an older train, whose `checkpoint_at` counted "
                                             r"tasks from 0 after the first one \(0 is now the untrained network\); "
-                                            r"use another --out, or --overwrite"):
+                                            r"use another `out`, or `overwrite`"):
         train(_tiny(cbp=None), tmp_path)
 
 
@@ -198,7 +198,7 @@ def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Pa
         (["--family", "mlp:relu"], "--family 'mlp:relu'"),
         (["--activation", "gelu"], "--activation"),
         (["--data", "mnist"], "--data-dir"),
-        (["--checkpoint-at", "1,x"], "--checkpoint-at"),
+        (["--checkpoint-at", "1,x"], "checkpoint_at"),
         (["--model", "mlp", "--widths", "0,4"], "--widths"),
         (["--model", "transformer"], "--model transformer trains on token sequences (--data grammar)"),
         (["--data", "grammar"], "--data grammar trains --model transformer"),
@@ -329,7 +329,7 @@ def test_a_kept_checkpoint_the_rerun_does_not_reproduce_stops_it(tmp_path: Path)
     weights["layers.0.linear.bias"][0] += 1e-3
     save_file(weights, tmp_path / "task1" / WEIGHTS)
     shutil.rmtree(tmp_path / "task3")
-    with pytest.raises(TrainingFailed, match=rf"^--out {tmp_path}: task1 on disk is not what this rerun of the same "
+    with pytest.raises(TrainingFailed, match=rf"^`out` {tmp_path}: task1 on disk is not what this rerun of the same "
                                              r"command trains \(its weights differ"):
         train(config, tmp_path)
     assert not (tmp_path / "task3").exists()
@@ -353,16 +353,16 @@ def test_every_training_flag_is_checked_finite_and_in_range(flag: str, value: st
 
 
 @pytest.mark.parametrize(("make", "flag"), [
-    (lambda: TrainConfig(lr=float("nan")), "--lr"),
-    (lambda: TrainConfig(momentum=float("inf")), "--momentum"),
-    (lambda: TrainConfig(checkpoint_at=(0.5,)), "--checkpoint-at"),
-    (lambda: CBPConfig(maturity=2.5), "--maturity"),
-    (lambda: CBPConfig(decay=float("nan")), "--decay"),
+    (lambda: TrainConfig(lr=float("nan")), "lr"),
+    (lambda: TrainConfig(momentum=float("inf")), "momentum"),
+    (lambda: TrainConfig(checkpoint_at=(0.5,)), "checkpoint_at"),
+    (lambda: CBPConfig(maturity=2.5), "maturity"),
+    (lambda: CBPConfig(decay=float("nan")), "decay"),
 ])
 def test_bad_values_from_python_name_their_flag(make: object, flag: str) -> None:
     with pytest.raises(BadInputError) as bad:
         make()
-    assert bad.value.flag == flag
+    assert bad.value.field == flag
 
 
 def test_a_loss_that_becomes_nan_stops_training_with_exit_1_and_writes_nothing(tmp_path: Path) -> None:
@@ -389,7 +389,7 @@ def test_divergence_keeps_the_earlier_checkpoints_and_says_where_it_happened(tmp
         train(_tiny(), tmp_path)
     assert str(failed.value) == (f"training diverged: the loss became nan at task 1, epoch 0, step 1 of 15; kept 1 of "
                                  f"3 checkpoints in {tmp_path} (task1), none written from the diverged model; try a "
-                                 "lower --lr")
+                                 "lower `lr`")
     assert sorted(p.name for p in tmp_path.glob("task*")) == ["task1"]
     assert (tmp_path / "task1" / STATE).exists()
 
@@ -457,7 +457,7 @@ def test_short_tasks_train_on_a_seeded_sample_of_each_task() -> None:
     assert torch.equal(_task_sample((x, y), config, task=3)[1], ys)
     assert not torch.equal(_task_sample((x, y), config, task=4)[1], ys)
     assert _task_sample((x, y), _small(), task=3)[1] is y
-    with pytest.raises(BadInputError, match="--examples-per-task 0"):
+    with pytest.raises(BadInputError, match="`examples_per_task` 0"):
         _small(examples_per_task=0)
 
 
@@ -526,5 +526,5 @@ def test_init_torch_default_is_recorded_in_the_checkpoint_and_its_family(tmp_pat
     assert 2.2 < ratio < 2.7
     plain = resetassay.train.loop.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False)
     assert "init" not in plain
-    with pytest.raises(BadInputError, match="--init 'xavier': choose from kaiming-relu, torch-default"):
+    with pytest.raises(BadInputError, match="`init` 'xavier': choose from kaiming-relu, torch-default"):
         resetassay.train.loop.zoo_kwargs("mlp", DataSpec(), (32,), "relu", False, init="xavier")

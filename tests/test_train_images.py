@@ -174,7 +174,7 @@ def test_a_folder_without_a_train_root_or_with_other_classes_is_refused(tmp_path
     _images(tmp_path / "b", {"test": 2}, classes=("ant", "bee", "dog"))
     with pytest.raises(BadInputError, match="both need the same class folders"):
         training_images(data_spec(str(other)))
-    with pytest.raises(BadInputError, match="--tasks 2: an image folder is one task"):
+    with pytest.raises(BadInputError, match="`tasks` 2: an image folder is one task"):
         spec = data_spec(str(other))
         TrainConfig("resnet", zoo_kwargs("resnet", spec), spec, tasks=2, checkpoint_in="epochs")
 

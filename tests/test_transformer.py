@@ -226,7 +226,7 @@ def test_gxd_all_is_not_applicable_beyond_max_classes_and_says_why():
     result = assay_model(model, (x[:4], y[:4]), (x[4:], y[4:]),
                          config=AssayConfig(utilities=["gxd", "gxd_all", "oracle"], metrics=["l1"], max_classes=16))
     reasons = result.notes.query("utility == 'gxd_all'")["reason"]
-    assert len(reasons) == 2 and all(f"{VOCAB} outputs" in r and "--max-classes" in r for r in reasons)
+    assert len(reasons) == 2 and all(f"{VOCAB} outputs" in r and "`max_classes`" in r for r in reasons)
     assert result.units["gxd_all"].isna().all() and result.units["gxd"].notna().all()
 
 

@@ -20,6 +20,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from resetassay.cli.flags import as_flags, config_options
+from resetassay.cli.flags import field_of as _field
+from resetassay.config import AssayConfig
 from resetassay.errors import BadInputError
 from resetassay.names import FAILURES, ONLINE_UTILITIES, ORACLE, RANDOM
 
@@ -43,11 +46,17 @@ def _ints(value: str | None, flag: str, example: str = "0,5,10") -> tuple[int, .
     try:
         return tuple(int(v) for v in _split(value)) if value else None
     except ValueError as e:
-        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. {example}", flag=flag) from e
+        raise BadInputError(f"{flag} {value!r}: expected comma-separated integers, e.g. {example}",
+                            field=_field(flag)) from e
+
+
+def _say(*parts: Text | str) -> None:
+    """One line on stderr, the library's backticked fields written as flags (cli/flags.py)."""
+    err.print(*(as_flags(p) if isinstance(p, str) else p for p in parts), highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(ERROR, message, highlight=False, soft_wrap=True)
+    _say(ERROR, message)
     raise typer.Exit(code)
 
 
@@ -57,7 +66,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_args: objec
     text = str(message)
     if text not in _shown:
         _shown.add(text)
-        err.print(WARNING, text, highlight=False, soft_wrap=True)
+        _say(WARNING, text)
 
 
 _shown: set[str] = set()
@@ -93,9 +102,9 @@ def _json_object(text: str | None, flag: str) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise BadInputError(f"{flag} is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'", flag=flag) from e
+        raise BadInputError(f"{flag} is not valid JSON ({e.msg}); e.g. '{{\"width\": 64}}'", field=_field(flag)) from e
     if not isinstance(value, dict):
-        raise BadInputError(f"{flag} must be a JSON object, e.g. '{{\"width\": 64}}'", flag=flag)
+        raise BadInputError(f"{flag} must be a JSON object, e.g. '{{\"width\": 64}}'", field=_field(flag))
     return value
 
 
@@ -111,14 +120,14 @@ def _data(name: str | None, task: int | None, permutation_seed: int | None, data
     from resetassay.data import data_spec
 
     if task is not None and task < 0:
-        raise BadInputError(f"--task {task}: tasks count from 0", flag="--task")
+        raise BadInputError(f"--task {task}: tasks count from 0", field="task")
     if permutation_seed is not None and permutation_seed < 0:
-        raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", flag="--permutation-seed")
+        raise BadInputError(f"--permutation-seed {permutation_seed}: must be >= 0", field="permutation_seed")
     if name is None:
         for flag, value in (("--probe-data", probe), ("--image-size", image_size), ("--normalize", normalize),
                             ("--data-kwargs", data_kwargs)):
             if value is not None:
-                raise BadInputError(f"{flag} needs --data", flag=flag)
+                raise BadInputError(f"{flag} needs --data", field=_field(flag))
         return None
     return data_spec(name, task or 0, permutation_seed or 0, str(data_dir.resolve()) if data_dir else None,
                      probe=str(probe) if probe else None, image_size=image_size, normalize=normalize,
@@ -165,52 +174,19 @@ FIGURES_HELP = "The report's figures: png, svg (vector, for papers) or none (fas
 
 
 @app.command()
+@config_options(AssayConfig)
 def run(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint directories (searched recursively) "
                                                       "or state-dict files.")],
     out_dir: Annotated[str, typer.Option("--out", help="Run directory for tables, report and figures.")]
     = "reports/run",
-    utilities: Annotated[str | None, typer.Option(help="Comma-separated utilities (default: all but the costly "
-                                                  "gxd_ig and gxd2, and gxd_greedy, the greedy set-aware "
-                                                  "selector: each only when named).")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated shock metrics.")] = "l1,kl",
-    layers: Layers = None,
-    reference: Annotated[str, typer.Option(help="calibration-mean, stored or zero (SPEC S2).")]
-    = "calibration-mean",
-    calib_size: Annotated[int | None, typer.Option(help="Calibration examples (default 2048).")] = None,
-    probe_size: Annotated[int | None, typer.Option(help="Probe examples (default 2048).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the data split and the random utility.")] = 0,
-    q: Annotated[float, typer.Option(help="Fraction of units reset for Shock@q.")] = 0.05,
-    maturity: Annotated[int | None, typer.Option(help="Units with age <= this are not ranked.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward.")] = 512,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    joint: Annotated[bool, typer.Option(help="Also measure joint Shock@q.")] = True,
-    engine: Annotated[str, typer.Option(help="fast (graph split, batched lesions) or plain (one forward "
-                                        "per unit, the reference).")] = "fast",
-    dtype: Annotated[str, typer.Option(help="Precision of the probe forwards: fp32, or bf16/fp16 under torch.autocast "
-                                       "(faster on GPUs; calibration stays fp32; see README \"Precision\").")]
-    = "fp32",
-    intervention: Annotated[str, typer.Option(help="clamp (h <- r, weights unchanged, SPEC S4) or cbp-reset (CBP's "
-                                              "reset of the weights, SPEC S7; the clamp's shocks kept as "
-                                              "clamp_<metric>).")] = "clamp",
-    max_memory: Annotated[str | None, typer.Option(help="Activation memory per lesion chunk, e.g. 512MB, "
-                                                   "2GB (default 1GB on CPU, half the free GPU memory).")]
-    = None,
-    units_per_layer: Annotated[int | None, typer.Option(help="Lesion at most N units per layer, sampled with "
-                                                        "--seed (a quick look at a big model).")] = None,
-    max_classes: Annotated[int, typer.Option(help="gxd_all applies to models with at most this many outputs "
-                                             "(a language model: its vocabulary); one backward pass each.")] = 100,
-    target: Annotated[str, typer.Option(help="The class whose logit gxd, gxi and loss_gradient follow: label (the "
-                                        "data's) or predicted (the model's own).")] = "label",
-    greedy_every: Annotated[int | None, typer.Option(help="gxd_greedy: units each layer picks between two "
-                                                     "recomputations of GXD (default: a quarter of its k, at "
-                                                     "most 4 rounds).")] = None,
+    *,
+    config_fields: dict,
     model: Model = None,
     model_kwargs: ModelKwargs = None,
-    output: Output = None,
     data: Data = None,
     data_dir: DataDir = None,
-    probe_data: ProbeData = None,
+    probe: ProbeData = None,
     image_size: ImageSize = None,
     normalize: Normalize = None,
     data_kwargs: DataKwargs = None,
@@ -235,8 +211,6 @@ def run(
     Each finished checkpoint is saved in --out at once: rerunning an interrupted command resumes it. A report that
     fails to render is a warning line: the tables are written and the exit code is the assay's."""
     from resetassay.io.rundir import RunInterrupted, failure_exit_code
-    from resetassay.lesion.fast import parse_bytes
-    from resetassay.pipeline.assay import AssayConfig
     from resetassay.pipeline.run import run_assay
     from resetassay.pipeline.shard import launch_from_env
     from resetassay.report.tracking import backend_names, log_run
@@ -244,30 +218,21 @@ def run(
     rank = launch_from_env()  # under torchrun: join the launch; rank 0 prints, merges and reports
     try:
         trackers = backend_names(log)  # a tracker that is not installed fails before any work
-        config = AssayConfig(
-            **({"utilities": _split(utilities) or []} if utilities is not None else {}),
-            metrics=_split(metrics) or [], layers=_split(layers), reference=reference,
-            calib_size=calib_size, probe_size=probe_size, seed=seed, q=q, maturity=maturity,
-            batch_size=batch_size, device=device, joint=joint, engine=engine,
-            max_memory=parse_bytes(max_memory, "--max-memory"), units_per_layer=units_per_layer, output=output,
-            max_classes=max_classes, target=target, dtype=dtype, intervention=intervention,
-            greedy_every=greedy_every,
-        )
+        config = AssayConfig(**config_fields)
         with _one_line_warnings():
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
-                               data=_data_choice(data, task, permutation_seed, data_dir, probe=probe_data,
+                               data=_data_choice(data, task, permutation_seed, data_dir, probe=probe,
                                                  image_size=image_size, normalize=normalize,
                                                  data_kwargs=data_kwargs), progress=not quiet,
                                out=out_dir, overwrite=overwrite, table_format=table_format, figures=figures,
-                               note=lambda text: err.print(text, highlight=False, soft_wrap=True),
-                               on_failure=lambda text: err.print(ERROR, text, highlight=False,
-                                                                 soft_wrap=True))
+                               note=_say,
+                               on_failure=lambda text: _say(ERROR, text))
     except BadInputError as e:
         if rank != 0:  # every rank raises the same error (shard.py); rank 0 alone prints it
             raise typer.Exit(2) from None
         _fail(str(e), 2)
     except RunInterrupted as e:
-        err.print(str(e), highlight=False, soft_wrap=True)
+        _say(str(e))
         raise typer.Exit(130) from None
     code = failure_exit_code(result.failures)
     if rank != 0:
@@ -384,7 +349,7 @@ def check(
     except BadInputError as e:
         _fail(str(e), 2)
     for line in differences:
-        err.print(NOTE, line, highlight=False, soft_wrap=True)
+        _say(NOTE, line)
     typer.echo(diff_table(comparisons, show_all))
     raise typer.Exit(0 if all(c.passed for c in comparisons) else 1)
 
@@ -413,7 +378,7 @@ def baseline_command(
     except BadInputError as e:
         _fail(str(e), 2)
     for line in unmet:
-        err.print(WARNING, line, highlight=False, soft_wrap=True)
+        _say(WARNING, line)
     out.print(f"wrote {path}: {len(written['rows'])} rows, {len(written['floors'])} floors")
 
 
@@ -442,9 +407,9 @@ def inspect(
         shape = _ints(input_shape, "--input-shape", "3,32,32")
         if shape is not None and (not shape or min(shape) < 1):
             raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 3,32,32",
-                                flag="--input-shape")
+                                field="input_shape")
         if seq_len is not None and seq_len < 1:
-            raise BadInputError(f"--seq-len {seq_len}: must be >= 1, e.g. 32", flag="--seq-len")
+            raise BadInputError(f"--seq-len {seq_len}: must be >= 1, e.g. 32", field="seq_len")
         with _one_line_warnings():
             found, route = checkpoint_layers(checkpoint, _split(layers), model, _model_kwargs(model_kwargs),
                                              _data(data, None, None, data_dir, None, image_size, normalize,
@@ -471,13 +436,13 @@ def _schedule(source: str, tasks: int | None, epochs_per_task: int | None, epoch
     if source in PERMUTED:
         if epochs is not None:
             raise BadInputError("--epochs applies to an image folder; permuted tasks take --tasks and "
-                                "--epochs-per-task", flag="--epochs")
+                                "--epochs-per-task", field="epochs")
         return (30 if tasks is None else tasks), (1 if epochs_per_task is None else epochs_per_task), \
             checkpoint_in or "tasks"
     for flag, value in (("--tasks", tasks), ("--epochs-per-task", epochs_per_task)):
         if value is not None:
             raise BadInputError(f"{flag} applies to permuted tasks; an image folder is one task: give --epochs",
-                                flag=flag)
+                                field=_field(flag))
     return 1, (1 if epochs is None else epochs), checkpoint_in or "epochs"
 
 
@@ -555,7 +520,7 @@ def train_command(
     try:
         if permutation_seed < 0:  # before DataSpec, whose message names its field, not the flag
             raise BadInputError(f"--permutation-seed {permutation_seed}: must be a whole number >= 0",
-                                flag="--permutation-seed")
+                                field="permutation_seed")
         spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None,
                          image_size=image_size, normalize=normalize)
         tasks, epochs_per_task, checkpoint_in = _schedule(spec.source, tasks, epochs_per_task, epochs, checkpoint_in)
@@ -563,7 +528,7 @@ def train_command(
         if not cbp and (unused := [k for k, v in given.items() if v is not None]):
             flag = f"--{unused[0].replace('_', '-')}"
             raise BadInputError(f"{flag} applies only with --cbp (plain backprop is the default); add --cbp",
-                                flag=flag)
+                                field=_field(flag))
         config = TrainConfig(
             model, zoo_kwargs(model, spec, _ints(widths, "--widths"), activation, layer_norm, blocks, init), spec,
             tasks=tasks, epochs_per_task=epochs_per_task, lr=lr, batch_size=batch_size, seed=seed,
@@ -574,13 +539,13 @@ def train_command(
             schedule=schedule, augment=augment,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
-                      note=lambda text: err.print(text, highlight=False, soft_wrap=True))
+                      note=_say)
     except BadInputError as e:
         _fail(str(e), 2)
     except TrainingFailed as e:
         _fail(str(e), 1)
     except RunInterrupted as e:
-        err.print(str(e), highlight=False, soft_wrap=True)
+        _say(str(e))
         raise typer.Exit(130) from None
     for path in saved:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)

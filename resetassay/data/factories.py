@@ -44,17 +44,17 @@ def _factory_examples(spec: DataSpec) -> Examples:
 
 def _call_factory(name: str, kwargs: dict) -> Examples:
     module_name, _, attr = name.partition(":")
-    target: object = import_named_module(module_name, f"--data {name}", "--data")
+    target: object = import_named_module(module_name, f"`data` {name}", "data")
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise BadInputError(f"--data {name}: {module_name} has no attribute {attr!r}", flag="--data")
+            raise BadInputError(f"`data` {name}: {module_name} has no attribute {attr!r}", field="data")
         target = getattr(target, part)
     if not callable(target):
-        raise BadInputError(f"--data {name}: {attr} is not callable", flag="--data")
+        raise BadInputError(f"`data` {name}: {attr} is not callable", field="data")
     try:
         made = target(**kwargs)
     except Exception as err:
-        raise BadInputError(f"--data {name}: the factory failed ({one_line(err)})", flag="--data") from err
+        raise BadInputError(f"`data` {name}: the factory failed ({one_line(err)})", field="data") from err
     return _factory_result(made, name)
 
 
@@ -71,14 +71,14 @@ def _finite_batches(made: object, what: str) -> list[tuple[object, object]]:
         if count > MAX_ITERATED_EXAMPLES:
             raise BadInputError(f"{what}: yielded more than {MAX_ITERATED_EXAMPLES:,} examples without ending; "
                                 "return a finite iterable, a Dataset with a length, or (x, y) tensors",
-                                flag="--data")
+                                field="data")
     return batches
 
 
 def _factory_result(made: object, name: str) -> Examples:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
-    what = f"--data {name}"
+    what = f"`data` {name}"
     if isinstance(made, dict | torch.Tensor | np.ndarray) or (
             isinstance(made, tuple | list) and len(made) == 2 and not isinstance(made[0], tuple | list)):
         x, y = _checked(*pair(made, what), what)  # a dict: one batch (iterating it would walk its keys)
@@ -93,16 +93,16 @@ def _factory_result(made: object, name: str) -> Examples:
                 raise
             except Exception as err:
                 raise BadInputError(f"{what}: its Dataset items must be (x, y) pairs of a tensor and an integer "
-                                    f"label ({one_line(err)})", flag="--data") from err
+                                    f"label ({one_line(err)})", field="data") from err
             return _checked(xs, ys, what)
 
         if len(dataset) == 0:
-            raise BadInputError(f"{what}: no examples", flag="--data")
+            raise BadInputError(f"{what}: no examples", field="data")
         return Examples(name, len(dataset), take, {})
     if isinstance(made, DataLoader) and not isinstance(made.sampler, SequentialSampler) and \
             not isinstance(made.dataset, IterableDataset):
         raise BadInputError(f"{what}: its DataLoader shuffles; make it with shuffle=False (resetassay draws the "
-                            "seeded split itself)", flag="--data")
+                            "seeded split itself)", field="data")
     try:
         batches = _finite_batches(made, what)
         if not batches:
@@ -113,6 +113,6 @@ def _factory_result(made: object, name: str) -> Examples:
         raise
     except Exception as err:
         raise BadInputError(f"{what}: must return (x, y) tensors, a Dataset of (x, y) items or an iterable of "
-                            f"(x, y) batches, got {type(made).__name__} ({one_line(err)})", flag="--data") from err
+                            f"(x, y) batches, got {type(made).__name__} ({one_line(err)})", field="data") from err
     x, y = _checked(x, y, what)
     return Examples(name, len(x), lambda idx: (x[idx], y[idx]), {})

@@ -20,11 +20,11 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
         import datasets
     except ImportError as err:
         raise BadInputError(f"{path}: a Hugging Face datasets folder needs the datasets package; pip install "
-                            f"'resetassay[datasets]' ({one_line(err)})", flag="--data") from err
+                            f"'resetassay[datasets]' ({one_line(err)})", field="data") from err
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:
-        raise BadInputError(f"{path}: datasets cannot load it ({one_line(err)})", flag="--data") from err
+        raise BadInputError(f"{path}: datasets cannot load it ({one_line(err)})", field="data") from err
     where = str(path)
     if isinstance(loaded, datasets.DatasetDict):
         names = list(loaded)
@@ -32,22 +32,22 @@ def _hf_examples(path: Path, size: int | None, mean: tuple | None, std: tuple | 
         split = split or (names[0] if len(names) == 1 else None)
         if split is None:
             raise BadInputError(f"{path}: splits {', '.join(names)}, none named {', '.join(HELD_OUT_NAMES)}; save "
-                                "the split to assay on by itself", flag="--data")
+                                "the split to assay on by itself", field="data")
         loaded, where = loaded[split], f"{path} (split {split})"
     columns = loaded.column_names
     x_col = next((c for c in HF_INPUTS if c in columns), None)
     y_col = next((c for c in HF_LABELS if c in columns), None)
     if x_col is None:
         raise BadInputError(f"{where}: no input column ({', '.join(HF_INPUTS)}); its columns are "
-                            f"{', '.join(columns)}", flag="--data")
+                            f"{', '.join(columns)}", field="data")
     if len(loaded) == 0:
-        raise BadInputError(f"{where}: no examples", flag="--data")
+        raise BadInputError(f"{where}: no examples", field="data")
     image = isinstance(loaded.features[x_col], datasets.Image)
     if image:
         loaded = loaded.cast_column(x_col, datasets.Image(decode=False))  # raw bytes, decoded as the image source does
     elif size is not None or mean is not None:
-        raise BadInputError(f"{where}: --image-size and --normalize apply to an image column; {x_col} is not one",
-                            flag="--image-size" if size is not None else "--normalize")
+        raise BadInputError(f"{where}: `image_size` and `normalize` apply to an image column; {x_col} is not one",
+                            field="image_size" if size is not None else "normalize")
 
     def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = loaded.select(idx.tolist())

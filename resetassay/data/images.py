@@ -81,7 +81,7 @@ def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str],
         named = [r for name in HELD_OUT_NAMES for r in roots if r and r[-1].lower() == name]
         if not named:
             shown = ", ".join("/".join(r) or "." for r in roots[:4])
-            raise BadInputError(f"{path}: class folders of images under several roots ({shown}); point --data at "
+            raise BadInputError(f"{path}: class folders of images under several roots ({shown}); point `data` at "
                                 "one folder holding only class folders")
         roots = named[:1]
     root = roots[0]
@@ -124,7 +124,7 @@ def _image_stack(arrays: list[np.ndarray], where: object) -> torch.Tensor:
     if len(shapes) > 1:
         seen = sorted(f"{h}x{w}" for h, w, _ in shapes)
         raise BadInputError(f"{where}: images differ in size ({', '.join(seen[:3])}); set image_size "
-                            "(--image-size N) to resize them")
+                            "(`image_size` N) to resize them")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -53,8 +53,8 @@ def mnist_arrays(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarr
         candidates = [folder / f"{prefix}-{part}.gz", folder / f"{prefix}-{part}"]
         path = next((p for p in candidates if p.exists()), None)
         if path is None:
-            raise BadInputError(f"--data-dir {folder}: missing {candidates[0].name}; point it at MNIST IDX files",
-                                flag="--data-dir")
+            raise BadInputError(f"`data_dir` {folder}: missing {candidates[0].name}; point it at MNIST IDX files",
+                                field="data_dir")
         found.append(_stamp(path))
     return _idx_pair(*found)
 

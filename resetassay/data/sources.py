@@ -50,51 +50,51 @@ def data_spec(
     .tar/.tar.gz of one, or `package.module:function`. `probe` (--probe-data) is a second file or folder holding
     the probe set, `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair)
     apply to images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an
-    error about the flag; paths are made absolute and files hashed (sha256) for the run's provenance."""
-    given = {"--probe-data": probe, "--image-size": image_size, "--normalize": normalize, "--data-kwargs": kwargs}
+    error about the field; paths are made absolute and files hashed (sha256) for the run's provenance."""
+    given = {"probe": probe, "image_size": image_size, "normalize": normalize, "data_kwargs": kwargs}
     if name in DATA_CHOICES:
-        for flag, value in given.items():
+        for field, value in given.items():
             if value is not None:
-                raise BadInputError(f"{flag} applies only to your own data, not --data {name}", flag=flag)
+                raise BadInputError(f"`{field}` applies only to your own data, not `data` {name}", field=field)
         image = name.endswith("-image")
         return DataSpec(source=name.removesuffix("-image"), layout="image" if image else "flat", task=task,
                         permutation_seed=permutation_seed, data_dir=data_dir)
     if data_dir is not None:
-        raise BadInputError(f"--data-dir applies only to --data {' or '.join(IDX_SOURCES)}, not --data {name}",
-                            flag="--data-dir")
+        raise BadInputError(f"`data_dir` applies only to `data` {' or '.join(IDX_SOURCES)}, not `data` {name}",
+                            field="data_dir")
     path = Path(name).expanduser()
     if not path.exists() and _FACTORY.fullmatch(name):
-        for flag in ("--probe-data", "--image-size", "--normalize"):
-            if given[flag] is not None:
-                raise BadInputError(f"{flag} does not apply to --data {name} (a factory)", flag=flag)
+        for field in ("probe", "image_size", "normalize"):
+            if given[field] is not None:
+                raise BadInputError(f"`{field}` does not apply to `data` {name} (a factory)", field=field)
         spec = DataSpec(source="factory", factory=name, factory_kwargs=kwargs)
-        _flagged(lambda: _factory_examples(spec), "--data")
+        _flagged(lambda: _factory_examples(spec), "data")
         return spec
     if kwargs is not None:
-        raise BadInputError("--data-kwargs applies only to --data package.module:function", flag="--data-kwargs")
-    source = _form(path, "--data")
+        raise BadInputError("`data_kwargs` applies only to `data` package.module:function", field="data_kwargs")
+    source = _form(path, "data")
     probe_path = None
     if probe is not None:
         probe_path = Path(probe).expanduser()
-        if _form(probe_path, "--probe-data") != source:
-            raise BadInputError(f"--probe-data {probe}: must be of the same kind as --data {name} "
+        if _form(probe_path, "probe") != source:
+            raise BadInputError(f"`probe` {probe}: must be of the same kind as `data` {name} "
                                 f"({ {'file': 'a tensor file', 'hf': 'a datasets folder'}.get(source, 'images')})",
-                                flag="--probe-data")
+                                field="probe")
     if source == "file" and (image_size is not None or normalize is not None):
-        flag = "--image-size" if image_size is not None else "--normalize"
-        raise BadInputError(f"{flag} applies only to images, not the tensor file {name}", flag=flag)
+        field = "image_size" if image_size is not None else "normalize"
+        raise BadInputError(f"`{field}` applies only to images, not the tensor file {name}", field=field)
     mean, std = parse_normalize(normalize)
     spec = DataSpec(source=source, path=str(path.resolve()), probe_path=str(probe_path.resolve()) if probe else None,
                     image_size=image_size, mean=mean, std=std,
-                    sha256=_flagged(lambda: _digest(path), "--data"),
-                    probe_sha256=_flagged(lambda: _digest(probe_path), "--probe-data") if probe else None)
-    _flagged(lambda: _open(spec, spec.path), "--data")
+                    sha256=_flagged(lambda: _digest(path), "data"),
+                    probe_sha256=_flagged(lambda: _digest(probe_path), "probe") if probe else None)
+    _flagged(lambda: _open(spec, spec.path), "data")
     if probe:
-        _flagged(lambda: _open(spec, spec.probe_path), "--probe-data")
+        _flagged(lambda: _open(spec, spec.probe_path), "probe")
     return spec
 
 
-def _form(path: Path, flag: str) -> str:
+def _form(path: Path, field: str) -> str:
     """"file" (a tensor file), "hf" (a `datasets` folder) or "images" (a folder, or an archive of one) by what
     `path` is."""
     if _is_hf(path):
@@ -104,10 +104,10 @@ def _form(path: Path, flag: str) -> str:
     if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
         return "file"
     if path.exists():
-        raise BadInputError(f"{flag} {path}: not a tensor file ({', '.join(TENSOR_SUFFIXES)}), an image folder or "
-                            f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)})", flag=flag)
-    raise BadInputError(f"{flag} {path}: no such file or folder; use {', '.join(DATA_CHOICES)}, a tensor file, an "
-                        "image folder or archive, or package.module:function", flag=flag)
+        raise BadInputError(f"`{field}` {path}: not a tensor file ({', '.join(TENSOR_SUFFIXES)}), an image folder or "
+                            f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)})", field=field)
+    raise BadInputError(f"`{field}` {path}: no such file or folder; use {', '.join(DATA_CHOICES)}, a tensor file, an "
+                        "image folder or archive, or package.module:function", field=field)
 
 
 @dataclass
@@ -126,9 +126,9 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     data has only a "holdout" part: all of it (of `path`, with a probe_path), never permuted."""
     if spec.source in USER_SOURCES:
         if part != "holdout":
-            raise BadInputError(f"--data {spec.describe()}: your own data is for the assay only (an image folder or "
+            raise BadInputError(f"`data` {spec.describe()}: your own data is for the assay only (an image folder or "
                                 f"archive trains on its train/ root: training_images); permuted training uses "
-                                f"{', '.join(DATA_CHOICES)}", flag="--data")
+                                f"{', '.join(DATA_CHOICES)}", field="data")
         examples = _open(spec, spec.path)
         return examples.take(torch.arange(examples.n))
     if spec.source == "grammar":
@@ -141,7 +141,7 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = x[np.sort(idx)], y[np.sort(idx)]
     else:  # IDX_SOURCES; DataSpec refuses other sources
         if spec.data_dir is None:
-            raise BadInputError(f"{spec.source} data needs --data-dir pointing at its IDX files", flag="--data-dir")
+            raise BadInputError(f"{spec.source} data needs `data_dir` pointing at its IDX files", field="data_dir")
         x, y = mnist_arrays(spec.data_dir, "test" if part == "holdout" else "train")
     x = x[:, permutation(x.shape[1], spec.task, spec.permutation_seed)]
     xt = torch.from_numpy(np.ascontiguousarray(x))
@@ -166,8 +166,8 @@ def assay_data(
         probe, available = calib, calib.n
     else:
         probe = _open(spec, spec.probe_path)
-        n_calib = _own_size(calib.n, calib_size, "--calib-size", calib.name)
-        n_probe = _own_size(probe.n, probe_size, "--probe-size", probe.name)
+        n_calib = _own_size(calib.n, calib_size, "calib_size", calib.name)
+        n_probe = _own_size(probe.n, probe_size, "probe_size", probe.name)
         generator = torch.Generator().manual_seed(seed)
         ci = torch.randperm(calib.n, generator=generator)[:n_calib].sort().values
         pi = torch.randperm(probe.n, generator=generator)[:n_probe].sort().values
@@ -189,12 +189,12 @@ def example_inputs(spec: DataSpec, n: int = 2) -> torch.Tensor:
     return examples.take(torch.arange(min(n, examples.n)))[0]
 
 
-def _own_size(n: int, size: int | None, flag: str, source: str) -> int:
+def _own_size(n: int, size: int | None, field: str, source: str) -> int:
     """How many of the `n` examples of a set of its own (a probe_path) to take: `size`, else 2048 or all."""
     if size is not None and size <= 0:
-        raise BadInputError(f"{flag} must be positive", flag=flag)
+        raise BadInputError(f"`{field}` must be positive", field=field)
     if size is not None and size > n:
-        raise BadInputError(f"{flag} {size} exceeds the {n} examples of {source}; ask for at most {n}", flag=flag)
+        raise BadInputError(f"`{field}` {size} exceeds the {n} examples of {source}; ask for at most {n}", field=field)
     if size is None and n < DEFAULT_SIZE:
         warnings.warn(f"{source} has {n} examples: its set shrinks to {n}", stacklevel=3)
     return size if size is not None else min(DEFAULT_SIZE, n)
@@ -210,19 +210,19 @@ def split_indices(
     what the data has (or to what an explicit size of the other set leaves); an explicit size
     the data cannot supply is an error.
     """
-    for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
+    for field, size in (("calib_size", calib_size), ("probe_size", probe_size)):
         if size is not None and size <= 0:
-            raise BadInputError(f"{flag} must be positive", flag=flag)
+            raise BadInputError(f"`{field}` must be positive", field=field)
     if calib_size is not None and probe_size is not None and calib_size + probe_size > n:
         raise BadInputError(
-            f"--calib-size {calib_size} + --probe-size {probe_size} exceed the {n} held-out examples "
+            f"`calib_size` {calib_size} + `probe_size` {probe_size} exceed the {n} held-out examples "
             f"of {source}; ask for at most {n} in total",
-            flag="--calib-size",
+            field="calib_size",
         )
-    for flag, size in (("--calib-size", calib_size), ("--probe-size", probe_size)):
+    for field, size in (("calib_size", calib_size), ("probe_size", probe_size)):
         if size is not None and size >= n:
-            raise BadInputError(f"{flag} {size} leaves none of the {n} held-out examples of {source} "
-                                "for the other set; ask for fewer", flag=flag)
+            raise BadInputError(f"`{field}` {size} leaves none of the {n} held-out examples of {source} "
+                                "for the other set; ask for fewer", field=field)
     share = n // 2 if calib_size is None and probe_size is None else n - (calib_size or probe_size)
     n_calib = calib_size if calib_size is not None else min(DEFAULT_SIZE, share)
     n_probe = probe_size if probe_size is not None else min(DEFAULT_SIZE, share)
@@ -262,7 +262,7 @@ def _open(spec: DataSpec, where: str) -> Examples:
     recorded = spec.sha256 if where == spec.path else spec.probe_sha256
     if recorded is not None and _digest(path) != recorded:
         raise BadInputError(f"{path}: its content changed since it was recorded (sha256 differs); restore it, or "
-                            "pass it again with --data")
+                            "pass it again with `data`")
     if spec.source == "file":
         if not path.is_file():
             raise BadInputError(f"{path}: not a file; a tensor file is {', '.join(TENSOR_SUFFIXES)}")

@@ -134,7 +134,7 @@ class DataSpec:
                 raise BadInputError(f"data.{shown} is not a data field ({', '.join([*cls.CHECKS, *cls.USER_CHECKS])})")
         if d.get("source") == "factory" or "factory" in d or "factory_kwargs" in d:
             raise BadInputError("data.source 'factory' cannot be recorded in a manifest (loading a checkpoint never "
-                                "runs code); pass --data package.module:function instead")
+                                "runs code); pass `data` package.module:function instead")
         user = d.get("source") in USER_SOURCES
         for key in ("source", "path") if user else cls.CHECKS:
             if key not in d:
@@ -184,10 +184,10 @@ class DataChoice:
 
     def _permuted_flags(self, spec: DataSpec) -> None:
         """Refuse `task` and `permutation_seed` for `spec` when it is your own data (never permuted)."""
-        for flag, value in (("--task", self.task), ("--permutation-seed", self.permutation_seed)):
+        for field, value in (("task", self.task), ("permutation_seed", self.permutation_seed)):
             if value is not None and spec.source not in PERMUTED:
-                raise BadInputError(f"{flag} applies to permuted data ({', '.join(PERMUTED)}), not "
-                                    f"{spec.describe()}; drop it", flag=flag)
+                raise BadInputError(f"`{field}` applies to permuted data ({', '.join(PERMUTED)}), not "
+                                    f"{spec.describe()}; drop it", field=field)
 
     @classmethod
     def replacing(cls, spec: DataSpec) -> DataChoice:
@@ -213,19 +213,19 @@ class DataChoice:
                 self._permuted_flags(recorded)
             if recorded is None or spec is None or spec == recorded:
                 return (spec if recorded is None else None), ""
-            return spec, f"--data {spec.describe()} replaces its recorded data ({recorded.describe()})"
+            return spec, f"`data` {spec.describe()} replaces its recorded data ({recorded.describe()})"
         changes: dict = {}
         replaced = []
         if spec is not None and (spec.source, spec.layout) != (recorded.source, recorded.layout):
             changes.update(source=spec.source, layout=spec.layout, data_dir=None)
-            replaced.append(f"--data {_data_name(spec)} replaces its recorded {_data_name(recorded)}")
+            replaced.append(f"`data` {_data_name(spec)} replaces its recorded {_data_name(recorded)}")
         if self.data_dir is not None and changes.get("source", recorded.source) in IDX_SOURCES:
             changes["data_dir"] = self.data_dir
-        for flag, key in (("--task", "task"), ("--permutation-seed", "permutation_seed")):
+        for field, key in (("task", "task"), ("permutation_seed", "permutation_seed")):
             value, was = getattr(self, key), getattr(recorded, key)
             if value is not None and value != was:
                 changes[key] = value
-                replaced.append(f"{flag} {value} replaces its recorded {key.replace('_', ' ')} {was}")
+                replaced.append(f"`{field}` {value} replaces its recorded {key.replace('_', ' ')} {was}")
         resolved = replace(recorded, **changes)
         return (None if resolved == recorded else resolved), "; ".join(replaced)
 
@@ -242,23 +242,23 @@ def parse_normalize(value: str | tuple | None) -> tuple[tuple[float, ...] | None
         return None, None
     if isinstance(value, tuple | list):
         if len(value) != 2:
-            raise BadInputError(f"--normalize {value!r}: expected (mean, std)", flag="--normalize")
+            raise BadInputError(f"`normalize` {value!r}: expected (mean, std)", field="normalize")
         return tuple(value[0]), tuple(value[1])
     if value in NORMALIZE:
         return NORMALIZE[value]
     try:
         mean, std = (tuple(float(a) for a in part.split(",")) for part in value.split("/"))
     except ValueError:
-        raise BadInputError(f"--normalize {value!r}: use {', '.join(NORMALIZE)}, none, or MEAN/STD such as "
-                            "0.5,0.5,0.5/0.25,0.25,0.25", flag="--normalize") from None
+        raise BadInputError(f"`normalize` {value!r}: use {', '.join(NORMALIZE)}, none, or MEAN/STD such as "
+                            "0.5,0.5,0.5/0.25,0.25,0.25", field="normalize") from None
     return mean, std
 
 
-def _flagged(make: Callable, flag: str):
-    """`make()`, with a BadInputError it raises turned into one about `flag` (the whole command is at fault)."""
+def _flagged(make: Callable, field: str):
+    """`make()`, with a BadInputError it raises turned into one about `field` (the whole command is at fault)."""
     try:
         return make()
     except BadInputError as err:
-        if err.flag:
+        if err.field:
             raise
-        raise BadInputError(str(err), flag=flag) from err
+        raise BadInputError(str(err), field=field) from err

@@ -75,7 +75,7 @@ class UnfusedMultiheadAttention(nn.Module):
         super().__init__()
         if mha.bias_k is not None or mha.add_zero_attn:
             raise BadInputError("nn.MultiheadAttention with add_bias_kv or add_zero_attn: its heads cannot be "
-                                "assayed yet; exclude its layers with --layers")
+                                "assayed yet; exclude its layers with `layers`")
         self.embed_dim, self.num_heads, self.head_dim = mha.embed_dim, mha.num_heads, mha.head_dim
         self.batch_first, self.dropout = mha.batch_first, mha.dropout
         for name in ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight"):

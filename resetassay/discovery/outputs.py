@@ -24,7 +24,7 @@ from torch import nn
 
 from resetassay.errors import BadInputError
 
-FLAG = "--output"
+FIELD = "output"
 
 
 def pick(result: object, path: str) -> object:
@@ -41,7 +41,7 @@ def pick(result: object, path: str) -> object:
         else:  # below the top, name the part reached: "no '0' in 'logits', a tensor of shape (2, 10); ..."
             where = f"{'.'.join(parts[:depth])!r}, {describe(value)}; the model returns" if depth else \
                 "what the model returns,"
-            raise BadInputError(f"{FLAG} {path!r}: no {part!r} in {where} {describe(result)}", flag=FLAG)
+            raise BadInputError(f"`{FIELD}` {path!r}: no {part!r} in {where} {describe(result)}", field=FIELD)
     return value
 
 
@@ -94,7 +94,8 @@ def select_output(model: nn.Module, output: str | None, example: torch.Tensor | 
     returning the tensor at `output` (or the default's choice, with a warning). Checked on `example (B, ...)`
     when given: the selection must be a `(B, C)` or `(B, T, V)` tensor of logits. Raises BadInputError."""
     if output is not None and not output.strip(". "):
-        raise BadInputError(f"{FLAG} {output!r}: give a key, attribute or index path such as logits or 0", flag=FLAG)
+        raise BadInputError(f"`{FIELD}` {output!r}: give a key, attribute or index path such as logits or 0",
+                            field=FIELD)
     if example is None:
         return model if output is None else _selecting(model, output)
     with torch.no_grad():
@@ -105,13 +106,13 @@ def select_output(model: nn.Module, output: str | None, example: torch.Tensor | 
         output = default_path(result)
         if output is None:
             raise BadInputError(f"the model returns {describe(result)}, with no tensor in it; its forward must return "
-                                "the logits, or an object holding them (pick them with --output)", flag=FLAG)
+                                "the logits, or an object holding them (pick them with `output`)", field=FIELD)
         warnings.warn(f"the model returns {describe(result)}: reading its logits from {output!r} "
-                      f"(choose another with {FLAG})", stacklevel=2)
+                      f"(choose another with `{FIELD}`)", stacklevel=2)
     chosen = pick(result, output)
     if not isinstance(chosen, torch.Tensor) or chosen.dim() not in (2, 3) or chosen.shape[0] != len(example):
-        raise BadInputError(f"{FLAG} {output!r} selects {describe(chosen)}, not logits shaped (batch, classes) "
-                            f"for a batch of {len(example)}; the model returns {describe(result)}", flag=FLAG)
+        raise BadInputError(f"`{FIELD}` {output!r} selects {describe(chosen)}, not logits shaped (batch, classes) "
+                            f"for a batch of {len(example)}; the model returns {describe(result)}", field=FIELD)
     return _selecting(model, output)
 
 

@@ -284,7 +284,7 @@ def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.Graph:
     output = next(n for n in graph.nodes if n.op == "output")
     values = output.args[0]
     if not (isinstance(values, tuple | list) and len(values) == 1):
-        raise _Untappable("the exported graph returns more than one tensor (pick the logits with --output)")
+        raise _Untappable("the exported graph returns more than one tensor (pick the logits with `output`)")
     output.args = (values[0],)  # export returns a flat tuple; the model returns the tensor itself
     for node in reversed(graph.nodes):  # parameters and sizes only the collapsed calls read
         if (node.op == "get_attr" or _is_symbolic(node)) and not node.users:

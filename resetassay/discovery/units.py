@@ -147,7 +147,7 @@ def select_specs(specs: list[UnitLayerSpec], patterns: list[str] | None) -> list
     chosen = [s for s in specs if any(fnmatch.fnmatchcase(s.module, p) for p in patterns)]
     if not chosen:
         names = ", ".join(s.module for s in specs) or "none"
-        raise BadInputError(f"--layers {','.join(patterns)} matched no unit layer; available: {names}", flag="--layers")
+        raise BadInputError(f"`layers` {','.join(patterns)} matched no unit layer; available: {names}", field="layers")
     return chosen
 
 
@@ -194,7 +194,7 @@ def unit_layers(
             how = "never" if not calls else f"{len(calls)} times"
             raise BadInputError(
                 f"module {spec.module} is called {how} per forward; its units are ambiguous — "
-                "give each call its own module, or exclude it with --layers"
+                "give each call its own module, or exclude it with `layers`"
             )
         shape = calls[0]
         if len(shape) not in KIND_OF_RANK:

@@ -113,8 +113,8 @@ def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_util
 def check_family(name: str) -> str:
     """A family name given with --family, or a one-line error: it names groups in reports and `check` floors."""
     if not isinstance(name, str) or not FAMILY.fullmatch(name):
-        raise BadInputError(f"--family {name!r}: use letters, digits and . _ + @ - (no spaces, ':' or '*'), "
-                            "e.g. mlp-relu+cbp-gxd", flag="--family")
+        raise BadInputError(f"`family` {name!r}: use letters, digits and . _ + @ - (no spaces, ':' or '*'), "
+                            "e.g. mlp-relu+cbp-gxd", field="family")
     return name
 
 
@@ -259,7 +259,7 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
         base = root.parent
         if root.is_file():
             if not foreign_ok:
-                raise BadInputError(f"{root}: a plain state dict needs --model package.module:factory "
+                raise BadInputError(f"{root}: a plain state dict needs `model` package.module:factory "
                                     "(or torchvision:NAME, timm:NAME)")
             found.append((root, str(root.relative_to(base))))
             continue
@@ -348,7 +348,7 @@ def _zoo_factory(spec: str, path: Path) -> Callable[..., nn.Module]:
     if module != ZOO_MODULE or attr not in MODELS:
         raise BadInputError(
             f"{path}: factory {spec!r} is not in the resetassay zoo; manifests may not run other "
-            "code — load its weights with --model package.module:factory"
+            "code — load its weights with `model` package.module:factory"
         )
     return MODELS[attr]
 
@@ -363,10 +363,10 @@ def import_factory(spec: str, kwargs: dict | None = None):
             _refuse_downloads(kwargs)
         return _library_factory(spec, module_name, attr)
     if not module_name or not attr:
-        raise BadInputError(f"--model {spec!r}: expected package.module:factory", flag="--model")
-    module = import_named_module(module_name, f"--model {spec!r}", "--model")
+        raise BadInputError(f"`model` {spec!r}: expected package.module:factory", field="model")
+    module = import_named_module(module_name, f"`model` {spec!r}", "model")
     if not hasattr(module, attr):
-        raise BadInputError(f"--model {spec!r}: {module_name} has no attribute {attr!r}", flag="--model")
+        raise BadInputError(f"`model` {spec!r}: {module_name} has no attribute {attr!r}", field="model")
     return getattr(module, attr)
 
 
@@ -379,9 +379,9 @@ def _refuse_downloads(kwargs: dict) -> None:
     refused = sorted(k for k in kwargs if _downloads(k))
     if refused:
         them = "it" if len(refused) == 1 else "them"
-        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {', '.join(refused)} would load pretrained "
+        raise BadInputError(f"`model_kwargs` {reprlib.repr(kwargs)}: {', '.join(refused)} would load pretrained "
                             f"weights; resetassay never downloads weights — drop {them} and pass your weights as "
-                            "the checkpoint", flag="--model-kwargs")
+                            "the checkpoint", field="model_kwargs")
 
 
 def _import_library(lib: str, spec: str):
@@ -392,11 +392,11 @@ def _import_library(lib: str, spec: str):
     except ModuleNotFoundError as err:
         missing = (err.name or lib).split(".")[0]
         what = f"{lib} is not installed" if missing == lib else f"{lib} needs {missing}, which is not installed"
-        raise BadInputError(f"--model {spec!r}: {what}; {extra}", flag="--model") from err
+        raise BadInputError(f"`model` {spec!r}: {what}; {extra}", field="model") from err
     except Exception as err:  # a build for another torch: "RuntimeError: operator torchvision::nms does not exist"
-        raise BadInputError(f"--model {spec!r}: {lib} does not import beside torch {torch.__version__} "
+        raise BadInputError(f"`model` {spec!r}: {lib} does not import beside torch {torch.__version__} "
                             f"({one_line(err)}); install the {lib} built for this torch: {extra}",
-                            flag="--model") from err
+                            field="model") from err
 
 
 def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]:
@@ -405,8 +405,8 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
     `gpt2`, `llama`, ..., built from its config with the kwargs as config fields); an unknown name is a one-line
     error listing close matches."""
     if not name or ":" in name or "/" in name:  # timm's hf-hub:ORG/NAME and local-dir:PATH load configs
-        raise BadInputError(f"--model {spec!r}: expected {lib}:NAME, the name of one of its architectures "
-                            "(resetassay never downloads models or weights)", flag="--model")
+        raise BadInputError(f"`model` {spec!r}: expected {lib}:NAME, the name of one of its architectures "
+                            "(resetassay never downloads models or weights)", field="model")
     module = _import_library(lib, spec)
     if lib == "transformers":
         names = list(module.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
@@ -422,7 +422,7 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
                   "such as gpt2, llama)") if lib == "transformers" else (
             f"{'torchvision.models' if lib == 'torchvision' else lib}.list_models() lists them")
         hint = f"close matches: {', '.join(close)}" if close else lister
-        raise BadInputError(f"--model {spec!r}: {lib} has no model {arch!r}; {hint}", flag="--model")
+        raise BadInputError(f"`model` {spec!r}: {lib} has no model {arch!r}; {hint}", field="model")
 
     def build(**kwargs) -> nn.Module:
         _refuse_downloads(kwargs)
@@ -479,7 +479,7 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     if missing:  # name a few of each side: a prefix or another architecture shows at a glance
         raise BadInputError(f"{path}: missing weights for the model: {_few(missing)} ({len(missing)} of its "
                             f"{len(expected)} missing); " + (f"the file holds {_few(extra)} instead; " if extra else "")
-                            + "check --model/--model-kwargs")
+                            + "check `model`/`model_kwargs`")
     if extra:
         if strict:
             raise BadInputError(f"{path}: weights the model lacks: {', '.join(map(_shown, extra[:5]))}")
@@ -489,7 +489,7 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
         if got.shape != ref.shape or got.dtype != ref.dtype:
             raise BadInputError(
                 f"{path}: {key} is {got.dtype} {tuple(got.shape)}, the model wants "
-                f"{ref.dtype} {tuple(ref.shape)}; check --model/--model-kwargs"
+                f"{ref.dtype} {tuple(ref.shape)}; check `model`/`model_kwargs`"
             )
 
 
@@ -567,18 +567,18 @@ def _whole(values: torch.Tensor) -> bool:
 
 
 def _build(factory: Callable[..., nn.Module], spec: str, kwargs: dict) -> nn.Module:
-    """The user's `--model` factory called with `--model-kwargs`; a failure or a non-module is a flag error."""
+    """The user's `--model` factory called with `--model-kwargs`; a failure or a non-module is a field error."""
     try:
         net = factory(**kwargs)
     except BadInputError:  # a library model refusing download kwargs
         raise
     except Exception as err:  # whatever the factory raises on kwargs it cannot take
-        raise BadInputError(f"--model-kwargs {reprlib.repr(kwargs)}: {spec} cannot take them ({one_line(err)}); "
-                            "pass keyword arguments it accepts", flag="--model-kwargs") from err
+        raise BadInputError(f"`model_kwargs` {reprlib.repr(kwargs)}: {spec} cannot take them ({one_line(err)}); "
+                            "pass keyword arguments it accepts", field="model_kwargs") from err
     if not isinstance(net, nn.Module):
         what = "None" if net is None else f"a {type(net).__module__}.{type(net).__qualname__}"
-        raise BadInputError(f"--model {spec!r}: returned {what}, not a torch.nn.Module; name a factory that "
-                            "returns the model", flag="--model")
+        raise BadInputError(f"`model` {spec!r}: returned {what}, not a torch.nn.Module; name a factory that "
+                            "returns the model", field="model")
     return net
 
 
@@ -628,7 +628,7 @@ def load_checkpoint(
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})
         return Checkpoint(net.eval(), info, sha256={weights.name: _sha256(raw)})
     if not path.is_dir():
-        raise BadInputError(f"{path}: not a checkpoint directory; for a state dict pass --model")
+        raise BadInputError(f"{path}: not a checkpoint directory; for a state dict pass `model`")
     raw = {MANIFEST: _read(path / MANIFEST, missing="missing; a checkpoint directory needs a manifest")}
     manifest, data = _parse_manifest(raw[MANIFEST], path / MANIFEST)
     spec = manifest["model"]

@@ -11,9 +11,9 @@ from types import ModuleType
 from resetassay.errors import BadInputError
 
 
-def import_named_module(module_name: str, label: str, flag: str) -> ModuleType:
+def import_named_module(module_name: str, label: str, field: str) -> ModuleType:
     """`import module_name`, searching the working folder as `python -m` does (the installed script does not);
-    a failure is one line starting with `label` (e.g. "--model 'pkg.mod:f'") and carrying `flag`."""
+    a failure is one line starting with `label` (e.g. "--model 'pkg.mod:f'") and carrying `field`."""
     cwd = str(Path.cwd())
     searched = cwd in sys.path or "" in sys.path
     if not searched:
@@ -22,7 +22,7 @@ def import_named_module(module_name: str, label: str, flag: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ImportError as err:
         raise BadInputError(f"{label}: cannot import {module_name} ({err}); run from the folder that holds it "
-                            "or add that folder to PYTHONPATH", flag=flag) from err
+                            "or add that folder to PYTHONPATH", field=field) from err
     finally:
         if not searched:
             sys.path.remove(cwd)

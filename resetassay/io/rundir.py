@@ -122,7 +122,7 @@ def _unwritable(path: Path, err: OSError) -> BadInputError:
     """A write that failed (disk full, read-only, permissions) as one line naming the file."""
     why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
     return BadInputError(f"{path}: cannot write ({why}); files written before it are kept — free space or "
-                         "fix permissions and rerun", flag="--out")
+                         "fix permissions and rerun", field="out")
 
 
 def write_table(table: pd.DataFrame) -> str:
@@ -158,28 +158,29 @@ def as_csv_reads(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _pyarrow(message: str, flag: str | None) -> None:
+def _pyarrow(message: str, field: str | None) -> None:
     """Refuse, in one line with the install hint, when pyarrow (parquet tables) is not installed."""
     try:
         import pyarrow  # noqa: F401
     except ImportError as err:
-        raise BadInputError(f"{message}, which is not installed; {PARQUET_HINT}", flag=flag) from err
+        raise BadInputError(f"{message}, which is not installed; {PARQUET_HINT}", field=field) from err
 
 
 def check_table_format(table_format: str) -> str:
     """`table_format` (`--format`) when it can be written here: csv, or parquet with pyarrow installed."""
     if table_format not in TABLE_FORMATS:
-        raise BadInputError(f"--format {table_format!r}: choose {' or '.join(TABLE_FORMATS)}", flag="--format")
+        raise BadInputError(f"`table_format` {table_format!r}: choose {' or '.join(TABLE_FORMATS)}",
+                            field="table_format")
     if table_format == "parquet":
-        _pyarrow("--format parquet: needs pyarrow", "--format")
+        _pyarrow("`table_format` parquet: needs pyarrow", "table_format")
     return table_format
 
 
 def check_figures(figures: str) -> str:
     """`figures` (`--figures`) when it is a way to write a report's figures: png, svg or none (SPEC S5)."""
     if figures not in FIGURE_FORMATS:
-        raise BadInputError(f"--figures {figures!r}: choose {', '.join(FIGURE_FORMATS[:-1])} or {FIGURE_FORMATS[-1]}",
-                            flag="--figures")
+        raise BadInputError(f"`figures` {figures!r}: choose {', '.join(FIGURE_FORMATS[:-1])} or {FIGURE_FORMATS[-1]}",
+                            field="figures")
     return figures
 
 
@@ -260,7 +261,7 @@ def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
     for name in names:
         path = table_path(run_dir, name, info)
         if not path.exists():
-            raise BadInputError(f"{path}: missing; is {run_dir} the --out of a `resetassay run`?")
+            raise BadInputError(f"{path}: missing; is {run_dir} the `out` of a `resetassay run`?")
         try:
             tables[name] = read_table(path)
         except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
@@ -476,15 +477,15 @@ def _own_lock(out: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise BadInputError(f"--out {out}: cannot write there ({err.strerror}); name a folder you can write",
-                            flag="--out") from err
+        raise BadInputError(f"`out` {out}: cannot write there ({err.strerror}); name a folder you can write",
+                            field="out") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = Path(path).read_text(encoding="utf-8", errors="replace").strip() or "another process"
         os.close(fd)
-        raise BadInputError(f"--out {out}: in use by another resetassay run ({holder}); wait for it to finish "
-                            "or use another --out", flag="--out") from None
+        raise BadInputError(f"`out` {out}: in use by another resetassay run ({holder}); wait for it to finish "
+                            "or use another `out`", field="out") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}\n".encode())
     return fd
@@ -510,8 +511,8 @@ class RunParts:
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise BadInputError(f"--out {self.out}: cannot create the run directory ({err.strerror}); name a "
-                                "folder you can write", flag="--out") from err
+            raise BadInputError(f"`out` {self.out}: cannot create the run directory ({err.strerror}); name a "
+                                "folder you can write", field="out") from err
         self._lock = _own_lock(self.out)
         for temporary in [*self.parts.glob(f".*{TEMPORARY}"), *self.parts.glob(f"*/.*{TEMPORARY}")]:
             if temporary.is_file() and not temporary.is_symlink():  # left by a write that was killed
@@ -527,9 +528,9 @@ class RunParts:
         if self.count() and (stored or {}).get("hash") != self.hash:
             self.close()
             raise BadInputError(
-                f"--out {self.out}: holds {self.count()} checkpoints assayed with another config "
-                f"({_differences(stored, self.identity)}); use another --out, or --overwrite to discard them",
-                flag="--out")
+                f"`out` {self.out}: holds {self.count()} checkpoints assayed with another config "
+                f"({_differences(stored, self.identity)}); use another `out`, or `overwrite` to discard them",
+                field="out")
         atomic_write(self.parts / IDENTITY, json.dumps(self.identity, indent=2, sort_keys=True, default=str) + "\n")
 
     def close(self) -> None:

@@ -15,7 +15,6 @@ possibly across layers).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -37,22 +36,6 @@ DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
 # A token layer's row is a whole sequence.
 TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192, ("cpu", "token"): 128, ("cpu", "head"): 128}
 GPU_TARGET_ROWS = 1 << 16
-
-
-def parse_bytes(text: str | None, flag: str) -> int | None:
-    """'512MB', '2GB', '1.5GiB' or a plain number of bytes."""
-    if text is None:
-        return None
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    number = text.strip().lower().rstrip("bikmg")
-    unit = text.strip().lower()[len(number):]
-    try:
-        value = float(number) * units[unit]
-    except (ValueError, KeyError):
-        raise BadInputError(f"{flag} {text!r}: expected a size such as 512MB or 2GB", flag=flag) from None
-    if not math.isfinite(value) or value < 1:
-        raise BadInputError(f"{flag} {text!r}: must be a finite size of at least 1 byte, e.g. 512MB", flag=flag)
-    return int(value)
 
 
 def memory_budget(device: torch.device, max_memory: int | None) -> int:
@@ -119,8 +102,8 @@ def _with_backoff(rows: int, work: Callable[[int], None]) -> None:
         except (RuntimeError, torch.OutOfMemoryError) as err:
             if not _is_oom(err) or rows == 1:
                 if _is_oom(err):
-                    raise BadInputError("out of memory with a single lesion row; use --device cpu or a "
-                                        "smaller --max-memory/--probe-size") from err
+                    raise BadInputError("out of memory with a single lesion row; use `device` cpu or a "
+                                        "smaller `max_memory`/`probe_size`") from err
                 raise
             rows //= 2
             log.warning("out of memory: retrying with %d rows per lesion chunk", rows)

@@ -53,8 +53,8 @@ def resettable_layers(model: nn.Module, layers: list[UnitLayer], name: str
     sites, why_not = reset_sites(model, layers)
     if not sites:
         reasons = "; ".join(f"{layer}: {why}" for layer, why in why_not.items())
-        raise BadInputError(f"--intervention cbp-reset: no unit layer of {name} can be reset ({reasons}); use "
-                            "--intervention clamp", flag="--intervention")
+        raise BadInputError(f"`intervention` cbp-reset: no unit layer of {name} can be reset ({reasons}); use "
+                            "`intervention` clamp", field="intervention")
     return [layer for layer in layers if layer.name in sites], why_not
 
 

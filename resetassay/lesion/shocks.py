@@ -61,19 +61,19 @@ def checked_shocks(name: str, shocks: object, shape: torch.Size) -> torch.Tensor
     """A registered metric's return value as float64 shocks, or a one-line error naming the metric: a tensor of
     exactly `shape` (one shock per example, or per position of a sequence; never broadcast, so a scalar is not
     copied to every example) and finite (a NaN would make every mean over the probe set NaN)."""
-    where = f"--metrics {name}: the registered metric"
+    where = f"`metrics` {name}: the registered metric"
     if not isinstance(shocks, torch.Tensor):
         raise BadInputError(f"{where} returned {type(shocks).__name__}; return a tensor of shape {tuple(shape)}, "
-                            "one shock per example", flag="--metrics")
+                            "one shock per example", field="metrics")
     if shocks.shape != shape:
         raise BadInputError(f"{where} returned shape {tuple(shocks.shape)} for logits of shape {tuple(shape)} + "
                             f"(classes,); return one shock per example, shape {tuple(shape)} (do not reduce over "
-                            "the examples: resetassay averages them)", flag="--metrics")
+                            "the examples: resetassay averages them)", field="metrics")
     finite = torch.isfinite(shocks)
     if not bool(finite.all()):
         raise BadInputError(f"{where} returned NaN or Inf in {int((~finite).sum())} of its {finite.numel()} shocks "
                             "(lesions x examples); return finite shocks (e.g. clamp probabilities before a log)",
-                            flag="--metrics")
+                            field="metrics")
     return shocks.double()
 
 
@@ -91,7 +91,7 @@ def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str 
     position); resetassay averages them over the probe set (a sequence's positions first, SPEC S4, S9). A
     built-in name is refused. `source` (default: the function's module and name) is recorded in run.json."""
     if name in METRICS:
-        raise BadInputError(f"metric {name!r} is built in; register yours under another name", flag="--metrics")
+        raise BadInputError(f"metric {name!r} is built in; register yours under another name", field="metrics")
     SHOCK_METRICS[name] = ShockMetric(name, _of_logits(name, fn, targets), bool(targets))
     PLUGINS[name] = source or source_of(fn)
 
@@ -100,7 +100,7 @@ def _load_entry_point(name: str) -> bool:
     """Register the metric `name` an installed package provides in the `resetassay.metrics` entry-point group
     (loaded only when named); its `targets` attribute says whether it reads the probe targets. False when none
     does."""
-    found = entry_point(ENTRY_POINTS, name, "--metrics")
+    found = entry_point(ENTRY_POINTS, name, "metrics")
     if found is None:
         return False
     fn, source = found
@@ -120,8 +120,8 @@ def check_metrics(names: list[str]) -> list[str]:
     names."""
     unknown = [n for n in names if n not in SHOCK_METRICS and not _load_entry_point(n)]
     if unknown:
-        raise BadInputError(f"--metrics: unknown {', '.join(unknown)}{did_you_mean(unknown, list(SHOCK_METRICS))}; "
-                            f"choose from {', '.join(SHOCK_METRICS)}", flag="--metrics")
+        raise BadInputError(f"`metrics`: unknown {', '.join(unknown)}{did_you_mean(unknown, list(SHOCK_METRICS))}; "
+                            f"choose from {', '.join(SHOCK_METRICS)}", field="metrics")
     return names
 
 
@@ -129,8 +129,8 @@ def check_targets(metrics: list[str], targets: torch.Tensor | None) -> None:
     """Refuse a metric that reads the probe targets where there are none (no labels, or unlabelled data: -1)."""
     needing = [m for m in metrics if SHOCK_METRICS[m].targets]
     if needing and (targets is None or (targets.dim() == 1 and bool((targets < 0).any()))):
-        raise BadInputError(f"--metrics {', '.join(needing)}: reads the probe labels, and this probe set has "
-                            "none; choose metrics of the logits alone (l1, kl)", flag="--metrics")
+        raise BadInputError(f"`metrics` {', '.join(needing)}: reads the probe labels, and this probe set has "
+                            "none; choose metrics of the logits alone (l1, kl)", field="metrics")
 
 
 def position_weights(real: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ class BaseLogits:
         """Per-example shocks `(..., P)` of lesioned logits `(..., P, C)` or `(..., P, T, V)` (SPEC S4, S9)."""
         if metric not in SHOCK_METRICS:
             raise BadInputError(f"unknown shock metric {metric!r}; choose from {', '.join(SHOCK_METRICS)}",
-                                flag="--metrics")
+                                field="metrics")
         m = SHOCK_METRICS[metric]
         shock = m.shocks(self, z_lesioned.double())
         if self.z.dim() != 3:
@@ -193,7 +193,7 @@ def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str],
 def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits `(P, C)` of the probe set, computed in batches on the model's device."""
     if len(x) == 0:
-        raise BadInputError("the probe set is empty; raise --probe-size")
+        raise BadInputError("the probe set is empty; raise `probe_size`")
     device = next(model.parameters()).device
     with torch.no_grad():
         return torch.cat([model(xb.to(device)) for xb in torch.split(x, batch_size)])

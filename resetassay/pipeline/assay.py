@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from resetassay.config import AssayConfig
 from resetassay.data import AssayData, DataSpec, assay_data, dataset_items, example_inputs, joined_labels, pair
 from resetassay.discovery import sequences
 from resetassay.discovery.outputs import select_output
@@ -35,24 +36,16 @@ from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import resettable_layers
-from resetassay.lesion.shocks import check_metrics, lesioned_units, probe_logits
+from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.names import (
     CBP_RESET,
-    ENGINES,
     FAILURE_COLUMNS,
     GXD_GREEDY,
-    INTERVENTIONS,
     MANIFEST,
     NOTE_COLUMNS,
     ORACLE,
-    PRECISIONS,
-    REFERENCES,
     SET_SELECTORS,
     TABLES,
-    Engine,
-    Intervention,
-    Precision,
-    ReferenceKind,
     clamp_column,
     utility_column,
 )
@@ -61,8 +54,6 @@ from resetassay.scoring.calibration import calibration_stats
 from resetassay.scoring.greedy import Picks, candidate_pool, greedy_selection
 from resetassay.scoring.reference import unit_references
 from resetassay.scoring.registry import (
-    check_utilities,
-    default_utilities,
     needed_ingredients,
     unit_scores,
     utility_seconds,
@@ -76,90 +67,7 @@ if TYPE_CHECKING:
 
     from resetassay.report.render import Analysis
 
-SIZE_FLAGS = ("--calib-size", "--probe-size")  # errors about them are about the command, whichever data
-TARGETS = ("label", "predicted")  # the class y of gxd/gxi/loss_gradient: the data's label or the model's prediction
-
-
-@dataclass
-class AssayConfig:
-    """Everything that decides an assay's numbers (recorded in run.json); the CLI's `run` flags.
-
-    Names are validated on creation: an unknown utility, metric or engine, or a q outside (0, 1], is a
-    `BadInputError` naming the flag.
-    """
-
-    utilities: list[str] = field(default_factory=default_utilities)
-    metrics: list[str] = field(default_factory=lambda: ["l1", "kl"])
-    layers: list[str] | None = None
-    reference: ReferenceKind = "calibration-mean"
-    calib_size: int | None = None
-    probe_size: int | None = None
-    seed: int = 0
-    q: float = 0.05
-    maturity: int | None = None
-    batch_size: int = 512
-    device: str = "auto"
-    joint: bool = True
-    engine: Engine = "fast"
-    max_memory: int | None = None
-    units_per_layer: int | None = None
-    output: str | None = None
-    max_classes: int = 100
-    target: str = "label"
-    intervention: Intervention = "clamp"
-    dtype: Precision = "fp32"
-    greedy_every: int | None = None  # gxd_greedy's m: picks per layer between GXD recomputations (scoring/greedy.py)
-
-    def __post_init__(self) -> None:
-        for flag, names in (("--utilities", self.utilities), ("--metrics", self.metrics)):
-            if not names:
-                raise BadInputError(f"{flag}: empty; name at least one", flag=flag)
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise BadInputError(f"{flag}: {', '.join(repeated)} given twice; name each once", flag=flag)
-        check_utilities([u for u in self.utilities if u not in SET_SELECTORS])
-        check_metrics(self.metrics)
-        if self.engine not in ENGINES:
-            raise BadInputError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}", flag="--engine")
-        if not 0 < self.q <= 1:  # False for NaN too
-            raise BadInputError(f"--q {self.q}: must be in (0, 1]", flag="--q")
-        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--calib-size", self.calib_size, 1),
-                                 ("--probe-size", self.probe_size, 1), ("--maturity", self.maturity, 0),
-                                 ("--max-memory", self.max_memory, 1), ("--units-per-layer", self.units_per_layer, 1),
-                                 ("--max-classes", self.max_classes, 1), ("--greedy-every", self.greedy_every, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise BadInputError(f"{flag} {value!r}: must be a whole number >= {low}", flag=flag)
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise BadInputError(f"--seed {self.seed!r}: must be a whole number in [0, 2**32)", flag="--seed")
-        if self.output is not None and (not isinstance(self.output, str) or not self.output.strip(". ")):
-            raise BadInputError(f"--output {self.output!r}: give a key, attribute or index path such as logits or 0",
-                                flag="--output")
-        if self.target not in TARGETS:
-            raise BadInputError(f"--target {self.target!r}: choose {' or '.join(TARGETS)}", flag="--target")
-        if self.reference not in REFERENCES:
-            raise BadInputError(f"--reference {self.reference!r}: choose from {', '.join(REFERENCES)}",
-                                flag="--reference")
-        if self.dtype not in PRECISIONS:
-            raise BadInputError(f"--dtype {self.dtype!r}: choose from {', '.join(PRECISIONS)}", flag="--dtype")
-        if self.intervention not in INTERVENTIONS:
-            raise BadInputError(f"--intervention {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
-                                flag="--intervention")
-        self._check_greedy()
-
-    def _check_greedy(self) -> None:
-        """gxd_greedy is judged by its joint Shock@q and conditions on the clamp (SPEC S5): it needs joint lesions
-        and the clamp; `--greedy-every` applies only to it."""
-        if GXD_GREEDY not in self.utilities:
-            if self.greedy_every is not None:
-                raise BadInputError(f"--greedy-every applies only with {GXD_GREEDY} among --utilities; add it",
-                                    flag="--greedy-every")
-            return
-        if not self.joint:
-            raise BadInputError(f"--utilities {GXD_GREEDY}: a set selector is measured by its joint Shock@q; drop "
-                                "--no-joint", flag="--utilities")
-        if self.intervention != "clamp":
-            raise BadInputError(f"--utilities {GXD_GREEDY}: it conditions GXD on the clamp, so it needs "
-                                f"--intervention clamp, not {self.intervention}", flag="--utilities")
+SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the command, whichever data
 
 
 @dataclass
@@ -243,7 +151,7 @@ class AssayResult:
         metric = metric or self.config.metrics[0]
         if metric not in self.config.metrics:
             raise BadInputError(f"best: metric {metric!r} was not measured; choose from "
-                                f"{', '.join(self.config.metrics)}", flag="--metrics")
+                                f"{', '.join(self.config.metrics)}", field="metrics")
         verdict = self._analysis.verdict
         chosen = verdict[(verdict["metric"] == metric) & verdict["indistinguishable"]]
         chosen = chosen.sort_values(["family", "kind", "best", "regret"], ascending=[True, True, False, True],
@@ -308,9 +216,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"--device {name}: CUDA is not available here; use --device cpu", flag="--device")
+        raise BadInputError(f"`device` {name}: CUDA is not available here; use `device` cpu", field="device")
     if name != "cpu" and not name.startswith("cuda"):
-        raise BadInputError(f"--device {name!r}: choose auto, cpu or cuda", flag="--device")
+        raise BadInputError(f"`device` {name!r}: choose auto, cpu or cuda", field="device")
     return torch.device(name)
 
 
@@ -356,10 +264,10 @@ def _chosen(n: int, size: int | None, generator: torch.Generator, which: str) ->
     size is all there is, as after the command line's split)."""
     if size is None or size == n:
         return torch.arange(n)
-    flag = "--calib-size" if which == "calibration" else "--probe-size"
+    field = "calib_size" if which == "calibration" else "probe_size"
     if size > n:
-        raise BadInputError(f"{flag} {size} exceeds the {n} examples of the {which} data; ask for at most {n}",
-                            flag=flag)
+        raise BadInputError(f"`{field}` {size} exceeds the {n} examples of the {which} data; ask for at most {n}",
+                            field=field)
     return torch.randperm(n, generator=generator)[:size].sort().values
 
 
@@ -481,7 +389,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     _check_shapes(calib_x, probe_x, name)
     if sequences.unlabelled(calib_y) and config.target == "label":
         warnings.warn(f"{name}: the calibration data has no labels: gxd, gxi and loss_gradient follow the model's "
-                      "predicted class (as with --target predicted)", stacklevel=3)
+                      "predicted class (as with `target` predicted)", stacklevel=3)
         config = replace(config, target="predicted")
     model = model.to(device).eval()
     padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
@@ -514,17 +422,17 @@ def first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     except Exception as err:
         raise BadInputError(f"{name}: the model cannot read inputs of shape {tuple(x.shape[1:])} per example "
                             f"({one_line(err)}); give data shaped as the model takes it "
-                            "(channels, --image-size, features), or check --model") from err
+                            "(channels, `image_size`, features), or check `model`") from err
 
 
 def _check_shapes(calib_x: torch.Tensor, probe_x: torch.Tensor, name: str) -> None:
     """Calibration and probe inputs of one shape per example (token sequences may differ in length)."""
     for what, x in (("calibration", calib_x), ("probe", probe_x)):
         if len(x) == 0:
-            raise BadInputError(f"{name}: the {what} set is empty; give it examples (--calib-size, --probe-size)")
+            raise BadInputError(f"{name}: the {what} set is empty; give it examples (`calib_size`, `probe_size`)")
     if calib_x.dtype.is_floating_point and calib_x.shape[1:] != probe_x.shape[1:]:
         raise BadInputError(f"{name}: calibration inputs are {tuple(calib_x.shape[1:])} per example but probe inputs "
-                            f"{tuple(probe_x.shape[1:])}; give both sets in one shape (--probe-data)")
+                            f"{tuple(probe_x.shape[1:])}; give both sets in one shape (`probe`)")
 
 
 def _check_labels(n_outputs: int, labels: dict[str, torch.Tensor], name: str) -> None:
@@ -756,17 +664,17 @@ def checkpoint_inputs(ckpt: Checkpoint, config: AssayConfig, data: DataSpec | No
     """The data split of a checkpoint's own data record (or `data`), seeded by the config (SPEC S1)."""
     spec = data or ckpt.info.data
     if spec is None:
-        raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass --data")
+        raise BadInputError(f"{ckpt.info.path}: no data recorded for this checkpoint; pass `data`")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             split: AssayData = assay_data(spec, config.calib_size, config.probe_size, config.seed)
         except BadInputError as err:
-            if data is not None or err.flag in SIZE_FLAGS:
+            if data is not None or err.field in SIZE_FIELDS:
                 raise
-            # the checkpoint's own data record, not a flag the user gave: this checkpoint fails, the others go on
+            # the checkpoint's own data record, not a field the user gave: this checkpoint fails, the others go on
             raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
-                                "record, or pass --data/--data-dir") from err
+                                "record, or pass `data`/`data_dir`") from err
     for w in caught:
         warnings.warn(w.message, stacklevel=3)
     if config.maturity is None and "maturity" in ckpt.info.meta:
@@ -788,36 +696,37 @@ def checkpoint_layers(
     seeded random inputs of that shape; with `seq_len`, two seeded random token sequences of that length over the
     vocabulary of the model's first embedding: no data needed), and the route that found them
     (`taps.discovery_route`: declared, fx, export, transformers, hooks or modules)."""
-    given = [flag for flag, value in (("--input-shape", input_shape), ("--seq-len", seq_len), ("--data", data))
+    given = [field for field, value in (("input_shape", input_shape), ("seq_len", seq_len), ("data", data))
              if value is not None]
     if len(given) > 1:
-        raise BadInputError(f"{' and '.join(given)}: give one (the examples come from either)", flag=given[0])
+        raise BadInputError(f"{' and '.join(f'`{g}`' for g in given)}: give one (the examples come from either)",
+                            field=given[0])
     ckpt = load_checkpoint(path, model=model, model_kwargs=model_kwargs)
     if seq_len is not None:
         embedding = next((m for m in ckpt.model.modules() if isinstance(m, nn.Embedding)), None)
         if embedding is None:
-            raise BadInputError("--seq-len: the model has no nn.Embedding to take token ids; give --input-shape",
-                                flag="--seq-len")
+            raise BadInputError("`seq_len`: the model has no nn.Embedding to take token ids; give `input_shape`",
+                                field="seq_len")
         x = torch.randint(0, embedding.num_embeddings, (2, seq_len), generator=torch.Generator().manual_seed(0))
     elif input_shape is not None:
         x = torch.randn((2, *input_shape), generator=torch.Generator().manual_seed(0))
     else:
         spec = data or ckpt.info.data
         if spec is None:
-            raise BadInputError(f"{path}: no data recorded for this checkpoint; pass --data, or --input-shape "
-                                "(e.g. 3,32,32) to list its unit layers without data", flag="--data")
+            raise BadInputError(f"{path}: no data recorded for this checkpoint; pass `data`, or `input_shape` "
+                                "(e.g. 3,32,32) to list its unit layers without data", field="data")
         x = example_inputs(spec, 2)
     try:
         first_forward(ckpt.model.eval(), x, path)
-    except BadInputError as err:  # made-up inputs: the flag that shaped them is at fault
+    except BadInputError as err:  # made-up inputs: the field that shaped them is at fault
         if input_shape is None and seq_len is None:
             raise
         cause = one_line(err.__cause__) if err.__cause__ else str(err)
         if seq_len is not None:
-            raise BadInputError(f"--seq-len {seq_len}: the model does not take token ids of shape {tuple(x.shape)} "
-                                f"({cause})", flag="--seq-len") from err
-        raise BadInputError(f"--input-shape {','.join(map(str, input_shape))}: the model does not take inputs of "
-                            f"shape {tuple(x.shape)} ({cause})", flag="--input-shape") from err
+            raise BadInputError(f"`seq_len` {seq_len}: the model does not take token ids of shape {tuple(x.shape)} "
+                                f"({cause})", field="seq_len") from err
+        raise BadInputError(f"`input_shape` {','.join(map(str, input_shape))}: the model does not take inputs of "
+                            f"shape {tuple(x.shape)} ({cause})", field="input_shape") from err
     tapped = tap_unit_layers(select_output(ckpt.model, output, x), x)
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 

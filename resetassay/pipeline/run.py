@@ -50,7 +50,7 @@ class CheckpointFailure(UserWarning):
 
 
 class DataReplaced(UserWarning):
-    """A flag asked for other data than a checkpoint records (`DataChoice.resolve`): it is assayed on that."""
+    """A field asked for other data than a checkpoint records (`DataChoice.resolve`): it is assayed on that."""
 
 
 def source_digest(root: Path = Path(__file__).parent) -> str:
@@ -105,10 +105,10 @@ def _distinct_paths(paths: list[Path], say: Callable[[str], None]) -> list[Path]
 def _out_dir(out: str | Path) -> Path:
     """The run directory `--out`, refused when it cannot be one."""
     if not str(out).strip():
-        raise BadInputError("--out '': name a folder for the run, e.g. --out reports/run", flag="--out")
+        raise BadInputError("`out` '': name a folder for the run, e.g. `out` reports/run", field="out")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out}: is a file, not a folder; name a folder for the run", flag="--out")
+        raise BadInputError(f"`out` {out}: is a file, not a folder; name a folder for the run", field="out")
     return out
 
 
@@ -155,7 +155,7 @@ def run_assay(
         the checkpoints left out, `provenance` the inputs, seeds and files' sha256.
 
     Raises:
-        BadInputError: about the command (a path, the device, `model`, a flag such as `--layers`, `out`);
+        BadInputError: about the command (a path, the device, `model`, a field such as `--layers`, `out`);
             finished checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf
             logits) does not raise: it is listed in `failures`.
         RunInterrupted: Ctrl-C, after saving what is finished (with `out`).
@@ -183,8 +183,8 @@ def run_assay(
     identity = run_identity(config, inputs)
     world = current_world()
     if world is not None and out is None:
-        raise BadInputError("--out: a torchrun launch needs a run directory, which its ranks share (on a shared "
-                            "filesystem across nodes); pass --out", flag="--out")
+        raise BadInputError("`out`: a torchrun launch needs a run directory, which its ranks share (on a shared "
+                            "filesystem across nodes); pass `out`", field="out")
     store = _open_store(world, out, identity, overwrite)
     opener = _Opener(config, model, model_kwargs, choice)
     try:
@@ -208,10 +208,10 @@ def _open_store(world: World | None, out: str | Path | None, identity: dict, ove
         try:
             store = RunParts(_out_dir(out), identity, overwrite)
         except BadInputError as err:
-            refused = (str(err), err.flag)
+            refused = (str(err), err.field)
     first = world.gather(refused)[0]
     if first is not None:
-        raise BadInputError(first[0], flag=first[1])
+        raise BadInputError(first[0], field=first[1])
     return store or RunParts(out, identity, owner=False)
 
 
@@ -222,7 +222,7 @@ class _Opener:
         self.config, self.model, self.model_kwargs, self.data = config, model, model_kwargs, data
 
     def load(self, path: Path, name: str, first: bool = True) -> tuple[Checkpoint, DataSpec | None]:
-        """The checkpoint and its data; a `DataReplaced` warning when a flag replaces its record (`first` time)."""
+        """The checkpoint and its data; a `DataReplaced` warning when a field replaces its record (`first` time)."""
         ckpt = load_checkpoint(path, name, self.model, self.model_kwargs)
         spec, replaced = self.data.resolve(ckpt.info.data)
         if replaced and first:
@@ -248,7 +248,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
     parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
     if parts:
         say(f"skipping {len(parts)} of {len(found)} checkpoints finished earlier in {out} "
-            "(--overwrite assays them again)")
+            "(`overwrite` assays them again)")
     failures = []
     timings: dict[str, dict[str, float]] = {}
     try:
@@ -309,9 +309,9 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
             result = assay_checkpoint(ckpt, config, spec, report)
             timings[name] = {"load": loaded, **result.timings.get(name, {})}
         except (BadInputError, FloatingPointError) as err:
-            if isinstance(err, BadInputError) and err.flag:
+            if isinstance(err, BadInputError) and err.field:
                 kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
-                raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
+                raise BadInputError(f"{err} (checkpoint {name}{kept})", field=err.field) from err
             failures.append(failure_row(name, path, err))
             fail(str(err))
         else:

@@ -144,11 +144,11 @@ class Phase:
         self._own: Exception | None = None
 
     def checkpoint(self, name: str, path: Path, work: Callable[[], Prepared]) -> None:
-        """Run one checkpoint's work; a bad checkpoint (no flag) or NaN/Inf logits is a failed checkpoint."""
+        """Run one checkpoint's work; a bad checkpoint (no field) or NaN/Inf logits is a failed checkpoint."""
         try:
             prepared = work()
         except (BadInputError, FloatingPointError) as err:
-            if isinstance(err, BadInputError) and err.flag:
+            if isinstance(err, BadInputError) and err.field:
                 raise
             self.failures.append(self.fail(name, path, err))
         else:
@@ -159,7 +159,7 @@ class Phase:
         try:
             body()
         except BadInputError as err:
-            self.error = ("bad input", str(err), err.flag)
+            self.error = ("bad input", str(err), err.field)
         except Exception as err:  # a crash on one rank must stop them all, not leave them waiting
             self.error = ("crash", f"rank {self.world.rank}: {type(err).__name__}: {err}\n{traceback.format_exc()}",
                           None)
@@ -170,9 +170,9 @@ class Phase:
         reports = self.world.gather((self.failures, self.timings, self.error))
         for _, _, error in reports:
             if error is not None:
-                kind, message, flag = error
+                kind, message, field = error
                 if kind == "bad input":
-                    raise BadInputError(message, flag=flag)
+                    raise BadInputError(message, field=field)
                 if self._own is not None:
                     raise self._own
                 raise RuntimeError(f"another rank stopped the run: {message}")

@@ -179,10 +179,10 @@ def _nan_why(note: str) -> str:
     return f"NaN: {note}" if note else "NaN"
 
 
-def _flag_number(value: float, flag: str) -> float:
+def _flag_number(value: float, field: str) -> float:
     """A tolerance or margin: a finite number >= 0 (a NaN would pass every comparison)."""
     if not (math.isfinite(value) and value >= 0):
-        raise BadInputError(f"{flag} {value}: must be a finite number >= 0", flag=flag)
+        raise BadInputError(f"`{field}` {value}: must be a finite number >= 0", field=field)
     return value
 
 
@@ -191,19 +191,19 @@ def parse_floor(text: str) -> dict:
     match = FLOOR.match(text.strip())
     names = match["names"].split(":") if match else []
     if not match or len(names) not in (3, 4) or not all(n.strip() for n in names):
-        raise BadInputError(f"--floor {text!r}: write [FAMILY:]UTILITY:METRIC:STAT>=VALUE, e.g. gxd:l1:spearman>=0.9",
-                            flag="--floor")
+        raise BadInputError(f"`floor` {text!r}: write [FAMILY:]UTILITY:METRIC:STAT>=VALUE, e.g. gxd:l1:spearman>=0.9",
+                            field="floor")
     names = [n.strip() for n in names]
     family, utility, metric, stat = names if len(names) == 4 else ["*", *names]
     if stat not in (*STATS, *VERDICT_GATED):
-        raise BadInputError(f"--floor {text!r}: unknown statistic {stat!r}; choose from "
-                            f"{', '.join((*STATS, *VERDICT_GATED))}", flag="--floor")
+        raise BadInputError(f"`floor` {text!r}: unknown statistic {stat!r}; choose from "
+                            f"{', '.join((*STATS, *VERDICT_GATED))}", field="floor")
     try:
         value = float(match["value"])
     except ValueError:
-        raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a number", flag="--floor") from None
+        raise BadInputError(f"`floor` {text!r}: {match['value']!r} is not a number", field="floor") from None
     if not math.isfinite(value):
-        raise BadInputError(f"--floor {text!r}: {match['value']!r} is not a finite number", flag="--floor")
+        raise BadInputError(f"`floor` {text!r}: {match['value']!r} is not a finite number", field="floor")
     return {"family": family, "utility": utility, "metric": metric, "scope": "*" if stat in VERDICT_GATED else ALL,
             "stat": stat, "min" if match["op"] == ">=" else "max": value}
 
@@ -236,31 +236,31 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
     no value in some checkpoint), is a BadInputError naming every such family, unless `force_floors`: then it is
     written anyway (the gate fails until the run clears it) and said in a warning. A floor is never dropped.
     """
-    _flag_number(margin, "--margin")
+    _flag_number(margin, "margin")
     parsed = [(text, parse_floor(text)) for text in floors or []]
     means, q, info = family_means(run_dir)
     keep = utilities or [u for u in dict.fromkeys(means["utility"]) if u not in UNGATED_UTILITIES]
     unknown = sorted(set(keep) - set(means["utility"]))
     if unknown:
-        raise BadInputError(f"--utilities: {', '.join(unknown)} not in the run; it has "
-                            f"{', '.join(dict.fromkeys(means['utility']))}", flag="--utilities")
+        raise BadInputError(f"`utilities`: {', '.join(unknown)} not in the run; it has "
+                            f"{', '.join(dict.fromkeys(means['utility']))}", field="utilities")
     rows = [row for _, r in means[means["utility"].isin(keep)].iterrows() if (row := _baseline_row(r, Path(run_dir)))]
     written, unmet = [], []
     for text, floor in parsed:
         bound, limit = ("min", floor["min"]) if "min" in floor else ("max", floor["max"])
         matches = _matching(means, floor)
         if matches.empty:
-            unmet.append(f"--floor {text}: no (family, utility, metric) of the run matches")
+            unmet.append(f"`floor` {text}: no (family, utility, metric) of the run matches")
             if force_floors:
                 written.append(floor)
         for _, r in matches.iterrows():
             value, n, count, note = _run_stat(r, floor["stat"])
             where = f"{r['family']}" + (f" ({r['scope']})" if r["scope"] != ALL else "")
             if count < n:
-                unmet.append(f"--floor {text}: {where} has no value in {n - count} of {n} checkpoints "
+                unmet.append(f"`floor` {text}: {where} has no value in {n - count} of {n} checkpoints "
                              f"({_nan_why(note)})")
             elif not (value >= limit + margin if bound == "min" else value <= limit - margin):
-                unmet.append(f"--floor {text}: {where} has {value:.4g}, not clear of {limit:g} by {margin:g}")
+                unmet.append(f"`floor` {text}: {where} has {value:.4g}, not clear of {limit:g} by {margin:g}")
             else:
                 written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
                 continue
@@ -268,43 +268,43 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
                 written.append({**{k: r[k] for k in KEYS}, "stat": floor["stat"], bound: limit})
     if unmet and not force_floors:
         raise BadInputError("the run does not clear every floor: " + "; ".join(unmet) + "; lower the floor, or "
-                            "write it anyway with --force-floors (the check then fails until the run clears it)",
-                            flag="--floor")
+                            "write it anyway with `force_floors` (the check then fails until the run clears it)",
+                            field="floor")
     baseline = {
         "format": FORMAT, "q": q,
         "source": {"run_dir": str(run_dir), "config": info.get("config", {}), "versions": info.get("versions", {})},
         "rows": rows, "floors": written,
     }
-    return baseline, [f"{line}; written anyway (--force-floors): the check fails until the run clears it"
+    return baseline, [f"{line}; written anyway (`force_floors`): the check fails until the run clears it"
                       for line in unmet]
 
 
-def output_path(path: str | Path, flag: str, example: str) -> Path:
+def output_path(path: str | Path, field: str, example: str) -> Path:
     """Refuse an output file that cannot be written (a folder, under a file, in a read-only folder) before any
-    work; `flag` names the option and `example` a file name for the hint."""
+    work; `field` names the option and `example` a file name for the hint."""
     path = Path(path)
     if path.is_dir():
-        raise BadInputError(f"{flag} {path}: is a directory; name a file, e.g. {path / example}", flag=flag)
+        raise BadInputError(f"`{field}` {path}: is a directory; name a file, e.g. {path / example}", field=field)
     folder = next((p for p in path.parents if p.exists()), Path("."))
     if not folder.is_dir():
-        raise BadInputError(f"{flag} {path}: {folder} is a file, not a folder; name a file in a folder", flag=flag)
+        raise BadInputError(f"`{field}` {path}: {folder} is a file, not a folder; name a file in a folder", field=field)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInputError(f"{flag} {path}: cannot write in {folder} (permission denied); name a folder you can "
-                            "write", flag=flag)
+        raise BadInputError(f"`{field}` {path}: cannot write in {folder} (permission denied); name a folder you can "
+                            "write", field=field)
     return path
 
 
-def _write(path: Path, text: str, flag: str, example: str) -> Path:
+def _write(path: Path, text: str, field: str, example: str) -> Path:
     """Write `text` to `path` atomically (a crash never leaves half a file), creating its folder."""
-    output_path(path, flag, example)
+    output_path(path, field, example)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text)
     except (OSError, BadInputError) as err:
         cause = err if isinstance(err, OSError) else err.__cause__
         why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(err)
-        raise BadInputError(f"{flag} {path}: cannot write ({why}); free space or fix permissions and rerun",
-                            flag=flag) from err
+        raise BadInputError(f"`{field}` {path}: cannot write ({why}); free space or fix permissions and rerun",
+                            field=field) from err
     return path
 
 
@@ -312,7 +312,7 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
     """Write a baseline as indented JSON (stable key order, so regenerating it diffs cleanly), atomically; refuse
     one that `read_baseline` would refuse, and refuse to replace an existing file that is not a baseline (only
     what resetassay wrote is overwritten)."""
-    path = output_path(path, "--output", "baseline.json")
+    path = output_path(path, "output", "baseline.json")
     validate_baseline(baseline, f"baseline for {path}")
     if path.exists():
         try:
@@ -320,9 +320,9 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
         except BadInputError:
             previous = None
         if not (isinstance(previous, dict) and previous.get("format") in READABLE):
-            raise BadInputError(f"--output {path}: exists and is not a resetassay baseline; name another file, or "
-                                "remove it first", flag="--output")
-    return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "--output", "baseline.json")
+            raise BadInputError(f"`output` {path}: exists and is not a resetassay baseline; name another file, or "
+                                "remove it first", field="output")
+    return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "output", "baseline.json")
 
 
 def _key(entry: dict | pd.Series) -> tuple:
@@ -483,8 +483,8 @@ def _compare_nan(entry: dict, stat: str, note: str, run_row: pd.Series | None) -
 def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
             rel_tolerance: float = 0.10) -> list[Comparison]:
     """Every gated baseline statistic and every floor against the run's family means (rules: module docstring)."""
-    _flag_number(tolerance, "--tolerance")
-    _flag_number(rel_tolerance, "--rel-tolerance")
+    _flag_number(tolerance, "tolerance")
+    _flag_number(rel_tolerance, "rel_tolerance")
     index = {_key(r): r for _, r in means.iterrows()}
     out = []
     for entry in baseline.get("rows", []):
@@ -564,18 +564,18 @@ def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float =
     Returns the comparisons and notes (not failures): config differences from the baseline's run, and families
     with fewer checkpoints than in the baseline.
     """
-    _flag_number(tolerance, "--tolerance")
-    _flag_number(rel_tolerance, "--rel-tolerance")
+    _flag_number(tolerance, "tolerance")
+    _flag_number(rel_tolerance, "rel_tolerance")
     if junit is not None:
-        output_path(junit, "--junit", "check.xml")
+        output_path(junit, "junit", "check.xml")
     if markdown is not None:
-        output_path(markdown, "--markdown", "check.md")
+        output_path(markdown, "markdown", "check.md")
     baseline = read_baseline(baseline_path)
     means, q, info = family_means(run_dir)
     summary = table_path(run_dir, "summary")
     if not math.isclose(q, baseline["q"]):
         raise BadInputError(f"{summary}: q = {q:g}, but {baseline_path} was written at "
-                            f"q = {baseline['q']:g}; rerun with --q {baseline['q']:g} or write a new baseline")
+                            f"q = {baseline['q']:g}; rerun with `q` {baseline['q']:g} or write a new baseline")
     _shared_families(means, baseline, summary, baseline_path)
     comparisons = compare(means, baseline, tolerance, rel_tolerance)
     source = baseline.get("source", {})
@@ -583,9 +583,9 @@ def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float =
         source, dict) else {})
     notes = differences + fewer_checkpoints(means, baseline)
     if junit is not None:
-        _write(Path(junit), junit_xml(comparisons), "--junit", "check.xml")
+        _write(Path(junit), junit_xml(comparisons), "junit", "check.xml")
     if markdown is not None:
-        _write(Path(markdown), markdown_report(comparisons, notes, show_all), "--markdown", "check.md")
+        _write(Path(markdown), markdown_report(comparisons, notes, show_all), "markdown", "check.md")
     return comparisons, notes
 
 
@@ -640,7 +640,7 @@ def diff_table(comparisons: list[Comparison], show_all: bool = False) -> str:
     rows = [header] + [tuple(cells(c)[k] for k in keys) for c in listed(comparisons, show_all)]
     footer = verdict(comparisons)
     if len(rows) == 1:
-        return footer + ("" if show_all else "; no value moved (--all lists them)")
+        return footer + ("" if show_all else "; no value moved (`all` lists them)")
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

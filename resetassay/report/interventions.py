@@ -62,11 +62,11 @@ def intervention_blocks(units: pd.DataFrame, checkpoints: pd.DataFrame) -> list[
     return [
         Block("h2", "Clamp against CBP reset", fold=True),
         Block("text", (
-            f"This run measured CBP's reset (`--intervention {CBP_RESET}`, SPEC S7): the unit's incoming weights "
-            "drawn afresh, its outgoing weights zeroed and w_out·r added to the consumer's bias (or taken from the "
-            "following BatchNorm's running mean). Every shock above is the reset's; the clamp h ← r (SPEC S4) was "
-            "measured beside it. Where a Linear alone reads the unit the two are equal; they part at a Conv "
-            "consumer's zero-padded border and where the new incoming weights reach the logits another way. "
+            f"This run measured CBP's reset (`resetassay run --intervention {CBP_RESET}`, SPEC S7): the unit's "
+            "incoming weights drawn afresh, its outgoing weights zeroed and w_out·r added to the consumer's bias (or "
+            "taken from the following BatchNorm's running mean). Every shock above is the reset's; the clamp h ← r "
+            "(SPEC S4) was measured beside it. Where a Linear alone reads the unit the two are equal; they part at a "
+            "Conv consumer's zero-padded border and where the new incoming weights reach the logits another way. "
             "ρ: Spearman between the two over each checkpoint's mature units; ratio: the median of reset / clamp.")),
         Block("table", table=agreement_table(mature, metrics), keys=2),
         Block("text", f"The {TOP} units per family whose reset and clamp shocks ({metrics[0]}) differ most:"),

@@ -141,7 +141,7 @@ def _sampled_note(info: dict) -> list[Block]:
         return []
     return [Block("text", (
         f"**Sampled units**: at most {sampled} units of each layer were lesioned (drawn with the run's seed, "
-        "`--units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
+        "`resetassay run --units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
 
 
 def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
@@ -350,7 +350,7 @@ def _figures_note(figures: str, failed: Exception | None) -> str:
     if failed is not None:
         return f"Drawing the figures failed ({one_line(failed)}); `resetassay report` on this folder retries."
     if figures == "none":
-        return "No figures (`--figures none`); `resetassay report` on this folder draws them."
+        return "No figures (`resetassay run --figures none`); `resetassay report` on this folder draws them."
     return ""
 
 
@@ -408,10 +408,10 @@ def render(run_dir: str | Path, q: list[float] | None = None, figures: str = "pn
     if failed is not None:
         raise ReportFailed(f"{run_dir}: drawing the report's figures failed ({one_line(failed)}); the tables and the "
                            f"report without them are written — run `{_retry(run_dir, figures)}` to retry, or "
-                           "--figures none to skip them") from failed
+                           "`figures` none to skip them") from failed
     return run_dir / "report.md"
 
 
 def _retry(run_dir: Path, figures: str) -> str:
     """The command that renders the report again, as this render was asked to."""
-    return f"resetassay report {run_dir}" + (f" --figures {figures}" if figures != "png" else "")
+    return f"resetassay report {run_dir} --figures {figures}" if figures != "png" else f"resetassay report {run_dir}"

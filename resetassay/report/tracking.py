@@ -47,7 +47,7 @@ Where, by default under the run directory, so nothing leaves the machine:
   again replaces the event files resetassay wrote there.
 
 Each tracker is imported only when used; one that is not installed is a one-line BadInputError
-(flag `--log`) with the pip command. Nothing here imports torch but the tensorboard backend
+(the `log` field, flag `--log`) with the pip command. Nothing here imports torch but the tensorboard backend
 (`torch.utils.tensorboard`).
 """
 
@@ -130,7 +130,7 @@ def backend_names(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
     names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value or [])
     names = [n for n in names if n]
     if len(set(names)) < len(names):
-        raise BadInputError(f"--log {','.join(names)}: name each tracker once", flag="--log")
+        raise BadInputError(f"`log` {','.join(names)}: name each tracker once", field="log")
     for name in names:
         _import(name)
     return names
@@ -139,7 +139,7 @@ def backend_names(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
 def _import(backend: str) -> object:
     """The tracker's module (mlflow, wandb, torch.utils.tensorboard), imported with its telemetry off."""
     if backend not in BACKENDS:
-        raise BadInputError(f"--log {backend!r}: choose {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}", flag="--log")
+        raise BadInputError(f"`log` {backend!r}: choose {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}", field="log")
     package = backend  # each tracker's pip package is also its module's name, and the extra's
     try:
         with _env(MLFLOW_DISABLE_TELEMETRY="true", WANDB_ERROR_REPORTING="false"):
@@ -149,8 +149,8 @@ def _import(backend: str) -> object:
     except ImportError as err:
         missing = isinstance(err, ModuleNotFoundError) and err.name == package or sys.modules.get(package, 0) is None
         why = "is not installed" if missing else f"does not import ({' '.join(str(err).split())})"
-        raise BadInputError(f"--log {backend}: {package} {why}; pip install 'resetassay[{backend}]'",
-                            flag="--log") from err
+        raise BadInputError(f"`log` {backend}: {package} {why}; pip install 'resetassay[{backend}]'",
+                            field="log") from err
     return module
 
 
@@ -286,7 +286,7 @@ def log_run(run_dir: str | Path, backend: str, **options: str) -> Logged:
         raise BadInputError(f"log_run: {backend} takes no option {', '.join(unknown)}; it takes "
                             f"{', '.join(OPTIONS[backend])}")
     if not run_dir.is_dir():
-        raise BadInputError(f"{run_dir}: no such run directory; is it the --out of a `resetassay run`?")
+        raise BadInputError(f"{run_dir}: no such run directory; is it the `out` of a `resetassay run`?")
     run, files = tracked(run_dir), run_files(run_dir)
     log = {"mlflow": _mlflow, "wandb": _wandb, "tensorboard": _tensorboard}[backend]
     try:
@@ -295,7 +295,7 @@ def log_run(run_dir: str | Path, backend: str, **options: str) -> Logged:
         raise
     except Exception as err:  # a store that cannot be written or reached: one line, not a tracker's traceback
         why = " ".join(f"{type(err).__name__}: {err}".split())
-        raise BadInputError(f"--log {backend}: logging {run_dir} failed ({why[:500]})", flag="--log") from err
+        raise BadInputError(f"`log` {backend}: logging {run_dir} failed ({why[:500]})", field="log") from err
     logged = [p for p in files if backend != "tensorboard" or p.suffix in (".png", ".md")]  # TensorBoard: these
     return Logged(backend, location, run, run_id, [p.relative_to(run_dir).as_posix() for p in logged])
 

@@ -88,7 +88,7 @@ def calibration_stats(
     given, gathers the wall-clock seconds of each pass (PASS_OF: a forward, the target logit's and the loss's
     gradients, the class gradients, gxd_ig, gxd2), what `utility_seconds` prices each utility by."""
     if len(x) == 0:
-        raise BadInputError("the calibration set is empty; raise --calib-size")
+        raise BadInputError("the calibration set is empty; raise `calib_size`")
     device = next(model.parameters()).device
     modules = [layer.module for layer in layers]
     acts: dict[str, torch.Tensor] = {}
@@ -112,7 +112,7 @@ def calibration_stats(
     skipped = {}
     if "gxd_all" in needs and n_classes > max_classes:
         skipped["gxd_all"] = (f"{n_classes} outputs: averaging over all of them costs {n_classes} backward passes "
-                              f"(limit {max_classes}; raise it with --max-classes)")
+                              f"(limit {max_classes}; raise it with `max_classes`)")
         needs = needs - {"gxd_all"}
     # a classifier's target logit is captum's own target selection; a language model's sums over positions
     target_grads = LayerGradientXActivation(target_per_example if sequence else model, modules,

@@ -62,10 +62,10 @@ def unit_references(
         for layer in layers:
             if layer.stored_reference is None:
                 raise BadInputError(
-                    f"--reference stored: the checkpoint stores no {layer.name}.reference; "
-                    "use --reference calibration-mean",
-                    flag="--reference",
+                    f"`reference` stored: the checkpoint stores no {layer.name}.reference; "
+                    "use `reference` calibration-mean",
+                    field="reference",
                 )
             refs[layer.name] = layer.stored_reference.float().to(device)
         return refs
-    raise BadInputError(f"--reference {kind!r} is unknown; choose from {', '.join(REFERENCES)}", flag="--reference")
+    raise BadInputError(f"`reference` {kind!r} is unknown; choose from {', '.join(REFERENCES)}", field="reference")

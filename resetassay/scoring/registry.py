@@ -91,11 +91,11 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     built-in name is refused. `source` (default: the function's module and name) is recorded in run.json with the
     versions."""
     if name in BUILTIN or name == ORACLE:
-        raise BadInputError(f"utility {name!r} is built in; register yours under another name", flag="--utilities")
+        raise BadInputError(f"utility {name!r} is built in; register yours under another name", field="utilities")
     unknown = sorted(set(needs) - set(INGREDIENTS))
     if unknown:
         raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
-                            f"compute; choose from {', '.join(INGREDIENTS)}", flag="--utilities")
+                            f"compute; choose from {', '.join(INGREDIENTS)}", field="utilities")
     UTILITIES[name] = Utility(name, fn, frozenset(needs))
     PLUGINS[name] = source or source_of(fn)
 
@@ -103,7 +103,7 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
 def _load_entry_point(name: str) -> bool:
     """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
     (loaded only when named); its `needs` attribute lists the ingredients it reads. False when none does."""
-    found = entry_point(ENTRY_POINTS, name, "--utilities")
+    found = entry_point(ENTRY_POINTS, name, "utilities")
     if found is None:
         return False
     fn, source = found
@@ -127,8 +127,8 @@ def check_utilities(names: list[str]) -> list[str]:
     unknown = [n for n in names if n not in UTILITIES and n != ORACLE and not _load_entry_point(n)]
     if unknown:
         raise BadInputError(
-            f"--utilities: unknown {', '.join(unknown)}{did_you_mean(unknown, [*UTILITIES, ORACLE])}; choose from "
-            f"{', '.join(utility_names())}", flag="--utilities")
+            f"`utilities`: unknown {', '.join(unknown)}{did_you_mean(unknown, [*UTILITIES, ORACLE])}; choose from "
+            f"{', '.join(utility_names())}", field="utilities")
     return names
 
 
@@ -298,18 +298,18 @@ def checked_scores(name: str, scores: object, layer: UnitLayer) -> torch.Tensor:
     """A utility's scores of one layer, on the CPU, or a one-line error naming the utility and the layer: a tensor
     of shape `(n_units,)` (one score per unit) holding finite numbers (a NaN would leave the utility "not
     applicable" everywhere without a word; raise NotApplicable(reason) where it does not apply) (SPEC S3)."""
-    where = f"--utilities {name}: on layer {layer.name} ({layer.n_units} units) the utility"
+    where = f"`utilities` {name}: on layer {layer.name} ({layer.n_units} units) the utility"
     if not isinstance(scores, torch.Tensor):
         raise BadInputError(f"{where} returned {type(scores).__name__}; return a tensor of shape "
-                            f"({layer.n_units},), one score per unit", flag="--utilities")
+                            f"({layer.n_units},), one score per unit", field="utilities")
     if tuple(scores.shape) != (layer.n_units,):
         raise BadInputError(f"{where} returned shape {tuple(scores.shape)}; return one score per unit, shape "
-                            f"({layer.n_units},)", flag="--utilities")
+                            f"({layer.n_units},)", field="utilities")
     finite = torch.isfinite(scores)
     if not bool(finite.all()):
         raise BadInputError(f"{where} returned NaN or Inf for {int((~finite).sum())} of its {layer.n_units} units; "
                             "return finite scores, or raise NotApplicable(reason) where it does not apply",
-                            flag="--utilities")
+                            field="utilities")
     return scores.detach().cpu()
 
 

@@ -201,13 +201,13 @@ def q_values(text: str) -> list[float]:
         try:
             q = float(part)
         except ValueError:
-            raise BadInputError(f"--q {text!r}: {part!r} is not a number; e.g. --q 0.01,0.05,0.1",
-                                flag="--q") from None
+            raise BadInputError(f"`q` {text!r}: {part!r} is not a number; e.g. `q` 0.01,0.05,0.1",
+                                field="q") from None
         if not 0 < q <= 1:
-            raise BadInputError(f"--q {text!r}: {part} must be in (0, 1]; e.g. --q 0.05 for 5%", flag="--q")
+            raise BadInputError(f"`q` {text!r}: {part} must be in (0, 1]; e.g. `q` 0.05 for 5%", field="q")
         values.append(q)
     if not values:
-        raise BadInputError(f"--q {text!r}: give one fraction or a comma list, e.g. --q 0.01,0.05,0.1", flag="--q")
+        raise BadInputError(f"`q` {text!r}: give one fraction or a comma list, e.g. `q` 0.01,0.05,0.1", field="q")
     return list(dict.fromkeys(values))
 
 

@@ -65,15 +65,15 @@ class CBPConfig:
             return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
         if self.utility not in ONLINE_UTILITIES:
-            raise BadInputError(f"--utility {self.utility!r} cannot be tracked online; "
-                                f"choose from {', '.join(ONLINE_UTILITIES)}", flag="--utility")
+            raise BadInputError(f"`utility` {self.utility!r} cannot be tracked online; "
+                                f"choose from {', '.join(ONLINE_UTILITIES)}", field="utility")
         if not _number(self.replacement_rate) or not 0 <= self.replacement_rate <= 1:
-            raise BadInputError(f"--replacement-rate {self.replacement_rate}: must be a number in [0, 1]",
-                                flag="--replacement-rate")
+            raise BadInputError(f"`replacement_rate` {self.replacement_rate}: must be a number in [0, 1]",
+                                field="replacement_rate")
         if not _number(self.decay) or not 0 <= self.decay < 1:
-            raise BadInputError(f"--decay {self.decay}: must be a number in [0, 1)", flag="--decay")
+            raise BadInputError(f"`decay` {self.decay}: must be a number in [0, 1)", field="decay")
         if not isinstance(self.maturity, numbers.Integral) or isinstance(self.maturity, bool) or self.maturity < 0:
-            raise BadInputError(f"--maturity {self.maturity}: must be a whole number >= 0", flag="--maturity")
+            raise BadInputError(f"`maturity` {self.maturity}: must be a whole number >= 0", field="maturity")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,17 +146,17 @@ class ContinualBackprop:
                                                 torch.zeros(n, dtype=torch.float64),
                                                 torch.zeros(n, dtype=torch.float64))
         if not self.reset_layers:
-            raise BadInputError("--cbp: no unit layer of this model has a single Linear/Conv producer and consumer",
-                                flag="--cbp")
+            raise BadInputError("`cbp`: no unit layer of this model has a single Linear/Conv producer and consumer",
+                                field="cbp")
         for name in self.reset_layers:
             trace = self.traces[name]
             try:
                 UTILITIES[config.utility].fn(LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
                                              trace.layer)
             except NotApplicable as why:
-                raise BadInputError(f"--utility {config.utility} does not apply to {name} ({why}); "
+                raise BadInputError(f"`utility` {config.utility} does not apply to {name} ({why}); "
                                     "choose contribution, mc_contribution, loss_gradient, gxi or gxd",
-                                    flag="--utility") from why
+                                    field="utility") from why
         self._h: dict[str, torch.Tensor] = {}
         self._loss_grad: dict[str, torch.Tensor] = {}
         self._target_grad: dict[str, torch.Tensor] = {}

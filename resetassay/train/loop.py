@@ -101,7 +101,7 @@ class TrainConfig:
     `checkpoint_in` is "epochs": 0 before training, k after the k-th (kept sorted, without repeats). `family`
     names the run's report family (default: `family_name` of the model and its training); it is resolved
     here, so train.json and every manifest record it. Every field is checked here: a bad value is a
-    `BadInputError` naming its flag.
+    `BadInputError` naming its field.
     """
 
     model: str = "mlp"
@@ -124,44 +124,44 @@ class TrainConfig:
     augment: bool = False
 
     def __post_init__(self) -> None:
-        for flag, value in (("--tasks", self.tasks), ("--epochs-per-task", self.epochs_per_task),
-                            ("--batch-size", self.batch_size)):
+        for name, value in (("tasks", self.tasks), ("epochs_per_task", self.epochs_per_task),
+                            ("batch_size", self.batch_size)):
             if not _integer(value) or value < 1:
-                raise BadInputError(f"{flag} {value}: must be a whole number >= 1", flag=flag)
+                raise BadInputError(f"`{name}` {value}: must be a whole number >= 1", field=name)
         if not _finite(self.lr) or not 0 < self.lr <= MAX_LR:
-            raise BadInputError(f"--lr {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
-                                "e.g. 0.01", flag="--lr")
+            raise BadInputError(f"`lr` {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
+                                "e.g. 0.01", field="lr")
         if self.examples_per_task is not None and (not _integer(self.examples_per_task) or self.examples_per_task < 1):
-            raise BadInputError(f"--examples-per-task {self.examples_per_task}: must be a whole number >= 1",
-                                flag="--examples-per-task")
+            raise BadInputError(f"`examples_per_task` {self.examples_per_task}: must be a whole number >= 1",
+                                field="examples_per_task")
         if self.optimizer not in OPTIMIZERS:
-            raise BadInputError(f"--optimizer {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}", flag="--optimizer")
+            raise BadInputError(f"`optimizer` {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}", field="optimizer")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
-            raise BadInputError(f"--momentum {self.momentum}: must be a number in [0, 1)", flag="--momentum")
+            raise BadInputError(f"`momentum` {self.momentum}: must be a number in [0, 1)", field="momentum")
         if self.momentum and self.optimizer != "sgd":
-            raise BadInputError(f"--momentum applies to --optimizer sgd, not {self.optimizer}", flag="--momentum")
+            raise BadInputError(f"`momentum` applies to `optimizer` sgd, not {self.optimizer}", field="momentum")
         if not _finite(self.weight_decay) or self.weight_decay < 0:
-            raise BadInputError(f"--weight-decay {self.weight_decay}: must be a number >= 0", flag="--weight-decay")
+            raise BadInputError(f"`weight_decay` {self.weight_decay}: must be a number >= 0", field="weight_decay")
         if self.schedule not in LR_SCHEDULES:
-            raise BadInputError(f"--schedule {self.schedule!r}: choose {' or '.join(LR_SCHEDULES)}", flag="--schedule")
+            raise BadInputError(f"`schedule` {self.schedule!r}: choose {' or '.join(LR_SCHEDULES)}", field="schedule")
         self._check_own_data()
         if not _integer(self.seed) or not 0 <= self.seed < MAX_SEED:
-            raise BadInputError(f"--seed {self.seed}: must be a whole number in [0, 2**64)", flag="--seed")
+            raise BadInputError(f"`seed` {self.seed}: must be a whole number in [0, 2**64)", field="seed")
         if not _integer(self.data.permutation_seed) or self.data.permutation_seed < 0:
-            raise BadInputError(f"--permutation-seed {self.data.permutation_seed}: must be a whole number >= 0",
-                                flag="--permutation-seed")
+            raise BadInputError(f"`permutation_seed` {self.data.permutation_seed}: must be a whole number >= 0",
+                                field="permutation_seed")
         if self.checkpoint_in not in SCHEDULE_UNITS:
-            raise BadInputError(f"--checkpoint-in {self.checkpoint_in!r}: choose tasks or epochs",
-                                flag="--checkpoint-in")
+            raise BadInputError(f"`checkpoint_in` {self.checkpoint_in!r}: choose tasks or epochs",
+                                field="checkpoint_in")
         odd = [t for t in self.checkpoint_at if not _integer(t)]
         if odd:
-            raise BadInputError(f"--checkpoint-at {odd[0]!r}: give whole numbers, e.g. 0,5,10", flag="--checkpoint-at")
+            raise BadInputError(f"`checkpoint_at` {odd[0]!r}: give whole numbers, e.g. 0,5,10", field="checkpoint_at")
         last = last_checkpoint(self.tasks, self.epochs_per_task, self.checkpoint_in)
         beyond = [t for t in self.checkpoint_at if not 0 <= t <= last]
         if beyond:
             raise BadInputError(
-                f"--checkpoint-at {beyond[0]}: counts completed {self.checkpoint_in}, from 0 (before training) to "
-                f"{last} (after the last of this run); raise --tasks to reach it", flag="--checkpoint-at",
+                f"`checkpoint_at` {beyond[0]}: counts completed {self.checkpoint_in}, from 0 (before training) to "
+                f"{last} (after the last of this run); raise `tasks` to reach it", field="checkpoint_at",
             )
         self.checkpoint_at = tuple(sorted({int(t) for t in self.checkpoint_at}))
         self.family = check_family(self.family) if self.family is not None else family_name(
@@ -171,17 +171,17 @@ class TrainConfig:
         """An image folder trains as one task, checkpointed by epoch; `augment` applies to it only."""
         own = self.data.source not in PERMUTED
         if own and self.data.source != TRAINABLE_OWN_DATA:
-            raise BadInputError(f"--data {self.data.describe()}: your own data trains only as an image folder or "
-                                f"archive; use it with resetassay run", flag="--data")
+            raise BadInputError(f"`data` {self.data.describe()}: your own data trains only as an image folder or "
+                                f"archive; use it with resetassay run", field="data")
         if own and self.tasks != 1:
-            raise BadInputError(f"--tasks {self.tasks}: an image folder is one task, trained for --epochs",
-                                flag="--tasks")
+            raise BadInputError(f"`tasks` {self.tasks}: an image folder is one task, trained for `epochs`",
+                                field="tasks")
         if own and self.checkpoint_in != "epochs":
-            raise BadInputError("--checkpoint-in tasks: an image folder's checkpoints count epochs",
-                                flag="--checkpoint-in")
+            raise BadInputError("`checkpoint_in` tasks: an image folder's checkpoints count epochs",
+                                field="checkpoint_in")
         if self.augment and not own:
-            raise BadInputError(f"--augment crops and flips images of an image folder, not permuted "
-                                f"{self.data.source}", flag="--augment")
+            raise BadInputError(f"`augment` crops and flips images of an image folder, not permuted "
+                                f"{self.data.source}", field="augment")
 
     def to_dict(self) -> dict:
         """The config as JSON values: what `train.json` records and hashes."""
@@ -206,7 +206,7 @@ def zoo_kwargs(
     ResNet's BasicBlocks per stage (default 1; SPEC S6's ResNet-18 has 2); `init`: `models.INITS`, recorded in the
     kwargs (so in every checkpoint's manifest and family) where it is not the default."""
     if init not in INITS:
-        raise BadInputError(f"--init {init!r}: choose from {', '.join(INITS)}", flag="--init")
+        raise BadInputError(f"`init` {init!r}: choose from {', '.join(INITS)}", field="init")
     kwargs = _zoo_kwargs(model, data, widths, activation, layer_norm, blocks)
     return kwargs if init == DEFAULT_INIT else {**kwargs, "init": init}
 
@@ -215,36 +215,36 @@ def _zoo_kwargs(model: str, data: DataSpec, widths: tuple[int, ...] | None, acti
                 blocks: int | None) -> dict:
     """`zoo_kwargs` but the init."""
     if model not in MODELS:
-        raise BadInputError(f"--model {model!r}: choose from {', '.join(sorted(MODELS))}", flag="--model")
+        raise BadInputError(f"`model` {model!r}: choose from {', '.join(sorted(MODELS))}", field="model")
     if activation not in ACTIVATIONS:
-        raise BadInputError(f"--activation {activation!r}: choose from {', '.join(ACTIVATIONS)}", flag="--activation")
+        raise BadInputError(f"`activation` {activation!r}: choose from {', '.join(ACTIVATIONS)}", field="activation")
     if widths is not None and (not widths or min(widths) < 1):
-        raise BadInputError(f"--widths {widths}: give positive layer widths, e.g. 256,256,256,256", flag="--widths")
+        raise BadInputError(f"`widths` {widths}: give positive layer widths, e.g. 256,256,256,256", field="widths")
     if blocks is not None and (model != "resnet" or not _integer(blocks) or blocks < 1):
-        raise BadInputError(f"--blocks {blocks}: a whole number >= 1 of BasicBlocks per stage of --model resnet",
-                            flag="--blocks")
+        raise BadInputError(f"`blocks` {blocks}: a whole number >= 1 of BasicBlocks per stage of `model` resnet",
+                            field="blocks")
     if (model == "transformer") != (data.source == "grammar"):
-        raise BadInputError("--model transformer trains on token sequences (--data grammar), and --data grammar "
-                            f"trains --model transformer; got --model {model} --data {data.source}", flag="--model")
+        raise BadInputError("`model` transformer trains on token sequences (`data` grammar), and `data` grammar "
+                            f"trains `model` transformer; got `model` {model} `data` {data.source}", field="model")
     if model == "transformer":  # widths: the residual width of each block; its MLP is GELU (SPEC S9)
         if widths is not None and len(set(widths)) != 1:
-            raise BadInputError(f"--widths {widths}: a transformer's blocks share one width, e.g. 64,64",
-                                flag="--widths")
+            raise BadInputError(f"`widths` {widths}: a transformer's blocks share one width, e.g. 64,64",
+                                field="widths")
         if layer_norm:
-            raise BadInputError("--layer-norm: the transformer has its LayerNorms already", flag="--layer-norm")
+            raise BadInputError("`layer_norm`: the transformer has its LayerNorms already", field="layer_norm")
         return {"vocab": VOCAB, "max_len": LENGTH, "d_model": widths[0] if widths else 64,
                 "n_layers": len(widths) if widths else 2}
     if model == "mlp" and data.source not in PERMUTED:
-        raise BadInputError("--model mlp trains on permuted data; an image folder trains --model cnn or resnet",
-                            flag="--model")
+        raise BadInputError("`model` mlp trains on permuted data; an image folder trains `model` cnn or resnet",
+                            field="model")
     if model == "mlp":
         return {"in_features": IMAGE_SIDE[data.source] ** 2, "widths": list(widths or PAPER_MLP_WIDTHS),
                 "activation": activation, "layer_norm": layer_norm}
     if layer_norm:
-        raise BadInputError(f"--layer-norm: only --model mlp has a LayerNorm variant, not {model}", flag="--layer-norm")
+        raise BadInputError(f"`layer_norm`: only `model` mlp has a LayerNorm variant, not {model}", field="layer_norm")
     own = data.source == TRAINABLE_OWN_DATA  # RGB images, as many outputs as class folders
     if data.layout != "image" and not own:
-        raise BadInputError(f"--model {model} needs image data: use --data {data.source}-image", flag="--model")
+        raise BadInputError(f"`model` {model} needs image data: use `data` {data.source}-image", field="model")
     kwargs: dict = {"activation": activation}
     if own:
         kwargs.update(in_channels=3, n_classes=len(image_classes(data)))
@@ -386,7 +386,7 @@ def _unusable(path: Path) -> str:
         old = json.loads(path.read_text(encoding="utf-8")).get("format") in OLD_RECORDS
     except (OSError, ValueError, AttributeError):
         old = False
-    return (f"its {RECORD} is of an older train, whose --checkpoint-at counted tasks from 0 after the first one (0 "
+    return (f"its {RECORD} is of an older train, whose `checkpoint_at` counted tasks from 0 after the first one (0 "
             "is now the untrained network)" if old else f"its {RECORD} is unreadable")
 
 
@@ -432,8 +432,8 @@ def _prepare_out(config: TrainConfig, out: Path, overwrite: bool) -> dict | None
     for name in config.checkpoints():
         path = out / name
         if (path.exists() or path.is_symlink()) and not _ours(path):
-            raise BadInputError(f"--out {out}: {name} is not a checkpoint folder written by train (it holds other "
-                                "files, or is a link); move it away or use another --out", flag="--out")
+            raise BadInputError(f"`out` {out}: {name} is not a checkpoint folder written by train (it holds other "
+                                "files, or is a link); move it away or use another `out`", field="out")
     entries = sorted(out.iterdir()) if out.is_dir() else []
     values = config.to_dict()
     record = _read_record(out / RECORD)
@@ -445,20 +445,20 @@ def _prepare_out(config: TrainConfig, out: Path, overwrite: bool) -> dict | None
         same = False
     elif entries and stored is None:
         why = _unusable(out / RECORD)
-        raise BadInputError(f"--out {out}: not empty ({_listed(entries)}) and {why}; use another --out, or "
-                            "--overwrite to discard the checkpoints and accuracy.csv an earlier train wrote there "
-                            "(other files are kept)", flag="--out")
+        raise BadInputError(f"`out` {out}: not empty ({_listed(entries)}) and {why}; use another `out`, or "
+                            "`overwrite` to discard the checkpoints and accuracy.csv an earlier train wrote there "
+                            "(other files are kept)", field="out")
     elif not same and (results := [p for p in entries if p.name == ACCURACY or CHECKPOINT_DIR.match(p.name)]):
         held = sum(1 for p in results if p.name != ACCURACY)
         what = f"{held} checkpoint{'s' if held != 1 else ''}" if held else f"the {ACCURACY} of a run"
-        raise BadInputError(f"--out {out}: holds {what} trained with another config "
-                            f"({'; '.join(_changes(stored, values)) or 'another config'}); use another --out, or "
-                            "--overwrite to discard them", flag="--out")
+        raise BadInputError(f"`out` {out}: holds {what} trained with another config "
+                            f"({'; '.join(_changes(stored, values)) or 'another config'}); use another `out`, or "
+                            "`overwrite` to discard them", field="out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise BadInputError(f"--out {out}: cannot create the folder ({err.strerror}); name a folder you can write",
-                            flag="--out") from err
+        raise BadInputError(f"`out` {out}: cannot create the folder ({err.strerror}); name a folder you can write",
+                            field="out") from err
     if same:
         return record
     fresh = {"format": RECORD_FORMAT, "config": values, "hash": canonical_hash(values), "environment": _environment()}
@@ -531,7 +531,7 @@ class _Run:
 
     def diverged(self, what: str) -> TrainingFailed:
         return TrainingFailed(f"training diverged: {what}; {self.saved_line()}, none written from the diverged "
-                              "model; try a lower --lr")
+                              "model; try a lower `lr`")
 
     def checkpoint(self, name: str, spec: DataSpec, acc: float, resets: int, where: str) -> None:
         """Save checkpoint `name`, or check that a kept one is what this run trains."""
@@ -541,8 +541,8 @@ class _Run:
         if name in self.kept:
             why = _reproduces(directory, self.model)
             if why:
-                raise TrainingFailed(f"--out {self.out}: {name} on disk is not what this rerun of the same command "
-                                     f"trains ({why}); stopped, {self.saved_line()}; use --overwrite to train them "
+                raise TrainingFailed(f"`out` {self.out}: {name} on disk is not what this rerun of the same command "
+                                     f"trains ({why}); stopped, {self.saved_line()}; use `overwrite` to train them "
                                      "all again")
             return
         with interrupt_held():
@@ -568,14 +568,14 @@ def train(
         The checkpoints written by this call: [] when a rerun finds them all on disk.
 
     Raises:
-        BadInputError: bad data or model, or an OUT that would mix runs (its flag is "--out").
+        BadInputError: bad data or model, or an OUT that would mix runs (its field is "--out").
         TrainingFailed: the loss or the weights became NaN/Inf, or a kept checkpoint is not reproduced.
         RunInterrupted: Ctrl-C; its message says how many checkpoints are saved.
     """
     out = Path(out_dir)
     say = note or (lambda _text: None)
     if not str(out_dir).strip() or (out.exists() and not out.is_dir()):
-        raise BadInputError(f"--out {out_dir!r}: not a folder; name a folder for the checkpoints", flag="--out")
+        raise BadInputError(f"`out` {out_dir!r}: not a folder; name a folder for the checkpoints", field="out")
     cbp: ContinualBackprop | None = None
     run: _Run | None = None
     try:
@@ -589,7 +589,7 @@ def train(
         run.kept = set(run.on_disk())
         total, kept = len(run.schedule), len(run.kept)
         if resumed and kept == total and _accuracy_complete(out / ACCURACY, config.tasks):
-            say(f"nothing to do: all {total} checkpoints of this command are in {out} (--overwrite trains again)")
+            say(f"nothing to do: all {total} checkpoints of this command are in {out} (`overwrite` trains again)")
             return []
         threads = torch.get_num_threads()
         if resumed:
@@ -602,7 +602,7 @@ def train(
     except KeyboardInterrupt:
         if run is None:
             raise RunInterrupted(f"interrupted before training started; no checkpoint written in {out}") from None
-        how = "the same command without --overwrite" if overwrite else "the same command"
+        how = "the same command without `overwrite`" if overwrite else "the same command"
         raise RunInterrupted(f"interrupted: {len(run.on_disk())} of {len(run.schedule)} checkpoints saved in {out}; "
                              f"rerun {how} to resume") from None
     finally:
