@@ -58,6 +58,7 @@ from resetassay.data import data_spec, training_images
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.io.rundir import read_run
 from resetassay.stats.summary import checkpoint_stats
+from resetassay.stats.verdict import COST_STAGE
 from resetassay.train.loop import TrainConfig, _task_sample, step_milestones, train, zoo_kwargs
 
 PAPER_FRACTIONS = (0.3, 0.6, 0.8, 1.0)  # SPEC S6: epochs 60, 120, 160, 200 of 200
@@ -67,6 +68,13 @@ FAMILY = "resnet-relu-bn@cifar10"
 RECIPES = ("cosine", "table3")  # cosine: the published run (resnet_cifar10); table3: SPEC S6's Table 3 recipe
 TABLE3 = {"family": "resnet-relu-bn-kaiming-normal@cifar10", "schedule": "step", "augment": "crop-flip-rotate",
           "init": "kaiming-normal", "batch_size": 90, "examples_per_class": 450, "seeds": (0, 1, 2)}
+
+
+def assay_seconds(stages: dict[str, float]) -> float:
+    """A checkpoint's assay time from the stages of its run's timings.json: their sum, less the per-utility
+    calibration costs (`COST_STAGE`, "utility gxd"), which overlap the "utilities" stage and each other."""
+    cost = COST_STAGE.format("")
+    return round(sum(v for k, v in stages.items() if not k.startswith(cost)), 1)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -198,6 +206,17 @@ def _signed(value: float) -> str:
     return f"{value:.3f}".replace("-", "−")
 
 
+def _pm_fine(mean: float, se: float) -> str:
+    """mean ± SE, with a fourth decimal where the SE is below .001 (GXD's), e.g. "0.9937 ± 0.0002"."""
+    if math.isnan(se):
+        return _signed(mean)
+    if se == 0:
+        return f"{_signed(mean)} ± 0"
+    if se >= 0.001:
+        return f"{_signed(mean)} ± {se:.3f}"
+    return f"{mean:.4f} ± {se:.4f}".replace("-", "−") if se >= 0.00005 else f"{mean:.4f} ± <0.0001"
+
+
 DEPARTURES = [  # (what, Table 3 / SPEC S6, ours); "{...}" filled in by table3_markdown
     ("data", "CIFAR-100 (100 classes)", "CIFAR-10 (10 classes), a lossy JPEG copy (median abs pixel error 5.7/255 "
      "on 200 images checked; /work/shared/data/cifar10/SOURCES.txt)"),
@@ -237,8 +256,11 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
         f"{len(seeds)} seeds x {len(trained)} checkpoints at epochs {', '.join(map(str, trained))} (n = {n}; the "
         "paper's \"mean ± SE across checkpoints\", its 60/120/160/200 of 200, scaled). The checkpoints of one seed "
         "are not independent, so that SE is optimistic; \"over seeds\" is the mean ± SE of the per-seed means "
-        f"(n = {len(seeds)}). \"Distance\" is (ours − paper) / our SE over seeds x checkpoints. The paper (SPEC S6, "
-        "Table 7) gives only GXD, target and all-logit, for the ResNet.", ""]
+        f"(n = {len(seeds)}). \"Distance\" is (ours − paper) / our SE over seeds x checkpoints: our spread only, "
+        "the paper's own SE is not in SPEC S6, so a distance of hundreds of SEs says that our ρ is far above the "
+        "paper's and tightly so, not how sure the comparison is. The paper (SPEC S6, Table 7) gives only GXD, "
+        "target and all-logit, for the ResNet. The run's report (report.md, figures/) compares the utilities on "
+        "their common scope, the units where all of them apply (contribution's), so its ρ differ from these.", ""]
     for metric, title in (("l1", "logit L1"), ("kl", "KL")):
         part = table[(table["metric"] == metric) & (table["n_units"] > 0)]
         lines += [f"## Pooled Spearman ρ, {title}", "",
@@ -249,9 +271,10 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
             paper = PAPER_RHO.get((row["utility"], metric))
             lines.append(
                 f"| {row['utility']} | {row['n_units']} | {f'{paper:.3f}' if paper else '–'} | "
-                f"{_pm(row['spearman'], row['spearman_se'])} | {_distance(row['spearman'], row['spearman_se'], paper)}"
-                f" | {_pm(row['spearman_seeds'], row['spearman_seeds_se'])} | "
-                + " | ".join(_pm(row[f"spearman_seed{s}"], row[f"spearman_seed{s}_se"]) for s in seeds) + " |")
+                f"{_pm_fine(row['spearman'], row['spearman_se'])} | "
+                f"{_distance(row['spearman'], row['spearman_se'], paper)} | "
+                f"{_pm_fine(row['spearman_seeds'], row['spearman_seeds_se'])} | "
+                + " | ".join(_pm_fine(row[f"spearman_seed{s}"], row[f"spearman_seed{s}_se"]) for s in seeds) + " |")
         lines += ["", f"Per epoch, the mean over the {len(seeds)} seeds:", "",
                   "| utility | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
         lines += [f"| {row['utility']} | " + " | ".join(_signed(row[f"spearman_epoch{e}"]) for e in epochs) + " |"
@@ -263,7 +286,7 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
         lines.append("")
     part = table[(table["metric"] == "l1") & (table["n_units"] > 0)]
     lines += ["## Shock@5% / oracle Shock@5%, logit L1", "", "| utility | ours, seeds x checkpoints |", "|---|---|"]
-    lines += [f"| {r['utility']} | {_pm(r['ratio'], r['ratio_se'])} |" for _, r in part.iterrows()]
+    lines += [f"| {r['utility']} | {_pm_fine(r['ratio'], r['ratio_se'])} |" for _, r in part.iterrows()]
     lines += ["", "## Checkpoints", "", "Held-out accuracy on all 10000 test images (probe accuracy on the "
               f"{int(accuracy['probe_size'].iloc[0])} probe images):", "",
               "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -287,7 +310,9 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
     if assay_s:
         lines.append(f"- assay: {sum(assay_s.values()) / len(assay_s):.0f} s per checkpoint on average, "
                      f"{min(assay_s.values()):.0f}–{max(assay_s.values()):.0f} s ({len(assay_s)} checkpoints; every "
-                     "utility, L1 and KL, every unit lesioned)")
+                     "utility, L1 and KL, every unit lesioned; the process's one thread)")
+    trained_s = sum(per_seed[str(s)]["train_s"] for s in seeds if str(s) in per_seed)
+    lines.append(f"- in all: {trained_s / 60:.1f} min of training and {sum(assay_s.values()) / 60:.1f} min of assay")
     return "\n".join(lines) + "\n"
 
 
@@ -385,7 +410,7 @@ def main() -> None:
           probe_size=args.probe, units_per_layer=args.units_per_layer)
     assayed = json.loads((run_dir / "timings.json").read_text())["checkpoints"]  # those assayed by this launch
     timings.setdefault("assay_s_per_checkpoint", {}).update(
-        {name: round(sum(stages.values()), 1) for name, stages in assayed.items()})
+        {name: assay_seconds(stages) for name, stages in assayed.items()})
     timings_path.write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
     stats, accuracy = stats_table(run_dir)
     first = runs[args.seeds[0]]
