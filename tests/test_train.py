@@ -198,7 +198,7 @@ def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Pa
         (["--family", "mlp:relu"], "--family 'mlp:relu'"),
         (["--activation", "gelu"], "--activation"),
         (["--data", "mnist"], "--data-dir"),
-        (["--checkpoint-at", "1,x"], "checkpoint_at"),
+        (["--checkpoint-at", "1,x"], "--checkpoint-at"),
         (["--model", "mlp", "--widths", "0,4"], "--widths"),
         (["--model", "transformer"], "--model transformer trains on token sequences (--data grammar)"),
         (["--data", "grammar"], "--data grammar trains --model transformer"),

@@ -50,7 +50,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 TRAIN = ["train", "--model", "resnet", "--widths", "4,8", "--epochs", "2", "--checkpoint-at", "0,1,2",
          "--batch-size", "8", "--lr", "0.05", "--momentum", "0.9", "--weight-decay", "5e-4", "--schedule", "cosine",
-         "--augment", "--normalize", "cifar10", "--quiet"]
+         "--augment", "crop-flip", "--normalize", "cifar10", "--quiet"]
 
 
 def _train(data: Path, out: Path, *extra: str):
@@ -79,7 +79,7 @@ def test_an_image_folder_trains_as_one_task_with_checkpoints_by_epoch_that_recor
                                "blocks": [1, 1]}
         assert info.data == data_spec(str(folder), normalize="cifar10")  # path, sha256, normalisation
         assert info.meta["family"] == "resnet-relu-bn@images"
-        assert {info.meta[k] for k in ("augment", "schedule", "weight_decay")} == {True, "cosine", 5e-4}
+        assert {info.meta[k] for k in ("augment", "schedule", "weight_decay")} == {"crop-flip", "cosine", 5e-4}
         assert 0 <= info.meta["holdout_accuracy"] <= 1
     first, last = (load_checkpoint(trained / f"epoch{k}").model.state_dict() for k in (0, 2))
     assert not torch.equal(first["stem.conv.weight"], last["stem.conv.weight"])  # it trained
@@ -146,7 +146,7 @@ def test_crop_and_flip_draws_padded_crops_and_mirror_images_from_the_generator()
     (["--checkpoint-in", "tasks"], "--checkpoint-in", "count epochs"),
     (["--model", "mlp"], "--model", "trains on permuted data"),
     (["--blocks", "0"], "--blocks", "BasicBlocks per stage"),
-    (["--schedule", "step"], "--schedule", "constant or cosine"),
+    (["--schedule", "linear"], "--schedule", "constant, cosine or step"),
     (["--weight-decay", "-1"], "--weight-decay", ">= 0"),
 ])
 def test_bad_image_training_flags_exit_2_naming_the_flag(folder: Path, tmp_path: Path, args: list[str], flag: str,
@@ -158,7 +158,7 @@ def test_bad_image_training_flags_exit_2_naming_the_flag(folder: Path, tmp_path:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--augment"], "--augment crops and flips images of an image folder"),
+    (["--augment", "crop-flip"], "--augment crop-flip augments the images of an image folder"),
     (["--epochs", "3"], "--epochs applies to an image folder"),
 ])
 def test_image_only_flags_are_refused_with_permuted_data(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -458,8 +458,9 @@ def train_command(
     activation: Annotated[str, typer.Option(help="relu, silu, leaky_relu or tanh.")] = "relu",
     layer_norm: Annotated[bool, typer.Option(help="LayerNorm after each Linear (mlp).")] = False,
     init: Annotated[str, typer.Option(help="Initial weights: kaiming-relu (Kaiming uniform with the ReLU gain, zero "
-                                      "biases) or torch-default (PyTorch's own layer init); recorded in the "
-                                      "checkpoint and, if not the default, in its family.")] = "kaiming-relu",
+                                      "biases), kaiming-normal (Kaiming normal, ReLU gain, fan_in, zero biases: "
+                                      "the paper's ResNet-18) or torch-default (PyTorch's own layer init); recorded "
+                                      "in the checkpoint and, if not the default, in its family.")] = "kaiming-relu",
     data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
                                       "grammar (token sequences, --model transformer); an image folder or "
                                       ".tar/.tar.gz with train/ and test/ class folders (one task, --epochs).")]
@@ -476,13 +477,18 @@ def train_command(
                                                "2).")] = None,
     examples_per_task: Annotated[int | None, typer.Option(help="Train on a seeded sample of this many examples "
                                                           "of each task (default: all): many short tasks.")] = None,
+    examples_per_class: Annotated[int | None, typer.Option(help="Train on a seeded sample of this many examples "
+                                                           "of each class of each task (the paper's ResNet: "
+                                                           "450).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay of the optimizer.")] = 0.0,
-    schedule: Annotated[str, typer.Option(help="Learning rate: constant, or cosine (annealed to 0 over all "
-                                          "steps).")] = "constant",
-    augment: Annotated[bool, typer.Option(help="An image folder: random crops of the 4-pixel zero-padded image "
-                                          "and left-right flips.")] = False,
+    schedule: Annotated[str, typer.Option(help="Learning rate: constant; cosine (annealed to 0 over all steps); "
+                                          "or step (x0.2 after 30%, 60% and 80% of the steps: the paper's epochs "
+                                          "60/120/160 of 200).")] = "constant",
+    augment: Annotated[str, typer.Option(help="An image folder: none; crop-flip (random crops of the 4-pixel "
+                                         "zero-padded image and left-right flips); or crop-flip-rotate (and a "
+                                         "rotation by 0-15 degrees).")] = "none",
     optimizer: Annotated[str, typer.Option(help="sgd (the paper's) or adam (suits --model transformer, e.g. with "
                                            "--lr 0.001).")] = "sgd",
     batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
@@ -536,7 +542,7 @@ def train_command(
             or (last_checkpoint(tasks, epochs_per_task, checkpoint_in),), checkpoint_in=checkpoint_in,
             cbp=CBPConfig(**{k: v for k, v in given.items() if v is not None}) if cbp else None, momentum=momentum,
             family=family, optimizer=optimizer, examples_per_task=examples_per_task, weight_decay=weight_decay,
-            schedule=schedule, augment=augment,
+            schedule=schedule, augment=augment, examples_per_class=examples_per_class,
         )
         saved = train(config, out_dir, progress=not quiet, overwrite=overwrite,
                       note=_say)

@@ -13,7 +13,7 @@ from resetassay.errors import BadInputError
 
 def import_named_module(module_name: str, label: str, field: str) -> ModuleType:
     """`import module_name`, searching the working folder as `python -m` does (the installed script does not);
-    a failure is one line starting with `label` (e.g. "--model 'pkg.mod:f'") and carrying `field`."""
+    a failure is one line starting with `label` (e.g. "`model` 'pkg.mod:f'") and carrying `field`."""
     cwd = str(Path.cwd())
     searched = cwd in sys.path or "" in sys.path
     if not searched:

@@ -49,25 +49,31 @@ def _activation(name: str) -> nn.Module:
 
 
 DEFAULT_INIT = "kaiming-relu"
-INITS = (DEFAULT_INIT, "torch-default")  # SPEC S6: the two readings of the paper's "Kaiming uniform"
+KAIMING_NORMAL = "kaiming-normal"  # SPEC S6's ResNet-18 init ("Kaiming normal")
+# SPEC S6: the two readings of the MLP's "Kaiming uniform", and the ResNet's Kaiming normal
+INITS = (DEFAULT_INIT, "torch-default", KAIMING_NORMAL)
 
 
-def kaiming_init_(module: nn.Module) -> None:
-    """Kaiming-uniform weights (ReLU gain), zero biases, unit BatchNorm/LayerNorm (SPEC S6 init)."""
+def kaiming_init_(module: nn.Module, normal: bool = False) -> None:
+    """Kaiming weights with the ReLU gain and fan_in (uniform, or `normal`: std sqrt(2 / fan_in)), zero biases, of
+    every Linear and Conv2d; BatchNorm/LayerNorm keep their unit scale and zero shift (SPEC S6 init)."""
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
+            fill = nn.init.kaiming_normal_ if normal else nn.init.kaiming_uniform_
+            fill(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
 
 def init_weights_(module: nn.Module, init: str) -> None:
-    """Initialise a zoo model (SPEC S6): `kaiming-relu` (`kaiming_init_`), or `torch-default`, PyTorch's own layer
-    init as the modules were built (`kaiming_uniform_(a=√5)` weights, about 2.45x smaller, uniform biases)."""
+    """Initialise a zoo model (SPEC S6): `kaiming-relu` (`kaiming_init_`: Kaiming uniform), `kaiming-normal`
+    (`kaiming_init_(normal=True)`: the ResNet-18's Kaiming normal, ReLU gain, fan_in, zero biases, the output layer
+    included), or `torch-default`, PyTorch's own layer init as the modules were built (`kaiming_uniform_(a=√5)`
+    weights, about 2.45x smaller, uniform biases)."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
-    if init == DEFAULT_INIT:
-        kaiming_init_(module)
+    if init in (DEFAULT_INIT, KAIMING_NORMAL):
+        kaiming_init_(module, normal=init == KAIMING_NORMAL)
 
 
 class HiddenLayer(nn.Module):

@@ -3,9 +3,31 @@ protocol, S7 CBP).
 
 Plain SGD (backprop, the default) or continual backprop (`resetassay.train.cbp`). An image folder or archive
 (`data.training_images`) is one task, the dataset itself: the run trains on its `train` root for `epochs_per_task`
-epochs (optionally with random crops and flips, `augment`), checkpoints count epochs (`epoch<k>`), and each
-checkpoint records the folder, so the assay probes its held-out root (test, val, ...), as SPEC S6's ResNet-18
-checkpoints along one CIFAR run. `schedule` "cosine" anneals the learning rate over all steps.
+epochs (optionally augmented, `augment`), checkpoints count epochs (`epoch<k>`), and each checkpoint records the
+folder, so the assay probes its held-out root (test, val, ...), as SPEC S6's ResNet-18 checkpoints along one CIFAR
+run.
+
+The learning rate (`schedule`): "constant"; "cosine", annealed to 0 over all SGD steps (`CosineAnnealingLR`);
+"step", SPEC S6's Table 3 schedule, multiplied by 0.2 after 30 %, 60 % and 80 % of the run (the paper's epochs
+60, 120, 160 of 200) by `MultiStepLR`, which is stepped once per SGD step with its milestones at the equivalent
+step counts, round(fraction x all steps): when a fraction of the epochs is whole (200 or 10 epochs: 60/120/160,
+3/6/8) that is exactly the first step of that epoch, as an epoch-stepped schedule would have it, and a short run
+(2 epochs) still gets the three decays, inside epochs. The epochs are all of the run's (`tasks` x
+`epochs_per_task`).
+
+Augmentation of an image folder (`augment`): "none"; "crop-flip", a random crop of the image's own size from it
+zero-padded by 4 pixels and a left-right flip with probability 1/2 (`crop_and_flip`, on the uint8 images); or
+"crop-flip-rotate", that and then a rotation by an angle drawn uniformly from [0°, 15°] per image
+(`random_rotation`). SPEC S6 writes "rotation 0–15°", and the code the protocol comes from (the loss-of-plasticity
+incremental CIFAR experiment, `RandomRotator(degrees=(0, 15))`) draws from [0, 15], not [-15, 15]: so one
+direction, counterclockwise, 0 to 15 degrees. The rotation is done with torch (`affine_grid`/`grid_sample`,
+bilinear, per batch with one angle per image) after normalisation, so the corners it uncovers are 0, the dataset's
+mean colour, as in that code (which rotates normalised tensors with fill 0). A train.json or manifest written when
+`augment` was a switch reads as before: true is "crop-flip", false "none".
+
+`examples_per_task` trains on a seeded sample of each task; `examples_per_class` on a seeded, class-balanced one
+(SPEC S6: 450 training images per class; the paper's 50 validation images per class are never trained on, and a
+run that takes 450 of a class leaves the rest out likewise).
 
 `checkpoint_at` counts completed tasks (or global epochs): 0 is the untrained network, saved before the first SGD
 step, and k the network after the k-th task, saved as `task<k>` (SPEC S6's checkpoints {0, 5, 10, 20, 30} are
@@ -63,7 +85,12 @@ from resetassay.names import MANIFEST, STATE, WEIGHTS
 from resetassay.train.cbp import CBPConfig, ContinualBackprop
 
 SCHEDULE_UNITS = ("tasks", "epochs")
-LR_SCHEDULES = ("constant", "cosine")  # cosine: annealed to 0 over all steps, as CIFAR ResNets are trained
+LR_SCHEDULES = ("constant", "cosine", "step")  # cosine: annealed to 0 over all steps; step: SPEC S6's Table 3
+STEP_FRACTIONS = (0.3, 0.6, 0.8)  # step: the lr x STEP_GAMMA after these fractions of the run (60/120/160 of 200)
+STEP_GAMMA = 0.2
+AUGMENTATIONS = ("none", "crop-flip", "crop-flip-rotate")
+OLD_AUGMENT = {True: "crop-flip", False: "none"}  # `augment` was a switch: train.json and manifests of then
+ROTATION_DEGREES = (0.0, 15.0)  # crop-flip-rotate: an angle drawn uniformly from [0°, 15°], counterclockwise
 TRAINABLE_OWN_DATA = "images"  # of the user's own sources, image folders and archives train (one task)
 CROP_PADDING = 4  # augment: crops of the image's own size from it padded by 4 zero pixels, as usual on CIFAR
 OPTIMIZERS = ("sgd", "adam")  # SGD (with --momentum) is the paper's (SPEC S6); Adam suits the transformer
@@ -121,7 +148,8 @@ class TrainConfig:
     examples_per_task: int | None = None
     weight_decay: float = 0.0
     schedule: str = "constant"
-    augment: bool = False
+    augment: str = "none"
+    examples_per_class: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("tasks", self.tasks), ("epochs_per_task", self.epochs_per_task),
@@ -131,9 +159,13 @@ class TrainConfig:
         if not _finite(self.lr) or not 0 < self.lr <= MAX_LR:
             raise BadInputError(f"`lr` {self.lr}: must be a number > 0 and finite in float32 (<= {MAX_LR:.3g}), "
                                 "e.g. 0.01", field="lr")
-        if self.examples_per_task is not None and (not _integer(self.examples_per_task) or self.examples_per_task < 1):
-            raise BadInputError(f"`examples_per_task` {self.examples_per_task}: must be a whole number >= 1",
-                                field="examples_per_task")
+        for name, value in (("examples_per_task", self.examples_per_task),
+                            ("examples_per_class", self.examples_per_class)):
+            if value is not None and (not _integer(value) or value < 1):
+                raise BadInputError(f"`{name}` {value}: must be a whole number >= 1", field=name)
+        if self.examples_per_task is not None and self.examples_per_class is not None:
+            raise BadInputError("`examples_per_class`: give it or `examples_per_task`, not both",
+                                field="examples_per_class")
         if self.optimizer not in OPTIMIZERS:
             raise BadInputError(f"`optimizer` {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}", field="optimizer")
         if not _finite(self.momentum) or not 0 <= self.momentum < 1:
@@ -143,7 +175,15 @@ class TrainConfig:
         if not _finite(self.weight_decay) or self.weight_decay < 0:
             raise BadInputError(f"`weight_decay` {self.weight_decay}: must be a number >= 0", field="weight_decay")
         if self.schedule not in LR_SCHEDULES:
-            raise BadInputError(f"`schedule` {self.schedule!r}: choose {' or '.join(LR_SCHEDULES)}", field="schedule")
+            raise BadInputError(f"`schedule` {self.schedule!r}: choose {', '.join(LR_SCHEDULES[:-1])} or "
+                                f"{LR_SCHEDULES[-1]}", field="schedule")
+        if isinstance(self.augment, bool):  # the switch it was: True crops and flips
+            self.augment = OLD_AUGMENT[self.augment]
+        if self.augment not in AUGMENTATIONS:
+            hint = (" (it takes a value now: crop-flip is what `augment` alone did)"
+                    if isinstance(self.augment, str) and self.augment.startswith("-") else "")
+            raise BadInputError(f"`augment` {self.augment!r}: choose {', '.join(AUGMENTATIONS[:-1])} or "
+                                f"{AUGMENTATIONS[-1]}{hint}", field="augment")
         self._check_own_data()
         if not _integer(self.seed) or not 0 <= self.seed < MAX_SEED:
             raise BadInputError(f"`seed` {self.seed}: must be a whole number in [0, 2**64)", field="seed")
@@ -179,8 +219,8 @@ class TrainConfig:
         if own and self.checkpoint_in != "epochs":
             raise BadInputError("`checkpoint_in` tasks: an image folder's checkpoints count epochs",
                                 field="checkpoint_in")
-        if self.augment and not own:
-            raise BadInputError(f"`augment` crops and flips images of an image folder, not permuted "
+        if self.augment != "none" and not own:
+            raise BadInputError(f"`augment` {self.augment} augments the images of an image folder, not permuted "
                                 f"{self.data.source}", field="augment")
 
     def to_dict(self) -> dict:
@@ -279,32 +319,77 @@ def crop_and_flip(x: torch.Tensor, generator: torch.Generator, padding: int = CR
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Float images (N, C, H, W), the n-th rotated counterclockwise by `degrees[n]` about its centre (bilinear;
+    what leaves the image is lost, the corners it uncovers are 0), as torchvision's `rotate` turns them."""
+    n, _, h, w = x.shape
+    angle = torch.deg2rad(degrees.to(torch.float32))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    # where each output pixel reads in the input, in affine_grid's [-1, 1] coordinates (x right, y down), scaled
+    # so that a non-square image turns as a picture does
+    theta = torch.stack([torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotation(x: torch.Tensor, generator: torch.Generator,
+                    degrees: tuple[float, float] = ROTATION_DEGREES) -> torch.Tensor:
+    """Float images (N, C, H, W), each rotated counterclockwise by an angle drawn uniformly from `degrees` (SPEC
+    S6: [0°, 15°], module doc) from `generator`."""
+    low, high = degrees
+    return rotate(x, low + (high - low) * torch.rand(len(x), generator=generator))
+
+
 def _training_set(config: TrainConfig, spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, Batch]:
     """The training inputs and labels of the task in `spec`, and how a batch of them becomes the model's input:
     a permuted task as stored; an image folder's uint8 images (decoded once, `training_images`) cropped and
-    flipped with `augment`, then made float and normalised."""
+    flipped with `augment`, made float and normalised, then rotated with "crop-flip-rotate"."""
     if spec.source in PERMUTED:
         x, y = _task_sample(task_arrays(spec, "train"), config, spec.task)
         return x, y, lambda xb, _generator: xb
     x, y = _task_sample(training_images(spec), config, spec.task)
 
     def batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return image_tensor(crop_and_flip(xb, generator) if config.augment else xb, spec.mean, spec.std)
+        images = image_tensor(crop_and_flip(xb, generator) if config.augment != "none" else xb, spec.mean, spec.std)
+        return random_rotation(images, generator) if config.augment == "crop-flip-rotate" else images
 
     return x, y, batch
 
 
 def _task_sample(arrays: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
                  task: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A task's training examples: all, or `examples_per_task` of them drawn without replacement, seeded by the
-    run's seed and the task (short tasks: many tasks on a small budget)."""
+    """A task's training examples: all, or `examples_per_task` of them drawn without replacement, or
+    `examples_per_class` of each class (all of a class that has fewer), seeded by the run's seed and the task
+    (short tasks: many tasks on a small budget; SPEC S6's 450 images per class), in their stored order."""
     x, y = arrays
-    n = config.examples_per_task
-    if n is None or n >= len(x):
+    n, per_class = config.examples_per_task, config.examples_per_class
+    if (n is None or n >= len(x)) and per_class is None:
         return x, y
-    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + task))[:n]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + task))
+    if per_class is None:
+        pick = order[:n]
+    else:  # the first `per_class` of each class in the seeded order
+        labels = y[order]
+        pick = torch.cat([order[labels == c][:per_class] for c in torch.unique(labels)])
     pick = pick.sort().values
     return x[pick], y[pick]
+
+
+def step_milestones(total_steps: int) -> list[int]:
+    """The SGD steps after which the "step" schedule multiplies the lr by STEP_GAMMA: STEP_FRACTIONS of all
+    `total_steps`, rounded (module doc)."""
+    return [round(f * total_steps) for f in STEP_FRACTIONS]
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
+               total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The lr schedule of `config.schedule`, stepped once per SGD step over `total_steps` (None: constant)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, step_milestones(total_steps), gamma=STEP_GAMMA)
+    return None
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -321,7 +406,8 @@ def _save(
     """One checkpoint: weights, manifest (family, seed, step, data, accuracy, CBP settings) and unit state."""
     meta = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
             "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
-    for key, default in (("momentum", 0.0), ("weight_decay", 0.0), ("schedule", "constant"), ("augment", False)):
+    for key, default in (("momentum", 0.0), ("weight_decay", 0.0), ("schedule", "constant"), ("augment", "none"),
+                         ("examples_per_class", None)):
         if getattr(config, key) != default:
             meta[key] = getattr(config, key)
     if config.optimizer != "sgd":
@@ -397,10 +483,14 @@ def _environment() -> dict:
 
 
 def _with_defaults(stored: dict) -> dict:
-    """A recorded config with the fields added to TrainConfig since it was written, at their defaults (a run of
-    the same command resumes after an upgrade that only added options)."""
+    """A recorded config with the fields added to TrainConfig since it was written, at their defaults, and the
+    values of an older form in today's (`augment` true: "crop-flip"), so a run of the same command resumes after
+    an upgrade that only added options."""
+    if not isinstance(stored, dict):
+        return stored
     added = {f.name: f.default for f in fields(TrainConfig) if f.name not in stored and f.default is not MISSING}
-    return {**added, **stored} if isinstance(stored, dict) else stored
+    upgraded = {"augment": OLD_AUGMENT[stored["augment"]]} if isinstance(stored.get("augment"), bool) else {}
+    return {**added, **stored, **upgraded}
 
 
 def _changes(old: object, new: object, key: str = "") -> list[str]:
@@ -568,7 +658,7 @@ def train(
         The checkpoints written by this call: [] when a rerun finds them all on disk.
 
     Raises:
-        BadInputError: bad data or model, or an OUT that would mix runs (its field is "--out").
+        BadInputError: bad data or model, or an OUT that would mix runs (its field is `out`).
         TrainingFailed: the loss or the weights became NaN/Inf, or a kept checkpoint is not reproduced.
         RunInterrupted: Ctrl-C; its message says how many checkpoints are saved.
     """
@@ -632,8 +722,7 @@ def _train(run: _Run, progress: bool) -> None:
             if task == 0:
                 total = config.tasks * config.epochs_per_task * math.ceil(len(x) / config.batch_size)
                 bar.update(steps, total=total)
-                if config.schedule == "cosine":
-                    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                scheduler = _scheduler(config, optimizer, total)
                 if 0 in config.checkpoint_at:
                     run.checkpoint(f"{unit}0", spec, accuracy(model, hx, hy), 0, "initialisation")
             task_resets, seen, correct = 0, 0, 0.0
