@@ -15,7 +15,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from resetassay.discovery import sequences
 from resetassay.discovery.outputs import select_output
 from resetassay.discovery.taps import discovery_route, tap_unit_layers
 from resetassay.discovery.units import UnitLayer, unit_layers
-from resetassay.errors import BadInputError, one_line
+from resetassay.errors import BadInputError, did_you_mean, one_line
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import joint_shocks, unit_shocks
@@ -160,6 +160,26 @@ class AssayConfig:
         if self.intervention != "clamp":
             raise BadInputError(f"--utilities {GXD_GREEDY}: it conditions GXD on the clamp, so it needs "
                                 f"--intervention clamp, not {self.intervention}", flag="--utilities")
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(AssayConfig))
+
+
+def config_with(config: AssayConfig | None, overrides: dict[str, object], caller: str) -> AssayConfig:
+    """`config` (default: `AssayConfig()`) with the fields named in `overrides` replaced, validated again: how
+    `run_assay` and `assay_model` take AssayConfig fields as keywords. A keyword that is no field, or a `config`
+    that is no AssayConfig, is a TypeError naming it, as Python's own for an unknown keyword argument."""
+    unknown = [k for k in overrides if k not in CONFIG_FIELDS]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}"
+                        f"{did_you_mean(unknown, list(CONFIG_FIELDS))}; besides its own arguments it takes "
+                        f"AssayConfig's fields as keywords: {', '.join(CONFIG_FIELDS)}")
+    if config is None:
+        return AssayConfig(**overrides)
+    if not isinstance(config, AssayConfig):
+        raise TypeError(f"{caller}(): config must be an AssayConfig, not {type(config).__name__}; pass a field as a "
+                        "keyword instead (e.g. layers=[...])")
+    return replace(config, **overrides)
 
 
 @dataclass
@@ -612,11 +632,12 @@ def assay_model(
     model: nn.Module,
     calib: object,
     probe: object,
-    layers: list[str] | None = None,
     config: AssayConfig | None = None,
+    *,
     name: str = "model",
     state: dict[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
+    **overrides: object,
 ) -> AssayResult:
     """Assay an in-memory model: score every unit on `calib`, lesion each alone on `probe` (SPEC S1-S5).
 
@@ -629,31 +650,34 @@ def assay_model(
             DataLoader); items and batches may be dicts in Hugging Face's style. `config.calib_size` /
             `probe_size` take a seeded sample of each (as `--probe-data` does). `probe`'s labels only give the
             probe accuracy reported beside the shocks.
-        layers: globs over unit-layer names (as `--layers`); overrides `config.layers`.
-        config: the assay settings (default `AssayConfig()`: every utility, L1 and KL).
+        config: the assay settings (default `AssayConfig()`: the default utilities, L1 and KL).
         name: the checkpoint column of the tables. state: per-unit `<layer>.age` / `.reference` tensors.
         progress: called as `progress("lesions <name>", done, total)` while lesions run.
+        **overrides: any AssayConfig field, as in `run_assay` (e.g. `utilities=["gxd"]`, `layers=["layers.*.act"]`,
+            globs over unit-layer names as `--layers`): replaces that field of `config` (or of `AssayConfig()`).
 
     Returns:
         An `AssayResult` with `units`, `summary` and `notes`; `checkpoints` holds `name` and the probe accuracy.
 
     Raises:
-        BadInputError: no layer matches, an empty set, a stored reference missing, ...
+        BadInputError: a config value out of range, no layer matches, an empty set, a stored reference missing, ...
         FloatingPointError: the model gives NaN/Inf logits on the probe set.
+        TypeError: a keyword that is no AssayConfig field (the message names it), or a `config` that is no
+            AssayConfig.
 
     Example::
 
         >>> import torch, resetassay as ra
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-        >>> result = ra.assay_model(net, (x[:32], y[:32]), (x[32:], y[32:]),
-        ...                         config=ra.AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"]))
-        >>> sorted(result.units["layer"].unique())
-        ['1']
+        >>> result = ra.assay_model(net, (x[:32], y[:32]), (x[32:], y[32:]), utilities=["gxd", "oracle"],
+        ...                         metrics=["l1"])
+        >>> sorted(result.units["layer"].unique()), len(result.units)
+        (['1'], 8)
+        >>> result.summary.query("scope == 'ALL'")["utility"].tolist()
+        ['gxd', 'oracle']
     """
-    config = config or AssayConfig()
-    if layers is not None:
-        config = replace(config, layers=layers)
+    config = config_with(config, overrides, "assay_model")
     p = prepare(model, calib, probe, config, name, state)
     cal = calibrate(p, progress)
     chunks = p.chunks()

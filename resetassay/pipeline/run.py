@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +38,7 @@ from resetassay.pipeline.assay import (
     CheckpointInputs,
     assay_checkpoint,
     checkpoint_inputs,
+    config_with,
     resolve_device,
     versions,
 )
@@ -159,6 +160,7 @@ def run_assay(
             finished checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf
             logits) does not raise: it is listed in `failures`.
         RunInterrupted: Ctrl-C, after saving what is finished (with `out`).
+        TypeError: a keyword that is neither an argument nor an AssayConfig field (the message names it).
 
     Example::
 
@@ -168,7 +170,7 @@ def run_assay(
         >>> result
         AssayResult(2 checkpoints, 384 units, 20 summary rows, 0 failed)
     """
-    config = replace(config, **overrides) if config is not None else AssayConfig(**overrides)
+    config = config_with(config, overrides, "run_assay")
     say = note or (lambda _text: None)
     fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
