@@ -7,7 +7,8 @@
 same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
 shortcut; graph_split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
 has them already. `intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py:
-one plain forward per lesion, the engine unused).
+one plain forward per lesion, the engine unused). The shock metrics' registry is shocks.py (`register_metric`,
+`list_metrics`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from torch import nn
 
 from resetassay.discovery.units import UnitLayer
 from resetassay.lesion import fast, plain, reset
-from resetassay.lesion.shocks import check_targets, probe_logits
+from resetassay.lesion.shocks import check_metrics, check_targets, list_metrics, probe_logits, register_metric
 from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 
-__all__ = ["joint_shocks", "unit_shocks"]
+__all__ = ["joint_shocks", "list_metrics", "register_metric", "unit_shocks"]
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
@@ -45,7 +46,29 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
             incoming weights seeded by `seed`, the layer and the unit; every layer must be resettable
             (`reset.reset_sites`).
         targets: the probe targets `(P,)` (a language model's `(P, T)`), for metrics that read them.
+
+    Returns:
+        Shocks[metric][layer]: a float64 tensor `(n_units,)` per layer (`(len(units[layer]),)` with `units`), on the
+        CPU: the mean over the probe set of each lesion's shock.
+
+    Raises:
+        BadInputError: an unknown metric, or a metric that reads targets without `targets`.
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+        >>> layers = ra.find_unit_layers(net, input_shape=(4,))
+        >>> refs = {layer.name: torch.zeros(layer.n_units) for layer in layers}   # a reset to 0
+        >>> probe_x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> shocks = ra.unit_shocks(net, layers, refs, probe_x, ["l1", "kl"])
+        >>> shocks["l1"]["1"].shape, shocks["l1"]["1"].dtype
+        (torch.Size([8]), torch.float64)
+        >>> plain = ra.unit_shocks(net, layers, refs, probe_x, ["l1"], engine="plain")
+        >>> torch.allclose(shocks["l1"]["1"], plain["l1"]["1"])
+        True
     """
+    check_metrics(metrics)
     check_targets(metrics, targets)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
@@ -62,7 +85,30 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                  advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0,
                  targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped (or with
-    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
+    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`.
+
+    Args:
+        lesions: each a dict `{layer name: unit indices}`, the units lesioned together.
+
+    Returns:
+        SetShocks[metric]: a float64 tensor `(len(lesions),)` on the CPU, in the order of `lesions`.
+
+    Raises:
+        BadInputError: an unknown metric, or a metric that reads targets without `targets`.
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+        >>> layers = ra.find_unit_layers(net, input_shape=(4,))
+        >>> refs = {layer.name: torch.zeros(layer.n_units) for layer in layers}
+        >>> probe_x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> joint = ra.joint_shocks(net, layers, refs, [{"1": torch.tensor([0, 1])}, {"1": torch.arange(8)}],
+        ...                         probe_x, ["l1"])
+        >>> joint["l1"].shape
+        torch.Size([2])
+    """
+    check_metrics(metrics)
     check_targets(metrics, targets)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
