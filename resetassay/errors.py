@@ -8,6 +8,19 @@ class BadInputError(ValueError):
 
     `flag` names the command-line flag at fault (`--layers`), when there is one: such an error is about the
     command, would fail every checkpoint, and stops a run; an error without a flag is about one file.
+
+    Args:
+        message: one line naming the file or setting at fault and what to do.
+        flag: the flag at fault, or None.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> try:
+        ...     ra.AssayConfig(utilities=[])
+        ... except ra.BadInputError as err:
+        ...     isinstance(err, ValueError), err.flag is not None
+        (True, True)
     """
 
     def __init__(self, message: str, flag: str | None = None) -> None:

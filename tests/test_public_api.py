@@ -4,10 +4,114 @@ as `run_assay` does."""
 
 from __future__ import annotations
 
+import ast
+import doctest
+import importlib
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
 import resetassay as ra
+from resetassay.lesion import shocks
+from resetassay.scoring import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "resetassay"
+NOTEBOOK = {  # what a notebook needs from `import resetassay` (issue 23 item 4)
+    "assay_model", "run_assay", "assay_checkpoint", "AssayConfig", "AssayResult", "find_unit_layers", "UnitLayer",
+    "load_checkpoint", "save_checkpoint", "data_spec", "unit_shocks", "joint_shocks", "register_utility",
+    "register_metric", "list_utilities", "list_metrics", "NotApplicable", "BadInputError",
+}
+EXPORTS = sorted(set(ra.__all__) - {"__version__"})
+
+
+def _modules_with_all() -> list[str]:
+    """Every module and package of resetassay whose source assigns `__all__`."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+               for n in tree.body):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def test_every_package_declares_all():
+    packages = sorted(p.parent for p in PACKAGE.rglob("__init__.py"))
+    declared = set(_modules_with_all())
+    missing = [str(p.relative_to(ROOT)) for p in packages
+               if ".".join(p.relative_to(ROOT).parts) not in declared]
+    assert not missing, f"packages without __all__: {missing}"
+    assert {"resetassay.io", "resetassay.models", "resetassay.data", "resetassay.discovery", "resetassay.scoring",
+            "resetassay.lesion", "resetassay.stats", "resetassay.pipeline", "resetassay.report", "resetassay.train",
+            "resetassay.cli"} <= declared
+
+
+@pytest.mark.parametrize("name", [m for m in _modules_with_all() if m != "resetassay"])
+def test_every_name_in_all_resolves(name):
+    module = importlib.import_module(name)
+    assert len(module.__all__) == len(set(module.__all__)), f"{name}.__all__ repeats a name"
+    for item in module.__all__:
+        if not hasattr(module, item):  # a package may list its submodules (io, stats: imported on demand)
+            importlib.import_module(f"{name}.{item}")
+
+
+def test_the_root_exports_what_a_notebook_needs_lazily():
+    assert NOTEBOOK.issubset(ra.__all__)
+    assert set(ra.__all__) == {*ra._PUBLIC, "__version__"}
+    for name in EXPORTS:
+        value = getattr(ra, name)
+        assert getattr(importlib.import_module(ra._PUBLIC[name]), name) is value
+        assert value.__module__.startswith("resetassay."), name
+    assert sorted(dir(ra)) == sorted(ra.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        ra.nothing  # noqa: B018
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_every_root_export_is_documented(name):
+    """Google style: what it does, Args (where it takes any), Returns (where it returns something), Raises (where it
+    takes arguments), and an example; the root module's docstring names it."""
+    obj = getattr(ra, name)
+    doc = inspect.getdoc(obj) or ""
+    assert ">>>" in doc and "Example::" in doc, f"{name}: no Example:: with >>>"
+    assert f"`{name}`" in ra.__doc__, f"the root docstring does not name {name}"
+    if inspect.isclass(obj):
+        if not issubclass(obj, Exception):
+            assert "Args:" in doc or "Attributes:" in doc, f"{name}: no Args:/Attributes:"
+        return
+    signature = inspect.signature(obj)
+    if signature.parameters:
+        assert "Args:" in doc and "Raises:" in doc, f"{name}: no Args:/Raises:"
+    if signature.return_annotation not in (None, "None"):
+        assert "Returns:" in doc, f"{name}: no Returns:"
+
+
+@pytest.fixture
+def own_registries(monkeypatch):
+    """The examples register a utility and a metric: into copies of the registries, dropped afterwards."""
+    monkeypatch.setattr(registry, "UTILITIES", dict(registry.UTILITIES))
+    monkeypatch.setattr(registry, "PLUGINS", {})
+    monkeypatch.setattr(shocks, "SHOCK_METRICS", dict(shocks.SHOCK_METRICS))
+    monkeypatch.setattr(shocks, "PLUGINS", {})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", EXPORTS)
+def test_the_examples_of_every_root_export_run(name, monkeypatch, own_registries, one_thread):
+    """The docstring examples, run from the repository root (they read fixtures/; they write only into a temporary
+    directory and download nothing)."""
+    monkeypatch.chdir(ROOT)
+    obj = getattr(ra, name)
+    tests = [t for t in doctest.DocTestFinder(recurse=False).find(obj, name, globs={}) if t.examples]
+    assert tests, f"{name}: no example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0, f"{name}: an example fails (see the output above)"
 
 
 def _net_and_data():

@@ -76,6 +76,12 @@ if TYPE_CHECKING:
 
     from resetassay.report.render import Analysis
 
+__all__ = [
+    "AssayConfig", "AssayResult", "assay_model", "assay_checkpoint", "config_with", "CheckpointInputs",
+    "checkpoint_inputs", "checkpoint_layers", "resolve_device", "versions", "Prepared", "prepare",
+    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter",
+]  # the notebook's names first, then the stages pipeline/shard.py runs one by one
+
 SIZE_FLAGS = ("--calib-size", "--probe-size")  # errors about them are about the command, whichever data
 TARGETS = ("label", "predicted")  # the class y of gxd/gxi/loss_gradient: the data's label or the model's prediction
 
@@ -85,7 +91,44 @@ class AssayConfig:
     """Everything that decides an assay's numbers (recorded in run.json); the CLI's `run` flags.
 
     Names are validated on creation: an unknown utility, metric or engine, or a q outside (0, 1], is a
-    `BadInputError` naming the flag.
+    `BadInputError` naming the flag. `run_assay` and `assay_model` take these fields as keywords too.
+
+    Args:
+        utilities: the utilities to score (`list_utilities()`; default: all but the opt-in gxd_ig, gxd2, gxd_greedy).
+        metrics: the shock metrics (`list_metrics()`; default l1 and kl).
+        layers: globs over unit-layer names (`find_unit_layers`); None: every unit layer.
+        reference: what a lesion clamps a unit to (SPEC S2): "calibration-mean", "stored" or "zero".
+        calib_size, probe_size: seeded samples of that many calibration / probe examples (None: all given; the
+            command line's default is 2048 each).
+        seed: the calibration/probe split, samples and the random utility.
+        q: the share of each layer's mature units that Shock@q resets (SPEC S5), in (0, 1].
+        maturity: units of age <= maturity are left out (None: the checkpoint's own, else every unit counts).
+        batch_size: examples per forward. device: "auto", "cpu" or "cuda[:N]".
+        joint: measure the joint Shock@q (each utility's selection lesioned at once).
+        engine: the lesion engine, "fast" or "plain" (the same numbers). max_memory: bytes of activations per
+            lesion chunk (fast engine).
+        units_per_layer: lesion a seeded sample of at most this many units per layer.
+        output: where the logits are in a structured output ("logits", "0", "out.1").
+        max_classes: gxd_all applies to models with at most this many outputs.
+        target: the class whose logit gxd, gxi and loss_gradient follow: "label" or "predicted".
+        intervention: "clamp" (h <- r) or "cbp-reset" (CBP's reset of the weights, SPEC S7).
+        dtype: the precision of the probe forwards: "fp32", "bf16" or "fp16".
+        greedy_every: gxd_greedy's picks per layer between GXD recomputations.
+
+    Raises:
+        BadInputError: a name that is not registered, a value out of range, or settings that do not go together
+            (gxd_greedy without joint lesions or the clamp).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> config = ra.AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"], q=0.1)
+        >>> config.reference, config.engine
+        ('calibration-mean', 'fast')
+        >>> ra.AssayConfig(q=2)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        resetassay.errors.BadInputError: --q 2: must be in (0, 1]
     """
 
     utilities: list[str] = field(default_factory=default_utilities)
@@ -728,12 +771,41 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
 
 def assay_checkpoint(
     ckpt: Checkpoint,
-    config: AssayConfig,
+    config: AssayConfig | None = None,
     data: DataSpec | None = None,
     progress: Progress | None = None,
+    **overrides: object,
 ) -> AssayResult:
-    """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`)."""
-    inputs = checkpoint_inputs(ckpt, config, data)
+    """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`), as
+    `run_assay` assays each checkpoint it finds, without resume or failure handling (SPEC S1-S5).
+
+    Args:
+        ckpt: a checkpoint from `load_checkpoint`.
+        config: the assay settings (default `AssayConfig()`); its seed draws the calibration/probe split, and a
+            maturity recorded by the checkpoint applies where the config sets none.
+        data: the data to assay it on instead of its own record (`data_spec`).
+        progress: called as `progress(task, done, total)` while calibration and lesions run.
+        **overrides: any AssayConfig field, as in `run_assay` (e.g. `utilities=["gxd"]`).
+
+    Returns:
+        An `AssayResult` whose `checkpoints` row holds the checkpoint's path, family, step, data and split.
+
+    Raises:
+        BadInputError: the checkpoint records no data and `data` is None, its data cannot be loaded, or an error
+            of `assay_model`.
+        FloatingPointError: the model gives NaN/Inf logits on the probe set.
+        TypeError: a keyword that is no AssayConfig field (the message names it).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> ckpt = ra.load_checkpoint("fixtures/silu_mlp/task2")
+        >>> result = ra.assay_checkpoint(ckpt, utilities=["gxd", "oracle"], metrics=["l1"], calib_size=200,
+        ...                              probe_size=200)
+        >>> result.checkpoints[["checkpoint", "family", "step", "split_calib_size"]].values.tolist()
+        [['task2', 'mlp-silu@digits', 2, 200]]
+    """
+    inputs = checkpoint_inputs(ckpt, config_with(config, overrides, "assay_checkpoint"), data)
     result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
                          state=ckpt.state, progress=progress)
     result.checkpoints = inputs.row(result.checkpoints)

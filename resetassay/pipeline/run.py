@@ -45,6 +45,8 @@ from resetassay.pipeline.assay import (
 from resetassay.pipeline.shard import World, assay_sharded, current_world
 from resetassay.progress import Progress, rich_progress
 
+__all__ = ["run_assay", "CheckpointFailure", "DataReplaced", "run_identity", "source_digest"]
+
 
 class CheckpointFailure(UserWarning):
     """One checkpoint could not be assayed (a bad file, NaN/Inf logits); the run goes on without it."""
