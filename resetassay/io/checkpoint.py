@@ -272,7 +272,7 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
-def natural_key(path: Path) -> tuple:
+def _natural_key(path: Path) -> tuple:
     """Sort key reading runs of digits as numbers: task5 before task10, seed2 before seed10."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
                  for part in re.split(r"(\d+)", path.as_posix()) if part)
@@ -304,7 +304,7 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
                      and not (p.parent / MANIFEST).exists()]
         if not hits:
             raise BadInputError(f"{root}: no checkpoint found (no {MANIFEST} below it)")
-        found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=natural_key)]
+        found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=_natural_key)]
     names = [name for _, name in found]
     if len(set(names)) < len(names):  # the same name under two arguments: use full paths
         found = [(p, str(p.resolve())) for p, _ in found]

@@ -328,7 +328,7 @@ class AssayResult:
         from resetassay.report.render import ReportFailed, render
 
         check_figures(figures)
-        info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
+        info = {**_run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info, table_format)
         write_failures(out, self.failures)
         write_timings(out, {"checkpoints": self.timings})  # the report reads the greedy's seconds from it
@@ -361,7 +361,7 @@ def versions() -> dict[str, str]:
             **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
 
 
-def run_info(config: AssayConfig) -> dict:
+def _run_info(config: AssayConfig) -> dict:
     """What run.json records of an assay: the config, the package versions and the device."""
     return {"config": asdict(config), "device": str(resolve_device(config.device)), "versions": versions()}
 
@@ -550,7 +550,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
     if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
         model = sequences.padded_tokens(model, padded)
-    first_forward(model, calib_x[:2].to(device), name)
+    _first_forward(model, calib_x[:2].to(device), name)
     model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
@@ -568,7 +568,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
-def first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
+def _first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
     feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
     try:
@@ -904,7 +904,7 @@ def checkpoint_layers(
                                 "(e.g. 3,32,32) to list its unit layers without data", flag="--data")
         x = example_inputs(spec, 2)
     try:
-        first_forward(ckpt.model.eval(), x, path)
+        _first_forward(ckpt.model.eval(), x, path)
     except BadInputError as err:  # made-up inputs: the flag that shaped them is at fault
         if input_shape is None and seq_len is None:
             raise

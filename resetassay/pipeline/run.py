@@ -69,7 +69,7 @@ def run_identity(config: AssayConfig, inputs: dict) -> dict:
             "versions": {**versions(), "source": source_digest()}}
 
 
-def failure_row(name: str, path: Path, error: Exception) -> dict:
+def _failure_row(name: str, path: Path, error: Exception) -> dict:
     """One row of failures.csv: bad input (exit code 2) or a failure during the assay (exit code 1)."""
     kind = "bad input" if isinstance(error, BadInputError) else "failure"
     return {"checkpoint": name, "path": str(path), "kind": kind, "error": str(error)}
@@ -259,7 +259,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
         with rich_progress(progress is True and lead) as bar:
             report = bar if bar is not None else (progress if callable(progress) and lead else None)
             if world is not None:
-                done, failures, timings = assay_sharded(world, found, keys, store, opener, report, failure_row)
+                done, failures, timings = assay_sharded(world, found, keys, store, opener, report, _failure_row)
                 parts.update(done)
                 for row in failures if lead else []:
                     fail(row["error"])
@@ -316,7 +316,7 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
             if isinstance(err, BadInputError) and err.flag:
                 kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
                 raise BadInputError(f"{err} (checkpoint {name}{kept})", flag=err.flag) from err
-            failures.append(failure_row(name, path, err))
+            failures.append(_failure_row(name, path, err))
             fail(str(err))
         else:
             if store:
