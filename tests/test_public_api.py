@@ -153,3 +153,89 @@ def test_a_bad_config_value_given_as_keyword_is_a_bad_input_error():
     net, calib, probe = _net_and_data()
     with pytest.raises(ra.BadInputError):
         ra.assay_model(net, calib, probe, q=2.0)
+
+
+class _Functional(torch.nn.Module):
+    """Its activation is a function call: the assay taps it on a traced copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.relu(self.a(x)))
+
+
+def test_find_unit_layers_lists_what_the_assay_finds(one_thread):
+    net, calib, probe = _net_and_data()
+    by_example = ra.find_unit_layers(net, calib[0])
+    by_shape = ra.find_unit_layers(net, input_shape=(4,))
+    assert [(la.name, la.kind, la.n_units) for la in by_example] == [("1", "linear", 8)]
+    assert [la.name for la in by_shape] == [la.name for la in by_example]
+    assert isinstance(by_example[0], ra.UnitLayer)
+    assert by_example[0].producer is net[0] and by_example[0].consumer is net[2]
+    result = ra.assay_model(net, calib, probe, utilities=["gxd"], metrics=["l1"])
+    assert sorted(result.units["layer"].unique()) == [la.name for la in by_example]
+    functional = _Functional().eval()
+    assert [la.name for la in ra.find_unit_layers(functional, input_shape=(4,))] == ["relu@0"]
+
+
+def test_find_unit_layers_refuses_what_it_cannot_use():
+    net, calib, _ = _net_and_data()
+    with pytest.raises(TypeError, match="example_inputs or input_shape"):
+        ra.find_unit_layers(net)
+    with pytest.raises(TypeError, match="example_inputs or input_shape"):
+        ra.find_unit_layers(net, calib[0], input_shape=(4,))
+    with pytest.raises(ra.BadInputError, match=r"cannot read input_shape of shape \(2, 5\)"):
+        ra.find_unit_layers(net, input_shape=(5,))
+    with pytest.raises(ra.BadInputError, match="matched no unit layer"):
+        ra.find_unit_layers(net, input_shape=(4,), layers=["nothing*"])
+
+
+def test_unit_shocks_refuses_layers_of_another_model_and_the_tapped_copy_works(one_thread):
+    """Layers found on a traced copy, lesioned through the original model, would read 0 everywhere: refused."""
+    from resetassay.discovery import tap_unit_layers
+
+    model = _Functional().eval()
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    layers = ra.find_unit_layers(model, x)
+    refs = {la.name: torch.zeros(la.n_units) for la in layers}
+    with pytest.raises(ra.BadInputError, match=r"relu@0: not a module of this _Functional.*tap_unit_layers"):
+        ra.unit_shocks(model, layers, refs, x, ["l1"])
+    with pytest.raises(ra.BadInputError, match="not a module"):
+        ra.joint_shocks(model, layers, refs, [{"relu@0": torch.tensor([0])}], x, ["l1"])
+    tapped = tap_unit_layers(model, x)
+    layers = ra.find_unit_layers(tapped, x)
+    shocks = ra.unit_shocks(tapped, layers, refs, x, ["l1"])["l1"]["relu@0"]
+    assert shocks.shape == (8,) and bool((shocks > 0).any())
+    with pytest.raises(ra.BadInputError, match="--metrics: unknown l2"):
+        ra.unit_shocks(tapped, layers, refs, x, ["l2"])
+
+
+def test_list_utilities_and_metrics_name_everything_a_run_accepts(own_registries, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    utilities = ra.list_utilities()
+    assert set(ra.AssayConfig().utilities) < set(utilities)
+    assert {"gxd_ig", "gxd2", "gxd_greedy", "oracle"} <= set(utilities)
+    assert all(isinstance(text, str) and text and "\n" not in text for text in utilities.values())
+    assert list(ra.list_metrics()) == ["l1", "kl"]
+
+    def undocumented(stats, layer):
+        return stats.abs_act
+
+    def linf(z, z_lesioned, y):
+        """max_c |z_c - z'_c|.
+
+        More detail that the listing leaves out."""
+        return (z_lesioned - z).abs().amax(dim=-1)
+
+    ra.register_utility("undocumented", undocumented, needs=("abs_act",))
+    ra.register_metric("linf", linf, targets=True)
+    assert ra.list_utilities()["undocumented"].startswith("registered from ")
+    assert ra.list_metrics()["linf"] == "max_c |z_c - z'_c|. Reads the probe labels."
+    points = {"resetassay.utilities": [EntryPoint("theirs", "their_pkg:theirs", "resetassay.utilities")],
+              "resetassay.metrics": [EntryPoint("their_metric", "their_pkg:m", "resetassay.metrics")]}
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: points.get(group, []))
+    assert "their_pkg:theirs" in ra.list_utilities()["theirs"]  # listed, not imported (their_pkg does not exist)
+    assert list(ra.list_metrics())[-1] == "their_metric"

@@ -35,7 +35,9 @@ def find_unit_layers(
     as the assay traces it (torch.fx, else torch.export, else forward hooks, with a warning saying why), so the
     names are those `AssayConfig.layers` (`--layers`) selects from. Each `UnitLayer.module` is the module whose output
     holds the units: the model's own activation module where it has one called once, else a tap of the traced copy
-    the assay runs, which shares the model's parameters.
+    the assay runs, which shares the model's parameters. To lesion such layers with `unit_shocks`, find them on that
+    copy and lesion it: `tapped = resetassay.discovery.tap_unit_layers(model, x)`, then
+    `find_unit_layers(tapped, x)` (a model that declares its layers, as `tapped` does, is used as it is).
 
     Args:
         model: any `nn.Module` whose forward takes a batch `(B, ...)` and returns logits (or a tuple, dict or

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from resetassay.discovery.units import UnitLayer
+from resetassay.errors import BadInputError
 from resetassay.lesion import fast, plain, reset
 from resetassay.lesion.shocks import check_metrics, check_targets, list_metrics, probe_logits, register_metric
 from resetassay.names import CBP_RESET, Engine, Intervention
@@ -52,7 +53,8 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         CPU: the mean over the probe set of each lesion's shock.
 
     Raises:
-        BadInputError: an unknown metric, or a metric that reads targets without `targets`.
+        BadInputError: an unknown metric, a metric that reads targets without `targets`, or a layer whose module is
+            not one of `model`'s (its hook would never run).
 
     Example::
 
@@ -70,6 +72,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
     """
     check_metrics(metrics)
     check_targets(metrics, targets)
+    _check_layers(model, layers)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
         return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units, targets)
@@ -94,7 +97,8 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
         SetShocks[metric]: a float64 tensor `(len(lesions),)` on the CPU, in the order of `lesions`.
 
     Raises:
-        BadInputError: an unknown metric, or a metric that reads targets without `targets`.
+        BadInputError: an unknown metric, a metric that reads targets without `targets`, or a layer whose module is
+            not one of `model`'s.
 
     Example::
 
@@ -110,6 +114,7 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
     """
     check_metrics(metrics)
     check_targets(metrics, targets)
+    _check_layers(model, layers)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
         return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance,
@@ -117,3 +122,14 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
     if engine == "plain":
         return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance, targets)
     return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance, targets)
+
+
+def _check_layers(model: nn.Module, layers: list[UnitLayer]) -> None:
+    """Each layer's module must be one of `model`'s: a hook on another model's module (a tap of the traced copy that
+    `find_unit_layers` resolved, lesioned through the original model) never runs, and every shock would read 0."""
+    own = {id(module) for module in model.modules()}
+    stray = [layer.name for layer in layers if id(layer.module) not in own]
+    if stray:
+        raise BadInputError(f"unit layer {', '.join(stray)}: not a module of this {type(model).__name__} (found on a "
+                            "traced copy of it?); lesion the model the layers were found on: tapped = "
+                            "resetassay.discovery.tap_unit_layers(model, x), then find_unit_layers(tapped, x)")
