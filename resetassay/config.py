@@ -41,7 +41,24 @@ class AssayConfig:
 
     Every field is validated on creation, in one place: an unknown utility, metric or engine, or a q outside (0, 1],
     is a `BadInputError` naming the field. Lists also take comma-separated text ("gxd,activation") and
-    `max_memory` a size ("2GB"), as on the command line.
+    `max_memory` a size ("2GB"), as on the command line. `run_assay` and `assay_model` take these fields as
+    keywords too. Each field's help is declared with it (`dataclasses.fields(AssayConfig)[i].metadata["help"]`;
+    `resetassay run --help` prints them all).
+
+    Raises:
+        BadInputError: a name that is not registered (`list_utilities()`, `list_metrics()`), a value out of range,
+            or settings that do not go together (gxd_greedy without joint lesions or the clamp).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> config = ra.AssayConfig(utilities="gxd,oracle", metrics=["l1"], q=0.1, max_memory="2GB")
+        >>> config.utilities, config.reference, config.engine, config.max_memory
+        (['gxd', 'oracle'], 'calibration-mean', 'fast', 2000000000)
+        >>> ra.AssayConfig(q=2)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        resetassay.errors.BadInputError: `q` 2: must be in (0, 1]
     """
 
     utilities: list[str] = option(default_factory=default_utilities, help=(

@@ -11,6 +11,19 @@ class BadInputError(ValueError):
     ... ``); the command line prints each as its field (`--calib-size`), and `` `joint`=False `` as `--no-joint`.
     `field` names the field at fault, when there is one: such an error is about the request, would fail every
     checkpoint, and stops a run; an error without a field is about one file.
+
+    Args:
+        message: one line naming the file or field at fault and what to do.
+        field: the field at fault, or None.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> try:
+        ...     ra.AssayConfig(utilities=[])
+        ... except ra.BadInputError as err:
+        ...     isinstance(err, ValueError), err.field
+        (True, 'utilities')
     """
 
     def __init__(self, message: str, field: str | None = None) -> None:

@@ -33,3 +33,19 @@ def entry_point(group: str, name: str, field: str) -> tuple[Callable, str] | Non
 def source_of(fn: Callable) -> str:
     """Where a function registered from Python comes from: `module:qualified name`."""
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def installed(group: str) -> dict[str, str]:
+    """The names the installed packages provide in the entry-point group `group`, each with where it comes from;
+    nothing is imported (`entry_point` loads one when a run names it)."""
+    from importlib.metadata import entry_points
+
+    return {point.name: f"from an installed package ({point.value}); loaded when named"
+            for point in entry_points(group=group)}
+
+
+def summary(fn: Callable) -> str:
+    """The first paragraph of `fn`'s docstring on one line ("" without one): a registered function's description."""
+    import inspect
+
+    return " ".join((inspect.getdoc(fn) or "").split("\n\n")[0].split())

@@ -50,7 +50,32 @@ def data_spec(
     .tar/.tar.gz of one, or `package.module:function`. `probe` (--probe-data) is a second file or folder holding
     the probe set, `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair)
     apply to images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an
-    error about the field; paths are made absolute and files hashed (sha256) for the run's provenance."""
+    error about the field; paths are made absolute and files hashed (sha256) for the run's provenance.
+
+    Args:
+        name: a built-in name, a path, or `package.module:function` (the `data` field).
+        task, permutation_seed, data_dir: a built-in permuted task: which task, the seed of its permutations, and
+            where mnist and fashion-mnist's files are (they are never downloaded).
+        probe: a second file or folder holding the probe set (your own data).
+        image_size, normalize: how images are resized and normalised.
+        kwargs: a factory's keyword arguments.
+
+    Returns:
+        A `DataSpec`, to pass as `data=` to `run_assay`, `assay_checkpoint` or `save_checkpoint`.
+
+    Raises:
+        BadInputError: an unknown name, a file or folder that cannot be read as data, or an option that does not
+            apply to this kind of data; the message names the field.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> spec = ra.data_spec("digits", task=1, permutation_seed=1)
+        >>> spec.source, spec.layout, spec.task
+        ('digits', 'flat', 1)
+        >>> ra.data_spec("digits-image").layout
+        'image'
+    """
     given = {"probe": probe, "image_size": image_size, "normalize": normalize, "data_kwargs": kwargs}
     if name in DATA_CHOICES:
         for field, value in given.items():

@@ -100,7 +100,7 @@ def padding_mask(x: torch.Tensor) -> torch.Tensor | None:
     return x >= 0
 
 
-def takes_attention_mask(model: nn.Module) -> bool:
+def _takes_attention_mask(model: nn.Module) -> bool:
     """Whether the model's forward has an `attention_mask` parameter (Hugging Face models do)."""
     return "attention_mask" in inspect.signature(type(model).forward).parameters
 
@@ -110,7 +110,7 @@ def padded_tokens(model: nn.Module, examples: list[torch.Tensor]) -> nn.Module:
     names, state-dict keys and hooks are the model's) whose forward gives pads id 0 and, where the forward takes
     one, the attention mask. A model without an `attention_mask` parameter (a causal one) gets right padding only
     (pads after the tokens never reach them); other padding in `examples` (token ids) is a BadInputError."""
-    masked = takes_attention_mask(model)
+    masked = _takes_attention_mask(model)
     masks = [m for m in map(padding_mask, examples) if m is not None]
     if not masked and any(bool((m[:, 1:] > m[:, :-1]).any()) for m in masks):
         raise BadInputError(f"{type(model).__name__} takes no attention_mask, so only right padding (pads after the "

@@ -88,6 +88,8 @@ from resetassay.discovery.units import (
 )
 from resetassay.errors import BadInputError
 
+__all__ = ["tap_unit_layers", "discovery_route", "TappedModel", "hook_taps", "ROUTES"]
+
 ACTIVATION_FUNCTIONS = frozenset({
     F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu, F.elu_,
     F.selu, F.selu_, torch.selu, F.celu, F.celu_, F.gelu, F.silu, F.mish, F.hardswish, F.softplus,

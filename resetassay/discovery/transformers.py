@@ -48,7 +48,7 @@ class _ThroughTap:
         return (self.tap(args[0]), *args[1:])
 
 
-def is_transformers_model(model: nn.Module) -> bool:
+def _is_transformers_model(model: nn.Module) -> bool:
     """Whether `model` is a Hugging Face `transformers` model (without importing transformers)."""
     library = sys.modules.get("transformers")
     return library is not None and isinstance(model, library.PreTrainedModel)
@@ -96,7 +96,7 @@ def _sites(model: nn.Module) -> list[tuple[str, str, str, UnitLayerSpec]]:
 def transformers_taps(model: nn.Module) -> nn.Module | None:
     """A copy of a `transformers` model sharing its parameters and buffers, its heads and MLP neurons tapped and
     declared (module docstring); None for other models or when no attention/MLP module is recognised."""
-    if not is_transformers_model(model):
+    if not _is_transformers_model(model):
         return None
     sites = _sites(model)
     if not sites:

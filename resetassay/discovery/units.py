@@ -59,7 +59,28 @@ class UnitLayerSpec:
 
 @dataclass
 class UnitLayer:
-    """One unit layer of a live model, with its per-unit state (SPEC S1)."""
+    """One unit layer of a live model, with its per-unit state (SPEC S1); `find_unit_layers` lists them.
+
+    Attributes:
+        name: the layer's name (what `AssayConfig.layers` globs over), e.g. `layers.0.act`.
+        module: the module whose output holds the units (hooked to read or clamp them).
+        kind: "linear" `(B, n)`, "conv" `(B, n, H, W)`, "token" `(B, T, n)` or "head" `(B, T, n * d_head)`.
+        n_units: the number of units. group: a head's features (d_head), else 1.
+        producer, consumer: the Linear/Conv2d writing / reading the units directly, or None, with the reason in
+            `producer_note` / `consumer_note` (SPEC S3).
+        spec: the declaration it was resolved from (`UnitLayerSpec`).
+        ages, stored_reference, stored_utility: per-unit state of a CBP checkpoint `(n_units,)`, or None.
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> layer = ra.find_unit_layers(net, input_shape=(4,))[0]
+        >>> layer.name, layer.kind, layer.n_units, layer.producer is net[0], layer.consumer is net[2]
+        ('1', 'linear', 8, True, True)
+        >>> layer.mature(100).all()   # no stored ages: every unit counts as mature
+        tensor(True)
+    """
 
     name: str
     module: nn.Module

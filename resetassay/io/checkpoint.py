@@ -51,6 +51,11 @@ from resetassay.io.imports import import_named_module
 from resetassay.models import MODELS, model_family
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
+__all__ = [
+    "load_checkpoint", "save_checkpoint", "find_checkpoints", "Checkpoint", "CheckpointInfo", "import_factory",
+    "family_name", "check_family", "read_tensors", "FORMAT",
+]
+
 FORMAT = "resetassay.checkpoint/1"
 ZOO_MODULE = "resetassay.models"
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")  # .ckpt: PyTorch Lightning
@@ -159,7 +164,37 @@ def save_checkpoint(
     unit_layers: list[str] | None = None,
 ) -> Path:
     """Write a checkpoint directory whole (`_replace_directory`); byte-identical for identical inputs. Its family is
-    `meta["family"]`, else `family_name` of the model and `data`."""
+    `meta["family"]`, else `family_name` of the model and `data` (DESIGN "Checkpoint format").
+
+    Args:
+        directory: the checkpoint directory, replaced whole if it exists (a reader never sees old and new files mixed).
+        model: the model whose `state_dict()` is saved (model.safetensors).
+        factory: the zoo factory that builds it, `resetassay.models:mlp` (`:cnn`, `:resnet`, `:transformer`):
+            the only factories a manifest may name.
+        kwargs: the factory's keyword arguments (JSON).
+        step: how far training went, e.g. `{"task": 2}` or `{"epoch": 5}`.
+        data: the data it was trained on (`data_spec`), which `run_assay` probes on its held-out split.
+        meta: anything else for the manifest (its `family`, the training settings).
+        state: per-unit state, `<layer>.age`, `.reference`, `.utility` tensors (state.safetensors).
+        unit_layers: the unit-layer names, recorded in the manifest.
+
+    Returns:
+        The checkpoint directory.
+
+    Raises:
+        OSError: the directory cannot be written.
+
+    Example::
+
+        >>> import tempfile, torch, resetassay as ra
+        >>> from resetassay.models import mlp
+        >>> net = mlp(widths=(16,))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = ra.save_checkpoint(f"{tmp}/ckpt", net, "resetassay.models:mlp", {"widths": [16]},
+        ...                               step={"task": 1}, data=ra.data_spec("digits", task=1))
+        ...     sorted(p.name for p in path.iterdir()), ra.load_checkpoint(path).info.family
+        (['manifest.json', 'model.safetensors'], 'mlp-relu@digits')
+    """
     directory = Path(directory)
     name = factory.rsplit(":", 1)[-1]
     manifest = {
@@ -237,7 +272,7 @@ def _fsync_directory(path: Path) -> None:
             os.close(fd)
 
 
-def natural_key(path: Path) -> tuple:
+def _natural_key(path: Path) -> tuple:
     """Sort key reading runs of digits as numbers: task5 before task10, seed2 before seed10."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
                  for part in re.split(r"(\d+)", path.as_posix()) if part)
@@ -269,7 +304,7 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
                      and not (p.parent / MANIFEST).exists()]
         if not hits:
             raise BadInputError(f"{root}: no checkpoint found (no {MANIFEST} below it)")
-        found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=natural_key)]
+        found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=_natural_key)]
     names = [name for _, name in found]
     if len(set(names)) < len(names):  # the same name under two arguments: use full paths
         found = [(p, str(p.resolve())) for p, _ in found]
@@ -609,10 +644,35 @@ def load_checkpoint(
     model: str | None = None,
     model_kwargs: dict | None = None,
 ) -> Checkpoint:
-    """Load a checkpoint directory, or a plain state dict built by the `model` factory.
+    """Load a checkpoint directory, or a plain state dict built by the `model` factory (DESIGN "Checkpoint format").
 
     Every file is read once; the result holds the sha256 of the bytes loaded: a directory's manifest, weights
-    and state (only the weights with `model`), or the state-dict file.
+    and state (only the weights with `model`), or the state-dict file. No code from the files runs: a manifest may
+    only name a zoo factory, and a state dict is read as tensors alone.
+
+    Args:
+        path: a checkpoint directory (manifest.json, model.safetensors, optional state.safetensors), or with
+            `model` a state-dict file (.safetensors, .pt, .pth, a Lightning .ckpt) or a directory holding
+            model.safetensors.
+        name: the checkpoint's name in the tables (default: the last part of `path`).
+        model: `package.module:factory`, `torchvision:NAME`, `timm:NAME` or `transformers:TYPE`, the model a
+            state dict is loaded into (never with pretrained weights).
+        model_kwargs: the factory's keyword arguments.
+
+    Returns:
+        A `Checkpoint`: `model` (in eval mode), `info` (path, name, factory, kwargs, step, data, meta, `family`),
+        `state` (per-unit tensors) and `sha256` (per file).
+
+    Raises:
+        BadInputError: a missing or unreadable file, a manifest that fails its schema or names another factory,
+            weights that do not fit the model, or a `model` that does not import.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> ckpt = ra.load_checkpoint("fixtures/silu_mlp/task2")
+        >>> ckpt.info.family, ckpt.info.step, ckpt.info.data.source, ckpt.model.training
+        ('mlp-silu@digits', {'task': 2}, 'digits', False)
     """
     path = Path(path)
     name = name or path.name

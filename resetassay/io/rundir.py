@@ -74,7 +74,7 @@ TABLE_FORMATS = ("csv", "parquet")  # how write_run stores the four tables; csv 
 PARQUET_HINT = "pip install 'resetassay[parquet]' (pyarrow)"
 KEEPS = ("int64", "float64", "bool")  # dtypes a csv round trip gives back unchanged (floats in repr form)
 Tables = dict[str, pd.DataFrame]
-# What a table read back must hold (`check_table`): its columns, and those that are text; every other column of
+# What a table read back must hold (`_check_table`): its columns, and those that are text; every other column of
 # the units and summary tables is a number (a utility's scores, a shock; a statistic), `mature` a boolean.
 REQUIRED = {"units": ("checkpoint", "layer", "unit", "mature"), "summary": tuple(SUMMARY_COLUMNS[:4]),
             "notes": tuple(NOTE_COLUMNS), "checkpoints": ("checkpoint",)}
@@ -184,7 +184,7 @@ def check_figures(figures: str) -> str:
     return figures
 
 
-def write_table_file(path: Path, table: pd.DataFrame) -> Path:
+def _write_table_file(path: Path, table: pd.DataFrame) -> Path:
     """Write one table atomically as `path` (.csv or .parquet); a parquet file holds `as_csv_reads(table)`."""
     if path.suffix == ".parquet":
         normal = as_csv_reads(table)
@@ -237,7 +237,7 @@ def write_run(out: str | Path, tables: Tables, info: dict, table_format: str = "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
-        write_table_file(out / f"{name}.{table_format}", tables[name])
+        _write_table_file(out / f"{name}.{table_format}", tables[name])
         for other in TABLE_FORMATS:
             if other != table_format:
                 (out / f"{name}.{other}").unlink(missing_ok=True)
@@ -272,14 +272,14 @@ def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
             raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
         if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
             raise BadInputError(f"{path}: empty table; rerun the assay")
-        check_table(name, tables[name], path)
+        _check_table(name, tables[name], path)
     if {"units", "summary"} <= set(tables):
         _check_summary_covers(tables["units"], tables["summary"], info.get("config", {}),
                               table_path(run_dir, "summary", info))
     return tables
 
 
-def check_table(name: str, table: pd.DataFrame, path: Path) -> None:
+def _check_table(name: str, table: pd.DataFrame, path: Path) -> None:
     """A table read back from disk, checked at this boundary: a csv file ends with a newline (one cut short does
     not), holds its REQUIRED columns, and numbers where numbers belong (TEXT lists the others); a one-line error
     naming the file, the column and the first bad row otherwise."""

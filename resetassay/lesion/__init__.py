@@ -7,7 +7,8 @@
 same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
 shortcut; graph_split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
 has them already. `intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py:
-one plain forward per lesion, the engine unused).
+one plain forward per lesion, the engine unused). The shock metrics' registry is shocks.py (`register_metric`,
+`list_metrics`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import torch
 from torch import nn
 
 from resetassay.discovery.units import UnitLayer
+from resetassay.errors import BadInputError
 from resetassay.lesion import fast, plain, reset
-from resetassay.lesion.shocks import check_targets, probe_logits
+from resetassay.lesion.shocks import check_metrics, check_targets, list_metrics, probe_logits, register_metric
 from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 
-__all__ = ["joint_shocks", "unit_shocks"]
+__all__ = ["joint_shocks", "list_metrics", "register_metric", "unit_shocks"]
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
@@ -45,8 +47,32 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
             incoming weights seeded by `seed`, the layer and the unit; every layer must be resettable
             (`reset.reset_sites`).
         targets: the probe targets `(P,)` (a language model's `(P, T)`), for metrics that read them.
+
+    Returns:
+        Shocks[metric][layer]: a float64 tensor `(n_units,)` per layer (`(len(units[layer]),)` with `units`), on the
+        CPU: the mean over the probe set of each lesion's shock.
+
+    Raises:
+        BadInputError: an unknown metric, a metric that reads targets without `targets`, or a layer whose module is
+            not one of `model`'s (its hook would never run).
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+        >>> layers = ra.find_unit_layers(net, input_shape=(4,))
+        >>> refs = {layer.name: torch.zeros(layer.n_units) for layer in layers}   # a reset to 0
+        >>> probe_x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> shocks = ra.unit_shocks(net, layers, refs, probe_x, ["l1", "kl"])
+        >>> shocks["l1"]["1"].shape, shocks["l1"]["1"].dtype
+        (torch.Size([8]), torch.float64)
+        >>> plain = ra.unit_shocks(net, layers, refs, probe_x, ["l1"], engine="plain")
+        >>> torch.allclose(shocks["l1"]["1"], plain["l1"]["1"])
+        True
     """
+    check_metrics(metrics)
     check_targets(metrics, targets)
+    _check_layers(model, layers)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
         return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units, targets)
@@ -62,8 +88,33 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
                  advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0,
                  targets: torch.Tensor | None = None) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped (or with
-    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`."""
+    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5). Arguments as in `unit_shocks`.
+
+    Args:
+        lesions: each a dict `{layer name: unit indices}`, the units lesioned together.
+
+    Returns:
+        SetShocks[metric]: a float64 tensor `(len(lesions),)` on the CPU, in the order of `lesions`.
+
+    Raises:
+        BadInputError: an unknown metric, a metric that reads targets without `targets`, or a layer whose module is
+            not one of `model`'s.
+
+    Example::
+
+        >>> import torch, resetassay as ra
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+        >>> layers = ra.find_unit_layers(net, input_shape=(4,))
+        >>> refs = {layer.name: torch.zeros(layer.n_units) for layer in layers}
+        >>> probe_x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> joint = ra.joint_shocks(net, layers, refs, [{"1": torch.tensor([0, 1])}, {"1": torch.arange(8)}],
+        ...                         probe_x, ["l1"])
+        >>> joint["l1"].shape
+        torch.Size([2])
+    """
+    check_metrics(metrics)
     check_targets(metrics, targets)
+    _check_layers(model, layers)
     base = probe_logits(model, probe_x, batch_size) if base is None else base
     if intervention == CBP_RESET:
         return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance,
@@ -71,3 +122,14 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
     if engine == "plain":
         return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance, targets)
     return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance, targets)
+
+
+def _check_layers(model: nn.Module, layers: list[UnitLayer]) -> None:
+    """Each layer's module must be one of `model`'s: a hook on another model's module (a tap of the traced copy that
+    `find_unit_layers` resolved, lesioned through the original model) never runs, and every shock would read 0."""
+    own = {id(module) for module in model.modules()}
+    stray = [layer.name for layer in layers if id(layer.module) not in own]
+    if stray:
+        raise BadInputError(f"unit layer {', '.join(stray)}: not a module of this {type(model).__name__} (found on a "
+                            "traced copy of it?); lesion the model the layers were found on: tapped = "
+                            "resetassay.discovery.tap_unit_layers(model, x), then find_unit_layers(tapped, x)")

@@ -38,7 +38,7 @@ TARGET_ROWS = {("cpu", "linear"): 1024, ("cpu", "conv"): 8192, ("cpu", "token"):
 GPU_TARGET_ROWS = 1 << 16
 
 
-def memory_budget(device: torch.device, max_memory: int | None) -> int:
+def _memory_budget(device: torch.device, max_memory: int | None) -> int:
     """Bytes one lesion chunk may use: the user's cap, else 1 GiB (CPU) or half the free GPU memory."""
     if max_memory is not None:
         return max_memory
@@ -187,7 +187,7 @@ def _block_clamps(lesions: list[Lesion], layers: dict[str, UnitLayer], refs: Ref
 def _rows(model: nn.Module, probe_x: torch.Tensor, max_memory: int | None) -> int:
     """Rows (lesions x probe examples) of one forward that fit the memory budget."""
     device = next(model.parameters()).device
-    return max(1, memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
+    return max(1, _memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
 
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],

@@ -20,8 +20,13 @@ from resetassay.discovery.sequences import IGNORE, padding_mask
 from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import METRICS
-from resetassay.plugins import entry_point, source_of
+from resetassay.plugins import entry_point, installed, source_of, summary
 from resetassay.shapes import UnitChoice
+
+__all__ = [
+    "register_metric", "list_metrics", "ShockMetric", "SHOCK_METRICS", "MetricFn", "PLUGINS", "check_metrics",
+    "check_targets", "lesioned_units", "probe_logits", "probe_chunk", "mean_shocks", "ShockSums", "BaseLogits",
+]
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (z, z', y) -> (...)
 
@@ -54,6 +59,7 @@ def _of_logits(name: str, fn: MetricFn, targets: bool) -> Callable[[BaseLogits, 
     def shocks(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
         y = base.targets.clamp(min=0).expand(z_lesioned.shape[:-1]) if targets else None
         return checked_shocks(name, fn(base.z.expand_as(z_lesioned), z_lesioned, y), z_lesioned.shape[:-1])
+    shocks.__doc__ = fn.__doc__  # its description (`list_metrics`)
     return shocks
 
 
@@ -89,7 +95,32 @@ def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str 
     `(..., T, V)`); `y`: with `targets=True`, the probe targets `(...)` (labels; a language model's next tokens,
     0 where a position has none, which then does not count), else None. Return one shock per example (per
     position); resetassay averages them over the probe set (a sequence's positions first, SPEC S4, S9). A
-    built-in name is refused. `source` (default: the function's module and name) is recorded in run.json."""
+    built-in name is refused. `source` (default: the function's module and name) is recorded in run.json. The first
+    paragraph of `fn`'s docstring is its description in `list_metrics()`.
+
+    Args:
+        name: the metric's name in `AssayConfig.metrics` (`--metrics`); its UnitTable column is `shock_<name>`.
+        fn: `fn(z, z_lesioned, y) -> (...)`, one shock per example (per position), higher = more damage.
+        targets: whether `fn` reads the probe targets `y`.
+        source: where it comes from, for run.json.
+
+    Raises:
+        BadInputError: a built-in name.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> def linf(z, z_lesioned, y):
+        ...     "max_c |z_c - z'_c|."
+        ...     return (z_lesioned - z).abs().amax(dim=-1)
+        >>> ra.register_metric("linf", linf)
+        >>> ra.list_metrics()["linf"]
+        "max_c |z_c - z'_c|."
+        >>> result = ra.run_assay(["fixtures/silu_mlp/task2"], utilities=["gxd", "oracle"], metrics=["l1", "linf"],
+        ...                       calib_size=200, probe_size=200, progress=False)
+        >>> result.units.filter(like="shock_").columns.tolist()
+        ['shock_l1', 'shock_linf']
+    """
     if name in METRICS:
         raise BadInputError(f"metric {name!r} is built in; register yours under another name", field="metrics")
     SHOCK_METRICS[name] = ShockMetric(name, _of_logits(name, fn, targets), bool(targets))
@@ -123,6 +154,29 @@ def check_metrics(names: list[str]) -> list[str]:
         raise BadInputError(f"`metrics`: unknown {', '.join(unknown)}{did_you_mean(unknown, list(SHOCK_METRICS))}; "
                             f"choose from {', '.join(SHOCK_METRICS)}", field="metrics")
     return names
+
+
+def list_metrics() -> dict[str, str]:
+    """Every shock metric `AssayConfig.metrics` (`--metrics`) accepts, with a one-line description (SPEC S4).
+
+    Returns:
+        name -> description: the built-in l1 and kl, then those registered with `register_metric` (a metric that
+        reads the probe labels says so), then those installed packages provide by entry point (not loaded until a
+        run names them).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> metrics = ra.list_metrics()
+        >>> list(metrics), metrics["l1"]
+        (['l1', 'kl'], "Sum_c |z_c - z'_c| (SPEC S4).")
+    """
+    def described(metric: ShockMetric) -> str:
+        text = summary(metric.shocks) or f"registered from {PLUGINS.get(metric.name)}"
+        return text + (" Reads the probe labels." if metric.targets else "")
+
+    listed = {name: described(metric) for name, metric in SHOCK_METRICS.items()}
+    return {**listed, **{n: d for n, d in installed(ENTRY_POINTS).items() if n not in listed}}
 
 
 def check_targets(metrics: list[str], targets: torch.Tensor | None) -> None:

@@ -15,7 +15,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +31,7 @@ from resetassay.discovery import sequences
 from resetassay.discovery.outputs import select_output
 from resetassay.discovery.taps import discovery_route, tap_unit_layers
 from resetassay.discovery.units import UnitLayer, unit_layers
-from resetassay.errors import BadInputError, one_line
+from resetassay.errors import BadInputError, did_you_mean, one_line
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import joint_shocks, unit_shocks
@@ -67,7 +67,33 @@ if TYPE_CHECKING:
 
     from resetassay.report.render import Analysis
 
+__all__ = [
+    "AssayConfig", "AssayResult", "assay_model", "assay_checkpoint", "config_with", "CheckpointInputs",
+    "checkpoint_inputs", "checkpoint_layers", "resolve_device", "versions", "Prepared", "prepare",
+    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter",
+]  # the notebook's names first, then the stages pipeline/shard.py runs one by one
+
 SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the command, whichever data
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(AssayConfig))
+
+
+def config_with(config: AssayConfig | None, overrides: dict[str, object], caller: str) -> AssayConfig:
+    """`config` (default: `AssayConfig()`) with the fields named in `overrides` replaced, validated again: how
+    `run_assay` and `assay_model` take AssayConfig fields as keywords. A keyword that is no field, or a `config`
+    that is no AssayConfig, is a TypeError naming it, as Python's own for an unknown keyword argument."""
+    unknown = [k for k in overrides if k not in CONFIG_FIELDS]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}"
+                        f"{did_you_mean(unknown, list(CONFIG_FIELDS))}; besides its own arguments it takes "
+                        f"AssayConfig's fields as keywords: {', '.join(CONFIG_FIELDS)}")
+    if config is None:
+        return AssayConfig(**overrides)
+    if not isinstance(config, AssayConfig):
+        raise TypeError(f"{caller}(): config must be an AssayConfig, not {type(config).__name__}; pass a field as a "
+                        "keyword instead (e.g. layers=[...])")
+    return replace(config, **overrides)
 
 
 @dataclass
@@ -173,7 +199,7 @@ class AssayResult:
         from resetassay.report.render import ReportFailed, render
 
         check_figures(figures)
-        info = {**run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
+        info = {**_run_info(self.config), **self.provenance, "failures": self.failures.to_dict("records")}
         write_run(out, self.tables(), info, table_format)
         write_failures(out, self.failures)
         write_timings(out, {"checkpoints": self.timings})  # the report reads the greedy's seconds from it
@@ -206,7 +232,7 @@ def versions() -> dict[str, str]:
             **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
 
 
-def run_info(config: AssayConfig) -> dict:
+def _run_info(config: AssayConfig) -> dict:
     """What run.json records of an assay: the config, the package versions and the device."""
     return {"config": asdict(config), "device": str(resolve_device(config.device)), "versions": versions()}
 
@@ -395,7 +421,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
     if padded:  # token ids carrying PAD (SPEC S9): the model sees real ids and, where it takes one, the mask
         model = sequences.padded_tokens(model, padded)
-    first_forward(model, calib_x[:2].to(device), name)
+    _first_forward(model, calib_x[:2].to(device), name)
     model = select_output(model, config.output, calib_x[:2].to(device))
     model = tap_unit_layers(model, calib_x[:2].to(device))
     found = unit_layers(model, calib_x[:2].to(device), config.layers)
@@ -413,7 +439,7 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
-def first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
+def _first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
     feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
     try:
@@ -520,11 +546,12 @@ def assay_model(
     model: nn.Module,
     calib: object,
     probe: object,
-    layers: list[str] | None = None,
     config: AssayConfig | None = None,
+    *,
     name: str = "model",
     state: dict[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
+    **overrides: object,
 ) -> AssayResult:
     """Assay an in-memory model: score every unit on `calib`, lesion each alone on `probe` (SPEC S1-S5).
 
@@ -537,31 +564,34 @@ def assay_model(
             DataLoader); items and batches may be dicts in Hugging Face's style. `config.calib_size` /
             `probe_size` take a seeded sample of each (as `--probe-data` does). `probe`'s labels only give the
             probe accuracy reported beside the shocks.
-        layers: globs over unit-layer names (as `--layers`); overrides `config.layers`.
-        config: the assay settings (default `AssayConfig()`: every utility, L1 and KL).
+        config: the assay settings (default `AssayConfig()`: the default utilities, L1 and KL).
         name: the checkpoint column of the tables. state: per-unit `<layer>.age` / `.reference` tensors.
         progress: called as `progress("lesions <name>", done, total)` while lesions run.
+        **overrides: any AssayConfig field, as in `run_assay` (e.g. `utilities=["gxd"]`, `layers=["layers.*.act"]`,
+            globs over unit-layer names as `--layers`): replaces that field of `config` (or of `AssayConfig()`).
 
     Returns:
         An `AssayResult` with `units`, `summary` and `notes`; `checkpoints` holds `name` and the probe accuracy.
 
     Raises:
-        BadInputError: no layer matches, an empty set, a stored reference missing, ...
+        BadInputError: a config value out of range, no layer matches, an empty set, a stored reference missing, ...
         FloatingPointError: the model gives NaN/Inf logits on the probe set.
+        TypeError: a keyword that is no AssayConfig field (the message names it), or a `config` that is no
+            AssayConfig.
 
     Example::
 
         >>> import torch, resetassay as ra
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-        >>> result = ra.assay_model(net, (x[:32], y[:32]), (x[32:], y[32:]),
-        ...                         config=ra.AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"]))
-        >>> sorted(result.units["layer"].unique())
-        ['1']
+        >>> result = ra.assay_model(net, (x[:32], y[:32]), (x[32:], y[32:]), utilities=["gxd", "oracle"],
+        ...                         metrics=["l1"])
+        >>> sorted(result.units["layer"].unique()), len(result.units)
+        (['1'], 8)
+        >>> result.summary.query("scope == 'ALL'")["utility"].tolist()
+        ['gxd', 'oracle']
     """
-    config = config or AssayConfig()
-    if layers is not None:
-        config = replace(config, layers=layers)
+    config = config_with(config, overrides, "assay_model")
     p = prepare(model, calib, probe, config, name, state)
     cal = calibrate(p, progress)
     chunks = p.chunks()
@@ -612,12 +642,41 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
 
 def assay_checkpoint(
     ckpt: Checkpoint,
-    config: AssayConfig,
+    config: AssayConfig | None = None,
     data: DataSpec | None = None,
     progress: Progress | None = None,
+    **overrides: object,
 ) -> AssayResult:
-    """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`)."""
-    inputs = checkpoint_inputs(ckpt, config, data)
+    """Assay one loaded checkpoint on the held-out split of the task it was trained on last (or `data`), as
+    `run_assay` assays each checkpoint it finds, without resume or failure handling (SPEC S1-S5).
+
+    Args:
+        ckpt: a checkpoint from `load_checkpoint`.
+        config: the assay settings (default `AssayConfig()`); its seed draws the calibration/probe split, and a
+            maturity recorded by the checkpoint applies where the config sets none.
+        data: the data to assay it on instead of its own record (`data_spec`).
+        progress: called as `progress(task, done, total)` while calibration and lesions run.
+        **overrides: any AssayConfig field, as in `run_assay` (e.g. `utilities=["gxd"]`).
+
+    Returns:
+        An `AssayResult` whose `checkpoints` row holds the checkpoint's path, family, step, data and split.
+
+    Raises:
+        BadInputError: the checkpoint records no data and `data` is None, its data cannot be loaded, or an error
+            of `assay_model`.
+        FloatingPointError: the model gives NaN/Inf logits on the probe set.
+        TypeError: a keyword that is no AssayConfig field (the message names it).
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> ckpt = ra.load_checkpoint("fixtures/silu_mlp/task2")
+        >>> result = ra.assay_checkpoint(ckpt, utilities=["gxd", "oracle"], metrics=["l1"], calib_size=200,
+        ...                              probe_size=200)
+        >>> result.checkpoints[["checkpoint", "family", "step", "split_calib_size"]].values.tolist()
+        [['task2', 'mlp-silu@digits', 2, 200]]
+    """
+    inputs = checkpoint_inputs(ckpt, config_with(config, overrides, "assay_checkpoint"), data)
     result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
                          state=ckpt.state, progress=progress)
     result.checkpoints = inputs.row(result.checkpoints)
@@ -717,7 +776,7 @@ def checkpoint_layers(
                                 "(e.g. 3,32,32) to list its unit layers without data", field="data")
         x = example_inputs(spec, 2)
     try:
-        first_forward(ckpt.model.eval(), x, path)
+        _first_forward(ckpt.model.eval(), x, path)
     except BadInputError as err:  # made-up inputs: the field that shaped them is at fault
         if input_shape is None and seq_len is None:
             raise

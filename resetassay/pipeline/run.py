@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -38,11 +38,14 @@ from resetassay.pipeline.assay import (
     CheckpointInputs,
     assay_checkpoint,
     checkpoint_inputs,
+    config_with,
     resolve_device,
     versions,
 )
 from resetassay.pipeline.shard import World, assay_sharded, current_world
 from resetassay.progress import Progress, rich_progress
+
+__all__ = ["run_assay", "CheckpointFailure", "DataReplaced", "run_identity", "source_digest"]
 
 
 class CheckpointFailure(UserWarning):
@@ -66,7 +69,7 @@ def run_identity(config: AssayConfig, inputs: dict) -> dict:
             "versions": {**versions(), "source": source_digest()}}
 
 
-def failure_row(name: str, path: Path, error: Exception) -> dict:
+def _failure_row(name: str, path: Path, error: Exception) -> dict:
     """One row of failures.csv: bad input (exit code 2) or a failure during the assay (exit code 1)."""
     kind = "bad input" if isinstance(error, BadInputError) else "failure"
     return {"checkpoint": name, "path": str(path), "kind": kind, "error": str(error)}
@@ -159,6 +162,7 @@ def run_assay(
             finished checkpoints stay saved in `out`. A checkpoint that fails alone (a bad file, NaN/Inf
             logits) does not raise: it is listed in `failures`.
         RunInterrupted: Ctrl-C, after saving what is finished (with `out`).
+        TypeError: a keyword that is neither an argument nor an AssayConfig field (the message names it).
 
     Example::
 
@@ -168,7 +172,7 @@ def run_assay(
         >>> result
         AssayResult(2 checkpoints, 384 units, 20 summary rows, 0 failed)
     """
-    config = replace(config, **overrides) if config is not None else AssayConfig(**overrides)
+    config = config_with(config, overrides, "run_assay")
     say = note or (lambda _text: None)
     fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
@@ -255,7 +259,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
         with rich_progress(progress is True and lead) as bar:
             report = bar if bar is not None else (progress if callable(progress) and lead else None)
             if world is not None:
-                done, failures, timings = assay_sharded(world, found, keys, store, opener, report, failure_row)
+                done, failures, timings = assay_sharded(world, found, keys, store, opener, report, _failure_row)
                 parts.update(done)
                 for row in failures if lead else []:
                     fail(row["error"])
@@ -312,7 +316,7 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
             if isinstance(err, BadInputError) and err.field:
                 kept = f"; the {len(parts)} finished are kept in {out}" if store and parts else ""
                 raise BadInputError(f"{err} (checkpoint {name}{kept})", field=err.field) from err
-            failures.append(failure_row(name, path, err))
+            failures.append(_failure_row(name, path, err))
             fail(str(err))
         else:
             if store:

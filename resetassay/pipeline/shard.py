@@ -79,11 +79,11 @@ def launch_from_env() -> int:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
-    share_cores()
+    _share_cores()
     return dist.get_rank()
 
 
-def share_cores() -> None:
+def _share_cores() -> None:
     """Give this rank its share of the machine's cores (LOCAL_WORLD_SIZE ranks on one node)."""
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

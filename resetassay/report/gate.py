@@ -102,11 +102,11 @@ class Comparison:
 
     @property
     def name(self) -> str:
-        return f"{self.family} {scoped(self.utility, self.scope)} {self.metric} {self.stat}" + (
+        return f"{self.family} {_scoped(self.utility, self.scope)} {self.metric} {self.stat}" + (
             " floor" if self.kind == "floor" else "")
 
 
-def scoped(utility: str, scope: str) -> str:
+def _scoped(utility: str, scope: str) -> str:
     """A utility as the diff names it: "gxd" on ALL, "gxd (common)" on the common scope."""
     return utility if scope == ALL else f"{utility} ({scope})"
 
@@ -313,7 +313,7 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
     one that `read_baseline` would refuse, and refuse to replace an existing file that is not a baseline (only
     what resetassay wrote is overwritten)."""
     path = output_path(path, "output", "baseline.json")
-    validate_baseline(baseline, f"baseline for {path}")
+    _validate_baseline(baseline, f"baseline for {path}")
     if path.exists():
         try:
             previous = _load_json(path)
@@ -388,7 +388,7 @@ def _check_floor(entry: dict, where: str) -> None:
         raise BadInputError(f"{where}: '{given[0]}' is {entry[given[0]]} (JSON NaN/Infinity), not a finite number")
 
 
-def validate_baseline(baseline: object, where: str) -> dict:
+def _validate_baseline(baseline: object, where: str) -> dict:
     """Check a baseline's structure and numbers; any defect is a BadInputError starting with `where` and
     naming the entry."""
     if not isinstance(baseline, dict) or baseline.get("format") not in READABLE:
@@ -426,12 +426,12 @@ def read_baseline(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such baseline file; write one with `resetassay baseline RUN_DIR -o {path}`")
-    return validate_baseline(_load_json(path), str(path))
+    return _validate_baseline(_load_json(path), str(path))
 
 
 def _load_json(path: Path) -> object:
     """A baseline file's JSON, read at this boundary: at most MAX_BASELINE_BYTES, nested at most as deep as Python's
-    parser can go; NaN and Infinity literals read as floats (refused by `validate_baseline`)."""
+    parser can go; NaN and Infinity literals read as floats (refused by `_validate_baseline`)."""
     size = path.stat().st_size
     if size > MAX_BASELINE_BYTES:
         raise BadInputError(f"{path}: {size / 1e6:.0f} MB, more than a baseline holds (at most "
@@ -529,7 +529,7 @@ def config_differences(run_config: dict, baseline_config: dict) -> list[str]:
             if key in run_config and key in baseline_config and run_config[key] != baseline_config[key]]
 
 
-def fewer_checkpoints(means: pd.DataFrame, baseline: dict) -> list[str]:
+def _fewer_checkpoints(means: pd.DataFrame, baseline: dict) -> list[str]:
     """One line per family where the run has fewer checkpoints than a baseline row's `n` (a note, not a failure:
     its means are over fewer checkpoints)."""
     index = {_key(r): int(r["n"]) for _, r in means.iterrows()}
@@ -581,9 +581,9 @@ def check_run(run_dir: str | Path, baseline_path: str | Path, tolerance: float =
     source = baseline.get("source", {})
     differences = config_differences(info.get("config", {}), source.get("config", {}) if isinstance(
         source, dict) else {})
-    notes = differences + fewer_checkpoints(means, baseline)
+    notes = differences + _fewer_checkpoints(means, baseline)
     if junit is not None:
-        _write(Path(junit), junit_xml(comparisons), "junit", "check.xml")
+        _write(Path(junit), _junit_xml(comparisons), "junit", "check.xml")
     if markdown is not None:
         _write(Path(markdown), markdown_report(comparisons, notes, show_all), "markdown", "check.md")
     return comparisons, notes
@@ -626,7 +626,7 @@ def cells(c: Comparison) -> dict[str, str]:
     change = "" if math.isnan(delta) else f"{delta:+.3g}"
     relative = f" ({_percent(100 * delta / abs(c.reference))})" if change and c.reference else ""
     return {"status": "FAIL" if not c.passed else "ok", "family": str(c.family),
-            "utility": scoped(str(c.utility), c.scope), "metric": str(c.metric),
+            "utility": _scoped(str(c.utility), c.scope), "metric": str(c.metric),
             "stat": c.stat + (" floor" if c.kind == "floor" else ""),
             "baseline": _fmt(c.reference), "run": _fmt(c.value), "change": change, "moved": change + relative,
             "limit": _fmt(c.limit), "rule": c.rule, "why": c.reason or c.rule}
@@ -692,7 +692,7 @@ def markdown_report(comparisons: list[Comparison], notes: list[str] | None = Non
     return "\n".join(lines)
 
 
-def junit_xml(comparisons: list[Comparison]) -> str:
+def _junit_xml(comparisons: list[Comparison]) -> str:
     """JUnit XML: one test case per comparison (class = model family), a <failure> naming the broken rule."""
     failures = sum(not c.passed for c in comparisons)
     suites = ET.Element("testsuites", name="resetassay check", tests=str(len(comparisons)), failures=str(failures))
@@ -700,7 +700,7 @@ def junit_xml(comparisons: list[Comparison]) -> str:
                           failures=str(failures), errors="0", skipped="0")
     for c in comparisons:
         case = ET.SubElement(suite, "testcase", classname=f"resetassay.check.{c.family}",
-                             name=f"{scoped(c.utility, c.scope)} {c.metric} {c.stat}"
+                             name=f"{_scoped(c.utility, c.scope)} {c.metric} {c.stat}"
                                   f"{' floor' if c.kind == 'floor' else ''}")
         if not c.passed:
             row = cells(c)

@@ -37,12 +37,12 @@ def seconds_text(value: float) -> str:
     return "not timed" if math.isnan(value) else f"{value:.2g} s"
 
 
-def column_name(family: str, kind: str, n: int) -> str:
+def _column_name(family: str, kind: str, n: int) -> str:
     """The ranking table's column of one verdict: "family · kind (n=checkpoints)"."""
     return f"{family} · {kind} (n={n})"
 
 
-def verdict_columns(verdict: pd.DataFrame) -> list[tuple[str, str]]:
+def _verdict_columns(verdict: pd.DataFrame) -> list[tuple[str, str]]:
     """The (family, kind) verdicts of one metric's rows, families sorted, kinds as found."""
     return sorted(dict.fromkeys(zip(verdict["family"], verdict["kind"], strict=True)), key=lambda fk: fk[0])
 
@@ -66,7 +66,7 @@ def ranking_table(verdict: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Utilities (rows, by their mean rank over verdicts; random last, the oracle left out) x verdicts (family ·
     kind): the regret cell (`_cell`), "n/a" where the utility does not apply; the best of each column marked."""
     ranked = verdict[verdict["utility"] != ORACLE]
-    columns = verdict_columns(ranked)
+    columns = _verdict_columns(ranked)
     rank = ranked.assign(r=ranked.groupby(["family", "kind"])["regret"].rank(method="min"))
     score = rank.groupby("utility", sort=False)["r"].mean()
     registry = utility_order(ranked["utility"])
@@ -76,7 +76,7 @@ def ranking_table(verdict: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     best = pd.DataFrame(False, index=table.index, columns=["utility"])
     for family, kind in columns:
         g = ranked[(ranked["family"] == family) & (ranked["kind"] == kind)].set_index("utility")
-        header = column_name(family, kind, int(g["n"].max()))
+        header = _column_name(family, kind, int(g["n"].max()))
         table[header] = [_cell(g.loc[u]) if u in g.index else "n/a" for u in order]
         best[header] = [bool(u in g.index and g.loc[u, "best"]) for u in order]
     return table, best
@@ -96,7 +96,7 @@ def answer_sentences(verdict: pd.DataFrame, flags: pd.DataFrame) -> list[str]:
     """The verdict in a few sentences (one screen): which utility is best where, which cheaper one is
     indistinguishable from it (with both seconds), which fail, which verdicts have no value, and the reliability
     flags. Each names its verdicts (family · kind) when few, else counts them; "The verdict in full" lists all."""
-    columns = verdict_columns(verdict)
+    columns = _verdict_columns(verdict)
     total = len(columns)
     ranked = verdict[~verdict["utility"].isin([RANDOM, ORACLE])]
     lines = []
@@ -123,14 +123,14 @@ def answer_sentences(verdict: pd.DataFrame, flags: pd.DataFrame) -> list[str]:
     if not columns:
         lines.append("No verdict: no checkpoint has mature units in a layer every utility applies to.")
     if len(flags):
-        lines.append("Flags (method S5b; each in notes.csv): " + "; ".join(flag_summary(flags, total)) + ".")
+        lines.append("Flags (method S5b; each in notes.csv): " + "; ".join(_flag_summary(flags, total)) + ".")
     return lines
 
 
 FLAG_DETAILS = 2  # the flags sentence names at most this many places per flag, with details; beyond, it counts
 
 
-def flag_summary(flags: pd.DataFrame, total: int) -> list[str]:
+def _flag_summary(flags: pd.DataFrame, total: int) -> list[str]:
     """One phrase per flag: where it holds ("family · kind", or the family where it concerns a whole checkpoint)
     with its details when few, else in how many places ("The verdict in full" and notes.csv list every one)."""
     place = flags["family"] + flags["kind"].map(lambda k: f" · {k}" if k else "")
@@ -166,7 +166,7 @@ def _cheaper_sentences(ranked: pd.DataFrame, total: int) -> list[str]:
             f"(largest saving: {largest[1]})."]
 
 
-def rule_text(q: float, metric: str) -> str:
+def _rule_text(q: float, metric: str) -> str:
     """The rule the sentences and marks follow (SPEC S5b), in words."""
     return (f"Rule (method S5b): regret = (Shock@{q_label(q)} of the pick − the oracle's) / (mean shock − the "
             f"oracle's) per layer, weighted by the units reset, over each unit kind's common scope ({metric}): 0 is "
@@ -250,7 +250,7 @@ def headline_blocks(verdict: pd.DataFrame, flags: pd.DataFrame, stats: pd.DataFr
         Block("text", f"**Question.** Which utility picks the {q_label(q)} of each layer's units whose reset moves "
                       "the outputs least?"),
         Block("list", items=answer_sentences(mine, flags[flags["metric"].isin([metric, ""])])),
-        Block("text", rule_text(q, metric)),
+        Block("text", _rule_text(q, metric)),
         Block("table", table=table, best=best, keys=1),
         Block("table", table=models_table(stats, mine, checkpoints), keys=1),
     ]

@@ -63,7 +63,7 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
-def html_table(table: pd.DataFrame, best: pd.DataFrame | None = None, keys: int = 1) -> str:
+def _html_table(table: pd.DataFrame, best: pd.DataFrame | None = None, keys: int = 1) -> str:
     """A table; the first `keys` columns are left-aligned labels, cells where `best` is True are bold, shaded."""
     key = ' class="key"'
     head = "".join(f"<th{key if j < keys else ''}>{html.escape(str(c))}</th>" for j, c in enumerate(table.columns))
@@ -97,7 +97,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def html_figure(path: Path, caption: str) -> str:
+def _html_figure(path: Path, caption: str) -> str:
     """A PNG or SVG embedded as a data: URI, so the page needs no other file."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(path.stem)
@@ -129,9 +129,9 @@ def html_body(blocks: list[Block], base: Path | None = None) -> str:
         elif block.kind == "code":
             parts.append(f"<pre>{html.escape(block.text)}</pre>")
         elif block.kind == "table":
-            parts.append(html_table(block.table, block.best, block.keys))
+            parts.append(_html_table(block.table, block.best, block.keys))
         elif block.kind == "figure" and base is not None:
-            parts.append(html_figure(base / block.path, block.text))
+            parts.append(_html_figure(base / block.path, block.text))
     parts.append("</details>" if folded else "</section>" if in_headline else "")
     return "\n".join(parts)
 

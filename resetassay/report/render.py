@@ -144,8 +144,8 @@ def _sampled_note(info: dict) -> list[Block]:
         "`resetassay run --units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
 
 
-def report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
-                  sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
+def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
+                   sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
                   timings: dict[str, dict[str, float]] | None = None, figures_note: str = "",
                   verdict: pd.DataFrame | None = None) -> list[Block]:
     """The whole report as blocks: the headline (one screen), the figures (`made`, relative to the run
@@ -214,7 +214,7 @@ def _provenance_blocks(tables: Tables, info: dict) -> list[Block]:
     return blocks
 
 
-def report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame, common: pd.DataFrame,
+def _report_figures(tables: Tables, summary: pd.DataFrame, verdict: pd.DataFrame, common: pd.DataFrame,
                    sweep_common: pd.DataFrame | None, q: float) -> dict[str, Figure]:
     """Every figure the run's tables support, by name (the keys of FIGURE_CAPTIONS): the verdict (`verdict`:
     `verdict.verdict_table`, SPEC S5b), then the S5 statistics on the common scope (`common`: its per-checkpoint
@@ -270,7 +270,7 @@ class Analysis:
         return headline_blocks(self.verdict, self.flags, self.stats, self.tables["checkpoints"], self.q, metric)
 
     def figures(self) -> dict[str, Figure]:
-        return report_figures(self.tables, self.summary, self.verdict, self.common, self.sweep_common, self.q)
+        return _report_figures(self.tables, self.summary, self.verdict, self.common, self.sweep_common, self.q)
 
 
 def analyse(tables: Tables, base_q: float, q: list[float] | None = None,
@@ -395,7 +395,7 @@ def render(run_dir: str | Path, q: list[float] | None = None, figures: str = "pn
             made, failed = _draw(run_dir, analysis, figures, progress)
         with clock("documents"):
             _remove_stale(run_dir, written + [run_dir / "report.md", run_dir / "report.html"] + made)
-            blocks = report_blocks(tables, info, analysis.headline(), analysis.stats, analysis.sweep,
+            blocks = _report_blocks(tables, info, analysis.headline(), analysis.stats, analysis.sweep,
                                    [p.relative_to(run_dir) for p in made], analysis.q, base_q, timings,
                                    _figures_note(figures, failed), analysis.verdict)
             atomic_write(run_dir / "report.md", markdown_document(blocks))

@@ -189,7 +189,7 @@ def metric_name(*parts: object) -> str:
     return "/".join(s if s not in ("", ".", "..") else s.replace(".", "_") or "_" for s in segments)
 
 
-def run_series(run_dir: str | Path) -> dict[str, dict[int, float]]:
+def _run_series(run_dir: str | Path) -> dict[str, dict[int, float]]:
     """The per-family series of a run (module docstring): name -> {training step: mean over the family's
     checkpoints at that step}, steps ascending (SPEC S5, S5b)."""
     run_dir = Path(run_dir)
@@ -219,21 +219,21 @@ def _points(stats: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
     return long.assign(step=long["step"].fillna(NO_STEP).astype(int))
 
 
-def read_verdict(run_dir: str | Path) -> pd.DataFrame:
+def _read_verdict(run_dir: str | Path) -> pd.DataFrame:
     """verdict.csv of a run directory (SPEC S5b, written by the report); no rows when the report has not written
     it."""
     path = Path(run_dir) / "verdict.csv"
     return read_table(path) if path.exists() else pd.DataFrame(columns=VERDICT_COLUMNS)
 
 
-def verdict_metrics(verdict: pd.DataFrame) -> dict[str, float]:
+def _verdict_metrics(verdict: pd.DataFrame) -> dict[str, float]:
     """The verdict's regret and layer-balanced ρ of every family, kind, metric and utility (SPEC S5b), named
     `verdict/<family>/<kind>/<metric>/<utility>/<stat>`."""
     return {metric_name(VERDICT, r["family"], r["kind"], r["metric"], r["utility"], stat): float(r[stat])
             for _, r in verdict.iterrows() for stat in KIND_STATS}
 
 
-def verdict_tags(verdict: pd.DataFrame) -> dict[str, str]:
+def _verdict_tags(verdict: pd.DataFrame) -> dict[str, str]:
     """Per family, kind and metric, the utilities the verdict marks best, indistinguishable, cheapest and fails
     (SPEC S5b), comma-separated in verdict.csv's order, named `verdict/<family>/<kind>/<metric>/<mark>`."""
     return {metric_name(VERDICT, *scope, mark): ",".join(rows.loc[rows[mark].astype(bool), "utility"].astype(str))
@@ -242,9 +242,9 @@ def verdict_tags(verdict: pd.DataFrame) -> dict[str, str]:
 
 def tracked(run_dir: str | Path) -> Tracked:
     """Everything a tracker gets from a run directory (module docstring)."""
-    verdict = read_verdict(run_dir)
-    return Tracked(run_config(read_run_info(run_dir)), run_series(run_dir), verdict_metrics(verdict),
-                   verdict_tags(verdict))
+    verdict = _read_verdict(run_dir)
+    return Tracked(run_config(read_run_info(run_dir)), _run_series(run_dir), _verdict_metrics(verdict),
+                   _verdict_tags(verdict))
 
 
 def run_config(info: dict) -> dict:
@@ -263,7 +263,7 @@ def run_params(config: dict, numbers: bool = False) -> dict[str, str | int | flo
     return {metric_name(k): param(v) for k, v in config.items()}
 
 
-def run_files(run_dir: str | Path) -> list[Path]:
+def _run_files(run_dir: str | Path) -> list[Path]:
     """The report files, run.json, the summary table and the figures present in a run directory."""
     run_dir = Path(run_dir)
     found = [run_dir / name for name in REPORT_FILES] + [table_path(run_dir, "summary")]
@@ -287,7 +287,7 @@ def log_run(run_dir: str | Path, backend: str, **options: str) -> Logged:
                             f"{', '.join(OPTIONS[backend])}")
     if not run_dir.is_dir():
         raise BadInputError(f"{run_dir}: no such run directory; is it the `out` of a `resetassay run`?")
-    run, files = tracked(run_dir), run_files(run_dir)
+    run, files = tracked(run_dir), _run_files(run_dir)
     log = {"mlflow": _mlflow, "wandb": _wandb, "tensorboard": _tensorboard}[backend]
     try:
         location, run_id = log(module, run_dir, run, files, **options)

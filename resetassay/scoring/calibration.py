@@ -138,7 +138,7 @@ def calibration_stats(
             if "loss_grad" in needs:
                 with clock("loss gradient"):
                     lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
-            higher = higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs, clock)
+            higher = _higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs, clock)
             dev_all = {layer.name: 0.0 for layer in layers}
             real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
             with clock("class gradients"):
@@ -168,7 +168,7 @@ def calibration_stats(
     }
 
 
-def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
+def _higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
                              outputs: dict[str, torch.Tensor], refs: Refs, padding: torch.Tensor | None,
                              needs: set[str], clock: StageClock) -> dict[str, dict[str, torch.Tensor]]:
     """Per layer, the per-example gxd_ig and gxd2 that `needs` asks for, `(B, n)` after the absolute value

@@ -40,7 +40,7 @@ def picks_per_round(k: int, every: int | None) -> int:
     return every if every is not None else max(1, math.ceil(k / ROUNDS))
 
 
-def conditional_gxd(model: nn.Module, layers: list[UnitLayer], scored: list[UnitLayer], refs: Refs,
+def _conditional_gxd(model: nn.Module, layers: list[UnitLayer], scored: list[UnitLayer], refs: Refs,
                     x: torch.Tensor, y: torch.Tensor, clamp: Picks, batch_size: int = 512) -> dict[str, torch.Tensor]:
     """GXD `(n_units,)` of each layer of `scored` on the calibration set `x`, `y`, with the units `clamp[layer]` of
     `layers` clamped to their references `refs` (SPEC S3, S4); a clamped unit's own GXD is 0 (h = r)."""
@@ -71,7 +71,7 @@ def greedy_selection(model: nn.Module, layers: list[UnitLayer], refs: Refs, x: t
     quota = {name: k_at(len(units), q) for name, units in pool.items() if len(units)}
     picked: dict[str, list[int]] = {name: [] for name in quota}
     while short := [name for name in quota if len(picked[name]) < quota[name]]:
-        scores = conditional_gxd(model, layers, [by_name[name] for name in short], refs, x, y,
+        scores = _conditional_gxd(model, layers, [by_name[name] for name in short], refs, x, y,
                                  {name: np.asarray(p, dtype=np.int64) for name, p in picked.items()}, batch_size)
         for name in short:
             rest = np.setdiff1d(pool[name], picked[name])

@@ -13,7 +13,7 @@ from resetassay.names import REFERENCES, ReferenceKind
 from resetassay.shapes import Refs
 
 
-def unit_means(
+def _unit_means(
     model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, batch_size: int = 512
 ) -> Refs:
     """`calibration-mean` (SPEC S2, S9): mean of h_i over examples (and H, W for Conv, positions for tokens),
@@ -53,7 +53,7 @@ def unit_references(
     """The reference `(n_units,)` of every layer, on the model's device (SPEC S2)."""
     device = next(model.parameters()).device
     if kind == "calibration-mean":
-        return unit_means(model, layers, calib_x, batch_size)
+        return _unit_means(model, layers, calib_x, batch_size)
     if kind == "zero":
         return {layer.name: torch.zeros(layer.n_units, *[layer.group] * (layer.kind == "head"), device=device)
                 for layer in layers}

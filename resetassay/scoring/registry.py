@@ -20,9 +20,15 @@ from torch import nn
 
 from resetassay.discovery.units import UnitLayer, dense_weight
 from resetassay.errors import BadInputError, did_you_mean
-from resetassay.names import ORACLE
-from resetassay.plugins import entry_point, source_of
+from resetassay.names import GXD_GREEDY, ORACLE, SET_SELECTORS
+from resetassay.plugins import entry_point, installed, source_of, summary
 from resetassay.shapes import Scores
+
+__all__ = [  # the built-in utilities themselves are reached through UTILITIES, by name
+    "register_utility", "list_utilities", "NotApplicable", "LayerStats", "Utility", "UTILITIES", "INGREDIENTS",
+    "PLUGINS", "utility_names", "default_utilities", "check_utilities", "unit_scores", "needed_ingredients",
+    "utility_seconds", "TARGET_GRADIENT",
+]
 
 INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
                "gxd2")
@@ -34,7 +40,19 @@ PASS_OF = {"abs_act": "forward", "abs_dev": "forward", "fire": "forward", "loss_
 
 
 class NotApplicable(Exception):
-    """A utility does not apply to a layer; the message says why (SPEC S3)."""
+    """A utility does not apply to a layer; the message says why (SPEC S3).
+
+    Raise it from a utility (`register_utility`): the layer gets no score from it and notes.csv (`AssayResult.notes`)
+    records the reason.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> def producer_norm(stats, layer):
+        ...     if layer.producer is None:
+        ...         raise ra.NotApplicable(layer.producer_note or "no Linear/Conv producer")
+        ...     return layer.producer.weight.detach().abs().flatten(1).sum(dim=1)
+    """
 
 
 @dataclass
@@ -89,7 +107,31 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     sums of gxi and gxd before their absolute value, so that |E[...]| can be tried), `layer` the unit layer (its
     module, producer and consumer weights, stored state). Raise `NotApplicable(reason)` where it does not apply. A
     built-in name is refused. `source` (default: the function's module and name) is recorded in run.json with the
-    versions."""
+    versions. The first paragraph of `fn`'s docstring is its description in `list_utilities()`.
+
+    Args:
+        name: the utility's name in `AssayConfig.utilities` (`--utilities`) and its UnitTable column.
+        fn: `fn(stats: LayerStats, layer: UnitLayer) -> (n_units,)`, higher = costlier to reset.
+        needs: the calibration ingredients `fn` reads (`INGREDIENTS`); the pass computes only what is needed.
+        source: where it comes from, for run.json.
+
+    Raises:
+        BadInputError: a built-in name, or an ingredient the calibration pass does not compute.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> def squared_deviation(stats, layer):
+        ...     "E|h - r| squared."
+        ...     return stats.abs_dev ** 2
+        >>> ra.register_utility("squared_deviation", squared_deviation, needs=("abs_dev",))
+        >>> ra.list_utilities()["squared_deviation"]
+        'E|h - r| squared.'
+        >>> result = ra.run_assay(["fixtures/silu_mlp/task2"], utilities=["squared_deviation", "oracle"],
+        ...                       metrics=["l1"], calib_size=200, probe_size=200, progress=False)
+        >>> "squared_deviation" in result.units
+        True
+    """
     if name in BUILTIN or name == ORACLE:
         raise BadInputError(f"utility {name!r} is built in; register yours under another name", field="utilities")
     unknown = sorted(set(needs) - set(INGREDIENTS))
@@ -114,6 +156,31 @@ def _load_entry_point(name: str) -> bool:
 def utility_names() -> list[str]:
     """Every built-in utility, oracle included."""
     return [*BUILTIN, ORACLE]
+
+
+def list_utilities() -> dict[str, str]:
+    """Every utility `AssayConfig.utilities` (`--utilities`) accepts, with a one-line description (SPEC S3).
+
+    Returns:
+        name -> description: the built-in utilities in registry order, the oracle and the set selector gxd_greedy,
+        then those registered with `register_utility`, then those installed packages provide by entry point (not
+        loaded until a run names them). Opt-in utilities (not in the default list) say so.
+
+    Example::
+
+        >>> import resetassay as ra
+        >>> utilities = ra.list_utilities()
+        >>> utilities["gxd"]
+        'E|sum_s (h_i - r_i) dz_y/dh_i| (GXD, target logit, paper eq. 8).'
+        >>> [name for name in utilities if "Opt-in" in utilities[name]]
+        ['gxd_ig', 'gxd2', 'gxd_greedy']
+    """
+    def described(name: str) -> str:
+        text = DESCRIPTIONS.get(name) or summary(UTILITIES[name].fn) or f"registered from {PLUGINS.get(name)}"
+        return text + (" Opt-in: not in the default utilities." if name in (*OPT_IN, *SET_SELECTORS) else "")
+
+    names = [*BUILTIN, ORACLE, *SET_SELECTORS, *(n for n in UTILITIES if n not in BUILTIN)]
+    return {**{n: described(n) for n in names}, **{n: d for n, d in installed(ENTRY_POINTS).items() if n not in names}}
 
 
 def default_utilities() -> list[str]:
@@ -260,6 +327,11 @@ def random(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
 
 BUILTIN = tuple(UTILITIES)  # registered above; users' utilities come after them
 OPT_IN = ("gxd_ig", "gxd2")  # built in, but run only when named: each costs many passes per calibration batch
+DESCRIPTIONS = {  # the utilities with no function of their own here (`list_utilities`)
+    ORACLE: "The measured shock itself (the lesion's): the ceiling every utility is compared to (SPEC S3).",
+    GXD_GREEDY: "Set-aware selection: GXD recomputed with the units picked so far clamped; judged by its joint "
+                "Shock@q (SPEC S5, scoring/greedy.py).",
+}
 
 
 def utility_seconds(names: list[str], seconds: dict[str, float]) -> dict[str, float]:

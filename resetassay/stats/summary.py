@@ -112,7 +112,7 @@ def _scope_row(groups: dict[str, pd.DataFrame], column: str | None, shock: str, 
     }
 
 
-def common_layers(units: pd.DataFrame, utilities: list[str]) -> list[str]:
+def _common_layers(units: pd.DataFrame, utilities: list[str]) -> list[str]:
     """The layers of one checkpoint's UnitTable where every utility in `utilities` applies: the `common` scope
     (SPEC S5). The oracle applies everywhere; a utility that applies to no layer does not count (it would
     leave no common layer; its comparisons are n/a)."""
@@ -126,7 +126,7 @@ def common_units(units: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
     kept = []
     for checkpoint, mine in units[units["mature"].astype(bool)].groupby("checkpoint", sort=False):
         utilities = list(summary.loc[summary["checkpoint"] == checkpoint, "utility"].unique())
-        kept.append(mine[mine["layer"].isin(common_layers(mine, utilities))])
+        kept.append(mine[mine["layer"].isin(_common_layers(mine, utilities))])
     return pd.concat(kept) if kept else units.iloc[:0]
 
 
@@ -147,7 +147,7 @@ def checkpoint_summary(
     """
     checkpoint = units["checkpoint"].iloc[0]
     all_layers = list(dict.fromkeys(units["layer"]))
-    common = common_layers(units, utilities)
+    common = _common_layers(units, utilities)
     rows = []
     for utility in utilities:
         picked = (sets or {}).get(utility)

@@ -54,7 +54,7 @@ MARKS = ("best", "indistinguishable", "cheapest", "fails")
 FLAG_COLUMNS = ["family", "kind", "metric", "checkpoint", "layer", "flag", "detail", "message"]
 
 
-def unit_kinds(units: pd.DataFrame) -> pd.Series:
+def _unit_kinds(units: pd.DataFrame) -> pd.Series:
     """The verdict kind of every row of a UnitTable: neurons, channels or heads (SPEC S5b); `UNKNOWN_KIND` for a
     table that records no `kind`."""
     if "kind" not in units:
@@ -62,7 +62,7 @@ def unit_kinds(units: pd.DataFrame) -> pd.Series:
     return units["kind"].map(KIND_OF_LAYER).fillna(UNKNOWN_KIND)
 
 
-def ranked_utilities(summary: pd.DataFrame, checkpoint: str) -> list[str]:
+def _ranked_utilities(summary: pd.DataFrame, checkpoint: str) -> list[str]:
     """The utilities a checkpoint's summary rows compare, set selectors left out (they rank no unit)."""
     names = summary.loc[summary["checkpoint"] == checkpoint, "utility"]
     return [u for u in dict.fromkeys(names) if u not in SET_SELECTORS]
@@ -74,7 +74,7 @@ def kind_scopes(units: pd.DataFrame, utilities: list[str]) -> dict[str, tuple[li
     of a kind is left out of that kind and shrinks no scope."""
     mature = units[units["mature"].astype(bool)]
     scopes = {}
-    for kind, rows in mature.groupby(unit_kinds(mature), sort=False):
+    for kind, rows in mature.groupby(_unit_kinds(mature), sort=False):
         layers = dict(list(rows.groupby("layer", sort=False)))
         applies = {u: {name for name, g in layers.items() if u in g and g[u].notna().all()}
                    for u in utilities if u != ORACLE}
@@ -267,7 +267,7 @@ def _scopes(units: pd.DataFrame, summary: pd.DataFrame, checkpoints: pd.DataFram
     for checkpoint, mine in units.groupby("checkpoint", sort=False):
         if checkpoint not in family_of:
             continue
-        for kind, (layers, utilities) in kind_scopes(mine, ranked_utilities(summary, checkpoint)).items():
+        for kind, (layers, utilities) in kind_scopes(mine, _ranked_utilities(summary, checkpoint)).items():
             if not layers:
                 continue
             for metric in metrics:
@@ -299,7 +299,7 @@ def _seed(*parts: str) -> list[int]:
     return [VERDICT_SEED, *(zlib.crc32(p.encode()) for p in parts)]
 
 
-def measured_seconds(timings: dict[str, dict[str, float]], checkpoint_names: list[str], utility: str) -> float:
+def _measured_seconds(timings: dict[str, dict[str, float]], checkpoint_names: list[str], utility: str) -> float:
     """Mean calibration seconds `utility` needs over the checkpoints that timed it (timings.json); NaN without."""
     found = [t[COST_STAGE.format(utility)] for c in checkpoint_names
              if COST_STAGE.format(utility) in (t := timings.get(c, {}))]
@@ -342,7 +342,7 @@ def _scope_rows(base: dict, scope: _Scope, point: dict, draws: dict, timings: di
                          **dict(zip(("regret_low", "regret_high"), _interval(draws[utility][0]), strict=True)),
                          "balanced_rho": rho, "balanced_rho_se": rho_se,
                          **dict(zip(("rho_low", "rho_high"), _interval(draws[utility][1]), strict=True)),
-                         "seconds": measured_seconds(timings, scope.checkpoints, utility), "best": False,
+                         "seconds": _measured_seconds(timings, scope.checkpoints, utility), "best": False,
                          "indistinguishable": False, "cheapest": False, "fails": False, "fail_reason": "",
                          "diff_low": math.nan, "diff_high": math.nan, "flags": flags}
     contenders = [u for u, r in rows.items() if u not in (RANDOM, ORACLE) and not math.isnan(r["regret"])]
@@ -401,7 +401,7 @@ def reliability_flags(units: pd.DataFrame, summary: pd.DataFrame, checkpoints: p
         if not mine["mature"].astype(bool).any():
             rows.append(flag("no mature units", str(checkpoint), "no mature units (every unit is younger than the "
                              "maturity threshold), so nothing is assayed there"))
-        for kind, (layers, _) in kind_scopes(mine, ranked_utilities(summary, checkpoint)).items():
+        for kind, (layers, _) in kind_scopes(mine, _ranked_utilities(summary, checkpoint)).items():
             rows += _scope_flags(flag, kind, mine[mine["layer"].isin(layers)], metrics, q)
     return pd.DataFrame(rows + _chance_flags(checkpoints, family_of), columns=FLAG_COLUMNS)
 

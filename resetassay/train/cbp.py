@@ -97,12 +97,12 @@ class UnitTrace:
         return torch.where(seen, ema / (1 - decay ** self.age.clamp(min=1).double()), torch.zeros_like(ema))
 
 
-def unit_mean(u: torch.Tensor) -> torch.Tensor:
+def _unit_mean(u: torch.Tensor) -> torch.Tensor:
     """Mean of a unit view over examples (and H, W for Conv, positions for tokens), `(n_units,)`."""
     return u.mean(dim=[d for d in range(u.dim()) if d != 1])
 
 
-def batch_stats(
+def _batch_stats(
     h: torch.Tensor,
     reference: torch.Tensor,
     needs: frozenset[str],
@@ -213,14 +213,14 @@ class ContinualBackprop:
             for name, trace in self.traces.items():
                 h = trace.layer.view(self._recorded(self._h, name, "a train-mode forward").detach())
                 trace.age += 1
-                trace.mean.mul_(decay).add_(unit_mean(h).double(), alpha=1 - decay)
+                trace.mean.mul_(decay).add_(_unit_mean(h).double(), alpha=1 - decay)
                 if trace.site is None:
                     continue
                 loss_grad = (trace.layer.view(self._recorded(self._loss_grad, name, "the step's backward"))
                              if "loss_grad" in self.needs else None)
                 target_grad = (trace.layer.view(self._recorded(self._target_grad, name, "observe(logits, y)"))
                                if self.needs & GRADIENT_INGREDIENTS else None)
-                stats = batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
+                stats = _batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
                 now = UTILITIES[self.config.utility].fn(stats, trace.layer)
                 trace.utility.mul_(decay).add_(now.double(), alpha=1 - decay)
         self._h.clear()
@@ -260,7 +260,7 @@ class ContinualBackprop:
                        (site.consumer.weight, (slice(None), i))]
             if norm is not None:
                 touched += [(norm.weight, (i,)), (norm.bias, (i,))]
-            clear_optimizer_state(optimizer, touched)
+            _clear_optimizer_state(optimizer, touched)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Per-unit checkpoint state (SPEC S1, S2): "<layer>.age", ".reference" (r̂), ".utility" (û, reset layers)."""
@@ -279,7 +279,7 @@ class ContinualBackprop:
         self._handles.clear()
 
 
-def clear_optimizer_state(
+def _clear_optimizer_state(
     optimizer: torch.optim.Optimizer, touched: list[tuple[torch.Tensor | None, tuple]]
 ) -> None:
     """Zero the slices `index` of every per-parameter optimizer tensor (momentum, Adam moments)."""
