@@ -32,15 +32,13 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    monkeypatch.setattr(utilities, "UTILITIES", dict(UTILITIES))
-    monkeypatch.setattr(utilities, "PLUGINS", {})
+    monkeypatch.setattr(utilities, "UTILITIES", UTILITIES.copy())
     return utilities
 
 
 @pytest.fixture
 def clean_metrics(monkeypatch):
-    monkeypatch.setattr(shocks, "SHOCK_METRICS", dict(SHOCK_METRICS))
-    monkeypatch.setattr(shocks, "PLUGINS", {})
+    monkeypatch.setattr(shocks, "SHOCK_METRICS", SHOCK_METRICS.copy())
     return shocks
 
 
@@ -111,7 +109,7 @@ def test_an_entry_point_utility_loads_only_when_named(clean_registry, monkeypatc
     assert asked == [] and "my_firing_gap" not in sys.modules  # not loaded while not named
     assert check_utilities(["firing_gap", "gxd"]) == ["firing_gap", "gxd"]
     assert clean_registry.UTILITIES["firing_gap"].needs == {"fire"}
-    assert clean_registry.PLUGINS["firing_gap"] == "my_firing_gap:firing_gap"
+    assert clean_registry.UTILITIES.sources["firing_gap"] == "my_firing_gap:firing_gap"
     with pytest.raises(ra.BadInputError, match="unknown nothing_here"):
         check_utilities(["nothing_here"])
 

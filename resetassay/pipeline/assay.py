@@ -290,12 +290,13 @@ def versions() -> dict[str, str]:
     import captum
 
     from resetassay import __version__
-    from resetassay.lesion.shocks import PLUGINS as METRIC_PLUGINS
-    from resetassay.scoring.registry import PLUGINS
+    from resetassay.lesion.shocks import SHOCK_METRICS
+    from resetassay.scoring.registry import UTILITIES
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
-            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {}),
-            **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
+            "python": platform.python_version(),
+            **({"utilities": dict(UTILITIES.sources)} if UTILITIES.sources else {}),
+            **({"metrics": dict(SHOCK_METRICS.sources)} if SHOCK_METRICS.sources else {})}
 
 
 def run_info(config: AssayConfig) -> dict:

@@ -1,12 +1,12 @@
 """The unit utilities (SPEC S3): higher = more useful = costlier to reset. Their registry and the built-ins.
 
-Every utility is a small function `(LayerStats, UnitLayer) -> (n_units,)` registered by name with the
-ingredients it reads (`utility`, `register_utility`, or a package's entry point in the group
-`resetassay.utilities`); `LayerStats` holds the per-unit calibration means that the one calibration pass
-(`calibration.py`) gathers, and `unit_scores` applies the requested utilities to them. GXD = GXI - r * gradient
-(DESIGN "Known traps"). gxd_ig and gxd2 go beyond first order (`higher_order.py`); they cost tens of passes per
-batch, so they run only when named (OPT_IN). `utility_seconds` prices each utility by the calibration passes its
-ingredients need (PASS_OF, SPEC S5b).
+Every utility is a `Utility` (a Protocol): a small function `(LayerStats, UnitLayer) -> (n_units,)` with the
+ingredients it reads, registered by name in `UTILITIES` (a `plugins.Registry`: `utility`, `register_utility`, or
+a package's entry point in the group `resetassay.utilities`); `LayerStats` holds the per-unit calibration means
+that the one calibration pass (`calibration.py`) gathers, and `unit_scores` applies the requested utilities to
+them. GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_ig and gxd2 go beyond first order (`higher_order.py`);
+they cost tens of passes per batch, so they run only when named (OPT_IN). `utility_seconds` prices each utility by
+the calibration passes its ingredients need (PASS_OF, SPEC S5b).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch import nn
 from resetassay.discovery.units import UnitLayer, dense_weight
 from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import ORACLE
-from resetassay.plugins import entry_point, source_of
+from resetassay.plugins import Registry, source_of
 from resetassay.shapes import Scores
 
 INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
@@ -56,28 +57,48 @@ class LayerStats:
     skipped: dict[str, str] = field(default_factory=dict)  # ingredient -> why it was not computed
 
 
-@dataclass(frozen=True)
-class Utility:
-    """A registered utility: its function and the ingredients it reads."""
+class Utility(Protocol):
+    """What a utility provides (SPEC S3): the calibration ingredients it reads (`needs`, of INGREDIENTS) and its
+    scores of one layer's units, `utility(stats, layer) -> (n_units,)`, higher = more useful. Raise
+    `NotApplicable(reason)` where it does not apply. `register_utility(name, fn, needs)` makes one of a function."""
 
-    name: str
+    @property
+    def needs(self) -> frozenset[str]: ...
+
+    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class FunctionUtility:
+    """A utility function `fn(stats, layer)` and the ingredients it reads: a `Utility`."""
+
     fn: Callable[[LayerStats, UnitLayer], torch.Tensor]
     needs: frozenset[str] = field(default_factory=frozenset)
 
+    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor:
+        return self.fn(stats, layer)
 
-UTILITIES: dict[str, Utility] = {}  # the oracle (names.ORACLE) is the measured shock, filled in from the lesions
+
+ENTRY_POINTS = "resetassay.utilities"  # the entry-point group of utilities other packages provide
+
+
+def _from_entry_point(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor], source: str) -> None:
+    """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
+    (loaded only when named); its `needs` attribute lists the ingredients it reads."""
+    register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
+
+
+# The registered utilities, built-ins first; the oracle (names.ORACLE) is the measured shock, filled in from the
+# lesions. `UTILITIES.sources`: where each of the user's comes from (package and version), for run.json.
+UTILITIES: Registry[Utility] = Registry("utility", "--utilities", ENTRY_POINTS, _from_entry_point)
 
 
 def utility(name: str, needs: tuple[str, ...] = ()):
     """Register a utility function under `name`."""
     def register(fn: Callable[[LayerStats, UnitLayer], torch.Tensor]):
-        UTILITIES[name] = Utility(name, fn, frozenset(needs))
+        UTILITIES.register(name, FunctionUtility(fn, frozenset(needs)))
         return fn
     return register
-
-
-ENTRY_POINTS = "resetassay.utilities"  # the entry-point group of utilities other packages provide
-PLUGINS: dict[str, str] = {}  # utilities registered by the user: name -> where from (package and version)
 
 
 def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor],
@@ -96,19 +117,7 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     if unknown:
         raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
                             f"compute; choose from {', '.join(INGREDIENTS)}", flag="--utilities")
-    UTILITIES[name] = Utility(name, fn, frozenset(needs))
-    PLUGINS[name] = source or source_of(fn)
-
-
-def _load_entry_point(name: str) -> bool:
-    """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
-    (loaded only when named); its `needs` attribute lists the ingredients it reads. False when none does."""
-    found = entry_point(ENTRY_POINTS, name, "--utilities")
-    if found is None:
-        return False
-    fn, source = found
-    register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
-    return True
+    UTILITIES.register(name, FunctionUtility(fn, frozenset(needs)), source or source_of(fn))
 
 
 def utility_names() -> list[str]:
@@ -124,7 +133,7 @@ def default_utilities() -> list[str]:
 def check_utilities(names: list[str]) -> list[str]:
     """Validate `--utilities` (loading a package's utility the first time it is named); the message lists the
     valid names."""
-    unknown = [n for n in names if n not in UTILITIES and n != ORACLE and not _load_entry_point(n)]
+    unknown = [n for n in names if n != ORACLE and not UTILITIES.find(n)]
     if unknown:
         raise BadInputError(
             f"--utilities: unknown {', '.join(unknown)}{did_you_mean(unknown, [*UTILITIES, ORACLE])}; choose from "
@@ -288,7 +297,7 @@ def unit_scores(
         scores[name] = {}
         for layer in layers:
             try:
-                scores[name][layer.name] = checked_scores(name, UTILITIES[name].fn(stats[layer.name], layer), layer)
+                scores[name][layer.name] = checked_scores(name, UTILITIES[name](stats[layer.name], layer), layer)
             except NotApplicable as why:
                 notes[(name, layer.name)] = str(why)
     return scores, notes

@@ -151,7 +151,7 @@ class ContinualBackprop:
         for name in self.reset_layers:
             trace = self.traces[name]
             try:
-                UTILITIES[config.utility].fn(LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
+                UTILITIES[config.utility](LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
                                              trace.layer)
             except NotApplicable as why:
                 raise BadInputError(f"--utility {config.utility} does not apply to {name} ({why}); "
@@ -221,7 +221,7 @@ class ContinualBackprop:
                 target_grad = (trace.layer.view(self._recorded(self._target_grad, name, "observe(logits, y)"))
                                if self.needs & GRADIENT_INGREDIENTS else None)
                 stats = batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
-                now = UTILITIES[self.config.utility].fn(stats, trace.layer)
+                now = UTILITIES[self.config.utility](stats, trace.layer)
                 trace.utility.mul_(decay).add_(now.double(), alpha=1 - decay)
         self._h.clear()
         self._loss_grad.clear()
