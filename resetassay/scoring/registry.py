@@ -12,8 +12,9 @@ the calibration passes its ingredients need (PASS_OF, SPEC S5b).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import torch
@@ -25,13 +26,36 @@ from resetassay.names import ORACLE
 from resetassay.plugins import Registry, source_of
 from resetassay.shapes import Scores
 
-INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
-               "gxd2")
-TARGET_GRADIENT = {"gxi", "gxd", "gxi_signed", "gxd_signed"}  # ingredients of the target logit's layer gradient
+
+class Ingredient(StrEnum):
+    """A per-unit calibration mean a utility can read (SPEC S3), named as its field of `LayerStats`."""
+
+    ABS_ACT = "abs_act"
+    ABS_DEV = "abs_dev"
+    FIRE = "fire"
+    LOSS_GRAD = "loss_grad"
+    GXI = "gxi"
+    GXD = "gxd"
+    GXI_SIGNED = "gxi_signed"
+    GXD_SIGNED = "gxd_signed"
+    GXD_ALL = "gxd_all"
+    GXD_IG = "gxd_ig"
+    GXD2 = "gxd2"
+
+
+Needs = frozenset[Ingredient]  # what a utility reads
+INGREDIENTS = tuple(i.value for i in Ingredient)
+# ingredients of the target logit's layer gradient
+TARGET_GRADIENT = frozenset({Ingredient.GXI, Ingredient.GXD, Ingredient.GXI_SIGNED, Ingredient.GXD_SIGNED})
 # The calibration pass that computes each ingredient; a utility costs the seconds of the passes it needs (SPEC S5b).
-PASS_OF = {"abs_act": "forward", "abs_dev": "forward", "fire": "forward", "loss_grad": "loss gradient",
-           **dict.fromkeys(TARGET_GRADIENT, "target gradient"), "gxd_all": "class gradients", "gxd_ig": "gxd_ig",
-           "gxd2": "gxd2"}
+PASS_OF = {Ingredient.ABS_ACT: "forward", Ingredient.ABS_DEV: "forward", Ingredient.FIRE: "forward",
+           Ingredient.LOSS_GRAD: "loss gradient", **dict.fromkeys(TARGET_GRADIENT, "target gradient"),
+           Ingredient.GXD_ALL: "class gradients", Ingredient.GXD_IG: "gxd_ig", Ingredient.GXD2: "gxd2"}
+
+
+def needs_of(names: Iterable[str]) -> Needs:
+    """The ingredients named `names` (each of INGREDIENTS)."""
+    return frozenset(Ingredient(name) for name in names)
 
 
 class NotApplicable(Exception):
@@ -58,12 +82,12 @@ class LayerStats:
 
 
 class Utility(Protocol):
-    """What a utility provides (SPEC S3): the calibration ingredients it reads (`needs`, of INGREDIENTS) and its
+    """What a utility provides (SPEC S3): the calibration ingredients it reads (`needs`) and its
     scores of one layer's units, `utility(stats, layer) -> (n_units,)`, higher = more useful. Raise
     `NotApplicable(reason)` where it does not apply. `register_utility(name, fn, needs)` makes one of a function."""
 
     @property
-    def needs(self) -> frozenset[str]: ...
+    def needs(self) -> Needs: ...
 
     def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor: ...
 
@@ -73,7 +97,7 @@ class FunctionUtility:
     """A utility function `fn(stats, layer)` and the ingredients it reads: a `Utility`."""
 
     fn: Callable[[LayerStats, UnitLayer], torch.Tensor]
-    needs: frozenset[str] = field(default_factory=frozenset)
+    needs: Needs = field(default_factory=frozenset)
 
     def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor:
         return self.fn(stats, layer)
@@ -93,8 +117,8 @@ def _from_entry_point(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Ten
 UTILITIES: Registry[Utility] = Registry("utility", "--utilities", ENTRY_POINTS, _from_entry_point)
 
 
-def utility(name: str, needs: tuple[str, ...] = ()):
-    """Register a utility function under `name`."""
+def utility(name: str, *needs: Ingredient):
+    """Register a utility function under `name`, reading the ingredients `needs`."""
     def register(fn: Callable[[LayerStats, UnitLayer], torch.Tensor]):
         UTILITIES.register(name, FunctionUtility(fn, frozenset(needs)))
         return fn
@@ -117,7 +141,7 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     if unknown:
         raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
                             f"compute; choose from {', '.join(INGREDIENTS)}", flag="--utilities")
-    UTILITIES.register(name, FunctionUtility(fn, frozenset(needs)), source or source_of(fn))
+    UTILITIES.register(name, FunctionUtility(fn, needs_of(needs)), source or source_of(fn))
 
 
 def utility_names() -> list[str]:
@@ -167,49 +191,49 @@ def producer_weight_mass(layer: UnitLayer) -> torch.Tensor:
     return w.flatten(1).sum(dim=1)
 
 
-@utility("activation", ("abs_act",))
+@utility("activation", Ingredient.ABS_ACT)
 def activation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| (ReDo-style activation magnitude)."""
     return s.abs_act
 
 
-@utility("contribution", ("abs_act",))
+@utility("contribution", Ingredient.ABS_ACT)
 def contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| * sum_k |w_out[k, i]| (CBP, paper eq. 11)."""
     return s.abs_act * consumer_weight_mass(layer).to(s.abs_act)
 
 
-@utility("mc_contribution", ("abs_dev",))
+@utility("mc_contribution", Ingredient.ABS_DEV)
 def mc_contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i| * sum_k |w_out[k, i]| (mean-corrected contribution)."""
     return s.abs_dev * consumer_weight_mass(layer).to(s.abs_dev)
 
 
-@utility("mc_adaptable", ("abs_dev",))
+@utility("mc_adaptable", Ingredient.ABS_DEV)
 def mc_adaptable(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i| * sum_k |w_out[k, i]| / sum_j |w_in[i, j]| (CBP 2023, paper eq. 12)."""
     return mc_contribution(s, layer) / producer_weight_mass(layer).to(s.abs_dev)
 
 
-@utility("loss_gradient", ("loss_grad",))
+@utility("loss_gradient", Ingredient.LOSS_GRAD)
 def loss_gradient(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s dL/dh_i(x, s)| (gradient activity)."""
     return s.loss_grad
 
 
-@utility("gxi", ("gxi",))
+@utility("gxi", Ingredient.GXI)
 def gxi(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s h_i dz_y/dh_i| (gradient x input, paper App. B)."""
     return s.gxi
 
 
-@utility("gxd", ("gxd",))
+@utility("gxd", Ingredient.GXD)
 def gxd(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s (h_i - r_i) dz_y/dh_i| (GXD, target logit, paper eq. 8)."""
     return s.gxd
 
 
-@utility("gxd_all", ("gxd_all",))
+@utility("gxd_all", Ingredient.GXD_ALL)
 def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E (1/C) sum_c |sum_s (h_i - r_i) dz_c/dh_i| (GXD all-logit, paper eq. 6)."""
     if "gxd_all" in s.skipped:
@@ -217,34 +241,34 @@ def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.gxd_all
 
 
-@utility("gxd_ig", ("gxd_ig",))
+@utility("gxd_ig", Ingredient.GXD_IG)
 def gxd_ig(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s IG_i(x, s)|: integrated gradients of z_y on the straight path of the whole layer from its
     reference to h (the joint path; higher_order.py)."""
     return s.gxd_ig
 
 
-@utility("gxd2", ("gxd2",))
+@utility("gxd2", Ingredient.GXD2)
 def gxd2(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|g . d_i + 1/2 d_i' H d_i|, d_i = r_i - h_i on unit i alone: GXD's first-order change of z_y plus the
     second-order term along the same direction (higher_order.py)."""
     return s.gxd2
 
 
-@utility("dormancy", ("abs_act",))
+@utility("dormancy", Ingredient.ABS_ACT)
 def dormancy(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| / mean_j E|h_j| over the layer's units (ReDo's normalised dormancy score, SPEC S8)."""
     return s.abs_act / s.abs_act.mean().clamp(min=torch.finfo(s.abs_act.dtype).tiny)
 
 
-@utility("deviation", ("abs_dev",))
+@utility("deviation", Ingredient.ABS_DEV)
 def deviation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i|, the forward activity around the reference (SPEC S8's growth diagnostic, beside
     loss_gradient, the backward signal)."""
     return s.abs_dev
 
 
-@utility("firing_rate", ("fire",))
+@utility("firing_rate", Ingredient.FIRE)
 def firing_rate(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """P(h_i > 0) over examples and positions (SNR's firing rate, SPEC S8)."""
     return s.fire
@@ -322,6 +346,6 @@ def checked_scores(name: str, scores: object, layer: UnitLayer) -> torch.Tensor:
     return scores.detach().cpu()
 
 
-def needed_ingredients(names: list[str]) -> set[str]:
+def needed_ingredients(names: list[str]) -> Needs:
     """The union of what the requested utilities read."""
-    return set().union(*(UTILITIES[n].needs for n in names if n in UTILITIES))
+    return frozenset().union(*(UTILITIES[n].needs for n in names if n in UTILITIES))
