@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from resetassay.discovery.attention import HeadTap, unfused_attention
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import as_is, capture
 from resetassay.discovery.transformers import transformers_taps
 from resetassay.discovery.unit_tap import Declared, UnitTap
 from resetassay.discovery.units import (
@@ -381,17 +381,14 @@ def hook_taps(model: nn.Module, example: torch.Tensor) -> nn.Module:
     for name, module in model.named_modules():
         if isinstance(module, ACTIVATION_TYPES):
             modules.setdefault(module, name)
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules.values()}
-    order: list[tuple[str, int]] = []
-
-    def counter(name: str):
-        def hook(_m: nn.Module, _i: object, out: object) -> None:
-            order.append((name, len(outputs[name])))
-            outputs[name].append(out)
-        return hook
-
-    with forward_hooks({m: counter(name) for m, name in modules.items()}), torch.no_grad():
+    activations = {name: module for module, name in modules.items()}
+    with capture(model, activations, keep=as_is, every_call=True) as seen, torch.no_grad():
         result = model(example)
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in activations}
+    order: list[tuple[str, int]] = []  # (name, k): the k-th call of the module, in forward order
+    for name, out in seen.calls:
+        order.append((name, len(outputs[name])))
+        outputs[name].append(out)
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     try:
         tapped = copy.deepcopy(model, memo)

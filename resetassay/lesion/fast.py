@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import capture, forward_hooks
 from resetassay.discovery.units import UnitLayer, per_unit
 from resetassay.errors import BadInputError
 from resetassay.lesion.engine import LesionRequest
@@ -171,16 +171,14 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, re
 def _bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
     """Bytes of every module output for one example: the activation memory of one row (an upper
     bound for any downstream part, which also holds its inputs)."""
-    total = [x1.numel() * x1.element_size()]
-
-    def count(_m: nn.Module, _i: object, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            total[0] += out.numel() * out.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    with forward_hooks(dict.fromkeys(leaves, count)), torch.inference_mode():
+    leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
+    with capture(model, leaves, keep=_nbytes, every_call=True) as outputs, torch.inference_mode():
         model(x1)
-    return total[0]
+    return _nbytes(x1) + sum(size for _, size in outputs.calls)
+
+
+def _nbytes(out: object) -> int:
+    return out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import as_is, capture, differentiable
 from resetassay.discovery.sequences import example_losses, is_sequence, padding_mask, target_logits
 from resetassay.discovery.units import UnitLayer, per_unit, position_mask, positions, sum_positions
 from resetassay.errors import BadInputError
@@ -85,12 +85,6 @@ def calibration_stats(
     needs = needs_of(needs)
     device = next(model.parameters()).device
     modules = [layer.module for layer in layers]
-    acts: dict[str, torch.Tensor] = {}
-
-    def capture(name: str):
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            acts[name] = out.detach().clone()
-        return hook
 
     def loss_per_example(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return example_losses(model(inputs), targets)
@@ -114,7 +108,7 @@ def calibration_stats(
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
     sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
     clock = StageClock(seconds)  # into a dict of its own when the caller wants no seconds
-    with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
+    with capture(model, layers) as acts:
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
             padding = padding_mask(xb)
@@ -137,7 +131,7 @@ def calibration_stats(
             real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
             every_class = Ingredient.GXD_ALL in needs
             with clock("class gradients"):
-                for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if every_class else ():
+                for cgrads in _class_gradients(model, layers, xb, n_classes, padding) if every_class else ():
                     for layer, g in zip(layers, cgrads, strict=True):
                         term = dev[layer.name] * layer.view(g)
                         term = term * real[layer.name] if real[layer.name] is not None else term
@@ -184,22 +178,15 @@ def higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
 
 
-def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor, n_classes: int,
+def _class_gradients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, n_classes: int,
                      padding: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
-    """dz_c/dh at every module's output, for c = 0..C-1 in order: one forward, then backward passes batched
+    """dz_c/dh at every unit layer's output, for c = 0..C-1 in order: one forward, then backward passes batched
     over CLASS_CHUNK classes (`higher_order.batched_vjp`). Yields per class the list of gradients `(B, n, ...)`,
-    one per module (gxd_all, SPEC S3); a language model's z_c sums logit c over the real positions
+    one per layer (gxd_all, SPEC S3); a language model's z_c sums logit c over the real positions
     `padding (B, T)` (all without padding, SPEC S9)."""
-    outputs: dict[nn.Module, torch.Tensor] = {}
-
-    def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        out = out if out.requires_grad else out.detach().requires_grad_()
-        outputs[module] = out
-        return out
-
-    with torch.enable_grad(), forward_hooks(dict.fromkeys(modules, keep)):
+    with torch.enable_grad(), capture(model, layers, keep=as_is, replace=differentiable) as outputs:
         z = model(x)
-    tensors = [outputs[m] for m in modules]
+    tensors = [outputs[layer.name] for layer in layers]
     eye = torch.eye(n_classes, dtype=z.dtype, device=z.device)
     for c0 in range(0, n_classes, CLASS_CHUNK):
         chunk = eye[c0:c0 + CLASS_CHUNK]  # (k, C, ...): logit c0 + j in row j, at every position of a sequence
