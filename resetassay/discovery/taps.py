@@ -76,6 +76,7 @@ from torch import fx, nn
 
 from resetassay.discovery.attention import HeadTap, unfused_attention
 from resetassay.discovery.hooks import as_is, capture
+from resetassay.discovery.outputs import model_name
 from resetassay.discovery.transformers import transformers_taps
 from resetassay.discovery.unit_tap import Declared, UnitTap
 from resetassay.discovery.units import (
@@ -181,7 +182,7 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
         return declared
     if unknown := set(routes) - set(ROUTES):
         raise ValueError(f"unknown discovery routes {sorted(unknown)}; expected some of {ROUTES}")
-    name, failures = type(model).__name__, []
+    name, failures = model_name(model), []
     unfused = unfused_attention(model)  # torch.nn attention, op by op: its heads visible (attention.py)
     for route in ("fx", "export"):
         if route not in routes or (route == "export" and example is None):
@@ -230,7 +231,7 @@ def discovery_route(model: nn.Module) -> str:
 def _require_units(model: nn.Module, seen: str) -> None:
     if not declared_specs(model):
         raise BadInputError(
-            f"no unit layer found in {type(model).__name__}: {seen}; give it activation modules "
+            f"no unit layer found in {model_name(model)}: {seen}; give it activation modules "
             "(nn.ReLU) or calls (F.relu) in a forward of its own, or a unit_layer_specs() method"
         )
 
@@ -438,7 +439,7 @@ def _add_hook_tap(tapped: nn.Module, name: str, tap: UnitTap) -> None:
 def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
     """The GraphModule of `graph` with a tap after every call site that needs one, and a head tap before the output
     projection of every attention-like module (`_head_sites`)."""
-    gm = TappedModel(model, graph, type(model).__name__)
+    gm = TappedModel(model, graph, model_name(model))
     for node, name in _tap_sites(gm):
         _add_tap_module(gm, model, name)
         with gm.graph.inserting_after(node):
