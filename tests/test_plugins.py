@@ -32,15 +32,13 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    monkeypatch.setattr(utilities, "UTILITIES", dict(UTILITIES))
-    monkeypatch.setattr(utilities, "PLUGINS", {})
+    monkeypatch.setattr(utilities, "UTILITIES", UTILITIES.copy())
     return utilities
 
 
 @pytest.fixture
 def clean_metrics(monkeypatch):
-    monkeypatch.setattr(shocks, "SHOCK_METRICS", dict(SHOCK_METRICS))
-    monkeypatch.setattr(shocks, "PLUGINS", {})
+    monkeypatch.setattr(shocks, "SHOCK_METRICS", SHOCK_METRICS.copy())
     return shocks
 
 
@@ -95,6 +93,20 @@ def test_a_python_utility_is_assayed_and_recorded(clean_registry, tmp_path):
     assert versions["utilities"]["squared_deviation"].endswith("squared_deviation")
 
 
+def test_one_registry_holds_utilities_metrics_and_models_and_suggests_close_names(clean_registry):
+    """plugins.Registry (DESIGN "Extension points"): names in registration order, the built-ins first, and an unknown
+    name is one line that suggests the close ones."""
+    from resetassay.models import MODELS
+
+    assert MODELS.names() == ["mlp", "cnn", "resnet", "transformer"]
+    assert SHOCK_METRICS.names()[:2] == ["l1", "kl"] and "gxd" in clean_registry.UTILITIES
+    with pytest.raises(ra.BadInputError, match=r"unknown model 'mpl' \(did you mean mlp\?\); choose from mlp, cnn"):
+        create_model("mpl")
+    ra.register_utility("squared_deviation", lambda s, layer: s.abs_dev ** 2, needs=("abs_dev",))
+    assert clean_registry.UTILITIES.get("squared_deviation").needs == {utilities.Ingredient.ABS_DEV}
+    assert list(clean_registry.UTILITIES.sources) == ["squared_deviation"]
+
+
 def test_bad_registrations_are_refused_by_name(clean_registry):
     with pytest.raises(ra.BadInputError, match="'gxd' is built in"):
         ra.register_utility("gxd", lambda s, layer: s.gxd)
@@ -111,7 +123,7 @@ def test_an_entry_point_utility_loads_only_when_named(clean_registry, monkeypatc
     assert asked == [] and "my_firing_gap" not in sys.modules  # not loaded while not named
     assert check_utilities(["firing_gap", "gxd"]) == ["firing_gap", "gxd"]
     assert clean_registry.UTILITIES["firing_gap"].needs == {"fire"}
-    assert clean_registry.PLUGINS["firing_gap"] == "my_firing_gap:firing_gap"
+    assert clean_registry.UTILITIES.sources["firing_gap"] == "my_firing_gap:firing_gap"
     with pytest.raises(ra.BadInputError, match="unknown nothing_here"):
         check_utilities(["nothing_here"])
 

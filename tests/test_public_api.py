@@ -95,10 +95,8 @@ def test_every_root_export_is_documented(name):
 @pytest.fixture
 def own_registries(monkeypatch):
     """The examples register a utility and a metric: into copies of the registries, dropped afterwards."""
-    monkeypatch.setattr(registry, "UTILITIES", dict(registry.UTILITIES))
-    monkeypatch.setattr(registry, "PLUGINS", {})
-    monkeypatch.setattr(shocks, "SHOCK_METRICS", dict(shocks.SHOCK_METRICS))
-    monkeypatch.setattr(shocks, "PLUGINS", {})
+    monkeypatch.setattr(registry, "UTILITIES", registry.UTILITIES.copy())
+    monkeypatch.setattr(shocks, "SHOCK_METRICS", shocks.SHOCK_METRICS.copy())
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

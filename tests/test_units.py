@@ -170,3 +170,24 @@ def test_mature_is_age_above_threshold_or_all_without_ages():
     assert layer.mature(10).tolist() == [True] * 4
     layer.ages = torch.tensor([0, 10, 11, 500])
     assert layer.mature(10).tolist() == [False, False, True, True]
+
+
+def test_capture_records_every_call_replaces_outputs_and_removes_its_hooks_also_on_error():
+    """`hooks.capture` (DESIGN "Stages"): a copy of each chosen module's output, every call listed in forward order
+    with `every_call`, an output replaced where asked, and no hook left behind, also when the forward fails."""
+    from resetassay.discovery.hooks import capture
+
+    model = create_model("mlp", in_features=8, widths=(5, 6), n_classes=3)
+    x = torch.randn(4, 8)
+    layers = unit_layers(model, x[:2])
+    with capture(model, layers, every_call=True) as seen, torch.no_grad():
+        z = model(x)
+    assert [name for name, _ in seen.calls] == ["layers.0.act", "layers.1.act"]
+    torch.testing.assert_close(seen["layers.1.act"], model.layers[1].act(model.layers[1].linear(seen["layers.0.act"])))
+    with capture(model, ["layers.1.act"], replace=lambda _name, out: torch.zeros_like(out)) as seen, torch.no_grad():
+        zeroed = model(x)
+    torch.testing.assert_close(zeroed, model.head.bias.expand_as(z).detach())
+    assert float(seen["layers.1.act"].abs().sum()) == 0
+    with pytest.raises(RuntimeError), capture(model, layers):
+        model(torch.randn(4, 7))  # the wrong width
+    assert not any(m._forward_hooks for m in model.modules())

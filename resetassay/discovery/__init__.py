@@ -4,8 +4,8 @@
 torch.fx, torch.export or forward hooks (`taps.py`) or, for Hugging Face `transformers` models, by module names
 (`transformers.py`), both attaching the taps of `unit_tap.py`; torch.nn attention unfused so its heads are units
 (`attention.py`); the logits of a model whose forward returns a tuple, dict or object (`outputs.py`);
-language-model targets, logits and losses (`sequences.py`); and `hooks.forward_hooks`, which every stage above
-uses to read or clamp a unit layer.
+language-model targets, logits and losses (`sequences.py`); and `hooks.capture`, which every stage above uses to
+read (or replace) a unit layer's output, and `hooks.forward_hooks`, with which the lesion engines clamp one.
 """
 
 from resetassay.discovery.find import find_unit_layers

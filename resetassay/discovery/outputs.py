@@ -1,10 +1,12 @@
 """The logits of a model whose forward returns more than a tensor: `--output` (SPEC S4 measures logits).
 
 Many models return a tuple `(logits, aux)`, a dict `{"logits": ..., ...}` or an object with a
-`.logits` field (Hugging Face). `select_output(model, output, example)` gives a model whose
-forward returns the chosen tensor, and changes nothing else: it is the same object's modules,
-parameters and buffers under a subclass whose forward picks the output, so unit-layer names,
-state-dict keys, forward hooks and torch.fx tracing all see the original model.
+`.logits` field (Hugging Face). `select_output(model, output, example)` gives the model with an
+`output_transform` that picks the chosen tensor out of what its forward returns: a `TransformedModel`,
+a small wrapper that holds the model's own modules, parameters and buffers under the model's names, so
+unit-layer names, state-dict keys, forward hooks and torch.fx / torch.export tracing all see the
+model, its forward followed by the transform. The model itself is not changed. (`sequences.padded_tokens`
+gives a model an `input_transform` the same way.)
 
 `output` is a dotted path of dict keys, attribute names and tuple/list indices: `logits`, `0`,
 `out.1`. Without one, a model that returns a tensor is left as it is; otherwise its `logits` key
@@ -13,7 +15,6 @@ or attribute is used, else the first tensor found depth-first, with a warning na
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import warnings
@@ -117,25 +118,76 @@ def select_output(model: nn.Module, output: str | None, example: torch.Tensor | 
 
 
 def _selecting(model: nn.Module, path: str) -> nn.Module:
-    """`model` returning `pick(original forward, path)` (`with_forward`)."""
-    return with_forward(model, lambda self, inner, *args, **kwargs: pick(inner(*args, **kwargs), self.output_path),
-                        output_path=path)
+    """`model` returning `pick(what its forward returns, path)`."""
+    return transformed(model, output_transform=functools.partial(pick, path=path))
 
 
-def with_forward(model: nn.Module, forward: Callable[..., object], **attrs: object) -> nn.Module:
-    """A shallow copy of `model` (sharing its modules, parameters and buffers, so names, state-dict keys, hooks and
-    torch.fx see the model) whose class is a subclass of the model's with forward `forward(self, inner, *args,
-    **kwargs)`, `inner` the model's own forward; `attrs` are set on the copy."""
-    base = type(model)
+InputTransform = Callable[[torch.Tensor], tuple[tuple, dict]]  # the input -> the forward's (args, kwargs)
 
-    @functools.wraps(base.forward)  # the original signature, which torch.fx reads to name its placeholders
-    def wrapped(self: nn.Module, *args: object, **kwargs: object) -> object:
-        return forward(self, super(subclass, self).forward, *args, **kwargs)
 
-    subclass = type(base.__name__, (base,), {"forward": wrapped, "__module__": base.__module__,
-                                             "__qualname__": base.__qualname__})
-    view = copy.copy(model)
-    view.__class__ = subclass
-    for key, value in attrs.items():
-        setattr(view, key, value)
-    return view
+class TransformedModel(nn.Module):
+    """`model` whose forward is `output_transform(model.forward(*args, **kwargs))`, `(args, kwargs)` =
+    `input_transform(x)` (default: `(x,), {}`), for the one input `x` resetassay gives a model.
+
+    It holds `model`'s own modules, parameters and buffers (the same dicts), so its names, state-dict keys and
+    forward hooks are the model's, and torch.fx and torch.export trace the model's forward under the model's module
+    paths, followed by the transform; its other attributes (a Hugging Face `config`, a declared
+    `unit_layer_specs`) are read from `model`. Its own attributes start with `_` (a model may have a child called
+    `model`, as Hugging Face's do). The transforms are plain callables, never modules (their parameters would be the
+    wrapper's). Build one with `transformed`, which keeps one wrapper around the user's model.
+    """
+
+    def __init__(self, model: nn.Module, output_transform: Callable[[object], object] | None = None,
+                 input_transform: InputTransform | None = None):
+        super().__init__()
+        self._parameters, self._buffers, self._modules = model._parameters, model._buffers, model._modules
+        self._non_persistent_buffers_set = model._non_persistent_buffers_set
+        object.__setattr__(self, "_wrapped_model", model)  # not a child: the names stay the model's
+        object.__setattr__(self, "_output_transform", output_transform)
+        object.__setattr__(self, "_input_transform", input_transform)
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor) -> object:
+        args, kwargs = self._input_transform(x) if self._input_transform is not None else ((x,), {})
+        result = self._wrapped_model.forward(*args, **kwargs)
+        return self._output_transform(result) if self._output_transform is not None else result
+
+    def train(self, mode: bool = True) -> TransformedModel:
+        super().train(mode)
+        self._wrapped_model.training = mode  # its own flag (its children are ours)
+        return self
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "_wrapped_model" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["_wrapped_model"], name)
+
+
+def transformed(model: nn.Module, output_transform: Callable[[object], object] | None = None,
+                input_transform: InputTransform | None = None) -> TransformedModel:
+    """`model` with the transforms (`TransformedModel`); transforming a TransformedModel again adds to its own:
+    the new output transform after its, the new input transform where it has none (one only)."""
+    if not isinstance(model, TransformedModel):
+        return TransformedModel(model, output_transform, input_transform)
+    if input_transform is not None and model._input_transform is not None:
+        raise ValueError("the model has an input transform already")
+    outputs = [t for t in (model._output_transform, output_transform) if t is not None]
+    return TransformedModel(model._wrapped_model, functools.reduce(_then, outputs) if outputs else None,
+                            input_transform or model._input_transform)
+
+
+def _then(first: Callable[[object], object], second: Callable[[object], object]) -> Callable[[object], object]:
+    return lambda result: second(first(result))
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's model inside a `TransformedModel` (`model` itself for any other)."""
+    return model._wrapped_model if isinstance(model, TransformedModel) else model
+
+
+def model_name(model: nn.Module) -> str:
+    """The class name of the user's model, for messages."""
+    return type(unwrapped(model)).__name__

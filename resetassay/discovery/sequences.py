@@ -17,13 +17,12 @@ real ids only (`padded_tokens`: pads become id 0, masked out by `attention_mask`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resetassay.discovery.outputs import with_forward
+from resetassay.discovery.outputs import model_name, transformed, unwrapped
 from resetassay.errors import BadInputError
 
 IGNORE = -100
@@ -102,24 +101,22 @@ def padding_mask(x: torch.Tensor) -> torch.Tensor | None:
 
 def _takes_attention_mask(model: nn.Module) -> bool:
     """Whether the model's forward has an `attention_mask` parameter (Hugging Face models do)."""
-    return "attention_mask" in inspect.signature(type(model).forward).parameters
+    return "attention_mask" in inspect.signature(type(unwrapped(model)).forward).parameters
 
 
 def padded_tokens(model: nn.Module, examples: list[torch.Tensor]) -> nn.Module:
-    """The model reading token ids that carry `PAD`: a shallow copy (its modules, parameters and buffers shared, so
-    names, state-dict keys and hooks are the model's) whose forward gives pads id 0 and, where the forward takes
-    one, the attention mask. A model without an `attention_mask` parameter (a causal one) gets right padding only
-    (pads after the tokens never reach them); other padding in `examples` (token ids) is a BadInputError."""
+    """The model reading token ids that carry `PAD`: the model (its modules, parameters and buffers, so names,
+    state-dict keys and hooks are the model's) with an input transform that gives pads id 0 and, where the forward
+    takes one, the attention mask (`outputs.transformed`). A model without an `attention_mask` parameter (a causal
+    one) gets right padding only (pads after the tokens never reach them); other padding in `examples` (token ids)
+    is a BadInputError."""
     masked = _takes_attention_mask(model)
     masks = [m for m in map(padding_mask, examples) if m is not None]
     if not masked and any(bool((m[:, 1:] > m[:, :-1]).any()) for m in masks):
-        raise BadInputError(f"{type(model).__name__} takes no attention_mask, so only right padding (pads after the "
+        raise BadInputError(f"{model_name(model)} takes no attention_mask, so only right padding (pads after the "
                             "tokens) can be assayed; pad the sequences on the right")
 
-    def forward(self: nn.Module, inner: Callable[..., object], ids: torch.Tensor, *args: object,
-                **kwargs: object) -> object:
-        if masked:
-            kwargs["attention_mask"] = (ids >= 0).to(torch.long)
-        return inner(ids.clamp(min=0), *args, **kwargs)
+    def real_ids(ids: torch.Tensor) -> tuple[tuple, dict]:
+        return (ids.clamp(min=0),), ({"attention_mask": (ids >= 0).to(torch.long)} if masked else {})
 
-    return with_forward(model, forward)
+    return transformed(model, input_transform=real_ids)

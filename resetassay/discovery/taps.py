@@ -75,7 +75,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from resetassay.discovery.attention import HeadTap, unfused_attention
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import as_is, capture
+from resetassay.discovery.outputs import model_name
 from resetassay.discovery.transformers import transformers_taps
 from resetassay.discovery.unit_tap import Declared, UnitTap
 from resetassay.discovery.units import (
@@ -183,7 +184,7 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
         return declared
     if unknown := set(routes) - set(ROUTES):
         raise ValueError(f"unknown discovery routes {sorted(unknown)}; expected some of {ROUTES}")
-    name, failures = type(model).__name__, []
+    name, failures = model_name(model), []
     unfused = unfused_attention(model)  # torch.nn attention, op by op: its heads visible (attention.py)
     for route in ("fx", "export"):
         if route not in routes or (route == "export" and example is None):
@@ -232,7 +233,7 @@ def discovery_route(model: nn.Module) -> str:
 def _require_units(model: nn.Module, seen: str) -> None:
     if not declared_specs(model):
         raise BadInputError(
-            f"no unit layer found in {type(model).__name__}: {seen}; give it activation modules "
+            f"no unit layer found in {model_name(model)}: {seen}; give it activation modules "
             "(nn.ReLU) or calls (F.relu) in a forward of its own, or a unit_layer_specs() method"
         )
 
@@ -383,17 +384,14 @@ def hook_taps(model: nn.Module, example: torch.Tensor) -> nn.Module:
     for name, module in model.named_modules():
         if isinstance(module, ACTIVATION_TYPES):
             modules.setdefault(module, name)
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules.values()}
-    order: list[tuple[str, int]] = []
-
-    def counter(name: str):
-        def hook(_m: nn.Module, _i: object, out: object) -> None:
-            order.append((name, len(outputs[name])))
-            outputs[name].append(out)
-        return hook
-
-    with forward_hooks({m: counter(name) for m, name in modules.items()}), torch.no_grad():
+    activations = {name: module for module, name in modules.items()}
+    with capture(model, activations, keep=as_is, every_call=True) as seen, torch.no_grad():
         result = model(example)
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in activations}
+    order: list[tuple[str, int]] = []  # (name, k): the k-th call of the module, in forward order
+    for name, out in seen.calls:
+        order.append((name, len(outputs[name])))
+        outputs[name].append(out)
     memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     try:
         tapped = copy.deepcopy(model, memo)
@@ -443,7 +441,7 @@ def _add_hook_tap(tapped: nn.Module, name: str, tap: UnitTap) -> None:
 def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
     """The GraphModule of `graph` with a tap after every call site that needs one, and a head tap before the output
     projection of every attention-like module (`_head_sites`)."""
-    gm = TappedModel(model, graph, type(model).__name__)
+    gm = TappedModel(model, graph, model_name(model))
     for node, name in _tap_sites(gm):
         _add_tap_module(gm, model, name)
         with gm.graph.inserting_after(node):

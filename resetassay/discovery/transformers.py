@@ -28,6 +28,7 @@ import sys
 from torch import nn
 
 from resetassay.discovery.attention import HeadTap
+from resetassay.discovery.outputs import model_name, unwrapped
 from resetassay.discovery.unit_tap import Declared, UnitTap
 from resetassay.discovery.units import WEIGHTED, UnitLayerSpec, dense_weight, is_conv1d
 from resetassay.errors import BadInputError
@@ -51,7 +52,7 @@ class _ThroughTap:
 def _is_transformers_model(model: nn.Module) -> bool:
     """Whether `model` is a Hugging Face `transformers` model (without importing transformers)."""
     library = sys.modules.get("transformers")
-    return library is not None and isinstance(model, library.PreTrainedModel)
+    return library is not None and isinstance(unwrapped(model), library.PreTrainedModel)
 
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
@@ -106,7 +107,7 @@ def transformers_taps(model: nn.Module) -> nn.Module | None:
     for path, field, projection, spec in sites:
         owner = tapped.get_submodule(path)
         if hasattr(owner, field):
-            raise BadInputError(f"{path}.{field} already exists in {type(model).__name__}: cannot tap its units; "
+            raise BadInputError(f"{path}.{field} already exists in {model_name(model)}: cannot tap its units; "
                                 "give the model a unit_layer_specs() method")
         tap = HeadTap(spec.heads) if spec.heads else UnitTap()
         owner.add_module(field, tap)

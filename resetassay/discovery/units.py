@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import capture
 from resetassay.errors import BadInputError
 
 ACTIVATION_TYPES = (
@@ -198,15 +198,12 @@ def unit_layers(
     specs = select_specs(declared_specs(model), patterns)
     shapes: dict[str, list[torch.Size]] = {s.module: [] for s in specs}
     order: list[str] = []
-
-    def recorder(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            shapes[name].append(output.shape)
-            order.append(name)
-        return hook
-
-    with forward_hooks({model.get_submodule(s.module): recorder(s.module) for s in specs}), torch.no_grad():
+    names = [s.module for s in specs]
+    with capture(model, names, keep=lambda out: out.shape, every_call=True) as seen, torch.no_grad():
         model(example)
+    for name, shape in seen.calls:
+        shapes[name].append(shape)
+        order.append(name)
 
     layers = []
     for spec in sorted(specs, key=lambda s: order.index(s.module) if s.module in order else 1 << 30):

@@ -1,17 +1,20 @@
-"""Lesions and their shocks (SPEC S4), by either engine with one signature.
+"""Lesions and their shocks (SPEC S4), by any engine with one request.
 
     shocks = unit_shocks(model, layers, refs, probe_x, ["l1", "kl"], engine="fast")   # [metric][layer] (n,)
     joint = joint_shocks(model, layers, refs, [{"layers.0.act": torch.tensor([3, 7])}], probe_x, ["l1"])
 
-`engine="plain"` is the reference (plain.py: one forward per lesion); `engine="fast"` gives the
-same numbers with less work (fast.py: graph split at the layer, batched lesions, consumer
-shortcut; graph_split.py cuts the graph). Both take the unlesioned probe logits `base` when the caller
-has them already. `intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py:
-one plain forward per lesion, the engine unused). The shock metrics' registry is shocks.py (`register_metric`,
-`list_metrics`).
+Every engine takes a `LesionRequest` and is a `LesionEngine` (engine.py), chosen by name in `ENGINES`:
+`"plain"` is the reference (plain.py: one forward per lesion); `"fast"` gives the same numbers with less work
+(fast.py: graph split at the layer, batched lesions, consumer shortcut; graph_split.py cuts the graph);
+`intervention="cbp-reset"` measures CBP's reset in place of the clamp (reset.py: one plain forward per lesion, the
+engine unused). `unit_shocks_of(request)` and `joint_shocks_of(request, lesions)` run a request; `unit_shocks` and
+`joint_shocks` build one from keywords. The unlesioned probe logits `base` are computed once when the caller has
+not got them.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -19,11 +22,45 @@ from torch import nn
 from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError
 from resetassay.lesion import fast, plain, reset
+from resetassay.lesion.engine import LesionEngine, LesionRequest
 from resetassay.lesion.shocks import check_metrics, check_targets, list_metrics, probe_logits, register_metric
 from resetassay.names import CBP_RESET, Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 
-__all__ = ["joint_shocks", "list_metrics", "register_metric", "unit_shocks"]
+__all__ = ["ENGINES", "LesionEngine", "LesionRequest", "joint_shocks", "joint_shocks_of", "list_metrics",
+           "register_metric", "unit_shocks", "unit_shocks_of"]
+
+ENGINES: dict[str, LesionEngine] = {"fast": fast, "plain": plain, CBP_RESET: reset}  # each module is an engine
+
+
+def engine_of(request: LesionRequest) -> LesionEngine:
+    """The engine that measures `request`: CBP's reset for the cbp-reset intervention, else the one it names."""
+    return ENGINES[CBP_RESET if request.intervention == CBP_RESET else request.engine]
+
+
+def _ready(request: LesionRequest) -> LesionRequest:
+    """`request` with its metrics checked (registered, with the targets they read), its layers checked to be the
+    model's, and its unlesioned probe logits computed."""
+    check_metrics(request.metrics)
+    check_targets(request.metrics, request.targets)
+    _check_layers(request.model, request.layers)
+    if request.base is not None:
+        return request
+    return replace(request, base=probe_logits(request.model, request.probe_x, request.batch_size))
+
+
+def unit_shocks_of(request: LesionRequest) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)`: each unit of each layer lesioned alone (SPEC S4); with `request.units`,
+    only the units `units[layer]` (indices, in that order) of the layers it names."""
+    request = _ready(request)
+    return engine_of(request).unit_shocks(request)
+
+
+def joint_shocks_of(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
+    """Shock `(n_lesions,)` per metric of each lesion, a set of units (possibly across layers) clamped (or with
+    "cbp-reset" reset) at once (SPEC S4, joint Shock@q of S5)."""
+    request = _ready(request)
+    return engine_of(request).joint_shocks(request, lesions)
 
 
 def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
@@ -32,7 +69,8 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
                 advance: Advance | None = None, units: UnitChoice | None = None,
                 intervention: Intervention = "clamp", seed: int = 0, targets: torch.Tensor | None = None) -> Shocks:
     """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
-    with `units`, only the units `units[layer]` (indices, in that order) of the layers it names.
+    with `units`, only the units `units[layer]` (indices, in that order) of the layers it names. The arguments are
+    those of `LesionRequest`.
 
     Args:
         model: in eval mode, on its device; `layers` resolved on it (`units.unit_layers`).
@@ -70,16 +108,10 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         >>> torch.allclose(shocks["l1"]["1"], plain["l1"]["1"])
         True
     """
-    check_metrics(metrics)
-    check_targets(metrics, targets)
-    _check_layers(model, layers)
-    base = probe_logits(model, probe_x, batch_size) if base is None else base
-    if intervention == CBP_RESET:
-        return reset.unit_shocks(model, layers, refs, probe_x, metrics, base, seed, batch_size, advance, units, targets)
-    if engine == "plain":
-        return plain.unit_shocks(model, layers, refs, probe_x, metrics, base, batch_size, advance, units, targets)
-    return fast.unit_shocks(model, layers, refs, probe_x, metrics, base, max_memory, max_k, shortcut, advance, units,
-                            targets)
+    return unit_shocks_of(LesionRequest(
+        model, layers, refs, probe_x, metrics, base=base, targets=targets, units=units, engine=engine,
+        intervention=intervention, seed=seed, batch_size=batch_size, max_memory=max_memory, max_k=max_k,
+        shortcut=shortcut, advance=advance))
 
 
 def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
@@ -112,16 +144,9 @@ def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions:
         >>> joint["l1"].shape
         torch.Size([2])
     """
-    check_metrics(metrics)
-    check_targets(metrics, targets)
-    _check_layers(model, layers)
-    base = probe_logits(model, probe_x, batch_size) if base is None else base
-    if intervention == CBP_RESET:
-        return reset.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, seed, batch_size, advance,
-                                  targets)
-    if engine == "plain":
-        return plain.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, batch_size, advance, targets)
-    return fast.joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance, targets)
+    return joint_shocks_of(LesionRequest(
+        model, layers, refs, probe_x, metrics, base=base, targets=targets, engine=engine, intervention=intervention,
+        seed=seed, batch_size=batch_size, max_memory=max_memory, advance=advance), lesions)
 
 
 def _check_layers(model: nn.Module, layers: list[UnitLayer]) -> None:

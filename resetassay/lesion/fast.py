@@ -9,7 +9,7 @@ Same numbers as the plain engine (plain.py), computed with less work:
 4. every shock metric from the same perturbed logits, on the model's device.
 Models torch.fx cannot split fall back, with a logged reason, to the expanded-input path
 (whole model on K*P rows, hooks clamping block k), which also runs joint lesions (sets of units,
-possibly across layers).
+possibly across layers). A `LesionEngine` (engine.py) by its module functions `unit_shocks` and `joint_shocks`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import capture, forward_hooks
 from resetassay.discovery.units import UnitLayer, per_unit
 from resetassay.errors import BadInputError
+from resetassay.lesion.engine import LesionRequest
 from resetassay.lesion.graph_split import SHORTCUT_TYPES, Split, SplitError, split_at, trace
 from resetassay.lesion.shocks import ShockSums, lesioned_units, probe_chunk
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
+from resetassay.shapes import Lesion, Refs, SetShocks, Shocks
 
 log = logging.getLogger(__name__)
 DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per lesion chunk
@@ -119,50 +120,48 @@ def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Te
     return h, values
 
 
-def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, r: torch.Tensor,
-                        probe_x: torch.Tensor, base: torch.Tensor, metrics: list[str], rows: int, max_k: int | None,
-                        advance: Advance | None, targets: torch.Tensor | None = None) -> SetShocks:
+def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, request: LesionRequest,
+                        rows: int) -> SetShocks:
     """Shocks `(len(chosen),)` of the units `chosen` of one layer through its split (steps 1-4 of the module
-    docstring)."""
-    device = base.device
+    docstring), at most `rows` lesion rows per forward."""
+    r = request
+    device = r.base.device
     chosen = chosen.to(device)
     n = len(chosen)
-    sums = ShockSums(n, metrics, device)
+    sums = ShockSums(n, r.metrics, device)
 
     def work(rows: int) -> None:
         sums.reset()
         target = TARGET_ROWS.get((device.type, layer.kind), GPU_TARGET_ROWS)
-        p_chunk = max(1, min(len(probe_x), rows, target))
-        k_max = max(1, min(n, rows // p_chunk, target // p_chunk, max_k or n))
-        for p0 in range(0, len(probe_x), p_chunk):
+        p_chunk = max(1, min(len(r.probe_x), rows, target))
+        k_max = max(1, min(n, rows // p_chunk, target // p_chunk, r.max_k or n))
+        for p0 in range(0, len(r.probe_x), p_chunk):
             with torch.inference_mode():
-                x = probe_x[p0:p0 + p_chunk].to(device)
+                x = r.probe_x[p0:p0 + p_chunk].to(device)
                 h, values = _upstream(split, layer, x)
-                z = probe_chunk(base, targets, x, p0)
+                z = probe_chunk(r.base, r.targets, x, p0)
                 for u0 in range(0, n, k_max):
                     idx = chosen[u0:u0 + k_max]
-                    zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r))
+                    zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r.refs[layer.name]))
                     sums.add(u0, z, zl.view(len(idx), *z.z.shape))
-                    if advance and p0 + p_chunk >= len(probe_x):
-                        advance(len(idx))
+                    if r.advance and p0 + p_chunk >= len(r.probe_x):
+                        r.advance(len(idx))
 
     _with_backoff(rows, work)
-    return sums.means(len(probe_x))
+    return sums.means(len(r.probe_x))
 
 
 def _bytes_per_row(model: nn.Module, x1: torch.Tensor) -> int:
     """Bytes of every module output for one example: the activation memory of one row (an upper
     bound for any downstream part, which also holds its inputs)."""
-    total = [x1.numel() * x1.element_size()]
-
-    def count(_m: nn.Module, _i: object, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            total[0] += out.numel() * out.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    with forward_hooks(dict.fromkeys(leaves, count)), torch.inference_mode():
+    leaves = {name: m for name, m in model.named_modules() if not list(m.children())}
+    with capture(model, leaves, keep=_nbytes, every_call=True) as outputs, torch.inference_mode():
         model(x1)
-    return total[0]
+    return _nbytes(x1) + sum(size for _, size in outputs.calls)
+
+
+def _nbytes(out: object) -> int:
+    return out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0
 
 
 @contextmanager
@@ -190,32 +189,31 @@ def _rows(model: nn.Module, probe_x: torch.Tensor, max_memory: int | None) -> in
     return max(1, _memory_budget(device, max_memory) // _bytes_per_row(model, probe_x[:1].to(device)))
 
 
-def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
-                 probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, max_memory: int | None = None,
-                 advance: Advance | None = None, targets: torch.Tensor | None = None) -> SetShocks:
+def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion (a set of units clamped at once): the
-    expanded-input path, whole model on K*P rows; `targets`: the probe targets, for metrics that read them."""
-    device = next(model.parameters()).device
-    by_name = {layer.name: layer for layer in layers}
+    expanded-input path, whole model on K*P rows."""
+    r = request
+    device = next(r.model.parameters()).device
+    by_name = {layer.name: layer for layer in r.layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
-    sums = ShockSums(len(lesions), metrics, device)
+    sums = ShockSums(len(lesions), r.metrics, device)
 
     def work(rows: int) -> None:
         sums.reset()
-        p_chunk = max(1, min(len(probe_x), rows))
+        p_chunk = max(1, min(len(r.probe_x), rows))
         k_max = max(1, min(len(lesions), rows // p_chunk))
-        for p0 in range(0, len(probe_x), p_chunk):
-            x = probe_x[p0:p0 + p_chunk].to(device)
+        for p0 in range(0, len(r.probe_x), p_chunk):
+            x = r.probe_x[p0:p0 + p_chunk].to(device)
             for l0 in range(0, len(lesions), k_max):
                 chunk = lesions[l0:l0 + k_max]
-                with torch.inference_mode(), _block_clamps(chunk, by_name, refs, len(x)):
-                    zl = model(_expand(x, len(chunk)))
-                sums.add(l0, probe_chunk(base, targets, x, p0), zl.view(len(chunk), len(x), *base.shape[1:]))
-                if advance and p0 + p_chunk >= len(probe_x):
-                    advance(len(chunk))
+                with torch.inference_mode(), _block_clamps(chunk, by_name, r.refs, len(x)):
+                    zl = r.model(_expand(x, len(chunk)))
+                sums.add(l0, probe_chunk(r.base, r.targets, x, p0), zl.view(len(chunk), len(x), *r.base.shape[1:]))
+                if r.advance and p0 + p_chunk >= len(r.probe_x):
+                    r.advance(len(chunk))
 
-    _with_backoff(_rows(model, probe_x, max_memory), work)
-    return sums.means(len(probe_x))
+    _with_backoff(_rows(r.model, r.probe_x, r.max_memory), work)
+    return sums.means(len(r.probe_x))
 
 
 def shortcut_types(layer: UnitLayer, device: torch.device, shortcut: bool | None) -> tuple[type[nn.Module], ...]:
@@ -228,40 +226,33 @@ def shortcut_types(layer: UnitLayer, device: torch.device, shortcut: bool | None
     return SHORTCUT_TYPES if shortcut or device.type == "cuda" else (nn.Linear,)
 
 
-def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
-                base: torch.Tensor, max_memory: int | None = None, max_k: int | None = None,
-                shortcut: bool | None = None, advance: Advance | None = None,
-                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`), equal to the plain engine's
+def unit_shocks(request: LesionRequest) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`), equal to the plain engine's
     (SPEC S4), faster.
 
-    `max_k` caps the lesions per forward (tests sweep it); `shortcut` True/False forces the consumer
-    shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays
-    (`shortcut_types`). `base`: the unlesioned probe logits `(P, C)` or `(P, T, V)`; `targets`: the probe targets,
-    for metrics that read them.
+    `request.max_k` caps the lesions per forward (tests sweep it); `request.shortcut` True/False forces the consumer
+    shortcut on/off for every Linear/Conv2d reader; None (default) uses it where it pays (`shortcut_types`).
     """
-    device = next(model.parameters()).device
-    rows = _rows(model, probe_x, max_memory)
+    r = request
+    device = next(r.model.parameters()).device
+    rows = _rows(r.model, r.probe_x, r.max_memory)
     try:
-        gm = trace(model)
+        gm = trace(r.model)
     except SplitError as why:
         log.warning("%s; using the expanded-input path", why)
         gm = None
-    shocks: Shocks = {m: {} for m in metrics}
-    for layer in layers:
-        chosen = lesioned_units(layer, units)
+    shocks: Shocks = {m: {} for m in r.metrics}
+    for layer in r.layers:
+        chosen = lesioned_units(layer, r.units)
         per_metric = None
         if gm is not None:
             try:
-                split = split_at(gm, layer.name, shortcut_types(layer, device, shortcut))
-                per_metric = _split_layer_shocks(split, layer, chosen, refs[layer.name], probe_x, base, metrics,
-                                                 rows, max_k, advance, targets)
+                split = split_at(gm, layer.name, shortcut_types(layer, device, r.shortcut))
+                per_metric = _split_layer_shocks(split, layer, chosen, r, rows)
             except SplitError as why:
                 log.warning("%s; using the expanded-input path for %s", why, layer.name)
         if per_metric is None:
-            lesions = [{layer.name: chosen[i:i + 1]} for i in range(len(chosen))]
-            per_metric = joint_shocks(model, layers, refs, lesions, probe_x, metrics, base, max_memory, advance,
-                                      targets)
-        for m in metrics:
+            per_metric = joint_shocks(r, [{layer.name: chosen[i:i + 1]} for i in range(len(chosen))])
+        for m in r.metrics:
             shocks[m][layer.name] = per_metric[m]
     return shocks

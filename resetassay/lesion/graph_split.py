@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
+from resetassay.discovery.outputs import model_name
+
 
 class SplitError(Exception):
     """The graph cannot be cut at a unit layer; the message says why (the engine falls back)."""
@@ -41,11 +43,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
     the model itself is not changed.
     """
     if getattr(model, "discovery_route", None) in ("hooks", "transformers"):  # fx would bypass the hooks' taps
-        raise SplitError(f"the unit layers of {type(model).__name__} are tapped by forward hooks")
+        raise SplitError(f"the unit layers of {model_name(model)} are tapped by forward hooks")
     try:
         gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
     except Exception as err:  # fx raises many types for untraceable code
-        raise SplitError(f"torch.fx cannot trace {type(model).__name__}: {str(err).splitlines()[0]}") from err
+        raise SplitError(f"torch.fx cannot trace {model_name(model)}: {str(err).splitlines()[0]}") from err
     if model.training:
         return gm
     return _fold_batchnorm(gm)

@@ -1,4 +1,5 @@
-"""The plain lesion engine (SPEC S4): one full forward of the probe set per lesion, a hook clamping it.
+"""The plain lesion engine (SPEC S4): one full forward of the probe set per lesion, a hook clamping it; a
+`LesionEngine` (engine.py) by its module functions `unit_shocks` and `joint_shocks`.
 
 A lesion clamps unit i of a unit layer to its reference r_i on every probe example (every
 position for Conv and tokens; a head's d features to its mean vector), all parameters
@@ -16,8 +17,9 @@ from torch import nn
 from resetassay.discovery.hooks import forward_hooks
 from resetassay.discovery.sequences import padding_mask
 from resetassay.discovery.units import UnitLayer, per_unit
+from resetassay.lesion.engine import LesionRequest
 from resetassay.lesion.shocks import lesioned_units, mean_shocks, probe_logits
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
+from resetassay.shapes import Lesion, SetShocks, Shocks
 
 
 @contextmanager
@@ -38,53 +40,49 @@ def clamped(clamps: list[tuple[UnitLayer, torch.Tensor, torch.Tensor]]) -> Itera
         yield
 
 
-def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
-                base: torch.Tensor, batch_size: int = 512, advance: Advance | None = None,
-                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): one lesion per unit, one
-    forward per lesion; `targets`: the probe targets, for metrics that read them."""
-    chosen = {layer.name: lesioned_units(layer, units) for layer in layers}
-    padding = padding_mask(probe_x)
-    shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in layers}
-              for m in metrics}
-    for layer in layers:
+def unit_shocks(request: LesionRequest) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`): one lesion per unit, one
+    forward per lesion."""
+    r = request
+    chosen = {layer.name: lesioned_units(layer, r.units) for layer in r.layers}
+    padding = padding_mask(r.probe_x)
+    shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in r.layers}
+              for m in r.metrics}
+    for layer in r.layers:
         for i, unit in enumerate(chosen[layer.name].tolist()):
-            idx = torch.tensor([unit], device=base.device)
-            with clamped([(layer, idx, refs[layer.name][idx])]):
-                lesioned = probe_logits(model, probe_x, batch_size)
-            for m, value in mean_shocks(base, lesioned, metrics, padding, targets).items():
+            idx = torch.tensor([unit], device=r.base.device)
+            with clamped([(layer, idx, r.refs[layer.name][idx])]):
+                lesioned = probe_logits(r.model, r.probe_x, r.batch_size)
+            for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets).items():
                 shocks[m][layer.name][i] = value
-            if advance:
-                advance(1)
+            if r.advance:
+                r.advance(1)
     return shocks
 
 
-def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
-                 probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, batch_size: int = 512,
-                 advance: Advance | None = None, targets: torch.Tensor | None = None) -> SetShocks:
+def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, every unit of a lesion clamped at once (SPEC S4)."""
-    by_name = {layer.name: layer for layer in layers}
+    by_name = {layer.name: layer for layer in request.layers}
 
     def clamp(lesion: Lesion) -> AbstractContextManager[None]:
-        idx = {name: i.to(base.device) for name, i in lesion.items() if len(i)}
-        return clamped([(by_name[name], i, refs[name][i]) for name, i in idx.items()])
+        idx = {name: i.to(request.base.device) for name, i in lesion.items() if len(i)}
+        return clamped([(by_name[name], i, request.refs[name][i]) for name, i in idx.items()])
 
-    return shocks_under(clamp, model, lesions, probe_x, metrics, base, batch_size, advance, targets)
+    return shocks_under(clamp, request, lesions)
 
 
-def shocks_under(intervene: Callable[[Lesion], AbstractContextManager[None]], model: nn.Module,
-                 lesions: list[Lesion], probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor,
-                 batch_size: int = 512, advance: Advance | None = None,
-                 targets: torch.Tensor | None = None) -> SetShocks:
+def shocks_under(intervene: Callable[[Lesion], AbstractContextManager[None]], request: LesionRequest,
+                 lesions: list[Lesion]) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, one forward of the probe set inside `intervene(lesion)`
-    (a clamp here, CBP's reset in reset.py) (SPEC S4); `targets` for metrics that read them."""
-    padding = padding_mask(probe_x)
-    out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in metrics}
+    (a clamp here, CBP's reset in reset.py) (SPEC S4)."""
+    r = request
+    padding = padding_mask(r.probe_x)
+    out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in r.metrics}
     for k, lesion in enumerate(lesions):
         with intervene(lesion):
-            lesioned = probe_logits(model, probe_x, batch_size)
-        for m, value in mean_shocks(base, lesioned, metrics, padding, targets).items():
+            lesioned = probe_logits(r.model, r.probe_x, r.batch_size)
+        for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets).items():
             out[m][k] = value
-        if advance:
-            advance(1)
+        if r.advance:
+            r.advance(1)
     return out

@@ -1,4 +1,5 @@
-"""CBP's reset as the lesion (SPEC S4, S7): `--intervention cbp-reset`.
+"""CBP's reset as the lesion (SPEC S4, S7): `--intervention cbp-reset`, a `LesionEngine` (engine.py) by its module
+functions `unit_shocks` and `joint_shocks`.
 
 The clamp of plain.py sets h_i to r_i and leaves every weight as it is. CBP's reset writes
 weights instead (`models.reset.reset_weights`): unit i's incoming weights drawn afresh from the init
@@ -21,6 +22,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,10 +30,11 @@ from torch import nn
 
 from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError
+from resetassay.lesion.engine import LesionRequest
 from resetassay.lesion.plain import shocks_under
 from resetassay.lesion.shocks import lesioned_units
 from resetassay.models.reset import ResetSite, reset_site, reset_weights
-from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
+from resetassay.shapes import Lesion, Refs, SetShocks, Shocks
 
 
 def reset_sites(model: nn.Module, layers: list[UnitLayer]) -> tuple[dict[str, ResetSite], dict[str, str]]:
@@ -87,27 +90,22 @@ def reset(sites: dict[str, ResetSite], refs: Refs, lesion: Lesion, seed: int) ->
                 tensor.copy_(before)
 
 
-def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
-                 probe_x: torch.Tensor, metrics: list[str], base: torch.Tensor, seed: int = 0,
-                 batch_size: int = 512, advance: Advance | None = None,
-                 targets: torch.Tensor | None = None) -> SetShocks:
+def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
     """Shock `(n_lesions,)` per metric of each lesion, all its units reset at once, one forward each (SPEC S4, S7).
     Every layer must be resettable (`reset_sites`)."""
-    sites, why_not = reset_sites(model, layers)
+    sites, why_not = reset_sites(request.model, request.layers)
     if why_not:
         raise ValueError("cbp-reset: cannot reset " + "; ".join(f"{name} ({why})" for name, why in why_not.items()))
-    return shocks_under(lambda lesion: reset(sites, refs, lesion, seed), model, lesions, probe_x, metrics, base,
-                        batch_size, advance, targets)
+    return shocks_under(lambda lesion: reset(sites, request.refs, lesion, request.seed), request, lesions)
 
 
-def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
-                base: torch.Tensor, seed: int = 0, batch_size: int = 512, advance: Advance | None = None,
-                units: UnitChoice | None = None, targets: torch.Tensor | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `units[layer]`): each unit reset alone (SPEC S4, S7)."""
-    shocks: Shocks = {m: {} for m in metrics}
-    for layer in layers:
-        alone = [{layer.name: i.view(1)} for i in lesioned_units(layer, units)]
-        values = joint_shocks(model, [layer], refs, alone, probe_x, metrics, base, seed, batch_size, advance, targets)
-        for m in metrics:
+def unit_shocks(request: LesionRequest) -> Shocks:
+    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`): each unit reset alone
+    (SPEC S4, S7)."""
+    shocks: Shocks = {m: {} for m in request.metrics}
+    for layer in request.layers:
+        alone = [{layer.name: i.view(1)} for i in lesioned_units(layer, request.units)]
+        values = joint_shocks(replace(request, layers=[layer]), alone)
+        for m in request.metrics:
             shocks[m][layer.name] = values[m]
     return shocks

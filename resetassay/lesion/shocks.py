@@ -4,14 +4,16 @@ The shock of a lesion is the mean over the probe set of how far the logits move:
 logit difference, or KL(softmax(z) || softmax(z_lesioned)); of a language model's logits
 `(P, T, V)`, the mean over each example's positions of the per-position shock (SPEC S9). Both
 engines compute them here, from the same perturbed logits, in float64. Other metrics (a loss
-increase, an accuracy drop) are registered by name (`register_metric`, or a package's
-`resetassay.metrics` entry point, loaded only when named); one that reads the probe targets says so.
+increase, an accuracy drop) are `ShockMetric`s (a Protocol) registered by name in `SHOCK_METRICS` (a
+`plugins.Registry`: `register_metric`, or a package's `resetassay.metrics` entry point, loaded only when named);
+one that reads the probe targets says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -20,22 +22,29 @@ from resetassay.discovery.sequences import IGNORE, padding_mask
 from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import METRICS
-from resetassay.plugins import entry_point, installed, source_of, summary
+from resetassay.plugins import Registry, installed, source_of, summary
 from resetassay.shapes import UnitChoice
 
 __all__ = [
-    "register_metric", "list_metrics", "ShockMetric", "SHOCK_METRICS", "MetricFn", "PLUGINS", "check_metrics",
-    "check_targets", "lesioned_units", "probe_logits", "probe_chunk", "mean_shocks", "ShockSums", "BaseLogits",
+    "register_metric", "list_metrics", "ShockMetric", "Metric", "SHOCK_METRICS", "check_metrics", "check_targets",
+    "lesioned_units", "probe_logits", "probe_chunk", "mean_shocks", "ShockSums", "BaseLogits",
 ]
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (z, z', y) -> (...)
+
+class ShockMetric(Protocol):
+    """What a shock metric provides (SPEC S4): `metric(z, z_lesioned, y)`, one shock per example `(...)` of the intact
+    and lesioned logits `z`, `z_lesioned`, float64, of one shape `(..., C)` (a language model's `(..., T, V)`), `y`
+    the probe targets `(...)` where it reads them (`targets`), else None. `register_metric(name, fn, targets)`
+    registers one; a package's entry point says `targets` as an attribute of its function (default False)."""
+
+    def __call__(self, z: torch.Tensor, z_lesioned: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
-class ShockMetric:
-    """A shock metric: `shocks(base, z_lesioned)`, the shock `(..., P)` or a sequence's `(..., P, T)` of lesioned
-    logits `(..., P, C)` or `(..., P, T, V)` against one probe chunk's `BaseLogits` (its float64 logits, their
-    softmax and log-sum-exp, the targets); `targets`: whether it reads the targets (SPEC S4)."""
+class Metric:
+    """A registered shock metric: `shocks(base, z_lesioned)`, the shock `(..., P)` or a sequence's `(..., P, T)` of
+    lesioned logits `(..., P, C)` or `(..., P, T, V)` against one probe chunk's `BaseLogits` (its float64 logits,
+    their softmax and log-sum-exp, the targets); `targets`: whether it reads the targets (SPEC S4)."""
 
     name: str
     shocks: Callable[[BaseLogits, torch.Tensor], torch.Tensor]
@@ -52,8 +61,8 @@ def kl(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z_lesioned, dim=-1) - base.lse - ((z_lesioned - base.z) * base.p).sum(dim=-1)
 
 
-def _of_logits(name: str, fn: MetricFn, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
-    """A registered `fn(z, z_lesioned, y)` as a ShockMetric's `shocks`: z expanded to z_lesioned's shape, y (where
+def _of_logits(name: str, fn: ShockMetric, targets: bool) -> Callable[[BaseLogits, torch.Tensor], torch.Tensor]:
+    """A registered `fn(z, z_lesioned, y)` as a Metric's `shocks`: z expanded to z_lesioned's shape, y (where
     it reads targets) to its leading shape, 0 where a position has no target (it then does not count); what it
     returns is checked at this boundary (`checked_shocks`)."""
     def shocks(base: BaseLogits, z_lesioned: torch.Tensor) -> torch.Tensor:
@@ -83,12 +92,23 @@ def checked_shocks(name: str, shocks: object, shape: torch.Size) -> torch.Tensor
     return shocks.double()
 
 
-SHOCK_METRICS: dict[str, ShockMetric] = {"l1": ShockMetric("l1", l1), "kl": ShockMetric("kl", kl)}  # METRICS
 ENTRY_POINTS = "resetassay.metrics"  # the entry-point group of shock metrics other packages provide
-PLUGINS: dict[str, str] = {}  # metrics registered by the user: name -> where from (package and version)
 
 
-def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str | None = None) -> None:
+def _from_entry_point(name: str, fn: ShockMetric, source: str) -> None:
+    """Register the metric `name` an installed package provides in the `resetassay.metrics` entry-point group
+    (loaded only when named); its `targets` attribute says whether it reads the probe targets."""
+    register_metric(name, fn, bool(getattr(fn, "targets", False)), source)
+
+
+# The registered metrics, the built-in ones (names.METRICS) first; `SHOCK_METRICS.sources`: where each of the
+# user's comes from (package and version), for run.json.
+SHOCK_METRICS: Registry[Metric] = Registry("metric", "metrics", ENTRY_POINTS, _from_entry_point)
+SHOCK_METRICS.register("l1", Metric("l1", l1))
+SHOCK_METRICS.register("kl", Metric("kl", kl))
+
+
+def register_metric(name: str, fn: ShockMetric, targets: bool = False, source: str | None = None) -> None:
     """Register your own shock metric `fn(z, z_lesioned, y) -> (...)` under `name` (README "Your own metric").
 
     `z`, `z_lesioned`: the intact and lesioned logits, float64, one shape `(..., C)` (a language model's
@@ -123,20 +143,8 @@ def register_metric(name: str, fn: MetricFn, targets: bool = False, source: str 
     """
     if name in METRICS:
         raise BadInputError(f"metric {name!r} is built in; register yours under another name", field="metrics")
-    SHOCK_METRICS[name] = ShockMetric(name, _of_logits(name, fn, targets), bool(targets))
-    PLUGINS[name] = source or source_of(fn)
-
-
-def _load_entry_point(name: str) -> bool:
-    """Register the metric `name` an installed package provides in the `resetassay.metrics` entry-point group
-    (loaded only when named); its `targets` attribute says whether it reads the probe targets. False when none
-    does."""
-    found = entry_point(ENTRY_POINTS, name, "metrics")
-    if found is None:
-        return False
-    fn, source = found
-    register_metric(name, fn, bool(getattr(fn, "targets", False)), source)
-    return True
+    SHOCK_METRICS.register(name, Metric(name, _of_logits(name, fn, targets), bool(targets)),
+                           source or source_of(fn))
 
 
 def lesioned_units(layer: UnitLayer, units: UnitChoice | None) -> torch.Tensor:
@@ -149,7 +157,7 @@ def lesioned_units(layer: UnitLayer, units: UnitChoice | None) -> torch.Tensor:
 def check_metrics(names: list[str]) -> list[str]:
     """Validate `--metrics` (loading a package's metric the first time it is named); the message lists the valid
     names."""
-    unknown = [n for n in names if n not in SHOCK_METRICS and not _load_entry_point(n)]
+    unknown = SHOCK_METRICS.unknown(names)
     if unknown:
         raise BadInputError(f"`metrics`: unknown {', '.join(unknown)}{did_you_mean(unknown, list(SHOCK_METRICS))}; "
                             f"choose from {', '.join(SHOCK_METRICS)}", field="metrics")
@@ -171,11 +179,11 @@ def list_metrics() -> dict[str, str]:
         >>> list(metrics), metrics["l1"]
         (['l1', 'kl'], "Sum_c |z_c - z'_c| (SPEC S4).")
     """
-    def described(metric: ShockMetric) -> str:
-        text = summary(metric.shocks) or f"registered from {PLUGINS.get(metric.name)}"
+    def described(metric: Metric) -> str:
+        text = summary(metric.shocks) or f"registered from {SHOCK_METRICS.sources.get(metric.name)}"
         return text + (" Reads the probe labels." if metric.targets else "")
 
-    listed = {name: described(metric) for name, metric in SHOCK_METRICS.items()}
+    listed = {name: described(SHOCK_METRICS[name]) for name in SHOCK_METRICS}
     return {**listed, **{n: d for n, d in installed(ENTRY_POINTS).items() if n not in listed}}
 
 

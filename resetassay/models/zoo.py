@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resetassay.discovery.units import UnitLayerSpec
+from resetassay.plugins import Registry
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -25,21 +26,18 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
 }
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model")  # the zoo's factories, by name
 RESNET_WIDTHS = (8, 16, 32)  # the small ResNet's stage widths, one BasicBlock each by default
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Add a factory to the zoo under its function name."""
-    MODELS[fn.__name__] = fn
-    return fn
+    return MODELS.register(fn.__name__, fn)
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a zoo model by registered name."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; the zoo has: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**kwargs)
+    """Build a zoo model by registered name (a BadInputError suggesting close names when none is)."""
+    return MODELS.get(name)(**kwargs)
 
 
 def _activation(name: str) -> nn.Module:

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from resetassay.discovery.units import UnitLayer, unit_layers
 from resetassay.errors import BadInputError, did_you_mean, one_line
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
-from resetassay.lesion import joint_shocks, unit_shocks
+from resetassay.lesion import LesionRequest, joint_shocks_of, unit_shocks_of
 from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.names import (
@@ -224,12 +224,13 @@ def versions() -> dict[str, str]:
     import captum
 
     from resetassay import __version__
-    from resetassay.lesion.shocks import PLUGINS as METRIC_PLUGINS
-    from resetassay.scoring.registry import PLUGINS
+    from resetassay.lesion.shocks import SHOCK_METRICS
+    from resetassay.scoring.registry import UTILITIES
 
     return {"resetassay": __version__, "torch": torch.__version__, "captum": captum.__version__,
-            "python": platform.python_version(), **({"utilities": dict(PLUGINS)} if PLUGINS else {}),
-            **({"metrics": dict(METRIC_PLUGINS)} if METRIC_PLUGINS else {})}
+            "python": platform.python_version(),
+            **({"utilities": dict(UTILITIES.sources)} if UTILITIES.sources else {}),
+            **({"metrics": dict(SHOCK_METRICS.sources)} if SHOCK_METRICS.sources else {})}
 
 
 def _run_info(config: AssayConfig) -> dict:
@@ -499,14 +500,24 @@ def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[
     reset's, and the clamp's under `clamp_<metric>`."""
     layer = next(layer for layer in p.layers if layer.name == chunk.layer)
     config = p.config
-    lesion = partial(unit_shocks, p.model, [layer], refs, p.probe_x, config.metrics, engine=config.engine,
-                     base=p.base, batch_size=config.batch_size, max_memory=config.max_memory,
-                     units={layer.name: chunk.units}, advance=advance, seed=config.seed, targets=p.probe_y)
+    request = lesion_request(p.model, [layer], refs, p.probe_x, p.probe_y, p.base, config,
+                             units={layer.name: chunk.units}, advance=advance)
     with p.clock("lesions"), precision(config, p.base.device):
-        shocks = {m: per_layer[layer.name] for m, per_layer in lesion(intervention=config.intervention).items()}
+        shocks = {m: per_layer[layer.name] for m, per_layer in unit_shocks_of(request).items()}
         if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
-            shocks |= {clamp_column(m): per_layer[layer.name] for m, per_layer in lesion().items()}
+            clamp = unit_shocks_of(replace(request, intervention="clamp"))
+            shocks |= {clamp_column(m): per_layer[layer.name] for m, per_layer in clamp.items()}
     return shocks
+
+
+def lesion_request(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor,
+                   probe_y: torch.Tensor | None, base: torch.Tensor, config: AssayConfig, **more: object
+                   ) -> LesionRequest:
+    """The lesions of `layers` on the probe set as `config` asks (engine, intervention, seed, budgets); `more`: the
+    other fields of `LesionRequest` (units, advance)."""
+    return LesionRequest(model, layers, refs, probe_x, config.metrics, base=base, targets=probe_y,
+                         engine=config.engine, intervention=config.intervention, seed=config.seed,
+                         batch_size=config.batch_size, max_memory=config.max_memory, **more)
 
 
 def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]]) -> AssayResult:
@@ -630,9 +641,7 @@ def _joint_shock_at_q(model: nn.Module, layers: list[UnitLayer], refs: Refs, uni
                 lesions.append({name: torch.as_tensor(v) for name, v in chosen.items()})
     if not lesions:
         return {}
-    values = joint_shocks(model, layers, refs, lesions, probe[0], config.metrics, engine=config.engine, base=base,
-                          batch_size=config.batch_size, max_memory=config.max_memory, targets=probe[1],
-                          intervention=config.intervention, seed=config.seed)
+    values = joint_shocks_of(lesion_request(model, layers, refs, probe[0], probe[1], base, config), lesions)
     out: dict[tuple[str, str], float] = {}
     for i, (utility, metric) in enumerate(keys):
         for m in [metric] if utility == ORACLE else config.metrics:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import capture
 from resetassay.discovery.units import UnitLayer
 from resetassay.errors import BadInputError
 from resetassay.io.rundir import RunParts, Tables
@@ -109,22 +109,27 @@ def assign(costs: list[float], size: int) -> list[int]:
     return owner
 
 
+def _numel(out: object) -> int:
+    return out.numel() if isinstance(out, torch.Tensor) else 0
+
+
 def downstream_flops(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor) -> dict[str, int]:
     """Per unit layer, the multiply-adds of one example's forward after the layer: the cost of one lesion
     (Linear and Conv count their weights' products, every other module its output size)."""
+    modules = {name: m for name, m in model.named_modules() if not list(m.children())}
+    for layer in layers:  # a unit layer's module need not be a leaf
+        if all(m is not layer.module for m in modules.values()):
+            modules[layer.name] = layer.module
+    with capture(model, modules, keep=_numel, every_call=True) as seen, torch.inference_mode():
+        model(x[:1])
     calls: list[tuple[nn.Module, int]] = []
-
-    def record(module: nn.Module, _inputs: object, out: object) -> None:
-        size = out.numel() if isinstance(out, torch.Tensor) else 0
+    for name, size in seen.calls:
+        module = modules[name]
         if isinstance(module, nn.Linear):
             size *= module.in_features
         elif isinstance(module, nn.Conv2d):
             size *= module.weight[0].numel()
         calls.append((module, size))
-
-    modules = [m for m in model.modules() if not list(m.children())] + [layer.module for layer in layers]
-    with forward_hooks(dict.fromkeys(modules, record)), torch.inference_mode():
-        model(x[:1])
     first = {}
     for i, (module, _) in enumerate(calls):
         first.setdefault(module, i)

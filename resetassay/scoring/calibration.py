@@ -17,24 +17,24 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import as_is, capture, differentiable
 from resetassay.discovery.sequences import example_losses, is_sequence, padding_mask, target_logits
 from resetassay.discovery.units import UnitLayer, per_unit, position_mask, positions, sum_positions
 from resetassay.errors import BadInputError
 from resetassay.io.rundir import StageClock
 from resetassay.scoring.higher_order import batched_vjp, path_attributions, second_order_changes
-from resetassay.scoring.registry import TARGET_GRADIENT, LayerStats
+from resetassay.scoring.registry import TARGET_GRADIENT, Ingredient, LayerStats, Needs, needs_of
 from resetassay.shapes import Refs
 
 
 def example_ingredients(
     h: torch.Tensor,
     dev: torch.Tensor,
-    needs: set[str] | frozenset[str],
+    needs: Needs,
     loss_grad: torch.Tensor | None = None,
     target_grad: torch.Tensor | None = None,
     real: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
+) -> dict[Ingredient, torch.Tensor]:
     """Per-example SPEC S3 ingredients `(B, n)` of one layer (all but gxd_all, which needs every class).
 
     Args: h and dev = h - r, unit views (`units.unit_view`: `(B, n, ...)`); loss_grad dL/dh and target_grad dz_y/dh,
@@ -49,24 +49,17 @@ def example_ingredients(
         per_pos = sum_positions(real.expand(-1, 1, *h.shape[2:])).clamp(min=1)  # (B, 1)
     else:
         per_pos = positions(h)
-    out = {}
-    if "abs_act" in needs:
-        out["abs_act"] = sum_positions(h.abs()) / per_pos
-    if "abs_dev" in needs:
-        out["abs_dev"] = sum_positions(dev.abs()) / per_pos
-    if "fire" in needs:  # padded positions (h * real = 0) do not fire
-        out["fire"] = sum_positions((h > 0).to(h.dtype)) / per_pos
-    if "loss_grad" in needs:
-        out["loss_grad"] = sum_positions(loss_grad).abs()
-    if "gxi" in needs:
-        out["gxi"] = sum_positions(h * target_grad).abs()
-    if "gxd" in needs:
-        out["gxd"] = sum_positions(dev * target_grad).abs()
-    if "gxi_signed" in needs:
-        out["gxi_signed"] = sum_positions(h * target_grad)
-    if "gxd_signed" in needs:
-        out["gxd_signed"] = sum_positions(dev * target_grad)
-    return out
+    formulas = {  # each ingredient of one example; padded positions (h * real = 0) do not fire
+        Ingredient.ABS_ACT: lambda: sum_positions(h.abs()) / per_pos,
+        Ingredient.ABS_DEV: lambda: sum_positions(dev.abs()) / per_pos,
+        Ingredient.FIRE: lambda: sum_positions((h > 0).to(h.dtype)) / per_pos,
+        Ingredient.LOSS_GRAD: lambda: sum_positions(loss_grad).abs(),
+        Ingredient.GXI: lambda: sum_positions(h * target_grad).abs(),
+        Ingredient.GXD: lambda: sum_positions(dev * target_grad).abs(),
+        Ingredient.GXI_SIGNED: lambda: sum_positions(h * target_grad),
+        Ingredient.GXD_SIGNED: lambda: sum_positions(dev * target_grad),
+    }
+    return {ingredient: formula() for ingredient, formula in formulas.items() if ingredient in needs}
 
 
 def calibration_stats(
@@ -75,7 +68,7 @@ def calibration_stats(
     x: torch.Tensor,
     y: torch.Tensor,
     refs: Refs,
-    needs: set[str],
+    needs: Needs | set[str],
     batch_size: int = 256,
     seed: int = 0,
     advance: Callable[[int], None] | None = None,
@@ -89,14 +82,9 @@ def calibration_stats(
     gradients, the class gradients, gxd_ig, gxd2), what `utility_seconds` prices each utility by."""
     if len(x) == 0:
         raise BadInputError("the calibration set is empty; raise `calib_size`")
+    needs = needs_of(needs)
     device = next(model.parameters()).device
     modules = [layer.module for layer in layers]
-    acts: dict[str, torch.Tensor] = {}
-
-    def capture(name: str):
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            acts[name] = out.detach().clone()
-        return hook
 
     def loss_per_example(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return example_losses(model(inputs), targets)
@@ -110,17 +98,17 @@ def calibration_stats(
         z1 = model(x[:1].to(device))
     n_classes, sequence = z1.shape[-1], is_sequence(z1)
     skipped = {}
-    if "gxd_all" in needs and n_classes > max_classes:
-        skipped["gxd_all"] = (f"{n_classes} outputs: averaging over all of them costs {n_classes} backward passes "
-                              f"(limit {max_classes}; raise it with `max_classes`)")
-        needs = needs - {"gxd_all"}
+    if Ingredient.GXD_ALL in needs and n_classes > max_classes:
+        skipped[Ingredient.GXD_ALL] = (f"{n_classes} outputs: averaging over all of them costs {n_classes} backward "
+                                       f"passes (limit {max_classes}; raise it with `max_classes`)")
+        needs = needs - {Ingredient.GXD_ALL}
     # a classifier's target logit is captum's own target selection; a language model's sums over positions
     target_grads = LayerGradientXActivation(target_per_example if sequence else model, modules,
                                             multiply_by_inputs=False)
     loss_grads = LayerGradientXActivation(loss_per_example, modules, multiply_by_inputs=False)
     sums = {layer.name: {k: 0.0 for k in needs} for layer in layers}
     clock = StageClock(seconds)  # into a dict of its own when the caller wants no seconds
-    with forward_hooks({layer.module: capture(layer.name) for layer in layers}):
+    with capture(model, layers) as acts:
         for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
             xb, yb = xb.to(device), yb.to(device)
             padding = padding_mask(xb)
@@ -135,14 +123,15 @@ def calibration_stats(
             outs = dict(acts)
             h = {layer.name: layer.view(outs[layer.name]) for layer in layers}
             dev = {layer.name: h[layer.name] - per_unit(refs[layer.name], h[layer.name]) for layer in layers}
-            if "loss_grad" in needs:
+            if Ingredient.LOSS_GRAD in needs:
                 with clock("loss gradient"):
                     lgrads = loss_grads.attribute(xb, additional_forward_args=(yb,))
             higher = _higher_order_ingredients(model, layers, xb, yb, outs, refs, padding, needs, clock)
             dev_all = {layer.name: 0.0 for layer in layers}
             real = {layer.name: position_mask(layer, h[layer.name], padding) for layer in layers}
+            every_class = Ingredient.GXD_ALL in needs
             with clock("class gradients"):
-                for cgrads in _class_gradients(model, modules, xb, n_classes, padding) if "gxd_all" in needs else ():
+                for cgrads in _class_gradients(model, layers, xb, n_classes, padding) if every_class else ():
                     for layer, g in zip(layers, cgrads, strict=True):
                         term = dev[layer.name] * layer.view(g)
                         term = term * real[layer.name] if real[layer.name] is not None else term
@@ -151,14 +140,14 @@ def calibration_stats(
                 acc = sums[layer.name]
                 per_example = example_ingredients(
                     h[layer.name], dev[layer.name], needs,
-                    loss_grad=layer.view(lgrads[k]) if "loss_grad" in needs else None,
+                    loss_grad=layer.view(lgrads[k]) if Ingredient.LOSS_GRAD in needs else None,
                     target_grad=layer.view(grads[k]) if needs & TARGET_GRADIENT else None,
                     real=real[layer.name],
                 ) | higher[layer.name]
                 for key, value in per_example.items():
                     acc[key] += value.sum(0).double()
-                if "gxd_all" in needs:
-                    acc["gxd_all"] += dev_all[layer.name].sum(0).double()
+                if Ingredient.GXD_ALL in needs:
+                    acc[Ingredient.GXD_ALL] += dev_all[layer.name].sum(0).double()
             acts.clear()
             if advance:
                 advance(len(xb))
@@ -170,41 +159,34 @@ def calibration_stats(
 
 def _higher_order_ingredients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, y: torch.Tensor,
                              outputs: dict[str, torch.Tensor], refs: Refs, padding: torch.Tensor | None,
-                             needs: set[str], clock: StageClock) -> dict[str, dict[str, torch.Tensor]]:
+                             needs: Needs, clock: StageClock) -> dict[str, dict[Ingredient, torch.Tensor]]:
     """Per layer, the per-example gxd_ig and gxd2 that `needs` asks for, `(B, n)` after the absolute value
     (SPEC S3; `higher_order`); `outputs`: each layer's output on `x`; `clock` times each."""
-    found: dict[str, dict[str, torch.Tensor]] = {layer.name: {} for layer in layers}
-    if "gxd_ig" in needs:
+    found: dict[str, dict[Ingredient, torch.Tensor]] = {layer.name: {} for layer in layers}
+    if Ingredient.GXD_IG in needs:
         with clock("gxd_ig"):
             for layer in layers:
-                found[layer.name]["gxd_ig"] = path_attributions(model, layer, x, y, outputs[layer.name],
-                                                                refs[layer.name], padding).abs()
-    if "gxd2" in needs:
+                found[layer.name][Ingredient.GXD_IG] = path_attributions(
+                    model, layer, x, y, outputs[layer.name], refs[layer.name], padding).abs()
+    if Ingredient.GXD2 in needs:
         with clock("gxd2"):
             for name, change in second_order_changes(model, layers, x, y, refs, padding).items():
-                found[name]["gxd2"] = change.abs()
+                found[name][Ingredient.GXD2] = change.abs()
     return found
 
 
 CLASS_CHUNK = 16  # logits whose gradients one batched backward computes (memory: CLASS_CHUNK x the activations)
 
 
-def _class_gradients(model: nn.Module, modules: list[nn.Module], x: torch.Tensor, n_classes: int,
+def _class_gradients(model: nn.Module, layers: list[UnitLayer], x: torch.Tensor, n_classes: int,
                      padding: torch.Tensor | None = None) -> Iterator[list[torch.Tensor]]:
-    """dz_c/dh at every module's output, for c = 0..C-1 in order: one forward, then backward passes batched
+    """dz_c/dh at every unit layer's output, for c = 0..C-1 in order: one forward, then backward passes batched
     over CLASS_CHUNK classes (`higher_order.batched_vjp`). Yields per class the list of gradients `(B, n, ...)`,
-    one per module (gxd_all, SPEC S3); a language model's z_c sums logit c over the real positions
+    one per layer (gxd_all, SPEC S3); a language model's z_c sums logit c over the real positions
     `padding (B, T)` (all without padding, SPEC S9)."""
-    outputs: dict[nn.Module, torch.Tensor] = {}
-
-    def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        out = out if out.requires_grad else out.detach().requires_grad_()
-        outputs[module] = out
-        return out
-
-    with torch.enable_grad(), forward_hooks(dict.fromkeys(modules, keep)):
+    with torch.enable_grad(), capture(model, layers, keep=as_is, replace=differentiable) as outputs:
         z = model(x)
-    tensors = [outputs[m] for m in modules]
+    tensors = [outputs[layer.name] for layer in layers]
     eye = torch.eye(n_classes, dtype=z.dtype, device=z.device)
     for c0 in range(0, n_classes, CLASS_CHUNK):
         chunk = eye[c0:c0 + CLASS_CHUNK]  # (k, C, ...): logit c0 + j in row j, at every position of a sequence

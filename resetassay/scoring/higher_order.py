@@ -21,7 +21,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import as_is, capture, differentiable
 from resetassay.discovery.sequences import target_logits
 from resetassay.discovery.units import UnitLayer, per_unit, position_mask, sum_positions
 
@@ -59,7 +59,7 @@ def path_attributions(model: nn.Module, layer: UnitLayer, x: torch.Tensor, y: to
     layer.view(start).add_(move if real is None else move * real)
 
     def on_path(values: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with forward_hooks({layer.module: lambda _m, _i, _out: values.clone()}):
+        with capture(model, [layer], keep=None, replace=lambda _name, _out: values.clone()):
             return target_logits(model(inputs), targets)
 
     attr = IntegratedGradients(on_path).attribute(h, baselines=start, additional_forward_args=(x, y),
@@ -89,18 +89,11 @@ def second_order_changes(model: nn.Module, layers: list[UnitLayer], x: torch.Ten
 
     One forward for all layers, one backward with its graph kept, then per layer double backwards batched over
     UNIT_CHUNK units. `y` as in `path_attributions`."""
-    outputs: dict[nn.Module, torch.Tensor] = {}
-
-    def keep(module: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        out = out if out.requires_grad else out.detach().requires_grad_()
-        outputs[module] = out
-        return out
-
     changes = {}
     with torch.enable_grad(), _twice_differentiable():
-        with forward_hooks(dict.fromkeys([layer.module for layer in layers], keep)):
+        with capture(model, layers, keep=as_is, replace=differentiable) as outputs:
             z = model(x)
-        hs = [outputs[layer.module] for layer in layers]
+        hs = [outputs[layer.name] for layer in layers]
         grads = torch.autograd.grad(target_logits(z, y).sum(), hs, create_graph=True)
         for layer, h, g in zip(layers, hs, grads, strict=True):
             u = layer.view(h.detach())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resetassay.discovery.hooks import forward_hooks
+from resetassay.discovery.hooks import capture
 from resetassay.discovery.sequences import padding_mask
 from resetassay.discovery.units import UnitLayer, position_mask, reference_dims
 from resetassay.errors import BadInputError
@@ -19,27 +19,25 @@ def _unit_means(
     """`calibration-mean` (SPEC S2, S9): mean of h_i over examples (and H, W for Conv, positions for tokens),
     `(n_units,)`; a head's mean vector `(n_units, d_head)`."""
     device = next(model.parameters()).device
+    by_name = {layer.name: layer for layer in layers}
     sums: dict[str, torch.Tensor | float] = {layer.name: 0.0 for layer in layers}
     count = {layer.name: 0 for layer in layers}
-    padding: list[torch.Tensor | None] = [None]  # the real positions of the batch in flight (padded tokens)
-
-    def accumulate(layer: UnitLayer):
-        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            u = layer.view(out.detach()).double()
-            dims = reference_dims(layer, u)
-            real = position_mask(layer, u, padding[0])
-            if real is None:
-                sums[layer.name] = sums[layer.name] + u.sum(dim=dims)
-                count[layer.name] += u.numel() // (layer.n_units * layer.group)
-            else:  # padded positions left out (SPEC S9)
-                sums[layer.name] = sums[layer.name] + (u * real).sum(dim=dims)
-                count[layer.name] += int(real.sum())
-        return hook
-
-    with forward_hooks({layer.module: accumulate(layer) for layer in layers}), torch.no_grad():
+    with capture(model, layers, every_call=True) as outputs, torch.no_grad():
         for xb in torch.split(x, batch_size):
-            padding[0] = padding_mask(xb.to(device))
+            padding = padding_mask(xb.to(device))  # the real positions of the batch (padded tokens)
+            outputs.clear()
             model(xb.to(device))
+            for name, out in outputs.calls:
+                layer = by_name[name]
+                u = layer.view(out).double()
+                dims = reference_dims(layer, u)
+                real = position_mask(layer, u, padding)
+                if real is None:
+                    sums[name] = sums[name] + u.sum(dim=dims)
+                    count[name] += u.numel() // (layer.n_units * layer.group)
+                else:  # padded positions left out (SPEC S9)
+                    sums[name] = sums[name] + (u * real).sum(dim=dims)
+                    count[name] += int(real.sum())
     return {name: (s / count[name]).float() for name, s in sums.items()}
 
 

@@ -1,19 +1,21 @@
 """The unit utilities (SPEC S3): higher = more useful = costlier to reset. Their registry and the built-ins.
 
-Every utility is a small function `(LayerStats, UnitLayer) -> (n_units,)` registered by name with the
-ingredients it reads (`utility`, `register_utility`, or a package's entry point in the group
-`resetassay.utilities`); `LayerStats` holds the per-unit calibration means that the one calibration pass
-(`calibration.py`) gathers, and `unit_scores` applies the requested utilities to them. GXD = GXI - r * gradient
-(DESIGN "Known traps"). gxd_ig and gxd2 go beyond first order (`higher_order.py`); they cost tens of passes per
-batch, so they run only when named (OPT_IN). `utility_seconds` prices each utility by the calibration passes its
-ingredients need (PASS_OF, SPEC S5b).
+Every utility is a `Utility` (a Protocol): a small function `(LayerStats, UnitLayer) -> (n_units,)` with the
+ingredients it reads, registered by name in `UTILITIES` (a `plugins.Registry`: `utility`, `register_utility`, or
+a package's entry point in the group `resetassay.utilities`); `LayerStats` holds the per-unit calibration means
+that the one calibration pass (`calibration.py`) gathers, and `unit_scores` applies the requested utilities to
+them. GXD = GXI - r * gradient (DESIGN "Known traps"). gxd_ig and gxd2 go beyond first order (`higher_order.py`);
+they cost tens of passes per batch, so they run only when named (OPT_IN). `utility_seconds` prices each utility by
+the calibration passes its ingredients need (PASS_OF, SPEC S5b).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -21,22 +23,44 @@ from torch import nn
 from resetassay.discovery.units import UnitLayer, dense_weight
 from resetassay.errors import BadInputError, did_you_mean
 from resetassay.names import GXD_GREEDY, ORACLE, SET_SELECTORS
-from resetassay.plugins import entry_point, installed, source_of, summary
+from resetassay.plugins import Registry, installed, source_of, summary
 from resetassay.shapes import Scores
 
 __all__ = [  # the built-in utilities themselves are reached through UTILITIES, by name
-    "register_utility", "list_utilities", "NotApplicable", "LayerStats", "Utility", "UTILITIES", "INGREDIENTS",
-    "PLUGINS", "utility_names", "default_utilities", "check_utilities", "unit_scores", "needed_ingredients",
-    "utility_seconds", "TARGET_GRADIENT",
+    "register_utility", "list_utilities", "NotApplicable", "LayerStats", "Utility", "FunctionUtility", "Ingredient",
+    "Needs", "UTILITIES", "INGREDIENTS", "utility_names", "default_utilities", "check_utilities", "unit_scores",
+    "needed_ingredients", "utility_seconds", "TARGET_GRADIENT",
 ]
 
-INGREDIENTS = ("abs_act", "abs_dev", "fire", "loss_grad", "gxi", "gxd", "gxi_signed", "gxd_signed", "gxd_all", "gxd_ig",
-               "gxd2")
-TARGET_GRADIENT = {"gxi", "gxd", "gxi_signed", "gxd_signed"}  # ingredients of the target logit's layer gradient
+class Ingredient(StrEnum):
+    """A per-unit calibration mean a utility can read (SPEC S3), named as its field of `LayerStats`."""
+
+    ABS_ACT = "abs_act"
+    ABS_DEV = "abs_dev"
+    FIRE = "fire"
+    LOSS_GRAD = "loss_grad"
+    GXI = "gxi"
+    GXD = "gxd"
+    GXI_SIGNED = "gxi_signed"
+    GXD_SIGNED = "gxd_signed"
+    GXD_ALL = "gxd_all"
+    GXD_IG = "gxd_ig"
+    GXD2 = "gxd2"
+
+
+Needs = frozenset[Ingredient]  # what a utility reads
+INGREDIENTS = tuple(i.value for i in Ingredient)
+# ingredients of the target logit's layer gradient
+TARGET_GRADIENT = frozenset({Ingredient.GXI, Ingredient.GXD, Ingredient.GXI_SIGNED, Ingredient.GXD_SIGNED})
 # The calibration pass that computes each ingredient; a utility costs the seconds of the passes it needs (SPEC S5b).
-PASS_OF = {"abs_act": "forward", "abs_dev": "forward", "fire": "forward", "loss_grad": "loss gradient",
-           **dict.fromkeys(TARGET_GRADIENT, "target gradient"), "gxd_all": "class gradients", "gxd_ig": "gxd_ig",
-           "gxd2": "gxd2"}
+PASS_OF = {Ingredient.ABS_ACT: "forward", Ingredient.ABS_DEV: "forward", Ingredient.FIRE: "forward",
+           Ingredient.LOSS_GRAD: "loss gradient", **dict.fromkeys(TARGET_GRADIENT, "target gradient"),
+           Ingredient.GXD_ALL: "class gradients", Ingredient.GXD_IG: "gxd_ig", Ingredient.GXD2: "gxd2"}
+
+
+def needs_of(names: Iterable[str]) -> Needs:
+    """The ingredients named `names` (each of INGREDIENTS)."""
+    return frozenset(Ingredient(name) for name in names)
 
 
 class NotApplicable(Exception):
@@ -74,28 +98,48 @@ class LayerStats:
     skipped: dict[str, str] = field(default_factory=dict)  # ingredient -> why it was not computed
 
 
+class Utility(Protocol):
+    """What a utility provides (SPEC S3): the calibration ingredients it reads (`needs`) and its
+    scores of one layer's units, `utility(stats, layer) -> (n_units,)`, higher = more useful. Raise
+    `NotApplicable(reason)` where it does not apply. `register_utility(name, fn, needs)` makes one of a function."""
+
+    @property
+    def needs(self) -> Needs: ...
+
+    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
-class Utility:
-    """A registered utility: its function and the ingredients it reads."""
+class FunctionUtility:
+    """A utility function `fn(stats, layer)` and the ingredients it reads: a `Utility`."""
 
-    name: str
     fn: Callable[[LayerStats, UnitLayer], torch.Tensor]
-    needs: frozenset[str] = field(default_factory=frozenset)
+    needs: Needs = field(default_factory=frozenset)
 
-
-UTILITIES: dict[str, Utility] = {}  # the oracle (names.ORACLE) is the measured shock, filled in from the lesions
-
-
-def utility(name: str, needs: tuple[str, ...] = ()):
-    """Register a utility function under `name`."""
-    def register(fn: Callable[[LayerStats, UnitLayer], torch.Tensor]):
-        UTILITIES[name] = Utility(name, fn, frozenset(needs))
-        return fn
-    return register
+    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor:
+        return self.fn(stats, layer)
 
 
 ENTRY_POINTS = "resetassay.utilities"  # the entry-point group of utilities other packages provide
-PLUGINS: dict[str, str] = {}  # utilities registered by the user: name -> where from (package and version)
+
+
+def _from_entry_point(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor], source: str) -> None:
+    """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
+    (loaded only when named); its `needs` attribute lists the ingredients it reads."""
+    register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
+
+
+# The registered utilities, built-ins first; the oracle (names.ORACLE) is the measured shock, filled in from the
+# lesions. `UTILITIES.sources`: where each of the user's comes from (package and version), for run.json.
+UTILITIES: Registry[Utility] = Registry("utility", "utilities", ENTRY_POINTS, _from_entry_point)
+
+
+def utility(name: str, *needs: Ingredient):
+    """Register a utility function under `name`, reading the ingredients `needs`."""
+    def register(fn: Callable[[LayerStats, UnitLayer], torch.Tensor]):
+        UTILITIES.register(name, FunctionUtility(fn, frozenset(needs)))
+        return fn
+    return register
 
 
 def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor],
@@ -138,19 +182,7 @@ def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tens
     if unknown:
         raise BadInputError(f"utility {name!r} needs {', '.join(unknown)}, which the calibration pass does not "
                             f"compute; choose from {', '.join(INGREDIENTS)}", field="utilities")
-    UTILITIES[name] = Utility(name, fn, frozenset(needs))
-    PLUGINS[name] = source or source_of(fn)
-
-
-def _load_entry_point(name: str) -> bool:
-    """Register the utility `name` an installed package provides in the `resetassay.utilities` entry-point group
-    (loaded only when named); its `needs` attribute lists the ingredients it reads. False when none does."""
-    found = entry_point(ENTRY_POINTS, name, "utilities")
-    if found is None:
-        return False
-    fn, source = found
-    register_utility(name, fn, tuple(getattr(fn, "needs", ())), source)
-    return True
+    UTILITIES.register(name, FunctionUtility(fn, needs_of(needs)), source or source_of(fn))
 
 
 def utility_names() -> list[str]:
@@ -176,7 +208,9 @@ def list_utilities() -> dict[str, str]:
         ['gxd_ig', 'gxd2', 'gxd_greedy']
     """
     def described(name: str) -> str:
-        text = DESCRIPTIONS.get(name) or summary(UTILITIES[name].fn) or f"registered from {PLUGINS.get(name)}"
+        utility = UTILITIES.get(name, None)
+        fn = getattr(utility, "fn", utility)
+        text = DESCRIPTIONS.get(name) or summary(fn) or f"registered from {UTILITIES.sources.get(name)}"
         return text + (" Opt-in: not in the default utilities." if name in (*OPT_IN, *SET_SELECTORS) else "")
 
     names = [*BUILTIN, ORACLE, *SET_SELECTORS, *(n for n in UTILITIES if n not in BUILTIN)]
@@ -191,7 +225,7 @@ def default_utilities() -> list[str]:
 def check_utilities(names: list[str]) -> list[str]:
     """Validate `--utilities` (loading a package's utility the first time it is named); the message lists the
     valid names."""
-    unknown = [n for n in names if n not in UTILITIES and n != ORACLE and not _load_entry_point(n)]
+    unknown = [n for n in names if n != ORACLE and not UTILITIES.find(n)]
     if unknown:
         raise BadInputError(
             f"`utilities`: unknown {', '.join(unknown)}{did_you_mean(unknown, [*UTILITIES, ORACLE])}; choose from "
@@ -225,49 +259,49 @@ def producer_weight_mass(layer: UnitLayer) -> torch.Tensor:
     return w.flatten(1).sum(dim=1)
 
 
-@utility("activation", ("abs_act",))
+@utility("activation", Ingredient.ABS_ACT)
 def activation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| (ReDo-style activation magnitude)."""
     return s.abs_act
 
 
-@utility("contribution", ("abs_act",))
+@utility("contribution", Ingredient.ABS_ACT)
 def contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| * sum_k |w_out[k, i]| (CBP, paper eq. 11)."""
     return s.abs_act * consumer_weight_mass(layer).to(s.abs_act)
 
 
-@utility("mc_contribution", ("abs_dev",))
+@utility("mc_contribution", Ingredient.ABS_DEV)
 def mc_contribution(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i| * sum_k |w_out[k, i]| (mean-corrected contribution)."""
     return s.abs_dev * consumer_weight_mass(layer).to(s.abs_dev)
 
 
-@utility("mc_adaptable", ("abs_dev",))
+@utility("mc_adaptable", Ingredient.ABS_DEV)
 def mc_adaptable(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i| * sum_k |w_out[k, i]| / sum_j |w_in[i, j]| (CBP 2023, paper eq. 12)."""
     return mc_contribution(s, layer) / producer_weight_mass(layer).to(s.abs_dev)
 
 
-@utility("loss_gradient", ("loss_grad",))
+@utility("loss_gradient", Ingredient.LOSS_GRAD)
 def loss_gradient(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s dL/dh_i(x, s)| (gradient activity)."""
     return s.loss_grad
 
 
-@utility("gxi", ("gxi",))
+@utility("gxi", Ingredient.GXI)
 def gxi(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s h_i dz_y/dh_i| (gradient x input, paper App. B)."""
     return s.gxi
 
 
-@utility("gxd", ("gxd",))
+@utility("gxd", Ingredient.GXD)
 def gxd(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s (h_i - r_i) dz_y/dh_i| (GXD, target logit, paper eq. 8)."""
     return s.gxd
 
 
-@utility("gxd_all", ("gxd_all",))
+@utility("gxd_all", Ingredient.GXD_ALL)
 def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E (1/C) sum_c |sum_s (h_i - r_i) dz_c/dh_i| (GXD all-logit, paper eq. 6)."""
     if "gxd_all" in s.skipped:
@@ -275,34 +309,34 @@ def gxd_all(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     return s.gxd_all
 
 
-@utility("gxd_ig", ("gxd_ig",))
+@utility("gxd_ig", Ingredient.GXD_IG)
 def gxd_ig(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|sum_s IG_i(x, s)|: integrated gradients of z_y on the straight path of the whole layer from its
     reference to h (the joint path; higher_order.py)."""
     return s.gxd_ig
 
 
-@utility("gxd2", ("gxd2",))
+@utility("gxd2", Ingredient.GXD2)
 def gxd2(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|g . d_i + 1/2 d_i' H d_i|, d_i = r_i - h_i on unit i alone: GXD's first-order change of z_y plus the
     second-order term along the same direction (higher_order.py)."""
     return s.gxd2
 
 
-@utility("dormancy", ("abs_act",))
+@utility("dormancy", Ingredient.ABS_ACT)
 def dormancy(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i| / mean_j E|h_j| over the layer's units (ReDo's normalised dormancy score, SPEC S8)."""
     return s.abs_act / s.abs_act.mean().clamp(min=torch.finfo(s.abs_act.dtype).tiny)
 
 
-@utility("deviation", ("abs_dev",))
+@utility("deviation", Ingredient.ABS_DEV)
 def deviation(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """E|h_i - r_i|, the forward activity around the reference (SPEC S8's growth diagnostic, beside
     loss_gradient, the backward signal)."""
     return s.abs_dev
 
 
-@utility("firing_rate", ("fire",))
+@utility("firing_rate", Ingredient.FIRE)
 def firing_rate(s: LayerStats, layer: UnitLayer) -> torch.Tensor:
     """P(h_i > 0) over examples and positions (SNR's firing rate, SPEC S8)."""
     return s.fire
@@ -360,7 +394,7 @@ def unit_scores(
         scores[name] = {}
         for layer in layers:
             try:
-                scores[name][layer.name] = checked_scores(name, UTILITIES[name].fn(stats[layer.name], layer), layer)
+                scores[name][layer.name] = checked_scores(name, UTILITIES[name](stats[layer.name], layer), layer)
             except NotApplicable as why:
                 notes[(name, layer.name)] = str(why)
     return scores, notes
@@ -385,6 +419,6 @@ def checked_scores(name: str, scores: object, layer: UnitLayer) -> torch.Tensor:
     return scores.detach().cpu()
 
 
-def needed_ingredients(names: list[str]) -> set[str]:
+def needed_ingredients(names: list[str]) -> Needs:
     """The union of what the requested utilities read."""
-    return set().union(*(UTILITIES[n].needs for n in names if n in UTILITIES))
+    return frozenset().union(*(UTILITIES[n].needs for n in names if n in UTILITIES))

@@ -46,9 +46,9 @@ from resetassay.errors import BadInputError
 from resetassay.models.reset import ResetSite, reset_site, reset_weights
 from resetassay.names import ONLINE_UTILITIES
 from resetassay.scoring.calibration import example_ingredients
-from resetassay.scoring.registry import UTILITIES, LayerStats, NotApplicable
+from resetassay.scoring.registry import UTILITIES, Ingredient, LayerStats, Needs, NotApplicable
 
-GRADIENT_INGREDIENTS = {"gxi", "gxd"}
+GRADIENT_INGREDIENTS = frozenset({Ingredient.GXI, Ingredient.GXD})
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _unit_mean(u: torch.Tensor) -> torch.Tensor:
 def _batch_stats(
     h: torch.Tensor,
     reference: torch.Tensor,
-    needs: frozenset[str],
+    needs: Needs,
     loss_grad: torch.Tensor | None = None,
     target_grad: torch.Tensor | None = None,
 ) -> LayerStats:
@@ -151,7 +151,7 @@ class ContinualBackprop:
         for name in self.reset_layers:
             trace = self.traces[name]
             try:
-                UTILITIES[config.utility].fn(LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
+                UTILITIES[config.utility](LayerStats(**{k: torch.zeros(trace.layer.n_units) for k in self.needs}),
                                              trace.layer)
             except NotApplicable as why:
                 raise BadInputError(f"`utility` {config.utility} does not apply to {name} ({why}); "
@@ -172,7 +172,7 @@ class ContinualBackprop:
         return {name: t.why_not for name, t in self.traces.items() if t.site is None}
 
     def _capture(self, name: str):
-        wants_loss_grad = "loss_grad" in self.needs and self.traces[name].site is not None
+        wants_loss_grad = Ingredient.LOSS_GRAD in self.needs and self.traces[name].site is not None
 
         def keep_grad(grad: torch.Tensor) -> None:
             # the training loss is the batch mean: B · ∂L̄/∂h_x = ∂L_x/∂h_x
@@ -217,11 +217,11 @@ class ContinualBackprop:
                 if trace.site is None:
                     continue
                 loss_grad = (trace.layer.view(self._recorded(self._loss_grad, name, "the step's backward"))
-                             if "loss_grad" in self.needs else None)
+                             if Ingredient.LOSS_GRAD in self.needs else None)
                 target_grad = (trace.layer.view(self._recorded(self._target_grad, name, "observe(logits, y)"))
                                if self.needs & GRADIENT_INGREDIENTS else None)
                 stats = _batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
-                now = UTILITIES[self.config.utility].fn(stats, trace.layer)
+                now = UTILITIES[self.config.utility](stats, trace.layer)
                 trace.utility.mul_(decay).add_(now.double(), alpha=1 - decay)
         self._h.clear()
         self._loss_grad.clear()
