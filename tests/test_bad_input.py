@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 import resetassay.report
@@ -26,7 +27,6 @@ from resetassay.cli import app
 from resetassay.names import FAILURES, MANIFEST, METRICS, PARTS, WEIGHTS
 from resetassay.scoring.registry import utility_names
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = ["--utilities", "gxd,activation", "--metrics", "l1", "--calib-size", "32", "--probe-size", "32",
          "--no-joint", "--quiet"]
 runner = CliRunner()

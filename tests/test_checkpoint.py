@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from safetensors.torch import save_file
 
 from resetassay.data import DataSpec
@@ -30,8 +31,6 @@ from resetassay.io.checkpoint import (
 )
 from resetassay.io.rundir import checkpoint_sha256
 from resetassay.models import MODELS, create_model
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 MLP_KWARGS = {"in_features": 6, "widths": [5, 4], "n_classes": 3}
 CNN_KWARGS = {"in_channels": 1, "widths": [3, 4], "n_classes": 2}

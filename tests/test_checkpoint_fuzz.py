@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from helpers.paths import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
@@ -21,7 +22,7 @@ from resetassay.errors import BadInputError
 from resetassay.io.checkpoint import load_checkpoint
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "relu_mlp" / "task2"
+FIXTURE = FIXTURES / "relu_mlp" / "task2"
 VALID = json.loads((FIXTURE / MANIFEST).read_text())
 FIELDS = [(), ("model",), ("model", "kwargs"), ("step",), ("data",), ("meta",)]  # objects whose keys get fuzzed
 KNOWN_KEYS = ["format", "model", "factory", "kwargs", "in_features", "widths", "n_classes", "activation",

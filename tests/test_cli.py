@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 from resetassay.cli import app
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 runner = CliRunner()
 
 

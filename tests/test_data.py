@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.paths import CIFAR
 
 import resetassay.data.permuted
 from resetassay.data import (
@@ -639,7 +640,6 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
 
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-images-jpg.tar.gz"
 
 
 @pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} is absent")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
@@ -23,7 +24,6 @@ from resetassay import AssayConfig, BadInputError, assay_model
 from resetassay.cli import app
 from resetassay.models import mlp
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = ["--utilities", "gxd,gxi,loss_gradient,activation,oracle", "--metrics", "l1", "--no-joint", "--quiet"]
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers.engines import assert_fast_equals_plain
 from helpers.models import BranchyMLP, SizeReader
+from helpers.paths import FIXTURES
 from torch import nn
 
 from resetassay.data import split_calibration_probe, task_arrays
@@ -25,7 +25,6 @@ from resetassay.lesion.graph_split import split_at, trace
 from resetassay.lesion.shocks import probe_logits
 from resetassay.scoring.reference import unit_references
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 METRICS = ["l1", "kl"]
 TOL = 1e-5
 

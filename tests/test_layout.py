@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 import resetassay
 import resetassay.pipeline.assay
@@ -21,7 +22,6 @@ from resetassay.pipeline.assay import AssayConfig
 from resetassay.pipeline.run import run_assay, source_digest
 from resetassay.scoring.registry import utility_names
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, sys
 

@@ -3,17 +3,14 @@ matplotlib Figures, the best utility per family, and typed tables."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from helpers.paths import FIXTURES
 from matplotlib.figure import Figure
 
 from resetassay.errors import BadInputError
 from resetassay.io.rundir import read_run
 from resetassay.pipeline.run import run_assay
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")

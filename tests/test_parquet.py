@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 from resetassay.cli import app
@@ -30,7 +31,6 @@ from resetassay.io.rundir import (
 from resetassay.names import TABLES
 
 runner = CliRunner()
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")

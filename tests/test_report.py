@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 from resetassay import AssayConfig, assay_model
@@ -35,7 +36,6 @@ from resetassay.report.markdown import markdown_table
 from resetassay.report.render import is_current
 from resetassay.stats.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHROMIUM = Path("/usr/bin/chromium")
 # .ci/run sets RESETASSAY_REQUIRE_CHROMIUM=1: there a missing browser fails the browser tests instead of skipping them
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("RESETASSAY_REQUIRE_CHROMIUM"),

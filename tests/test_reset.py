@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from scipy.stats import spearmanr
 from torch import nn
 
@@ -30,7 +30,6 @@ from resetassay.lesion.shocks import example_shocks
 from resetassay.models import create_model
 from resetassay.report.interventions import agreement_table, differing_units
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOL = {"rtol": 1e-6, "atol": 1e-12}
 pytestmark = pytest.mark.usefixtures("one_thread")
 

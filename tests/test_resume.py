@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES, ROOT
 from typer.testing import CliRunner
 
 import resetassay
@@ -28,8 +29,6 @@ from resetassay.errors import BadInputError
 from resetassay.io.rundir import IDENTITY, atomic_write
 from resetassay.names import PARTS, TABLES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ROOT = FIXTURES.parent
 runner = CliRunner()
 # Six MLP checkpoints, about 0.1 s each: a kill 5 ms after the first part lands well before the last one;
 # one metric and three utilities keep the report quick.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import FIXTURES, ROOT
 from helpers.ranks import launch
 from torch import nn
 
@@ -22,8 +23,6 @@ from resetassay import run_assay
 from resetassay.names import PARTS, TABLES
 from resetassay.pipeline.shard import CALIBRATION, assign, downstream_flops
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-ROOT = FIXTURES.parent
 # Small chunks, so that each 64-unit layer is three work items (the last one short) spread over the ranks.
 CHUNK = 24
 SMALL = {"utilities": ["gxd", "activation", "oracle"], "metrics": ["l1", "kl"], "calib_size": 64, "probe_size": 64,

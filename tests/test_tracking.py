@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pandas as pd
 import pytest
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 import resetassay.report
@@ -28,7 +29,6 @@ from resetassay.names import POOLED_SCOPES
 from resetassay.report.tracking import BACKENDS, backend_names, log_run, metric_name, run_params, tracked
 
 runner = CliRunner()
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 STATS = ("spearman", "shock_at_q", "gap_ratio")
 MARKS = ("best", "indistinguishable", "cheapest", "fails")
 

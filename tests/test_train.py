@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES, MNIST, ROOT
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -27,8 +28,6 @@ from resetassay.names import MANIFEST, STATE, WEIGHTS
 from resetassay.train.cbp import CBPConfig
 from resetassay.train.loop import TrainConfig, TrainingFailed, train, zoo_kwargs
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 runner = CliRunner()
 MATURITY = 20
 # digits: 1797 images, 898 held out, 899 for training; batch 32 -> ceil(899 / 32) = 29 steps per epoch
@@ -466,7 +465,7 @@ def test_tracked_is_the_utility_cbp_stored_where_it_resets_and_not_applicable_el
 
     from resetassay import run_assay
 
-    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "transformer" / "task4"
+    fixture = FIXTURES / "transformer" / "task4"
     result = run_assay([fixture], utilities=["tracked", "gxd", "oracle"], metrics=["l1"], progress=False)
     state = load_file(fixture / STATE)
     for layer in ("blocks.0.mlp.act", "blocks.1.mlp.act"):

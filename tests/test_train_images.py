@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import CIFAR
 from typer.testing import CliRunner
 
 from resetassay.cli import app
@@ -19,7 +20,6 @@ from resetassay.io.checkpoint import load_checkpoint
 from resetassay.pipeline.run import run_assay
 from resetassay.train.loop import TrainConfig, crop_and_flip, zoo_kwargs
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-images-jpg.tar.gz"
 CLASSES = ("ant", "bee", "cow")
 SIDE = 8
 runner = CliRunner()

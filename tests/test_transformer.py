@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.engines import assert_fast_equals_plain
+from helpers.paths import FIXTURES
 from torch import nn
 
 from resetassay import AssayConfig, assay_model
@@ -400,13 +401,12 @@ def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
 
 
 def test_inspect_lists_a_token_model_without_data_by_sequence_length():
-    from pathlib import Path
 
     from typer.testing import CliRunner
 
     from resetassay.cli import app
 
-    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "transformer" / "task2"
+    fixture = FIXTURES / "transformer" / "task2"
     result = CliRunner().invoke(app, ["inspect", str(fixture), "--seq-len", "8"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "blocks.1.attn.heads" in result.output and "blocks.1.mlp.fc_in" in result.output

@@ -10,12 +10,12 @@ layer, a CBP checkpoint with no mature units, a probe at chance.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from torch import nn
@@ -36,7 +36,6 @@ from resetassay.stats.verdict import (
     verdict_table,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CONFIG = AssayConfig(utilities=["gxd", "activation", "random", "oracle"], metrics=["l1"], joint=False)
 
 
