@@ -2,7 +2,7 @@
 
 The same examples through a `datasets` folder and through the tensor-file or image-folder sources must give the
 same calibration and probe tensors (the same seeded split): exactly for arrays, and for images decoded the same way.
-Skipped without the `datasets` package (the install hint is tested in test_data.py).
+Skipped without the `datasets` package (the install hint is tested in test_sources.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.paths import FIXTURES
 from safetensors.torch import save_file
 
 from resetassay.data import DataSpec
@@ -528,28 +527,6 @@ def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content, needle)
     with pytest.raises(BadInputError) as err:
         load_checkpoint(tmp_path / "ck")
     assert str(err.value).startswith(f"{manifest}: ") and needle in str(err.value) and "\n" not in str(err.value)
-
-
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"holdout_fraction": 5}, "data.holdout_fraction must be a number in (0, 1), got 5"),
-    ({"task": 1.0}, "data.task must be an integer >= 0, got 1.0"),
-    ({"source": "cifar"}, "data.source must be 'digits' or 'mnist' or 'fashion-mnist' or 'grammar', got 'cifar'"),
-    ({"data_dir": Path("x")}, "data.data_dir must be a string or null"),
-])
-def test_a_data_spec_checks_its_values_wherever_it_is_made(kwargs, needle):
-    with pytest.raises(BadInputError) as err:
-        DataSpec(**kwargs)
-    assert str(err.value).startswith(needle)
-
-
-def test_a_bad_data_value_on_the_command_line_exits_2_naming_it(tmp_path):
-    from typer.testing import CliRunner
-
-    from resetassay.cli import app
-    result = CliRunner().invoke(app, ["run", str(FIXTURES / "relu_mlp"), "--out", str(tmp_path), "--data", "digits",
-                                      "--permutation-seed", "-1", "--quiet"])
-    assert result.exit_code == 2
-    assert result.stderr.startswith("error: --permutation-seed -1: must be >= 0")
 
 
 # --- model factories ------------------------------------------------------------------------

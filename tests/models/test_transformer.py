@@ -1,9 +1,10 @@
-"""Transformers (SPEC S9): token and head unit layers, sequence logits, the zoo transformer, the grammar task.
+"""Transformers (SPEC S9): token and head unit layers, sequence logits, the zoo transformer through every stage.
 
 Every number is checked against plain torch: utilities by autograd on the model's own forward, shocks by a
 hand-written forward with one unit clamped, and the fast engine against the plain one on the zoo
 transformer (tolerance as in helpers/engines.py: rel 1e-5 of the largest shock; float64 models for the
-hand-computed values, atol/rtol 1e-6 as in test_utilities.py).
+hand-computed values, atol/rtol 1e-6 as in tests/scoring/test_registry.py). The grammar task's own tests are in
+tests/data/test_grammar.py, the sequence helpers' in tests/discovery/test_sequences.py.
 """
 
 from __future__ import annotations
@@ -18,16 +19,8 @@ from helpers.paths import FIXTURES
 from torch import nn
 
 from resetassay import AssayConfig, assay_model
-from resetassay.data.grammar import LENGTH, VOCAB, grammar_sequences, rule_table, vocabulary_permutation
-from resetassay.discovery.sequences import (
-    IGNORE,
-    PAD,
-    accuracy,
-    example_losses,
-    next_token_targets,
-    target_logits,
-    with_padding,
-)
+from resetassay.data.grammar import LENGTH, VOCAB, grammar_sequences
+from resetassay.discovery.sequences import IGNORE, example_losses, next_token_targets, target_logits, with_padding
 from resetassay.discovery.units import unit_layers
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
@@ -249,25 +242,6 @@ def test_assay_model_on_the_transformer_reports_next_token_accuracy():
                                refs["blocks.0.attn.heads"].double().mean(1), **TOL)
 
 
-def test_next_token_targets_leave_out_the_last_position_and_padding():
-    ids = torch.tensor([[5, 6, 7, 8], [1, 2, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    assert next_token_targets(ids).tolist() == [[6, 7, 8, IGNORE], [2, 0, 0, IGNORE]]
-    assert next_token_targets(ids, mask).tolist() == [[6, 7, 8, IGNORE], [2, IGNORE, IGNORE, IGNORE]]
-
-
-def test_sequence_losses_targets_and_accuracy_by_hand():
-    z = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([[1, 4, IGNORE], [0, IGNORE, IGNORE]])
-    assert target_logits(z, y).tolist() == pytest.approx([float(z[0, 0, 1] + z[0, 1, 4]), float(z[1, 0, 0])])
-    ce = F.cross_entropy
-    want = [float((ce(z[0, 0], y[0, 0]) + ce(z[0, 1], y[0, 1])) / 2), float(ce(z[1, 0], y[1, 0]))]
-    assert example_losses(z, y).tolist() == pytest.approx(want, rel=1e-6)
-    hits = [int(z[0, 0].argmax() == 1), int(z[0, 1].argmax() == 4), int(z[1, 0].argmax() == 0)]
-    assert accuracy(z, y) == pytest.approx(sum(hits) / 3)
-    assert math.isnan(accuracy(z, torch.full((2, 3), IGNORE)))
-
-
 def test_cbp_resets_mlp_neurons_and_leaves_heads_alone():
     model = _model(d_model=16, n_heads=2, n_layers=2).train()
     x, y = _data(32)
@@ -306,69 +280,6 @@ def test_clamping_an_mlp_neuron_equals_its_compensated_reset():
         fc_out.weight[:, i] = 0
         got = model(x)
     torch.testing.assert_close(got, want, **TOL)
-
-
-def test_grammar_tasks_relabel_one_language():
-    x0, y0 = grammar_sequences(0, 3, "train", 64)
-    x1, _ = grammar_sequences(1, 3, "train", 64)
-    assert x0.shape == (64, LENGTH) and x0.dtype == torch.int64 and int(x0.max()) < VOCAB
-    assert torch.equal(x0[:, :LENGTH // 2], x0[:, LENGTH // 2:])  # the second half repeats the first
-    assert torch.equal(y0[:, :-1], x0[:, 1:]) and (y0[:, -1] == IGNORE).all()
-    # undo each task's relabelling: both follow the same rule table most of the time
-    rule = torch.from_numpy(rule_table(3))
-    for task, x in ((0, x0), (1, x1)):
-        inverse = torch.from_numpy(vocabulary_permutation(task, 3)).argsort()
-        raw = inverse[x]
-        follows = (rule[raw[:, :6], raw[:, 1:7]] == raw[:, 2:8]).double().mean()
-        assert follows > 0.75
-    assert not torch.equal(x0, x1)
-    assert torch.equal(grammar_sequences(0, 3, "train", 64)[0], x0)
-    assert not torch.equal(grammar_sequences(0, 3, "holdout", 64)[0], x0)
-
-
-def test_grammar_is_a_built_in_data_source_recorded_like_permuted_tasks():
-    from resetassay.data import DataSpec, assay_data, data_spec
-    from resetassay.errors import BadInputError
-
-    spec = data_spec("grammar", task=2, permutation_seed=5)
-    assert spec.to_dict() == {**DataSpec().to_dict(), "source": "grammar", "task": 2, "permutation_seed": 5}
-    assert DataSpec.from_dict(spec.to_dict()) == spec
-    with pytest.warns(UserWarning, match="grammar task 2 has 512 held-out examples"):
-        split = assay_data(spec)
-    x, y = grammar_sequences(2, 5, "holdout")
-    assert split.calib_x.shape == (256, LENGTH) and split.calib_x.dtype == torch.int64
-    pick = {tuple(row) for row in x.tolist()}
-    assert all(tuple(row) in pick for row in split.probe_x.tolist())
-    assert torch.equal(split.probe_y[:, :-1], split.probe_x[:, 1:])
-    with pytest.raises(BadInputError, match="layout must be 'flat' for source 'grammar'"):
-        DataSpec(source="grammar", layout="image")
-
-
-def test_a_tensor_file_of_input_ids_is_token_data_with_next_token_targets(tmp_path):
-    from safetensors.torch import save_file
-
-    from resetassay.data import assay_data, data_spec
-    from resetassay.errors import BadInputError
-
-    ids, _ = grammar_sequences(0, 0, "holdout", 40)
-    save_file({"input_ids": ids.to(torch.int32), "attention_mask": torch.ones_like(ids)},
-              tmp_path / "tokens.safetensors")
-    split = assay_data(data_spec(str(tmp_path / "tokens.safetensors")), calib_size=20, probe_size=20)
-    assert split.calib_x.dtype == torch.int64 and split.calib_x.shape == (20, LENGTH)
-    assert torch.equal(split.calib_y, next_token_targets(split.calib_x))
-    labels = torch.arange(40) % 3
-    save_file({"input_ids": ids, "labels": labels}, tmp_path / "classify.safetensors")
-    split = assay_data(data_spec(str(tmp_path / "classify.safetensors")), calib_size=20, probe_size=20)
-    assert split.probe_y.shape == (20,) and set(split.probe_y.tolist()) <= {0, 1, 2}
-    mask = torch.ones_like(ids)
-    mask[0, -3:] = 0
-    save_file({"input_ids": ids, "attention_mask": mask}, tmp_path / "padded.safetensors")
-    split = assay_data(data_spec(str(tmp_path / "padded.safetensors")), calib_size=39, probe_size=1)
-    first = split.calib_x[0] if len(split.calib_x) and split.calib_x[0, -1] < 0 else split.probe_x[0]
-    assert first[-3:].tolist() == [PAD] * 3 and (first[:-3] >= 0).all()
-    save_file({"input_ids": ids.float()}, tmp_path / "floats.safetensors")
-    with pytest.raises(BadInputError, match="input_ids must be whole numbers"):
-        data_spec(str(tmp_path / "floats.safetensors"))
 
 
 def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
@@ -415,7 +326,6 @@ def test_inspect_lists_a_token_model_without_data_by_sequence_length():
     mlp = fixture.parents[1] / "relu_mlp" / "task2"
     result = CliRunner().invoke(app, ["inspect", str(mlp), "--seq-len", "8"])
     assert result.exit_code == 2 and "--seq-len: the model has no nn.Embedding" in result.output
-
 
 
 def _right_padded(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

@@ -155,3 +155,23 @@ def test_calib_and_probe_sizes_sample_in_python_as_probe_data_does_on_the_comman
     with pytest.raises(BadInputError, match="--probe-size 100 exceeds the 70 examples of the probe data") as err:
         assay_model(model, (x[:90], y[:90]), (x[90:], y[90:]), config=AssayConfig(probe_size=100))
     assert err.value.flag == "--probe-size"
+
+
+def test_assay_model_reads_dict_batches_as_tuples():
+    """A DataLoader of {"pixel_values", "labels"} dicts and one of (x, y) tuples give the same UnitTable."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from resetassay.models import create_model
+    from resetassay.pipeline.assay import AssayConfig, assay_model
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 16, generator=g), torch.randint(0, 3, (40,), generator=g)
+    model = create_model("mlp", in_features=16, widths=(6,), n_classes=3)
+    config = AssayConfig(utilities=["gxd", "oracle"], metrics=["l1"], joint=False)
+    tuples = [DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=8) for a, b in ((0, 20), (20, 40))]
+    dicts = [[{"pixel_values": xb, "labels": yb} for xb, yb in loader] for loader in tuples]
+    want = assay_model(model, *tuples, config=config).units
+    got = assay_model(model, *dicts, config=config).units
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(got, want)
