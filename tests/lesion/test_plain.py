@@ -1,4 +1,4 @@
-"""Lesions and shocks (SPEC S4) against hand-built modified models.
+"""Lesions and shocks (SPEC S4) against hand-built modified models: the plain engine, and joint lesions by both.
 
 A lesion of unit i clamps h_i to r_i. For a Linear consumer this equals the compensated reset
 (zero w_out[:, i], add w_out[:, i] * r_i to the consumer bias); for a Conv consumer without
@@ -20,7 +20,7 @@ from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.plain import clamped
-from resetassay.lesion.shocks import check_metrics, example_shocks, probe_logits
+from resetassay.lesion.shocks import probe_logits
 
 TOL = {"atol": 1e-10, "rtol": 1e-9}
 
@@ -213,24 +213,6 @@ def test_joint_shock_equals_model_with_all_selected_units_reset(selection, engin
     want = _expected_shocks(z, _compensated(model, CONSUMER, selection, refs)(probe).detach())
     for m in ("l1", "kl"):
         assert joint[m][0].item() == pytest.approx(want[m], rel=1e-9, abs=1e-12)
-
-
-def test_example_shocks_match_direct_formulas():
-    g = torch.Generator().manual_seed(9)
-    z, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    torch.testing.assert_close(example_shocks(z, z2, "l1"), (z.double() - z2.double()).abs().sum(1))
-    p, q = torch.softmax(z.double(), 1), torch.softmax(z2.double(), 1)
-    torch.testing.assert_close(example_shocks(z, z2, "kl").double(),
-                               (p * (p / q).log()).sum(1), atol=1e-10, rtol=1e-9)
-    with pytest.raises(BadInputError, match="l1, kl"):
-        example_shocks(z, z2, "l2")
-
-
-def test_check_metrics_rejects_unknown_names():
-    assert check_metrics(["kl", "l1"]) == ["kl", "l1"]
-    with pytest.raises(BadInputError) as err:
-        check_metrics(["l1", "js"])
-    assert "js" in str(err.value) and "l1" in str(err.value) and "kl" in str(err.value)
 
 
 def test_empty_probe_set_is_an_error():

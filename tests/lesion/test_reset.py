@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 import torch
 from helpers.paths import FIXTURES
-from scipy.stats import spearmanr
 from torch import nn
 
 import resetassay as ra
@@ -28,7 +27,6 @@ from resetassay.lesion import joint_shocks, unit_shocks
 from resetassay.lesion.reset import reset_sites, unit_generator
 from resetassay.lesion.shocks import example_shocks
 from resetassay.models import create_model
-from resetassay.report.interventions import agreement_table, differing_units
 
 TOL = {"rtol": 1e-6, "atol": 1e-12}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,28 +197,6 @@ def test_no_resettable_layer_and_an_unknown_intervention_are_bad_input_naming_th
                                             "read by stages.0.0.conv1 and by a residual skip\\)") as err:
         ra.assay_model(model, (x[:4], y[:4]), (x[4:], y[4:]), config=config, name="m")
     assert err.value.flag == "--intervention"
-
-
-def test_report_tables_of_clamp_against_reset_match_a_hand_computation():
-    rng = np.random.default_rng(0)
-    rows = []
-    for family, checkpoint in [("a", "a/1"), ("a", "a/2"), ("b", "b/1")]:
-        clamp = rng.random(9) + 0.1
-        rows.append(pd.DataFrame({"family": family, "checkpoint": checkpoint, "layer": "l", "unit": range(9),
-                                  "clamp_l1": clamp, "shock_l1": clamp * rng.uniform(0.5, 2, 9)}))
-    units = pd.concat(rows, ignore_index=True)
-    table = agreement_table(units, ["l1"])
-    for family, g in units.groupby("family"):
-        rho = [spearmanr(c["clamp_l1"], c["shock_l1"]).statistic for _, c in g.groupby("checkpoint")]
-        ratio = [np.median(c["shock_l1"] / c["clamp_l1"]) for _, c in g.groupby("checkpoint")]
-        row = table[table["family"] == family].iloc[0]
-        assert row["ρ(clamp, reset)"] == " / ".join(f"{v:.3f}" for v in rho)
-        assert row["median reset / clamp"] == " / ".join(f"{v:.3f}" for v in ratio)
-    top = differing_units(units, "l1", top=2)
-    gap = (units["shock_l1"] - units["clamp_l1"]).abs()
-    for family, g in top.groupby("family"):
-        want = units.loc[gap[units["family"] == family].nlargest(2).index]
-        assert g[["checkpoint", "unit"]].values.tolist() == want[["checkpoint", "unit"]].values.tolist()
 
 
 def test_command_line_records_the_intervention_and_the_report_compares_clamp_and_reset(tmp_path):

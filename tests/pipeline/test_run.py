@@ -11,12 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from helpers.paths import FIXTURES, ROOT
 from typer.testing import CliRunner
 
@@ -26,7 +24,7 @@ import resetassay.report
 from resetassay import run_assay
 from resetassay.cli import app
 from resetassay.errors import BadInputError
-from resetassay.io.rundir import IDENTITY, atomic_write
+from resetassay.io.rundir import IDENTITY
 from resetassay.names import PARTS, TABLES
 
 runner = CliRunner()
@@ -274,38 +272,6 @@ def test_temporary_files_of_a_killed_write_are_never_read_and_are_removed(tmp_pa
     assert keep.exists() and (out / PARTS / ".cache").is_dir()
 
 
-def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
-    def interrupted(src, dst):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(tmp_path / "part.json", "x" * 10_000)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, monkeypatch):
-    """pandas' csv reader would turn an interrupt into a ParserError: Ctrl-C is held while a part is saved."""
-    import resetassay.io.rundir as rundir
-
-    store = rundir.RunParts(tmp_path, {"config": {}})
-    tables = {name: pd.DataFrame({"checkpoint": ["c"], "x": [0.1]}) for name in TABLES}
-    write = rundir.atomic_write
-
-    def interrupted_write(path, text):
-        os.kill(os.getpid(), signal.SIGINT)  # arrives while the part is being written
-        write(path, text)
-
-    monkeypatch.setattr(rundir, "atomic_write", interrupted_write)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even where CI ignores SIGINT
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            store.save("k", tables)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    assert store.load("k")["summary"].equals(tables["summary"])
-
-
 def test_a_part_edited_by_hand_is_assayed_again(tmp_path, no_render, assayed):
     """Each part stores the sha256 of its tables: a hand edit that still parses is caught, not used."""
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
@@ -343,18 +309,6 @@ def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(t
     again = run_assay([ckpts], progress=False, out=out, **SMALL)
     fresh = run_assay([ckpts], progress=False, **SMALL)
     pd.testing.assert_frame_equal(again.units, fresh.units)
-
-
-def test_the_part_key_depends_on_config_name_path_and_file_digests(tmp_path):
-    with resetassay.io.rundir.RunParts(tmp_path / "a", {"config": {"seed": 0}}) as a, \
-            resetassay.io.rundir.RunParts(tmp_path / "b", {"config": {"seed": 1}}) as b:
-        base = a.key("c", Path("x/c"), {"model.safetensors": "00"})
-        assert base == a.key("c", Path("x/c"), {"model.safetensors": "00"})
-        others = [b.key("c", Path("x/c"), {"model.safetensors": "00"}),
-                  a.key("d", Path("x/c"), {"model.safetensors": "00"}),
-                  a.key("c", Path("y/c"), {"model.safetensors": "00"}),
-                  a.key("c", Path("x/c"), {"model.safetensors": "01"})]
-        assert len({base, *others}) == 5
 
 
 def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, no_render):
@@ -406,47 +360,3 @@ def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_sta
     assert "timings" not in json.loads((out / "run.json").read_text())
     run_assay([ckpts], progress=False, out=out, **SMALL)  # everything finished earlier: nothing timed
     assert json.loads((out / "timings.json").read_text())["checkpoints"] == {}
-
-
-def test_a_refusal_names_the_section_of_a_key_two_sections_share():
-    from resetassay.io.rundir import _differences
-
-    old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
-    new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
-    assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"
-
-
-def test_an_edited_work_item_is_not_reused(tmp_path):
-    """A torchrun work item carries the sha256 of its content (issue 24: an edited calibration item left by a killed
-    launch was reused without a check and the final tables differed from a clean run): an edit, or an item without
-    a checksum, is done again."""
-    from safetensors.torch import load_file, save_file
-
-    import resetassay.io.rundir as rundir
-
-    store = rundir.RunParts(tmp_path, {"config": {}})
-    key = "a" * 64
-    refs = {"layers.0.act": torch.arange(4.0), "ages": torch.tensor([1, 2], dtype=torch.int64)}
-    store.save_item(key, "calibration", refs, {"seconds": 1.5})
-    tensors, meta = store.load_item(key, "calibration")
-    assert torch.equal(tensors["layers.0.act"], refs["layers.0.act"]) and meta == {"seconds": 1.5}
-    path = tmp_path / PARTS / key / "calibration.safetensors"
-    with safe_open_metadata(path) as metadata:
-        edited = load_file(path)
-    edited["layers.0.act"][2] = 99.0
-    save_file(edited, path, metadata=metadata)
-    with pytest.warns(UserWarning, match="does not match its sha256"):
-        assert store.load_item(key, "calibration") is None
-    assert not path.exists()
-    save_file(refs, path, metadata={"meta": "{}"})  # written before items had a checksum
-    with pytest.warns(UserWarning, match="does not match its sha256"):
-        assert store.load_item(key, "calibration") is None
-    store.close()
-
-
-@contextmanager
-def safe_open_metadata(path: Path):
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        yield f.metadata()

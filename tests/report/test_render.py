@@ -1,8 +1,9 @@
-"""Reports people read (SPEC S5): aggregation over checkpoints and seeds, best-per-column marks, the q sweep,
-figures, and a self-contained report.html checked in a real headless browser.
+"""Reports people read (resetassay/report/render.py, SPEC S5): the files a render writes, the q sweep, figures,
+and a self-contained report.html checked in a real headless browser.
 
-Hand-made tables carry hand-worked answers (tolerance 1e-12 on sums of a few floats); a small
-real run (two fixtures, four utilities) checks the files a render writes.
+A small real run (two fixtures, four utilities) checks the files a render writes; its numbers are checked against
+summary.csv (tolerance 1e-12). The aggregation and the q sweep on hand-made tables are in tests/stats/test_summary.py,
+the cells and marks of the tables in test_blocks.py.
 """
 
 from __future__ import annotations
@@ -29,12 +30,9 @@ from typer.testing import CliRunner
 from resetassay import AssayConfig, assay_model
 from resetassay.cli import app
 from resetassay.models import mlp
-from resetassay.names import ALL, SUMMARY_COLUMNS, TABLES
+from resetassay.names import ALL, TABLES
 from resetassay.report import render
-from resetassay.report.blocks import best_cells, mean_se_text, stat_cell
-from resetassay.report.markdown import markdown_table
 from resetassay.report.render import is_current
-from resetassay.stats.summary import aggregate, checkpoint_stats, q_values, summary_at_q
 
 CHROMIUM = Path("/usr/bin/chromium")
 # .ci/run sets RESETASSAY_REQUIRE_CHROMIUM=1: there a missing browser fails the browser tests instead of skipping them
@@ -42,125 +40,6 @@ needs_chromium = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get
                                     reason="/usr/bin/chromium absent (apt-get install chromium)")
 TOL = 1e-12
 runner = CliRunner()
-
-
-def _summary_rows(rows: list[tuple]) -> pd.DataFrame:
-    """SummaryTable rows from (checkpoint, utility, metric, scope, spearman, shock_at_q, oracle) tuples."""
-    frame = pd.DataFrame(rows, columns=["checkpoint", "utility", "metric", "scope", "spearman", "shock_at_q",
-                                        "oracle_shock_at_q"])
-    frame["gap"] = frame["shock_at_q"] - frame["oracle_shock_at_q"]
-    frame["gap_ratio"] = frame["shock_at_q"] / frame["oracle_shock_at_q"]
-    frame["q"] = 0.05
-    return frame.reindex(columns=SUMMARY_COLUMNS)
-
-
-@pytest.fixture
-def hand_summary() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Family F: checkpoints a (step 1) and b (step 3); family G: checkpoint c (step 1)."""
-    summary = _summary_rows([
-        ("a", "gxd", "l1", ALL, 0.8, 2.0, 1.0), ("a", "gxd", "l1", "L0", 0.6, 2.0, 1.0),
-        ("a", "gxd", "l1", "L1", 0.7, 2.0, 1.0),
-        ("b", "gxd", "l1", ALL, 1.0, 4.0, 2.0), ("b", "gxd", "l1", "L0", 0.9, 4.0, 2.0),
-        ("b", "gxd", "l1", "L1", 1.0, 4.0, 2.0),
-        ("c", "gxd", "l1", ALL, 0.5, 3.0, 3.0), ("c", "gxd", "l1", "L0", 0.5, 3.0, 3.0),
-    ])
-    checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "family": ["F", "F", "G"], "step": [1.0, 3.0, 1.0]})
-    return summary, checkpoints
-
-
-def test_family_aggregate_is_mean_and_standard_error_over_checkpoints(hand_summary):
-    stats = checkpoint_stats(*hand_summary)
-    by_family = aggregate(stats, ["family"]).set_index("family")
-    f, g = by_family.loc["F"], by_family.loc["G"]
-    assert f["n"] == 2 and g["n"] == 1
-    # F: rho 0.8 and 1.0 -> mean 0.9, sd = 0.1414.., SE = sd / sqrt(2) = 0.1
-    assert f["spearman"] == pytest.approx(0.9, abs=TOL)
-    assert f["spearman_se"] == pytest.approx(0.1, abs=TOL)
-    # per-layer rho: a (0.6 + 0.7) / 2 = 0.65, b (0.9 + 1.0) / 2 = 0.95 -> mean 0.8, SE 0.15
-    assert f["layer_spearman"] == pytest.approx(0.8, abs=TOL)
-    assert f["layer_spearman_se"] == pytest.approx(0.15, abs=TOL)
-    # gaps 1.0 and 2.0 -> 1.5 ± 0.5; a single checkpoint has no SE
-    assert f["gap"] == pytest.approx(1.5, abs=TOL) and f["gap_se"] == pytest.approx(0.5, abs=TOL)
-    assert g["spearman"] == pytest.approx(0.5, abs=TOL) and math.isnan(g["spearman_se"])
-
-
-def test_aggregate_by_training_step_pools_only_checkpoints_of_that_step(hand_summary):
-    stats = checkpoint_stats(*hand_summary)
-    by_step = aggregate(stats, ["family", "step"]).set_index(["family", "step"])
-    assert by_step.loc[("F", 1.0), "spearman"] == pytest.approx(0.8, abs=TOL)
-    assert by_step.loc[("F", 3.0), "spearman"] == pytest.approx(1.0, abs=TOL)
-    assert by_step.loc[("G", 1.0), "n"] == 1
-    assert len(by_step) == 3
-
-
-def test_checkpoints_without_family_are_pooled_as_one(hand_summary):
-    stats = checkpoint_stats(hand_summary[0], pd.DataFrame())
-    by_family = aggregate(stats, ["family"])
-    assert len(by_family) == 1 and by_family["n"].iloc[0] == 3
-    assert by_family["spearman"].iloc[0] == pytest.approx((0.8 + 1.0 + 0.5) / 3, abs=TOL)
-
-
-def test_best_per_column_marks_only_a_unique_best_per_metric_ties_apart_and_never_the_oracle():
-    utilities = np.array(["gxd", "activation", "gxi", "oracle", "gxd", "activation", "oracle"])
-    metrics = np.array(["l1", "l1", "l1", "l1", "kl", "kl", "kl"])
-    rho = np.array([0.9, 0.5, 0.9, 1.0, 0.4, 0.7, 1.0])
-    shock = np.array([2.0, 1.0, 3.0, 0.5, np.nan, 4.0, 0.1])
-    best, tied = best_cells(rho, metrics, utilities, "max")
-    assert best.tolist() == [False, False, False, False, False, True, False]  # l1: gxd and gxi tie at 0.9
-    assert tied.tolist() == [True, False, True, False, False, False, False]
-    best, tied = best_cells(shock, metrics, utilities, "min")
-    assert best.tolist() == [False, True, False, False, False, True, False] and not tied.any()
-    assert not best_cells(rho, metrics, utilities, None)[0].any()
-
-
-def test_cells_show_values_below_three_checkpoints_and_mean_se_from_three():
-    assert stat_cell(np.array([0.5771, 0.805]), 2) == "0.577 / 0.805"
-    assert stat_cell(np.array([0.5, np.nan]), 2) == "0.500 (n=1)"
-    assert stat_cell(np.array([1.0, 2.0, 3.0]), 3) == "2.000 ± 0.577"
-    assert stat_cell(np.array([np.nan]), 1) == "n/a"
-
-
-def test_markdown_table_bolds_the_marked_cells():
-    table = pd.DataFrame({"utility": ["gxd", "activation"], "ρ": ["0.99", "0.5"]})
-    best = pd.DataFrame({"utility": [False, False], "ρ": [True, False]})
-    lines = markdown_table(table, best).splitlines()
-    assert lines[2] == "| gxd | **0.99** |" and lines[3] == "| activation | 0.5 |"
-
-
-@pytest.mark.parametrize(("args", "text"), [
-    ((0.987, 0.0014, 2, 2), "0.987 ± 0.001"),
-    ((0.00447, 0.0013, 2, 2), "(4.47 ± 1.30)e-03"),
-    ((0.5, 0.0001, 2, 2), "0.500 ± <0.001"),
-    ((0.5, math.nan, 1, 2), "0.500 (n=1)"),
-    ((math.nan, math.nan, 0, 2), "n/a"),
-])
-def test_cells_show_mean_se_and_n_only_when_some_are_missing(args, text):
-    assert mean_se_text(*args) == text
-
-
-def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
-    # One layer of 10 units: utility = unit index, shocks hand-picked.
-    shock = [0.5, 0.3, 0.9, 0.1, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0]
-    units = pd.DataFrame({"checkpoint": "a", "layer": "L", "unit": range(10), "mature": True,
-                          "u": [float(i) for i in range(10)], "shock_l1": shock})
-    stored = _summary_rows([("a", "u", "l1", ALL, 0.0, 0.0, 0.0)]).assign(joint_shock=7.0)
-    at_20 = summary_at_q(units, stored, 0.2, base_q=0.05).set_index("scope").loc[ALL]
-    # q = 0.2 -> k = 2: utility picks units 0, 1 (shocks 0.5, 0.3); the oracle picks 0.1 and 0.2.
-    assert at_20["shock_at_q"] == pytest.approx(0.4, abs=TOL)
-    assert at_20["oracle_shock_at_q"] == pytest.approx(0.15, abs=TOL)
-    assert at_20["overlap"] == 0.0
-    assert math.isnan(at_20["joint_shock"])
-    assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
-
-
-@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
-def test_bad_q_is_refused_naming_the_flag(text):
-    with pytest.raises(ValueError, match="--q"):
-        q_values(text)
-
-
-def test_q_list_keeps_order_and_drops_repeats():
-    assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
 
 
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):

@@ -1,4 +1,5 @@
-"""Summary statistics (SPEC S5) on hand-made UnitTables with hand-worked answers.
+"""Summary statistics (SPEC S5) on hand-made UnitTables with hand-worked answers: per checkpoint, across checkpoints
+and seeds (mean and SE per family or training step), and Shock@q at another q.
 
 Tolerances: 1e-12 absolute on sums of a few hand-written floats.
 """
@@ -13,8 +14,17 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata, sem
 
-from resetassay.names import ALL
-from resetassay.stats.summary import checkpoint_summary, k_at, mean_and_se, spearman
+from resetassay.names import ALL, SUMMARY_COLUMNS
+from resetassay.stats.summary import (
+    aggregate,
+    checkpoint_stats,
+    checkpoint_summary,
+    k_at,
+    mean_and_se,
+    q_values,
+    spearman,
+    summary_at_q,
+)
 
 TOL = 1e-12
 
@@ -238,3 +248,84 @@ def test_a_utility_that_applies_nowhere_does_not_empty_the_common_scope():
     assert (_row(summary, "u", "l1", "common").n_layers, _row(summary, "u", "l1", "common").n_units) == (1, 5)
     assert summary[(summary.utility == "w") & (summary.scope == "common")].empty
     assert _row(summary, "w", "l1", ALL).note == "not applicable to any layer"
+
+
+def _summary_rows(rows: list[tuple]) -> pd.DataFrame:
+    """SummaryTable rows from (checkpoint, utility, metric, scope, spearman, shock_at_q, oracle) tuples."""
+    frame = pd.DataFrame(rows, columns=["checkpoint", "utility", "metric", "scope", "spearman", "shock_at_q",
+                                        "oracle_shock_at_q"])
+    frame["gap"] = frame["shock_at_q"] - frame["oracle_shock_at_q"]
+    frame["gap_ratio"] = frame["shock_at_q"] / frame["oracle_shock_at_q"]
+    frame["q"] = 0.05
+    return frame.reindex(columns=SUMMARY_COLUMNS)
+
+
+@pytest.fixture
+def hand_summary() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Family F: checkpoints a (step 1) and b (step 3); family G: checkpoint c (step 1)."""
+    summary = _summary_rows([
+        ("a", "gxd", "l1", ALL, 0.8, 2.0, 1.0), ("a", "gxd", "l1", "L0", 0.6, 2.0, 1.0),
+        ("a", "gxd", "l1", "L1", 0.7, 2.0, 1.0),
+        ("b", "gxd", "l1", ALL, 1.0, 4.0, 2.0), ("b", "gxd", "l1", "L0", 0.9, 4.0, 2.0),
+        ("b", "gxd", "l1", "L1", 1.0, 4.0, 2.0),
+        ("c", "gxd", "l1", ALL, 0.5, 3.0, 3.0), ("c", "gxd", "l1", "L0", 0.5, 3.0, 3.0),
+    ])
+    checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "family": ["F", "F", "G"], "step": [1.0, 3.0, 1.0]})
+    return summary, checkpoints
+
+
+def test_family_aggregate_is_mean_and_standard_error_over_checkpoints(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_family = aggregate(stats, ["family"]).set_index("family")
+    f, g = by_family.loc["F"], by_family.loc["G"]
+    assert f["n"] == 2 and g["n"] == 1
+    # F: rho 0.8 and 1.0 -> mean 0.9, sd = 0.1414.., SE = sd / sqrt(2) = 0.1
+    assert f["spearman"] == pytest.approx(0.9, abs=TOL)
+    assert f["spearman_se"] == pytest.approx(0.1, abs=TOL)
+    # per-layer rho: a (0.6 + 0.7) / 2 = 0.65, b (0.9 + 1.0) / 2 = 0.95 -> mean 0.8, SE 0.15
+    assert f["layer_spearman"] == pytest.approx(0.8, abs=TOL)
+    assert f["layer_spearman_se"] == pytest.approx(0.15, abs=TOL)
+    # gaps 1.0 and 2.0 -> 1.5 ± 0.5; a single checkpoint has no SE
+    assert f["gap"] == pytest.approx(1.5, abs=TOL) and f["gap_se"] == pytest.approx(0.5, abs=TOL)
+    assert g["spearman"] == pytest.approx(0.5, abs=TOL) and math.isnan(g["spearman_se"])
+
+
+def test_aggregate_by_training_step_pools_only_checkpoints_of_that_step(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_step = aggregate(stats, ["family", "step"]).set_index(["family", "step"])
+    assert by_step.loc[("F", 1.0), "spearman"] == pytest.approx(0.8, abs=TOL)
+    assert by_step.loc[("F", 3.0), "spearman"] == pytest.approx(1.0, abs=TOL)
+    assert by_step.loc[("G", 1.0), "n"] == 1
+    assert len(by_step) == 3
+
+
+def test_checkpoints_without_family_are_pooled_as_one(hand_summary):
+    stats = checkpoint_stats(hand_summary[0], pd.DataFrame())
+    by_family = aggregate(stats, ["family"])
+    assert len(by_family) == 1 and by_family["n"].iloc[0] == 3
+    assert by_family["spearman"].iloc[0] == pytest.approx((0.8 + 1.0 + 0.5) / 3, abs=TOL)
+
+
+def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
+    # One layer of 10 units: utility = unit index, shocks hand-picked.
+    shock = [0.5, 0.3, 0.9, 0.1, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0]
+    units = pd.DataFrame({"checkpoint": "a", "layer": "L", "unit": range(10), "mature": True,
+                          "u": [float(i) for i in range(10)], "shock_l1": shock})
+    stored = _summary_rows([("a", "u", "l1", ALL, 0.0, 0.0, 0.0)]).assign(joint_shock=7.0)
+    at_20 = summary_at_q(units, stored, 0.2, base_q=0.05).set_index("scope").loc[ALL]
+    # q = 0.2 -> k = 2: utility picks units 0, 1 (shocks 0.5, 0.3); the oracle picks 0.1 and 0.2.
+    assert at_20["shock_at_q"] == pytest.approx(0.4, abs=TOL)
+    assert at_20["oracle_shock_at_q"] == pytest.approx(0.15, abs=TOL)
+    assert at_20["overlap"] == 0.0
+    assert math.isnan(at_20["joint_shock"])
+    assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
+def test_bad_q_is_refused_naming_the_flag(text):
+    with pytest.raises(ValueError, match="--q"):
+        q_values(text)
+
+
+def test_q_list_keeps_order_and_drops_repeats():
+    assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
