@@ -1,5 +1,5 @@
 """The run directory's parts (resetassay/io/rundir.py; DESIGN "Runs are resumable"): atomic writes, the part key,
-work items checked by their sha256, and a refusal that names what changed.
+work items checked by their sha256, a refusal that names what changed, and the tables as written.
 
 Runs resumed end to end are in tests/pipeline/test_run.py; run tables as parquet in test_rundir_parquet.py.
 """
@@ -106,3 +106,11 @@ def safe_open_metadata(path: Path):
 
     with safe_open(path, framework="pt") as f:
         yield f.metadata()
+
+
+def test_checkpoints_csv_writes_whole_steps_as_integers(run_dir):
+    """A training step is a count: `2`, not `2.0` (issue 24)."""
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "checkpoints.csv").read_text().splitlines()))
+    assert sorted({r["step"] for r in rows}) == ["2", "4"]

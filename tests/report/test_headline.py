@@ -141,11 +141,3 @@ def test_rendered_models_table_shows_the_probe_accuracy_of_checkpoints_csv(run_d
         row = next(line for line in first.splitlines() if line.startswith(f"| {family} |"))
         shown = sorted({f"{v:.1%}" for v in g["probe_accuracy"]})
         assert ("–".join(shown) if len(shown) > 1 else shown[0]) in row
-
-
-def test_checkpoints_csv_writes_whole_steps_as_integers(run_dir):
-    """A training step is a count: `2`, not `2.0` (issue 24)."""
-    import csv
-
-    rows = list(csv.DictReader((run_dir / "checkpoints.csv").read_text().splitlines()))
-    assert sorted({r["step"] for r in rows}) == ["2", "4"]
