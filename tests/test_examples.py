@@ -38,6 +38,7 @@ def test_state_dict_keys_and_shapes_are_torchvisions():
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
+@pytest.mark.slow
 def test_tracing_finds_every_call_of_the_shared_relu_and_fast_equals_plain():
     g = torch.Generator().manual_seed(0)
     calib_x, probe_x = torch.randn(16, 3, 32, 32, generator=g), torch.randn(12, 3, 32, 32, generator=g)

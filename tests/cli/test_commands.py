@@ -23,6 +23,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_writes_tables_report_and_figures(run_dir: Path) -> None:
     for name in ("units.csv", "summary.csv", "notes.csv", "checkpoints.csv", "run.json", "report.md",
                  "figures/regret.png", "figures/scatter_l1.png", "figures/scatter_kl.png"):
@@ -33,6 +34,7 @@ def test_run_writes_tables_report_and_figures(run_dir: Path) -> None:
     assert "gxd" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_gxd_ranks_better_than_activation_on_silu_mlp(run_dir: Path) -> None:
     """The paper's central claim (SPEC S6), on our SiLU fixture: GXD beats activation magnitude."""
     s = pd.read_csv(run_dir / "summary.csv")
@@ -41,6 +43,7 @@ def test_gxd_ranks_better_than_activation_on_silu_mlp(run_dir: Path) -> None:
     assert pooled["oracle"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_report_rerenders_from_tables_alone(run_dir: Path) -> None:
     (run_dir / "report.md").unlink()
     (run_dir / "figures" / "regret.png").unlink()
@@ -83,6 +86,7 @@ def test_python_dash_m_resetassay_is_the_command_line() -> None:
     assert done.returncode == 0 and "Usage: resetassay inspect" in done.stdout
 
 
+@pytest.mark.slow
 def test_run_ends_with_the_verdict_table(tmp_path):
     """The closing table is the report's verdict (SPEC S5b) per family and unit kind: the best by regret, those
     indistinguishable from it, the cheapest of them and those that fail, as verdict.csv holds them."""
@@ -99,6 +103,7 @@ def test_run_ends_with_the_verdict_table(tmp_path):
     assert "· channels" in table and f"{best['utility']} (" in table and "random" not in table
 
 
+@pytest.mark.slow
 def test_a_report_that_fails_to_draw_keeps_the_run_exit_0_with_one_warning_line(tmp_path, monkeypatch):
     """The assay succeeded: its tables stay, report.md and report.html are written without the figures and say
     why, the warning names the cause and the retry, and the exit code is the assay's (README "What happens

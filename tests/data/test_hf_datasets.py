@@ -91,6 +91,7 @@ def test_bad_folders_are_one_line_errors(tmp_path, make, message):
     assert message in str(caught.value) and "\n" not in str(caught.value) and caught.value.flag == "--data"
 
 
+@pytest.mark.slow
 def test_cli_run_on_a_datasets_folder(tmp_path):
     x, y = _digits()
     datasets.Dataset.from_dict({"pixel_values": x, "label": y}).save_to_disk(str(tmp_path / "hf"))

@@ -105,6 +105,7 @@ def test_bad_image_folders_are_one_line_errors(tmp_path):
     assert task_arrays(data_spec(str(folder), image_size=4), "holdout")[0].shape == (4, 3, 4, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} is absent")
 def test_cifar10_archive_of_jpegs():
     spec = data_spec(str(CIFAR), image_size=32, normalize="cifar10")

@@ -70,6 +70,7 @@ def _tapped(factory):
     return model, ids, tapped, layers, unit_references(tapped, layers, ids[:12])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("norm_first, activation", [(False, "relu"), (True, "gelu")])
 def test_encoder_lm_is_unfused_equal_and_its_heads_and_neurons_found(batch_first, norm_first, activation):
@@ -90,6 +91,7 @@ def test_encoder_lm_is_unfused_equal_and_its_heads_and_neurons_found(batch_first
     assert ours.keys() == theirs.keys() and all(ours[k] is theirs[k] for k in theirs)
 
 
+@pytest.mark.slow
 def test_lesions_of_encoder_heads_are_never_skipped_and_fast_equals_plain():
     model, ids, tapped, layers, refs = _tapped(EncoderLM)
     shocks = assert_fast_equals_plain(tapped, layers, refs, ids[12:])

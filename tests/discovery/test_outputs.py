@@ -41,6 +41,7 @@ def plain_units() -> dict[str, pd.DataFrame]:
             for engine in ("fast", "plain")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fast", "plain"])
 @pytest.mark.parametrize(("wrap", "output"), [("tuple", None), ("tuple", "0"), ("dict", None), ("dict", "logits"),
                                               ("object", None), ("object", "logits"), ("nested", "out.1")])
@@ -95,6 +96,7 @@ def _state(tmp_path, wrap: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_cli_run_reads_the_logits_with_output_and_matches_the_plain_run(tmp_path):
     common = ["--data", "digits", "--calib-size", "50", "--probe-size", "50", "--utilities", "gxd,oracle",
               "--no-joint", "--quiet"]

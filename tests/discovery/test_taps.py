@@ -96,6 +96,7 @@ RESNET_WIRING = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("factory", "shape"), [(resnet_tv, (1, 8, 8)), (list_mlp, (64,))])
 def test_fx_export_and_hooks_agree_on_models_with_activation_modules(factory, shape, caplog):
     calib_x, calib_y, probe_x = _data(shape)
@@ -173,6 +174,7 @@ class _AllActivations(nn.Module):
         return self.head(h)
 
 
+@pytest.mark.slow
 def test_fx_and_export_name_every_functional_activation_alike():
     calib_x, calib_y, probe_x = _data((6,))
     torch.manual_seed(0)

@@ -289,6 +289,7 @@ def test_graph_that_does_not_reproduce_the_model_falls_back_to_hooks_with_a_warn
 # --- lesions, references and utilities on the taps equal the hand-written forward -------------
 
 
+@pytest.mark.slow
 def test_each_relu_call_site_is_lesioned_on_its_own_and_equals_the_hand_written_forward():
     calib_x, _, probe_x, _ = _digits("image")
     model = resnet_tv().double()
@@ -428,6 +429,7 @@ def _invoke(args: list[str]):
     return result, result.output
 
 
+@pytest.mark.slow
 def test_cli_assays_a_foreign_resnet_state_dict_and_matches_the_hand_written_forward(tmp_path):
     """`resetassay run STATE.safetensors --model foreign_models:resnet_tv --data digits-image`."""
     model = resnet_tv(seed=7)
@@ -456,6 +458,7 @@ def test_cli_assays_a_foreign_resnet_state_dict_and_matches_the_hand_written_for
     assert not ((notes["layer"] == "layer1.0.relu@0") & (notes["utility"] == "contribution")).any()
 
 
+@pytest.mark.slow
 def test_cli_loads_a_pt_state_dict_with_extra_keys_and_globs_functional_layers(tmp_path):
     torch.save({**functional_mlp(seed=3).state_dict(), "optimizer.step": torch.tensor(9)}, tmp_path / "mlp.pt")
     out = tmp_path / "run"
@@ -470,6 +473,7 @@ def test_cli_loads_a_pt_state_dict_with_extra_keys_and_globs_functional_layers(t
     assert notes[notes.utility != "verdict"].empty  # Linear producer and consumer: every utility applies
 
 
+@pytest.mark.slow
 def test_cli_inspect_lists_call_sites_with_kind_units_producer_and_consumer(tmp_path):
     save_file(resnet_tv().state_dict(), tmp_path / "resnet.safetensors")
     args = ["inspect", str(tmp_path / "resnet.safetensors"), "--model", "helpers.foreign_models:resnet_tv",
@@ -484,6 +488,7 @@ def test_cli_inspect_lists_call_sites_with_kind_units_producer_and_consumer(tmp_
     assert "layer2.0.relu@1" in output and "layer1.0.relu@0" not in output
 
 
+@pytest.mark.slow
 def test_cli_assays_each_call_of_the_reused_module_of_an_untraceable_model(tmp_path):
     save_file(gated_mlp().state_dict(), tmp_path / "gated.safetensors")
     result, output = _invoke(["run", str(tmp_path / "gated.safetensors"), "--model", "helpers.foreign_models:gated_mlp",

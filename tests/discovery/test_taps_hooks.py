@@ -1,5 +1,5 @@
 """Unit discovery that does not give up (SPEC S1): the hook route (forced here; by default torch.export is tried
-first, tests/test_export_route.py) gives models fx cannot trace their unit layers.
+first, tests/discovery/test_taps.py) gives models fx cannot trace their unit layers.
 
 `tap_unit_layers` on a model with `if x.dim() != 2:` in forward (fx cannot trace it) counts the
 calls of its activation modules on the example batch and taps each call of a reused one. Expected
@@ -118,6 +118,7 @@ def test_a_later_forward_calling_a_module_more_often_is_refused_not_mixed():
     hooked(calib_x)  # counting starts again with each forward
 
 
+@pytest.mark.slow
 def test_references_and_shocks_equal_the_traced_twin_and_the_hand_written_forward():
     calib_x, _, probe_x = _data()
     hooked, layers, traced, twin_layers = _both()

@@ -66,6 +66,7 @@ def test_heads_and_mlp_neurons_are_declared_and_the_copy_equals_the_model(factor
     assert ours.keys() == theirs.keys() and all(ours[k] is theirs[k] for k in theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factory", [_gpt2, _llama])
 def test_fast_engine_equals_plain(factory):
     _, _, tapped, ids = _tapped(factory)
@@ -110,6 +111,7 @@ def test_gpt2_conv1d_weights_are_read_transposed():
     assert ("mc_adaptable", heads.name) in notes
 
 
+@pytest.mark.slow
 def test_assay_model_on_input_ids_with_every_utility():
     model, _, _, ids = _tapped(_llama)
     y = next_token_targets(ids)
@@ -137,6 +139,7 @@ def test_model_by_type_name_is_built_from_its_config_and_refuses_downloads():
 
 
 
+@pytest.mark.slow
 def test_right_padded_batches_give_what_each_sequence_gives_alone():
     """GPT-2 reads the attention mask of PAD-carrying ids: shocks and utilities of a padded batch are those of its
     sequences cut to their lengths (SPEC S9)."""

@@ -414,6 +414,7 @@ c.save_checkpoint(target, create_model("mlp", in_features=6, widths=[5, 4], n_cl
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["fsync", "rename"], ids=["while writing", "between the renames"])
 def test_a_save_killed_midway_leaves_no_mix_and_only_hidden_leftovers(tmp_path, point):
     _save_mlp(tmp_path / "ck")

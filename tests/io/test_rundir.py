@@ -108,6 +108,7 @@ def safe_open_metadata(path: Path):
         yield f.metadata()
 
 
+@pytest.mark.slow
 def test_checkpoints_csv_writes_whole_steps_as_integers(run_dir):
     """A training step is a count: `2`, not `2.0` (issue 24)."""
     import csv

@@ -52,6 +52,7 @@ def _same_bits(a: pd.DataFrame, b: pd.DataFrame) -> None:
             assert (a[column].to_numpy().view(np.int64) == b[column].to_numpy().view(np.int64)).all(), column
 
 
+@pytest.mark.slow
 def test_a_run_written_as_parquet_reads_back_as_its_csv_to_the_bit(in_memory, tmp_path):
     write_run(tmp_path / "csv", in_memory, {"config": {"q": 0.05}})
     write_run(tmp_path / "parquet", in_memory, {"config": {"q": 0.05}}, table_format="parquet")
@@ -100,6 +101,7 @@ def test_readers_prefer_the_format_run_json_records_else_whichever_exists(in_mem
     assert table_path(out, "units") == out / "units.parquet"  # the only one there
 
 
+@pytest.mark.slow
 def test_report_check_and_baseline_read_a_run_converted_to_parquet(run_dir, tmp_path):
     pytest.importorskip("pyarrow")
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))

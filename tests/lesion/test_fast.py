@@ -46,6 +46,7 @@ def case(request):
     return model, layers, refs, probe_x, unit_shocks(model, layers, refs, probe_x, METRICS, engine="plain")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_k", [1, 3, None])
 @pytest.mark.parametrize("shortcut", [True, False])
 def test_fast_engine_equals_plain_engine(case, max_k, shortcut) -> None:
@@ -53,6 +54,7 @@ def test_fast_engine_equals_plain_engine(case, max_k, shortcut) -> None:
     assert_fast_equals_plain(model, layers, refs, probe_x, plain=plain, max_k=max_k, shortcut=shortcut)
 
 
+@pytest.mark.slow
 def test_fast_engine_equals_plain_with_probe_chunks_smaller_than_the_probe_set(case) -> None:
     """A budget of a few rows forces several probe chunks: no clamp may leak across them."""
     model, layers, refs, probe_x, plain = case

@@ -101,6 +101,7 @@ def _hand_logits(model: nn.Module, ids: torch.Tensor, block: int, site: str, uni
     return model.head(model.ln_f(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("site, layer_name, unit", [("mlp", "blocks.1.mlp.act", 7),
                                                      ("heads", "blocks.0.attn.heads", 2)])
 def test_worked_example_shock_of_one_unit_by_hand(site, layer_name, unit):
@@ -146,6 +147,7 @@ def test_head_clamp_equals_a_plain_per_head_hook():
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"max_k": 3}, {"shortcut": False}, {"max_memory": 200_000}])
 def test_fast_engine_equals_plain_on_the_zoo_transformer(options):
     model = _model(n_layers=3, d_model=32, n_heads=2)
@@ -214,6 +216,7 @@ def test_utilities_of_token_and_head_units_by_autograd():
     assert ("mc_adaptable", "blocks.0.attn.heads") in notes and "blocks.0.mlp.act" in scores["mc_adaptable"]
 
 
+@pytest.mark.slow
 def test_gxd_all_is_not_applicable_beyond_max_classes_and_says_why():
     model = _model(d_model=16, n_heads=2, n_layers=1)
     x, y = _data(8)
@@ -224,6 +227,7 @@ def test_gxd_all_is_not_applicable_beyond_max_classes_and_says_why():
     assert result.units["gxd_all"].isna().all() and result.units["gxd"].notna().all()
 
 
+@pytest.mark.slow
 def test_assay_model_on_the_transformer_reports_next_token_accuracy():
     model = _model()
     x, y = _data(16)
@@ -282,6 +286,7 @@ def test_clamping_an_mlp_neuron_equals_its_compensated_reset():
     torch.testing.assert_close(got, want, **TOL)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
     """`resetassay run` on a plain state dict of a Hugging Face model built from its config, token data from a file."""
     transformers = pytest.importorskip("transformers")
@@ -337,6 +342,7 @@ def _right_padded(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return with_padding(ids, mask), next_token_targets(ids, mask), lengths
 
 
+@pytest.mark.slow
 def test_padding_is_left_out_of_references_utilities_and_shocks():
     """A right-padded batch gives what its sequences give one by one, cut to their lengths (a causal model: the pads
     never reach the tokens): references over real positions, per-example utilities, per-example shocks averaged over

@@ -68,6 +68,7 @@ def test_unit_shock_is_measured_on_the_probe_set(assayed):
     assert row["shock_l1"] == pytest.approx(want, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_joint_shock_of_every_utility_is_the_joint_lesion_of_its_own_selection(assayed):
     """Each (utility, metric) ALL row's joint Shock@q, the oracle's included, against the plain engine's joint
     shock of the units that utility selects: reading another utility's lesion would fail here."""
@@ -96,6 +97,7 @@ def test_summary_rows_come_from_the_unit_table(assayed):
     assert isinstance(result.units, pd.DataFrame) and row["n_units"] == len(result.units)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["plain", "fast"])
 def test_sampled_units_have_the_rows_of_the_full_assay(engine):
     """--units-per-layer lesions a seeded sample of each layer; each sampled unit's row (scores, reference,

@@ -78,6 +78,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(x[:160] / 16, dtype=torch.float32), torch.tensor(y[:160])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unlabelled", ["no label key", "labels all -1"])
 def test_unlabelled_file_equals_predicted_targets_on_the_labelled_one(tmp_path, digits, unlabelled):
     x, y = digits

@@ -119,6 +119,7 @@ def _wait_for_first_part(process: subprocess.Popen, out: Path, timeout: float = 
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_the_tables_of_an_uninterrupted_run(six, reference, tmp_path):
     out = tmp_path / "run"
     process = _start(six, out)
@@ -142,6 +143,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_tables_of_an_uninterrupted_run(six,
     assert _tables(out) == _tables(reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_checkpoints_and_says_how_to_resume(six, tmp_path):
     out = tmp_path / "run"
     process = _start(six, out)
@@ -158,6 +160,7 @@ def test_ctrl_c_keeps_finished_checkpoints_and_says_how_to_resume(six, tmp_path)
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_byte_identical_tables_and_run_json(six, reference, tmp_path):
     _run_in_process(six, tmp_path)
     assert _tables(tmp_path) == _tables(reference)
@@ -179,6 +182,7 @@ def test_run_json_records_seeds_versions_device_and_full_config(six, reference):
     assert info["failures"] == [] and not (reference / "failures.csv").exists()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_checkpoints_and_says_so(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -191,6 +195,7 @@ def test_rerun_skips_finished_checkpoints_and_says_so(tmp_path, no_render, assay
     pd.testing.assert_frame_equal(first.units, second.units)
 
 
+@pytest.mark.slow
 def test_final_tables_equal_the_in_memory_result(tmp_path, no_render):
     """The tables go through the parts on disk; their numbers round-trip exactly (float repr)."""
     ckpts = _copy(["silu_mlp"], tmp_path / "ck") / "silu_mlp"
@@ -200,6 +205,7 @@ def test_final_tables_equal_the_in_memory_result(tmp_path, no_render):
         assert (tmp_path / "run" / f"{name}.csv").read_text() == getattr(in_memory, name).to_csv(index=False), name
 
 
+@pytest.mark.slow
 def test_changed_checkpoint_file_is_assayed_again(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -212,6 +218,7 @@ def test_changed_checkpoint_file_is_assayed_again(tmp_path, no_render, assayed):
     assert len(_finished(out)) == 3  # the stale part stays on disk, unused
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_unless_overwrite(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -226,6 +233,7 @@ def test_changed_config_is_refused_unless_overwrite(tmp_path, no_render, assayed
     assert json.loads((out / "run.json").read_text())["config"]["seed"] == 1
 
 
+@pytest.mark.slow
 def test_run_directory_of_another_resetassay_version_is_refused(tmp_path, no_render, monkeypatch):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     run_assay([ckpts], progress=False, out=tmp_path / "run", **SMALL)
@@ -234,6 +242,7 @@ def test_run_directory_of_another_resetassay_version_is_refused(tmp_path, no_ren
         run_assay([ckpts], progress=False, out=tmp_path / "run", **SMALL)
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_by_the_cli_with_exit_2(tmp_path, no_render):
     ckpts = _copy(["cnn"], tmp_path / "ck") / "cnn"
     args = ["run", str(ckpts), "--out", str(tmp_path / "run"), "--utilities", "gxd", "--metrics", "l1",
@@ -246,6 +255,7 @@ def test_changed_config_is_refused_by_the_cli_with_exit_2(tmp_path, no_render):
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_unreadable_part_is_assayed_again(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -258,6 +268,7 @@ def test_unreadable_part_is_assayed_again(tmp_path, no_render, assayed):
     pd.testing.assert_frame_equal(first.units, second.units)
 
 
+@pytest.mark.slow
 def test_temporary_files_of_a_killed_write_are_never_read_and_are_removed(tmp_path, no_render, assayed):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -272,6 +283,7 @@ def test_temporary_files_of_a_killed_write_are_never_read_and_are_removed(tmp_pa
     assert keep.exists() and (out / PARTS / ".cache").is_dir()
 
 
+@pytest.mark.slow
 def test_a_part_edited_by_hand_is_assayed_again(tmp_path, no_render, assayed):
     """Each part stores the sha256 of its tables: a hand edit that still parses is caught, not used."""
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
@@ -289,6 +301,7 @@ def test_a_part_edited_by_hand_is_assayed_again(tmp_path, no_render, assayed):
     pd.testing.assert_frame_equal(first.units, second.units)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(tmp_path, no_render, monkeypatch):
     """task4's weights are swapped after the run hashed them and before it loads them; restoring them and
     rerunning must not reuse numbers of the swapped file."""
@@ -311,6 +324,7 @@ def test_a_checkpoint_replaced_during_the_run_is_filed_under_the_bytes_assayed(t
     pd.testing.assert_frame_equal(again.units, fresh.units)
 
 
+@pytest.mark.slow
 def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, no_render):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -324,6 +338,7 @@ def test_a_second_launch_on_the_same_out_is_refused_naming_the_first(tmp_path, n
     run_assay([ckpts], progress=False, out=out, overwrite=True, **SMALL)  # free again once released
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_the_parts_resetassay_wrote(tmp_path, no_render):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -337,6 +352,7 @@ def test_overwrite_deletes_only_the_parts_resetassay_wrote(tmp_path, no_render):
     assert mine.read_text() == "keep me\n" and target.read_text() == "{}\n"
 
 
+@pytest.mark.slow
 def test_a_run_over_some_of_the_checkpoints_of_an_out_says_the_tables_cover_only_those(tmp_path, no_render):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"
@@ -347,6 +363,7 @@ def test_a_run_over_some_of_the_checkpoints_of_an_out_says_the_tables_cover_only
     assert any("also holds" in n and "the tables cover only the 1 given" in n for n in notes), notes
 
 
+@pytest.mark.slow
 def test_timings_json_has_each_stage_of_each_assayed_checkpoint_and_run_json_stays_free_of_them(tmp_path):
     ckpts = _copy(["relu_mlp"], tmp_path / "ck") / "relu_mlp"
     out = tmp_path / "run"

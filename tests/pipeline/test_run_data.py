@@ -52,6 +52,7 @@ def _run(checkpoints: Path, out: Path, *args: str) -> tuple[pd.DataFrame, list[s
     return pd.read_csv(out / "checkpoints.csv"), warnings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", [[], ["--data", "mnist"]])
 def test_data_dir_re_points_each_record_and_the_recorded_tasks_win(trained, tmp_path, data):
     """`--data-dir D` alone, or with `--data mnist` (no --task): every checkpoint on its own task, read from D; the
@@ -66,6 +67,7 @@ def test_data_dir_re_points_each_record_and_the_recorded_tasks_win(trained, tmp_
     assert warnings == []
 
 
+@pytest.mark.slow
 def test_an_explicit_task_replaces_the_recorded_ones_with_a_warning_each(trained, tmp_path):
     checkpoints, moved = trained
     table, warnings = _run(checkpoints, tmp_path, "--data", "mnist", "--data-dir", str(moved), "--task", "0")
@@ -74,6 +76,7 @@ def test_an_explicit_task_replaces_the_recorded_ones_with_a_warning_each(trained
                         "warning: ckpts/task10: --task 0 replaces its recorded task 9"]
 
 
+@pytest.mark.slow
 def test_another_data_source_replaces_the_record_but_keeps_its_task(trained, tmp_path):
     checkpoints, moved = trained
     table, warnings = _run(checkpoints, tmp_path, "--data", "fashion-mnist", "--data-dir", str(moved))

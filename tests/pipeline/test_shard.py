@@ -25,6 +25,7 @@ from resetassay.pipeline.shard import CALIBRATION, assign, downstream_flops
 
 # Small chunks, so that each 64-unit layer is three work items (the last one short) spread over the ranks.
 CHUNK = 24
+pytestmark = pytest.mark.slow  # gloo ranks and torchrun: `-m "not slow"` leaves them out
 SMALL = {"utilities": ["gxd", "activation", "oracle"], "metrics": ["l1", "kl"], "calib_size": 64, "probe_size": 64,
          "progress": False}
 

@@ -107,6 +107,7 @@ def _layer_regret(units: pd.DataFrame, summary: pd.DataFrame, checkpoint: str, u
     return total / weight
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mlp-relu@digits", "mlp-silu@digits"])
 def test_rendered_report_opens_with_the_verdict_whose_regrets_are_recomputed_by_hand(run_dir, family):
     """The first screen of report.md (before "## Figures") holds the question, the answer, the rule and the
@@ -131,6 +132,7 @@ def test_rendered_report_opens_with_the_verdict_whose_regrets_are_recomputed_by_
     assert checked == 3
 
 
+@pytest.mark.slow
 def test_rendered_models_table_shows_the_probe_accuracy_of_checkpoints_csv(run_dir):
     """checkpoints.csv records each checkpoint's probe accuracy (argmax of its logits against the labels) and the
     number of classes; the headline's models table shows each family's range of the accuracy."""

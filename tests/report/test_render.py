@@ -42,6 +42,7 @@ TOL = 1e-12
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
     for name in ("report.md", "report.html", "aggregate.csv", "figures/regret.png",
                  "figures/spearman_heatmap.png", "figures/scatter_l1.png", "figures/scatter_kl.png",
@@ -52,6 +53,7 @@ def test_render_writes_documents_tables_and_every_figure(run_dir: Path):
     assert not (run_dir / "figures" / "shock_vs_step.png").exists()  # two steps make no trend
 
 
+@pytest.mark.slow
 def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
     """Independent recomputation with a plain pandas groupby over summary.csv and checkpoints.csv."""
     summary = pd.read_csv(run_dir / "summary.csv")
@@ -66,6 +68,7 @@ def test_aggregate_csv_matches_summary_means_per_family(run_dir: Path):
         assert table.loc[key, "n"] == row["count"] == 2
 
 
+@pytest.mark.slow
 def test_report_md_has_a_table_per_family_with_every_column_and_a_bold_best(run_dir: Path):
     text = (run_dir / "report.md").read_text()
     for heading in ("### mlp-relu@digits (2 checkpoints, steps 2, 4)",
@@ -94,6 +97,7 @@ def _shown_mean(cell: str) -> float:
     return float(cell.split(" ± ")[0])
 
 
+@pytest.mark.slow
 def test_report_md_numbers_are_the_family_means_of_summary_csv(run_dir: Path):
     """Each family's table shows, per utility and metric, the mean over its checkpoints of the pooled
     Spearman ρ and Shock@q in summary.csv (to the 3 decimals shown)."""
@@ -119,6 +123,7 @@ def test_report_md_numbers_are_the_family_means_of_summary_csv(run_dir: Path):
     assert checked == 2 * 2 * 2  # two families, two utilities, two metrics
 
 
+@pytest.mark.slow
 def test_report_html_is_self_contained_with_config_versions_and_provenance(run_dir: Path):
     page = (run_dir / "report.html").read_text()
     assert not re.search(r"""(src|href)=["'](?!data:)""", page), "every resource must be inline"
@@ -133,6 +138,7 @@ def test_report_html_is_self_contained_with_config_versions_and_provenance(run_d
         assert provenance in page
 
 
+@pytest.mark.slow
 def test_report_cli_sweep_recomputes_shock_at_each_q_and_says_joint_is_only_at_run_q(run_dir: Path,
                                                                                      tmp_path: Path):
     copy = tmp_path / "run"
@@ -162,6 +168,7 @@ def test_report_cli_sweep_recomputes_shock_at_each_q_and_says_joint_is_only_at_r
     assert not (copy / "sweep.csv").exists() and not (copy / "figures" / "shock_vs_q.png").exists()
 
 
+@pytest.mark.slow
 def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir: Path, tmp_path: Path):
     """A notebook's backend and open figures survive `import resetassay.report` and a render (figures.py
     draws on its own Figure objects, never through pyplot)."""
@@ -184,6 +191,7 @@ def test_render_keeps_the_callers_matplotlib_backend_and_pyplot_figures(run_dir:
     assert (copy / "figures" / "regret.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_svg_figures_are_drawn_once_each_with_progress_replacing_the_png_and_timed(run_dir: Path, tmp_path: Path):
     """--figures svg: each figure once, as SVG (linked by report.md, embedded by report.html), the PNGs of the
     earlier render removed, progress per figure, and timings.json's report stage beside the checkpoints'."""
@@ -204,6 +212,7 @@ def test_svg_figures_are_drawn_once_each_with_progress_replacing_the_png_and_tim
     assert all(seconds > 0 for seconds in timings["report"].values())
 
 
+@pytest.mark.slow
 def test_figures_none_draws_no_figure_imports_no_matplotlib_and_says_so(run_dir: Path, tmp_path: Path):
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
     script = (f"import sys, resetassay.report; resetassay.report.render({str(copy)!r}, figures='none'); "
@@ -217,6 +226,7 @@ def test_figures_none_draws_no_figure_imports_no_matplotlib_and_says_so(run_dir:
     assert "<img" not in (copy / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_report_is_current_until_a_table_changes_or_its_render_fails(run_dir: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
     """`report --log`'s rule (is_current); a failed render leaves the tables, a report.md saying why and no other
@@ -241,6 +251,7 @@ def test_a_report_is_current_until_a_table_changes_or_its_render_fails(run_dir: 
     assert not is_current(copy)  # so `report --log` draws it again
 
 
+@pytest.mark.slow
 def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
     """`assay_model(...).save(dir)` has no checkpoints.csv content (DESIGN "Python API"): one pooled family."""
     model = mlp(widths=(8, 8))
@@ -253,12 +264,14 @@ def test_in_memory_model_result_renders_without_checkpoint_info(tmp_path: Path):
     assert (tmp_path / "report.html").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q", ["0", "x"])
 def test_report_cli_bad_q_exits_2_naming_the_flag(run_dir: Path, q: str):
     result = runner.invoke(app, ["report", str(run_dir), "--q", q])
     assert result.exit_code == 2 and "--q" in result.output
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_html_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     shot = tmp_path / "report.png"
@@ -308,6 +321,7 @@ def _wide_run(out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 @needs_chromium
 @pytest.mark.parametrize("shape", ["two fixtures", "six families, fourteen utilities"])
 def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp_path: Path, shape: str):
@@ -330,6 +344,7 @@ def test_report_headline_fits_one_screen_in_headless_chromium(run_dir: Path, tmp
     assert 200 < bottom <= 900 and right <= 1400, (bottom, right)
 
 
+@pytest.mark.slow
 def test_a_50_layer_model_renders_every_figure_legibly(tmp_path: Path):
     """A deep MLP (50 unit layers, 4 sampled units each): the report renders; the layer heatmap gives every layer
     a row of at least 15 pixels (its labels cannot overlap)."""

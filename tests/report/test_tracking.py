@@ -29,6 +29,7 @@ from resetassay.names import POOLED_SCOPES
 from resetassay.report.tracking import BACKENDS, backend_names, log_run, metric_name, run_params, tracked
 
 runner = CliRunner()
+pytestmark = pytest.mark.slow  # the trackers and a rendered run: `-m "not slow"` leaves them out
 STATS = ("spearman", "shock_at_q", "gap_ratio")
 MARKS = ("best", "indistinguishable", "cheapest", "fails")
 

@@ -116,6 +116,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=TOL * max(1.0, want.abs().max().item()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "tiny_cnn", "cnn", "resnet", "transformer"])
 def test_gxd2_equals_finite_differences_of_the_target_logit(name):
     model, layers, x, y, refs = _setup(name)
@@ -192,6 +193,7 @@ def test_padding_is_left_out_of_gxd_ig_and_gxd2():
             _close(getattr(batch[layer.name], key).double(), want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "transformer"])
 def test_both_apply_to_every_zoo_model(name):
     g = torch.Generator().manual_seed(3)

@@ -131,6 +131,7 @@ def fixture_verdict() -> pd.DataFrame:
     return result._analysis.verdict
 
 
+@pytest.mark.slow
 def test_random_is_regret_one_and_the_oracle_zero_on_every_fixture(fixture_verdict):
     """SPEC S5b: R = 0 is the oracle, R = 1 random in expectation: on every fixture verdict the oracle's regret is
     exactly 0 and random's interval holds 1 (its mean over verdicts near 1)."""
@@ -141,6 +142,7 @@ def test_random_is_regret_one_and_the_oracle_zero_on_every_fixture(fixture_verdi
     assert 0.7 <= random["regret"].mean() <= 1.3
 
 
+@pytest.mark.slow
 def test_transformer_heads_keep_their_own_verdict(fixture_verdict):
     """mc_adaptable does not apply to heads; it no longer drops every head from the comparison: the heads have a
     verdict of their own over all of them, and mc_adaptable is compared on the neurons only."""
@@ -167,6 +169,7 @@ def _trained(model: nn.Module, steps: int = 150) -> nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow
 def test_near_dead_layers_leave_a_verdict_where_the_oracle_ratio_is_undefined():
     """Most units of both layers dead: the oracle resets only dead units (Shock@q 0), so every S5 ratio is NaN;
     the regret stays defined (the live units make the mean shock positive), gxd finds the dead units (regret

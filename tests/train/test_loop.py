@@ -61,6 +61,7 @@ def cbp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_three_task_cbp_run_writes_checkpoints_whose_state_loads_back(cbp_run: Path) -> None:
     """task<k> is the network after k tasks, probed on the task trained last (task 0 for the untrained one)."""
     with open(cbp_run / "accuracy.csv") as f:
@@ -212,6 +213,7 @@ def test_bad_train_input_exits_2_naming_the_flag(args: list[str], needle: str, t
     assert needle in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST IDX files not found at {MNIST}")
 def test_permuted_mnist_from_idx_files_trains_the_784_input_mlp(tmp_path: Path) -> None:
     data = DataSpec(source="mnist", data_dir=str(MNIST))
@@ -398,6 +400,7 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_saved_exits_130_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
     """A real `resetassay train` interrupted after its first checkpoint; the same command then resumes it here,
     with this process's one thread: only with the first run's thread count does it reproduce the kept ones."""
@@ -428,6 +431,7 @@ def test_ctrl_c_says_what_was_saved_exits_130_and_leaves_no_half_checkpoint(tmp_
     assert len(list(out.glob("task*"))) == tasks
 
 
+@pytest.mark.slow
 def test_transformer_trains_on_grammar_tasks_with_cbp_on_its_mlp_neurons(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--model", "transformer", "--data", "grammar", "--widths", "32,32",
                                  "--tasks", "2", "--optimizer", "adam", "--lr", "0.003", "--cbp",
@@ -460,6 +464,7 @@ def test_short_tasks_train_on_a_seeded_sample_of_each_task() -> None:
         _small(examples_per_task=0)
 
 
+@pytest.mark.slow
 def test_tracked_is_the_utility_cbp_stored_where_it_resets_and_not_applicable_elsewhere() -> None:
     from safetensors.torch import load_file
 

@@ -179,6 +179,7 @@ def test_a_folder_without_a_train_root_or_with_other_classes_is_refused(tmp_path
         TrainConfig("resnet", zoo_kwargs("resnet", spec), spec, tasks=2, checkpoint_in="epochs")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR.is_file(), reason="needs /work/shared/data/cifar10 (the shared data folder)")
 def test_the_cifar10_archive_sizes_a_resnet_for_its_ten_classes_and_trains_on_its_train_root() -> None:
     """Its held-out root (test, 10000 images) is what the assay probes (test_data's CIFAR test)."""
