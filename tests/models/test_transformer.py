@@ -317,7 +317,6 @@ def test_cli_runs_a_language_model_by_type_name_on_a_token_file(tmp_path):
 
 
 def test_inspect_lists_a_token_model_without_data_by_sequence_length():
-
     from typer.testing import CliRunner
 
     from resetassay.cli import app
