@@ -166,6 +166,7 @@ def test_same_command_twice_gives_byte_identical_tables_and_run_json(six, refere
     assert _tables(tmp_path) == _tables(reference)
 
 
+@pytest.mark.slow
 def test_run_json_records_seeds_versions_device_and_full_config(six, reference):
     info = json.loads((reference / "run.json").read_text())
     assert info["config"]["utilities"] == ["gxd", "activation", "random"] and info["config"]["seed"] == 0
