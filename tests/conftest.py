@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+from helpers.paths import FIXTURES
 
 
 @pytest.fixture(autouse=True)

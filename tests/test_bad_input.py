@@ -2,8 +2,8 @@
 or flag and what to do, exit code 2 for bad input and 1 for a failure during the run, and what finished is kept.
 
 Cases already covered elsewhere: a missing path, an unknown utility/metric, `--layers` matching nothing and a
-too-large `--calib-size` stop a run with exit 2 (test_cli.py); the loaders' refusals one by one
-(test_checkpoint.py, test_data.py). Here: each case from the command line, and a bad checkpoint among good ones.
+too-large `--calib-size` stop a run with exit 2 (tests/cli/test_commands.py); the loaders' refusals one by one
+(tests/io/test_checkpoint.py, tests/data/). Here: each case from the command line, and a bad checkpoint among good ones.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 import resetassay.report
@@ -26,7 +27,6 @@ from resetassay.cli import app
 from resetassay.names import FAILURES, MANIFEST, METRICS, PARTS, WEIGHTS
 from resetassay.scoring.registry import utility_names
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SMALL = ["--utilities", "gxd,activation", "--metrics", "l1", "--calib-size", "32", "--probe-size", "32",
          "--no-joint", "--quiet"]
 runner = CliRunner()
@@ -52,7 +52,7 @@ def _one_error(result, code: int, *needles: str) -> str:
 
 @pytest.fixture
 def no_render(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No figures in tests about which checkpoints are kept (rendering is tested in test_report.py)."""
+    """No figures in tests about which checkpoints are kept (rendering is tested in tests/report/test_render.py)."""
     monkeypatch.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
 
 
@@ -208,6 +208,7 @@ def test_layers_matching_nothing_mid_run_stops_keeping_the_finished_checkpoints(
     assert len([p for p in (tmp_path / "run" / PARTS).iterdir() if p.name != "config.json"]) == 1
 
 
+@pytest.mark.slow
 def test_nan_logits_are_reported_per_checkpoint_and_the_others_finish(tmp_path):
     shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
     _edited_copy(tmp_path / "ck" / "task3", lambda m: m.layers[1].linear.weight[3, 5].fill_(float("nan")))
@@ -222,6 +223,7 @@ def test_nan_logits_are_reported_per_checkpoint_and_the_others_finish(tmp_path):
     assert json.loads((run / "run.json").read_text())["failures"][0]["checkpoint"] == "ck/task3"
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_among_good_ones_exits_2_and_a_fixed_rerun_assays_only_it(tmp_path, no_render):
     shutil.copytree(FIXTURES / "relu_mlp", tmp_path / "ck", ignore=shutil.ignore_patterns("accuracy.csv"))
     shutil.copytree(FIXTURES / "relu_mlp" / "task2", tmp_path / "ck" / "task3")
@@ -336,6 +338,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_finished_parts(tmp_path, monke
     assert not [p for p in (out / PARTS).iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_a_path_given_twice_or_inside_another_is_assayed_once(tmp_path, no_render):
     out = tmp_path / "run"
     result = _run(FIXTURES / "relu_mlp", FIXTURES / "relu_mlp" / "task2", FIXTURES / "relu_mlp", out=out)
@@ -346,6 +349,7 @@ def test_a_path_given_twice_or_inside_another_is_assayed_once(tmp_path, no_rende
     assert pd.read_csv(out / "units.csv").groupby("checkpoint").size().nunique() == 1
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_error_line_shows_even_with_python_warnings_off(tmp_path):
     """The error line is printed, not warned: PYTHONWARNINGS=ignore cannot hide it."""
     ck = tmp_path / "ck"
@@ -389,6 +393,7 @@ def _cut_lines(path: Path, lines: int) -> None:
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-lines]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("table", "edit", "needle"), [
     ("units", lambda p: p.write_bytes(p.read_bytes()[:-40]), "units.csv: cut short"),  # was a traceback
     ("units", lambda p: pd.read_csv(p).drop(columns="mature").to_csv(p, index=False), "no column mature"),
@@ -411,6 +416,7 @@ def test_report_on_a_damaged_table_is_one_line_naming_it(tmp_path, table, edit, 
     assert (out / "report.md").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_a_half_precision_zoo_checkpoint_is_cast_like_a_state_dict(tmp_path, no_render, dtype):
     """A zoo checkpoint saved in float16/bfloat16 was refused ("is torch.float16, the model wants torch.float32")

@@ -8,18 +8,18 @@ tolerance of tests/helpers/engines.py, plus a floor of 2e-5 for BatchNorm foldin
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from helpers.engines import assert_fast_equals_plain
+from helpers.paths import ROOT
 
 from resetassay.discovery.taps import discovery_route, tap_unit_layers
 from resetassay.discovery.units import unit_layers
 from resetassay.pipeline.assay import sample_units
 from resetassay.scoring.reference import unit_references
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(ROOT))
 from examples.resnet18 import resnet18  # noqa: E402
 
 SITES = ["relu", *[f"layer{s}.{b}.relu@{k}" for s in range(1, 5) for b in range(2) for k in range(2)]]
@@ -38,6 +38,7 @@ def test_state_dict_keys_and_shapes_are_torchvisions():
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
 
+@pytest.mark.slow
 def test_tracing_finds_every_call_of_the_shared_relu_and_fast_equals_plain():
     g = torch.Generator().manual_seed(0)
     calib_x, probe_x = torch.randn(16, 3, 32, 32, generator=g), torch.randn(12, 3, 32, 32, generator=g)

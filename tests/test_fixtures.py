@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+from helpers.paths import FIXTURES
 
 
 def _make_fixtures():

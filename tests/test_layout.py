@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 import resetassay
 import resetassay.pipeline.assay
@@ -21,7 +22,6 @@ from resetassay.pipeline.assay import AssayConfig
 from resetassay.pipeline.run import run_assay, source_digest
 from resetassay.scoring.registry import utility_names
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, sys
 
@@ -43,6 +43,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_gate_rundir_and_stats_read_a_run_with_torch_and_captum_unimportable(small_run: Path, tmp_path: Path):
     script = BLOCK_TORCH + textwrap.dedent(f"""
         import matplotlib
@@ -109,6 +110,7 @@ def test_run_assay_applies_keyword_overrides_to_a_given_config(monkeypatch):
     assert (seen["config"].seed, seen["config"].q, seen["config"].metrics) == (3, 0.1, ["l1"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [resetassay.pipeline.assay, resetassay.pipeline.run])
 def test_public_api_examples_run(module, monkeypatch):
     monkeypatch.chdir(ROOT)

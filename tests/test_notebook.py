@@ -3,17 +3,14 @@ matplotlib Figures, the best utility per family, and typed tables."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from helpers.paths import FIXTURES
 from matplotlib.figure import Figure
 
 from resetassay.errors import BadInputError
 from resetassay.io.rundir import read_run
 from resetassay.pipeline.run import run_assay
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +19,7 @@ def result():
                      progress=False)
 
 
+@pytest.mark.slow
 def test_repr_html_is_the_first_screen(result):
     page = result._repr_html_()
     assert page.startswith("<p><code>AssayResult(4 checkpoints") and '<section id="headline">' in page
@@ -30,6 +28,7 @@ def test_repr_html_is_the_first_screen(result):
     assert "<img" not in page
 
 
+@pytest.mark.slow
 def test_best_is_the_indistinguishable_set_with_the_best_first_and_the_cheapest_marked(result):
     """`best()` (SPEC S5b): per family and unit kind, the utilities whose regret is indistinguishable from the lowest,
     one row each (never a comma-joined string), the best first, exactly one cheapest among them."""
@@ -54,6 +53,7 @@ def test_best_is_the_indistinguishable_set_with_the_best_first_and_the_cheapest_
         result.best("x")
 
 
+@pytest.mark.slow
 def test_plot_returns_the_reports_figures_unsaved(result, tmp_path):
     figures = result.plot()
     assert {"regret", "spearman_heatmap", "scatter_l1", "scatter_kl", "layer_heatmap"} <= set(figures)
@@ -63,6 +63,7 @@ def test_plot_returns_the_reports_figures_unsaved(result, tmp_path):
         result.plot("shock_at_q")
 
 
+@pytest.mark.slow
 def test_tables_read_back_with_their_dtypes(result, tmp_path):
     result.save(tmp_path)
     units = read_run(tmp_path)["units"]

@@ -8,11 +8,11 @@ import json
 import sys
 import zlib
 from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import pytest
 import torch
 from helpers.models import TinyCNN, TwoLayerMLP
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 import resetassay as ra
@@ -26,8 +26,6 @@ from resetassay.models import create_model, transformer
 from resetassay.scoring import registry as utilities
 from resetassay.scoring.reference import unit_references
 from resetassay.scoring.registry import UTILITIES, check_utilities, utility_names
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture

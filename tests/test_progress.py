@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
+
+from helpers.paths import FIXTURES
 
 from resetassay.pipeline.run import run_assay
 from resetassay.progress import plain_lines, rich_progress
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_plain_lines_print_first_last_and_at_most_one_per_interval():

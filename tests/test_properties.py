@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from helpers.engines import assert_fast_equals_plain
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ def assays(draw):
     return seed, widths, activation, layer_norm, n_probe, max_k
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(assays())
 def test_fast_and_plain_engines_agree_on_random_mlps_and_references(case) -> None:

@@ -1,0 +1,107 @@
+"""The data of one assay (resetassay/data/sources.py, SPEC S1): seeded disjoint calibration/probe sets and their
+default sizes, `data_spec` from the command line and the flags that do not apply to a source.
+
+Each source has its own file beside this one: test_permuted.py, test_tensor_files.py, test_images.py,
+test_factories.py, test_hf_datasets.py and test_grammar.py; the record of which data, test_spec.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from helpers.data import numbered_examples as _xy
+from helpers.data import one_line_error as _one_line_error
+from helpers.data import save_examples as _save
+
+from resetassay.data import DataSpec, assay_data, data_spec, split_calibration_probe, task_arrays
+from resetassay.errors import BadInputError
+
+
+def _ids(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.arange(n)
+    return ids.float().unsqueeze(1), ids
+
+
+def test_calibration_and_probe_are_disjoint_and_seeded():
+    x, y = _ids(300)
+    a = split_calibration_probe(x, y, calib_size=100, probe_size=120, seed=7)
+    calib, probe = set(a.calib_y.tolist()), set(a.probe_y.tolist())
+    assert len(calib) == 100 and len(probe) == 120 and not calib & probe
+    assert torch.equal(a.calib_x.squeeze(1).long(), a.calib_y)  # x and y stay paired
+    b = split_calibration_probe(x, y, calib_size=100, probe_size=120, seed=7)
+    assert torch.equal(a.calib_y, b.calib_y) and torch.equal(a.probe_y, b.probe_y)
+    c = split_calibration_probe(x, y, calib_size=100, probe_size=120, seed=8)
+    assert not torch.equal(a.calib_y, c.calib_y)
+    assert a.provenance["split_seed"] == 7
+    assert (a.provenance["calib_size"], a.provenance["probe_size"]) == (100, 120)
+
+
+def test_default_sizes_shrink_with_a_warning_when_data_is_small():
+    x, y = _ids(101)
+    with pytest.warns(UserWarning, match="101"):
+        a = split_calibration_probe(x, y, seed=0)
+    assert len(a.calib_y) == len(a.probe_y) == 50
+    assert not set(a.calib_y.tolist()) & set(a.probe_y.tolist())
+
+
+def test_default_sizes_on_digits_holdout_shrink_to_equal_shares():
+    x, y = task_arrays(DataSpec(), "holdout")
+    with pytest.warns(UserWarning, match="shrink"):
+        a = split_calibration_probe(x, y)
+    assert len(a.calib_x) == len(a.probe_x) == len(x) // 2
+    assert a.provenance["available"] == len(x)
+
+
+def test_default_sizes_are_2048_when_data_allows():
+    x, y = _ids(4100)
+    a = split_calibration_probe(x, y)
+    assert len(a.calib_y) == len(a.probe_y) == 2048
+
+
+@pytest.mark.parametrize("calib, probe", [(60, 50), (200, 1), (101, 1)])
+def test_explicit_size_the_data_cannot_supply_is_an_error(calib, probe):
+    x, y = _ids(101)
+    with pytest.raises(BadInputError, match="101"):
+        split_calibration_probe(x, y, calib_size=calib, probe_size=probe)
+
+
+@pytest.mark.parametrize("calib, probe", [(0, 5), (5, -1)])
+def test_non_positive_sizes_are_an_error(calib, probe):
+    x, y = _ids(50)
+    with pytest.raises(BadInputError, match="positive"):
+        split_calibration_probe(x, y, calib_size=calib, probe_size=probe)
+
+
+def test_builtin_names_still_give_the_same_spec_and_dict():
+    spec = data_spec("digits-image", 2, 5)
+    assert spec == DataSpec(layout="image", task=2, permutation_seed=5)
+    assert list(spec.to_dict()) == ["source", "layout", "task", "permutation_seed", "split_seed",
+                                    "holdout_fraction", "data_dir"]
+    x, y = task_arrays(DataSpec(), "holdout")
+    a, b = assay_data(DataSpec(), 30, 40, seed=2), split_calibration_probe(x, y, 30, 40, seed=2)
+    assert torch.equal(a.calib_x, b.calib_x) and a.provenance == {**b.provenance, "source": "digits task 0"}
+
+
+def test_flags_that_do_not_apply_are_refused(tmp_path):
+    x, y = _xy()
+    path = str(_save(tmp_path / "d.npz", x, y))
+    for call, field in ((lambda: data_spec("digits", probe=path), "probe"),
+                        (lambda: data_spec(path, image_size=4), "image_size"),
+                        (lambda: data_spec(path, kwargs={}), "data_kwargs"),
+                        (lambda: data_spec(path, probe=str(tmp_path)), "probe"),
+                        (lambda: data_spec("nonsense"), "data")):
+        assert _one_line_error(call, f"`{field}`").field == field
+    _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
+
+
+def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(tmp_path, monkeypatch):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    (folder / "state.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(BadInputError, match=r"pip install 'resetassay\[datasets\]'") as caught:
+        data_spec(str(folder))
+    assert caught.value.field == "data" and "\n" not in str(caught.value)

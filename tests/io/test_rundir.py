@@ -1,0 +1,117 @@
+"""The run directory's parts (resetassay/io/rundir.py; DESIGN "Runs are resumable"): atomic writes, the part key,
+work items checked by their sha256, a refusal that names what changed, and the tables as written.
+
+Runs resumed end to end are in tests/pipeline/test_run.py; run tables as parquet in test_rundir_parquet.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import resetassay
+from resetassay.io.rundir import atomic_write
+from resetassay.names import PARTS, TABLES
+
+
+def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_path, monkeypatch):
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "part.json", "x" * 10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, monkeypatch):
+    """pandas' csv reader would turn an interrupt into a ParserError: Ctrl-C is held while a part is saved."""
+    import resetassay.io.rundir as rundir
+
+    store = rundir.RunParts(tmp_path, {"config": {}})
+    tables = {name: pd.DataFrame({"checkpoint": ["c"], "x": [0.1]}) for name in TABLES}
+    write = rundir.atomic_write
+
+    def interrupted_write(path, text):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the part is being written
+        write(path, text)
+
+    monkeypatch.setattr(rundir, "atomic_write", interrupted_write)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even where CI ignores SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.save("k", tables)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert store.load("k")["summary"].equals(tables["summary"])
+
+
+def test_the_part_key_depends_on_config_name_path_and_file_digests(tmp_path):
+    with resetassay.io.rundir.RunParts(tmp_path / "a", {"config": {"seed": 0}}) as a, \
+            resetassay.io.rundir.RunParts(tmp_path / "b", {"config": {"seed": 1}}) as b:
+        base = a.key("c", Path("x/c"), {"model.safetensors": "00"})
+        assert base == a.key("c", Path("x/c"), {"model.safetensors": "00"})
+        others = [b.key("c", Path("x/c"), {"model.safetensors": "00"}),
+                  a.key("d", Path("x/c"), {"model.safetensors": "00"}),
+                  a.key("c", Path("y/c"), {"model.safetensors": "00"}),
+                  a.key("c", Path("x/c"), {"model.safetensors": "01"})]
+        assert len({base, *others}) == 5
+
+
+def test_a_refusal_names_the_section_of_a_key_two_sections_share():
+    from resetassay.io.rundir import _differences
+
+    old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
+    new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
+    assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"
+
+
+def test_an_edited_work_item_is_not_reused(tmp_path):
+    """A torchrun work item carries the sha256 of its content (issue 24: an edited calibration item left by a killed
+    launch was reused without a check and the final tables differed from a clean run): an edit, or an item without
+    a checksum, is done again."""
+    from safetensors.torch import load_file, save_file
+
+    import resetassay.io.rundir as rundir
+
+    store = rundir.RunParts(tmp_path, {"config": {}})
+    key = "a" * 64
+    refs = {"layers.0.act": torch.arange(4.0), "ages": torch.tensor([1, 2], dtype=torch.int64)}
+    store.save_item(key, "calibration", refs, {"seconds": 1.5})
+    tensors, meta = store.load_item(key, "calibration")
+    assert torch.equal(tensors["layers.0.act"], refs["layers.0.act"]) and meta == {"seconds": 1.5}
+    path = tmp_path / PARTS / key / "calibration.safetensors"
+    with safe_open_metadata(path) as metadata:
+        edited = load_file(path)
+    edited["layers.0.act"][2] = 99.0
+    save_file(edited, path, metadata=metadata)
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert store.load_item(key, "calibration") is None
+    assert not path.exists()
+    save_file(refs, path, metadata={"meta": "{}"})  # written before items had a checksum
+    with pytest.warns(UserWarning, match="does not match its sha256"):
+        assert store.load_item(key, "calibration") is None
+    store.close()
+
+
+@contextmanager
+def safe_open_metadata(path: Path):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        yield f.metadata()
+
+
+@pytest.mark.slow
+def test_checkpoints_csv_writes_whole_steps_as_integers(run_dir):
+    """A training step is a count: `2`, not `2.0` (issue 24)."""
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "checkpoints.csv").read_text().splitlines()))
+    assert sorted({r["step"] for r in rows}) == ["2", "4"]

@@ -1,0 +1,331 @@
+"""Summary statistics (SPEC S5) on hand-made UnitTables with hand-worked answers: per checkpoint, across checkpoints
+and seeds (mean and SE per family or training step), and Shock@q at another q.
+
+Tolerances: 1e-12 absolute on sums of a few hand-written floats.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import rankdata, sem
+
+from resetassay.names import ALL, SUMMARY_COLUMNS
+from resetassay.stats.summary import (
+    aggregate,
+    checkpoint_stats,
+    checkpoint_summary,
+    k_at,
+    mean_and_se,
+    q_values,
+    spearman,
+    summary_at_q,
+)
+
+TOL = 1e-12
+
+
+def _pearson_of_average_ranks(a, b) -> float:
+    return float(np.corrcoef(rankdata(a, method="average"), rankdata(b, method="average"))[0, 1])
+
+
+@pytest.mark.parametrize("u, s", [
+    ([1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0], [0.1, 0.4, 0.3, 0.3, 0.9, 0.2, 0.9]),
+    ([3.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 0.0]),
+    ([0.0, 0.0, 1.0], [5.0, 4.0, 3.0]),
+])
+def test_spearman_uses_average_ranks_for_ties(u, s):
+    rho, note = spearman(np.array(u), np.array(s))
+    assert note == ""
+    assert rho == pytest.approx(_pearson_of_average_ranks(u, s), abs=TOL)
+
+
+def test_spearman_of_constant_vector_is_nan_with_reason():
+    rho, note = spearman(np.array([2.0, 2.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+    assert math.isnan(rho) and "utility is constant" in note
+    rho, note = spearman(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.5, 0.5]))
+    assert math.isnan(rho) and "shock is constant" in note
+    rho, note = spearman(np.array([1.0]), np.array([1.0]))
+    assert math.isnan(rho) and note
+
+
+@pytest.mark.parametrize("n, q", [(20, "0.05"), (21, "0.05"), (3, "0.05"), (100, "0.07"),
+                                  (100, "0.05"), (7, "0.3"), (1, "0.5"), (10, "1")])
+def test_k_at_is_max_1_ceil_q_n_in_exact_arithmetic(n, q):
+    assert k_at(n, float(q)) == max(1, math.ceil(Fraction(q) * n))
+
+
+def _table() -> pd.DataFrame:
+    """Two layers; layer a unit 5 and layer b unit 0 are immature (and would otherwise win)."""
+    rows = [
+        # layer, unit, mature, u,   v,     shock_l1, shock_kl
+        ("a", 0, True, 0.2, 1.0, 1.0, 0.10),
+        ("a", 1, True, 0.1, 2.0, 4.0, 0.40),
+        ("a", 2, True, 0.3, 3.0, 2.0, 0.20),
+        ("a", 3, True, 0.1, 4.0, 0.8, 0.08),
+        ("a", 4, True, 0.1, 5.0, 0.5, 0.05),
+        ("a", 5, False, 0.0, 0.0, 9.0, 0.90),
+        ("b", 0, False, 0.0, math.nan, 0.1, 0.01),
+        ("b", 1, True, 0.7, math.nan, 0.2, 0.02),
+        ("b", 2, True, 0.6, math.nan, 5.0, 0.50),
+        ("b", 3, True, 0.6, math.nan, 1.5, 0.15),
+    ]
+    df = pd.DataFrame(rows, columns=["layer", "unit", "mature", "u", "v", "shock_l1", "shock_kl"])
+    df.insert(0, "checkpoint", "ck")
+    df["age"] = np.where(df["mature"], 100.0, 1.0)
+    df["reference"] = 0.0
+    return df
+
+
+def _row(summary: pd.DataFrame, utility: str, metric: str, scope: str) -> pd.Series:
+    hit = summary[(summary.utility == utility) & (summary.metric == metric) & (summary.scope == scope)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+def test_shock_at_q_worked_example():
+    # q = 0.25. Mature: a has 5 units -> k = ceil(1.25) = 2; b has 3 -> k = ceil(0.75) = 1.
+    # u selects in a: the lowest u = 0.1 is shared by units 1, 3, 4 -> index order -> {1, 3};
+    #   in b: 0.6 shared by units 2, 3 -> {2}. (Immature a5, b0 have the lowest u: excluded.)
+    # oracle (shock_l1) selects in a: 0.5 (unit 4), 0.8 (unit 3) -> {3, 4}; in b: 0.2 -> {1}.
+    # Shock@q(u)      = mean(4.0, 0.8, 5.0) = 9.8 / 3   (pooled over units, not layer means)
+    # Shock@q(oracle) = mean(0.5, 0.8, 0.2) = 0.5
+    # overlap = mean(|{1,3} & {3,4}| / 2, |{2} & {1}| / 1) = mean(0.5, 0) = 0.25
+    summary = checkpoint_summary(_table(), ["u", "oracle"], ["l1"], q=0.25)
+    row = _row(summary, "u", "l1", ALL)
+    assert row.n_units == 8
+    assert row.shock_at_q == pytest.approx(9.8 / 3, abs=TOL)
+    assert row.oracle_shock_at_q == pytest.approx(0.5, abs=TOL)
+    assert row.gap == pytest.approx(9.8 / 3 - 0.5, abs=TOL)
+    assert row.gap_ratio == pytest.approx((9.8 / 3) / 0.5, abs=TOL)
+    assert row.overlap == pytest.approx(0.25, abs=TOL)
+    assert row.q == 0.25 and row.checkpoint == "ck"
+
+    layer_a = _row(summary, "u", "l1", "a")
+    assert layer_a.shock_at_q == pytest.approx((4.0 + 0.8) / 2, abs=TOL)
+    assert layer_a.oracle_shock_at_q == pytest.approx((0.5 + 0.8) / 2, abs=TOL)
+    assert layer_a.overlap == pytest.approx(0.5, abs=TOL)
+    assert layer_a.n_units == 5
+    layer_b = _row(summary, "u", "l1", "b")
+    assert layer_b.shock_at_q == pytest.approx(5.0, abs=TOL)
+    assert layer_b.oracle_shock_at_q == pytest.approx(0.2, abs=TOL)
+    assert layer_b.overlap == 0.0
+
+    oracle = _row(summary, "oracle", "l1", ALL)
+    assert oracle.shock_at_q == pytest.approx(0.5, abs=TOL)
+    assert oracle.gap == pytest.approx(0.0, abs=TOL) and oracle.overlap == 1.0
+    assert oracle.spearman == pytest.approx(1.0, abs=TOL)
+
+
+def test_spearman_in_summary_pools_mature_units_and_is_per_layer():
+    df = _table()
+    summary = checkpoint_summary(df, ["u"], ["l1", "kl"], q=0.25)
+    mature = df[df.mature]
+    for metric in ("l1", "kl"):
+        pooled = _row(summary, "u", metric, ALL)
+        want = _pearson_of_average_ranks(mature["u"], mature[f"shock_{metric}"])
+        assert pooled.spearman == pytest.approx(want, abs=TOL)
+        for layer in ("a", "b"):
+            g = mature[mature.layer == layer]
+            want = _pearson_of_average_ranks(g["u"], g[f"shock_{metric}"])
+            assert _row(summary, "u", metric, layer).spearman == pytest.approx(want, abs=TOL)
+
+
+def test_utility_not_applicable_to_a_layer_is_left_out_with_a_note():
+    # v is NaN on layer b: ALL covers layer a only, k_a = 2 -> v picks units 0, 1 (v = 1, 2).
+    summary = checkpoint_summary(_table(), ["v"], ["l1"], q=0.25)
+    row = _row(summary, "v", "l1", ALL)
+    assert row.n_units == 5
+    assert row.shock_at_q == pytest.approx((1.0 + 4.0) / 2, abs=TOL)
+    assert row.oracle_shock_at_q == pytest.approx((0.5 + 0.8) / 2, abs=TOL)
+    assert "not applicable: b" in row.note
+    assert set(summary.scope) == {ALL, "common", "a"}
+
+
+def test_constant_utility_gives_nan_spearman_with_reason_in_summary():
+    df = _table()
+    df["flat"] = 1.0
+    summary = checkpoint_summary(df, ["flat"], ["l1"], q=0.25)
+    row = _row(summary, "flat", "l1", ALL)
+    assert math.isnan(row.spearman)
+    assert "constant" in row.note
+    # ties everywhere: selection falls back to unit index -> a {0, 1}, b {1}
+    assert row.shock_at_q == pytest.approx((1.0 + 4.0 + 0.2) / 3, abs=TOL)
+
+
+def test_joint_shock_is_reported_on_the_pooled_row_only():
+    summary = checkpoint_summary(_table(), ["u"], ["l1"], q=0.25, joint={("u", "l1"): 7.5})
+    assert _row(summary, "u", "l1", ALL).joint_shock == 7.5
+    assert math.isnan(_row(summary, "u", "l1", "a").joint_shock)
+
+
+def test_missing_utility_column_is_not_applicable_to_any_layer():
+    summary = checkpoint_summary(_table(), ["absent"], ["l1"])
+    assert len(summary) == 1
+    assert summary.iloc[0].n_units == 0 and "not applicable" in summary.iloc[0].note
+
+
+def test_oracle_shock_at_q_is_a_lower_bound_for_every_utility():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        sizes = {"x": int(rng.integers(1, 15)), "y": int(rng.integers(1, 15))}
+        rows = []
+        for layer, n in sizes.items():
+            for unit in range(n):
+                rows.append({"checkpoint": "c", "layer": layer, "unit": unit,
+                             "mature": bool(rng.random() > 0.2) or unit == 0,
+                             "age": 1.0, "reference": 0.0,
+                             "u1": float(rng.integers(0, 3)), "u2": float(rng.random()),
+                             "shock_l1": float(rng.integers(0, 4)), "shock_kl": float(rng.random())})
+        df = pd.DataFrame(rows)
+        q = float(rng.choice([0.05, 0.2, 0.5]))
+        summary = checkpoint_summary(df, ["u1", "u2"], ["l1", "kl"], q=q)
+        assert len(summary) > 0
+        assert (summary.oracle_shock_at_q <= summary.shock_at_q + 1e-12).all(), trial
+        assert (summary.gap >= -1e-12).all(), trial
+        defined = summary.overlap.notna()
+        assert summary.overlap[defined].between(0, 1).all(), trial
+        assert summary.note[~defined].str.contains("top-k overlap undefined where shock is constant").all(), trial
+
+
+def test_mean_and_se_match_numpy_and_scipy():
+    values = pd.Series([1.0, 2.5, math.nan, 4.0, -0.5])
+    mean, se, n = mean_and_se(values)
+    clean = np.array([1.0, 2.5, 4.0, -0.5])
+    assert n == 4
+    assert mean == pytest.approx(np.mean(clean), abs=TOL)
+    assert se == pytest.approx(float(sem(clean)), abs=TOL)
+    assert se == pytest.approx(np.std(clean, ddof=1) / 2.0, abs=TOL)
+    mean, se, n = mean_and_se(pd.Series([3.0]))
+    assert (mean, n) == (3.0, 1) and math.isnan(se)
+    mean, se, n = mean_and_se(pd.Series([math.nan]))
+    assert n == 0 and math.isnan(mean) and math.isnan(se)
+
+
+def test_top_k_overlap_is_nan_with_a_note_where_every_shock_is_equal():
+    """All-zero shocks: the oracle's pick is a tie-break by unit index, so an overlap of 1.0 would be an
+    artefact of that rule, not agreement (SPEC S5)."""
+    units = _table()
+    units.loc[units["layer"] == "b", "shock_l1"] = 0.0
+    summary = checkpoint_summary(units, ["u"], ["l1"], q=0.25)
+    layer_b = _row(summary, "u", "l1", "b")
+    assert math.isnan(layer_b.overlap) and "top-k overlap undefined where shock is constant" in layer_b.note
+    pooled = _row(summary, "u", "l1", ALL)
+    assert pooled.overlap == _row(summary, "u", "l1", "a").overlap  # layer b left out of the pooled mean
+    assert "(b)" in pooled.note
+    units["shock_l1"] = 0.0
+    pooled = _row(checkpoint_summary(units, ["u"], ["l1"], q=0.25), "u", "l1", ALL)
+    assert math.isnan(pooled.overlap) and "(every layer)" in pooled.note
+
+
+def test_common_scope_pools_only_the_layers_where_every_utility_applies():
+    """`v` does not apply to layer b: the common rows of every utility cover layer a alone (SPEC S5 coverage),
+    while each utility's ALL row keeps its own layers; n_layers and n_units say so."""
+    summary = checkpoint_summary(_table(), ["u", "v", "oracle"], ["l1"], q=0.25)
+    for utility in ("u", "v", "oracle"):
+        common = _row(summary, utility, "l1", "common")
+        layer_a = _row(summary, utility, "l1", "a")
+        assert (common.n_layers, common.n_units) == (1, 5)
+        for stat in ("spearman", "shock_at_q", "oracle_shock_at_q", "gap", "overlap"):
+            assert common[stat] == pytest.approx(layer_a[stat], abs=TOL), (utility, stat)
+        assert math.isnan(common.joint_shock)
+    assert (_row(summary, "u", "l1", ALL).n_layers, _row(summary, "u", "l1", ALL).n_units) == (2, 8)
+    assert _row(summary, "v", "l1", ALL).n_layers == 1
+    alone = checkpoint_summary(_table(), ["u", "oracle"], ["l1"], q=0.25)
+    for stat in ("spearman", "shock_at_q", "gap"):  # every utility applies everywhere: common = ALL
+        assert _row(alone, "u", "l1", "common")[stat] == _row(alone, "u", "l1", ALL)[stat]
+
+
+def test_a_utility_that_applies_nowhere_does_not_empty_the_common_scope():
+    """`w` is NaN everywhere (not applicable to any layer, like mc_adaptable behind BatchNorm): the common scope
+    is still every layer where `u` and `v` apply (layer a), and `w` gets no common row of its own."""
+    units = _table().assign(w=math.nan)
+    summary = checkpoint_summary(units, ["u", "v", "w", "oracle"], ["l1"], q=0.25)
+    assert (_row(summary, "u", "l1", "common").n_layers, _row(summary, "u", "l1", "common").n_units) == (1, 5)
+    assert summary[(summary.utility == "w") & (summary.scope == "common")].empty
+    assert _row(summary, "w", "l1", ALL).note == "not applicable to any layer"
+
+
+def _summary_rows(rows: list[tuple]) -> pd.DataFrame:
+    """SummaryTable rows from (checkpoint, utility, metric, scope, spearman, shock_at_q, oracle) tuples."""
+    frame = pd.DataFrame(rows, columns=["checkpoint", "utility", "metric", "scope", "spearman", "shock_at_q",
+                                        "oracle_shock_at_q"])
+    frame["gap"] = frame["shock_at_q"] - frame["oracle_shock_at_q"]
+    frame["gap_ratio"] = frame["shock_at_q"] / frame["oracle_shock_at_q"]
+    frame["q"] = 0.05
+    return frame.reindex(columns=SUMMARY_COLUMNS)
+
+
+@pytest.fixture
+def hand_summary() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Family F: checkpoints a (step 1) and b (step 3); family G: checkpoint c (step 1)."""
+    summary = _summary_rows([
+        ("a", "gxd", "l1", ALL, 0.8, 2.0, 1.0), ("a", "gxd", "l1", "L0", 0.6, 2.0, 1.0),
+        ("a", "gxd", "l1", "L1", 0.7, 2.0, 1.0),
+        ("b", "gxd", "l1", ALL, 1.0, 4.0, 2.0), ("b", "gxd", "l1", "L0", 0.9, 4.0, 2.0),
+        ("b", "gxd", "l1", "L1", 1.0, 4.0, 2.0),
+        ("c", "gxd", "l1", ALL, 0.5, 3.0, 3.0), ("c", "gxd", "l1", "L0", 0.5, 3.0, 3.0),
+    ])
+    checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "family": ["F", "F", "G"], "step": [1.0, 3.0, 1.0]})
+    return summary, checkpoints
+
+
+def test_family_aggregate_is_mean_and_standard_error_over_checkpoints(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_family = aggregate(stats, ["family"]).set_index("family")
+    f, g = by_family.loc["F"], by_family.loc["G"]
+    assert f["n"] == 2 and g["n"] == 1
+    # F: rho 0.8 and 1.0 -> mean 0.9, sd = 0.1414.., SE = sd / sqrt(2) = 0.1
+    assert f["spearman"] == pytest.approx(0.9, abs=TOL)
+    assert f["spearman_se"] == pytest.approx(0.1, abs=TOL)
+    # per-layer rho: a (0.6 + 0.7) / 2 = 0.65, b (0.9 + 1.0) / 2 = 0.95 -> mean 0.8, SE 0.15
+    assert f["layer_spearman"] == pytest.approx(0.8, abs=TOL)
+    assert f["layer_spearman_se"] == pytest.approx(0.15, abs=TOL)
+    # gaps 1.0 and 2.0 -> 1.5 ± 0.5; a single checkpoint has no SE
+    assert f["gap"] == pytest.approx(1.5, abs=TOL) and f["gap_se"] == pytest.approx(0.5, abs=TOL)
+    assert g["spearman"] == pytest.approx(0.5, abs=TOL) and math.isnan(g["spearman_se"])
+
+
+def test_aggregate_by_training_step_pools_only_checkpoints_of_that_step(hand_summary):
+    stats = checkpoint_stats(*hand_summary)
+    by_step = aggregate(stats, ["family", "step"]).set_index(["family", "step"])
+    assert by_step.loc[("F", 1.0), "spearman"] == pytest.approx(0.8, abs=TOL)
+    assert by_step.loc[("F", 3.0), "spearman"] == pytest.approx(1.0, abs=TOL)
+    assert by_step.loc[("G", 1.0), "n"] == 1
+    assert len(by_step) == 3
+
+
+def test_checkpoints_without_family_are_pooled_as_one(hand_summary):
+    stats = checkpoint_stats(hand_summary[0], pd.DataFrame())
+    by_family = aggregate(stats, ["family"])
+    assert len(by_family) == 1 and by_family["n"].iloc[0] == 3
+    assert by_family["spearman"].iloc[0] == pytest.approx((0.8 + 1.0 + 0.5) / 3, abs=TOL)
+
+
+def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
+    # One layer of 10 units: utility = unit index, shocks hand-picked.
+    shock = [0.5, 0.3, 0.9, 0.1, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0]
+    units = pd.DataFrame({"checkpoint": "a", "layer": "L", "unit": range(10), "mature": True,
+                          "u": [float(i) for i in range(10)], "shock_l1": shock})
+    stored = _summary_rows([("a", "u", "l1", ALL, 0.0, 0.0, 0.0)]).assign(joint_shock=7.0)
+    at_20 = summary_at_q(units, stored, 0.2, base_q=0.05).set_index("scope").loc[ALL]
+    # q = 0.2 -> k = 2: utility picks units 0, 1 (shocks 0.5, 0.3); the oracle picks 0.1 and 0.2.
+    assert at_20["shock_at_q"] == pytest.approx(0.4, abs=TOL)
+    assert at_20["oracle_shock_at_q"] == pytest.approx(0.15, abs=TOL)
+    assert at_20["overlap"] == 0.0
+    assert math.isnan(at_20["joint_shock"])
+    assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
+def test_bad_q_is_refused_naming_the_flag(text):
+    with pytest.raises(ValueError, match="`q`"):
+        q_values(text)
+
+
+def test_q_list_keeps_order_and_drops_repeats():
+    assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
