@@ -80,6 +80,11 @@ REQUIRED = {"units": ("checkpoint", "layer", "unit", "mature"), "summary": tuple
             "notes": tuple(NOTE_COLUMNS), "checkpoints": ("checkpoint",)}
 TEXT = {"units": ("checkpoint", "layer", "kind", "mature"), "summary": ("checkpoint", "utility", "metric", "scope",
                                                                         "note")}
+# checkpoints.csv is mostly text (paths, data records); these of its columns are numbers where present
+NUMBERS = {"checkpoints": ("step", "split_available", "split_calib_size", "split_probe_size", "probe_accuracy",
+                           "n_classes")}
+KEYS = {"units": ("checkpoint", "layer", "unit"), "summary": ("checkpoint", "utility", "metric", "scope"),
+        "checkpoints": ("checkpoint",)}  # each row's identity: no two rows share it
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -265,11 +270,11 @@ def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
         try:
             tables[name] = read_table(path)
         except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-            raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
+            raise BadInputError(f"{path}: unreadable table ({' '.join(str(err).split())}); rerun the assay") from err
         except Exception as err:  # pyarrow's errors (ArrowInvalid: not a parquet file) share no base with these
             if type(err).__module__.split(".")[0] != "pyarrow":
                 raise
-            raise BadInputError(f"{path}: unreadable table ({err}); rerun the assay") from err
+            raise BadInputError(f"{path}: unreadable table ({' '.join(str(err).split())}); rerun the assay") from err
         if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
             raise BadInputError(f"{path}: empty table; rerun the assay")
         _check_table(name, tables[name], path)
@@ -291,11 +296,22 @@ def _check_table(name: str, table: pd.DataFrame, path: Path) -> None:
         raise BadInputError(f"{path}: no column {', '.join(missing)}; is it the {name} table of a `resetassay run`?")
     if table.empty:  # a header alone: what a reader of that table refuses, it refuses in its own words
         return
+    for column in REQUIRED.get(name, ()) if name in TEXT else ():  # the keys of a row: never empty
+        if table[column].isna().any():
+            line = int(table.index[table[column].isna()][0]) + 2
+            raise BadInputError(f"{path}: column {column} is empty on line {line} (a row cut short?); rerun the "
+                                "assay, or restore the file")
     if name == "units" and table["mature"].dtype != bool:
         raise BadInputError(f"{path}: column mature holds {_first_bad(table['mature'], bool)}, not True/False; "
                             "rerun the assay, or restore the file")
-    for column in table.columns if name in TEXT else ():
-        if column not in TEXT[name] and not pd.api.types.is_numeric_dtype(table[column]):
+    if name in KEYS and (repeated := table.duplicated(list(KEYS[name]), keep="first")).any():
+        line = int(table.index[repeated][0]) + 2
+        raise BadInputError(f"{path}: line {line} repeats the {', '.join(KEYS[name])} of an earlier row; rerun the "
+                            "assay, or restore the file")
+    numbers = [c for c in table.columns if c not in TEXT[name]] if name in TEXT else [
+        c for c in NUMBERS.get(name, ()) if c in table]
+    for column in numbers:
+        if not pd.api.types.is_numeric_dtype(table[column]):
             raise BadInputError(f"{path}: column {column} holds {_first_bad(table[column], float)}, not a number; "
                                 "rerun the assay, or restore the file")
 
@@ -321,8 +337,11 @@ def _first_bad(column: pd.Series, kind: type) -> str:
 def _check_summary_covers(units: pd.DataFrame, summary: pd.DataFrame, config: dict, path: Path) -> None:
     """Every checkpoint of units.csv has, for every utility and metric of the run (run.json's config, and those of
     summary.csv), its ALL row in summary.csv: a summary cut at a line boundary lacks some."""
-    if units.empty or summary.empty:
+    if units.empty:
         return
+    if summary.empty:
+        raise BadInputError(f"{path}: no rows, while units.csv holds {units['checkpoint'].nunique()} checkpoints; the "
+                            "table is incomplete — rerun the assay, or restore the file")
     pairs = set(zip(summary["utility"], summary["metric"], strict=True))
     if isinstance(config.get("utilities"), list) and isinstance(config.get("metrics"), list):
         pairs |= {(str(u), str(m)) for u in config["utilities"] for m in config["metrics"]}
