@@ -351,7 +351,7 @@ def unit_scores(
     layers: list[UnitLayer],
     stats: dict[str, LayerStats],
 ) -> tuple[Scores, dict[tuple[str, str], str]]:
-    """Scores[utility][layer] `(n_units,)` and the reasons for utilities that do not apply."""
+    """`Scores[utility][layer]` `(n_units,)` and the reasons for utilities that do not apply."""
     scores: dict[str, dict[str, torch.Tensor]] = {}
     notes: dict[tuple[str, str], str] = {}
     for name in names:
