@@ -48,12 +48,12 @@ _CODE = re.compile(r"(`[^`]*`)")
 
 
 def _escape(text: str) -> str:
-    """Help text as literal markdown: characters markdown would read (`*`, `[`, `<`, `|`, `_` at word edges) are
-    escaped outside `code` spans, which stay code."""
+    """Help text as literal markdown: characters markdown would read (`*`, `[`, `|`, `_` at word edges) are
+    escaped, `<`, `>` and `&` written as entities, outside `code` spans, which stay code."""
     parts = _CODE.split(text)
     for i in range(0, len(parts), 2):
-        part = parts[i].replace("\\", "\\\\")
-        for char in "*[]<>|":
+        part = parts[i].replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        for char in "*[]|":
             part = part.replace(char, "\\" + char)
         parts[i] = re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", part)
     return "".join(parts)

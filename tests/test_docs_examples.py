@@ -176,7 +176,7 @@ def test_the_cli_reference_is_generated_from_every_command_verbatim():
         for param in command.params:
             assert f"| `{param.get_help_record(ctx)[0]}` |" in text, (name, param.name)
     for verbatim in ("resetassay\\[torchvision\\]", "resetassay\\[parquet\\]", "pkg.mod:factory",
-                     "package.module:factory", "\\[FAMILY:\\]UTILITY:METRIC:STAT\\>=VALUE"):
+                     "package.module:factory", "\\[FAMILY:\\]UTILITY:METRIC:STAT&gt;=VALUE"):
         assert verbatim in text, verbatim
     assert reference.MARK in (ROOT / "docs" / "reference" / "cli.md").read_text()
     assert reference.on_page_markdown(f"a\n{reference.MARK}\nb", None) == f"a\n{text}\nb"
