@@ -100,7 +100,8 @@ PLUGINS: dict[str, str] = {}  # utilities registered by the user: name -> where 
 
 def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor],
                      needs: tuple[str, ...] | frozenset[str] = (), source: str | None = None) -> None:
-    """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
+    """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (docs/guide/extending.md "Your own
+    utility").
 
     `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
     P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3; gxi_signed and gxd_signed, the per-example
