@@ -190,3 +190,33 @@ def test_the_report_figure_list_is_read_from_the_report_captions():
     assert all(f"`figures/{name}.png`" in table for name in FIGURE_CAPTIONS)
     assert hooks.REPORT_FIGURES in (ROOT / "docs" / "guide" / "report.md").read_text()
     assert all((ROOT / source).is_file() for source in hooks.FIGURES.values())
+
+
+def _cells(row: str) -> int:
+    """The cells of a markdown table row: `|` separates, except escaped (`\\|`) or inside a code span."""
+    count, code, i = 1, False, 0
+    while i < len(row):
+        if row[i] == "\\":
+            i += 2
+            continue
+        code ^= row[i] == "`"
+        count += row[i] == "|" and not code
+        i += 1
+    return count
+
+
+def test_every_table_row_has_its_header_s_columns():
+    """A `|` in a cell (E|h − r|) must be escaped, or the row grows a column and the table breaks."""
+    broken = []
+    for page in PAGES:
+        lines, fence = page.read_text().splitlines(), False
+        for i, line in enumerate(lines[:-1]):
+            fence ^= line.strip().startswith("```")
+            if fence or not line.startswith("|") or not re.match(r"^\|(\s*:?-+:?\s*\|)+\s*$", lines[i + 1]):
+                continue
+            for j in range(i + 1, len(lines)):
+                if not lines[j].startswith("|"):
+                    break
+                if _cells(lines[j]) != _cells(line):
+                    broken.append(f"{page.relative_to(ROOT)}:{j + 1}")
+    assert not broken, broken
