@@ -3,7 +3,8 @@
 Per fixture checkpoint: the seconds of one calibration pass computing GXD alone (what `gxd` costs) and of
 `greedy.greedy_selection` at --q (default m, and --greedy-every if given), each the best of --repeat runs (the
 machine is shared and noisy), with the number of rounds (calibration passes) the greedy made. The joint Shock@q
-numbers of the README come from `resetassay run fixtures/... --utilities gxd,gxd_greedy,oracle`, not from here.
+numbers of docs/guide/utilities.md come from `resetassay run fixtures/... --utilities gxd,gxd_greedy,oracle`, not
+from here.
 
     python benchmarks/greedy_cost.py [--q 0.05] [--greedy-every M] [--repeat 3] [--json FILE]
 """

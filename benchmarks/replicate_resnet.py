@@ -9,7 +9,7 @@ stage; default 8-16-32-64 x 1: ResNet-18's four stages at an eighth of its width
 60/120/160/200 of 200). `resetassay.run_assay` then assays each checkpoint on its held-out `test` root (its data
 record, no --data): `--calib`/`--probe` images (default 1024 each), every built-in utility of a backprop checkpoint,
 L1 and KL, at most `--units-per-layer` units per layer when given. The defaults fit about an hour on 2 CPU cores
-shared with other work (the README's "The residual case" has the measured times). Both steps resume (`--work`, default
+shared with other work (docs/replication/resnet-cifar10.md has the measured times). Both steps resume (`--work`, default
 reports/replication/work/resnet_cifar10, not committed): `train` keeps the checkpoints on disk and retrains from the
 start only when one is missing, the assay keeps finished checkpoints and is redone when resetassay's code changed.
 It writes into `--publish` (default reports/replication/resnet_cifar10):

@@ -1,1 +1,1 @@
-"""Example models for the README and benchmarks: `--model examples.resnet18:resnet18` from the repository root."""
+"""Example models for the docs and benchmarks: `--model examples.resnet18:resnet18` from the repository root."""

@@ -1,4 +1,5 @@
-"""The README's worked example: train examples/resnet18.py briefly on CIFAR-10 JPEGs, then assay it from Python.
+"""The worked example of docs/guide/checkpoints.md: train examples/resnet18.py briefly on CIFAR-10 JPEGs, then
+assay it from Python.
 
     python examples/cifar10_resnet18.py ARCHIVE [--epochs 1] [--out runs/cifar10-resnet18]
 

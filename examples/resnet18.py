@@ -1,5 +1,5 @@
-"""ResNet-18 with torchvision's architecture and state-dict keys, without torchvision (README worked example,
-benchmarks/lesion_speed.py).
+"""ResNet-18 with torchvision's architecture and state-dict keys, without torchvision (the worked example of
+docs/guide/checkpoints.md, benchmarks/lesion_speed.py).
 
 The layout follows torchvision.models.resnet18 — a 7x7/2 stem convolution with BatchNorm, one ReLU and a
 3x3/2 max-pool; four stages of two BasicBlocks (64, 128, 256, 512 channels, stride 2 from the second

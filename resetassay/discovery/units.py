@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from resetassay.discovery.hooks import capture
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, did_you_mean
 
 ACTIVATION_TYPES = (
     nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.ELU, nn.Sigmoid, nn.Softplus,
@@ -167,9 +168,18 @@ def select_specs(specs: list[UnitLayerSpec], patterns: list[str] | None) -> list
         return specs
     chosen = [s for s in specs if any(fnmatch.fnmatchcase(s.module, p) for p in patterns)]
     if not chosen:
-        names = ", ".join(s.module for s in specs) or "none"
-        raise BadInputError(f"`layers` {','.join(patterns)} matched no unit layer; available: {names}", field="layers")
+        names = [s.module for s in specs]
+        raise BadInputError(f"`layers` {','.join(patterns)} matched no unit layer{_close_layers(patterns, names)}; "
+                            f"available: {', '.join(names) or 'none'}", field="layers")
     return chosen
+
+
+def _close_layers(patterns: list[str], names: list[str]) -> str:
+    """" (did you mean ...?)" for layer names close to `patterns`; a glob is compared with the names' globs
+    (`layers.*.actt` -> `layers.*.act`: the names with their indices as `*`)."""
+    if any(c in p for p in patterns for c in "*?["):
+        names = list(dict.fromkeys(re.sub(r"\d+", "*", n) for n in names))
+    return did_you_mean(patterns, names)
 
 
 def is_conv1d(module: nn.Module) -> bool:

@@ -16,8 +16,9 @@ file replaced meanwhile can never be filed under another file's hash. Saving wri
 beside the target and renames it into place, so a reader or a crash never sees old and new files mixed.
 
 The manifest is checked against `MANIFEST_SCHEMA`, a small table of fields and tests written here rather
-than a pydantic model: a dozen fields do not need a dependency, and each error line reads as the README
-promises (`C/manifest.json: step.task must be an integer >= 0, got -1; regenerate the checkpoint`). The
+than a pydantic model: a dozen fields do not need a dependency, and each error line reads as
+docs/guide/troubleshooting.md promises (`C/manifest.json: step.task must be an integer >= 0, got -1; regenerate the
+checkpoint`). The
 fields of "data" are checked by `DataSpec` itself, so a spec built from the command line is checked too.
 """
 
@@ -107,8 +108,8 @@ MANIFEST_SCHEMA: dict[str, Field] = {
 
 
 def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_utility: str | None = None) -> str:
-    """The report family of a checkpoint: its model and its training (README "Families"), e.g. `mlp-relu` (plain
-    backprop on permuted MNIST), `mlp-silu-ln+cbp-gxd`, `cnn-relu-bn@fashion-mnist`: the model's label
+    """The report family of a checkpoint: its model and its training (docs/guide/training.md "Families"), e.g.
+    `mlp-relu` (plain backprop on permuted MNIST), `mlp-silu-ln+cbp-gxd`, `cnn-relu-bn@fashion-mnist`: the model's label
     (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless MNIST."""
     cbp = f"+cbp-{cbp_utility}" if cbp_utility else ""
     where = f"@{data.source}" if data is not None and data.source != PAPER_DATA else ""

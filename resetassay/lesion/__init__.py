@@ -68,7 +68,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
                 max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
                 advance: Advance | None = None, units: UnitChoice | None = None,
                 intervention: Intervention = "clamp", seed: int = 0, targets: torch.Tensor | None = None) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
+    """`Shocks[metric][layer]` `(n_units,)`: each unit of each layer clamped alone to its reference (SPEC S4);
     with `units`, only the units `units[layer]` (indices, in that order) of the layers it names. The arguments are
     those of `LesionRequest`.
 
@@ -87,8 +87,8 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         targets: the probe targets `(P,)` (a language model's `(P, T)`), for metrics that read them.
 
     Returns:
-        Shocks[metric][layer]: a float64 tensor `(n_units,)` per layer (`(len(units[layer]),)` with `units`), on the
-        CPU: the mean over the probe set of each lesion's shock.
+        `shocks[metric][layer]`, a float64 tensor `(n_units,)` per layer (`(len(units[layer]),)` with `units`), on
+        the CPU: the mean over the probe set of each lesion's shock.
 
     Raises:
         BadInputError: an unknown metric, a metric that reads targets without `targets`, or a layer whose module is

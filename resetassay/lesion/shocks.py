@@ -109,7 +109,8 @@ SHOCK_METRICS.register("kl", Metric("kl", kl))
 
 
 def register_metric(name: str, fn: ShockMetric, targets: bool = False, source: str | None = None) -> None:
-    """Register your own shock metric `fn(z, z_lesioned, y) -> (...)` under `name` (README "Your own metric").
+    """Register your own shock metric `fn(z, z_lesioned, y) -> (...)` under `name` (docs/guide/extending.md "Your
+    own metric").
 
     `z`, `z_lesioned`: the intact and lesioned logits, float64, one shape `(..., C)` (a language model's
     `(..., T, V)`); `y`: with `targets=True`, the probe targets `(...)` (labels; a language model's next tokens,

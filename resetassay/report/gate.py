@@ -47,12 +47,12 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, did_you_mean
 from resetassay.io.rundir import atomic_write, read_run, read_run_info, run_q, table_path
 from resetassay.names import ALL, POOLED_SCOPES, RANDOM
 from resetassay.stats.summary import STATS, aggregate, checkpoint_stats
@@ -242,7 +242,8 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
     keep = utilities or [u for u in dict.fromkeys(means["utility"]) if u not in UNGATED_UTILITIES]
     unknown = sorted(set(keep) - set(means["utility"]))
     if unknown:
-        raise BadInputError(f"`utilities`: {', '.join(unknown)} not in the run; it has "
+        raise BadInputError(f"`utilities`: {', '.join(unknown)} not in the run"
+                            f"{did_you_mean(unknown, list(dict.fromkeys(means['utility'])))}; it has "
                             f"{', '.join(dict.fromkeys(means['utility']))}", field="utilities")
     rows = [row for _, r in means[means["utility"].isin(keep)].iterrows() if (row := _baseline_row(r, Path(run_dir)))]
     written, unmet = [], []
@@ -250,7 +251,7 @@ def make_baseline(run_dir: str | Path, floors: list[str] | None = None, margin: 
         bound, limit = ("min", floor["min"]) if "min" in floor else ("max", floor["max"])
         matches = _matching(means, floor)
         if matches.empty:
-            unmet.append(f"`floor` {text}: no (family, utility, metric) of the run matches")
+            unmet.append(f"`floor` {text}: no (family, utility, metric) of the run matches{_unmatched(means, floor)}")
             if force_floors:
                 written.append(floor)
         for _, r in matches.iterrows():
@@ -328,6 +329,16 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
 def _key(entry: dict | pd.Series) -> tuple:
     """(family, utility, metric, scope) of a baseline entry or a row of family means; no scope: ALL."""
     return entry["family"], entry["utility"], entry["metric"], entry.get("scope", ALL)
+
+
+def _unmatched(means: pd.DataFrame, entry: dict) -> str:
+    """Why `entry` (a floor or a baseline row) matches no row of the run: the first of its family, utility and metric
+    (globs in a floor) that no row of the run has, with the run's close names ("did you mean"); "" if each has one."""
+    for key, pattern in zip(KEYS[:3], _key(entry)[:3], strict=True):
+        values = sorted(dict.fromkeys(map(str, means[key])))
+        if not any(fnmatch.fnmatchcase(v, str(pattern)) for v in values):
+            return f": the run has no {key} {pattern}{did_you_mean([str(pattern)], values)}"
+    return ""
 
 
 def _matching(means: pd.DataFrame, entry: dict) -> pd.DataFrame:
@@ -489,6 +500,7 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
     out = []
     for entry in baseline.get("rows", []):
         run_row = index.get(_key(entry))
+        first = len(out)
         base = {s: entry.get(s) for s in gated(_key(entry)[3])}
         for stat in base:
             reference = base[stat]
@@ -508,12 +520,15 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
                 rule = f"rise ≤ {rel_tolerance:g} × baseline Shock@q"
             may_lack = entry["n"] - entry[f"{stat}_n"] if f"{stat}_n" in entry else 0
             out.append(_compare(entry, stat, "baseline", reference, limit, bound, rule, run_row, may_lack))
+        if run_row is None and (hint := _unmatched(means, entry)):  # its family (utility, metric) is not in the run
+            out[first:] = [replace(c, reason=c.reason + hint) for c in out[first:]]
     for floor in baseline.get("floors", []):
         bound = "min" if "min" in floor else "max"
         rule = f"{'≥' if bound == 'min' else '≤'} {floor[bound]:g}"
         matches = _matching(means, floor)
         if matches.empty:
-            out.append(_compare(floor, floor["stat"], "floor", floor[bound], floor[bound], bound, rule, None))
+            missing = _compare(floor, floor["stat"], "floor", floor[bound], floor[bound], bound, rule, None)
+            out.append(replace(missing, reason=missing.reason + _unmatched(means, floor)))
         for _, row in matches.iterrows():
             entry = dict(zip(KEYS, _key(row), strict=True))
             out.append(_compare(entry, floor["stat"], "floor", floor[bound], floor[bound], bound, rule, row))

@@ -144,7 +144,8 @@ def utility(name: str, *needs: Ingredient):
 
 def register_utility(name: str, fn: Callable[[LayerStats, UnitLayer], torch.Tensor],
                      needs: tuple[str, ...] | frozenset[str] = (), source: str | None = None) -> None:
-    """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (README "Your own utility").
+    """Register your own utility `fn(stats, layer) -> (n_units,)` under `name` (docs/guide/extending.md "Your own
+    utility").
 
     `stats` holds the calibration means `needs` asks for (`INGREDIENTS`: abs_act E|h|, abs_dev E|h - r|, fire
     P(h > 0), loss_grad, gxi, gxd, gxd_all, gxd_ig, gxd2; SPEC S3; gxi_signed and gxd_signed, the per-example
@@ -385,7 +386,7 @@ def unit_scores(
     layers: list[UnitLayer],
     stats: dict[str, LayerStats],
 ) -> tuple[Scores, dict[tuple[str, str], str]]:
-    """Scores[utility][layer] `(n_units,)` and the reasons for utilities that do not apply."""
+    """`Scores[utility][layer]` `(n_units,)` and the reasons for utilities that do not apply."""
     scores: dict[str, dict[str, torch.Tensor]] = {}
     notes: dict[tuple[str, str], str] = {}
     for name in names:
