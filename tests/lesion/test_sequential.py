@@ -96,3 +96,17 @@ def test_loose_confidence_keeps_the_oracle_sets_with_fewer_forwards(mlp_request)
             == bottom(exact[m][layer.name], k_at(layer.n_units, 0.1))
             for m in request.metrics for layer in request.layers]
     assert sum(same) >= 0.75 * len(same)
+
+
+@pytest.mark.slow
+def test_a_sequential_run_adds_probes_and_se_and_says_so(tmp_path):
+    from helpers.paths import FIXTURES
+
+    result = ra.run_assay([FIXTURES / "relu_mlp" / "task2"], utilities=["oracle"], metrics=["l1"], probe_size=128,
+                          calib_size=64, joint=False, sequential=0.9, progress=False)
+    units = result.units
+    assert {"probes", "se_l1"} <= set(units.columns)
+    assert units["probes"].between(1, 128).all() and (units["probes"] < 128).any()
+    assert (units.loc[units["probes"] == 128, "se_l1"] == 0).all()
+    result.save(tmp_path, figures="none")
+    assert "Sequential probes" in (tmp_path / "report.md").read_text()
