@@ -6,7 +6,7 @@ engine, then sequential probes at each confidence. Prints, per run, lesioned pro
 ratios to exact, the share of (layer, metric) oracle bottom-k sets equal to the exact ones, and the largest
 relative shock error over the units of those sets. --json writes them.
 
-    python benchmarks/sequential_speed.py [--quick] [--probe 2048] [--confidence 0.95 0.5] [--json FILE]
+    python benchmarks/sequential_speed.py [--quick] [--probe 2048] [--width 256] [--confidence 0.95 0.5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="P = 512 and widths 128")
     parser.add_argument("--probe", type=int, default=2048)
+    parser.add_argument("--width", type=int, default=256, help="units per hidden layer (the paper's 256)")
     parser.add_argument("--q", type=float, default=0.05)
     parser.add_argument("--confidence", type=float, nargs="+", default=[0.95, 0.5])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    p, width = (512, 128) if args.quick else (args.probe, 256)
+    p, width = (512, 128) if args.quick else (args.probe, args.width)
     torch.manual_seed(0)
     model = create_model("mlp", in_features=784, widths=[width] * 4, activation="silu").eval()
     calib_x, probe_x = torch.rand(p, 784), torch.rand(p, 784)
