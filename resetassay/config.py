@@ -99,6 +99,9 @@ class AssayConfig:
     greedy_every: int | None = option(None, help=(
         "gxd_greedy: units each layer picks between two recomputations of GXD (default: a quarter of its k, at most "
         "4 rounds; scoring/greedy.py)."))
+    sequential: float | None = option(None, help=(
+        "Sequential probes at this confidence, e.g. 0.95 (SPEC S4b): units are lesioned on a growing share of the "
+        "probe set until their layer's bottom-k set is settled; default: exact, every unit on every probe."))
 
     def __post_init__(self) -> None:
         self.utilities, self.metrics = names(self.utilities, "utilities"), names(self.metrics, "metrics")
@@ -141,6 +144,11 @@ class AssayConfig:
         if self.intervention not in INTERVENTIONS:
             raise BadInputError(f"`intervention` {self.intervention!r}: choose from {', '.join(INTERVENTIONS)}",
                                 field="intervention")
+        if self.sequential is not None and (isinstance(self.sequential, bool)
+                                            or not isinstance(self.sequential, int | float)
+                                            or not 0 < self.sequential <= 1):
+            raise BadInputError(f"`sequential` {self.sequential!r}: must be a confidence in (0, 1], e.g. 0.95",
+                                field="sequential")
         self._check_greedy()
 
     def _check_greedy(self) -> None:

@@ -36,6 +36,7 @@ from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import LesionRequest, joint_shocks_of, unit_shocks_of
 from resetassay.lesion.reset import resettable_layers
+from resetassay.lesion.sequential import PROBES_COLUMN, se_column, sequential_unit_shocks
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.names import (
     CBP_RESET,
@@ -381,9 +382,13 @@ class Prepared:
 
     def chunks(self) -> list[LesionChunk]:
         """The lesion work items of this model, layer by layer: at most LESION_CHUNK units each, in unit order."""
-        return [LesionChunk(layer.name, i // LESION_CHUNK, units[i:i + LESION_CHUNK])
+        return [LesionChunk(layer.name, i // size, units[i:i + size])
                 for layer in self.layers for units in [lesioned_units(layer, self.chosen)]
-                for i in range(0, len(units), LESION_CHUNK)]
+                for size in [self._chunk_size(len(units))] for i in range(0, len(units), size)]
+
+    def _chunk_size(self, n_units: int) -> int:
+        """LESION_CHUNK units; a sequential run's whole layer (its stopping rule reads the layer's bottom-k set)."""
+        return LESION_CHUNK if self.config.sequential is None else max(1, n_units)
 
 
 @dataclass(frozen=True)
@@ -503,7 +508,13 @@ def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[
     request = lesion_request(p.model, [layer], refs, p.probe_x, p.probe_y, p.base, config,
                              units={layer.name: chunk.units}, advance=advance)
     with p.clock("lesions"), precision(config, p.base.device):
-        shocks = {m: per_layer[layer.name] for m, per_layer in unit_shocks_of(request).items()}
+        if config.sequential is None:
+            shocks = {m: per_layer[layer.name] for m, per_layer in unit_shocks_of(request).items()}
+        else:  # sequential probes (SPEC S4b): the SE and probes used beside each shock
+            seq = sequential_unit_shocks(request, config.sequential, config.q, config.seed)
+            shocks = {m: per_layer[layer.name] for m, per_layer in seq.shocks.items()}
+            shocks |= {se_column(m): per_layer[layer.name] for m, per_layer in seq.se.items()}
+            shocks[PROBES_COLUMN] = seq.probes[layer.name].double()
         if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
             clamp = unit_shocks_of(replace(request, intervention="clamp"))
             shocks |= {clamp_column(m): per_layer[layer.name] for m, per_layer in clamp.items()}
@@ -532,6 +543,10 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     clamp = {m: joined(clamp_column(m)) for m in config.metrics} if config.intervention == CBP_RESET else None
     units = _unit_table(p.name, p.layers, cal.refs, cal.scores, {m: joined(m) for m in config.metrics}, p.maturity,
                         p.chosen, clamp)
+    if config.sequential is not None:  # sequential probes (SPEC S4b): probes used and SE per unit
+        units[PROBES_COLUMN] = _column(joined(PROBES_COLUMN), p.layers).astype(np.int64)
+        for m in config.metrics:
+            units[se_column(m)] = _column(joined(se_column(m)), p.layers)
     sets = {}
     if GXD_GREEDY in config.utilities:
         with p.clock("greedy"):
@@ -551,6 +566,11 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
         notes = pd.concat([notes, flag_notes(reliability_flags(units, summary, accuracy, config.q))],
                           ignore_index=True)
     return AssayResult(units, summary, notes, accuracy, config, timings={p.name: p.clock.seconds})
+
+
+def _column(per_layer: dict[str, torch.Tensor], layers: list[UnitLayer]) -> np.ndarray:
+    """Values per layer as one UnitTable column, in the table's layer and unit order."""
+    return torch.cat([per_layer[layer.name] for layer in layers]).numpy()
 
 
 def assay_model(

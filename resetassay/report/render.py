@@ -144,6 +144,17 @@ def _sampled_note(info: dict) -> list[Block]:
         "`resetassay run --units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
 
 
+def _sequential_note(info: dict) -> list[Block]:
+    confidence = info.get("config", {}).get("sequential")
+    if confidence is None:
+        return []
+    return [Block("text", (
+        f"**Sequential probes** (`resetassay run --sequential {confidence:g}`, SPEC S4b): each unit was lesioned on "
+        "a growing seeded share of the probe set until its layer's oracle bottom-k set was settled at confidence "
+        f"{confidence:g}; units.csv gives each unit's probes used and the standard error of its shock. Units that "
+        "stopped early have estimated shocks: Spearman ρ and Shock@q carry that sampling error."))]
+
+
 def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
                    sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
                   timings: dict[str, dict[str, float]] | None = None, figures_note: str = "",
@@ -154,7 +165,8 @@ def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.
     (`stats`: per-checkpoint statistics of scope ALL), by training step, the q sweep, per-checkpoint ρ, clamp
     against reset (a cbp-reset run), set-aware selection (a run with a set selector; `timings`: timings.json's
     stages per checkpoint), not-applicable notes, provenance."""
-    blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), Block("h2", "Figures")]
+    blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), *_sequential_note(info),
+              Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
     blocks += [Block("text", figures_note)] if figures_note else []

@@ -1,0 +1,112 @@
+"""Sequential probes (resetassay/lesion/sequential.py, SPEC S4b): the stopping rule's guarantee by simulation
+(units with known per-example shock distributions), and against the exact engine on a small zoo MLP.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resetassay as ra
+from resetassay.errors import BadInputError
+from resetassay.lesion import LesionRequest, unit_shocks_of
+from resetassay.lesion.sequential import schedule, sequential_shocks, sequential_unit_shocks, settled
+from resetassay.lesion.shocks import probe_logits
+from resetassay.stats.summary import k_at
+
+
+def bottom(values: torch.Tensor, k: int) -> set[int]:
+    return set(torch.argsort(values, stable=True)[:k].tolist())
+
+
+def test_settled_reads_intervals():
+    mean = torch.tensor([0.0, 1.0, 5.0, 6.0])
+    assert settled(mean, torch.full((4,), 0.1), 2).all()  # two low, two high, well apart
+    wide = settled(mean, torch.tensor([0.1, 3.0, 3.0, 0.1]), 2)  # units 1 and 2 overlap across the boundary
+    assert wide.tolist() == [True, False, False, True]
+    assert settled(mean, torch.full((4,), 99.0), 4).all()  # k = n: all in
+    assert schedule(64) == [8, 16, 32, 64] and schedule(3) == [2, 3]
+
+
+def _simulated(true_means: torch.Tensor, n_probe: int, seed: int) -> torch.Tensor:
+    """Per-example shocks `(n, P)`: gamma (shape 2, skewed like real shocks) around each unit's mean."""
+    gamma = torch.distributions.Gamma(torch.tensor(2.0), torch.tensor(2.0))
+    torch.manual_seed(seed)
+    return true_means.unsqueeze(1) * gamma.sample((len(true_means), n_probe)).double()
+
+
+@pytest.mark.slow
+def test_simulation_finds_the_exact_bottom_k_at_the_stated_rate(one_thread):
+    """Units of known shock distributions: the bottom-k set found equals the full probe set's (the exact one) in at
+    least `confidence` of the repetitions, with fewer probe-forwards."""
+    confidence, q, n, n_probe, reps = 0.9, 0.1, 40, 512, 40
+    k = k_at(n, q)
+    found, forwards = 0, 0
+    for rep in range(reps):
+        true_means = torch.linspace(1.0, 3.0, n)[torch.randperm(n, generator=torch.Generator().manual_seed(rep))]
+        x = _simulated(true_means, n_probe, rep)
+
+        def measure(idx, which, x=x):
+            return {"l1": {"a": x[:, idx][which["a"]].mean(1)}}
+
+        out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], confidence, q, seed=rep)
+        found += bottom(out.shocks["l1"]["a"], k) == bottom(x.mean(1), k)
+        forwards += out.forwards
+        full = out.probes["a"] == n_probe
+        torch.testing.assert_close(out.shocks["l1"]["a"][full], x.mean(1)[full], rtol=1e-12, atol=1e-12)
+        assert (out.se["l1"]["a"][full] == 0).all()
+    assert found / reps >= confidence
+    assert forwards < 0.8 * reps * n * n_probe
+
+
+def test_confidence_is_checked():
+    with pytest.raises(BadInputError, match="sequential"):
+        sequential_shocks(lambda idx, which: {}, {"a": 3}, 10, ["l1"], 1.5, 0.1)
+    with pytest.raises(BadInputError, match="sequential"):
+        ra.AssayConfig(sequential=0)
+
+
+@pytest.fixture(scope="module")
+def mlp_request(one_thread):
+    torch.manual_seed(0)
+    net = ra.models.create_model("mlp", in_features=16, widths=(64, 64), n_classes=5).eval()
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+    layers = ra.find_unit_layers(net, input_shape=(16,))
+    refs = {layer.name: torch.zeros(layer.n_units) for layer in layers}
+    request = LesionRequest(net, layers, refs, x, ["l1", "kl"], base=probe_logits(net, x))
+    return request, unit_shocks_of(request)
+
+
+def test_full_confidence_equals_the_exact_engine(mlp_request):
+    request, exact = mlp_request
+    out = sequential_unit_shocks(request, 1.0, 0.05, blocks=16)
+    for m, per_layer in exact.items():
+        for name, values in per_layer.items():
+            torch.testing.assert_close(out.shocks[m][name], values, rtol=1e-6, atol=1e-9)
+            assert (out.se[m][name] == 0).all()
+    assert out.forwards == sum(layer.n_units for layer in request.layers) * len(request.probe_x)
+
+
+def test_loose_confidence_keeps_the_oracle_sets_with_fewer_forwards(mlp_request):
+    request, exact = mlp_request
+    out = sequential_unit_shocks(request, 0.5, 0.1, blocks=16)
+    total = sum(layer.n_units for layer in request.layers) * len(request.probe_x)
+    assert out.forwards < total
+    same = [bottom(out.shocks[m][layer.name], k_at(layer.n_units, 0.1))
+            == bottom(exact[m][layer.name], k_at(layer.n_units, 0.1))
+            for m in request.metrics for layer in request.layers]
+    assert sum(same) >= 0.75 * len(same)
+
+
+@pytest.mark.slow
+def test_a_sequential_run_adds_probes_and_se_and_says_so(tmp_path):
+    from helpers.paths import FIXTURES
+
+    result = ra.run_assay([FIXTURES / "relu_mlp" / "task2"], utilities=["oracle"], metrics=["l1"], probe_size=128,
+                          calib_size=64, joint=False, sequential=0.9, progress=False)
+    units = result.units
+    assert {"probes", "se_l1"} <= set(units.columns)
+    assert units["probes"].between(1, 128).all() and (units["probes"] < 128).any()
+    assert (units.loc[units["probes"] == 128, "se_l1"] == 0).all()
+    result.save(tmp_path, figures="none")
+    assert "Sequential probes" in (tmp_path / "report.md").read_text()
