@@ -100,7 +100,7 @@ class AssayConfig:
         "gxd_greedy: units each layer picks between two recomputations of GXD (default: a quarter of its k, at most "
         "4 rounds; scoring/greedy.py)."))
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 — one flat check per field, in the order of the fields
         self.utilities, self.metrics = names(self.utilities, "utilities"), names(self.metrics, "metrics")
         self.layers = names(self.layers, "layers")
         if isinstance(self.max_memory, str):

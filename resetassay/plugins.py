@@ -50,6 +50,7 @@ class Registry(Generic[T]):
         return entry
 
     def names(self) -> list[str]:
+        """The names registered so far, in registration order."""
         return list(self._entries)
 
     def find(self, name: str) -> bool:

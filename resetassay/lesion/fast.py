@@ -113,7 +113,7 @@ def _with_backoff(rows: int, work: Callable[[int], None]) -> None:
 
 
 def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """h and the downstream inputs (start values, frontier) of a probe chunk, all batch-first."""
+    """`h` and the downstream inputs (start values, frontier) of a probe chunk, all batch-first."""
     h, *values = split.upstream(x)
     if any(not isinstance(v, torch.Tensor) or v.shape[:1] != h.shape[:1] for v in values):
         raise SplitError(f"{layer.name}: a value read downstream is not a batch-first tensor")

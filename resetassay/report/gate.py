@@ -98,10 +98,12 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
+        """Whether the check passed (no reason to fail it)."""
         return not self.reason
 
     @property
     def name(self) -> str:
+        """The check's name: family, utility (with its scope), metric and statistic, " floor" for a floor."""
         return f"{self.family} {_scoped(self.utility, self.scope)} {self.metric} {self.stat}" + (
             " floor" if self.kind == "floor" else "")
 
