@@ -327,7 +327,7 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
     return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "output", "baseline.json")
 
 
-def _key(entry: dict | pd.Series) -> tuple:
+def _key(entry: dict | pd.Series) -> tuple[str, str, str, str]:
     """(family, utility, metric, scope) of a baseline entry or a row of family means; no scope: ALL."""
     return entry["family"], entry["utility"], entry["metric"], entry.get("scope", ALL)
 
