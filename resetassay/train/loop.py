@@ -404,8 +404,9 @@ def _save(
     step: dict, spec: DataSpec, acc: float, resets: int,
 ) -> Path:
     """One checkpoint: weights, manifest (family, seed, step, data, accuracy, CBP settings) and unit state."""
-    meta = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
-            "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
+    meta: dict[str, object] = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6),
+                               "lr": config.lr, "epochs_per_task": config.epochs_per_task,
+                               "batch_size": config.batch_size}
     for key, default in (("momentum", 0.0), ("weight_decay", 0.0), ("schedule", "constant"), ("augment", "none"),
                          ("examples_per_class", None)):
         if getattr(config, key) != default:
