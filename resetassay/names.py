@@ -6,6 +6,7 @@ from here, so reading a run never imports torch or captum (DESIGN "Reading a run
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, get_args
 
 ORACLE = "oracle"  # the measured shock itself used as a utility (SPEC S3)
@@ -72,7 +73,7 @@ def utility_column(utility: str, metric: str) -> str:
     return shock_column(metric) if utility == ORACLE else utility
 
 
-def utility_order(utilities: object) -> list[str]:
+def utility_order(utilities: Iterable[str]) -> list[str]:
     """The utilities present, built-in ones in registry order, others after them as they come."""
     present = list(dict.fromkeys(utilities))
     known = [u for u in UTILITY_ORDER if u in present]

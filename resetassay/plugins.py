@@ -50,6 +50,7 @@ class Registry(Generic[T]):
         return entry
 
     def names(self) -> list[str]:
+        """The names registered so far, in registration order."""
         return list(self._entries)
 
     def find(self, name: str) -> bool:
@@ -66,7 +67,7 @@ class Registry(Generic[T]):
         if self.find(name):
             return self._entries[name]
         if default is not _REQUIRED:
-            return default
+            return default  # type: ignore[return-value]  # the caller's default, of the type it asks for
         raise BadInputError(f"unknown {self.kind} {name!r}{did_you_mean([name], self.names())}; choose from "
                             f"{', '.join(self.names())}", field=self.field)
 

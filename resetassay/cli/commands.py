@@ -559,6 +559,7 @@ def train_command(
 
 
 def main() -> None:  # pragma: no cover - `python -m resetassay.cli` (cli/__main__.py)
+    """The console entry point: the app run on `sys.argv`."""
     app(sys.argv[1:])
 
 

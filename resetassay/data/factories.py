@@ -1,5 +1,4 @@
-"""`--data pkg.mod:factory` (SPEC S1): the examples a user's function returns, called once per run.
-"""
+"""`--data pkg.mod:factory` (SPEC S1): the examples a user's function returns, called once per run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`--data FOLDER` written by Hugging Face `datasets`' `save_to_disk` (SPEC S1).
-"""
+"""`--data FOLDER` written by Hugging Face `datasets`' `save_to_disk` (SPEC S1)."""
 
 from __future__ import annotations
 

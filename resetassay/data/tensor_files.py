@@ -1,5 +1,4 @@
-"""`--data FILE`: a tensor file (.safetensors, .npz, .pt/.pth) of inputs and labels, or of token ids (SPEC S1, S9).
-"""
+"""`--data FILE`: a tensor file (.safetensors, .npz, .pt/.pth) of inputs and labels, or of token ids (SPEC S1, S9)."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ class HeadTap(nn.Module):
         self.n_heads = n_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A copy of `x`, so hooks see the heads' outputs as this module's output."""
         return x.clone()
 
 
@@ -101,6 +102,7 @@ class UnfusedMultiheadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`nn.MultiheadAttention.forward`, op by op: the output and, with `need_weights`, the attention weights."""
         if not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
         q, k, v = self._project(query, 0), self._project(key, 1), self._project(value, 2)
@@ -143,6 +145,7 @@ class UnfusedEncoderLayer(nn.Module):
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
                 src_key_padding_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """`nn.TransformerEncoderLayer.forward`, op by op."""
         x = src
         if self.norm_first:
             x = x + self._sa(self.norm1(x), src_mask, src_key_padding_mask)
@@ -161,6 +164,7 @@ class UnfusedEncoder(nn.Module):
 
     def forward(self, src: torch.Tensor, mask: torch.Tensor | None = None,
                 src_key_padding_mask: torch.Tensor | None = None, is_causal: bool | None = None) -> torch.Tensor:
+        """`nn.TransformerEncoder.forward`: each layer in turn, then the final norm."""
         for layer in self.layers:
             src = layer(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
         return self.norm(src) if self.norm is not None else src

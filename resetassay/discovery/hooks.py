@@ -64,6 +64,7 @@ class Captured(dict):
         self.calls: list[tuple[str, object]] = []
 
     def clear(self) -> None:
+        """Forget the recorded values and the call counts."""
         super().clear()
         self.calls.clear()
 

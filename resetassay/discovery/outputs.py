@@ -148,11 +148,13 @@ class TransformedModel(nn.Module):
         self.training = model.training
 
     def forward(self, x: torch.Tensor) -> object:
+        """The wrapped model on the transformed input, its result through the output transform."""
         args, kwargs = self._input_transform(x) if self._input_transform is not None else ((x,), {})
         result = self._wrapped_model.forward(*args, **kwargs)
         return self._output_transform(result) if self._output_transform is not None else result
 
     def train(self, mode: bool = True) -> TransformedModel:
+        """Set train/eval mode here and on the wrapped model's own flag."""
         super().train(mode)
         self._wrapped_model.training = mode  # its own flag (its children are ours)
         return self

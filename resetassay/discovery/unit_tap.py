@@ -25,4 +25,5 @@ class Declared:
         self.specs = specs
 
     def __call__(self) -> list[UnitLayerSpec]:
+        """The declared specs, a fresh list each call."""
         return list(self.specs)

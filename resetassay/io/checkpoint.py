@@ -138,6 +138,7 @@ class CheckpointInfo:
 
     @property
     def family(self) -> str:
+        """The model family: `meta["family"]`, else the factory's function name."""
         return self.meta.get("family") or self.factory.rsplit(":", 1)[-1]
 
 
@@ -421,7 +422,7 @@ def _refuse_downloads(kwargs: dict) -> None:
 
 
 def _import_library(lib: str, spec: str):
-    """torchvision or timm, or a one-line error naming the extra to install."""
+    """`torchvision` or `timm`, or a one-line error naming the extra to install."""
     extra = f"pip install 'resetassay[{lib}]'"
     try:
         return importlib.import_module(lib)

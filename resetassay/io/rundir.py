@@ -392,6 +392,7 @@ class StageClock:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        """Time the block inside, adding its seconds to `seconds[stage]`."""
         start = time.perf_counter()
         try:
             yield
@@ -566,6 +567,7 @@ class RunParts:
 
     @property
     def hash(self) -> str:
+        """The identity's hash."""
         return self.identity["hash"]
 
     def finished(self) -> list[Path]:

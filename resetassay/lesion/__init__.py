@@ -50,7 +50,7 @@ def _ready(request: LesionRequest) -> LesionRequest:
 
 
 def unit_shocks_of(request: LesionRequest) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)`: each unit of each layer lesioned alone (SPEC S4); with `request.units`,
+    """`Shocks[metric][layer]` `(n_units,)`: each unit of each layer lesioned alone (SPEC S4); with `request.units`,
     only the units `units[layer]` (indices, in that order) of the layers it names."""
     request = _ready(request)
     return engine_of(request).unit_shocks(request)
@@ -63,7 +63,7 @@ def joint_shocks_of(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
     return engine_of(request).joint_shocks(request, lesions)
 
 
-def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],
+def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor, metrics: list[str],  # noqa: PLR0913 — the public lesion call: the fields of `LesionRequest` as keywords
                 *, engine: Engine = "fast", base: torch.Tensor | None = None, batch_size: int = 512,
                 max_memory: int | None = None, max_k: int | None = None, shortcut: bool | None = None,
                 advance: Advance | None = None, units: UnitChoice | None = None,
@@ -114,7 +114,7 @@ def unit_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: 
         shortcut=shortcut, advance=advance))
 
 
-def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],
+def joint_shocks(model: nn.Module, layers: list[UnitLayer], refs: Refs, lesions: list[Lesion],  # noqa: PLR0913 — the public lesion call: the fields of `LesionRequest` as keywords
                  probe_x: torch.Tensor, metrics: list[str], *, engine: Engine = "fast",
                  base: torch.Tensor | None = None, batch_size: int = 512, max_memory: int | None = None,
                  advance: Advance | None = None, intervention: Intervention = "clamp", seed: int = 0,

@@ -45,7 +45,7 @@ class LesionEngine(Protocol):
     """How one engine measures lesions; `request.base` is always given."""
 
     def unit_shocks(self, request: LesionRequest) -> Shocks:
-        """Shocks[metric][layer] `(n_units,)`: each unit of each layer alone (or one per index of
+        """`Shocks[metric][layer]` `(n_units,)`: each unit of each layer alone (or one per index of
         `request.units[layer]`)."""
         ...
 

@@ -113,7 +113,7 @@ def _with_backoff(rows: int, work: Callable[[int], None]) -> None:
 
 
 def _upstream(split: Split, layer: UnitLayer, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """h and the downstream inputs (start values, frontier) of a probe chunk, all batch-first."""
+    """`h` and the downstream inputs (start values, frontier) of a probe chunk, all batch-first."""
     h, *values = split.upstream(x)
     if any(not isinstance(v, torch.Tensor) or v.shape[:1] != h.shape[:1] for v in values):
         raise SplitError(f"{layer.name}: a value read downstream is not a batch-first tensor")
@@ -227,7 +227,7 @@ def shortcut_types(layer: UnitLayer, device: torch.device, shortcut: bool | None
 
 
 def unit_shocks(request: LesionRequest) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`), equal to the plain engine's
+    """`Shocks[metric][layer]` `(n_units,)` (or one per index of `request.units[layer]`), equal to the plain engine's
     (SPEC S4), faster.
 
     `request.max_k` caps the lesions per forward (tests sweep it); `request.shortcut` True/False forces the consumer

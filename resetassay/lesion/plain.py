@@ -41,7 +41,7 @@ def clamped(clamps: list[tuple[UnitLayer, torch.Tensor, torch.Tensor]]) -> Itera
 
 
 def unit_shocks(request: LesionRequest) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`): one lesion per unit, one
+    """`Shocks[metric][layer]` `(n_units,)` (or one per index of `request.units[layer]`): one lesion per unit, one
     forward per lesion."""
     r = request
     chosen = {layer.name: lesioned_units(layer, r.units) for layer in r.layers}

@@ -100,7 +100,7 @@ def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
 
 
 def unit_shocks(request: LesionRequest) -> Shocks:
-    """Shocks[metric][layer] `(n_units,)` (or one per index of `request.units[layer]`): each unit reset alone
+    """`Shocks[metric][layer]` `(n_units,)` (or one per index of `request.units[layer]`): each unit reset alone
     (SPEC S4, S7)."""
     shocks: Shocks = {m: {} for m in request.metrics}
     for layer in request.layers:

@@ -37,7 +37,8 @@ class ShockMetric(Protocol):
     the probe targets `(...)` where it reads them (`targets`), else None. `register_metric(name, fn, targets)`
     registers one; a package's entry point says `targets` as an attribute of its function (default False)."""
 
-    def __call__(self, z: torch.Tensor, z_lesioned: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor: ...
+    def __call__(self, z: torch.Tensor, z_lesioned: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The shocks of `z_lesioned` against the intact logits `z`, one per example."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ class ShockSums:
         self.sums = {m: torch.zeros(n, dtype=torch.float64, device=device) for m in metrics}
 
     def reset(self) -> None:
+        """Zero the sums."""
         for s in self.sums.values():
             s.zero_()
 
@@ -279,4 +281,5 @@ class ShockSums:
             s[first:first + len(z_lesioned)] += base.shocks(z_lesioned, m).sum(dim=1)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
+        """The mean shock per lesion and metric over `n_probe` examples, on the CPU."""
         return {m: (s / n_probe).cpu() for m, s in self.sums.items()}

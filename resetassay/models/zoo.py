@@ -84,6 +84,7 @@ class HiddenLayer(nn.Module):
         self.act = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """act(norm(linear(x)))."""
         return self.act(self.norm(self.linear(x)))
 
 
@@ -109,12 +110,14 @@ class MLP(nn.Module):
         init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `(B, n_classes)` of the flattened input."""
         x = x.flatten(1)
         for layer in self.layers:
             x = layer(x)
         return self.head(x)
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        """The unit layers: each hidden layer's activation with its producer and consumer."""
         specs = []
         for i in range(len(self.layers)):
             consumer = f"layers.{i + 1}.linear" if i + 1 < len(self.layers) else "head"
@@ -139,6 +142,7 @@ class ConvBlock(nn.Module):
         self.act = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """act(bn(conv(x)))."""
         return self.act(self.bn(self.conv(x)))
 
 
@@ -164,11 +168,13 @@ class CNN(nn.Module):
         init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: the blocks, global average pool, head."""
         for block in self.blocks:
             x = block(x)
         return self.head(self.pool(x).flatten(1))
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        """The unit layers: each block's activation, read by the next conv or the head."""
         n = len(self.blocks)
         return [
             UnitLayerSpec(
@@ -202,6 +208,7 @@ class BasicBlock(nn.Module):
         self.act2 = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))."""
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.act2(out + self.shortcut(x))
@@ -235,12 +242,14 @@ class ResNet(nn.Module):
         init_weights_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: stem, stages, global average pool, head."""
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
         return self.head(self.pool(x).flatten(1))
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        """The unit layers: the stem's and each block's activations, with notes on what rescales or reads them."""
         specs = [UnitLayerSpec(
             "stem.act", producer=None, consumer=None,
             producer_note="BatchNorm stem.bn rescales the producer's output",
@@ -276,6 +285,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal self-attention of `x (B, T, d)`, its heads visible through `heads`."""
         qkv = self.qkv(x).unflatten(-1, (3, self.n_heads, self.d_head)).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
         return self.proj(self.heads(out.transpose(1, 2).flatten(2)))
@@ -291,6 +301,7 @@ class FeedForward(nn.Module):
         self.fc_out = nn.Linear(d_hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """fc_out(act(fc_in(x)))."""
         return self.fc_out(self.act(self.fc_in(x)))
 
 
@@ -303,6 +314,7 @@ class Block(nn.Module):
         self.ln2, self.mlp = nn.LayerNorm(d_model), FeedForward(d_model, d_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream: x + attn(ln1(x)), then x + mlp(ln2(x))."""
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -328,12 +340,14 @@ class Transformer(nn.Module):
         nn.init.normal_(self.positions, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits `(B, T, vocab)` of token ids `(B, T)`."""
         x = self.tokens(ids) + self.positions[:, :ids.size(1)]
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
 
     def unit_layer_specs(self) -> list[UnitLayerSpec]:
+        """The unit layers: each block's attention heads and MLP activation."""
         specs = []
         for i, block in enumerate(self.blocks):
             specs.append(UnitLayerSpec(

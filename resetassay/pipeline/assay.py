@@ -373,6 +373,7 @@ class Prepared:
 
     @property
     def maturity(self) -> int:
+        """The training step the units' ages are counted at: `config.maturity`, else 0."""
         return self.config.maturity if self.config.maturity is not None else 0
 
     @cached_property
@@ -724,10 +725,12 @@ class CheckpointInputs:
 
     @property
     def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibration inputs and labels."""
         return self.split.calib_x, self.split.calib_y
 
     @property
     def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe inputs and labels."""
         return self.split.probe_x, self.split.probe_y
 
     def prepare(self) -> Prepared:

@@ -115,7 +115,7 @@ def _out_dir(out: str | Path) -> Path:
     return out
 
 
-def run_assay(
+def run_assay(  # noqa: PLR0913 — the public entry point: its keywords are the run's options
     paths: Iterable[str | Path],
     config: AssayConfig | None = None,
     *,
@@ -239,7 +239,7 @@ class _Opener:
         return checkpoint_inputs(ckpt, self.config, spec)
 
 
-def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],
+def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dict, inputs: dict, paths: list[Path],  # noqa: PLR0913 — the run's state handed down from `run_assay`
                opener: _Opener, progress: bool | Progress, store: RunParts | None, say: Callable[[str], None],
                fail: Callable[[str], None], table_format: str, figures: str, world: World | None) -> AssayResult:
     """The body of `run_assay`, with the run directory (if any) open; the progress bar stays while the report is
@@ -294,7 +294,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
     return result
 
 
-def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: dict[str, str],
+def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: dict[str, str],  # noqa: PLR0913 — the run's state handed down from `run_assay`
                 sha256: dict[str, dict[str, str]], config: AssayConfig, opener: _Opener, report: Progress | None,
                 store: RunParts | None, failures: list[dict], timings: dict[str, dict[str, float]],
                 fail: Callable[[str], None]) -> None:

@@ -217,7 +217,7 @@ def _load_calibration(store: RunParts, key: str, p: Prepared) -> Calibration:
     return Calibration(refs, scores, {(u, layer): why for u, layer, why in meta["not_applicable"]})
 
 
-def assay_sharded(world: World, found: list[tuple[Path, str]], keys: dict[str, str], store: RunParts,
+def assay_sharded(world: World, found: list[tuple[Path, str]], keys: dict[str, str], store: RunParts,  # noqa: C901 — the sharded run's phases in order, with their failure paths
                   open_checkpoint: Open, progress: Progress | None,
                   fail: Callable[[str, Path, Exception], dict]) -> tuple[dict[str, Tables], list[dict], dict]:
     """This rank's share of the checkpoints `found` not yet finished in `store` (module docstring): the tables of

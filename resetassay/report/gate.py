@@ -98,10 +98,12 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
+        """Whether the check passed (no reason to fail it)."""
         return not self.reason
 
     @property
     def name(self) -> str:
+        """The check's name: family, utility (with its scope), metric and statistic, " floor" for a floor."""
         return f"{self.family} {_scoped(self.utility, self.scope)} {self.metric} {self.stat}" + (
             " floor" if self.kind == "floor" else "")
 
@@ -326,7 +328,7 @@ def write_baseline(baseline: dict, path: str | Path) -> Path:
     return _write(path, json.dumps(baseline, indent=1, sort_keys=True) + "\n", "output", "baseline.json")
 
 
-def _key(entry: dict | pd.Series) -> tuple:
+def _key(entry: dict | pd.Series) -> tuple[str, str, str, str]:
     """(family, utility, metric, scope) of a baseline entry or a row of family means; no scope: ALL."""
     return entry["family"], entry["utility"], entry["metric"], entry.get("scope", ALL)
 
@@ -497,7 +499,7 @@ def compare(means: pd.DataFrame, baseline: dict, tolerance: float = 0.02,
     _flag_number(tolerance, "tolerance")
     _flag_number(rel_tolerance, "rel_tolerance")
     index = {_key(r): r for _, r in means.iterrows()}
-    out = []
+    out: list[Comparison] = []
     for entry in baseline.get("rows", []):
         run_row = index.get(_key(entry))
         first = len(out)

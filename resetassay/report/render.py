@@ -155,7 +155,7 @@ def _sequential_note(info: dict) -> list[Block]:
         "stopped early have estimated shocks: Spearman ρ and Shock@q carry that sampling error."))]
 
 
-def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,
+def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,  # noqa: PLR0913 — the report's parts, each computed once by the caller
                    sweep_stats: pd.DataFrame | None, made: list[Path], q: float, base_q: float,
                   timings: dict[str, dict[str, float]] | None = None, figures_note: str = "",
                   verdict: pd.DataFrame | None = None) -> list[Block]:
@@ -282,6 +282,7 @@ class Analysis:
         return headline_blocks(self.verdict, self.flags, self.stats, self.tables["checkpoints"], self.q, metric)
 
     def figures(self) -> dict[str, Figure]:
+        """The report's figures by name."""
         return _report_figures(self.tables, self.summary, self.verdict, self.common, self.sweep_common, self.q)
 
 

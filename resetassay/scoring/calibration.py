@@ -62,7 +62,7 @@ def example_ingredients(
     return {ingredient: formula() for ingredient, formula in formulas.items() if ingredient in needs}
 
 
-def calibration_stats(
+def calibration_stats(  # noqa: C901, PLR0913 — the calibration pass: every ingredient in one loop; split would obscure it
     model: nn.Module,
     layers: list[UnitLayer],
     x: torch.Tensor,

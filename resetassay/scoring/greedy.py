@@ -66,6 +66,8 @@ def greedy_selection(model: nn.Module, layers: list[UnitLayer], refs: Refs, x: t
         x, y: the calibration set and its targets (as `utilities.calibration_stats` takes them).
         pool: layer -> candidate unit indices (the mature ones, `candidate_pool`).
         every: m, picks per layer between recomputations; None: ceil(k_l / ROUNDS).
+        q: the fraction of each layer's units to pick.
+        batch_size: examples per forward pass.
     """
     by_name = {layer.name: layer for layer in layers}
     quota = {name: k_at(len(units), q) for name, units in pool.items() if len(units)}

@@ -16,7 +16,7 @@ Both are per example `(B, n)` and signed: the caller takes |.| and the calibrati
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ def _twice_differentiable() -> Iterator[None]:
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:
-        context = nullcontext()
+        context: AbstractContextManager[None] = nullcontext()
     else:
         context = sdpa_kernel([SDPBackend.MATH])
     with context:

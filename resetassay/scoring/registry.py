@@ -104,9 +104,11 @@ class Utility(Protocol):
     `NotApplicable(reason)` where it does not apply. `register_utility(name, fn, needs)` makes one of a function."""
 
     @property
-    def needs(self) -> Needs: ...
+    def needs(self) -> Needs:
+        """The ingredients the utility reads."""
 
-    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor: ...
+    def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor:
+        """The utility of each unit of `layer`, `(n_units,)`, from the calibration statistics."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class FunctionUtility:
     needs: Needs = field(default_factory=frozenset)
 
     def __call__(self, stats: LayerStats, layer: UnitLayer) -> torch.Tensor:
+        """`fn(stats, layer)`."""
         return self.fn(stats, layer)
 
 

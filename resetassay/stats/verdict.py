@@ -212,7 +212,7 @@ class _Scope:
         return {u: tuple(np.array([v[u][i][0] if u in v else np.nan for v in per]) for i in (0, 1))
                 for u in self.utilities}
 
-    def draws(self, seed: int) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    def draws(self, seed: int | list[int]) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """The paired bootstrap (SPEC S5b): per utility, the family's mean regret and ρ on each of RESAMPLES
         draws `(RESAMPLES,)`, every utility on the same draws; and what was resampled."""
         rng = np.random.default_rng(seed)

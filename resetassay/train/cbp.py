@@ -76,6 +76,7 @@ class CBPConfig:
             raise BadInputError(f"`maturity` {self.maturity}: must be a whole number >= 0", field="maturity")
 
     def to_dict(self) -> dict:
+        """The config as a plain dict."""
         return asdict(self)
 
 
@@ -207,7 +208,7 @@ class ContinualBackprop:
         return self.replace(optimizer)
 
     def update(self) -> None:
-        """ages += 1; f ← η f + (1-η) h̄; u ← η u + (1-η) u_batch (SPEC S7), u_batch read with the new r̂."""
+        """`ages += 1`; f ← η f + (1-η) h̄; u ← η u + (1-η) u_batch (SPEC S7), u_batch read with the new r̂."""
         decay = self.config.decay
         with torch.no_grad():
             for name, trace in self.traces.items():
@@ -228,7 +229,7 @@ class ContinualBackprop:
         self._target_grad.clear()
 
     def replace(self, optimizer: torch.optim.Optimizer | None = None) -> int:
-        """c += n_eligible · ρ; while c ≥ 1: reset the eligible unit of lowest bias-corrected utility, c -= 1."""
+        """`c += n_eligible` · ρ; while c ≥ 1: reset the eligible unit of lowest bias-corrected utility, c -= 1."""
         resets = 0
         for name in self.reset_layers:
             trace = self.traces[name]

@@ -151,7 +151,7 @@ class TrainConfig:
     augment: str = "none"
     examples_per_class: int | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 — one flat check per field, in the order of the fields
         for name, value in (("tasks", self.tasks), ("epochs_per_task", self.epochs_per_task),
                             ("batch_size", self.batch_size)):
             if not _integer(value) or value < 1:
@@ -251,7 +251,7 @@ def zoo_kwargs(
     return kwargs if init == DEFAULT_INIT else {**kwargs, "init": init}
 
 
-def _zoo_kwargs(model: str, data: DataSpec, widths: tuple[int, ...] | None, activation: str, layer_norm: bool,
+def _zoo_kwargs(model: str, data: DataSpec, widths: tuple[int, ...] | None, activation: str, layer_norm: bool,  # noqa: C901 — one branch per zoo family's options
                 blocks: int | None) -> dict:
     """`zoo_kwargs` but the init."""
     if model not in MODELS:
@@ -404,8 +404,9 @@ def _save(
     step: dict, spec: DataSpec, acc: float, resets: int,
 ) -> Path:
     """One checkpoint: weights, manifest (family, seed, step, data, accuracy, CBP settings) and unit state."""
-    meta = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6), "lr": config.lr,
-            "epochs_per_task": config.epochs_per_task, "batch_size": config.batch_size}
+    meta: dict[str, object] = {"family": config.family, "seed": config.seed, "holdout_accuracy": round(acc, 6),
+                               "lr": config.lr, "epochs_per_task": config.epochs_per_task,
+                               "batch_size": config.batch_size}
     for key, default in (("momentum", 0.0), ("weight_decay", 0.0), ("schedule", "constant"), ("augment", "none"),
                          ("examples_per_class", None)):
         if getattr(config, key) != default:
