@@ -442,7 +442,13 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
 
 def _first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
-    feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
+    feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside.
+    A model with no `forward` of its own (nets that define `predict` instead) is named as such, not as a shape."""
+    if type(model).forward is nn.Module.forward:
+        methods = [m for m in ("predict", "infer", "logits") if callable(getattr(model, m, None))]
+        wrap = f"a Module whose forward calls {methods[0]}" if methods else "a Module whose forward returns the logits"
+        raise BadInputError(f"{name}: {type(model).__name__} has no forward(); resetassay calls model(x): wrap it, "
+                            f"e.g. {wrap}, and name that factory in `model`", field="model")
     try:
         with torch.no_grad():
             model(x)
@@ -787,7 +793,7 @@ def checkpoint_layers(
     try:
         _first_forward(ckpt.model.eval(), x, path)
     except BadInputError as err:  # made-up inputs: the field that shaped them is at fault
-        if input_shape is None and seq_len is None:
+        if (input_shape is None and seq_len is None) or err.field == "model":
             raise
         cause = one_line(err.__cause__) if err.__cause__ else str(err)
         if seq_len is not None:

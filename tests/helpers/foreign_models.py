@@ -211,3 +211,21 @@ class WrappedOutputMLP(FunctionalMLP):
 def wrapped_output_mlp(seed: int = 0, wrap: str = "tensor", **kwargs: object) -> WrappedOutputMLP:
     """A seeded FunctionalMLP returning its logits wrapped (same weights for every `wrap`)."""
     return _randomise_(WrappedOutputMLP(wrap, **kwargs), seed)
+
+
+class PredictOnlyFFNN(nn.Module):
+    """The loss-of-plasticity repository's `DeepFFNN` shape: layers in a ModuleList, `predict` and no `forward`."""
+
+    def __init__(self, n_in: int = 64, hidden: int = 32, n_out: int = 10):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, n_out)])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def predict_only_ffnn(seed: int = 0, **kwargs: object) -> PredictOnlyFFNN:
+    return _randomise_(PredictOnlyFFNN(**kwargs), seed)

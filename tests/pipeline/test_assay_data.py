@@ -176,3 +176,34 @@ def test_assay_model_reads_dict_batches_as_tuples():
     import pandas as pd
 
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_model_without_forward_is_named_as_such_not_as_a_shape(tmp_path):
+    """A net that defines `predict` and no `forward` (the loss-of-plasticity nets): one line naming the class, the
+    missing forward and the wrapper that fixes it, never a blame on the input shape, and no checkpoint counted done."""
+    from helpers.foreign_models import predict_only_ffnn
+
+    save_file(predict_only_ffnn().state_dict(), str(tmp_path / "m.safetensors"))
+    data = _file(tmp_path / "d.safetensors", torch.rand(64, 64), torch.randint(0, 10, (64,)))
+    result = runner.invoke(app, ["run", str(tmp_path / "m.safetensors"), "--model",
+                                 "helpers.foreign_models:predict_only_ffnn", "--data", str(data), "--out",
+                                 str(tmp_path / "out"), "--utilities", "gxd,oracle", "--metrics", "l1", "--no-joint"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "PredictOnlyFFNN has no forward(); resetassay calls model(x): wrap it" in errors[0], errors[0]
+    assert "forward calls predict" in errors[0] and "--model" in errors[0] and "shape" not in errors[0]
+    assert "checkpoints: 1/1 (100%)" not in result.output
+
+
+def test_a_failed_checkpoint_is_not_counted_done_in_the_progress(tmp_path):
+    """Checkpoints that fail leave the overall count short of 100%: progress never reports success for them."""
+    from resetassay import data_spec, run_assay
+
+    calls: list[tuple[str, int, int]] = []
+    data = _file(tmp_path / "d.safetensors", torch.rand(40, 32), torch.randint(0, 10, (40,)))
+    result = run_assay([FIXTURES / "relu_mlp"], data=data_spec(str(data)), utilities=["gxd", "oracle"], metrics=["l1"],
+                       joint=False, progress=lambda task, done, total: calls.append((task, done, total)))
+    assert len(result.failures) == 2
+    counts = [(done, total) for task, done, total in calls if task == "checkpoints"]
+    assert counts and all(done == 0 for done, _ in counts), counts
