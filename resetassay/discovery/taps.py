@@ -710,11 +710,25 @@ def _is_batch_size(node: object) -> bool:
             and node.args[0].target is getattr and node.args[0].args[1] == "shape")
 
 
+def _is_shape_query(node: fx.Node, source: fx.Node) -> bool:
+    """`source.size(...)`, `source.shape` or `aten.sym_size(source, ...)`: reads the shape, not the values."""
+    if not node.args or node.args[0] is not source:
+        return False
+    return ((node.op == "call_method" and node.target in ("size", "dim"))
+            or (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
+            or (node.op == "call_function" and node.target in (aten.sym_size.int, aten.sym_size.default)))
+
+
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """The users of `node` that read its values: `out.view(out.size(0), -1)` has one reader, the view."""
+    return [user for user in node.users if not _is_shape_query(user, node)]
+
+
 def _consumer(gm: fx.GraphModule, site: fx.Node) -> tuple[str | None, str]:
     """The single Linear/Conv2d reading the units at `site`, or None and who reads them."""
-    source, users = site, list(site.users)
+    source, users = site, _value_users(site)
     while len(users) == 1 and _keeps_units(gm, users[0], source):
-        source, users = users[0], list(users[0].users)
+        source, users = users[0], _value_users(users[0])
     if len(users) == 1 and isinstance(_module(gm, users[0]), WEIGHTED):
         return str(users[0].target), ""
     readers = " and by ".join(_describe(gm, u) for u in users)

@@ -498,3 +498,12 @@ def test_cli_assays_each_call_of_the_reused_module_of_an_untraceable_model(tmp_p
     assert "torch.fx cannot trace" in output
     units = pd.read_csv(tmp_path / "run" / "units.csv")
     assert units.groupby("layer", sort=False).size().to_dict() == {"act@0": 8, "act@1": 8}
+
+
+def test_a_view_by_batch_size_flatten_keeps_the_fc_as_the_consumer():
+    """`out.view(out.size(0), -1)` (CIFAR ResNet repositories) reads like flatten(1): the size query reads the shape,
+    not the units, so the last relu's consumer is still the fc and `contribution` applies."""
+    calib_x, *_ = _digits("image")
+    tapped, layers = _tapped(resnet_tv(flatten="view").double(), calib_x)
+    last = {layer.name: layer for layer in layers}["layer2.0.relu@1"]
+    assert last.consumer is tapped.fc, last.consumer_note

@@ -62,9 +62,11 @@ class ResNetTV(nn.Module):
     """torchvision-style ResNet in miniature: stem conv-bn-relu, layer1 (identity skip),
     layer2 (stride 2, 1x1 projection downsample), avgpool, flatten, fc. Input (B, 1, 8, 8)."""
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (4, 6), n_classes: int = 10):
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (4, 6), n_classes: int = 10,
+                 flatten: str = "flatten"):
         super().__init__()
         a, b = widths
+        self.flatten = flatten  # "flatten": torch.flatten(x, 1); "view": x.view(x.size(0), -1), as CIFAR repos do
         self.conv1 = nn.Conv2d(in_channels, a, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(a)
         self.relu = nn.ReLU(inplace=True)
@@ -81,7 +83,7 @@ class ResNetTV(nn.Module):
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.avgpool(x)
-        x = torch.flatten(x, 1)
+        x = x.view(x.size(0), -1) if self.flatten == "view" else torch.flatten(x, 1)
         return self.fc(x)
 
 
