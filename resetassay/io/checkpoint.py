@@ -528,6 +528,21 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
             )
 
 
+def _with_tied(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with the keys of tied weights filled in: where several of the model's state-dict keys are one
+    parameter (`lm_head.weight` = the token embedding), the file holds it once (safetensors' `save_model`,
+    Hugging Face's `save_pretrained`), and the others are not missing."""
+    groups: dict[int, list[str]] = {}
+    for key, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(key)
+    filled = dict(tensors)
+    for keys in groups.values():
+        held = next((k for k in keys if k in tensors), None)
+        if held is not None:
+            filled.update({k: tensors[held] for k in keys if k not in tensors})
+    return filled
+
+
 def _few(keys: list[str], n: int = 5) -> str:
     """The first `n` of `keys`, then `...` if there are more."""
     return ", ".join(map(_shown, keys[:n])) + (", ..." if len(keys) > n else "")
@@ -683,6 +698,7 @@ def load_checkpoint(
         raw = _read(weights)
         expected = net.state_dict()
         tensors = _cast_half(expected, _strip_prefix(expected, read_tensors(weights, raw), weights), weights)
+        tensors = _with_tied(net, tensors)
         _check_weights(net, tensors, weights, strict=False)
         net.load_state_dict({k: tensors[k] for k in net.state_dict()})
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})

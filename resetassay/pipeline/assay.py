@@ -436,8 +436,21 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
+    _check_positions(base, probe_x, name)
     _check_labels(base.shape[-1], {"calibration": calib_y, "probe": probe_y}, name)
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
+
+
+def _check_positions(logits: torch.Tensor, x: torch.Tensor, name: str | Path) -> None:
+    """Token ids `(B, T)` give logits at every position `(B, T, V)`; a model that returns the last position's alone
+    (nanoGPT's `forward(idx)` without targets: `(B, 1, V)`) is a one-line error naming the fix (SPEC S9)."""
+    if x.dtype.is_floating_point or x.dim() != 2 or logits.dim() != 3 or logits.shape[1] == x.shape[1]:
+        return
+    raise BadInputError(f"{name}: the model returns logits for the last position only ({tuple(logits.shape)} for "
+                        f"token ids {tuple(x.shape)}; nanoGPT's forward(idx) does so without targets); resetassay "
+                        "needs every position's logits: name in `model` a wrapper whose forward calls it with "
+                        "targets (e.g. model(idx, targets=idx)[0]), or pick full-sequence logits with `output`",
+                        field="model")
 
 
 def _first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:

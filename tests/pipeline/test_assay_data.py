@@ -207,3 +207,31 @@ def test_a_failed_checkpoint_is_not_counted_done_in_the_progress(tmp_path):
     assert len(result.failures) == 2
     counts = [(done, total) for task, done, total in calls if task == "checkpoints"]
     assert counts and all(done == 0 for done, _ in counts), counts
+
+
+def test_a_nanogpt_shaped_model_with_last_position_logits_is_one_line_naming_the_fix(tmp_path):
+    """nanoGPT's forward(idx) without targets returns `(B, 1, V)`: one line saying so and what gives every
+    position's logits (a wrapper calling it with targets, or `output`), not `Size does not match` in a traceback.
+    Its tied `lm_head.weight`, stored once, is not missing; the wrapper then assays it."""
+    from helpers.foreign_models import nano_gpt, nano_gpt_full
+
+    save_file({k: v for k, v in nano_gpt().state_dict().items() if k != "lm_head.weight"},
+              str(tmp_path / "g.safetensors"))
+    save_file({"input_ids": torch.randint(0, 16, (48, 12), generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "t.safetensors"))
+    args = ["--data", str(tmp_path / "t.safetensors"), "--utilities", "gxd,oracle", "--metrics", "l1", "--no-joint",
+            "--quiet", "--calib-size", "16", "--probe-size", "16"]
+    result = runner.invoke(app, ["run", str(tmp_path / "g.safetensors"), "--model", "helpers.foreign_models:nano_gpt",
+                                 "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "returns logits for the last position only ((16, 1, 16) for token ids (16, 12)" in errors[0], errors[0]
+    assert "targets" in errors[0] and "--output" in errors[0]
+    save_file({k: v for k, v in nano_gpt_full().state_dict().items() if k != "model.lm_head.weight"},
+              str(tmp_path / "gf.safetensors"))
+    result = runner.invoke(app, ["run", str(tmp_path / "gf.safetensors"), "--model",
+                                 "helpers.foreign_models:nano_gpt_full", "--out", str(tmp_path / "out2"), *args])
+    assert result.exit_code == 0, result.output
+    layers = set(pd.read_csv(tmp_path / "out2" / "units.csv")["layer"])
+    assert {"model.transformer.h.0.attn.heads", "model.transformer.h.1.attn.heads"} <= layers, layers
