@@ -178,6 +178,49 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     """
     if hasattr(model, "unit_layer_specs"):
         return model
+    tapped = _tap_unit_layers(model, example, routes)
+    _say_untapped_attention(model, tapped)
+    return tapped
+
+
+def _attention_modules(model: nn.Module) -> list[str]:
+    """The paths of the outermost attention modules of `model` (a torch.nn MultiheadAttention, or a class whose
+    name says Attention), a nested one (BERT's BertSelfAttention in BertAttention) counted with its parent."""
+    paths: list[str] = []
+    for path, module in model.named_modules():
+        if not path or not (isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__):
+            continue  # the model itself is never one (a class named AttentionNet)
+        if not any(path.startswith(p + ".") for p in paths):
+            paths.append(path)
+    return paths
+
+
+def _say_untapped_attention(model: nn.Module, tapped: nn.Module) -> None:
+    """A warning when some attention modules got no head tap: their heads are not assayed, and the user is told why
+    (the route taken, or no head count and output projection recognised), never silently (SPEC S9)."""
+    attention = _attention_modules(model)
+    if not attention:
+        return
+    heads = [path for path, module in tapped.named_modules() if isinstance(module, HeadTap)]
+    specs = getattr(tapped, "unit_layer_specs", None)
+    declared = [spec.module for spec in specs() if getattr(spec, "heads", None)] if callable(specs) else []
+    found = heads + declared
+    untapped = [p for p in attention if not any(h == p or h.startswith(p + ".") for h in found)]
+    if not untapped:
+        return
+    route = discovery_route(tapped)
+    if route == "hooks":
+        reason = ("torch.fx and torch.export could not trace the model (the warning above says why), and forward "
+                  "hooks tap activation modules only")
+    else:
+        reason = (f"the {route} route recognised no head count (e.g. n_head, num_heads) with an output projection "
+                  "called once in them")
+    shown = ", ".join(untapped[:3]) + (", ..." if len(untapped) > 3 else "")
+    warnings.warn(f"{model_name(model)}: attention heads not found in {len(untapped)} attention module(s) "
+                  f"({shown}): {reason}; only their other units are assayed", stacklevel=3)
+
+
+def _tap_unit_layers(model: nn.Module, example: torch.Tensor | None, routes: tuple[str, ...]) -> nn.Module:
     if (declared := transformers_taps(model)) is not None:
         if example is not None:
             _check_outputs(declared, model, example)

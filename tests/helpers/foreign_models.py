@@ -323,3 +323,40 @@ class FullLogits(nn.Module):
 
 def nano_gpt_full(seed: int = 0, **kwargs: object) -> FullLogits:
     return FullLogits(nano_gpt(seed, **kwargs)).eval()
+
+
+class OpaqueAttention(nn.Module):
+    """Self-attention whose head count is kept under a name resetassay does not know (`self.h`)."""
+
+    def __init__(self, n_embd: int = 16, h: int = 2):
+        super().__init__()
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.h = h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape  # noqa: N806
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+
+
+class OpaqueAttentionNet(nn.Module):
+    """Tokens -> embedding -> attention (heads not recognisable) -> MLP -> logits."""
+
+    def __init__(self, vocab_size: int = 16, n_embd: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, n_embd)
+        self.attention = OpaqueAttention(n_embd)
+        self.fc = nn.Linear(n_embd, 32)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(32, vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        x = x + self.attention(x)
+        return self.out(self.act(self.fc(x)))
+
+
+def opaque_attention_net(seed: int = 0, **kwargs: object) -> OpaqueAttentionNet:
+    torch.manual_seed(seed)
+    return OpaqueAttentionNet(**kwargs).eval()
