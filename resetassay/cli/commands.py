@@ -419,6 +419,13 @@ def inspect(
         _fail(str(e), 2)
     rows = layer_table(found)
     out.print(f"{checkpoint} (unit layers found by: {route})", highlight=False, soft_wrap=True)  # never wrapped
+    if not out.is_terminal:  # piped: plain aligned lines, never a name cut (they are what --layers takes)
+        cells = [list(rows[0]), *([str(v) for v in row.values()] for row in rows)]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+        for line in cells:
+            out.print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), highlight=False,
+                      soft_wrap=True)
+        return
     table = Table()
     for column in rows[0]:
         table.add_column(column)

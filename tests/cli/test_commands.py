@@ -150,3 +150,18 @@ def test_help_renders_verbatim(command):
 def test_an_unknown_name_suggests_close_ones(tmp_path, flag, value, needle):
     result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), flag, value, "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and needle in result.output
+
+
+def test_inspect_piped_prints_plain_lines_that_never_cut_a_layer_name(tmp_path) -> None:
+    """Not a terminal (a pipe, a file): one plain line per unit layer, its full name first, whatever the width."""
+    from helpers.foreign_models import nano_gpt_full
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in nano_gpt_full().state_dict().items() if k != "model.lm_head.weight"},
+              str(tmp_path / "g.safetensors"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "g.safetensors"), "--model",
+                                 "helpers.foreign_models:nano_gpt_full", "--seq-len", "8"], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    firsts = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert firsts[0] == "layer" and "model.transformer.h.1.attn.heads" in firsts, result.stdout
+    assert "…" not in result.stdout and "│" not in result.stdout
