@@ -165,3 +165,30 @@ def test_inspect_piped_prints_plain_lines_that_never_cut_a_layer_name(tmp_path) 
     firsts = [line.split()[0] for line in result.stdout.splitlines()[1:]]
     assert firsts[0] == "layer" and "model.transformer.h.1.attn.heads" in firsts, result.stdout
     assert "…" not in result.stdout and "│" not in result.stdout
+
+
+def test_inspect_takes_a_padded_token_file_as_run_does_and_says_when_heads_are_lost(tmp_path) -> None:
+    """A BERT classifier on a padded token file with an attention mask: `inspect` reads it as `run` does (PAD never
+    reaches the embedding), and the attention modules left without a head tap are named in a warning."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    transformers = pytest.importorskip("transformers")
+    fields = {"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "max_position_embeddings": 16, "num_labels": 3}
+    torch.manual_seed(0)
+    save_file(transformers.BertForSequenceClassification(transformers.BertConfig(**fields)).state_dict(),
+              str(tmp_path / "bert.safetensors"))
+    ids = torch.randint(1, 32, (8, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(8, 10, dtype=torch.long)
+    mask[::2, 6:] = 0
+    save_file({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.arange(8) % 3},
+              str(tmp_path / "t.safetensors"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "bert.safetensors"), "--model",
+                                 "transformers:BertForSequenceClassification", "--model-kwargs", json.dumps(fields),
+                                 "--data", str(tmp_path / "t.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "bert.encoder.layer.0.intermediate" in result.stdout
+    assert "attention heads not found in 1 attention module(s) (bert.encoder.layer.0.attention)" in result.stderr
