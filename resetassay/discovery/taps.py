@@ -245,7 +245,7 @@ def _tap_unit_layers(model: nn.Module, example: torch.Tensor | None, routes: tup
         tapped.discovery_route = route
         if failures:
             warnings.warn(f"{name}: {failures[0]}; its unit layers were found by torch.export on the example "
-                          "batch instead", stacklevel=2)
+                          "batch instead", stacklevel=3)
         _require_units(tapped, f"no hidden activation module or function call is in its {route} graph")
         return tapped
     why = "; ".join(failures) or "no route tried"
@@ -408,7 +408,7 @@ def _by_hooks(model: nn.Module, example: torch.Tensor | None, why: str) -> nn.Mo
     warnings.warn(
         f"{why}; unit layers are its activation modules, tapped by forward hooks: functional "
         "activations are not seen, producers and consumers are unknown",
-        stacklevel=3,
+        stacklevel=4,
     )
     _require_units(tapped, "no activation module is called in its forward (fx cannot trace it, so calls "
                            "of functions such as F.relu are not seen)")
@@ -466,7 +466,7 @@ def _fall_back(model: nn.Module, why: str) -> nn.Module:
     warnings.warn(
         f"{why}; unit layers are its activation modules instead: functional activations are not "
         "seen and a module called more than once is refused",
-        stacklevel=4,
+        stacklevel=5,
     )
     _require_units(model, "it has no activation module (fx cannot trace it, so calls of functions such "
                           "as F.relu are not seen)")
@@ -503,7 +503,7 @@ def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
 
 
 HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "nhead")
-HEAD_PROJECTIONS = ("proj", "o_proj", "out_proj", "c_proj", "dense", "wo", "to_out")
+HEAD_PROJECTIONS = ("proj", "o_proj", "out_proj", "out_lin", "c_proj", "dense", "wo", "to_out")
 
 
 def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str, int]]:
@@ -517,8 +517,8 @@ def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str
         heads = next((getattr(module, a) for a in HEAD_COUNTS if type(getattr(module, a, None)) is int), 0)
         if heads < 1:
             continue
-        for field in HEAD_PROJECTIONS:
-            child, target = getattr(module, field, None), f"{path}.{field}" if path else field
+        for owner, field in _projection_candidates(model, path, module):
+            child, target = getattr(owner[1], field, None), f"{owner[0]}.{field}" if owner[0] else field
             if not isinstance(child, nn.Module) or not (isinstance(child, nn.Linear) or is_conv1d(child)) \
                     or calls[target] != 1 or dense_weight(child).shape[1] % heads:
                 continue
@@ -527,6 +527,20 @@ def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str
                 sites.append((node, f"{path}.heads" if path else "heads", heads))
             break
     return sites
+
+
+def _projection_candidates(model: nn.Module, path: str, module: nn.Module
+                           ) -> list[tuple[tuple[str, nn.Module], str]]:
+    """((owner path, owner), field) where an attention's output projection may be: among its own children, else
+    in its parent's `output` (BERT: BertSelfAttention's heads are read by BertAttention.output.dense)."""
+    candidates = [((path, module), field) for field in HEAD_PROJECTIONS]
+    if path:
+        parent_path = path.rpartition(".")[0]
+        output = getattr(model.get_submodule(parent_path), "output", None)
+        if isinstance(output, nn.Module) and output is not module:
+            out_path = f"{parent_path}.output" if parent_path else "output"
+            candidates += [((out_path, output), field) for field in HEAD_PROJECTIONS]
+    return candidates
 
 
 def _tap_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:

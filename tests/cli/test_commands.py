@@ -167,9 +167,9 @@ def test_inspect_piped_prints_plain_lines_that_never_cut_a_layer_name(tmp_path) 
     assert "…" not in result.stdout and "│" not in result.stdout
 
 
-def test_inspect_takes_a_padded_token_file_as_run_does_and_says_when_heads_are_lost(tmp_path) -> None:
+def test_inspect_takes_a_padded_token_file_as_run_does_and_finds_bert_heads(tmp_path) -> None:
     """A BERT classifier on a padded token file with an attention mask: `inspect` reads it as `run` does (PAD never
-    reaches the embedding), and the attention modules left without a head tap are named in a warning."""
+    reaches the embedding), and finds the heads of its attention (BertSelfAttention, read by BertSelfOutput.dense)."""
     import json
 
     import torch
@@ -191,4 +191,5 @@ def test_inspect_takes_a_padded_token_file_as_run_does_and_says_when_heads_are_l
                                  "--data", str(tmp_path / "t.safetensors")])
     assert result.exit_code == 0, result.output
     assert "bert.encoder.layer.0.intermediate" in result.stdout
-    assert "attention heads not found in 1 attention module(s) (bert.encoder.layer.0.attention)" in result.stderr
+    assert "bert.encoder.layer.0.attention.self.heads" in result.stdout.split()
+    assert "attention heads not found" not in result.stderr
