@@ -164,7 +164,9 @@ PermSeed = Annotated[int | None, typer.Option(help="The permutation seed (defaul
 Model = Annotated[str | None, typer.Option(help="package.module:factory that builds the model of a plain state dict "
                                            "(.safetensors, .pt, .pth or Lightning .ckpt), or torchvision:NAME / "
                                            "timm:NAME (built without pretrained weights; needs the extra "
-                                           "resetassay[torchvision] / resetassay[timm]).")]
+                                           "resetassay[torchvision] / resetassay[timm]), or transformers:TYPE "
+                                           "(its causal LM) / transformers:CLASS (e.g. BertForSequenceClassification;"
+                                           " a save_pretrained folder is built from its config.json).")]
 ModelKwargs = Annotated[str | None, typer.Option(help="JSON object of keyword arguments for --model.")]
 Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over unit-layer names.")]
 Output = Annotated[str | None, typer.Option(help="Where the logits are in what the model returns: a dotted path of "

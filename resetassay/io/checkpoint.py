@@ -737,8 +737,9 @@ def load_checkpoint(
             `model` a state-dict file (.safetensors, .pt, .pth, a Lightning .ckpt) or a directory holding
             model.safetensors.
         name: the checkpoint's name in the tables (default: the last part of `path`).
-        model: `package.module:factory`, `torchvision:NAME`, `timm:NAME` or `transformers:TYPE`, the model a
-            state dict is loaded into (never with pretrained weights).
+        model: `package.module:factory`, `torchvision:NAME`, `timm:NAME`, `transformers:TYPE` (its causal language
+            model) or `transformers:Class` (`BertForSequenceClassification`), the model a state dict is loaded into
+            (never with pretrained weights); a Hugging Face `save_pretrained` folder is built from its config.json.
         model_kwargs: the factory's keyword arguments.
 
     Returns:
