@@ -164,7 +164,9 @@ PermSeed = Annotated[int | None, typer.Option(help="The permutation seed (defaul
 Model = Annotated[str | None, typer.Option(help="package.module:factory that builds the model of a plain state dict "
                                            "(.safetensors, .pt, .pth or Lightning .ckpt), or torchvision:NAME / "
                                            "timm:NAME (built without pretrained weights; needs the extra "
-                                           "resetassay[torchvision] / resetassay[timm]).")]
+                                           "resetassay[torchvision] / resetassay[timm]), or transformers:TYPE "
+                                           "(its causal LM) / transformers:CLASS (e.g. BertForSequenceClassification;"
+                                           " a save_pretrained folder is built from its config.json).")]
 ModelKwargs = Annotated[str | None, typer.Option(help="JSON object of keyword arguments for --model.")]
 Layers = Annotated[str | None, typer.Option(help="Comma-separated globs over unit-layer names.")]
 Output = Annotated[str | None, typer.Option(help="Where the logits are in what the model returns: a dotted path of "
@@ -419,6 +421,13 @@ def inspect(
         _fail(str(e), 2)
     rows = layer_table(found)
     out.print(f"{checkpoint} (unit layers found by: {route})", highlight=False, soft_wrap=True)  # never wrapped
+    if not out.is_terminal:  # piped: plain aligned lines, never a name cut (they are what --layers takes)
+        cells = [list(rows[0]), *([str(v) for v in row.values()] for row in rows)]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+        for line in cells:
+            out.print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), highlight=False,
+                      soft_wrap=True)
+        return
     table = Table()
     for column in rows[0]:
         table.add_column(column)

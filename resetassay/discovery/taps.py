@@ -178,6 +178,49 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
     """
     if hasattr(model, "unit_layer_specs"):
         return model
+    tapped = _tap_unit_layers(model, example, routes)
+    _say_untapped_attention(model, tapped)
+    return tapped
+
+
+def _attention_modules(model: nn.Module) -> list[str]:
+    """The paths of the outermost attention modules of `model` (a torch.nn MultiheadAttention, or a class whose
+    name says Attention), a nested one (BERT's BertSelfAttention in BertAttention) counted with its parent."""
+    paths: list[str] = []
+    for path, module in model.named_modules():
+        if not path or not (isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__):
+            continue  # the model itself is never one (a class named AttentionNet)
+        if not any(path.startswith(p + ".") for p in paths):
+            paths.append(path)
+    return paths
+
+
+def _say_untapped_attention(model: nn.Module, tapped: nn.Module) -> None:
+    """A warning when some attention modules got no head tap: their heads are not assayed, and the user is told why
+    (the route taken, or no head count and output projection recognised), never silently (SPEC S9)."""
+    attention = _attention_modules(model)
+    if not attention:
+        return
+    heads = [path for path, module in tapped.named_modules() if isinstance(module, HeadTap)]
+    specs = getattr(tapped, "unit_layer_specs", None)
+    declared = [spec.module for spec in specs() if getattr(spec, "heads", None)] if callable(specs) else []
+    found = heads + declared
+    untapped = [p for p in attention if not any(h == p or h.startswith(p + ".") for h in found)]
+    if not untapped:
+        return
+    route = discovery_route(tapped)
+    if route == "hooks":
+        reason = ("torch.fx and torch.export could not trace the model (the warning above says why), and forward "
+                  "hooks tap activation modules only")
+    else:
+        reason = (f"the {route} route recognised no head count (e.g. n_head, num_heads) with an output projection "
+                  "called once in them")
+    shown = ", ".join(untapped[:3]) + (", ..." if len(untapped) > 3 else "")
+    warnings.warn(f"{model_name(model)}: attention heads not found in {len(untapped)} attention module(s) "
+                  f"({shown}): {reason}; only their other units are assayed", stacklevel=3)
+
+
+def _tap_unit_layers(model: nn.Module, example: torch.Tensor | None, routes: tuple[str, ...]) -> nn.Module:
     if (declared := transformers_taps(model)) is not None:
         if example is not None:
             _check_outputs(declared, model, example)
@@ -202,7 +245,7 @@ def tap_unit_layers(model: nn.Module, example: torch.Tensor | None = None,
         tapped.discovery_route = route
         if failures:
             warnings.warn(f"{name}: {failures[0]}; its unit layers were found by torch.export on the example "
-                          "batch instead", stacklevel=2)
+                          "batch instead", stacklevel=3)
         _require_units(tapped, f"no hidden activation module or function call is in its {route} graph")
         return tapped
     why = "; ".join(failures) or "no route tried"
@@ -365,7 +408,7 @@ def _by_hooks(model: nn.Module, example: torch.Tensor | None, why: str) -> nn.Mo
     warnings.warn(
         f"{why}; unit layers are its activation modules, tapped by forward hooks: functional "
         "activations are not seen, producers and consumers are unknown",
-        stacklevel=3,
+        stacklevel=4,
     )
     _require_units(tapped, "no activation module is called in its forward (fx cannot trace it, so calls "
                            "of functions such as F.relu are not seen)")
@@ -423,7 +466,7 @@ def _fall_back(model: nn.Module, why: str) -> nn.Module:
     warnings.warn(
         f"{why}; unit layers are its activation modules instead: functional activations are not "
         "seen and a module called more than once is refused",
-        stacklevel=4,
+        stacklevel=5,
     )
     _require_units(model, "it has no activation module (fx cannot trace it, so calls of functions such "
                           "as F.relu are not seen)")
@@ -460,7 +503,7 @@ def _tapped(model: nn.Module, graph: fx.Graph) -> TappedModel:
 
 
 HEAD_COUNTS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "nhead")
-HEAD_PROJECTIONS = ("proj", "o_proj", "out_proj", "c_proj", "dense", "wo", "to_out")
+HEAD_PROJECTIONS = ("proj", "o_proj", "out_proj", "out_lin", "c_proj", "dense", "wo", "to_out")
 
 
 def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str, int]]:
@@ -474,8 +517,8 @@ def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str
         heads = next((getattr(module, a) for a in HEAD_COUNTS if type(getattr(module, a, None)) is int), 0)
         if heads < 1:
             continue
-        for field in HEAD_PROJECTIONS:
-            child, target = getattr(module, field, None), f"{path}.{field}" if path else field
+        for owner, field in _projection_candidates(model, path, module):
+            child, target = getattr(owner[1], field, None), f"{owner[0]}.{field}" if owner[0] else field
             if not isinstance(child, nn.Module) or not (isinstance(child, nn.Linear) or is_conv1d(child)) \
                     or calls[target] != 1 or dense_weight(child).shape[1] % heads:
                 continue
@@ -484,6 +527,20 @@ def _head_sites(gm: fx.GraphModule, model: nn.Module) -> list[tuple[fx.Node, str
                 sites.append((node, f"{path}.heads" if path else "heads", heads))
             break
     return sites
+
+
+def _projection_candidates(model: nn.Module, path: str, module: nn.Module
+                           ) -> list[tuple[tuple[str, nn.Module], str]]:
+    """((owner path, owner), field) where an attention's output projection may be: among its own children, else
+    in its parent's `output` (BERT: BertSelfAttention's heads are read by BertAttention.output.dense)."""
+    candidates = [((path, module), field) for field in HEAD_PROJECTIONS]
+    if path:
+        parent_path = path.rpartition(".")[0]
+        output = getattr(model.get_submodule(parent_path), "output", None)
+        if isinstance(output, nn.Module) and output is not module:
+            out_path = f"{parent_path}.output" if parent_path else "output"
+            candidates += [((out_path, output), field) for field in HEAD_PROJECTIONS]
+    return candidates
 
 
 def _tap_sites(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
@@ -710,11 +767,25 @@ def _is_batch_size(node: object) -> bool:
             and node.args[0].target is getattr and node.args[0].args[1] == "shape")
 
 
+def _is_shape_query(node: fx.Node, source: fx.Node) -> bool:
+    """`source.size(...)`, `source.shape` or `aten.sym_size(source, ...)`: reads the shape, not the values."""
+    if not node.args or node.args[0] is not source:
+        return False
+    return ((node.op == "call_method" and node.target in ("size", "dim"))
+            or (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
+            or (node.op == "call_function" and node.target in (aten.sym_size.int, aten.sym_size.default)))
+
+
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """The users of `node` that read its values: `out.view(out.size(0), -1)` has one reader, the view."""
+    return [user for user in node.users if not _is_shape_query(user, node)]
+
+
 def _consumer(gm: fx.GraphModule, site: fx.Node) -> tuple[str | None, str]:
     """The single Linear/Conv2d reading the units at `site`, or None and who reads them."""
-    source, users = site, list(site.users)
+    source, users = site, _value_users(site)
     while len(users) == 1 and _keeps_units(gm, users[0], source):
-        source, users = users[0], list(users[0].users)
+        source, users = users[0], _value_users(users[0])
     if len(users) == 1 and isinstance(_module(gm, users[0]), WEIGHTED):
         return str(users[0].target), ""
     readers = " and by ".join(_describe(gm, u) for u in users)

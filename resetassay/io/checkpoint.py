@@ -445,6 +445,8 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
         raise BadInputError(f"`model` {spec!r}: expected {lib}:NAME, the name of one of its architectures "
                             "(resetassay never downloads models or weights)", field="model")
     module = _import_library(lib, spec)
+    if lib == "transformers" and _transformers_class(module, name) is not None:
+        return _transformers_class_factory(spec, module, name)
     if lib == "transformers":
         names = list(module.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     else:
@@ -456,7 +458,8 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
         close += [lower[n] for n in difflib.get_close_matches(arch.lower(), lower, n=5, cutoff=0.6)
                   if lower[n] not in close][:5 - len(close)]
         lister = ("transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES lists them (model types "
-                  "such as gpt2, llama)") if lib == "transformers" else (
+                  "such as gpt2, llama), or name a model class (BertForSequenceClassification)"
+                  ) if lib == "transformers" else (
             f"{'torchvision.models' if lib == 'torchvision' else lib}.list_models() lists them")
         hint = f"close matches: {', '.join(close)}" if close else lister
         raise BadInputError(f"`model` {spec!r}: {lib} has no model {arch!r}; {hint}", field="model")
@@ -475,6 +478,59 @@ def _library_factory(spec: str, lib: str, name: str) -> Callable[..., nn.Module]
 
     build.__qualname__ = build.__name__ = spec
     return build
+
+
+def _transformers_class(module, name: str):
+    """The transformers model class `name` (`BertForSequenceClassification`, `ViTForImageClassification`), or None."""
+    if not name[:1].isupper():
+        return None
+    try:
+        cls = getattr(module, name, None)
+    except Exception:  # transformers' lazy module: a class whose backend is missing
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "config_class") else None
+
+
+def _transformers_class_factory(spec: str, module, name: str) -> Callable[..., nn.Module]:
+    """The factory of a transformers model class named by the user: its own config class with the kwargs as config
+    fields, random weights, nothing downloaded."""
+    cls = _transformers_class(module, name)
+
+    def build(**kwargs) -> nn.Module:
+        _refuse_downloads(kwargs)
+        return cls(cls.config_class(**kwargs))
+
+    build.__qualname__ = build.__name__ = spec
+    return build
+
+
+def _transformers_folder(path: Path, spec: str, kwargs: dict) -> nn.Module | None:
+    """The model of a Hugging Face `save_pretrained` folder (config.json beside model.safetensors) named with
+    `model` transformers:TYPE or transformers:Class: built from its config.json (the kwargs override its fields),
+    as the class named, else the config's `architectures`, else the causal language model of its type."""
+    config_file = (path if path.is_dir() else path.parent) / "config.json"  # the folder, or its weights file
+    lib, _, name = spec.partition(":")
+    if lib != "transformers" or not config_file.is_file():
+        return None
+    try:
+        fields = json.loads(_read(config_file))
+    except ValueError as err:
+        raise BadInputError(f"{config_file}: not JSON ({one_line(err)})") from err
+    if not isinstance(fields, dict) or "model_type" not in fields:
+        raise BadInputError(f"{config_file}: no model_type; save the model with save_pretrained")
+    module = _import_library(lib, spec)
+    _refuse_downloads(kwargs)
+    fields = {**fields, **kwargs}
+    try:
+        config = module.AutoConfig.for_model(**fields)
+        cls = _transformers_class(module, name) or next(
+            (c for a in fields.get("architectures") or [] if (c := _transformers_class(module, a)) is not None), None)
+        return cls(config) if cls is not None else module.AutoModelForCausalLM.from_config(config)
+    except BadInputError:
+        raise
+    except Exception as err:
+        raise BadInputError(f"{config_file}: does not build a {spec} model ({one_line(err)}); check `model` and "
+                            "`model_kwargs`", field="model") from err
 
 
 def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
@@ -507,7 +563,8 @@ def read_tensors(path: Path, raw: bytes) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, strict: bool) -> None:
+def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, strict: bool,
+                   spec: str | None = None) -> None:
     """The weights `model` wants are all in `tensors`, with its shapes and dtypes (extra ones: an error if
     `strict`, else a warning)."""
     expected = model.state_dict()
@@ -516,7 +573,7 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     if missing:  # name a few of each side: a prefix or another architecture shows at a glance
         raise BadInputError(f"{path}: missing weights for the model: {_few(missing)} ({len(missing)} of its "
                             f"{len(expected)} missing); " + (f"the file holds {_few(extra)} instead; " if extra else "")
-                            + "check `model`/`model_kwargs`")
+                            + "check `model`/`model_kwargs`" + _language_model_hint(model, spec))
     if extra:
         if strict:
             raise BadInputError(f"{path}: weights the model lacks: {', '.join(map(_shown, extra[:5]))}")
@@ -528,6 +585,31 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
                 f"{path}: {key} is {got.dtype} {tuple(got.shape)}, the model wants "
                 f"{ref.dtype} {tuple(ref.shape)}; check `model`/`model_kwargs`"
             )
+
+
+def _language_model_hint(model: nn.Module, spec: str | None) -> str:
+    """For `transformers:TYPE`: that it builds the causal language model, and how to get another head."""
+    lib, _, name = (spec or "").partition(":")
+    if lib != "transformers" or name[:1].isupper():
+        return ""
+    cls = type(model).__name__
+    return (f" (`model` {spec} builds the causal language model {cls}; for a classifier or another head name its "
+            f"class, e.g. transformers:{cls.split('LMHead')[0].split('For')[0]}ForSequenceClassification)")
+
+
+def _with_tied(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with the keys of tied weights filled in: where several of the model's state-dict keys are one
+    parameter (`lm_head.weight` = the token embedding), the file holds it once (safetensors' `save_model`,
+    Hugging Face's `save_pretrained`), and the others are not missing."""
+    groups: dict[int, list[str]] = {}
+    for key, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(key)
+    filled = dict(tensors)
+    for keys in groups.values():
+        held = next((k for k in keys if k in tensors), None)
+        if held is not None:
+            filled.update({k: tensors[held] for k in keys if k not in tensors})
+    return filled
 
 
 def _few(keys: list[str], n: int = 5) -> str:
@@ -657,8 +739,9 @@ def load_checkpoint(
             `model` a state-dict file (.safetensors, .pt, .pth, a Lightning .ckpt) or a directory holding
             model.safetensors.
         name: the checkpoint's name in the tables (default: the last part of `path`).
-        model: `package.module:factory`, `torchvision:NAME`, `timm:NAME` or `transformers:TYPE`, the model a
-            state dict is loaded into (never with pretrained weights).
+        model: `package.module:factory`, `torchvision:NAME`, `timm:NAME`, `transformers:TYPE` (its causal language
+            model) or `transformers:Class` (`BertForSequenceClassification`), the model a state dict is loaded into
+            (never with pretrained weights); a Hugging Face `save_pretrained` folder is built from its config.json.
         model_kwargs: the factory's keyword arguments.
 
     Returns:
@@ -680,12 +763,13 @@ def load_checkpoint(
     name = name or path.name
     if model is not None:
         kwargs = model_kwargs or {}
-        net = _build(import_factory(model, kwargs), model, kwargs)
+        net = _transformers_folder(path, model, kwargs) or _build(import_factory(model, kwargs), model, kwargs)
         weights = path / WEIGHTS if path.is_dir() else path
         raw = _read(weights)
         expected = net.state_dict()
         tensors = _cast_half(expected, _strip_prefix(expected, read_tensors(weights, raw), weights), weights)
-        _check_weights(net, tensors, weights, strict=False)
+        tensors = _with_tied(net, tensors)
+        _check_weights(net, tensors, weights, strict=False, spec=model)
         net.load_state_dict({k: tensors[k] for k in net.state_dict()})
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})
         return Checkpoint(net.eval(), info, sha256={weights.name: _sha256(raw)})

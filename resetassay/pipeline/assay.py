@@ -442,13 +442,32 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     if not torch.isfinite(base).all():
         raise FloatingPointError(f"{name}: the model gives NaN/Inf logits on the probe set; check its weights "
                                  "(a diverged training run?)")
+    _check_positions(base, probe_x, name)
     _check_labels(base.shape[-1], {"calibration": calib_y, "probe": probe_y}, name)
     return Prepared(name, model, found, config, calib_x, calib_y, probe_x, probe_y, base, clock, unresettable)
 
 
+def _check_positions(logits: torch.Tensor, x: torch.Tensor, name: str | Path) -> None:
+    """Token ids `(B, T)` give logits at every position `(B, T, V)`; a model that returns the last position's alone
+    (nanoGPT's `forward(idx)` without targets: `(B, 1, V)`) is a one-line error naming the fix (SPEC S9)."""
+    if x.dtype.is_floating_point or x.dim() != 2 or logits.dim() != 3 or logits.shape[1] == x.shape[1]:
+        return
+    raise BadInputError(f"{name}: the model returns logits for the last position only ({tuple(logits.shape)} for "
+                        f"token ids {tuple(x.shape)}; nanoGPT's forward(idx) does so without targets); resetassay "
+                        "needs every position's logits: name in `model` a wrapper whose forward calls it with "
+                        "targets (e.g. model(idx, targets=idx)[0]), or pick full-sequence logits with `output`",
+                        field="model")
+
+
 def _first_forward(model: nn.Module, x: torch.Tensor, name: str | Path) -> None:
     """Run `model` on two examples before anything else: inputs it cannot read (another channel count, size or
-    feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside."""
+    feature width than it was built for) are a one-line error naming the shape, not a traceback from deep inside.
+    A model with no `forward` of its own (nets that define `predict` instead) is named as such, not as a shape."""
+    if type(model).forward is nn.Module.forward:
+        methods = [m for m in ("predict", "infer", "logits") if callable(getattr(model, m, None))]
+        wrap = f"a Module whose forward calls {methods[0]}" if methods else "a Module whose forward returns the logits"
+        raise BadInputError(f"{name}: {type(model).__name__} has no forward(); resetassay calls model(x): wrap it, "
+                            f"e.g. {wrap}, and name that factory in `model`", field="model")
     try:
         with torch.no_grad():
             model(x)
@@ -807,10 +826,13 @@ def checkpoint_layers(
             raise BadInputError(f"{path}: no data recorded for this checkpoint; pass `data`, or `input_shape` "
                                 "(e.g. 3,32,32) to list its unit layers without data", field="data")
         x = example_inputs(spec, 2)
+    model = ckpt.model.eval()
+    if sequences.padding_mask(x) is not None:  # padded token ids: the model sees them as `run` shows them (SPEC S9)
+        model = sequences.padded_tokens(model, [x])
     try:
-        _first_forward(ckpt.model.eval(), x, path)
+        _first_forward(model, x, path)
     except BadInputError as err:  # made-up inputs: the field that shaped them is at fault
-        if input_shape is None and seq_len is None:
+        if (input_shape is None and seq_len is None) or err.field == "model":
             raise
         cause = one_line(err.__cause__) if err.__cause__ else str(err)
         if seq_len is not None:
@@ -818,7 +840,7 @@ def checkpoint_layers(
                                 f"({cause})", field="seq_len") from err
         raise BadInputError(f"`input_shape` {','.join(map(str, input_shape))}: the model does not take inputs of "
                             f"shape {tuple(x.shape)} ({cause})", field="input_shape") from err
-    tapped = tap_unit_layers(select_output(ckpt.model, output, x), x)
+    tapped = tap_unit_layers(select_output(model, output, x), x)
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 
 

@@ -324,6 +324,6 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
                 parts[name] = store.save(keys[name], result.tables())
             else:
                 parts[name] = result.tables()
-        finished += 1
+            finished += 1  # a failed checkpoint is not counted done: progress never reads 100% over a failure
         if report:
             report("checkpoints", finished, len(found))

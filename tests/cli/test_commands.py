@@ -150,3 +150,46 @@ def test_help_renders_verbatim(command):
 def test_an_unknown_name_suggests_close_ones(tmp_path, flag, value, needle):
     result = runner.invoke(app, ["run", str(FIXTURES / "relu_mlp"), flag, value, "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and needle in result.output
+
+
+def test_inspect_piped_prints_plain_lines_that_never_cut_a_layer_name(tmp_path) -> None:
+    """Not a terminal (a pipe, a file): one plain line per unit layer, its full name first, whatever the width."""
+    from helpers.foreign_models import nano_gpt_full
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in nano_gpt_full().state_dict().items() if k != "model.lm_head.weight"},
+              str(tmp_path / "g.safetensors"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "g.safetensors"), "--model",
+                                 "helpers.foreign_models:nano_gpt_full", "--seq-len", "8"], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    firsts = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert firsts[0] == "layer" and "model.transformer.h.1.attn.heads" in firsts, result.stdout
+    assert "…" not in result.stdout and "│" not in result.stdout
+
+
+def test_inspect_takes_a_padded_token_file_as_run_does_and_finds_bert_heads(tmp_path) -> None:
+    """A BERT classifier on a padded token file with an attention mask: `inspect` reads it as `run` does (PAD never
+    reaches the embedding), and finds the heads of its attention (BertSelfAttention, read by BertSelfOutput.dense)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    transformers = pytest.importorskip("transformers")
+    fields = {"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "max_position_embeddings": 16, "num_labels": 3}
+    torch.manual_seed(0)
+    save_file(transformers.BertForSequenceClassification(transformers.BertConfig(**fields)).state_dict(),
+              str(tmp_path / "bert.safetensors"))
+    ids = torch.randint(1, 32, (8, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(8, 10, dtype=torch.long)
+    mask[::2, 6:] = 0
+    save_file({"input_ids": ids * mask, "attention_mask": mask, "labels": torch.arange(8) % 3},
+              str(tmp_path / "t.safetensors"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "bert.safetensors"), "--model",
+                                 "transformers:BertForSequenceClassification", "--model-kwargs", json.dumps(fields),
+                                 "--data", str(tmp_path / "t.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "bert.encoder.layer.0.intermediate" in result.stdout
+    assert "bert.encoder.layer.0.attention.self.heads" in result.stdout.split()
+    assert "attention heads not found" not in result.stderr

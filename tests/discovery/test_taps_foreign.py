@@ -498,3 +498,29 @@ def test_cli_assays_each_call_of_the_reused_module_of_an_untraceable_model(tmp_p
     assert "torch.fx cannot trace" in output
     units = pd.read_csv(tmp_path / "run" / "units.csv")
     assert units.groupby("layer", sort=False).size().to_dict() == {"act@0": 8, "act@1": 8}
+
+
+def test_a_view_by_batch_size_flatten_keeps_the_fc_as_the_consumer():
+    """`out.view(out.size(0), -1)` (CIFAR ResNet repositories) reads like flatten(1): the size query reads the shape,
+    not the units, so the last relu's consumer is still the fc and `contribution` applies."""
+    calib_x, *_ = _digits("image")
+    tapped, layers = _tapped(resnet_tv(flatten="view").double(), calib_x)
+    last = {layer.name: layer for layer in layers}["layer2.0.relu@1"]
+    assert last.consumer is tapped.fc, last.consumer_note
+
+
+def test_attention_modules_without_a_head_tap_are_said_not_silently_dropped():
+    """An attention module whose heads are not recognised gets a warning naming it ("attention heads not found");
+    a nanoGPT-shaped model, whose heads are found, gets none."""
+    import warnings
+
+    from helpers.foreign_models import nano_gpt_full, opaque_attention_net
+
+    ids = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"attention heads not found in 1 attention module\(s\) \(attention\)"):
+        tap_unit_layers(opaque_attention_net(), ids)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        tapped = tap_unit_layers(nano_gpt_full(), ids)
+    assert not [w for w in said if "attention heads" in str(w.message)], [str(w.message) for w in said]
+    assert "model.transformer.h.0.attn.heads" in dict(tapped.named_modules())

@@ -168,3 +168,38 @@ def test_right_padded_batches_give_what_each_sequence_gives_alone():
         for key in ("gxd", "abs_act"):
             want = torch.stack([getattr(a[la.name], key) for a in alone]).double().mean(0)
             torch.testing.assert_close(getattr(stats[la.name], key).double(), want, **TOL)
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_bert_and_distilbert_classifier_heads_are_found_behind_a_padding_wrapper(kind):
+    """A BERT/DistilBERT classifier seen through a wrapper (as a padded batch with its mask is given to it): its
+    attention heads are found by the traced graph (BertSelfAttention's heads are read by BertSelfOutput.dense,
+    DistilBERT's by out_lin), not only its MLP neurons, and no "attention heads not found" warning."""
+    import warnings
+
+    transformers = pytest.importorskip("transformers")
+    if kind == "bert":
+        config = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=16, num_labels=3)
+        model, want = transformers.BertForSequenceClassification(config), "m.bert.encoder.layer.0.attention.self.heads"
+    else:
+        config = transformers.DistilBertConfig(vocab_size=32, dim=16, n_layers=1, n_heads=2, hidden_dim=32,
+                                               max_position_embeddings=16, num_labels=3)
+        model = transformers.DistilBertForSequenceClassification(config)
+        want = "m.distilbert.transformer.layer.0.attention.heads"
+
+    class Masked(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.m(ids, attention_mask=(ids > 0).long()).logits
+
+    ids = torch.randint(1, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    ids[0, 5:] = 0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        tapped = tap_unit_layers(Masked(model.eval()), ids)
+    assert want in {layer.name for layer in unit_layers(tapped, ids)}
+    assert not [w for w in said if "attention heads not found" in str(w.message)]

@@ -62,9 +62,11 @@ class ResNetTV(nn.Module):
     """torchvision-style ResNet in miniature: stem conv-bn-relu, layer1 (identity skip),
     layer2 (stride 2, 1x1 projection downsample), avgpool, flatten, fc. Input (B, 1, 8, 8)."""
 
-    def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (4, 6), n_classes: int = 10):
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (4, 6), n_classes: int = 10,
+                 flatten: str = "flatten"):
         super().__init__()
         a, b = widths
+        self.flatten = flatten  # "flatten": torch.flatten(x, 1); "view": x.view(x.size(0), -1), as CIFAR repos do
         self.conv1 = nn.Conv2d(in_channels, a, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(a)
         self.relu = nn.ReLU(inplace=True)
@@ -81,7 +83,7 @@ class ResNetTV(nn.Module):
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.avgpool(x)
-        x = torch.flatten(x, 1)
+        x = x.view(x.size(0), -1) if self.flatten == "view" else torch.flatten(x, 1)
         return self.fc(x)
 
 
@@ -211,3 +213,150 @@ class WrappedOutputMLP(FunctionalMLP):
 def wrapped_output_mlp(seed: int = 0, wrap: str = "tensor", **kwargs: object) -> WrappedOutputMLP:
     """A seeded FunctionalMLP returning its logits wrapped (same weights for every `wrap`)."""
     return _randomise_(WrappedOutputMLP(wrap, **kwargs), seed)
+
+
+class PredictOnlyFFNN(nn.Module):
+    """The loss-of-plasticity repository's `DeepFFNN` shape: layers in a ModuleList, `predict` and no `forward`."""
+
+    def __init__(self, n_in: int = 64, hidden: int = 32, n_out: int = 10):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, n_out)])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def predict_only_ffnn(seed: int = 0, **kwargs: object) -> PredictOnlyFFNN:
+    return _randomise_(PredictOnlyFFNN(**kwargs), seed)
+
+
+class NanoCausalSelfAttention(nn.Module):
+    """nanoGPT's attention: one fused `c_attn` for q, k, v, heads split by view/transpose, flash SDPA, `c_proj`."""
+
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.n_head, self.n_embd = n_head, n_embd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()  # noqa: N806 (nanoGPT's names)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class NanoMLP(nn.Module):
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = NanoCausalSelfAttention(n_embd, n_head)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = NanoMLP(n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPT(nn.Module):
+    """karpathy's nanoGPT `model.py` in miniature: `forward(idx, targets=None)` returns `(logits, loss)`, and
+    without targets the logits of the last position only, `(B, 1, V)`; `lm_head` tied to `wte`."""
+
+    def __init__(self, vocab_size: int = 16, block_size: int = 12, n_layer: int = 2, n_head: int = 2,
+                 n_embd: int = 16):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd), drop=nn.Dropout(0.0),
+            h=nn.ModuleList([NanoBlock(n_embd, n_head) for _ in range(n_layer)]), ln_f=nn.LayerNorm(n_embd)))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # inference-time mini-optimization: only the last position
+            loss = None
+        return logits, loss
+
+
+def nano_gpt(seed: int = 0, **kwargs: object) -> NanoGPT:
+    torch.manual_seed(seed)
+    return NanoGPT(**kwargs).eval()
+
+
+class FullLogits(nn.Module):
+    """The wrapper that gives nanoGPT's logits at every position: its forward calls the model with targets."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, targets=idx)[0]
+
+
+def nano_gpt_full(seed: int = 0, **kwargs: object) -> FullLogits:
+    return FullLogits(nano_gpt(seed, **kwargs)).eval()
+
+
+class OpaqueAttention(nn.Module):
+    """Self-attention whose head count is kept under a name resetassay does not know (`self.h`)."""
+
+    def __init__(self, n_embd: int = 16, h: int = 2):
+        super().__init__()
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.h = h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape  # noqa: N806
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+
+
+class OpaqueAttentionNet(nn.Module):
+    """Tokens -> embedding -> attention (heads not recognisable) -> MLP -> logits."""
+
+    def __init__(self, vocab_size: int = 16, n_embd: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, n_embd)
+        self.attention = OpaqueAttention(n_embd)
+        self.fc = nn.Linear(n_embd, 32)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(32, vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        x = x + self.attention(x)
+        return self.out(self.act(self.fc(x)))
+
+
+def opaque_attention_net(seed: int = 0, **kwargs: object) -> OpaqueAttentionNet:
+    torch.manual_seed(seed)
+    return OpaqueAttentionNet(**kwargs).eval()

@@ -421,3 +421,56 @@ def test_an_unknown_transformers_type_names_where_the_types_are_listed():
     pytest.importorskip("transformers")
     with pytest.raises(BadInputError, match="MODEL_FOR_CAUSAL_LM_MAPPING_NAMES lists them"):
         import_factory("transformers:zzz")
+
+
+def _tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_a_save_pretrained_folder_is_built_from_its_config_with_tied_weights_not_missing(tmp_path):
+    """A Hugging Face `save_pretrained` folder (config.json + model.safetensors, `lm_head.weight` tied to the
+    embedding and stored once) under `model` transformers:gpt2 is the model of its config.json, not a 12-layer
+    default GPT-2, and assays with `utilities` gxd and oracle."""
+    from typer.testing import CliRunner
+
+    from resetassay.cli import app
+
+    model = _tiny_gpt2()
+    model.save_pretrained(tmp_path / "gpt2")
+    assert (tmp_path / "gpt2" / "config.json").is_file()
+    ckpt = load_checkpoint(tmp_path / "gpt2", model="transformers:gpt2")
+    assert ckpt.model.config.n_layer == 2 and ckpt.model.config.n_embd == 16
+    ids = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(ids).logits, model(ids).logits)
+    save_file({"input_ids": torch.randint(0, 32, (32, 8), generator=torch.Generator().manual_seed(1))},
+              str(tmp_path / "t.safetensors"))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "gpt2"), "--model", "transformers:gpt2", "--data",
+                                      str(tmp_path / "t.safetensors"), "--utilities", "gxd,oracle", "--metrics", "l1",
+                                      "--no-joint", "--quiet", "--calib-size", "16", "--probe-size", "16",
+                                      "--layers", "*.0.*", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "units.csv").is_file()
+
+
+def test_a_transformers_classifier_is_reachable_by_its_class_name(tmp_path):
+    """`transformers:BertForSequenceClassification` builds that class from its config (model_kwargs as fields);
+    `transformers:bert` with a classifier's weights says it builds a language model and names the class to use."""
+    transformers = pytest.importorskip("transformers")
+    fields = {"vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "max_position_embeddings": 16, "num_labels": 3}
+    torch.manual_seed(0)
+    classifier = transformers.BertForSequenceClassification(transformers.BertConfig(**fields)).eval()
+    save_file(classifier.state_dict(), str(tmp_path / "bert.safetensors"))
+    ckpt = load_checkpoint(tmp_path / "bert.safetensors", model="transformers:BertForSequenceClassification",
+                           model_kwargs=fields)
+    assert type(ckpt.model).__name__ == "BertForSequenceClassification"
+    ids = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(ids).logits, classifier(ids).logits)
+    with pytest.raises(BadInputError, match=r"builds the causal language model BertLMHeadModel; for a classifier .*"
+                                            r"transformers:BertForSequenceClassification"):
+        load_checkpoint(tmp_path / "bert.safetensors", model="transformers:bert", model_kwargs=fields)

@@ -176,3 +176,62 @@ def test_assay_model_reads_dict_batches_as_tuples():
     import pandas as pd
 
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_model_without_forward_is_named_as_such_not_as_a_shape(tmp_path):
+    """A net that defines `predict` and no `forward` (the loss-of-plasticity nets): one line naming the class, the
+    missing forward and the wrapper that fixes it, never a blame on the input shape, and no checkpoint counted done."""
+    from helpers.foreign_models import predict_only_ffnn
+
+    save_file(predict_only_ffnn().state_dict(), str(tmp_path / "m.safetensors"))
+    data = _file(tmp_path / "d.safetensors", torch.rand(64, 64), torch.randint(0, 10, (64,)))
+    result = runner.invoke(app, ["run", str(tmp_path / "m.safetensors"), "--model",
+                                 "helpers.foreign_models:predict_only_ffnn", "--data", str(data), "--out",
+                                 str(tmp_path / "out"), "--utilities", "gxd,oracle", "--metrics", "l1", "--no-joint"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "PredictOnlyFFNN has no forward(); resetassay calls model(x): wrap it" in errors[0], errors[0]
+    assert "forward calls predict" in errors[0] and "--model" in errors[0] and "shape" not in errors[0]
+    assert "checkpoints: 1/1 (100%)" not in result.output
+
+
+def test_a_failed_checkpoint_is_not_counted_done_in_the_progress(tmp_path):
+    """Checkpoints that fail leave the overall count short of 100%: progress never reports success for them."""
+    from resetassay import data_spec, run_assay
+
+    calls: list[tuple[str, int, int]] = []
+    data = _file(tmp_path / "d.safetensors", torch.rand(40, 32), torch.randint(0, 10, (40,)))
+    result = run_assay([FIXTURES / "relu_mlp"], data=data_spec(str(data)), utilities=["gxd", "oracle"], metrics=["l1"],
+                       joint=False, progress=lambda task, done, total: calls.append((task, done, total)))
+    assert len(result.failures) == 2
+    counts = [(done, total) for task, done, total in calls if task == "checkpoints"]
+    assert counts and all(done == 0 for done, _ in counts), counts
+
+
+def test_a_nanogpt_shaped_model_with_last_position_logits_is_one_line_naming_the_fix(tmp_path):
+    """nanoGPT's forward(idx) without targets returns `(B, 1, V)`: one line saying so and what gives every
+    position's logits (a wrapper calling it with targets, or `output`), not `Size does not match` in a traceback.
+    Its tied `lm_head.weight`, stored once, is not missing; the wrapper then assays it."""
+    from helpers.foreign_models import nano_gpt, nano_gpt_full
+
+    save_file({k: v for k, v in nano_gpt().state_dict().items() if k != "lm_head.weight"},
+              str(tmp_path / "g.safetensors"))
+    save_file({"input_ids": torch.randint(0, 16, (48, 12), generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "t.safetensors"))
+    args = ["--data", str(tmp_path / "t.safetensors"), "--utilities", "gxd,oracle", "--metrics", "l1", "--no-joint",
+            "--quiet", "--calib-size", "16", "--probe-size", "16"]
+    result = runner.invoke(app, ["run", str(tmp_path / "g.safetensors"), "--model", "helpers.foreign_models:nano_gpt",
+                                 "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "returns logits for the last position only ((16, 1, 16) for token ids (16, 12)" in errors[0], errors[0]
+    assert "targets" in errors[0] and "--output" in errors[0]
+    save_file({k: v for k, v in nano_gpt_full().state_dict().items() if k != "model.lm_head.weight"},
+              str(tmp_path / "gf.safetensors"))
+    result = runner.invoke(app, ["run", str(tmp_path / "gf.safetensors"), "--model",
+                                 "helpers.foreign_models:nano_gpt_full", "--out", str(tmp_path / "out2"), *args])
+    assert result.exit_code == 0, result.output
+    layers = set(pd.read_csv(tmp_path / "out2" / "units.csv")["layer"])
+    assert {"model.transformer.h.0.attn.heads", "model.transformer.h.1.attn.heads"} <= layers, layers
