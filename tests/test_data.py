@@ -153,7 +153,8 @@ def test_idx_files_are_read_and_decompressed_once_per_process_while_unchanged(tm
     assert mnist_arrays(folder, "test")[1].tolist() == [0] * 4 and reads["t10k-labels-idx1-ubyte"] == 2
 
 
-@pytest.mark.parametrize(("name", "layout"), [("fashion-mnist", "flat"), ("fashion-mnist-image", "image")])
+@pytest.mark.parametrize(("name", "layout"), [("permuted-fashion-mnist", "flat"),
+                                              ("permuted-fashion-mnist-image", "image")])
 def test_fashion_mnist_is_its_own_source_read_from_the_same_idx_files(tmp_path, name, layout):
     folder, arrays = _mnist_dir(tmp_path)
     spec = data_spec(name, 1, 2, str(folder))
@@ -181,9 +182,9 @@ MNIST_5 = DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/old")
      "`permutation_seed` 3 replaces its recorded permutation seed 1"),
     (DataChoice(DataSpec(source="fashion-mnist", data_dir="/f"), "/f"),
      DataSpec(source="fashion-mnist", task=5, permutation_seed=1, data_dir="/f"),
-     "`data` fashion-mnist replaces its recorded mnist"),
+     "`data` permuted-fashion-mnist replaces its recorded permuted-mnist"),
     (DataChoice(DataSpec(layout="image"), task=2), DataSpec(layout="image", task=2, permutation_seed=1),
-     "`data` digits-image replaces its recorded mnist; `task` 2 replaces its recorded task 5"),
+     "`data` permuted-digits-image replaces its recorded permuted-mnist; `task` 2 replaces its recorded task 5"),
 ])
 def test_a_checkpoints_data_record_wins_except_for_what_is_asked(choice, resolved, warning):
     assert choice.resolve(MNIST_5) == (resolved, warning)
@@ -361,7 +362,7 @@ def test_a_probe_file_holds_the_probe_set(tmp_path):
 
 
 def test_builtin_names_still_give_the_same_spec_and_dict():
-    spec = data_spec("digits-image", 2, 5)
+    spec = data_spec("permuted-digits-image", 2, 5)
     assert spec == DataSpec(layout="image", task=2, permutation_seed=5)
     assert list(spec.to_dict()) == ["source", "layout", "task", "permutation_seed", "split_seed",
                                     "holdout_fraction", "data_dir"]

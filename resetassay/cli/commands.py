@@ -146,7 +146,9 @@ def _data_choice(name: str | None, task: int | None, permutation_seed: int | Non
 
 Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none (another than a checkpoint "
                                           "records replaces its record, with a warning): digits, mnist, "
-                                          "fashion-mnist (each also -image), a tensor file (.safetensors/.npz/.pt), "
+                                          "fashion-mnist (the datasets as published; permuted-digits, "
+                                          "permuted-mnist, permuted-fashion-mnist: the continual study's permuted "
+                                          "tasks; each also -image), a tensor file (.safetensors/.npz/.pt), "
                                           "an image folder or .tar/.tar.gz, or pkg.mod:factory.")]
 ProbeData = Annotated[Path | None, typer.Option("--probe-data", help="With --data FILE|FOLDER: a second one "
                                                 "holding the probe set (--data is then the calibration set).")]
@@ -427,22 +429,24 @@ def inspect(
     out.print(table)
 
 
-def _schedule(source: str, tasks: int | None, epochs_per_task: int | None, epochs: int | None,
+def _schedule(spec: DataSpec, tasks: int | None, epochs_per_task: int | None, epochs: int | None,
               checkpoint_in: str | None) -> tuple[int, int, str]:
     """(tasks, epochs per task, checkpoint unit) of `train`: permuted data takes --tasks (default 30) and
-    --epochs-per-task (default 1); an image folder is one task of --epochs epochs, checkpointed by epoch."""
-    from resetassay.data import PERMUTED
+    --epochs-per-task (default 1); an image folder, or a plain dataset (--data mnist), is one task of --epochs
+    epochs, checkpointed by epoch."""
+    from resetassay.data import PERMUTED, data_name
 
-    if source in PERMUTED:
+    if spec.source in PERMUTED and spec.permuted:
         if epochs is not None:
-            raise BadInputError("--epochs applies to an image folder; permuted tasks take --tasks and "
-                                "--epochs-per-task", field="epochs")
+            raise BadInputError("--epochs applies to an image folder or a plain dataset (--data mnist); permuted "
+                                "tasks take --tasks and --epochs-per-task", field="epochs")
         return (30 if tasks is None else tasks), (1 if epochs_per_task is None else epochs_per_task), \
             checkpoint_in or "tasks"
+    what = (f"--data {data_name(spec)} is the plain dataset, one task (--data permuted-{data_name(spec)} gives the "
+            f"continual study's permuted tasks)" if spec.source in PERMUTED else "an image folder is one task")
     for flag, value in (("--tasks", tasks), ("--epochs-per-task", epochs_per_task)):
         if value is not None:
-            raise BadInputError(f"{flag} applies to permuted tasks; an image folder is one task: give --epochs",
-                                field=_field(flag))
+            raise BadInputError(f"{flag} applies to permuted tasks; {what}: give --epochs", field=_field(flag))
     return 1, (1 if epochs is None else epochs), checkpoint_in or "epochs"
 
 
@@ -461,10 +465,13 @@ def train_command(
                                       "biases), kaiming-normal (Kaiming normal, ReLU gain, fan_in, zero biases: "
                                       "the paper's ResNet-18) or torch-default (PyTorch's own layer init); recorded "
                                       "in the checkpoint and, if not the default, in its family.")] = "kaiming-relu",
-    data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
-                                      "grammar (token sequences, --model transformer); an image folder or "
-                                      ".tar/.tar.gz with train/ and test/ class folders (one task, --epochs).")]
-    = "digits",
+    data: Annotated[str, typer.Option(help="permuted-digits, permuted-mnist or permuted-fashion-mnist (with "
+                                      "--data-dir), each also -image: the continual study's permuted tasks; "
+                                      "grammar (token sequences, --model transformer); digits, mnist or "
+                                      "fashion-mnist (each also -image): the plain dataset, one task (--epochs); "
+                                      "an image folder or .tar/.tar.gz with train/ and test/ class folders (one "
+                                      "task, --epochs).")]
+    = "permuted-digits",
     data_dir: DataDir = None,
     image_size: ImageSize = None,
     normalize: Normalize = None,
@@ -529,7 +536,7 @@ def train_command(
                                 field="permutation_seed")
         spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None,
                          image_size=image_size, normalize=normalize)
-        tasks, epochs_per_task, checkpoint_in = _schedule(spec.source, tasks, epochs_per_task, epochs, checkpoint_in)
+        tasks, epochs_per_task, checkpoint_in = _schedule(spec, tasks, epochs_per_task, epochs, checkpoint_in)
         given = {"utility": utility, "replacement_rate": replacement_rate, "decay": decay, "maturity": maturity}
         if not cbp and (unused := [k for k, v in given.items() if v is not None]):
             flag = f"--{unused[0].replace('_', '-')}"

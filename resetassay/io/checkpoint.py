@@ -45,7 +45,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from resetassay.data import DataSpec
+from resetassay.data import PERMUTED, DataSpec
 from resetassay.errors import BadInputError, one_line
 from resetassay.io.imports import import_named_module
 from resetassay.models import MODELS, model_family
@@ -109,9 +109,13 @@ MANIFEST_SCHEMA: dict[str, Field] = {
 def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_utility: str | None = None) -> str:
     """The report family of a checkpoint: its model and its training (README "Families"), e.g. `mlp-relu` (plain
     backprop on permuted MNIST), `mlp-silu-ln+cbp-gxd`, `cnn-relu-bn@fashion-mnist`: the model's label
-    (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless MNIST."""
+    (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless permuted MNIST; a
+    plain built-in dataset (`data` mnist, not permuted-mnist) is `@<source>-unpermuted`, e.g.
+    `mlp-relu@mnist-unpermuted`."""
     cbp = f"+cbp-{cbp_utility}" if cbp_utility else ""
-    where = f"@{data.source}" if data is not None and data.source != PAPER_DATA else ""
+    plain = data is not None and data.source in PERMUTED and not data.permuted
+    where = (f"@{data.source}-unpermuted" if plain else
+             f"@{data.source}" if data is not None and data.source != PAPER_DATA else "")
     return f"{model_family(model, kwargs)}{cbp}{where}"
 
 
@@ -191,7 +195,7 @@ def save_checkpoint(
         >>> net = mlp(widths=(16,))
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = ra.save_checkpoint(f"{tmp}/ckpt", net, "resetassay.models:mlp", {"widths": [16]},
-        ...                               step={"task": 1}, data=ra.data_spec("digits", task=1))
+        ...                               step={"task": 1}, data=ra.data_spec("permuted-digits", task=1))
         ...     sorted(p.name for p in path.iterdir()), ra.load_checkpoint(path).info.family
         (['manifest.json', 'model.safetensors'], 'mlp-relu@digits')
     """
