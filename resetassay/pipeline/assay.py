@@ -60,7 +60,7 @@ from resetassay.scoring.registry import (
 )
 from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.stats.summary import checkpoint_summary, selections
-from resetassay.stats.verdict import COST_STAGE, flag_notes, reliability_flags
+from resetassay.stats.verdict import CHANCE_FACTOR, COST_STAGE, flag_notes, near_chance, reliability_flags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -70,10 +70,27 @@ if TYPE_CHECKING:
 __all__ = [
     "AssayConfig", "AssayResult", "assay_model", "assay_checkpoint", "config_with", "CheckpointInputs",
     "checkpoint_inputs", "checkpoint_layers", "resolve_device", "versions", "Prepared", "prepare",
-    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter",
+    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter", "ProbeAtChance",
 ]  # the notebook's names first, then the stages pipeline/shard.py runs one by one
 
 SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the command, whichever data
+
+
+class ProbeAtChance(UserWarning):
+    """A model's labelled probe accuracy is near chance (the verdict's "probe at chance" flag, SPEC S5b): it is
+    probably not probed on its own data. Issued once per assayed model, when its tables are made (`finish`)."""
+
+
+def _warn_if_at_chance(name: str, accuracy: float, n_classes: int) -> None:
+    """Warn (`ProbeAtChance`) when `accuracy` on labelled probe data is below CHANCE_FACTOR x chance."""
+    chance = near_chance(accuracy, n_classes)
+    if chance is None:
+        return
+    warnings.warn(f"{name}: probe accuracy {accuracy:.1%} is near chance ({chance:.1%} for {n_classes} classes; "
+                  f"flagged below {CHANCE_FACTOR:g}× chance), so its shocks and rankings may not describe the model "
+                  "on its own data; likely causes: the wrong data (`data` mnist is plain MNIST, permuted-mnist the "
+                  "continual study's tasks), the wrong permutation task (`task`, `permutation_seed`), or a `data` "
+                  "the model was not trained on", ProbeAtChance, stacklevel=3)
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(AssayConfig))
@@ -533,8 +550,10 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
     target = p.config.target + (" (no labels)" if sequences.unlabelled(p.calib_y) else "")
-    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y),
-                              "n_classes": int(p.base.shape[-1]), "target": target}])
+    probe_accuracy, n_classes = sequences.accuracy(p.base, p.probe_y), int(p.base.shape[-1])
+    _warn_if_at_chance(p.name, probe_accuracy, n_classes)
+    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": probe_accuracy, "n_classes": n_classes,
+                              "target": target}])
     with p.clock("summary"):
         summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
         notes = pd.concat([notes, flag_notes(reliability_flags(units, summary, accuracy, config.q))],
