@@ -194,6 +194,11 @@ def run(
     data_kwargs: DataKwargs = None,
     task: Task = None,
     permutation_seed: PermSeed = None,
+    state: Annotated[Path | None, typer.Option(help="A per-unit state file (<layer>.age/.reference/.utility, e.g. "
+                                               "CBP's state of a model trained elsewhere; `resetassay gnt-state` "
+                                               "converts loss-of-plasticity's GnT) for the one checkpoint given. "
+                                               "Beside a state dict, W.state.safetensors (or state.safetensors "
+                                               "beside one weights file) is read without it.")] = None,
     table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
                                               "tables; needs resetassay[parquet]).")] = "csv",
     figures: Annotated[str, typer.Option(help=FIGURES_HELP)] = "png",
@@ -225,7 +230,7 @@ def run(
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
                                data=_data_choice(data, task, permutation_seed, data_dir, probe=probe,
                                                  image_size=image_size, normalize=normalize,
-                                                 data_kwargs=data_kwargs), progress=not quiet,
+                                                 data_kwargs=data_kwargs), state=state, progress=not quiet,
                                out=out_dir, overwrite=overwrite, table_format=table_format, figures=figures,
                                note=_say,
                                on_failure=lambda text: _say(ERROR, text))
@@ -563,6 +568,51 @@ def train_command(
     for path in saved:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
     out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}", highlight=False, soft_wrap=True)
+
+
+@app.command("gnt-state")
+def gnt_state_command(
+    gnt_file: Annotated[Path, typer.Argument(help="GnT's lists saved by torch.save (a dict: ages, mean_feature_act, "
+                                             "bias_corrected_util[, util], each a list by hidden layer), or a "
+                                             "safetensors/.pt of flat tensors ages.0, ages.1, ...")],
+    model: Annotated[str, typer.Option(help="package.module:factory that builds the network GnT trained (only its "
+                                       "architecture is read).")],
+    model_kwargs: ModelKwargs = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The state file to write: state.safetensors (or "
+                                           "W.state.safetensors) beside the weights W, so that `resetassay run "
+                                           "W --model ...` reads it.")] = Path("state.safetensors"),
+    input_shape: Annotated[str | None, typer.Option(help="The shape of one input, e.g. 784 (default: the input "
+                                                    "width of the model's first Linear).")] = None,
+    layers: Layers = None,
+    decay: Annotated[float, typer.Option(help="GnT's decay_rate, for the bias-corrected mean and utility.")] = 0.99,
+) -> None:
+    """Convert the loss-of-plasticity GnT's CBP state into resetassay's per-unit state (state.safetensors): GnT's
+    hidden layer i is the model's i-th unit layer (resetassay/io/gnt.py)."""
+    from safetensors.torch import save_file
+
+    from resetassay.io.checkpoint import build_model
+    from resetassay.io.gnt import gnt_state, read_gnt
+
+    try:
+        shape = _ints(input_shape, "--input-shape", "784")
+        if shape is not None and (not shape or min(shape) < 1):
+            raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 784", field="input_shape")
+        with _one_line_warnings():
+            lists = read_gnt(gnt_file)
+            state = gnt_state(lists, build_model(model, _model_kwargs(model_kwargs)), input_shape=shape,
+                              layers=_split(layers), decay=decay)
+    except BadInputError as e:
+        _fail(str(e), 2)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out_file))
+    except OSError as e:
+        _fail(f"--out {out_file}: cannot write it ({e.strerror or e})", 2)
+    for i, name in enumerate(key.removesuffix(".age") for key in state if key.endswith(".age")):
+        kinds = [kind for kind in ("age", "reference", "utility") if f"{name}.{kind}" in state]
+        out.print(f"GnT layer {i} -> {name} ({len(state[f'{name}.age'])} units: {', '.join(kinds)})",
+                  highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_file}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - `python -m resetassay.cli` (cli/__main__.py)
