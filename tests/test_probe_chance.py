@@ -68,3 +68,18 @@ def test_the_cli_warns_when_a_checkpoint_is_probed_on_data_it_was_not_trained_on
                               "200", "--utilities", "gxd", "--metrics", "l1", "--no-joint", "--figures", "none",
                               "--out", str(tmp_path / "own"), "--quiet"])
     assert own.exit_code == 0 and "near chance" not in own.stderr
+
+
+@pytest.mark.parametrize(("step", "warned"), [({"task": 0}, False), ({"task": 3}, True), ({}, True)])
+def test_a_checkpoint_saved_before_training_is_at_chance_by_design_and_not_warned_about(tmp_path, step, warned):
+    from resetassay import assay_checkpoint, data_spec, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = mlp(in_features=64, widths=(8,))
+    path = save_checkpoint(tmp_path / "ck", net, "resetassay.models:mlp", {"in_features": 64, "widths": [8]},
+                           step=step, data=data_spec("permuted-digits"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = assay_checkpoint(load_checkpoint(path), calib_size=40, probe_size=40, **SMALL)
+    assert result.checkpoints["probe_accuracy"].iloc[0] < 0.15  # an untrained network: at chance, whatever the step
+    assert any(issubclass(w.category, ProbeAtChance) for w in caught) == warned

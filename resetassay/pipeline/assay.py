@@ -71,6 +71,7 @@ __all__ = [
     "AssayConfig", "AssayResult", "assay_model", "assay_checkpoint", "config_with", "CheckpointInputs",
     "checkpoint_inputs", "checkpoint_layers", "resolve_device", "versions", "Prepared", "prepare",
     "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter", "ProbeAtChance",
+    "warn_if_at_chance",
 ]  # the notebook's names first, then the stages pipeline/shard.py runs one by one
 
 SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the command, whichever data
@@ -78,11 +79,18 @@ SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the co
 
 class ProbeAtChance(UserWarning):
     """A model's labelled probe accuracy is near chance (the verdict's "probe at chance" flag, SPEC S5b): it is
-    probably not probed on its own data. Issued once per assayed model, when its tables are made (`finish`)."""
+    probably not probed on its own data. Issued once per assayed model (`assay_model`, `assay_checkpoint`, a
+    sharded run's merge), except for a checkpoint saved before any training (step 0), which is at chance by
+    design."""
 
 
-def _warn_if_at_chance(name: str, accuracy: float, n_classes: int) -> None:
-    """Warn (`ProbeAtChance`) when `accuracy` on labelled probe data is below CHANCE_FACTOR x chance."""
+def warn_if_at_chance(result: AssayResult, step: dict | None = None) -> None:
+    """Warn (`ProbeAtChance`) when the labelled probe accuracy of `result`'s model is below CHANCE_FACTOR x chance;
+    not for an untrained checkpoint (`step` all 0, e.g. {"task": 0})."""
+    if step and not any(step.values()):
+        return
+    row = result.checkpoints.iloc[0]
+    name, accuracy, n_classes = str(row["checkpoint"]), float(row["probe_accuracy"]), int(row["n_classes"])
     chance = near_chance(accuracy, n_classes)
     if chance is None:
         return
@@ -550,10 +558,8 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
     notes = pd.DataFrame([{"checkpoint": p.name, "utility": u, "layer": lay, "reason": why}
                           for (u, lay), why in cal.not_applicable.items()], columns=NOTE_COLUMNS)
     target = p.config.target + (" (no labels)" if sequences.unlabelled(p.calib_y) else "")
-    probe_accuracy, n_classes = sequences.accuracy(p.base, p.probe_y), int(p.base.shape[-1])
-    _warn_if_at_chance(p.name, probe_accuracy, n_classes)
-    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": probe_accuracy, "n_classes": n_classes,
-                              "target": target}])
+    accuracy = pd.DataFrame([{"checkpoint": p.name, "probe_accuracy": sequences.accuracy(p.base, p.probe_y),
+                              "n_classes": int(p.base.shape[-1]), "target": target}])
     with p.clock("summary"):
         summary = checkpoint_summary(units, config.utilities, config.metrics, config.q, joint, sets)
         notes = pd.concat([notes, flag_notes(reliability_flags(units, summary, accuracy, config.q))],
@@ -610,7 +616,14 @@ def assay_model(
         >>> result.summary.query("scope == 'ALL'")["utility"].tolist()
         ['gxd', 'oracle']
     """
-    config = config_with(config, overrides, "assay_model")
+    result = _assay(model, calib, probe, config_with(config, overrides, "assay_model"), name, state, progress)
+    warn_if_at_chance(result)
+    return result
+
+
+def _assay(model: nn.Module, calib: object, probe: object, config: AssayConfig, name: str,
+           state: dict[str, torch.Tensor] | None, progress: Progress | None) -> AssayResult:
+    """`assay_model`'s stages, one after another in this process, without its warning."""
     p = prepare(model, calib, probe, config, name, state)
     cal = calibrate(p, progress)
     chunks = p.chunks()
@@ -696,9 +709,9 @@ def assay_checkpoint(
         [['task2', 'mlp-silu@digits', 2, 200]]
     """
     inputs = checkpoint_inputs(ckpt, config_with(config, overrides, "assay_checkpoint"), data)
-    result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
-                         state=ckpt.state, progress=progress)
+    result = _assay(ckpt.model, inputs.calib, inputs.probe, inputs.config, ckpt.info.name, ckpt.state, progress)
     result.checkpoints = inputs.row(result.checkpoints)
+    warn_if_at_chance(result, ckpt.info.step)
     return result
 
 
