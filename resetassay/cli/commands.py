@@ -146,7 +146,9 @@ def _data_choice(name: str | None, task: int | None, permutation_seed: int | Non
 
 Data = Annotated[str | None, typer.Option(help="Data for checkpoints that record none (another than a checkpoint "
                                           "records replaces its record, with a warning): digits, mnist, "
-                                          "fashion-mnist (each also -image), a tensor file (.safetensors/.npz/.pt), "
+                                          "fashion-mnist (the datasets as published; permuted-digits, "
+                                          "permuted-mnist, permuted-fashion-mnist: the continual study's permuted "
+                                          "tasks; each also -image), a tensor file (.safetensors/.npz/.pt), "
                                           "an image folder or .tar/.tar.gz, or pkg.mod:factory.")]
 ProbeData = Annotated[Path | None, typer.Option("--probe-data", help="With --data FILE|FOLDER: a second one "
                                                 "holding the probe set (--data is then the calibration set).")]
@@ -194,6 +196,11 @@ def run(
     data_kwargs: DataKwargs = None,
     task: Task = None,
     permutation_seed: PermSeed = None,
+    state: Annotated[Path | None, typer.Option(help="A per-unit state file (<layer>.age/.reference/.utility, e.g. "
+                                               "CBP's state of a model trained elsewhere; `resetassay gnt-state` "
+                                               "converts loss-of-plasticity's GnT) for the one checkpoint given. "
+                                               "Beside a state dict, W.state.safetensors (or state.safetensors "
+                                               "beside one weights file) is read without it.")] = None,
     table_format: Annotated[str, typer.Option("--format", help="Tables as csv, or parquet (3x smaller for big unit "
                                               "tables; needs resetassay[parquet]).")] = "csv",
     figures: Annotated[str, typer.Option(help=FIGURES_HELP)] = "png",
@@ -225,7 +232,7 @@ def run(
             result = run_assay(checkpoints, config, model=model, model_kwargs=_model_kwargs(model_kwargs),
                                data=_data_choice(data, task, permutation_seed, data_dir, probe=probe,
                                                  image_size=image_size, normalize=normalize,
-                                                 data_kwargs=data_kwargs), progress=not quiet,
+                                                 data_kwargs=data_kwargs), state=state, progress=not quiet,
                                out=out_dir, overwrite=overwrite, table_format=table_format, figures=figures,
                                note=_say,
                                on_failure=lambda text: _say(ERROR, text))
@@ -436,22 +443,24 @@ def inspect(
     out.print(table)
 
 
-def _schedule(source: str, tasks: int | None, epochs_per_task: int | None, epochs: int | None,
+def _schedule(spec: DataSpec, tasks: int | None, epochs_per_task: int | None, epochs: int | None,
               checkpoint_in: str | None) -> tuple[int, int, str]:
     """(tasks, epochs per task, checkpoint unit) of `train`: permuted data takes --tasks (default 30) and
-    --epochs-per-task (default 1); an image folder is one task of --epochs epochs, checkpointed by epoch."""
-    from resetassay.data import PERMUTED
+    --epochs-per-task (default 1); an image folder, or a plain dataset (--data mnist), is one task of --epochs
+    epochs, checkpointed by epoch."""
+    from resetassay.data import PERMUTED, data_name
 
-    if source in PERMUTED:
+    if spec.source in PERMUTED and spec.permuted:
         if epochs is not None:
-            raise BadInputError("--epochs applies to an image folder; permuted tasks take --tasks and "
-                                "--epochs-per-task", field="epochs")
+            raise BadInputError("--epochs applies to an image folder or a plain dataset (--data mnist); permuted "
+                                "tasks take --tasks and --epochs-per-task", field="epochs")
         return (30 if tasks is None else tasks), (1 if epochs_per_task is None else epochs_per_task), \
             checkpoint_in or "tasks"
+    what = (f"--data {data_name(spec)} is the plain dataset, one task (--data permuted-{data_name(spec)} gives the "
+            f"continual study's permuted tasks)" if spec.source in PERMUTED else "an image folder is one task")
     for flag, value in (("--tasks", tasks), ("--epochs-per-task", epochs_per_task)):
         if value is not None:
-            raise BadInputError(f"{flag} applies to permuted tasks; an image folder is one task: give --epochs",
-                                field=_field(flag))
+            raise BadInputError(f"{flag} applies to permuted tasks; {what}: give --epochs", field=_field(flag))
     return 1, (1 if epochs is None else epochs), checkpoint_in or "epochs"
 
 
@@ -470,10 +479,13 @@ def train_command(
                                       "biases), kaiming-normal (Kaiming normal, ReLU gain, fan_in, zero biases: "
                                       "the paper's ResNet-18) or torch-default (PyTorch's own layer init); recorded "
                                       "in the checkpoint and, if not the default, in its family.")] = "kaiming-relu",
-    data: Annotated[str, typer.Option(help="digits, mnist or fashion-mnist (with --data-dir), each also -image; "
-                                      "grammar (token sequences, --model transformer); an image folder or "
-                                      ".tar/.tar.gz with train/ and test/ class folders (one task, --epochs).")]
-    = "digits",
+    data: Annotated[str, typer.Option(help="permuted-digits, permuted-mnist or permuted-fashion-mnist (with "
+                                      "--data-dir), each also -image: the continual study's permuted tasks; "
+                                      "grammar (token sequences, --model transformer); digits, mnist or "
+                                      "fashion-mnist (each also -image): the plain dataset, one task (--epochs); "
+                                      "an image folder or .tar/.tar.gz with train/ and test/ class folders (one "
+                                      "task, --epochs).")]
+    = "permuted-digits",
     data_dir: DataDir = None,
     image_size: ImageSize = None,
     normalize: Normalize = None,
@@ -538,7 +550,7 @@ def train_command(
                                 field="permutation_seed")
         spec = data_spec(data, 0, permutation_seed, str(data_dir.resolve()) if data_dir else None,
                          image_size=image_size, normalize=normalize)
-        tasks, epochs_per_task, checkpoint_in = _schedule(spec.source, tasks, epochs_per_task, epochs, checkpoint_in)
+        tasks, epochs_per_task, checkpoint_in = _schedule(spec, tasks, epochs_per_task, epochs, checkpoint_in)
         given = {"utility": utility, "replacement_rate": replacement_rate, "decay": decay, "maturity": maturity}
         if not cbp and (unused := [k for k, v in given.items() if v is not None]):
             flag = f"--{unused[0].replace('_', '-')}"
@@ -565,6 +577,51 @@ def train_command(
     for path in saved:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
     out.print(f"per-task held-out accuracy: {out_dir / 'accuracy.csv'}", highlight=False, soft_wrap=True)
+
+
+@app.command("gnt-state")
+def gnt_state_command(
+    gnt_file: Annotated[Path, typer.Argument(help="GnT's lists saved by torch.save (a dict: ages, mean_feature_act, "
+                                             "bias_corrected_util[, util], each a list by hidden layer), or a "
+                                             "safetensors/.pt of flat tensors ages.0, ages.1, ...")],
+    model: Annotated[str, typer.Option(help="package.module:factory that builds the network GnT trained (only its "
+                                       "architecture is read).")],
+    model_kwargs: ModelKwargs = None,
+    out_file: Annotated[Path, typer.Option("--out", help="The state file to write: state.safetensors (or "
+                                           "W.state.safetensors) beside the weights W, so that `resetassay run "
+                                           "W --model ...` reads it.")] = Path("state.safetensors"),
+    input_shape: Annotated[str | None, typer.Option(help="The shape of one input, e.g. 784 (default: the input "
+                                                    "width of the model's first Linear).")] = None,
+    layers: Layers = None,
+    decay: Annotated[float, typer.Option(help="GnT's decay_rate, for the bias-corrected mean and utility.")] = 0.99,
+) -> None:
+    """Convert the loss-of-plasticity GnT's CBP state into resetassay's per-unit state (state.safetensors): GnT's
+    hidden layer i is the model's i-th unit layer (resetassay/io/gnt.py)."""
+    from safetensors.torch import save_file
+
+    from resetassay.io.checkpoint import build_model
+    from resetassay.io.gnt import gnt_state, read_gnt
+
+    try:
+        shape = _ints(input_shape, "--input-shape", "784")
+        if shape is not None and (not shape or min(shape) < 1):
+            raise BadInputError(f"--input-shape {input_shape!r}: sizes must be >= 1, e.g. 784", field="input_shape")
+        with _one_line_warnings():
+            lists = read_gnt(gnt_file)
+            state = gnt_state(lists, build_model(model, _model_kwargs(model_kwargs)), input_shape=shape,
+                              layers=_split(layers), decay=decay)
+    except BadInputError as e:
+        _fail(str(e), 2)
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out_file))
+    except OSError as e:
+        _fail(f"--out {out_file}: cannot write it ({e.strerror or e})", 2)
+    for i, name in enumerate(key.removesuffix(".age") for key in state if key.endswith(".age")):
+        kinds = [kind for kind in ("age", "reference", "utility") if f"{name}.{kind}" in state]
+        out.print(f"GnT layer {i} -> {name} ({len(state[f'{name}.age'])} units: {', '.join(kinds)})",
+                  highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_file}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - `python -m resetassay.cli` (cli/__main__.py)

@@ -1,5 +1,6 @@
-"""The built-in permuted image tasks (SPEC S1, S6): digits (bundled with scikit-learn), MNIST and
-Fashion-MNIST IDX files, and the seeded pixel permutation of each task.
+"""The built-in image datasets (SPEC S1, S6): digits (bundled with scikit-learn), MNIST and Fashion-MNIST IDX
+files, and the seeded pixel permutation of each task of the continual study. `data` mnist is the dataset as
+published, `permuted-mnist` its permuted tasks (`spec.py`, docs/data.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from resetassay.data.spec import (
     DEFAULT_SIZE,
     IDX_SOURCES,
     IMAGE_SIDE,
+    PERMUTED_PREFIX,
     TENSOR_SUFFIXES,
     USER_SOURCES,
     DataSpec,
@@ -45,17 +46,19 @@ def data_spec(  # noqa: C901 — one branch per kind of data source
     normalize: str | tuple | None = None,
     kwargs: dict | None = None,
 ) -> DataSpec:
-    """The DataSpec a user names with `--data` (SPEC S1): a built-in name (`DATA_CHOICES`: digits, mnist,
-    fashion-mnist, each also as `-image`), a tensor file (.safetensors, .npz, .pt), an image folder or a
-    .tar/.tar.gz of one, or `package.module:function`. `probe` (--probe-data) is a second file or folder holding
-    the probe set, `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair)
-    apply to images, `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an
-    error about the field; paths are made absolute and files hashed (sha256) for the run's provenance.
+    """The DataSpec a user names with `data` (SPEC S1): a built-in name (`DATA_CHOICES`: digits, mnist, fashion-mnist,
+    the datasets as published, and permuted-digits, permuted-mnist, permuted-fashion-mnist, the continual study's
+    permuted tasks; each also as `-image`), a tensor file (.safetensors, .npz, .pt), an image folder or a .tar/.tar.gz
+    of one, or `package.module:function`. `probe` (--probe-data) is a second file or folder holding the probe set,
+    `image_size` and `normalize` (a `NORMALIZE` name, 'none', 'M,M,M/S,S,S' or a (mean, std) pair) apply to images,
+    `kwargs` (--data-kwargs) to a factory. The data is opened here, so that a bad file is an error about the field;
+    paths are made absolute and files hashed (sha256) for the run's provenance.
 
     Args:
         name: a built-in name, a path, or `package.module:function` (the `data` field).
-        task, permutation_seed, data_dir: a built-in permuted task: which task, the seed of its permutations, and
-            where mnist and fashion-mnist's files are (they are never downloaded).
+        task, permutation_seed, data_dir: a built-in permuted task: which task and the seed of its permutations
+            (a plain dataset has neither: they must stay 0); where mnist and fashion-mnist's files are (they are
+            never downloaded).
         probe: a second file or folder holding the probe set (your own data).
         image_size, normalize: how images are resized and normalised.
         kwargs: a factory's keyword arguments.
@@ -70,20 +73,27 @@ def data_spec(  # noqa: C901 — one branch per kind of data source
     Example::
 
         >>> import resetassay as ra
-        >>> spec = ra.data_spec("digits", task=1, permutation_seed=1)
-        >>> spec.source, spec.layout, spec.task
-        ('digits', 'flat', 1)
-        >>> ra.data_spec("digits-image").layout
-        'image'
+        >>> spec = ra.data_spec("permuted-digits", task=1, permutation_seed=1)
+        >>> spec.source, spec.layout, spec.permuted, spec.task
+        ('digits', 'flat', True, 1)
+        >>> plain = ra.data_spec("digits-image")
+        >>> plain.layout, plain.permuted, plain.describe()
+        ('image', False, 'digits')
     """
     given = {"probe": probe, "image_size": image_size, "normalize": normalize, "data_kwargs": kwargs}
     if name in DATA_CHOICES:
         for field, value in given.items():
             if value is not None:
                 raise BadInputError(f"`{field}` applies only to your own data, not `data` {name}", field=field)
-        image = name.endswith("-image")
-        return DataSpec(source=name.removesuffix("-image"), layout="image" if image else "flat", task=task,
-                        permutation_seed=permutation_seed, data_dir=data_dir)
+        image, permuted = name.endswith("-image"), name.startswith(PERMUTED_PREFIX) or name == "grammar"
+        source = name.removesuffix("-image").removeprefix(PERMUTED_PREFIX)
+        if not permuted:
+            for field, value in (("task", task), ("permutation_seed", permutation_seed)):
+                if value != 0:
+                    raise BadInputError(f"`{field}` applies to a permuted task, not the plain dataset `data` {name}; "
+                                        f"use `data` {PERMUTED_PREFIX}{name}", field=field)
+        return DataSpec(source=source, layout="image" if image else "flat", task=task,
+                        permutation_seed=permutation_seed, data_dir=data_dir, permuted=permuted)
     if data_dir is not None:
         raise BadInputError(f"`data_dir` applies only to `data` {' or '.join(IDX_SOURCES)}, not `data` {name}",
                             field="data_dir")
@@ -147,12 +157,13 @@ class AssayData:
 
 
 def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `part` ("train" or "holdout") of the task in `spec`, permuted and laid out (SPEC S1). The user's own
-    data has only a "holdout" part: all of it (of `path`, with a probe_path), never permuted."""
+    """The `part` ("train" or "holdout") of the task in `spec`, permuted (a permuted task; the plain dataset keeps
+    its pixels in their own order) and laid out (SPEC S1). The user's own data has only a "holdout" part: all of it
+    (of `path`, with a probe_path), never permuted."""
     if spec.source in USER_SOURCES:
         if part != "holdout":
             raise BadInputError(f"`data` {spec.describe()}: your own data is for the assay only (an image folder or "
-                                f"archive trains on its train/ root: training_images); permuted training uses "
+                                f"archive trains on its train/ root: training_images); the built-in data are "
                                 f"{', '.join(DATA_CHOICES)}", field="data")
         examples = _open(spec, spec.path)
         return examples.take(torch.arange(examples.n))
@@ -168,7 +179,8 @@ def task_arrays(spec: DataSpec, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         if spec.data_dir is None:
             raise BadInputError(f"{spec.source} data needs `data_dir` pointing at its IDX files", field="data_dir")
         x, y = mnist_arrays(spec.data_dir, "test" if part == "holdout" else "train")
-    x = x[:, permutation(x.shape[1], spec.task, spec.permutation_seed)]
+    # the plain dataset: a copy, as permuting makes one (mnist_arrays' arrays are shared and read-only)
+    x = x[:, permutation(x.shape[1], spec.task, spec.permutation_seed)] if spec.permuted else x.copy()
     xt = torch.from_numpy(np.ascontiguousarray(x))
     if spec.layout == "image":
         side = IMAGE_SIDE[spec.source]

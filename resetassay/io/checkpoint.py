@@ -11,6 +11,12 @@ A `--model` state dict may be saved as people save them: keys under a DDP/DataPa
 LightningModule attribute (`model.`, `net.`) are stripped to the model's, a Lightning `.ckpt` is read for its
 `state_dict`, and float16/bfloat16 weights are cast to a float32/float64 model's dtype (each with a warning).
 
+Per-unit state beside a state dict (CBP run elsewhere, e.g. converted by `io/gnt.py`) is state, never a checkpoint
+(`state_file`): `<weights stem>.state.safetensors` beside the weights file is its state, and `state.safetensors`
+is the state of the only weights file in its folder; `state` names a state file for a single checkpoint instead.
+Such files are never taken for weights (`find_checkpoints`), and a weights file whose keys are all
+`<layer>.age|reference|utility` is refused with that advice.
+
 Loading reads every file once and keeps the sha256 of the bytes it loaded (`Checkpoint.sha256`), so a
 file replaced meanwhile can never be filed under another file's hash. Saving writes a whole directory
 beside the target and renames it into place, so a reader or a crash never sees old and new files mixed.
@@ -46,15 +52,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from resetassay.data import DataSpec
+from resetassay.data import PERMUTED, DataSpec
 from resetassay.errors import BadInputError, one_line
 from resetassay.io.imports import import_named_module
+from resetassay.io.rundir import state_key
 from resetassay.models import MODELS, model_family
 from resetassay.names import MANIFEST, STATE, WEIGHTS
 
 __all__ = [
     "load_checkpoint", "save_checkpoint", "find_checkpoints", "Checkpoint", "CheckpointInfo", "import_factory",
-    "family_name", "check_family", "read_tensors", "FORMAT",
+    "family_name", "check_family", "read_tensors", "FORMAT", "is_state_file", "state_file", "build_model",
 ]
 
 FORMAT = "resetassay.checkpoint/1"
@@ -64,6 +71,7 @@ STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")  # .ckpt: PyTorch
 LIBRARIES = ("torchvision", "timm", "transformers")
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # cast up to a float32/float64 model, losing nothing
 STATE_KINDS = ("age", "reference", "utility")  # state.safetensors keys: "<layer>.<kind>" (SPEC S1, S2)
+STATE_SUFFIX = ".state.safetensors"  # beside a state dict W.pt: W.state.safetensors is its per-unit state
 JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
               type(None): "null"}  # what json.loads can return besides an object
 FAMILY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]*")  # a family name: no spaces, ':' (floors) or globs
@@ -110,9 +118,13 @@ MANIFEST_SCHEMA: dict[str, Field] = {
 def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_utility: str | None = None) -> str:
     """The report family of a checkpoint: its model and its training (docs/guide/training.md "Families"), e.g.
     `mlp-relu` (plain backprop on permuted MNIST), `mlp-silu-ln+cbp-gxd`, `cnn-relu-bn@fashion-mnist`: the model's label
-    (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless MNIST."""
+    (`models.model_family`), `+cbp-<utility>` when trained with CBP, `@<data source>` unless permuted MNIST; a
+    plain built-in dataset (`data` mnist, not permuted-mnist) is `@<source>-unpermuted`, e.g.
+    `mlp-relu@mnist-unpermuted`."""
     cbp = f"+cbp-{cbp_utility}" if cbp_utility else ""
-    where = f"@{data.source}" if data is not None and data.source != PAPER_DATA else ""
+    plain = data is not None and data.source in PERMUTED and not data.permuted
+    where = (f"@{data.source}-unpermuted" if plain else
+             f"@{data.source}" if data is not None and data.source != PAPER_DATA else "")
     return f"{model_family(model, kwargs)}{cbp}{where}"
 
 
@@ -193,7 +205,7 @@ def save_checkpoint(
         >>> net = mlp(widths=(16,))
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = ra.save_checkpoint(f"{tmp}/ckpt", net, "resetassay.models:mlp", {"widths": [16]},
-        ...                               step={"task": 1}, data=ra.data_spec("digits", task=1))
+        ...                               step={"task": 1}, data=ra.data_spec("permuted-digits", task=1))
         ...     sorted(p.name for p in path.iterdir()), ra.load_checkpoint(path).info.family
         (['manifest.json', 'model.safetensors'], 'mlp-relu@digits')
     """
@@ -284,8 +296,9 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
     """Checkpoints under `paths` (searched recursively) as (path, display name), in natural order (task5 before
     task10).
 
-    A directory with a manifest is a checkpoint; with `foreign_ok` (a `--model` was given),
-    plain state-dict files count too. Hidden files and directories below a path (".*", such as the
+    A directory with a manifest is a checkpoint; with `foreign_ok` (a `model` was given),
+    plain state-dict files count too, but never a per-unit state file (`is_state_file`: it is the state of the
+    weights beside it, `state_file`). Hidden files and directories below a path (".*", such as the
     leftovers of an interrupted `save_checkpoint`) are skipped.
     """
     found: list[tuple[Path, str]] = []
@@ -295,6 +308,10 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
             raise BadInputError(f"{root}: no such file or directory")
         base = root.parent
         if root.is_file():
+            if is_state_file(root):
+                raise BadInputError(f"{root}: a per-unit state file (<layer>.age, .reference, .utility), not a "
+                                    f"checkpoint: give the weights beside it (it is read as their state), or pass it "
+                                    "as `state` with the weights")
             if not foreign_ok:
                 raise BadInputError(f"{root}: a plain state dict needs `model` package.module:factory "
                                     "(or torchvision:NAME, timm:NAME)")
@@ -303,7 +320,7 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
         hits = [m.parent for m in root.rglob(MANIFEST) if _visible(m, root)]
         if foreign_ok:
             hits += [p for p in root.rglob("*") if p.suffix in STATE_DICT_SUFFIXES and _visible(p, root)
-                     and not (p.parent / MANIFEST).exists()]
+                     and not (p.parent / MANIFEST).exists() and not is_state_file(p)]
         if not hits:
             raise BadInputError(f"{root}: no checkpoint found (no {MANIFEST} below it)")
         found += [(p, str(p.relative_to(base))) for p in sorted(hits, key=_natural_key)]
@@ -311,6 +328,48 @@ def find_checkpoints(paths: list[str | Path], foreign_ok: bool = False) -> list[
     if len(set(names)) < len(names):  # the same name under two arguments: use full paths
         found = [(p, str(p.resolve())) for p, _ in found]
     return found
+
+
+def is_state_file(path: Path) -> bool:
+    """Whether `path` is named as per-unit state (`state.safetensors`, `<weights stem>.state.safetensors`): the
+    state of the weights beside it, never a checkpoint of its own."""
+    return path.name == STATE or path.name.endswith(STATE_SUFFIX)
+
+
+def state_file(path: str | Path, foreign: bool, state: str | Path | None = None) -> Path | None:
+    """The per-unit state file of the checkpoint at `path` (None: it has none): `state` when given; else its own,
+    a checkpoint directory's state.safetensors, or beside a state dict (`foreign`, a file or a folder holding
+    model.safetensors) `<weights stem>.state.safetensors`, else `state.safetensors` when the folder holds no other
+    weights file. A checkpoint directory (with its manifest) loaded with `model` reads only its weights, as it always
+    did. A checkpoint with its own state file and `state` too is an error naming both, as is a state.safetensors
+    shared by several weights files (name each `<stem>.state.safetensors`)."""
+    path = Path(path)
+    weights = (path / WEIGHTS if path.is_dir() else path) if foreign else None
+    own = None
+    if foreign and (path / MANIFEST).is_file():
+        pass  # `model` builds the model of a checkpoint directory from its weights alone
+    elif weights is None:
+        own = path / STATE if (path / STATE).is_file() else None
+    elif weights.with_name(weights.stem + STATE_SUFFIX).is_file():
+        own = weights.with_name(weights.stem + STATE_SUFFIX)
+    elif (weights.parent / STATE).is_file():
+        others = sorted(p.name for p in weights.parent.iterdir() if p.suffix in STATE_DICT_SUFFIXES
+                        and p.is_file() and not is_state_file(p) and p.name != weights.name)
+        if others:
+            raise BadInputError(f"{weights.parent / STATE}: beside several weights files ({weights.name}, "
+                                f"{_few(others, 3)}) it is the state of none; name it "
+                                f"{weights.stem + STATE_SUFFIX} for {weights.name}, or pass it as `state`",
+                                field="state")
+        own = weights.parent / STATE
+    if state is None:
+        return own
+    state = Path(state)
+    if not state.is_file():
+        raise BadInputError(f"`state` {state}: no such file", field="state")
+    if own is not None and own.resolve() != state.resolve():
+        raise BadInputError(f"`state` {state}: {path} has its own state file {own}; drop `state` or that file",
+                            field="state")
+    return state
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -570,6 +629,10 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
+    if missing and extra and all(k.rpartition(".")[2] in STATE_KINDS for k in tensors):
+        raise BadInputError(f"{path}: holds per-unit state ({_few(sorted(tensors), 3)}), not the model's weights; "
+                            f"name it {STATE} (or <weights stem>{STATE_SUFFIX}) beside the weights, or pass it as "
+                            "`state`")
     if missing:  # name a few of each side: a prefix or another architecture shows at a glance
         raise BadInputError(f"{path}: missing weights for the model: {_few(missing)} ({len(missing)} of its "
                             f"{len(expected)} missing); " + (f"the file holds {_few(extra)} instead; " if extra else "")
@@ -701,6 +764,13 @@ def _build(factory: Callable[..., nn.Module], spec: str, kwargs: dict) -> nn.Mod
     return net
 
 
+def build_model(spec: str, kwargs: dict | None = None) -> nn.Module:
+    """The model `model` names (`import_factory`) built with `model_kwargs`, without weights: a one-line field error
+    when it does not import, cannot take the kwargs or returns no `nn.Module`."""
+    kwargs = kwargs or {}
+    return _build(import_factory(spec, kwargs), spec, kwargs)
+
+
 def _build_zoo(factory: Callable[..., nn.Module], spec: str, kwargs: dict, tensors: dict[str, torch.Tensor],
                manifest: Path, weights: Path) -> nn.Module:
     """The zoo model of a manifest, holding `tensors`. It is built on the meta device first and checked against
@@ -727,12 +797,14 @@ def load_checkpoint(
     name: str | None = None,
     model: str | None = None,
     model_kwargs: dict | None = None,
+    state: str | Path | None = None,
 ) -> Checkpoint:
     """Load a checkpoint directory, or a plain state dict built by the `model` factory (DESIGN "Checkpoint format").
 
     Every file is read once; the result holds the sha256 of the bytes loaded: a directory's manifest, weights
-    and state (only the weights with `model`), or the state-dict file. No code from the files runs: a manifest may
-    only name a zoo factory, and a state dict is read as tensors alone.
+    and state (only the weights with `model`), or the state-dict file, and its per-unit state file (`state_file`:
+    `state`, or the one beside the weights). No code from the files runs: a manifest may only name a zoo factory,
+    and a state dict is read as tensors alone.
 
     Args:
         path: a checkpoint directory (manifest.json, model.safetensors, optional state.safetensors), or with
@@ -743,6 +815,8 @@ def load_checkpoint(
             model) or `transformers:Class` (`BertForSequenceClassification`), the model a state dict is loaded into
             (never with pretrained weights); a Hugging Face `save_pretrained` folder is built from its config.json.
         model_kwargs: the factory's keyword arguments.
+        state: a per-unit state file (`<layer>.age`, `.reference`, `.utility`; safetensors or a `.pt` of tensors)
+            for a checkpoint that has none of its own (CBP's state of a model trained elsewhere, `io/gnt.py`).
 
     Returns:
         A `Checkpoint`: `model` (in eval mode), `info` (path, name, factory, kwargs, step, data, meta, `family`),
@@ -761,6 +835,7 @@ def load_checkpoint(
     """
     path = Path(path)
     name = name or path.name
+    state_path = state_file(path, model is not None, state) if path.exists() else None
     if model is not None:
         kwargs = model_kwargs or {}
         net = _transformers_folder(path, model, kwargs) or _build(import_factory(model, kwargs), model, kwargs)
@@ -772,7 +847,8 @@ def load_checkpoint(
         _check_weights(net, tensors, weights, strict=False, spec=model)
         net.load_state_dict({k: tensors[k] for k in net.state_dict()})
         info = CheckpointInfo(path, name, model, kwargs, meta={"family": model.rsplit(":", 1)[-1]})
-        return Checkpoint(net.eval(), info, sha256={weights.name: _sha256(raw)})
+        units, hashes = _read_state(path, state_path)
+        return Checkpoint(net.eval(), info, units, {weights.name: _sha256(raw), **hashes})
     if not path.is_dir():
         raise BadInputError(f"{path}: not a checkpoint directory; for a state dict pass `model`")
     raw = {MANIFEST: _read(path / MANIFEST, missing="missing; a checkpoint directory needs a manifest")}
@@ -783,10 +859,15 @@ def load_checkpoint(
     raw[WEIGHTS] = _read(path / WEIGHTS)
     net = _build_zoo(factory, spec["factory"], kwargs, read_tensors(path / WEIGHTS, raw[WEIGHTS]),
                      path / MANIFEST, path / WEIGHTS)
-    state = {}
-    if (path / STATE).exists():
-        raw[STATE] = _read(path / STATE)
-        state = _check_state(read_tensors(path / STATE, raw[STATE]), path / STATE)
+    units, hashes = _read_state(path, state_path)
     info = CheckpointInfo(path, name, spec["factory"], kwargs, manifest.get("step", {}), data,
                           manifest.get("meta", {}))
-    return Checkpoint(net.eval(), info, state, {file: _sha256(content) for file, content in raw.items()})
+    return Checkpoint(net.eval(), info, units, {**{file: _sha256(content) for file, content in raw.items()}, **hashes})
+
+
+def _read_state(path: Path, state: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The per-unit state in the file `state` (none: {}), checked, and its sha256 under `rundir.state_key`."""
+    if state is None:
+        return {}, {}
+    raw = _read(state)
+    return _check_state(read_tensors(state, raw), state), {state_key(path, state): _sha256(raw)}

@@ -225,13 +225,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_sha256(path: Path, foreign: bool) -> dict[str, str]:
+def checkpoint_sha256(path: Path, foreign: bool, state: Path | None = None) -> dict[str, str]:
     """sha256 of each file loading `path` reads: a state-dict file, or a checkpoint directory's manifest,
-    weights and state (only the weights when `--model` builds the model)."""
+    weights and state (only the weights when `model` builds the model), and the per-unit state file `state` of a
+    state dict or given with `state` (`checkpoint.state_file`), under `state_key`."""
     if path.is_file():
-        return {path.name: file_sha256(path)}
-    names = (WEIGHTS,) if foreign else (MANIFEST, WEIGHTS, STATE)
-    return {name: file_sha256(path / name) for name in names if (path / name).is_file()}
+        found = {path.name: file_sha256(path)}
+    else:
+        names = (WEIGHTS,) if foreign else (MANIFEST, WEIGHTS, STATE)
+        found = {name: file_sha256(path / name) for name in names if (path / name).is_file()}
+    if state is not None:
+        found[state_key(path, state)] = file_sha256(state)
+    return found
+
+
+def state_key(path: Path, state: Path) -> str:
+    """The name a checkpoint's per-unit state file is hashed under: its file name, unless the weights have that
+    name (a state file given with `state` from another folder), then "state " and its name."""
+    weights = path.name if path.is_file() else WEIGHTS
+    return state.name if state.name != weights else f"state {state.name}"
 
 
 def write_run(out: str | Path, tables: Tables, info: dict, table_format: str = "csv") -> Path:

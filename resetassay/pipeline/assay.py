@@ -61,7 +61,7 @@ from resetassay.scoring.registry import (
 )
 from resetassay.shapes import Lesion, Refs, Scores, Shocks, UnitChoice
 from resetassay.stats.summary import checkpoint_summary, selections
-from resetassay.stats.verdict import COST_STAGE, flag_notes, reliability_flags
+from resetassay.stats.verdict import CHANCE_FACTOR, COST_STAGE, flag_notes, near_chance, reliability_flags
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -71,10 +71,35 @@ if TYPE_CHECKING:
 __all__ = [
     "AssayConfig", "AssayResult", "assay_model", "assay_checkpoint", "config_with", "CheckpointInputs",
     "checkpoint_inputs", "checkpoint_layers", "resolve_device", "versions", "Prepared", "prepare",
-    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter",
+    "Calibration", "calibrate", "LesionChunk", "lesion_chunk", "finish", "progress_counter", "ProbeAtChance",
+    "warn_if_at_chance",
 ]  # the notebook's names first, then the stages pipeline/shard.py runs one by one
 
 SIZE_FIELDS = ("calib_size", "probe_size")  # errors about them are about the command, whichever data
+
+
+class ProbeAtChance(UserWarning):
+    """A model's labelled probe accuracy is near chance (the verdict's "probe at chance" flag, SPEC S5b): it is
+    probably not probed on its own data. Issued once per assayed model (`assay_model`, `assay_checkpoint`, a
+    sharded run's merge), except for a checkpoint saved before any training (step 0), which is at chance by
+    design."""
+
+
+def warn_if_at_chance(result: AssayResult, step: dict | None = None) -> None:
+    """Warn (`ProbeAtChance`) when the labelled probe accuracy of `result`'s model is below CHANCE_FACTOR x chance;
+    not for an untrained checkpoint (`step` all 0, e.g. {"task": 0})."""
+    if step and not any(step.values()):
+        return
+    row = result.checkpoints.iloc[0]
+    name, accuracy, n_classes = str(row["checkpoint"]), float(row["probe_accuracy"]), int(row["n_classes"])
+    chance = near_chance(accuracy, n_classes)
+    if chance is None:
+        return
+    warnings.warn(f"{name}: probe accuracy {accuracy:.1%} is near chance ({chance:.1%} for {n_classes} classes; "
+                  f"flagged below {CHANCE_FACTOR:g}× chance), so its shocks and rankings may not describe the model "
+                  "on its own data; likely causes: the wrong data (`data` mnist is plain MNIST, permuted-mnist the "
+                  "continual study's tasks), the wrong permutation task (`task`, `permutation_seed`), or a `data` "
+                  "the model was not trained on", ProbeAtChance, stacklevel=3)
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(AssayConfig))
@@ -642,7 +667,14 @@ def assay_model(
         >>> result.summary.query("scope == 'ALL'")["utility"].tolist()
         ['gxd', 'oracle']
     """
-    config = config_with(config, overrides, "assay_model")
+    result = _assay(model, calib, probe, config_with(config, overrides, "assay_model"), name, state, progress)
+    warn_if_at_chance(result)
+    return result
+
+
+def _assay(model: nn.Module, calib: object, probe: object, config: AssayConfig, name: str,
+           state: dict[str, torch.Tensor] | None, progress: Progress | None) -> AssayResult:
+    """`assay_model`'s stages, one after another in this process, without its warning."""
     p = prepare(model, calib, probe, config, name, state)
     cal = calibrate(p, progress)
     chunks = p.chunks()
@@ -726,9 +758,9 @@ def assay_checkpoint(
         [['task2', 'mlp-silu@digits', 2, 200]]
     """
     inputs = checkpoint_inputs(ckpt, config_with(config, overrides, "assay_checkpoint"), data)
-    result = assay_model(ckpt.model, inputs.calib, inputs.probe, config=inputs.config, name=ckpt.info.name,
-                         state=ckpt.state, progress=progress)
+    result = _assay(ckpt.model, inputs.calib, inputs.probe, inputs.config, ckpt.info.name, ckpt.state, progress)
     result.checkpoints = inputs.row(result.checkpoints)
+    warn_if_at_chance(result, ckpt.info.step)
     return result
 
 

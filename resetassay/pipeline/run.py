@@ -19,7 +19,7 @@ import pandas as pd
 
 from resetassay.data import DataChoice, DataSpec, factories_called_once
 from resetassay.errors import BadInputError
-from resetassay.io.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint
+from resetassay.io.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint, state_file
 from resetassay.io.rundir import (
     RunInterrupted,
     RunParts,
@@ -122,6 +122,7 @@ def run_assay(  # noqa: PLR0913 — the public entry point: its keywords are the
     model: str | None = None,
     model_kwargs: dict | None = None,
     data: DataSpec | DataChoice | None = None,
+    state: str | Path | None = None,
     progress: bool | Progress = True,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -142,6 +143,10 @@ def run_assay(  # noqa: PLR0913 — the public entry point: its keywords are the
         data: the data of checkpoints that record none; a checkpoint's own record wins except for what `data`
             asks for that differs from it (a `DataSpec` asks for its source, layout, data_dir, task and permutation
             seed; a `DataChoice`, what the command line gave), with a `DataReplaced` warning per checkpoint.
+        state: a per-unit state file (`<layer>.age`, `.reference`, `.utility`) for the one checkpoint found, e.g.
+            CBP's state of a model trained elsewhere (`io/gnt.py`); a state file beside a state dict
+            (`<weights stem>.state.safetensors`, or `state.safetensors` beside one weights file) is read without it
+            (`checkpoint.state_file`). `reference` stored, the `tracked` utility and `maturity` then use it.
         progress: True for a rich bar, False for none, or a callback `progress(task, done, total)`.
         out: a run directory: makes the run resumable and writes the tables, run.json and the report there;
             one launch at a time (a second is refused while the first runs).
@@ -182,15 +187,22 @@ def run_assay(  # noqa: PLR0913 — the public entry point: its keywords are the
         import_factory(model, model_kwargs or {})  # likewise a --model that does not import or would download
     paths = _distinct_paths([Path(p) for p in paths], say)
     found = find_checkpoints(paths, foreign_ok=model is not None)
+    if state is not None and len(found) != 1:
+        raise BadInputError(f"`state` {state}: a state file for one checkpoint, but {len(found)} were found; put each "
+                            f"checkpoint's state beside its weights (<weights stem>.state.safetensors, or "
+                            f"state.safetensors in its own folder) instead", field="state")
+    states = {name: state_file(path, model is not None, state) for path, name in found}  # a bad layout: refused now
     choice = DataChoice.replacing(data) if isinstance(data, DataSpec) else data or DataChoice()
     inputs = {"model": model, "model_kwargs": model_kwargs, "data": choice.to_dict()}
+    if state is not None:  # absent otherwise: the identity of runs without it stays what it was
+        inputs["state"] = str(Path(state).resolve())
     identity = run_identity(config, inputs)
     world = current_world()
     if world is not None and out is None:
         raise BadInputError("`out`: a torchrun launch needs a run directory, which its ranks share (on a shared "
                             "filesystem across nodes); pass `out`", field="out")
     store = _open_store(world, out, identity, overwrite)
-    opener = _Opener(config, model, model_kwargs, choice)
+    opener = _Opener(config, model, model_kwargs, choice, states)
     try:
         with factories_called_once():
             return _assay_all(found, config, identity, inputs, paths, opener, progress, store, say, fail,
@@ -222,12 +234,14 @@ def _open_store(world: World | None, out: str | Path | None, identity: dict, ove
 class _Opener:
     """Loads one checkpoint and resolves the data it is assayed on (its own record, or what the flags ask)."""
 
-    def __init__(self, config: AssayConfig, model: str | None, model_kwargs: dict | None, data: DataChoice):
+    def __init__(self, config: AssayConfig, model: str | None, model_kwargs: dict | None, data: DataChoice,
+                 states: dict[str, Path | None] | None = None):
         self.config, self.model, self.model_kwargs, self.data = config, model, model_kwargs, data
+        self.states = states or {}  # each checkpoint's per-unit state file, by name (`checkpoint.state_file`)
 
     def load(self, path: Path, name: str, first: bool = True) -> tuple[Checkpoint, DataSpec | None]:
         """The checkpoint and its data; a `DataReplaced` warning when a field replaces its record (`first` time)."""
-        ckpt = load_checkpoint(path, name, self.model, self.model_kwargs)
+        ckpt = load_checkpoint(path, name, self.model, self.model_kwargs, self.states.get(name))
         spec, replaced = self.data.resolve(ckpt.info.data)
         if replaced and first:
             warnings.warn(f"{name}: {replaced}", DataReplaced, stacklevel=5)
@@ -247,7 +261,7 @@ def _assay_all(found: list[tuple[Path, str]], config: AssayConfig, identity: dic
     lead = world is None or world.rank == 0  # the process that talks, merges and writes the report
     say = say if lead else (lambda _text: None)
     out = store.out if store else None
-    sha256 = {name: checkpoint_sha256(path, opener.model is not None) for path, name in found}
+    sha256 = {name: checkpoint_sha256(path, opener.model is not None, opener.states.get(name)) for path, name in found}
     keys = {name: store.key(name, path, sha256[name]) for path, name in found} if store else {}
     parts = {name: tables for name, key in keys.items() if (tables := store.load(key)) is not None}
     if parts:

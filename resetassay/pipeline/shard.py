@@ -45,6 +45,7 @@ from resetassay.pipeline.assay import (
     finish,
     lesion_chunk,
     progress_counter,
+    warn_if_at_chance,
 )
 from resetassay.progress import Progress
 
@@ -320,6 +321,7 @@ def _merge(inputs: CheckpointInputs, store: RunParts, key: str, parts: dict[str,
         shocks.append({name.split("/", 1)[1]: t for name, t in item[0].items()})
     result = finish(p, cal, shocks)
     result.checkpoints = inputs.row(result.checkpoints)
+    warn_if_at_chance(result, inputs.ckpt.info.step)
     parts[p.name] = store.save(key, result.tables())
     store.drop_items(key)
     return p

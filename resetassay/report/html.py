@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from pathlib import Path
 
@@ -53,7 +54,10 @@ document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventL
 }));
 """
 MEDIA_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}  # of the figures report.html embeds
-NUMBER = re.compile(r"^\(?(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?: ± [^)]*\))?(e[-+]?\d+)?")
+# A cell's leading number: "(m ± se)e-03" (one exponent, outside the parentheses) or a plain decimal, and only as a
+# whole token: what follows it may not continue a word or a number (so a sha256 "8e9e0dcd..." stays text).
+NUMBER = re.compile(r"^(?:\((?P<scaled>-?\d+(?:\.\d+)?) ± [^)]*\)(?P<exponent>e[-+]?\d+)?"
+                    r"|(?P<plain>-?\d+(?:\.\d+)?(?:e[-+]?\d+)?))(?![\w.])")
 
 
 def _inline(text: str) -> str:
@@ -86,9 +90,18 @@ def _html_table(table: pd.DataFrame, best: pd.DataFrame | None = None, keys: int
 
 def _sort_value(text: str) -> float | None:
     """The number a cell shows, for sorting: "0.987 ± 0.004" -> 0.987, "(4.47 ± 1.30)e-03" -> 0.00447, "1.03 [1.0,
-    1.1]" -> 1.03; None for text."""
+    1.1]" -> 1.03, "0.52 s" -> 0.52; None for text, including a number that runs into letters or digits (a sha256
+    such as "8e9e0dcd...", a name such as "3rd") and one that is not finite. Never raises: the report must not die
+    on a cell."""
     match = NUMBER.match(text)
-    return float(match.group(1) + (match.group(2) or "")) if match else None
+    if match is None:
+        return None
+    literal = match["plain"] or match["scaled"] + (match["exponent"] or "")
+    try:
+        number = float(literal)
+    except ValueError:  # not reachable with NUMBER as it is; a cell is text rather than a crash
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _cell(value: object) -> str:

@@ -441,6 +441,16 @@ def _scope_flags(flag: _Flagger, kind: str, scope: pd.DataFrame, metrics: list[s
     return rows
 
 
+def near_chance(accuracy: object, n_classes: object) -> float | None:
+    """The chance level 1 / n_classes when a labelled probe accuracy is below CHANCE_FACTOR times it (the flag
+    "probe at chance", SPEC S5b), else None (also for a missing accuracy: unlabelled data, or under 2 classes)."""
+    accuracy, classes = pd.to_numeric(accuracy, errors="coerce"), pd.to_numeric(n_classes, errors="coerce")
+    if pd.isna(accuracy) or pd.isna(classes) or classes < 2:
+        return None
+    chance = 1 / float(classes)
+    return chance if accuracy < CHANCE_FACTOR * chance else None
+
+
 def _chance_flags(checkpoints: pd.DataFrame, family_of: dict[str, str]) -> list[dict]:
     """Labelled probe accuracy below CHANCE_FACTOR / n_classes: is this the model's data?"""
     if not {"probe_accuracy", "n_classes"} <= set(checkpoints):
@@ -448,11 +458,10 @@ def _chance_flags(checkpoints: pd.DataFrame, family_of: dict[str, str]) -> list[
     rows = []
     for _, row in checkpoints.iterrows():
         accuracy = pd.to_numeric(row["probe_accuracy"], errors="coerce")
-        classes = pd.to_numeric(row["n_classes"], errors="coerce")
-        if row["checkpoint"] not in family_of or pd.isna(accuracy) or pd.isna(classes) or classes < 2:
+        if row["checkpoint"] not in family_of:
             continue
-        chance = 1 / float(classes)
-        if accuracy < CHANCE_FACTOR * chance:
+        chance = near_chance(accuracy, row["n_classes"])
+        if chance is not None:
             flag = _Flagger(family_of[row["checkpoint"]], str(row["checkpoint"]))
             rows.append(flag("probe at chance", f"{row['checkpoint']} {accuracy:.1%}", f"probe accuracy "
                              f"{accuracy:.1%} is below {CHANCE_FACTOR:g}× chance ({chance:.1%}): is this the "

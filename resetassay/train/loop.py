@@ -1,5 +1,10 @@
-"""Continual training on permuted tasks, or plain training on an image folder, that writes checkpoints (SPEC S6
-protocol, S7 CBP).
+"""Continual training on permuted tasks, or plain training on an image folder or a plain built-in dataset, that
+writes checkpoints (SPEC S6 protocol, S7 CBP).
+
+The continual study trains on `data` permuted-digits, permuted-mnist, permuted-fashion-mnist (each also -image) or
+grammar: task k is the dataset with its pixels permuted by the seeded permutation of k. `data` digits, mnist or
+fashion-mnist (each also -image) is the dataset as published, one task, trained for `epochs_per_task` epochs and
+checkpointed by epoch, as an image folder is (docs/data.md).
 
 Plain SGD (backprop, the default) or continual backprop (`resetassay.train.cbp`). An image folder or archive
 (`data.training_images`) is one task, the dataset itself: the run trains on its `train` root for `epochs_per_task`
@@ -74,7 +79,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from resetassay.data import IMAGE_SIDE, PERMUTED, DataSpec, image_classes, image_tensor, task_arrays, training_images
+from resetassay.data import (
+    IMAGE_SIDE,
+    PERMUTED,
+    DataSpec,
+    data_name,
+    image_classes,
+    image_tensor,
+    task_arrays,
+    training_images,
+)
 from resetassay.data.grammar import LENGTH, VOCAB
 from resetassay.discovery import sequences
 from resetassay.errors import BadInputError
@@ -208,20 +222,22 @@ class TrainConfig:
             self.model, self.model_kwargs, self.data, self.cbp.utility if self.cbp is not None else None)
 
     def _check_own_data(self) -> None:
-        """An image folder trains as one task, checkpointed by epoch; `augment` applies to it only."""
+        """An image folder, or a plain built-in dataset (`data` mnist, not permuted-mnist), trains as one task,
+        checkpointed by epoch; `augment` applies to an image folder only."""
+        plain = self.data.source in PERMUTED and not self.data.permuted
         own = self.data.source not in PERMUTED
         if own and self.data.source != TRAINABLE_OWN_DATA:
             raise BadInputError(f"`data` {self.data.describe()}: your own data trains only as an image folder or "
                                 f"archive; use it with resetassay run", field="data")
-        if own and self.tasks != 1:
-            raise BadInputError(f"`tasks` {self.tasks}: an image folder is one task, trained for `epochs`",
-                                field="tasks")
-        if own and self.checkpoint_in != "epochs":
-            raise BadInputError("`checkpoint_in` tasks: an image folder's checkpoints count epochs",
-                                field="checkpoint_in")
+        what = (f"`data` {data_name(self.data)} is the plain dataset, one task (the continual study's tasks are "
+                f"`data` permuted-{data_name(self.data)})" if plain else "an image folder is one task")
+        if (own or plain) and self.tasks != 1:
+            raise BadInputError(f"`tasks` {self.tasks}: {what}, trained for `epochs`", field="tasks")
+        if (own or plain) and self.checkpoint_in != "epochs":
+            raise BadInputError(f"`checkpoint_in` tasks: {what}; its checkpoints count epochs", field="checkpoint_in")
         if self.augment != "none" and not own:
-            raise BadInputError(f"`augment` {self.augment} augments the images of an image folder, not permuted "
-                                f"{self.data.source}", field="augment")
+            raise BadInputError(f"`augment` {self.augment} augments the images of an image folder, not `data` "
+                                f"{data_name(self.data)}", field="augment")
 
     def to_dict(self) -> dict:
         """The config as JSON values: what `train.json` records and hashes."""
@@ -284,7 +300,8 @@ def _zoo_kwargs(model: str, data: DataSpec, widths: tuple[int, ...] | None, acti
         raise BadInputError(f"`layer_norm`: only `model` mlp has a LayerNorm variant, not {model}", field="layer_norm")
     own = data.source == TRAINABLE_OWN_DATA  # RGB images, as many outputs as class folders
     if data.layout != "image" and not own:
-        raise BadInputError(f"`model` {model} needs image data: use `data` {data.source}-image", field="model")
+        image = data_name(DataSpec(**{**data.to_dict(), "layout": "image"}))
+        raise BadInputError(f"`model` {model} needs image data: use `data` {image}", field="model")
     kwargs: dict = {"activation": activation}
     if own:
         kwargs.update(in_channels=3, n_classes=len(image_classes(data)))
@@ -491,6 +508,8 @@ def _with_defaults(stored: dict) -> dict:
         return stored
     added = {f.name: f.default for f in fields(TrainConfig) if f.name not in stored and f.default is not MISSING}
     upgraded = {"augment": OLD_AUGMENT[stored["augment"]]} if isinstance(stored.get("augment"), bool) else {}
+    if isinstance(stored.get("data"), dict) and "permuted" not in stored["data"]:  # before the plain datasets
+        upgraded["data"] = {**stored["data"], "permuted": True}
     return {**added, **stored, **upgraded}
 
 

@@ -140,7 +140,8 @@ def test_idx_files_are_read_and_decompressed_once_per_process_while_unchanged(tm
     assert mnist_arrays(folder, "test")[1].tolist() == [0] * 4 and reads["t10k-labels-idx1-ubyte"] == 2
 
 
-@pytest.mark.parametrize(("name", "layout"), [("fashion-mnist", "flat"), ("fashion-mnist-image", "image")])
+@pytest.mark.parametrize(("name", "layout"), [("permuted-fashion-mnist", "flat"),
+                                              ("permuted-fashion-mnist-image", "image")])
 def test_fashion_mnist_is_its_own_source_read_from_the_same_idx_files(tmp_path, name, layout):
     folder, arrays = _mnist_dir(tmp_path)
     spec = data_spec(name, 1, 2, str(folder))

@@ -75,7 +75,7 @@ def test_non_positive_sizes_are_an_error(calib, probe):
 
 
 def test_builtin_names_still_give_the_same_spec_and_dict():
-    spec = data_spec("digits-image", 2, 5)
+    spec = data_spec("permuted-digits-image", 2, 5)
     assert spec == DataSpec(layout="image", task=2, permutation_seed=5)
     assert list(spec.to_dict()) == ["source", "layout", "task", "permutation_seed", "split_seed",
                                     "holdout_fraction", "data_dir"]

@@ -29,9 +29,9 @@ MNIST_5 = DataSpec(source="mnist", task=5, permutation_seed=1, data_dir="/old")
      "`permutation_seed` 3 replaces its recorded permutation seed 1"),
     (DataChoice(DataSpec(source="fashion-mnist", data_dir="/f"), "/f"),
      DataSpec(source="fashion-mnist", task=5, permutation_seed=1, data_dir="/f"),
-     "`data` fashion-mnist replaces its recorded mnist"),
+     "`data` permuted-fashion-mnist replaces its recorded permuted-mnist"),
     (DataChoice(DataSpec(layout="image"), task=2), DataSpec(layout="image", task=2, permutation_seed=1),
-     "`data` digits-image replaces its recorded mnist; `task` 2 replaces its recorded task 5"),
+     "`data` permuted-digits-image replaces its recorded permuted-mnist; `task` 2 replaces its recorded task 5"),
 ])
 def test_a_checkpoints_data_record_wins_except_for_what_is_asked(choice, resolved, warning):
     assert choice.resolve(MNIST_5) == (resolved, warning)

@@ -443,7 +443,7 @@ def test_cli_assays_a_foreign_resnet_state_dict_and_matches_the_hand_written_for
     units = pd.read_csv(out / "units.csv")
     assert list(units.drop_duplicates("layer")["layer"]) == RESNET_SITES
 
-    x, y = task_arrays(DataSpec(layout="image"), "holdout")
+    x, y = task_arrays(DataSpec(layout="image", permuted=False), "holdout")  # `data` digits-image: plain digits
     split = split_calibration_probe(x, y, 80, 80, seed=0)
     refs, expected = _resnet_refs_and_shocks(model, split.calib_x, split.probe_x)
     for name in RESNET_SITES:

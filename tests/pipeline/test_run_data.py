@@ -53,10 +53,10 @@ def _run(checkpoints: Path, out: Path, *args: str) -> tuple[pd.DataFrame, list[s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("data", [[], ["--data", "mnist"]])
+@pytest.mark.parametrize("data", [[], ["--data", "permuted-mnist"]])
 def test_data_dir_re_points_each_record_and_the_recorded_tasks_win(trained, tmp_path, data):
-    """`--data-dir D` alone, or with `--data mnist` (no --task): every checkpoint on its own task, read from D; the
-    table lists them in natural order (task5 before task10)."""
+    """`--data-dir D` alone, or with `--data permuted-mnist` (no --task): every checkpoint on its own task, read
+    from D; the table lists them in natural order (task5 before task10)."""
     checkpoints, moved = trained
     table, warnings = _run(checkpoints, tmp_path, *data, "--data-dir", str(moved))
     assert table["checkpoint"].tolist() == ["ckpts/task0", "ckpts/task5", "ckpts/task10"]
@@ -70,7 +70,8 @@ def test_data_dir_re_points_each_record_and_the_recorded_tasks_win(trained, tmp_
 @pytest.mark.slow
 def test_an_explicit_task_replaces_the_recorded_ones_with_a_warning_each(trained, tmp_path):
     checkpoints, moved = trained
-    table, warnings = _run(checkpoints, tmp_path, "--data", "mnist", "--data-dir", str(moved), "--task", "0")
+    table, warnings = _run(checkpoints, tmp_path, "--data", "permuted-mnist", "--data-dir", str(moved), "--task",
+                           "0")
     assert table["data_task"].tolist() == [0, 0, 0]
     assert warnings == ["warning: ckpts/task5: --task 0 replaces its recorded task 4",
                         "warning: ckpts/task10: --task 0 replaces its recorded task 9"]
@@ -79,9 +80,9 @@ def test_an_explicit_task_replaces_the_recorded_ones_with_a_warning_each(trained
 @pytest.mark.slow
 def test_another_data_source_replaces_the_record_but_keeps_its_task(trained, tmp_path):
     checkpoints, moved = trained
-    table, warnings = _run(checkpoints, tmp_path, "--data", "fashion-mnist", "--data-dir", str(moved))
+    table, warnings = _run(checkpoints, tmp_path, "--data", "permuted-fashion-mnist", "--data-dir", str(moved))
     assert set(table["data_source"]) == {"fashion-mnist"} and table["data_task"].tolist() == [0, 4, 9]
-    assert warnings == [f"warning: ckpts/{name}: --data fashion-mnist replaces its recorded mnist"
+    assert warnings == [f"warning: ckpts/{name}: --data permuted-fashion-mnist replaces its recorded permuted-mnist"
                         for name in ("task0", "task5", "task10")]
 
 

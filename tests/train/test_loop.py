@@ -190,14 +190,14 @@ def test_an_out_folder_of_the_older_numbering_is_refused_saying_why(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "cnn"], "--data digits-image"),
+        (["--model", "cnn"], "--data permuted-digits-image"),
         (["--cbp", "--utility", "gxd_all"], "--utility 'gxd_all' cannot be tracked online"),
         (["--utility", "gxd"], "--utility applies only with --cbp (plain backprop is the default); add --cbp"),
         (["--maturity", "5"], "--maturity applies only with --cbp"),
         (["--family", "mlp relu"], "--family 'mlp relu': use letters, digits"),
         (["--family", "mlp:relu"], "--family 'mlp:relu'"),
         (["--activation", "gelu"], "--activation"),
-        (["--data", "mnist"], "--data-dir"),
+        (["--data", "permuted-mnist"], "--data-dir"),
         (["--checkpoint-at", "1,x"], "--checkpoint-at"),
         (["--model", "mlp", "--widths", "0,4"], "--widths"),
         (["--model", "transformer"], "--model transformer trains on token sequences (--data grammar)"),

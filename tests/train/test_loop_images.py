@@ -162,7 +162,8 @@ def test_bad_image_training_flags_exit_2_naming_the_flag(folder: Path, tmp_path:
     (["--epochs", "3"], "--epochs applies to an image folder"),
 ])
 def test_image_only_flags_are_refused_with_permuted_data(tmp_path: Path, args: list[str], needle: str) -> None:
-    result = runner.invoke(app, ["train", "--data", "digits", "--out", str(tmp_path / "o"), "--quiet", *args])
+    result = runner.invoke(app, ["train", "--data", "permuted-digits", "--out", str(tmp_path / "o"), "--quiet",
+                                 *args])
     assert result.exit_code == 2 and needle in result.stderr
 
 
