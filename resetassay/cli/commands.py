@@ -359,7 +359,7 @@ def check(
         _fail(str(e), 2)
     for line in differences:
         _say(NOTE, line)
-    typer.echo(diff_table(comparisons, show_all))
+    typer.echo(as_flags(diff_table(comparisons, show_all)))
     raise typer.Exit(0 if all(c.passed for c in comparisons) else 1)
 
 

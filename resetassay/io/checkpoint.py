@@ -122,9 +122,12 @@ def family_name(model: str, kwargs: dict, data: DataSpec | None = None, cbp_util
     plain built-in dataset (`data` mnist, not permuted-mnist) is `@<source>-unpermuted`, e.g.
     `mlp-relu@mnist-unpermuted`."""
     cbp = f"+cbp-{cbp_utility}" if cbp_utility else ""
-    plain = data is not None and data.source in PERMUTED and not data.permuted
-    where = (f"@{data.source}-unpermuted" if plain else
-             f"@{data.source}" if data is not None and data.source != PAPER_DATA else "")
+    if data is None:
+        where = ""
+    elif data.source in PERMUTED and not data.permuted:
+        where = f"@{data.source}-unpermuted"
+    else:
+        where = f"@{data.source}" if data.source != PAPER_DATA else ""
     return f"{model_family(model, kwargs)}{cbp}{where}"
 
 

@@ -858,11 +858,11 @@ def checkpoint_layers(
             raise BadInputError(f"{path}: no data recorded for this checkpoint; pass `data`, or `input_shape` "
                                 "(e.g. 3,32,32) to list its unit layers without data", field="data")
         x = example_inputs(spec, 2)
-    model = ckpt.model.eval()
+    net = ckpt.model.eval()
     if sequences.padding_mask(x) is not None:  # padded token ids: the model sees them as `run` shows them (SPEC S9)
-        model = sequences.padded_tokens(model, [x])
+        net = sequences.padded_tokens(net, [x])
     try:
-        _first_forward(model, x, path)
+        _first_forward(net, x, path)
     except BadInputError as err:  # made-up inputs: the field that shaped them is at fault
         if (input_shape is None and seq_len is None) or err.field == "model":
             raise
@@ -872,7 +872,7 @@ def checkpoint_layers(
                                 f"({cause})", field="seq_len") from err
         raise BadInputError(f"`input_shape` {','.join(map(str, input_shape))}: the model does not take inputs of "
                             f"shape {tuple(x.shape)} ({cause})", field="input_shape") from err
-    tapped = tap_unit_layers(select_output(model, output, x), x)
+    tapped = tap_unit_layers(select_output(net, output, x), x)
     return unit_layers(tapped, x, patterns), discovery_route(tapped)
 
 

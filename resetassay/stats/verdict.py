@@ -444,11 +444,11 @@ def _scope_flags(flag: _Flagger, kind: str, scope: pd.DataFrame, metrics: list[s
 def near_chance(accuracy: object, n_classes: object) -> float | None:
     """The chance level 1 / n_classes when a labelled probe accuracy is below CHANCE_FACTOR times it (the flag
     "probe at chance", SPEC S5b), else None (also for a missing accuracy: unlabelled data, or under 2 classes)."""
-    accuracy, classes = pd.to_numeric(accuracy, errors="coerce"), pd.to_numeric(n_classes, errors="coerce")
-    if pd.isna(accuracy) or pd.isna(classes) or classes < 2:
+    acc, classes = pd.to_numeric(accuracy, errors="coerce"), pd.to_numeric(n_classes, errors="coerce")
+    if pd.isna(acc) or pd.isna(classes) or float(classes) < 2:
         return None
     chance = 1 / float(classes)
-    return chance if accuracy < CHANCE_FACTOR * chance else None
+    return chance if float(acc) < CHANCE_FACTOR * chance else None
 
 
 def _chance_flags(checkpoints: pd.DataFrame, family_of: dict[str, str]) -> list[dict]:
