@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.paths import FIXTURES
 from typer.testing import CliRunner
 
 import resetassay as ra
@@ -60,7 +61,7 @@ def test_a_layer_name_matching_nothing_names_the_close_names():
 
 
 def test_the_command_line_suggests_a_layer_as_a_flag(tmp_path):
-    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "relu_mlp" / "task2"
+    fixture = FIXTURES / "relu_mlp" / "task2"
     result = runner.invoke(app, ["inspect", str(fixture), "--layers", "layer.*.act"])
     assert result.exit_code == 2
     assert "error: --layers layer.*.act matched no unit layer (did you mean layers.*.act?)" in result.output
