@@ -312,3 +312,14 @@ def test_every_design_citation_names_a_heading_of_docs_design_md():
                 cited.setdefault(heading, path.name)
     assert cited
     assert not {h: f for h, f in cited.items() if h not in headings}
+
+
+def test_a_module_over_500_lines_says_why_at_its_top():
+    """Issue 23: no module over ~500 lines without a reason written at its top (its docstring's "Over 500 lines:")."""
+    import ast
+
+    package = Path(resetassay.__file__).parent
+    silent = [str(path.relative_to(package)) for path in sorted(package.rglob("*.py"))
+              if len(path.read_text().splitlines()) > 500
+              and "Over 500 lines:" not in (ast.get_docstring(ast.parse(path.read_text())) or "")]
+    assert not silent, silent

@@ -56,6 +56,9 @@ expanded-input path. `discovery_route(model)` says which route found the
 unit layers: "declared" (the zoo), "fx", "export", "hooks", or "modules" (no example to count calls
 on: the activation modules, a module called twice refused by `units.unit_layers`). A model in which
 no unit layer is found is refused (BadInputError) rather than assayed with none.
+
+Over 500 lines: the three routes (fx, export, hooks) share the call-site walk, the consumer analysis and the check
+that the tapped model gives the model's outputs; one module keeps their fall-through order in one place.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ than a pydantic model: a dozen fields do not need a dependency, and each error l
 docs/guide/troubleshooting.md promises (`C/manifest.json: step.task must be an integer >= 0, got -1; regenerate the
 checkpoint`). The
 fields of "data" are checked by `DataSpec` itself, so a spec built from the command line is checked too.
+
+Over 500 lines: one format and every route into it (zoo manifests, state dicts with `model`, Lightning,
+torchvision/timm/transformers, state beside the weights) share the safety checks of loading; the model sources are
+the next to move out (io/model_sources.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ so a run reads the same in either format, to the bit. Readers find a table by `t
 format run.json records, else whichever file exists. Nothing here imports torch: report/ (and
 its gate) reads runs without it (nor pyarrow, until a parquet table is written or read), except the work
 items of a sharded run, which hold tensors.
+
+Over 500 lines: the run directory's one reader and writer (tables and their read-back checks, run.json, timings,
+locks, resumable parts): every file under OUT is written here, so what a run may delete is decided here alone.
 """
 
 from __future__ import annotations

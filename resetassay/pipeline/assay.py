@@ -4,6 +4,10 @@
 probed on the held-out split of the task it was trained on last. Both return an `AssayResult`
 holding the UnitTable and SummaryTable (DESIGN "Tables are the interface"). Many checkpoints, resume and failures are
 pipeline/run.py's job.
+
+Over 500 lines: the assay's stages (prepare, calibrate, lesion chunks, finish) and the result they fill, each a
+function pipeline/shard.py also runs alone, so they share one request here; the result's save/plot/HTML methods
+are the next to move out (pipeline/result.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Spearman), the common scope's units (rank scatter, a row per family) and the Uni
 checkpoint). Each function returns a `matplotlib.figure.Figure` (None when the tables hold nothing to draw) on its
 own Agg canvas, never pyplot's, so drawing a report leaves a notebook's backend and figures alone; `save` writes one
 as PNG or SVG.
+
+Over 500 lines: one function per figure of the report, sharing the palette and layout helpers.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ A statistic is a finite number or null. Null with `<stat>_note` (the reason from
 that has a reason, or with a value. Null without a note is not gated. `<stat>_n`, written when
 only some of the `n` checkpoints have a value (with `<stat>_note` saying why the others are NaN),
 lets the run lack a value in as many checkpoints as the baseline did.
+
+Over 500 lines: the baseline format, its validation, the comparison rules and their three outputs (text, JUnit,
+markdown) are one contract that `resetassay baseline` writes and `resetassay check` reads.
 """
 
 from __future__ import annotations

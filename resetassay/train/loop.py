@@ -58,6 +58,9 @@ and writing only the missing ones. `overwrite` first deletes what a training run
 folders, accuracy.csv, train.json), never other files. A NaN/Inf loss or weight stops the run
 (`TrainingFailed`), Ctrl-C too (`RunInterrupted`); the checkpoints saved before stay, and none is written
 from a diverged model or half.
+
+Over 500 lines: TrainConfig and its one validation, the checkpoint schedule, resuming and the loop; the config is
+the next to move out (train/config.py), so that the command line can build its flags from it without torch.
 """
 
 from __future__ import annotations
