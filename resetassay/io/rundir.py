@@ -290,8 +290,10 @@ def read_run(run_dir: str | Path, names: tuple[str, ...] = TABLES) -> Tables:
             if type(err).__module__.split(".")[0] != "pyarrow":
                 raise
             raise BadInputError(f"{path}: unreadable table ({' '.join(str(err).split())}); rerun the assay") from err
-        if tables[name].empty and not len(tables[name].columns) and name not in MAY_BE_EMPTY:
-            raise BadInputError(f"{path}: empty table; rerun the assay")
+        if tables[name].empty and not len(tables[name].columns):
+            if name not in MAY_BE_EMPTY:
+                raise BadInputError(f"{path}: empty table; rerun the assay")
+            tables[name] = pd.DataFrame(columns=list(REQUIRED[name]))  # an empty file: the table with no rows
         _check_table(name, tables[name], path)
     if {"units", "summary"} <= set(tables):
         _check_summary_covers(tables["units"], tables["summary"], info.get("config", {}),
