@@ -115,14 +115,20 @@ def stats_table(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return stats, accuracy
 
 
+def _pooled(utility: str, metric: str, late: pd.DataFrame) -> dict:
+    """One utility x metric's row: its unit count and ρ and ratio as mean ± SE over the checkpoints of `late`."""
+    row = {"utility": utility, "metric": metric, "n_units": int(late["n_units"].max())}
+    for stat in ("spearman", "ratio"):
+        row[stat], row[f"{stat}_se"], row[f"{stat}_n"] = mean_se(late[stat])
+    return row
+
+
 def summarise(stats: pd.DataFrame, trained: list[int]) -> pd.DataFrame:
     """Per utility x metric: mean ± SE of ρ and ratio over the `trained` epochs, and ρ at every epoch."""
     rows = []
     for (utility, metric), g in stats.groupby(["utility", "metric"], sort=False):
         late = g[g["step"].isin(trained)]
-        row = {"utility": utility, "metric": metric, "n_units": int(late["n_units"].max())}
-        for stat in ("spearman", "ratio"):
-            row[stat], row[f"{stat}_se"], row[f"{stat}_n"] = mean_se(late[stat])
+        row = _pooled(utility, metric, late)
         row.update({f"spearman_epoch{int(s)}": v for s, v in zip(g["step"], g["spearman"], strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -183,9 +189,7 @@ def seed_table(stats: pd.DataFrame, trained: list[int]) -> pd.DataFrame:
     rows = []
     for (utility, metric), g in stats.groupby(["utility", "metric"], sort=False):
         late = g[g["step"].isin(trained)]
-        row = {"utility": utility, "metric": metric, "n_units": int(late["n_units"].max())}
-        for stat in ("spearman", "ratio"):
-            row[stat], row[f"{stat}_se"], row[f"{stat}_n"] = mean_se(late[stat])
+        row = _pooled(utility, metric, late)
         per_seed = late.groupby("seed")["spearman"]
         row["spearman_seeds"], row["spearman_seeds_se"], row["spearman_seeds_n"] = mean_se(per_seed.mean())
         for seed, values in per_seed:
