@@ -76,7 +76,7 @@ def assay(paths: list[Path], out: Path, **options: object) -> None:
     try:
         run_assay(paths, out=out, progress=False, note=print, **options)
     except BadInputError as err:
-        if err.flag != "--out":
+        if err.field != "out":
             raise
         print(f"{err}\nassaying again with this code", flush=True)
         run_assay(paths, out=out, progress=False, note=print, overwrite=True, **options)

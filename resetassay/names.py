@@ -22,6 +22,7 @@ SET_SELECTORS = (GXD_GREEDY,)
 
 # Utilities CBP can track online during training (SPEC S7): computable from one batch's forward and backward.
 ONLINE_UTILITIES = ("contribution", "mc_contribution", "mc_adaptable", "gxi", "gxd", "loss_gradient", "activation")
+CBP_UTILITIES = (*ONLINE_UTILITIES, RANDOM)  # what CBP may rank by: random is the control (SPEC S7)
 
 Metric = Literal["l1", "kl"]
 METRICS: tuple[str, ...] = get_args(Metric)  # shock metrics (SPEC S4)

@@ -27,7 +27,7 @@ from resetassay.cli.flags import as_flags, config_options
 from resetassay.cli.flags import field_of as _field
 from resetassay.config import AssayConfig
 from resetassay.errors import BadInputError
-from resetassay.names import FAILURES, ONLINE_UTILITIES, ORACLE, RANDOM
+from resetassay.names import CBP_UTILITIES, FAILURES, ORACLE, RANDOM
 
 if TYPE_CHECKING:
     from resetassay.data import DataChoice, DataSpec
@@ -518,7 +518,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Examples per SGD step.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and resets.")] = 0,
     cbp: Annotated[bool, typer.Option(help="Continual backprop (SPEC S7); default: plain backprop.")] = False,
-    utility: Annotated[str | None, typer.Option(help=f"With --cbp: its utility, {', '.join(ONLINE_UTILITIES)} "
+    utility: Annotated[str | None, typer.Option(help=f"With --cbp: its utility, {', '.join(CBP_UTILITIES)} "
                                                 "(default contribution).")] = None,
     replacement_rate: Annotated[float | None, typer.Option(help="With --cbp: replacement rate rho (default "
                                                            "1e-4).")] = None,

@@ -29,6 +29,9 @@ the SGD step used (hooks, no extra forward): E becomes the batch mean, and the r
 the current `r̂`. `loss_gradient` reads ∂L/∂h from the step's own backward; `gxi`/`gxd` need
 ∂z_y/∂h, one extra backward through the same graph. In train mode BatchNorm couples the
 examples of a batch, and these gradients include that coupling.
+
+`random` is the control: a fresh uniform draw per unit and step (not the assay's fixed seeded noise), so
+every eligible unit is equally likely to be the one reset.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from resetassay.discovery.sequences import target_logits
 from resetassay.discovery.units import UnitLayer, per_unit, unit_layers
 from resetassay.errors import BadInputError
 from resetassay.models.reset import ResetSite, reset_site, reset_weights
-from resetassay.names import ONLINE_UTILITIES
+from resetassay.names import CBP_UTILITIES, RANDOM
 from resetassay.scoring.calibration import example_ingredients
 from resetassay.scoring.registry import UTILITIES, Ingredient, LayerStats, Needs, NotApplicable
 
@@ -64,9 +67,9 @@ class CBPConfig:
         def _number(value: object) -> bool:  # finite: NaN and Inf pass no range check (SPEC S7)
             return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
-        if self.utility not in ONLINE_UTILITIES:
+        if self.utility not in CBP_UTILITIES:
             raise BadInputError(f"`utility` {self.utility!r} cannot be tracked online; "
-                                f"choose from {', '.join(ONLINE_UTILITIES)}", field="utility")
+                                f"choose from {', '.join(CBP_UTILITIES)}", field="utility")
         if not _number(self.replacement_rate) or not 0 <= self.replacement_rate <= 1:
             raise BadInputError(f"`replacement_rate` {self.replacement_rate}: must be a number in [0, 1]",
                                 field="replacement_rate")
@@ -222,7 +225,8 @@ class ContinualBackprop:
                 target_grad = (trace.layer.view(self._recorded(self._target_grad, name, "observe(logits, y)"))
                                if self.needs & GRADIENT_INGREDIENTS else None)
                 stats = _batch_stats(h, trace.corrected(trace.mean, decay), self.needs, loss_grad, target_grad)
-                now = UTILITIES[self.config.utility](stats, trace.layer)
+                now = (torch.rand(trace.layer.n_units, generator=self.generator, dtype=torch.float64)
+                       if self.config.utility == RANDOM else UTILITIES[self.config.utility](stats, trace.layer))
                 trace.utility.mul_(decay).add_(now.double(), alpha=1 - decay)
         self._h.clear()
         self._loss_grad.clear()

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from resetassay.discovery.units import unit_layers
 from resetassay.errors import BadInputError
 from resetassay.models import create_model
+from resetassay.names import ONLINE_UTILITIES, RANDOM
 from resetassay.scoring.calibration import calibration_stats
 from resetassay.scoring.registry import UTILITIES, unit_scores
-from resetassay.train.cbp import ONLINE_UTILITIES, CBPConfig, ContinualBackprop
+from resetassay.train.cbp import CBPConfig, ContinualBackprop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,3 +240,24 @@ def test_layernorm_mlp_resets_the_linear_before_the_norm_and_the_norm_entry() ->
 def test_bad_cbp_settings_are_refused_naming_the_flag(make, config: dict, needle: str) -> None:
     with pytest.raises(BadInputError, match=needle):
         ContinualBackprop(make(), CBPConfig(**config), torch.randn(2, 8))
+
+
+def test_random_control_resets_every_eligible_unit_alike() -> None:
+    """CBP `random` (the control, SPEC S7) draws afresh each step: over many resets of one layer every unit is
+    chosen about equally often. A fixed per-unit score (the assay's seeded `random`) would keep picking the few
+    units ranked lowest once they mature again."""
+    model = _mlp(widths=(6,))
+    x = torch.randn(16, 8)
+    cbp = ContinualBackprop(model, CBPConfig(utility=RANDOM, replacement_rate=0.5, maturity=0), x[:2], seed=3)
+    picked: list[int] = []
+    reset_unit = cbp.reset_unit
+    cbp.reset_unit = lambda name, unit, optimizer=None: (picked.append(unit), reset_unit(name, unit, optimizer))
+    model.train()
+    for _ in range(400):
+        model(x)
+        cbp.step()
+    counts = torch.bincount(torch.tensor(picked), minlength=6).double()
+    assert counts.sum() >= 1000
+    expected = counts.sum() / 6
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 20.5, counts.tolist()  # χ²(5) beyond 20.5 has p < .001
