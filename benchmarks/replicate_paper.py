@@ -15,6 +15,9 @@ Finally it writes, into `--publish` (default reports/replication):
     report.md, figures/        the run's own report (headline, figures)
     timings.json               measured wall time per seed (training) and per checkpoint (assay) on this machine
     README.md                  the tables as markdown, with the paper's numbers beside ours (SPEC S6)
+    findings.md                the numbers the docs state, as marked blocks written from the tables above alone
+
+    python benchmarks/replicate_paper.py --render [--publish DIR]   # findings.md again from DIR's tables alone
 
     python benchmarks/replicate_paper.py [--mnist ../shared/data/mnist] [--seeds 0,1,2] [--activations ...]
                                          [--inits kaiming-relu,torch-default] [--tasks 30] [--quick]
@@ -29,11 +32,13 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from generated import document, minutes, pm, span, versus, write
 
 from resetassay import run_assay
 from resetassay.data import DataSpec
@@ -97,11 +102,16 @@ def aggregate(stats: pd.DataFrame, by: list[str], column: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def activation_of(family: pd.Series) -> pd.Series:
+    """The study's activation name of each model family ("mlp-silu@digits" -> "silu")."""
+    return family.str.removeprefix("mlp-").str.removesuffix("@digits")
+
+
 def publish(run_dir: Path, out: Path, timings: dict) -> None:
     """The study's tables (csv and markdown), the run's report and figures, and the timings, into `out`."""
     tables = read_run(run_dir)
     stats = checkpoint_stats(tables["summary"], tables["checkpoints"])
-    stats["activation"] = stats["family"].str.removeprefix("mlp-").str.removesuffix("@digits")
+    stats["activation"] = activation_of(stats["family"])
     out.mkdir(parents=True, exist_ok=True)
     spearman = aggregate(stats, ["activation", "utility", "metric"], "spearman")
     shock = aggregate(stats.assign(ratio=stats["shock_at_q"] / stats["oracle_shock_at_q"]),
@@ -113,6 +123,7 @@ def publish(run_dir: Path, out: Path, timings: dict) -> None:
     shutil.copytree(run_dir / "figures", out / "figures", dirs_exist_ok=True)
     (out / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
     (out / "README.md").write_text(markdown(spearman, shock, tables["checkpoints"]))
+    write(*findings_file(out))
 
 
 def _cell(row: pd.Series) -> str:
@@ -145,6 +156,114 @@ def markdown(spearman: pd.DataFrame, shock: pd.DataFrame, checkpoints: pd.DataFr
     return "\n".join(lines)
 
 
+def _row(frame: pd.DataFrame, **key: object) -> pd.Series:
+    """The one row of `frame` whose columns equal `key`."""
+    for column, value in key.items():
+        frame = frame[frame[column] == value]
+    return frame.iloc[0]
+
+
+def _pm(row: pd.Series) -> str:
+    return pm(row["mean"], row["se"])
+
+
+def _versus(row: pd.Series, paper: float) -> str:
+    return versus(row["mean"], row["se"], paper)
+
+
+def per_checkpoint(report: str) -> pd.DataFrame:
+    """The run report's "Pooled Spearman ρ per checkpoint" table (report.md, published beside the csv files)."""
+    part = report.split("## Pooled Spearman ρ per checkpoint", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in part.splitlines()
+            if line.startswith("|")]
+    table = pd.DataFrame(rows[2:], columns=rows[0])
+    return table.assign(step=table["step"].astype(int), nonlinearity=activation_of(table["family"]))
+
+
+def _trained(by_step: pd.DataFrame, activation: str, utility: str) -> list[float]:
+    """The means over seeds of `utility`'s ρ on logit L1 at every step after the first."""
+    part = by_step[(by_step["activation"] == activation) & (by_step["utility"] == utility)
+                   & (by_step["metric"] == "l1") & (by_step["step"] > 0)]
+    return list(part["mean"])
+
+
+def findings(publish: Path) -> dict[str, str]:
+    """The MLP study's findings (SPEC S6), from spearman.csv, shock.csv, by_step.csv, timings.json and report.md in
+    `publish`: ours beside the paper's Table 7 with the distance in our SEs."""
+    rho = pd.read_csv(publish / "spearman.csv").query("metric == 'l1'")
+    shock = pd.read_csv(publish / "shock.csv").query("metric == 'l1'")
+    by_step = pd.read_csv(publish / "by_step.csv").query("metric == 'l1'")
+    checkpoints = per_checkpoint((publish / "report.md").read_text())
+    timings = json.loads((publish / "timings.json").read_text())
+    train_s, assay_s = list(timings["train_s"].values()), list(timings["assay_s_per_checkpoint"].values())
+    silu = checkpoints[(checkpoints["nonlinearity"] == "silu") & (checkpoints["metric"] == "l1")]
+    silu0 = silu[silu["step"] == 0]
+    lowest = silu0.loc[silu0["gxi"].astype(float).idxmin()]
+    trained = silu[silu["step"] > 0]["activation"].astype(float)
+    relu_shock = shock[shock["activation"] == "relu"].sort_values("mean", ascending=False)
+    largest = relu_shock[relu_shock["utility"] != "random"].iloc[0]
+    n = int(_row(rho, activation="relu", utility="gxd")["n"])
+    later = "after tasks " + ", ".join(str(s) for s in sorted(by_step["step"].unique()) if s > 0)
+    return {
+        "timings": f"{span(train_s, 0, ' s')} of training per seed ({len(train_s)} runs) and a median of "
+                   f"{statistics.median(assay_s):.2f} s of assay per checkpoint ({span(assay_s, 2, ' s')} over the "
+                   f"{len(assay_s)}); {minutes(train_s)} of training and {minutes(assay_s)} of assay in all "
+                   "(`timings.json`).",
+        "relu": f"ReLU, pooled over {n} checkpoints: GXD "
+                f"{_versus(_row(rho, activation='relu', utility='gxd'), PAPER_RHO[('relu', 'gxd')])}, GXI "
+                f"{_versus(_row(rho, activation='relu', utility='gxi'), PAPER_RHO[('relu', 'gxi')])}.",
+        "silu-gxd": "SiLU GXD on the untrained network (mean over seeds): "
+                    f"{_versus(_row(by_step, activation='silu', step=0, utility='gxd'), PAPER_RHO[('silu', 'gxd')])};"
+                    f" {later} (means over seeds per step): {span(_trained(by_step, 'silu', 'gxd'))}.",
+        "silu-gxi": f"SiLU GXI over all {n} checkpoints: "
+                    f"{_versus(_row(rho, activation='silu', utility='gxi'), PAPER_RHO[('silu', 'gxi')])}; on the "
+                    "untrained network (mean over seeds): "
+                    f"{_versus(_row(by_step, activation='silu', step=0, utility='gxi'), PAPER_RHO[('silu', 'gxi')])}"
+                    f" (its lowest checkpoint, {lowest['checkpoint']}, {float(lowest['gxi']):.3f}); {later} (means "
+                    f"over seeds per step): {span(_trained(by_step, 'silu', 'gxi'))}.",
+        "silu-activation": "SiLU activation: "
+                           f"{_pm(_row(by_step, activation='silu', step=0, utility='activation'))} on the untrained "
+                           f"network (mean over seeds), {span(list(trained))} on every trained checkpoint "
+                           "(`report.md`, per checkpoint).",
+        "shock": f"ReLU Shock@5% / oracle on logit L1, pooled: `{largest['utility']}` {_pm(largest)}, the largest "
+                 f"apart from `random` ({_pm(_row(relu_shock, utility='random'))}); GXD "
+                 f"{_pm(_row(relu_shock, utility='gxd'))} (`shock.csv`).",
+    }
+
+
+def init_findings(publish: Path) -> dict[str, str]:
+    """The init study's findings (SPEC S6, "Kaiming uniform" read as PyTorch's default), from spearman.csv,
+    by_step.csv and timings.json in `publish`, beside the paper's Table 7."""
+    rho = pd.read_csv(publish / "spearman.csv").query("metric == 'l1'")
+    by_step = pd.read_csv(publish / "by_step.csv").query("metric == 'l1'")
+    train_s = list(json.loads((publish / "timings.json").read_text())["train_s"].values())
+
+    def pair(activation: str, name: str) -> str:
+        return ", ".join(f"{utility.upper()} {_versus(_row(rho, activation=name, utility=utility), paper)}"
+                         for (a, utility), paper in PAPER_RHO.items() if a == activation)
+
+    default = f"silu-{TORCH_DEFAULT}"
+    steps = by_step[(by_step["activation"] == default) & (by_step["utility"] == "gxi")]
+    return {
+        "pair": f"Pooled over {int(_row(rho, activation=default, utility='gxi')['n'])} checkpoints, with PyTorch's "
+                f"default init: SiLU {pair('silu', default)}; ReLU {pair('relu', f'relu-{TORCH_DEFAULT}')}. With "
+                f"our init: SiLU {pair('silu', 'silu')}; ReLU {pair('relu', 'relu')}.",
+        "gxi-steps": "SiLU GXI with PyTorch's default init, per step (mean ± SE over seeds): "
+                     + ", ".join(f"step {int(r['step'])} {_pm(r)}" for _, r in steps.iterrows()) + ".",
+        "timings": f"Training took {span(train_s, 0, ' s')} per seed ({len(train_s)} runs; `timings.json`).",
+    }
+
+
+def findings_file(publish: Path) -> tuple[Path, str]:
+    """(path, text) of findings.md in `publish`, from the tables there alone (no training, no data): the init
+    study's findings when its runs include PyTorch's default init, else the MLP study's (SPEC S6)."""
+    activations = set(pd.read_csv(publish / "spearman.csv")["activation"])
+    init = any(a.endswith(f"-{TORCH_DEFAULT}") for a in activations)
+    title = "Findings of the init study" if init else "Findings of the MLP study"
+    return publish / "findings.md", document(title, "benchmarks/replicate_paper.py",
+                                             init_findings(publish) if init else findings(publish))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
@@ -157,7 +276,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the miniature: digits, 4 tasks, 1 seed, 2 activations")
+    parser.add_argument("--render", action="store_true", help="only rewrite --publish's findings.md from its tables")
     args = parser.parse_args()
+    if args.render:
+        write(*findings_file(args.publish))
+        return
     args.steps = PAPER_STEPS
     if args.quick:
         args.seeds, args.activations, args.tasks, args.steps = [0], ["relu", "silu"], 4, (0, 2, 4)

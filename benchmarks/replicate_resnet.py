@@ -37,8 +37,15 @@ checkpoints.csv (accuracy of every seed x checkpoint), report.md, figures/, aggr
 README.md that sets the paper's numbers beside ours, with the distance in SEs, and lists every departure from
 Table 3. The default recipe, `cosine`, is the published run of reports/replication/resnet_cifar10, unchanged.
 
+Both recipes also write findings.md, the numbers the docs state, as marked blocks written from the published tables
+alone; `--render` rewrites it from them without training (`--recipe`, `--publish` say which).
+
 `--quick` is a miniature (1024 training images, or 50 per class with table3; widths 4-8, 2 epochs, 128/128
 images; a few minutes).
+
+Over 500 lines: the two recipes share the training, the assay and the publishing, and each writes its tables, their
+markdown and its findings from them here, so that one script owns every file of its folder; the findings
+(`cosine_findings`, `table3_findings`, `findings_file`) are what moves out next, into a module of their own.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from generated import distance, document, minutes, pm, signed, span, versus, write
 from replicate_paper import ROOT, UTILITIES, assay, mean_se
 
 from resetassay.data import data_spec, training_images
@@ -66,6 +74,10 @@ PAPER_FRACTIONS = (0.3, 0.6, 0.8, 1.0)  # SPEC S6: epochs 60, 120, 160, 200 of 2
 PAPER_RHO = {("gxd", "l1"): 0.926, ("gxd_all", "l1"): 0.937, ("gxd", "kl"): 0.803, ("gxd_all", "kl"): 0.783}
 FAMILY = "resnet-relu-bn@cifar10"
 RECIPES = ("cosine", "table3")  # cosine: the published run (resnet_cifar10); table3: SPEC S6's Table 3 recipe
+FORWARD = ["activation", "contribution", "mc_contribution", "dormancy", "firing_rate"]  # forward-only utilities
+GRADIENT = ["loss_gradient", "gxi", "gxd", "gxd_all"]
+TABLE3_ROWS = [("gxd", "l1"), ("gxd_all", "l1"), ("gxd", "kl"), ("gxd_all", "kl"), ("gxi", "l1"), ("activation", "l1"),
+               ("contribution", "kl")]  # the rows where docs/replication/resnet-table3.md compares the two recipes
 TABLE3 = {"family": "resnet-relu-bn-kaiming-normal@cifar10", "schedule": "step", "augment": "crop-flip-rotate",
           "init": "kaiming-normal", "batch_size": 90, "examples_per_class": 450, "seeds": (0, 1, 2)}
 
@@ -199,28 +211,6 @@ def seed_table(stats: pd.DataFrame, trained: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _distance(mean: float, se: float, paper: float | None) -> str:
-    """(ours - paper) / our SE, signed, e.g. "+7.9 SE"."""
-    if paper is None or not se or math.isnan(se):
-        return "–"
-    return f"{(mean - paper) / se:+.1f}".replace("-", "−") + " SE"
-
-
-def _signed(value: float) -> str:
-    return f"{value:.3f}".replace("-", "−")
-
-
-def _pm_fine(mean: float, se: float) -> str:
-    """mean ± SE, with a fourth decimal where the SE is below .001 (GXD's), e.g. "0.9937 ± 0.0002"."""
-    if math.isnan(se):
-        return _signed(mean)
-    if se == 0:
-        return f"{_signed(mean)} ± 0"
-    if se >= 0.001:
-        return f"{_signed(mean)} ± {se:.3f}"
-    return f"{mean:.4f} ± {se:.4f}".replace("-", "−") if se >= 0.00005 else f"{mean:.4f} ± <0.0001"
-
-
 DEPARTURES = [  # (what, Table 3 / SPEC S6, ours); "{...}" filled in by table3_markdown
     ("data", "CIFAR-100 (100 classes)", "CIFAR-10 (10 classes), a lossy JPEG copy (median abs pixel error 5.7/255 "
      "on 200 images checked; /work/shared/data/cifar10/SOURCES.txt)"),
@@ -275,13 +265,13 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
             paper = PAPER_RHO.get((row["utility"], metric))
             lines.append(
                 f"| {row['utility']} | {row['n_units']} | {f'{paper:.3f}' if paper else '–'} | "
-                f"{_pm_fine(row['spearman'], row['spearman_se'])} | "
-                f"{_distance(row['spearman'], row['spearman_se'], paper)} | "
-                f"{_pm_fine(row['spearman_seeds'], row['spearman_seeds_se'])} | "
-                + " | ".join(_pm_fine(row[f"spearman_seed{s}"], row[f"spearman_seed{s}_se"]) for s in seeds) + " |")
+                f"{pm(row['spearman'], row['spearman_se'])} | "
+                f"{distance(row['spearman'], row['spearman_se'], paper)} | "
+                f"{pm(row['spearman_seeds'], row['spearman_seeds_se'])} | "
+                + " | ".join(pm(row[f"spearman_seed{s}"], row[f"spearman_seed{s}_se"]) for s in seeds) + " |")
         lines += ["", f"Per epoch, the mean over the {len(seeds)} seeds:", "",
                   "| utility | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
-        lines += [f"| {row['utility']} | " + " | ".join(_signed(row[f"spearman_epoch{e}"]) for e in epochs) + " |"
+        lines += [f"| {row['utility']} | " + " | ".join(signed(row[f"spearman_epoch{e}"]) for e in epochs) + " |"
                   for _, row in part.iterrows()]
         none = table[(table["metric"] == metric) & (table["n_units"] == 0)]["utility"]
         if len(none):
@@ -290,7 +280,7 @@ def table3_markdown(table: pd.DataFrame, accuracy: pd.DataFrame, timings: dict, 
         lines.append("")
     part = table[(table["metric"] == "l1") & (table["n_units"] > 0)]
     lines += ["## Shock@5% / oracle Shock@5%, logit L1", "", "| utility | ours, seeds x checkpoints |", "|---|---|"]
-    lines += [f"| {r['utility']} | {_pm_fine(r['ratio'], r['ratio_se'])} |" for _, r in part.iterrows()]
+    lines += [f"| {r['utility']} | {pm(r['ratio'], r['ratio_se'])} |" for _, r in part.iterrows()]
     lines += ["", "## Checkpoints", "", "Held-out accuracy on all 10000 test images (probe accuracy on the "
               f"{int(accuracy['probe_size'].iloc[0])} probe images):", "",
               "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
@@ -343,6 +333,91 @@ def _publish(out: Path, run_dir: Path, timings: dict, files: dict[str, pd.DataFr
     print(f"published {out}")
 
 
+def _one(table: pd.DataFrame, utility: str, metric: str) -> pd.Series:
+    return table[(table["utility"] == utility) & (table["metric"] == metric)].iloc[0]
+
+
+def _rho(table: pd.DataFrame, utility: str, metric: str, column: str = "spearman") -> str:
+    row = _one(table, utility, metric)
+    return pm(row[column], row[f"{column}_se"])
+
+
+def _paper(table: pd.DataFrame, utility: str, metric: str) -> str:
+    row = _one(table, utility, metric)
+    return versus(row["spearman"], row["spearman_se"], PAPER_RHO[(utility, metric)])
+
+
+def _orderings(table: pd.DataFrame) -> str:
+    """All-logit against target-logit GXD on L1 and on KL, each beside the paper's (SPEC S6, Table 7)."""
+    return "; ".join(f"on {title}: all-logit GXD {_paper(table, 'gxd_all', metric)}, target-logit GXD "
+                     f"{_paper(table, 'gxd', metric)}" for metric, title in (("l1", "L1"), ("kl", "KL"))) + "."
+
+
+def cosine_findings(publish: Path) -> dict[str, str]:
+    """The cosine run's findings (SPEC S6), from spearman.csv and timings.json in `publish`."""
+    table = pd.read_csv(publish / "spearman.csv")
+    l1 = table[(table["metric"] == "l1") & (table["n_units"] > 0) & (table["utility"] != "oracle")].sort_values("ratio")
+    timings = json.loads((publish / "timings.json").read_text())
+    assay_s = list(timings["assay_s_per_checkpoint"].values())
+    n = int(_one(table, "gxd", "l1")["spearman_n"])
+    forward, gradient = (l1[l1["utility"].isin(names)] for names in (FORWARD, GRADIENT))
+    return {
+        "shock": f"Shock@5% / oracle on L1, mean ± SE over the {n} trained checkpoints, lowest first: "
+                 + ", ".join(f"{r['utility']} {pm(r['ratio'], r['ratio_se'])}" for _, r in l1.iterrows()) + ".",
+        "orderings": f"Pooled ρ over the {n} trained checkpoints, {_orderings(table)}",
+        "forward": f"On L1, the forward-only utilities ({', '.join(FORWARD)}) go from "
+                   f"{span(list(forward['spearman_epoch0']))} at initialisation to {span(list(forward['spearman']))} "
+                   f"(mean over the trained checkpoints); the gradient-based ones ({', '.join(GRADIENT)}) are at "
+                   f"{span(list(gradient['spearman']))} (the loss gradient "
+                   f"{_one(table, 'loss_gradient', 'l1')['spearman_epoch0']:.3f} at initialisation).",
+        "time": f"Training {timings['train_s']:.0f} s, {timings['train_s_per_epoch']:.0f} s per epoch of "
+                f"{timings['train_images']} images (decoding the {timings['decoded_images']} training JPEGs once: "
+                f"{timings['decode_s']:.0f} s); assay {span(assay_s, 1, ' s')} per checkpoint; "
+                f"{minutes([timings['train_s']])} of training and {minutes(assay_s)} of assay in all.",
+    }
+
+
+def table3_findings(publish: Path, cosine: Path) -> dict[str, str]:
+    """The Table 3 recipe's findings (SPEC S6), from spearman.csv, checkpoints.csv and timings.json in `publish`,
+    beside the cosine run's (`cosine`, its published folder)."""
+    table, other = pd.read_csv(publish / "spearman.csv"), pd.read_csv(cosine / "spearman.csv")
+    accuracy = pd.read_csv(publish / "checkpoints.csv")
+    last = accuracy[accuracy["epoch"] == accuracy["epoch"].max()]
+    cosine_last = pd.read_csv(cosine / "checkpoints.csv").iloc[-1]
+    timings = json.loads((publish / "timings.json").read_text())
+    seeds = sorted(accuracy["seed"].unique())
+    kl = [_one(table, u, "kl") for u in ("gxd", "gxd_all")]
+    per_seed = "; ".join(f"seed {s}: {kl[0][f'spearman_seed{s}']:.3f} vs {kl[1][f'spearman_seed{s}']:.3f}"
+                         for s in seeds)
+    train_s = [t["train_s"] for t in timings["seeds"].values()]
+    assay_s = list(timings["assay_s_per_checkpoint"].values())
+    return {
+        "recipe": f"Pooled ρ, Table 3 recipe (mean ± SE over {len(seeds)} seeds × "
+                  f"{int(_one(table, 'gxd', 'l1')['spearman_n']) // len(seeds)} trained checkpoints) against the "
+                  "cosine run (over its trained checkpoints): "
+                  + "; ".join(f"{u} on {m.upper()} {_rho(table, u, m)} against {_rho(other, u, m)}"
+                              for u, m in TABLE3_ROWS) + ".",
+        "orderings": f"Against the paper, {_orderings(table)} Target against all-logit GXD on KL per seed "
+                     f"(mean over its checkpoints): {per_seed}.",
+        "accuracy": f"Held-out accuracy after epoch {int(last['epoch'].iloc[0])}: "
+                    + ", ".join(f"{100 * a:.1f} %" for a in last["holdout_accuracy"])
+                    + f" (seeds {', '.join(map(str, seeds))}; {timings['seeds'][str(seeds[0])]['train_images']} "
+                      f"training images), against {100 * cosine_last['holdout_accuracy']:.1f} % for the cosine run "
+                      f"after epoch {int(cosine_last['epoch'])}.",
+        "time": f"Training {span(train_s, 0, ' s')} a seed, assay {span(assay_s, 1, ' s')} a checkpoint; "
+                f"{minutes(train_s)} of training and {minutes(assay_s)} of assay in all.",
+    }
+
+
+def findings_file(publish: Path, recipe: str) -> tuple[Path, str]:
+    """(path, text) of findings.md in `publish`, from the tables there alone (no training, no data); table3's
+    beside the cosine run's published tables (SPEC S6)."""
+    blocks = (table3_findings(publish, ROOT / "reports" / "replication" / "resnet_cifar10") if recipe == "table3"
+              else cosine_findings(publish))
+    return publish / "findings.md", document(f"Findings of the ResNet study, {recipe} recipe",
+                                             "benchmarks/replicate_resnet.py", blocks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=RECIPES, default="cosine",
@@ -368,11 +443,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the miniature: 1024 images (table3: 50 per class), "
                         "widths 4,8, 2 epochs")
+    parser.add_argument("--render", action="store_true", help="only rewrite --publish's findings.md from its tables")
     args = parser.parse_args()
     table3 = args.recipe == "table3"
     name = "resnet_table3" if table3 else "resnet_cifar10"
     args.work = args.work or ROOT / "reports" / "replication" / "work" / name
     args.publish = args.publish or ROOT / "reports" / "replication" / name
+    if args.render:
+        write(*findings_file(args.publish, args.recipe))
+        return
     args.seeds = args.seeds or (TABLE3["seeds"] if table3 else (0,))
     if not table3 and args.seeds != (0,):
         parser.error("--seeds: the cosine recipe is the published one-seed run (seed 0); use --recipe table3 for "
@@ -448,6 +527,7 @@ def main() -> None:
         _publish(args.publish, run_dir, timings,
                  {"spearman.csv": table, "per_checkpoint.csv": per_checkpoint, "checkpoints.csv": accuracy},
                  table3_markdown(table, accuracy, timings, setting, trained))
+        write(*findings_file(args.publish, args.recipe))
         return
     table = summarise(stats, trained)
     setting = (f"ResNet {'-'.join(map(str, args.widths))}, {args.blocks} BasicBlock(s) per stage, "
@@ -458,6 +538,7 @@ def main() -> None:
     _publish(args.publish, run_dir, timings,
              {"spearman.csv": table, "checkpoints.csv": accuracy.drop(columns="seed")},
              markdown(table, accuracy, timings, setting, trained))
+    write(*findings_file(args.publish, args.recipe))
 
 
 if __name__ == "__main__":

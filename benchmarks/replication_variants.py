@@ -16,10 +16,12 @@ steps, the assay is rerun under each variant with everything else at the default
 
 and the training step itself is a choice (0 = untrained vs 30; cbp and ema-ref exist only after training).
 Writes `variants.csv` (mean ± SE over seeds of the Spearman ρ on logit L1, per activation x step x variant x
-utility) and `variants.md` into `--publish`; each variant's runs resume in `--work`/variants/<name>, the CBP
-training in `--work`/train-cbp.
+utility), `variants.md` and `variants_findings.md` (the numbers the docs state, as marked blocks written from
+variants.csv alone) into `--publish`; each variant's runs resume in `--work`/variants/<name>, the CBP training in
+`--work`/train-cbp.
 
     python benchmarks/replication_variants.py [--activations silu,relu] [--steps 0,30] [--cbp-seeds 0]
+    python benchmarks/replication_variants.py --render [--publish DIR]   # variants_findings.md from variants.csv
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from replicate_paper import ROOT, aggregate, assay, configs
+from generated import document, pm, versus, write
+from replicate_paper import PAPER_RHO, ROOT, aggregate, assay, configs
 
 import resetassay as ra
 from resetassay.data import DataChoice
@@ -74,6 +77,74 @@ def variant_stats(name: str, paths: list[Path], out: Path, options: dict) -> pd.
     return stats.replace({"utility": SIGNED})
 
 
+def _cell(table: pd.DataFrame, activation: str, step: int, variant: str, utility: str) -> pd.Series | None:
+    """The row of one activation x step x variant x utility, or None where the variant has no such checkpoint."""
+    rows = table[(table["activation"] == activation) & (table["step"] == step) & (table["variant"] == variant)
+                 & (table["utility"] == utility)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _pm(row: pd.Series | None) -> str:
+    return "–" if row is None else pm(row["mean"], row["se"])
+
+
+def _gap(table: pd.DataFrame, variant: str, utilities: list[str], against: str = "default") -> pd.Series:
+    """|ρ(variant) − ρ(against)| per activation x step x utility of `utilities`, where both exist."""
+    key = ["activation", "step", "utility"]
+    part = table[table["utility"].isin(utilities)]
+    both = part[part["variant"] == variant].merge(part[part["variant"] == against], on=key)
+    return (both["mean_x"] - both["mean_y"]).abs().set_axis(pd.MultiIndex.from_frame(both[key]))
+
+
+def findings(table: pd.DataFrame) -> dict[str, str]:
+    """The variants' findings (SPEC S6) from variants.csv alone: what each choice does to SiLU GXI, the signed
+    estimator's GXD, CBP's EMA reference, per-layer ρ and CBP training, beside the paper's numbers."""
+    first, last = int(table["step"].min()), int(table["step"].max())
+    variants = list(dict.fromkeys(table["variant"]))
+
+    def both(activation: str, variant: str, utility: str) -> str:
+        return (f"{_pm(_cell(table, activation, first, variant, utility))} / "
+                f"{_pm(_cell(table, activation, last, variant, utility))}")
+
+    signed = [_cell(table, "silu", step, "signed", "gxi") for step in (first, last)]
+    signed_gxi = [versus(row["mean"], row["se"], PAPER_RHO[("silu", "gxi")]) for row in signed]
+    ema = _gap(table, "ema-ref", ["activation", "gxi", "gxd"], against="cbp")
+    layer = _gap(table, "per-layer", ["gxi", "gxd"])
+    layer_act = _gap(table, "per-layer", ["activation"])
+    worst = layer_act.idxmax()
+    cbp = _gap(table, "cbp", ["gxi", "gxd"])
+    return {
+        "silu-gxi": f"SiLU GXI, untrained / after task {last}: "
+                    + "; ".join(f"{v} {both('silu', v, 'gxi')}" for v in variants) + ".",
+        "signed": f"The signed estimator's SiLU GXI: {signed_gxi[0]} untrained, {signed_gxi[1]} after task {last}"
+                  + f". Its GXD, untrained / after task {last}: SiLU {both('silu', 'signed', 'gxd')} (the paper's "
+                    f"SiLU GXD: {PAPER_RHO[('silu', 'gxd')]:.3f}), ReLU {both('relu', 'signed', 'gxd')}; the default "
+                    f"GXD: SiLU {both('silu', 'default', 'gxd')}, ReLU {both('relu', 'default', 'gxd')}.",
+        "ema-ref": f"On the CBP-trained checkpoints after task {last}, CBP's EMA reference against the calibration "
+                   f"mean: ReLU GXD {_pm(_cell(table, 'relu', last, 'ema-ref', 'gxd'))} vs "
+                   f"{_pm(_cell(table, 'relu', last, 'cbp', 'gxd'))}, GXI "
+                   f"{_pm(_cell(table, 'relu', last, 'ema-ref', 'gxi'))} vs "
+                   f"{_pm(_cell(table, 'relu', last, 'cbp', 'gxi'))}; the largest difference over activation, GXI "
+                   f"and GXD: {ema.max():.3f}.",
+        "per-layer": f"Per-layer ρ against pooled: within {layer.max():.3f} for GXD and GXI; activation up to "
+                     f"{layer_act.max():.3f} ({worst[0]} at step {worst[1]}: "
+                     f"{_pm(_cell(table, worst[0], worst[1], 'per-layer', 'activation'))} per layer against "
+                     f"{_pm(_cell(table, worst[0], worst[1], 'default', 'activation'))} pooled).",
+        "cbp": f"CBP training against backprop after task {last}: GXD and GXI within {cbp.max():.3f}; activation on "
+               f"ReLU {_pm(_cell(table, 'relu', last, 'cbp', 'activation'))} against "
+               f"{_pm(_cell(table, 'relu', last, 'default', 'activation'))}, on SiLU "
+               f"{_pm(_cell(table, 'silu', last, 'cbp', 'activation'))} against "
+               f"{_pm(_cell(table, 'silu', last, 'default', 'activation'))}.",
+    }
+
+
+def findings_file(publish: Path) -> tuple[Path, str]:
+    """(path, text) of variants_findings.md in `publish`, from its variants.csv alone (no assay, no data)."""
+    return publish / "variants_findings.md", document("Findings of the protocol variants",
+                                                      "benchmarks/replication_variants.py",
+                                                      findings(pd.read_csv(publish / "variants.csv")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "replication" / "work")
@@ -84,7 +155,11 @@ def main() -> None:
     parser.add_argument("--cbp-seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--tasks", type=int, default=30)
+    parser.add_argument("--render", action="store_true", help="only rewrite --publish's variants_findings.md")
     args = parser.parse_args()
+    if args.render:
+        write(*findings_file(args.publish))
+        return
     torch.set_num_threads(args.threads)
     register_signed()
     checkpoints = sorted(p for p in (args.work / "train").glob("*-s*/task*")
@@ -117,6 +192,7 @@ def main() -> None:
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
     (args.publish / "variants.md").write_text("\n".join(lines) + "\n")
     print(f"published {args.publish / 'variants.md'}")
+    write(*findings_file(args.publish))
 
 
 if __name__ == "__main__":
