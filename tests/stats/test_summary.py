@@ -7,6 +7,7 @@ Tolerances: 1e-12 absolute on sums of a few hand-written floats.
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata, sem
 
+from resetassay.errors import BadInputError
 from resetassay.names import ALL, SUMMARY_COLUMNS
 from resetassay.stats.summary import (
     aggregate,
@@ -321,11 +323,51 @@ def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
     assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
 
 
-@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1"])
-def test_bad_q_is_refused_naming_the_flag(text):
-    with pytest.raises(ValueError, match="`q`"):
+@pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1", "1.0000001"])
+def test_bad_q_is_refused_naming_the_field(text):
+    with pytest.raises(BadInputError, match="`q`") as caught:
         q_values(text)
+    assert caught.value.field == "q"  # the CLI prints it as --q
+
+
+def test_q_of_one_is_every_unit_and_accepted():
+    assert q_values("1") == [1.0]
 
 
 def test_q_list_keeps_order_and_drops_repeats():
     assert q_values("0.1, 0.01,0.1") == [0.1, 0.01]
+
+
+def test_mean_and_se_of_one_value_is_that_value_with_no_se_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns on sd of one value with ddof=1: never computed
+        mean, se, n = mean_and_se(pd.Series([0.25, math.nan]))
+    assert (mean, n) == (0.25, 1) and math.isnan(se)
+
+
+def test_aggregate_keeps_unknown_groups_last_first_seen_order_and_its_columns(hand_summary):
+    """A checkpoint without a step is a group of its own (not dropped), sorted last; groups of equal keys keep the
+    order they were first seen in (stable), utilities in theirs; the index is 0..n-1 and the columns are named
+    `<stat>`, `<stat>_se`, `<stat>_n`."""
+    summary, checkpoints = hand_summary
+    extra = _summary_rows([("d", "gxd", "l1", ALL, 0.2, 6.0, 1.0), ("d", "act", "l1", ALL, 0.1, 5.0, 1.0)])
+    stats = checkpoint_stats(pd.concat([summary, extra], ignore_index=True),
+                             pd.concat([checkpoints, pd.DataFrame({"checkpoint": ["d"], "family": ["F"],
+                                                                   "step": [math.nan]})]))
+    by_step = aggregate(stats, ["step"], names=("spearman",))
+    assert list(by_step.columns) == ["step", "utility", "metric", "n", "spearman", "spearman_se", "spearman_n"]
+    assert list(by_step.index) == list(range(len(by_step)))
+    assert by_step["step"].tolist()[:2] == [1.0, 3.0] and math.isnan(by_step["step"].iloc[-1])
+    assert by_step.loc[by_step["step"].isna(), "utility"].tolist() == ["gxd", "act"]  # first seen, not sorted
+    assert by_step.loc[by_step["step"].isna(), "spearman"].tolist() == [0.2, 0.1]
+    unsorted = aggregate(stats, [], names=("spearman",))
+    assert unsorted["utility"].tolist() == ["gxd", "act"]  # no `by`: the order the groups were first seen in
+    empty = aggregate(stats.iloc[:0], ["step"], names=("spearman",))
+    assert list(empty.columns) == list(by_step.columns) and empty.empty
+
+
+def test_shock_at_another_q_keeps_the_checkpoints_in_their_order():
+    units = pd.DataFrame({"checkpoint": np.repeat(["z", "a"], 10), "layer": "L", "unit": list(range(10)) * 2,
+                          "mature": True, "u": np.arange(20.0), "shock_l1": np.arange(20.0)})
+    stored = _summary_rows([("z", "u", "l1", ALL, 0.0, 0.0, 0.0), ("a", "u", "l1", ALL, 0.0, 0.0, 0.0)])
+    assert summary_at_q(units, stored, 0.2, base_q=0.05)["checkpoint"].unique().tolist() == ["z", "a"]
