@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from resetassay.discovery.units import UnitLayer
+from resetassay.lesion.shocks import check_groups
 from resetassay.names import Engine, Intervention
 from resetassay.shapes import Advance, Lesion, Refs, SetShocks, Shocks, UnitChoice
 
@@ -39,6 +40,12 @@ class LesionRequest:
     max_k: int | None = None  # lesions per forward at most (fast)
     shortcut: bool | None = None  # the consumer shortcut forced on/off (fast; None: where it pays)
     advance: Advance | None = None  # called with the number of lesions finished, for a progress bar
+    # `(P,)` int64, each probe example's group 0..G-1: every shock is then `(..., G)`, its mean over each group's
+    # examples, all groups in one pass (sequential probes, SPEC S4b); None: the mean over the probe set
+    groups: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_groups(self.groups, len(self.probe_x))
 
 
 class LesionEngine(Protocol):
@@ -46,9 +53,10 @@ class LesionEngine(Protocol):
 
     def unit_shocks(self, request: LesionRequest) -> Shocks:
         """`Shocks[metric][layer]` `(n_units,)`: each unit of each layer alone (or one per index of
-        `request.units[layer]`)."""
+        `request.units[layer]`); `(n_units, G)` where the request groups its probe examples."""
         ...
 
     def joint_shocks(self, request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
-        """Shock `(len(lesions),)` per metric of each lesion, a set of units (possibly across layers) at once."""
+        """Shock `(len(lesions),)` per metric of each lesion, a set of units (possibly across layers) at once;
+        `(len(lesions), G)` where the request groups its probe examples."""
         ...

@@ -128,7 +128,7 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, re
     device = r.base.device
     chosen = chosen.to(device)
     n = len(chosen)
-    sums = ShockSums(n, r.metrics, device)
+    sums = ShockSums(n, r.metrics, device, r.groups)
 
     def work(rows: int) -> None:
         sums.reset()
@@ -139,7 +139,7 @@ def _split_layer_shocks(split: Split, layer: UnitLayer, chosen: torch.Tensor, re
             with torch.inference_mode():
                 x = r.probe_x[p0:p0 + p_chunk].to(device)
                 h, values = _upstream(split, layer, x)
-                z = probe_chunk(r.base, r.targets, x, p0)
+                z = probe_chunk(r.base, r.targets, x, p0, r.groups)
                 for u0 in range(0, n, k_max):
                     idx = chosen[u0:u0 + k_max]
                     zl = split.downstream(*_downstream_inputs(split, layer, h, values, idx, r.refs[layer.name]))
@@ -196,7 +196,7 @@ def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
     device = next(r.model.parameters()).device
     by_name = {layer.name: layer for layer in r.layers}
     lesions = [{k: v.to(device) for k, v in lesion.items()} for lesion in lesions]
-    sums = ShockSums(len(lesions), r.metrics, device)
+    sums = ShockSums(len(lesions), r.metrics, device, r.groups)
 
     def work(rows: int) -> None:
         sums.reset()
@@ -208,7 +208,8 @@ def joint_shocks(request: LesionRequest, lesions: list[Lesion]) -> SetShocks:
                 chunk = lesions[l0:l0 + k_max]
                 with torch.inference_mode(), _block_clamps(chunk, by_name, r.refs, len(x)):
                     zl = r.model(_expand(x, len(chunk)))
-                sums.add(l0, probe_chunk(r.base, r.targets, x, p0), zl.view(len(chunk), len(x), *r.base.shape[1:]))
+                sums.add(l0, probe_chunk(r.base, r.targets, x, p0, r.groups),
+                         zl.view(len(chunk), len(x), *r.base.shape[1:]))
                 if r.advance and p0 + p_chunk >= len(r.probe_x):
                     r.advance(len(chunk))
 

@@ -18,7 +18,7 @@ from resetassay.discovery.hooks import forward_hooks
 from resetassay.discovery.sequences import padding_mask
 from resetassay.discovery.units import UnitLayer, per_unit
 from resetassay.lesion.engine import LesionRequest
-from resetassay.lesion.shocks import lesioned_units, mean_shocks, probe_logits
+from resetassay.lesion.shocks import group_shape, lesioned_units, mean_shocks, probe_logits
 from resetassay.shapes import Lesion, SetShocks, Shocks
 
 
@@ -46,14 +46,15 @@ def unit_shocks(request: LesionRequest) -> Shocks:
     r = request
     chosen = {layer.name: lesioned_units(layer, r.units) for layer in r.layers}
     padding = padding_mask(r.probe_x)
-    shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), dtype=torch.float64) for layer in r.layers}
-              for m in r.metrics}
+    shape = group_shape(r.groups)
+    shocks = {m: {layer.name: torch.zeros(len(chosen[layer.name]), *shape, dtype=torch.float64)
+                  for layer in r.layers} for m in r.metrics}
     for layer in r.layers:
         for i, unit in enumerate(chosen[layer.name].tolist()):
             idx = torch.tensor([unit], device=r.base.device)
             with clamped([(layer, idx, r.refs[layer.name][idx])]):
                 lesioned = probe_logits(r.model, r.probe_x, r.batch_size)
-            for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets).items():
+            for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets, r.groups).items():
                 shocks[m][layer.name][i] = value
             if r.advance:
                 r.advance(1)
@@ -77,11 +78,11 @@ def shocks_under(intervene: Callable[[Lesion], AbstractContextManager[None]], re
     (a clamp here, CBP's reset in reset.py) (SPEC S4)."""
     r = request
     padding = padding_mask(r.probe_x)
-    out = {m: torch.zeros(len(lesions), dtype=torch.float64) for m in r.metrics}
+    out = {m: torch.zeros(len(lesions), *group_shape(r.groups), dtype=torch.float64) for m in r.metrics}
     for k, lesion in enumerate(lesions):
         with intervene(lesion):
             lesioned = probe_logits(r.model, r.probe_x, r.batch_size)
-        for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets).items():
+        for m, value in mean_shocks(r.base, lesioned, r.metrics, padding, r.targets, r.groups).items():
             out[m][k] = value
         if r.advance:
             r.advance(1)

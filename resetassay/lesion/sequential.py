@@ -10,7 +10,8 @@ that a later round extends the earlier one. After each round a unit's shock is t
 blocks so far (exact once it has every block) and its standard error comes from the spread of its block means,
 with the finite-population correction (0 at the full set). A unit gets the next round only while its membership
 in its layer's bottom-k set (k = k_at(n, q), SPEC S5) is not settled, in some metric, by intervals at the
-layer's Bonferroni-corrected level (`settled`). Any engine measures the blocks (`unit_shocks_of` on a sub-request).
+layer's Bonferroni-corrected level (`settled`). Any engine measures a round's blocks in one pass (`unit_shocks_of`
+on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
 """
 
 from __future__ import annotations
@@ -97,11 +98,11 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
     base = r.base if r.base is not None else probe_logits(r.model, r.probe_x, r.batch_size)
     chosen = {layer.name: lesioned_units(layer, r.units) for layer in r.layers}
 
-    def measure(idx: torch.Tensor, which: dict[LayerName, torch.Tensor]) -> Shocks:
+    def measure(idx: torch.Tensor, groups: torch.Tensor, which: dict[LayerName, torch.Tensor]) -> Shocks:
         layers = [layer for layer in r.layers if layer.name in which]
         sub = replace(r, layers=layers, probe_x=r.probe_x[idx], base=base[idx.to(base.device)],
                       targets=None if r.targets is None else r.targets[idx],
-                      units={name: chosen[name][w] for name, w in which.items()}, advance=None)
+                      units={name: chosen[name][w] for name, w in which.items()}, advance=None, groups=groups)
         return unit_shocks_of(sub)
 
     out = sequential_shocks(measure, {name: len(u) for name, u in chosen.items()}, len(r.probe_x), r.metrics,
@@ -111,14 +112,15 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
     return out
 
 
-Measure = Callable[[torch.Tensor, dict[LayerName, torch.Tensor]], Shocks]
+Measure = Callable[[torch.Tensor, torch.Tensor, dict[LayerName, torch.Tensor]], Shocks]
 
 
 def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: int, metrics: list[str],
                       confidence: float, q: float, seed: int = 0, blocks: int = BLOCKS) -> SequentialShocks:
-    """The stopping rule of SPEC S4b over any measurement: `measure(idx, which)` gives, per metric and layer, the
-    mean shock over the probe examples `idx` of the units at positions `which[layer]` of each open layer
-    (`n_units[layer]` units). Every unit starts on the first round; a unit continues while its membership in its
+    """The stopping rule of SPEC S4b over any measurement: `measure(idx, groups, which)` gives, per metric and
+    layer, the mean shock `(len(which[layer]), G)` over each group of the probe examples `idx` (`groups`, one per
+    example, 0..G-1: a round's blocks, measured in one pass) of the units at positions `which[layer]` of each open
+    layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues while its membership in its
     layer's bottom-k set (k = k_at(n, q)) is not `settled` in some metric at the layer's Bonferroni level
     1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom."""
     if not 0 < confidence <= 1:
@@ -137,10 +139,11 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
         which = {name: a.nonzero().flatten() for name, a in active.items() if bool(a.any())}
         if not which:
             break
-        for b in range(start, end):
-            for m, per_layer in measure(parts[b], which).items():
-                for name, values in per_layer.items():
-                    means[m][name][which[name], b] = values.double().cpu()
+        idx = torch.cat(parts[start:end])
+        groups = torch.repeat_interleave(torch.arange(end - start), sizes[start:end].long())
+        for m, per_layer in measure(idx, groups, which).items():
+            for name, values in per_layer.items():
+                means[m][name][which[name], start:end] = values.double().cpu()
         start = end
         for name, w in which.items():
             done[name][w] = end

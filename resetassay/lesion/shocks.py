@@ -27,7 +27,8 @@ from resetassay.shapes import UnitChoice
 
 __all__ = [
     "register_metric", "list_metrics", "ShockMetric", "Metric", "SHOCK_METRICS", "check_metrics", "check_targets",
-    "lesioned_units", "probe_logits", "probe_chunk", "mean_shocks", "ShockSums", "BaseLogits",
+    "lesioned_units", "probe_logits", "probe_chunk", "mean_shocks", "ShockSums", "BaseLogits", "group_shape",
+    "check_groups",
 ]
 
 
@@ -208,9 +209,11 @@ class BaseLogits:
     """Unlesioned logits of one probe chunk, `(P, C)` or `(P, T, V)`, in float64, with their log-sum-exp and softmax
     (reused by every lesion) and the probe targets `(P,)` or `(P, T)` where given; a sequence's position weights:
     its real positions `padding (P, T)` (all without), and for metrics that read targets, its positions that have
-    one (SPEC S9)."""
+    one (SPEC S9); the examples' probe groups `(P,)` where the request groups them (SPEC S4b)."""
 
-    def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None, targets: torch.Tensor | None = None):
+    def __init__(self, z: torch.Tensor, padding: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                 groups: torch.Tensor | None = None):
+        self.groups = None if groups is None else groups.to(z.device)  # each example's probe group (SPEC S4b)
         self.z = z.double()
         self.lse = torch.logsumexp(self.z, dim=-1)
         self.p = (self.z - self.lse.unsqueeze(-1)).exp()
@@ -240,18 +243,48 @@ def example_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metric: str, paddi
     return BaseLogits(z, padding, targets).shocks(z_lesioned, metric)
 
 
-def probe_chunk(base: torch.Tensor, targets: torch.Tensor | None, x: torch.Tensor, first: int) -> BaseLogits:
-    """The BaseLogits of the probe chunk `x`, examples `first..first+len(x)` of the unlesioned logits `base` and
-    the targets (SPEC S4)."""
-    last = first + len(x)
-    return BaseLogits(base[first:last], padding_mask(x), None if targets is None else targets[first:last])
+def probe_chunk(base: torch.Tensor, targets: torch.Tensor | None, x: torch.Tensor, first: int,
+                groups: torch.Tensor | None = None) -> BaseLogits:
+    """The BaseLogits of the probe chunk `x`, examples `first..first+len(x)` of the unlesioned logits `base`, the
+    targets and the probe groups (SPEC S4, S4b)."""
+    rows = slice(first, first + len(x))
+    return BaseLogits(base[rows], padding_mask(x), None if targets is None else targets[rows],
+                      None if groups is None else groups[rows])
 
 
-def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str],
-                padding: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> dict[str, float]:
-    """Shock per metric of one lesion: the mean over the probe set (SPEC S4)."""
-    base = BaseLogits(z, padding, targets)
-    return {m: base.shocks(z_lesioned, m).mean().item() for m in metrics}
+def group_shape(groups: torch.Tensor | None) -> tuple[int, ...]:
+    """The shape a lesion's shock takes per metric: `()` over the whole probe set, `(G,)` per probe group (S4b)."""
+    return () if groups is None else (int(groups.max()) + 1,)
+
+
+def check_groups(groups: torch.Tensor | None, n_probe: int) -> None:
+    """A request's probe groups (SPEC S4b): `(P,)` integers numbering every group 0..G-1 with at least one example.
+
+    Raises:
+        ValueError: another shape or dtype, a negative number, or an empty group.
+    """
+    if groups is None:
+        return
+    if groups.shape != (n_probe,) or groups.dtype != torch.long or bool((groups < 0).any()):
+        raise ValueError(f"probe groups must be ({n_probe},) int64 >= 0, not {tuple(groups.shape)} {groups.dtype}")
+    if bool((torch.bincount(groups.cpu()) == 0).any()):
+        raise ValueError("probe groups must number every group 0..G-1 with at least one example")
+
+
+def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str], padding: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Shock per metric of one lesion: the mean over the probe set `()`, or over each probe group `(G,)`, float64
+    (SPEC S4, S4b)."""
+    sums = ShockSums(1, metrics, z.device, groups)
+    sums.add(0, BaseLogits(z, padding, targets, groups), z_lesioned.unsqueeze(0))
+    return {m: value[0] for m, value in sums.means(len(z)).items()}
+
+
+def _counts(groups: torch.Tensor | None, n_probe: int) -> torch.Tensor:
+    """Examples per probe group `(G,)` float64 on the CPU, or the probe set's size `()`."""
+    if groups is None:
+        return torch.tensor(float(n_probe), dtype=torch.float64)
+    return torch.bincount(groups.cpu()).double()
 
 
 def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -264,10 +297,12 @@ def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> to
 
 
 class ShockSums:
-    """Running sums of per-example shocks, `(n_lesions,)` per metric, in float64 (SPEC S4)."""
+    """Running sums of per-example shocks per metric, float64: `(n_lesions,)`, or `(n_lesions, G)` per probe group
+    when the request groups its examples (SPEC S4, S4b)."""
 
-    def __init__(self, n: int, metrics: list[str], device: torch.device):
-        self.sums = {m: torch.zeros(n, dtype=torch.float64, device=device) for m in metrics}
+    def __init__(self, n: int, metrics: list[str], device: torch.device, groups: torch.Tensor | None = None):
+        self.counts = _counts(groups, 0)
+        self.sums = {m: torch.zeros(n, *group_shape(groups), dtype=torch.float64, device=device) for m in metrics}
 
     def reset(self) -> None:
         """Zero the sums."""
@@ -278,8 +313,13 @@ class ShockSums:
         """Add lesions `first..first+K` of one probe chunk, `z_lesioned (K, P, C)` or `(K, P, T, V)` (a sequence's
         shock is its mean over positions, SPEC S9)."""
         for m, s in self.sums.items():
-            s[first:first + len(z_lesioned)] += base.shocks(z_lesioned, m).sum(dim=1)
+            rows, per_example = s[first:first + len(z_lesioned)], base.shocks(z_lesioned, m)
+            if base.groups is None:
+                rows += per_example.sum(dim=-1)
+            else:
+                rows.index_add_(-1, base.groups, per_example)
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
-        """The mean shock per lesion and metric over `n_probe` examples, on the CPU."""
-        return {m: (s / n_probe).cpu() for m, s in self.sums.items()}
+        """The mean shock per lesion and metric over `n_probe` examples (or over each group's), on the CPU."""
+        counts = self.counts if self.counts.dim() else n_probe
+        return {m: s.cpu() / counts for m, s in self.sums.items()}

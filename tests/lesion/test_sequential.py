@@ -46,8 +46,10 @@ def test_simulation_finds_the_exact_bottom_k_at_the_stated_rate(one_thread):
         true_means = torch.linspace(1.0, 3.0, n)[torch.randperm(n, generator=torch.Generator().manual_seed(rep))]
         x = _simulated(true_means, n_probe, rep)
 
-        def measure(idx, which, x=x):
-            return {"l1": {"a": x[:, idx][which["a"]].mean(1)}}
+        def measure(idx, groups, which, x=x):
+            per_example = x[:, idx][which["a"]]
+            sums = per_example.new_zeros(len(per_example), int(groups.max()) + 1).index_add_(1, groups, per_example)
+            return {"l1": {"a": sums / torch.bincount(groups)}}
 
         out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], confidence, q, seed=rep)
         found += bottom(out.shocks["l1"]["a"], k) == bottom(x.mean(1), k)
@@ -61,7 +63,7 @@ def test_simulation_finds_the_exact_bottom_k_at_the_stated_rate(one_thread):
 
 def test_confidence_is_checked():
     with pytest.raises(BadInputError, match="sequential"):
-        sequential_shocks(lambda idx, which: {}, {"a": 3}, 10, ["l1"], 1.5, 0.1)
+        sequential_shocks(lambda idx, groups, which: {}, {"a": 3}, 10, ["l1"], 1.5, 0.1)
     with pytest.raises(BadInputError, match="sequential"):
         ra.AssayConfig(sequential=0)
 
