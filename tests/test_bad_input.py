@@ -4,6 +4,10 @@ or flag and what to do, exit code 2 for bad input and 1 for a failure during the
 Cases already covered elsewhere: a missing path, an unknown utility/metric, `--layers` matching nothing and a
 too-large `--calib-size` stop a run with exit 2 (tests/cli/test_commands.py); the loaders' refusals one by one
 (tests/io/test_checkpoint.py, tests/data/). Here: each case from the command line, and a bad checkpoint among good ones.
+The table goes on by topic in tests/cli/test_bad_input_plugins.py (what a user's utility or metric returns),
+tests/cli/test_bad_input_data.py (data and model specs that are not what they say) and
+tests/cli/test_bad_input_rundir.py (run directories, baselines, torchrun work items); the helpers are
+tests/helpers/cli.py.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.cli import SMALL, errors, one_error, run_small, runner
 from helpers.paths import FIXTURES
-from typer.testing import CliRunner
 
 import resetassay.report
 from resetassay import load_checkpoint, save_checkpoint
@@ -27,27 +31,7 @@ from resetassay.cli import app
 from resetassay.names import FAILURES, MANIFEST, METRICS, PARTS, WEIGHTS
 from resetassay.scoring.registry import utility_names
 
-SMALL = ["--utilities", "gxd,activation", "--metrics", "l1", "--calib-size", "32", "--probe-size", "32",
-         "--no-joint", "--quiet"]
-runner = CliRunner()
-
-
-def _run(*args: object, out: Path) -> object:
-    return runner.invoke(app, ["run", *map(str, args), "--out", str(out), *SMALL])
-
-
-def _errors(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
-
-
-def _one_error(result, code: int, *needles: str) -> str:
-    """Exactly one `error:` line, containing every needle, and the exit code."""
-    assert result.exit_code == code, result.output
-    errors = _errors(result)
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+_run, _errors, _one_error = run_small, errors, one_error
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -54,6 +55,13 @@ def _image_listing(path: Path) -> ImageListing:
                         len(members) - len(inside))
 
 
+def _escaping(n: int) -> str:
+    """Why `n` archive members were left out."""
+    return (f"{n} archive members were skipped: their paths leave the archive's folder, absolute or through '..'"
+            if n != 1 else "1 archive member was skipped: its path leaves the archive's folder, absolute or through "
+            "'..'")
+
+
 def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str], str, str]:
     """(the (label, member) of each image, class names, the root holding the class folders, kind): the root is
     the grandparent of the images; of several, the one named test (then val, ...), or the one named `split`. An
@@ -63,10 +71,11 @@ def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str],
         _cached(("listing", *_stamp(path)), lambda: _image_listing(path))
     files, kind = listing.files, listing.kind
     if not files:
-        skipped = (f" ({listing.escaping} archive members were skipped: their paths leave the archive's folder, "
-                   "absolute or through '..')") if listing.escaping else ""
+        skipped = f" ({_escaping(listing.escaping)})" if listing.escaping else ""
         raise BadInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}){skipped}; expected "
                             "ROOT/<class>/<image>")
+    if listing.escaping:  # left out of the data: said, not silent
+        warnings.warn(f"{path}: {_escaping(listing.escaping)}; the images inside it are used", stacklevel=2)
     roots = sorted({parts[:-2] for parts, _ in files if len(parts) >= 2})
     if not roots:
         raise BadInputError(f"{path}: images but no class folders; expected ROOT/<class>/<image>")

@@ -240,7 +240,7 @@ def assay_sharded(world: World, found: list[tuple[Path, str]], keys: dict[str, s
 
     def calibrate_mine() -> None:
         for (path, name), owner in zip(pending, assign(sizes, world.size), strict=True):
-            if owner == world.rank and not store.has_item(keys[name], CALIBRATION):
+            if owner == world.rank and not _intact_items(store, keys[name]):
                 phase.checkpoint(name, path, lambda path=path, name=name: _calibrate(
                     open_checkpoint(path, name, True), store, keys[name], progress))
 
@@ -281,6 +281,16 @@ def assay_sharded(world: World, found: list[tuple[Path, str]], keys: dict[str, s
         phase.run(merge_all)
     closed(phase)
     return parts, failures, timings
+
+
+def _intact_items(store: RunParts, key: str) -> bool:
+    """Whether checkpoint `key`'s calibration item is on disk and intact. Its owner reads every item of it left by
+    an earlier launch, before any other rank reads one: an edited or unreadable item is removed with a warning
+    (`RunParts.load_item` checks its sha256) and done again in this launch (later phases trust what is on disk;
+    checked there, a removed item made the checkpoint fail, exit 1)."""
+    for lesions in sorted((store.parts / key).glob("lesions-*.safetensors")):
+        store.load_item(key, lesions.stem)
+    return store.load_item(key, CALIBRATION) is not None
 
 
 def _calibrate(inputs: CheckpointInputs, store: RunParts, key: str, progress: Progress | None) -> Prepared:
