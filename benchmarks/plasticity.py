@@ -9,7 +9,7 @@ then assays the checkpoint of every run after the last task (calibration-mean re
 Spearman ρ of each utility against the logit-L1 shock (SPEC S4, S5). The questions: which utility keeps more
 plasticity than random resets, and does the one whose offline ranking is better keep more?
 
-The budget (`BUDGET`, chosen by the pilots in reports/replication/plasticity/report.md): ReLU, widths 32 x 3, SGD
+The budget (`BUDGET`, chosen by the pilots in pilots.csv, docs/replication/plasticity.md): ReLU, widths 32 x 3, SGD
 lr 0.2, batch 64, 120 tasks of 1000 examples x 5 epochs (80 steps a task), CBP rho 1e-3, decay 0.99, maturity
 100, 8 seeds. Pilots override one setting (`--widths`, `--lr`, `--tasks`, `--replacement-rate`, `--maturity`,
 with their own `--work` and `--publish`). A run CBP refuses (mc_adaptable behind LayerNorm) or that diverges is
@@ -25,7 +25,10 @@ seed by seed. It writes into `--publish` (default reports/replication/plasticity
     loop.csv              per CBP run: the method's own utility's ρ beside its final online and test accuracy
     loop_correlation.csv  Spearman r of own ρ with final online accuracy, with its seed-cluster interval
     figures/online_<activation>.png   online accuracy vs task (running mean), one line per method, ± SE
-    README.md             the tables as markdown and a conclusion worded by the intervals
+    pilots.csv            every pilot's runs (`--pilot NAME`: train only, one row per run)
+    left_out.csv          runs left out, with why
+    README.md             the tables as markdown and a conclusion worded by the intervals, rendered from the CSVs
+                          alone (`--render` writes it again without training)
     timings.json          measured wall time per training run and for the assay
 
     python benchmarks/plasticity.py [--mnist ../shared/data/mnist] [--seeds 0,1,2] [--activations ...]
@@ -66,6 +69,7 @@ UTILITIES = ["activation", "contribution", "mc_adaptable", "gxd", "gxi"]  # assa
 FINAL_WINDOW = 0.1  # the last 10% of tasks
 BOOTSTRAP_DRAWS = 10_000
 PILOTS = "pilots.csv"  # every pilot's runs (`--pilot`), rendered into the README
+LEFT_OUT = "left_out.csv"  # runs left out of the study (CBP refused the utility, or training diverged), with why
 
 
 @dataclass(frozen=True)
@@ -331,27 +335,28 @@ def pilot_table(pilots: pd.DataFrame) -> list[str]:
 
 
 def conclusion(diffs: pd.DataFrame, correlations: pd.DataFrame) -> list[str]:
-    """What the intervals allow, sentence by sentence: which CBP utility beats backprop and random (interval above
-    0), which differs from contribution, and whether the loop's correlation is resolved."""
-    online = diffs[diffs["measure"] == "final_online"]
+    """What the intervals allow, sentence by sentence and per accuracy measure: which CBP method is above or below
+    backprop, CBP random and CBP contribution (its interval excludes 0) and which is not resolved from them (with
+    the MDE), and whether the loop's correlation is resolved."""
     lines = ["## What the intervals allow", ""]
-    if online.empty or online["low"].isna().all():
+    if diffs.empty or diffs["low"].isna().all():
         return [*lines, "- Nothing: with one seed there is no interval, so no difference and no correlation is "
                         "claimed."]
-    for activation, g in online.groupby("activation", sort=False):
+    for (activation, measure), g in diffs.groupby(["activation", "measure"], sort=False):
         said = []
         for versus in ("backprop", "random", "contribution"):
             v = g[g["versus"] == versus]
             above = v.loc[v["low"] > 0, "method"].tolist()
             below = v.loc[v["high"] < 0, "method"].tolist()
-            unresolved = v.loc[(v["low"] <= 0) & (v["high"] >= 0), "method"].tolist()
+            open_ = v[(v["low"] <= 0) & (v["high"] >= 0)]
+            unresolved = open_["method"].tolist()
             name = "CBP " + versus if versus != "backprop" else "backprop"
             parts = [f"above {name}: {', '.join(above)}" if above else "",
                      f"below {name}: {', '.join(below)}" if below else "",
-                     f"not resolved from {name} (interval holds 0; MDE {v['mde'].max():.3f}): {', '.join(unresolved)}"
-                     if unresolved else ""]
+                     f"not resolved from {name} (interval holds 0; MDE up to {open_['mde'].max():.3f}): "
+                     f"{', '.join(unresolved)}" if unresolved else ""]
             said += [p for p in parts if p]
-        lines.append(f"- {activation}, final online accuracy: " + "; ".join(said) + ".")
+        lines.append(f"- {activation}, final {measure.removeprefix('final_')} accuracy: " + "; ".join(said) + ".")
     for r in correlations.to_dict("records"):
         if r["low"] > 0 or r["high"] < 0:
             lines.append(f"- {r['group']}: the loop's correlation is {'positive' if r['low'] > 0 else 'negative'} "
@@ -403,10 +408,21 @@ def publish(acc: pd.DataFrame, rho: pd.DataFrame, budget: Budget, out: Path, tim
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     figures(acc, out / "figures", budget.tasks)
     (out / "timings.json").write_text(json.dumps(timings, indent=1, sort_keys=True) + "\n")
-    failures = "".join(f"- {name} left out: {why}\n" for name, why in failed.items())
-    pilots = pilot_table(pd.read_csv(out / PILOTS)) if (out / PILOTS).exists() else []
-    text = markdown(final, diffs, correlations, budget) + (f"\n{failures}" if failures else "")
-    (out / "README.md").write_text(text + ("\n" + "\n".join(pilots) + "\n" if pilots else ""))
+    pd.DataFrame({"run": list(failed), "why": list(failed.values())}).to_csv(out / LEFT_OUT, index=False)
+    path, text = readme_file(out, budget)
+    path.write_text(text)
+
+
+def readme_file(out: Path, budget: Budget = BUDGET) -> tuple[Path, str]:
+    """(path, text) of the README in `out`, rendered from the tables there alone (no training, no data), so that
+    every number it states is one of theirs; `--render` writes it, a test holds the committed one to it."""
+    read = {name: pd.read_csv(out / f"{name}.csv") for name in ("final", "contrasts", "loop_correlation")}
+    left = pd.read_csv(out / LEFT_OUT, dtype=str) if (out / LEFT_OUT).exists() else pd.DataFrame(columns=["run", "why"])
+    text = markdown(read["final"], read["contrasts"], read["loop_correlation"], budget)
+    text += "".join(f"\n- {r.run} left out: {r.why}" for r in left.itertuples()) + ("\n" if len(left) else "")
+    if (out / PILOTS).exists():
+        text += "\n" + "\n".join(pilot_table(pd.read_csv(out / PILOTS))) + "\n"
+    return out / "README.md", text
 
 
 PILOT_SETTINGS = ("widths", "lr", "tasks", "replacement_rate", "maturity")
@@ -451,6 +467,7 @@ def main() -> None:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
     parser.add_argument("--quick", action="store_true", help="the miniature: digits, 4 tasks, 1 seed, 2 activations")
     parser.add_argument("--pilot", default=None, help="train only, and record the runs as this pilot in pilots.csv")
+    parser.add_argument("--render", action="store_true", help="only rewrite --publish's README from its tables")
     for name, kind in (("widths", lambda s: tuple(int(v) for v in s.split(","))), ("lr", float), ("tasks", int),
                        ("replacement-rate", float), ("maturity", int)):
         parser.add_argument(f"--{name}", type=kind, default=None, help="a pilot's budget, in place of BUDGET's")
@@ -460,6 +477,11 @@ def main() -> None:
     folder = "plasticity-quick" if args.quick else f"plasticity-pilot-{args.pilot}" if args.pilot else "plasticity"
     work = args.work or ROOT / "reports" / "replication" / "work" / folder
     publish_to = args.publish or (work / "publish" if args.quick else ROOT / "reports" / "replication" / "plasticity")
+    if args.render:
+        path, text = readme_file(publish_to, budget)
+        path.write_text(text)
+        print(f"rendered {path}")
+        return
     if args.quick:
         args.seeds, args.activations = [0], ["relu", "silu"]
     if unknown := [a for a in args.activations if a not in ACTIVATIONS]:
