@@ -64,6 +64,11 @@ def shock_column(metric: str) -> str:
     return f"shock_{metric}"
 
 
+def se_column(metric: str) -> str:
+    """The UnitTable column of a sequential run holding the standard error of `shock_<metric>` (SPEC S4b)."""
+    return f"se_{metric}"
+
+
 def clamp_column(metric: str) -> str:
     """The UnitTable column keeping the clamp's shock beside a `cbp-reset` run's `shock_<metric>` (SPEC S4, S7)."""
     return f"clamp_{metric}"

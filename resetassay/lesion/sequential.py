@@ -29,7 +29,7 @@ from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.shapes import LayerName, Shocks
 from resetassay.stats.summary import k_at
 
-__all__ = ["BLOCKS", "PROBES_COLUMN", "SequentialShocks", "schedule", "se_column", "sequential_shocks",
+__all__ = ["BLOCKS", "PROBES_COLUMN", "SequentialShocks", "schedule", "sequential_shocks",
            "sequential_unit_shocks", "settled"]
 
 PROBES_COLUMN = "probes"  # the UnitTable column of a sequential run: probe examples the unit was lesioned on
@@ -47,11 +47,6 @@ class SequentialShocks:
     se: Shocks
     probes: dict[LayerName, torch.Tensor]
     forwards: int
-
-
-def se_column(metric: str) -> str:
-    """The UnitTable column of a sequential run holding the standard error of `shock_<metric>` (SPEC S4b)."""
-    return f"se_{metric}"
 
 
 def schedule(n_blocks: int) -> list[int]:

@@ -40,7 +40,7 @@ from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import LesionRequest, joint_shocks_of, unit_shocks_of
 from resetassay.lesion.reset import resettable_layers
-from resetassay.lesion.sequential import PROBES_COLUMN, se_column, sequential_unit_shocks
+from resetassay.lesion.sequential import PROBES_COLUMN, sequential_unit_shocks
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.names import (
     CBP_RESET,
@@ -52,6 +52,7 @@ from resetassay.names import (
     SET_SELECTORS,
     TABLES,
     clamp_column,
+    se_column,
     utility_column,
 )
 from resetassay.progress import Progress

@@ -50,6 +50,7 @@ from resetassay.report.html import html_document
 from resetassay.report.interventions import intervention_blocks
 from resetassay.report.markdown import markdown_document
 from resetassay.report.sets import set_blocks
+from resetassay.stats.probe_sampling import DRAWS, LEVEL, probe_sampling_intervals
 from resetassay.stats.summary import aggregate, checkpoint_stats, common_units, summary_at_q
 from resetassay.stats.verdict import FLAG_NOTE, reliability_flags, verdict_table
 
@@ -144,15 +145,27 @@ def _sampled_note(info: dict) -> list[Block]:
         "`resetassay run --units-per-layer`): Spearman ρ, Shock@q and the oracle are estimates over that sample."))]
 
 
-def _sequential_note(info: dict) -> list[Block]:
+def _sequential_note(info: dict, tables: Tables, q: float) -> list[Block]:
     confidence = info.get("config", {}).get("sequential")
     if confidence is None:
         return []
-    return [Block("text", (
+    note = Block("text", (
         f"**Sequential probes** (`resetassay run --sequential {confidence:g}`, SPEC S4b): each unit was lesioned on "
         "a growing seeded share of the probe set until its layer's oracle bottom-k set was settled at confidence "
         f"{confidence:g}; units.csv gives each unit's probes used and the standard error of its shock. Units that "
-        "stopped early have estimated shocks: Spearman ρ and Shock@q carry that sampling error."))]
+        "stopped early have estimated shocks, so Spearman ρ and Shock@q carry that sampling error: the intervals "
+        f"below redraw those shocks from their standard errors ({LEVEL:.0%}, {DRAWS} draws; they leave out the "
+        "sampling of units and checkpoints, which the verdict's intervals hold)."))
+    intervals = probe_sampling_intervals(tables["units"], tables["summary"], q)
+    if intervals.empty:
+        return [note]
+    shown = intervals[intervals["statistic"].isin(["spearman", "gap_ratio"])].assign(
+        interval=lambda f: [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(f["value"], f["low"], f["high"],
+                                                                                   strict=True)])
+    table = shown.pivot(index=["checkpoint", "utility", "metric"], columns="statistic", values="interval")
+    table = table.reindex(columns=["spearman", "gap_ratio"]).reset_index().rename(
+        columns={"spearman": "Spearman ρ [probe-sampling interval]", "gap_ratio": "Shock@q / oracle [interval]"})
+    return [note, Block("table", table=table, keys=3)]
 
 
 def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.DataFrame,  # noqa: PLR0913 — the report's parts, each computed once by the caller
@@ -165,8 +178,8 @@ def _report_blocks(tables: Tables, info: dict, headline: list[Block], stats: pd.
     (`stats`: per-checkpoint statistics of scope ALL), by training step, the q sweep, per-checkpoint ρ, clamp
     against reset (a cbp-reset run), set-aware selection (a run with a set selector; `timings`: timings.json's
     stages per checkpoint), not-applicable notes, provenance."""
-    blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info), *_sequential_note(info),
-              Block("h2", "Figures")]
+    blocks = [Block("h1", "resetassay report"), *headline, *_sampled_note(info),
+              *_sequential_note(info, tables, base_q), Block("h2", "Figures")]
     for path in made:
         blocks.append(Block("figure", _caption(path.stem).format(q=q_label(q)), path=path))
     blocks += [Block("text", figures_note)] if figures_note else []

@@ -111,4 +111,5 @@ def test_a_sequential_run_adds_probes_and_se_and_says_so(tmp_path):
     assert units["probes"].between(1, 128).all() and (units["probes"] < 128).any()
     assert (units.loc[units["probes"] == 128, "se_l1"] == 0).all()
     result.save(tmp_path, figures="none")
-    assert "Sequential probes" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Sequential probes" in report and "Spearman ρ [probe-sampling interval]" in report
