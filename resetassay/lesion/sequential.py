@@ -8,10 +8,12 @@ The probe set is cut, in an order drawn with `seed`, into `blocks` blocks of (ne
 first lesioned on the first eighth of the blocks; rounds then double the prefix (a quarter, a half, all), nested so
 that a later round extends the earlier one. After each round a unit's shock is the mean over the examples of its
 blocks so far (exact once it has every block) and its standard error comes from the spread of its block means,
-with the finite-population correction (0 at the full set). A unit gets the next round only while its membership
-in its layer's bottom-k set (k = k_at(n, q), SPEC S5) is not settled, in some metric, by intervals at the
-layer's Bonferroni-corrected level (`settled`). Any engine measures a round's blocks in one pass (`unit_shocks_of`
-on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
+with the finite-population correction (0 at the full set). A unit gets the next round until intervals at the
+layer's Bonferroni-corrected level settle it *out* of its layer's bottom-k set (k = k_at(n, q), SPEC S5) in every
+metric (`settled`): open units go on, and so do units settled *in*, so that every unit of the set ends measured on
+the whole probe set (heavy-tailed shocks make a unit look cheaper than it is, never dearer, on few examples).
+Any engine measures a round's blocks in one pass (`unit_shocks_of` on a sub-request whose probe examples are
+grouped by block, `LesionRequest.groups`).
 """
 
 from __future__ import annotations
@@ -55,22 +57,22 @@ def schedule(n_blocks: int) -> list[int]:
     return ends
 
 
-def settled(mean: torch.Tensor, half: torch.Tensor, k: int) -> torch.Tensor:
-    """Which units' membership in the bottom-k set by shock is settled by intervals `mean ± half` `(n,)`.
+def settled(mean: torch.Tensor, half: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which units are settled *in* and which *out* of the bottom-k set by shock, by intervals `mean ± half` `(n,)`.
 
     Unit i is settled *in* when its upper end lies below the lower end of at least n - k other units (it is then
     below them, so among the k smallest, whatever the true values inside the intervals), and settled *out* when its
     lower end lies above the upper end of at least k others. If every interval covers its unit's true shock, every
-    settled unit is classified as in the true bottom-k set. k = 0 or n: everyone is settled.
+    settled unit is classified as in the true bottom-k set. k = 0: everyone is out; k >= n: everyone is in.
     """
     n = len(mean)
     if k <= 0 or k >= n:
-        return torch.ones(n, dtype=torch.bool)
+        return torch.full((n,), k > 0), torch.full((n,), k <= 0)
     lo, hi = mean - half, mean + half
     lo_sorted, hi_sorted = torch.sort(lo).values, torch.sort(hi).values
     above = n - torch.searchsorted(lo_sorted, hi, right=True)  # units j with lo_j > hi_i (never i itself)
     below = torch.searchsorted(hi_sorted, lo, right=False)  # units j with hi_j < lo_i
-    return (above >= n - k) | (below >= k)
+    return above >= n - k, below >= k
 
 
 def _quantile(level: float, dof: torch.Tensor) -> torch.Tensor:
@@ -115,50 +117,97 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
     """The stopping rule of SPEC S4b over any measurement: `measure(idx, groups, which)` gives, per metric and
     layer, the mean shock `(len(which[layer]), G)` over each group of the probe examples `idx` (`groups`, one per
     example, 0..G-1: a round's blocks, measured in one pass) of the units at positions `which[layer]` of each open
-    layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues while its membership in its
-    layer's bottom-k set (k = k_at(n, q)) is not `settled` in some metric at the layer's Bonferroni level
-    1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom."""
+    layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues until it is `settled` out of
+    its layer's bottom-k set (k = k_at(n, q)) in every metric at the layer's Bonferroni level
+    1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom;
+    units settled in go on to the full probe set."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
-    parts = list(torch.tensor_split(perm, min(blocks, n_probe)))
-    sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
-    ends = schedule(len(parts))
-    # block means [metric][layer] (n, blocks); the blocks each unit has seen [layer] (n,)
-    means = {m: {name: torch.zeros(n, len(parts), dtype=torch.float64) for name, n in n_units.items()}
-             for m in metrics}
-    done = {name: torch.zeros(n, dtype=torch.long) for name, n in n_units.items()}
+    state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))))
+    ends = schedule(len(state.parts))
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
     start = 0
     for end in ends:
         which = {name: a.nonzero().flatten() for name, a in active.items() if bool(a.any())}
         if not which:
             break
-        idx = torch.cat(parts[start:end])
-        groups = torch.repeat_interleave(torch.arange(end - start), sizes[start:end].long())
-        for m, per_layer in measure(idx, groups, which).items():
-            for name, values in per_layer.items():
-                means[m][name][which[name], start:end] = values.double().cpu()
+        state.run(which, start, end)
         start = end
+        for name in which:
+            level = 1 - (1 - confidence) / (n_units[name] * len(ends))
+            active[name] = state.going_on(name, level)
+    # The set is read from the final shocks: a unit that stopped early and whose estimate now falls among its
+    # layer's k lowest (others' estimates moved as they went on) is measured on the rest of the probe set.
+    while short := {name: s for name in n_units if bool((s := state.in_sets(name)).any())}:
+        for d in sorted({int(v) for name, s in short.items() for v in state.done[name][s]}):
+            which = {name: w for name, s in short.items()
+                     if len(w := (s & (state.done[name] == d)).nonzero().flatten())}
+            state.run(which, d, len(state.parts))
+    return state.result()
+
+
+@dataclass
+class _Rounds:
+    """A sequential run's state: the probe blocks, each unit's block means and the blocks it has seen."""
+
+    measure: Measure
+    n_units: dict[LayerName, int]
+    n_probe: int
+    metrics: list[str]
+    q: float
+    parts: list[torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.sizes = torch.tensor([len(p) for p in self.parts], dtype=torch.float64)
+        # block means [metric][layer] (n, blocks); the blocks each unit has seen [layer] (n,)
+        self.means = {m: {name: torch.zeros(n, len(self.parts), dtype=torch.float64)
+                          for name, n in self.n_units.items()} for m in self.metrics}
+        self.done = {name: torch.zeros(n, dtype=torch.long) for name, n in self.n_units.items()}
+
+    def run(self, which: dict[LayerName, torch.Tensor], start: int, end: int) -> None:
+        """Blocks start..end-1 of the units `which[layer]`, each of which has seen the first `start`."""
+        idx = torch.cat(self.parts[start:end])
+        groups = torch.repeat_interleave(torch.arange(end - start), self.sizes[start:end].long())
+        for m, per_layer in self.measure(idx, groups, which).items():
+            for name, values in per_layer.items():
+                self.means[m][name][which[name], start:end] = values.double().cpu()
         for name, w in which.items():
-            done[name][w] = end
-            n = n_units[name]
-            mean, err = _estimates(means, name, done[name], sizes, n_probe, metrics)
-            level = 1 - (1 - confidence) / (n * len(ends))
-            half_width = _quantile(level, done[name] - 1)
-            unsettled = torch.zeros(n, dtype=torch.bool)
-            for m in metrics:
-                unsettled |= ~settled(mean[m], half_width * err[m], k_at(n, q))
-            active[name] = unsettled & (done[name] < len(parts))
-    shocks: Shocks = {m: {} for m in metrics}
-    se: Shocks = {m: {} for m in metrics}
-    for name in n_units:
-        mean, err = _estimates(means, name, done[name], sizes, n_probe, metrics)
-        for m in metrics:
-            shocks[m][name], se[m][name] = mean[m], err[m]
-    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), sizes.cumsum(0)]).long()
-    probes = {name: cumulative[d] for name, d in done.items()}
-    return SequentialShocks(shocks, se, probes, int(sum(int(p.sum()) for p in probes.values())))
+            self.done[name][w] = end
+
+    def estimates(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each unit's shock and standard error per metric so far (`_estimates`)."""
+        return _estimates(self.means, name, self.done[name], self.sizes, self.n_probe, self.metrics)
+
+    def in_sets(self, name: str) -> torch.Tensor:
+        """Units among their layer's k lowest estimated shocks in some metric, not yet on every block."""
+        mean, _ = self.estimates(name)
+        found = torch.zeros(self.n_units[name], dtype=torch.bool)
+        for m in self.metrics:
+            found[torch.argsort(mean[m], stable=True)[:k_at(self.n_units[name], self.q)]] = True
+        return found & (self.done[name] < len(self.parts))
+
+    def going_on(self, name: str, level: float) -> torch.Tensor:
+        """Units that get the next round: not yet settled out in some metric at `level` (open, or settled in),
+        or now among the layer's k lowest, and not yet on every block."""
+        mean, err = self.estimates(name)
+        half_width = _quantile(level, self.done[name] - 1)
+        going = self.in_sets(name)
+        for m in self.metrics:
+            going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
+        return going & (self.done[name] < len(self.parts))
+
+    def result(self) -> SequentialShocks:
+        """The shocks, their SEs, the probe examples each unit saw and the forwards in all."""
+        shocks: Shocks = {m: {} for m in self.metrics}
+        se: Shocks = {m: {} for m in self.metrics}
+        for name in self.n_units:
+            mean, err = self.estimates(name)
+            for m in self.metrics:
+                shocks[m][name], se[m][name] = mean[m], err[m]
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), self.sizes.cumsum(0)]).long()
+        probes = {name: cumulative[d] for name, d in self.done.items()}
+        return SequentialShocks(shocks, se, probes, int(sum(int(p.sum()) for p in probes.values())))
 
 
 def _estimates(means: Shocks, name: str, done: torch.Tensor, sizes: torch.Tensor, n_probe: int,

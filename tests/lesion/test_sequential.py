@@ -21,10 +21,12 @@ def bottom(values: torch.Tensor, k: int) -> set[int]:
 
 def test_settled_reads_intervals():
     mean = torch.tensor([0.0, 1.0, 5.0, 6.0])
-    assert settled(mean, torch.full((4,), 0.1), 2).all()  # two low, two high, well apart
-    wide = settled(mean, torch.tensor([0.1, 3.0, 3.0, 0.1]), 2)  # units 1 and 2 overlap across the boundary
-    assert wide.tolist() == [True, False, False, True]
-    assert settled(mean, torch.full((4,), 99.0), 4).all()  # k = n: all in
+    inside, outside = settled(mean, torch.full((4,), 0.1), 2)  # two low, two high, well apart
+    assert inside.tolist() == [True, True, False, False] and outside.tolist() == [False, False, True, True]
+    inside, outside = settled(mean, torch.tensor([0.1, 3.0, 3.0, 0.1]), 2)  # units 1 and 2 straddle the boundary
+    assert inside.tolist() == [True, False, False, False] and outside.tolist() == [False, False, False, True]
+    assert settled(mean, torch.full((4,), 99.0), 4)[0].all()  # k = n: all in
+    assert settled(mean, torch.full((4,), 99.0), 0)[1].all()  # k = 0: all out
     assert schedule(64) == [8, 16, 32, 64] and schedule(3) == [2, 3]
 
 
@@ -55,6 +57,7 @@ def test_simulation_finds_the_exact_bottom_k_at_the_stated_rate(one_thread):
         found += bottom(out.shocks["l1"]["a"], k) == bottom(x.mean(1), k)
         forwards += out.forwards
         full = out.probes["a"] == n_probe
+        assert full[list(bottom(out.shocks["l1"]["a"], k))].all()  # the set found is measured on every example
         torch.testing.assert_close(out.shocks["l1"]["a"][full], x.mean(1)[full], rtol=1e-12, atol=1e-12)
         assert (out.se["l1"]["a"][full] == 0).all()
     assert found / reps >= confidence
@@ -113,3 +116,36 @@ def test_a_sequential_run_adds_probes_and_se_and_says_so(tmp_path):
     result.save(tmp_path, figures="none")
     report = (tmp_path / "report.md").read_text()
     assert "Sequential probes" in report and "Spearman ρ [probe-sampling interval]" in report
+
+
+def test_a_heavy_tailed_unit_is_not_put_in_the_set_by_its_first_examples():
+    """Unit 0's shock comes from 3 rare examples: on the first rounds it looks the cheapest with a tiny SE (its
+    blocks mostly hold none), though its true shock is the largest. Units settled in go on to every example, so it
+    is found out and the set is the exact one."""
+    n, n_probe, k = 20, 512, 2
+    x = torch.linspace(1.0, 2.0, n).unsqueeze(1).repeat(1, n_probe).double()
+    x[0] = 1e-3
+    order = torch.randperm(n_probe, generator=torch.Generator().manual_seed(0))  # the run's block order (seed 0)
+    x[0, order[-3:]] = 2000.0  # mean ~ 11.7, in the last blocks: the first rounds see none of it
+
+    def measure(idx, groups, which):
+        per_example = x[:, idx][which["a"]]
+        sums = per_example.new_zeros(len(per_example), int(groups.max()) + 1).index_add_(1, groups, per_example)
+        return {"l1": {"a": sums / torch.bincount(groups)}}
+
+    out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], 0.95, k / n)
+    assert bottom(out.shocks["l1"]["a"], k) == bottom(x.mean(1), k) == {1, 2}
+
+
+def test_every_unit_of_a_set_read_from_the_shocks_saw_every_probe_example(mlp_request):
+    """Whatever stopped early, the k lowest final shocks of each layer and metric are exact (SPEC S4b): a unit
+    settled out on early blocks whose estimate later falls among them is measured on the rest."""
+    request, exact = mlp_request
+    for confidence in (0.5, 0.95):
+        out = sequential_unit_shocks(request, confidence, 0.1, blocks=16)
+        for m in request.metrics:
+            for layer in request.layers:
+                chosen = list(bottom(out.shocks[m][layer.name], k_at(layer.n_units, 0.1)))
+                assert (out.probes[layer.name][chosen] == len(request.probe_x)).all()
+                torch.testing.assert_close(out.shocks[m][layer.name][chosen], exact[m][layer.name][chosen],
+                                           rtol=1e-6, atol=1e-9)

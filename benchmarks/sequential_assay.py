@@ -1,0 +1,96 @@
+"""Sequential probes against the exact run, whole assays side by side (issue 28; SPEC S4b, S5).
+
+For each checkpoint (default: the bundled ResNet, transformer and ReLU MLP fixtures after task 4), `run_assay`
+twice with the same data, utilities and seed: exact, then `sequential` at each confidence. Per checkpoint and
+confidence it reports the lesioned probe-example forwards (the sum of units.csv `probes` against units x P), the
+lesion stage's seconds, the share of (layer, metric) oracle bottom-k sets equal to the exact run's, and the largest
+difference of any utility's pooled Spearman ρ and Shock@q ratio from the exact run's. --json writes the rows, and
+a markdown table beside it (FILE with .md).
+
+    python benchmarks/sequential_assay.py [CHECKPOINT ...] [--confidence 0.95 0.5] [--probe-size N]
+                                          [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+import resetassay as ra
+from resetassay.names import ALL, shock_column
+from resetassay.stats.summary import k_at
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = [ROOT / "fixtures" / name / "task4" for name in ("resnet", "transformer", "relu_mlp")]
+UTILITIES = ["gxd", "activation", "contribution", "oracle"]
+METRICS = ["l1", "kl"]
+
+
+def _assay(path: Path, sequential: float | None, probe_size: int | None) -> ra.AssayResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fixtures' small held-out sets shrink both sets to half each
+        return ra.run_assay([path], utilities=UTILITIES, metrics=METRICS, probe_size=probe_size,
+                            calib_size=probe_size, joint=False, sequential=sequential, progress=False)
+
+
+def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
+    return set(g.sort_values([column, "unit"], kind="stable")["unit"].head(k_at(len(g), q)))
+
+
+def compare(exact: ra.AssayResult, seq: ra.AssayResult, q: float) -> dict:
+    """Forwards, oracle sets and pooled statistics of a sequential result against the exact one (same units)."""
+    ue, us = exact.units, seq.units
+    n_probe = int(us["probes"].max())
+    same = [_bottom(g, shock_column(m), q) == _bottom(us[us["layer"] == layer], shock_column(m), q)
+            for m in METRICS for layer, g in ue.groupby("layer", sort=False)]
+    pooled = [t[t["scope"] == ALL].set_index(["utility", "metric"])[["spearman", "gap_ratio"]]
+              for t in (exact.summary, seq.summary)]
+    diff = (pooled[1] - pooled[0]).abs()
+    lesion = [sum(v for k, v in stages.items() if k.startswith("lesion")) for stages in
+              (next(iter(r.timings.values())) for r in (exact, seq))]
+    return {"forward_ratio": float(us["probes"].sum()) / (len(us) * n_probe), "probe_size": n_probe,
+            "lesion_s_exact": lesion[0], "lesion_s": lesion[1], "oracle_sets_equal": sum(same) / len(same),
+            "max_rho_diff": float(diff["spearman"].max()), "max_ratio_diff": float(diff["gap_ratio"].max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*", type=Path, default=DEFAULT)
+    parser.add_argument("--confidence", type=float, nargs="+", default=[0.95, 0.5])
+    parser.add_argument("--probe-size", type=int, default=None,
+                        help="calibration and probe examples each (default: 2048, or half the held-out split)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = []
+    for path in args.checkpoints:
+        exact = _assay(path, None, args.probe_size)
+        for c in args.confidence:
+            row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                   "units": len(exact.units), "confidence": c,
+                   **compare(exact, _assay(path, c, args.probe_size), exact.config.q)}
+            rows.append(row)
+            print(f"{row['checkpoint']:<28} {row['units']:>5} units  P {row['probe_size']:>4}  c {c:<5g} "
+                  f"forwards {row['forward_ratio']:.2f}x  lesion {row['lesion_s']:.1f} s / {row['lesion_s_exact']:.1f} "
+                  f"s  oracle sets equal {row['oracle_sets_equal']:.0%}  |Δρ| ≤ {row['max_rho_diff']:.4f}  "
+                  f"|Δ Shock@q ratio| ≤ {row['max_ratio_diff']:.4f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.with_suffix(".md").write_text(markdown(rows))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table."""
+    lines = ["| checkpoint | units | P | confidence | probe-example forwards | lesion seconds (exact) | oracle sets "
+             "equal | largest abs. Δρ | largest abs. Δ Shock@q ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['checkpoint']} | {r['units']} | {r['probe_size']} | {r['confidence']:g} | "
+              f"{r['forward_ratio']:.2f}x | {r['lesion_s']:.1f} ({r['lesion_s_exact']:.1f}) | "
+              f"{r['oracle_sets_equal']:.0%} | {r['max_rho_diff']:.4f} | {r['max_ratio_diff']:.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
