@@ -150,10 +150,10 @@ def _split(name: str) -> dict:
 
 
 def online(work: Path, names: list[str]) -> pd.DataFrame:
-    """Online and held-out (test) accuracy per run and task (accuracy.csv of every training run)."""
+    """Online and held-out (test) accuracy and CBP's resets per run and task (accuracy.csv of every training run)."""
     frames = [pd.read_csv(work / "train" / name / ACCURACY).assign(**_split(name)) for name in names]
     return pd.concat(frames, ignore_index=True)[["activation", "method", "seed", "task", "online_accuracy",
-                                                 "holdout_accuracy"]]
+                                                 "holdout_accuracy", "resets"]]
 
 
 def offline(run_dir: Path) -> pd.DataFrame:
@@ -434,7 +434,6 @@ def pilot_rows(name: str, work: Path, runs: dict[str, TrainConfig], failed: dict
     training seconds (no assay: a pilot only asks whether a budget loses plasticity and separates methods)."""
     names = [n for n in runs if n not in failed]
     acc = online(work, names)
-    resets = {n: int(pd.read_csv(work / "train" / n / ACCURACY)["resets"].sum()) for n in names}
     rows = per_run(acc, budget.tasks)
     rows.insert(0, "pilot", name)
     for setting in PILOT_SETTINGS:
@@ -442,7 +441,7 @@ def pilot_rows(name: str, work: Path, runs: dict[str, TrainConfig], failed: dict
         rows[setting] = "x".join(map(str, value)) if isinstance(value, tuple) else value
     rows["examples_x_epochs"] = f"{budget.examples_per_task}x{budget.epochs_per_task}"
     keys = [f"{a}-{m}-s{s}" for a, m, s in zip(rows["activation"], rows["method"], rows["seed"], strict=True)]
-    rows["resets"] = [resets[k] for k in keys]
+    rows["resets"] = acc.groupby(["activation", "method", "seed"], sort=False)["resets"].sum().to_numpy()
     rows["train_s"] = [timings["train_s"].get(k) for k in keys]
     return rows
 

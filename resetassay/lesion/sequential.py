@@ -179,9 +179,10 @@ class _Rounds:
         """Each unit's shock and standard error per metric so far (`_estimates`)."""
         return _estimates(self.means, name, self.done[name], self.sizes, self.n_probe, self.metrics)
 
-    def in_sets(self, name: str) -> torch.Tensor:
-        """Units among their layer's k lowest estimated shocks in some metric, not yet on every block."""
-        mean, _ = self.estimates(name)
+    def in_sets(self, name: str, mean: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Units among their layer's k lowest estimated shocks `mean` (default: the current ones) in some metric,
+        not yet on every block."""
+        mean = self.estimates(name)[0] if mean is None else mean
         found = torch.zeros(self.n_units[name], dtype=torch.bool)
         for m in self.metrics:
             found[torch.argsort(mean[m], stable=True)[:k_at(self.n_units[name], self.q)]] = True
@@ -192,7 +193,7 @@ class _Rounds:
         or now among the layer's k lowest, and not yet on every block."""
         mean, err = self.estimates(name)
         half_width = _quantile(level, self.done[name] - 1)
-        going = self.in_sets(name)
+        going = self.in_sets(name, mean)
         for m in self.metrics:
             going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
         return going & (self.done[name] < len(self.parts))

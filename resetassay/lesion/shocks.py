@@ -280,13 +280,6 @@ def mean_shocks(z: torch.Tensor, z_lesioned: torch.Tensor, metrics: list[str], p
     return {m: value[0] for m, value in sums.means(len(z)).items()}
 
 
-def _counts(groups: torch.Tensor | None, n_probe: int) -> torch.Tensor:
-    """Examples per probe group `(G,)` float64 on the CPU, or the probe set's size `()`."""
-    if groups is None:
-        return torch.tensor(float(n_probe), dtype=torch.float64)
-    return torch.bincount(groups.cpu()).double()
-
-
 def probe_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits `(P, C)` of the probe set, computed in batches on the model's device."""
     if len(x) == 0:
@@ -301,7 +294,7 @@ class ShockSums:
     when the request groups its examples (SPEC S4, S4b)."""
 
     def __init__(self, n: int, metrics: list[str], device: torch.device, groups: torch.Tensor | None = None):
-        self.counts = _counts(groups, 0)
+        self.counts = None if groups is None else torch.bincount(groups.cpu()).double()  # examples per group
         self.sums = {m: torch.zeros(n, *group_shape(groups), dtype=torch.float64, device=device) for m in metrics}
 
     def reset(self) -> None:
@@ -321,5 +314,5 @@ class ShockSums:
 
     def means(self, n_probe: int) -> dict[str, torch.Tensor]:
         """The mean shock per lesion and metric over `n_probe` examples (or over each group's), on the CPU."""
-        counts = self.counts if self.counts.dim() else n_probe
+        counts = n_probe if self.counts is None else self.counts
         return {m: s.cpu() / counts for m, s in self.sums.items()}

@@ -125,21 +125,14 @@ def _cli_rank(rank: int, args: list[str], crash_after: int | None = None) -> tup
     with 24-unit work items; with `crash_after`, rank 1 dies after that many lesion chunks (a killed launch)."""
     import os
 
+    from helpers.ranks import kill_after_chunks
+
     import resetassay.pipeline.assay
-    import resetassay.pipeline.shard
 
     os.environ["WORLD_SIZE"] = "2"
     resetassay.pipeline.assay.LESION_CHUNK = 24
     if crash_after is not None and rank == 1:
-        real, done = resetassay.pipeline.shard.lesion_chunk, []
-
-        def crashing(*a, **k):
-            if len(done) == crash_after:
-                raise RuntimeError("rank 1 killed")
-            done.append(1)
-            return real(*a, **k)
-
-        resetassay.pipeline.shard.lesion_chunk = crashing
+        kill_after_chunks(crash_after)
     result = invoke(*args)
     return result.exit_code, result.stderr + (f"{result.exception!r}" if result.exception else "")
 

@@ -31,3 +31,18 @@ def launch(size: int, worker, *args: object) -> list[tuple]:
         results = manager.dict()
         mp.spawn(_entry, args=(size, str(Path(tmp) / "store"), results, worker, args), nprocs=size, join=True)
         return [results[rank] for rank in range(size)]
+
+
+def kill_after_chunks(chunks: int) -> None:
+    """Kill this rank (a RuntimeError) when it starts lesion chunk `chunks` + 1: a rank that dies mid-run."""
+    import resetassay.pipeline.shard
+
+    real, done = resetassay.pipeline.shard.lesion_chunk, []
+
+    def crashing(*args, **kwargs):
+        if len(done) == chunks:
+            raise RuntimeError("rank 1 killed")
+        done.append(1)
+        return real(*args, **kwargs)
+
+    resetassay.pipeline.shard.lesion_chunk = crashing

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.paths import FIXTURES, ROOT
-from helpers.ranks import launch
+from helpers.ranks import kill_after_chunks, launch
 from torch import nn
 
 import resetassay.pipeline.assay
@@ -44,15 +44,7 @@ def _sharded_run(rank: int, paths: list[str], out: str, crash_after: int | None 
     """One rank of a run with CHUNK-unit chunks; with `crash_after`, rank 1 crashes after that many chunks."""
     _small_chunks_no_report()
     if crash_after is not None and rank == 1:
-        real, done = resetassay.pipeline.shard.lesion_chunk, []
-
-        def crashing(*args, **kwargs):
-            if len(done) == crash_after:
-                raise RuntimeError("rank 1 killed")
-            done.append(1)
-            return real(*args, **kwargs)
-
-        resetassay.pipeline.shard.lesion_chunk = crashing
+        kill_after_chunks(crash_after)
     return len(run_assay(paths, out=out, **SMALL).units)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.images import CLASSES, SIDE, image_folder
 from helpers.paths import CIFAR
 from typer.testing import CliRunner
 
@@ -20,32 +21,15 @@ from resetassay.io.checkpoint import load_checkpoint
 from resetassay.pipeline.run import run_assay
 from resetassay.train.loop import TrainConfig, crop_and_flip, zoo_kwargs
 
-CLASSES = ("ant", "bee", "cow")
-SIDE = 8
 runner = CliRunner()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _images(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = CLASSES) -> Path:
-    """ROOT/<split>/<class>/<i>.png: small RGB PNGs whose colour depends on the class (learnable), with noise."""
-    from PIL import Image
-
-    rng = torch.Generator().manual_seed(3)
-    for split, n in per_class.items():
-        for c, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(SIDE, SIDE, 3, generator=rng) * 60).to(torch.uint8)
-                pixels[..., c % 3] += 150
-                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes: 8 training and 6 held-out images each."""
-    return _images(tmp_path_factory.mktemp("imgs"), {"train": 8, "test": 6})
+    return image_folder(tmp_path_factory.mktemp("imgs"), {"train": 8, "test": 6})
 
 
 TRAIN = ["train", "--model", "resnet", "--widths", "4,8", "--epochs", "2", "--checkpoint-at", "0,1,2",
@@ -168,11 +152,11 @@ def test_image_only_flags_are_refused_with_permuted_data(tmp_path: Path, args: l
 
 
 def test_a_folder_without_a_train_root_or_with_other_classes_is_refused(tmp_path: Path) -> None:
-    only_test = _images(tmp_path / "a", {"test": 2})
+    only_test = image_folder(tmp_path / "a", {"test": 2})
     with pytest.raises(BadInputError, match="no folder named train"):
         training_images(data_spec(str(only_test)))
-    other = _images(tmp_path / "b", {"train": 2})
-    _images(tmp_path / "b", {"test": 2}, classes=("ant", "bee", "dog"))
+    other = image_folder(tmp_path / "b", {"train": 2})
+    image_folder(tmp_path / "b", {"test": 2}, classes=("ant", "bee", "dog"))
     with pytest.raises(BadInputError, match="both need the same class folders"):
         training_images(data_spec(str(other)))
     with pytest.raises(BadInputError, match="`tasks` 2: an image folder is one task"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.images import SIDE, image_folder
 from typer.testing import CliRunner
 
 from resetassay.cli import app
@@ -32,31 +33,14 @@ from resetassay.train.loop import (
 )
 
 runner = CliRunner()
-CLASSES = ("ant", "bee", "cow")
-SIDE = 8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _images(root: Path, per_class: dict[str, int]) -> Path:
-    """ROOT/<split>/<class>/<i>.png: small noisy RGB PNGs, one colour per class."""
-    from PIL import Image
-
-    rng = torch.Generator().manual_seed(5)
-    for split, n in per_class.items():
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(SIDE, SIDE, 3, generator=rng) * 60).to(torch.uint8)
-                pixels[..., c] += 150
-                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes: 10 training and 4 held-out images each."""
-    return _images(tmp_path_factory.mktemp("imgs"), {"train": 10, "test": 4})
+    return image_folder(tmp_path_factory.mktemp("imgs"), {"train": 10, "test": 4}, seed=5)
 
 
 def _image_run(folder: Path, **overrides: object) -> TrainConfig:
