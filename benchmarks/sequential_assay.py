@@ -7,8 +7,17 @@ lesion stage's seconds, the share of (layer, metric) oracle bottom-k sets equal 
 difference of any utility's pooled Spearman ρ and Shock@q ratio from the exact run's. --json writes the rows, and
 a markdown table beside it (FILE with .md).
 
+A plain state dict takes `--model` (a factory) and `--data` (e.g. the CIFAR-10 JPEG archive, with `--normalize`);
+`--work DIR` keeps each assay's run directory there (DIR/<checkpoint>/exact, .../sequential-<c>), so a killed
+benchmark resumes without redoing a finished assay. The ResNet-18 case of the performance guide:
+
+    python examples/cifar10_resnet18.py ARCHIVE --epochs 2 --out runs/r18
+    python benchmarks/sequential_assay.py runs/r18/resnet18.safetensors --model examples.resnet18:resnet18 \
+        --data ARCHIVE --normalize cifar10 --probe-size 2048 --work runs/sequential-r18 \
+        --json reports/benchmarks/sequential_resnet18.json
+
     python benchmarks/sequential_assay.py [CHECKPOINT ...] [--confidence 0.95 0.5] [--probe-size N]
-                                          [--json FILE]
+                                          [--model F --data D --normalize N] [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,11 +39,15 @@ UTILITIES = ["gxd", "activation", "contribution", "oracle"]
 METRICS = ["l1", "kl"]
 
 
-def _assay(path: Path, sequential: float | None, probe_size: int | None) -> ra.AssayResult:
+def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra.AssayResult:
+    data = ra.data_spec(args.data, normalize=args.normalize) if args.data else None
+    out = (args.work / path.stem / ("exact" if sequential is None else f"sequential-{sequential:g}")
+           if args.work else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixtures' small held-out sets shrink both sets to half each
-        return ra.run_assay([path], utilities=UTILITIES, metrics=METRICS, probe_size=probe_size,
-                            calib_size=probe_size, joint=False, sequential=sequential, progress=False)
+        return ra.run_assay([path], model=args.model, data=data, out=out, utilities=UTILITIES, metrics=METRICS,
+                            probe_size=args.probe_size, calib_size=args.probe_size, joint=False,
+                            sequential=sequential, progress=args.work is not None)
 
 
 def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
@@ -63,15 +76,19 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, nargs="+", default=[0.95, 0.5])
     parser.add_argument("--probe-size", type=int, default=None,
                         help="calibration and probe examples each (default: 2048, or half the held-out split)")
+    parser.add_argument("--model", default=None, help="package.module:factory of a plain state dict")
+    parser.add_argument("--data", default=None, help="the data of a checkpoint that records none")
+    parser.add_argument("--normalize", default=None, help="with --data: e.g. cifar10")
+    parser.add_argument("--work", type=Path, default=None, help="keep the run directories here (resumable)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     rows = []
     for path in args.checkpoints:
-        exact = _assay(path, None, args.probe_size)
+        exact = _assay(path, None, args)
         for c in args.confidence:
             row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                    "units": len(exact.units), "confidence": c,
-                   **compare(exact, _assay(path, c, args.probe_size), exact.config.q)}
+                   **compare(exact, _assay(path, c, args), exact.config.q)}
             rows.append(row)
             print(f"{row['checkpoint']:<28} {row['units']:>5} units  P {row['probe_size']:>4}  c {c:<5g} "
                   f"forwards {row['forward_ratio']:.2f}x  lesion {row['lesion_s']:.1f} s / {row['lesion_s_exact']:.1f} "

@@ -102,6 +102,9 @@ class AssayConfig:
     sequential: float | None = option(None, help=(
         "Sequential probes at this confidence, e.g. 0.95 (SPEC S4b): units are lesioned on a growing share of the "
         "probe set until their layer's bottom-k set is settled; default: exact, every unit on every probe."))
+    rank_precision: float = option(0.01, help=(
+        "With `sequential`: units also go on until each layer's Spearman ρ of every utility is within this of the "
+        "exact run's, at the same confidence (SPEC S4b); 2 settles the bottom-k sets only."))
 
     def __post_init__(self) -> None:  # noqa: C901 — one flat check per field, in the order of the fields
         self.utilities, self.metrics = names(self.utilities, "utilities"), names(self.metrics, "metrics")
@@ -149,6 +152,10 @@ class AssayConfig:
                                             or not 0 < self.sequential <= 1):
             raise BadInputError(f"`sequential` {self.sequential!r}: must be a confidence in (0, 1], e.g. 0.95",
                                 field="sequential")
+        if (isinstance(self.rank_precision, bool) or not isinstance(self.rank_precision, int | float)
+                or not 0 < self.rank_precision <= 2):
+            raise BadInputError(f"`rank_precision` {self.rank_precision!r}: must be in (0, 2], e.g. 0.01 (2: the "
+                                "bottom-k sets only)", field="rank_precision")
         self._check_greedy()
 
     def _check_greedy(self) -> None:

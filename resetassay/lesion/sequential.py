@@ -12,8 +12,9 @@ with the finite-population correction (0 at the full set). A unit gets the next 
 layer's Bonferroni-corrected level settle it *out* of its layer's bottom-k set (k = k_at(n, q), SPEC S5) in every
 metric (`settled`): open units go on, and so do units settled *in*, so that every unit of the set ends measured on
 the whole probe set (heavy-tailed shocks make a unit look cheaper than it is, never dearer, on few examples).
-Any engine measures a round's blocks in one pass (`unit_shocks_of` on a sub-request whose probe examples are
-grouped by block, `LesionRequest.groups`).
+Given the layer's utility scores and a `rank_precision`, units also go on while the layer's Spearman ρ of some
+utility could still move by more than that (`rank_precision.rank_open`). Any engine measures a round's blocks in
+one pass (`unit_shocks_of` on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks_of
 from resetassay.lesion.engine import LesionRequest
+from resetassay.lesion.rank_precision import rank_open
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.shapes import LayerName, Shocks
 from resetassay.stats.summary import k_at
@@ -83,10 +85,13 @@ def _quantile(level: float, dof: torch.Tensor) -> torch.Tensor:
 
 
 def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, seed: int = 0,
-                           blocks: int = BLOCKS) -> SequentialShocks:
+                           blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None,
+                           rank_precision: float | None = None) -> SequentialShocks:
     """Unit shocks of `request` (SPEC S4) by sequential probes (SPEC S4b) at `confidence` for each layer's
-    bottom-k set, k = k_at(n, q) of its lesioned units (S5). A unit that reaches the full probe set is exact (to
-    float rounding of its block sums); `confidence` 1 takes every unit there. Any engine measures the blocks.
+    bottom-k set, k = k_at(n, q) of its lesioned units (S5), and, given each layer's utility scores
+    `utilities[layer]` `(U, n lesioned units)` and `rank_precision`, for its Spearman ρ of each utility to within
+    ±rank_precision. A unit that reaches the full probe set is exact (to float rounding of its block sums);
+    `confidence` 1 takes every unit there. Any engine measures the blocks.
 
     Raises:
         BadInputError: `confidence` outside (0, 1].
@@ -103,7 +108,7 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
         return unit_shocks_of(sub)
 
     out = sequential_shocks(measure, {name: len(u) for name, u in chosen.items()}, len(r.probe_x), r.metrics,
-                            confidence, q, seed, blocks)
+                            confidence, q, seed, blocks, utilities, rank_precision)
     if r.advance:
         r.advance(sum(len(u) for u in chosen.values()))
     return out
@@ -113,37 +118,38 @@ Measure = Callable[[torch.Tensor, torch.Tensor, dict[LayerName, torch.Tensor]], 
 
 
 def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: int, metrics: list[str],
-                      confidence: float, q: float, seed: int = 0, blocks: int = BLOCKS) -> SequentialShocks:
+                      confidence: float, q: float, seed: int = 0, blocks: int = BLOCKS,
+                      utilities: dict[LayerName, torch.Tensor] | None = None,
+                      rank_precision: float | None = None) -> SequentialShocks:
     """The stopping rule of SPEC S4b over any measurement: `measure(idx, groups, which)` gives, per metric and
     layer, the mean shock `(len(which[layer]), G)` over each group of the probe examples `idx` (`groups`, one per
     example, 0..G-1: a round's blocks, measured in one pass) of the units at positions `which[layer]` of each open
     layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues until it is `settled` out of
     its layer's bottom-k set (k = k_at(n, q)) in every metric at the layer's Bonferroni level
     1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom;
-    units settled in go on to the full probe set."""
+    units settled in go on to the full probe set. With `utilities[layer]` `(U, n)` and `rank_precision`, units also
+    go on while `rank_open` (at `confidence`) says a layer's ρ of some utility is not yet
+    within ±rank_precision."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
-    state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))))
+    state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))),
+                    utilities if rank_precision is not None else None, rank_precision, confidence)
     ends = schedule(len(state.parts))
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
-    start = 0
     for end in ends:
-        which = {name: a.nonzero().flatten() for name, a in active.items() if bool(a.any())}
-        if not which:
+        open_layers = [name for name, a in active.items() if bool(a.any())]
+        if not open_layers:
             break
-        state.run(which, start, end)
-        start = end
-        for name in which:
+        state.extend(active, end)
+        for name in open_layers:
             level = 1 - (1 - confidence) / (n_units[name] * len(ends))
             active[name] = state.going_on(name, level)
     # The set is read from the final shocks: a unit that stopped early and whose estimate now falls among its
-    # layer's k lowest (others' estimates moved as they went on) is measured on the rest of the probe set.
-    while short := {name: s for name in n_units if bool((s := state.in_sets(name)).any())}:
-        for d in sorted({int(v) for name, s in short.items() for v in state.done[name][s]}):
-            which = {name: w for name, s in short.items()
-                     if len(w := (s & (state.done[name] == d)).nonzero().flatten())}
-            state.run(which, d, len(state.parts))
+    # layer's k lowest (others' estimates moved as they went on), or that the ranks now need, is measured on the
+    # rest of the probe set.
+    while short := {name: s for name in n_units if bool((s := state.in_sets(name) | state.rank_open(name)).any())}:
+        state.extend(short, len(state.parts))
     return state.result()
 
 
@@ -157,6 +163,9 @@ class _Rounds:
     metrics: list[str]
     q: float
     parts: list[torch.Tensor]
+    utilities: dict[LayerName, torch.Tensor] | None = None
+    rank_precision: float | None = None
+    confidence: float = 1.0
 
     def __post_init__(self) -> None:
         self.sizes = torch.tensor([len(p) for p in self.parts], dtype=torch.float64)
@@ -174,6 +183,15 @@ class _Rounds:
                 self.means[m][name][which[name], start:end] = values.double().cpu()
         for name, w in which.items():
             self.done[name][w] = end
+
+    def extend(self, going: dict[LayerName, torch.Tensor], end: int) -> None:
+        """The units `going[layer]` (a mask) measured up to block `end` from wherever each has got to (a unit that
+        stopped in an earlier round and is wanted again catches up): one pass per starting block."""
+        for d in sorted({int(v) for name, g in going.items() for v in self.done[name][g]}):
+            which = {name: w for name, g in going.items()
+                     if len(w := (g & (self.done[name] == d)).nonzero().flatten())}
+            if d < end:
+                self.run(which, d, end)
 
     def estimates(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Each unit's shock and standard error per metric so far (`_estimates`)."""
@@ -196,7 +214,19 @@ class _Rounds:
         going = self.in_sets(name, mean)
         for m in self.metrics:
             going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
-        return going & (self.done[name] < len(self.parts))
+        return (going | self.rank_open(name, (mean, err))) & (self.done[name] < len(self.parts))
+
+    def rank_open(self, name: str, estimates: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+                  ) -> torch.Tensor:
+        """Units whose ranks the layer's ρ of some utility still needs, in some metric (`rank_open`); none without
+        utilities."""
+        if self.utilities is None or self.rank_precision is None or name not in self.utilities:
+            return torch.zeros(self.n_units[name], dtype=torch.bool)
+        mean, err = self.estimates(name) if estimates is None else estimates
+        going = torch.zeros(self.n_units[name], dtype=torch.bool)
+        for m in self.metrics:
+            going |= rank_open(mean[m], err[m], self.utilities[name], self.rank_precision, self.confidence)
+        return going
 
     def result(self) -> SequentialShocks:
         """The shocks, their SEs, the probe examples each unit saw and the forwards in all."""

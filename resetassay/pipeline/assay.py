@@ -549,19 +549,23 @@ def calibrate(p: Prepared, progress: Progress | None = None) -> Calibration:
     return Calibration(refs, scores, na | {(CBP_RESET, layer): why for layer, why in p.unresettable.items()})
 
 
-def lesion_chunk(p: Prepared, refs: Refs, chunk: LesionChunk, advance: Callable[[int], None] | None = None,
-                 ) -> dict[str, torch.Tensor]:
+def lesion_chunk(p: Prepared, cal: Calibration, chunk: LesionChunk,
+                 advance: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """Shock `(len(chunk.units),)` of each unit of one work item alone, per metric (SPEC S4); with cbp-reset, the
-    reset's, and the clamp's under `clamp_<metric>`."""
+    reset's, and the clamp's under `clamp_<metric>`; sequential (S4b), the SE and probes used beside each shock,
+    the ranks of the utility scores `cal.scores` settled to `rank_precision`."""
     layer = next(layer for layer in p.layers if layer.name == chunk.layer)
     config = p.config
-    request = lesion_request(p.model, [layer], refs, p.probe_x, p.probe_y, p.base, config,
+    request = lesion_request(p.model, [layer], cal.refs, p.probe_x, p.probe_y, p.base, config,
                              units={layer.name: chunk.units}, advance=advance)
     with p.clock("lesions"), precision(config, p.base.device):
         if config.sequential is None:
             shocks = {m: per_layer[layer.name] for m, per_layer in unit_shocks_of(request).items()}
-        else:  # sequential probes (SPEC S4b): the SE and probes used beside each shock
-            seq = sequential_unit_shocks(request, config.sequential, config.q, config.seed)
+        else:
+            scores = [s[layer.name][chunk.units] for s in cal.scores.values() if layer.name in s]
+            seq = sequential_unit_shocks(request, config.sequential, config.q, config.seed,
+                                         utilities={layer.name: torch.stack(scores).double().cpu()} if scores else None,
+                                         rank_precision=config.rank_precision)
             shocks = {m: per_layer[layer.name] for m, per_layer in seq.shocks.items()}
             shocks |= {se_column(m): per_layer[layer.name] for m, per_layer in seq.se.items()}
             shocks[PROBES_COLUMN] = seq.probes[layer.name].double()
@@ -685,7 +689,7 @@ def _assay(model: nn.Module, calib: object, probe: object, config: AssayConfig, 
     chunks = p.chunks()
     lesions = sum(len(c.units) for c in chunks) * (2 if config.intervention == CBP_RESET else 1)  # reset, clamp
     advance = progress_counter(progress, f"lesions {name}", lesions)
-    return finish(p, cal, [lesion_chunk(p, cal.refs, chunk, advance) for chunk in chunks])
+    return finish(p, cal, [lesion_chunk(p, cal, chunk, advance) for chunk in chunks])
 
 
 def progress_counter(progress: Progress | None, task: str, total: int) -> Callable[[int], None] | None:

@@ -314,7 +314,7 @@ def _lesions(inputs: CheckpointInputs, store: RunParts, key: str, chunks: list[i
     lesions = sum(len(every[i].units) for i in chunks) * (2 if p.config.intervention == CBP_RESET else 1)
     advance = progress_counter(progress, f"lesions {p.name}", lesions)  # a reset run measures the clamp too
     for i in chunks:
-        shocks = lesion_chunk(p, cal.refs, every[i], advance)
+        shocks = lesion_chunk(p, cal, every[i], advance)
         store.save_item(key, f"lesions-{i}", {f"shock/{m}": s for m, s in shocks.items()}, {})
     return p
 

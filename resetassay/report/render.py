@@ -149,13 +149,16 @@ def _sequential_note(info: dict, tables: Tables, q: float) -> list[Block]:
     confidence = info.get("config", {}).get("sequential")
     if confidence is None:
         return []
+    precision = info.get("config", {}).get("rank_precision", 2)
+    ranks = (f" and its Spearman ρ of each utility was within {precision:g} of the exact run's (about that "
+             "confidence; per layer, not pooled)" if precision < 2 else "")
     note = Block("text", (
         f"**Sequential probes** (`resetassay run --sequential {confidence:g}`, SPEC S4b): each unit was lesioned on "
         "a growing seeded share of the probe set until its layer's oracle bottom-k set was settled at confidence "
-        f"{confidence:g}; units.csv gives each unit's probes used and the standard error of its shock. Units that "
-        "stopped early have estimated shocks, so Spearman ρ and Shock@q carry that sampling error: the intervals "
-        f"below redraw those shocks from their standard errors ({LEVEL:.0%}, {DRAWS} draws; they leave out the "
-        "sampling of units and checkpoints, which the verdict's intervals hold)."))
+        f"{confidence:g}{ranks}; units.csv gives each unit's probes used and the standard error of its shock. "
+        "Units that stopped early have estimated shocks, so Spearman ρ and Shock@q carry that sampling error: the "
+        f"intervals below redraw those shocks from their standard errors ({LEVEL:.0%}, {DRAWS} draws; they leave "
+        "out the sampling of units and checkpoints, which the verdict's intervals hold)."))
     intervals = probe_sampling_intervals(tables["units"], tables["summary"], q)
     if intervals.empty:
         return [note]

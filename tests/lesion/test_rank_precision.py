@@ -1,0 +1,129 @@
+"""Ranks to a stated precision (resetassay/lesion/rank_precision.py, SPEC S4b): the model of ρ's error against
+simulated estimates, and the rule's guarantee by simulation, alone and inside the sequential rounds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+import resetassay as ra
+from resetassay.errors import BadInputError
+from resetassay.lesion.rank_precision import rank_open, rho_error
+from resetassay.lesion.sequential import sequential_shocks
+
+
+def rho(u: torch.Tensor, s: torch.Tensor) -> float:
+    return float(spearmanr(u.numpy(), s.numpy()).statistic)
+
+
+def _layer(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True shocks, their SEs (some 0: exact units) and a utility correlated with the shocks."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.rand(n, generator=g, dtype=torch.float64) * 2 + 1
+    se = torch.rand(n, generator=g, dtype=torch.float64) * 0.15
+    se[torch.rand(n, generator=g) < 0.2] = 0
+    utility = truth + torch.randn(n, generator=g, dtype=torch.float64) * 0.5
+    return truth, se, utility
+
+
+def test_rho_error_bounds_the_error_of_estimates():
+    """The bound read from redraws around one set of estimates is near the 95% quantile of |ρ(estimates) -
+    ρ(truth)| over many sets of estimates (within 30%), and its own ρ is Spearman's (ties averaged)."""
+    truth, se, utility = _layer(80, 0)
+    g = torch.Generator().manual_seed(1)
+    errors = torch.tensor([abs(rho(utility, truth + se * torch.randn(80, generator=g, dtype=torch.float64))
+                               - rho(utility, truth)) for _ in range(400)])
+    estimate = truth + se * torch.randn(80, generator=g, dtype=torch.float64)
+    bound = float(rho_error(estimate, se, utility.unsqueeze(0), 0.95)[0])
+    assert bound == pytest.approx(float(torch.quantile(errors, 0.95)), rel=0.3)
+    tied = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    assert float(rho_error(tied, torch.zeros(5), tied.flip(0).unsqueeze(0), 0.95)[0]) == 0  # exact: no error
+
+
+@pytest.mark.parametrize("precision", [0.02, 0.005])
+def test_units_left_out_keep_rho_within_precision(precision):
+    """Units `rank_open` leaves out keep their estimates, those it names become exact: ρ is within `precision` of
+    the exact ρ in about 95% of layers (at least 92% of 200: the bound is a bootstrap's, 2 binomial SEs below),
+    where the estimates alone are within it in at most 85%, and the tighter the precision, the more units go on."""
+    hits, alone, going = 0, 0, []
+    for rep in range(200):
+        truth, se, utility = _layer(60, rep)
+        estimate = truth + se * torch.randn(60, generator=torch.Generator().manual_seed(10_000 + rep),
+                                            dtype=torch.float64)
+        more = rank_open(estimate, se, utility.unsqueeze(0), precision, 0.95)
+        assert not bool(more[se == 0].any())  # exact units never go on
+        after = torch.where(more, truth, estimate)
+        hits += abs(rho(utility, after) - rho(utility, truth)) <= precision
+        alone += abs(rho(utility, estimate) - rho(utility, truth)) <= precision
+        going.append(int(more.sum()))
+    assert hits / 200 >= 0.92 and alone / 200 <= 0.85
+    assert 0 < sum(going) < 200 * 60 * (0.1 if precision > 0.01 else 0.6)
+
+
+def test_rank_open_edges():
+    truth, se, utility = _layer(30, 3)
+    assert rank_open(truth, se, utility.unsqueeze(0), 0.01, 1.0).equal(se > 0)  # confidence 1: all open
+    assert not rank_open(truth, torch.zeros(30), utility.unsqueeze(0), 1e-9, 0.95).any()  # all exact
+    nan = torch.full((1, 30), math.nan, dtype=torch.float64)
+    assert not rank_open(truth, se, nan, 1e-9, 0.95).any()  # a utility that does not apply sets nothing
+    assert rank_open(truth, se, utility.unsqueeze(0), 1e-9, 0.95).sum() > rank_open(
+        truth, se, utility.unsqueeze(0), 0.05, 0.95).sum()
+
+
+def test_sequential_rounds_hold_rho_within_precision(one_thread):
+    """Whole sequential runs on units of known per-example shocks: ρ of the final shocks is within the precision of
+    the full probe set's in about 90% of the layers (the confidence; at least 80% of 30, 2 binomial SEs below),
+    where the bottom-k rule alone manages at most 60%, each unit's shock is the mean over the probe examples it
+    saw (a unit wanted again after it stopped catches up on the blocks it missed), and forwards stay below exact."""
+    n, n_probe, confidence, precision, reps = 48, 512, 0.9, 0.02, 30
+    hits, alone, forwards = 0, 0, 0
+    for rep in range(reps):
+        g = torch.Generator().manual_seed(rep)
+        true_means = torch.rand(n, generator=g, dtype=torch.float64) + 1
+        utility = true_means + torch.randn(n, generator=g, dtype=torch.float64) * 0.3
+        gamma = torch.distributions.Gamma(torch.tensor(4.0), torch.tensor(4.0))
+        torch.manual_seed(rep)
+        x = true_means.unsqueeze(1) * gamma.sample((n, n_probe)).double()
+
+        def measure(idx, groups, which, x=x):
+            per_example = x[:, idx][which["a"]]
+            sums = per_example.new_zeros(len(per_example), int(groups.max()) + 1).index_add_(1, groups, per_example)
+            return {"l1": {"a": sums / torch.bincount(groups)}}
+
+        for ranks in (True, False):
+            out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], confidence, 0.05, seed=rep,
+                                    utilities={"a": utility.unsqueeze(0)}, rank_precision=precision if ranks else None)
+            order = torch.randperm(n_probe, generator=torch.Generator().manual_seed(rep))
+            seen = torch.stack([x[i, order[:p]].mean() for i, p in enumerate(out.probes["a"].tolist())])
+            torch.testing.assert_close(out.shocks["l1"]["a"], seen, rtol=1e-12, atol=1e-12)
+            within = abs(rho(utility, out.shocks["l1"]["a"]) - rho(utility, x.mean(1))) <= precision
+            if ranks:
+                hits, forwards = hits + within, forwards + out.forwards
+            else:
+                alone += within
+    assert hits / reps >= 0.8 and alone / reps <= 0.6
+    assert forwards < reps * n * n_probe
+
+
+def test_a_run_spends_more_probes_for_finer_ranks_and_checks_the_precision(tmp_path):
+    """Through `run_assay`: the utilities' ranks ask for more probe examples at a finer precision (2: the bottom-k
+    sets alone), the per-layer ρ of a fine run is within its precision of the exact run's in most layers, and a
+    precision outside (0, 2] is refused naming the option."""
+    from helpers.paths import FIXTURES
+
+    def run(**more):
+        return ra.run_assay([FIXTURES / "relu_mlp" / "task2"], utilities=["activation", "gxd"], metrics=["l1"],
+                            probe_size=256, calib_size=64, joint=False, progress=False, **more).units
+
+    exact, loose, fine = run(), run(sequential=0.9, rank_precision=2), run(sequential=0.9, rank_precision=0.01)
+    assert loose["probes"].sum() < fine["probes"].sum() < 256 * len(fine)
+    within = [abs(rho(torch.tensor(g["gxd"].to_numpy()), torch.tensor(g["shock_l1"].to_numpy()))
+                  - rho(torch.tensor(e["gxd"].to_numpy()), torch.tensor(e["shock_l1"].to_numpy()))) <= 0.01
+              for (_, g), (_, e) in zip(fine.groupby("layer"), exact.groupby("layer"), strict=True)]
+    assert sum(within) >= len(within) - 1
+    for bad in (0, 2.5, float("nan"), True):
+        with pytest.raises(BadInputError, match="rank_precision"):
+            ra.AssayConfig(sequential=0.9, rank_precision=bad)
