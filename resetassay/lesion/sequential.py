@@ -12,8 +12,9 @@ with the finite-population correction (0 at the full set). A unit gets the next 
 layer's Bonferroni-corrected level settle it *out* of its layer's bottom-k set (k = k_at(n, q), SPEC S5) in every
 metric (`settled`): open units go on, and so do units settled *in*, so that every unit of the set ends measured on
 the whole probe set (heavy-tailed shocks make a unit look cheaper than it is, never dearer, on few examples).
-Given the layer's utility scores and a `rank_precision`, units also go on while the layer's Spearman ρ of some
-utility could still move by more than that (`rank_precision.rank_open`). Any engine measures a round's blocks in
+Given the layer's utility scores, the units a utility would reset go on to every example (its Shock@q is then exact),
+and given a `rank_precision`, units also go on while the layer's Spearman ρ of some utility could still move by more
+than that (`rank_precision.rank_open`). Any engine measures a round's blocks in
 one pass (`unit_shocks_of` on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
 """
 
@@ -88,9 +89,10 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
                            blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None,
                            rank_precision: float | None = None) -> SequentialShocks:
     """Unit shocks of `request` (SPEC S4) by sequential probes (SPEC S4b) at `confidence` for each layer's
-    bottom-k set, k = k_at(n, q) of its lesioned units (S5), and, given each layer's utility scores
-    `utilities[layer]` `(U, n lesioned units)` and `rank_precision`, for its Spearman ρ of each utility to within
-    ±rank_precision. A unit that reaches the full probe set is exact (to float rounding of its block sums);
+    bottom-k set, k = k_at(n, q) of its lesioned units (S5); given each layer's utility scores `utilities[layer]`
+    `(U, n lesioned units)`, with the units each utility would reset exact, and with `rank_precision` too, its
+    Spearman ρ of each utility to within ±rank_precision.
+    A unit that reaches the full probe set is exact (to float rounding of its block sums);
     `confidence` 1 takes every unit there. Any engine measures the blocks.
 
     Raises:
@@ -127,14 +129,14 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
     layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues until it is `settled` out of
     its layer's bottom-k set (k = k_at(n, q)) in every metric at the layer's Bonferroni level
     1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom;
-    units settled in go on to the full probe set. With `utilities[layer]` `(U, n)` and `rank_precision`, units also
-    go on while `rank_open` (at `confidence`) says a layer's ρ of some utility is not yet
-    within ±rank_precision."""
+    units settled in go on to the full probe set. With the layers' utility scores `utilities[layer]` `(U, n)`, the
+    units each utility would reset (its k lowest) go on to the full probe set too, and with `rank_precision`, units
+    also go on while `rank_open` (at `confidence`) says a layer's ρ of some utility is not yet within it."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
     state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))),
-                    utilities if rank_precision is not None else None, rank_precision, confidence)
+                    utilities, rank_precision, confidence)
     ends = schedule(len(state.parts))
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
     for end in ends:
@@ -148,7 +150,8 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
     # The set is read from the final shocks: a unit that stopped early and whose estimate now falls among its
     # layer's k lowest (others' estimates moved as they went on), or that the ranks now need, is measured on the
     # rest of the probe set.
-    while short := {name: s for name in n_units if bool((s := state.in_sets(name) | state.rank_open(name)).any())}:
+    while short := {name: s for name in n_units
+                    if bool((s := state.in_sets(name) | state.selected(name) | state.rank_open(name)).any())}:
         state.extend(short, len(state.parts))
     return state.result()
 
@@ -211,10 +214,19 @@ class _Rounds:
         or now among the layer's k lowest, and not yet on every block."""
         mean, err = self.estimates(name)
         half_width = _quantile(level, self.done[name] - 1)
-        going = self.in_sets(name, mean)
+        going = self.in_sets(name, mean) | self.selected(name)
         for m in self.metrics:
             going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
         return (going | self.rank_open(name, (mean, err))) & (self.done[name] < len(self.parts))
+
+    def selected(self, name: str) -> torch.Tensor:
+        """Units some utility would reset (its k lowest scores in the layer, ties by position: S5's selection),
+        not yet on every block: their shocks make its Shock@q, so they go on to every probe example."""
+        chosen = torch.zeros(self.n_units[name], dtype=torch.bool)
+        for row in (self.utilities or {}).get(name, []):
+            if not bool(torch.isnan(row).any()):
+                chosen[torch.argsort(row, stable=True)[:k_at(self.n_units[name], self.q)]] = True
+        return chosen & (self.done[name] < len(self.parts))
 
     def rank_open(self, name: str, estimates: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
                   ) -> torch.Tensor:

@@ -13,6 +13,7 @@ import resetassay as ra
 from resetassay.errors import BadInputError
 from resetassay.lesion.rank_precision import rank_open, rho_error
 from resetassay.lesion.sequential import sequential_shocks
+from resetassay.stats.summary import k_at
 
 
 def rho(u: torch.Tensor, s: torch.Tensor) -> float:
@@ -95,7 +96,8 @@ def test_sequential_rounds_hold_rho_within_precision(one_thread):
 
         for ranks in (True, False):
             out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], confidence, 0.05, seed=rep,
-                                    utilities={"a": utility.unsqueeze(0)}, rank_precision=precision if ranks else None)
+                                    utilities={"a": utility.unsqueeze(0)} if ranks else None,
+                                    rank_precision=precision if ranks else None)
             order = torch.randperm(n_probe, generator=torch.Generator().manual_seed(rep))
             seen = torch.stack([x[i, order[:p]].mean() for i, p in enumerate(out.probes["a"].tolist())])
             torch.testing.assert_close(out.shocks["l1"]["a"], seen, rtol=1e-12, atol=1e-12)
@@ -110,7 +112,8 @@ def test_sequential_rounds_hold_rho_within_precision(one_thread):
 
 def test_a_run_spends_more_probes_for_finer_ranks_and_checks_the_precision(tmp_path):
     """Through `run_assay`: the utilities' ranks ask for more probe examples at a finer precision (2: the bottom-k
-    sets alone), the per-layer ρ of a fine run is within its precision of the exact run's in most layers, and a
+    sets alone), the units each utility resets saw every probe example (its Shock@q is exact), the per-layer ρ
+    of a fine run is within its precision of the exact run's in most layers, and a
     precision outside (0, 2] is refused naming the option."""
     from helpers.paths import FIXTURES
 
@@ -120,6 +123,11 @@ def test_a_run_spends_more_probes_for_finer_ranks_and_checks_the_precision(tmp_p
 
     exact, loose, fine = run(), run(sequential=0.9, rank_precision=2), run(sequential=0.9, rank_precision=0.01)
     assert loose["probes"].sum() < fine["probes"].sum() < 256 * len(fine)
+    for units in (loose, fine):
+        for utility in ("activation", "gxd"):
+            picked = [g.nsmallest(k_at(len(g), 0.05), utility, keep="first") for _, g in units.groupby("layer")]
+            assert all((p["probes"] == 256).all() for p in picked)
+            assert any((g["probes"] < 256).any() for _, g in units.groupby("layer"))
     within = [abs(rho(torch.tensor(g["gxd"].to_numpy()), torch.tensor(g["shock_l1"].to_numpy()))
                   - rho(torch.tensor(e["gxd"].to_numpy()), torch.tensor(e["shock_l1"].to_numpy()))) <= 0.01
               for (_, g), (_, e) in zip(fine.groupby("layer"), exact.groupby("layer"), strict=True)]
