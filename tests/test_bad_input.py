@@ -302,15 +302,18 @@ def test_read_only_out_is_one_line(tmp_path):
 def test_a_full_disk_names_the_file_and_keeps_the_finished_parts(tmp_path, monkeypatch, no_render):
     """The second part's write fails with ENOSPC: one line naming it, exit 2, the first part kept."""
     import errno
+    import os
+    import re
 
     import resetassay.io.rundir as rundir
 
     real, calls = rundir.os.fsync, {"n": 0}
 
     def fsync(fd):
-        calls["n"] += 1
-        if calls["n"] == 3:  # config.json, part 1, then part 2
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if re.match(r"\.[0-9a-f]{64}\.json\.", Path(os.readlink(f"/proc/self/fd/{fd}")).name):  # a part's temporary
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
     monkeypatch.setattr(rundir.os, "fsync", fsync)

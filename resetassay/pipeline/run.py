@@ -3,7 +3,9 @@
 `run_assay` assays every checkpoint under its paths with `assay.assay_checkpoint`. With `out` the
 run is resumable: each checkpoint's tables are saved into OUT/parts as it finishes (`rundir.RunParts`)
 under a key made of the run's identity (`run_identity`: what decides the numbers) and the
-checkpoint's files, so a rerun skips finished checkpoints and never mixes two configs. Under torchrun
+checkpoint's files, so a rerun skips finished checkpoints and never mixes two configs; the checkpoint
+in progress keeps its calibration and lesion chunks as work items (`shard.assay_with_items`), so a
+rerun resumes it from them. Under torchrun
 (a process group of two or more ranks) the ranks share the work item by item (shard.py).
 """
 
@@ -42,7 +44,7 @@ from resetassay.pipeline.assay import (
     resolve_device,
     versions,
 )
-from resetassay.pipeline.shard import World, assay_sharded, current_world
+from resetassay.pipeline.shard import World, assay_sharded, assay_with_items, current_world
 from resetassay.progress import Progress, rich_progress
 
 __all__ = ["run_assay", "CheckpointFailure", "DataReplaced", "run_identity", "source_digest"]
@@ -324,7 +326,11 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
             ckpt, spec = opener.load(path, name)
             sha256[name] = ckpt.sha256  # the bytes actually assayed, which a replaced file may not be
             loaded = round(time.perf_counter() - start, 4)
-            result = assay_checkpoint(ckpt, config, spec, report)
+            if store is None:
+                result = assay_checkpoint(ckpt, config, spec, report)
+            else:  # its calibration and lesion chunks kept as they finish: a stopped run resumes mid-checkpoint
+                key = store.key(name, path, sha256[name])
+                result = assay_with_items(checkpoint_inputs(ckpt, config, spec), store, key, report)
             timings[name] = {"load": loaded, **result.timings.get(name, {})}
         except (BadInputError, FloatingPointError) as err:
             if isinstance(err, BadInputError) and err.field:
@@ -334,8 +340,9 @@ def _assay_each(found: list[tuple[Path, str]], parts: dict[str, Tables], keys: d
             fail(str(err))
         else:
             if store:
-                keys[name] = store.key(name, path, sha256[name])
-                parts[name] = store.save(keys[name], result.tables())
+                keys[name] = key
+                parts[name] = store.save(key, result.tables())
+                store.drop_items(key)
             else:
                 parts[name] = result.tables()
             finished += 1  # a failed checkpoint is not counted done: progress never reads 100% over a failure

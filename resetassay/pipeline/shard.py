@@ -37,6 +37,7 @@ from resetassay.errors import BadInputError
 from resetassay.io.rundir import RunParts, Tables
 from resetassay.names import CBP_RESET
 from resetassay.pipeline.assay import (
+    AssayResult,
     Calibration,
     CheckpointInputs,
     LesionChunk,
@@ -296,33 +297,54 @@ def _intact_items(store: RunParts, key: str) -> bool:
 def _calibrate(inputs: CheckpointInputs, store: RunParts, key: str, progress: Progress | None) -> Prepared:
     """Phase 1 for one checkpoint: its calibration item, with its chunks' estimated costs."""
     p = inputs.prepare()
+    _save_calibration(p, store, key, progress)
+    return p
+
+
+def _save_calibration(p: Prepared, store: RunParts, key: str, progress: Progress | None) -> Calibration:
+    """Calibrate `p` and write its calibration item, with its chunks' estimated costs (for the lesion phase)."""
     cal = calibrate(p, progress)
     flops = downstream_flops(p.model, p.layers, p.probe_x.to(p.base.device))
     meta = {"utilities": list(cal.scores), "not_applicable": [[u, layer, why] for (u, layer), why
                                                                in cal.not_applicable.items()],
             "chunk_costs": [len(c.units) * flops[c.layer] for c in p.chunks()]}
     store.save_item(key, CALIBRATION, _calibration_tensors(cal), meta)
-    return p
+    return cal
 
 
 def _lesions(inputs: CheckpointInputs, store: RunParts, key: str, chunks: list[int],
              progress: Progress | None) -> Prepared:
     """Phase 2 for one checkpoint: the lesion items `chunks` (indices into `Prepared.chunks`)."""
     p = inputs.prepare()
-    cal = _load_calibration(store, key, p)
+    _save_lesions(p, _load_calibration(store, key, p), store, key, chunks, progress)
+    return p
+
+
+def _save_lesions(p: Prepared, cal: Calibration, store: RunParts, key: str, chunks: list[int],
+                  progress: Progress | None, done: int = 0) -> None:
+    """Lesion the chunks `chunks` of `p` and write each as its item as it finishes; `done`: lesions finished
+    earlier, counted into the progress."""
     every: list[LesionChunk] = p.chunks()
-    lesions = sum(len(every[i].units) for i in chunks) * (2 if p.config.intervention == CBP_RESET else 1)
-    advance = progress_counter(progress, f"lesions {p.name}", lesions)  # a reset run measures the clamp too
+    per_unit = 2 if p.config.intervention == CBP_RESET else 1  # a reset run measures the clamp too
+    advance = progress_counter(progress, f"lesions {p.name}",
+                               done + sum(len(every[i].units) for i in chunks) * per_unit)
+    if advance and done:
+        advance(done)
     for i in chunks:
         shocks = lesion_chunk(p, cal, every[i], advance)
         store.save_item(key, f"lesions-{i}", {f"shock/{m}": s for m, s in shocks.items()}, {})
-    return p
 
 
 def _merge(inputs: CheckpointInputs, store: RunParts, key: str, parts: dict[str, Tables]) -> Prepared:
     """Phase 3 for one checkpoint: its tables from its items, its finished part, its items removed."""
     p = inputs.prepare()
-    cal = _load_calibration(store, key, p)
+    parts[p.name] = store.save(key, _merged(inputs, p, _load_calibration(store, key, p), store, key).tables())
+    store.drop_items(key)
+    return p
+
+
+def _merged(inputs: CheckpointInputs, p: Prepared, cal: Calibration, store: RunParts, key: str) -> AssayResult:
+    """The checkpoint's result from its calibration and its lesion items."""
     shocks = []
     for i in range(len(p.chunks())):
         item = store.load_item(key, f"lesions-{i}")
@@ -332,6 +354,20 @@ def _merge(inputs: CheckpointInputs, store: RunParts, key: str, parts: dict[str,
     result = finish(p, cal, shocks)
     result.checkpoints = inputs.row(result.checkpoints)
     warn_if_at_chance(result, inputs.ckpt.info.step)
-    parts[p.name] = store.save(key, result.tables())
-    store.drop_items(key)
-    return p
+    return result
+
+
+def assay_with_items(inputs: CheckpointInputs, store: RunParts, key: str, progress: Progress | None
+                     ) -> AssayResult:
+    """One checkpoint in this process, as `assay_checkpoint` assays it, with its calibration and each lesion chunk
+    written as a work item of `store` as it finishes: a run stopped mid-checkpoint resumes from its items (those
+    an earlier launch left are checked as a torchrun launch checks them, `_intact_items`). The caller saves the
+    checkpoint's part and drops its items."""
+    p = inputs.prepare()
+    cal = (_load_calibration(store, key, p) if _intact_items(store, key)
+           else _save_calibration(p, store, key, progress))
+    every = p.chunks()
+    todo = [i for i in range(len(every)) if not store.has_item(key, f"lesions-{i}")]
+    done = sum(len(every[i].units) for i in range(len(every)) if i not in todo)
+    _save_lesions(p, cal, store, key, todo, progress, done * (2 if p.config.intervention == CBP_RESET else 1))
+    return _merged(inputs, p, cal, store, key)

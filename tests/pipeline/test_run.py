@@ -47,7 +47,8 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
 
 
 def _parts(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / PARTS).iterdir() if p.name != IDENTITY)
+    """Checkpoint parts (not the identity, nor the work-item folder of a checkpoint in flight)."""
+    return sorted(p for p in (run_dir / PARTS).iterdir() if p.name != IDENTITY and not p.is_dir())
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,13 @@ def assayed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         names.append(ckpt.info.name)
         return real(ckpt, *args, **kwargs)
 
+    def counting_items(inputs, *args, **kwargs):  # a run with `out`: the same, its work kept as items
+        names.append(inputs.ckpt.info.name)
+        return real_items(inputs, *args, **kwargs)
+
+    real_items = resetassay.pipeline.run.assay_with_items
     monkeypatch.setattr(resetassay.pipeline.run, "assay_checkpoint", counting)
+    monkeypatch.setattr(resetassay.pipeline.run, "assay_with_items", counting_items)
     return names
 
 

@@ -163,3 +163,32 @@ def test_torchrun_launches_the_command_line_and_rank_zero_writes_the_report(tmp_
     assert refused.returncode != 0
     assert [line for line in refused.stderr.splitlines() if line.startswith("error:")] == [
         "error: --layers no.such matched no unit layer; available: blocks.0.act, blocks.1.act"]  # once, by rank 0
+
+
+def test_a_single_process_run_stopped_mid_checkpoint_resumes_from_its_chunks(single, tmp_path, monkeypatch):
+    """Without torchrun too, each lesion chunk is kept as it finishes: a run stopped (Ctrl-C) after 4 chunks
+    lesions only the other 23 when rerun, and its tables equal an uninterrupted run's byte for byte."""
+    from resetassay.io.rundir import RunInterrupted
+
+    paths, alone = single
+    out = tmp_path / "run"
+    monkeypatch.setattr(resetassay.pipeline.assay, "LESION_CHUNK", CHUNK)
+    monkeypatch.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
+    real, calls = resetassay.pipeline.shard.lesion_chunk, []
+
+    def stopped(*args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resetassay.pipeline.shard, "lesion_chunk", stopped)
+    with pytest.raises(RunInterrupted, match="resume"):
+        run_assay(paths, out=out, **SMALL)
+    assert len([p for d in (out / PARTS).iterdir() if d.is_dir() for p in d.glob("lesions-*")]) == 4
+    calls.clear()
+    monkeypatch.setattr(resetassay.pipeline.shard, "lesion_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_assay(paths, out=out, **SMALL)
+    assert len(calls) == 3 * 3 * 3 - 4
+    assert _tables(out) == _tables(alone)
+    assert not [p for p in (out / PARTS).iterdir() if p.is_dir()]  # work items removed once merged
