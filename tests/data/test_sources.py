@@ -77,6 +77,8 @@ def test_non_positive_sizes_are_an_error(calib, probe):
 def test_builtin_names_still_give_the_same_spec_and_dict():
     spec = data_spec("permuted-digits-image", 2, 5)
     assert spec == DataSpec(layout="image", task=2, permutation_seed=5)
+    assert data_spec("permuted-digits") == DataSpec()  # task 0, flat, permuted: the defaults
+    assert not data_spec("digits").permuted and data_spec("grammar").permuted  # grammar's tasks are its own
     assert list(spec.to_dict()) == ["source", "layout", "task", "permutation_seed", "split_seed",
                                     "holdout_fraction", "data_dir"]
     x, y = task_arrays(DataSpec(), "holdout")
@@ -105,3 +107,15 @@ def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(t
     with pytest.raises(BadInputError, match=r"pip install 'resetassay\[datasets\]'") as caught:
         data_spec(str(folder))
     assert caught.value.field == "data" and "\n" not in str(caught.value)
+
+
+def test_a_probe_file_is_checked_against_its_own_recorded_digest(tmp_path):
+    """With `probe`, the data file and the probe file each carry their sha256: both read back as recorded, and a
+    probe file changed since names the probe file."""
+    x, y = _xy()
+    data, probe = _save(tmp_path / "d.npz", x, y), _save(tmp_path / "p.npz", x + 100, y)
+    spec = data_spec(str(data), probe=str(probe))
+    got = assay_data(spec, 5, 6)
+    assert (got.probe_x >= 100).all() and (got.calib_x < 100).all()
+    _save(probe, x + 200, y)
+    _one_line_error(lambda: assay_data(spec, 5, 6), str(probe), "sha256 differs")

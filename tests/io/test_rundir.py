@@ -115,3 +115,29 @@ def test_checkpoints_csv_writes_whole_steps_as_integers(run_dir):
 
     rows = list(csv.DictReader((run_dir / "checkpoints.csv").read_text().splitlines()))
     assert sorted({r["step"] for r in rows}) == ["2", "4"]
+
+
+def test_a_run_directory_reopens_and_lists_only_its_own_part_files(tmp_path):
+    """Opening an existing run directory again (a rerun) works and finds its parts; `finished` lists only files
+    named as parts (not a folder of work items, a user's file or a link), and closing twice is harmless."""
+    from resetassay.io.rundir import RunParts
+
+    identity = {"config": {"seed": 0}}
+    with RunParts(tmp_path / "run", identity) as first:
+        part = first.parts / f"{'a' * 64}.json"
+        part.write_text("{}")
+        (first.parts / ("b" * 64)).mkdir()  # a checkpoint's work items
+        (first.parts / "notes.json").write_text("{}")
+        (first.parts / f"{'c' * 64}.json").symlink_to(part)
+    first.close()
+    with RunParts(tmp_path / "run", identity) as again:
+        assert again.finished() == [part] and again.count() == 1
+
+
+def test_timings_that_are_not_a_table_of_checkpoints_read_as_none(tmp_path):
+    from resetassay.io.rundir import read_timings
+
+    (tmp_path / "timings.json").write_text('{"checkpoints": [1, 2]}')
+    assert read_timings(tmp_path) == {}
+    (tmp_path / "timings.json").write_text('{"checkpoints": {"c": {"lesions": 1.5}}}')
+    assert read_timings(tmp_path) == {"c": {"lesions": 1.5}}

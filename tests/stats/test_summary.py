@@ -21,6 +21,7 @@ from resetassay.stats.summary import (
     aggregate,
     checkpoint_stats,
     checkpoint_summary,
+    common_units,
     k_at,
     mean_and_se,
     q_values,
@@ -371,3 +372,19 @@ def test_shock_at_another_q_keeps_the_checkpoints_in_their_order():
                           "mature": True, "u": np.arange(20.0), "shock_l1": np.arange(20.0)})
     stored = _summary_rows([("z", "u", "l1", ALL, 0.0, 0.0, 0.0), ("a", "u", "l1", ALL, 0.0, 0.0, 0.0)])
     assert summary_at_q(units, stored, 0.2, base_q=0.05)["checkpoint"].unique().tolist() == ["z", "a"]
+
+
+def test_common_units_are_each_checkpoints_mature_units_of_its_common_layers():
+    """`common_units` (what the figures compare every utility on): per checkpoint, in their order, the mature units
+    of the layers where every utility of its summary rows applies; none when no unit is mature."""
+    first = _table().assign(checkpoint="z")  # v does not apply to layer b here
+    second = _table().assign(checkpoint="a", v=1.0)  # here it applies everywhere
+    units = pd.concat([first, second], ignore_index=True)
+    summary = pd.concat([checkpoint_summary(t, ["u", "v", "oracle"], ["l1"], q=0.25) for t in (first, second)])
+    kept = common_units(units, summary)
+    assert list(dict.fromkeys(kept["checkpoint"])) == ["z", "a"]
+    assert kept[kept["checkpoint"] == "z"]["layer"].unique().tolist() == ["a"]
+    assert kept[kept["checkpoint"] == "a"]["layer"].unique().tolist() == ["a", "b"]
+    assert kept["mature"].all() and len(kept) == 5 + 8
+    none = common_units(units.assign(mature=False), summary)
+    assert none.empty and list(none.columns) == list(units.columns)
