@@ -9,7 +9,15 @@ a markdown table beside it (FILE with .md).
 
 A plain state dict takes `--model` (a factory) and `--data` (e.g. the CIFAR-10 JPEG archive, with `--normalize`);
 `--work DIR` keeps each assay's run directory there (DIR/<checkpoint>/exact, .../sequential-<c>), so a killed
-benchmark resumes without redoing a finished assay. The ResNet-18 case of the performance guide:
+benchmark resumes: a finished exact run is read back from its tables, one in progress goes on from its finished
+lesion chunks. The paper MLP case of the performance guide (784-[256]x4-10
+SiLU, three permuted-MNIST tasks of 10,000 examples; MNIST_DIR holds its IDX files):
+
+    resetassay train --out runs/paper-mlp --model mlp --activation silu --data permuted-mnist \
+        --data-dir MNIST_DIR --tasks 3 --examples-per-task 10000 --checkpoint-at 3
+    python benchmarks/sequential_assay.py runs/paper-mlp/task3 --probe-size 2048 --json FILE
+
+and its ResNet-18 case:
 
     python examples/cifar10_resnet18.py ARCHIVE --epochs 2 --out runs/r18
     python benchmarks/sequential_assay.py runs/r18/resnet18.safetensors --model examples.resnet18:resnet18 \
@@ -24,12 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
 import resetassay as ra
+from resetassay.io.rundir import read_run, read_run_info, read_timings
 from resetassay.names import ALL, shock_column
 from resetassay.stats.summary import k_at
 
@@ -50,6 +61,17 @@ def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra
                             sequential=sequential, progress=args.work is not None)
 
 
+def _exact(path: Path, args: argparse.Namespace) -> ra.AssayResult | SimpleNamespace:
+    """The exact run: read back from `--work` when it finished there (by this or an earlier version of resetassay:
+    the exact engine's numbers), else assayed."""
+    done = args.work / path.stem / "exact" if args.work else None
+    if done is None or not (done / "units.csv").exists():
+        return _assay(path, None, args)
+    tables = read_run(done, ("units", "summary"))
+    return SimpleNamespace(units=tables["units"], summary=tables["summary"], timings=read_timings(done),
+                           config=SimpleNamespace(q=read_run_info(done)["config"]["q"]))
+
+
 def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
     return set(g.sort_values([column, "unit"], kind="stable")["unit"].head(k_at(len(g), q)))
 
@@ -63,8 +85,8 @@ def compare(exact: ra.AssayResult, seq: ra.AssayResult, q: float) -> dict:
     pooled = [t[t["scope"] == ALL].set_index(["utility", "metric"])[["spearman", "gap_ratio"]]
               for t in (exact.summary, seq.summary)]
     diff = (pooled[1] - pooled[0]).abs()
-    lesion = [sum(v for k, v in stages.items() if k.startswith("lesion")) for stages in
-              (next(iter(r.timings.values())) for r in (exact, seq))]
+    lesion = [sum(v for k, v in stages.items() if k.startswith("lesion")) if stages else math.nan for stages in
+              (next(iter(r.timings.values()), {}) for r in (exact, seq))]  # none for an assay read back from --work
     return {"forward_ratio": float(us["probes"].sum()) / (len(us) * n_probe), "probe_size": n_probe,
             "lesion_s_exact": lesion[0], "lesion_s": lesion[1], "oracle_sets_equal": sum(same) / len(same),
             "max_rho_diff": float(diff["spearman"].max()), "max_ratio_diff": float(diff["gap_ratio"].max())}
@@ -84,9 +106,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path in args.checkpoints:
-        exact = _assay(path, None, args)
+        exact = _exact(path, args)
         for c in args.confidence:
-            row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path(*path.parts[-2:])),
                    "units": len(exact.units), "confidence": c,
                    **compare(exact, _assay(path, c, args), exact.config.q)}
             rows.append(row)

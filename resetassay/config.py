@@ -103,8 +103,8 @@ class AssayConfig:
         "Sequential probes at this confidence, e.g. 0.95 (SPEC S4b): units are lesioned on a growing share of the "
         "probe set until their layer's bottom-k set is settled; default: exact, every unit on every probe."))
     rank_precision: float = option(0.01, help=(
-        "With `sequential`: units also go on until each layer's Spearman ρ of every utility is within this of the "
-        "exact run's, at the same confidence (SPEC S4b); 2 settles the bottom-k sets only."))
+        "With `sequential`: the units needed for each utility's pooled Spearman ρ to be within this of the exact "
+        "run's, at the same confidence, are measured on every probe example (SPEC S4b); 2: none."))
 
     def __post_init__(self) -> None:  # noqa: C901 — one flat check per field, in the order of the fields
         self.utilities, self.metrics = names(self.utilities, "utilities"), names(self.metrics, "metrics")

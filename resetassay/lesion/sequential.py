@@ -12,10 +12,10 @@ with the finite-population correction (0 at the full set). A unit gets the next 
 layer's Bonferroni-corrected level settle it *out* of its layer's bottom-k set (k = k_at(n, q), SPEC S5) in every
 metric (`settled`): open units go on, and so do units settled *in*, so that every unit of the set ends measured on
 the whole probe set (heavy-tailed shocks make a unit look cheaper than it is, never dearer, on few examples).
-Given the layer's utility scores, the units a utility would reset go on to every example (its Shock@q is then exact),
-and given a `rank_precision`, units also go on while the layer's Spearman ρ of some utility could still move by more
-than that (`rank_precision.rank_open`). Any engine measures a round's blocks in
-one pass (`unit_shocks_of` on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
+Given the layer's utility scores, the units a utility would reset go on to every example (its Shock@q is then
+exact; the pooled ranks are settled over the whole model afterwards, `rank_precision`). Any engine measures a round's
+blocks in one pass (`unit_shocks_of` on a sub-request whose probe examples are grouped by block,
+`LesionRequest.groups`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import torch
 from resetassay.errors import BadInputError
 from resetassay.lesion import unit_shocks_of
 from resetassay.lesion.engine import LesionRequest
-from resetassay.lesion.rank_precision import rank_open
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.shapes import LayerName, Shocks
 from resetassay.stats.summary import k_at
@@ -86,14 +85,13 @@ def _quantile(level: float, dof: torch.Tensor) -> torch.Tensor:
 
 
 def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, seed: int = 0,
-                           blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None,
-                           rank_precision: float | None = None) -> SequentialShocks:
+                           blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None
+                           ) -> SequentialShocks:
     """Unit shocks of `request` (SPEC S4) by sequential probes (SPEC S4b) at `confidence` for each layer's
     bottom-k set, k = k_at(n, q) of its lesioned units (S5); given each layer's utility scores `utilities[layer]`
-    `(U, n lesioned units)`, with the units each utility would reset exact, and with `rank_precision` too, its
-    Spearman ρ of each utility to within ±rank_precision.
-    A unit that reaches the full probe set is exact (to float rounding of its block sums);
-    `confidence` 1 takes every unit there. Any engine measures the blocks.
+    `(U, n lesioned units)`, with the units each utility would reset exact. A unit that reaches the full probe set
+    is exact (to float rounding of its block sums); `confidence` 1 takes every unit there. Any engine measures the
+    blocks.
 
     Raises:
         BadInputError: `confidence` outside (0, 1].
@@ -110,7 +108,7 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
         return unit_shocks_of(sub)
 
     out = sequential_shocks(measure, {name: len(u) for name, u in chosen.items()}, len(r.probe_x), r.metrics,
-                            confidence, q, seed, blocks, utilities, rank_precision)
+                            confidence, q, seed, blocks, utilities)
     if r.advance:
         r.advance(sum(len(u) for u in chosen.values()))
     return out
@@ -121,8 +119,7 @@ Measure = Callable[[torch.Tensor, torch.Tensor, dict[LayerName, torch.Tensor]], 
 
 def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: int, metrics: list[str],
                       confidence: float, q: float, seed: int = 0, blocks: int = BLOCKS,
-                      utilities: dict[LayerName, torch.Tensor] | None = None,
-                      rank_precision: float | None = None) -> SequentialShocks:
+                      utilities: dict[LayerName, torch.Tensor] | None = None) -> SequentialShocks:
     """The stopping rule of SPEC S4b over any measurement: `measure(idx, groups, which)` gives, per metric and
     layer, the mean shock `(len(which[layer]), G)` over each group of the probe examples `idx` (`groups`, one per
     example, 0..G-1: a round's blocks, measured in one pass) of the units at positions `which[layer]` of each open
@@ -130,13 +127,12 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
     its layer's bottom-k set (k = k_at(n, q)) in every metric at the layer's Bonferroni level
     1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom;
     units settled in go on to the full probe set. With the layers' utility scores `utilities[layer]` `(U, n)`, the
-    units each utility would reset (its k lowest) go on to the full probe set too, and with `rank_precision`, units
-    also go on while `rank_open` (at `confidence`) says a layer's ρ of some utility is not yet within it."""
+    units each utility would reset (its k lowest) go on to the full probe set too."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
     state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))),
-                    utilities, rank_precision, confidence)
+                    utilities)
     ends = schedule(len(state.parts))
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
     for end in ends:
@@ -148,10 +144,8 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
             level = 1 - (1 - confidence) / (n_units[name] * len(ends))
             active[name] = state.going_on(name, level)
     # The set is read from the final shocks: a unit that stopped early and whose estimate now falls among its
-    # layer's k lowest (others' estimates moved as they went on), or that the ranks now need, is measured on the
-    # rest of the probe set.
-    while short := {name: s for name in n_units
-                    if bool((s := state.in_sets(name) | state.selected(name) | state.rank_open(name)).any())}:
+    # layer's k lowest (others' estimates moved as they went on) is measured on the rest of the probe set.
+    while short := {name: s for name in n_units if bool((s := state.in_sets(name) | state.selected(name)).any())}:
         state.extend(short, len(state.parts))
     return state.result()
 
@@ -167,8 +161,6 @@ class _Rounds:
     q: float
     parts: list[torch.Tensor]
     utilities: dict[LayerName, torch.Tensor] | None = None
-    rank_precision: float | None = None
-    confidence: float = 1.0
 
     def __post_init__(self) -> None:
         self.sizes = torch.tensor([len(p) for p in self.parts], dtype=torch.float64)
@@ -217,7 +209,7 @@ class _Rounds:
         going = self.in_sets(name, mean) | self.selected(name)
         for m in self.metrics:
             going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
-        return (going | self.rank_open(name, (mean, err))) & (self.done[name] < len(self.parts))
+        return going & (self.done[name] < len(self.parts))
 
     def selected(self, name: str) -> torch.Tensor:
         """Units some utility would reset (its k lowest scores in the layer, ties by position: S5's selection),
@@ -227,18 +219,6 @@ class _Rounds:
             if not bool(torch.isnan(row).any()):
                 chosen[torch.argsort(row, stable=True)[:k_at(self.n_units[name], self.q)]] = True
         return chosen & (self.done[name] < len(self.parts))
-
-    def rank_open(self, name: str, estimates: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-                  ) -> torch.Tensor:
-        """Units whose ranks the layer's ρ of some utility still needs, in some metric (`rank_open`); none without
-        utilities."""
-        if self.utilities is None or self.rank_precision is None or name not in self.utilities:
-            return torch.zeros(self.n_units[name], dtype=torch.bool)
-        mean, err = self.estimates(name) if estimates is None else estimates
-        going = torch.zeros(self.n_units[name], dtype=torch.bool)
-        for m in self.metrics:
-            going |= rank_open(mean[m], err[m], self.utilities[name], self.rank_precision, self.confidence)
-        return going
 
     def result(self) -> SequentialShocks:
         """The shocks, their SEs, the probe examples each unit saw and the forwards in all."""

@@ -150,8 +150,8 @@ def _sequential_note(info: dict, tables: Tables, q: float) -> list[Block]:
     if confidence is None:
         return []
     precision = info.get("config", {}).get("rank_precision", 2)
-    ranks = (f" and its Spearman ρ of each utility was within {precision:g} of the exact run's (about that "
-             "confidence; per layer, not pooled)" if precision < 2 else "")
+    ranks = (f", and then each utility's pooled Spearman ρ was settled to within {precision:g} of the exact run's "
+             "(about that confidence)" if precision < 2 else "")
     note = Block("text", (
         f"**Sequential probes** (`resetassay run --sequential {confidence:g}`, SPEC S4b): each unit was lesioned on "
         "a growing seeded share of the probe set until its layer's oracle bottom-k set was settled at confidence "

@@ -141,3 +141,29 @@ def test_timings_that_are_not_a_table_of_checkpoints_read_as_none(tmp_path):
     assert read_timings(tmp_path) == {}
     (tmp_path / "timings.json").write_text('{"checkpoints": {"c": {"lesions": 1.5}}}')
     assert read_timings(tmp_path) == {"c": {"lesions": 1.5}}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda part: part["tables"].pop("notes"),  # a table missing
+    lambda part: part.update(format="resetassay.part/0"),  # another format, its checksum still right
+    lambda part: part.update(key="0" * 64),  # filed under another checkpoint's name
+])
+def test_a_part_that_is_not_whole_is_assayed_again_not_read(tmp_path, damage):
+    """A part file with a table missing, of another format or filed under another key reads as unreadable (a
+    warning, the file removed, its checkpoint assayed again), never as tables and never as a KeyError."""
+    import json
+
+    from resetassay.io.rundir import PART_FORMAT, RunParts, canonical_hash
+
+    with RunParts(tmp_path / "run", {"config": {"seed": 0}}) as parts:
+        key = "a" * 64
+        tables = {name: "x\n1\n" for name in TABLES}
+        part = {"format": PART_FORMAT, "key": key, "sha256": canonical_hash(tables), "tables": tables}
+        damage(part)
+        if "notes" in part["tables"]:
+            part["sha256"] = canonical_hash(part["tables"])
+        path = parts.parts / f"{key}.json"
+        path.write_text(json.dumps(part))
+        with pytest.warns(UserWarning, match="unreadable part"):
+            assert parts.load(key) is None
+        assert not path.exists()

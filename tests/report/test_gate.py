@@ -124,6 +124,10 @@ def test_lowered_spearman_fails_with_exit_1_and_names_the_row(clean_run, baselin
     failures = [c for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]
     assert [(c.get("classname"), c.get("name")) for c in failures] == [
         ("resetassay.check.mlp-silu", "activation kl spearman")]
+    assert failures[0].find("failure").get("type") == "regression"
+    assert junit.read_text().startswith("<?xml")  # a declaration, as JUnit readers expect
+    floors = [c.get("name") for c in ET.parse(junit).iter("testcase") if c.get("name").endswith(" floor")]
+    assert len(floors) == 2  # the floors are cases of their own, named as such
 
 
 def test_a_regression_on_the_common_scope_alone_fails_naming_the_scope(clean_run, baseline_file, tmp_path):
