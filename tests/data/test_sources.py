@@ -67,11 +67,21 @@ def test_explicit_size_the_data_cannot_supply_is_an_error(calib, probe):
         split_calibration_probe(x, y, calib_size=calib, probe_size=probe)
 
 
-@pytest.mark.parametrize("calib, probe", [(0, 5), (5, -1)])
-def test_non_positive_sizes_are_an_error(calib, probe):
+@pytest.mark.parametrize("calib, probe, field", [(0, 5, "calib_size"), (5, -1, "probe_size"), (50, None, "calib_size"),
+                                                 (None, 60, "probe_size")])
+def test_sizes_that_are_not_positive_or_leave_nothing_are_an_error_naming_the_flag(calib, probe, field):
     x, y = _ids(50)
-    with pytest.raises(BadInputError, match="positive"):
+    with pytest.raises(BadInputError, match="positive|leaves none") as caught:
         split_calibration_probe(x, y, calib_size=calib, probe_size=probe)
+    assert caught.value.field == field
+
+
+def test_one_explicit_size_leaves_the_rest_to_the_other_set():
+    """calib_size 60 of 101 examples: the probe set shrinks, with a warning, to the 41 left, disjoint."""
+    x, y = _ids(101)
+    with pytest.warns(UserWarning, match="shrink to 60 and 41"):
+        a = split_calibration_probe(x, y, calib_size=60)
+    assert (len(a.calib_y), len(a.probe_y)) == (60, 41) and not set(a.calib_y.tolist()) & set(a.probe_y.tolist())
 
 
 def test_builtin_names_still_give_the_same_spec_and_dict():

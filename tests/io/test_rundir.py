@@ -135,7 +135,10 @@ def test_a_run_directory_reopens_and_lists_only_its_own_part_files(tmp_path):
 
 
 def test_timings_that_are_not_a_table_of_checkpoints_read_as_none(tmp_path):
-    from resetassay.io.rundir import read_timings
+    from resetassay.io.rundir import read_timings, write_timings
+
+    write_timings(tmp_path, {"checkpoints": {"c": {"lesions": 2.5}}})
+    assert read_timings(tmp_path) == {"c": {"lesions": 2.5}}
 
     (tmp_path / "timings.json").write_text('{"checkpoints": [1, 2]}')
     assert read_timings(tmp_path) == {}

@@ -120,6 +120,7 @@ def test_lowered_spearman_fails_with_exit_1_and_names_the_row(clean_run, baselin
     assert result.exit_code == 1, result.output
     failing = [line for line in result.output.splitlines() if line.startswith("FAIL")]
     assert len(failing) == 1 and failing[0].split()[1:5] == ["mlp-silu", "activation", "kl", "spearman"]
+    assert any(line.split()[:4] == ["status", "family", "utility", "metric"] for line in result.output.splitlines())
     assert "1 failed" in result.output
     failures = [c for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]
     assert [(c.get("classname"), c.get("name")) for c in failures] == [
@@ -759,3 +760,13 @@ def test_baseline_never_overwrites_a_file_that_is_not_a_baseline(clean_run, base
     again = tmp_path / "again.json"
     shutil.copy(baseline_file, again)
     assert runner.invoke(app, ["baseline", str(clean_run), "-o", str(again)]).exit_code == 0
+
+
+def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
+    """`>=` means at or above: a floor equal to a family's mean (margin 0) is cleared, written, not an error."""
+    means, _, _ = family_means(clean_run)
+    rho = means[(means["utility"] == "activation") & (means["metric"] == "l1") & (means["scope"] == ALL)].set_index(
+        "family")["spearman"]
+    family = rho.idxmin()
+    baseline, warned = make_baseline(clean_run, [f"{family}:activation:l1:spearman>={float(rho.min())!r}"], margin=0.0)
+    assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
