@@ -9,8 +9,8 @@ Per layer it measures, in one run:
   bound          the FLOPs of lesion_speed's bound (everything after the unit's readers, readers corrected, not
                  recomputed) at the rate of the model's own forward, and the FLOPs the engine runs (readers
                  recomputed): the difference is the readers' dense convolutions
-  profile        torch.profiler's self CPU time of the fast run by kind of op: convolutions, BatchNorm, other
-                 element-wise ops, copies (the K clamped copies of the layer's output and of the values read
+  profile        torch.profiler's self CPU time of the fast run by kind of op: convolutions, BatchNorm, pooling,
+                 other element-wise ops, copies (the K clamped copies of the layer's output and of the values read
                  where lesions join), and the rest (metrics, indexing, bookkeeping)
 
 and the convolution rate each layer's downstream reaches against the model forward's. --json writes the rows, with
@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = {  # aten op -> kind; anything else is "rest"
     "convolutions": ("conv", "mkldnn_convolution", "_convolution", "thnn_conv"),
     "batchnorm": ("batch_norm", "native_batch_norm"),
+    "pooling": ("pool",),
     "elementwise": ("aten::relu", "aten::add", "aten::clamp_min", "aten::threshold"),
     "copies": ("aten::repeat", "aten::copy_", "aten::expand", "aten::clone", "aten::index_put", "aten::cat",
                "aten::contiguous", "aten::reshape", "aten::_unsafe_view", "aten::view"),
@@ -128,17 +129,18 @@ def markdown(out: dict) -> str:
     lines = [f"ResNet-18 (torchvision layout) at 3x32x32, 24 units per layer, P = {out['probe']}, {out['threads']} "
              f"threads; the model's own forward at {out['forward_gflops_per_s']:.0f} GFLOP/s.", "",
              "| layer | fast s | fast / bound | shortcut forced / fast | engine GFLOP / bound GFLOP | engine GFLOP/s | "
-             "time in convolutions | BatchNorm | element-wise | copies | rest |", "|---" * 11 + "|"]
+             "time in convolutions | BatchNorm | pooling | element-wise | copies | rest |", "|---" * 12 + "|"]
     for r in out["layers"]:
         s = r["profile_share"]
         lines.append(f"| {r['layer']} | {r['fast_s']:.2f} | {r['fast_s'] / r['bound_s']:.2f}x | "
                      f"{r['fast_shortcut_s'] / r['fast_s']:.2f}x | {r['engine_gflop'] / r['bound_gflop']:.2f}x | "
                      f"{r['engine_gflops_per_s']:.0f} | {s['convolutions']:.0%} | {s['batchnorm']:.0%} | "
+                     f"{s['pooling']:.0%} | "
                      f"{s['elementwise']:.0%} | {s['copies']:.0%} | {s['rest']:.0%} |")
     t = out["total"]
     lines.append(f"| all | {t['fast_s']:.2f} | {t['fast_s'] / t['bound_s']:.2f}x | "
                  f"{t['fast_shortcut_s'] / t['fast_s']:.2f}x | {t['engine_gflop'] / t['bound_gflop']:.2f}x | "
-                 f"{t['engine_gflop'] / t['fast_s']:.0f} | | | | | |")
+                 f"{t['engine_gflop'] / t['fast_s']:.0f} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 

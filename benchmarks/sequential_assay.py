@@ -9,8 +9,8 @@ a markdown table beside it (FILE with .md).
 
 A plain state dict takes `--model` (a factory) and `--data` (e.g. the CIFAR-10 JPEG archive, with `--normalize`);
 `--work DIR` keeps each assay's run directory there (DIR/<checkpoint>/exact, .../sequential-<c>), so a killed
-benchmark resumes: a finished exact run is read back from its tables, one in progress goes on from its finished
-lesion chunks. The paper MLP case of the performance guide (784-[256]x4-10
+benchmark resumes: a finished assay is read back from its tables (and the seconds of the launch that finished it),
+one in progress goes on from its finished lesion chunks. The paper MLP case of the performance guide (784-[256]x4-10
 SiLU, three permuted-MNIST tasks of 10,000 examples; MNIST_DIR holds its IDX files):
 
     resetassay train --out runs/paper-mlp --model mlp --activation silu --data permuted-mnist \
@@ -38,9 +38,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+import torch
 
 import resetassay as ra
 from resetassay.io.rundir import read_run, read_run_info, read_timings
+from resetassay.lesion.sequential import BLOCKS, schedule
 from resetassay.names import ALL, shock_column
 from resetassay.stats.summary import k_at
 
@@ -50,10 +52,16 @@ UTILITIES = ["gxd", "activation", "contribution", "oracle"]
 METRICS = ["l1", "kl"]
 
 
-def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra.AssayResult:
-    data = ra.data_spec(args.data, normalize=args.normalize) if args.data else None
+def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra.AssayResult | SimpleNamespace:
+    """One assay of `path`, exact (`sequential` None) or sequential; with `--work`, read back from its run directory
+    when it finished there (its tables and the seconds of the launch that finished it)."""
     out = (args.work / path.stem / ("exact" if sequential is None else f"sequential-{sequential:g}")
            if args.work else None)
+    if out is not None and (out / "units.csv").exists():
+        tables = read_run(out, ("units", "summary"))
+        return SimpleNamespace(units=tables["units"], summary=tables["summary"], timings=read_timings(out),
+                               config=SimpleNamespace(q=read_run_info(out)["config"]["q"]))
+    data = ra.data_spec(args.data, normalize=args.normalize) if args.data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fixtures' small held-out sets shrink both sets to half each
         return ra.run_assay([path], model=args.model, data=data, out=out, utilities=UTILITIES, metrics=METRICS,
@@ -61,23 +69,13 @@ def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra
                             sequential=sequential, progress=args.work is not None)
 
 
-def _exact(path: Path, args: argparse.Namespace) -> ra.AssayResult | SimpleNamespace:
-    """The exact run: read back from `--work` when it finished there (by this or an earlier version of resetassay:
-    the exact engine's numbers), else assayed."""
-    done = args.work / path.stem / "exact" if args.work else None
-    if done is None or not (done / "units.csv").exists():
-        return _assay(path, None, args)
-    tables = read_run(done, ("units", "summary"))
-    return SimpleNamespace(units=tables["units"], summary=tables["summary"], timings=read_timings(done),
-                           config=SimpleNamespace(q=read_run_info(done)["config"]["q"]))
-
-
 def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
     return set(g.sort_values([column, "unit"], kind="stable")["unit"].head(k_at(len(g), q)))
 
 
 def compare(exact: ra.AssayResult, seq: ra.AssayResult, q: float) -> dict:
-    """Forwards, oracle sets and pooled statistics of a sequential result against the exact one (same units)."""
+    """Forwards, the share of units that ended on the full probe set and after the first round, oracle sets and
+    pooled statistics of a sequential result against the exact one (same units)."""
     ue, us = exact.units, seq.units
     n_probe = int(us["probes"].max())
     same = [_bottom(g, shock_column(m), q) == _bottom(us[us["layer"] == layer], shock_column(m), q)
@@ -87,7 +85,11 @@ def compare(exact: ra.AssayResult, seq: ra.AssayResult, q: float) -> dict:
     diff = (pooled[1] - pooled[0]).abs()
     lesion = [sum(v for k, v in stages.items() if k.startswith("lesion")) if stages else math.nan for stages in
               (next(iter(r.timings.values()), {}) for r in (exact, seq))]  # none for an assay read back from --work
+    ends = us["probes"].value_counts(normalize=True)
+    sizes = [len(b) for b in torch.tensor_split(torch.arange(n_probe), min(BLOCKS, n_probe))]
+    first = sum(sizes[:schedule(len(sizes))[0]])  # probe examples of the first round (sequential.schedule)
     return {"forward_ratio": float(us["probes"].sum()) / (len(us) * n_probe), "probe_size": n_probe,
+            "share_full": float(ends.get(n_probe, 0.0)), "share_first_round": float(ends.get(first, 0.0)),
             "lesion_s_exact": lesion[0], "lesion_s": lesion[1], "oracle_sets_equal": sum(same) / len(same),
             "max_rho_diff": float(diff["spearman"].max()), "max_ratio_diff": float(diff["gap_ratio"].max())}
 
@@ -106,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path in args.checkpoints:
-        exact = _exact(path, args)
+        exact = _assay(path, None, args)
         for c in args.confidence:
             row = {"checkpoint": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path(*path.parts[-2:])),
                    "units": len(exact.units), "confidence": c,
@@ -123,10 +125,13 @@ def main() -> None:
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a markdown table."""
-    lines = ["| checkpoint | units | P | confidence | probe-example forwards | lesion seconds (exact) | oracle sets "
-             "equal | largest abs. Δρ | largest abs. Δ Shock@q ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | units | P | confidence | probe-example forwards | units ending on every probe / after the "
+             "first round | lesion seconds (exact) | oracle sets equal | largest abs. Δρ | largest abs. Δ Shock@q "
+             "ratio |",
+             "|---" * 10 + "|"]
     lines += [f"| {r['checkpoint']} | {r['units']} | {r['probe_size']} | {r['confidence']:g} | "
-              f"{r['forward_ratio']:.2f}x | {r['lesion_s']:.1f} ({r['lesion_s_exact']:.1f}) | "
+              f"{r['forward_ratio']:.2f}x | {r['share_full']:.0%} / {r['share_first_round']:.0%} | "
+              f"{r['lesion_s']:.1f} ({r['lesion_s_exact']:.1f}) | "
               f"{r['oracle_sets_equal']:.0%} | {r['max_rho_diff']:.4f} | {r['max_ratio_diff']:.4f} |" for r in rows]
     return "\n".join(lines) + "\n"
 

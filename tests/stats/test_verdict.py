@@ -250,3 +250,18 @@ def test_the_readme_states_the_fixture_verdict_of_the_committed_table():
     block = readme.split("<!-- verdict-table")[1].split("<!-- /verdict-table -->")[0]
     shown = [line for line in block.splitlines() if line.startswith("| ") and "·" in line]
     assert shown[1:] == rows  # after the header
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"regret": 0.7, "regret_low": 0.6, "balanced_rho": 0.9, "rho_high": 0.95}, "regret ≥ 0.60 > 0.5"),
+    ({"regret": 0.1, "regret_low": 0.0, "balanced_rho": 0.3, "rho_high": 0.4}, "ρ ≤ 0.40 < 0.5"),
+    ({"regret": 0.7, "regret_low": math.nan, "balanced_rho": 0.3, "rho_high": math.nan},  # no interval: the point
+     "regret ≥ 0.70 > 0.5; ρ ≤ 0.30 < 0.5"),
+    ({"regret": 0.1, "regret_low": 0.05, "balanced_rho": 0.9, "rho_high": math.nan}, ""),
+])
+def test_a_fail_reason_reads_the_interval_or_else_the_point(row, reason):
+    """SPEC S5b's fail rule: the regret interval's lower end above 0.5, or the layer-balanced ρ interval's upper end
+    below it; where the bootstrap gave no interval, the point value; both reasons joined when both hold."""
+    from resetassay.stats.verdict import _fail_reason
+
+    assert _fail_reason(row) == reason
