@@ -728,6 +728,8 @@ ROW = {"family": "F", "utility": "u", "metric": "l1", "scope": "ALL", "n": 1, "s
     (_v4([ROW, {**ROW, "spearman": 0.5}]), "the same family, utility, metric and scope as rows[0]"),
     (_v4([{k: v for k, v in ROW.items() if k != "scope"}]), "no 'scope'"),
     (_v4([{**ROW, "scope": "neurons", "regret": 0.1}]), "unknown key 'gap', 'shock_at_q', 'spearman'"),
+    (_v4([{**ROW, "n": 1.5}]), "'n' must be a whole number >= 1"),
+    (_v4([{**ROW, "n": 2, "spearman_n": -1}]), "'spearman_n' must be a whole number from 0 to 'n'"),
     ("[" * 200_000 + "]" * 200_000, "nested too deep"),  # was a RecursionError traceback
 ])
 def test_a_bad_baseline_is_bad_input_naming_the_entry(clean_run, tmp_path, content, needle):
@@ -770,3 +772,16 @@ def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
     family = rho.idxmin()
     baseline, warned = make_baseline(clean_run, [f"{family}:activation:l1:spearman>={float(rho.min())!r}"], margin=0.0)
     assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
+
+
+def test_a_max_floor_exactly_at_a_familys_value_holds(clean_run, tmp_path):
+    """`<=` means at or below: a floor `gap_ratio<=V` with V the family's own value passes."""
+    means, _, _ = family_means(clean_run)
+    row = means[(means["family"] == "mlp-silu") & (means["utility"] == "gxd") & (means["metric"] == "l1")
+                & (means["scope"] == ALL)].iloc[0]
+    baseline = tmp_path / "floors.json"
+    baseline.write_text(json.dumps({"format": "resetassay.baseline/1", "q": 0.05, "rows": [], "floors": [
+        {"family": "mlp-silu", "utility": "gxd", "metric": "l1", "stat": "gap_ratio", "max": float(row["gap_ratio"])},
+    ]}))
+    result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(baseline)])
+    assert result.exit_code == 0, result.output

@@ -388,3 +388,21 @@ def test_common_units_are_each_checkpoints_mature_units_of_its_common_layers():
     assert kept["mature"].all() and len(kept) == 5 + 8
     none = common_units(units.assign(mature=False), summary)
     assert none.empty and list(none.columns) == list(units.columns)
+
+
+def test_a_layer_whose_every_unit_is_reset_keeps_its_overlap_even_with_constant_shocks():
+    """q = 1 resets every unit: utility and oracle pick the same (whole) layer, so top-k overlap is 1, not
+    undefined, even where every shock is equal (SPEC S5)."""
+    units = _table().assign(shock_l1=1.0)
+    row = _row(checkpoint_summary(units, ["u", "oracle"], ["l1"], q=1.0), "u", "l1", ALL)
+    assert row.overlap == 1.0 and "undefined" not in str(row.note)
+
+
+def test_a_set_selectors_rows_are_made_of_the_units_it_picked():
+    """A set selector (gxd_greedy) is summarised by the units it picked per layer, not by a ranking: its Shock@q is
+    their mean shock, and it has no Spearman ρ."""
+    units = _table().assign(gxd_greedy=math.nan)
+    picked = {"a": np.array([0, 4]), "b": np.array([1])}
+    row = _row(checkpoint_summary(units, ["gxd_greedy", "oracle"], ["l1"], q=0.25, sets={"gxd_greedy": picked}),
+               "gxd_greedy", "l1", ALL)
+    assert row.shock_at_q == pytest.approx((1.0 + 0.5 + 0.2) / 3, abs=TOL) and math.isnan(row.spearman)
