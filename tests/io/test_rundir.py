@@ -30,6 +30,19 @@ def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_write_goes_through_a_dot_temporary_named_after_its_file(tmp_path, monkeypatch):
+    """The temporary is `.<name>.*.resetassay-tmp` beside the file: the only dotfiles a run removes, never another
+    file's (a user's `.gitkeep`)."""
+    from resetassay.io.rundir import TEMPORARY
+
+    seen, real = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: seen.append(Path(src)) or real(src, dst))
+    atomic_write(tmp_path / "part.json", "x")
+    (tmp,) = seen
+    assert tmp.parent == tmp_path and tmp.name.startswith(".part.json.") and tmp.name.endswith(TEMPORARY)
+    assert (tmp_path / "part.json").read_text() == "x" and not tmp.exists()
+
+
 def test_ctrl_c_while_a_part_is_written_waits_until_it_is_complete(tmp_path, monkeypatch):
     """pandas' csv reader would turn an interrupt into a ParserError: Ctrl-C is held while a part is saved."""
     import resetassay.io.rundir as rundir
@@ -170,3 +183,30 @@ def test_a_part_that_is_not_whole_is_assayed_again_not_read(tmp_path, damage):
         with pytest.warns(UserWarning, match="unreadable part"):
             assert parts.load(key) is None
         assert not path.exists()
+
+
+def test_a_run_read_back_refuses_a_table_without_a_column_or_a_summary_without_a_row(run_dir, tmp_path):
+    """`read_run` checks what it reads: units.csv without a required column, or a summary.csv that lacks a
+    checkpoint's ALL row for a utility and metric of the run, is a one-line error naming the file; a run.json
+    without a config still reads."""
+    import json
+    import shutil
+
+    from resetassay.errors import BadInputError
+    from resetassay.io.rundir import read_run
+
+    for damage, needle in ((lambda d: pd.read_csv(d / "units.csv").drop(columns="mature").to_csv(d / "units.csv",
+                                                                                               index=False), "mature"),
+                           (lambda d: pd.read_csv(d / "summary.csv").query("scope != 'ALL'").to_csv(
+                               d / "summary.csv", index=False), "incomplete")):
+        copy = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(run_dir, copy)
+        damage(copy)
+        with pytest.raises(BadInputError, match=needle):
+            read_run(copy)
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare)
+    info = json.loads((bare / "run.json").read_text())
+    info.pop("config", None)
+    (bare / "run.json").write_text(json.dumps(info))
+    assert set(read_run(bare)) >= {"units", "summary"}

@@ -265,3 +265,10 @@ def test_a_fail_reason_reads_the_interval_or_else_the_point(row, reason):
     from resetassay.stats.verdict import _fail_reason
 
     assert _fail_reason(row) == reason
+
+
+def test_the_layer_weighted_mean_leaves_out_missing_layers_and_divides_by_their_weights():
+    from resetassay.stats.verdict import _weighted
+
+    got = _weighted([np.array([1.0, np.nan]), np.array([3.0, np.nan])], [0.25, 0.5])
+    assert got[0] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75) and np.isnan(got[1])
