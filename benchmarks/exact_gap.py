@@ -28,15 +28,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from lesion_speed import RESNET18_LAYERS, _bn_statistics_, forward_rate, timed
+from lesion_speed import RESNET18_LAYERS, _bn_statistics_, forward_rate, lesion_flops, timed
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode
 
 from resetassay.discovery.taps import tap_unit_layers
 from resetassay.discovery.units import unit_layers
 from resetassay.lesion import LesionRequest, unit_shocks_of
-from resetassay.lesion.fast import _downstream_inputs, shortcut_types
-from resetassay.lesion.graph_split import split_at, trace
+from resetassay.lesion.graph_split import trace
 from resetassay.lesion.shocks import probe_logits
 from resetassay.pipeline.assay import sample_units
 from resetassay.scoring.reference import unit_references
@@ -59,17 +57,6 @@ def kind_of(op: str) -> str:
     return "rest"
 
 
-def downstream_flops(gm, layer, refs, x: torch.Tensor, shortcut: bool) -> float:
-    """FLOPs of one lesion's downstream over the rows of `x`, readers corrected (`shortcut`) or recomputed."""
-    split = split_at(gm, layer.name, shortcut_types(layer, x.device, shortcut))
-    with torch.inference_mode():
-        h, *values = split.upstream(x)
-        inputs = _downstream_inputs(split, layer, h, values, torch.tensor([0]), refs[layer.name])
-        with FlopCounterMode(display=False) as counter:
-            split.downstream(*inputs)
-    return counter.get_total_flops()
-
-
 def layer_row(model, gm, layer, refs, probe_x, units, rate: float) -> dict:
     """One unit layer: seconds of the engine both ways, FLOPs both ways, the bound and the profile by kind."""
 
@@ -88,8 +75,8 @@ def layer_row(model, gm, layer, refs, probe_x, units, rate: float) -> dict:
     for event in prof.key_averages():
         by_kind[kind_of(event.key)] += event.self_cpu_time_total / 1e6
     total = sum(by_kind.values())
-    dense = downstream_flops(gm, layer, refs, probe_x, False) * len(units)
-    bound = downstream_flops(gm, layer, refs, probe_x, True) * len(units)
+    dense = lesion_flops(gm, layer, refs, probe_x, False) * len(units)
+    bound = lesion_flops(gm, layer, refs, probe_x, True) * len(units)
     return {"layer": layer.name, "units": len(units), "fast_s": t_fast, "fast_shortcut_s": t_short,
             "bound_s": bound / rate, "engine_gflop": dense / 1e9, "bound_gflop": bound / 1e9,
             "engine_gflops_per_s": dense / t_fast / 1e9,

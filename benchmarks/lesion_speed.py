@@ -123,23 +123,25 @@ def matmul_rate(rows: int, width: int, seconds: float = 1.0) -> float:
     return 2 * rows * width * width * n / (time.perf_counter() - t0)
 
 
+def lesion_flops(gm, layer, refs: dict, x: torch.Tensor, shortcut: bool = True) -> float:
+    """FLOPs of one lesion of `layer` over the rows of `x`: the downstream graph of `split_at` (counted by torch's
+    FlopCounterMode), the unit's Linear/Conv readers corrected (`shortcut`) or recomputed."""
+    split = split_at(gm, layer.name, shortcut_types(layer, x.device, shortcut))
+    with torch.inference_mode():
+        h, *values = split.upstream(x)
+        inputs = _downstream_inputs(split, layer, h, values, torch.tensor([0]), refs[layer.name])
+        with FlopCounterMode(display=False) as counter:
+            split.downstream(*inputs)
+    return counter.get_total_flops()
+
+
 def flop_bound(model: torch.nn.Module, layers: list, refs: dict, probe_x: torch.Tensor,
                per_layer: bool = False) -> float | dict[str, float]:
-    """FLOPs no exact engine avoids: per lesion, every op after the unit's Linear/Conv readers
-    (the downstream graph of `split_at`, counted by torch's FlopCounterMode), over all units; with
-    `per_layer`, the FLOPs of one lesion of each layer."""
+    """FLOPs no exact engine avoids: per lesion, every op after the unit's Linear/Conv readers (`lesion_flops`),
+    over all units; with `per_layer`, the FLOPs of one lesion of each layer."""
     gm = trace(model)
-    total, one = 0.0, {}
-    for layer in layers:
-        split = split_at(gm, layer.name, shortcut_types(layer, probe_x.device, True))
-        with torch.inference_mode():
-            h, *values = split.upstream(probe_x)
-            inputs = _downstream_inputs(split, layer, h, values, torch.tensor([0]), refs[layer.name])
-            with FlopCounterMode(display=False) as counter:
-                split.downstream(*inputs)
-        one[layer.name] = counter.get_total_flops()
-        total += one[layer.name] * layer.n_units
-    return one if per_layer else total
+    one = {layer.name: lesion_flops(gm, layer, refs, probe_x) for layer in layers}
+    return one if per_layer else sum(one[layer.name] * layer.n_units for layer in layers)
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
