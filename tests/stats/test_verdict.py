@@ -200,9 +200,12 @@ def test_a_layer_that_dwarfs_the_others_is_flagged():
         model[4].weight *= 50
     calib, probe = _digits()
     result = assay_model(model, calib, probe, config=CONFIG)
-    assert (result.best()["flags"].str.contains("one layer dominates")).all()
+    last = result.units["layer"].iloc[-1]
+    mass = result.units[result.units["mature"]].groupby("layer")["shock_l1"].sum()
+    flags = [set(cell.split("; ")) for cell in result.best()["flags"]]  # each flag by its exact name and detail
+    assert flags and all(f"one layer dominates ({last} {mass[last] / mass.sum():.0%} of l1)" in cell for cell in flags)
     flagged = result.notes[(result.notes.utility == FLAG_NOTE) & result.notes.reason.str.contains("holds")]
-    assert len(flagged) == 1 and flagged["layer"].iloc[0] == result.units["layer"].iloc[-1]  # the last layer
+    assert len(flagged) == 1 and flagged["layer"].iloc[0] == last
     assert any("one layer dominates" in line for line in answer_sentences(result._analysis.verdict,
                                                                           result._analysis.flags))
 
