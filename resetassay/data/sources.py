@@ -196,7 +196,7 @@ def assay_data(
     for the probe. Only the chosen examples are decoded (an image folder) or fetched (a Dataset)."""
     if spec.source not in USER_SOURCES:
         x, y = task_arrays(spec, "holdout")
-        return split_calibration_probe(x, y, calib_size, probe_size, seed, source=spec.describe())
+        return split_calibration_probe(x, y, calib_size, probe_size, seed, source=spec.describe(), stacklevel=3)
     calib = _open(spec, spec.path)
     if spec.probe_path is None:
         ci, pi = split_indices(calib.n, calib_size, probe_size, seed, source=calib.name, stacklevel=3)
@@ -245,7 +245,7 @@ def split_indices(
 
     Sizes left as None default to 2048 each and shrink, with a warning, to an equal share of
     what the data has (or to what an explicit size of the other set leaves); an explicit size
-    the data cannot supply is an error.
+    the data cannot supply is an error. The warning names the line `stacklevel` frames up (2: the caller's).
     """
     for field, size in (("calib_size", calib_size), ("probe_size", probe_size)):
         if size is not None and size <= 0:
@@ -266,7 +266,7 @@ def split_indices(
     if (calib_size is None and n_calib < DEFAULT_SIZE) or (probe_size is None and n_probe < DEFAULT_SIZE):
         warnings.warn(
             f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} and {n_probe}",
-            stacklevel=stacklevel + 1,
+            stacklevel=stacklevel,
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[:n_calib].sort().values, order[n_calib:n_calib + n_probe].sort().values
@@ -279,9 +279,12 @@ def split_calibration_probe(
     probe_size: int | None = None,
     seed: int = 0,
     source: str = "data",
+    *,
+    stacklevel: int = 2,
 ) -> AssayData:
-    """Seeded, disjoint calibration and probe sets (SPEC S1), as `split_indices` chooses them."""
-    calib, probe = split_indices(len(x), calib_size, probe_size, seed, source, stacklevel=3)
+    """Seeded, disjoint calibration and probe sets (SPEC S1), as `split_indices` chooses them; a shrinking split's
+    warning names the line `stacklevel` frames up (2: the caller's)."""
+    calib, probe = split_indices(len(x), calib_size, probe_size, seed, source, stacklevel=stacklevel + 1)
     return AssayData(
         x[calib], y[calib], x[probe], y[probe],
         provenance={"source": source, "available": len(x), "calib_size": len(calib),

@@ -8,6 +8,7 @@ test_factories.py, test_hf_datasets.py and test_grammar.py; the record of which 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from helpers.data import one_line_error as _one_line_error
 from helpers.data import save_examples as _save
 
 from resetassay.data import DataSpec, assay_data, data_spec, split_calibration_probe, task_arrays
+from resetassay.data.sources import split_indices
 from resetassay.errors import BadInputError
 
 
@@ -60,6 +62,32 @@ def test_default_sizes_are_2048_when_data_allows():
     assert len(a.calib_y) == len(a.probe_y) == 2048
 
 
+def test_data_of_exactly_two_default_sets_splits_without_a_warning():
+    x, y = _ids(2 * 2048)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = split_calibration_probe(x, y)
+    assert len(a.calib_y) == len(a.probe_y) == 2048
+
+
+def test_a_shrinking_split_warns_at_the_callers_line_and_seed_0_is_the_default(tmp_path):
+    x, y = _ids(101)
+    with pytest.warns(UserWarning, match="shrink") as caught:
+        split_calibration_probe(x, y)
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="shrink") as caught:
+        assay_data(DataSpec())  # the digits' held-out part: 898 examples
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="shrink") as caught:
+        split_indices(101)
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="shrink") as caught:
+        assay_data(data_spec(str(_save(tmp_path / "d.npz", *_xy()))))  # a file of your own
+    assert caught[0].filename == __file__
+    assert all(torch.equal(a, b) for a, b in zip(split_indices(300, 10, 20), split_indices(300, 10, 20, seed=0),
+                                                 strict=True))
+
+
 @pytest.mark.parametrize("calib, probe", [(60, 50), (200, 1), (101, 1)])
 def test_explicit_size_the_data_cannot_supply_is_an_error(calib, probe):
     x, y = _ids(101)
@@ -102,6 +130,7 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     for call, field in ((lambda: data_spec("digits", probe=path), "probe"),
                         (lambda: data_spec(path, image_size=4), "image_size"),
                         (lambda: data_spec(path, kwargs={}), "data_kwargs"),
+                        (lambda: data_spec("digits", kwargs={}), "data_kwargs"),
                         (lambda: data_spec(path, probe=str(tmp_path)), "probe"),
                         (lambda: data_spec("nonsense"), "data")):
         assert _one_line_error(call, f"`{field}`").field == field
@@ -127,5 +156,7 @@ def test_a_probe_file_is_checked_against_its_own_recorded_digest(tmp_path):
     spec = data_spec(str(data), probe=str(probe))
     got = assay_data(spec, 5, 6)
     assert (got.probe_x >= 100).all() and (got.calib_x < 100).all()
+    again = assay_data(spec, 5, 6)  # both files' subsets drawn with the seed: the same examples every time
+    assert torch.equal(got.calib_x, again.calib_x) and torch.equal(got.probe_x, again.probe_x)
     _save(probe, x + 200, y)
     _one_line_error(lambda: assay_data(spec, 5, 6), str(probe), "sha256 differs")

@@ -180,9 +180,37 @@ def test_a_part_that_is_not_whole_is_assayed_again_not_read(tmp_path, damage):
             part["sha256"] = canonical_hash(part["tables"])
         path = parts.parts / f"{key}.json"
         path.write_text(json.dumps(part))
-        with pytest.warns(UserWarning, match="unreadable part"):
+        with pytest.warns(UserWarning, match=f"{key}.json: unreadable part; its checkpoint is assayed again$"):
             assert parts.load(key) is None
         assert not path.exists()
+
+
+def test_a_part_edited_since_it_was_written_says_so_and_is_assayed_again(tmp_path):
+    """A whole part whose tables no longer match its checksum is named as edited, not as unreadable."""
+    import json
+
+    from resetassay.io.rundir import PART_FORMAT, RunParts, canonical_hash
+
+    with RunParts(tmp_path / "run", {"config": {"seed": 0}}) as parts:
+        key = "b" * 64
+        tables = {name: "x\n1\n" for name in TABLES}
+        part = {"format": PART_FORMAT, "key": key, "sha256": canonical_hash(tables),
+                "tables": {**tables, "units": "x\n2\n"}}
+        path = parts.parts / f"{key}.json"
+        path.write_text(json.dumps(part))
+        with pytest.warns(UserWarning, match=r"part edited since it was written \(its checksum does not match\)"):
+            assert parts.load(key) is None
+        assert not path.exists()
+
+
+def test_run_json_is_written_indented_for_people_to_read(run_dir, tmp_path):
+    import json
+
+    from resetassay.io.rundir import read_run, write_run
+
+    write_run(tmp_path / "run", read_run(run_dir), {"config": {"seed": 0, "metrics": ["l1"]}})
+    text = (tmp_path / "run" / "run.json").read_text()
+    assert json.loads(text)["config"]["seed"] == 0 and '\n    "seed": 0' in text  # two levels of 2 spaces
 
 
 def test_a_run_read_back_refuses_a_table_without_a_column_or_a_summary_without_a_row(run_dir, tmp_path):

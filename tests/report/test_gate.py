@@ -785,3 +785,25 @@ def test_a_max_floor_exactly_at_a_familys_value_holds(clean_run, tmp_path):
     ]}))
     result = runner.invoke(app, ["check", str(clean_run), "--baseline", str(baseline)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_report_file_is_written_under_folders_that_do_not_exist_yet(tmp_path):
+    from resetassay.report.gate import _write
+
+    path = _write(tmp_path / "a" / "b" / "check.xml", "<x/>", "junit", "check.xml")
+    assert path.read_text() == "<x/>"
+
+
+@pytest.mark.parametrize("error, shown", [(OSError("the disk went away"), "the disk went away"),
+                                          (OSError(errno.ENOSPC, "No space left on device"), "No space left")])
+def test_a_write_that_fails_names_the_flag_and_the_reason(tmp_path, monkeypatch, error, shown):
+    """The reason is the OS's own words where it gives some (strerror), else the error's text; never 'None'."""
+    import resetassay.report.gate as gate
+
+    def fail(path, text):
+        raise error
+
+    monkeypatch.setattr(gate, "atomic_write", fail)
+    with pytest.raises(BadInputError, match=rf"`junit` .*check\.xml: cannot write \({shown}") as caught:
+        gate._write(tmp_path / "check.xml", "<x/>", "junit", "check.xml")
+    assert caught.value.field == "junit" and "None" not in str(caught.value)

@@ -322,6 +322,9 @@ def test_shock_at_another_q_is_recomputed_from_units_and_has_no_joint_shock():
     assert at_20["overlap"] == 0.0
     assert math.isnan(at_20["joint_shock"])
     assert summary_at_q(units, stored, 0.05, base_q=0.05) is stored  # the run's own q: the stored table
+    two = summary_at_q(pd.concat([units, units.assign(checkpoint="b")]), pd.concat([stored, stored.assign(
+        checkpoint="b")]), 0.2, base_q=0.05)
+    assert list(two.index) == list(range(len(two))) and set(two["checkpoint"]) == {"a", "b"}  # one row per label
 
 
 @pytest.mark.parametrize("text", ["0", "1.5", "abc", ",", "-0.1", "1.0000001"])

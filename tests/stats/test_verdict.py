@@ -28,6 +28,7 @@ from resetassay.stats.summary import checkpoint_summary
 from resetassay.stats.verdict import (
     FLAG_NOTE,
     MIN_RHO_UNITS,
+    _nanmean,
     _rank_correlation,
     _Ranked,
     checkpoint_verdict_stats,
@@ -120,8 +121,15 @@ def test_the_paired_bootstrap_gives_an_indistinguishable_set_and_fails_noise():
         assert verdict.loc[(kind, "noise"), "fails"] and not verdict.loc[(kind, "random"), "fails"]
         assert verdict.loc[(kind, "random"), "regret_low"] <= 1 <= verdict.loc[(kind, "random"), "regret_high"]
         assert not verdict.loc[(kind, "random"), "best"] and not verdict.loc[(kind, "oracle"), "best"]
+    for flag in ("best", "indistinguishable", "cheapest", "fails"):  # every row says yes or no, none is blank
+        assert verdict[flag].map(type).eq(bool).all(), flag
     again = verdict_table(units, summary, pd.DataFrame(), 0.1).set_index(["kind", "utility"])
     pd.testing.assert_frame_equal(verdict, again)  # seeded: the same tables give the same intervals
+
+
+def test_the_mean_over_draws_skips_nan_and_is_nan_only_without_a_value():
+    got = _nanmean(np.array([[2.0, np.nan, np.nan], [np.nan, np.nan, np.nan], [1.0, 2.0, 6.0]]))
+    assert got[0] == 2.0 and math.isnan(got[1]) and got[2] == 3.0
 
 
 @pytest.fixture(scope="module")
