@@ -47,6 +47,20 @@ def test_spearman_uses_average_ranks_for_ties(u, s):
     assert rho == pytest.approx(_pearson_of_average_ranks(u, s), abs=TOL)
 
 
+def test_spearman_of_two_units_is_their_order_and_of_the_shock_itself_exactly_one():
+    assert spearman(np.array([1.0, 2.0]), np.array([3.0, 5.0])) == (pytest.approx(1.0, abs=TOL), "")
+    assert spearman(np.array([1.0, 2.0]), np.array([5.0, 3.0])) == (pytest.approx(-1.0, abs=TOL), "")
+    x = np.random.default_rng(0).normal(size=5)  # scipy gives 0.9999999999999999 here
+    assert spearman(x, x.copy()) == (1.0, "")
+
+
+def test_per_layer_rows_keep_the_order_of_the_unit_table():
+    units = pd.DataFrame({"checkpoint": "c", "layer": ["z"] * 4 + ["a"] * 4, "unit": list(range(4)) * 2,
+                          "mature": True, "u": [1.0, 2.0, 3.0, 4.0] * 2, "shock_l1": [1.0, 3.0, 2.0, 4.0] * 2})
+    scopes = checkpoint_summary(units, ["u"], ["l1"], 0.25)["scope"].tolist()
+    assert scopes[scopes.index("z"):] == ["z", "a"]  # the model's order, not the alphabet's
+
+
 def test_spearman_of_constant_vector_is_nan_with_reason():
     rho, note = spearman(np.array([2.0, 2.0, 2.0]), np.array([1.0, 2.0, 3.0]))
     assert math.isnan(rho) and "utility is constant" in note
