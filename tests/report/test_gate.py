@@ -807,3 +807,18 @@ def test_a_write_that_fails_names_the_flag_and_the_reason(tmp_path, monkeypatch,
     with pytest.raises(BadInputError, match=rf"`junit` .*check\.xml: cannot write \({shown}") as caught:
         gate._write(tmp_path / "check.xml", "<x/>", "junit", "check.xml")
     assert caught.value.field == "junit" and "None" not in str(caught.value)
+
+
+@pytest.mark.parametrize("flag", ["junit", "markdown"])
+def test_a_report_that_cannot_be_written_after_the_check_names_its_flag(clean_run, baseline_file, tmp_path,
+                                                                        monkeypatch, flag):
+    """A write that fails once the comparisons are made (the disk filled meanwhile) is bad input naming the flag."""
+    import resetassay.report.gate as gate
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gate, "atomic_write", full)
+    with pytest.raises(BadInputError, match="No space left") as caught:
+        check_run(clean_run, baseline_file, **{flag: tmp_path / f"check.{'xml' if flag == 'junit' else 'md'}"})
+    assert caught.value.field == flag
