@@ -3,6 +3,7 @@ whole probe set so that the pooled Spearman ρ of every utility is within ±`pre
 
     going = rank_open(mean, se, utilities, precision=0.01, confidence=0.95)   # units (n,) -> which must go on
     chosen = pooled_rank_open(units, utilities, metrics, precision, confidence)  # a UnitTable -> per layer
+    settle_pooled_ranks(units, utilities, metrics, precision, confidence, exact, n_probe)  # measured, in place
 
 A unit's shock is an estimate `mean ± se`. How far ρ(u, shock) over a set of units could be from the exact one is read
 off a parametric bootstrap: `DRAWS` redraws of every estimate from a normal with its SE (seeded), ρ recomputed on each;
@@ -15,16 +16,19 @@ elsewhere: a layer it does not apply to, an immature unit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 import torch
 
 from resetassay.lesion.sequential import BLOCKS, PROBES_COLUMN
 from resetassay.names import se_column, shock_column
-from resetassay.shapes import LayerName
+from resetassay.shapes import LayerName, Shocks
 
-__all__ = ["DRAWS", "pooled_rank_open", "rank_open", "rho_error"]
+__all__ = ["DRAWS", "ROUNDS", "pooled_rank_open", "rank_open", "rho_error", "settle_pooled_ranks"]
 
 DRAWS = 256
+ROUNDS = 4  # checks of the pooled ranks, each on the shocks the last one made exact
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
@@ -143,7 +147,7 @@ def pooled_rank_open(units: pd.DataFrame, utilities: list[str], metrics: list[st
     Spearman ρ (SPEC S5's ALL scope: the mature units it scores, every layer) is within `precision` of the exact
     run's in every metric: unit indices per layer (only layers with some). A unit's SE has as many degrees of
     freedom as the probe blocks it saw (of min(`blocks`, P), `sequential.schedule`) less one."""
-    mature = torch.as_tensor(units["mature"].to_numpy(dtype=bool))
+    mature = torch.tensor(units["mature"].to_numpy(dtype=bool))
     scores = torch.stack([torch.as_tensor(units[u].to_numpy(dtype=float)) for u in utilities if u in units]
                          or [torch.full((len(units),), float("nan"))])
     scores[:, ~mature] = float("nan")
@@ -158,3 +162,23 @@ def pooled_rank_open(units: pd.DataFrame, utilities: list[str], metrics: list[st
     picked = units[going.numpy()]
     return {layer: torch.as_tensor(g["unit"].to_numpy(), dtype=torch.long)
             for layer, g in picked.groupby("layer", sort=False)}
+
+
+def settle_pooled_ranks(units: pd.DataFrame, utilities: list[str], metrics: list[str], precision: float,
+                        confidence: float, exact: Callable[[dict[LayerName, torch.Tensor]], Shocks], n_probe: int,
+                        seed: int = 0, rounds: int = ROUNDS) -> None:
+    """Measure on the whole probe set (`exact(chosen)`: the shocks per metric of the units `chosen[layer]`, in that
+    order) the units `pooled_rank_open` picks, again on the new shocks until it picks none (at most `rounds`
+    times); `units` updated in place: those shocks exact, SE 0, `n_probe` probes. `precision` 2: nothing to do."""
+    for _ in range(rounds if precision < 2 else 0):
+        chosen = pooled_rank_open(units, utilities, metrics, precision, confidence, seed)
+        if not chosen:
+            return
+        shocks = exact(chosen)
+        for name, picked in chosen.items():
+            rows = units.index[(units["layer"] == name) & units["unit"].isin(picked.tolist())]
+            order = units.loc[rows, "unit"].map({int(u): i for i, u in enumerate(picked.tolist())}).to_numpy()
+            for m in metrics:
+                units.loc[rows, shock_column(m)] = shocks[m][name].double().cpu().numpy()[order]
+                units.loc[rows, se_column(m)] = 0.0
+            units.loc[rows, PROBES_COLUMN] = n_probe

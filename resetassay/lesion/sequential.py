@@ -5,17 +5,16 @@ still open.
     out.shocks["l1"]["layers.0.act"], out.se["l1"]["layers.0.act"], out.probes["layers.0.act"], out.forwards
 
 The probe set is cut, in an order drawn with `seed`, into `blocks` blocks of (nearly) equal size. Every unit is
-first lesioned on the first eighth of the blocks; rounds then double the prefix (a quarter, a half, all), nested so
+first lesioned on the first eighth of the blocks; each round then extends the prefix √2 times (`schedule`), nested so
 that a later round extends the earlier one. After each round a unit's shock is the mean over the examples of its
 blocks so far (exact once it has every block) and its standard error comes from the spread of its block means,
-with the finite-population correction (0 at the full set). A unit gets the next round until intervals at the
-layer's Bonferroni-corrected level settle it *out* of its layer's bottom-k set (k = k_at(n, q), SPEC S5) in every
-metric (`settled`): open units go on, and so do units settled *in*, so that every unit of the set ends measured on
-the whole probe set (heavy-tailed shocks make a unit look cheaper than it is, never dearer, on few examples).
-Given the layer's utility scores, the units a utility would reset go on to every example (its Shock@q is then
-exact; the pooled ranks are settled over the whole model afterwards, `rank_precision`). Any engine measures a round's
-blocks in one pass (`unit_shocks_of` on a sub-request whose probe examples are grouped by block,
-`LesionRequest.groups`).
+with the finite-population correction (0 at the full set). The units among their layer's k lowest estimates
+(k = k_at(n, q), SPEC S5) in some metric, and, given the layer's utility scores, the units a utility would reset,
+go on to every probe example at once: the set read out and every utility's Shock@q are then exact, and the other
+units are judged against exact shocks. Any other unit gets the next round until intervals at the layer's
+Bonferroni-corrected level settle it *out* of the bottom-k set in every metric (`settled`). The pooled ranks are
+settled over the whole model afterwards (`rank_precision`). Any engine measures a round's blocks in one pass
+(`unit_shocks_of` on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
 """
 
 from __future__ import annotations
@@ -33,12 +32,13 @@ from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.shapes import LayerName, Shocks
 from resetassay.stats.summary import k_at
 
-__all__ = ["BLOCKS", "PROBES_COLUMN", "SequentialShocks", "schedule", "sequential_shocks",
+__all__ = ["BLOCKS", "FIRST", "PROBES_COLUMN", "SequentialShocks", "schedule", "sequential_shocks",
            "sequential_unit_shocks", "settled"]
 
 PROBES_COLUMN = "probes"  # the UnitTable column of a sequential run: probe examples the unit was lesioned on
 
-BLOCKS = 64  # probe blocks (at most one per example): the first round has 8, so its SE has 7 degrees of freedom
+FIRST = 8  # the first round sees 1/FIRST of the probe set
+BLOCKS = 1024  # probe blocks (at most one per example): the first round has 128, so its SE has 127 degrees of freedom
 
 
 @dataclass
@@ -53,10 +53,11 @@ class SequentialShocks:
     forwards: int
 
 
-def schedule(n_blocks: int) -> list[int]:
-    """Blocks seen after each round: an eighth (at least 2), a quarter, a half, all."""
-    ends = sorted({min(n_blocks, max(2, math.ceil(n_blocks / d))) for d in (8, 4, 2, 1)})
-    return ends
+def schedule(n_blocks: int, first: int = FIRST) -> list[int]:
+    """Blocks seen after each round: a `first`-th (at least 2), then √2 times more each round up to all (seven rounds
+    from an eighth: a unit stops at most √2 times later than it could have)."""
+    rounds = round(2 * math.log2(first))
+    return sorted({min(n_blocks, max(2, math.ceil(n_blocks / 2 ** (j / 2)))) for j in range(rounds, -1, -1)})
 
 
 def settled(mean: torch.Tensor, half: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,11 +86,12 @@ def _quantile(level: float, dof: torch.Tensor) -> torch.Tensor:
 
 
 def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, seed: int = 0,
-                           blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None
-                           ) -> SequentialShocks:
+                           blocks: int = BLOCKS, utilities: dict[LayerName, torch.Tensor] | None = None,
+                           mature: dict[LayerName, torch.Tensor] | None = None) -> SequentialShocks:
     """Unit shocks of `request` (SPEC S4) by sequential probes (SPEC S4b) at `confidence` for each layer's
-    bottom-k set, k = k_at(n, q) of its lesioned units (S5); given each layer's utility scores `utilities[layer]`
-    `(U, n lesioned units)`, with the units each utility would reset exact. A unit that reaches the full probe set
+    bottom-k set, k = k_at(n, q) of its lesioned units, or of those `mature[layer]` marks `(n lesioned units,)`
+    (S5); given each layer's utility scores `utilities[layer]` `(U, n lesioned units)`, with the units each utility
+    would reset exact. A unit that reaches the full probe set
     is exact (to float rounding of its block sums); `confidence` 1 takes every unit there. Any engine measures the
     blocks.
 
@@ -108,7 +110,7 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
         return unit_shocks_of(sub)
 
     out = sequential_shocks(measure, {name: len(u) for name, u in chosen.items()}, len(r.probe_x), r.metrics,
-                            confidence, q, seed, blocks, utilities)
+                            confidence, q, seed, blocks, utilities, mature=mature)
     if r.advance:
         r.advance(sum(len(u) for u in chosen.values()))
     return out
@@ -117,29 +119,36 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
 Measure = Callable[[torch.Tensor, torch.Tensor, dict[LayerName, torch.Tensor]], Shocks]
 
 
-def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: int, metrics: list[str],
+def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: int, metrics: list[str],  # noqa: PLR0913 — the rule's inputs: a measurement, S5's sets and the schedule
                       confidence: float, q: float, seed: int = 0, blocks: int = BLOCKS,
-                      utilities: dict[LayerName, torch.Tensor] | None = None) -> SequentialShocks:
+                      utilities: dict[LayerName, torch.Tensor] | None = None, first: int = FIRST,
+                      mature: dict[LayerName, torch.Tensor] | None = None) -> SequentialShocks:
     """The stopping rule of SPEC S4b over any measurement: `measure(idx, groups, which)` gives, per metric and
     layer, the mean shock `(len(which[layer]), G)` over each group of the probe examples `idx` (`groups`, one per
     example, 0..G-1: a round's blocks, measured in one pass) of the units at positions `which[layer]` of each open
-    layer (`n_units[layer]` units). Every unit starts on the first round; a unit continues until it is `settled` out of
-    its layer's bottom-k set (k = k_at(n, q)) in every metric at the layer's Bonferroni level
-    1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of freedom;
-    units settled in go on to the full probe set. With the layers' utility scores `utilities[layer]` `(U, n)`, the
-    units each utility would reset (its k lowest) go on to the full probe set too."""
+    layer (`n_units[layer]` units). Every unit starts on the first round; after each round the units among their
+    layer's k lowest estimates (k = k_at(n, q)) in some metric, and with the layers' utility scores
+    `utilities[layer]` `(U, n)` the units each utility would reset (its k lowest), go on to the full probe set; any
+    other unit continues until it is `settled` out of the bottom-k set in every metric at the layer's Bonferroni
+    level 1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of
+    freedom. The first round sees a `first`-th of the probe set (`schedule`). With `mature[layer]` (a mask), the
+    sets, k and the intervals' comparisons are those of the mature units, as S5 reads them; the others stop after
+    the first round."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
     state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))),
-                    utilities)
-    ends = schedule(len(state.parts))
+                    utilities, mature)
+    ends = schedule(len(state.parts), first)
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
     for end in ends:
         open_layers = [name for name, a in active.items() if bool(a.any())]
         if not open_layers:
             break
         state.extend(active, end)
+        # The units now among their layer's k lowest estimates, or that a utility would reset, go on to every
+        # probe example at once: exact, their intervals have no width, and every other unit is judged against them.
+        state.extend({name: state.in_sets(name) | state.selected(name) for name in open_layers}, len(state.parts))
         for name in open_layers:
             level = 1 - (1 - confidence) / (n_units[name] * len(ends))
             active[name] = state.going_on(name, level)
@@ -161,6 +170,7 @@ class _Rounds:
     q: float
     parts: list[torch.Tensor]
     utilities: dict[LayerName, torch.Tensor] | None = None
+    mature: dict[LayerName, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.sizes = torch.tensor([len(p) for p in self.parts], dtype=torch.float64)
@@ -192,32 +202,40 @@ class _Rounds:
         """Each unit's shock and standard error per metric so far (`_estimates`)."""
         return _estimates(self.means, name, self.done[name], self.sizes, self.n_probe, self.metrics)
 
+    def pool(self, name: str) -> torch.Tensor:
+        """The units S5's statistics read (`mature[layer]`; every unit without it): the sets are drawn from them."""
+        return self.mature[name] if self.mature and name in self.mature else torch.ones(self.n_units[name],
+                                                                                        dtype=torch.bool)
+
     def in_sets(self, name: str, mean: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Units among their layer's k lowest estimated shocks `mean` (default: the current ones) in some metric,
         not yet on every block."""
         mean = self.estimates(name)[0] if mean is None else mean
+        pool = self.pool(name)
         found = torch.zeros(self.n_units[name], dtype=torch.bool)
         for m in self.metrics:
-            found[torch.argsort(mean[m], stable=True)[:k_at(self.n_units[name], self.q)]] = True
+            found |= _lowest(mean[m], pool, k_at(int(pool.sum()), self.q))
         return found & (self.done[name] < len(self.parts))
 
     def going_on(self, name: str, level: float) -> torch.Tensor:
         """Units that get the next round: not yet settled out in some metric at `level` (open, or settled in),
-        or now among the layer's k lowest, and not yet on every block."""
+        or now among the layer's k lowest, and not yet on every block. Units outside the pool stop."""
         mean, err = self.estimates(name)
         half_width = _quantile(level, self.done[name] - 1)
+        pool = self.pool(name)
         going = self.in_sets(name, mean) | self.selected(name)
         for m in self.metrics:
-            going |= ~settled(mean[m], half_width * err[m], k_at(self.n_units[name], self.q))[1]
+            going[pool] |= ~settled(mean[m][pool], (half_width * err[m])[pool], k_at(int(pool.sum()), self.q))[1]
         return going & (self.done[name] < len(self.parts))
 
     def selected(self, name: str) -> torch.Tensor:
-        """Units some utility would reset (its k lowest scores in the layer, ties by position: S5's selection),
-        not yet on every block: their shocks make its Shock@q, so they go on to every probe example."""
+        """Units some utility would reset (its k lowest scores among the layer's pool, ties by position: S5's
+        selection), not yet on every block: their shocks make its Shock@q, so they go on to every probe example."""
+        pool = self.pool(name)
         chosen = torch.zeros(self.n_units[name], dtype=torch.bool)
         for row in (self.utilities or {}).get(name, []):
-            if not bool(torch.isnan(row).any()):
-                chosen[torch.argsort(row, stable=True)[:k_at(self.n_units[name], self.q)]] = True
+            if not bool(torch.isnan(row[pool]).any()):
+                chosen |= _lowest(row, pool, k_at(int(pool.sum()), self.q))
         return chosen & (self.done[name] < len(self.parts))
 
     def result(self) -> SequentialShocks:
@@ -231,6 +249,14 @@ class _Rounds:
         cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), self.sizes.cumsum(0)]).long()
         probes = {name: cumulative[d] for name, d in self.done.items()}
         return SequentialShocks(shocks, se, probes, int(sum(int(p.sum()) for p in probes.values())))
+
+
+def _lowest(values: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
+    """The k lowest `values` among the units of `pool` (a mask), ties by position, as a mask."""
+    among = pool.nonzero().flatten()
+    out = torch.zeros(len(pool), dtype=torch.bool)
+    out[among[torch.argsort(values[among], stable=True)[:k]]] = True
+    return out
 
 
 def _estimates(means: Shocks, name: str, done: torch.Tensor, sizes: torch.Tensor, n_probe: int,

@@ -39,7 +39,7 @@ from resetassay.errors import BadInputError, did_you_mean, one_line
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import LesionRequest, joint_shocks_of, unit_shocks_of
-from resetassay.lesion.rank_precision import pooled_rank_open
+from resetassay.lesion.rank_precision import settle_pooled_ranks
 from resetassay.lesion.reset import resettable_layers
 from resetassay.lesion.sequential import PROBES_COLUMN, sequential_unit_shocks
 from resetassay.lesion.shocks import lesioned_units, probe_logits
@@ -54,7 +54,6 @@ from resetassay.names import (
     TABLES,
     clamp_column,
     se_column,
-    shock_column,
     utility_column,
 )
 from resetassay.progress import Progress
@@ -566,7 +565,8 @@ def lesion_chunk(p: Prepared, cal: Calibration, chunk: LesionChunk,
         else:
             scores = [s[layer.name][chunk.units] for s in cal.scores.values() if layer.name in s]
             seq = sequential_unit_shocks(request, config.sequential, config.q, config.seed,
-                                         utilities={layer.name: torch.stack(scores).double().cpu()} if scores else None)
+                                         utilities={layer.name: torch.stack(scores).double().cpu()} if scores else None,
+                                         mature={layer.name: layer.mature(p.maturity)[chunk.units].cpu()})
             shocks = {m: per_layer[layer.name] for m, per_layer in seq.shocks.items()}
             shocks |= {se_column(m): per_layer[layer.name] for m, per_layer in seq.se.items()}
             shocks[PROBES_COLUMN] = seq.probes[layer.name].double()
@@ -576,30 +576,22 @@ def lesion_chunk(p: Prepared, cal: Calibration, chunk: LesionChunk,
     return shocks
 
 
-def _settle_pooled_ranks(p: Prepared, cal: Calibration, units: pd.DataFrame, rounds: int = 4) -> None:
-    """A sequential run (SPEC S4b): measure on the whole probe set the early-stopped units the pooled Spearman ρ of
-    some utility needs to be within `rank_precision` of the exact run's (`pooled_rank_open`), again on the new
-    shocks until none is needed (at most `rounds` times); `units` updated in place (those shocks exact, SE 0, every
-    probe example)."""
+def _settle_pooled_ranks(p: Prepared, cal: Calibration, units: pd.DataFrame) -> None:
+    """A sequential run (SPEC S4b): the early-stopped units the pooled Spearman ρ of some utility needs to be within
+    `rank_precision` of the exact run's, measured on the whole probe set (`settle_pooled_ranks`); `units` updated
+    in place."""
     config = p.config
-    ranked = [u for u in config.utilities if u not in (ORACLE, *SET_SELECTORS)]
-    for _ in range(rounds if config.rank_precision < 2 else 0):
-        with p.clock("lesions"):
-            chosen = pooled_rank_open(units, ranked, config.metrics, config.rank_precision, config.sequential,
-                                      config.seed)
-        if not chosen:
-            return
+
+    def exact(chosen: dict[str, torch.Tensor]) -> Shocks:
         layers = [layer for layer in p.layers if layer.name in chosen]
         request = lesion_request(p.model, layers, cal.refs, p.probe_x, p.probe_y, p.base, config, units=chosen)
-        with p.clock("lesions"), precision(config, p.base.device):
-            exact = unit_shocks_of(request)
-        for name, picked in chosen.items():
-            rows = units.index[(units["layer"] == name) & units["unit"].isin(picked.tolist())]
-            order = units.loc[rows, "unit"].map({int(u): i for i, u in enumerate(picked.tolist())}).to_numpy()
-            for m in config.metrics:
-                units.loc[rows, shock_column(m)] = exact[m][name].double().cpu().numpy()[order]
-                units.loc[rows, se_column(m)] = 0.0
-            units.loc[rows, PROBES_COLUMN] = len(p.probe_x)
+        with precision(config, p.base.device):
+            return unit_shocks_of(request)
+
+    ranked = [u for u in config.utilities if u not in (ORACLE, *SET_SELECTORS)]
+    with p.clock("lesions"):
+        settle_pooled_ranks(units, ranked, config.metrics, config.rank_precision, config.sequential, exact,
+                            len(p.probe_x), config.seed)
 
 
 def lesion_request(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor,

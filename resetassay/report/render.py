@@ -156,7 +156,8 @@ def _sequential_note(info: dict, tables: Tables, q: float) -> list[Block]:
         f"**Sequential probes** (`resetassay run --sequential {confidence:g}`, SPEC S4b): each unit was lesioned on "
         "a growing seeded share of the probe set until its layer's oracle bottom-k set was settled at confidence "
         f"{confidence:g}{ranks}; units.csv gives each unit's probes used and the standard error of its shock. "
-        "Units that stopped early have estimated shocks, so Spearman ρ and Shock@q carry that sampling error: the "
+        "Units that stopped early have estimated shocks, so Spearman ρ carries that sampling error (the units of "
+        "every Shock@q and of the oracle's saw every probe example): the "
         f"intervals below redraw those shocks from their standard errors ({LEVEL:.0%}, {DRAWS} draws; they leave "
         "out the sampling of units and checkpoints, which the verdict's intervals hold)."))
     intervals = probe_sampling_intervals(tables["units"], tables["summary"], q)

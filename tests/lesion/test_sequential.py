@@ -27,7 +27,30 @@ def test_settled_reads_intervals():
     assert inside.tolist() == [True, False, False, False] and outside.tolist() == [False, False, False, True]
     assert settled(mean, torch.full((4,), 99.0), 4)[0].all()  # k = n: all in
     assert settled(mean, torch.full((4,), 99.0), 0)[1].all()  # k = 0: all out
-    assert schedule(64) == [8, 16, 32, 64] and schedule(3) == [2, 3]
+    assert schedule(64) == [8, 12, 16, 23, 32, 46, 64] and schedule(3) == [2, 3]  # an eighth, then x√2 (ceil)
+    assert schedule(1024, first=16) == [64, 91, 128, 182, 256, 363, 512, 725, 1024]
+
+
+def test_the_set_and_what_utilities_reset_go_to_every_example_right_after_the_first_round():
+    """After round 1, one pass takes the units among the k lowest estimates and those a utility would reset to the
+    whole probe set, before any other unit's second round: the others are judged against their exact shocks."""
+    n, n_probe, k = 30, 256, 3
+    x = torch.linspace(1.0, 3.0, n).unsqueeze(1).repeat(1, n_probe).double()
+    x *= 1 + 0.5 * torch.randn(n, n_probe, generator=torch.Generator().manual_seed(0)).double()
+    calls = []
+
+    def measure(idx, groups, which):
+        calls.append((len(idx), set(which["a"].tolist())))
+        per_example = x[:, idx][which["a"]]
+        sums = per_example.new_zeros(len(per_example), int(groups.max()) + 1).index_add_(1, groups, per_example)
+        return {"l1": {"a": sums / torch.bincount(groups)}}
+
+    utility = torch.arange(n, 0, -1).double()  # would reset units 27, 28, 29: the dearest
+    out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], 0.95, k / n, utilities={"a": utility.unsqueeze(0)})
+    first = torch.randperm(n_probe, generator=torch.Generator().manual_seed(0))[:n_probe // 8]  # seed 0's order
+    assert calls[0] == (len(first), set(range(n)))
+    assert calls[1] == (n_probe - len(first), bottom(x[:, first].mean(1), k) | {27, 28, 29})
+    assert (out.probes["a"][[27, 28, 29]] == n_probe).all()
 
 
 def _simulated(true_means: torch.Tensor, n_probe: int, seed: int) -> torch.Tensor:
@@ -150,3 +173,27 @@ def test_every_unit_of_a_set_read_from_the_shocks_saw_every_probe_example(mlp_re
                 assert (out.probes[layer.name][chosen] == len(request.probe_x)).all()
                 torch.testing.assert_close(out.shocks[m][layer.name][chosen], exact[m][layer.name][chosen],
                                            rtol=1e-6, atol=1e-9)
+
+
+def test_sets_are_drawn_from_the_mature_units_as_s5_reads_them():
+    """With a maturity mask, the oracle set and each utility's selection are the k lowest *mature* units (k of the
+    mature count, S5): those end exact, and immature units, which no statistic reads, stop after the first round."""
+    n, n_probe = 40, 256
+    x = torch.linspace(1.0, 3.0, n).unsqueeze(1).repeat(1, n_probe).double()
+    x *= 1 + 0.3 * torch.randn(n, n_probe, generator=torch.Generator().manual_seed(1)).double()
+
+    def measure(idx, groups, which):
+        per_example = x[:, idx][which["a"]]
+        sums = per_example.new_zeros(len(per_example), int(groups.max()) + 1).index_add_(1, groups, per_example)
+        return {"l1": {"a": sums / torch.bincount(groups)}}
+
+    mature = torch.ones(n, dtype=torch.bool)
+    mature[:10] = False  # the ten cheapest units are too young to count
+    utility = torch.arange(n).double()  # would reset the lowest-indexed mature units: 10, 11
+    out = sequential_shocks(measure, {"a": n}, n_probe, ["l1"], 0.95, 0.05, utilities={"a": utility.unsqueeze(0)},
+                            mature={"a": mature})
+    k = k_at(int(mature.sum()), 0.05)
+    shocks, full = out.shocks["l1"]["a"], out.probes["a"] == n_probe
+    oracle = {10 + i for i in bottom(shocks[10:], k)}
+    assert oracle == {10 + i for i in bottom(x[10:].mean(1), k)} and full[list(oracle)].all()
+    assert full[[10, 11]].all() and (out.probes["a"][:10] == n_probe // 8).all()
