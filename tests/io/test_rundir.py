@@ -238,3 +238,6 @@ def test_a_run_read_back_refuses_a_table_without_a_column_or_a_summary_without_a
     info.pop("config", None)
     (bare / "run.json").write_text(json.dumps(info))
     assert set(read_run(bare)) >= {"units", "summary"}
+    info["config"] = {"utilities": ["gxd"], "metrics": "l1"}  # metrics not a list: the pairs of summary.csv only
+    (bare / "run.json").write_text(json.dumps(info))
+    assert set(read_run(bare)) >= {"units", "summary"}

@@ -822,3 +822,11 @@ def test_a_report_that_cannot_be_written_after_the_check_names_its_flag(clean_ru
     with pytest.raises(BadInputError, match="No space left") as caught:
         check_run(clean_run, baseline_file, **{flag: tmp_path / f"check.{'xml' if flag == 'junit' else 'md'}"})
     assert caught.value.field == flag
+
+
+def test_a_summary_without_the_spearman_column_is_bad_input_naming_it(clean_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(clean_run, run)
+    pd.read_csv(run / "summary.csv").drop(columns="spearman").to_csv(run / "summary.csv", index=False)
+    with pytest.raises(BadInputError, match="no column spearman"):
+        family_means(run)

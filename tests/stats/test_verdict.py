@@ -102,6 +102,8 @@ def test_regret_and_balanced_rho_are_the_weighted_means_of_the_layers_s5_rows():
                     rho += len(shock) * rows.loc[layer, "spearman"]
                     count += len(shock)
             assert stats.loc[(kind, utility), "regret"] == pytest.approx(regret / weight, abs=1e-12)
+            assert stats.loc[(kind, utility), "n_units"] == units["layer"].isin(layers).sum()
+            assert stats.loc[(kind, utility), "n_layers"] == len(layers)
             got = stats.loc[(kind, utility), "balanced_rho"]
             assert got == pytest.approx(rho / count, abs=1e-12) if count else math.isnan(got)  # heads: 4 < 5 units
     assert stats.loc[("neurons", "oracle"), "regret"] == 0.0
