@@ -125,6 +125,8 @@ def test_the_paired_bootstrap_gives_an_indistinguishable_set_and_fails_noise():
         assert not verdict.loc[(kind, "random"), "best"] and not verdict.loc[(kind, "oracle"), "best"]
     for flag in ("best", "indistinguishable", "cheapest", "fails"):  # every row says yes or no, none is blank
         assert verdict[flag].map(type).eq(bool).all(), flag
+    marks = verdict.groupby(level="kind")[["best", "cheapest"]].sum()
+    assert (marks["best"] == 1).all() and (marks["cheapest"] == 0).all()  # no seconds measured: none is cheapest
     again = verdict_table(units, summary, pd.DataFrame(), 0.1).set_index(["kind", "utility"])
     pd.testing.assert_frame_equal(verdict, again)  # seeded: the same tables give the same intervals
 
