@@ -37,14 +37,13 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 import torch
 
 import resetassay as ra
 from resetassay.io.rundir import read_run, read_run_info, read_timings
 from resetassay.lesion.sequential import BLOCKS, schedule
 from resetassay.names import ALL, shock_column
-from resetassay.stats.summary import k_at
+from resetassay.stats.summary import selection
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [ROOT / "fixtures" / name / "task4" for name in ("resnet", "transformer", "relu_mlp")]
@@ -69,16 +68,13 @@ def _assay(path: Path, sequential: float | None, args: argparse.Namespace) -> ra
                             sequential=sequential, progress=args.work is not None)
 
 
-def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
-    return set(g.sort_values([column, "unit"], kind="stable")["unit"].head(k_at(len(g), q)))
-
 
 def compare(exact: ra.AssayResult, seq: ra.AssayResult, q: float) -> dict:
     """Forwards, the share of units that ended on the full probe set and after the first round, oracle sets and
     pooled statistics of a sequential result against the exact one (same units)."""
     ue, us = exact.units, seq.units
     n_probe = int(us["probes"].max())
-    same = [_bottom(g, shock_column(m), q) == _bottom(us[us["layer"] == layer], shock_column(m), q)
+    same = [set(selection(g, shock_column(m), q)) == set(selection(us[us["layer"] == layer], shock_column(m), q))
             for m in METRICS for layer, g in ue.groupby("layer", sort=False)]
     pooled = [t[t["scope"] == ALL].set_index(["utility", "metric"])[["spearman", "gap_ratio"]]
               for t in (exact.summary, seq.summary)]

@@ -39,7 +39,7 @@ from resetassay.lesion.rank_precision import settle_pooled_ranks
 from resetassay.lesion.sequential import FIRST, PROBES_COLUMN, sequential_shocks
 from resetassay.names import se_column, shock_column
 from resetassay.pipeline.assay import calibrate, checkpoint_inputs, config_with, lesion_request
-from resetassay.stats.summary import k_at
+from resetassay.stats.summary import k_at, selection
 
 UTILITIES = ["gxd", "activation", "contribution", "oracle"]
 METRICS = ["l1", "kl"]
@@ -129,7 +129,7 @@ def replay(layers: list[dict], confidence: float, seed: int, first: int, q: floa
                         lambda chosen: {m: {name: lookup[name][m][picked].double().mean(1)
                                             for name, picked in chosen.items()} for m in METRICS},
                         n_probe, seed)
-    same = [_bottom(g, f"exact_{m}", q) == _bottom(g, shock_column(m), q)
+    same = [set(selection(g, f"exact_{m}", q)) == set(selection(g, shock_column(m), q))
             for m in METRICS for _, g in units.groupby("layer", sort=False)]
     drho = max(abs(spearmanr(g[u], g[shock_column(m)])[0] - spearmanr(g[u], g[f"exact_{m}"])[0])
                for m in METRICS for u in UTILITIES[:-1] for g in [units[units[u].notna()]] if len(g) > 1)
@@ -138,9 +138,6 @@ def replay(layers: list[dict], confidence: float, seed: int, first: int, q: floa
             "share_full": float((units[PROBES_COLUMN] == n_probe).mean()),
             "oracle_sets_equal": sum(same) / len(same), "max_rho_diff": float(drho)}
 
-
-def _bottom(g: pd.DataFrame, column: str, q: float) -> set[int]:
-    return set(g.sort_values([column, "unit"], kind="stable")["unit"].head(k_at(len(g), q)))
 
 
 def markdown(bound: list[dict], rules: list[dict]) -> str:

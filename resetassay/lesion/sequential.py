@@ -91,9 +91,8 @@ def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, 
     """Unit shocks of `request` (SPEC S4) by sequential probes (SPEC S4b) at `confidence` for each layer's
     bottom-k set, k = k_at(n, q) of its lesioned units, or of those `mature[layer]` marks `(n lesioned units,)`
     (S5); given each layer's utility scores `utilities[layer]` `(U, n lesioned units)`, with the units each utility
-    would reset exact. A unit that reaches the full probe set
-    is exact (to float rounding of its block sums); `confidence` 1 takes every unit there. Any engine measures the
-    blocks.
+    would reset exact. A unit that reaches the full probe set is exact (to float rounding of its block sums);
+    `confidence` 1 takes every unit there. Any engine measures the blocks.
 
     Raises:
         BadInputError: `confidence` outside (0, 1].
@@ -207,6 +206,10 @@ class _Rounds:
         return self.mature[name] if self.mature and name in self.mature else torch.ones(self.n_units[name],
                                                                                         dtype=torch.bool)
 
+    def k(self, name: str) -> int:
+        """The size of the layer's sets: k_at of its pool (SPEC S5)."""
+        return k_at(int(self.pool(name).sum()), self.q)
+
     def in_sets(self, name: str, mean: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Units among their layer's k lowest estimated shocks `mean` (default: the current ones) in some metric,
         not yet on every block."""
@@ -214,7 +217,7 @@ class _Rounds:
         pool = self.pool(name)
         found = torch.zeros(self.n_units[name], dtype=torch.bool)
         for m in self.metrics:
-            found |= _lowest(mean[m], pool, k_at(int(pool.sum()), self.q))
+            found |= _lowest(mean[m], pool, self.k(name))
         return found & (self.done[name] < len(self.parts))
 
     def going_on(self, name: str, level: float) -> torch.Tensor:
@@ -225,7 +228,7 @@ class _Rounds:
         pool = self.pool(name)
         going = self.in_sets(name, mean) | self.selected(name)
         for m in self.metrics:
-            going[pool] |= ~settled(mean[m][pool], (half_width * err[m])[pool], k_at(int(pool.sum()), self.q))[1]
+            going[pool] |= ~settled(mean[m][pool], (half_width * err[m])[pool], self.k(name))[1]
         return going & (self.done[name] < len(self.parts))
 
     def selected(self, name: str) -> torch.Tensor:
@@ -235,7 +238,7 @@ class _Rounds:
         chosen = torch.zeros(self.n_units[name], dtype=torch.bool)
         for row in (self.utilities or {}).get(name, []):
             if not bool(torch.isnan(row[pool]).any()):
-                chosen |= _lowest(row, pool, k_at(int(pool.sum()), self.q))
+                chosen |= _lowest(row, pool, self.k(name))
         return chosen & (self.done[name] < len(self.parts))
 
     def result(self) -> SequentialShocks:
