@@ -6,6 +6,7 @@ interval, so the score is measured in the time a developer has, and says how sur
 
     mutmut run --max-children 1 "resetassay.stats.summary.x_k_at__mutmut_1"   # once: generates every mutant
     python scripts/mutation_sample.py --per-module 60 [--seed 0] [--run]        # sample, run, score
+    python scripts/mutation_sample.py --per-module 40 --seed 2 --exclude-seeds 0 1 --run  # a fresh sample
     python scripts/mutation_sample.py --survivors                               # the sample's survivors as diffs
 
 Mutants that change only what a `raise` or a `warnings.warn(...)` says (its message or its arguments), not whether
@@ -76,11 +77,15 @@ def mutants() -> dict[str, list[tuple[str, bool]]]:
     return out
 
 
-def sample(per_module: int, seed: int) -> dict[str, list[str]]:
-    """A seeded sample of `per_module` mutants of each module, message-only mutants left out."""
+def sample(per_module: int, seed: int, exclude: tuple[int, ...] = ()) -> dict[str, list[str]]:
+    """A seeded sample of `per_module` mutants of each module, message-only mutants left out, and so are the mutants
+    that the samples of the `exclude` seeds (same size) hold, so that a new sample measures tests it did not shape."""
+    every = mutants()
+    taken = {n for s in exclude for names in sample(per_module, s).values() for n in names}
     rng = random.Random(seed)
     return {module: sorted(rng.sample(names, min(per_module, len(names))))
-            for module, rows in mutants().items() for names in [[n for n, message in rows if not message]]}
+            for module, rows in every.items()
+            for names in [[n for n, message in rows if not message and n not in taken]]}
 
 
 def recorded() -> dict[str, int | None]:
@@ -104,12 +109,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-module", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude-seeds", type=int, nargs="*", default=[],
+                        help="leave out the mutants of these seeds' samples (a fresh, out-of-sample measurement)")
     parser.add_argument("--run", action="store_true", help="run the sampled mutants not yet run")
     parser.add_argument("--survivors", action="store_true", help="print each survivor of the sample as a diff")
     args = parser.parse_args()
     if not MUTANTS.is_dir():
         sys.exit("no mutants/ here: run `mutmut run` once from the repository root to generate them")
-    picked = sample(args.per_module, args.seed)
+    picked = sample(args.per_module, args.seed, tuple(args.exclude_seeds))
     if args.run:
         todo = [n for names in picked.values() for n in names if recorded().get(n) not in KILLED | SURVIVED]
         if todo:
