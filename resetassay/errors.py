@@ -1,7 +1,13 @@
 """The error a user can act on: one line naming the file or config field and the fix (docs/design.md "Fields, not
-flags")."""
+flags"); and warnings that point at the user's line."""
 
 from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 class BadInputError(ValueError):
@@ -43,3 +49,12 @@ def did_you_mean(unknown: list[str], known: list[str]) -> str:
 
     close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=2, cutoff=0.6)]
     return f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """`warnings.warn` at the first line outside resetassay up the call stack: the user's, however deep in the
+    package the warning is raised (a fixed `stacklevel` points into the package as soon as a call path changes)."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

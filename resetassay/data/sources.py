@@ -4,7 +4,6 @@ a task's arrays, and the seeded, disjoint calibration and probe sets.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from resetassay.data.spec import (
     parse_normalize,
 )
 from resetassay.data.tensor_files import _tensor_file
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, warn_user
 
 
 def data_spec(  # noqa: C901 — one branch per kind of data source
@@ -196,10 +195,10 @@ def assay_data(
     for the probe. Only the chosen examples are decoded (an image folder) or fetched (a Dataset)."""
     if spec.source not in USER_SOURCES:
         x, y = task_arrays(spec, "holdout")
-        return split_calibration_probe(x, y, calib_size, probe_size, seed, source=spec.describe(), stacklevel=3)
+        return split_calibration_probe(x, y, calib_size, probe_size, seed, source=spec.describe())
     calib = _open(spec, spec.path)
     if spec.probe_path is None:
-        ci, pi = split_indices(calib.n, calib_size, probe_size, seed, source=calib.name, stacklevel=3)
+        ci, pi = split_indices(calib.n, calib_size, probe_size, seed, source=calib.name)
         probe, available = calib, calib.n
     else:
         probe = _open(spec, spec.probe_path)
@@ -233,19 +232,18 @@ def _own_size(n: int, size: int | None, field: str, source: str) -> int:
     if size is not None and size > n:
         raise BadInputError(f"`{field}` {size} exceeds the {n} examples of {source}; ask for at most {n}", field=field)
     if size is None and n < DEFAULT_SIZE:
-        warnings.warn(f"{source} has {n} examples: its set shrinks to {n}", stacklevel=3)
+        warn_user(f"{source} has {n} examples: its set shrinks to {n}")
     return size if size is not None else min(DEFAULT_SIZE, n)
 
 
 def split_indices(
     n: int, calib_size: int | None = None, probe_size: int | None = None, seed: int = 0, source: str = "data",
-    stacklevel: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sorted indices of a seeded, disjoint calibration and probe set among `n` examples (SPEC S1).
 
     Sizes left as None default to 2048 each and shrink, with a warning, to an equal share of
     what the data has (or to what an explicit size of the other set leaves); an explicit size
-    the data cannot supply is an error. The warning names the line `stacklevel` frames up (2: the caller's).
+    the data cannot supply is an error. The warning names the caller's line outside resetassay.
     """
     for field, size in (("calib_size", calib_size), ("probe_size", probe_size)):
         if size is not None and size <= 0:
@@ -264,10 +262,7 @@ def split_indices(
     n_calib = calib_size if calib_size is not None else min(DEFAULT_SIZE, share)
     n_probe = probe_size if probe_size is not None else min(DEFAULT_SIZE, share)
     if (calib_size is None and n_calib < DEFAULT_SIZE) or (probe_size is None and n_probe < DEFAULT_SIZE):
-        warnings.warn(
-            f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} and {n_probe}",
-            stacklevel=stacklevel,
-        )
+        warn_user(f"{source} has {n} held-out examples: calibration and probe sets shrink to {n_calib} and {n_probe}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[:n_calib].sort().values, order[n_calib:n_calib + n_probe].sort().values
 
@@ -279,12 +274,9 @@ def split_calibration_probe(
     probe_size: int | None = None,
     seed: int = 0,
     source: str = "data",
-    *,
-    stacklevel: int = 2,
 ) -> AssayData:
-    """Seeded, disjoint calibration and probe sets (SPEC S1), as `split_indices` chooses them; a shrinking split's
-    warning names the line `stacklevel` frames up (2: the caller's)."""
-    calib, probe = split_indices(len(x), calib_size, probe_size, seed, source, stacklevel=stacklevel + 1)
+    """Seeded, disjoint calibration and probe sets (SPEC S1), as `split_indices` chooses them."""
+    calib, probe = split_indices(len(x), calib_size, probe_size, seed, source)
     return AssayData(
         x[calib], y[calib], x[probe], y[probe],
         provenance={"source": source, "available": len(x), "calib_size": len(calib),
