@@ -70,7 +70,7 @@ def test_data_of_exactly_two_default_sets_splits_without_a_warning():
     assert len(a.calib_y) == len(a.probe_y) == 2048
 
 
-def test_a_shrinking_split_warns_at_the_callers_line_and_seed_0_is_the_default(tmp_path):
+def test_a_shrinking_split_warns_at_the_callers_line(tmp_path):
     x, y = _ids(101)
     with pytest.warns(UserWarning, match="shrink") as caught:
         split_calibration_probe(x, y)
@@ -84,6 +84,9 @@ def test_a_shrinking_split_warns_at_the_callers_line_and_seed_0_is_the_default(t
     with pytest.warns(UserWarning, match="shrink") as caught:
         assay_data(data_spec(str(_save(tmp_path / "d.npz", *_xy()))))  # a file of your own
     assert caught[0].filename == __file__
+
+
+def test_seed_0_is_the_default_split():
     assert all(torch.equal(a, b) for a, b in zip(split_indices(300, 10, 20), split_indices(300, 10, 20, seed=0),
                                                  strict=True))
 
