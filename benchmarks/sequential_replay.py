@@ -6,11 +6,12 @@ layer's per-example shocks `(units, P)` per metric and its utility scores (DIR/<
 ResNet-18 at P = 2048). `replay` then reads them back and reports, in seconds:
 
 - the clairvoyant bound: the probe-example forwards a rule would spend that knew every unit's exact shock and
-  per-example spread, stopping each unit the moment a normal interval at the Bonferroni level of the sequential
-  rule, 1 - (1 - c) / n, could tell it apart from its layer's bottom-k boundary (the midpoint of the k-th and
-  k+1-th exact shocks), continuously, in L1, KL or both. No rule that reaches the same sets with the same
-  per-unit confidence spends less: it must tell the same units apart from the same boundary, without knowing it
-  (beside it, the median over units of the per-example shocks' sd / mean, which sets how many examples that takes);
+  per-example spread, stopping each unit the moment a normal bound at the sequential rule's level less its
+  rounds, one-sided (1 - c) / (k M) for k set members and M metrics, could tell it apart from its layer's bottom-k
+  boundary (the midpoint of the k-th and k+1-th exact shocks), continuously, in L1, KL or both. No rule that
+  reaches the same sets with the same per-unit confidence spends less: it must tell the same units apart from the
+  same boundary, without knowing it (beside it, the median over units of the per-example shocks' sd / mean,
+  which sets how many examples that takes);
 - the rule of resetassay/lesion/sequential.py itself (`sequential_shocks`, then `settle_pooled_ranks` at its
   default tolerance), its measurements read from the record instead of the engine: forwards, units ending on
   every probe, (layer, metric) oracle sets equal to the exact ones, and the largest |Δρ| of the pooled Spearman ρ
@@ -78,7 +79,7 @@ def clairvoyant(layers: list[dict], metrics: list[str], confidence: float, q: fl
     for rec in layers:
         n, n_probe = rec["shocks"][metrics[0]].shape
         k = k_at(n, q)
-        z = norm.ppf(1 - (1 - confidence) / (2 * n))
+        z = norm.isf((1 - confidence) / (k * len(metrics)))
         need = torch.zeros(n, dtype=torch.float64)
         for m in metrics:
             x = rec["shocks"][m].double()
@@ -101,7 +102,7 @@ def spread(layers: list[dict], metric: str) -> float:
 
 def replay(layers: list[dict], confidence: float, seed: int, first: int, q: float = 0.05) -> dict:
     """The sequential rule and the pooled-rank rule on the recorded shocks, against the exact (full-set) shocks."""
-    tables = []
+    tables, redraws = [], {m: [] for m in METRICS}
     for rec in layers:
         x = {m: rec["shocks"][m].double() for m in METRICS}
         name = rec["layer"]
@@ -122,13 +123,14 @@ def replay(layers: list[dict], confidence: float, seed: int, first: int, q: floa
         for m in METRICS:
             table[f"exact_{m}"] = x[m].mean(1).numpy()
             table[shock_column(m)], table[se_column(m)] = out.shocks[m][name].numpy(), out.se[m][name].numpy()
+            redraws[m].append(out.redraws[m][name])
         tables.append(table)
     units = pd.concat(tables, ignore_index=True)
     lookup = {rec["layer"]: rec["shocks"] for rec in layers}
     settle_pooled_ranks(units, UTILITIES[:-1], METRICS, 0.01, confidence,
                         lambda chosen: {m: {name: lookup[name][m][picked].double().mean(1)
                                             for name, picked in chosen.items()} for m in METRICS},
-                        n_probe, seed)
+                        n_probe, {m: torch.cat(r) for m, r in redraws.items()})
     same = [set(selection(g, f"exact_{m}", q)) == set(selection(g, shock_column(m), q))
             for m in METRICS for _, g in units.groupby("layer", sort=False)]
     drho = max(abs(spearmanr(g[u], g[shock_column(m)])[0] - spearmanr(g[u], g[f"exact_{m}"])[0])

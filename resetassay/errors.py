@@ -51,7 +51,7 @@ def did_you_mean(unknown: list[str], known: list[str]) -> str:
     return f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
 
 
-def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+def warn_user(message: str | Warning, category: type[Warning] = UserWarning) -> None:
     """`warnings.warn` at the first line outside resetassay up the call stack: the user's, however deep in the
     package the warning is raised (a fixed `stacklevel` points into the package as soon as a call path changes)."""
     frame, level = sys._getframe(1), 2

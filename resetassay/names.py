@@ -69,6 +69,12 @@ def se_column(metric: str) -> str:
     return f"se_{metric}"
 
 
+def redraws_key(metric: str) -> str:
+    """A sequential run's lesion work item key `(units, DRAWS)` for how far each `shock_<metric>` moves when its
+    probe examples are redrawn (SPEC S4b; read by the rank rule, not a UnitTable column)."""
+    return f"redraws_{metric}"
+
+
 def clamp_column(metric: str) -> str:
     """The UnitTable column keeping the clamp's shock beside a `cbp-reset` run's `shock_<metric>` (SPEC S4, S7)."""
     return f"clamp_{metric}"

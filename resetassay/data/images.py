@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -15,7 +14,7 @@ import torch
 
 from resetassay.data.examples import Examples, _cached, _digest, _stamp
 from resetassay.data.spec import IMAGE_SUFFIXES, DataSpec
-from resetassay.errors import BadInputError, one_line
+from resetassay.errors import BadInputError, one_line, warn_user
 
 HELD_OUT_NAMES = ("test", "val", "valid", "validation", "holdout")  # preferred image roots and splits, in order
 
@@ -75,7 +74,7 @@ def _image_index(path: Path, split: str | None = None) -> tuple[list, list[str],
         raise BadInputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}){skipped}; expected "
                             "ROOT/<class>/<image>")
     if listing.escaping:  # left out of the data: said, not silent
-        warnings.warn(f"{path}: {_escaping(listing.escaping)}; the images inside it are used", stacklevel=2)
+        warn_user(f"{path}: {_escaping(listing.escaping)}; the images inside it are used")
     roots = sorted({parts[:-2] for parts, _ in files if len(parts) >= 2})
     if not roots:
         raise BadInputError(f"{path}: images but no class folders; expected ROOT/<class>/<image>")

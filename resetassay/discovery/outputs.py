@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, warn_user
 
 FIELD = "output"
 
@@ -108,8 +107,8 @@ def select_output(model: nn.Module, output: str | None, example: torch.Tensor | 
         if output is None:
             raise BadInputError(f"the model returns {describe(result)}, with no tensor in it; its forward must return "
                                 "the logits, or an object holding them (pick them with `output`)", field=FIELD)
-        warnings.warn(f"the model returns {describe(result)}: reading its logits from {output!r} "
-                      f"(choose another with `{FIELD}`)", stacklevel=2)
+        warn_user(f"the model returns {describe(result)}: reading its logits from {output!r} "
+                  f"(choose another with `{FIELD}`)")
     chosen = pick(result, output)
     if not isinstance(chosen, torch.Tensor) or chosen.dim() not in (2, 3) or chosen.shape[0] != len(example):
         raise BadInputError(f"`{FIELD}` {output!r} selects {describe(chosen)}, not logits shaped (batch, classes) "

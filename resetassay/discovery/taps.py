@@ -68,7 +68,6 @@ import io
 import itertools
 import logging
 import operator
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
@@ -90,7 +89,7 @@ from resetassay.discovery.units import (
     dense_weight,
     is_conv1d,
 )
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, warn_user
 
 __all__ = ["tap_unit_layers", "discovery_route", "TappedModel", "hook_taps", "ROUTES"]
 
@@ -219,8 +218,8 @@ def _say_untapped_attention(model: nn.Module, tapped: nn.Module) -> None:
         reason = (f"the {route} route recognised no head count (e.g. n_head, num_heads) with an output projection "
                   "called once in them")
     shown = ", ".join(untapped[:3]) + (", ..." if len(untapped) > 3 else "")
-    warnings.warn(f"{model_name(model)}: attention heads not found in {len(untapped)} attention module(s) "
-                  f"({shown}): {reason}; only their other units are assayed", stacklevel=3)
+    warn_user(f"{model_name(model)}: attention heads not found in {len(untapped)} attention module(s) "
+              f"({shown}): {reason}; only their other units are assayed")
 
 
 def _tap_unit_layers(model: nn.Module, example: torch.Tensor | None, routes: tuple[str, ...]) -> nn.Module:
@@ -247,8 +246,8 @@ def _tap_unit_layers(model: nn.Module, example: torch.Tensor | None, routes: tup
             continue
         tapped.discovery_route = route
         if failures:
-            warnings.warn(f"{name}: {failures[0]}; its unit layers were found by torch.export on the example "
-                          "batch instead", stacklevel=3)
+            warn_user(f"{name}: {failures[0]}; its unit layers were found by torch.export on the example "
+                      "batch instead")
         _require_units(tapped, f"no hidden activation module or function call is in its {route} graph")
         return tapped
     why = "; ".join(failures) or "no route tried"
@@ -408,11 +407,9 @@ def _by_hooks(model: nn.Module, example: torch.Tensor | None, why: str) -> nn.Mo
         _check_outputs(tapped, model, example)
     except _Untappable as also:
         return _fall_back(model, f"{why}; nor by forward hooks: {also}")
-    warnings.warn(
+    warn_user(
         f"{why}; unit layers are its activation modules, tapped by forward hooks: functional "
-        "activations are not seen, producers and consumers are unknown",
-        stacklevel=4,
-    )
+        "activations are not seen, producers and consumers are unknown")
     _require_units(tapped, "no activation module is called in its forward (fx cannot trace it, so calls "
                            "of functions such as F.relu are not seen)")
     return tapped
@@ -466,11 +463,9 @@ def hook_taps(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def _fall_back(model: nn.Module, why: str) -> nn.Module:
-    warnings.warn(
+    warn_user(
         f"{why}; unit layers are its activation modules instead: functional activations are not "
-        "seen and a module called more than once is refused",
-        stacklevel=5,
-    )
+        "seen and a module called more than once is refused")
     _require_units(model, "it has no activation module (fx cannot trace it, so calls of functions such "
                           "as F.relu are not seen)")
     return model

@@ -45,7 +45,6 @@ import re
 import reprlib
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from glob import escape
@@ -57,7 +56,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from resetassay.data import PERMUTED, DataSpec
-from resetassay.errors import BadInputError, one_line
+from resetassay.errors import BadInputError, one_line, warn_user
 from resetassay.io.imports import import_named_module
 from resetassay.io.rundir import state_key
 from resetassay.models import MODELS, model_family
@@ -647,7 +646,7 @@ def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
     if extra:
         if strict:
             raise BadInputError(f"{path}: weights the model lacks: {', '.join(map(_shown, extra[:5]))}")
-        warnings.warn(f"{path}: ignoring keys the model lacks: {', '.join(map(_shown, extra))}", stacklevel=3)
+        warn_user(f"{path}: ignoring keys the model lacks: {', '.join(map(_shown, extra))}")
     for key, ref in expected.items():
         got = tensors[key]
         if got.shape != ref.shape or got.dtype != ref.dtype:
@@ -706,8 +705,8 @@ def _strip_prefix(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Te
         raise BadInputError(f"{path}: the model's weights are found under several prefixes "
                             f"({', '.join(map(_shown, fits))}); save the state dict of the one to assay")
     prefix = fits[0]
-    warnings.warn(f"{path}: the model's weights are under the prefix {_shown(prefix)} (a DDP/DataParallel wrapper "
-                  "or a LightningModule attribute); stripped it to match the model's keys", stacklevel=3)
+    warn_user(f"{path}: the model's weights are under the prefix {_shown(prefix)} (a DDP/DataParallel wrapper "
+              "or a LightningModule attribute); stripped it to match the model's keys")
     stripped = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return {**{k: v for k, v in tensors.items() if not k.startswith(prefix)}, **stripped}
 
@@ -722,8 +721,7 @@ def _cast_half(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tenso
     if cast:
         stored = sorted({str(tensors[k].dtype) for k in cast})
         wanted = sorted({str(v.dtype) for v in cast.values()})
-        warnings.warn(f"{path}: weights stored as {', '.join(stored)}; cast to the model's {', '.join(wanted)}",
-                      stacklevel=3)
+        warn_user(f"{path}: weights stored as {', '.join(stored)}; cast to the model's {', '.join(wanted)}")
     return {**tensors, **cast}
 
 

@@ -41,14 +41,13 @@ import socket
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, warn_user
 from resetassay.names import (
     ALL,
     FAILURE_COLUMNS,
@@ -617,7 +616,7 @@ class RunParts:
                  and all(isinstance(tables[name], str) for name in TABLES))
         if not whole or part.get("sha256") != canonical_hash({name: tables[name] for name in TABLES}):
             why = "unreadable part" if not whole else "part edited since it was written (its checksum does not match)"
-            warnings.warn(f"{path}: {why}; its checkpoint is assayed again", stacklevel=2)
+            warn_user(f"{path}: {why}; its checkpoint is assayed again")
             path.unlink()
             return None
         with interrupt_held():
@@ -662,12 +661,12 @@ class RunParts:
                 text, recorded = f.metadata()["meta"], f.metadata().get("sha256")
                 meta = json.loads(text)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
-            warnings.warn(f"{path}: unreadable work item ({err}); it is done again", stacklevel=2)
+            warn_user(f"{path}: unreadable work item ({err}); it is done again")
             path.unlink(missing_ok=True)
             return None
         if recorded != _item_sha256(tensors, text):
-            warnings.warn(f"{path}: its content does not match its sha256 (edited, or written by an older "
-                          "version); it is done again", stacklevel=2)
+            warn_user(f"{path}: its content does not match its sha256 (edited, or written by an older "
+                      "version); it is done again")
             path.unlink(missing_ok=True)
             return None
         return tensors, meta

@@ -32,11 +32,12 @@ from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.shapes import LayerName, Shocks
 from resetassay.stats.summary import k_at
 
-__all__ = ["BLOCKS", "FIRST", "PROBES_COLUMN", "SequentialShocks", "schedule", "sequential_shocks",
-           "sequential_unit_shocks", "settled"]
+__all__ = ["BLOCKS", "DRAWS", "FIRST", "PROBES_COLUMN", "SequentialShocks", "block_redraws", "block_weights",
+           "ruled_out", "schedule", "sequential_shocks", "sequential_unit_shocks"]
 
 PROBES_COLUMN = "probes"  # the UnitTable column of a sequential run: probe examples the unit was lesioned on
 
+DRAWS = 256  # redraws of the probe blocks behind each estimate (`SequentialShocks.redraws`)
 FIRST = 8  # the first round sees 1/FIRST of the probe set
 BLOCKS = 1024  # probe blocks (at most one per example): the first round has 128, so its SE has 127 degrees of freedom
 
@@ -45,12 +46,14 @@ BLOCKS = 1024  # probe blocks (at most one per example): the first round has 128
 class SequentialShocks:
     """What a sequential run measures: the shock and its standard error per metric and unit (as `Shocks`, float64;
     SE 0 where the unit saw the whole probe set), the probe examples each unit was lesioned on `probes[layer]`
-    `(n,)`, and `forwards`: lesioned probe-example forwards in all (an exact run's is units x P)."""
+    `(n,)`, `forwards`: lesioned probe-example forwards in all (an exact run's is units x P), and `redraws[metric]
+    [layer]` `(n, DRAWS)`: how far each estimate moves when the probe blocks it saw are redrawn (`block_redraws`)."""
 
     shocks: Shocks
     se: Shocks
     probes: dict[LayerName, torch.Tensor]
     forwards: int
+    redraws: Shocks
 
 
 def schedule(n_blocks: int, first: int = FIRST) -> list[int]:
@@ -60,29 +63,21 @@ def schedule(n_blocks: int, first: int = FIRST) -> list[int]:
     return sorted({min(n_blocks, max(2, math.ceil(n_blocks / 2 ** (j / 2)))) for j in range(rounds, -1, -1)})
 
 
-def settled(mean: torch.Tensor, half: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which units are settled *in* and which *out* of the bottom-k set by shock, by intervals `mean ± half` `(n,)`.
-
-    Unit i is settled *in* when its upper end lies below the lower end of at least n - k other units (it is then
-    below them, so among the k smallest, whatever the true values inside the intervals), and settled *out* when its
-    lower end lies above the upper end of at least k others. If every interval covers its unit's true shock, every
-    settled unit is classified as in the true bottom-k set. k = 0: everyone is out; k >= n: everyone is in.
-    """
-    n = len(mean)
-    if k <= 0 or k >= n:
-        return torch.full((n,), k > 0), torch.full((n,), k <= 0)
-    lo, hi = mean - half, mean + half
-    lo_sorted, hi_sorted = torch.sort(lo).values, torch.sort(hi).values
-    above = n - torch.searchsorted(lo_sorted, hi, right=True)  # units j with lo_j > hi_i (never i itself)
-    below = torch.searchsorted(hi_sorted, lo, right=False)  # units j with hi_j < lo_i
-    return above >= n - k, below >= k
+def ruled_out(mean: torch.Tensor, half: torch.Tensor, exact: torch.Tensor, k: int) -> torch.Tensor:
+    """Which units are ruled *out* of the bottom-k set by shock: those whose lower end `mean - half` `(n,)` lies
+    above the k-th lowest of the `exact` shocks (of other units, measured on every probe example). At least k units
+    then lie below them, so a unit truly among the k lowest can be ruled out only if its lower end lies above its
+    own true shock. Fewer than k exact shocks: none is ruled out."""
+    if len(exact) < k:
+        return torch.zeros(len(mean), dtype=torch.bool)
+    return mean - half > torch.kthvalue(exact.double(), k).values
 
 
-def _quantile(level: float, dof: torch.Tensor) -> torch.Tensor:
-    """Two-sided Student-t quantile at `level` for each unit's degrees of freedom."""
+def _quantile(alpha: float, dof: torch.Tensor) -> torch.Tensor:
+    """The upper `alpha` quantile of Student's t for each unit's degrees of freedom (a one-sided bound)."""
     from scipy.stats import t  # here: importing scipy.stats costs ~0.7 s
 
-    return torch.from_numpy(t.ppf(0.5 + level / 2, dof.clamp(min=1).numpy())).double()
+    return torch.from_numpy(t.isf(alpha, dof.clamp(min=1).numpy())).double()
 
 
 def sequential_unit_shocks(request: LesionRequest, confidence: float, q: float, seed: int = 0,
@@ -137,7 +132,7 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
     state = _Rounds(measure, n_units, n_probe, metrics, q, list(torch.tensor_split(perm, min(blocks, n_probe))),
-                    utilities, mature)
+                    utilities, mature, seed)
     ends = schedule(len(state.parts), first)
     active = {name: torch.ones(n, dtype=torch.bool) for name, n in n_units.items()}
     for end in ends:
@@ -149,8 +144,7 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
         # probe example at once: exact, their intervals have no width, and every other unit is judged against them.
         state.extend({name: state.in_sets(name) | state.selected(name) for name in open_layers}, len(state.parts))
         for name in open_layers:
-            level = 1 - (1 - confidence) / (n_units[name] * len(ends))
-            active[name] = state.going_on(name, level)
+            active[name] = state.going_on(name, (1 - confidence) / (state.k(name) * len(metrics) * len(ends)))
     # The set is read from the final shocks: a unit that stopped early and whose estimate now falls among its
     # layer's k lowest (others' estimates moved as they went on) is measured on the rest of the probe set.
     while short := {name: s for name in n_units if bool((s := state.in_sets(name) | state.selected(name)).any())}:
@@ -170,6 +164,7 @@ class _Rounds:
     parts: list[torch.Tensor]
     utilities: dict[LayerName, torch.Tensor] | None = None
     mature: dict[LayerName, torch.Tensor] | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         self.sizes = torch.tensor([len(p) for p in self.parts], dtype=torch.float64)
@@ -220,15 +215,16 @@ class _Rounds:
             found |= _lowest(mean[m], pool, self.k(name))
         return found & (self.done[name] < len(self.parts))
 
-    def going_on(self, name: str, level: float) -> torch.Tensor:
-        """Units that get the next round: not yet settled out in some metric at `level` (open, or settled in),
+    def going_on(self, name: str, alpha: float) -> torch.Tensor:
+        """Units that get the next round: not yet `ruled_out` in some metric by a lower bound at `alpha` (one-sided),
         or now among the layer's k lowest, and not yet on every block. Units outside the pool stop."""
         mean, err = self.estimates(name)
-        half_width = _quantile(level, self.done[name] - 1)
+        half_width = _quantile(alpha, self.done[name] - 1)
         pool = self.pool(name)
+        exact = pool & (self.done[name] == len(self.parts))
         going = self.in_sets(name, mean) | self.selected(name)
         for m in self.metrics:
-            going[pool] |= ~settled(mean[m][pool], (half_width * err[m])[pool], self.k(name))[1]
+            going[pool] |= ~ruled_out(mean[m][pool], (half_width * err[m])[pool], mean[m][exact], self.k(name))
         return going & (self.done[name] < len(self.parts))
 
     def selected(self, name: str) -> torch.Tensor:
@@ -245,13 +241,16 @@ class _Rounds:
         """The shocks, their SEs, the probe examples each unit saw and the forwards in all."""
         shocks: Shocks = {m: {} for m in self.metrics}
         se: Shocks = {m: {} for m in self.metrics}
+        redraws: Shocks = {m: {} for m in self.metrics}
+        weights = block_weights(len(self.parts), self.seed)
         for name in self.n_units:
             mean, err = self.estimates(name)
             for m in self.metrics:
                 shocks[m][name], se[m][name] = mean[m], err[m]
+                redraws[m][name] = block_redraws(self.means[m][name], self.done[name], self.sizes, weights)
         cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), self.sizes.cumsum(0)]).long()
         probes = {name: cumulative[d] for name, d in self.done.items()}
-        return SequentialShocks(shocks, se, probes, int(sum(int(p.sum()) for p in probes.values())))
+        return SequentialShocks(shocks, se, probes, int(sum(int(p.sum()) for p in probes.values())), redraws)
 
 
 def _lowest(values: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
@@ -279,3 +278,32 @@ def _estimates(means: Shocks, name: str, done: torch.Tensor, sizes: torch.Tensor
         var = (centred ** 2).sum(1) / (nb - 1).clamp(min=1)
         err[m] = (var / nb.clamp(min=1) * fpc).sqrt()
     return mean, err
+
+
+def block_weights(n_blocks: int, seed: int) -> torch.Tensor:
+    """`(DRAWS, n_blocks)` Poisson(1) weights of the probe blocks, seeded: one redraw of the probe examples per row,
+    the same for every unit and layer of a run (they share the block order), so that estimates made on the same
+    examples move together, as they do."""
+    return torch.poisson(torch.ones(DRAWS, n_blocks, dtype=torch.float64),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def block_redraws(means: torch.Tensor, done: torch.Tensor, sizes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """How far each unit's estimate moves `(n, DRAWS)` when the blocks it saw are redrawn: the example-weighted mean
+    of its block means `means` `(n, blocks)` over its first `done` blocks under each row of `weights` (a Poisson
+    bootstrap of the examples, shared by all units), less the estimate, times the finite-population correction
+    √(1 - seen / P) (0 for a unit that saw every block). Unlike independent draws from each SE, the redraws keep
+    what estimates on the same examples have in common, and the skew of a mean of skewed shocks."""
+    out = torch.zeros(len(means), len(weights), dtype=torch.float64)
+    total = float(sizes.sum())
+    for d in sorted({int(v) for v in done}):
+        rows = (done == d).nonzero().flatten()
+        if d == len(sizes):
+            continue
+        x = means[rows, :d] * sizes[:d]
+        w = weights[:, :d]
+        mass = w @ sizes[:d]
+        estimate = x.sum(1, keepdim=True) / sizes[:d].sum()
+        redrawn = torch.where(mass > 0, (x @ w.T) / mass.clamp(min=1e-300), estimate)
+        out[rows] = (redrawn - estimate) * math.sqrt(max(0.0, 1 - float(sizes[:d].sum()) / total))
+    return out

@@ -35,13 +35,13 @@ from resetassay.discovery import sequences
 from resetassay.discovery.outputs import select_output
 from resetassay.discovery.taps import discovery_route, tap_unit_layers
 from resetassay.discovery.units import UnitLayer, unit_layers
-from resetassay.errors import BadInputError, did_you_mean, one_line
+from resetassay.errors import BadInputError, did_you_mean, one_line, warn_user
 from resetassay.io.checkpoint import Checkpoint, load_checkpoint
 from resetassay.io.rundir import StageClock, check_figures, write_failures, write_run, write_timings
 from resetassay.lesion import LesionRequest, joint_shocks_of, unit_shocks_of
 from resetassay.lesion.rank_precision import settle_pooled_ranks
 from resetassay.lesion.reset import resettable_layers
-from resetassay.lesion.sequential import PROBES_COLUMN, sequential_unit_shocks
+from resetassay.lesion.sequential import DRAWS, PROBES_COLUMN, sequential_unit_shocks
 from resetassay.lesion.shocks import lesioned_units, probe_logits
 from resetassay.names import (
     CBP_RESET,
@@ -53,6 +53,7 @@ from resetassay.names import (
     SET_SELECTORS,
     TABLES,
     clamp_column,
+    redraws_key,
     se_column,
     utility_column,
 )
@@ -101,11 +102,11 @@ def warn_if_at_chance(result: AssayResult, step: dict | None = None) -> None:
     chance = near_chance(accuracy, n_classes)
     if chance is None:
         return
-    warnings.warn(f"{name}: probe accuracy {accuracy:.1%} is near chance ({chance:.1%} for {n_classes} classes; "
-                  f"flagged below {CHANCE_FACTOR:g}× chance), so its shocks and rankings may not describe the model "
-                  "on its own data; likely causes: the wrong data (`data` mnist is plain MNIST, permuted-mnist the "
-                  "continual study's tasks), the wrong permutation task (`task`, `permutation_seed`), or a `data` "
-                  "the model was not trained on", ProbeAtChance, stacklevel=3)
+    warn_user(f"{name}: probe accuracy {accuracy:.1%} is near chance ({chance:.1%} for {n_classes} classes; "
+              f"flagged below {CHANCE_FACTOR:g}× chance), so its shocks and rankings may not describe the model "
+              "on its own data; likely causes: the wrong data (`data` mnist is plain MNIST, permuted-mnist the "
+              "continual study's tasks), the wrong permutation task (`task`, `permutation_seed`), or a `data` "
+              "the model was not trained on", ProbeAtChance)
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(AssayConfig))
@@ -238,7 +239,7 @@ class AssayResult:
         try:
             return render(out, figures=figures, progress=progress)
         except ReportFailed as err:
-            warnings.warn(err, stacklevel=2)
+            warn_user(str(err))
             return Path(out) / "report.md"
 
     @staticmethod
@@ -452,8 +453,8 @@ def prepare(model: nn.Module, calib: object, probe: object, config: AssayConfig,
     probe_x, probe_y = _set_tensors(probe, config.probe_size, generator, "probe")
     _check_shapes(calib_x, probe_x, name)
     if sequences.unlabelled(calib_y) and config.target == "label":
-        warnings.warn(f"{name}: the calibration data has no labels: gxd, gxi and loss_gradient follow the model's "
-                      "predicted class (as with `target` predicted)", stacklevel=3)
+        warn_user(f"{name}: the calibration data has no labels: gxd, gxi and loss_gradient follow the model's "
+                  "predicted class (as with `target` predicted)")
         config = replace(config, target="predicted")
     model = model.to(device).eval()
     padded = [x for x in (calib_x, probe_x) if sequences.padding_mask(x) is not None]
@@ -569,6 +570,7 @@ def lesion_chunk(p: Prepared, cal: Calibration, chunk: LesionChunk,
                                          mature={layer.name: layer.mature(p.maturity)[chunk.units].cpu()})
             shocks = {m: per_layer[layer.name] for m, per_layer in seq.shocks.items()}
             shocks |= {se_column(m): per_layer[layer.name] for m, per_layer in seq.se.items()}
+            shocks |= {redraws_key(m): per_layer[layer.name] for m, per_layer in seq.redraws.items()}
             shocks[PROBES_COLUMN] = seq.probes[layer.name].double()
         if config.intervention == CBP_RESET:  # the clamp's shocks, kept beside the reset's
             clamp = unit_shocks_of(replace(request, intervention="clamp"))
@@ -576,10 +578,11 @@ def lesion_chunk(p: Prepared, cal: Calibration, chunk: LesionChunk,
     return shocks
 
 
-def _settle_pooled_ranks(p: Prepared, cal: Calibration, units: pd.DataFrame) -> None:
+def _settle_pooled_ranks(p: Prepared, cal: Calibration, units: pd.DataFrame, redraws: dict[str, torch.Tensor]
+                         ) -> None:
     """A sequential run (SPEC S4b): the early-stopped units the pooled Spearman ρ of some utility needs to be within
-    `rank_precision` of the exact run's, measured on the whole probe set (`settle_pooled_ranks`); `units` updated
-    in place."""
+    `rank_precision` of the exact run's, measured on the whole probe set (`settle_pooled_ranks`, reading each
+    estimate's `redraws[metric]` `(rows, DRAWS)`); `units` updated in place."""
     config = p.config
 
     def exact(chosen: dict[str, torch.Tensor]) -> Shocks:
@@ -591,7 +594,7 @@ def _settle_pooled_ranks(p: Prepared, cal: Calibration, units: pd.DataFrame) -> 
     ranked = [u for u in config.utilities if u not in (ORACLE, *SET_SELECTORS)]
     with p.clock("lesions"):
         settle_pooled_ranks(units, ranked, config.metrics, config.rank_precision, config.sequential, exact,
-                            len(p.probe_x), config.seed)
+                            len(p.probe_x), redraws)
 
 
 def lesion_request(model: nn.Module, layers: list[UnitLayer], refs: Refs, probe_x: torch.Tensor,
@@ -620,7 +623,9 @@ def finish(p: Prepared, cal: Calibration, shocks: list[dict[str, torch.Tensor]])
         units[PROBES_COLUMN] = _column(joined(PROBES_COLUMN), p.layers).astype(np.int64)
         for m in config.metrics:
             units[se_column(m)] = _column(joined(se_column(m)), p.layers)
-        _settle_pooled_ranks(p, cal, units)
+        redraws = {m: joined(redraws_key(m)) for m in config.metrics}
+        _settle_pooled_ranks(p, cal, units, {m: torch.cat([r[layer.name].reshape(-1, DRAWS) for layer in p.layers])
+                                             for m, r in redraws.items()})
     sets = {}
     if GXD_GREEDY in config.utilities:
         with p.clock("greedy"):
@@ -847,7 +852,7 @@ def checkpoint_inputs(ckpt: Checkpoint, config: AssayConfig, data: DataSpec | No
             raise BadInputError(f"{ckpt.info.path / MANIFEST}: its data record cannot be loaded ({err}); fix the "
                                 "record, or pass `data`/`data_dir`") from err
     for w in caught:
-        warnings.warn(w.message, stacklevel=3)
+        warn_user(w.message, w.category)
     if config.maturity is None and "maturity" in ckpt.info.meta:
         config = replace(config, maturity=int(ckpt.info.meta["maturity"]))
     return CheckpointInputs(ckpt, spec, split, config)

@@ -12,7 +12,6 @@ rerun resumes it from them. Under torchrun
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from resetassay.data import DataChoice, DataSpec, factories_called_once
-from resetassay.errors import BadInputError
+from resetassay.errors import BadInputError, warn_user
 from resetassay.io.checkpoint import Checkpoint, find_checkpoints, import_factory, load_checkpoint, state_file
 from resetassay.io.rundir import (
     RunInterrupted,
@@ -181,7 +180,7 @@ def run_assay(  # noqa: PLR0913 — the public entry point: its keywords are the
     """
     config = config_with(config, overrides, "run_assay")
     say = note or (lambda _text: None)
-    fail = on_failure or (lambda text: warnings.warn(text, CheckpointFailure, stacklevel=3))
+    fail = on_failure or (lambda text: warn_user(text, CheckpointFailure))
     resolve_device(config.device)  # CUDA asked for but absent: refused before any work
     check_table_format(table_format)  # likewise parquet without pyarrow
     check_figures(figures)  # and --figures jpg
@@ -246,7 +245,7 @@ class _Opener:
         ckpt = load_checkpoint(path, name, self.model, self.model_kwargs, self.states.get(name))
         spec, replaced = self.data.resolve(ckpt.info.data)
         if replaced and first:
-            warnings.warn(f"{name}: {replaced}", DataReplaced, stacklevel=5)
+            warn_user(f"{name}: {replaced}", DataReplaced)
         return ckpt, spec
 
     def __call__(self, path: Path, name: str, first: bool) -> CheckpointInputs:

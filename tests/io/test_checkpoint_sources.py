@@ -478,3 +478,21 @@ def test_a_transformers_classifier_is_reachable_by_its_class_name(tmp_path):
     with pytest.raises(BadInputError, match=r"builds the causal language model BertLMHeadModel; for a classifier .*"
                                             r"transformers:BertForSequenceClassification"):
         load_checkpoint(tmp_path / "bert.safetensors", model="transformers:bert", model_kwargs=fields)
+
+
+def test_a_loading_warning_names_the_callers_line_however_deep_it_is_raised(tmp_path, factory):
+    """`errors.warn_user` walks out of the package: a warning raised inside load_checkpoint, or inside run_assay
+    (whose checkpoint failures go through one more layer), names the line of the code that called resetassay."""
+    from resetassay import run_assay
+
+    sd = _tiny().state_dict()
+    path = _save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, tmp_path / "half.pt")
+    with pytest.warns(UserWarning, match="cast to the model's") as caught:
+        load_checkpoint(path, model=SPEC)
+    assert {w.filename for w in caught} == {__file__}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning) as caught:
+        run_assay([broken], model=SPEC, progress=False)
+    assert caught and {w.filename for w in caught} == {__file__}

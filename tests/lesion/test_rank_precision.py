@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 import resetassay as ra
 from resetassay.errors import BadInputError
 from resetassay.lesion.rank_precision import pooled_rank_open, rank_open, rho_error
-from resetassay.lesion.sequential import BLOCKS, sequential_shocks
+from resetassay.lesion.sequential import DRAWS, sequential_shocks
 from resetassay.names import ALL
 from resetassay.stats.summary import k_at
 
@@ -33,6 +33,12 @@ def _layer(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return truth, se, utility
 
 
+def _independent(se: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Redraws `(n, DRAWS)` of estimates whose errors are independent normals with these SEs."""
+    return se.unsqueeze(1) * torch.randn(len(se), DRAWS, generator=torch.Generator().manual_seed(seed),
+                                         dtype=torch.float64)
+
+
 def test_rho_error_bounds_the_error_of_estimates():
     """The bound read from redraws around one set of estimates is near the 95% quantile of |ρ(estimates) -
     ρ(truth)| over many sets of estimates (within 30%), and its own ρ is Spearman's (ties averaged)."""
@@ -41,10 +47,10 @@ def test_rho_error_bounds_the_error_of_estimates():
     errors = torch.tensor([abs(rho(utility, truth + se * torch.randn(80, generator=g, dtype=torch.float64))
                                - rho(utility, truth)) for _ in range(400)])
     estimate = truth + se * torch.randn(80, generator=g, dtype=torch.float64)
-    bound = float(rho_error(estimate, se, utility.unsqueeze(0), 0.95)[0])
+    bound = float(rho_error(estimate, _independent(se), utility.unsqueeze(0), 0.95)[0])
     assert bound == pytest.approx(float(torch.quantile(errors, 0.95)), rel=0.3)
     tied = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0], dtype=torch.float64)
-    assert float(rho_error(tied, torch.zeros(5), tied.flip(0).unsqueeze(0), 0.95)[0]) == 0  # exact: no error
+    assert float(rho_error(tied, torch.zeros(5, DRAWS), tied.flip(0).unsqueeze(0), 0.95)[0]) == 0  # exact: no error
 
 
 @pytest.mark.parametrize("precision", [0.02, 0.005])
@@ -57,7 +63,7 @@ def test_units_left_out_keep_rho_within_precision(precision):
         truth, se, utility = _layer(60, rep)
         estimate = truth + se * torch.randn(60, generator=torch.Generator().manual_seed(10_000 + rep),
                                             dtype=torch.float64)
-        more = rank_open(estimate, se, utility.unsqueeze(0), precision, 0.95)
+        more = rank_open(estimate, se, _independent(se, rep), utility.unsqueeze(0), precision, 0.95)
         assert not bool(more[se == 0].any())  # exact units never go on
         after = torch.where(more, truth, estimate)
         hits += abs(rho(utility, after) - rho(utility, truth)) <= precision
@@ -69,12 +75,13 @@ def test_units_left_out_keep_rho_within_precision(precision):
 
 def test_rank_open_edges():
     truth, se, utility = _layer(30, 3)
-    assert rank_open(truth, se, utility.unsqueeze(0), 0.01, 1.0).equal(se > 0)  # confidence 1: all open
-    assert not rank_open(truth, torch.zeros(30), utility.unsqueeze(0), 1e-9, 0.95).any()  # all exact
+    moves = _independent(se)
+    assert rank_open(truth, se, moves, utility.unsqueeze(0), 0.01, 1.0).equal(se > 0)  # confidence 1: all open
+    assert not rank_open(truth, torch.zeros(30), torch.zeros(30, DRAWS), utility.unsqueeze(0), 1e-9, 0.95).any()
     nan = torch.full((1, 30), math.nan, dtype=torch.float64)
-    assert not rank_open(truth, se, nan, 1e-9, 0.95).any()  # a utility that does not apply sets nothing
-    assert rank_open(truth, se, utility.unsqueeze(0), 1e-9, 0.95).sum() > rank_open(
-        truth, se, utility.unsqueeze(0), 0.05, 0.95).sum()
+    assert not rank_open(truth, se, moves, nan, 1e-9, 0.95).any()  # a utility that does not apply sets nothing
+    assert rank_open(truth, se, moves, utility.unsqueeze(0), 1e-9, 0.95).sum() > rank_open(
+        truth, se, moves, utility.unsqueeze(0), 0.05, 0.95).sum()
 
 
 def test_sequential_runs_then_the_rank_rule_hold_rho_within_precision(one_thread):
@@ -103,8 +110,7 @@ def test_sequential_runs_then_the_rank_rule_hold_rho_within_precision(one_thread
         seen = torch.stack([x[i, order[:p]].mean() for i, p in enumerate(out.probes["a"].tolist())])
         estimate, se = out.shocks["l1"]["a"], out.se["l1"]["a"]
         torch.testing.assert_close(estimate, seen, rtol=1e-12, atol=1e-12)
-        dof = out.probes["a"].double() / n_probe * BLOCKS - 1  # the SE's: blocks seen less one
-        more = rank_open(estimate, se, utility.unsqueeze(0), precision, confidence, dof=dof)
+        more = rank_open(estimate, se, out.redraws["l1"]["a"], utility.unsqueeze(0), precision, confidence)
         settled = torch.where(more, x.mean(1), estimate)
         exact = rho(utility, x.mean(1))
         hits += abs(rho(utility, settled) - exact) <= precision
@@ -124,9 +130,10 @@ def test_the_pooled_rule_reads_the_mature_units_each_utility_scores():
                           "mature": [True] * 36 + [False] * 4, "u": truth.numpy() + 0.1,
                           "shock_l1": truth.numpy(), "se_l1": 0.05, "probes": [64] * 39 + [512]})
     units.loc[units["layer"] == "b", "u"] = float("nan")  # u does not apply to layer b
-    chosen = pooled_rank_open(units, ["u"], ["l1"], 0.001, 0.95)
+    redraws = {"l1": _independent(torch.full((n,), 0.05))}
+    chosen = pooled_rank_open(units, ["u"], ["l1"], 0.001, 0.95, redraws)
     assert set(chosen) == {"a"} and len(chosen["a"]) > 0
-    loose = pooled_rank_open(units, ["u"], ["l1"], 1.5, 0.95)
+    loose = pooled_rank_open(units, ["u"], ["l1"], 1.5, 0.95, redraws)
     assert loose == {}
 
 

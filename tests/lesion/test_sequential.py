@@ -10,7 +10,15 @@ import torch
 import resetassay as ra
 from resetassay.errors import BadInputError
 from resetassay.lesion import LesionRequest, unit_shocks_of
-from resetassay.lesion.sequential import schedule, sequential_shocks, sequential_unit_shocks, settled
+from resetassay.lesion.sequential import (
+    DRAWS,
+    block_redraws,
+    block_weights,
+    ruled_out,
+    schedule,
+    sequential_shocks,
+    sequential_unit_shocks,
+)
 from resetassay.lesion.shocks import probe_logits
 from resetassay.stats.summary import k_at
 
@@ -19,16 +27,35 @@ def bottom(values: torch.Tensor, k: int) -> set[int]:
     return set(torch.argsort(values, stable=True)[:k].tolist())
 
 
-def test_settled_reads_intervals():
-    mean = torch.tensor([0.0, 1.0, 5.0, 6.0])
-    inside, outside = settled(mean, torch.full((4,), 0.1), 2)  # two low, two high, well apart
-    assert inside.tolist() == [True, True, False, False] and outside.tolist() == [False, False, True, True]
-    inside, outside = settled(mean, torch.tensor([0.1, 3.0, 3.0, 0.1]), 2)  # units 1 and 2 straddle the boundary
-    assert inside.tolist() == [True, False, False, False] and outside.tolist() == [False, False, False, True]
-    assert settled(mean, torch.full((4,), 99.0), 4)[0].all()  # k = n: all in
-    assert settled(mean, torch.full((4,), 99.0), 0)[1].all()  # k = 0: all out
+def test_ruled_out_reads_lower_ends_against_the_kth_exact_shock():
+    mean = torch.tensor([0.0, 1.0, 5.0, 6.0], dtype=torch.float64)
+    exact = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    assert ruled_out(mean, torch.full((4,), 0.1), exact, 2).tolist() == [False, False, True, True]  # above 2.0
+    assert ruled_out(mean, torch.tensor([0.0, 0.0, 3.5, 3.9]), exact, 2).tolist() == [False, False, False, True]
+    assert ruled_out(mean, torch.zeros(4), exact, 3).tolist() == [False, False, True, True]  # strictly above 3.0
+    assert not ruled_out(mean, torch.zeros(4), exact, 4).any()  # fewer exact shocks than k: none
+    assert not ruled_out(torch.tensor([2.0]), torch.zeros(1), exact, 2).any()  # at the k-th: not above it
     assert schedule(64) == [8, 12, 16, 23, 32, 46, 64] and schedule(3) == [2, 3]  # an eighth, then x√2 (ceil)
     assert schedule(1024, first=16) == [64, 91, 128, 182, 256, 363, 512, 725, 1024]
+
+
+def test_block_redraws_move_each_estimate_by_its_se_and_together_on_the_same_examples():
+    """The redraws of a unit's estimate spread like its SE (finite-population corrected), are 0 for a unit that saw
+    every block, and two units with the same per-example shocks up to scale move together (correlation 1); units
+    whose shocks share nothing but the examples move independently."""
+    g = torch.Generator().manual_seed(0)
+    n_blocks, seen = 512, 128
+    sizes = torch.full((n_blocks,), 2.0, dtype=torch.float64)
+    common = torch.rand(n_blocks, generator=g, dtype=torch.float64) * 2
+    means = torch.stack([common, 3 * common, torch.rand(n_blocks, generator=g, dtype=torch.float64) * 2, common])
+    done = torch.tensor([seen, seen, seen, n_blocks])
+    moves = block_redraws(means, done, sizes, block_weights(n_blocks, seed=0))
+    assert moves.shape == (4, DRAWS) and (moves[3] == 0).all()
+    se = means[0, :seen].std() / seen ** 0.5 * (1 - seen / n_blocks) ** 0.5
+    assert float(moves[0].std()) == pytest.approx(float(se), rel=0.15)
+    assert float(torch.corrcoef(moves[:2])[0, 1]) == pytest.approx(1.0, abs=1e-9)
+    assert abs(float(torch.corrcoef(moves[[0, 2]])[0, 1])) < 0.25
+    assert torch.equal(block_weights(n_blocks, 3), block_weights(n_blocks, 3))
 
 
 def test_the_set_and_what_utilities_reset_go_to_every_example_right_after_the_first_round():
