@@ -14,7 +14,9 @@ ResNet-18 at P = 2048). `replay` then reads them back and reports, in seconds:
   which sets how many examples that takes);
 - the rule of resetassay/lesion/sequential.py itself (`sequential_shocks`, then `settle_pooled_ranks` at its
   default tolerance), its measurements read from the record instead of the engine: forwards, units ending on
-  every probe, (layer, metric) oracle sets equal to the exact ones, and the largest |Δρ| of the pooled Spearman ρ
+  every probe, where the forwards went (every unit's first round; the rest of the probe set for the units the rule
+  took to every example: the sets' and the resets'; the later rounds of the others; the rank rule),
+  (layer, metric) oracle sets equal to the exact ones, and the largest |Δρ| of the pooled Spearman ρ
   of any utility in any metric, at each confidence and seed, with the first round at an eighth (the rule's) and a
   sixteenth of the probe set.
 
@@ -37,7 +39,7 @@ from scipy.stats import norm, spearmanr
 import resetassay as ra
 from resetassay.lesion import unit_shocks_of
 from resetassay.lesion.rank_precision import settle_pooled_ranks
-from resetassay.lesion.sequential import FIRST, PROBES_COLUMN, sequential_shocks
+from resetassay.lesion.sequential import BLOCKS, FIRST, PROBES_COLUMN, schedule, sequential_shocks
 from resetassay.names import se_column, shock_column
 from resetassay.pipeline.assay import calibrate, checkpoint_inputs, config_with, lesion_request
 from resetassay.stats.summary import k_at, selection
@@ -126,6 +128,9 @@ def replay(layers: list[dict], confidence: float, seed: int, first: int, q: floa
             redraws[m].append(out.redraws[m][name])
         tables.append(table)
     units = pd.concat(tables, ignore_index=True)
+    before = units[PROBES_COLUMN].to_numpy(copy=True)
+    blocks = torch.tensor_split(torch.arange(n_probe), min(BLOCKS, n_probe))
+    opening = sum(len(b) for b in blocks[:schedule(len(blocks), first)[0]])  # examples of the first round
     lookup = {rec["layer"]: rec["shocks"] for rec in layers}
     settle_pooled_ranks(units, UTILITIES[:-1], METRICS, 0.01, confidence,
                         lambda chosen: {m: {name: lookup[name][m][picked].double().mean(1)
@@ -135,8 +140,14 @@ def replay(layers: list[dict], confidence: float, seed: int, first: int, q: floa
             for m in METRICS for _, g in units.groupby("layer", sort=False)]
     drho = max(abs(spearmanr(g[u], g[shock_column(m)])[0] - spearmanr(g[u], g[f"exact_{m}"])[0])
                for m in METRICS for u in UTILITIES[:-1] for g in [units[units[u].notna()]] if len(g) > 1)
+    total = len(units) * n_probe
+    full = before == n_probe
     return {"confidence": confidence, "seed": seed, "first": first,
-            "forward_ratio": float(units[PROBES_COLUMN].sum()) / (len(units) * n_probe),
+            "forward_ratio": float(units[PROBES_COLUMN].sum()) / total,
+            "spent": {"first round": float(np.minimum(before, opening).sum()) / total,
+                      "rest of units taken to every example": float((before[full] - opening).sum()) / total,
+                      "later rounds of the others": float((before[~full] - opening).clip(min=0).sum()) / total,
+                      "rank rule": float(units[PROBES_COLUMN].sum() - before.sum()) / total},
             "share_full": float((units[PROBES_COLUMN] == n_probe).mean()),
             "oracle_sets_equal": sum(same) / len(same), "max_rho_diff": float(drho)}
 
@@ -147,9 +158,11 @@ def markdown(bound: list[dict], rules: list[dict]) -> str:
     lines = ["| metrics | confidence | clairvoyant forwards | median per-example sd / mean |", "|---|---|---|---|"]
     lines += [f"| {', '.join(r['metrics'])} | {r['confidence']:g} | {r['forward_ratio']:.3f}x | "
               f"{', '.join(f'{v:.2f}' for v in r['median_spread'].values())} |" for r in bound]
-    lines += ["", "| first round | confidence | seed | probe-example forwards | units ending on every probe | "
-              "oracle sets equal | largest abs. Δρ |", "|---" * 7 + "|"]
-    lines += [f"| 1/{r['first']} | {r['confidence']:g} | {r['seed']} | {r['forward_ratio']:.3f}x | "
+    lines += ["", "| first round | confidence | seed | probe-example forwards (first round + set and resets to every "
+              "example + later rounds + rank rule) | units ending on every probe | oracle sets equal | largest abs. "
+              "Δρ |", "|---" * 7 + "|"]
+    lines += [f"| 1/{r['first']} | {r['confidence']:g} | {r['seed']} | {r['forward_ratio']:.3f}x "
+              f"({' + '.join(f'{v:.3f}' for v in r['spent'].values())}) | "
               f"{r['share_full']:.0%} | {r['oracle_sets_equal']:.0%} | {r['max_rho_diff']:.4f} |" for r in rules]
     return "\n".join(lines) + "\n"
 

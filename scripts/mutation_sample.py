@@ -9,10 +9,11 @@ interval, so the score is measured in the time a developer has, and says how sur
     python scripts/mutation_sample.py --per-module 40 --seed 2 --exclude-seeds 0 1 --run  # a fresh sample
     python scripts/mutation_sample.py --survivors                               # the sample's survivors as diffs
 
-Mutants that change only what a `raise` or a `warnings.warn(...)` says (its message or its arguments), not whether
-it happens, are left out of the sample and counted apart: they cannot change a number or lose a result, which is
-what the audit is for (the bad-input tables test the messages that matter). `--run` runs the sampled mutants not yet
-run (`mutmut run NAMES`); without it the score is read from what mutmut has recorded (mutants/*.meta).
+Mutants that change only what a `raise` or a warning (`warn_user(...)`, `warnings.warn(...)`) says (its message or
+its arguments), not whether it happens, are left out of the sample and counted apart: they cannot change a number or
+lose a result, which is what the audit is for (the bad-input tables test the messages that matter). `--run` runs the
+sampled mutants not yet run (`mutmut run NAMES`); without it the score is read from what mutmut has recorded
+(mutants/*.meta).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _without_messages(fn: ast.AST) -> str:
 
         def visit_Call(self, node: ast.Call) -> ast.Call:
             self.generic_visit(node)
-            if isinstance(node.func, ast.Attribute) and node.func.attr in ("warn", "warning"):
+            if (isinstance(node.func, ast.Attribute) and node.func.attr in ("warn", "warning")) or (
+                    isinstance(node.func, ast.Name) and node.func.id == "warn_user"):
                 node.args, node.keywords = [], []
             return node
 

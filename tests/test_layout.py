@@ -137,6 +137,19 @@ def test_every_error_that_starts_with_a_field_carries_it():
     assert not missing
 
 
+def test_every_warning_goes_through_warn_user():
+    """Warnings name the user's line (docs/design.md): no module but errors.py calls `warnings.warn` or counts
+    frames with `stacklevel`."""
+    import ast
+
+    package = Path(resetassay.__file__).parent
+    direct = [f"{path.relative_to(package)}:{node.lineno}" for path in sorted(package.rglob("*.py"))
+              if path.name != "errors.py" for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) == "warn"
+                                                 or any(k.arg == "stacklevel" for k in node.keywords))]
+    assert not direct
+
+
 def test_the_library_names_fields_and_only_the_command_line_names_flags():
     """Outside cli/, a string spells a flag only inside a command line it quotes (`resetassay report DIR --figures
     svg`, a torchrun or tracker command): errors and warnings name fields (docs/design.md "Fields, not flags")."""

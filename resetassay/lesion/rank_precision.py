@@ -158,7 +158,7 @@ def settle_pooled_ranks(units: pd.DataFrame, utilities: list[str], metrics: list
             return
         shocks = exact(chosen)
         for name, picked in chosen.items():
-            at = ((units["layer"] == name) & units["unit"].isin(picked.tolist())).to_numpy()
+            at = ((units["layer"] == name) & units["unit"].isin(picked.tolist())).to_numpy(copy=True)
             rows = units.index[at]
             order = units.loc[rows, "unit"].map({int(u): i for i, u in enumerate(picked.tolist())}).to_numpy()
             for m in metrics:
