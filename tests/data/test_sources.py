@@ -140,6 +140,14 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
 
 
+def test_an_unreadable_probe_file_is_an_error_about_the_probe_flag(tmp_path):
+    x, y = _xy()
+    data = _save(tmp_path / "d.npz", x, y)
+    probe = tmp_path / "p.npz"
+    probe.write_bytes(b"not an npz archive")
+    assert _one_line_error(lambda: data_spec(str(data), probe=str(probe)), str(probe)).field == "probe"
+
+
 def test_a_datasets_folder_without_the_datasets_package_says_how_to_install_it(tmp_path, monkeypatch):
     folder = tmp_path / "hf"
     folder.mkdir()

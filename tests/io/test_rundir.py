@@ -83,6 +83,42 @@ def test_a_refusal_names_the_section_of_a_key_two_sections_share():
     old = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0"}}
     new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
     assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"
+    assert _differences(old, {**old, "config": {"utilities": ["gxd"], "seed": 1}}) == "seed 0 -> 1"  # one home: bare
+
+
+def test_the_canonical_hash_is_the_sha256_of_compact_sorted_json():
+    import hashlib
+
+    from resetassay.io.rundir import canonical_hash
+
+    assert canonical_hash({"b": [1, 2], "a": "x"}) == hashlib.sha256(b'{"a":"x","b":[1,2]}').hexdigest()
+
+
+def test_a_checkpoints_hash_covers_its_state_file(tmp_path):
+    """The per-unit state file is part of what a checkpoint is: editing it changes the checkpoint's hash (and so
+    its part's key: it is assayed again)."""
+    from resetassay.io.rundir import checkpoint_sha256, file_sha256, state_key
+
+    weights, state = tmp_path / "net.pt", tmp_path / "state.safetensors"
+    weights.write_bytes(b"weights")
+    state.write_bytes(b"state 1")
+    before = checkpoint_sha256(weights, foreign=True, state=state)
+    assert before[state_key(weights, state)] == file_sha256(state)
+    state.write_bytes(b"state 2")
+    assert checkpoint_sha256(weights, foreign=True, state=state) != before
+
+
+def test_the_reports_seconds_are_kept_under_report_and_dropping_items_twice_is_harmless(tmp_path):
+    import json
+
+    from resetassay.io.rundir import RunParts, write_report_timings
+
+    write_report_timings(tmp_path, {"figures": 1.5})
+    assert json.loads((tmp_path / "timings.json").read_text())["report"] == {"figures": 1.5}
+    write_report_timings(tmp_path, None)
+    assert "report" not in json.loads((tmp_path / "timings.json").read_text())
+    with RunParts(tmp_path, {"config": {}}) as parts:
+        parts.drop_items("0" * 64)  # no items folder: nothing to remove, no error
 
 
 def test_an_edited_work_item_is_not_reused(tmp_path):

@@ -126,6 +126,8 @@ def test_lowered_spearman_fails_with_exit_1_and_names_the_row(clean_run, baselin
     assert [(c.get("classname"), c.get("name")) for c in failures] == [
         ("resetassay.check.mlp-silu", "activation kl spearman")]
     assert failures[0].find("failure").get("type") == "regression"
+    text = failures[0].find("failure").text
+    assert text.startswith("baseline ") and ", run " in text and ", limit " in text and text.endswith(")")
     assert junit.read_text().startswith("<?xml")  # a declaration, as JUnit readers expect
     floors = [c.get("name") for c in ET.parse(junit).iter("testcase") if c.get("name").endswith(" floor")]
     assert len(floors) == 2  # the floors are cases of their own, named as such
@@ -772,6 +774,20 @@ def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
     family = rho.idxmin()
     baseline, warned = make_baseline(clean_run, [f"{family}:activation:l1:spearman>={float(rho.min())!r}"], margin=0.0)
     assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
+
+
+def test_a_max_floor_is_written_as_a_maximum(clean_run):
+    means, _, _ = family_means(clean_run)
+    gap = means[(means["utility"] == "gxd") & (means["metric"] == "l1") & (means["scope"] == ALL)]["gap"]
+    baseline, warned = make_baseline(clean_run, [f"*:gxd:l1:gap<={float(gap.max()) + 1.0!r}"])
+    assert warned == [] and baseline["floors"] and all(set(f) & {"min", "max"} == {"max"} for f in baseline["floors"])
+
+
+def test_a_nan_the_method_defines_is_compared_as_a_minimum(flat_run):
+    means, _, _ = family_means(flat_run)
+    baseline, _ = make_baseline(flat_run)
+    nan_rows = [c for c in compare(means, baseline) if c.rule.startswith("NaN allowed")]
+    assert nan_rows and {c.bound for c in nan_rows} == {"min"}
 
 
 def test_a_max_floor_exactly_at_a_familys_value_holds(clean_run, tmp_path):

@@ -25,6 +25,7 @@ from resetassay.stats.summary import (
     k_at,
     mean_and_se,
     q_values,
+    selections,
     spearman,
     summary_at_q,
 )
@@ -423,3 +424,11 @@ def test_a_set_selectors_rows_are_made_of_the_units_it_picked():
     row = _row(checkpoint_summary(units, ["gxd_greedy", "oracle"], ["l1"], q=0.25, sets={"gxd_greedy": picked}),
                "gxd_greedy", "l1", ALL)
     assert row.shock_at_q == pytest.approx((1.0 + 0.5 + 0.2) / 3, abs=TOL) and math.isnan(row.spearman)
+
+
+def test_selections_skip_a_layer_the_column_does_not_cover():
+    """A utility that does not apply to a layer (NaN there) selects nothing in it, rather than its first units."""
+    units = pd.DataFrame({"layer": ["a"] * 4 + ["b"] * 4, "unit": list(range(4)) * 2, "mature": True,
+                          "u": [0.3, 0.1, 0.2, 0.4] + [math.nan] * 4})
+    picked = selections(units, "u", 0.25)
+    assert list(picked) == ["a"] and picked["a"].tolist() == [1]
