@@ -11,9 +11,10 @@ blocks so far (exact once it has every block) and its standard error comes from 
 with the finite-population correction (0 at the full set). The units among their layer's k lowest estimates
 (k = k_at(n, q), SPEC S5) in some metric, and, given the layer's utility scores, the units a utility would reset,
 go on to every probe example at once: the set read out and every utility's Shock@q are then exact, and the other
-units are judged against exact shocks. Any other unit gets the next round until intervals at the layer's
-Bonferroni-corrected level settle it *out* of the bottom-k set in every metric (`settled`). The pooled ranks are
-settled over the whole model afterwards (`rank_precision`). Any engine measures a round's blocks in one pass
+units are judged against exact shocks. Any other unit gets the next round until its lower bound lies above the
+k-th lowest exact shock in every metric (`ruled_out`), at a level Bonferroni-corrected over the set's k members,
+the metrics and the rounds. The pooled ranks are settled over the whole model afterwards (`rank_precision`, from
+each estimate's `block_redraws`). Any engine measures a round's blocks in one pass
 (`unit_shocks_of` on a sub-request whose probe examples are grouped by block, `LesionRequest.groups`).
 """
 
@@ -123,11 +124,11 @@ def sequential_shocks(measure: Measure, n_units: dict[LayerName, int], n_probe: 
     layer (`n_units[layer]` units). Every unit starts on the first round; after each round the units among their
     layer's k lowest estimates (k = k_at(n, q)) in some metric, and with the layers' utility scores
     `utilities[layer]` `(U, n)` the units each utility would reset (its k lowest), go on to the full probe set; any
-    other unit continues until it is `settled` out of the bottom-k set in every metric at the layer's Bonferroni
-    level 1 - (1 - confidence) / (n x rounds), intervals mean ± t x SE with t of (blocks seen - 1) degrees of
-    freedom. The first round sees a `first`-th of the probe set (`schedule`). With `mature[layer]` (a mask), the
-    sets, k and the intervals' comparisons are those of the mature units, as S5 reads them; the others stop after
-    the first round."""
+    other unit continues until it is `ruled_out` of the bottom-k set in every metric: its lower bound mean - t x SE,
+    t the upper (1 - confidence) / (k x metrics x rounds) quantile of Student's t with (blocks seen - 1) degrees of
+    freedom, above the k-th lowest exact shock. The first round sees a `first`-th of the probe set (`schedule`).
+    With `mature[layer]` (a mask), the sets, k and the comparisons are those of the mature units, as S5 reads them;
+    the others stop after the first round."""
     if not 0 < confidence <= 1:
         raise BadInputError(f"`sequential` {confidence}: must be in (0, 1]", field="sequential")
     perm = torch.randperm(n_probe, generator=torch.Generator().manual_seed(seed))
