@@ -62,6 +62,12 @@ def _counted_run(rank: int, paths: list[str], out: str) -> int:
     return len(done)
 
 
+def _sequential_run(rank: int, paths: list[str], out: str) -> int:
+    """One rank of a sequential run (SPEC S4b): its work items are whole layers, with each estimate's redraws."""
+    _small_chunks_no_report()
+    return len(run_assay(paths, out=out, sequential=0.9, **SMALL).units)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     """The two ReLU MLP checkpoints and one LayerNorm one, assayed in one process with CHUNK-unit chunks."""
@@ -82,6 +88,18 @@ def test_sharded_tables_equal_the_single_process_run_byte_for_byte(single, tmp_p
     assert len({r[1] for r in results}) == 1  # every rank returns the whole result
     assert _tables(tmp_path / "run") == _tables(alone)
     assert not [p for p in (tmp_path / "run" / PARTS).iterdir() if p.is_dir()]  # work items removed once merged
+
+
+def test_a_sequential_run_shared_by_ranks_equals_the_single_process_one(tmp_path, monkeypatch, one_thread):
+    """The work items of a sequential run carry what the rank rule reads after every layer is done (the redraws of
+    each estimate, beside its shock, SE and probes): two ranks give the single process's tables byte for byte (on
+    one thread each, as the ranks run: a round's small passes round differently on two)."""
+    paths = [str(FIXTURES / "relu_mlp" / "task4")]
+    monkeypatch.setattr(resetassay.report, "render", lambda out: Path(out) / "report.md")
+    run_assay(paths, out=tmp_path / "alone", sequential=0.9, **SMALL)
+    results = launch(2, _sequential_run, paths, str(tmp_path / "run"))
+    assert [r[0] for r in results] == ["ok"] * 2, results
+    assert _tables(tmp_path / "run") == _tables(tmp_path / "alone")
 
 
 def test_a_stopped_launch_keeps_its_items_and_another_world_size_finishes_them(single, tmp_path):
