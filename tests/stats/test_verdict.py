@@ -10,6 +10,7 @@ layer, a CBP checkpoint with no mature units, a probe at chance.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -28,11 +29,14 @@ from resetassay.stats.summary import checkpoint_summary
 from resetassay.stats.verdict import (
     FLAG_NOTE,
     MIN_RHO_UNITS,
+    _mean_se,
     _nanmean,
     _rank_correlation,
     _Ranked,
+    _span,
     checkpoint_verdict_stats,
     kind_scopes,
+    near_chance,
     reliability_flags,
     verdict_table,
 )
@@ -287,3 +291,19 @@ def test_the_layer_weighted_mean_leaves_out_missing_layers_and_divides_by_their_
 
     got = _weighted([np.array([1.0, np.nan]), np.array([3.0, np.nan])], [0.25, 0.5])
     assert got[0] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75) and np.isnan(got[1])
+
+
+def test_a_single_value_has_no_se_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, se, n = _mean_se(np.array([0.5, np.nan]))
+    assert (mean, n) == (0.5, 1) and math.isnan(se)
+
+
+def test_a_span_of_one_value_is_that_value():
+    assert _span([3, 3]) == "3" and _span([2, 5, 3]) == "2–5"
+
+
+def test_near_chance_gives_the_chance_level_below_the_flag_and_none_above():
+    assert near_chance(0.05, 10) == pytest.approx(0.1)
+    assert near_chance(0.9, 10) is None and near_chance(0.05, 1) is None and near_chance(float("nan"), 10) is None
