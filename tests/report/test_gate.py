@@ -776,6 +776,14 @@ def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
     assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
 
 
+def test_a_floor_may_hold_every_scope(tmp_path):
+    """A floor's scope may be "*" (every pooled scope and kind); a baseline row's may not."""
+    floor = {"family": "*", "utility": "gxd", "metric": "l1", "scope": "*", "stat": "spearman", "min": 0.1}
+    path = tmp_path / "floors.json"
+    path.write_text(json.dumps({"format": "resetassay.baseline/4", "q": 0.05, "rows": [], "floors": [floor]}))
+    assert read_baseline(path)["floors"][0]["scope"] == "*"
+
+
 def test_a_max_floor_is_written_as_a_maximum(clean_run):
     means, _, _ = family_means(clean_run)
     gap = means[(means["utility"] == "gxd") & (means["metric"] == "l1") & (means["scope"] == ALL)]["gap"]

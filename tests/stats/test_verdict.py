@@ -307,3 +307,14 @@ def test_a_span_of_one_value_is_that_value():
 def test_near_chance_gives_the_chance_level_below_the_flag_and_none_above():
     assert near_chance(0.05, 10) == pytest.approx(0.1)
     assert near_chance(0.9, 10) is None and near_chance(0.05, 1) is None and near_chance(float("nan"), 10) is None
+
+
+def test_layers_too_small_for_three_resets_are_flagged_with_their_k():
+    """16-unit layers at q = 5% reset one unit each: the flag says so by its exact name and detail, and the verdict
+    says what it resampled."""
+    model = create_model("mlp", in_features=64, widths=[16, 16])
+    calib, probe = _digits(200)
+    result = assay_model(model, calib, probe, config=CONFIG)
+    flags = [set(cell.split("; ")) for cell in result.best()["flags"]]
+    assert flags and all("few units reset (k = 1)" in cell for cell in flags)
+    assert result._analysis.verdict["resampled"].isin(["units", "checkpoints"]).all()
