@@ -277,3 +277,15 @@ def test_a_run_read_back_refuses_a_table_without_a_column_or_a_summary_without_a
     info["config"] = {"utilities": ["gxd"], "metrics": "l1"}  # metrics not a list: the pairs of summary.csv only
     (bare / "run.json").write_text(json.dumps(info))
     assert set(read_run(bare)) >= {"units", "summary"}
+
+
+def test_the_q_of_a_run_is_its_summarys_before_its_configs(tmp_path):
+    import pandas as pd
+
+    from resetassay.errors import BadInputError
+    from resetassay.io.rundir import run_q
+
+    assert run_q(pd.DataFrame({"q": [0.1, 0.1]}), {"config": {"q": 0.05}}, tmp_path) == 0.1
+    assert run_q(pd.DataFrame({"spearman": [0.5]}), {"config": {"q": 0.05}}, tmp_path) == 0.05
+    with pytest.raises(BadInputError, match="no q recorded"):
+        run_q(pd.DataFrame({"spearman": [0.5]}), {}, tmp_path)

@@ -432,3 +432,8 @@ def test_selections_skip_a_layer_the_column_does_not_cover():
                           "u": [0.3, 0.1, 0.2, 0.4] + [math.nan] * 4})
     picked = selections(units, "u", 0.25)
     assert list(picked) == ["a"] and picked["a"].tolist() == [1]
+
+
+def test_spearman_of_one_unit_says_why_it_is_undefined():
+    rho, reason = spearman(np.array([1.0]), np.array([2.0]))
+    assert math.isnan(rho) and reason == "fewer than 2 mature units"
