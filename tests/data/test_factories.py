@@ -96,7 +96,7 @@ def test_factory_kwargs_and_bad_factories(factory_module):
     x, _ = task_arrays(data_spec(f"{mod}:tensors", kwargs={"scale": 2.0}), "holdout")
     assert torch.equal(x, factory_module.X * 2)
     _one_line_error(lambda: data_spec(f"{mod}:loader", kwargs={"shuffle": True}), "shuffles")
-    _one_line_error(lambda: data_spec(f"{mod}:nothing"), "got int")
+    assert _one_line_error(lambda: data_spec(f"{mod}:nothing"), "got int").field == "data"
     _one_line_error(lambda: data_spec(f"{mod}:missing"), "no attribute")
     _one_line_error(lambda: data_spec("no_such_module_xyz:make"), "cannot import")
     _one_line_error(lambda: data_spec(f"{mod}:tensors", kwargs={"bad": 1}), "the factory failed")
@@ -104,8 +104,9 @@ def test_factory_kwargs_and_bad_factories(factory_module):
 
 
 def test_dict_batches_without_known_keys_are_a_one_line_error(factory_module):
-    with pytest.raises(BadInputError, match=r"a batch dict needs inputs \(pixel_values.*it has img_embed, cls$"):
+    with pytest.raises(BadInputError, match=r"a batch dict needs inputs \(pixel_values.*it has img_embed, cls$") as err:
         data_spec(f"{factory_module.__name__}:bad_dicts")
+    assert err.value.field == "data"  # the whole command is at fault, not one checkpoint
 
 
 def test_a_factory_is_called_again_on_every_use_outside_one_run(factory_module):

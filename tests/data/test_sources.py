@@ -140,6 +140,16 @@ def test_flags_that_do_not_apply_are_refused(tmp_path):
     _one_line_error(lambda: task_arrays(data_spec(path), "train"), "for the assay only")
 
 
+def test_the_provenance_of_a_file_and_of_a_file_with_its_own_probe_set(tmp_path):
+    x, y = _xy()
+    data, probe = _save(tmp_path / "d.npz", x, y), _save(tmp_path / "p.npz", x[:30], y[:30])
+    alone = assay_data(data_spec(str(data)), 20, 20).provenance
+    assert alone["source"] == data_spec(str(data)).describe()
+    assert not {"calib_available", "probe_available", "probe_source"} & set(alone)
+    both = assay_data(data_spec(str(data), probe=str(probe)), 20, 20).provenance
+    assert (both["calib_available"], both["probe_available"], both["available"]) == (len(x), 30, len(x) + 30)
+
+
 def test_an_unreadable_probe_file_is_an_error_about_the_probe_flag(tmp_path):
     x, y = _xy()
     data = _save(tmp_path / "d.npz", x, y)

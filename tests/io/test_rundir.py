@@ -84,6 +84,19 @@ def test_a_refusal_names_the_section_of_a_key_two_sections_share():
     new = {"config": {"utilities": ["gxd"], "seed": 0}, "versions": {"torch": "2.13.0", "utilities": {"mine": "pkg"}}}
     assert _differences(old, new) == "versions.utilities None -> {'mine': 'pkg'}"
     assert _differences(old, {**old, "config": {"utilities": ["gxd"], "seed": 1}}) == "seed 0 -> 1"  # one home: bare
+    assert _differences(old, {**old, "config": {"utilities": ["act"], "seed": 1}}) == (
+        "seed 0 -> 1; utilities ['gxd'] -> ['act']")
+
+
+def test_the_run_identity_is_written_with_sorted_keys(tmp_path):
+    import json
+
+    from resetassay.io.rundir import IDENTITY, RunParts
+
+    with RunParts(tmp_path, {"versions": {"torch": "x"}, "config": {"seed": 0, "q": 0.05}}):
+        pass
+    text = (tmp_path / PARTS / IDENTITY).read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 
 def test_the_canonical_hash_is_the_sha256_of_compact_sorted_json():

@@ -681,6 +681,7 @@ def test_markdown_cells_escape_pipes_and_html():
     text = markdown_report(compare(means, baseline), ["a note with | and <b>"])
     (failures,) = _md_tables(text)
     assert failures[1][0] == "a\\|b&lt;i&gt;" and "- a note with \\| and &lt;b&gt;" in text.splitlines()
+    assert "\n### Notes\n\n- a note" in text  # a blank line before the list, as markdown wants
 
 
 def test_an_intervention_a_recorded_baseline_predates_counts_as_the_clamp_it_used():
