@@ -126,8 +126,10 @@ def test_the_reports_seconds_are_kept_under_report_and_dropping_items_twice_is_h
 
     from resetassay.io.rundir import RunParts, write_report_timings
 
-    write_report_timings(tmp_path, {"figures": 1.5})
-    assert json.loads((tmp_path / "timings.json").read_text())["report"] == {"figures": 1.5}
+    write_report_timings(tmp_path, {"figures": 1.5, "encode": 0.5})
+    text = (tmp_path / "timings.json").read_text()
+    assert json.loads(text)["report"] == {"figures": 1.5, "encode": 0.5}
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # sorted: diffs stay small
     write_report_timings(tmp_path, None)
     assert "report" not in json.loads((tmp_path / "timings.json").read_text())
     with RunParts(tmp_path, {"config": {}}) as parts:
