@@ -30,6 +30,11 @@ def test_atomic_write_interrupted_leaves_neither_the_file_nor_a_temporary(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_written_file_is_readable_by_all_and_writable_by_its_owner(tmp_path):
+    atomic_write(tmp_path / "part.json", "x")
+    assert (tmp_path / "part.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_write_goes_through_a_dot_temporary_named_after_its_file(tmp_path, monkeypatch):
     """The temporary is `.<name>.*.resetassay-tmp` beside the file: the only dotfiles a run removes, never another
     file's (a user's `.gitkeep`)."""

@@ -778,6 +778,13 @@ def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
     assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
 
 
+def test_a_baseline_of_floors_alone_compares_its_floors(clean_run):
+    means, _, _ = family_means(clean_run)
+    floor = {"family": "*", "utility": "gxd", "metric": "l1", "scope": ALL, "stat": "spearman", "min": -1.0}
+    compared = compare(means, {"floors": [floor]})  # no "rows" at all
+    assert compared and {c.kind for c in compared} == {"floor"} and all(c.passed for c in compared)
+
+
 def test_a_floor_may_hold_every_scope(tmp_path):
     """A floor's scope may be "*" (every pooled scope and kind); a baseline row's may not."""
     floor = {"family": "*", "utility": "gxd", "metric": "l1", "scope": "*", "stat": "spearman", "min": 0.1}

@@ -318,3 +318,4 @@ def test_layers_too_small_for_three_resets_are_flagged_with_their_k():
     flags = [set(cell.split("; ")) for cell in result.best()["flags"]]
     assert flags and all("few units reset (k = 1)" in cell for cell in flags)
     assert result._analysis.verdict["resampled"].isin(["units", "checkpoints"]).all()
+    assert set(result._analysis.verdict["n_layers"]) == {"2"} and set(result._analysis.verdict["n_units"]) == {"32"}
