@@ -778,6 +778,14 @@ def test_a_floor_exactly_at_a_familys_value_is_cleared(clean_run):
     assert [f["family"] for f in baseline["floors"]] == [family] and warned == []
 
 
+def test_family_means_say_no_reason_as_an_empty_note(clean_run):
+    """Where every checkpoint has a value there is no reason to give: the note is "" (not None, not the reason)."""
+    means, _, _ = family_means(clean_run)
+    for stat in ("spearman", "regret"):
+        defined = means[means[f"{stat}_n"] == means["n"]]
+        assert len(defined) and (defined[f"{stat}_note"] == "").all()
+
+
 def test_a_baseline_of_floors_alone_compares_its_floors(clean_run):
     means, _, _ = family_means(clean_run)
     floor = {"family": "*", "utility": "gxd", "metric": "l1", "scope": ALL, "stat": "spearman", "min": -1.0}

@@ -28,6 +28,7 @@ from resetassay.stats.summary import (
     selections,
     spearman,
     summary_at_q,
+    with_checkpoint_info,
 )
 
 TOL = 1e-12
@@ -437,3 +438,9 @@ def test_selections_skip_a_layer_the_column_does_not_cover():
 def test_spearman_of_one_unit_says_why_it_is_undefined():
     rho, reason = spearman(np.array([1.0]), np.array([2.0]))
     assert math.isnan(rho) and reason == "fewer than 2 mature units"
+
+
+def test_checkpoint_info_without_a_checkpoint_column_leaves_the_family_unknown():
+    frame = pd.DataFrame({"checkpoint": ["a", "b"], "x": [1.0, 2.0]})
+    out = with_checkpoint_info(frame, pd.DataFrame({"family": ["mlp"], "step": [3]}))
+    assert out["checkpoint"].tolist() == ["a", "b"] and out["step"].isna().all() and out["family"].nunique() == 1

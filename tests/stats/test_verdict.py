@@ -319,3 +319,12 @@ def test_layers_too_small_for_three_resets_are_flagged_with_their_k():
     assert flags and all("few units reset (k = 1)" in cell for cell in flags)
     assert result._analysis.verdict["resampled"].isin(["units", "checkpoints"]).all()
     assert set(result._analysis.verdict["n_layers"]) == {"2"} and set(result._analysis.verdict["n_units"]) == {"32"}
+
+
+def test_constant_ranks_give_nan_without_a_warning():
+    m = np.ones((2, 4))
+    ranks = np.array([[2.5, 2.5, 2.5, 2.5], [1.0, 2.0, 3.0, 4.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = _rank_correlation(ranks, ranks[::-1].copy(), m)
+    assert np.isnan(rho).all()
