@@ -297,14 +297,11 @@ def block_redraws(means: torch.Tensor, done: torch.Tensor, sizes: torch.Tensor, 
     what estimates on the same examples have in common, and the skew of a mean of skewed shocks."""
     out = torch.zeros(len(means), len(weights), dtype=torch.float64)
     total = float(sizes.sum())
-    for d in sorted({int(v) for v in done}):
+    for d in sorted({int(v) for v in done if v < len(sizes)}):  # a unit on every block moves by 0
         rows = (done == d).nonzero().flatten()
-        if d == len(sizes):
-            continue
-        x = means[rows, :d] * sizes[:d]
-        w = weights[:, :d]
+        x, w, seen = means[rows, :d] * sizes[:d], weights[:, :d], float(sizes[:d].sum())
         mass = w @ sizes[:d]
-        estimate = x.sum(1, keepdim=True) / sizes[:d].sum()
+        estimate = x.sum(1, keepdim=True) / seen
         redrawn = torch.where(mass > 0, (x @ w.T) / mass.clamp(min=1e-300), estimate)
-        out[rows] = (redrawn - estimate) * math.sqrt(max(0.0, 1 - float(sizes[:d].sum()) / total))
+        out[rows] = (redrawn - estimate) * math.sqrt(max(0.0, 1 - seen / total))
     return out
