@@ -17,7 +17,8 @@ from helpers.data import one_line_error as _one_line_error
 from helpers.data import save_examples as _save
 
 from resetassay.data import DataSpec, assay_data, data_spec, split_calibration_probe, task_arrays
-from resetassay.data.sources import split_indices
+from resetassay.data.sources import _own_size, split_indices
+from resetassay.data.spec import DEFAULT_SIZE
 from resetassay.errors import BadInputError
 
 
@@ -91,6 +92,35 @@ def test_seed_0_is_the_default_split():
                                                  strict=True))
 
 
+def test_the_default_split_is_seed_0_and_names_its_source_data():
+    x, y = _ids(300)
+    a, b = split_calibration_probe(x, y, 100, 120), split_calibration_probe(x, y, 100, 120, seed=0, source="data")
+    assert torch.equal(a.calib_y, b.calib_y) and torch.equal(a.probe_y, b.probe_y)
+    assert a.provenance == {"source": "data", "available": 300, "calib_size": 100, "probe_size": 120,
+                            "split_seed": 0}
+
+
+@pytest.mark.parametrize(("n", "size", "taken"), [(10, 1, 1), (10, 10, 10), (5000, None, DEFAULT_SIZE),
+                                                  (DEFAULT_SIZE, None, DEFAULT_SIZE)])
+def test_a_set_of_its_own_takes_its_size_else_the_default_without_a_warning(n, size, taken):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _own_size(n, size, "probe_size", "probes.pt") == taken
+
+
+def test_a_set_of_its_own_smaller_than_the_default_is_taken_whole_with_a_warning():
+    with pytest.warns(UserWarning, match=r"^probes.pt has 300 examples: its set shrinks to 300$"):
+        assert _own_size(300, None, "probe_size", "probes.pt") == 300
+
+
+@pytest.mark.parametrize(("size", "message"), [(0, "must be positive"), (-3, "must be positive"),
+                                               (11, "11 exceeds the 10 examples of probes.pt; ask for at most 10")])
+def test_a_size_a_set_of_its_own_cannot_supply_is_an_error_naming_the_flag(size, message):
+    with pytest.raises(BadInputError, match=message) as caught:
+        _own_size(10, size, "probe_size", "probes.pt")
+    assert caught.value.field == "probe_size"
+
+
 @pytest.mark.parametrize("calib, probe", [(60, 50), (200, 1), (101, 1)])
 def test_explicit_size_the_data_cannot_supply_is_an_error(calib, probe):
     x, y = _ids(101)
@@ -148,6 +178,15 @@ def test_the_provenance_of_a_file_and_of_a_file_with_its_own_probe_set(tmp_path)
     assert not {"calib_available", "probe_available", "probe_source"} & set(alone)
     both = assay_data(data_spec(str(data), probe=str(probe)), 20, 20).provenance
     assert (both["calib_available"], both["probe_available"], both["available"]) == (len(x), 30, len(x) + 30)
+    assert alone["split_seed"] == both["split_seed"] == 0  # the default seed, as split_indices'
+
+
+def test_assay_data_splits_with_seed_0_unless_told(tmp_path):
+    x, y = _xy()
+    spec = data_spec(str(_save(tmp_path / "d.npz", x, y)), probe=str(_save(tmp_path / "p.npz", x[:30], y[:30])))
+    default, zero, one = (assay_data(spec, 20, 20, **seed) for seed in ({}, {"seed": 0}, {"seed": 1}))
+    assert torch.equal(default.calib_y, zero.calib_y) and torch.equal(default.probe_y, zero.probe_y)
+    assert not torch.equal(default.probe_y, one.probe_y)
 
 
 def test_an_unreadable_probe_file_is_an_error_about_the_probe_flag(tmp_path):

@@ -83,8 +83,9 @@ def test_unreadable_and_unsafe_tensor_files_are_refused(tmp_path):
                tmp_path / "obj.pt")  # an object: weights_only refuses to unpickle it
     _one_line_error(lambda: data_spec(str(tmp_path / "obj.pt")), "obj.pt", "cannot read")
     (tmp_path / "notes.txt").write_text("x")
-    _one_line_error(lambda: data_spec(str(tmp_path / "notes.txt")), "not a tensor file")
-    _one_line_error(lambda: data_spec(str(tmp_path / "missing.npz")), "no such file")
+    _one_line_error(lambda: data_spec(str(tmp_path / "notes.txt")), "`data`", "notes.txt: not a tensor file (",
+                    "an image folder")  # what it is not, and what `data` may be
+    _one_line_error(lambda: data_spec(str(tmp_path / "missing.npz")), "`data`", "no such file or folder; use digits")
     spec = DataSpec(source="file", path=str(tmp_path))
     _one_line_error(lambda: task_arrays(spec, "holdout"), str(tmp_path), "not a file")
 

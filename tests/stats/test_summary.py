@@ -397,9 +397,10 @@ def test_common_units_are_each_checkpoints_mature_units_of_its_common_layers():
     """`common_units` (what the figures compare every utility on): per checkpoint, in their order, the mature units
     of the layers where every utility of its summary rows applies; none when no unit is mature."""
     first = _table().assign(checkpoint="z")  # v does not apply to layer b here
-    second = _table().assign(checkpoint="a", v=1.0)  # here it applies everywhere
+    second = _table().assign(checkpoint="a", v=1.0)  # here it applies everywhere, and is not in a's summary
     units = pd.concat([first, second], ignore_index=True)
-    summary = pd.concat([checkpoint_summary(t, ["u", "v", "oracle"], ["l1"], q=0.25) for t in (first, second)])
+    summary = pd.concat([checkpoint_summary(first, ["u", "v", "oracle"], ["l1"], q=0.25),
+                         checkpoint_summary(second, ["u", "oracle"], ["l1"], q=0.25)])  # z's utilities decide z's
     kept = common_units(units, summary)
     assert list(dict.fromkeys(kept["checkpoint"])) == ["z", "a"]
     assert kept[kept["checkpoint"] == "z"]["layer"].unique().tolist() == ["a"]
@@ -444,3 +445,39 @@ def test_checkpoint_info_without_a_checkpoint_column_leaves_the_family_unknown()
     frame = pd.DataFrame({"checkpoint": ["a", "b"], "x": [1.0, 2.0]})
     out = with_checkpoint_info(frame, pd.DataFrame({"family": ["mlp"], "step": [3]}))
     assert out["checkpoint"].tolist() == ["a", "b"] and out["step"].isna().all() and out["family"].nunique() == 1
+
+
+def _layers(shocks: dict[str, list[float]]) -> pd.DataFrame:
+    """One checkpoint's units: a layer per key, its units' shocks in order, utility `u` = 0, 1, 2, ..."""
+    return pd.DataFrame([{"checkpoint": "c", "layer": name, "unit": i, "mature": True, "u": float(i), "shock_l1": s}
+                         for name, values in shocks.items() for i, s in enumerate(values)])
+
+
+def test_the_layers_of_constant_shock_are_named_in_the_overlap_note_and_left_out_of_it():
+    units = _layers({"a": [1.0, 1.0, 1.0, 1.0], "b": [0.5, 0.5, 0.5, 0.5], "c": [4.0, 3.0, 2.0, 1.0]})
+    row = _row(checkpoint_summary(units, ["u", "oracle"], ["l1"], q=0.25), "u", "l1", ALL)
+    assert row.note == "top-k overlap undefined where shock is constant (a, b)"
+    assert row.overlap == 0.0  # c alone: u picks unit 0, the oracle unit 3
+
+
+def test_shock_constant_everywhere_gives_both_reasons_and_no_overlap_without_a_warning():
+    units = _layers({"a": [2.0, 2.0, 2.0, 2.0], "b": [2.0, 2.0, 2.0, 2.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an empty list
+        row = _row(checkpoint_summary(units, ["u", "oracle"], ["l1"], q=0.25), "u", "l1", ALL)
+    assert row.note == ("shock is constant over the units; "
+                        "top-k overlap undefined where shock is constant (every layer)")
+    assert math.isnan(row.overlap) and math.isnan(row.spearman)
+
+
+def test_the_default_q_is_five_percent():
+    units = _table()
+    pd.testing.assert_frame_equal(checkpoint_summary(units, ["u", "oracle"], ["l1"]),
+                                  checkpoint_summary(units, ["u", "oracle"], ["l1"], q=0.05))
+    assert checkpoint_summary(units, ["u", "oracle"], ["l1"])["q"].eq(0.05).all()
+
+
+def test_a_checkpoint_of_one_unit_has_rows_that_say_why_rho_is_undefined():
+    rows = checkpoint_summary(_layers({"a": [0.3]}), ["u", "oracle"], ["l1"], q=0.25)
+    row = _row(rows, "u", "l1", ALL)
+    assert rows["checkpoint"].eq("c").all() and row.shock_at_q == 0.3 and row.note == "fewer than 2 mature units"
