@@ -8,6 +8,7 @@ interval, so the score is measured in the time a developer has, and says how sur
     python scripts/mutation_sample.py --per-module 60 [--seed 0] [--run]        # sample, run, score
     python scripts/mutation_sample.py --per-module 40 --seed 2 --exclude-seeds 0 1 --run  # a fresh sample
     python scripts/mutation_sample.py --survivors                               # the sample's survivors as diffs
+    python scripts/mutation_sample.py --all --survivors                         # every mutant run so far
 
 Mutants that change only what a `raise` or a warning (`warn_user(...)`, `warnings.warn(...)`) says (its message or
 its arguments), not whether it happens, are left out of the sample and counted apart: they cannot change a number or
@@ -113,12 +114,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--exclude-seeds", type=int, nargs="*", default=[],
                         help="leave out the mutants of these seeds' samples (a fresh, out-of-sample measurement)")
+    parser.add_argument("--all", action="store_true",
+                        help="every mutant instead of a sample: the score of what mutmut has run so far, e.g. after "
+                             "`mutmut run \"resetassay.stats.summary*\"`")
     parser.add_argument("--run", action="store_true", help="run the sampled mutants not yet run")
     parser.add_argument("--survivors", action="store_true", help="print each survivor of the sample as a diff")
     args = parser.parse_args()
     if not MUTANTS.is_dir():
         sys.exit("no mutants/ here: run `mutmut run` once from the repository root to generate them")
-    picked = sample(args.per_module, args.seed, tuple(args.exclude_seeds))
+    picked = sample(sys.maxsize if args.all else args.per_module, args.seed, tuple(args.exclude_seeds))
     if args.run:
         todo = [n for names in picked.values() for n in names if recorded().get(n) not in KILLED | SURVIVED]
         if todo:

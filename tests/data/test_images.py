@@ -143,3 +143,12 @@ def test_an_archive_whose_members_leave_it_says_why_it_has_no_images(tmp_path):
             tar.addfile(info, io.BytesIO(buffer.getvalue()))
     _one_line_error(lambda: data_spec(str(archive)), "no images", "2 archive members were skipped",
                     "leave the archive's folder")
+
+
+def test_a_probe_folder_of_its_own_is_in_the_provenance_with_what_it_holds(tmp_path):
+    calib, probe = _image_folder(tmp_path / "train"), _image_folder(tmp_path / "test", per_class=2)
+    got = assay_data(data_spec(str(calib), probe=str(probe)), 5, 6, seed=3).provenance
+    assert got == {"source": data_spec(str(calib), probe=str(probe)).describe(), "available": 12 + 6,
+                   "calib_size": 5, "probe_size": 6, "split_seed": 3, "image_root": ".", "classes": 3,
+                   "calib_available": 12, "probe_available": 6, "probe_source": "test",
+                   "probe_image_root": ".", "probe_classes": 3}

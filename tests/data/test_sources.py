@@ -220,3 +220,25 @@ def test_a_probe_file_is_checked_against_its_own_recorded_digest(tmp_path):
     assert torch.equal(got.calib_x, again.calib_x) and torch.equal(got.probe_x, again.probe_x)
     _save(probe, x + 200, y)
     _one_line_error(lambda: assay_data(spec, 5, 6), str(probe), "sha256 differs")
+
+
+def test_sizes_of_files_with_their_own_probe_set_are_checked_against_each_file(tmp_path):
+    x, y = _xy()
+    spec = data_spec(str(_save(tmp_path / "d.npz", x, y)), probe=str(_save(tmp_path / "p.npz", x[:30], y[:30])))
+    for sizes, field, named in (((41, 5), "calib_size", "41 exceeds the 40 examples of d.npz"),
+                                ((5, 31), "probe_size", "31 exceeds the 30 examples of p.npz")):
+        with pytest.raises(BadInputError, match=named) as caught:
+            assay_data(spec, *sizes)
+        assert caught.value.field == field
+    with pytest.warns(UserWarning) as caught:
+        assay_data(spec)
+    assert [str(w.message) for w in caught] == ["d.npz has 40 examples: its set shrinks to 40",
+                                                "p.npz has 30 examples: its set shrinks to 30"]
+
+
+def test_a_shrinking_split_of_one_file_names_the_file(tmp_path):
+    x, y = _xy()
+    with pytest.warns(UserWarning, match="^d.npz has 40 held-out examples: calibration and probe sets shrink to 20"):
+        assay_data(data_spec(str(_save(tmp_path / "d.npz", x, y))))
+    with pytest.warns(UserWarning, match="^data has 10 held-out examples"):
+        split_indices(10)  # the default name

@@ -481,3 +481,20 @@ def test_a_checkpoint_of_one_unit_has_rows_that_say_why_rho_is_undefined():
     rows = checkpoint_summary(_layers({"a": [0.3]}), ["u", "oracle"], ["l1"], q=0.25)
     row = _row(rows, "u", "l1", ALL)
     assert rows["checkpoint"].eq("c").all() and row.shock_at_q == 0.3 and row.note == "fewer than 2 mature units"
+
+
+def test_a_utility_missing_from_layers_names_them_after_rhos_reason():
+    units = _layers({"a": [1.0, 2.0, 3.0], "b": [1.0, 2.0, 3.0], "c": [3.0, 2.0, 1.0]})
+    units["v"] = np.where(units["layer"] == "a", 1.0, math.nan)  # constant on a, missing on b and c
+    row = _row(checkpoint_summary(units, ["v", "oracle"], ["l1"], q=0.25), "v", "l1", ALL)
+    assert row.note == "utility is constant over the units; not applicable: b, c" and row.n_layers == 1
+
+
+def test_a_utility_that_applies_nowhere_has_an_empty_all_row_per_metric():
+    units = _layers({"a": [1.0, 2.0, 3.0]}).assign(shock_kl=[0.1, 0.2, 0.3], w=math.nan)
+    rows = checkpoint_summary(units, ["w", "u", "oracle"], ["l1", "kl"], q=0.25)
+    mine = rows[rows["utility"] == "w"]
+    assert mine["metric"].tolist() == ["l1", "kl"] and mine["scope"].eq(ALL).all()
+    assert mine["n_layers"].tolist() == [0, 0] and mine["n_units"].tolist() == [0, 0]
+    assert mine["note"].eq("not applicable to any layer").all()
+    assert set(rows.loc[rows["utility"] == "u", "metric"]) == {"l1", "kl"}
