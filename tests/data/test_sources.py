@@ -242,3 +242,14 @@ def test_a_shrinking_split_of_one_file_names_the_file(tmp_path):
         assay_data(data_spec(str(_save(tmp_path / "d.npz", x, y))))
     with pytest.warns(UserWarning, match="^data has 10 held-out examples"):
         split_indices(10)  # the default name
+
+
+@pytest.mark.parametrize(("n", "sizes", "warns"), [(3000, {"probe_size": 2048}, True),
+                                                    (5000, {"calib_size": 100}, False),
+                                                    (5000, {"probe_size": 100}, False)])
+def test_an_explicit_size_warns_only_when_the_other_set_shrinks(n, sizes, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split_indices(n, **sizes)
+    assert [str(w.message) for w in caught] == (
+        [f"data has {n} held-out examples: calibration and probe sets shrink to 952 and 2048"] if warns else [])

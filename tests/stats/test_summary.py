@@ -498,3 +498,15 @@ def test_a_utility_that_applies_nowhere_has_an_empty_all_row_per_metric():
     assert mine["n_layers"].tolist() == [0, 0] and mine["n_units"].tolist() == [0, 0]
     assert mine["note"].eq("not applicable to any layer").all()
     assert set(rows.loc[rows["utility"] == "u", "metric"]) == {"l1", "kl"}
+
+
+def test_aggregate_sorts_by_its_keys_and_keeps_first_seen_order_within_a_key():
+    """Sixty groups met in the order step 2, step 1, step 2, ...: sorted by step, each step's utilities in the order
+    they were met (a stable sort; numpy's quicksort reorders ties from 17 rows on)."""
+    names = [f"u{i:02d}" for i in range(30)]
+    stats = pd.DataFrame([{"checkpoint": f"c{step}", "step": float(step), "utility": u, "metric": "l1",
+                           "spearman": 0.1} for u in reversed(names) for step in (2, 1)])
+    out = aggregate(stats, ["step"], names=("spearman",))
+    assert out["step"].tolist() == [1.0] * 30 + [2.0] * 30
+    assert out["utility"].tolist() == [*reversed(names)] * 2
+
