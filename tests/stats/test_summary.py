@@ -18,6 +18,7 @@ from scipy.stats import rankdata, sem
 from resetassay.errors import BadInputError
 from resetassay.names import ALL, SUMMARY_COLUMNS
 from resetassay.stats.summary import (
+    UNKNOWN_FAMILY,
     aggregate,
     checkpoint_stats,
     checkpoint_summary,
@@ -510,3 +511,14 @@ def test_aggregate_sorts_by_its_keys_and_keeps_first_seen_order_within_a_key():
     assert out["step"].tolist() == [1.0] * 30 + [2.0] * 30
     assert out["utility"].tolist() == [*reversed(names)] * 2
 
+
+
+def test_checkpoint_info_keeps_checkpoints_it_lacks_and_reads_a_repeated_one_once():
+    frame = pd.DataFrame({"checkpoint": ["a", "b", "a"], "x": [1.0, 2.0, 3.0]})
+    checkpoints = pd.DataFrame({"checkpoint": ["a", "a"], "family": ["mlp", "cnn"], "step": [1, 2]})
+    out = with_checkpoint_info(frame, checkpoints)
+    assert out["checkpoint"].tolist() == ["a", "b", "a"] and out["x"].tolist() == [1.0, 2.0, 3.0]
+    assert out.loc[out["checkpoint"] == "a", "family"].tolist() == ["mlp", "mlp"]  # the first row of a repeat
+    assert out.loc[out["checkpoint"] == "a", "step"].tolist() == [1.0, 1.0]
+    assert out.loc[out["checkpoint"] == "b", "family"].tolist() == [UNKNOWN_FAMILY]
+    assert math.isnan(out.loc[out["checkpoint"] == "b", "step"].iloc[0])
