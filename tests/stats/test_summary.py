@@ -522,3 +522,10 @@ def test_checkpoint_info_keeps_checkpoints_it_lacks_and_reads_a_repeated_one_onc
     assert out.loc[out["checkpoint"] == "a", "step"].tolist() == [1.0, 1.0]
     assert out.loc[out["checkpoint"] == "b", "family"].tolist() == [UNKNOWN_FAMILY]
     assert math.isnan(out.loc[out["checkpoint"] == "b", "step"].iloc[0])
+
+
+def test_checkpoint_steps_written_as_text_are_numbers_and_a_step_that_is_not_one_is_unknown():
+    frame = pd.DataFrame({"checkpoint": ["a", "b", "c"]})
+    checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "step": ["10", "n/a", ""]})
+    out = with_checkpoint_info(frame, checkpoints)
+    assert out["step"].dtype == float and out["step"].iloc[0] == 10.0 and out["step"].iloc[1:].isna().all()
