@@ -529,3 +529,10 @@ def test_checkpoint_steps_written_as_text_are_numbers_and_a_step_that_is_not_one
     checkpoints = pd.DataFrame({"checkpoint": ["a", "b", "c"], "step": ["10", "n/a", ""]})
     out = with_checkpoint_info(frame, checkpoints)
     assert out["step"].dtype == float and out["step"].iloc[0] == 10.0 and out["step"].iloc[1:].isna().all()
+
+
+def test_checkpoint_info_replaces_a_family_and_step_the_frame_already_has():
+    frame = pd.DataFrame({"checkpoint": ["a"], "family": ["old"], "step": [0.0], "x": [1.0]})
+    out = with_checkpoint_info(frame, pd.DataFrame({"checkpoint": ["a"], "family": ["mlp"], "step": [5]}))
+    assert list(out.columns) == ["checkpoint", "x", "family", "step"]
+    assert out.iloc[0].tolist() == ["a", 1.0, "mlp", 5.0]
