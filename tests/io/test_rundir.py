@@ -6,6 +6,7 @@ Runs resumed end to end are in tests/pipeline/test_run.py; run tables as parquet
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from contextlib import contextmanager
@@ -94,8 +95,6 @@ def test_a_refusal_names_the_section_of_a_key_two_sections_share():
 
 
 def test_the_run_identity_is_written_with_sorted_keys(tmp_path):
-    import json
-
     from resetassay.io.rundir import IDENTITY, RunParts
 
     with RunParts(tmp_path, {"versions": {"torch": "x"}, "config": {"seed": 0, "q": 0.05}}):
@@ -127,8 +126,6 @@ def test_a_checkpoints_hash_covers_its_state_file(tmp_path):
 
 
 def test_the_reports_seconds_are_kept_under_report_and_dropping_items_twice_is_harmless(tmp_path):
-    import json
-
     from resetassay.io.rundir import RunParts, write_report_timings
 
     write_report_timings(tmp_path, {"figures": 1.5, "encode": 0.5})
@@ -223,8 +220,6 @@ def test_timings_that_are_not_a_table_of_checkpoints_read_as_none(tmp_path):
 def test_a_part_that_is_not_whole_is_assayed_again_not_read(tmp_path, damage):
     """A part file with a table missing, of another format or filed under another key reads as unreadable (a
     warning, the file removed, its checkpoint assayed again), never as tables and never as a KeyError."""
-    import json
-
     from resetassay.io.rundir import PART_FORMAT, RunParts, canonical_hash
 
     with RunParts(tmp_path / "run", {"config": {"seed": 0}}) as parts:
@@ -243,8 +238,6 @@ def test_a_part_that_is_not_whole_is_assayed_again_not_read(tmp_path, damage):
 
 def test_a_part_edited_since_it_was_written_says_so_and_is_assayed_again(tmp_path):
     """A whole part whose tables no longer match its checksum is named as edited, not as unreadable."""
-    import json
-
     from resetassay.io.rundir import PART_FORMAT, RunParts, canonical_hash
 
     with RunParts(tmp_path / "run", {"config": {"seed": 0}}) as parts:
@@ -260,8 +253,6 @@ def test_a_part_edited_since_it_was_written_says_so_and_is_assayed_again(tmp_pat
 
 
 def test_run_json_is_written_indented_for_people_to_read(run_dir, tmp_path):
-    import json
-
     from resetassay.io.rundir import read_run, write_run
 
     write_run(tmp_path / "run", read_run(run_dir), {"config": {"seed": 0, "metrics": ["l1"]}})
@@ -273,7 +264,6 @@ def test_a_run_read_back_refuses_a_table_without_a_column_or_a_summary_without_a
     """`read_run` checks what it reads: units.csv without a required column, or a summary.csv that lacks a
     checkpoint's ALL row for a utility and metric of the run, is a one-line error naming the file; a run.json
     without a config still reads."""
-    import json
     import shutil
 
     from resetassay.errors import BadInputError

@@ -512,7 +512,6 @@ def test_aggregate_sorts_by_its_keys_and_keeps_first_seen_order_within_a_key():
     assert out["utility"].tolist() == [*reversed(names)] * 2
 
 
-
 def test_checkpoint_info_keeps_checkpoints_it_lacks_and_reads_a_repeated_one_once():
     frame = pd.DataFrame({"checkpoint": ["a", "b", "a"], "x": [1.0, 2.0, 3.0]})
     checkpoints = pd.DataFrame({"checkpoint": ["a", "a"], "family": ["mlp", "cnn"], "step": [1, 2]})
